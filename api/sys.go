@@ -1,0 +1,69 @@
+package api
+
+import (
+	"context"
+
+	"google.golang.org/grpc"
+
+	pb "coffer/api/cofferpb"
+)
+
+// Init initializes the cluster through the first endpoint: it returns the
+// unseal key shares and the root token, which are never shown again.
+func (c *Client) Init(ctx context.Context, req *pb.InitRequest) (*pb.InitResponse, error) {
+	var resp *pb.InitResponse
+	err := c.callNode(ctx, func(ctx context.Context, cc *grpc.ClientConn) (err error) {
+		resp, err = pb.NewSysClient(cc).Init(ctx, req)
+		return err
+	})
+	return resp, err
+}
+
+// Unseal submits one key share to the first endpoint's node.
+func (c *Client) Unseal(ctx context.Context, key []byte) (*pb.SealStatus, error) {
+	return c.unseal(ctx, &pb.UnsealRequest{Key: key})
+}
+
+// UnsealReset discards the shares the first endpoint's node holds so far.
+func (c *Client) UnsealReset(ctx context.Context) (*pb.SealStatus, error) {
+	return c.unseal(ctx, &pb.UnsealRequest{Reset_: true})
+}
+
+func (c *Client) unseal(ctx context.Context, req *pb.UnsealRequest) (*pb.SealStatus, error) {
+	var resp *pb.SealStatus
+	err := c.callNode(ctx, func(ctx context.Context, cc *grpc.ClientConn) (err error) {
+		resp, err = pb.NewSysClient(cc).Unseal(ctx, req)
+		return err
+	})
+	return resp, err
+}
+
+// Seal seals the first endpoint's node.
+func (c *Client) Seal(ctx context.Context) (*pb.SealStatus, error) {
+	var resp *pb.SealStatus
+	err := c.callNode(ctx, func(ctx context.Context, cc *grpc.ClientConn) (err error) {
+		resp, err = pb.NewSysClient(cc).Seal(ctx, &pb.SealRequest{})
+		return err
+	})
+	return resp, err
+}
+
+// Status reports the first endpoint's node.
+func (c *Client) Status(ctx context.Context) (*pb.StatusResponse, error) {
+	var resp *pb.StatusResponse
+	err := c.callNode(ctx, func(ctx context.Context, cc *grpc.ClientConn) (err error) {
+		resp, err = pb.NewSysClient(cc).Status(ctx, &pb.StatusRequest{})
+		return err
+	})
+	return resp, err
+}
+
+// Rotate adds a new data-key term to the cluster's keyring.
+func (c *Client) Rotate(ctx context.Context) (*pb.RotateResponse, error) {
+	var resp *pb.RotateResponse
+	err := c.call(ctx, func(ctx context.Context, cc *grpc.ClientConn) (err error) {
+		resp, err = pb.NewSysClient(cc).Rotate(ctx, &pb.RotateRequest{})
+		return err
+	})
+	return resp, err
+}

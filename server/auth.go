@@ -1,0 +1,187 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"coffer/fsm"
+	"coffer/seal"
+)
+
+// Keys of the sys table (replicated through Raft, never holding a secret in
+// clear).
+const (
+	sysSealKey    = "core/seal"    // seal.Stored: shares, threshold, wrapped root key
+	sysKeyringKey = "core/keyring" // keyring wrapped by the root key
+	sysTokenPref  = "token/"       // token/<sha256 hex> → tokenRecord
+)
+
+// rootPolicy is the policy of the root token: every call.
+const rootPolicy = "root"
+
+// tokenPrefix starts every generated token so it is recognisable in a
+// secret scanner.
+const tokenPrefix = "cof."
+
+// tokenRecord is what the cluster stores about a token: never the token.
+type tokenRecord struct {
+	Hash     string   `json:"hash"`
+	Policies []string `json:"policies"`
+	Created  int64    `json:"created_unix"`
+}
+
+// publicMethods need no token: the seal endpoints a sealed cluster must
+// answer, health and reflection.
+var publicMethods = map[string]bool{
+	"/coffer.v1.Sys/Init":   true,
+	"/coffer.v1.Sys/Unseal": true,
+	"/coffer.v1.Sys/Status": true,
+}
+
+func isPublic(method string) bool {
+	return publicMethods[method] ||
+		strings.HasPrefix(method, "/grpc.health.v1.Health/") ||
+		strings.HasPrefix(method, "/grpc.reflection.")
+}
+
+// newToken returns a fresh random token.
+func newToken() string { return tokenPrefix + rand.Text() }
+
+// hashToken is the storage form of a token.
+func hashToken(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(sum[:])
+}
+
+// tokenEntry returns the sys entry that stores token.
+func tokenEntry(token string, policies []string, now time.Time) (key string, value []byte) {
+	h := hashToken(token)
+	rec, _ := json.Marshal(tokenRecord{Hash: h, Policies: policies, Created: now.Unix()})
+	return sysTokenPref + h, rec
+}
+
+type tokenCtxKey struct{}
+
+// authenticate finds the caller's token in the replicated token table.
+func (s *Server) authenticate(ctx context.Context) (*tokenRecord, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	vals := md.Get("authorization")
+	if len(vals) != 1 {
+		return nil, ErrUnauthenticated
+	}
+	token, ok := strings.CutPrefix(vals[0], "Bearer ")
+	if !ok || token == "" || len(token) > 512 {
+		return nil, ErrUnauthenticated
+	}
+	h := hashToken(token)
+	raw, err := s.fsm.SysGet(sysTokenPref + h)
+	if errors.Is(err, fsm.ErrNotFound) {
+		return nil, ErrUnauthenticated
+	}
+	if err != nil {
+		return nil, err
+	}
+	var rec tokenRecord
+	if err := json.Unmarshal(raw, &rec); err != nil {
+		return nil, fmt.Errorf("server: token record is corrupt: %w", err)
+	}
+	if subtle.ConstantTimeCompare([]byte(rec.Hash), []byte(h)) != 1 {
+		return nil, ErrUnauthenticated
+	}
+	return &rec, nil
+}
+
+// admitSealed refuses every authenticated call while the node is sealed,
+// before looking at the token, so that clients move on to another node
+// (Unavailable) or learn that the cluster needs init.
+func (s *Server) admitSealed() error {
+	if !s.seal.Sealed() {
+		return nil
+	}
+	if _, err := s.fsm.SysGet(sysSealKey); errors.Is(err, fsm.ErrNotFound) {
+		return ErrNotInitialized
+	}
+	return seal.ErrSealed
+}
+
+// requireRoot fails unless the caller's token carries the root policy.
+func requireRoot(ctx context.Context) error {
+	rec, _ := ctx.Value(tokenCtxKey{}).(*tokenRecord)
+	if rec == nil {
+		return ErrUnauthenticated
+	}
+	for _, p := range rec.Policies {
+		if p == rootPolicy {
+			return nil
+		}
+	}
+	return ErrPermissionDenied
+}
+
+// unaryInterceptor authenticates the call, recovers from a panic and maps
+// the handler's error through the status table.
+func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.logger.Error("panic in handler", "method", info.FullMethod, "stack", string(debug.Stack()))
+			resp, err = nil, status.Error(codes.Internal, "internal error: see the server log")
+		}
+	}()
+	if !isPublic(info.FullMethod) {
+		if err := s.admitSealed(); err != nil {
+			return nil, s.statusError(info.FullMethod, err)
+		}
+		rec, err := s.authenticate(ctx)
+		if err != nil {
+			return nil, s.statusError(info.FullMethod, err)
+		}
+		ctx = context.WithValue(ctx, tokenCtxKey{}, rec)
+	}
+	resp, err = handler(ctx, req)
+	return resp, s.statusError(info.FullMethod, err)
+}
+
+// streamInterceptor authenticates streaming calls.
+func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.logger.Error("panic in stream handler", "method", info.FullMethod, "stack", string(debug.Stack()))
+			err = status.Error(codes.Internal, "internal error: see the server log")
+		}
+	}()
+	if !isPublic(info.FullMethod) {
+		if err := s.admitSealed(); err != nil {
+			return s.statusError(info.FullMethod, err)
+		}
+		if _, err := s.authenticate(ss.Context()); err != nil {
+			return s.statusError(info.FullMethod, err)
+		}
+	}
+	return s.statusError(info.FullMethod, handler(srv, ss))
+}
+
+// statusError maps err to a status and logs what the client will not see.
+func (s *Server) statusError(method string, err error) error {
+	if err == nil {
+		return nil
+	}
+	st := toStatus(err)
+	if status.Code(st) == codes.Internal {
+		s.logger.Error("request failed", "method", method, "error", err)
+	}
+	return st
+}

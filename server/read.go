@@ -1,0 +1,120 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	pb "coffer/api/cofferpb"
+	"coffer/replication"
+	"coffer/seal"
+)
+
+// messageError gives a sentinel a user-facing message of its own while
+// errors.Is still finds the sentinel.
+type messageError struct {
+	msg string
+	err error
+}
+
+func (e *messageError) Error() string { return e.msg }
+func (e *messageError) Unwrap() error { return e.err }
+
+// withMessage wraps err with a message that replaces its text.
+func withMessage(err error, format string, args ...any) error {
+	return &messageError{msg: fmt.Sprintf(format, args...), err: err}
+}
+
+// notLeaderError says who the leader is, when known.
+func (s *Server) notLeaderError() error {
+	id, _ := s.raft.Leader()
+	if id == "" {
+		return withMessage(replication.ErrNoLeader, "no leader is known right now: retry shortly, or check that a quorum of nodes is up")
+	}
+	return withMessage(replication.ErrNotLeader, "node %s is not the leader (%s is): send the request to the leader", s.cfg.NodeID, id)
+}
+
+// beginRead admits a read at the consistency it asks for and returns the
+// ReadMeta that describes the answer. It waits for opts.MinIndex first.
+func (s *Server) beginRead(ctx context.Context, opts *pb.ReadOptions) (*pb.ReadMeta, error) {
+	if s.seal.Sealed() {
+		return nil, seal.ErrSealed
+	}
+	if opts == nil {
+		opts = &pb.ReadOptions{}
+	}
+	if opts.MaxStalenessMs < 0 {
+		return nil, fmt.Errorf("%w: max_staleness must not be negative", ErrInvalidArgument)
+	}
+	if opts.MinIndex > 0 && s.fsm.AppliedIndex() < opts.MinIndex {
+		if err := s.fsm.WaitApplied(ctx, opts.MinIndex); err != nil {
+			return nil, withMessage(replication.ErrTimeout, "node %s has not applied index %d yet (at %d): retry, or read from another node", s.cfg.NodeID, opts.MinIndex, s.fsm.AppliedIndex())
+		}
+	}
+	leader := s.raft.IsLeader()
+	switch opts.Consistency {
+	case pb.Consistency_CONSISTENCY_STALE:
+		if !leader && opts.MaxStalenessMs > 0 {
+			if ms := s.lastContactMs(); ms < 0 || ms > opts.MaxStalenessMs {
+				return nil, ErrStale
+			}
+		}
+	case pb.Consistency_CONSISTENCY_DEFAULT:
+		if !leader {
+			return nil, s.notLeaderError()
+		}
+		if !s.leaderReady.Load() {
+			return nil, withMessage(replication.ErrNoLeader, "node %s became leader and is still applying earlier entries: retry shortly", s.cfg.NodeID)
+		}
+	case pb.Consistency_CONSISTENCY_LINEARIZABLE:
+		if !leader {
+			return nil, s.notLeaderError()
+		}
+		if !s.leaderReady.Load() {
+			return nil, withMessage(replication.ErrNoLeader, "node %s became leader and is still applying earlier entries: retry shortly", s.cfg.NodeID)
+		}
+		if err := s.raft.VerifyLeader(ctx); err != nil {
+			return nil, err
+		}
+		if err := s.fsm.WaitApplied(ctx, s.raft.CommitIndex()); err != nil {
+			return nil, err
+		}
+	default:
+		return nil, fmt.Errorf("%w: unknown consistency %d: use stale, default or linearizable", ErrInvalidArgument, opts.Consistency)
+	}
+	return s.readMeta(opts.Consistency == pb.Consistency_CONSISTENCY_STALE && !leader), nil
+}
+
+// readMeta describes this node for a read response.
+func (s *Server) readMeta(stale bool) *pb.ReadMeta {
+	id, _ := s.raft.Leader()
+	return &pb.ReadMeta{
+		NodeId:        s.cfg.NodeID,
+		AppliedIndex:  s.fsm.AppliedIndex(),
+		LeaderId:      id,
+		LastContactMs: max(s.lastContactMs(), 0),
+		Stale:         stale,
+	}
+}
+
+// decrypt opens a stored value, reloading the keyring once when the value
+// uses a term this node has not loaded yet (a rotation it only replicated).
+func (s *Server) decrypt(path string, ciphertext []byte) ([]byte, error) {
+	pt, err := s.seal.Decrypt(path, ciphertext)
+	if errors.Is(err, seal.ErrUnknownTerm) {
+		if rerr := s.reloadKeyring(); rerr != nil {
+			return nil, rerr
+		}
+		pt, err = s.seal.Decrypt(path, ciphertext)
+	}
+	return pt, err
+}
+
+// unixNano converts a time to nanoseconds, with the zero time as 0.
+func unixNano(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}

@@ -1,0 +1,280 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+
+	pb "coffer/api/cofferpb"
+	"coffer/fsm"
+	"coffer/replication"
+	"coffer/seal"
+)
+
+// Version is the coffer version reported by Status.
+const Version = "0.1.0"
+
+// kvService is the name the health service reports for the KV API: it is
+// SERVING only while the node is unsealed.
+const kvService = "coffer.v1.KV"
+
+// Server is one coffer node. Create it with New, start it with Start and
+// stop it with Shutdown.
+type Server struct {
+	pb.UnimplementedSysServer
+	pb.UnimplementedKVServer
+
+	cfg    Config
+	logger hclog.Logger
+	fsm    *fsm.FSM
+	raft   *replication.Node
+	seal   *seal.Seal
+	grpc   *grpc.Server
+	health *health.Server
+
+	lis      net.Listener
+	serveErr chan error
+
+	// leaderReady is true once this node, as leader, has applied every
+	// entry of earlier terms (a Raft barrier succeeded): only then may it
+	// answer default reads from its own state.
+	leaderReady atomic.Bool
+	// leaderEpoch counts leadership changes so a slow barrier of an old
+	// term cannot mark a newer term ready.
+	leaderEpoch atomic.Uint64
+
+	rotateMu sync.Mutex
+	initMu   sync.Mutex
+
+	bg           sync.WaitGroup
+	stop         chan struct{}
+	shutdownOnce sync.Once
+	shutdownErr  error
+}
+
+// New opens the node's state under cfg.DataDir and starts Raft. The node
+// comes up sealed; the API listens after Start.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	if cfg.ShutdownTimeout <= 0 {
+		cfg.ShutdownTimeout = 5 * time.Second
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("server: create data directory %s: %w", cfg.DataDir, err)
+	}
+	s := &Server{
+		cfg:      cfg,
+		logger:   cfg.Logger,
+		seal:     seal.New(seal.Options{}),
+		serveErr: make(chan error, 1),
+		stop:     make(chan struct{}),
+	}
+	var err error
+	s.fsm, err = fsm.Open(filepath.Join(cfg.DataDir, "fsm.db"), fsm.Options{
+		Logger:            cfg.Logger.Named("fsm"),
+		IdempotencyWindow: cfg.IdempotencyWindow,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("server: open state: %w", err)
+	}
+
+	rc := cfg.Raft
+	rc.NodeID = cfg.NodeID
+	rc.DataDir = cfg.DataDir
+	rc.BindAddr = cfg.RaftAddr
+	rc.AdvertiseAddr = cfg.RaftAdvertise
+	rc.Logger = cfg.Logger
+	rc.Bootstrap = true
+	s.raft, err = replication.New(rc, s.fsm)
+	if err != nil {
+		s.fsm.Close()
+		return nil, err
+	}
+	s.raft.OnLeadership(s.leadershipChanged)
+
+	s.health = health.NewServer()
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	s.health.SetServingStatus(kvService, healthpb.HealthCheckResponse_NOT_SERVING)
+	s.grpc = grpc.NewServer(
+		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
+		grpc.ChainStreamInterceptor(s.streamInterceptor),
+		grpc.MaxRecvMsgSize(4<<20),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+	)
+	pb.RegisterSysServer(s.grpc, s)
+	pb.RegisterKVServer(s.grpc, s)
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	reflection.Register(s.grpc)
+	return s, nil
+}
+
+// Start listens on the API address and serves in the background.
+func (s *Server) Start() error {
+	lis, err := net.Listen("tcp", s.cfg.APIAddr)
+	if err != nil {
+		return fmt.Errorf("server: listen on %s: %w (is another coffer running? pick another -api-addr)", s.cfg.APIAddr, err)
+	}
+	s.lis = lis
+	s.logger.Info("serving", "node_id", s.cfg.NodeID, "api_addr", lis.Addr().String(), "raft_addr", s.raft.Addr())
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		s.serveErr <- s.grpc.Serve(lis)
+	}()
+	return nil
+}
+
+// APIAddr is the address the API listens on (after Start), or the
+// configured one.
+func (s *Server) APIAddr() string {
+	if s.lis != nil {
+		return s.lis.Addr().String()
+	}
+	return s.cfg.APIAddr
+}
+
+// RaftAddr is the address of the node's Raft transport.
+func (s *Server) RaftAddr() string { return s.raft.Addr() }
+
+// NodeID is the node's id.
+func (s *Server) NodeID() string { return s.cfg.NodeID }
+
+// Shutdown stops the node: the API stops taking calls (in-flight ones may
+// finish within the shutdown timeout or ctx), the keys are dropped, then
+// Raft and the state database close. It is idempotent.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.shutdownOnce.Do(func() {
+		close(s.stop)
+		s.health.Shutdown()
+		stopped := make(chan struct{})
+		go func() { s.grpc.GracefulStop(); close(stopped) }()
+		timer := time.NewTimer(s.cfg.ShutdownTimeout)
+		select {
+		case <-stopped:
+		case <-ctx.Done():
+			s.grpc.Stop()
+		case <-timer.C:
+			s.grpc.Stop()
+		}
+		timer.Stop()
+		<-stopped
+		s.seal.Seal()
+		errs := []error{s.raft.Shutdown(), s.fsm.Close()}
+		s.bg.Wait()
+		s.shutdownErr = errors.Join(errs...)
+		s.logger.Info("stopped", "node_id", s.cfg.NodeID)
+	})
+	return s.shutdownErr
+}
+
+// leadershipChanged runs on every leadership transition. On gaining
+// leadership it waits for a Raft barrier (every earlier entry applied)
+// before the node answers reads as leader and reloads the keyring so new
+// writes use the newest term.
+func (s *Server) leadershipChanged(isLeader bool) {
+	epoch := s.leaderEpoch.Add(1)
+	s.leaderReady.Store(false)
+	if !isLeader {
+		s.logger.Info("lost leadership", "term", s.raft.Term())
+		return
+	}
+	s.logger.Info("gained leadership", "term", s.raft.Term())
+	s.bg.Add(1)
+	go func() {
+		defer s.bg.Done()
+		for {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			err := s.raft.Barrier(ctx)
+			cancel()
+			if s.leaderEpoch.Load() != epoch {
+				return
+			}
+			if err == nil {
+				if !s.seal.Sealed() {
+					if err := s.reloadKeyring(); err != nil {
+						s.logger.Error("reload keyring after gaining leadership", "error", err)
+					}
+				}
+				s.leaderReady.Store(true)
+				return
+			}
+			if errors.Is(err, replication.ErrShutdown) || errors.Is(err, replication.ErrNotLeader) || errors.Is(err, replication.ErrLeadershipLost) {
+				return
+			}
+			s.logger.Warn("leader barrier failed, retrying", "error", err)
+			retry := time.NewTimer(50 * time.Millisecond)
+			select {
+			case <-s.stop:
+				retry.Stop()
+				return
+			case <-retry.C:
+			}
+		}
+	}()
+}
+
+// WaitLeaderReady blocks until this node is a leader ready to serve, or ctx
+// ends.
+func (s *Server) WaitLeaderReady(ctx context.Context) error {
+	if err := s.raft.WaitForLeader(ctx); err != nil {
+		return err
+	}
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for !s.leaderReady.Load() {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %w", replication.ErrNoLeader, ctx.Err())
+		case <-t.C:
+		}
+	}
+	return nil
+}
+
+// apply encodes cmd, proposes it through Raft and returns the FSM result.
+// A deterministic failure of the command (CAS mismatch, not found) comes
+// back as the error, with the result still set.
+func (s *Server) apply(ctx context.Context, cmd *fsmCommand) (*fsm.Result, error) {
+	if err := s.fsm.Err(); err != nil {
+		s.logger.Error("state machine cannot persist; refusing writes", "error", err)
+		return nil, ErrStorage
+	}
+	cmd.LeaderTimeUnixNano = time.Now().UnixNano()
+	data, err := fsm.EncodeCommand(cmd)
+	if err != nil {
+		return nil, err
+	}
+	resp, _, err := s.raft.Apply(ctx, data)
+	if err != nil {
+		return nil, err
+	}
+	var r *fsm.Result
+	switch v := resp.(type) {
+	case fsm.Result:
+		r = &v
+	case *fsm.Result:
+		r = v
+	}
+	if r == nil {
+		return nil, fmt.Errorf("server: unexpected apply response %T", resp)
+	}
+	return r, r.Err
+}

@@ -1,0 +1,165 @@
+package server
+
+import (
+	"fmt"
+	"strings"
+	"unicode"
+	"unicode/utf8"
+)
+
+// Limits on what a request may carry. Each violation gets an error that
+// names the field and the limit.
+const (
+	// MaxPathLen is the longest secret path in bytes.
+	MaxPathLen = 512
+	// MaxSecretSize bounds the encoded data of one secret version.
+	MaxSecretSize = 1 << 20
+	// MaxKeys bounds the number of keys in one secret.
+	MaxKeys = 1024
+	// MaxKeyLen bounds the length of one key name in bytes.
+	MaxKeyLen = 256
+	// MaxVersionsPerCall bounds the versions listed in one delete,
+	// undelete or destroy.
+	MaxVersionsPerCall = 1000
+	// DefaultMount is the KV mount present from init.
+	DefaultMount = "secret/"
+)
+
+// mounts lists the KV mounts. Only secret/ exists for now.
+var mounts = []string{DefaultMount}
+
+// validatePath checks a secret path: "MOUNT/rest" with non-empty segments,
+// no "." or "..", printable UTF-8 and at most MaxPathLen bytes.
+func validatePath(path string) error {
+	if strings.HasSuffix(path, "/") && len(path) <= MaxPathLen {
+		return invalidPath(path, "a secret path must not end with /")
+	}
+	if err := checkPathText(path); err != nil {
+		return err
+	}
+	mount, rest, err := splitMount(path)
+	if err != nil {
+		return err
+	}
+	if rest == "" {
+		return invalidPath(path, fmt.Sprintf("name the secret under the mount, e.g. %sapp/db", mount))
+	}
+	return nil
+}
+
+// validatePrefix checks a list prefix: a mount, or a path under it; a
+// trailing / is allowed. It returns the prefix with a trailing /.
+func validatePrefix(path string) (string, error) {
+	if path == "" {
+		return "", fmt.Errorf("%w: path is empty: list a mount such as %s", ErrInvalidArgument, DefaultMount)
+	}
+	p := path
+	if !strings.HasSuffix(p, "/") {
+		p += "/"
+	}
+	if err := checkPathText(strings.TrimSuffix(p, "/")); err != nil {
+		return "", err
+	}
+	if _, _, err := splitMount(p); err != nil {
+		return "", err
+	}
+	return p, nil
+}
+
+func checkPathText(path string) error {
+	switch {
+	case path == "":
+		return fmt.Errorf("%w: path is empty: give a path such as %sapp/db", ErrInvalidArgument, DefaultMount)
+	case len(path) > MaxPathLen:
+		return fmt.Errorf("%w: path is %d bytes, over the limit of %d: shorten it", ErrInvalidArgument, len(path), MaxPathLen)
+	case !utf8.ValidString(path):
+		return fmt.Errorf("%w: path is not valid UTF-8", ErrInvalidArgument)
+	case strings.HasPrefix(path, "/"):
+		return invalidPath(path, "remove the leading /")
+	}
+	for _, r := range path {
+		if r == 0 || unicode.IsControl(r) {
+			return invalidPath(path, "it contains a control character")
+		}
+	}
+	for _, seg := range strings.Split(path, "/") {
+		switch seg {
+		case "":
+			return invalidPath(path, "it has an empty segment (//)")
+		case ".", "..":
+			return invalidPath(path, "segments . and .. are not allowed")
+		}
+	}
+	return nil
+}
+
+// splitMount finds the mount a path lives under.
+func splitMount(path string) (mount, rest string, err error) {
+	for _, m := range mounts {
+		if strings.HasPrefix(path, m) {
+			return m, strings.TrimPrefix(path, m), nil
+		}
+		if path+"/" == m {
+			return m, "", nil
+		}
+	}
+	return "", "", invalidPath(path, fmt.Sprintf("no KV mount there; paths start with %s", strings.Join(mounts, " or ")))
+}
+
+func invalidPath(path, why string) error {
+	return fmt.Errorf("%w: invalid path %q: %s", ErrInvalidArgument, printable(path), why)
+}
+
+// printable shortens and escapes a user-supplied string for an error
+// message.
+func printable(s string) string {
+	if len(s) > 80 {
+		s = s[:80] + "…"
+	}
+	return strings.ToValidUTF8(s, "?")
+}
+
+// validateData checks the key/value map of a put.
+func validateData(data map[string]string) error {
+	if len(data) == 0 {
+		return fmt.Errorf("%w: data is empty: give at least one key=value", ErrInvalidArgument)
+	}
+	if len(data) > MaxKeys {
+		return fmt.Errorf("%w: data has %d keys, over the limit of %d: split the secret", ErrTooLarge, len(data), MaxKeys)
+	}
+	size := 0
+	for k, v := range data {
+		switch {
+		case k == "":
+			return fmt.Errorf("%w: data has an empty key name", ErrInvalidArgument)
+		case len(k) > MaxKeyLen:
+			return fmt.Errorf("%w: key name %q is over %d bytes", ErrInvalidArgument, printable(k), MaxKeyLen)
+		case !utf8.ValidString(k):
+			return fmt.Errorf("%w: key name is not valid UTF-8", ErrInvalidArgument)
+		}
+		if len(v) > MaxSecretSize {
+			return fmt.Errorf("%w: value of key %q is %d bytes, over the limit of %d (1 MiB): store large files elsewhere and keep a reference here", ErrTooLarge, printable(k), len(v), MaxSecretSize)
+		}
+		size += len(k) + len(v)
+	}
+	if size > MaxSecretSize {
+		return fmt.Errorf("%w: secret data is %d bytes, over the limit of %d (1 MiB): split it into several secrets", ErrTooLarge, size, MaxSecretSize)
+	}
+	return nil
+}
+
+// validateVersions checks the version list of delete, undelete, destroy.
+func validateVersions(versions []uint64, required bool, verb string) error {
+	if required && len(versions) == 0 {
+		return fmt.Errorf("%w: %s needs the versions to act on (-versions=1,2)", ErrInvalidArgument, verb)
+	}
+	if len(versions) > MaxVersionsPerCall {
+		return fmt.Errorf("%w: %d versions in one %s, over the limit of %d", ErrInvalidArgument, len(versions), verb, MaxVersionsPerCall)
+	}
+	for _, v := range versions {
+		if v == 0 {
+			return fmt.Errorf("%w: version 0 does not exist: versions start at 1", ErrInvalidArgument)
+		}
+	}
+	return nil
+}
