@@ -92,7 +92,10 @@ func New(cfg Config, fsm raft.BatchingFSM) (*Node, error) {
 	rc.SnapshotThreshold = cfg.SnapshotThreshold
 	rc.TrailingLogs = cfg.TrailingLogs
 	rc.MaxAppendEntries = cfg.MaxAppendEntries
-	rc.BatchApplyCh = true
+	// An unbuffered apply channel: with a buffered one, an Apply racing
+	// Shutdown can park its future in the buffer where nothing ever answers
+	// it. The leader still groups concurrent applies into one batch.
+	rc.BatchApplyCh = false
 	rc.NoSnapshotRestoreOnStart = true
 	rc.NotifyCh = n.notifyCh
 	rc.NoLegacyTelemetry = true
@@ -161,6 +164,11 @@ func (n *Node) OnLeadership(f func(isLeader bool)) {
 func (n *Node) Apply(ctx context.Context, cmd []byte) (any, uint64, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, 0, err
+	}
+	select {
+	case <-n.done:
+		return nil, 0, ErrShutdown
+	default:
 	}
 	timeout := 10 * time.Second
 	if dl, ok := ctx.Deadline(); ok {

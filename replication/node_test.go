@@ -1,0 +1,165 @@
+package replication
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"coffer/fsm"
+	"coffer/fsm/fsmpb"
+)
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }
+
+func testNodeConfig(t *testing.T, dir string) Config {
+	return Config{
+		NodeID:             "n1",
+		DataDir:            dir,
+		BindAddr:           "127.0.0.1:0",
+		Bootstrap:          true,
+		Logger:             hclog.New(&hclog.LoggerOptions{Level: hclog.Debug, Output: testWriter{t}}),
+		HeartbeatTimeout:   100 * time.Millisecond,
+		ElectionTimeout:    100 * time.Millisecond,
+		LeaderLeaseTimeout: 50 * time.Millisecond,
+		CommitTimeout:      5 * time.Millisecond,
+	}
+}
+
+// openNode starts a node over a real FSM in dir and waits for it to lead.
+func openNode(t *testing.T, dir string) (*Node, *fsm.FSM) {
+	t.Helper()
+	f, err := fsm.Open(filepath.Join(dir, "fsm.db"), fsm.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := New(testNodeConfig(t, dir), f)
+	if err != nil {
+		f.Close()
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := n.WaitForLeader(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return n, f
+}
+
+func put(t *testing.T, n *Node, path string, ct string) (fsm.Result, uint64) {
+	t.Helper()
+	data, err := fsm.EncodeCommand(&fsmpb.Command{Op: fsmpb.Op_OP_PUT, Path: path, Ciphertext: []byte(ct), LeaderTimeUnixNano: time.Now().UnixNano()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, idx, err := n.Apply(ctx, data)
+	if err != nil {
+		t.Fatalf("apply: %v", err)
+	}
+	r, ok := resp.(fsm.Result)
+	if !ok {
+		t.Fatalf("apply response %T", resp)
+	}
+	return r, idx
+}
+
+func TestSingleNodeBootstrapApplyRestart(t *testing.T) {
+	dir := t.TempDir()
+	n, f := openNode(t, dir)
+	if n.State() != "leader" {
+		t.Fatalf("state %q, want leader", n.State())
+	}
+	if id, addr := n.Leader(); id != "n1" || addr != n.Addr() {
+		t.Fatalf("leader %q %q, want n1 %q", id, addr, n.Addr())
+	}
+	var last uint64
+	for i := 1; i <= 5; i++ {
+		r, idx := put(t, n, "secret/a", "ct")
+		if r.Err != nil || r.Version != uint64(i) || idx != r.Index {
+			t.Fatalf("put %d: %+v at %d", i, r, idx)
+		}
+		last = idx
+	}
+	if f.AppliedIndex() != last {
+		t.Fatalf("fsm applied %d, raft said %d", f.AppliedIndex(), last)
+	}
+	term := n.Term()
+	if err := n.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Shutdown(); err != nil {
+		t.Fatalf("second shutdown: %v", err)
+	}
+	if n.State() != "shutdown" {
+		t.Fatalf("state after shutdown %q", n.State())
+	}
+	if _, _, err := n.Apply(context.Background(), []byte("x")); !errors.Is(err, ErrShutdown) {
+		t.Fatalf("apply after shutdown: %v, want ErrShutdown", err)
+	}
+	f.Close()
+
+	// Restart: state is kept, nothing is applied twice, and the node
+	// leads again in a later term without bootstrapping anew.
+	n, f = openNode(t, dir)
+	defer f.Close()
+	defer n.Shutdown()
+	if f.AppliedIndex() < last {
+		t.Fatalf("applied index after restart %d < %d", f.AppliedIndex(), last)
+	}
+	r, _ := put(t, n, "secret/a", "ct")
+	if r.Version != 6 {
+		t.Fatalf("version after restart %d, want 6 (replayed entries applied twice?)", r.Version)
+	}
+	if n.Term() <= term {
+		t.Fatalf("term after restart %d, want > %d", n.Term(), term)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := n.VerifyLeader(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Barrier(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Snapshot(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestApplyHonoursContext(t *testing.T) {
+	n, f := openNode(t, t.TempDir())
+	defer f.Close()
+	defer n.Shutdown()
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, _, err := n.Apply(ctx, []byte("x")); !errors.Is(err, context.Canceled) {
+		t.Fatalf("apply with a cancelled context: %v", err)
+	}
+}
+
+func TestConfigValidate(t *testing.T) {
+	good := testNodeConfig(t, t.TempDir())
+	if err := good.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for name, mut := range map[string]func(*Config){
+		"no id":    func(c *Config) { c.NodeID = "" },
+		"no dir":   func(c *Config) { c.DataDir = "" },
+		"lease":    func(c *Config) { c.LeaderLeaseTimeout = time.Second },
+		"election": func(c *Config) { c.ElectionTimeout = time.Millisecond },
+		"batch":    func(c *Config) { c.MaxAppendEntries = 5000 },
+	} {
+		c := good
+		mut(&c)
+		if err := c.Validate(); err == nil {
+			t.Errorf("%s: Validate accepted %+v", name, c)
+		}
+	}
+}

@@ -1,0 +1,350 @@
+package seal
+
+import (
+	"bytes"
+	"crypto/subtle"
+	"fmt"
+	"sync"
+	"time"
+)
+
+// DefaultProgressTimeout is how long unseal progress is kept without a new
+// share when Options.ProgressTimeout is zero.
+const DefaultProgressTimeout = 10 * time.Minute
+
+// Status describes a node's seal state.
+type Status struct {
+	Initialized, Sealed         bool
+	Shares, Threshold, Progress int
+	Term                        uint32 // active data-key term when unsealed, else 0
+}
+
+// Options configures a Seal. The zero value gives the defaults.
+type Options struct {
+	// Now returns the current time; nil means time.Now.
+	Now func() time.Time
+	// ProgressTimeout discards unseal progress that has not received a
+	// share for this long; it takes effect on the next share or status
+	// call. Zero or negative means DefaultProgressTimeout.
+	ProgressTimeout time.Duration
+}
+
+// Seal is one node's seal state: sealed (no keys in memory, possibly with
+// unseal progress) or unsealed (root key and keyring in memory, barrier
+// ready). It is safe for concurrent use; Encrypt and Decrypt, the hot path,
+// take only a read lock.
+//
+// Keys are held in byte slices Seal owns and overwrites when it seals. This
+// is best effort: crypto/aes keeps its own expanded key schedules, which we
+// cannot reach and only drop references to, and the Go runtime may have
+// copied memory while moving stacks.
+type Seal struct {
+	now     func() time.Time
+	timeout time.Duration
+
+	mu sync.RWMutex
+
+	// Unsealed state; all nil while sealed.
+	rootKey []byte
+	keyring *Keyring
+	barrier *Barrier
+
+	// Unseal progress: copies of the shares submitted so far, the stored
+	// configuration they were submitted against, and when the last one came.
+	shares    [][]byte
+	sharesFor Stored
+	lastShare time.Time
+}
+
+// New returns a sealed Seal.
+func New(opts Options) *Seal {
+	s := &Seal{now: opts.Now, timeout: opts.ProgressTimeout}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.timeout <= 0 {
+		s.timeout = DefaultProgressTimeout
+	}
+	return s
+}
+
+// Status returns the node's seal state for the cluster's stored seal
+// configuration; stored == nil means the cluster is not initialized.
+func (s *Seal) Status(stored *Stored) Status {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if stored != nil {
+		s.expireProgressLocked(stored)
+	}
+	return s.statusLocked(stored)
+}
+
+// statusLocked builds the Status; s.mu must be held.
+func (s *Seal) statusLocked(stored *Stored) Status {
+	if stored == nil {
+		return Status{Sealed: true}
+	}
+	st := Status{
+		Initialized: true,
+		Sealed:      s.barrier == nil,
+		Shares:      stored.Shares,
+		Threshold:   stored.Threshold,
+	}
+	if s.barrier != nil {
+		st.Term = s.barrier.ActiveTerm()
+	} else if s.progressMatchesLocked(stored) {
+		st.Progress = len(s.shares)
+	}
+	return st
+}
+
+// Unseal submits one unseal key share against the cluster's stored seal
+// configuration and its wrapped keyring, and returns the resulting status.
+//
+// Shares accumulate until Threshold are held; then they are combined, the
+// root key is unwrapped with the resulting unseal key and the keyring with
+// the root key, and the node is unsealed. Whatever the outcome of that
+// attempt, the combined key and the share copies are zeroed and progress
+// starts over.
+//
+// Errors: ErrNotInitialized when stored is nil; ErrInvalidStored for an
+// inconsistent stored; ErrInvalidShare for a share of the wrong length or
+// index 0; ErrDuplicateShare for a share (or share index) already submitted,
+// leaving progress unchanged; ErrWrongShares when the combined key does not
+// open the root key (shares from another cluster or corrupt); and
+// ErrInvalidKeyring when the root key opens but the keyring does not. An
+// already unsealed node returns its status and no error.
+func (s *Seal) Unseal(stored *Stored, wrappedKeyring []byte, share []byte) (Status, error) {
+	if stored == nil {
+		return Status{Sealed: true}, ErrNotInitialized
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.barrier != nil {
+		return s.statusLocked(stored), nil
+	}
+	if err := stored.validate(); err != nil {
+		return s.statusLocked(stored), err
+	}
+	s.expireProgressLocked(stored)
+
+	cfg := stored.config()
+	if len(share) != cfg.shareSize() {
+		return s.statusLocked(stored), fmt.Errorf("%w: it is %d bytes, this cluster's shares are %d", ErrInvalidShare, len(share), cfg.shareSize())
+	}
+	if cfg.Shares > 1 && share[KeySize] == 0 {
+		return s.statusLocked(stored), fmt.Errorf("%w: its index is 0", ErrInvalidShare)
+	}
+	for _, held := range s.shares {
+		if subtle.ConstantTimeCompare(held, share) == 1 {
+			return s.statusLocked(stored), ErrDuplicateShare
+		}
+		// The index (last byte) is public; two different shares with
+		// the same index cannot both be right.
+		if cfg.Shares > 1 && held[KeySize] == share[KeySize] {
+			return s.statusLocked(stored), fmt.Errorf("%w: a different share with the same index was already submitted; reset progress if that one was wrong", ErrDuplicateShare)
+		}
+	}
+
+	if len(s.shares) == 0 {
+		s.sharesFor = Stored{Shares: stored.Shares, Threshold: stored.Threshold, WrappedRootKey: bytes.Clone(stored.WrappedRootKey)}
+	}
+	s.shares = append(s.shares, bytes.Clone(share))
+	s.lastShare = s.now()
+	if len(s.shares) < cfg.Threshold {
+		return s.statusLocked(stored), nil
+	}
+
+	err := s.unsealLocked(stored, wrappedKeyring)
+	s.clearProgressLocked()
+	return s.statusLocked(stored), err
+}
+
+// unsealLocked combines the held shares and, if they open the root key and
+// keyring, installs them. s.mu must be held.
+func (s *Seal) unsealLocked(stored *Stored, wrappedKeyring []byte) error {
+	var unsealKey []byte
+	if stored.Shares == 1 {
+		unsealKey = bytes.Clone(s.shares[0])
+	} else {
+		var err error
+		if unsealKey, err = Combine(s.shares); err != nil {
+			return err
+		}
+	}
+	defer clear(unsealKey)
+
+	rootKey, err := unwrap(unsealKey, stored.WrappedRootKey, aadRootKey)
+	if err != nil {
+		return ErrWrongShares
+	}
+	if len(rootKey) != KeySize {
+		clear(rootKey)
+		return fmt.Errorf("%w: root key has the wrong size", ErrInvalidStored)
+	}
+	keyring, barrier, err := openKeyring(rootKey, wrappedKeyring)
+	if err != nil {
+		clear(rootKey)
+		return err
+	}
+	s.rootKey, s.keyring, s.barrier = rootKey, keyring, barrier
+	return nil
+}
+
+// openKeyring unwraps and decodes a keyring with rootKey and builds its
+// barrier. Errors wrap ErrInvalidKeyring.
+func openKeyring(rootKey, wrappedKeyring []byte) (*Keyring, *Barrier, error) {
+	encoded, err := unwrap(rootKey, wrappedKeyring, aadKeyring)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: it does not open with the root key", ErrInvalidKeyring)
+	}
+	keyring, err := UnmarshalKeyring(encoded)
+	clear(encoded)
+	if err != nil {
+		return nil, nil, err
+	}
+	barrier, err := NewBarrier(keyring)
+	if err != nil {
+		keyring.Zero()
+		return nil, nil, err
+	}
+	return keyring, barrier, nil
+}
+
+// ResetProgress discards the shares submitted so far.
+func (s *Seal) ResetProgress() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.clearProgressLocked()
+}
+
+// progressMatchesLocked reports whether the held shares were submitted
+// against stored. s.mu must be held.
+func (s *Seal) progressMatchesLocked(stored *Stored) bool {
+	return len(s.shares) > 0 &&
+		s.sharesFor.Shares == stored.Shares &&
+		s.sharesFor.Threshold == stored.Threshold &&
+		bytes.Equal(s.sharesFor.WrappedRootKey, stored.WrappedRootKey)
+}
+
+// expireProgressLocked discards progress that timed out or was collected
+// against another seal configuration (the cluster was rekeyed or
+// re-initialized meanwhile). s.mu must be held.
+func (s *Seal) expireProgressLocked(stored *Stored) {
+	if len(s.shares) == 0 {
+		return
+	}
+	if !s.progressMatchesLocked(stored) || s.now().Sub(s.lastShare) >= s.timeout {
+		s.clearProgressLocked()
+	}
+}
+
+// clearProgressLocked zeroes and drops the held shares. s.mu must be held.
+func (s *Seal) clearProgressLocked() {
+	for _, share := range s.shares {
+		clear(share)
+	}
+	s.shares = nil
+	s.sharesFor = Stored{}
+	s.lastShare = time.Time{}
+}
+
+// Seal zeroes the root key and keyring in memory, drops the barrier and
+// discards unseal progress. It is idempotent.
+func (s *Seal) Seal() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	clear(s.rootKey)
+	s.rootKey = nil
+	s.keyring.Zero()
+	s.keyring = nil
+	s.barrier = nil
+	s.clearProgressLocked()
+}
+
+// Sealed reports whether the node is sealed.
+func (s *Seal) Sealed() bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.barrier == nil
+}
+
+// Term returns the active data-key term, or 0 when sealed.
+func (s *Seal) Term() uint32 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.barrier == nil {
+		return 0
+	}
+	return s.barrier.ActiveTerm()
+}
+
+// Encrypt seals plaintext for path with the active data key (see
+// Barrier.Encrypt). It returns ErrSealed when the node is sealed.
+func (s *Seal) Encrypt(path string, plaintext []byte) ([]byte, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.barrier == nil {
+		return nil, ErrSealed
+	}
+	return s.barrier.Encrypt(path, plaintext)
+}
+
+// Decrypt opens ciphertext for path (see Barrier.Decrypt). It returns
+// ErrSealed when the node is sealed, ErrUnknownTerm when the ciphertext's
+// term is newer than the node's keyring, and ErrDecrypt otherwise on failure.
+func (s *Seal) Decrypt(path string, ciphertext []byte) ([]byte, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.barrier == nil {
+		return nil, ErrSealed
+	}
+	return s.barrier.Decrypt(path, ciphertext)
+}
+
+// Rotate builds the current keyring plus a new data-key term and returns it
+// wrapped by the root key, with its active term. It does not install it:
+// the server replicates the wrapped keyring through Raft and then calls
+// InstallKeyring on every node. It returns ErrSealed when sealed.
+func (s *Seal) Rotate() (wrappedKeyring []byte, term uint32, err error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.barrier == nil {
+		return nil, 0, ErrSealed
+	}
+	next, err := s.keyring.Rotate()
+	if err != nil {
+		return nil, 0, err
+	}
+	defer next.Zero()
+	encoded := next.Marshal()
+	defer clear(encoded)
+	wrapped, err := wrap(s.rootKey, encoded, aadKeyring)
+	if err != nil {
+		return nil, 0, err
+	}
+	return wrapped, next.ActiveTerm(), nil
+}
+
+// InstallKeyring unwraps wrappedKeyring with the in-memory root key and
+// installs it if its active term is at least the current one; an older
+// keyring is ignored. It returns ErrSealed when sealed and an error wrapping
+// ErrInvalidKeyring when the keyring does not open or decode.
+func (s *Seal) InstallKeyring(wrappedKeyring []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.barrier == nil {
+		return ErrSealed
+	}
+	keyring, barrier, err := openKeyring(s.rootKey, wrappedKeyring)
+	if err != nil {
+		return err
+	}
+	if keyring.ActiveTerm() < s.keyring.ActiveTerm() {
+		keyring.Zero()
+		return nil
+	}
+	s.keyring.Zero()
+	s.keyring, s.barrier = keyring, barrier
+	return nil
+}
