@@ -18,7 +18,7 @@ import (
 
 // testNode is one real server on loopback with its data in a temp dir.
 type testNode struct {
-	t    *testing.T
+	t    testing.TB
 	dir  string
 	srv  *Server
 	conn *grpc.ClientConn
@@ -28,7 +28,7 @@ type testNode struct {
 
 // testConfig returns a one-node config with fast Raft timings and logs
 // routed to t.Log.
-func testConfig(t *testing.T, dir string) Config {
+func testConfig(t testing.TB, dir string) Config {
 	cfg := DefaultConfig()
 	cfg.NodeID = "n1"
 	cfg.DataDir = dir
@@ -48,7 +48,7 @@ func testConfig(t *testing.T, dir string) Config {
 	return cfg
 }
 
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Helper()
@@ -58,7 +58,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 
 // startNode starts a node on dir (a fresh temp dir when empty) and waits
 // until it leads.
-func startNode(t *testing.T, dir string) *testNode {
+func startNode(t testing.TB, dir string) *testNode {
 	t.Helper()
 	if dir == "" {
 		dir = t.TempDir()
@@ -111,19 +111,19 @@ func (n *testNode) initUnseal(shares, threshold uint32) ([][]byte, string) {
 }
 
 // ctx returns a context with a deadline that ends with the test.
-func ctx(t *testing.T) context.Context {
+func ctx(t testing.TB) context.Context {
 	c, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	t.Cleanup(cancel)
 	return c
 }
 
 // authed adds a bearer token to a context.
-func authed(t *testing.T, token string) context.Context {
+func authed(t testing.TB, token string) context.Context {
 	return metadata.AppendToOutgoingContext(ctx(t), "authorization", "Bearer "+token)
 }
 
 // wantCode fails unless err has the given gRPC code.
-func wantCode(t *testing.T, err error, code codes.Code) {
+func wantCode(t testing.TB, err error, code codes.Code) {
 	t.Helper()
 	if status.Code(err) != code {
 		t.Fatalf("got %v (code %s), want code %s", err, status.Code(err), code)

@@ -1,0 +1,511 @@
+package fsm
+
+import (
+	"encoding/binary"
+	"fmt"
+	"sort"
+
+	"github.com/hashicorp/raft"
+	bolt "go.etcd.io/bbolt"
+	"google.golang.org/protobuf/proto"
+
+	"coffer/fsm/fsmpb"
+)
+
+// Result is what Apply returns (as a Result value in the interface{}) for
+// every log of type raft.LogCommand that was not skipped. Other log types and
+// logs at or below the applied index yield nil.
+type Result struct {
+	// Index is the raft index at which the command took effect; for a
+	// deduplicated retry, the index of the original command.
+	Index uint64
+	// Version is the secret version written by a put, else 0.
+	Version uint64
+	// Err is the deterministic outcome: nil, or an error wrapping
+	// ErrCASMismatch, ErrCASRequired, ErrNotFound, ErrAlreadyExists,
+	// ErrInvalidCommand or ErrRequestIDConflict. It wraps ErrStorage or
+	// ErrClosed when the node could not apply the command at all.
+	Err error
+	// Deduplicated is true when request_id matched an earlier command within
+	// the idempotency window: nothing changed and the fields above are a copy
+	// of the first result.
+	Deduplicated bool
+}
+
+// Apply applies one log entry. It is ApplyBatch with a batch of one.
+func (f *FSM) Apply(l *raft.Log) interface{} {
+	return f.ApplyBatch([]*raft.Log{l})[0]
+}
+
+// ApplyBatch applies logs in order in one bbolt read-write transaction and
+// records the last index and term in it, so a batch costs one fsync. It
+// returns one response per log: a Result for each LogCommand, nil for other
+// log types (which only advance the applied index) and for logs at or below
+// the applied index, which are skipped. ApplyBatch never panics on malformed
+// data; see Err for what happens when the transaction cannot commit.
+func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
+	out := make([]interface{}, len(logs))
+
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if f.closed {
+		f.failBatch(logs, out, f.applied.Load(), ErrClosed)
+		return out
+	}
+	if err := f.Err(); err != nil {
+		f.failBatch(logs, out, f.applied.Load(), err)
+		return out
+	}
+
+	start := f.applied.Load()
+	pending := false
+	for _, l := range logs {
+		if l != nil && l.Index > start {
+			pending = true
+			break
+		}
+	}
+	if !pending {
+		return out
+	}
+
+	var lastIndex uint64
+	err := f.db.Update(func(tx *bolt.Tx) error {
+		a := newApplier(tx, f)
+		cur, lastTerm := start, uint64(0)
+		for i, l := range logs {
+			if l == nil || l.Index <= cur {
+				continue
+			}
+			if l.Type == raft.LogCommand {
+				res, err := a.command(l)
+				if err != nil {
+					return fmt.Errorf("index %d: %w", l.Index, err)
+				}
+				out[i] = res
+			}
+			cur, lastTerm = l.Index, l.Term
+		}
+		meta := tx.Bucket(bucketMeta)
+		if err := meta.Put(keyAppliedIndex, encodeUint64(cur)); err != nil {
+			return err
+		}
+		if err := meta.Put(keyAppliedTerm, encodeUint64(lastTerm)); err != nil {
+			return err
+		}
+		lastIndex = cur
+		return nil
+	})
+	if err != nil {
+		failure := fmt.Errorf("%w (%v)", ErrStorage, err)
+		f.setErr(failure)
+		f.logger.Error("could not commit applied logs; refusing all further commands until restart",
+			"first_index", logs[0].Index, "last_index", logs[len(logs)-1].Index, "error", err)
+		for i := range out {
+			out[i] = nil
+		}
+		f.failBatch(logs, out, start, failure)
+		return out
+	}
+	f.publishApplied(lastIndex)
+	return out
+}
+
+// failBatch fills out with a failed Result for every command log above
+// applied.
+func (f *FSM) failBatch(logs []*raft.Log, out []interface{}, applied uint64, err error) {
+	for i, l := range logs {
+		if l != nil && l.Index > applied && l.Type == raft.LogCommand {
+			out[i] = Result{Index: l.Index, Err: err}
+		}
+	}
+}
+
+// applier applies commands inside one read-write transaction.
+type applier struct {
+	f      *FSM
+	meta   *bolt.Bucket
+	data   *bolt.Bucket
+	sys    *bolt.Bucket
+	idem   *bolt.Bucket
+	idemTs *bolt.Bucket
+}
+
+func newApplier(tx *bolt.Tx, f *FSM) *applier {
+	return &applier{
+		f:      f,
+		meta:   tx.Bucket(bucketSecretMeta),
+		data:   tx.Bucket(bucketSecretData),
+		sys:    tx.Bucket(bucketSys),
+		idem:   tx.Bucket(bucketIdem),
+		idemTs: tx.Bucket(bucketIdemTime),
+	}
+}
+
+// command applies one LogCommand. A non-nil error is a storage failure that
+// aborts the whole transaction; deterministic outcomes travel in Result.Err.
+func (a *applier) command(l *raft.Log) (Result, error) {
+	cmd, err := DecodeCommand(l.Data)
+	if err != nil {
+		a.f.logger.Warn("refusing invalid command", "index", l.Index, "error", err)
+		return Result{Index: l.Index, Err: err}, nil
+	}
+	now := cmd.GetLeaderTimeUnixNano()
+	if now > 0 {
+		if err := a.pruneIdempotency(now); err != nil {
+			return Result{}, err
+		}
+	}
+	rid := cmd.GetRequestId()
+	if rid != "" {
+		rec, err := a.idempotencyRecord(rid)
+		if err != nil {
+			return Result{}, err
+		}
+		if rec != nil {
+			if rec.GetOp() != cmd.GetOp() || rec.GetPath() != cmd.GetPath() {
+				return Result{Index: l.Index, Err: newResultError(ErrRequestIDConflict,
+					"request_id %q was used at index %d for %v %q", rid, rec.GetIndex(), rec.GetOp(), rec.GetPath())}, nil
+			}
+			return Result{
+				Index:        rec.GetIndex(),
+				Version:      rec.GetVersion(),
+				Err:          errorOf(rec.GetCode(), rec.GetMessage()),
+				Deduplicated: true,
+			}, nil
+		}
+	}
+	res, err := a.exec(cmd, l.Index)
+	if err != nil {
+		return Result{}, err
+	}
+	if rid != "" {
+		if err := a.recordIdempotency(rid, cmd, res); err != nil {
+			return Result{}, err
+		}
+	}
+	return res, nil
+}
+
+// exec dispatches a validated command.
+func (a *applier) exec(cmd *fsmpb.Command, index uint64) (Result, error) {
+	res := Result{Index: index}
+	var err error
+	switch cmd.GetOp() {
+	case fsmpb.Op_OP_PUT:
+		err = a.put(cmd, &res)
+	case fsmpb.Op_OP_DELETE, fsmpb.Op_OP_UNDELETE, fsmpb.Op_OP_DESTROY:
+		err = a.changeVersions(cmd, &res)
+	case fsmpb.Op_OP_DELETE_METADATA:
+		err = a.deleteMetadata(cmd, &res)
+	case fsmpb.Op_OP_PUT_METADATA:
+		err = a.putMetadata(cmd)
+	case fsmpb.Op_OP_SYS_PUT:
+		err = a.sysPut(cmd, &res)
+	case fsmpb.Op_OP_SYS_DELETE:
+		err = a.sysDelete(cmd)
+	case fsmpb.Op_OP_NOOP:
+	default:
+		// DecodeCommand refuses unknown ops; keep the switch total anyway.
+		res.Err = newResultError(ErrInvalidCommand, "unknown op %d", int32(cmd.GetOp()))
+	}
+	return res, err
+}
+
+// The operations below record a deterministic outcome in res and return a
+// non-nil error only for a storage failure, which aborts the transaction. An
+// operation that fails deterministically writes nothing.
+
+// put writes version current+1 after the check-and-set checks.
+func (a *applier) put(cmd *fsmpb.Command, res *Result) error {
+	path, now := cmd.GetPath(), cmd.GetLeaderTimeUnixNano()
+	meta, err := a.getMeta(path)
+	if err != nil {
+		return err
+	}
+	var current uint64
+	if meta != nil {
+		current = meta.GetCurrentVersion()
+		if meta.GetCasRequired() && !cmd.GetHasCas() {
+			res.Err = newResultError(ErrCASRequired, "%q", path)
+			return nil
+		}
+	}
+	if cmd.GetHasCas() && cmd.GetCas() != current {
+		res.Err = newResultError(ErrCASMismatch, "%q is at version %d, cas was %d", path, current, cmd.GetCas())
+		return nil
+	}
+	if meta == nil {
+		meta = &fsmpb.SecretMeta{MaxVersions: a.f.opts.DefaultMaxVersions, CreatedUnixNano: now}
+	}
+	version := current + 1
+	meta.CurrentVersion = version
+	meta.UpdatedUnixNano = now
+	meta.Versions = append(meta.Versions, &fsmpb.VersionMeta{Version: version, CreatedUnixNano: now})
+	// The decoded command owns its ciphertext and outlives the transaction,
+	// as bbolt requires of a value passed to Put.
+	if err := a.data.Put(dataKey(path, version), cmd.GetCiphertext()); err != nil {
+		return err
+	}
+	res.Version = version
+	return a.trimAndPut(path, meta)
+}
+
+// changeVersions soft-deletes, undeletes or destroys versions.
+func (a *applier) changeVersions(cmd *fsmpb.Command, res *Result) error {
+	path, now, op := cmd.GetPath(), cmd.GetLeaderTimeUnixNano(), cmd.GetOp()
+	meta, err := a.getMeta(path)
+	if err != nil {
+		return err
+	}
+	if meta == nil {
+		res.Err = newResultError(ErrNotFound, "no secret at %q", path)
+		return nil
+	}
+	versions := cmd.GetVersions()
+	if len(versions) == 0 { // only OP_DELETE gets here: the current version
+		if meta.GetCurrentVersion() == 0 {
+			res.Err = newResultError(ErrNotFound, "%q has no version to delete", path)
+			return nil
+		}
+		versions = []uint64{meta.GetCurrentVersion()}
+	}
+	found := 0
+	for _, v := range versions {
+		if findVersion(meta, v) != nil {
+			found++
+		}
+	}
+	if found == 0 {
+		res.Err = newResultError(ErrNotFound, "none of versions %v of %q exist", versions, path)
+		return nil
+	}
+	for _, v := range versions {
+		vm := findVersion(meta, v)
+		if vm == nil {
+			continue
+		}
+		switch op {
+		case fsmpb.Op_OP_DELETE:
+			if vm.DeletedUnixNano == 0 && !vm.Destroyed {
+				vm.DeletedUnixNano = now
+			}
+		case fsmpb.Op_OP_UNDELETE:
+			if !vm.Destroyed {
+				vm.DeletedUnixNano = 0
+			}
+		case fsmpb.Op_OP_DESTROY:
+			if !vm.Destroyed {
+				if err := a.data.Delete(dataKey(path, v)); err != nil {
+					return err
+				}
+				vm.Destroyed = true
+			}
+		}
+	}
+	meta.UpdatedUnixNano = now
+	return a.putMeta(path, meta)
+}
+
+// deleteMetadata removes the secret and all its versions.
+func (a *applier) deleteMetadata(cmd *fsmpb.Command, res *Result) error {
+	path := cmd.GetPath()
+	meta, err := a.getMeta(path)
+	if err != nil {
+		return err
+	}
+	if meta == nil {
+		res.Err = newResultError(ErrNotFound, "no secret at %q", path)
+		return nil
+	}
+	for _, vm := range meta.GetVersions() {
+		if err := a.data.Delete(dataKey(path, vm.GetVersion())); err != nil {
+			return err
+		}
+	}
+	return a.meta.Delete([]byte(path))
+}
+
+// putMetadata creates or updates max_versions and cas_required.
+func (a *applier) putMetadata(cmd *fsmpb.Command) error {
+	path, now := cmd.GetPath(), cmd.GetLeaderTimeUnixNano()
+	meta, err := a.getMeta(path)
+	if err != nil {
+		return err
+	}
+	if meta == nil {
+		meta = &fsmpb.SecretMeta{MaxVersions: a.f.opts.DefaultMaxVersions, CreatedUnixNano: now}
+	}
+	if mv := cmd.GetMaxVersions(); mv > 0 {
+		meta.MaxVersions = mv
+	}
+	meta.CasRequired = cmd.GetCasRequired()
+	meta.UpdatedUnixNano = now
+	return a.trimAndPut(path, meta)
+}
+
+// sysPut writes all entries, or none when sys_require_absent exists.
+func (a *applier) sysPut(cmd *fsmpb.Command, res *Result) error {
+	if k := cmd.GetSysRequireAbsent(); k != "" && a.sys.Get([]byte(k)) != nil {
+		res.Err = newResultError(ErrAlreadyExists, "sys key %q", k)
+		return nil
+	}
+	for _, e := range cmd.GetSys() {
+		v := e.GetValue()
+		if v == nil {
+			v = []byte{}
+		}
+		if err := a.sys.Put([]byte(e.GetKey()), v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sysDelete removes keys; absent keys are ignored.
+func (a *applier) sysDelete(cmd *fsmpb.Command) error {
+	for _, k := range cmd.GetSysKeys() {
+		if err := a.sys.Delete([]byte(k)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// trimAndPut drops the oldest versions beyond max_versions (value and
+// metadata), updates OldestVersion and stores the metadata.
+func (a *applier) trimAndPut(path string, meta *fsmpb.SecretMeta) error {
+	limit := int(meta.GetMaxVersions())
+	if limit == 0 {
+		limit = int(a.f.opts.DefaultMaxVersions)
+	}
+	if excess := len(meta.Versions) - limit; excess > 0 {
+		for _, vm := range meta.Versions[:excess] {
+			if err := a.data.Delete(dataKey(path, vm.GetVersion())); err != nil {
+				return err
+			}
+		}
+		meta.Versions = append([]*fsmpb.VersionMeta(nil), meta.Versions[excess:]...)
+	}
+	meta.OldestVersion = 0
+	if len(meta.Versions) > 0 {
+		meta.OldestVersion = meta.Versions[0].GetVersion()
+	}
+	return a.putMeta(path, meta)
+}
+
+func (a *applier) getMeta(path string) (*fsmpb.SecretMeta, error) {
+	return loadMeta(a.meta, path)
+}
+
+func (a *applier) putMeta(path string, meta *fsmpb.SecretMeta) error {
+	b, err := marshalOpts.Marshal(meta)
+	if err != nil {
+		return err
+	}
+	return a.meta.Put([]byte(path), b)
+}
+
+// loadMeta reads a secret's metadata; nil when absent.
+func loadMeta(b *bolt.Bucket, path string) (*fsmpb.SecretMeta, error) {
+	v := b.Get([]byte(path))
+	if v == nil {
+		return nil, nil
+	}
+	meta := new(fsmpb.SecretMeta)
+	if err := proto.Unmarshal(v, meta); err != nil {
+		return nil, fmt.Errorf("corrupt metadata for %q: %w", path, err)
+	}
+	return meta, nil
+}
+
+// findVersion returns the retained version v, or nil.
+func findVersion(meta *fsmpb.SecretMeta, v uint64) *fsmpb.VersionMeta {
+	vs := meta.GetVersions()
+	i := sort.Search(len(vs), func(i int) bool { return vs[i].GetVersion() >= v })
+	if i < len(vs) && vs[i].GetVersion() == v {
+		return vs[i]
+	}
+	return nil
+}
+
+// dataKey is path NUL big-endian version; paths never contain NUL, so the
+// versions of one path are contiguous and ordered.
+func dataKey(path string, version uint64) []byte {
+	k := make([]byte, len(path)+1+8)
+	copy(k, path)
+	binary.BigEndian.PutUint64(k[len(path)+1:], version)
+	return k
+}
+
+// idemTimeKey is big-endian leader time followed by the request_id.
+func idemTimeKey(t int64, rid string) []byte {
+	k := make([]byte, 8+len(rid))
+	binary.BigEndian.PutUint64(k, uint64(t))
+	copy(k[8:], rid)
+	return k
+}
+
+// pruneIdempotency removes records older than now - window. The time index
+// makes the cost proportional to what is removed, and the outcome depends
+// only on the log, so every node prunes the same records.
+func (a *applier) pruneIdempotency(now int64) error {
+	cutoff := now - int64(a.f.opts.IdempotencyWindow)
+	if cutoff <= 0 {
+		return nil
+	}
+	c := a.idemTs.Cursor()
+	// Re-seek after each delete: bbolt cursors may skip an element when
+	// Next follows Delete.
+	for k, _ := c.First(); k != nil; k, _ = c.First() {
+		if len(k) < 8 {
+			return fmt.Errorf("corrupt idempotency index key %x", k)
+		}
+		if int64(binary.BigEndian.Uint64(k)) >= cutoff {
+			return nil
+		}
+		if err := a.idem.Delete(k[8:]); err != nil {
+			return err
+		}
+		if err := c.Delete(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// idempotencyRecord returns the record for rid, or nil.
+func (a *applier) idempotencyRecord(rid string) (*fsmpb.IdempotencyRecord, error) {
+	v := a.idem.Get([]byte(rid))
+	if v == nil {
+		return nil, nil
+	}
+	rec := new(fsmpb.IdempotencyRecord)
+	if err := proto.Unmarshal(v, rec); err != nil {
+		return nil, fmt.Errorf("corrupt idempotency record %q: %w", rid, err)
+	}
+	return rec, nil
+}
+
+// recordIdempotency stores the first result of a command with a request_id.
+func (a *applier) recordIdempotency(rid string, cmd *fsmpb.Command, res Result) error {
+	rec := &fsmpb.IdempotencyRecord{
+		Index:              res.Index,
+		Version:            res.Version,
+		Code:               codeOf(res.Err),
+		LeaderTimeUnixNano: cmd.GetLeaderTimeUnixNano(),
+		Op:                 cmd.GetOp(),
+		Path:               cmd.GetPath(),
+	}
+	if res.Err != nil {
+		rec.Message = res.Err.Error()
+	}
+	b, err := marshalOpts.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	if err := a.idem.Put([]byte(rid), b); err != nil {
+		return err
+	}
+	return a.idemTs.Put(idemTimeKey(cmd.GetLeaderTimeUnixNano(), rid), []byte{})
+}

@@ -1,0 +1,159 @@
+package fsm
+
+import (
+	"fmt"
+	"strings"
+
+	"google.golang.org/protobuf/proto"
+
+	"coffer/fsm/fsmpb"
+)
+
+// Limits enforced by DecodeCommand. The server validates user input against
+// its own (equal or tighter) limits first; these keep bbolt keys within bounds
+// and the key layout unambiguous.
+const (
+	// MaxPathLen is the longest secret path in bytes.
+	MaxPathLen = 1024
+	// MaxSysKeyLen is the longest system key in bytes.
+	MaxSysKeyLen = 1024
+	// MaxRequestIDLen is the longest request_id in bytes.
+	MaxRequestIDLen = 128
+)
+
+// marshalOpts is the one encoding used for commands and stored records:
+// deterministic, so equal messages encode to equal bytes on every node.
+var marshalOpts = proto.MarshalOptions{Deterministic: true}
+
+// EncodeCommand validates c and returns its deterministic protobuf encoding,
+// ready for raft.Apply. It returns an error wrapping ErrInvalidCommand when c
+// would be refused by Apply.
+func EncodeCommand(c *fsmpb.Command) ([]byte, error) {
+	if c == nil {
+		return nil, fmt.Errorf("%w: nil command", ErrInvalidCommand)
+	}
+	if err := validateCommand(c); err != nil {
+		return nil, err
+	}
+	b, err := marshalOpts.Marshal(c)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrInvalidCommand, err)
+	}
+	return b, nil
+}
+
+// DecodeCommand decodes and validates a command from a log entry. Any input,
+// however malformed, yields either a valid command or an error wrapping
+// ErrInvalidCommand; it never panics.
+func DecodeCommand(b []byte) (*fsmpb.Command, error) {
+	c := new(fsmpb.Command)
+	if err := proto.Unmarshal(b, c); err != nil {
+		// protobuf-go varies its error text between binaries on purpose; a
+		// fixed message keeps results identical on every node.
+		return nil, newResultError(ErrInvalidCommand, "not a protobuf-encoded command")
+	}
+	if err := validateCommand(c); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// validateCommand checks the fields an op needs. Fields an op does not use
+// are ignored.
+func validateCommand(c *fsmpb.Command) error {
+	invalid := func(format string, args ...any) error {
+		return newResultError(ErrInvalidCommand, format, args...)
+	}
+	if len(c.GetRequestId()) > MaxRequestIDLen {
+		return invalid("request_id longer than %d bytes", MaxRequestIDLen)
+	}
+	op := c.GetOp()
+	if op != fsmpb.Op_OP_NOOP && c.GetLeaderTimeUnixNano() <= 0 {
+		return invalid("leader_time_unix_nano must be set by the leader (op %v)", op)
+	}
+	switch op {
+	case fsmpb.Op_OP_PUT:
+		if err := validatePath(c.GetPath()); err != nil {
+			return err
+		}
+		if len(c.GetCiphertext()) == 0 {
+			return invalid("put of %q without ciphertext", c.GetPath())
+		}
+	case fsmpb.Op_OP_DELETE, fsmpb.Op_OP_UNDELETE, fsmpb.Op_OP_DESTROY:
+		if err := validatePath(c.GetPath()); err != nil {
+			return err
+		}
+		if op != fsmpb.Op_OP_DELETE && len(c.GetVersions()) == 0 {
+			return invalid("%v of %q names no versions", op, c.GetPath())
+		}
+		for _, v := range c.GetVersions() {
+			if v == 0 {
+				return invalid("%v of %q names version 0", op, c.GetPath())
+			}
+		}
+	case fsmpb.Op_OP_DELETE_METADATA, fsmpb.Op_OP_PUT_METADATA:
+		if err := validatePath(c.GetPath()); err != nil {
+			return err
+		}
+	case fsmpb.Op_OP_SYS_PUT:
+		if len(c.GetSys()) == 0 {
+			return invalid("sys put without entries")
+		}
+		seen := make(map[string]struct{}, len(c.GetSys()))
+		for _, e := range c.GetSys() {
+			if err := validateSysKey(e.GetKey()); err != nil {
+				return err
+			}
+			if _, dup := seen[e.GetKey()]; dup {
+				return invalid("sys put writes key %q twice", e.GetKey())
+			}
+			seen[e.GetKey()] = struct{}{}
+		}
+		if k := c.GetSysRequireAbsent(); k != "" {
+			if err := validateSysKey(k); err != nil {
+				return err
+			}
+		}
+	case fsmpb.Op_OP_SYS_DELETE:
+		if len(c.GetSysKeys()) == 0 {
+			return invalid("sys delete without keys")
+		}
+		for _, k := range c.GetSysKeys() {
+			if err := validateSysKey(k); err != nil {
+				return err
+			}
+		}
+	case fsmpb.Op_OP_NOOP:
+	default:
+		return invalid("unknown op %d", int32(op))
+	}
+	return nil
+}
+
+// validatePath accepts slash-separated paths without empty segments: no
+// leading or trailing slash, no "//", no NUL (the value key layout uses NUL
+// as the separator). Protobuf already guarantees valid UTF-8.
+func validatePath(p string) error {
+	switch {
+	case p == "":
+		return newResultError(ErrInvalidCommand, "empty path")
+	case len(p) > MaxPathLen:
+		return newResultError(ErrInvalidCommand, "path longer than %d bytes", MaxPathLen)
+	case strings.IndexByte(p, 0) >= 0:
+		return newResultError(ErrInvalidCommand, "path %q contains NUL", p)
+	case p[0] == '/' || p[len(p)-1] == '/' || strings.Contains(p, "//"):
+		return newResultError(ErrInvalidCommand, "path %q has an empty segment (leading, trailing or double slash)", p)
+	}
+	return nil
+}
+
+// validateSysKey accepts any non-empty key up to MaxSysKeyLen bytes.
+func validateSysKey(k string) error {
+	switch {
+	case k == "":
+		return newResultError(ErrInvalidCommand, "empty sys key")
+	case len(k) > MaxSysKeyLen:
+		return newResultError(ErrInvalidCommand, "sys key longer than %d bytes", MaxSysKeyLen)
+	}
+	return nil
+}

@@ -1,0 +1,96 @@
+package fsm
+
+import (
+	"errors"
+	"fmt"
+
+	"coffer/fsm/fsmpb"
+)
+
+// Errors returned by the state machine. Results carry them wrapped with
+// detail; test with errors.Is.
+var (
+	// ErrNotFound means the secret, version or system key does not exist.
+	ErrNotFound = errors.New("fsm: not found: check the path and version (list the parent path or read the metadata)")
+	// ErrCASMismatch means a check-and-set write named a version that is not
+	// the secret's current one.
+	ErrCASMismatch = errors.New("fsm: check-and-set mismatch: read the current version and retry with cas set to it (cas=0 only creates)")
+	// ErrCASRequired means the secret's metadata requires check-and-set and
+	// the write carried none.
+	ErrCASRequired = errors.New("fsm: check-and-set required by this secret's metadata: send cas with the current version")
+	// ErrAlreadyExists means a conditional system write found its key present.
+	ErrAlreadyExists = errors.New("fsm: already exists: the key was written before; read it instead of creating it")
+	// ErrInvalidCommand means a log entry could not be decoded or failed
+	// validation. The applied index still advances past it.
+	ErrInvalidCommand = errors.New("fsm: invalid command: the proposer built a malformed command; fix the caller")
+	// ErrRequestIDConflict means a request_id was reused for a different
+	// command within the idempotency window; nothing was written.
+	ErrRequestIDConflict = errors.New("fsm: request_id already used by a different command: generate a fresh request_id per logical write")
+	// ErrStorage means bbolt failed to persist a batch (disk full, I/O
+	// error). The state machine refuses every later command; see FSM.Err.
+	ErrStorage = errors.New("fsm: state storage failed: this node cannot apply writes any more; check the disk and restart the node (it replays its log)")
+	// ErrClosed means the FSM was closed.
+	ErrClosed = errors.New("fsm: closed: the state machine was shut down; reopen it with fsm.Open")
+	// ErrInvalidSnapshot means Restore was given data that is not a coffer
+	// state snapshot; the current state is left untouched.
+	ErrInvalidSnapshot = errors.New("fsm: invalid snapshot: the data is not a coffer state database; restore a snapshot taken by coffer")
+	// ErrInvalidOptions means Options failed validation.
+	ErrInvalidOptions = errors.New("fsm: invalid options: fix the state machine configuration")
+)
+
+// resultError is the error type of a Result: a sentinel plus a deterministic
+// message. A deduplicated retry rebuilds the same value from the stored
+// record, so both attempts compare equal.
+type resultError struct {
+	base error
+	msg  string
+}
+
+func (e *resultError) Error() string { return e.msg }
+func (e *resultError) Unwrap() error { return e.base }
+
+// newResultError wraps base with a detail message.
+func newResultError(base error, format string, args ...any) error {
+	return &resultError{base: base, msg: base.Error() + ": " + fmt.Sprintf(format, args...)}
+}
+
+// codeOf maps a Result error to its stored code.
+func codeOf(err error) fsmpb.ResultCode {
+	switch {
+	case err == nil:
+		return fsmpb.ResultCode_RESULT_CODE_OK
+	case errors.Is(err, ErrNotFound):
+		return fsmpb.ResultCode_RESULT_CODE_NOT_FOUND
+	case errors.Is(err, ErrCASMismatch):
+		return fsmpb.ResultCode_RESULT_CODE_CAS_MISMATCH
+	case errors.Is(err, ErrCASRequired):
+		return fsmpb.ResultCode_RESULT_CODE_CAS_REQUIRED
+	case errors.Is(err, ErrAlreadyExists):
+		return fsmpb.ResultCode_RESULT_CODE_ALREADY_EXISTS
+	default:
+		return fsmpb.ResultCode_RESULT_CODE_INVALID_COMMAND
+	}
+}
+
+// errorOf rebuilds a Result error from its stored code and message.
+func errorOf(code fsmpb.ResultCode, msg string) error {
+	var base error
+	switch code {
+	case fsmpb.ResultCode_RESULT_CODE_OK:
+		return nil
+	case fsmpb.ResultCode_RESULT_CODE_NOT_FOUND:
+		base = ErrNotFound
+	case fsmpb.ResultCode_RESULT_CODE_CAS_MISMATCH:
+		base = ErrCASMismatch
+	case fsmpb.ResultCode_RESULT_CODE_CAS_REQUIRED:
+		base = ErrCASRequired
+	case fsmpb.ResultCode_RESULT_CODE_ALREADY_EXISTS:
+		base = ErrAlreadyExists
+	default:
+		base = ErrInvalidCommand
+	}
+	if msg == "" {
+		msg = base.Error()
+	}
+	return &resultError{base: base, msg: msg}
+}

@@ -1,0 +1,93 @@
+package fsm
+
+import (
+	"errors"
+	"reflect"
+	"testing"
+	"time"
+
+	"coffer/fsm/fsmpb"
+)
+
+func TestIdempotentRetry(t *testing.T) {
+	h := newHarness(t, Options{IdempotencyWindow: time.Minute})
+	first := putCmd("s", "v")
+	first.RequestId = "req-1"
+	res1 := h.mustOK(first)
+
+	// The retry arrives later, through a new leader, with a new leader time.
+	h.now = h.now.Add(30 * time.Second)
+	retry := putCmd("s", "v")
+	retry.RequestId = "req-1"
+	res2 := h.apply(retry)
+	want := res1
+	want.Deduplicated = true
+	if !reflect.DeepEqual(res2, want) {
+		t.Fatalf("retry result = %+v, want %+v", res2, want)
+	}
+	md, _ := h.f.Metadata("s")
+	if md.CurrentVersion != 1 {
+		t.Fatalf("retry wrote version %d", md.CurrentVersion)
+	}
+
+	// A failed first attempt deduplicates to the same failure.
+	bad := casPut("s", "x", 9)
+	bad.RequestId = "req-2"
+	badRes := h.mustFail(bad, ErrCASMismatch)
+	bad2 := casPut("s", "x", 9)
+	bad2.RequestId = "req-2"
+	badRetry := h.apply(bad2)
+	if !badRetry.Deduplicated || badRetry.Index != badRes.Index || !errors.Is(badRetry.Err, ErrCASMismatch) ||
+		badRetry.Err.Error() != badRes.Err.Error() {
+		t.Fatalf("failed retry = %+v, first %+v", badRetry, badRes)
+	}
+
+	// A request_id reused for another command is refused, not swallowed.
+	other := putCmd("elsewhere", "v")
+	other.RequestId = "req-1"
+	conflict := h.mustFail(other, ErrRequestIDConflict)
+	if conflict.Deduplicated || conflict.Index != h.idx {
+		t.Fatalf("conflict result = %+v", conflict)
+	}
+	if _, err := h.f.Get("elsewhere", 0); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("conflicting command wrote: %v", err)
+	}
+
+	// Past the window (in leader time) the records are pruned by the next
+	// command, and the same request_id is a new write.
+	if n := bucketLen(t, h.f, bucketIdem); n != 2 {
+		t.Fatalf("idem holds %d records, want 2", n)
+	}
+	h.now = h.now.Add(2 * time.Minute)
+	h.mustOK(&fsmpb.Command{Op: fsmpb.Op_OP_NOOP, LeaderTimeUnixNano: h.now.UnixNano()})
+	if n, m := bucketLen(t, h.f, bucketIdem), bucketLen(t, h.f, bucketIdemTime); n != 0 || m != 0 {
+		t.Fatalf("after the window: idem %d, idem_time %d records, want 0", n, m)
+	}
+	late := putCmd("s", "v")
+	late.RequestId = "req-1"
+	if res := h.mustOK(late); res.Deduplicated || res.Version != 2 {
+		t.Fatalf("retry after the window = %+v", res)
+	}
+}
+
+func TestIdempotencyPruneBoundary(t *testing.T) {
+	h := newHarness(t, Options{IdempotencyWindow: time.Minute})
+	for i, rid := range []string{"a", "b", "c"} {
+		c := &fsmpb.Command{Op: fsmpb.Op_OP_NOOP, RequestId: rid, LeaderTimeUnixNano: h.now.Add(time.Duration(i) * 10 * time.Second).UnixNano()}
+		h.mustOK(c)
+	}
+	// At base+70s the cutoff is base+10s: "a" (base) goes, "b" (base+10s) stays.
+	h.mustOK(&fsmpb.Command{Op: fsmpb.Op_OP_NOOP, LeaderTimeUnixNano: h.now.Add(70 * time.Second).UnixNano()})
+	if n := bucketLen(t, h.f, bucketIdem); n != 2 {
+		t.Fatalf("idem holds %d, want 2", n)
+	}
+	// A leader clock that went backwards prunes nothing more.
+	h.mustOK(&fsmpb.Command{Op: fsmpb.Op_OP_NOOP, LeaderTimeUnixNano: h.now.UnixNano()})
+	if n := bucketLen(t, h.f, bucketIdemTime); n != 2 {
+		t.Fatalf("idem_time holds %d, want 2", n)
+	}
+	b := &fsmpb.Command{Op: fsmpb.Op_OP_NOOP, RequestId: "b", LeaderTimeUnixNano: h.now.UnixNano()}
+	if res := h.mustOK(b); !res.Deduplicated || res.Index != 2 {
+		t.Fatalf("b within window = %+v", res)
+	}
+}

@@ -1,0 +1,230 @@
+package fsm
+
+import (
+	"bytes"
+	"fmt"
+	"strings"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"coffer/fsm/fsmpb"
+)
+
+// Version is one stored version of a secret. Deleted and destroyed versions
+// are returned with their flags set; the caller decides what to show.
+type Version struct {
+	// Version is the version number, starting at 1.
+	Version uint64
+	// Ciphertext is the encrypted value; nil when destroyed. It is a copy
+	// owned by the caller.
+	Ciphertext []byte
+	// CreatedTime is the leader time of the write.
+	CreatedTime time.Time
+	// DeletedTime is the leader time of the soft delete; zero when not deleted.
+	DeletedTime time.Time
+	// Destroyed is true when the ciphertext was destroyed.
+	Destroyed bool
+}
+
+// VersionMeta is the metadata of one retained version.
+type VersionMeta struct {
+	// Version is the version number.
+	Version uint64
+	// CreatedTime is the leader time of the write.
+	CreatedTime time.Time
+	// DeletedTime is the leader time of the soft delete; zero when not deleted.
+	DeletedTime time.Time
+	// Destroyed is true when the ciphertext was destroyed.
+	Destroyed bool
+}
+
+// Metadata is the non-secret metadata of a secret.
+type Metadata struct {
+	// Path is the secret's path.
+	Path string
+	// CurrentVersion is the latest version written; 0 when none was.
+	CurrentVersion uint64
+	// OldestVersion is the oldest retained version; 0 when none is retained.
+	OldestVersion uint64
+	// MaxVersions is how many versions are retained.
+	MaxVersions uint32
+	// CASRequired is true when every write must carry a check-and-set version.
+	CASRequired bool
+	// CreatedTime is the leader time the secret was created.
+	CreatedTime time.Time
+	// UpdatedTime is the leader time of the last change.
+	UpdatedTime time.Time
+	// Versions lists the retained versions, ascending.
+	Versions []VersionMeta
+}
+
+// view runs fn in a read transaction of the current database.
+func (f *FSM) view(fn func(*bolt.Tx) error) error {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if f.closed {
+		return ErrClosed
+	}
+	return f.db.View(fn)
+}
+
+// Get returns version of the secret at path; version 0 means the current
+// version. It returns an error wrapping ErrNotFound when the secret or the
+// version does not exist, including versions removed by max_versions.
+func (f *FSM) Get(path string, version uint64) (*Version, error) {
+	var out *Version
+	err := f.view(func(tx *bolt.Tx) error {
+		meta, err := loadMeta(tx.Bucket(bucketSecretMeta), path)
+		if err != nil {
+			return err
+		}
+		if meta == nil {
+			return fmt.Errorf("%w (no secret at %q)", ErrNotFound, path)
+		}
+		v := version
+		if v == 0 {
+			v = meta.GetCurrentVersion()
+		}
+		vm := findVersion(meta, v)
+		if vm == nil {
+			return fmt.Errorf("%w (%q has no version %d)", ErrNotFound, path, v)
+		}
+		out = &Version{
+			Version:     vm.GetVersion(),
+			CreatedTime: unixTime(vm.GetCreatedUnixNano()),
+			DeletedTime: unixTime(vm.GetDeletedUnixNano()),
+			Destroyed:   vm.GetDestroyed(),
+		}
+		if !vm.GetDestroyed() {
+			data := tx.Bucket(bucketSecretData).Get(dataKey(path, v))
+			if data == nil {
+				return fmt.Errorf("fsm: state inconsistent: %q version %d has metadata but no value", path, v)
+			}
+			out.Ciphertext = bytes.Clone(data)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// Metadata returns the metadata of the secret at path, or an error wrapping
+// ErrNotFound.
+func (f *FSM) Metadata(path string) (*Metadata, error) {
+	var meta *fsmpb.SecretMeta
+	err := f.view(func(tx *bolt.Tx) error {
+		var err error
+		meta, err = loadMeta(tx.Bucket(bucketSecretMeta), path)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	if meta == nil {
+		return nil, fmt.Errorf("%w (no secret at %q)", ErrNotFound, path)
+	}
+	out := &Metadata{
+		Path:           path,
+		CurrentVersion: meta.GetCurrentVersion(),
+		OldestVersion:  meta.GetOldestVersion(),
+		MaxVersions:    meta.GetMaxVersions(),
+		CASRequired:    meta.GetCasRequired(),
+		CreatedTime:    unixTime(meta.GetCreatedUnixNano()),
+		UpdatedTime:    unixTime(meta.GetUpdatedUnixNano()),
+		Versions:       make([]VersionMeta, 0, len(meta.GetVersions())),
+	}
+	for _, vm := range meta.GetVersions() {
+		out.Versions = append(out.Versions, VersionMeta{
+			Version:     vm.GetVersion(),
+			CreatedTime: unixTime(vm.GetCreatedUnixNano()),
+			DeletedTime: unixTime(vm.GetDeletedUnixNano()),
+			Destroyed:   vm.GetDestroyed(),
+		})
+	}
+	return out, nil
+}
+
+// List returns the immediate children of prefix, Vault style: secrets as
+// their last segment ("a") and deeper paths as their next segment with a
+// trailing slash ("dir/"), sorted and without duplicates. A non-empty prefix
+// without a trailing slash gets one ("secret" lists "secret/"). An empty
+// result is not an error.
+func (f *FSM) List(prefix string) ([]string, error) {
+	if prefix != "" && !strings.HasSuffix(prefix, "/") {
+		prefix += "/"
+	}
+	p := []byte(prefix)
+	var out []string
+	err := f.view(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketSecretMeta).Cursor()
+		for k, _ := c.Seek(p); k != nil && bytes.HasPrefix(k, p); {
+			rest := k[len(p):]
+			i := bytes.IndexByte(rest, '/')
+			if i < 0 {
+				out = append(out, string(rest))
+				k, _ = c.Next()
+				continue
+			}
+			out = append(out, string(rest[:i+1]))
+			// Skip every key under this child: "dir0" sorts right after
+			// all of "dir/...", as '0' follows '/'.
+			next := make([]byte, 0, len(p)+i+1)
+			next = append(append(append(next, p...), rest[:i]...), '/'+1)
+			k, _ = c.Seek(next)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// SysGet returns a copy of the system value at key, or an error wrapping
+// ErrNotFound.
+func (f *FSM) SysGet(key string) ([]byte, error) {
+	var out []byte
+	err := f.view(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketSys).Get([]byte(key))
+		if v == nil {
+			return fmt.Errorf("%w (no system key %q)", ErrNotFound, key)
+		}
+		out = bytes.Clone(v)
+		if out == nil {
+			out = []byte{}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// SysList returns the system keys that start with prefix, in full, sorted.
+func (f *FSM) SysList(prefix string) ([]string, error) {
+	p := []byte(prefix)
+	var out []string
+	err := f.view(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketSys).Cursor()
+		for k, _ := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, _ = c.Next() {
+			out = append(out, string(k))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// unixTime converts stored leader time; 0 is the zero time.
+func unixTime(n int64) time.Time {
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, n).UTC()
+}

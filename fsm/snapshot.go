@@ -1,0 +1,198 @@
+package fsm
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/hashicorp/raft"
+	bolt "go.etcd.io/bbolt"
+)
+
+// snapshot is a consistent view of the database: a bbolt read transaction
+// begun by FSM.Snapshot, streamed by Persist while Apply continues.
+type snapshot struct {
+	tx   *bolt.Tx
+	once sync.Once
+}
+
+var _ raft.FSMSnapshot = (*snapshot)(nil)
+
+// Snapshot captures the current state for Raft. It only begins a read
+// transaction; the copy happens in Persist. It fails after a storage failure
+// (see Err) so that Raft keeps the logs this node has not applied. The
+// returned snapshot must be released (Raft always does): an unreleased
+// snapshot blocks Close and Restore.
+func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if f.closed {
+		return nil, ErrClosed
+	}
+	if err := f.Err(); err != nil {
+		return nil, err
+	}
+	tx, err := f.db.Begin(false)
+	if err != nil {
+		return nil, fmt.Errorf("fsm: begin snapshot: %w", err)
+	}
+	return &snapshot{tx: tx}, nil
+}
+
+// Persist writes the database file as of the snapshot to sink and closes it,
+// or cancels it on error.
+func (s *snapshot) Persist(sink raft.SnapshotSink) error {
+	if _, err := s.tx.WriteTo(sink); err != nil {
+		_ = sink.Cancel()
+		return fmt.Errorf("fsm: write snapshot: %w", err)
+	}
+	if err := sink.Close(); err != nil {
+		return fmt.Errorf("fsm: close snapshot sink: %w", err)
+	}
+	return nil
+}
+
+// Release ends the snapshot's read transaction. It is idempotent.
+func (s *snapshot) Release() {
+	s.once.Do(func() { _ = s.tx.Rollback() })
+}
+
+// restoreTempPath is where Restore stages an incoming snapshot.
+func restoreTempPath(path string) string { return path + ".restore" }
+
+// Restore replaces the whole state with a snapshot produced by Persist. The
+// stream is written to a temporary file next to the database and checked
+// (it must open, pass bbolt's consistency check and hold coffer's buckets
+// and format) before it is renamed over the database, so a bad snapshot
+// leaves the current state untouched and a crash leaves either the old or
+// the new state. The applied index becomes the restored one, a storage
+// failure (Err) is cleared, and WaitApplied callers are woken.
+func (f *FSM) Restore(rc io.ReadCloser) error {
+	defer func() { _ = rc.Close() }()
+
+	f.mu.RLock()
+	closed := f.closed
+	f.mu.RUnlock()
+	if closed {
+		return ErrClosed
+	}
+
+	tmp := restoreTempPath(f.path)
+	newDB, index, term, err := f.stageRestore(tmp, rc)
+	if err != nil {
+		_ = os.Remove(tmp)
+		return err
+	}
+	if err := os.Rename(tmp, f.path); err != nil {
+		_ = newDB.Close()
+		_ = os.Remove(tmp)
+		return fmt.Errorf("fsm: install snapshot: %w", err)
+	}
+	if err := syncDir(filepath.Dir(f.path)); err != nil {
+		// The rename happened; the state is the new one even if the
+		// directory entry is not yet durable.
+		f.logger.Warn("could not sync the state directory after restore", "error", err)
+	}
+
+	// The open handle follows the renamed file. bbolt reads by handle, not
+	// by path, so it serves the database at f.path from now on.
+	f.mu.Lock()
+	if f.closed {
+		f.mu.Unlock()
+		_ = newDB.Close()
+		return ErrClosed
+	}
+	old := f.db
+	f.db = newDB
+	f.mu.Unlock()
+
+	// Waits for snapshots of the old state to be released.
+	if err := old.Close(); err != nil {
+		f.logger.Warn("closing the replaced state database failed", "error", err)
+	}
+	f.setErr(nil)
+	f.publishApplied(index)
+	f.logger.Info("restored state from snapshot", "applied_index", index, "applied_term", term)
+	return nil
+}
+
+// stageRestore copies r to tmp, opens it and checks it.
+func (f *FSM) stageRestore(tmp string, r io.Reader) (db *bolt.DB, index, term uint64, err error) {
+	if err := os.Remove(tmp); err != nil && !os.IsNotExist(err) {
+		return nil, 0, 0, fmt.Errorf("fsm: remove stale restore file: %w", err)
+	}
+	file, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return nil, 0, 0, fmt.Errorf("fsm: create restore file: %w", err)
+	}
+	_, err = io.Copy(file, r)
+	if err == nil {
+		err = file.Sync()
+	}
+	if cerr := file.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return nil, 0, 0, fmt.Errorf("fsm: receive snapshot: %w", err)
+	}
+
+	db, err = openDB(tmp, f.opts)
+	if err != nil {
+		return nil, 0, 0, fmt.Errorf("%w: %v", ErrInvalidSnapshot, err)
+	}
+	if index, term, err = checkRestored(db); err != nil {
+		_ = db.Close()
+		return nil, 0, 0, fmt.Errorf("%w: %v", ErrInvalidSnapshot, err)
+	}
+	return db, index, term, nil
+}
+
+// checkRestored validates a staged database and returns its applied index
+// and term.
+func checkRestored(db *bolt.DB) (index, term uint64, err error) {
+	defer func() {
+		// bbolt may panic on a page it cannot make sense of.
+		if r := recover(); r != nil {
+			err = fmt.Errorf("corrupt database: %v", r)
+		}
+	}()
+	err = db.View(func(tx *bolt.Tx) error {
+		var checkErr error
+		for cerr := range tx.Check() {
+			if checkErr == nil {
+				checkErr = cerr
+			}
+		}
+		if checkErr != nil {
+			return fmt.Errorf("consistency check: %w", checkErr)
+		}
+		for _, name := range allBuckets {
+			if tx.Bucket(name) == nil {
+				return fmt.Errorf("bucket %s missing", name)
+			}
+		}
+		v, derr := decodeUint64(tx.Bucket(bucketMeta).Get(keyFormat))
+		if derr != nil || v != formatVersion {
+			return fmt.Errorf("format %d, want %d", v, formatVersion)
+		}
+		var rerr error
+		index, term, rerr = readApplied(tx)
+		return rerr
+	})
+	return index, term, err
+}
+
+// syncDir makes a rename in dir durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
