@@ -1,0 +1,185 @@
+// Command coffer is the single coffer binary: the server and the CLI that
+// talks to it.
+//
+//	coffer server [-dev] [-node-id=ID] [-data-dir=DIR] [-api-addr=H:P] [-raft-addr=H:P] …
+//	coffer status
+//	coffer operator init [-key-shares=5] [-key-threshold=3]
+//	coffer operator unseal [-reset] [SHARE]
+//	coffer operator seal
+//	coffer operator rotate
+//	coffer kv put [-cas=N] PATH KEY=VALUE [KEY=@FILE] [KEY=-] …
+//	coffer kv get [-version=N] [-field=KEY] PATH
+//	coffer kv delete [-versions=1,2] PATH
+//	coffer kv undelete -versions=1,2 PATH
+//	coffer kv destroy -versions=1,2 PATH
+//	coffer kv list PATH
+//	coffer kv metadata get PATH
+//	coffer kv metadata put [-max-versions=N] [-cas-required=BOOL] PATH
+//	coffer kv metadata delete PATH
+//	coffer version
+//
+// Flags are Go-style: one dash (two work too), and they come before the
+// positional arguments, as in Vault's CLI. Every client command takes
+// -address (overrides COFFER_ADDR, a comma-separated endpoint list),
+// -token (overrides COFFER_TOKEN) and -format=table|json.
+//
+// Exit codes: 0 success; 1 error; 2 from `status` when the node is sealed or
+// not initialized, and from `kv get` when there is no such secret or version
+// or it is deleted or destroyed. Errors are printed to stderr as one line,
+// "Error: <message>".
+//
+// The command is thin: it parses flags and calls the api client or the
+// server package; all validation that matters lives in the server.
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], &env{
+		stdin:  os.Stdin,
+		stdout: os.Stdout,
+		stderr: os.Stderr,
+		getenv: os.Getenv,
+	}))
+}
+
+// env is what a command may touch of the outside world; tests substitute it.
+type env struct {
+	stdin  io.Reader
+	stdout io.Writer
+	stderr io.Writer
+	getenv func(string) string
+}
+
+const topUsage = `Usage: coffer <command> [flags] [args]
+
+Commands:
+    server      Run a coffer node (add -dev for a throw-away, unsealed node)
+    status      Show the seal and Raft status of a node
+    operator    Initialize, unseal, seal and rotate (run "coffer operator -h")
+    kv          Read and write versioned secrets (run "coffer kv -h")
+    version     Print the version of this binary
+
+Every client command takes -address (COFFER_ADDR), -token (COFFER_TOKEN) and
+-format=table|json. Flags come before positional arguments. Run
+"coffer <command> -h" for the flags of a command.
+`
+
+// run executes one command line and returns the process exit code.
+func run(args []string, e *env) int {
+	err := dispatch(e, args)
+	return report(e, err)
+}
+
+// report prints err (if any) as one line and returns the exit code it stands for.
+func report(e *env, err error) int {
+	if err == nil || errors.Is(err, errHelp) {
+		return 0
+	}
+	var se silentExit
+	if errors.As(err, &se) {
+		return int(se)
+	}
+	fmt.Fprintf(e.stderr, "Error: %s\n", oneLine(err.Error()))
+	var ce *cliError
+	if errors.As(err, &ce) && ce.code != 0 {
+		return ce.code
+	}
+	return 1
+}
+
+func dispatch(e *env, args []string) error {
+	if len(args) == 0 {
+		fmt.Fprint(e.stderr, topUsage)
+		return silentExit(1)
+	}
+	switch cmd, rest := args[0], args[1:]; cmd {
+	case "server":
+		return cmdServer(e, rest)
+	case "status":
+		return cmdStatus(e, rest)
+	case "operator":
+		return dispatchSub(e, "coffer operator", operatorUsage, rest, map[string]func(*env, []string) error{
+			"init":   cmdOperatorInit,
+			"unseal": cmdOperatorUnseal,
+			"seal":   cmdOperatorSeal,
+			"rotate": cmdOperatorRotate,
+		})
+	case "kv":
+		return dispatchSub(e, "coffer kv", kvUsage, rest, map[string]func(*env, []string) error{
+			"put":      cmdKVPut,
+			"get":      cmdKVGet,
+			"delete":   cmdKVDelete,
+			"undelete": cmdKVUndelete,
+			"destroy":  cmdKVDestroy,
+			"list":     cmdKVList,
+			"metadata": func(e *env, args []string) error {
+				return dispatchSub(e, "coffer kv metadata", kvMetadataUsage, args, map[string]func(*env, []string) error{
+					"get":    cmdKVMetadataGet,
+					"put":    cmdKVMetadataPut,
+					"delete": cmdKVMetadataDelete,
+				})
+			},
+		})
+	case "version", "-version", "--version":
+		return cmdVersion(e, rest)
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(e.stdout, topUsage)
+		return errHelp
+	default:
+		return usageErrorf("coffer", "unknown command %q", cmd)
+	}
+}
+
+// dispatchSub runs the sub-command args[0] of the command group name.
+func dispatchSub(e *env, name, usage string, args []string, cmds map[string]func(*env, []string) error) error {
+	if len(args) == 0 {
+		fmt.Fprint(e.stderr, usage)
+		return silentExit(1)
+	}
+	if isHelpArg(args[0]) || args[0] == "help" {
+		fmt.Fprint(e.stdout, usage)
+		return errHelp
+	}
+	f, ok := cmds[args[0]]
+	if !ok {
+		return usageErrorf(name, "unknown command %q", name+" "+args[0])
+	}
+	return f(e, args[1:])
+}
+
+func isHelpArg(a string) bool {
+	return a == "-h" || a == "-help" || a == "--help" || a == "--h"
+}
+
+// errHelp means usage was printed on request: exit 0.
+var errHelp = errors.New("help requested")
+
+// silentExit ends the process with its code and prints nothing more.
+type silentExit int
+
+func (s silentExit) Error() string { return fmt.Sprintf("exit status %d", int(s)) }
+
+// cliError is an error with the exit code it should produce.
+type cliError struct {
+	code int
+	msg  string
+}
+
+func (c *cliError) Error() string { return c.msg }
+
+// usageErrorf reports bad command-line usage of cmd, with a hint to its help.
+func usageErrorf(cmd, format string, args ...any) error {
+	return &cliError{code: 1, msg: fmt.Sprintf(format, args...) + fmt.Sprintf(` (run "%s -h" for usage)`, cmd)}
+}
+
+// oneLine folds a message onto one line.
+func oneLine(s string) string {
+	return strings.TrimSpace(strings.NewReplacer("\r\n", " ", "\n", " ", "\r", " ").Replace(s))
+}

@@ -1,0 +1,237 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"coffer/api"
+	"coffer/server"
+)
+
+// devBannerJSON is the JSON form of the dev-mode banner (-dev -format=json).
+type devBannerJSON struct {
+	APIAddress   string `json:"api_address"`
+	UnsealKeyB64 string `json:"unseal_key_b64"`
+	RootToken    string `json:"root_token"`
+	DataDir      string `json:"data_dir"`
+}
+
+func cmdServer(e *env, args []string) error {
+	f := newFlags("coffer server", "[flags]", `
+Run a coffer node. It starts sealed: initialize the cluster once with
+"coffer operator init", then unseal every node with "coffer operator unseal".
+Settings come from -config (JSON with the keys node_id, data_dir, api_addr,
+raft_addr, raft_advertise); flags given on the command line win over it.
+
+-dev runs a throw-away node for development: its data lives in a temporary
+directory removed on exit, it initializes itself with a single unseal key,
+unseals itself, and prints the key and the root token. Never use -dev in
+production.`)
+	def := server.DefaultConfig()
+	nodeID := f.fs.String("node-id", "", "node id, stable across restarts (default: the hostname; \"dev\" with -dev)")
+	dataDir := f.fs.String("data-dir", "", "data directory (required unless -dev)")
+	apiAddr := f.fs.String("api-addr", def.APIAddr, "gRPC API listen address host:port")
+	raftAddr := f.fs.String("raft-addr", def.RaftAddr, "Raft listen address host:port (with -dev: an ephemeral loopback port unless set)")
+	raftAdvertise := f.fs.String("raft-advertise", "", "Raft address peers dial (default: -raft-addr)")
+	configFile := f.fs.String("config", "", "JSON config file; flags given on the command line win over it")
+	logLevel := f.fs.String("log-level", "info", "log level: trace, debug, info, warn or error")
+	dev := f.fs.Bool("dev", false, "run a throw-away, self-unsealed development node (NOT for production)")
+	devRootToken := f.fs.String("dev-root-token", "", "with -dev: use this root token instead of a random one")
+	args, err := f.parse(e, args)
+	if err != nil {
+		return err
+	}
+	if err := f.wantArgs(args); err != nil {
+		return err
+	}
+	level := hclog.LevelFromString(*logLevel)
+	if level == hclog.NoLevel {
+		return &cliError{code: 1, msg: fmt.Sprintf("invalid -log-level %q: want trace, debug, info, warn or error", *logLevel)}
+	}
+	if f.isSet("dev-root-token") && !*dev {
+		return usageErrorf(f.name, "-dev-root-token needs -dev")
+	}
+
+	cfg := def
+	fromFile := map[string]bool{}
+	if *configFile != "" {
+		if fromFile, err = loadConfigFile(*configFile, &cfg); err != nil {
+			return err
+		}
+	}
+	// Flags given explicitly win over the file.
+	set := func(name string) bool { return f.isSet(name) }
+	if set("node-id") {
+		cfg.NodeID = *nodeID
+	}
+	if set("data-dir") {
+		cfg.DataDir = *dataDir
+	}
+	if set("api-addr") {
+		cfg.APIAddr = *apiAddr
+	}
+	if set("raft-addr") {
+		cfg.RaftAddr = *raftAddr
+	}
+	if set("raft-advertise") {
+		cfg.RaftAdvertise = *raftAdvertise
+	}
+
+	logger := hclog.New(&hclog.LoggerOptions{Name: "coffer", Level: level, Output: e.stderr})
+	cfg.Logger = logger
+
+	if *dev {
+		if cfg.DataDir != "" {
+			return usageErrorf(f.name, "-dev keeps its data in a temporary directory: drop -data-dir (and data_dir from -config)")
+		}
+		if cfg.NodeID == "" {
+			cfg.NodeID = "dev"
+		}
+		if !set("raft-addr") && !fromFile["raft_addr"] {
+			cfg.RaftAddr = "127.0.0.1:0"
+		}
+		dir, err := os.MkdirTemp("", "coffer-dev-*")
+		if err != nil {
+			return &cliError{code: 1, msg: fmt.Sprintf("creating the dev data directory: %v", err)}
+		}
+		defer os.RemoveAll(dir)
+		cfg.DataDir = dir
+	}
+	if cfg.NodeID == "" {
+		host, err := os.Hostname()
+		if err != nil || host == "" {
+			return usageErrorf(f.name, "cannot default the node id to the hostname (%v): set -node-id", err)
+		}
+		cfg.NodeID = host
+	}
+	if cfg.DataDir == "" {
+		return usageErrorf(f.name, "no data directory: set -data-dir (or data_dir in -config), or use -dev for a throw-away node")
+	}
+
+	srv, err := server.New(cfg)
+	if err != nil {
+		return &cliError{code: 1, msg: err.Error()}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := srv.Start(); err != nil {
+		shutdownServer(srv, cfg, logger)
+		return &cliError{code: 1, msg: err.Error()}
+	}
+	logger.Info("coffer server started", "node_id", cfg.NodeID, "api_addr", srv.APIAddr(), "data_dir", cfg.DataDir, "dev", *dev)
+
+	if *dev {
+		initCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		info, err := srv.DevInit(initCtx, *devRootToken)
+		cancel()
+		if err != nil {
+			shutdownServer(srv, cfg, logger)
+			return &cliError{code: 1, msg: fmt.Sprintf("dev mode: initializing and unsealing: %v", err)}
+		}
+		if err := printDevBanner(e, f.format, srv.APIAddr(), cfg.DataDir, info); err != nil {
+			shutdownServer(srv, cfg, logger)
+			return err
+		}
+	}
+
+	<-ctx.Done()
+	stop()
+	logger.Info("shutting down; press Ctrl-C again to exit at once")
+	done := make(chan error, 1)
+	go func() { done <- shutdownServer(srv, cfg, logger) }()
+	again := make(chan os.Signal, 1)
+	signal.Notify(again, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(again)
+	select {
+	case err := <-done:
+		if err != nil {
+			return &cliError{code: 1, msg: fmt.Sprintf("shutdown: %v", err)}
+		}
+		logger.Info("coffer server stopped")
+		return nil
+	case <-again:
+		return &cliError{code: 1, msg: "second signal: exiting without a clean shutdown"}
+	}
+}
+
+// shutdownServer stops srv within a bound derived from its configuration.
+func shutdownServer(srv *server.Server, cfg server.Config, logger hclog.Logger) error {
+	timeout := cfg.ShutdownTimeout
+	if timeout <= 0 {
+		timeout = 5 * time.Second
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout+10*time.Second)
+	defer cancel()
+	err := srv.Shutdown(ctx)
+	if err != nil {
+		logger.Error("shutdown", "error", err)
+	}
+	return err
+}
+
+// loadConfigFile fills cfg from the JSON file at path and reports which
+// keys the file set. Unknown keys are an error, so typos do not pass silently.
+func loadConfigFile(path string, cfg *server.Config) (map[string]bool, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, &cliError{code: 1, msg: fmt.Sprintf("reading -config: %v", err)}
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(cfg); err != nil {
+		return nil, &cliError{code: 1, msg: fmt.Sprintf("-config %s: %v", path, err)}
+	}
+	var keys map[string]json.RawMessage
+	if err := json.Unmarshal(b, &keys); err != nil {
+		return nil, &cliError{code: 1, msg: fmt.Sprintf("-config %s: %v", path, err)}
+	}
+	set := make(map[string]bool, len(keys))
+	for k := range keys {
+		set[k] = true
+	}
+	return set, nil
+}
+
+// printDevBanner prints how to reach the dev node, its unseal key and its
+// root token.
+func printDevBanner(e *env, format, addr, dir string, info *server.DevInfo) error {
+	if info == nil {
+		return errors.New("dev mode: the server returned no unseal key")
+	}
+	key := base64.StdEncoding.EncodeToString(info.UnsealKey)
+	if format == formatJSON {
+		return printJSON(e.stdout, devBannerJSON{APIAddress: addr, UnsealKeyB64: key, RootToken: info.RootToken, DataDir: dir})
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, `WARNING! dev mode is enabled! In this mode, coffer runs from a temporary
+directory that is removed on exit, starts initialized and unsealed with a
+single unseal key, and prints its root token. Never use it in production.
+
+You may need to set the following environment variables:
+
+    $ export %s='%s'
+    $ export %s='%s'
+
+The unseal key and root token are displayed below in case you want to
+seal/unseal the node or re-authenticate.
+
+API Address: %s
+Unseal Key: %s
+Root Token: %s
+
+Development mode should NOT be used in production installations!
+`, api.EnvAddr, addr, api.EnvToken, info.RootToken, addr, key, info.RootToken)
+	_, err := fmt.Fprint(e.stdout, b.String())
+	return err
+}
