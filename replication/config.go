@@ -1,8 +1,11 @@
 package replication
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"net"
+	"strconv"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -22,6 +25,9 @@ type Config struct {
 	// AdvertiseAddr is the host:port peers use to reach this node; empty
 	// means the address the transport is bound to.
 	AdvertiseAddr string
+	// Network carries the Raft transport's connections; tests cut it to
+	// partition the node. Nil means a plain one.
+	Network *Network
 	// Bootstrap makes a node without Raft state bootstrap a one-voter
 	// cluster of itself. A node that has state ignores it.
 	Bootstrap bool
@@ -46,6 +52,133 @@ type Config struct {
 	MaxAppendEntries int
 	// SnapshotsRetained is how many snapshots stay on disk.
 	SnapshotsRetained int
+
+	// APIAddr is the host:port clients and other nodes use for this node's
+	// API; it is gossiped so that followers can find the leader's API.
+	APIAddr string
+	// Version is the coffer version, gossiped for operators.
+	Version string
+	// Sealed is the sealed flag gossiped from the start (a node starts
+	// sealed); SetSealed changes it.
+	Sealed bool
+
+	// Gossip turns on memberlist gossip: discovery, failure detection and
+	// (on the leader) reconciliation of gossip into Raft membership. Nil
+	// means no gossip: a node that only ever talks to itself.
+	Gossip *GossipConfig
+	// BootstrapExpect, when N > 0, makes a node without Raft state wait
+	// until gossip shows N live nodes that all expect N and none has Raft
+	// state, and then bootstrap Raft with all N as voters. It needs Gossip,
+	// and excludes Bootstrap and ReadReplica.
+	BootstrapExpect int
+	// ReadReplica makes this node a permanent non-voter: the leader adds it
+	// to Raft but never promotes it. It needs Gossip.
+	ReadReplica bool
+
+	// CaughtUp, when set, tells the leader whether a non-voter has caught
+	// up with the log and may be promoted to voter (the server asks that
+	// node's API for its applied index). It must honour ctx. Nil means a
+	// non-voter counts as caught up once it has been one for PromoteAfter
+	// and the leader's heartbeats reach it.
+	CaughtUp func(ctx context.Context, m Member) bool
+	// PromoteAfter is how long a non-voter must have been one before the
+	// leader promotes it (stabilisation).
+	PromoteAfter time.Duration
+	// ReconcileInterval is how often the leader reconciles gossip into Raft
+	// membership even when gossip reports no change.
+	ReconcileInterval time.Duration
+
+	// onReconcile, when set (tests only), receives the outcome of every
+	// reconciliation round.
+	onReconcile func(reconcileReport)
+}
+
+// GossipConfig configures memberlist gossip. The zero value of every timing
+// means memberlist's LAN default.
+type GossipConfig struct {
+	// BindAddr is the host:port gossip listens on (TCP and UDP). Port 0
+	// picks a free port (tests).
+	BindAddr string
+	// AdvertiseAddr is the host or host:port peers use to reach this node's
+	// gossip, for containers and NAT (listen on 0.0.0.0, tell peers
+	// "coffer1"). A host name is resolved once at start. Empty means the
+	// bound address.
+	AdvertiseAddr string
+	// Join lists seed nodes (host:port). While this node knows no other live
+	// member, it keeps trying them in the background with backoff.
+	Join []string
+	// ClusterKey, when set, must be exactly 32 bytes: gossip is encrypted and
+	// authenticated with AES-256-GCM, and a node with another key (or none)
+	// cannot join. Nil means gossip in the clear.
+	ClusterKey []byte
+
+	// ProbeInterval, ProbeTimeout, GossipInterval, SuspicionMult and
+	// PushPullInterval tune memberlist's failure detector and
+	// dissemination; zero means memberlist's LAN default.
+	ProbeInterval    time.Duration
+	ProbeTimeout     time.Duration
+	GossipInterval   time.Duration
+	SuspicionMult    int
+	PushPullInterval time.Duration
+
+	// DeadServerTimeout is how long a member must have been dead (or
+	// unknown to gossip) before the leader removes it from Raft.
+	DeadServerTimeout time.Duration
+}
+
+// Gossip defaults.
+const (
+	defaultGossipBindAddr    = "127.0.0.1:8402"
+	defaultDeadServerTimeout = 30 * time.Second
+	defaultPromoteAfter      = 2 * time.Second
+	defaultReconcileInterval = 5 * time.Second
+)
+
+// withDefaults returns a copy of g with every zero field filled in.
+func (g GossipConfig) withDefaults() GossipConfig {
+	if g.BindAddr == "" {
+		g.BindAddr = defaultGossipBindAddr
+	}
+	if g.DeadServerTimeout == 0 {
+		g.DeadServerTimeout = defaultDeadServerTimeout
+	}
+	return g
+}
+
+// Validate reports the first gossip field that cannot work, naming it.
+func (g GossipConfig) Validate() error {
+	g = g.withDefaults()
+	if _, _, err := splitHostPort(g.BindAddr); err != nil {
+		return fmt.Errorf("replication: gossip address %q: %w: use host:port", g.BindAddr, err)
+	}
+	if g.ClusterKey != nil && len(g.ClusterKey) != 32 {
+		return fmt.Errorf("replication: cluster key has %d bytes: it must be exactly 32 (base64 of 32 random bytes)", len(g.ClusterKey))
+	}
+	for _, j := range g.Join {
+		if j == "" {
+			return errors.New("replication: empty join address: use host:port")
+		}
+	}
+	switch {
+	case g.ProbeInterval < 0, g.ProbeTimeout < 0, g.GossipInterval < 0, g.PushPullInterval < 0, g.SuspicionMult < 0:
+		return errors.New("replication: gossip timings must not be negative")
+	case g.DeadServerTimeout < 0:
+		return fmt.Errorf("replication: dead server timeout %s is negative", g.DeadServerTimeout)
+	}
+	return nil
+}
+
+// splitHostPort splits host:port and parses the port.
+func splitHostPort(hp string) (string, int, error) {
+	host, ps, err := net.SplitHostPort(hp)
+	if err != nil {
+		return "", 0, err
+	}
+	port, err := strconv.Atoi(ps)
+	if err != nil || port < 0 || port > 65535 {
+		return "", 0, fmt.Errorf("bad port %q", ps)
+	}
+	return host, port, nil
 }
 
 // DefaultConfig returns the production defaults: timings for a LAN that
@@ -101,6 +234,16 @@ func (c Config) withDefaults() Config {
 	if c.Logger == nil {
 		c.Logger = hclog.NewNullLogger()
 	}
+	if c.PromoteAfter == 0 {
+		c.PromoteAfter = defaultPromoteAfter
+	}
+	if c.ReconcileInterval == 0 {
+		c.ReconcileInterval = defaultReconcileInterval
+	}
+	if c.Gossip != nil {
+		g := c.Gossip.withDefaults()
+		c.Gossip = &g
+	}
 	return c
 }
 
@@ -118,6 +261,30 @@ func (c Config) Validate() error {
 		return fmt.Errorf("replication: election timeout %s is below heartbeat timeout %s: raise it", c.ElectionTimeout, c.HeartbeatTimeout)
 	case c.MaxAppendEntries > 1024:
 		return fmt.Errorf("replication: max append entries %d is above Raft's limit of 1024", c.MaxAppendEntries)
+	case c.BootstrapExpect < 0:
+		return fmt.Errorf("replication: bootstrap expect %d is negative", c.BootstrapExpect)
+	case c.BootstrapExpect > 0 && c.Gossip == nil:
+		return errors.New("replication: bootstrap expect needs gossip: set a gossip address and -join")
+	case c.BootstrapExpect > 0 && c.Bootstrap:
+		return errors.New("replication: bootstrap expect and one-node bootstrap exclude each other: drop one")
+	case c.BootstrapExpect > 0 && c.ReadReplica:
+		return errors.New("replication: a read replica never votes, so it cannot expect to bootstrap: drop -bootstrap-expect or -read-replica")
+	case c.ReadReplica && c.Bootstrap:
+		return errors.New("replication: a read replica cannot bootstrap a cluster: drop -read-replica or the bootstrap")
+	case c.ReadReplica && c.Gossip == nil:
+		return errors.New("replication: a read replica is found through gossip: set a gossip address and -join")
+	case c.PromoteAfter < 0:
+		return fmt.Errorf("replication: promote-after %s is negative", c.PromoteAfter)
+	case c.ReconcileInterval < 0:
+		return fmt.Errorf("replication: reconcile interval %s is negative", c.ReconcileInterval)
+	}
+	if c.Gossip != nil {
+		if err := c.Gossip.Validate(); err != nil {
+			return err
+		}
+	}
+	if n := len(encodeMeta(c.worstCaseMeta(), true)); n > metaMaxSize {
+		return fmt.Errorf("replication: gossip metadata for this node takes %d bytes, over memberlist's %d: shorten the node id, addresses or version", n, metaMaxSize)
 	}
 	return nil
 }

@@ -24,6 +24,9 @@ var (
 	// ErrTimeout means the write was not committed in time; it may still
 	// commit. Retry with the same request id.
 	ErrTimeout = errors.New("replication: timed out waiting for the write to commit: retry with the same request id")
+	// ErrUnknownServer means the named server is not another voter in the
+	// Raft configuration: check the id with `coffer operator raft list-peers`.
+	ErrUnknownServer = errors.New("replication: no such voter in the raft configuration: check the id with `coffer operator raft list-peers`")
 )
 
 // translate maps hashicorp/raft's errors to this package's sentinels.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -25,22 +24,40 @@ type Node struct {
 	store     *raftboltdb.BoltStore
 	snapshots raft.SnapshotStore
 
+	gossip        *gossip      // nil without gossip
+	clog          hclog.Logger // cluster membership and leader duties
+	started       time.Time
+	preVote       bool        // Raft runs pre-vote before real elections
+	sealed        atomic.Bool // as set by SetSealed
+	hasState      atomic.Bool // this node has a Raft log or snapshot
+	bootstrapDone atomic.Bool
+	reconcileCh   chan struct{} // coalesced "reconcile now" for the leader duty
+	duty          *leaderDuty   // owned by watchLeadership
+
 	notifyCh chan bool
 	leader   atomic.Bool // true while this node is leader per NotifyCh
 	done     chan struct{}
 	wg       sync.WaitGroup
 
-	mu        sync.Mutex
-	observers []func(isLeader bool)
-	closeOnce sync.Once
-	closeErr  error
+	mu                sync.Mutex
+	observers         []func(isLeader bool)
+	memberObservers   []func()
+	lastBootstrapNote string
+	closeOnce         sync.Once
+	closeErr          error
 }
+
+// shutdownLeaveTimeout bounds the gossip leave that Shutdown performs.
+const shutdownLeaveTimeout = 3 * time.Second
 
 // New opens (or creates) the Raft state under cfg.DataDir, starts the
 // transport and Raft, and bootstraps a one-voter cluster when cfg.Bootstrap is
-// set and there is no existing state. fsm must be persistent: Raft does not
-// restore a snapshot on start (NoSnapshotRestoreOnStart) and relies on the
-// FSM skipping log entries it has already applied.
+// set and there is no existing state. With cfg.Gossip it also starts gossip,
+// joins the seeds in the background and, with cfg.BootstrapExpect, bootstraps
+// together with the other expected nodes once gossip has found them all. fsm
+// must be persistent: Raft does not restore a snapshot on start
+// (NoSnapshotRestoreOnStart) and relies on the FSM skipping log entries it has
+// already applied.
 func New(cfg Config, fsm raft.BatchingFSM) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -56,7 +73,10 @@ func New(cfg Config, fsm raft.BatchingFSM) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("replication: open raft log %s: %w", filepath.Join(dir, "raft.db"), err)
 	}
-	n := &Node{cfg: cfg, logger: logger, store: store, notifyCh: make(chan bool, 16), done: make(chan struct{})}
+	n := &Node{
+		cfg: cfg, logger: logger, clog: cfg.Logger.Named("cluster"), store: store, started: time.Now(),
+		notifyCh: make(chan bool, 16), reconcileCh: make(chan struct{}, 1), done: make(chan struct{}),
+	}
 	ok := false
 	defer func() {
 		if !ok {
@@ -69,17 +89,20 @@ func New(cfg Config, fsm raft.BatchingFSM) (*Node, error) {
 		return nil, fmt.Errorf("replication: open snapshot store: %w", err)
 	}
 
-	var advertise net.Addr
-	if cfg.AdvertiseAddr != "" {
-		advertise, err = net.ResolveTCPAddr("tcp", cfg.AdvertiseAddr)
-		if err != nil {
-			return nil, fmt.Errorf("replication: advertise address %q: %w", cfg.AdvertiseAddr, err)
-		}
+	network := cfg.Network
+	if network == nil {
+		network = &Network{}
 	}
-	n.transport, err = raft.NewTCPTransportWithLogger(cfg.BindAddr, advertise, 3, 10*time.Second, logger.Named("transport"))
+	stream, err := newStreamLayer(network, cfg.BindAddr, cfg.AdvertiseAddr)
 	if err != nil {
-		return nil, fmt.Errorf("replication: listen for raft on %s: %w", cfg.BindAddr, err)
+		return nil, err
 	}
+	n.transport = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Stream:  stream,
+		MaxPool: 3,
+		Timeout: 10 * time.Second,
+		Logger:  logger.Named("transport"),
+	})
 
 	rc := raft.DefaultConfig()
 	rc.LocalID = raft.ServerID(cfg.NodeID)
@@ -96,15 +119,21 @@ func New(cfg Config, fsm raft.BatchingFSM) (*Node, error) {
 	// Shutdown can park its future in the buffer where nothing ever answers
 	// it. The leader still groups concurrent applies into one batch.
 	rc.BatchApplyCh = false
-	rc.NoSnapshotRestoreOnStart = true
+	// The FSM is persistent: Raft need not restore the newest snapshot on
+	// start, because the FSM skips entries it has applied already. That
+	// holds only while the FSM is at least as new as that snapshot; when it
+	// is not (fsm.db lost, or a restore interrupted), Raft restores it.
+	rc.NoSnapshotRestoreOnStart = fsmCoversSnapshots(fsm, n.snapshots, logger)
 	rc.NotifyCh = n.notifyCh
 	rc.NoLegacyTelemetry = true
 
+	has, err := raft.HasExistingState(store, store, n.snapshots)
+	if err != nil {
+		return nil, fmt.Errorf("replication: inspect raft state: %w", err)
+	}
+	n.hasState.Store(has)
+	n.sealed.Store(cfg.Sealed)
 	if cfg.Bootstrap {
-		has, err := raft.HasExistingState(store, store, n.snapshots)
-		if err != nil {
-			return nil, fmt.Errorf("replication: inspect raft state: %w", err)
-		}
 		if !has {
 			conf := raft.Configuration{Servers: []raft.Server{{
 				Suffrage: raft.Voter,
@@ -114,7 +143,33 @@ func New(cfg Config, fsm raft.BatchingFSM) (*Node, error) {
 			if err := raft.BootstrapCluster(rc, store, store, n.snapshots, n.transport, conf); err != nil {
 				return nil, fmt.Errorf("replication: bootstrap: %w", err)
 			}
+			n.hasState.Store(true)
 			logger.Info("bootstrapped a one-node cluster", "id", cfg.NodeID, "address", n.transport.LocalAddr())
+		}
+	}
+
+	// Pre-vote (a candidate first asks whether it could win, without
+	// raising terms) keeps a node that was cut off from disrupting the
+	// cluster when it comes back. hashicorp/raft runs it only when the
+	// transport supports it; say which it is.
+	_, transportPreVote := any(n.transport).(raft.WithPreVote)
+	n.preVote = transportPreVote && !rc.PreVoteDisabled
+	if n.preVote {
+		logger.Info("pre-vote enabled")
+	} else {
+		logger.Warn("pre-vote disabled: the transport does not support it")
+	}
+
+	var local MemberMeta
+	if cfg.Gossip != nil {
+		local = MemberMeta{
+			ID: cfg.NodeID, APIAddr: cfg.APIAddr, RaftAddr: n.Addr(), Sealed: cfg.Sealed, ReadReplica: cfg.ReadReplica,
+			HasRaftState: n.hasState.Load(), BootstrapExpect: cfg.BootstrapExpect, Version: cfg.Version,
+		}
+		worst := local
+		worst.Sealed, worst.ReadReplica, worst.HasRaftState = true, true, true
+		if size := len(encodeMeta(worst, true)); size > metaMaxSize {
+			return nil, fmt.Errorf("replication: gossip metadata for this node takes %d bytes, over memberlist's %d: shorten the node id, addresses or version", size, metaMaxSize)
 		}
 	}
 
@@ -122,22 +177,45 @@ func New(cfg Config, fsm raft.BatchingFSM) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("replication: start raft: %w", err)
 	}
+	if cfg.Gossip != nil {
+		n.gossip, err = newGossip(*cfg.Gossip, local, cfg.Logger.Named("gossip"))
+		if err != nil {
+			if serr := n.raft.Shutdown().Error(); serr != nil {
+				logger.Warn("shutting raft down after gossip failed to start", "error", serr)
+			}
+			return nil, err
+		}
+		n.clog.Info("gossip started", "address", n.GossipAddr(), "seeds", cfg.Gossip.Join,
+			"bootstrap_expect", cfg.BootstrapExpect, "read_replica", cfg.ReadReplica, "encrypted", cfg.Gossip.ClusterKey != nil)
+	}
 	n.wg.Add(1)
 	go n.watchLeadership()
+	if n.gossip != nil {
+		n.gossip.start()
+		n.wg.Add(1)
+		go n.clusterLoop()
+	}
 	ok = true
 	return n, nil
 }
 
 // watchLeadership follows Config.NotifyCh, which unlike LeaderCh never drops
-// a transition, and tells the observers.
+// a transition: it starts the leader duties on gaining leadership (they wait
+// for a barrier first), stops them on losing it, and tells the observers.
 func (n *Node) watchLeadership() {
 	defer n.wg.Done()
+	defer n.stopLeaderDuties()
 	for {
 		select {
 		case <-n.done:
 			return
 		case isLeader := <-n.notifyCh:
 			n.leader.Store(isLeader)
+			if isLeader {
+				n.startLeaderDuties()
+			} else {
+				n.stopLeaderDuties()
+			}
 			n.mu.Lock()
 			obs := append([]func(bool){}, n.observers...)
 			n.mu.Unlock()
@@ -302,13 +380,35 @@ func (n *Node) wait(ctx context.Context, f raft.Future) error {
 	}
 }
 
-// Shutdown stops Raft, the transport and the log store. It is idempotent;
+// Shutdown stops Raft and gossip and closes the transport and the log
+// store. It does not leave gossip: a node that stops (to restart, or
+// because it is told to) stays a Raft member, and the leader removes it only
+// after DeadServerTimeout and only while quorum stays healthy. Call Leave
+// first to decommission it. It does not transfer leadership either: callers
+// that want no write gap call TransferLeadership first. It is idempotent;
 // later calls return the first call's result.
 func (n *Node) Shutdown() error {
+	return n.shutdown(false)
+}
+
+// kill stops the node like a crash would, as far as peers can tell (tests).
+func (n *Node) kill() error {
+	return n.shutdown(false)
+}
+
+func (n *Node) shutdown(leave bool) error {
 	n.closeOnce.Do(func() {
 		var errs []error
+		if n.gossip != nil && leave {
+			// Logged by leave; not being able to say goodbye does not
+			// make the shutdown fail.
+			_ = n.gossip.leave(shutdownLeaveTimeout)
+		}
 		if n.raft != nil {
 			errs = append(errs, n.raft.Shutdown().Error())
+		}
+		if n.gossip != nil {
+			errs = append(errs, n.gossip.stop())
 		}
 		close(n.done)
 		n.wg.Wait()
@@ -322,10 +422,35 @@ func (n *Node) Shutdown() error {
 func (n *Node) closeResources() error {
 	var errs []error
 	if n.transport != nil {
+		// Close the pooled outbound connections too: the peers' handlers
+		// of those connections exit only when they see them close.
+		n.transport.CloseStreams()
 		errs = append(errs, n.transport.Close())
 	}
 	if n.store != nil {
 		errs = append(errs, n.store.Close())
 	}
 	return errors.Join(errs...)
+}
+
+// appliedIndexer is implemented by a persistent FSM that knows the last
+// log index it applied.
+type appliedIndexer interface{ AppliedIndex() uint64 }
+
+// fsmCoversSnapshots reports whether the FSM already holds the state of the
+// newest snapshot, so Raft may skip restoring it on start.
+func fsmCoversSnapshots(fsm raft.FSM, snaps raft.SnapshotStore, logger hclog.Logger) bool {
+	ai, ok := fsm.(appliedIndexer)
+	if !ok {
+		return false
+	}
+	list, err := snaps.List()
+	if err != nil || len(list) == 0 {
+		return err == nil
+	}
+	if ai.AppliedIndex() >= list[0].Index {
+		return true
+	}
+	logger.Warn("state machine is older than the newest snapshot; restoring the snapshot", "fsm_applied", ai.AppliedIndex(), "snapshot_index", list[0].Index)
+	return false
 }

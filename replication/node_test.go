@@ -7,15 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
-
 	"coffer/fsm"
 	"coffer/fsm/fsmpb"
 )
-
-type testWriter struct{ t *testing.T }
-
-func (w testWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }
 
 func testNodeConfig(t *testing.T, dir string) Config {
 	return Config{
@@ -23,7 +17,7 @@ func testNodeConfig(t *testing.T, dir string) Config {
 		DataDir:            dir,
 		BindAddr:           "127.0.0.1:0",
 		Bootstrap:          true,
-		Logger:             hclog.New(&hclog.LoggerOptions{Level: hclog.Debug, Output: testWriter{t}}),
+		Logger:             newLogSink(t).logger("n1"),
 		HeartbeatTimeout:   100 * time.Millisecond,
 		ElectionTimeout:    100 * time.Millisecond,
 		LeaderLeaseTimeout: 50 * time.Millisecond,

@@ -151,6 +151,12 @@ func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.Unary
 		}
 		ctx = context.WithValue(ctx, tokenCtxKey{}, rec)
 	}
+	if newReply, ok := leaderMethods[info.FullMethod]; ok && !s.raft.IsLeader() {
+		reply, done, err := s.forward(ctx, info.FullMethod, req, newReply)
+		if done {
+			return reply, s.statusError(info.FullMethod, err)
+		}
+	}
 	resp, err = handler(ctx, req)
 	return resp, s.statusError(info.FullMethod, err)
 }
@@ -167,9 +173,11 @@ func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.Str
 		if err := s.admitSealed(); err != nil {
 			return s.statusError(info.FullMethod, err)
 		}
-		if _, err := s.authenticate(ss.Context()); err != nil {
+		rec, err := s.authenticate(ss.Context())
+		if err != nil {
 			return s.statusError(info.FullMethod, err)
 		}
+		ss = &authedStream{ServerStream: ss, ctx: context.WithValue(ss.Context(), tokenCtxKey{}, rec)}
 	}
 	return s.statusError(info.FullMethod, handler(srv, ss))
 }
@@ -185,3 +193,12 @@ func (s *Server) statusError(method string, err error) error {
 	}
 	return st
 }
+
+// authedStream carries the caller's token record in its context.
+type authedStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+// Context returns the stream's context with the token record.
+func (a *authedStream) Context() context.Context { return a.ctx }

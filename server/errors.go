@@ -33,6 +33,8 @@ var (
 	ErrDestroyed = errors.New("destroyed")
 	// ErrStale means a stale read exceeded its max_staleness bound.
 	ErrStale = errors.New("server: this node has not heard from a leader within max_staleness: try another node or relax max_staleness")
+	// ErrNotFoundPeer means a Raft peer id is not in the configuration.
+	ErrNotFoundPeer = errors.New("server: no such raft peer: see `coffer operator raft list-peers`")
 	// ErrStorage means the node's state machine failed to persist and the
 	// node stopped acknowledging writes.
 	ErrStorage = errors.New("server: this node cannot persist writes (disk full or I/O error): use another node and check its disk")
@@ -60,6 +62,10 @@ var codeTable = []struct {
 	{fsm.ErrNotFound, codes.NotFound},
 	{ErrDeleted, codes.NotFound},
 	{ErrDestroyed, codes.NotFound},
+	{ErrNotFoundPeer, codes.NotFound},
+	{ErrForeignSnapshot, codes.FailedPrecondition},
+	{fsm.ErrStorage, codes.Unavailable},
+	{fsm.ErrClosed, codes.Unavailable},
 	{seal.ErrInvalidShare, codes.InvalidArgument},
 	{seal.ErrDuplicateShare, codes.InvalidArgument},
 	{seal.ErrWrongShares, codes.InvalidArgument},

@@ -89,6 +89,9 @@ func (s *Server) explainWrite(err error, path string, cas *uint64) error {
 	case errors.Is(err, fsm.ErrCASRequired):
 		return withMessage(err, "check-and-set required: %s only accepts writes with -cas=<current version>", path)
 	case errors.Is(err, fsm.ErrNotFound):
+		if _, merr := s.fsm.Metadata(path); merr == nil {
+			return withMessage(err, "%s has none of the versions given: list its versions with `coffer kv metadata get %s`", path, path)
+		}
 		return withMessage(err, "no secret at %s: check the path with `coffer kv list`", path)
 	}
 	return err

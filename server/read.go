@@ -35,6 +35,10 @@ func (s *Server) notLeaderError() error {
 	return withMessage(replication.ErrNotLeader, "node %s is not the leader (%s is): send the request to the leader", s.cfg.NodeID, id)
 }
 
+// minIndexWait bounds how long a read waits for its min_index: a node that
+// lags further behind answers Unavailable so the client asks another one.
+const minIndexWait = 5 * time.Second
+
 // beginRead admits a read at the consistency it asks for and returns the
 // ReadMeta that describes the answer. It waits for opts.MinIndex first.
 func (s *Server) beginRead(ctx context.Context, opts *pb.ReadOptions) (*pb.ReadMeta, error) {
@@ -45,10 +49,13 @@ func (s *Server) beginRead(ctx context.Context, opts *pb.ReadOptions) (*pb.ReadM
 		opts = &pb.ReadOptions{}
 	}
 	if opts.MaxStalenessMs < 0 {
-		return nil, fmt.Errorf("%w: max_staleness must not be negative", ErrInvalidArgument)
+		return nil, invalidf("max_staleness must not be negative")
 	}
 	if opts.MinIndex > 0 && s.fsm.AppliedIndex() < opts.MinIndex {
-		if err := s.fsm.WaitApplied(ctx, opts.MinIndex); err != nil {
+		wctx, cancel := context.WithTimeout(ctx, minIndexWait)
+		err := s.fsm.WaitApplied(wctx, opts.MinIndex)
+		cancel()
+		if err != nil {
 			return nil, withMessage(replication.ErrTimeout, "node %s has not applied index %d yet (at %d): retry, or read from another node", s.cfg.NodeID, opts.MinIndex, s.fsm.AppliedIndex())
 		}
 	}
@@ -62,14 +69,20 @@ func (s *Server) beginRead(ctx context.Context, opts *pb.ReadOptions) (*pb.ReadM
 		}
 	case pb.Consistency_CONSISTENCY_DEFAULT:
 		if !leader {
-			return nil, s.notLeaderError()
+			if err := s.readIndex(ctx, false); err != nil {
+				return nil, err
+			}
+			break
 		}
 		if !s.leaderReady.Load() {
 			return nil, withMessage(replication.ErrNoLeader, "node %s became leader and is still applying earlier entries: retry shortly", s.cfg.NodeID)
 		}
 	case pb.Consistency_CONSISTENCY_LINEARIZABLE:
 		if !leader {
-			return nil, s.notLeaderError()
+			if err := s.readIndex(ctx, true); err != nil {
+				return nil, err
+			}
+			break
 		}
 		if !s.leaderReady.Load() {
 			return nil, withMessage(replication.ErrNoLeader, "node %s became leader and is still applying earlier entries: retry shortly", s.cfg.NodeID)
@@ -82,7 +95,7 @@ func (s *Server) beginRead(ctx context.Context, opts *pb.ReadOptions) (*pb.ReadM
 			return nil, err
 		}
 	default:
-		return nil, fmt.Errorf("%w: unknown consistency %d: use stale, default or linearizable", ErrInvalidArgument, opts.Consistency)
+		return nil, invalidf("unknown consistency %d: use stale, default or linearizable", opts.Consistency)
 	}
 	return s.readMeta(opts.Consistency == pb.Consistency_CONSISTENCY_STALE && !leader), nil
 }

@@ -47,6 +47,7 @@ type Server struct {
 
 	lis      net.Listener
 	serveErr chan error
+	peers    peerConns
 
 	// leaderReady is true once this node, as leader, has applied every
 	// entry of earlier terms (a Raft barrier succeeded): only then may it
@@ -55,6 +56,9 @@ type Server struct {
 	// leaderEpoch counts leadership changes so a slow barrier of an old
 	// term cannot mark a newer term ready.
 	leaderEpoch atomic.Uint64
+
+	// dutyNudge wakes the leader duties loop.
+	dutyNudge chan struct{}
 
 	rotateMu sync.Mutex
 	initMu   sync.Mutex
@@ -74,6 +78,9 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = hclog.NewNullLogger()
 	}
+	if cfg.Network == nil {
+		cfg.Network = &replication.Network{}
+	}
 	if cfg.ShutdownTimeout <= 0 {
 		cfg.ShutdownTimeout = 5 * time.Second
 	}
@@ -81,11 +88,12 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("server: create data directory %s: %w", cfg.DataDir, err)
 	}
 	s := &Server{
-		cfg:      cfg,
-		logger:   cfg.Logger,
-		seal:     seal.New(seal.Options{}),
-		serveErr: make(chan error, 1),
-		stop:     make(chan struct{}),
+		cfg:       cfg,
+		logger:    cfg.Logger,
+		seal:      seal.New(seal.Options{}),
+		serveErr:  make(chan error, 1),
+		stop:      make(chan struct{}),
+		dutyNudge: make(chan struct{}, 1),
 	}
 	var err error
 	s.fsm, err = fsm.Open(filepath.Join(cfg.DataDir, "fsm.db"), fsm.Options{
@@ -96,18 +104,50 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("server: open state: %w", err)
 	}
 
+	// Listen first, so that the advertised API address (gossiped to
+	// peers for forwarding) has its real port even when asked for :0.
+	s.lis, err = net.Listen("tcp", cfg.APIAddr)
+	if err != nil {
+		s.fsm.Close()
+		return nil, fmt.Errorf("server: listen on %s: %w (is another coffer running? pick another -api-addr)", cfg.APIAddr, err)
+	}
+
 	rc := cfg.Raft
 	rc.NodeID = cfg.NodeID
 	rc.DataDir = cfg.DataDir
 	rc.BindAddr = cfg.RaftAddr
 	rc.AdvertiseAddr = cfg.RaftAdvertise
+	if rc.AdvertiseAddr == "" && cfg.Advertise != "" {
+		rc.AdvertiseAddr = advertiseAddr(cfg.RaftAddr, cfg.Advertise)
+	}
 	rc.Logger = cfg.Logger
-	rc.Bootstrap = true
+	rc.APIAddr = s.advertisedAPI()
+	rc.Version = Version
+	if cfg.Clustered() {
+		g := cfg.Gossip
+		g.BindAddr = cfg.GossipAddr
+		if cfg.Advertise != "" {
+			g.AdvertiseAddr = advertiseAddr(cfg.GossipAddr, cfg.Advertise)
+		}
+		g.Join = cfg.Join
+		g.ClusterKey = cfg.ClusterKey
+		if cfg.DeadServerTimeout > 0 {
+			g.DeadServerTimeout = cfg.DeadServerTimeout
+		}
+		rc.Gossip = &g
+		rc.BootstrapExpect = cfg.BootstrapExpect
+		rc.ReadReplica = cfg.ReadReplica
+		rc.CaughtUp = s.caughtUp
+	} else {
+		rc.Bootstrap = true
+	}
 	s.raft, err = replication.New(rc, s.fsm)
 	if err != nil {
+		s.lis.Close()
 		s.fsm.Close()
 		return nil, err
 	}
+	s.raft.SetSealed(true)
 	s.raft.OnLeadership(s.leadershipChanged)
 
 	s.health = health.NewServer()
@@ -121,25 +161,27 @@ func New(cfg Config) (*Server, error) {
 	)
 	pb.RegisterSysServer(s.grpc, s)
 	pb.RegisterKVServer(s.grpc, s)
+	pb.RegisterClusterServer(s.grpc, &clusterService{s: s})
+	pb.RegisterOperatorServer(s.grpc, &operatorService{s: s})
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 	return s, nil
 }
 
-// Start listens on the API address and serves in the background.
+// Start serves the API in the background.
 func (s *Server) Start() error {
-	lis, err := net.Listen("tcp", s.cfg.APIAddr)
-	if err != nil {
-		return fmt.Errorf("server: listen on %s: %w (is another coffer running? pick another -api-addr)", s.cfg.APIAddr, err)
-	}
-	s.lis = lis
-	s.logger.Info("serving", "node_id", s.cfg.NodeID, "api_addr", lis.Addr().String(), "raft_addr", s.raft.Addr())
+	s.logger.Info("serving", "node_id", s.cfg.NodeID, "api_addr", s.lis.Addr().String(), "raft_addr", s.raft.Addr())
 	s.bg.Add(1)
 	go func() {
 		defer s.bg.Done()
-		s.serveErr <- s.grpc.Serve(lis)
+		s.serveErr <- s.grpc.Serve(s.lis)
 	}()
 	return nil
+}
+
+// advertisedAPI is the API address peers and clients should dial.
+func (s *Server) advertisedAPI() string {
+	return advertiseAddr(s.lis.Addr().String(), s.cfg.Advertise)
 }
 
 // APIAddr is the address the API listens on (after Start), or the
@@ -164,6 +206,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.shutdownOnce.Do(func() {
 		close(s.stop)
 		s.health.Shutdown()
+		// 1. Stop taking API calls; in-flight ones may finish.
 		stopped := make(chan struct{})
 		go func() { s.grpc.GracefulStop(); close(stopped) }()
 		timer := time.NewTimer(s.cfg.ShutdownTimeout)
@@ -176,13 +219,45 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		timer.Stop()
 		<-stopped
+		// 2. Hand leadership over so that writes go on without waiting
+		// for an election.
+		if s.raft.IsLeader() && s.cfg.Clustered() {
+			tctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			if err := s.raft.TransferLeadership(tctx); err != nil {
+				s.logger.Warn("leadership transfer before shutdown failed", "error", err)
+			} else {
+				s.logger.Info("transferred leadership before shutdown")
+			}
+			cancel()
+		}
+		// 3. Drop the keys, 4. leave gossip and stop Raft, 5. close bbolt.
 		s.seal.Seal()
+		s.peers.close()
 		errs := []error{s.raft.Shutdown(), s.fsm.Close()}
 		s.bg.Wait()
 		s.shutdownErr = errors.Join(errs...)
 		s.logger.Info("stopped", "node_id", s.cfg.NodeID)
 	})
 	return s.shutdownErr
+}
+
+// Kill stops the node the way a crash would look to its peers and
+// clients: its network is cut, calls in flight fail, there is no
+// leadership transfer and no goodbye. The data directory is kept, so the
+// node can be started again. For tests and chaos drills.
+func (s *Server) Kill() {
+	s.shutdownOnce.Do(func() {
+		s.cfg.Network.Isolate()
+		close(s.stop)
+		s.grpc.Stop()
+		s.health.Shutdown()
+		s.seal.Seal()
+		s.peers.close()
+		errs := []error{s.raft.Shutdown(), s.fsm.Close()}
+		s.bg.Wait()
+		s.shutdownErr = errors.Join(errs...)
+		s.logger.Info("killed", "node_id", s.cfg.NodeID)
+	})
 }
 
 // leadershipChanged runs on every leadership transition. On gaining
@@ -214,6 +289,8 @@ func (s *Server) leadershipChanged(isLeader bool) {
 					}
 				}
 				s.leaderReady.Store(true)
+				s.bg.Add(1)
+				go s.leaderDuties(epoch)
 				return
 			}
 			if errors.Is(err, replication.ErrShutdown) || errors.Is(err, replication.ErrNotLeader) || errors.Is(err, replication.ErrLeadershipLost) {

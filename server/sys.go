@@ -4,9 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
-
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	pb "coffer/api/cofferpb"
 	"coffer/fsm"
@@ -39,8 +38,8 @@ func (s *Server) Init(ctx context.Context, req *pb.InitRequest) (*pb.InitRespons
 	token := req.RootToken
 	if token == "" {
 		token = newToken()
-	} else if len(token) < 2 || len(token) > 128 {
-		return nil, fmt.Errorf("%w: root token must be 2 to 128 characters", ErrInvalidArgument)
+	} else if len(token) > 128 || strings.ContainsAny(token, " \t\r\n") {
+		return nil, invalidf("root token must be at most 128 characters without spaces")
 	}
 	if _, err := s.fsm.SysGet(sysSealKey); err == nil {
 		return nil, ErrAlreadyInitialized
@@ -91,6 +90,13 @@ func (s *Server) Unseal(ctx context.Context, req *pb.UnsealRequest) (*pb.SealSta
 		s.seal.ResetProgress()
 		return sealStatusPB(s.seal.Status(stored)), nil
 	}
+	if stored == nil && !s.raft.IsLeader() {
+		// A follower may not have applied a very recent init yet.
+		stored, err = s.awaitInit(ctx)
+		if err != nil {
+			return nil, err
+		}
+	}
 	if stored == nil {
 		return nil, ErrNotInitialized
 	}
@@ -106,7 +112,7 @@ func (s *Server) Unseal(ctx context.Context, req *pb.UnsealRequest) (*pb.SealSta
 	}
 	if wasSealed && !st.Sealed {
 		s.logger.Info("unsealed", "key_term", st.Term)
-		s.health.SetServingStatus(kvService, healthpb.HealthCheckResponse_SERVING)
+		s.unsealedNode()
 	}
 	return sealStatusPB(st), nil
 }
@@ -116,8 +122,7 @@ func (s *Server) Seal(ctx context.Context, _ *pb.SealRequest) (*pb.SealStatus, e
 	if err := requireRoot(ctx); err != nil {
 		return nil, err
 	}
-	s.seal.Seal()
-	s.health.SetServingStatus(kvService, healthpb.HealthCheckResponse_NOT_SERVING)
+	s.sealNode()
 	s.logger.Info("sealed by request")
 	stored, err := s.storedSeal()
 	if err != nil {
@@ -147,7 +152,9 @@ func (s *Server) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusRes
 		LastContactMs: s.lastContactMs(),
 	}
 	if leaderID == s.cfg.NodeID {
-		resp.LeaderAddress = s.APIAddr()
+		resp.LeaderAddress = s.advertisedAPI()
+	} else {
+		resp.LeaderAddress = s.raft.LeaderAPIAddr()
 	}
 	return resp, nil
 }
@@ -233,4 +240,24 @@ func (s *Server) lastContactMs() int64 {
 		return -1
 	}
 	return time.Since(lc).Milliseconds()
+}
+
+// awaitInit gives a follower the chance to apply an init its leader has
+// committed but it has not applied yet: it asks the leader whether the
+// cluster is initialized and at which index, and waits (bounded) for it.
+func (s *Server) awaitInit(ctx context.Context) (*seal.Stored, error) {
+	addr := s.raft.LeaderAPIAddr()
+	if addr == "" {
+		return nil, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	st, err := pb.NewSysClient(s.peers.conn(addr)).Status(ctx, &pb.StatusRequest{})
+	if err != nil || !st.Seal.GetInitialized() {
+		return nil, nil
+	}
+	if err := s.fsm.WaitApplied(ctx, st.AppliedIndex); err != nil {
+		return nil, nil
+	}
+	return s.storedSeal()
 }

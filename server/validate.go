@@ -51,7 +51,7 @@ func validatePath(path string) error {
 // trailing / is allowed. It returns the prefix with a trailing /.
 func validatePrefix(path string) (string, error) {
 	if path == "" {
-		return "", fmt.Errorf("%w: path is empty: list a mount such as %s", ErrInvalidArgument, DefaultMount)
+		return "", invalidf("path is empty: list a mount such as %s", DefaultMount)
 	}
 	p := path
 	if !strings.HasSuffix(p, "/") {
@@ -69,11 +69,11 @@ func validatePrefix(path string) (string, error) {
 func checkPathText(path string) error {
 	switch {
 	case path == "":
-		return fmt.Errorf("%w: path is empty: give a path such as %sapp/db", ErrInvalidArgument, DefaultMount)
+		return invalidf("path is empty: give a path such as %sapp/db", DefaultMount)
 	case len(path) > MaxPathLen:
-		return fmt.Errorf("%w: path is %d bytes, over the limit of %d: shorten it", ErrInvalidArgument, len(path), MaxPathLen)
+		return invalidf("path is %d bytes, over the limit of %d: shorten it", len(path), MaxPathLen)
 	case !utf8.ValidString(path):
-		return fmt.Errorf("%w: path is not valid UTF-8", ErrInvalidArgument)
+		return invalidf("path is not valid UTF-8")
 	case strings.HasPrefix(path, "/"):
 		return invalidPath(path, "remove the leading /")
 	}
@@ -107,7 +107,7 @@ func splitMount(path string) (mount, rest string, err error) {
 }
 
 func invalidPath(path, why string) error {
-	return fmt.Errorf("%w: invalid path %q: %s", ErrInvalidArgument, printable(path), why)
+	return invalidf("invalid path %q: %s", printable(path), why)
 }
 
 // printable shortens and escapes a user-supplied string for an error
@@ -122,28 +122,28 @@ func printable(s string) string {
 // validateData checks the key/value map of a put.
 func validateData(data map[string]string) error {
 	if len(data) == 0 {
-		return fmt.Errorf("%w: data is empty: give at least one key=value", ErrInvalidArgument)
+		return invalidf("data is empty: give at least one key=value")
 	}
 	if len(data) > MaxKeys {
-		return fmt.Errorf("%w: data has %d keys, over the limit of %d: split the secret", ErrTooLarge, len(data), MaxKeys)
+		return tooLargef("data has %d keys, over the limit of %d: split the secret", len(data), MaxKeys)
 	}
 	size := 0
 	for k, v := range data {
 		switch {
 		case k == "":
-			return fmt.Errorf("%w: data has an empty key name", ErrInvalidArgument)
+			return invalidf("data has an empty key name")
 		case len(k) > MaxKeyLen:
-			return fmt.Errorf("%w: key name %q is over %d bytes", ErrInvalidArgument, printable(k), MaxKeyLen)
+			return invalidf("key name %q is over %d bytes", printable(k), MaxKeyLen)
 		case !utf8.ValidString(k):
-			return fmt.Errorf("%w: key name is not valid UTF-8", ErrInvalidArgument)
+			return invalidf("key name is not valid UTF-8")
 		}
 		if len(v) > MaxSecretSize {
-			return fmt.Errorf("%w: value of key %q is %d bytes, over the limit of %d (1 MiB): store large files elsewhere and keep a reference here", ErrTooLarge, printable(k), len(v), MaxSecretSize)
+			return tooLargef("value of key %q is %d bytes, over the limit of %d (1 MiB): store large files elsewhere and keep a reference here", printable(k), len(v), MaxSecretSize)
 		}
 		size += len(k) + len(v)
 	}
 	if size > MaxSecretSize {
-		return fmt.Errorf("%w: secret data is %d bytes, over the limit of %d (1 MiB): split it into several secrets", ErrTooLarge, size, MaxSecretSize)
+		return tooLargef("secret data is %d bytes, over the limit of %d (1 MiB): split it into several secrets", size, MaxSecretSize)
 	}
 	return nil
 }
@@ -151,15 +151,25 @@ func validateData(data map[string]string) error {
 // validateVersions checks the version list of delete, undelete, destroy.
 func validateVersions(versions []uint64, required bool, verb string) error {
 	if required && len(versions) == 0 {
-		return fmt.Errorf("%w: %s needs the versions to act on (-versions=1,2)", ErrInvalidArgument, verb)
+		return invalidf("%s needs the versions to act on (-versions=1,2)", verb)
 	}
 	if len(versions) > MaxVersionsPerCall {
-		return fmt.Errorf("%w: %d versions in one %s, over the limit of %d", ErrInvalidArgument, len(versions), verb, MaxVersionsPerCall)
+		return invalidf("%d versions in one %s, over the limit of %d", len(versions), verb, MaxVersionsPerCall)
 	}
 	for _, v := range versions {
 		if v == 0 {
-			return fmt.Errorf("%w: version 0 does not exist: versions start at 1", ErrInvalidArgument)
+			return invalidf("version 0 does not exist: versions start at 1")
 		}
 	}
 	return nil
+}
+
+// invalidf is an ErrInvalidArgument with its own message.
+func invalidf(format string, args ...any) error {
+	return withMessage(ErrInvalidArgument, format, args...)
+}
+
+// tooLargef is an ErrTooLarge with its own message.
+func tooLargef(format string, args ...any) error {
+	return withMessage(ErrTooLarge, format, args...)
 }

@@ -1,0 +1,168 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	mrand "math/rand/v2"
+	"net"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	pb "coffer/api/cofferpb"
+	"coffer/replication"
+)
+
+// forwardedKey marks a call a follower passed on to the leader, so that the
+// receiving node never forwards it again (one hop).
+const forwardedKey = "x-coffer-forwarded-by"
+
+// leaderMethods are the calls only the leader can serve. A follower
+// forwards them, unchanged but for a request id, with the caller's token.
+// The value makes an empty reply of the method's type.
+var leaderMethods = map[string]func() proto.Message{
+	"/coffer.v1.KV/Put":              func() proto.Message { return new(pb.PutResponse) },
+	"/coffer.v1.KV/Delete":           func() proto.Message { return new(pb.WriteResponse) },
+	"/coffer.v1.KV/Undelete":         func() proto.Message { return new(pb.WriteResponse) },
+	"/coffer.v1.KV/Destroy":          func() proto.Message { return new(pb.WriteResponse) },
+	"/coffer.v1.KV/WriteMetadata":    func() proto.Message { return new(pb.WriteResponse) },
+	"/coffer.v1.KV/DeleteMetadata":   func() proto.Message { return new(pb.WriteResponse) },
+	"/coffer.v1.Sys/Init":            func() proto.Message { return new(pb.InitResponse) },
+	"/coffer.v1.Sys/Rotate":          func() proto.Message { return new(pb.RotateResponse) },
+	"/coffer.v1.Operator/RemovePeer": func() proto.Message { return new(pb.RemovePeerResponse) },
+	"/coffer.v1.Operator/StepDown":   func() proto.Message { return new(pb.StepDownResponse) },
+}
+
+// forwardHold bounds how long a follower waits for a leader to appear
+// before it answers Unavailable ("no leader").
+const forwardHold = 3 * time.Second
+
+// ensureRequestID gives a write without a request id one, so that the
+// follower's own retries of the forwarded call cannot write twice.
+func ensureRequestID(req any) {
+	switch r := req.(type) {
+	case *pb.PutRequest:
+		if r.RequestId == "" {
+			r.RequestId = rand.Text()
+		}
+	case *pb.VersionsRequest:
+		if r.RequestId == "" {
+			r.RequestId = rand.Text()
+		}
+	case *pb.WriteMetadataRequest:
+		if r.RequestId == "" {
+			r.RequestId = rand.Text()
+		}
+	case *pb.DeleteMetadataRequest:
+		if r.RequestId == "" {
+			r.RequestId = rand.Text()
+		}
+	}
+}
+
+// wasForwarded reports whether the call came from another node.
+func wasForwarded(ctx context.Context) bool {
+	md, _ := metadata.FromIncomingContext(ctx)
+	return len(md.Get(forwardedKey)) > 0
+}
+
+// forward sends a leader-only call to the leader and returns its answer
+// with done set. While no leader is known it waits, with jittered retries,
+// up to forwardHold (or the call's deadline); then it answers Unavailable.
+// When this node becomes the leader meanwhile, it returns done false: the
+// caller serves the call itself.
+func (s *Server) forward(ctx context.Context, method string, req any, newReply func() proto.Message) (reply any, done bool, err error) {
+	if wasForwarded(ctx) {
+		// One hop only: the node that sent it believed we lead.
+		return nil, true, s.notLeaderError()
+	}
+	ensureRequestID(req)
+	in, _ := metadata.FromIncomingContext(ctx)
+	out := metadata.Pairs(forwardedKey, s.cfg.NodeID)
+	if auth := in.Get("authorization"); len(auth) > 0 {
+		out.Set("authorization", auth...)
+	}
+	octx := metadata.NewOutgoingContext(ctx, out)
+
+	hold, cancel := context.WithTimeout(ctx, forwardHold)
+	defer cancel()
+	var lastErr error = s.notLeaderError()
+	for attempt := 0; ; attempt++ {
+		if s.raft.IsLeader() {
+			return nil, false, nil
+		}
+		if addr := s.raft.LeaderAPIAddr(); addr != "" {
+			reply := newReply()
+			err := s.peers.conn(addr).Invoke(octx, method, req, reply)
+			if err == nil {
+				return reply, true, nil
+			}
+			lastErr = err
+			if status.Code(err) != codes.Unavailable || ctx.Err() != nil {
+				return nil, true, err
+			}
+			s.logger.Debug("forward to leader failed, retrying", "method", method, "leader", addr, "error", err)
+		}
+		// No leader, or it could not take the call: wait for a change of
+		// leader or a short jittered pause, within the hold time.
+		pause := time.Duration(20+mrand.IntN(30)) * time.Millisecond << min(attempt, 3)
+		t := time.NewTimer(pause)
+		select {
+		case <-hold.Done():
+			t.Stop()
+			if ctx.Err() != nil {
+				return nil, true, ctx.Err()
+			}
+			if status.Code(lastErr) == codes.Unavailable {
+				return nil, true, lastErr
+			}
+			return nil, true, withMessage(replication.ErrNoLeader, "no leader elected within %s: retry, or check that a quorum of nodes is up", forwardHold)
+		case <-t.C:
+		}
+	}
+}
+
+// peerConns keeps one gRPC connection per peer API address.
+type peerConns struct {
+	dial  func(ctx context.Context, addr string) (net.Conn, error)
+	mu    sync.Mutex
+	conns map[string]*grpc.ClientConn
+}
+
+func (p *peerConns) conn(addr string) *grpc.ClientConn {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c, ok := p.conns[addr]; ok {
+		return c
+	}
+	if p.conns == nil {
+		p.conns = make(map[string]*grpc.ClientConn)
+	}
+	// NewClient only fails on a malformed target; a gossiped address that
+	// is malformed then fails every call with Unavailable.
+	c, err := grpc.NewClient(addr,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(p.dial),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16<<20), grpc.MaxCallSendMsgSize(16<<20)),
+	)
+	if err != nil {
+		c, _ = grpc.NewClient("passthrough:///invalid-address", grpc.WithTransportCredentials(insecure.NewCredentials()))
+	}
+	p.conns[addr] = c
+	return c
+}
+
+func (p *peerConns) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
