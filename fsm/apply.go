@@ -70,8 +70,10 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	}
 
 	var lastIndex uint64
+	var changes []Change
 	err := f.db.Update(func(tx *bolt.Tx) error {
 		a := newApplier(tx, f)
+		changes = nil
 		cur, lastTerm := start, uint64(0)
 		for i, l := range logs {
 			if l == nil || l.Index <= cur {
@@ -83,6 +85,10 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 					return fmt.Errorf("index %d: %w", l.Index, err)
 				}
 				out[i] = res
+				if a.change != nil {
+					changes = append(changes, *a.change)
+					a.change = nil
+				}
 			}
 			cur, lastTerm = l.Index, l.Term
 		}
@@ -107,6 +113,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 		f.failBatch(logs, out, start, failure)
 		return out
 	}
+	f.changes.add(changes)
 	f.publishApplied(lastIndex)
 	return out
 }
@@ -129,6 +136,8 @@ type applier struct {
 	sys    *bolt.Bucket
 	idem   *bolt.Bucket
 	idemTs *bolt.Bucket
+	// change is the change the last command made to a secret, if any.
+	change *Change
 }
 
 func newApplier(tx *bolt.Tx, f *FSM) *applier {
@@ -178,6 +187,9 @@ func (a *applier) command(l *raft.Log) (Result, error) {
 	res, err := a.exec(cmd, l.Index)
 	if err != nil {
 		return Result{}, err
+	}
+	if res.Err == nil {
+		a.change = changeOf(cmd, res)
 	}
 	if rid != "" {
 		if err := a.recordIdempotency(rid, cmd, res); err != nil {
@@ -508,4 +520,26 @@ func (a *applier) recordIdempotency(rid string, cmd *fsmpb.Command, res Result) 
 		return err
 	}
 	return a.idemTs.Put(idemTimeKey(cmd.GetLeaderTimeUnixNano(), rid), []byte{})
+}
+
+// changeOf describes what a successful command did to a secret, or nil.
+func changeOf(cmd *fsmpb.Command, res Result) *Change {
+	c := &Change{Index: res.Index, Path: cmd.GetPath()}
+	switch cmd.GetOp() {
+	case fsmpb.Op_OP_PUT:
+		c.Op, c.Version = "put", res.Version
+	case fsmpb.Op_OP_DELETE:
+		c.Op, c.Versions = "delete", cmd.GetVersions()
+	case fsmpb.Op_OP_UNDELETE:
+		c.Op, c.Versions = "undelete", cmd.GetVersions()
+	case fsmpb.Op_OP_DESTROY:
+		c.Op, c.Versions = "destroy", cmd.GetVersions()
+	case fsmpb.Op_OP_PUT_METADATA:
+		c.Op = "put_metadata"
+	case fsmpb.Op_OP_DELETE_METADATA:
+		c.Op = "delete_metadata"
+	default:
+		return nil
+	}
+	return c
 }

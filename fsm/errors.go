@@ -10,6 +10,9 @@ import (
 // Errors returned by the state machine. Results carry them wrapped with
 // detail; test with errors.Is.
 var (
+	// ErrCompacted means a watcher resumed from an index whose changes are
+	// no longer kept: re-read and resume from the current index.
+	ErrCompacted = errors.New("fsm: changes since that index are no longer kept (compacted): re-read the secrets and watch from the current index")
 	// ErrNotFound means the secret, version or system key does not exist.
 	ErrNotFound = errors.New("fsm: not found: check the path and version (list the parent path or read the metadata)")
 	// ErrCASMismatch means a check-and-set write named a version that is not

@@ -61,6 +61,9 @@ type Options struct {
 	// without one; default DefaultMaxVersions. It must be the same on every
 	// node.
 	DefaultMaxVersions uint32
+	// ChangeRing is how many recent changes are kept for watchers
+	// (default DefaultChangeRing).
+	ChangeRing int
 	// NoSync skips fsync on commit. For tests and benchmarks only; never in
 	// production: a crash can then lose applied entries that Raft believes
 	// are durable, or corrupt the database.
@@ -108,6 +111,8 @@ type FSM struct {
 
 	errMu sync.Mutex
 	err   error // persistent storage failure, see Err
+
+	changes *changeRing // recent changes for watchers
 }
 
 var _ raft.BatchingFSM = (*FSM)(nil)
@@ -153,6 +158,7 @@ func Open(path string, opts Options) (*FSM, error) {
 		appliedCh: make(chan struct{}),
 	}
 	f.applied.Store(index)
+	f.changes = newChangeRing(opts.ChangeRing, index)
 	f.logger.Debug("opened state database", "path", path, "applied_index", index)
 	return f, nil
 }

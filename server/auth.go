@@ -89,6 +89,14 @@ func (s *Server) authenticate(ctx context.Context) (*tokenRecord, error) {
 	}
 	h := hashToken(token)
 	raw, err := s.fsm.SysGet(sysTokenPref + h)
+	if errors.Is(err, fsm.ErrNotFound) && !s.raft.IsLeader() && !wasForwarded(ctx) {
+		// A token created a moment ago may not have reached this follower
+		// yet: a read-index round with the leader (which checks the token
+		// itself) brings this node up to date before it refuses.
+		if rerr := s.readIndex(ctx, false); rerr == nil {
+			raw, err = s.fsm.SysGet(sysTokenPref + h)
+		}
+	}
 	if errors.Is(err, fsm.ErrNotFound) {
 		return nil, ErrUnauthenticated
 	}

@@ -33,6 +33,8 @@ var (
 	ErrDestroyed = errors.New("destroyed")
 	// ErrStale means a stale read exceeded its max_staleness bound.
 	ErrStale = errors.New("server: this node has not heard from a leader within max_staleness: try another node or relax max_staleness")
+	// errShuttingDown ends streams of a node that is stopping.
+	errShuttingDown = errors.New("server: node is shutting down: reconnect to another node")
 	// ErrNotFoundPeer means a Raft peer id is not in the configuration.
 	ErrNotFoundPeer = errors.New("server: no such raft peer: see `coffer operator raft list-peers`")
 	// ErrStorage means the node's state machine failed to persist and the
@@ -54,6 +56,7 @@ var codeTable = []struct {
 	{replication.ErrTimeout, codes.Unavailable},
 	{ErrStale, codes.Unavailable},
 	{ErrStorage, codes.Unavailable},
+	{errShuttingDown, codes.Unavailable},
 	{seal.ErrNotInitialized, codes.FailedPrecondition},
 	{ErrNotInitialized, codes.FailedPrecondition},
 	{ErrAlreadyInitialized, codes.FailedPrecondition},

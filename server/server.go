@@ -65,6 +65,9 @@ type Server struct {
 
 	bg           sync.WaitGroup
 	stop         chan struct{}
+	// stopCtx is cancelled when the node stops (ends long waits).
+	stopCtx    context.Context
+	stopCancel context.CancelFunc
 	shutdownOnce sync.Once
 	shutdownErr  error
 }
@@ -95,6 +98,7 @@ func New(cfg Config) (*Server, error) {
 		stop:      make(chan struct{}),
 		dutyNudge: make(chan struct{}, 1),
 	}
+	s.stopCtx, s.stopCancel = context.WithCancel(context.Background())
 	var err error
 	s.fsm, err = fsm.Open(filepath.Join(cfg.DataDir, "fsm.db"), fsm.Options{
 		Logger:            cfg.Logger.Named("fsm"),
@@ -205,6 +209,7 @@ func (s *Server) NodeID() string { return s.cfg.NodeID }
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.shutdownOnce.Do(func() {
 		close(s.stop)
+		s.stopCancel()
 		s.health.Shutdown()
 		// 1. Stop taking API calls; in-flight ones may finish.
 		stopped := make(chan struct{})
@@ -249,6 +254,7 @@ func (s *Server) Kill() {
 	s.shutdownOnce.Do(func() {
 		s.cfg.Network.Isolate()
 		close(s.stop)
+		s.stopCancel()
 		s.grpc.Stop()
 		s.health.Shutdown()
 		s.seal.Seal()

@@ -21,6 +21,60 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type WatchEvent_Type int32
+
+const (
+	// CHANGE: a secret under the prefix changed at index.
+	WatchEvent_CHANGE WatchEvent_Type = 0
+	// PROGRESS: nothing under the prefix changed up to index; resume from
+	// it after a reconnect.
+	WatchEvent_PROGRESS WatchEvent_Type = 1
+	// COMPACTED: changes after from_index are no longer kept on this node;
+	// re-read what you follow and watch again from index. The stream ends.
+	WatchEvent_COMPACTED WatchEvent_Type = 2
+)
+
+// Enum value maps for WatchEvent_Type.
+var (
+	WatchEvent_Type_name = map[int32]string{
+		0: "CHANGE",
+		1: "PROGRESS",
+		2: "COMPACTED",
+	}
+	WatchEvent_Type_value = map[string]int32{
+		"CHANGE":    0,
+		"PROGRESS":  1,
+		"COMPACTED": 2,
+	}
+)
+
+func (x WatchEvent_Type) Enum() *WatchEvent_Type {
+	p := new(WatchEvent_Type)
+	*p = x
+	return p
+}
+
+func (x WatchEvent_Type) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (WatchEvent_Type) Descriptor() protoreflect.EnumDescriptor {
+	return file_coffer_v1_kv_proto_enumTypes[0].Descriptor()
+}
+
+func (WatchEvent_Type) Type() protoreflect.EnumType {
+	return &file_coffer_v1_kv_proto_enumTypes[0]
+}
+
+func (x WatchEvent_Type) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use WatchEvent_Type.Descriptor instead.
+func (WatchEvent_Type) EnumDescriptor() ([]byte, []int) {
+	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{14, 0}
+}
+
 type PutRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Path  string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
@@ -834,6 +888,155 @@ func (x *DeleteMetadataRequest) GetRequestId() string {
 	return ""
 }
 
+type WatchRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// prefix selects the secrets to follow ("secret/" for all).
+	Prefix string `protobuf:"bytes,1,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	// from_index resumes after this Raft index (the index of the last event
+	// or progress seen); 0 starts from now.
+	FromIndex     uint64 `protobuf:"varint,2,opt,name=from_index,json=fromIndex,proto3" json:"from_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchRequest) Reset() {
+	*x = WatchRequest{}
+	mi := &file_coffer_v1_kv_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchRequest) ProtoMessage() {}
+
+func (x *WatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_kv_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
+func (*WatchRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *WatchRequest) GetPrefix() string {
+	if x != nil {
+		return x.Prefix
+	}
+	return ""
+}
+
+func (x *WatchRequest) GetFromIndex() uint64 {
+	if x != nil {
+		return x.FromIndex
+	}
+	return 0
+}
+
+type WatchEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Type  WatchEvent_Type        `protobuf:"varint,1,opt,name=type,proto3,enum=coffer.v1.WatchEvent_Type" json:"type,omitempty"`
+	Index uint64                 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	Path  string                 `protobuf:"bytes,3,opt,name=path,proto3" json:"path,omitempty"`
+	// op is put, delete, undelete, destroy, put_metadata or delete_metadata.
+	Op       string   `protobuf:"bytes,4,opt,name=op,proto3" json:"op,omitempty"`
+	Version  uint64   `protobuf:"varint,5,opt,name=version,proto3" json:"version,omitempty"`
+	Versions []uint64 `protobuf:"varint,6,rep,packed,name=versions,proto3" json:"versions,omitempty"`
+	// node_id names the node that sent the event.
+	NodeId        string `protobuf:"bytes,7,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchEvent) Reset() {
+	*x = WatchEvent{}
+	mi := &file_coffer_v1_kv_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchEvent) ProtoMessage() {}
+
+func (x *WatchEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_kv_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
+func (*WatchEvent) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *WatchEvent) GetType() WatchEvent_Type {
+	if x != nil {
+		return x.Type
+	}
+	return WatchEvent_CHANGE
+}
+
+func (x *WatchEvent) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *WatchEvent) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *WatchEvent) GetOp() string {
+	if x != nil {
+		return x.Op
+	}
+	return ""
+}
+
+func (x *WatchEvent) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
+}
+
+func (x *WatchEvent) GetVersions() []uint64 {
+	if x != nil {
+		return x.Versions
+	}
+	return nil
+}
+
+func (x *WatchEvent) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
 var File_coffer_v1_kv_proto protoreflect.FileDescriptor
 
 const file_coffer_v1_kv_proto_rawDesc = "" +
@@ -906,7 +1109,25 @@ const file_coffer_v1_kv_proto_rawDesc = "" +
 	"\x15DeleteMetadataRequest\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x02 \x01(\tR\trequestId2\xd7\x04\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\"E\n" +
+	"\fWatchRequest\x12\x16\n" +
+	"\x06prefix\x18\x01 \x01(\tR\x06prefix\x12\x1d\n" +
+	"\n" +
+	"from_index\x18\x02 \x01(\x04R\tfromIndex\"\xf6\x01\n" +
+	"\n" +
+	"WatchEvent\x12.\n" +
+	"\x04type\x18\x01 \x01(\x0e2\x1a.coffer.v1.WatchEvent.TypeR\x04type\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\x12\x12\n" +
+	"\x04path\x18\x03 \x01(\tR\x04path\x12\x0e\n" +
+	"\x02op\x18\x04 \x01(\tR\x02op\x12\x18\n" +
+	"\aversion\x18\x05 \x01(\x04R\aversion\x12\x1a\n" +
+	"\bversions\x18\x06 \x03(\x04R\bversions\x12\x17\n" +
+	"\anode_id\x18\a \x01(\tR\x06nodeId\"/\n" +
+	"\x04Type\x12\n" +
+	"\n" +
+	"\x06CHANGE\x10\x00\x12\f\n" +
+	"\bPROGRESS\x10\x01\x12\r\n" +
+	"\tCOMPACTED\x10\x022\x92\x05\n" +
 	"\x02KV\x124\n" +
 	"\x03Put\x12\x15.coffer.v1.PutRequest\x1a\x16.coffer.v1.PutResponse\x124\n" +
 	"\x03Get\x12\x15.coffer.v1.GetRequest\x1a\x16.coffer.v1.GetResponse\x127\n" +
@@ -916,7 +1137,8 @@ const file_coffer_v1_kv_proto_rawDesc = "" +
 	"\aDestroy\x12\x1a.coffer.v1.VersionsRequest\x1a\x18.coffer.v1.WriteResponse\x12O\n" +
 	"\fReadMetadata\x12\x1e.coffer.v1.ReadMetadataRequest\x1a\x1f.coffer.v1.ReadMetadataResponse\x12J\n" +
 	"\rWriteMetadata\x12\x1f.coffer.v1.WriteMetadataRequest\x1a\x18.coffer.v1.WriteResponse\x12L\n" +
-	"\x0eDeleteMetadata\x12 .coffer.v1.DeleteMetadataRequest\x1a\x18.coffer.v1.WriteResponseB\x1eZ\x1ccoffer/api/cofferpb;cofferpbb\x06proto3"
+	"\x0eDeleteMetadata\x12 .coffer.v1.DeleteMetadataRequest\x1a\x18.coffer.v1.WriteResponse\x129\n" +
+	"\x05Watch\x12\x17.coffer.v1.WatchRequest\x1a\x15.coffer.v1.WatchEvent0\x01B\x1eZ\x1ccoffer/api/cofferpb;cofferpbb\x06proto3"
 
 var (
 	file_coffer_v1_kv_proto_rawDescOnce sync.Once
@@ -930,60 +1152,67 @@ func file_coffer_v1_kv_proto_rawDescGZIP() []byte {
 	return file_coffer_v1_kv_proto_rawDescData
 }
 
-var file_coffer_v1_kv_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_coffer_v1_kv_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_coffer_v1_kv_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_coffer_v1_kv_proto_goTypes = []any{
-	(*PutRequest)(nil),            // 0: coffer.v1.PutRequest
-	(*PutResponse)(nil),           // 1: coffer.v1.PutResponse
-	(*VersionMetadata)(nil),       // 2: coffer.v1.VersionMetadata
-	(*GetRequest)(nil),            // 3: coffer.v1.GetRequest
-	(*GetResponse)(nil),           // 4: coffer.v1.GetResponse
-	(*ListRequest)(nil),           // 5: coffer.v1.ListRequest
-	(*ListResponse)(nil),          // 6: coffer.v1.ListResponse
-	(*VersionsRequest)(nil),       // 7: coffer.v1.VersionsRequest
-	(*WriteResponse)(nil),         // 8: coffer.v1.WriteResponse
-	(*ReadMetadataRequest)(nil),   // 9: coffer.v1.ReadMetadataRequest
-	(*ReadMetadataResponse)(nil),  // 10: coffer.v1.ReadMetadataResponse
-	(*WriteMetadataRequest)(nil),  // 11: coffer.v1.WriteMetadataRequest
-	(*DeleteMetadataRequest)(nil), // 12: coffer.v1.DeleteMetadataRequest
-	nil,                           // 13: coffer.v1.PutRequest.DataEntry
-	nil,                           // 14: coffer.v1.GetResponse.DataEntry
-	(*ReadOptions)(nil),           // 15: coffer.v1.ReadOptions
-	(*ReadMeta)(nil),              // 16: coffer.v1.ReadMeta
+	(WatchEvent_Type)(0),          // 0: coffer.v1.WatchEvent.Type
+	(*PutRequest)(nil),            // 1: coffer.v1.PutRequest
+	(*PutResponse)(nil),           // 2: coffer.v1.PutResponse
+	(*VersionMetadata)(nil),       // 3: coffer.v1.VersionMetadata
+	(*GetRequest)(nil),            // 4: coffer.v1.GetRequest
+	(*GetResponse)(nil),           // 5: coffer.v1.GetResponse
+	(*ListRequest)(nil),           // 6: coffer.v1.ListRequest
+	(*ListResponse)(nil),          // 7: coffer.v1.ListResponse
+	(*VersionsRequest)(nil),       // 8: coffer.v1.VersionsRequest
+	(*WriteResponse)(nil),         // 9: coffer.v1.WriteResponse
+	(*ReadMetadataRequest)(nil),   // 10: coffer.v1.ReadMetadataRequest
+	(*ReadMetadataResponse)(nil),  // 11: coffer.v1.ReadMetadataResponse
+	(*WriteMetadataRequest)(nil),  // 12: coffer.v1.WriteMetadataRequest
+	(*DeleteMetadataRequest)(nil), // 13: coffer.v1.DeleteMetadataRequest
+	(*WatchRequest)(nil),          // 14: coffer.v1.WatchRequest
+	(*WatchEvent)(nil),            // 15: coffer.v1.WatchEvent
+	nil,                           // 16: coffer.v1.PutRequest.DataEntry
+	nil,                           // 17: coffer.v1.GetResponse.DataEntry
+	(*ReadOptions)(nil),           // 18: coffer.v1.ReadOptions
+	(*ReadMeta)(nil),              // 19: coffer.v1.ReadMeta
 }
 var file_coffer_v1_kv_proto_depIdxs = []int32{
-	13, // 0: coffer.v1.PutRequest.data:type_name -> coffer.v1.PutRequest.DataEntry
-	15, // 1: coffer.v1.GetRequest.read:type_name -> coffer.v1.ReadOptions
-	14, // 2: coffer.v1.GetResponse.data:type_name -> coffer.v1.GetResponse.DataEntry
-	2,  // 3: coffer.v1.GetResponse.metadata:type_name -> coffer.v1.VersionMetadata
-	16, // 4: coffer.v1.GetResponse.read_meta:type_name -> coffer.v1.ReadMeta
-	15, // 5: coffer.v1.ListRequest.read:type_name -> coffer.v1.ReadOptions
-	16, // 6: coffer.v1.ListResponse.read_meta:type_name -> coffer.v1.ReadMeta
-	15, // 7: coffer.v1.ReadMetadataRequest.read:type_name -> coffer.v1.ReadOptions
-	2,  // 8: coffer.v1.ReadMetadataResponse.versions:type_name -> coffer.v1.VersionMetadata
-	16, // 9: coffer.v1.ReadMetadataResponse.read_meta:type_name -> coffer.v1.ReadMeta
-	0,  // 10: coffer.v1.KV.Put:input_type -> coffer.v1.PutRequest
-	3,  // 11: coffer.v1.KV.Get:input_type -> coffer.v1.GetRequest
-	5,  // 12: coffer.v1.KV.List:input_type -> coffer.v1.ListRequest
-	7,  // 13: coffer.v1.KV.Delete:input_type -> coffer.v1.VersionsRequest
-	7,  // 14: coffer.v1.KV.Undelete:input_type -> coffer.v1.VersionsRequest
-	7,  // 15: coffer.v1.KV.Destroy:input_type -> coffer.v1.VersionsRequest
-	9,  // 16: coffer.v1.KV.ReadMetadata:input_type -> coffer.v1.ReadMetadataRequest
-	11, // 17: coffer.v1.KV.WriteMetadata:input_type -> coffer.v1.WriteMetadataRequest
-	12, // 18: coffer.v1.KV.DeleteMetadata:input_type -> coffer.v1.DeleteMetadataRequest
-	1,  // 19: coffer.v1.KV.Put:output_type -> coffer.v1.PutResponse
-	4,  // 20: coffer.v1.KV.Get:output_type -> coffer.v1.GetResponse
-	6,  // 21: coffer.v1.KV.List:output_type -> coffer.v1.ListResponse
-	8,  // 22: coffer.v1.KV.Delete:output_type -> coffer.v1.WriteResponse
-	8,  // 23: coffer.v1.KV.Undelete:output_type -> coffer.v1.WriteResponse
-	8,  // 24: coffer.v1.KV.Destroy:output_type -> coffer.v1.WriteResponse
-	10, // 25: coffer.v1.KV.ReadMetadata:output_type -> coffer.v1.ReadMetadataResponse
-	8,  // 26: coffer.v1.KV.WriteMetadata:output_type -> coffer.v1.WriteResponse
-	8,  // 27: coffer.v1.KV.DeleteMetadata:output_type -> coffer.v1.WriteResponse
-	19, // [19:28] is the sub-list for method output_type
-	10, // [10:19] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	16, // 0: coffer.v1.PutRequest.data:type_name -> coffer.v1.PutRequest.DataEntry
+	18, // 1: coffer.v1.GetRequest.read:type_name -> coffer.v1.ReadOptions
+	17, // 2: coffer.v1.GetResponse.data:type_name -> coffer.v1.GetResponse.DataEntry
+	3,  // 3: coffer.v1.GetResponse.metadata:type_name -> coffer.v1.VersionMetadata
+	19, // 4: coffer.v1.GetResponse.read_meta:type_name -> coffer.v1.ReadMeta
+	18, // 5: coffer.v1.ListRequest.read:type_name -> coffer.v1.ReadOptions
+	19, // 6: coffer.v1.ListResponse.read_meta:type_name -> coffer.v1.ReadMeta
+	18, // 7: coffer.v1.ReadMetadataRequest.read:type_name -> coffer.v1.ReadOptions
+	3,  // 8: coffer.v1.ReadMetadataResponse.versions:type_name -> coffer.v1.VersionMetadata
+	19, // 9: coffer.v1.ReadMetadataResponse.read_meta:type_name -> coffer.v1.ReadMeta
+	0,  // 10: coffer.v1.WatchEvent.type:type_name -> coffer.v1.WatchEvent.Type
+	1,  // 11: coffer.v1.KV.Put:input_type -> coffer.v1.PutRequest
+	4,  // 12: coffer.v1.KV.Get:input_type -> coffer.v1.GetRequest
+	6,  // 13: coffer.v1.KV.List:input_type -> coffer.v1.ListRequest
+	8,  // 14: coffer.v1.KV.Delete:input_type -> coffer.v1.VersionsRequest
+	8,  // 15: coffer.v1.KV.Undelete:input_type -> coffer.v1.VersionsRequest
+	8,  // 16: coffer.v1.KV.Destroy:input_type -> coffer.v1.VersionsRequest
+	10, // 17: coffer.v1.KV.ReadMetadata:input_type -> coffer.v1.ReadMetadataRequest
+	12, // 18: coffer.v1.KV.WriteMetadata:input_type -> coffer.v1.WriteMetadataRequest
+	13, // 19: coffer.v1.KV.DeleteMetadata:input_type -> coffer.v1.DeleteMetadataRequest
+	14, // 20: coffer.v1.KV.Watch:input_type -> coffer.v1.WatchRequest
+	2,  // 21: coffer.v1.KV.Put:output_type -> coffer.v1.PutResponse
+	5,  // 22: coffer.v1.KV.Get:output_type -> coffer.v1.GetResponse
+	7,  // 23: coffer.v1.KV.List:output_type -> coffer.v1.ListResponse
+	9,  // 24: coffer.v1.KV.Delete:output_type -> coffer.v1.WriteResponse
+	9,  // 25: coffer.v1.KV.Undelete:output_type -> coffer.v1.WriteResponse
+	9,  // 26: coffer.v1.KV.Destroy:output_type -> coffer.v1.WriteResponse
+	11, // 27: coffer.v1.KV.ReadMetadata:output_type -> coffer.v1.ReadMetadataResponse
+	9,  // 28: coffer.v1.KV.WriteMetadata:output_type -> coffer.v1.WriteResponse
+	9,  // 29: coffer.v1.KV.DeleteMetadata:output_type -> coffer.v1.WriteResponse
+	15, // 30: coffer.v1.KV.Watch:output_type -> coffer.v1.WatchEvent
+	21, // [21:31] is the sub-list for method output_type
+	11, // [11:21] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_kv_proto_init() }
@@ -998,13 +1227,14 @@ func file_coffer_v1_kv_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coffer_v1_kv_proto_rawDesc), len(file_coffer_v1_kv_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   15,
+			NumEnums:      1,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_coffer_v1_kv_proto_goTypes,
 		DependencyIndexes: file_coffer_v1_kv_proto_depIdxs,
+		EnumInfos:         file_coffer_v1_kv_proto_enumTypes,
 		MessageInfos:      file_coffer_v1_kv_proto_msgTypes,
 	}.Build()
 	File_coffer_v1_kv_proto = out.File

@@ -28,6 +28,7 @@ const (
 	KV_ReadMetadata_FullMethodName   = "/coffer.v1.KV/ReadMetadata"
 	KV_WriteMetadata_FullMethodName  = "/coffer.v1.KV/WriteMetadata"
 	KV_DeleteMetadata_FullMethodName = "/coffer.v1.KV/DeleteMetadata"
+	KV_Watch_FullMethodName          = "/coffer.v1.KV/Watch"
 )
 
 // KVClient is the client API for KV service.
@@ -55,6 +56,9 @@ type KVClient interface {
 	WriteMetadata(ctx context.Context, in *WriteMetadataRequest, opts ...grpc.CallOption) (*WriteResponse, error)
 	// DeleteMetadata removes the secret with all its versions.
 	DeleteMetadata(ctx context.Context, in *DeleteMetadataRequest, opts ...grpc.CallOption) (*WriteResponse, error)
+	// Watch streams changes to secrets under a prefix, from an index on. It
+	// carries no secret data: read what changed.
+	Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEvent], error)
 }
 
 type kVClient struct {
@@ -155,6 +159,25 @@ func (c *kVClient) DeleteMetadata(ctx context.Context, in *DeleteMetadataRequest
 	return out, nil
 }
 
+func (c *kVClient) Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEvent], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &KV_ServiceDesc.Streams[0], KV_Watch_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[WatchRequest, WatchEvent]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type KV_WatchClient = grpc.ServerStreamingClient[WatchEvent]
+
 // KVServer is the server API for KV service.
 // All implementations must embed UnimplementedKVServer
 // for forward compatibility.
@@ -180,6 +203,9 @@ type KVServer interface {
 	WriteMetadata(context.Context, *WriteMetadataRequest) (*WriteResponse, error)
 	// DeleteMetadata removes the secret with all its versions.
 	DeleteMetadata(context.Context, *DeleteMetadataRequest) (*WriteResponse, error)
+	// Watch streams changes to secrets under a prefix, from an index on. It
+	// carries no secret data: read what changed.
+	Watch(*WatchRequest, grpc.ServerStreamingServer[WatchEvent]) error
 	mustEmbedUnimplementedKVServer()
 }
 
@@ -216,6 +242,9 @@ func (UnimplementedKVServer) WriteMetadata(context.Context, *WriteMetadataReques
 }
 func (UnimplementedKVServer) DeleteMetadata(context.Context, *DeleteMetadataRequest) (*WriteResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteMetadata not implemented")
+}
+func (UnimplementedKVServer) Watch(*WatchRequest, grpc.ServerStreamingServer[WatchEvent]) error {
+	return status.Error(codes.Unimplemented, "method Watch not implemented")
 }
 func (UnimplementedKVServer) mustEmbedUnimplementedKVServer() {}
 func (UnimplementedKVServer) testEmbeddedByValue()            {}
@@ -400,6 +429,17 @@ func _KV_DeleteMetadata_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KV_Watch_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(WatchRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(KVServer).Watch(m, &grpc.GenericServerStream[WatchRequest, WatchEvent]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type KV_WatchServer = grpc.ServerStreamingServer[WatchEvent]
+
 // KV_ServiceDesc is the grpc.ServiceDesc for KV service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -444,6 +484,12 @@ var KV_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _KV_DeleteMetadata_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Watch",
+			Handler:       _KV_Watch_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "coffer/v1/kv.proto",
 }
