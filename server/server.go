@@ -63,11 +63,11 @@ type Server struct {
 	rotateMu sync.Mutex
 	initMu   sync.Mutex
 
-	bg           sync.WaitGroup
-	stop         chan struct{}
+	bg   sync.WaitGroup
+	stop chan struct{}
 	// stopCtx is cancelled when the node stops (ends long waits).
-	stopCtx    context.Context
-	stopCancel context.CancelFunc
+	stopCtx      context.Context
+	stopCancel   context.CancelFunc
 	shutdownOnce sync.Once
 	shutdownErr  error
 }

@@ -1,12 +1,19 @@
 // Command coffer is the single coffer binary: the server and the CLI that
 // talks to it.
 //
-//	coffer server [-dev] [-node-id=ID] [-data-dir=DIR] [-api-addr=H:P] [-raft-addr=H:P] …
+//	coffer server [-dev] [-node-id=ID] [-data-dir=DIR] [-api-addr=H:P] [-raft-addr=H:P]
+//	              [-gossip-addr=H:P] [-join=H:P,…] [-bootstrap-expect=N] [-read-replica] …
 //	coffer status
 //	coffer operator init [-key-shares=5] [-key-threshold=3]
 //	coffer operator unseal [-reset] [SHARE]
 //	coffer operator seal
 //	coffer operator rotate
+//	coffer operator members
+//	coffer operator step-down
+//	coffer operator raft list-peers
+//	coffer operator raft remove-peer ID
+//	coffer operator raft snapshot save FILE
+//	coffer operator raft snapshot restore [-force] FILE
 //	coffer kv put [-cas=N] PATH KEY=VALUE [KEY=@FILE] [KEY=-] …
 //	coffer kv get [-version=N] [-field=KEY] PATH
 //	coffer kv delete [-versions=1,2] PATH
@@ -62,7 +69,8 @@ const topUsage = `Usage: coffer <command> [flags] [args]
 Commands:
     server      Run a coffer node (add -dev for a throw-away, unsealed node)
     status      Show the seal and Raft status of a node
-    operator    Initialize, unseal, seal and rotate (run "coffer operator -h")
+    operator    Initialize, unseal, seal, rotate; cluster membership and snapshots
+                (run "coffer operator -h")
     kv          Read and write versioned secrets (run "coffer kv -h")
     version     Print the version of this binary
 
@@ -106,10 +114,24 @@ func dispatch(e *env, args []string) error {
 		return cmdStatus(e, rest)
 	case "operator":
 		return dispatchSub(e, "coffer operator", operatorUsage, rest, map[string]func(*env, []string) error{
-			"init":   cmdOperatorInit,
-			"unseal": cmdOperatorUnseal,
-			"seal":   cmdOperatorSeal,
-			"rotate": cmdOperatorRotate,
+			"init":      cmdOperatorInit,
+			"unseal":    cmdOperatorUnseal,
+			"seal":      cmdOperatorSeal,
+			"rotate":    cmdOperatorRotate,
+			"members":   cmdOperatorMembers,
+			"step-down": cmdOperatorStepDown,
+			"raft": func(e *env, args []string) error {
+				return dispatchSub(e, "coffer operator raft", operatorRaftUsage, args, map[string]func(*env, []string) error{
+					"list-peers":  cmdOperatorRaftListPeers,
+					"remove-peer": cmdOperatorRaftRemovePeer,
+					"snapshot": func(e *env, args []string) error {
+						return dispatchSub(e, "coffer operator raft snapshot", operatorSnapshotUsage, args, map[string]func(*env, []string) error{
+							"save":    cmdOperatorSnapshotSave,
+							"restore": cmdOperatorSnapshotRestore,
+						})
+					},
+				})
+			},
 		})
 	case "kv":
 		return dispatchSub(e, "coffer kv", kvUsage, rest, map[string]func(*env, []string) error{

@@ -19,10 +19,13 @@ import (
 const operatorUsage = `Usage: coffer operator <command> [flags] [args]
 
 Commands:
-    init      Initialize the cluster: print the unseal key shares and the root token once
-    unseal    Submit one unseal key share to a node
-    seal      Seal a node: drop its keys from memory
-    rotate    Start a new data-key term (old terms stay readable)
+    init         Initialize the cluster: print the unseal key shares and the root token once
+    unseal       Submit one unseal key share to a node
+    seal         Seal a node: drop its keys from memory
+    rotate       Start a new data-key term (old terms stay readable)
+    members      List the cluster's members as gossip sees them
+    step-down    Make the leader hand leadership to another voter
+    raft         Raft peers and snapshots (run "coffer operator raft -h")
 
 Run "coffer operator <command> -h" for its flags.
 `

@@ -347,15 +347,15 @@ func TestLoadConfigFile(t *testing.T) {
 		return p
 	}
 	cfg := server.DefaultConfig()
-	set, err := loadConfigFile(write(`{"node_id": "n7", "raft_addr": "10.1.1.1:9401"}`), &cfg)
+	set, key, err := loadConfigFile(write(`{"node_id": "n7", "raft_addr": "10.1.1.1:9401"}`), &cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if cfg.NodeID != "n7" || cfg.RaftAddr != "10.1.1.1:9401" || cfg.APIAddr != server.DefaultConfig().APIAddr {
 		t.Fatalf("cfg = %+v", cfg)
 	}
-	if !set["node_id"] || !set["raft_addr"] || set["api_addr"] {
-		t.Fatalf("set = %v", set)
+	if !set["node_id"] || !set["raft_addr"] || set["api_addr"] || key != "" {
+		t.Fatalf("set = %v, key %q", set, key)
 	}
 	for body, want := range map[string]string{
 		`{"node_name": "typo"}`: `unknown field "node_name"`,
@@ -363,7 +363,7 @@ func TestLoadConfigFile(t *testing.T) {
 		`not json`:              "invalid character",
 	} {
 		cfg := server.DefaultConfig()
-		if _, err := loadConfigFile(write(body), &cfg); err == nil || !strings.Contains(err.Error(), want) {
+		if _, _, err := loadConfigFile(write(body), &cfg); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: err = %v, want %q", body, err, want)
 		}
 	}

@@ -27,12 +27,35 @@ type devBannerJSON struct {
 	DataDir      string `json:"data_dir"`
 }
 
-func cmdServer(e *env, args []string) error {
+// serverOpts is a parsed `coffer server` command line.
+type serverOpts struct {
+	cfg          server.Config // without Logger and, with -dev, DataDir
+	level        hclog.Level
+	format       string
+	dev          bool
+	devRootToken string
+	// raftAddrSet means the Raft address came from a flag or the file.
+	raftAddrSet bool
+}
+
+// parseServer parses the flags of `coffer server` and fills the node's
+// configuration from the config file, the environment and the flags
+// (flags win). It starts nothing.
+func parseServer(e *env, args []string) (*serverOpts, error) {
 	f := newFlags("coffer server", "[flags]", `
 Run a coffer node. It starts sealed: initialize the cluster once with
 "coffer operator init", then unseal every node with "coffer operator unseal".
 Settings come from -config (JSON with the keys node_id, data_dir, api_addr,
-raft_addr, raft_advertise); flags given on the command line win over it.
+raft_addr, raft_advertise, gossip_addr, advertise, join (a list),
+bootstrap_expect, read_replica and cluster_key); flags given on the command
+line win over it.
+
+A cluster: start identical nodes with -bootstrap-expect=N and -join listing
+the others' gossip addresses; they find each other and form one cluster once
+N are seen. A node given neither -join nor -bootstrap-expect is a one-node
+cluster. -cluster-key (or $COFFER_CLUSTER_KEY, or cluster_key in -config;
+in that order of precedence) encrypts gossip: every node needs the same key.
+Prefer the environment or the config file: a flag shows in the process list.
 
 -dev runs a throw-away node for development: its data lives in a temporary
 directory removed on exit, it initializes itself with a single unseal key,
@@ -43,31 +66,33 @@ production.`)
 	dataDir := f.fs.String("data-dir", "", "data directory (required unless -dev)")
 	apiAddr := f.fs.String("api-addr", def.APIAddr, "gRPC API listen address host:port")
 	raftAddr := f.fs.String("raft-addr", def.RaftAddr, "Raft listen address host:port (with -dev: an ephemeral loopback port unless set)")
-	raftAdvertise := f.fs.String("raft-advertise", "", "Raft address peers dial (default: -raft-addr)")
+	raftAdvertise := f.fs.String("raft-advertise", "", "Raft address peers dial (default: -raft-addr, or -advertise with its port)")
 	configFile := f.fs.String("config", "", "JSON config file; flags given on the command line win over it")
 	logLevel := f.fs.String("log-level", "info", "log level: trace, debug, info, warn or error")
 	dev := f.fs.Bool("dev", false, "run a throw-away, self-unsealed development node (NOT for production)")
 	devRootToken := f.fs.String("dev-root-token", "", "with -dev: use this root token instead of a random one")
+	cf := addClusterFlags(f, def)
 	args, err := f.parse(e, args)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := f.wantArgs(args); err != nil {
-		return err
+		return nil, err
 	}
 	level := hclog.LevelFromString(*logLevel)
 	if level == hclog.NoLevel {
-		return &cliError{code: 1, msg: fmt.Sprintf("invalid -log-level %q: want trace, debug, info, warn or error", *logLevel)}
+		return nil, &cliError{code: 1, msg: fmt.Sprintf("invalid -log-level %q: want trace, debug, info, warn or error", *logLevel)}
 	}
 	if f.isSet("dev-root-token") && !*dev {
-		return usageErrorf(f.name, "-dev-root-token needs -dev")
+		return nil, usageErrorf(f.name, "-dev-root-token needs -dev")
 	}
 
 	cfg := def
 	fromFile := map[string]bool{}
+	fileKey := ""
 	if *configFile != "" {
-		if fromFile, err = loadConfigFile(*configFile, &cfg); err != nil {
-			return err
+		if fromFile, fileKey, err = loadConfigFile(*configFile, &cfg); err != nil {
+			return nil, err
 		}
 	}
 	// Flags given explicitly win over the file.
@@ -87,36 +112,53 @@ production.`)
 	if set("raft-advertise") {
 		cfg.RaftAdvertise = *raftAdvertise
 	}
-
-	logger := hclog.New(&hclog.LoggerOptions{Name: "coffer", Level: level, Output: e.stderr})
-	cfg.Logger = logger
+	if err := cf.apply(f, e, &cfg, fileKey); err != nil {
+		return nil, err
+	}
+	o := &serverOpts{cfg: cfg, level: level, format: f.format, dev: *dev, devRootToken: *devRootToken,
+		raftAddrSet: set("raft-addr") || fromFile["raft_addr"]}
 
 	if *dev {
 		if cfg.DataDir != "" {
-			return usageErrorf(f.name, "-dev keeps its data in a temporary directory: drop -data-dir (and data_dir from -config)")
+			return nil, usageErrorf(f.name, "-dev keeps its data in a temporary directory: drop -data-dir (and data_dir from -config)")
 		}
-		if cfg.NodeID == "" {
-			cfg.NodeID = "dev"
+		if o.cfg.NodeID == "" {
+			o.cfg.NodeID = "dev"
 		}
-		if !set("raft-addr") && !fromFile["raft_addr"] {
-			cfg.RaftAddr = "127.0.0.1:0"
+		if !o.raftAddrSet {
+			o.cfg.RaftAddr = "127.0.0.1:0"
 		}
+		return o, nil
+	}
+	if o.cfg.NodeID == "" {
+		host, err := os.Hostname()
+		if err != nil || host == "" {
+			return nil, usageErrorf(f.name, "cannot default the node id to the hostname (%v): set -node-id", err)
+		}
+		o.cfg.NodeID = host
+	}
+	if o.cfg.DataDir == "" {
+		return nil, usageErrorf(f.name, "no data directory: set -data-dir (or data_dir in -config), or use -dev for a throw-away node")
+	}
+	return o, nil
+}
+
+func cmdServer(e *env, args []string) error {
+	o, err := parseServer(e, args)
+	if err != nil {
+		return err
+	}
+	cfg := o.cfg
+	logger := hclog.New(&hclog.LoggerOptions{Name: "coffer", Level: o.level, Output: e.stderr})
+	cfg.Logger = logger
+
+	if o.dev {
 		dir, err := os.MkdirTemp("", "coffer-dev-*")
 		if err != nil {
 			return &cliError{code: 1, msg: fmt.Sprintf("creating the dev data directory: %v", err)}
 		}
 		defer os.RemoveAll(dir)
 		cfg.DataDir = dir
-	}
-	if cfg.NodeID == "" {
-		host, err := os.Hostname()
-		if err != nil || host == "" {
-			return usageErrorf(f.name, "cannot default the node id to the hostname (%v): set -node-id", err)
-		}
-		cfg.NodeID = host
-	}
-	if cfg.DataDir == "" {
-		return usageErrorf(f.name, "no data directory: set -data-dir (or data_dir in -config), or use -dev for a throw-away node")
 	}
 
 	srv, err := server.New(cfg)
@@ -129,17 +171,17 @@ production.`)
 		shutdownServer(srv, cfg, logger)
 		return &cliError{code: 1, msg: err.Error()}
 	}
-	logger.Info("coffer server started", "node_id", cfg.NodeID, "api_addr", srv.APIAddr(), "data_dir", cfg.DataDir, "dev", *dev)
+	logger.Info("coffer server started", "node_id", cfg.NodeID, "api_addr", srv.APIAddr(), "data_dir", cfg.DataDir, "dev", o.dev)
 
-	if *dev {
+	if o.dev {
 		initCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		info, err := srv.DevInit(initCtx, *devRootToken)
+		info, err := srv.DevInit(initCtx, o.devRootToken)
 		cancel()
 		if err != nil {
 			shutdownServer(srv, cfg, logger)
 			return &cliError{code: 1, msg: fmt.Sprintf("dev mode: initializing and unsealing: %v", err)}
 		}
-		if err := printDevBanner(e, f.format, srv.APIAddr(), cfg.DataDir, info); err != nil {
+		if err := printDevBanner(e, o.format, srv.APIAddr(), cfg.DataDir, info); err != nil {
 			shutdownServer(srv, cfg, logger)
 			return err
 		}
@@ -180,27 +222,39 @@ func shutdownServer(srv *server.Server, cfg server.Config, logger hclog.Logger) 
 	return err
 }
 
+// configFile is the JSON config file: the json-tagged fields of
+// server.Config plus the base64 cluster key, which the struct holds as
+// bytes.
+type configFile struct {
+	*server.Config
+	// ClusterKey is the base64 cluster key (cluster_key).
+	ClusterKey string `json:"cluster_key"`
+}
+
 // loadConfigFile fills cfg from the JSON file at path and reports which
-// keys the file set. Unknown keys are an error, so typos do not pass silently.
-func loadConfigFile(path string, cfg *server.Config) (map[string]bool, error) {
+// keys the file set, and the file's base64 cluster key (decoded later, so
+// that the flag and the environment can override it). Unknown keys are an
+// error, so typos do not pass silently.
+func loadConfigFile(path string, cfg *server.Config) (map[string]bool, string, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, &cliError{code: 1, msg: fmt.Sprintf("reading -config: %v", err)}
+		return nil, "", &cliError{code: 1, msg: fmt.Sprintf("reading -config: %v", err)}
 	}
+	fc := configFile{Config: cfg}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(cfg); err != nil {
-		return nil, &cliError{code: 1, msg: fmt.Sprintf("-config %s: %v", path, err)}
+	if err := dec.Decode(&fc); err != nil {
+		return nil, "", &cliError{code: 1, msg: fmt.Sprintf("-config %s: %v", path, err)}
 	}
 	var keys map[string]json.RawMessage
 	if err := json.Unmarshal(b, &keys); err != nil {
-		return nil, &cliError{code: 1, msg: fmt.Sprintf("-config %s: %v", path, err)}
+		return nil, "", &cliError{code: 1, msg: fmt.Sprintf("-config %s: %v", path, err)}
 	}
 	set := make(map[string]bool, len(keys))
 	for k := range keys {
 		set[k] = true
 	}
-	return set, nil
+	return set, fc.ClusterKey, nil
 }
 
 // printDevBanner prints how to reach the dev node, its unseal key and its
