@@ -99,7 +99,10 @@ func (o *operatorService) ListPeers(ctx context.Context, _ *pb.ListPeersRequest)
 		}()
 	}
 	wg.Wait()
-	top := resp.CommitIndex
+	// Lag is measured against the most advanced state machine: applied
+	// indexes skip noop and configuration entries, so the commit index
+	// would show a lag that never closes.
+	top := uint64(0)
 	for _, p := range resp.Peers {
 		top = max(top, p.AppliedIndex)
 	}

@@ -1,7 +1,6 @@
 package server
 
 import (
-	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
@@ -129,29 +128,30 @@ func (o *operatorService) SnapshotSave(_ *pb.SnapshotSaveRequest, stream pb.Oper
 	return w.flush()
 }
 
-// readSnapshotHeader checks the magic and reads the header of a snapshot.
-func readSnapshotHeader(r io.Reader) (*snapshotHeader, error) {
+// readSnapshotHeader checks the magic and reads the header of a snapshot;
+// it returns the header and the number of bytes it took.
+func readSnapshotHeader(r io.Reader) (*snapshotHeader, int64, error) {
 	magic := make([]byte, len(snapshotMagic))
 	if _, err := io.ReadFull(r, magic); err != nil || !bytes.Equal(magic, []byte(snapshotMagic)) {
-		return nil, invalidf("not a coffer snapshot file (save one with `coffer operator raft snapshot save FILE`)")
+		return nil, 0, invalidf("not a coffer snapshot file (save one with `coffer operator raft snapshot save FILE`)")
 	}
 	var lenBuf [4]byte
 	if _, err := io.ReadFull(r, lenBuf[:]); err != nil {
-		return nil, invalidf("snapshot header is truncated")
+		return nil, 0, invalidf("snapshot header is truncated")
 	}
 	n := binary.BigEndian.Uint32(lenBuf[:])
 	if n == 0 || n > maxSnapshotHeader {
-		return nil, invalidf("snapshot header length %d is invalid", n)
+		return nil, 0, invalidf("snapshot header length %d is invalid", n)
 	}
 	raw := make([]byte, n)
 	if _, err := io.ReadFull(r, raw); err != nil {
-		return nil, invalidf("snapshot header is truncated")
+		return nil, 0, invalidf("snapshot header is truncated")
 	}
 	var h snapshotHeader
 	if err := json.Unmarshal(raw, &h); err != nil || h.Format != 1 {
-		return nil, invalidf("snapshot header is unreadable or of an unknown format")
+		return nil, 0, invalidf("snapshot header is unreadable or of an unknown format")
 	}
-	return &h, nil
+	return &h, int64(len(snapshotMagic)) + 4 + int64(n), nil
 }
 
 // SnapshotRestore replaces the cluster's state with an uploaded snapshot.
@@ -186,18 +186,20 @@ func (o *operatorService) SnapshotRestore(stream pb.Operator_SnapshotRestoreServ
 			return fmt.Errorf("server: spool snapshot: %w", err)
 		}
 	}
-	if _, err := tmp.Seek(0, io.SeekStart); err != nil {
+	size, err := tmp.Seek(0, io.SeekCurrent)
+	if err != nil {
 		return err
 	}
-	br := bufio.NewReader(tmp)
-	hdr, err := readSnapshotHeader(br)
+	hdr, hdrLen, err := readSnapshotHeader(io.NewSectionReader(tmp, 0, size))
 	if err != nil {
 		return err
 	}
 	if cur := s.sealFingerprint(); cur != "" && hdr.SealFingerprint != cur && !force {
 		return ErrForeignSnapshot
 	}
-	if err := s.raft.Raft().Restore(&raft.SnapshotMeta{}, br, time.Minute); err != nil {
+	body := io.NewSectionReader(tmp, hdrLen, size-hdrLen)
+	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Size: size - hdrLen}
+	if err := s.raft.Raft().Restore(meta, body, time.Minute); err != nil {
 		if errors.Is(err, fsm.ErrInvalidSnapshot) {
 			return invalidf("%v", err)
 		}

@@ -72,6 +72,7 @@ Commands:
     operator    Initialize, unseal, seal, rotate; cluster membership and snapshots
                 (run "coffer operator -h")
     kv          Read and write versioned secrets (run "coffer kv -h")
+    healthcheck Exit 0 when a node serves (for container health checks)
     version     Print the version of this binary
 
 Every client command takes -address (COFFER_ADDR), -token (COFFER_TOKEN) and
@@ -112,6 +113,8 @@ func dispatch(e *env, args []string) error {
 		return cmdServer(e, rest)
 	case "status":
 		return cmdStatus(e, rest)
+	case "healthcheck":
+		return cmdHealthcheck(e, rest)
 	case "operator":
 		return dispatchSub(e, "coffer operator", operatorUsage, rest, map[string]func(*env, []string) error{
 			"init":      cmdOperatorInit,
