@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"strings"
 	"sync"
@@ -12,10 +13,13 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	pb "coffer/api/cofferpb"
 )
 
 // Environment variables read by ConfigFromEnv.
@@ -28,21 +32,100 @@ const (
 	DefaultAddr = "127.0.0.1:8400"
 )
 
-// ErrNoEndpoints is returned by New when the endpoint list is empty.
-var ErrNoEndpoints = errors.New("api: no endpoints: set COFFER_ADDR or -address to host:port[,host:port…]")
+// Errors of the client. Each message says what to do about it.
+var (
+	// ErrNoEndpoints is returned by New when the endpoint list is empty.
+	ErrNoEndpoints = errors.New("api: no endpoints: set COFFER_ADDR or -address to host:port[,host:port…]")
+	// ErrInvalidConfig wraps a Config field that cannot work; the wrapping
+	// message names the field.
+	ErrInvalidConfig = errors.New("api: invalid client configuration")
+	// ErrClosed is returned by calls on a closed Client.
+	ErrClosed = errors.New("api: client is closed: create a new one with api.New")
+	// ErrCacheTooStale means no endpoint answered and the cached value is
+	// older than the cache's max_stale budget allows; CacheStaleError
+	// carries the details.
+	ErrCacheTooStale = errors.New("api: the cluster is unreachable and the cached value is past max_stale")
 
-// Config configures a Client. The zero value of each field means its default.
+	// errStopWatch: a watch's consumer no longer takes events.
+	errStopWatch = errors.New("api: watch stopped")
+)
+
+// Defaults of the Config fields whose zero value means "default".
+const (
+	DefaultTimeout        = 30 * time.Second
+	DefaultAttemptTimeout = 5 * time.Second
+	DefaultDialTimeout    = time.Second
+	DefaultRetryBudget    = 5 * time.Second
+	DefaultDownBackoff    = time.Second
+	DefaultMaxDownBackoff = 30 * time.Second
+)
+
+// Config configures a Client. The zero value of each field means its
+// default; Validate reports a field that cannot work.
 type Config struct {
 	// Endpoints are the API addresses (host:port) of the cluster's nodes.
 	Endpoints []string
 	// Token is sent as "authorization: Bearer <token>" on every call.
 	Token string
+
 	// Timeout bounds one call, retries included, when the caller's context
 	// has no deadline. Default 30s.
 	Timeout time.Duration
-	// Retries is how many further endpoints a call may try after a
-	// retryable failure. Default: one pass over the endpoint list, at least 2.
+	// AttemptTimeout bounds one attempt on one endpoint. An attempt that
+	// runs out counts as Unavailable: the call moves on to another
+	// endpoint (a write keeps its request id, so this is safe). Default 5s,
+	// which covers a follower's 3s wait for a new leader and a node's 5s
+	// wait for a read's min_index.
+	AttemptTimeout time.Duration
+	// DialTimeout bounds how long an attempt waits for a connection to an
+	// endpoint before it moves on. Default 1s.
+	DialTimeout time.Duration
+	// RetryBudget bounds how long a call keeps retrying: once it has
+	// passed since the call began, no further attempt starts (the first
+	// pass over the endpoints always completes, and the caller's deadline
+	// always wins). Default 5s. A call whose pass reached no node at all
+	// (every endpoint down) fails without waiting for the budget: the
+	// cluster cannot answer, and a cached value may.
+	RetryBudget time.Duration
+	// Retries, when positive, also bounds the number of attempts a call
+	// makes after its first one (over all passes). 0 means no bound other
+	// than RetryBudget and the caller's deadline.
 	Retries int
+	// DownBackoff is how long an endpoint that failed is skipped before it
+	// is probed again; it doubles on every failed probe up to
+	// MaxDownBackoff. Defaults 1s and 30s.
+	DownBackoff    time.Duration
+	MaxDownBackoff time.Duration
+
+	// Consistency is the default consistency of reads; a request whose
+	// ReadOptions are set uses its own. Default: pb.Consistency_CONSISTENCY_DEFAULT.
+	Consistency pb.Consistency
+	// MaxStaleness bounds stale reads (those asked for and stale fallbacks)
+	// when the request sets no bound: a node that has not heard from a
+	// leader for longer refuses. 0 means no bound.
+	MaxStaleness time.Duration
+	// DisableStaleFallback turns off the stale fallback: by default a
+	// default or linearizable read that fails with Unavailable on every
+	// endpoint is retried as a stale read, and its answer says so
+	// (ReadMeta.Stale). The cache's stale-if-error has its own switch,
+	// CacheConfig.MaxStale.
+	DisableStaleFallback bool
+
+	// Cache, when set, turns on the client cache of Get answers (see
+	// CacheConfig). Nil means no cache.
+	Cache *CacheConfig
+
+	// SyncEndpoints, when positive, is the interval at which the client
+	// asks the cluster for its members (Operator.Members, which needs the
+	// root token today) and adds the API address of every live member it
+	// does not know yet, so that nodes added later are used too. Learned
+	// endpoints are never removed; one that goes away is marked down like
+	// any other. 0 disables it.
+	SyncEndpoints time.Duration
+
+	// Dialer, when set, opens the connections to endpoints (tests count
+	// dials with it; a proxy or a unix socket may need it).
+	Dialer func(ctx context.Context, addr string) (net.Conn, error)
 }
 
 // ConfigFromEnv returns a Config filled from COFFER_ADDR and COFFER_TOKEN.
@@ -67,54 +150,228 @@ func SplitEndpoints(s string) []string {
 	return out
 }
 
-// Client talks to a coffer cluster through an endpoint list. It is safe for
-// concurrent use.
-type Client struct {
-	cfg     Config
-	conns   []*grpc.ClientConn
-	next    atomic.Uint32 // endpoint the next call starts with
-	closeMu sync.Once
+// Validate reports the first field of c that cannot work.
+func (c Config) Validate() error {
+	if len(c.Endpoints) == 0 {
+		return ErrNoEndpoints
+	}
+	for name, d := range map[string]time.Duration{
+		"Timeout": c.Timeout, "AttemptTimeout": c.AttemptTimeout, "DialTimeout": c.DialTimeout,
+		"RetryBudget": c.RetryBudget, "DownBackoff": c.DownBackoff, "MaxDownBackoff": c.MaxDownBackoff,
+		"MaxStaleness": c.MaxStaleness, "SyncEndpoints": c.SyncEndpoints,
+	} {
+		if d < 0 {
+			return fmt.Errorf("%w: %s is negative (%s): use 0 for the default", ErrInvalidConfig, name, d)
+		}
+	}
+	if c.Retries < 0 {
+		return fmt.Errorf("%w: Retries is negative (%d): use 0 for the default", ErrInvalidConfig, c.Retries)
+	}
+	if _, ok := pb.Consistency_name[int32(c.Consistency)]; !ok {
+		return fmt.Errorf("%w: unknown Consistency %d: use stale, default or linearizable", ErrInvalidConfig, c.Consistency)
+	}
+	if c.Cache != nil {
+		if err := c.Cache.Validate(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
-// New dials (lazily) every endpoint of cfg.
+// withDefaults fills every zero field with its default.
+func (c Config) withDefaults() Config {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&c.Timeout, DefaultTimeout)
+	def(&c.AttemptTimeout, DefaultAttemptTimeout)
+	def(&c.DialTimeout, DefaultDialTimeout)
+	def(&c.RetryBudget, DefaultRetryBudget)
+	def(&c.DownBackoff, DefaultDownBackoff)
+	def(&c.MaxDownBackoff, DefaultMaxDownBackoff)
+	c.MaxDownBackoff = max(c.MaxDownBackoff, c.DownBackoff)
+	c.Endpoints = append([]string(nil), c.Endpoints...)
+	return c
+}
+
+// Client talks to a coffer cluster through an endpoint list. It is safe for
+// concurrent use. Reads are spread round robin over the healthy endpoints;
+// writes go to the leader when the client knows it (from Sys.Status or a
+// read's ReadMeta) and to any healthy endpoint otherwise, which forwards
+// them. An endpoint that cannot be reached (or is sealed) is skipped for a
+// back-off period, then probed with Sys.Status in the background and used
+// again once it answers unsealed. Retryable failures (Unavailable) move on
+// to the next endpoint, and after a failed pass over all of them the call
+// backs off (jittered) and tries again, within the caller's deadline and
+// Config.RetryBudget. Writes are retried with the same request id, which
+// the cluster deduplicates.
+//
+// The client remembers the highest index its writes returned and sends it
+// as a read's min_index, so that its reads never go back before its own
+// writes, whichever node answers (read-your-writes).
+type Client struct {
+	cfg Config
+	// conns are the connections of the configured endpoints, in order;
+	// callNode uses the first.
+	conns []*grpc.ClientConn
+
+	// eps is the current endpoint list: the configured ones, then those
+	// learned by SyncEndpoints (copy on write under mu).
+	eps atomic.Pointer[[]*endpoint]
+	// rr spreads calls round robin over the healthy endpoints.
+	rr atomic.Uint64
+	// leader is the endpoint of the leader, when known.
+	leader atomic.Pointer[leaderInfo]
+	// lastWrite is the highest index a write of this client returned.
+	lastWrite atomic.Uint64
+
+	cache     *Cache
+	tokenHash string // of cfg.Token
+
+	mu            sync.Mutex
+	closed        bool
+	proberRunning bool
+	needLeader    bool
+	lastLeaderAsk time.Time
+	cacheWatches  map[string]*cacheWatch
+	wake          chan struct{} // wakes the prober
+	bg            context.Context
+	stop          context.CancelFunc
+	wg            sync.WaitGroup // background goroutines
+}
+
+// New creates a client over cfg.Endpoints. It connects lazily: New fails
+// only on an invalid configuration or a malformed endpoint.
 func New(cfg Config) (*Client, error) {
-	if len(cfg.Endpoints) == 0 {
-		return nil, ErrNoEndpoints
+	if err := cfg.Validate(); err != nil {
+		return nil, err
 	}
-	if cfg.Timeout <= 0 {
-		cfg.Timeout = 30 * time.Second
-	}
-	if cfg.Retries <= 0 {
-		cfg.Retries = max(len(cfg.Endpoints), 2)
-	}
-	c := &Client{cfg: cfg}
-	for _, ep := range cfg.Endpoints {
-		cc, err := grpc.NewClient(ep,
-			grpc.WithTransportCredentials(insecure.NewCredentials()),
-			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16<<20), grpc.MaxCallSendMsgSize(16<<20)),
-		)
+	cfg = cfg.withDefaults()
+	c := &Client{cfg: cfg, wake: make(chan struct{}, 1), cacheWatches: make(map[string]*cacheWatch)}
+	c.bg, c.stop = context.WithCancel(context.Background())
+	c.eps.Store(&[]*endpoint{})
+	for _, addr := range cfg.Endpoints {
+		ep, err := c.dial(addr, false)
 		if err != nil {
 			c.Close()
-			return nil, fmt.Errorf("api: endpoint %q: %w", ep, err)
+			return nil, err
 		}
-		c.conns = append(c.conns, cc)
+		c.conns = append(c.conns, ep.cc)
+		list := append(*c.eps.Load(), ep)
+		c.eps.Store(&list)
+	}
+	if cfg.Cache != nil {
+		cache, err := NewCache(*cfg.Cache)
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+		c.cache = cache
+	}
+	c.tokenHash = TokenHash(cfg.Token)
+	if cfg.SyncEndpoints > 0 {
+		c.wg.Add(1)
+		go c.syncLoop()
 	}
 	return c, nil
 }
 
-// Close closes every connection. It is idempotent.
+// dial creates the (lazy) connection of one endpoint.
+func (c *Client) dial(addr string, synced bool) (*endpoint, error) {
+	opts := []grpc.DialOption{
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16<<20), grpc.MaxCallSendMsgSize(16<<20)),
+		// gRPC's own reconnect back-off stays short (at most 1 s) so that
+		// a node that comes back is reachable when the prober next asks;
+		// the client's endpoint back-off decides how often calls try it.
+		// (ClientConn.ResetConnectBackoff would do this on demand, but in
+		// grpc-go 1.85 it ranges over the connection map without its lock,
+		// a data race.)
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff: backoff.Config{
+				BaseDelay: min(c.cfg.DownBackoff, 100*time.Millisecond), Multiplier: 1.6, Jitter: 0.2, MaxDelay: min(c.cfg.MaxDownBackoff, time.Second),
+			},
+			MinConnectTimeout: c.cfg.DialTimeout,
+		}),
+	}
+	if c.cfg.Dialer != nil {
+		opts = append(opts, grpc.WithContextDialer(c.cfg.Dialer))
+	}
+	cc, err := grpc.NewClient(addr, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("api: endpoint %q: %w", addr, err)
+	}
+	return &endpoint{addr: addr, cc: cc, synced: synced}, nil
+}
+
+// Close stops the client's background work (prober, endpoint sync,
+// watches of the cache and of Watch callers) and closes every connection.
+// It is idempotent.
 func (c *Client) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	c.mu.Unlock()
+	c.stop()
+	c.wg.Wait()
 	var errs []error
-	c.closeMu.Do(func() {
-		for _, cc := range c.conns {
-			errs = append(errs, cc.Close())
-		}
-	})
+	for _, ep := range c.endpoints() {
+		errs = append(errs, ep.cc.Close())
+	}
 	return errors.Join(errs...)
 }
 
-// Endpoints returns the configured endpoint list.
-func (c *Client) Endpoints() []string { return append([]string(nil), c.cfg.Endpoints...) }
+// isClosed reports whether Close was called.
+func (c *Client) isClosed() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closed
+}
+
+// goBackground runs fn in a goroutine that Close waits for. It reports
+// false (and runs nothing) once the client is closed.
+func (c *Client) goBackground(fn func()) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return false
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		fn()
+	}()
+	return true
+}
+
+// Endpoints returns the current endpoint list: the configured endpoints,
+// then those learned by SyncEndpoints.
+func (c *Client) Endpoints() []string {
+	var out []string
+	for _, ep := range c.endpoints() {
+		out = append(out, ep.addr)
+	}
+	return out
+}
+
+// LastWriteIndex returns the highest Raft index a write of this client
+// returned: the min_index its reads carry.
+func (c *Client) LastWriteIndex() uint64 { return c.lastWrite.Load() }
+
+// noteWrite records the index a write returned (read-your-writes).
+func (c *Client) noteWrite(index uint64) {
+	for {
+		cur := c.lastWrite.Load()
+		if index <= cur || c.lastWrite.CompareAndSwap(cur, index) {
+			return
+		}
+	}
+}
 
 // outgoing adds the token and a default deadline to ctx.
 func (c *Client) outgoing(ctx context.Context) (context.Context, context.CancelFunc) {
@@ -122,10 +379,37 @@ func (c *Client) outgoing(ctx context.Context) (context.Context, context.CancelF
 	if _, ok := ctx.Deadline(); !ok {
 		ctx, cancel = context.WithTimeout(ctx, c.cfg.Timeout)
 	}
-	if c.cfg.Token != "" {
-		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+c.cfg.Token)
+	return c.withToken(ctx), cancel
+}
+
+// withToken adds the call's token to ctx.
+func (c *Client) withToken(ctx context.Context) context.Context {
+	if token, _ := c.token(ctx); token != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
 	}
-	return ctx, cancel
+	return ctx
+}
+
+// callToken is the token WithToken puts in a context, with its hash.
+type callToken struct{ token, hash string }
+
+type callTokenKey struct{}
+
+// WithToken returns a context whose calls carry token instead of the
+// client's own (Config.Token). A cached Get is then keyed by that token's
+// hash, so that its answer is served only to calls with the same token: a
+// process serving several callers (an agent) can share one Client and its
+// cache between them. The cache's watches keep using Config.Token.
+func WithToken(ctx context.Context, token string) context.Context {
+	return context.WithValue(ctx, callTokenKey{}, &callToken{token: token, hash: TokenHash(token)})
+}
+
+// token returns the token of a call and its hash.
+func (c *Client) token(ctx context.Context) (token, hash string) {
+	if t, ok := ctx.Value(callTokenKey{}).(*callToken); ok {
+		return t.token, t.hash
+	}
+	return c.cfg.Token, c.tokenHash
 }
 
 // Retryable reports whether err means "this node cannot answer now, another
@@ -135,25 +419,12 @@ func Retryable(err error) bool {
 	return status.Code(err) == codes.Unavailable
 }
 
-// call runs fn against endpoints, starting with the preferred one and moving
-// on while the answer is retryable. fn must be safe to repeat: reads are, and
-// writes carry a request id.
+// call runs fn against any healthy endpoint, round robin, moving on while
+// the answer is retryable (see run). fn must be safe to repeat.
 func (c *Client) call(ctx context.Context, fn func(ctx context.Context, cc *grpc.ClientConn) error) error {
-	ctx, cancel := c.outgoing(ctx)
-	defer cancel()
-	start := int(c.next.Load())
-	var err error
-	for attempt := 0; attempt <= c.cfg.Retries; attempt++ {
-		i := (start + attempt) % len(c.conns)
-		err = fn(ctx, c.conns[i])
-		if err == nil {
-			c.next.Store(uint32(i))
-			return nil
-		}
-		if !Retryable(err) || ctx.Err() != nil {
-			return err
-		}
-	}
+	_, err := c.run(ctx, policy{}, func(ctx context.Context, ep *endpoint, _ bool) error {
+		return fn(ctx, ep.cc)
+	})
 	return err
 }
 

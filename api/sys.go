@@ -58,12 +58,16 @@ func (c *Client) Status(ctx context.Context) (*pb.StatusResponse, error) {
 	return resp, err
 }
 
-// Rotate adds a new data-key term to the cluster's keyring.
+// Rotate adds a new data-key term to the cluster's keyring. It goes to the
+// leader when the client knows it (any node forwards it otherwise) and is
+// retried on Unavailable like a write; it carries no request id, so a
+// retry after a failover may add one more term (harmless: old terms stay
+// readable).
 func (c *Client) Rotate(ctx context.Context) (*pb.RotateResponse, error) {
 	var resp *pb.RotateResponse
-	err := c.call(ctx, func(ctx context.Context, cc *grpc.ClientConn) (err error) {
+	err := c.write(ctx, "", func(ctx context.Context, cc *grpc.ClientConn) (_ uint64, err error) {
 		resp, err = pb.NewSysClient(cc).Rotate(ctx, &pb.RotateRequest{})
-		return err
+		return resp.GetIndex(), err
 	})
 	return resp, err
 }

@@ -85,6 +85,21 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		_ = os.Remove(tmp)
 		return err
 	}
+	// The applied index never goes backwards: an operator's restore of an
+	// older snapshot brings older data at a newer Raft index, and clients
+	// that read with min_index must not be refused for ever. (A follower
+	// installing the leader's snapshot is always behind it, so the
+	// snapshot's index wins there.)
+	if cur := f.applied.Load(); cur > index {
+		if err := newDB.Update(func(tx *bolt.Tx) error {
+			return tx.Bucket(bucketMeta).Put(keyAppliedIndex, encodeUint64(cur))
+		}); err != nil {
+			_ = newDB.Close()
+			_ = os.Remove(tmp)
+			return fmt.Errorf("fsm: install snapshot: %w", err)
+		}
+		index = cur
+	}
 	if err := os.Rename(tmp, f.path); err != nil {
 		_ = newDB.Close()
 		_ = os.Remove(tmp)

@@ -125,6 +125,7 @@ func New(cfg Config) (*Server, error) {
 		rc.AdvertiseAddr = advertiseAddr(cfg.RaftAddr, cfg.Advertise)
 	}
 	rc.Logger = cfg.Logger
+	rc.Network = cfg.Network
 	rc.APIAddr = s.advertisedAPI()
 	rc.Version = Version
 	if cfg.Clustered() {

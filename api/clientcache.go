@@ -1,0 +1,200 @@
+package api
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "coffer/api/cofferpb"
+)
+
+// CacheStaleError is returned by a cached Get when no endpoint answered and
+// the cached value is past its max_stale budget. It unwraps to both
+// ErrCacheTooStale and the cluster's error, and has gRPC status
+// Unavailable (a later try may reach the cluster).
+type CacheStaleError struct {
+	// Path is the secret read.
+	Path string
+	// Age is the time since the value was fetched; Expired how long ago it
+	// passed its TTL.
+	Age, Expired time.Duration
+	// MaxStale is the cache's budget past the TTL.
+	MaxStale time.Duration
+	// Err is the error of the last attempt on the cluster.
+	Err error
+}
+
+func (e *CacheStaleError) Error() string {
+	return fmt.Sprintf("api: no endpoint answered and the cached value of %s is past max_stale (fetched %s ago, expired %s ago, max_stale %s): bring a node back or check COFFER_ADDR; last error: %s",
+		e.Path, e.Age.Round(time.Millisecond), e.Expired.Round(time.Millisecond), e.MaxStale, status.Convert(e.Err).Message())
+}
+
+// Unwrap returns ErrCacheTooStale and the cluster's error.
+func (e *CacheStaleError) Unwrap() []error { return []error{ErrCacheTooStale, e.Err} }
+
+// GRPCStatus makes the error an Unavailable status with its own message.
+func (e *CacheStaleError) GRPCStatus() *status.Status {
+	return status.New(codes.Unavailable, e.Error())
+}
+
+// cacheWatch keeps the cache fresh for one mount ("secret/").
+type cacheWatch struct {
+	prefix string
+	// start is the index the watch resumes after: an answer read before
+	// it may predate a change the watch will never report, so it is not
+	// stored.
+	start uint64
+	// through is the last index the watch has seen: every change up to it
+	// has been applied to the cache.
+	through atomic.Uint64
+	// failed is set when the watch stopped for good (the token may not
+	// watch): entries then only live for their TTL.
+	failed atomic.Bool
+}
+
+// mountOf returns the mount of path: "secret/" for "secret/app/db".
+func mountOf(path string) string {
+	if i := strings.IndexByte(path, '/'); i >= 0 {
+		return path[:i+1]
+	}
+	return path + "/"
+}
+
+// CacheStats returns the client cache's counters (zero without a cache).
+func (c *Client) CacheStats() CacheStats {
+	if c.cache == nil {
+		return CacheStats{}
+	}
+	return c.cache.Stats()
+}
+
+// getCached is Get with the client cache: a fresh entry answers without a
+// call (unless the read is linearizable, or names a min_index the entry
+// is not known to cover); a cluster answer is stored; when no endpoint
+// answers, an entry within max_stale answers, marked stale.
+func (c *Client) getCached(ctx context.Context, req *pb.GetRequest) (*pb.GetResponse, ReadInfo, error) {
+	_, hash := c.token(ctx)
+	key := CacheKey{TokenHash: hash, Path: req.Path, Version: req.Version}
+	cons := c.cfg.Consistency
+	if req.Read != nil {
+		cons = req.Read.Consistency
+	}
+	if cons != pb.Consistency_CONSISTENCY_LINEARIZABLE {
+		if e := c.cache.Get(key); e.State == CacheFresh && c.covers(req.Path, e.Index, req.Read.GetMinIndex()) {
+			return e.Response, ReadInfo{Cached: true, Age: e.Age, Stale: e.Response.GetReadMeta().GetStale()}, nil
+		}
+	}
+	resp, info, err := c.getRemote(ctx, req)
+	if err == nil {
+		if !info.Fallback {
+			c.storeCached(key, resp)
+		}
+		return resp, info, nil
+	}
+	if notFound(err) {
+		c.cache.Invalidate(req.Path, 0)
+		return nil, info, err
+	}
+	if !staleIfError(err) {
+		return nil, info, err
+	}
+	e := c.cache.lookup(key, false)
+	switch e.State {
+	case CacheFresh, CacheExpired:
+		c.cache.ServedStale()
+		resp := e.Response
+		if resp.ReadMeta == nil {
+			resp.ReadMeta = &pb.ReadMeta{}
+		}
+		resp.ReadMeta.Stale = true
+		resp.ReadMeta.LastContactMs += e.Age.Milliseconds()
+		return resp, ReadInfo{Cached: true, Age: e.Age, Stale: true, Fallback: true}, nil
+	case CacheTooStale:
+		return nil, info, &CacheStaleError{Path: req.Path, Age: e.Age, Expired: e.Expired, MaxStale: c.cache.cfg.MaxStale, Err: err}
+	}
+	return nil, info, err
+}
+
+// staleIfError reports whether err means the cluster could not answer, so
+// that a cached value may: Unavailable everywhere, or the caller's
+// deadline spent trying.
+func staleIfError(err error) bool {
+	switch status.Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded:
+		return true
+	}
+	return false
+}
+
+// covers reports whether an entry read at index is known to be current as
+// of minIndex: read at or after it, or kept fresh by a watch that has
+// seen it.
+func (c *Client) covers(path string, index, minIndex uint64) bool {
+	if minIndex == 0 || index >= minIndex {
+		return true
+	}
+	c.mu.Lock()
+	w := c.cacheWatches[mountOf(path)]
+	c.mu.Unlock()
+	return w != nil && !w.failed.Load() && w.through.Load() >= minIndex
+}
+
+// storeCached stores a cluster answer, starting the watch of its mount
+// first when there is none.
+func (c *Client) storeCached(key CacheKey, resp *pb.GetResponse) {
+	index := resp.GetReadMeta().GetAppliedIndex()
+	if index == 0 {
+		return
+	}
+	if !c.cache.cfg.DisableWatch && !c.watchCovers(key.Path, index) {
+		return
+	}
+	c.cache.Put(key, resp)
+}
+
+// watchCovers makes sure a watch follows path's mount and reports whether
+// an answer read at index may be stored: the watch reports every change
+// after its start.
+func (c *Client) watchCovers(path string, index uint64) bool {
+	mount := mountOf(path)
+	c.mu.Lock()
+	w := c.cacheWatches[mount]
+	if w == nil && !c.closed {
+		w = &cacheWatch{prefix: mount, start: index}
+		w.through.Store(index)
+		c.cacheWatches[mount] = w
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			c.runCacheWatch(w)
+		}()
+	}
+	c.mu.Unlock()
+	if w == nil {
+		return false
+	}
+	return w.failed.Load() || index >= w.start
+}
+
+// runCacheWatch applies one mount's changes to the cache until the client
+// closes.
+func (c *Client) runCacheWatch(w *cacheWatch) {
+	c.watchLoop(c.bg, w.prefix, w.start, func(ev WatchEvent) bool {
+		switch ev.Type {
+		case WatchChange:
+			c.cache.Invalidate(ev.Path, ev.Index)
+		case WatchCompacted:
+			c.cache.InvalidatePrefix(w.prefix, ev.Index)
+		case WatchFailed:
+			w.failed.Store(true)
+			return false
+		}
+		w.through.Store(max(w.through.Load(), ev.Index))
+		return true
+	})
+}
