@@ -140,16 +140,17 @@ func (s *Server) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusRes
 	st := s.seal.Status(stored)
 	leaderID, _ := s.raft.Leader()
 	resp := &pb.StatusResponse{
-		Seal:          sealStatusPB(st),
-		NodeId:        s.cfg.NodeID,
-		RaftState:     s.raft.State(),
-		LeaderId:      leaderID,
-		Term:          s.raft.Term(),
-		AppliedIndex:  s.fsm.AppliedIndex(),
-		CommitIndex:   s.raft.CommitIndex(),
-		Version:       Version,
-		KeyTerm:       st.Term,
-		LastContactMs: s.lastContactMs(),
+		Seal:           sealStatusPB(st),
+		NodeId:         s.cfg.NodeID,
+		RaftState:      s.raft.State(),
+		LeaderId:       leaderID,
+		Term:           s.raft.Term(),
+		AppliedIndex:   s.fsm.AppliedIndex(),
+		CommitIndex:    s.raft.CommitIndex(),
+		Version:        Version,
+		KeyTerm:        st.Term,
+		LastContactMs:  s.lastContactMs(),
+		MemoryRssBytes: residentMemory(),
 	}
 	if leaderID == s.cfg.NodeID {
 		resp.LeaderAddress = s.advertisedAPI()

@@ -352,8 +352,11 @@ type StatusResponse struct {
 	KeyTerm uint32 `protobuf:"varint,10,opt,name=key_term,json=keyTerm,proto3" json:"key_term,omitempty"`
 	// last_contact_ms is the time since this node last heard from the leader.
 	LastContactMs int64 `protobuf:"varint,11,opt,name=last_contact_ms,json=lastContactMs,proto3" json:"last_contact_ms,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// memory_rss_bytes is the node process's resident memory (0 where the
+	// platform does not tell).
+	MemoryRssBytes uint64 `protobuf:"varint,12,opt,name=memory_rss_bytes,json=memoryRssBytes,proto3" json:"memory_rss_bytes,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -459,6 +462,13 @@ func (x *StatusResponse) GetKeyTerm() uint32 {
 func (x *StatusResponse) GetLastContactMs() int64 {
 	if x != nil {
 		return x.LastContactMs
+	}
+	return 0
+}
+
+func (x *StatusResponse) GetMemoryRssBytes() uint64 {
+	if x != nil {
+		return x.MemoryRssBytes
 	}
 	return 0
 }
@@ -576,7 +586,7 @@ const file_coffer_v1_sys_proto_rawDesc = "" +
 	"\x06shares\x18\x03 \x01(\rR\x06shares\x12\x1c\n" +
 	"\tthreshold\x18\x04 \x01(\rR\tthreshold\x12\x1a\n" +
 	"\bprogress\x18\x05 \x01(\rR\bprogress\"\x0f\n" +
-	"\rStatusRequest\"\xf0\x02\n" +
+	"\rStatusRequest\"\x9a\x03\n" +
 	"\x0eStatusResponse\x12)\n" +
 	"\x04seal\x18\x01 \x01(\v2\x15.coffer.v1.SealStatusR\x04seal\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x1d\n" +
@@ -590,7 +600,8 @@ const file_coffer_v1_sys_proto_rawDesc = "" +
 	"\aversion\x18\t \x01(\tR\aversion\x12\x19\n" +
 	"\bkey_term\x18\n" +
 	" \x01(\rR\akeyTerm\x12&\n" +
-	"\x0flast_contact_ms\x18\v \x01(\x03R\rlastContactMs\"\x0f\n" +
+	"\x0flast_contact_ms\x18\v \x01(\x03R\rlastContactMs\x12(\n" +
+	"\x10memory_rss_bytes\x18\f \x01(\x04R\x0ememoryRssBytes\"\x0f\n" +
 	"\rRotateRequest\":\n" +
 	"\x0eRotateResponse\x12\x12\n" +
 	"\x04term\x18\x01 \x01(\rR\x04term\x12\x14\n" +

@@ -72,6 +72,7 @@ Commands:
     operator    Initialize, unseal, seal, rotate; cluster membership and snapshots
                 (run "coffer operator -h")
     kv          Read and write versioned secrets (run "coffer kv -h")
+    bench       Load a cluster and report throughput and latency
     healthcheck Exit 0 when a node serves (for container health checks)
     version     Print the version of this binary
 
@@ -115,6 +116,8 @@ func dispatch(e *env, args []string) error {
 		return cmdStatus(e, rest)
 	case "healthcheck":
 		return cmdHealthcheck(e, rest)
+	case "bench":
+		return cmdBench(e, rest)
 	case "operator":
 		return dispatchSub(e, "coffer operator", operatorUsage, rest, map[string]func(*env, []string) error{
 			"init":      cmdOperatorInit,

@@ -1,0 +1,344 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"coffer/api"
+	pb "coffer/api/cofferpb"
+)
+
+// benchResult is the outcome of one `coffer bench` run; its JSON form is
+// what scripts read.
+type benchResult struct {
+	Workload    string            `json:"workload"`
+	Clients     int               `json:"clients"`
+	Consistency string            `json:"consistency"`
+	ValueSize   int               `json:"value_size"`
+	Keys        int               `json:"keys"`
+	DurationS   float64           `json:"duration_s"`
+	Ops         int64             `json:"ops"`
+	OpsPerSec   float64           `json:"ops_per_sec"`
+	P50Ms       float64           `json:"p50_ms"`
+	P90Ms       float64           `json:"p90_ms"`
+	P99Ms       float64           `json:"p99_ms"`
+	MaxMs       float64           `json:"max_ms"`
+	Errors      map[string]int64  `json:"errors"`
+	NodeRSS     map[string]uint64 `json:"node_rss_bytes,omitempty"`
+}
+
+// benchOpts are the flags of `coffer bench`.
+type benchOpts struct {
+	workload    string
+	clients     int
+	duration    time.Duration
+	valueSize   int
+	keys        int
+	consistency pb.Consistency
+	consName    string
+	writeRatio  float64
+	prefix      string
+}
+
+func cmdBench(e *env, args []string) error {
+	f := newFlags("coffer bench", "[flags] kv-write|kv-read|mixed", `
+Load a cluster (COFFER_ADDR, or one node with -address) and report ops/s,
+latency percentiles, errors by kind and the nodes' memory. kv-read and mixed
+first write the keys they read. Progress goes to stderr once a second.`).withClient()
+	o := benchOpts{}
+	f.fs.IntVar(&o.clients, "clients", 16, "concurrent clients")
+	f.fs.DurationVar(&o.duration, "duration", 10*time.Second, "how long to run")
+	f.fs.IntVar(&o.valueSize, "value-size", 256, "bytes per value")
+	f.fs.IntVar(&o.keys, "keys", 1000, "distinct secrets")
+	f.fs.StringVar(&o.consName, "consistency", "default", "read consistency: stale, default or linearizable")
+	f.fs.Float64Var(&o.writeRatio, "write-ratio", 0.1, "share of writes in the mixed workload")
+	f.fs.StringVar(&o.prefix, "prefix", "secret/bench/", "path prefix of the secrets written")
+	args, err := f.parse(e, args)
+	if err != nil {
+		return err
+	}
+	if err := f.wantArgs(args, "WORKLOAD"); err != nil {
+		return err
+	}
+	o.workload = args[0]
+	switch o.workload {
+	case "kv-write", "kv-read", "mixed":
+	default:
+		return usageErrorf(f.name, "unknown workload %q: want kv-write, kv-read or mixed", o.workload)
+	}
+	if o.consistency, err = parseConsistency(o.consName); err != nil {
+		return err
+	}
+	switch {
+	case o.clients < 1 || o.clients > 4096:
+		return usageErrorf(f.name, "-clients=%d: want 1 to 4096", o.clients)
+	case o.duration <= 0:
+		return usageErrorf(f.name, "-duration must be positive")
+	case o.valueSize < 1 || o.valueSize > 1<<20:
+		return usageErrorf(f.name, "-value-size=%d: want 1 to 1048576 bytes", o.valueSize)
+	case o.keys < 1:
+		return usageErrorf(f.name, "-keys must be at least 1")
+	case o.writeRatio < 0 || o.writeRatio > 1:
+		return usageErrorf(f.name, "-write-ratio must be between 0 and 1")
+	case !strings.HasSuffix(o.prefix, "/"):
+		return usageErrorf(f.name, "-prefix must end with /")
+	}
+	cfg, err := f.clientConfig(e)
+	if err != nil {
+		return err
+	}
+	cfg.DisableStaleFallback = true
+	res, err := runBench(context.Background(), cfg, o, e.stderr)
+	if err != nil {
+		return err
+	}
+	if f.format == formatJSON {
+		return printJSON(e.stdout, res)
+	}
+	printBench(e.stdout, res)
+	return nil
+}
+
+// parseConsistency maps a -consistency value to the wire enum.
+func parseConsistency(s string) (pb.Consistency, error) {
+	switch s {
+	case "default", "":
+		return pb.Consistency_CONSISTENCY_DEFAULT, nil
+	case "stale":
+		return pb.Consistency_CONSISTENCY_STALE, nil
+	case "linearizable":
+		return pb.Consistency_CONSISTENCY_LINEARIZABLE, nil
+	}
+	return 0, &cliError{code: 1, msg: fmt.Sprintf("invalid -consistency %q: want stale, default or linearizable", s)}
+}
+
+// runBench prepares the keys, runs the clients for the duration and
+// gathers the figures.
+func runBench(ctx context.Context, cfg api.Config, o benchOpts, progress io.Writer) (*benchResult, error) {
+	value := make([]byte, o.valueSize)
+	rand.Read(value)
+	for i := range value {
+		value[i] = 'a' + value[i]%26 // printable: values are strings
+	}
+	val := string(value)
+	key := func(i int) string { return o.prefix + "k" + strconv.Itoa(i) }
+
+	// One client per group of 8 workers, so that load spreads over several
+	// HTTP/2 connections as it would from several services.
+	nClients := (o.clients + 7) / 8
+	clients := make([]*api.Client, nClients)
+	for i := range clients {
+		c, err := api.New(cfg)
+		if err != nil {
+			return nil, &cliError{code: 1, msg: err.Error()}
+		}
+		defer c.Close()
+		clients[i] = c
+	}
+	if o.workload != "kv-write" {
+		fmt.Fprintf(progress, "writing %d keys of %d bytes…\n", o.keys, o.valueSize)
+		if err := prepopulate(ctx, clients, o.keys, key, val); err != nil {
+			return nil, err
+		}
+	}
+
+	var ops atomic.Int64
+	var errMu sync.Mutex
+	errs := map[string]int64{}
+	lat := make([][]time.Duration, o.clients)
+	deadline := time.Now().Add(o.duration)
+	done := make(chan struct{})
+	go benchProgress(progress, &ops, o.duration, done)
+
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := 0; w < o.clients; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			c := clients[w/8]
+			rng := uint64(w)*0x9E3779B97F4A7C15 + 1
+			next := func() uint64 { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return rng }
+			local := make([]time.Duration, 0, 4096)
+			for time.Now().Before(deadline) {
+				k := key(int(next() % uint64(o.keys)))
+				write := o.workload == "kv-write" || (o.workload == "mixed" && float64(next()%10000)/10000 < o.writeRatio)
+				t0 := time.Now()
+				var err error
+				cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				if write {
+					_, err = c.Put(cctx, &pb.PutRequest{Path: k, Data: map[string]string{"v": val}})
+				} else {
+					_, err = c.Get(cctx, &pb.GetRequest{Path: k, Read: &pb.ReadOptions{Consistency: o.consistency}})
+				}
+				cancel()
+				if err != nil {
+					errMu.Lock()
+					errs[errKind(err)]++
+					errMu.Unlock()
+					continue
+				}
+				local = append(local, time.Since(t0))
+				ops.Add(1)
+			}
+			lat[w] = local
+		}(w)
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	close(done)
+
+	var all []time.Duration
+	for _, l := range lat {
+		all = append(all, l...)
+	}
+	slices.Sort(all)
+	res := &benchResult{
+		Workload: o.workload, Clients: o.clients, Consistency: o.consName, ValueSize: o.valueSize, Keys: o.keys,
+		DurationS: elapsed.Seconds(), Ops: int64(len(all)), OpsPerSec: float64(len(all)) / elapsed.Seconds(),
+		P50Ms: pct(all, 0.50), P90Ms: pct(all, 0.90), P99Ms: pct(all, 0.99), Errors: errs,
+	}
+	if len(all) > 0 {
+		res.MaxMs = ms(all[len(all)-1])
+	}
+	res.NodeRSS = nodeRSS(ctx, cfg)
+	return res, nil
+}
+
+// prepopulate writes every key once, spread over the clients.
+func prepopulate(ctx context.Context, clients []*api.Client, keys int, key func(int) string, val string) error {
+	var wg sync.WaitGroup
+	errc := make(chan error, 1)
+	const workers = 16
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := w; i < keys; i += workers {
+				cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+				_, err := clients[w%len(clients)].Put(cctx, &pb.PutRequest{Path: key(i), Data: map[string]string{"v": val}})
+				cancel()
+				if err != nil {
+					select {
+					case errc <- fmt.Errorf("writing the keys to read: %s", status.Convert(err).Message()):
+					default:
+					}
+					return
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	select {
+	case err := <-errc:
+		return &cliError{code: 1, msg: err.Error()}
+	default:
+		return nil
+	}
+}
+
+// benchProgress prints the running rate once a second until done closes.
+func benchProgress(w io.Writer, ops *atomic.Int64, total time.Duration, done <-chan struct{}) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	start, last := time.Now(), int64(0)
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+			n := ops.Load()
+			fmt.Fprintf(w, "%5.0fs / %s: %d ops, %d ops/s\n", time.Since(start).Seconds(), total, n, n-last)
+			last = n
+		}
+	}
+}
+
+// errKind names an error by its gRPC code (and "timeout" for deadlines).
+func errKind(err error) string {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return "timeout"
+	}
+	return strings.ToLower(status.Code(err).String())
+}
+
+// nodeRSS asks every endpoint for its node's resident memory.
+func nodeRSS(ctx context.Context, cfg api.Config) map[string]uint64 {
+	out := map[string]uint64{}
+	for _, ep := range cfg.Endpoints {
+		c := cfg
+		c.Endpoints = []string{ep}
+		cl, err := api.New(c)
+		if err != nil {
+			continue
+		}
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		st, err := cl.Status(sctx)
+		cancel()
+		cl.Close()
+		if err == nil && st.GetMemoryRssBytes() > 0 && status.Code(err) != codes.Unimplemented {
+			out[st.GetNodeId()] = st.GetMemoryRssBytes()
+		}
+	}
+	return out
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// pct is the q-quantile of sorted latencies, in milliseconds.
+func pct(sorted []time.Duration, q float64) float64 {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(float64(len(sorted)-1) * q)
+	return ms(sorted[i])
+}
+
+// printBench writes the table form of a result.
+func printBench(w io.Writer, r *benchResult) {
+	rows := []row{
+		{"workload", r.Workload},
+		{"clients", strconv.Itoa(r.Clients)},
+		{"consistency", r.Consistency},
+		{"value size", strconv.Itoa(r.ValueSize) + " B"},
+		{"duration", fmt.Sprintf("%.1fs", r.DurationS)},
+		{"ops", strconv.FormatInt(r.Ops, 10)},
+		{"ops/s", fmt.Sprintf("%.0f", r.OpsPerSec)},
+		{"latency p50", fmt.Sprintf("%.2f ms", r.P50Ms)},
+		{"latency p90", fmt.Sprintf("%.2f ms", r.P90Ms)},
+		{"latency p99", fmt.Sprintf("%.2f ms", r.P99Ms)},
+		{"latency max", fmt.Sprintf("%.2f ms", r.MaxMs)},
+	}
+	kinds := make([]string, 0, len(r.Errors))
+	for k := range r.Errors {
+		kinds = append(kinds, k)
+	}
+	slices.Sort(kinds)
+	if len(kinds) == 0 {
+		rows = append(rows, row{"errors", "0"})
+	}
+	for _, k := range kinds {
+		rows = append(rows, row{"errors " + k, strconv.FormatInt(r.Errors[k], 10)})
+	}
+	ids := make([]string, 0, len(r.NodeRSS))
+	for id := range r.NodeRSS {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		rows = append(rows, row{"rss " + id, fmt.Sprintf("%.1f MiB", float64(r.NodeRSS[id])/(1<<20))})
+	}
+	printKV(w, rows)
+}
