@@ -26,6 +26,9 @@ type Config struct {
 	// RaftAdvertise is the Raft address peers dial; empty means RaftAddr
 	// (or Advertise with RaftAddr's port).
 	RaftAdvertise string `json:"raft_advertise,omitempty"`
+	// PprofAddr, when set, serves Go's pprof profiles over HTTP on this
+	// address (keep it on loopback: profiles show memory contents' shape).
+	PprofAddr string `json:"pprof_addr,omitempty"`
 	// GossipAddr is the memberlist listen address.
 	GossipAddr string `json:"gossip_addr"`
 	// Advertise is the host peers and clients should use to reach this

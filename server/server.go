@@ -45,9 +45,10 @@ type Server struct {
 	grpc   *grpc.Server
 	health *health.Server
 
-	lis      net.Listener
-	serveErr chan error
-	peers    peerConns
+	lis       net.Listener
+	pprofAddr string
+	serveErr  chan error
+	peers     peerConns
 
 	// leaderReady is true once this node, as leader, has applied every
 	// entry of earlier terms (a Raft barrier succeeded): only then may it
@@ -173,8 +174,13 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
-// Start serves the API in the background.
+// Start serves the API (and pprof, when configured) in the background.
 func (s *Server) Start() error {
+	if s.cfg.PprofAddr != "" {
+		if err := s.startPprof(); err != nil {
+			return err
+		}
+	}
 	s.logger.Info("serving", "node_id", s.cfg.NodeID, "api_addr", s.lis.Addr().String(), "raft_addr", s.raft.Addr())
 	s.bg.Add(1)
 	go func() {

@@ -67,6 +67,7 @@ production.`)
 	apiAddr := f.fs.String("api-addr", def.APIAddr, "gRPC API listen address host:port")
 	raftAddr := f.fs.String("raft-addr", def.RaftAddr, "Raft listen address host:port (with -dev: an ephemeral loopback port unless set)")
 	raftAdvertise := f.fs.String("raft-advertise", "", "Raft address peers dial (default: -raft-addr, or -advertise with its port)")
+	pprofAddr := f.fs.String("pprof-addr", "", "serve Go's pprof profiles on this host:port (e.g. 127.0.0.1:6060); off when empty")
 	configFile := f.fs.String("config", "", "JSON config file; flags given on the command line win over it")
 	logLevel := f.fs.String("log-level", "info", "log level: trace, debug, info, warn or error")
 	dev := f.fs.Bool("dev", false, "run a throw-away, self-unsealed development node (NOT for production)")
@@ -111,6 +112,9 @@ production.`)
 	}
 	if set("raft-advertise") {
 		cfg.RaftAdvertise = *raftAdvertise
+	}
+	if set("pprof-addr") {
+		cfg.PprofAddr = *pprofAddr
 	}
 	if err := cf.apply(f, e, &cfg, fileKey); err != nil {
 		return nil, err
