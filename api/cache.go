@@ -171,6 +171,9 @@ type Cache struct {
 	changes     map[string]*list.Element // of *pathChange
 	changeOrder *list.List
 	floor       uint64
+	// changed is closed at the next change of the entries (see Changed);
+	// nil until someone asks.
+	changed chan struct{}
 
 	hits, misses, staleServed, evictions, invalidations, rejected atomic.Uint64
 }
@@ -283,6 +286,7 @@ func (c *Cache) Put(key CacheKey, resp *pb.GetResponse) bool {
 	if el, ok := c.entries[key]; ok {
 		el.Value = e
 		c.lru.MoveToFront(el)
+		c.noteChanged()
 		return true
 	}
 	c.insert(e)
@@ -297,6 +301,7 @@ func (c *Cache) insert(e *cacheEntry) {
 		c.byPath[e.key.Path] = make(map[CacheKey]struct{})
 	}
 	c.byPath[e.key.Path][e.key] = struct{}{}
+	c.noteChanged()
 }
 
 // evict drops the least recently used entries past MaxEntries; c.mu is
@@ -318,6 +323,29 @@ func (c *Cache) remove(el *list.Element) {
 		if len(keys) == 0 {
 			delete(c.byPath, e.key.Path)
 		}
+	}
+	c.noteChanged()
+}
+
+// Changed returns a channel that is closed at the next change of the
+// cache's entries: an answer stored, an entry dropped (invalidated or
+// evicted) or restored. Every caller waiting for the same change gets the
+// same channel; ask again after it closes. A process that persists the
+// cache (Records) uses it to write only after a change.
+func (c *Cache) Changed() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.changed == nil {
+		c.changed = make(chan struct{})
+	}
+	return c.changed
+}
+
+// noteChanged wakes the waiters of Changed; c.mu is held.
+func (c *Cache) noteChanged() {
+	if c.changed != nil {
+		close(c.changed)
+		c.changed = nil
 	}
 }
 

@@ -202,6 +202,48 @@ func TestCacheRecords(t *testing.T) {
 	}
 }
 
+// TestCacheChanged: Changed closes at the next store, drop or restore of
+// an entry, and not on a lookup.
+func TestCacheChanged(t *testing.T) {
+	c, _ := newTestCache(t, CacheConfig{TTL: time.Minute, MaxEntries: 1})
+	closed := func(ch <-chan struct{}) bool {
+		select {
+		case <-ch:
+			return true
+		default:
+			return false
+		}
+	}
+	key := func(p string) CacheKey { return CacheKey{TokenHash: "h", Path: "secret/" + p} }
+	ch := c.Changed()
+	if closed(ch) || c.Changed() != ch {
+		t.Fatal("Changed closed, or not shared, before any change")
+	}
+	c.Put(key("a"), answer("a", 1, 1))
+	if !closed(ch) {
+		t.Fatal("Put did not close Changed")
+	}
+	ch = c.Changed()
+	c.Get(key("a"))
+	c.Get(key("none"))
+	if closed(ch) {
+		t.Fatal("a lookup closed Changed")
+	}
+	c.Invalidate("secret/none", 2) // drops nothing
+	if closed(ch) {
+		t.Fatal("an invalidation that dropped nothing closed Changed")
+	}
+	c.Invalidate("secret/a", 3)
+	if !closed(ch) {
+		t.Fatal("Invalidate did not close Changed")
+	}
+	recs := []CacheRecord{{Key: key("b"), Response: answer("b", 1, 4), Index: 4, Fetched: c.now(), Expires: c.now().Add(time.Minute)}}
+	ch = c.Changed()
+	if n := c.Restore(recs); n != 1 || !closed(ch) {
+		t.Fatalf("Restore added %d, Changed closed %v", n, closed(ch))
+	}
+}
+
 // BenchmarkCacheHit measures a Client.Get answered by the client cache.
 func BenchmarkCacheHit(b *testing.B) {
 	cl, err := New(Config{Endpoints: []string{"127.0.0.1:1"}, Token: "t", Cache: &CacheConfig{TTL: time.Hour}})

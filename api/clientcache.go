@@ -73,6 +73,11 @@ func (c *Client) CacheStats() CacheStats {
 	return c.cache.Stats()
 }
 
+// Cache returns the client cache (nil without Config.Cache), for a process
+// that persists it (Records, Restore, Changed) or reports on it. Entries it
+// adds with Put are served like the client's own.
+func (c *Client) Cache() *Cache { return c.cache }
+
 // getCached is Get with the client cache: a fresh entry answers without a
 // call (unless the read is linearizable, or names a min_index the entry
 // is not known to cover); a cluster answer is stored; when no endpoint

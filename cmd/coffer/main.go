@@ -68,6 +68,7 @@ const topUsage = `Usage: coffer <command> [flags] [args]
 
 Commands:
     server      Run a coffer node (add -dev for a throw-away, unsealed node)
+    agent       Run a local caching proxy in front of the cluster (run "coffer agent -h")
     status      Show the seal and Raft status of a node
     operator    Initialize, unseal, seal, rotate; cluster membership and snapshots
                 (run "coffer operator -h")
@@ -114,6 +115,8 @@ func dispatch(e *env, args []string) error {
 		return cmdServer(e, rest)
 	case "status":
 		return cmdStatus(e, rest)
+	case "agent":
+		return cmdAgent(e, rest)
 	case "healthcheck":
 		return cmdHealthcheck(e, rest)
 	case "bench":

@@ -1,0 +1,339 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+
+	"coffer/api"
+	pb "coffer/api/cofferpb"
+)
+
+// kvService is the health service name of the KV API.
+const kvService = "coffer.v1.KV"
+
+// Agent is a running coffer agent. Create it with New, start it with Start
+// and stop it with Shutdown.
+type Agent struct {
+	cfg    Config
+	logger hclog.Logger
+	client *api.Client
+	cache  *api.Cache
+	file   *cacheFile // nil without CacheDir
+
+	lis    net.Listener
+	grpc   *grpc.Server
+	health *health.Server
+
+	started time.Time
+	// lastContact is when an upstream node last answered (unix nanos; 0:
+	// never).
+	lastContact atomic.Int64
+
+	// stopCtx ends with Shutdown: watches stop, the persister stops.
+	stopCtx  context.Context
+	stopFunc context.CancelFunc
+	bg       sync.WaitGroup
+
+	persistMu sync.Mutex // one write of the cache file at a time
+
+	mu           sync.Mutex
+	serving      bool
+	shutdownOnce sync.Once
+	shutdownErr  error
+}
+
+// New creates an agent: it checks cfg, loads the cache file (when
+// CacheDir is set), creates the upstream client and listens on
+// cfg.Listen. It serves after Start. It fails on an invalid configuration,
+// a cache file written with another key, or an address in use; a corrupt
+// cache file is logged and the agent starts with an empty cache.
+func New(cfg Config) (*Agent, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	a := &Agent{cfg: cfg, logger: cfg.Logger, started: time.Now()}
+	a.stopCtx, a.stopFunc = context.WithCancel(context.Background())
+
+	var restored []api.CacheRecord
+	if cfg.CacheDir != "" {
+		keys, err := deriveKeys(cfg.CacheKey)
+		if err != nil {
+			return nil, err
+		}
+		a.file = &cacheFile{dir: cfg.CacheDir, keys: keys, source: cfg.keySource()}
+		notes, err := a.file.prepare()
+		if err != nil {
+			return nil, err
+		}
+		for _, n := range notes {
+			a.logger.Info("cache directory: " + n)
+		}
+		recs, written, err := a.file.load()
+		switch {
+		case errors.Is(err, ErrCorruptCacheFile):
+			a.logger.Warn("ignoring the cache file: starting with an empty cache", "file", a.file.path(), "error", err)
+		case err != nil:
+			return nil, err
+		default:
+			restored = recs
+			if len(recs) > 0 {
+				a.logger.Info("read the cache file", "file", a.file.path(), "entries", len(recs), "written", written.Format(time.RFC3339))
+			}
+		}
+	}
+
+	up := cfg.Upstream
+	cc := cfg.Cache
+	up.Cache = &cc
+	client, err := api.New(up)
+	if err != nil {
+		return nil, err
+	}
+	a.client, a.cache = client, client.Cache()
+	if len(restored) > 0 {
+		// A restored entry may have missed changes while the agent was
+		// down: it counts as expired, served only while no upstream node
+		// answers.
+		now := time.Now()
+		for i := range restored {
+			restored[i].Expires = minTime(restored[i].Expires, now)
+		}
+		n := a.cache.Restore(restored)
+		a.logger.Info("restored cached answers (served only while the cluster is unreachable, until refreshed)", "entries", n, "dropped_past_max_stale", len(restored)-n)
+	}
+
+	a.lis, err = net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		client.Close()
+		return nil, fmt.Errorf("agent: listen on %s: %w (is another agent running? pick another -listen)", cfg.Listen, err)
+	}
+	a.health = health.NewServer()
+	a.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	a.health.SetServingStatus(kvService, healthpb.HealthCheckResponse_SERVING)
+	a.grpc = grpc.NewServer(
+		grpc.ChainUnaryInterceptor(a.unaryInterceptor),
+		grpc.ChainStreamInterceptor(a.streamInterceptor),
+		grpc.MaxRecvMsgSize(16<<20),
+	)
+	pb.RegisterKVServer(a.grpc, &kvServer{a: a})
+	pb.RegisterSysServer(a.grpc, &sysServer{a: a})
+	healthpb.RegisterHealthServer(a.grpc, a.health)
+	reflection.Register(a.grpc)
+	return a, nil
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+// Start serves the API in the background and starts writing the cache
+// file after changes. It is a no-op after Shutdown.
+func (a *Agent) Start() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.serving || a.stopCtx.Err() != nil {
+		return
+	}
+	a.serving = true
+	a.logger.Info("serving", "listen", a.lis.Addr().String(), "upstream", strings.Join(a.client.Endpoints(), ","),
+		"ttl", a.cfg.Cache.TTL, "max_stale", a.cfg.Cache.MaxStale, "cache_dir", a.cfg.CacheDir)
+	a.bg.Add(1)
+	go func() {
+		defer a.bg.Done()
+		if err := a.grpc.Serve(a.lis); err != nil {
+			a.logger.Error("gRPC server stopped", "error", err)
+		}
+	}()
+	if a.file != nil {
+		a.bg.Add(1)
+		go a.persistLoop()
+	}
+}
+
+// Addr is the address the agent listens on.
+func (a *Agent) Addr() string { return a.lis.Addr().String() }
+
+// Client is the agent's upstream client.
+func (a *Agent) Client() *api.Client { return a.client }
+
+// CacheStats returns the cache's counters.
+func (a *Agent) CacheStats() api.CacheStats { return a.cache.Stats() }
+
+// Shutdown stops the agent: the API stops taking calls (watches end at
+// once, other calls in flight may finish within ShutdownTimeout or ctx),
+// the cache file is written a last time, and the upstream client closes.
+// It is idempotent.
+func (a *Agent) Shutdown(ctx context.Context) error {
+	a.shutdownOnce.Do(func() {
+		a.mu.Lock()
+		a.stopFunc()
+		serving := a.serving
+		a.mu.Unlock()
+		a.health.Shutdown()
+		if serving {
+			stopped := make(chan struct{})
+			go func() { a.grpc.GracefulStop(); close(stopped) }()
+			timer := time.NewTimer(a.cfg.ShutdownTimeout)
+			select {
+			case <-stopped:
+			case <-ctx.Done():
+				a.grpc.Stop()
+			case <-timer.C:
+				a.grpc.Stop()
+			}
+			timer.Stop()
+			<-stopped
+		} else {
+			a.grpc.Stop()
+			a.lis.Close()
+		}
+		a.bg.Wait()
+		var errs []error
+		if a.file != nil && serving {
+			if err := a.Persist(); err != nil {
+				errs = append(errs, err)
+			}
+		}
+		errs = append(errs, a.client.Close())
+		a.shutdownErr = errors.Join(errs...)
+		a.logger.Info("stopped")
+	})
+	return a.shutdownErr
+}
+
+// Persist writes the cache file now (without CacheDir it does nothing).
+func (a *Agent) Persist() error {
+	if a.file == nil {
+		return nil
+	}
+	a.persistMu.Lock()
+	defer a.persistMu.Unlock()
+	recs := a.cache.Records()
+	if err := a.file.save(recs, time.Now()); err != nil {
+		return err
+	}
+	a.logger.Debug("wrote the cache file", "entries", len(recs))
+	return nil
+}
+
+// persistLoop writes the cache file after every change, gathering the
+// changes of PersistDelay into one write, until Shutdown.
+func (a *Agent) persistLoop() {
+	defer a.bg.Done()
+	changed := a.cache.Changed()
+	for {
+		select {
+		case <-a.stopCtx.Done():
+			return
+		case <-changed:
+		}
+		t := time.NewTimer(a.cfg.PersistDelay)
+		select {
+		case <-a.stopCtx.Done():
+			t.Stop()
+			return // Shutdown writes the file
+		case <-t.C:
+		}
+		// Ask for the next change before taking the records, so that no
+		// change falls between them.
+		changed = a.cache.Changed()
+		if err := a.Persist(); err != nil {
+			a.logger.Warn("writing the cache file failed: the previous copy stays", "error", err)
+		}
+	}
+}
+
+// noteContact records that an upstream node answered.
+func (a *Agent) noteContact() { a.lastContact.Store(time.Now().UnixNano()) }
+
+// callerContext returns ctx with the caller's token for the upstream
+// calls: its bearer token, or the agent's own when it sent no
+// authorization header.
+func callerContext(ctx context.Context) (context.Context, error) {
+	md, _ := metadata.FromIncomingContext(ctx)
+	vals := md.Get("authorization")
+	switch len(vals) {
+	case 0:
+		return ctx, nil // the agent's own token
+	case 1:
+		token, ok := strings.CutPrefix(vals[0], "Bearer ")
+		if !ok || token == "" {
+			return nil, ErrBadAuthorization
+		}
+		return api.WithToken(ctx, token), nil
+	default:
+		return nil, ErrBadAuthorization
+	}
+}
+
+// isKV reports whether method belongs to the KV service.
+func isKV(method string) bool { return strings.HasPrefix(method, "/coffer.v1.KV/") }
+
+// unaryInterceptor gives KV calls the caller's token, recovers from a
+// panic and maps errors through toStatus.
+func (a *Agent) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			a.logger.Error("panic in handler", "method", info.FullMethod, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			resp, err = nil, status.Error(codes.Internal, "coffer agent: internal error: see the agent's log")
+		}
+	}()
+	if isKV(info.FullMethod) {
+		if ctx, err = callerContext(ctx); err != nil {
+			return nil, a.toStatus(info.FullMethod, err)
+		}
+	}
+	resp, err = handler(ctx, req)
+	if err != nil {
+		err = a.toStatus(info.FullMethod, err)
+		a.logger.Debug("call failed", "method", info.FullMethod, "code", status.Code(err))
+	}
+	return resp, err
+}
+
+// streamInterceptor does for Watch what unaryInterceptor does for the
+// other calls.
+func (a *Agent) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			a.logger.Error("panic in stream handler", "method", info.FullMethod, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			err = status.Error(codes.Internal, "coffer agent: internal error: see the agent's log")
+		}
+	}()
+	if isKV(info.FullMethod) {
+		ctx, err := callerContext(ss.Context())
+		if err != nil {
+			return a.toStatus(info.FullMethod, err)
+		}
+		ss = &tokenStream{ServerStream: ss, ctx: ctx}
+	}
+	return a.toStatus(info.FullMethod, handler(srv, ss))
+}
+
+// tokenStream is a server stream whose context carries the caller's token.
+type tokenStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *tokenStream) Context() context.Context { return s.ctx }

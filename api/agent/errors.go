@@ -1,0 +1,82 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"coffer/api"
+)
+
+// Errors of the agent. Each message says what to do about it.
+var (
+	// ErrInvalidConfig wraps a Config field that cannot work; the wrapping
+	// message names it.
+	ErrInvalidConfig = errors.New("agent: invalid configuration")
+	// ErrNoCacheKey means a cache directory was given without a key.
+	ErrNoCacheKey = errors.New("agent: -cache-dir needs a key to encrypt the cache: set -cache-key-file=FILE (32 bytes, raw or base64) or $" + EnvCacheKey + " (base64), e.g. from `openssl rand -base64 32`")
+	// ErrBadCacheKey means the cache key is not 32 bytes; the wrapping
+	// message says what it is.
+	ErrBadCacheKey = errors.New("agent: the cache key must be 32 bytes, raw or base64 (e.g. `openssl rand -base64 32`)")
+	// ErrWrongCacheKey means the cache file was written with another key.
+	ErrWrongCacheKey = errors.New("agent: the cache file was written with another key")
+	// ErrCorruptCacheFile means the cache file could not be decoded; the
+	// agent starts with an empty cache.
+	ErrCorruptCacheFile = errors.New("agent: the cache file is corrupt or of an unknown version")
+	// ErrNotANode answers the Sys calls that only a node can serve.
+	ErrNotANode = errors.New("this is a coffer agent: send it to a node (set COFFER_ADDR or -address to a node's API address)")
+	// ErrShuttingDown answers calls while the agent stops.
+	ErrShuttingDown = errors.New("coffer agent is shutting down: retry on another endpoint")
+	// ErrBadAuthorization means the caller's authorization header is not
+	// "Bearer <token>".
+	ErrBadAuthorization = errors.New("coffer agent: the authorization header must be \"Bearer <token>\": set COFFER_TOKEN or -token")
+)
+
+// upstreamPrefix starts the message of an Unavailable answer that comes
+// from upstream, so that it is not taken for a failure to reach the agent.
+const upstreamPrefix = "coffer agent: upstream: "
+
+// toStatus turns the error of a call into the status the caller sees. It
+// is the only place where the agent's errors become status codes: the
+// cluster's own answers pass through with their code, Unavailable ones
+// with a prefix saying they come from upstream.
+func (a *Agent) toStatus(method string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var stale *api.CacheStaleError
+	switch {
+	case errors.As(err, &stale):
+		return status.Error(codes.Unavailable, staleMessage(stale, a.cfg.Cache.TTL))
+	case errors.Is(err, api.ErrClosed), errors.Is(err, ErrShuttingDown):
+		return status.Error(codes.Unavailable, ErrShuttingDown.Error())
+	case errors.Is(err, ErrNotANode):
+		return status.Error(codes.FailedPrecondition, ErrNotANode.Error())
+	case errors.Is(err, ErrBadAuthorization):
+		return status.Error(codes.Unauthenticated, ErrBadAuthorization.Error())
+	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		if _, ok := status.FromError(err); !ok {
+			return status.FromContextError(err).Err()
+		}
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		a.logger.Error("request failed", "method", method, "error", err)
+		return status.Error(codes.Internal, "coffer agent: internal error: see the agent's log")
+	}
+	if st.Code() == codes.Unavailable && !strings.HasPrefix(st.Message(), "coffer agent") {
+		return status.Error(codes.Unavailable, upstreamPrefix+st.Message())
+	}
+	return st.Err()
+}
+
+// staleMessage explains a cached value past its budget.
+func staleMessage(e *api.CacheStaleError, ttl time.Duration) string {
+	return fmt.Sprintf("coffer agent: the cluster is unreachable and the cached value of %s is past -max-stale (fetched %s ago; served up to -ttl=%s + -max-stale=%s): bring a node back, check COFFER_ADDR, or raise -max-stale; last error: %s",
+		e.Path, e.Age.Round(time.Millisecond), ttl, e.MaxStale, status.Convert(e.Err).Message())
+}

@@ -1,0 +1,200 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"coffer/api"
+	"coffer/api/agent"
+)
+
+// agentOpts is a parsed `coffer agent` command line.
+type agentOpts struct {
+	cfg   agent.Config // without Logger
+	level hclog.Level
+	// warnings are logged once the logger exists.
+	warnings []string
+}
+
+// parseAgent parses the flags of `coffer agent` and fills the agent's
+// configuration from the environment and the flags (flags win). It starts
+// nothing.
+func parseAgent(e *env, args []string) (*agentOpts, error) {
+	f := newFlags("coffer agent", "[flags]", `
+Run a local caching proxy beside your services. It serves coffer's API on
+-listen, so that services and the CLI talk to it exactly as to a node
+(COFFER_ADDR=`+agent.DefaultListen+`): reads go to the cluster at
+COFFER_ADDR / -address through a cache, writes and watches pass through.
+
+Each caller's token (COFFER_TOKEN of the caller) is used for its calls, and
+a cached value is served only to callers with the token that read it. A
+caller without a token uses the agent's own token (COFFER_TOKEN, -token or
+-token-file): whoever can reach -listen then has that token's rights, so keep
+-listen on loopback.
+
+When no node answers, cached values are served, marked stale with their age,
+up to -max-stale past their -ttl; then reads fail with a clear error.
+-cache-dir keeps an encrypted copy of the cache on disk (AES-256-GCM; key:
+32 bytes, raw or base64, from -cache-key-file or base64 in
+$`+agent.EnvCacheKey+`), so an agent restarted during an outage still
+serves. Stop it with SIGINT or SIGTERM.`).withClient()
+	listen := f.fs.String("listen", agent.DefaultListen, "gRPC listen address host:port of the agent")
+	tokenFile := f.fs.String("token-file", "", "read the agent's own token from this file (instead of -token or $"+api.EnvToken+")")
+	cacheDir := f.fs.String("cache-dir", "", "keep an encrypted copy of the cache in this directory (needs a key)")
+	keyFile := f.fs.String("cache-key-file", "", "file with the 32-byte cache key, raw or base64 (default: base64 in $"+agent.EnvCacheKey+")")
+	maxStale := f.fs.Duration("max-stale", agent.DefaultMaxStale, "serve cached values this long past their TTL while no node answers; 0 never serves them stale")
+	ttl := f.fs.Duration("ttl", agent.DefaultTTL, "serve a cached value this long without asking the cluster")
+	entries := f.fs.Int("cache-entries", api.DefaultCacheEntries, "most cached answers kept (least recently used dropped first)")
+	logLevel := f.fs.String("log-level", "info", "log level: trace, debug, info, warn or error")
+	args, err := f.parse(e, args)
+	if err != nil {
+		return nil, err
+	}
+	if err := f.wantArgs(args); err != nil {
+		return nil, err
+	}
+	level := hclog.LevelFromString(*logLevel)
+	if level == hclog.NoLevel {
+		return nil, &cliError{code: 1, msg: fmt.Sprintf("invalid -log-level %q: want trace, debug, info, warn or error", *logLevel)}
+	}
+	if *ttl <= 0 {
+		return nil, usageErrorf(f.name, "-ttl=%s: want a positive duration such as 1m", *ttl)
+	}
+	if *maxStale < 0 {
+		return nil, usageErrorf(f.name, "-max-stale=%s: want 0 or a positive duration such as 24h", *maxStale)
+	}
+	if *entries <= 0 {
+		return nil, usageErrorf(f.name, "-cache-entries=%d: want a positive number", *entries)
+	}
+	if _, _, err := net.SplitHostPort(*listen); err != nil {
+		return nil, usageErrorf(f.name, "-listen %q is not host:port", *listen)
+	}
+
+	up, err := f.clientConfig(e)
+	if err != nil {
+		return nil, err
+	}
+	o := &agentOpts{level: level}
+	if f.isSet("token-file") {
+		if f.isSet("token") {
+			return nil, usageErrorf(f.name, "give -token or -token-file, not both")
+		}
+		b, err := os.ReadFile(*tokenFile)
+		if err != nil {
+			return nil, &cliError{code: 1, msg: fmt.Sprintf("reading -token-file: %v", err)}
+		}
+		warnIfShared(*tokenFile, "-token-file", &o.warnings)
+		up.Token = strings.TrimSpace(string(b))
+		if up.Token == "" {
+			return nil, &cliError{code: 1, msg: fmt.Sprintf("-token-file %s is empty: put the agent's token in it", *tokenFile)}
+		}
+	}
+	for _, ep := range up.Endpoints {
+		if ep == *listen {
+			return nil, usageErrorf(f.name, "upstream endpoint %s is the agent's own -listen address: point %s / -address at the cluster's nodes", ep, api.EnvAddr)
+		}
+	}
+
+	cfg := agent.DefaultConfig()
+	cfg.Upstream = up
+	cfg.Listen = *listen
+	cfg.Cache = api.CacheConfig{TTL: *ttl, MaxStale: *maxStale, MaxEntries: *entries}
+	if *maxStale == 0 {
+		cfg.Cache.MaxStale = -1 // off: the api's zero means its default
+	}
+	cfg.Version = version
+	switch {
+	case *cacheDir != "" && f.isSet("cache-key-file"):
+		if cfg.CacheKey, err = agent.ReadKeyFile(*keyFile); err != nil {
+			return nil, &cliError{code: 1, msg: fmt.Sprintf("-cache-key-file: %v", err)}
+		}
+		cfg.CacheKeySource = "-cache-key-file " + *keyFile
+		warnIfShared(*keyFile, "-cache-key-file", &o.warnings)
+	case *cacheDir != "" && e.getenv(agent.EnvCacheKey) != "":
+		if cfg.CacheKey, err = agent.ParseKey(e.getenv(agent.EnvCacheKey)); err != nil {
+			return nil, &cliError{code: 1, msg: fmt.Sprintf("$%s: %v", agent.EnvCacheKey, err)}
+		}
+		cfg.CacheKeySource = "$" + agent.EnvCacheKey
+	case *cacheDir != "":
+		return nil, &cliError{code: 1, msg: agent.ErrNoCacheKey.Error()}
+	case f.isSet("cache-key-file"):
+		return nil, usageErrorf(f.name, "-cache-key-file needs -cache-dir")
+	}
+	cfg.CacheDir = *cacheDir
+	if err := cfg.Validate(); err != nil {
+		return nil, &cliError{code: 1, msg: err.Error()}
+	}
+	if host, _, _ := net.SplitHostPort(*listen); up.Token != "" && !isLoopback(host) {
+		o.warnings = append(o.warnings, fmt.Sprintf("-listen %s is not a loopback address: callers without a token use the agent's own token, so whoever reaches it has that token's rights", *listen))
+	}
+	o.cfg = cfg
+	return o, nil
+}
+
+// warnIfShared notes a warning when others may read a token or key file.
+func warnIfShared(path, flag string, warnings *[]string) {
+	if info, err := os.Stat(path); err == nil && info.Mode().Perm()&0o077 != 0 {
+		*warnings = append(*warnings, fmt.Sprintf("%s %s is readable by others (mode %s): chmod 600 it", flag, path, info.Mode().Perm()))
+	}
+}
+
+// isLoopback reports whether host is a loopback name or address.
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func cmdAgent(e *env, args []string) error {
+	o, err := parseAgent(e, args)
+	if err != nil {
+		return err
+	}
+	logger := hclog.New(&hclog.LoggerOptions{Name: "coffer", Level: o.level, Output: e.stderr})
+	for _, w := range o.warnings {
+		logger.Warn(w)
+	}
+	cfg := o.cfg
+	cfg.Logger = logger.Named("agent")
+	a, err := agent.New(cfg)
+	if err != nil {
+		return &cliError{code: 1, msg: err.Error()}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	a.Start()
+	logger.Info("coffer agent started", "listen", a.Addr(), "upstream", strings.Join(cfg.Upstream.Endpoints, ","), "own_token", cfg.Upstream.Token != "")
+
+	<-ctx.Done()
+	stop()
+	logger.Info("shutting down; press Ctrl-C again to exit at once")
+	done := make(chan error, 1)
+	go func() {
+		sctx, cancel := context.WithTimeout(context.Background(), agent.DefaultShutdownTimeout+10*time.Second)
+		defer cancel()
+		done <- a.Shutdown(sctx)
+	}()
+	again := make(chan os.Signal, 1)
+	signal.Notify(again, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(again)
+	select {
+	case err := <-done:
+		if err != nil {
+			return &cliError{code: 1, msg: fmt.Sprintf("shutdown: %v", err)}
+		}
+		logger.Info("coffer agent stopped")
+		return nil
+	case <-again:
+		return &cliError{code: 1, msg: "second signal: exiting without writing the cache file"}
+	}
+}
