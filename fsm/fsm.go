@@ -64,6 +64,9 @@ type Options struct {
 	// ChangeRing is how many recent changes are kept for watchers
 	// (default DefaultChangeRing).
 	ChangeRing int
+	// OnRestore, when set, is called after a snapshot has been installed
+	// (on Raft's FSM goroutine; it must not block on Raft).
+	OnRestore func()
 	// NoSync skips fsync on commit. For tests and benchmarks only; never in
 	// production: a crash can then lose applied entries that Raft believes
 	// are durable, or corrupt the database.

@@ -131,6 +131,9 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 	f.changes.reset(index)
 	f.publishApplied(index)
 	f.logger.Info("restored state from snapshot", "applied_index", index, "applied_term", term)
+	if f.opts.OnRestore != nil {
+		f.opts.OnRestore()
+	}
 	return nil
 }
 

@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"runtime"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -12,8 +14,10 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"coffer/api"
 	pb "coffer/api/cofferpb"
@@ -40,6 +44,10 @@ type Cluster struct {
 type ClusterOptions struct {
 	// DeadServerTimeout is how long a dead member stays in Raft (default 2s).
 	DeadServerTimeout time.Duration
+	// ProductionRaft runs Raft with replication.DefaultConfig()'s timings
+	// (the tuned production defaults) instead of the fast test timings;
+	// gossip and reconciliation keep their fast test settings.
+	ProductionRaft bool
 }
 
 // Node is one member of a Cluster.
@@ -92,7 +100,7 @@ func NewCluster(t testing.TB, size int, opts ...ClusterOptions) *Cluster {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs[i] = c.start(n, size)
+			errs[i] = c.startFresh(t, i, n, size)
 		}()
 	}
 	wg.Wait()
@@ -115,19 +123,32 @@ func (c *Cluster) config(n *Node, expect int) server.Config {
 	cfg.GossipAddr = n.gossipAddr
 	cfg.BootstrapExpect = expect
 	cfg.ReadReplica = n.readReplica
+	c.mu.Lock()
 	for _, s := range c.seeds {
 		if s != n.gossipAddr {
 			cfg.Join = append(cfg.Join, s)
 		}
 	}
+	c.mu.Unlock()
 	cfg.DeadServerTimeout = c.opts.DeadServerTimeout
+	// Fast, but not so fast that a scheduling stall of a loaded machine
+	// (-race on two cores, other test binaries running) makes a healthy
+	// leader miss its lease and step down: stalls of ~230ms were seen
+	// with a 100ms lease.
 	cfg.Raft = replication.Config{
-		HeartbeatTimeout:   150 * time.Millisecond,
-		ElectionTimeout:    150 * time.Millisecond,
-		LeaderLeaseTimeout: 100 * time.Millisecond,
+		HeartbeatTimeout:   200 * time.Millisecond,
+		ElectionTimeout:    200 * time.Millisecond,
+		LeaderLeaseTimeout: 200 * time.Millisecond,
 		CommitTimeout:      5 * time.Millisecond,
 		PromoteAfter:       300 * time.Millisecond,
 		ReconcileInterval:  200 * time.Millisecond,
+	}
+	if c.opts.ProductionRaft {
+		d := replication.DefaultConfig()
+		cfg.Raft.HeartbeatTimeout = d.HeartbeatTimeout
+		cfg.Raft.ElectionTimeout = d.ElectionTimeout
+		cfg.Raft.LeaderLeaseTimeout = d.LeaderLeaseTimeout
+		cfg.Raft.CommitTimeout = d.CommitTimeout
 	}
 	cfg.Gossip = replication.GossipConfig{
 		ProbeInterval:    100 * time.Millisecond,
@@ -154,6 +175,25 @@ func (w logWriter) Write(p []byte) (int, error) {
 		w.t.Log(string(p))
 	}
 	return len(p), nil
+}
+
+// startFresh starts a new node. A port freeAddr found free may have been
+// taken since (an outgoing connection's ephemeral port): then the node gets
+// new addresses and tries again. seed is its index in c.seeds, or -1.
+func (c *Cluster) startFresh(t testing.TB, seed int, n *Node, expect int) error {
+	for attempt := 1; ; attempt++ {
+		err := c.start(n, expect)
+		if err == nil || attempt == 5 || !strings.Contains(err.Error(), "address already in use") {
+			return err
+		}
+		c.t.Logf("starting %s: %v; retrying on other ports", n.ID, err)
+		c.mu.Lock()
+		n.gossipAddr, n.raftAddr, n.apiAddr = freeAddr(t), freeAddr(t), freeAddr(t)
+		if seed >= 0 {
+			c.seeds[seed] = n.gossipAddr
+		}
+		c.mu.Unlock()
+	}
 }
 
 // start runs a node's server on its addresses and data dir.
@@ -221,12 +261,63 @@ func (c *Cluster) stop(n *Node) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	n.conn.Close()
-	if err := n.Srv.Shutdown(ctx); err != nil {
-		c.t.Logf("shutdown %s: %v", n.ID, err)
-	}
+	c.bounded("graceful shutdown of "+n.ID, func() {
+		if err := n.Srv.Shutdown(ctx); err != nil {
+			c.t.Logf("shutdown %s: %v", n.ID, err)
+		}
+	})
 	c.mu.Lock()
 	n.running = false
 	c.mu.Unlock()
+}
+
+// stuckAfter bounds a node's shutdown or kill in the harness: one that
+// hangs fails the test with the goroutines that hold it, instead of
+// hanging the package until go test's timeout.
+const stuckAfter = 20 * time.Second
+
+// bounded runs f and fails the test (without waiting further) when it has
+// not returned after stuckAfter, logging the goroutines of Raft and of the
+// node's shutdown. The stuck goroutine is leaked (goleak will also say so).
+func (c *Cluster) bounded(what string, f func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		f()
+	}()
+	timer := time.NewTimer(stuckAfter)
+	defer timer.Stop()
+	select {
+	case <-done:
+	case <-timer.C:
+		c.t.Errorf("%s has not returned after %s; goroutines of raft and of the shutdown:\n%s", what, stuckAfter, stuckStacks())
+	}
+}
+
+// stuckStacks returns the stacks of the goroutines that explain a hung
+// shutdown: raft's replication and pipeline goroutines and coffer's
+// shutdown path.
+func stuckStacks() string {
+	buf := make([]byte, 16<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	var out []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		for _, mark := range []string{"raft.(*Raft).replicate", "raft.(*Raft).pipeline", "raft.(*netPipeline)", "raft.(*Raft).heartbeat", "(*Node).shutdown", "raft.(*raftState).waitShutdown"} {
+			if strings.Contains(g, mark) {
+				out = append(out, g)
+				break
+			}
+		}
+	}
+	return strings.Join(out, "\n\n")
+}
+
+// Stop shuts a node down gracefully (Srv.Shutdown: the API stops, a leader
+// transfers leadership, Raft stops; the data dir is kept and the node stays
+// a member).
+func (c *Cluster) Stop(t testing.TB, n *Node) {
+	t.Helper()
+	c.stop(n)
 }
 
 // Kill stops a node without any grace: its network is cut first, so peers
@@ -234,7 +325,7 @@ func (c *Cluster) stop(n *Node) {
 func (c *Cluster) Kill(n *Node) {
 	c.t.Helper()
 	n.Net.Isolate()
-	n.Srv.Kill()
+	c.bounded("kill of "+n.ID, n.Srv.Kill)
 	n.conn.Close()
 	c.mu.Lock()
 	n.running = false
@@ -250,21 +341,69 @@ func (c *Cluster) Restart(t testing.TB, n *Node) {
 	}
 }
 
+// AddNode starts a new node (n<k+1>) that joins the running cluster through
+// the gossip seeds with bootstrap_expect 0, as a voter-to-be or, with
+// readReplica, as a read replica. It comes up sealed.
+func (c *Cluster) AddNode(t testing.TB, readReplica bool) *Node {
+	t.Helper()
+	c.mu.Lock()
+	n := &Node{ID: fmt.Sprintf("n%d", len(c.nodes)+1), Dir: t.TempDir(), gossipAddr: freeAddr(t), raftAddr: freeAddr(t), apiAddr: freeAddr(t), readReplica: readReplica}
+	c.nodes = append(c.nodes, n)
+	c.mu.Unlock()
+	if err := c.startFresh(t, -1, n, 0); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// Status asks node n for its status.
+func (c *Cluster) Status(t testing.TB, n *Node) *pb.StatusResponse {
+	t.Helper()
+	st, err := n.Sys.Status(ctx(t), &pb.StatusRequest{})
+	if err != nil {
+		t.Fatalf("status of %s: %v", n.ID, err)
+	}
+	return st
+}
+
 // Init initializes the cluster through node n (shares 5, threshold 3).
 func (c *Cluster) Init(t testing.TB, n *Node) {
 	t.Helper()
-	res, err := n.Sys.Init(ctx(t), &pb.InitRequest{SecretShares: 5, SecretThreshold: 3})
-	if err != nil {
+	var res *pb.InitResponse
+	retried := false
+	waitFor(t, 10*time.Second, "init through "+n.ID, func() error {
+		var err error
+		res, err = n.Sys.Init(ctx(t), &pb.InitRequest{SecretShares: 5, SecretThreshold: 3})
+		switch {
+		case err == nil:
+			return nil
+		case status.Code(err) == codes.Unavailable:
+			// No leader for a moment (an election): init did not commit,
+			// or it did and the retry below says so.
+			retried = true
+			return err
+		case retried && status.Code(err) == codes.FailedPrecondition:
+			t.Fatalf("init through %s committed although it answered Unavailable (its shares are lost): %v", n.ID, err)
+		}
 		t.Fatalf("init through %s: %v", n.ID, err)
-	}
+		return nil
+	})
 	c.Shares, c.Token = res.Keys, res.RootToken
 }
 
 // Unseal unseals one node with shares starting at offset.
 func (c *Cluster) Unseal(t testing.TB, n *Node, offset int) {
 	t.Helper()
+	unsealWith(t, n, c.Shares, offset)
+}
+
+// unsealWith unseals n with three of shares (threshold 3) starting at
+// offset: shares of this cluster, or of another one after a forced
+// snapshot restore.
+func unsealWith(t testing.TB, n *Node, shares [][]byte, offset int) {
+	t.Helper()
 	for i := 0; i < 3; i++ {
-		st, err := n.Sys.Unseal(ctx(t), &pb.UnsealRequest{Key: c.Shares[(offset+i)%len(c.Shares)]})
+		st, err := n.Sys.Unseal(ctx(t), &pb.UnsealRequest{Key: shares[(offset+i)%len(shares)]})
 		if err != nil {
 			t.Fatalf("unseal %s: %v", n.ID, err)
 		}
@@ -392,6 +531,13 @@ func (c *Cluster) Client(t testing.TB, nodes ...*Node) *api.Client {
 // Auth returns a context carrying the root token.
 func (c *Cluster) Auth(t testing.TB) context.Context {
 	return metadata.AppendToOutgoingContext(ctx(t), "authorization", "Bearer "+c.Token)
+}
+
+// authed returns a child of parent with timeout d that carries the root
+// token, for calls made in loops (Auth registers a cleanup per call).
+func (c *Cluster) authed(parent context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	cctx, cancel := context.WithTimeout(parent, d)
+	return metadata.AppendToOutgoingContext(cctx, "authorization", "Bearer "+c.Token), cancel
 }
 
 // ctx returns a context with a deadline that ends with the test.

@@ -2,4 +2,23 @@
 // process on loopback (real TCP, real bbolt in temp dirs, real gRPC), with
 // faults injected inside the program (a node's network cut by its
 // replication.Network, a node killed without a graceful shutdown).
+//
+// The harness is cluster_test.go (NewCluster, Kill, Stop, Restart,
+// AddNode, waits with deadlines); load_test.go has the writers and readers
+// that run while faults happen. The tests, by file:
+//
+//   - failover_test.go: leader killed under load (no acknowledged write
+//     lost, retried writes make one version, follower stale reads never
+//     fail); ten kills in a row with the production Raft timings, which log
+//     the failover figures; a graceful leader shutdown without a failed
+//     write.
+//   - partition_test.go: a follower cut off in a minority.
+//   - restart_test.go: a restarted node catches up while sealed.
+//   - membership_test.go: five nodes lose two; read replicas; dead members
+//     removed; step-down; leadership churn under load.
+//   - snapshot_test.go: save and restore, foreign snapshots, disaster
+//     recovery into a new cluster.
+//
+// Waits poll a condition with a deadline (waitFor) or wait on an event;
+// none sleeps. -short skips the ten-kill figures test.
 package integration

@@ -173,7 +173,7 @@ func New(cfg Config, fsm raft.BatchingFSM) (*Node, error) {
 		}
 	}
 
-	n.raft, err = raft.NewRaft(rc, fsm, store, store, n.snapshots, n.transport)
+	n.raft, err = raft.NewRaft(rc, fsm, store, store, n.snapshots, noPipeline{n.transport})
 	if err != nil {
 		return nil, fmt.Errorf("replication: start raft: %w", err)
 	}
@@ -453,4 +453,19 @@ func fsmCoversSnapshots(fsm raft.FSM, snaps raft.SnapshotStore, logger hclog.Log
 	}
 	logger.Warn("state machine is older than the newest snapshot; restoring the snapshot", "fsm_applied", ai.AppliedIndex(), "snapshot_index", list[0].Index)
 	return false
+}
+
+// noPipeline is the network transport without pipelined AppendEntries.
+// hashicorp/raft v1.8.0's pipeline over the TCP transport can deadlock:
+// a pipelined send blocks for ever while its response decoder is stuck, so
+// the follower never gets new entries again (while its heartbeats keep it
+// from starting an election) and the old leader's Shutdown hangs. Found by
+// TestLeadershipChurn (about 1 run in 10-30); without the pipeline raft
+// sends one batch at a time per follower, still batching entries.
+type noPipeline struct{ *raft.NetworkTransport }
+
+// AppendEntriesPipeline reports that pipelining is not supported, so raft
+// falls back to synchronous AppendEntries.
+func (noPipeline) AppendEntriesPipeline(raft.ServerID, raft.ServerAddress) (raft.AppendPipeline, error) {
+	return nil, raft.ErrPipelineReplicationNotSupported
 }

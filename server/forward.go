@@ -109,9 +109,11 @@ func (s *Server) forward(ctx context.Context, method string, req any, newReply f
 			}
 			s.logger.Debug("forward to leader failed, retrying", "method", method, "leader", addr, "error", err)
 		}
-		// No leader, or it could not take the call: wait for a change of
-		// leader or a short jittered pause, within the hold time.
-		pause := time.Duration(20+mrand.IntN(30)) * time.Millisecond << min(attempt, 3)
+		// No leader, or it could not take the call: poll again after a
+		// short jittered pause (10-120 ms; the leader's address is known
+		// locally from Raft and gossip, so a poll costs nothing), within
+		// the hold time.
+		pause := time.Duration(10+mrand.IntN(20)) * time.Millisecond << min(attempt, 2)
 		t := time.NewTimer(pause)
 		select {
 		case <-hold.Done():

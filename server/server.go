@@ -61,6 +61,9 @@ type Server struct {
 	// dutyNudge wakes the leader duties loop.
 	dutyNudge chan struct{}
 
+	// restoring is set while this node runs an operator's restore.
+	restoring atomic.Bool
+
 	rotateMu sync.Mutex
 	initMu   sync.Mutex
 
@@ -98,12 +101,14 @@ func New(cfg Config) (*Server, error) {
 		serveErr:  make(chan error, 1),
 		stop:      make(chan struct{}),
 		dutyNudge: make(chan struct{}, 1),
+		peers:     peerConns{dial: cfg.Network.DialContext},
 	}
 	s.stopCtx, s.stopCancel = context.WithCancel(context.Background())
 	var err error
 	s.fsm, err = fsm.Open(filepath.Join(cfg.DataDir, "fsm.db"), fsm.Options{
 		Logger:            cfg.Logger.Named("fsm"),
 		IdempotencyWindow: cfg.IdempotencyWindow,
+		OnRestore:         s.stateRestored,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("server: open state: %w", err)
@@ -298,7 +303,8 @@ func (s *Server) leadershipChanged(isLeader bool) {
 			if err == nil {
 				if !s.seal.Sealed() {
 					if err := s.reloadKeyring(); err != nil {
-						s.logger.Error("reload keyring after gaining leadership", "error", err)
+						s.logger.Error("the replicated keyring does not open with this node's keys; sealing", "error", err)
+						s.sealNode()
 					}
 				}
 				s.leaderReady.Store(true)

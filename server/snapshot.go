@@ -198,19 +198,37 @@ func (o *operatorService) SnapshotRestore(stream pb.Operator_SnapshotRestoreServ
 		return ErrForeignSnapshot
 	}
 	body := io.NewSectionReader(tmp, hdrLen, size-hdrLen)
-	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Size: size - hdrLen}
-	if err := s.raft.Raft().Restore(meta, body, time.Minute); err != nil {
+	// Index: Raft places the restore above the snapshot's own applied
+	// index, so that entries after it are not skipped as already applied.
+	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Size: size - hdrLen, Index: hdr.AppliedIndex}
+	// This node checks its keys itself once Raft is done: sealing in the
+	// middle would hand leadership away and fail the restore's last step.
+	s.restoring.Store(true)
+	err = s.raft.Raft().Restore(meta, body, time.Minute)
+	s.restoring.Store(false)
+	defer s.stateRestored()
+	if err != nil {
 		if errors.Is(err, fsm.ErrInvalidSnapshot) {
 			return invalidf("%v", err)
 		}
 		return fmt.Errorf("server: restore: %w", err)
 	}
-	// The restored state may hold another keyring (older terms, or other
-	// keys under -force): load it, and seal when these keys cannot open it.
-	if err := s.reloadKeyring(); err != nil {
-		s.logger.Warn("restored snapshot is not readable with this node's keys; sealing", "error", err)
-		s.sealNode()
-	}
 	s.logger.Info("restored snapshot", "from_node", hdr.NodeID, "snapshot_applied_index", hdr.AppliedIndex, "forced", force)
 	return stream.SendAndClose(&pb.SnapshotRestoreResponse{Index: s.raft.LastIndex()})
+}
+
+// stateRestored runs after the state machine installed a snapshot (an
+// operator's restore, or the leader's snapshot sent to a lagging node). The
+// state may hold another keyring: older terms, or under -force another
+// cluster's keys. An unsealed node loads it, and seals itself when its keys
+// cannot open it, so that it never serves under keys the state no longer
+// matches.
+func (s *Server) stateRestored() {
+	if s.seal.Sealed() || s.restoring.Load() {
+		return
+	}
+	if err := s.reloadKeyring(); err != nil {
+		s.logger.Warn("restored state is not readable with this node's keys; sealing: unseal with the shares of the cluster the snapshot came from", "error", err)
+		s.sealNode()
+	}
 }
