@@ -92,6 +92,11 @@ compose-init: build
 	done
 	@echo "root token: the root_token field of .coffer-init.json"
 
+## chaos: the docker chaos suite (leader kill, pause, partition, quorum loss) against coffer:dev
+chaos: docker
+	COFFER_CHAOS=1 COFFER_CHAOS_OUT=$(CURDIR)/bin/chaos-figures.json $(GO) test -race -count=1 -timeout=20m -run '^TestDocker' ./integration/chaos/
+	@cat bin/chaos-figures.json
+
 ## compose-down: stop and remove the containers, the network and the volumes
 compose-down:
 	$(COMPOSE) down -v --remove-orphans

@@ -294,6 +294,33 @@ func (c *Cache) Put(key CacheKey, resp *pb.GetResponse) bool {
 	return true
 }
 
+// PutStale keeps an answer that may be stale (a stale fallback read while
+// no leader answered) for stale-if-error only: it is stored already
+// expired, and only when it is newer than the entry it would replace, so a
+// value served from the cache is never older than one the client has seen.
+func (c *Cache) PutStale(key CacheKey, resp *pb.GetResponse) bool {
+	if resp == nil {
+		return false
+	}
+	index := resp.GetReadMeta().GetAppliedIndex()
+	now := c.now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e := &cacheEntry{key: key, resp: cloneGet(resp), index: index, fetched: now, expires: now}
+	if el, ok := c.entries[key]; ok {
+		if old := el.Value.(*cacheEntry); old.resp != nil && index <= old.index {
+			return false
+		}
+		el.Value = e
+		c.lru.MoveToFront(el)
+		c.noteChanged()
+		return true
+	}
+	c.insert(e)
+	c.evict()
+	return true
+}
+
 // insert adds a new entry as the most recently used; c.mu is held.
 func (c *Cache) insert(e *cacheEntry) {
 	c.entries[e.key] = c.lru.PushFront(e)
@@ -349,26 +376,48 @@ func (c *Cache) noteChanged() {
 	}
 }
 
-// Invalidate drops every entry of path (all tokens, all versions): the
-// secret changed at index. Answers read before index are refused from now
-// on. It returns the number of entries dropped.
+// Invalidate expires every entry of path (all tokens, all versions): the
+// secret changed at index. The entries are no longer served fresh, only by
+// stale-if-error while no node answers. Answers read before index are
+// refused from now on. It returns the number of entries expired.
 func (c *Cache) Invalidate(path string, index uint64) int {
+	now := c.now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	n := 0
 	for key := range c.byPath[path] {
-		c.remove(c.entries[key])
-		n++
+		if c.expire(c.entries[key], now) {
+			n++
+		}
 	}
 	c.invalidations.Add(uint64(n))
 	c.noteChange(path, index)
 	return n
 }
 
-// InvalidatePrefix drops every entry under prefix: changes after some
+// expire makes an entry expired now but keeps its answer: it is never
+// served fresh again, yet stays available to stale-if-error (a secret that
+// changed just before the cluster became unreachable is still served,
+// marked stale, rather than not at all). c.mu is held.
+func (c *Cache) expire(el *list.Element, now time.Time) bool {
+	if el == nil {
+		return false
+	}
+	e := el.Value.(*cacheEntry)
+	if !now.Before(e.expires) {
+		return false
+	}
+	e.expires = now
+	c.noteChanged()
+	return true
+}
+
+// InvalidatePrefix expires every entry under prefix (kept only for
+// stale-if-error): changes after some
 // index may have been missed (a watch was compacted). Answers read before
 // index are refused from now on, under any path.
 func (c *Cache) InvalidatePrefix(prefix string, index uint64) int {
+	now := c.now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	n := 0
@@ -377,8 +426,9 @@ func (c *Cache) InvalidatePrefix(prefix string, index uint64) int {
 			continue
 		}
 		for key := range keys {
-			c.remove(c.entries[key])
-			n++
+			if c.expire(c.entries[key], now) {
+				n++
+			}
 		}
 	}
 	c.invalidations.Add(uint64(n))

@@ -134,8 +134,18 @@ func TestCacheInvalidate(t *testing.T) {
 	if n := c.Invalidate("secret/a", 12); n != 3 {
 		t.Fatalf("invalidated %d entries of secret/a, want 3 (every token and version)", n)
 	}
-	if c.Len() != 1 {
-		t.Fatalf("%d entries left", c.Len())
+	// The entries stay, expired: never fresh again, yet there for
+	// stale-if-error.
+	if c.Len() != 4 {
+		t.Fatalf("%d entries left, want all 4 kept", c.Len())
+	}
+	for _, k := range []CacheKey{{TokenHash: t1, Path: "secret/a"}, {TokenHash: t2, Path: "secret/a"}, {TokenHash: t1, Path: "secret/a", Version: 1}} {
+		if e := c.Get(k); e.State != CacheExpired || e.Response == nil {
+			t.Fatalf("%+v after invalidation: %v, want expired with its answer", k, e.State)
+		}
+	}
+	if e := c.Get(CacheKey{TokenHash: t1, Path: "secret/b"}); e.State != CacheFresh {
+		t.Fatalf("secret/b after invalidating secret/a: %v", e.State)
 	}
 	// A slow read from before the change is refused; one from after it is
 	// stored.
@@ -229,9 +239,9 @@ func TestCacheChanged(t *testing.T) {
 	if closed(ch) {
 		t.Fatal("a lookup closed Changed")
 	}
-	c.Invalidate("secret/none", 2) // drops nothing
+	c.Invalidate("secret/none", 2) // expires nothing
 	if closed(ch) {
-		t.Fatal("an invalidation that dropped nothing closed Changed")
+		t.Fatal("an invalidation that expired nothing closed Changed")
 	}
 	c.Invalidate("secret/a", 3)
 	if !closed(ch) {

@@ -226,6 +226,10 @@ type Client struct {
 	leader atomic.Pointer[leaderInfo]
 	// lastWrite is the highest index a write of this client returned.
 	lastWrite atomic.Uint64
+	// lastSeen is the highest applied index a read answer of this client
+	// reported: later reads carry it as min_index, so that no read goes
+	// back in time, even a stale one on another node.
+	lastSeen atomic.Uint64
 
 	cache     *Cache
 	tokenHash string // of cfg.Token
@@ -364,10 +368,16 @@ func (c *Client) Endpoints() []string {
 func (c *Client) LastWriteIndex() uint64 { return c.lastWrite.Load() }
 
 // noteWrite records the index a write returned (read-your-writes).
-func (c *Client) noteWrite(index uint64) {
+func (c *Client) noteWrite(index uint64) { raise(&c.lastWrite, index) }
+
+// noteSeen records the applied index a read answer reported.
+func (c *Client) noteSeen(index uint64) { raise(&c.lastSeen, index) }
+
+// raise sets v to index when index is higher.
+func raise(v *atomic.Uint64, index uint64) {
 	for {
-		cur := c.lastWrite.Load()
-		if index <= cur || c.lastWrite.CompareAndSwap(cur, index) {
+		cur := v.Load()
+		if index <= cur || v.CompareAndSwap(cur, index) {
 			return
 		}
 	}

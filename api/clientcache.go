@@ -96,8 +96,13 @@ func (c *Client) getCached(ctx context.Context, req *pb.GetRequest) (*pb.GetResp
 	}
 	resp, info, err := c.getRemote(ctx, req)
 	if err == nil {
-		if !info.Fallback {
-			c.storeCached(key, resp)
+		// A fresh answer is cached for TTL; one that may be stale (a stale
+		// read or fallback), or that the cache refuses as older than a
+		// change it saw, is kept only for stale-if-error, and only when it
+		// is newer than what the cache holds: a cached answer must never
+		// be older than one the client was given.
+		if info.Stale || info.Fallback || !c.storeCached(key, resp) {
+			c.cache.PutStale(key, resp)
 		}
 		return resp, info, nil
 	}
@@ -150,16 +155,16 @@ func (c *Client) covers(path string, index, minIndex uint64) bool {
 }
 
 // storeCached stores a cluster answer, starting the watch of its mount
-// first when there is none.
-func (c *Client) storeCached(key CacheKey, resp *pb.GetResponse) {
+// first when there is none; it reports whether the answer was stored.
+func (c *Client) storeCached(key CacheKey, resp *pb.GetResponse) bool {
 	index := resp.GetReadMeta().GetAppliedIndex()
 	if index == 0 {
-		return
+		return false
 	}
 	if !c.cache.cfg.DisableWatch && !c.watchCovers(key.Path, index) {
-		return
+		return false
 	}
-	c.cache.Put(key, resp)
+	return c.cache.Put(key, resp)
 }
 
 // watchCovers makes sure a watch follows path's mount and reports whether

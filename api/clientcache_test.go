@@ -70,8 +70,8 @@ func TestClientCache(t *testing.T) {
 			t.Fatal(err)
 		}
 		var d time.Duration
-		waitFor(t, 5*time.Second, "the cached entry to be dropped", func() error {
-			if e := reader.cache.lookup(key, false); e.State != CacheMiss {
+		waitFor(t, 5*time.Second, "the cached entry to be expired", func() error {
+			if e := reader.cache.lookup(key, false); e.State == CacheFresh {
 				return fmt.Errorf("entry still %s", e.State)
 			}
 			d = time.Since(start)

@@ -32,13 +32,14 @@ type ReadInfo struct {
 
 // readOptions returns the options a read is sent with: the request's own
 // when set (its consistency and max_staleness win), the client's defaults
-// otherwise; min_index is at least the index of the client's last write.
+// otherwise; min_index is at least the index of the client's last write and
+// the highest applied index an answer of its reported (monotonic reads).
 func (c *Client) readOptions(req *pb.ReadOptions) *pb.ReadOptions {
 	opts := &pb.ReadOptions{Consistency: c.cfg.Consistency, MaxStalenessMs: c.cfg.MaxStaleness.Milliseconds()}
 	if req != nil {
 		opts.Consistency, opts.MaxStalenessMs, opts.MinIndex = req.Consistency, req.MaxStalenessMs, req.MinIndex
 	}
-	opts.MinIndex = max(opts.MinIndex, c.lastWrite.Load())
+	opts.MinIndex = max(opts.MinIndex, c.lastWrite.Load(), c.lastSeen.Load())
 	return opts
 }
 
@@ -72,6 +73,7 @@ func (c *Client) read(ctx context.Context, reqOpts *pb.ReadOptions, do func(ctx 
 		info.Endpoint = ep.addr
 		if meta != nil {
 			ep.learn(meta.NodeId, meta.AppliedIndex)
+			c.noteSeen(meta.AppliedIndex)
 			c.noteLeader(meta.LeaderId, "")
 			if stale {
 				// Whoever answered, it is not the answer asked for.

@@ -144,7 +144,7 @@ func (s *Server) Get(ctx context.Context, req *pb.GetRequest) (*pb.GetResponse, 
 			Version:             v.Version,
 			CreatedTimeUnixNano: unixNano(v.CreatedTime),
 		},
-		ReadMeta: meta,
+		ReadMeta: s.afterRead(meta),
 	}, nil
 }
 
@@ -162,7 +162,7 @@ func (s *Server) List(ctx context.Context, req *pb.ListRequest) (*pb.ListRespons
 	if err != nil {
 		return nil, err
 	}
-	return &pb.ListResponse{Keys: keys, ReadMeta: meta}, nil
+	return &pb.ListResponse{Keys: keys, ReadMeta: s.afterRead(meta)}, nil
 }
 
 // Delete soft-deletes versions (the current one when none are given).
@@ -221,7 +221,7 @@ func (s *Server) ReadMetadata(ctx context.Context, req *pb.ReadMetadataRequest) 
 		CasRequired:         md.CASRequired,
 		CreatedTimeUnixNano: unixNano(md.CreatedTime),
 		UpdatedTimeUnixNano: unixNano(md.UpdatedTime),
-		ReadMeta:            meta,
+		ReadMeta:            s.afterRead(meta),
 	}
 	for _, v := range md.Versions {
 		resp.Versions = append(resp.Versions, &pb.VersionMetadata{

@@ -39,6 +39,9 @@ func (s *Server) notLeaderError() error {
 // lags further behind answers Unavailable so the client asks another one.
 const minIndexWait = 5 * time.Second
 
+// staleMinIndexWait is the same bound for stale reads.
+const staleMinIndexWait = 500 * time.Millisecond
+
 // beginRead admits a read at the consistency it asks for and returns the
 // ReadMeta that describes the answer. It waits for opts.MinIndex first.
 func (s *Server) beginRead(ctx context.Context, opts *pb.ReadOptions) (*pb.ReadMeta, error) {
@@ -52,7 +55,13 @@ func (s *Server) beginRead(ctx context.Context, opts *pb.ReadOptions) (*pb.ReadM
 		return nil, invalidf("max_staleness must not be negative")
 	}
 	if opts.MinIndex > 0 && s.fsm.AppliedIndex() < opts.MinIndex {
-		wctx, cancel := context.WithTimeout(ctx, minIndexWait)
+		wait := minIndexWait
+		if opts.Consistency == pb.Consistency_CONSISTENCY_STALE {
+			// A stale read is asked for an answer now: a node that lags
+			// says so quickly and the client asks another one.
+			wait = staleMinIndexWait
+		}
+		wctx, cancel := context.WithTimeout(ctx, wait)
 		err := s.fsm.WaitApplied(wctx, opts.MinIndex)
 		cancel()
 		if err != nil {
@@ -97,7 +106,10 @@ func (s *Server) beginRead(ctx context.Context, opts *pb.ReadOptions) (*pb.ReadM
 	default:
 		return nil, invalidf("unknown consistency %d: use stale, default or linearizable", opts.Consistency)
 	}
-	return s.readMeta(opts.Consistency == pb.Consistency_CONSISTENCY_STALE && !leader), nil
+	// A stale read is stale unless this node is a leader that has applied
+	// every earlier term's entry (a new leader may still miss writes its
+	// predecessor acknowledged).
+	return s.readMeta(opts.Consistency == pb.Consistency_CONSISTENCY_STALE && !(leader && s.leaderReady.Load())), nil
 }
 
 // readMeta describes this node for a read response.
@@ -131,4 +143,14 @@ func unixNano(t time.Time) int64 {
 		return 0
 	}
 	return t.UnixNano()
+}
+
+// afterRead sets the applied index of meta once the state has been read:
+// an answer never holds data newer than the index it reports, so a client
+// that passes it back as min_index never reads back in time.
+func (s *Server) afterRead(meta *pb.ReadMeta) *pb.ReadMeta {
+	if meta != nil {
+		meta.AppliedIndex = s.fsm.AppliedIndex()
+	}
+	return meta
 }

@@ -1,0 +1,183 @@
+package chaos
+
+import (
+	"math"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The checker on hand-made histories: each broken promise is found, and a
+// correct history passes.
+
+// at builds times in milliseconds from a fixed origin.
+var origin = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+func at(ms int) time.Time { return origin.Add(time.Duration(ms) * time.Millisecond) }
+
+func write(client int, key, value string, version uint64, start, end int) Op {
+	return Op{Client: client, Kind: OpWrite, Key: key, Value: value, Version: version, Start: at(start), End: at(end)}
+}
+
+func failedWrite(client int, key, value string, start, end int) Op {
+	op := write(client, key, value, 0, start, end)
+	op.Err = "Unavailable: no leader"
+	return op
+}
+
+func read(client int, key, value string, version uint64, start, end int) Op {
+	return Op{Client: client, Kind: OpRead, Key: key, Value: value, Version: version, Consistency: "default", Start: at(start), End: at(end)}
+}
+
+func staleRead(client int, key, value string, version uint64, start, end int) Op {
+	op := read(client, key, value, version, start, end)
+	op.Consistency, op.Stale = "stale", true
+	return op
+}
+
+// checks returns the names of the violated checks.
+func checks(r Report) string {
+	var names []string
+	for _, v := range r.Violations {
+		names = append(names, v.Check)
+	}
+	return strings.Join(names, ",")
+}
+
+var k = "secret/t/k"
+
+func TestCheckCorrectHistory(t *testing.T) {
+	ops := []Op{
+		write(0, k, "init", 1, 0, 1),
+		write(1, k, "a", 2, 10, 20),
+		read(2, k, "init", 1, 11, 12), // concurrent with the write: either value
+		read(2, k, "a", 2, 21, 22),
+		// A failed write that took effect, seen by a later read.
+		failedWrite(1, k, "b", 30, 40),
+		read(3, k, "b", 3, 50, 51),
+		// A failed write that never happened.
+		failedWrite(1, k, "c", 60, 70),
+		// A stale read may be old, but not older than what its client saw.
+		staleRead(4, k, "a", 2, 80, 81),
+		staleRead(4, k, "b", 3, 82, 83),
+	}
+	final := Final{k: {{1, "init"}, {2, "a"}, {3, "b"}}}
+	r := Check(ops, final, CheckOptions{})
+	if len(r.Violations) > 0 {
+		t.Fatalf("violations on a correct history: %+v", r.Violations)
+	}
+	if r.AckedWrites != 2 || r.FailedWrites != 2 || r.AmbiguousWrites != 1 || r.FreshReads != 3 || r.StaleReads != 2 {
+		t.Errorf("counts: %+v", r)
+	}
+}
+
+func TestCheckFindsBrokenPromises(t *testing.T) {
+	base := []Op{write(0, k, "init", 1, 0, 1), write(1, k, "a", 2, 10, 20)}
+	cases := []struct {
+		name  string
+		ops   []Op
+		final Final
+		want  string
+	}{{
+		name:  "an acknowledged write is missing",
+		ops:   base,
+		final: Final{k: {{1, "init"}}},
+		want:  "lost-write",
+	}, {
+		name:  "an acknowledged write is at another version",
+		ops:   base,
+		final: Final{k: {{1, "init"}, {2, "x"}, {3, "a"}}},
+		want:  "phantom,wrong-version",
+	}, {
+		name:  "a retried write made two versions",
+		ops:   base,
+		final: Final{k: {{1, "init"}, {2, "a"}, {3, "a"}}},
+		want:  "duplicate",
+	}, {
+		name:  "a fresh read returns the old value after the write was acknowledged",
+		ops:   append(base, read(2, k, "init", 1, 30, 31)),
+		final: Final{k: {{1, "init"}, {2, "a"}}},
+		want:  "not-linearizable",
+	}, {
+		name: "two clients see the writes in opposite orders",
+		ops: append(base,
+			write(1, k, "b", 3, 30, 100),
+			read(2, k, "b", 3, 40, 41),
+			read(3, k, "a", 2, 50, 51), // after another client saw b
+		),
+		final: Final{k: {{1, "init"}, {2, "a"}, {3, "b"}}},
+		want:  "not-linearizable",
+	}, {
+		name:  "a stale read goes back in time for its client",
+		ops:   append(base, read(2, k, "a", 2, 30, 31), staleRead(2, k, "init", 1, 40, 41)),
+		final: Final{k: {{1, "init"}, {2, "a"}}},
+		want:  "went-back",
+	}, {
+		name:  "a read returns a value at a version that never held it",
+		ops:   append(base, staleRead(2, k, "a", 7, 30, 31)),
+		final: Final{k: {{1, "init"}, {2, "a"}}},
+		want:  "bad-read",
+	}, {
+		name:  "a read failed",
+		ops:   append(base, Op{Client: 2, Kind: OpRead, Key: k, Start: at(30), End: at(31), Err: "Unavailable: down"}),
+		final: Final{k: {{1, "init"}, {2, "a"}}},
+		want:  "failed-read",
+	}}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := Check(c.ops, c.final, CheckOptions{})
+			if got := checks(r); got != c.want {
+				t.Fatalf("violations %q, want %q: %+v", got, c.want, r.Violations)
+			}
+		})
+	}
+}
+
+func TestCheckLinearizabilityDropsWritesThatNeverHappened(t *testing.T) {
+	// A failed write whose value is nowhere cannot explain a read of it.
+	ops := []Op{
+		write(0, k, "init", 1, 0, 1),
+		failedWrite(1, k, "ghost", 10, 20),
+		read(2, k, "ghost", 2, 30, 31),
+	}
+	r := Check(ops, Final{k: {{1, "init"}}}, CheckOptions{})
+	if got := checks(r); got != "bad-read,not-linearizable" {
+		t.Fatalf("violations %q: %+v", got, r.Violations)
+	}
+}
+
+func TestMeasure(t *testing.T) {
+	f := Fault{Kind: "leader-kill", Start: at(100), Healed: at(900), End: at(1000)}
+	ops := []Op{
+		write(1, k, "a", 2, 50, 99),   // before the fault
+		write(1, k, "b", 3, 90, 101),  // acknowledged by the old leader just after it
+		write(2, k, "c", 4, 95, 700),  // the new leader's first
+		write(1, k, "d", 5, 700, 710), // normal again
+		failedWrite(3, k, "e", 150, 600),
+		read(4, k, "a", 2, 120, 130),
+		read(4, k, "a", 2, 130, 330),
+		{Client: 5, Kind: OpRead, Key: k, Start: at(140), End: at(141), Err: "Unavailable"},
+		staleRead(6, k, "a", 2, 200, 201),
+		read(4, k, "d", 5, 950, 951), // after Healed: counted, no latency
+	}
+	fig := Measure(ops, f)
+	if fig.WriteUnavailableMs != 599 || fig.FirstWriteMs != 1 {
+		t.Errorf("unavailable %vms (want 599), first write %vms (want 1)", fig.WriteUnavailableMs, fig.FirstWriteMs)
+	}
+	if fig.Writes != 2 || fig.FailedWrites != 1 || fig.Reads != 5 || fig.FailedReads != 1 || fig.StaleReads != 1 {
+		t.Errorf("counts: %+v", fig)
+	}
+	if fig.ReadP99Ms != 200 || fig.WriteP99Ms != 450 || fig.FaultMs != 800 || fig.WindowMs != 900 {
+		t.Errorf("latencies and durations: %+v", fig)
+	}
+	none := Measure(nil, f)
+	if none.WriteUnavailableMs != 900 || none.FirstWriteMs != -1 {
+		t.Errorf("no write at all: %+v", none)
+	}
+	if s := Summarize([]Figures{{Kind: "k", WriteUnavailableMs: 300}, {Kind: "k", WriteUnavailableMs: 100}, {Kind: "k", WriteUnavailableMs: 200}}); s[0].MedianWriteUnavailableMs != 200 || s[0].WorstWriteUnavailableMs != 300 || s[0].Count != 3 {
+		t.Errorf("summary: %+v", s)
+	}
+	if p := p99(nil); p != 0 || math.IsNaN(float64(p)) {
+		t.Errorf("p99 of nothing: %v", p)
+	}
+}

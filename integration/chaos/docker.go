@@ -1,0 +1,324 @@
+package chaos
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"fmt"
+	mrand "math/rand/v2"
+	"net"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Docker runs three coffer containers on a network of their own and
+// injects faults with the docker CLI only: docker kill, start, stop,
+// restart, pause, unpause, network disconnect and connect. Nothing leaves
+// this machine and no host network setting is touched.
+//
+// Each container sits on two networks: Docker's default bridge, through
+// which its API port is published on 127.0.0.1 (a fixed port per node, so
+// that it survives restarts), and the cluster network, on which the nodes
+// reach each other by name (node id = container name = network alias) at
+// a fixed address. A partition disconnects a node from the cluster
+// network only: peers lose it (Raft, gossip, forwarding), clients still
+// reach it, as in the in-process driver.
+type Docker struct {
+	opts   DockerOptions
+	subnet string // "10.213.7" of 10.213.7.0/24
+	key    string // the gossip key, base64
+	nodes  []*dockerNode
+
+	mu      sync.Mutex
+	created bool
+}
+
+type dockerNode struct {
+	name string
+	ip   string
+	port int // API port published on 127.0.0.1
+}
+
+// DockerOptions configure a Docker cluster. The zero value of each field
+// means its default.
+type DockerOptions struct {
+	// Image is the coffer image (default coffer:dev, built by make docker).
+	Image string
+	// Prefix names the containers (Prefix-1 … Prefix-3), their volumes,
+	// and the cluster network (Prefix). Default coffer-chaos.
+	Prefix string
+	// Args are extra `coffer server` flags for every node (e.g.
+	// -raft-heartbeat-timeout=300ms).
+	Args []string
+	// Hold is how long a pause or partition lasts (default 2s, several
+	// times the default 300ms election timeout).
+	Hold time.Duration
+	// Logf receives the docker commands run.
+	Logf func(format string, args ...any)
+}
+
+// DockerAvailable reports why Docker cannot be used, or nil.
+func DockerAvailable(ctx context.Context) error {
+	cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	_, err := docker(cctx, "info", "--format", "{{.ServerVersion}}")
+	return err
+}
+
+// docker runs the docker CLI and returns its trimmed standard output.
+func docker(ctx context.Context, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, "docker", args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("docker %s: %w: %s", strings.Join(redact(args), " "), err, strings.TrimSpace(errb.String()))
+	}
+	return strings.TrimSpace(out.String()), nil
+}
+
+// redact hides the cluster key in a command line shown in an error.
+func redact(args []string) []string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		if strings.HasPrefix(a, "COFFER_CLUSTER_KEY=") {
+			a = "COFFER_CLUSTER_KEY=…"
+		}
+		out[i] = a
+	}
+	return out
+}
+
+// NewDocker removes what an earlier run may have left under the same
+// names, creates the network, the volumes and the three containers, and
+// starts them. They come up sealed and uninitialized; NewCluster
+// initializes them. Call Close (even when NewDocker fails) to remove
+// everything.
+func NewDocker(ctx context.Context, opts DockerOptions) (*Docker, error) {
+	if opts.Image == "" {
+		opts.Image = "coffer:dev"
+	}
+	if opts.Prefix == "" {
+		opts.Prefix = "coffer-chaos"
+	}
+	if opts.Hold == 0 {
+		opts.Hold = 2 * time.Second
+	}
+	if opts.Logf == nil {
+		opts.Logf = func(string, ...any) {}
+	}
+	d := &Docker{opts: opts}
+	if _, err := docker(ctx, "image", "inspect", "--format", "{{.Id}}", opts.Image); err != nil {
+		return d, fmt.Errorf("chaos: image %s is missing: build it with `make docker`: %w", opts.Image, err)
+	}
+	key := make([]byte, 32)
+	rand.Read(key)
+	d.key = base64.StdEncoding.EncodeToString(key)
+	for i := 1; i <= 3; i++ {
+		d.nodes = append(d.nodes, &dockerNode{name: fmt.Sprintf("%s-%d", opts.Prefix, i)})
+	}
+	d.removeAll(ctx)
+	d.mu.Lock()
+	d.created = true
+	d.mu.Unlock()
+	if err := d.createNetwork(ctx); err != nil {
+		return d, err
+	}
+	var join []string
+	for _, n := range d.nodes {
+		join = append(join, n.name+":8402")
+	}
+	for i, n := range d.nodes {
+		n.ip = fmt.Sprintf("%s.%d", d.subnet, 10+i)
+		if err := d.create(ctx, n, strings.Join(join, ",")); err != nil {
+			return d, err
+		}
+	}
+	args := []string{"start"}
+	for _, n := range d.nodes {
+		args = append(args, n.name)
+	}
+	if _, err := docker(ctx, args...); err != nil {
+		return d, err
+	}
+	for _, n := range d.nodes {
+		// The published port is the one asked for.
+		out, err := docker(ctx, "port", n.name, "8400/tcp")
+		if err != nil {
+			return d, err
+		}
+		if want := net.JoinHostPort("127.0.0.1", strconv.Itoa(n.port)); !strings.Contains(out, want) {
+			return d, fmt.Errorf("chaos: %s publishes its API on %q, want %s", n.name, out, want)
+		}
+	}
+	return d, nil
+}
+
+// createNetwork creates the cluster network on a /24 of 10.213.0.0/16
+// that no other network uses (fixed addresses need a subnet of our own).
+func (d *Docker) createNetwork(ctx context.Context) error {
+	var err error
+	for range 10 {
+		d.subnet = fmt.Sprintf("10.213.%d", mrand.IntN(256))
+		_, err = docker(ctx, "network", "create", "--driver", "bridge", "--label", "coffer-chaos=1",
+			"--subnet", d.subnet+".0/24", d.opts.Prefix)
+		if err == nil || !strings.Contains(err.Error(), "overlap") {
+			return err
+		}
+	}
+	return err
+}
+
+// create creates node n's container on the default bridge (its published
+// API port) and connects it to the cluster network at its address.
+func (d *Docker) create(ctx context.Context, n *dockerNode, join string) error {
+	n.port = freePort()
+	args := []string{"create", "--name", n.name, "--label", "coffer-chaos=1",
+		"-e", "COFFER_CLUSTER_KEY=" + d.key,
+		"-p", fmt.Sprintf("127.0.0.1:%d:8400", n.port),
+		"-v", n.name + ":/data",
+		d.opts.Image,
+		"server", "-node-id=" + n.name, "-data-dir=/data",
+		"-api-addr=0.0.0.0:8400", "-raft-addr=0.0.0.0:8401", "-gossip-addr=0.0.0.0:8402",
+		"-advertise=" + n.name, "-bootstrap-expect=3", "-join=" + join,
+	}
+	args = append(args, d.opts.Args...)
+	if _, err := docker(ctx, args...); err != nil {
+		return err
+	}
+	_, err := docker(ctx, "network", "connect", "--ip", n.ip, "--alias", n.name, d.opts.Prefix, n.name)
+	return err
+}
+
+// freePort returns a port free on 127.0.0.1 a moment ago, below the
+// ephemeral range (see freeAddr).
+func freePort() int {
+	_, p, _ := net.SplitHostPort(freeAddr())
+	port, _ := strconv.Atoi(p)
+	return port
+}
+
+// removeAll removes the containers (with their volumes), the network and
+// the volumes of this cluster's names, ignoring what does not exist.
+func (d *Docker) removeAll(ctx context.Context) {
+	var names []string
+	for _, n := range d.nodes {
+		names = append(names, n.name)
+	}
+	docker(ctx, append([]string{"rm", "-f", "-v"}, names...)...)
+	docker(ctx, "network", "rm", d.opts.Prefix)
+	docker(ctx, append([]string{"volume", "rm", "-f"}, names...)...)
+}
+
+// Close removes the containers, the network and the volumes. It is
+// idempotent.
+func (d *Docker) Close() error {
+	d.mu.Lock()
+	created := d.created
+	d.created = false
+	d.mu.Unlock()
+	if !created {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	d.removeAll(ctx)
+	out, err := docker(ctx, "ps", "-a", "-q", "--filter", "label=coffer-chaos=1")
+	if err == nil && out != "" {
+		return fmt.Errorf("chaos: containers left after cleanup: %s", out)
+	}
+	return nil
+}
+
+// Logs returns the last lines of every node's log, for a failed test.
+func (d *Docker) Logs(ctx context.Context, lines int) string {
+	var b strings.Builder
+	for _, n := range d.nodes {
+		cmd := exec.CommandContext(ctx, "docker", "logs", "--tail", strconv.Itoa(lines), n.name)
+		out, _ := cmd.CombinedOutput()
+		fmt.Fprintf(&b, "==== %s (last %d lines)\n%s\n", n.name, lines, out)
+	}
+	return b.String()
+}
+
+// run runs one fault command and logs it.
+func (d *Docker) run(ctx context.Context, args ...string) error {
+	start := time.Now()
+	_, err := docker(ctx, args...)
+	d.opts.Logf("docker %s (%s)", strings.Join(args, " "), time.Since(start).Round(time.Millisecond))
+	return err
+}
+
+func (d *Docker) node(id string) (*dockerNode, error) {
+	for _, n := range d.nodes {
+		if n.name == id {
+			return n, nil
+		}
+	}
+	return nil, fmt.Errorf("chaos: no node %s", id)
+}
+
+// Name implements Driver.
+func (d *Docker) Name() string { return "docker" }
+
+// Nodes implements Driver.
+func (d *Docker) Nodes() []string {
+	var out []string
+	for _, n := range d.nodes {
+		out = append(out, n.name)
+	}
+	return out
+}
+
+// Endpoint implements Driver.
+func (d *Docker) Endpoint(id string) string {
+	n, err := d.node(id)
+	if err != nil {
+		return ""
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(n.port))
+}
+
+// Hold implements Driver.
+func (d *Docker) Hold() time.Duration { return d.opts.Hold }
+
+// Kill implements Driver: docker kill (SIGKILL).
+func (d *Docker) Kill(ctx context.Context, id string) error { return d.run(ctx, "kill", id) }
+
+// Stop implements Driver: docker stop (SIGTERM, then SIGKILL after its
+// default 10s grace).
+func (d *Docker) Stop(ctx context.Context, id string) error { return d.run(ctx, "stop", id) }
+
+// Start implements Driver: docker start.
+func (d *Docker) Start(ctx context.Context, id string) error { return d.run(ctx, "start", id) }
+
+// Restart implements Driver: docker restart (stop with grace, start).
+func (d *Docker) Restart(ctx context.Context, id string) error { return d.run(ctx, "restart", id) }
+
+// Pause implements Driver: docker pause freezes every process of the
+// container.
+func (d *Docker) Pause(ctx context.Context, id string) error { return d.run(ctx, "pause", id) }
+
+// Resume implements Driver: docker unpause.
+func (d *Docker) Resume(ctx context.Context, id string) error { return d.run(ctx, "unpause", id) }
+
+// Partition implements Driver: docker network disconnect from the cluster
+// network.
+func (d *Docker) Partition(ctx context.Context, id string) error {
+	return d.run(ctx, "network", "disconnect", d.opts.Prefix, id)
+}
+
+// Heal implements Driver: docker network connect, at the node's address
+// and with its alias (its gossip address is that IP).
+func (d *Docker) Heal(ctx context.Context, id string) error {
+	n, err := d.node(id)
+	if err != nil {
+		return err
+	}
+	return d.run(ctx, "network", "connect", "--ip", n.ip, "--alias", n.name, d.opts.Prefix, id)
+}
+
+var _ Driver = (*Docker)(nil)

@@ -1,0 +1,140 @@
+package chaos
+
+import (
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+)
+
+// OpKind tells a write from a read.
+type OpKind int
+
+// The kinds of operations a history records.
+const (
+	OpWrite OpKind = iota
+	OpRead
+)
+
+func (k OpKind) String() string {
+	if k == OpWrite {
+		return "write"
+	}
+	return "read"
+}
+
+// Op is one client operation of a history.
+type Op struct {
+	// Client is the worker that ran it (0: the set-up client).
+	Client int    `json:"client"`
+	Kind   OpKind `json:"kind"`
+	Key    string `json:"key"`
+	// Value is the value written, or the value read ("" when the key did
+	// not exist).
+	Value string `json:"value"`
+	// Version is the version a write returned or a read saw.
+	Version uint64 `json:"version"`
+	// Index is a write's Raft index, or a read's applied index.
+	Index uint64 `json:"index"`
+	// Consistency is what a read asked for: "default" or "stale".
+	Consistency string `json:"consistency,omitempty"`
+	// Start is when the call began, End when it returned.
+	Start time.Time `json:"start"`
+	End   time.Time `json:"end"`
+	// Err is the error of a failed call ("" when it succeeded).
+	Err string `json:"err,omitempty"`
+	// Stale, Fallback and Cached describe how a read was answered
+	// (api.ReadInfo); Node names the node that answered.
+	Stale    bool   `json:"stale,omitempty"`
+	Fallback bool   `json:"fallback,omitempty"`
+	Cached   bool   `json:"cached,omitempty"`
+	Node     string `json:"node,omitempty"`
+}
+
+// OK reports whether the operation succeeded.
+func (o Op) OK() bool { return o.Err == "" }
+
+// Fresh reports whether a successful read claims to be up to date: it was
+// not marked stale and not served from the client cache.
+func (o Op) Fresh() bool { return o.Kind == OpRead && o.OK() && !o.Stale && !o.Cached }
+
+// Latency is the call's duration.
+func (o Op) Latency() time.Duration { return o.End.Sub(o.Start) }
+
+func (o Op) String() string {
+	s := fmt.Sprintf("client %d %s %s", o.Client, o.Kind, o.Key)
+	if o.Kind == OpWrite {
+		s += fmt.Sprintf(" %q", o.Value)
+	}
+	if o.OK() {
+		if o.Kind == OpRead {
+			s += fmt.Sprintf(" -> %q", o.Value)
+		}
+		s += fmt.Sprintf(" v%d", o.Version)
+	} else {
+		s += " failed: " + o.Err
+	}
+	if o.Kind == OpRead {
+		s += " (" + o.Consistency
+		if o.Node != "" {
+			s += " from " + o.Node
+		}
+		for _, f := range []struct {
+			on   bool
+			name string
+		}{{o.Stale, "stale"}, {o.Fallback, "fallback"}, {o.Cached, "cached"}} {
+			if f.on {
+				s += ", " + f.name
+			}
+		}
+		s += ")"
+	}
+	return s
+}
+
+// History records the operations of a workload. It is safe for
+// concurrent use.
+type History struct {
+	mu   sync.Mutex
+	ops  []Op
+	acks []time.Time // end times of acknowledged writes, in record order
+}
+
+// Add records one operation.
+func (h *History) Add(op Op) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.ops = append(h.ops, op)
+	if op.Kind == OpWrite && op.OK() {
+		h.acks = append(h.acks, op.End)
+	}
+}
+
+// Ops returns a copy of the operations recorded so far, ordered by start.
+func (h *History) Ops() []Op {
+	h.mu.Lock()
+	ops := slices.Clone(h.ops)
+	h.mu.Unlock()
+	slices.SortStableFunc(ops, func(a, b Op) int { return a.Start.Compare(b.Start) })
+	return ops
+}
+
+// AckedSince returns how many writes were acknowledged after t.
+func (h *History) AckedSince(t time.Time) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for _, a := range h.acks {
+		if a.After(t) {
+			n++
+		}
+	}
+	return n
+}
+
+// Len returns the number of operations recorded.
+func (h *History) Len() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.ops)
+}

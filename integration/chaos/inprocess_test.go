@@ -1,0 +1,58 @@
+package chaos
+
+import (
+	"context"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+)
+
+// The in-process scenarios: three nodes in this process with the fast test
+// timings (150ms heartbeat and election timeouts). Each builds its own
+// cluster. Their figures are logged; the tests fail on any broken promise
+// of the package doc, and the graceful restart on any failed write.
+
+func TestInProcessLeaderKill(t *testing.T) { runInProcess(t, LeaderKill(3)) }
+
+func TestInProcessLeaderPause(t *testing.T) { runInProcess(t, LeaderPause()) }
+
+func TestInProcessLeaderPartition(t *testing.T) { runInProcess(t, LeaderPartition()) }
+
+func TestInProcessFollowerRestart(t *testing.T) { runInProcess(t, FollowerRestart()) }
+
+func TestInProcessQuorumLoss(t *testing.T) { runInProcess(t, QuorumLoss()) }
+
+func TestInProcessGracefulLeaderRestart(t *testing.T) {
+	res := runInProcess(t, GracefulLeaderRestart())
+	if res != nil {
+		wantNoFailedWrites(t, res)
+	}
+}
+
+func runInProcess(t *testing.T, s Scenario) *Result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	d, err := NewInProcess(t, InProcessOptions{LogLevel: hclog.LevelFromString(os.Getenv("COFFER_CHAOS_LOG"))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := NewCluster(ctx, d, t.Logf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	res, err := Execute(ctx, c, s, Options{
+		Load:  LoadConfig{Writers: 3, Readers: 3, Interval: 10 * time.Millisecond},
+		Wait:  30 * time.Second,
+		Check: CheckOptions{VisualizeDir: visualizeDir()},
+		Logf:  t.Logf,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	report(t, res)
+	return res
+}

@@ -1,0 +1,383 @@
+package chaos
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"sync"
+	"time"
+
+	"coffer/api"
+)
+
+// Scenario is a sequence of faults run under load.
+type Scenario struct {
+	// Name names the scenario in figures and key paths.
+	Name string
+	// Cache gives the readers' clients a cache (for the outage of every
+	// node).
+	Cache bool
+	// Body injects the faults. It returns when the cluster is healthy
+	// again after the last one.
+	Body func(r *Run) error
+}
+
+// Options tune a scenario run. The zero value of each field means its
+// default.
+type Options struct {
+	// Load shapes the workload; Endpoints, Token, Prefix and Cache are
+	// filled in by Execute.
+	Load LoadConfig
+	// Wait bounds each wait of the run: for a leader, a healthy cluster,
+	// writes after a fault. Default 60s.
+	Wait time.Duration
+	// Warmup is the number of writes acknowledged before the first fault
+	// and after each recovery. Default 20.
+	Warmup int
+	// Check tunes the checks.
+	Check CheckOptions
+	// Logf receives progress lines (t.Logf in tests).
+	Logf func(format string, args ...any)
+}
+
+// Run is a scenario in progress: the cluster, the load, and the faults
+// injected so far.
+type Run struct {
+	Ctx  context.Context
+	C    *Cluster
+	Load *Load
+	opts Options
+
+	mu     sync.Mutex
+	faults []*Fault
+}
+
+// Logf logs a progress line.
+func (r *Run) Logf(format string, args ...any) { r.opts.Logf(format, args...) }
+
+// waitCtx returns a context bounded by the run's Wait.
+func (r *Run) waitCtx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(r.Ctx, r.opts.Wait)
+}
+
+// Begin records a fault that starts now; inject it right after.
+func (r *Run) Begin(kind string, nodes []string, format string, args ...any) *Fault {
+	f := &Fault{Kind: kind, Name: fmt.Sprintf(format, args...), Nodes: nodes, Start: time.Now()}
+	r.mu.Lock()
+	r.faults = append(r.faults, f)
+	r.mu.Unlock()
+	r.Logf("%s fault: %s", f.Start.Format("15:04:05.000"), f.Name)
+	return f
+}
+
+// Healed records that faults fs were removed now.
+func (r *Run) Healed(fs ...*Fault) {
+	now := time.Now()
+	for _, f := range fs {
+		f.Healed = now
+		r.Logf("%s healed: %s", now.Format("15:04:05.000"), f.Name)
+	}
+}
+
+// Leader waits for the agreed leader.
+func (r *Run) Leader() (string, error) {
+	ctx, cancel := r.waitCtx()
+	defer cancel()
+	return r.C.Leader(ctx)
+}
+
+// WaitTakeover waits until the nodes still up agree on a leader other
+// than old, then for a write acknowledged after that: the cluster takes
+// writes again without old.
+func (r *Run) WaitTakeover(old string) error {
+	ctx, cancel := r.waitCtx()
+	defer cancel()
+	err := poll(ctx, "a new leader", func() error {
+		leader, err := r.C.agreedLeader(ctx)
+		if err == nil && leader == old {
+			err = fmt.Errorf("%s still leads", old)
+		}
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	return r.Load.WaitAcked(ctx, 1, time.Now())
+}
+
+// StartNodes starts the nodes ids (in parallel) and unseals them.
+func (r *Run) StartNodes(ids ...string) error {
+	return r.parallel(ids, func(ctx context.Context, id string) error {
+		if err := r.C.D.Start(ctx, id); err != nil {
+			return err
+		}
+		return r.C.Unseal(ctx, id)
+	})
+}
+
+// parallel runs fn for every id at once, bounded by Wait.
+func (r *Run) parallel(ids []string, fn func(ctx context.Context, id string) error) error {
+	ctx, cancel := r.waitCtx()
+	defer cancel()
+	errs := make([]error, len(ids))
+	var wg sync.WaitGroup
+	for i, id := range ids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = fn(ctx, id)
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Hold lets a fault last d. It is the fault's duration, not a wait for
+// something to happen.
+func (r *Run) Hold(d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-r.Ctx.Done():
+		return r.Ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// Recover waits until the cluster is healthy and has acknowledged Warmup
+// more writes, then closes the windows of faults fs.
+func (r *Run) Recover(fs ...*Fault) error {
+	ctx, cancel := r.waitCtx()
+	defer cancel()
+	if err := r.C.WaitHealthy(ctx); err != nil {
+		return err
+	}
+	if err := r.Load.WaitAcked(ctx, r.opts.Warmup, time.Now()); err != nil {
+		return err
+	}
+	now := time.Now()
+	for _, f := range fs {
+		f.End = now
+	}
+	r.Logf("%s recovered: healthy, taking writes", now.Format("15:04:05.000"))
+	return nil
+}
+
+// Execute runs scenario s on cluster c: it starts the load, waits for
+// Warmup writes, runs the body, stops the load, reads the final state and
+// checks the history. The error reports a run that could not complete;
+// broken promises are in the Result's Check.Violations.
+func Execute(ctx context.Context, c *Cluster, s Scenario, opts Options) (*Result, error) {
+	if opts.Wait == 0 {
+		opts.Wait = 60 * time.Second
+	}
+	if opts.Warmup == 0 {
+		opts.Warmup = 20
+	}
+	if opts.Logf == nil {
+		opts.Logf = func(string, ...any) {}
+	}
+	lc := opts.Load
+	lc.Endpoints, lc.Token = c.Endpoints(), c.Token
+	lc.Prefix = "secret/chaos/" + s.Name
+	if s.Cache {
+		// Short-lived entries, so that most reads still reach the cluster
+		// (and are checked), with a budget that outlasts the outage.
+		lc.Cache = &api.CacheConfig{TTL: 300 * time.Millisecond, MaxStale: 5 * time.Minute}
+	}
+	begin := time.Now()
+	load, err := StartLoad(ctx, lc)
+	if err != nil {
+		return nil, err
+	}
+	defer load.Stop()
+	r := &Run{Ctx: ctx, C: c, Load: load, opts: opts}
+	wctx, cancel := r.waitCtx()
+	err = load.WaitAcked(wctx, opts.Warmup, begin)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("chaos: warm-up: %w", err)
+	}
+	if err := s.Body(r); err != nil {
+		return nil, fmt.Errorf("chaos: %s: %w", s.Name, err)
+	}
+	load.Stop()
+	ops := load.History().Ops()
+	fctx, fcancel := r.waitCtx()
+	final, err := ReadFinal(fctx, c.Endpoints(), c.Token, load.Keys())
+	fcancel()
+	if err != nil {
+		return nil, err
+	}
+	res := &Result{Scenario: s.Name, Driver: c.D.Name(), Check: Check(ops, final, opts.Check)}
+	for _, f := range r.faults {
+		fig := Measure(ops, *f)
+		fig.Scenario, fig.Driver = s.Name, c.D.Name()
+		res.Faults = append(res.Faults, fig)
+	}
+	res.DurationMs = ms(time.Since(begin))
+	return res, nil
+}
+
+// The scenarios. Each leaves the cluster healthy, every node up and
+// unsealed.
+
+// LeaderKill kills the leader n times in a row; each time it waits for
+// the new leader's first write, then starts and unseals the old one.
+func LeaderKill(n int) Scenario {
+	return Scenario{Name: "leader-kill", Body: func(r *Run) error {
+		for i := 1; i <= n; i++ {
+			leader, err := r.Leader()
+			if err != nil {
+				return err
+			}
+			f := r.Begin("leader-kill", []string{leader}, "kill leader %s (%d/%d)", leader, i, n)
+			if err := r.C.D.Kill(r.Ctx, leader); err != nil {
+				return err
+			}
+			if err := r.WaitTakeover(leader); err != nil {
+				return err
+			}
+			if err := r.StartNodes(leader); err != nil {
+				return err
+			}
+			r.Healed(f)
+			if err := r.Recover(f); err != nil {
+				return err
+			}
+		}
+		return nil
+	}}
+}
+
+// LeaderPause freezes the leader for the driver's Hold (longer than the
+// election timeout), then lets it run on.
+func LeaderPause() Scenario {
+	return Scenario{Name: "leader-pause", Body: func(r *Run) error {
+		return holdFault(r, "leader-pause", "pause", r.C.D.Pause, r.C.D.Resume)
+	}}
+}
+
+// LeaderPartition cuts the leader off from its peers for the driver's
+// Hold, then heals the partition. Clients still reach it.
+func LeaderPartition() Scenario {
+	return Scenario{Name: "leader-partition", Body: func(r *Run) error {
+		return holdFault(r, "leader-partition", "partition", r.C.D.Partition, r.C.D.Heal)
+	}}
+}
+
+func holdFault(r *Run, kind, verb string, inject, remove func(context.Context, string) error) error {
+	leader, err := r.Leader()
+	if err != nil {
+		return err
+	}
+	f := r.Begin(kind, []string{leader}, "%s leader %s for %s", verb, leader, r.C.D.Hold())
+	if err := inject(r.Ctx, leader); err != nil {
+		return err
+	}
+	if err := r.Hold(r.C.D.Hold()); err != nil {
+		return err
+	}
+	if err := remove(r.Ctx, leader); err != nil {
+		return err
+	}
+	r.Healed(f)
+	if err := r.Recover(f); err != nil {
+		return err
+	}
+	after, err := r.Leader()
+	r.Logf("leader before the %s: %s, after: %s", verb, leader, after)
+	return err
+}
+
+// FollowerRestart restarts a follower gracefully and unseals it.
+func FollowerRestart() Scenario {
+	return Scenario{Name: "follower-restart", Body: func(r *Run) error {
+		leader, err := r.Leader()
+		if err != nil {
+			return err
+		}
+		follower := r.C.Followers(leader)[0]
+		f := r.Begin("follower-restart", []string{follower}, "restart follower %s", follower)
+		ctx, cancel := r.waitCtx()
+		defer cancel()
+		if err := r.C.D.Restart(ctx, follower); err != nil {
+			return err
+		}
+		if err := r.C.Unseal(ctx, follower); err != nil {
+			return err
+		}
+		r.Healed(f)
+		return r.Recover(f)
+	}}
+}
+
+// QuorumLoss kills the leader and a follower (quorum lost: one node up,
+// reads fall back to stale), holds, kills the last node too (no node up:
+// reads come from the client cache), holds, then starts all three.
+func QuorumLoss() Scenario {
+	return Scenario{Name: "quorum-loss", Cache: true, Body: func(r *Run) error {
+		leader, err := r.Leader()
+		if err != nil {
+			return err
+		}
+		followers := r.C.Followers(leader)
+		two := []string{leader, followers[0]}
+		f := r.Begin("quorum-loss", two, "kill leader %s and follower %s", leader, followers[0])
+		if err := r.parallel(two, r.C.D.Kill); err != nil {
+			return err
+		}
+		if err := r.Hold(r.C.D.Hold()); err != nil {
+			return err
+		}
+		all := r.Begin("all-down", followers[1:], "kill the last node %s", followers[1])
+		if err := r.C.D.Kill(r.Ctx, followers[1]); err != nil {
+			return err
+		}
+		if err := r.Hold(r.C.D.Hold()); err != nil {
+			return err
+		}
+		if err := r.StartNodes(r.C.D.Nodes()...); err != nil {
+			return err
+		}
+		r.Healed(f, all)
+		return r.Recover(f, all)
+	}}
+}
+
+// GracefulLeaderRestart stops the leader gracefully (it hands leadership
+// over first), starts and unseals it.
+func GracefulLeaderRestart() Scenario {
+	return Scenario{Name: "graceful-leader-restart", Body: func(r *Run) error {
+		leader, err := r.Leader()
+		if err != nil {
+			return err
+		}
+		f := r.Begin("graceful-leader-restart", []string{leader}, "stop leader %s gracefully, start it again", leader)
+		ctx, cancel := r.waitCtx()
+		defer cancel()
+		if err := r.C.D.Stop(ctx, leader); err != nil {
+			return err
+		}
+		if err := r.StartNodes(leader); err != nil {
+			return err
+		}
+		r.Healed(f)
+		return r.Recover(f)
+	}}
+}
+
+// HostInfo describes this machine for the figures; loadStart is the load
+// average when the run began.
+func HostInfo(cpus int, goVersion, loadStart string) Host {
+	return Host{CPUs: cpus, LoadAvgStart: loadStart, LoadAvgEnd: LoadAvg(), GoVer: goVersion}
+}
+
+// OutPath is the file the figures go to ($COFFER_CHAOS_OUT), or "".
+func OutPath() string { return os.Getenv("COFFER_CHAOS_OUT") }
