@@ -213,8 +213,7 @@ func (c Config) withDefaults() Config {
 // writes, whichever node answers (read-your-writes).
 type Client struct {
 	cfg Config
-	// conns are the connections of the configured endpoints, in order;
-	// callNode uses the first.
+	// conns are the connections of the configured endpoints, in order.
 	conns []*grpc.ClientConn
 
 	// eps is the current endpoint list: the configured ones, then those
@@ -438,12 +437,24 @@ func (c *Client) call(ctx context.Context, fn func(ctx context.Context, cc *grpc
 	return err
 }
 
-// callNode runs fn against the first endpoint only: for calls about one
-// node (unseal, seal, status) moving on would act on the wrong node.
+// callNode runs fn against the first endpoint that can be reached, in the
+// configured order: calls about one node (init, unseal, seal, status) act
+// on the first node of the list, and move on to the next only when that
+// one could not be reached at all (so nothing happened there). A node that
+// answers, even with an error, is the one acted on.
 func (c *Client) callNode(ctx context.Context, fn func(ctx context.Context, cc *grpc.ClientConn) error) error {
 	ctx, cancel := c.outgoing(ctx)
 	defer cancel()
-	return fn(ctx, c.conns[0])
+	var err error
+	for _, ep := range c.endpoints() {
+		if err = c.ready(ctx, ep); err == nil {
+			err = fn(ctx, ep.cc)
+		}
+		if err == nil || ctx.Err() != nil || !unreachable(err, ep) {
+			return err
+		}
+	}
+	return err
 }
 
 // NewRequestID returns a random id that makes a write idempotent.

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	pb "coffer/api/cofferpb"
+	"coffer/replication"
 	"coffer/server"
 )
 
@@ -210,7 +211,7 @@ func TestServerClusterFlags(t *testing.T) {
 			{[]string{"-dead-server-timeout=-1s"}, "invalid -dead-server-timeout=-1s"},
 			{[]string{"-raft-heartbeat-timeout=-1s"}, "invalid -raft-heartbeat-timeout=-1s"},
 			{[]string{"-raft-heartbeat-timeout=100ms", "-raft-lease-timeout=200ms"}, "-raft-lease-timeout=200ms exceeds -raft-heartbeat-timeout=100ms"},
-			{[]string{"-raft-election-timeout=100ms"}, "-raft-election-timeout=100ms is below -raft-heartbeat-timeout=500ms"},
+			{[]string{"-raft-election-timeout=100ms"}, "-raft-election-timeout=100ms is below -raft-heartbeat-timeout=" + replication.DefaultConfig().HeartbeatTimeout.String()},
 			// Checked by server.Config.Validate before anything starts.
 			{[]string{"-read-replica"}, "needs -join"},
 			{[]string{"-bootstrap-expect=3", "-api-addr=0.0.0.0:0"}, "-advertise"},
