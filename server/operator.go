@@ -151,8 +151,18 @@ func (o *operatorService) StepDown(ctx context.Context, _ *pb.StepDownRequest) (
 		return nil, err
 	}
 	s := o.s
-	if err := s.raft.TransferLeadership(ctx); err != nil {
-		return nil, err
+	// A transfer times out when the chosen follower does not win within an
+	// election timeout (a slow disk or CPU): try again, a few times, while
+	// this node still leads.
+	var err error
+	for attempt := 0; attempt < 3; attempt++ {
+		if err = s.raft.TransferLeadership(ctx); err == nil || !s.raft.IsLeader() || ctx.Err() != nil {
+			break
+		}
+		s.logger.Warn("leadership transfer failed, trying again", "attempt", attempt+1, "error", err)
+	}
+	if err != nil && s.raft.IsLeader() {
+		return nil, withMessage(replication.ErrTimeout, "leadership transfer did not complete (%v): check that another voter is up and caught up (`coffer operator raft list-peers`), then retry", err)
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for {
