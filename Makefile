@@ -7,7 +7,10 @@ BIN       := bin/coffer
 TOOLS     := $(CURDIR)/.tools
 PROTOC_GEN_GO_VERSION      := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
-TEST_FLAGS ?= -race -count=1 -timeout=15m
+# -p 1: one package at a time. The cluster suites measure failover and
+# check timing-sensitive promises; two of them sharing 2 cores starve each
+# other's Raft heartbeats into spurious elections.
+TEST_FLAGS ?= -race -count=1 -p 1 -timeout=20m
 
 API_PROTOS := $(wildcard api/proto/coffer/v1/*.proto)
 FSM_PROTOS := $(wildcard fsm/fsmpb/*.proto)

@@ -87,7 +87,7 @@ func clusterConfig(t *testing.T, logs *logSink, id string) Config {
 		Logger:             logs.logger(id),
 		HeartbeatTimeout:   200 * time.Millisecond,
 		ElectionTimeout:    200 * time.Millisecond,
-		LeaderLeaseTimeout: 100 * time.Millisecond,
+		LeaderLeaseTimeout: 200 * time.Millisecond,
 		CommitTimeout:      5 * time.Millisecond,
 		APIAddr:            "api-" + id + ":8400",
 		Version:            "test",
