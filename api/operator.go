@@ -43,7 +43,10 @@ func (c *Client) ListPeers(ctx context.Context) (*pb.ListPeersResponse, error) {
 // leader); it returns the Raft index of the change.
 func (c *Client) RemovePeer(ctx context.Context, id string) (*pb.RemovePeerResponse, error) {
 	var resp *pb.RemovePeerResponse
-	err := c.call(ctx, func(ctx context.Context, cc *grpc.ClientConn) (err error) {
+	// At most once: a retry after an ambiguous failure could find the peer
+	// gone and report an error for a removal that worked. The first node
+	// that can be reached takes it (and forwards it to the leader).
+	err := c.callNode(ctx, func(ctx context.Context, cc *grpc.ClientConn) (err error) {
 		resp, err = pb.NewOperatorClient(cc).RemovePeer(ctx, &pb.RemovePeerRequest{Id: id})
 		return err
 	})
@@ -55,7 +58,9 @@ func (c *Client) RemovePeer(ctx context.Context, id string) (*pb.RemovePeerRespo
 // to the leader).
 func (c *Client) StepDown(ctx context.Context) (*pb.StepDownResponse, error) {
 	var resp *pb.StepDownResponse
-	err := c.call(ctx, func(ctx context.Context, cc *grpc.ClientConn) (err error) {
+	// At most once: a retry after a slow transfer could move leadership a
+	// second time. The first node that can be reached takes it.
+	err := c.callNode(ctx, func(ctx context.Context, cc *grpc.ClientConn) (err error) {
 		resp, err = pb.NewOperatorClient(cc).StepDown(ctx, &pb.StepDownRequest{})
 		return err
 	})
