@@ -55,20 +55,27 @@ func (s *Server) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse, 
 	if err != nil {
 		return nil, err
 	}
-	r, err := s.apply(ctx, &fsmCommand{
+	cmd := &fsmCommand{
 		Op:         fsmpb.Op_OP_PUT,
 		Path:       req.Path,
 		Ciphertext: ct,
 		HasCas:     req.Cas != nil,
 		Cas:        req.GetCas(),
 		RequestId:  req.RequestId,
-	})
+	}
+	r, err := s.apply(ctx, cmd)
 	if err != nil {
 		return nil, s.explainWrite(err, req.Path, req.Cas)
 	}
-	resp := &pb.PutResponse{Version: r.Version, Index: r.Index}
-	if v, err := s.fsm.Get(req.Path, r.Version); err == nil {
-		resp.CreatedTimeUnixNano = unixNano(v.CreatedTime)
+	// The version was created at the command's leader time; only a
+	// deduplicated retry answers for an earlier command, whose time the
+	// state has.
+	resp := &pb.PutResponse{Version: r.Version, Index: r.Index, CreatedTimeUnixNano: cmd.LeaderTimeUnixNano}
+	if r.Deduplicated {
+		resp.CreatedTimeUnixNano = 0
+		if v, err := s.fsm.Get(req.Path, r.Version); err == nil {
+			resp.CreatedTimeUnixNano = unixNano(v.CreatedTime)
+		}
 	}
 	return resp, nil
 }

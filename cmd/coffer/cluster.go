@@ -175,14 +175,7 @@ List the cluster's members as the gossip layer of the node that answers sees
 them: each node's id, API and gossip addresses, liveness (alive, suspect,
 dead or left), seal state and whether it votes in Raft. Needs the root
 token.`).withClient()
-	args, err := f.parse(e, args)
-	if err != nil {
-		return err
-	}
-	if err := f.wantArgs(args); err != nil {
-		return err
-	}
-	c, err := f.client(e)
+	args, c, err := f.clientFor(e, args)
 	if err != nil {
 		return err
 	}
@@ -200,14 +193,7 @@ List the servers of the Raft configuration: id, Raft address, whether it
 votes, which one leads, its applied index and how far it lags behind the
 commit index. A peer that does not answer is shown as unreachable. Needs
 the root token.`).withClient()
-	args, err := f.parse(e, args)
-	if err != nil {
-		return err
-	}
-	if err := f.wantArgs(args); err != nil {
-		return err
-	}
-	c, err := f.client(e)
+	args, c, err := f.clientFor(e, args)
 	if err != nil {
 		return err
 	}
@@ -267,14 +253,7 @@ func cmdOperatorStepDown(e *env, args []string) error {
 Make the current leader hand leadership to another voter, and print the new
 leader. Any node accepts the request and passes it to the leader. Needs the
 root token.`).withClient()
-	args, err := f.parse(e, args)
-	if err != nil {
-		return err
-	}
-	if err := f.wantArgs(args); err != nil {
-		return err
-	}
-	c, err := f.client(e)
+	args, c, err := f.clientFor(e, args)
 	if err != nil {
 		return err
 	}

@@ -171,6 +171,24 @@ func (c *cmdFlags) client(e *env) (*api.Client, error) {
 	return cl, nil
 }
 
+// clientFor is the start of most client commands: it parses args, checks
+// that exactly the named positional arguments are there, and opens the api
+// client (the caller closes it).
+func (c *cmdFlags) clientFor(e *env, args []string, names ...string) ([]string, *api.Client, error) {
+	args, err := c.parse(e, args)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := c.wantArgs(args, names...); err != nil {
+		return nil, nil, err
+	}
+	cl, err := c.client(e)
+	if err != nil {
+		return nil, nil, err
+	}
+	return args, cl, nil
+}
+
 // callError turns an error from the api client into the one-line CLI
 // error: the gRPC status message, and for a connection failure the
 // endpoints tried and a hint. tried lists the endpoints the call may have

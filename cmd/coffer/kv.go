@@ -543,14 +543,7 @@ Configure the secret at PATH: -max-versions (how many versions are kept;
 func cmdKVMetadataDelete(e *env, args []string) error {
 	f := newFlags("coffer kv metadata delete", "[flags] PATH", `
 Remove the secret at PATH with all its versions and metadata, for good.`).withClient()
-	args, err := f.parse(e, args)
-	if err != nil {
-		return err
-	}
-	if err := f.wantArgs(args, "PATH"); err != nil {
-		return err
-	}
-	c, err := f.client(e)
+	args, c, err := f.clientFor(e, args, "PATH")
 	if err != nil {
 		return err
 	}

@@ -49,14 +49,7 @@ func cmdStatus(e *env, args []string) error {
 	f := newFlags("coffer status", "[flags]", `
 Show the seal and Raft status of the node at the first endpoint.
 Exit code 0: unsealed; 2: sealed or not initialized; 1: error.`).withClient()
-	args, err := f.parse(e, args)
-	if err != nil {
-		return err
-	}
-	if err := f.wantArgs(args); err != nil {
-		return err
-	}
-	c, err := f.client(e)
+	args, c, err := f.clientFor(e, args)
 	if err != nil {
 		return err
 	}
@@ -270,14 +263,7 @@ Seal the node at the first endpoint: it drops its keys from memory and
 answers only status and unseal calls until it is unsealed again. It keeps
 replicating and voting, so sealing one node never costs quorum. Needs the
 root token.`).withClient()
-	args, err := f.parse(e, args)
-	if err != nil {
-		return err
-	}
-	if err := f.wantArgs(args); err != nil {
-		return err
-	}
-	c, err := f.client(e)
+	args, c, err := f.clientFor(e, args)
 	if err != nil {
 		return err
 	}
@@ -304,14 +290,7 @@ func cmdOperatorRotate(e *env, args []string) error {
 Add a new data-key term to the cluster's keyring. New writes are encrypted
 with it; values written under older terms stay readable. Needs the root
 token.`).withClient()
-	args, err := f.parse(e, args)
-	if err != nil {
-		return err
-	}
-	if err := f.wantArgs(args); err != nil {
-		return err
-	}
-	c, err := f.client(e)
+	args, c, err := f.clientFor(e, args)
 	if err != nil {
 		return err
 	}
