@@ -48,7 +48,11 @@ func (s *Server) readIndex(ctx context.Context, linearizable bool) error {
 	if auth := in.Get("authorization"); len(auth) > 0 {
 		out.Set("authorization", auth...)
 	}
-	resp, err := pb.NewClusterClient(s.peers.conn(addr)).ReadIndex(metadata.NewOutgoingContext(ctx, out), &pb.ReadIndexRequest{Linearizable: linearizable})
+	conn, err := s.peers.conn(addr)
+	if err != nil {
+		return err
+	}
+	resp, err := pb.NewClusterClient(conn).ReadIndex(metadata.NewOutgoingContext(ctx, out), &pb.ReadIndexRequest{Linearizable: linearizable})
 	if err != nil {
 		return err
 	}

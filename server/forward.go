@@ -98,8 +98,12 @@ func (s *Server) forward(ctx context.Context, method string, req any, newReply f
 			return nil, false, nil
 		}
 		if addr := s.raft.LeaderAPIAddr(); addr != "" {
+			conn, err := s.peers.conn(addr)
+			if err != nil {
+				return nil, true, err
+			}
 			reply := newReply()
-			err := s.peers.conn(addr).Invoke(octx, method, req, reply)
+			err = conn.Invoke(octx, method, req, reply)
 			if err == nil {
 				return reply, true, nil
 			}
@@ -130,18 +134,26 @@ func (s *Server) forward(ctx context.Context, method string, req any, newReply f
 	}
 }
 
-// peerConns keeps one gRPC connection per peer API address.
+// peerConns keeps one gRPC connection per peer API address. Once closed
+// (the node stops) it opens no more: a call still in flight then would
+// leave a connection nobody closes.
 type peerConns struct {
-	dial  func(ctx context.Context, addr string) (net.Conn, error)
-	mu    sync.Mutex
-	conns map[string]*grpc.ClientConn
+	dial   func(ctx context.Context, addr string) (net.Conn, error)
+	mu     sync.Mutex
+	conns  map[string]*grpc.ClientConn
+	closed bool
 }
 
-func (p *peerConns) conn(addr string) *grpc.ClientConn {
+// conn returns the connection to addr, opening it on first use; after
+// close it fails with errShuttingDown.
+func (p *peerConns) conn(addr string) (*grpc.ClientConn, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if p.closed {
+		return nil, errShuttingDown
+	}
 	if c, ok := p.conns[addr]; ok {
-		return c
+		return c, nil
 	}
 	if p.conns == nil {
 		p.conns = make(map[string]*grpc.ClientConn)
@@ -157,7 +169,7 @@ func (p *peerConns) conn(addr string) *grpc.ClientConn {
 		c, _ = grpc.NewClient("passthrough:///invalid-address", grpc.WithTransportCredentials(insecure.NewCredentials()))
 	}
 	p.conns[addr] = c
-	return c
+	return c, nil
 }
 
 func (p *peerConns) close() {
@@ -167,4 +179,5 @@ func (p *peerConns) close() {
 		c.Close()
 	}
 	p.conns = nil
+	p.closed = true
 }

@@ -20,9 +20,13 @@ func (s *Server) caughtUp(ctx context.Context, m replication.Member) bool {
 	if m.APIAddr == "" {
 		return false
 	}
+	conn, err := s.peers.conn(m.APIAddr)
+	if err != nil {
+		return false
+	}
 	c, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
-	st, err := pb.NewSysClient(s.peers.conn(m.APIAddr)).Status(c, &pb.StatusRequest{})
+	st, err := pb.NewSysClient(conn).Status(c, &pb.StatusRequest{})
 	if err != nil {
 		return false
 	}

@@ -87,9 +87,13 @@ func (o *operatorService) ListPeers(ctx context.Context, _ *pb.ListPeersRequest)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			conn, err := s.peers.conn(m.APIAddr)
+			if err != nil {
+				return
+			}
 			c, cancel := context.WithTimeout(ctx, time.Second)
 			defer cancel()
-			st, err := pb.NewSysClient(s.peers.conn(m.APIAddr)).Status(c, &pb.StatusRequest{})
+			st, err := pb.NewSysClient(conn).Status(c, &pb.StatusRequest{})
 			if err != nil {
 				return
 			}

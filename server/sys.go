@@ -251,9 +251,13 @@ func (s *Server) awaitInit(ctx context.Context) (*seal.Stored, error) {
 	if addr == "" {
 		return nil, nil
 	}
+	conn, err := s.peers.conn(addr)
+	if err != nil {
+		return nil, nil
+	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	st, err := pb.NewSysClient(s.peers.conn(addr)).Status(ctx, &pb.StatusRequest{})
+	st, err := pb.NewSysClient(conn).Status(ctx, &pb.StatusRequest{})
 	if err != nil || !st.Seal.GetInitialized() {
 		return nil, nil
 	}
