@@ -24,13 +24,15 @@ type Change struct {
 // that resume after a reconnect.
 const DefaultChangeRing = 4096
 
-// changeRing keeps the most recent changes in index order. Every change
-// with an index above floor is in buf: a resume from an index below floor
-// has missed changes (ErrCompacted).
+// changeRing keeps the most recent changes in index order, in a circular
+// buffer of fixed size: adding a change costs the same however full it is.
+// Every change with an index above floor is kept: a resume from an index
+// below floor has missed changes (ErrCompacted).
 type changeRing struct {
 	mu    sync.RWMutex
-	buf   []Change
-	size  int
+	buf   []Change // len(buf) == size once allocated
+	start int      // position of the oldest change
+	n     int      // how many changes are kept
 	floor uint64
 }
 
@@ -38,20 +40,28 @@ func newChangeRing(size int, floor uint64) *changeRing {
 	if size <= 0 {
 		size = DefaultChangeRing
 	}
-	return &changeRing{size: size, floor: floor}
+	return &changeRing{buf: make([]Change, size), floor: floor}
 }
 
-// add appends the changes of one committed batch.
+// at returns the i-th oldest change kept.
+func (r *changeRing) at(i int) *Change { return &r.buf[(r.start+i)%len(r.buf)] }
+
+// add appends the changes of one committed batch, dropping the oldest.
 func (r *changeRing) add(cs []Change) {
 	if len(cs) == 0 {
 		return
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.buf = append(r.buf, cs...)
-	if over := len(r.buf) - r.size; over > 0 {
-		r.floor = r.buf[over-1].Index
-		r.buf = append(r.buf[:0:0], r.buf[over:]...)
+	for _, c := range cs {
+		if r.n == len(r.buf) {
+			r.floor = r.buf[r.start].Index
+			r.buf[r.start] = c
+			r.start = (r.start + 1) % len(r.buf)
+			continue
+		}
+		*r.at(r.n) = c
+		r.n++
 	}
 }
 
@@ -60,30 +70,31 @@ func (r *changeRing) add(cs []Change) {
 func (r *changeRing) reset(floor uint64) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.buf = nil
+	clear(r.buf)
+	r.start, r.n = 0, 0
 	r.floor = floor
 }
 
-// since returns up to max changes with Index > from under prefix, and the
-// index to resume from next time.
+// since returns up to max changes with Index > from under prefix.
 func (r *changeRing) since(from uint64, prefix string, max int) ([]Change, error) {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	if from < r.floor {
 		return nil, ErrCompacted
 	}
-	var out []Change
-	// buf is sorted by index: find the first change after from.
-	lo, hi := 0, len(r.buf)
+	// The kept changes are sorted by index: find the first after from.
+	lo, hi := 0, r.n
 	for lo < hi {
 		mid := (lo + hi) / 2
-		if r.buf[mid].Index <= from {
+		if r.at(mid).Index <= from {
 			lo = mid + 1
 		} else {
 			hi = mid
 		}
 	}
-	for _, c := range r.buf[lo:] {
+	var out []Change
+	for i := lo; i < r.n; i++ {
+		c := *r.at(i)
 		if strings.HasPrefix(c.Path, prefix) {
 			c.Versions = append([]uint64(nil), c.Versions...)
 			out = append(out, c)
