@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
+	bolt "go.etcd.io/bbolt"
 )
 
 // Node is one member of the Raft cluster. It is safe for concurrent use.
@@ -50,6 +51,12 @@ type Node struct {
 // shutdownLeaveTimeout bounds the gossip leave that Shutdown performs.
 const shutdownLeaveTimeout = 3 * time.Second
 
+// logCacheSize is how many of the newest log entries stay in memory: one
+// default replication batch, so a follower that keeps up is fed from
+// memory, while the cache stays small even when every entry is a secret
+// of the largest size.
+const logCacheSize = 256
+
 // New opens (or creates) the Raft state under cfg.DataDir, starts the
 // transport and Raft, and bootstraps a one-voter cluster when cfg.Bootstrap is
 // set and there is no existing state. With cfg.Gossip it also starts gossip,
@@ -69,7 +76,13 @@ func New(cfg Config, fsm raft.BatchingFSM) (*Node, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("replication: create %s: %w", dir, err)
 	}
-	store, err := raftboltdb.New(raftboltdb.Options{Path: filepath.Join(dir, "raft.db")})
+	store, err := raftboltdb.New(raftboltdb.Options{
+		Path: filepath.Join(dir, "raft.db"),
+		// Every commit stays fsynced; the free-page list is not written
+		// with each one (bbolt rebuilds it when the file opens), which
+		// keeps a batch's write small once compaction has freed pages.
+		BoltOptions: &bolt.Options{Timeout: time.Second, FreelistType: bolt.FreelistMapType, NoFreelistSync: true},
+	})
 	if err != nil {
 		return nil, fmt.Errorf("replication: open raft log %s: %w", filepath.Join(dir, "raft.db"), err)
 	}
@@ -173,7 +186,13 @@ func New(cfg Config, fsm raft.BatchingFSM) (*Node, error) {
 		}
 	}
 
-	n.raft, err = raft.NewRaft(rc, fsm, store, store, n.snapshots, noPipeline{n.transport})
+	// The newest entries stay in memory, so the leader replicates them
+	// without reading each back from bbolt and decoding it again.
+	logs, err := raft.NewLogCache(logCacheSize, store)
+	if err != nil {
+		return nil, fmt.Errorf("replication: log cache: %w", err)
+	}
+	n.raft, err = raft.NewRaft(rc, fsm, logs, store, n.snapshots, noPipeline{n.transport})
 	if err != nil {
 		return nil, fmt.Errorf("replication: start raft: %w", err)
 	}
