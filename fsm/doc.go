@@ -17,8 +17,13 @@
 //
 // # Durability
 //
-// ApplyBatch applies a whole batch in one bbolt read-write transaction (one
-// fsync) and records the applied index and term in that same transaction.
+// ApplyBatch applies a whole batch in one bbolt read-write transaction and
+// records the applied index and term in that same transaction. On Linux the
+// commit is not fsynced: the state is derived from the Raft log, which is
+// fsynced on a quorum before a write is acknowledged, and a database that a
+// machine crash may have torn is detected by the kernel's boot id and
+// rebuilt from Raft's snapshot and log (durability.go). Elsewhere every
+// commit is fsynced.
 // Logs at or below the recorded index are skipped, so a node that restarts
 // with raft.Config.NoSnapshotRestoreOnStart replays only what it had not
 // applied. A failed commit is never acknowledged: see FSM.Err.

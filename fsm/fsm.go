@@ -67,10 +67,15 @@ type Options struct {
 	// OnRestore, when set, is called after a snapshot has been installed
 	// (on Raft's FSM goroutine; it must not block on Raft).
 	OnRestore func()
-	// NoSync skips fsync on commit. For tests and benchmarks only; never in
-	// production: a crash can then lose applied entries that Raft believes
-	// are durable, or corrupt the database.
+	// NoSync skips fsync on commit and never marks the database as having
+	// unsynced commits. For tests and benchmarks only; never in production:
+	// a crash of the machine can then leave a torn database that is
+	// trusted on the next start.
 	NoSync bool
+	// SyncEveryCommit fsyncs every commit even where the database could
+	// rely on the Raft log and the boot id instead (see durability.go).
+	// Slower; for tests of that fallback.
+	SyncEveryCommit bool
 }
 
 // Validate reports whether the options can be used.
@@ -106,6 +111,10 @@ type FSM struct {
 	db     *bolt.DB
 	closed bool
 
+	// unsynced: commits skip fsync and the marker of durability.go is
+	// set; Close syncs and removes it.
+	unsynced bool
+
 	applied atomic.Uint64 // last applied index, published after commit
 
 	waitMu     sync.Mutex    // guards appliedCh and waitClosed
@@ -136,7 +145,14 @@ func Open(path string, opts Options) (*FSM, error) {
 	if err := os.Remove(restoreTempPath(path)); err != nil && !os.IsNotExist(err) {
 		return nil, fmt.Errorf("fsm: remove stale restore file: %w", err)
 	}
-	db, err := openDB(path, opts)
+	unsynced := false
+	if !opts.NoSync && !opts.SyncEveryCommit {
+		var err error
+		if unsynced, err = prepareUnsynced(path, opts.Logger.Named("fsm")); err != nil {
+			return nil, err
+		}
+	}
+	db, err := openDB(path, opts.NoSync || unsynced)
 	if err != nil {
 		return nil, err
 	}
@@ -158,6 +174,7 @@ func Open(path string, opts Options) (*FSM, error) {
 		logger:    opts.Logger.Named("fsm"),
 		path:      path,
 		db:        db,
+		unsynced:  unsynced,
 		appliedCh: make(chan struct{}),
 	}
 	f.applied.Store(index)
@@ -167,10 +184,10 @@ func Open(path string, opts Options) (*FSM, error) {
 }
 
 // openDB opens a bbolt file with the state machine's settings.
-func openDB(path string, opts Options) (*bolt.DB, error) {
+func openDB(path string, noSync bool) (*bolt.DB, error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{
 		Timeout:         time.Second,
-		NoSync:          opts.NoSync,
+		NoSync:          noSync,
 		InitialMmapSize: initialMmapSize,
 		FreelistType:    bolt.FreelistMapType,
 		NoFreelistSync:  true,
@@ -232,8 +249,22 @@ func (f *FSM) Close() error {
 	close(f.appliedCh)
 	f.waitMu.Unlock()
 
+	// A database that failed (see Err) is not synced: its marker stays, so
+	// a machine restart rebuilds it from Raft.
+	synced := f.unsynced && f.Err() == nil
+	if synced {
+		if err := db.Sync(); err != nil {
+			_ = db.Close()
+			return fmt.Errorf("fsm: sync %s: %w", f.path, err)
+		}
+	}
 	if err := db.Close(); err != nil {
 		return fmt.Errorf("fsm: close %s: %w", f.path, err)
+	}
+	if synced {
+		if err := finishUnsynced(f.path); err != nil {
+			return fmt.Errorf("fsm: close %s: %w", f.path, err)
+		}
 	}
 	return nil
 }

@@ -157,7 +157,7 @@ func (f *FSM) stageRestore(tmp string, r io.Reader) (db *bolt.DB, index, term ui
 		return nil, 0, 0, fmt.Errorf("fsm: receive snapshot: %w", err)
 	}
 
-	db, err = openDB(tmp, f.opts)
+	db, err = openDB(tmp, f.opts.NoSync || f.unsynced)
 	if err != nil {
 		return nil, 0, 0, fmt.Errorf("%w: %v", ErrInvalidSnapshot, err)
 	}
