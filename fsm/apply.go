@@ -71,9 +71,11 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 
 	var lastIndex uint64
 	var changes []Change
+	sysChanged := false
 	err := f.db.Update(func(tx *bolt.Tx) error {
 		a := newApplier(tx, f)
 		changes = nil
+		defer func() { sysChanged = a.sysChanged }()
 		cur, lastTerm := start, uint64(0)
 		for i, l := range logs {
 			if l == nil || l.Index <= cur {
@@ -113,6 +115,9 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 		f.failBatch(logs, out, start, failure)
 		return out
 	}
+	if sysChanged {
+		f.sysGen.Add(1)
+	}
 	f.changes.add(changes)
 	f.publishApplied(lastIndex)
 	return out
@@ -138,6 +143,8 @@ type applier struct {
 	idemTs *bolt.Bucket
 	// change is the change the last command made to a secret, if any.
 	change *Change
+	// sysChanged: a command of the batch wrote or deleted a system key.
+	sysChanged bool
 }
 
 func newApplier(tx *bolt.Tx, f *FSM) *applier {
@@ -213,8 +220,10 @@ func (a *applier) exec(cmd *fsmpb.Command, index uint64) (Result, error) {
 	case fsmpb.Op_OP_PUT_METADATA:
 		err = a.putMetadata(cmd)
 	case fsmpb.Op_OP_SYS_PUT:
+		a.sysChanged = true
 		err = a.sysPut(cmd, &res)
 	case fsmpb.Op_OP_SYS_DELETE:
+		a.sysChanged = true
 		err = a.sysDelete(cmd)
 	case fsmpb.Op_OP_NOOP:
 	default:

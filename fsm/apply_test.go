@@ -3,6 +3,7 @@ package fsm
 import (
 	"bytes"
 	"errors"
+	"io"
 	"reflect"
 	"testing"
 	"time"
@@ -534,4 +535,31 @@ func mustEncode(t testing.TB, c *fsmpb.Command, now time.Time) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestSysGeneration: the generation that token caches depend on moves with
+// every change to the system keys, and only then.
+func TestSysGeneration(t *testing.T) {
+	h := newHarness(t, Options{})
+	g0 := h.f.SysGeneration()
+	h.mustOK(putCmd("a/b", "v1"))
+	if h.f.SysGeneration() != g0 {
+		t.Fatal("a secret write moved the system generation")
+	}
+	h.mustOK(&fsmpb.Command{Op: fsmpb.Op_OP_SYS_PUT, Sys: []*fsmpb.SysEntry{{Key: "token/x", Value: []byte("{}")}}})
+	g1 := h.f.SysGeneration()
+	if g1 == g0 {
+		t.Fatal("a system write left the generation unchanged")
+	}
+	h.mustOK(&fsmpb.Command{Op: fsmpb.Op_OP_SYS_DELETE, SysKeys: []string{"token/x"}})
+	g2 := h.f.SysGeneration()
+	if g2 == g1 {
+		t.Fatal("a system delete left the generation unchanged")
+	}
+	if err := h.f.Restore(io.NopCloser(bytes.NewReader(snapshotBytes(t, h.f)))); err != nil {
+		t.Fatal(err)
+	}
+	if h.f.SysGeneration() == g2 {
+		t.Fatal("installing a snapshot left the generation unchanged")
+	}
 }

@@ -116,6 +116,7 @@ type FSM struct {
 	unsynced bool
 
 	applied atomic.Uint64 // last applied index, published after commit
+	sysGen  atomic.Uint64 // see SysGeneration
 
 	waitMu     sync.Mutex    // guards appliedCh and waitClosed
 	appliedCh  chan struct{} // closed and replaced whenever applied changes

@@ -183,6 +183,12 @@ func (f *FSM) List(prefix string) ([]string, error) {
 	return out, nil
 }
 
+// SysGeneration changes after every committed change to the system keys
+// (and after a snapshot is installed). A cache of system keys stays valid
+// while it is unchanged: read the generation before reading the key, and
+// drop what was cached under another generation.
+func (f *FSM) SysGeneration() uint64 { return f.sysGen.Load() }
+
 // SysGet returns a copy of the system value at key, or an error wrapping
 // ErrNotFound.
 func (f *FSM) SysGet(key string) ([]byte, error) {

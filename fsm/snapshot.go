@@ -128,6 +128,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		f.logger.Warn("closing the replaced state database failed", "error", err)
 	}
 	f.setErr(nil)
+	f.sysGen.Add(1)
 	f.changes.reset(index)
 	f.publishApplied(index)
 	f.logger.Info("restored state from snapshot", "applied_index", index, "applied_term", term)

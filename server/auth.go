@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -88,6 +89,10 @@ func (s *Server) authenticate(ctx context.Context) (*tokenRecord, error) {
 		return nil, ErrUnauthenticated
 	}
 	h := hashToken(token)
+	gen := s.fsm.SysGeneration()
+	if rec := s.tokens.get(gen, h); rec != nil {
+		return rec, nil
+	}
 	raw, err := s.fsm.SysGet(sysTokenPref + h)
 	if errors.Is(err, fsm.ErrNotFound) && !s.raft.IsLeader() && !wasForwarded(ctx) {
 		// A token created a moment ago may not have reached this follower
@@ -110,7 +115,44 @@ func (s *Server) authenticate(ctx context.Context) (*tokenRecord, error) {
 	if subtle.ConstantTimeCompare([]byte(rec.Hash), []byte(h)) != 1 {
 		return nil, ErrUnauthenticated
 	}
+	s.tokens.put(gen, h, &rec)
 	return &rec, nil
+}
+
+// tokenCacheMax bounds the token cache; it starts over when full.
+const tokenCacheMax = 1024
+
+// tokenCache keeps token records read from the replicated table, by token
+// hash, while the FSM's system keys are unchanged (fsm.SysGeneration):
+// a token created, changed or removed, or a snapshot restored, empties it.
+// Only tokens that exist are kept. Records are shared: never modify one.
+type tokenCache struct {
+	mu   sync.RWMutex
+	gen  uint64
+	recs map[string]*tokenRecord
+}
+
+// get returns the record of hash h cached under generation gen, or nil.
+func (c *tokenCache) get(gen uint64, h string) *tokenRecord {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if c.gen != gen {
+		return nil
+	}
+	return c.recs[h]
+}
+
+// put caches rec, read from the table after generation gen was current.
+func (c *tokenCache) put(gen uint64, h string, rec *tokenRecord) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if gen < c.gen {
+		return // read before a newer change: do not keep it
+	}
+	if gen != c.gen || c.recs == nil || len(c.recs) >= tokenCacheMax {
+		c.gen, c.recs = gen, make(map[string]*tokenRecord)
+	}
+	c.recs[h] = rec
 }
 
 // admitSealed refuses every authenticated call while the node is sealed,
