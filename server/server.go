@@ -49,6 +49,8 @@ type Server struct {
 	pprofAddr string
 	serveErr  chan error
 	peers     peerConns
+	rounds    readRounds
+	tokens    tokenCache
 
 	// leaderReady is true once this node, as leader, has applied every
 	// entry of earlier terms (a Raft barrier succeeded): only then may it
@@ -75,6 +77,10 @@ type Server struct {
 	shutdownOnce sync.Once
 	shutdownErr  error
 }
+
+// streamWorkers is how many goroutines serve gRPC calls (more calls in
+// flight start goroutines of their own).
+const streamWorkers = 64
 
 // New opens the node's state under cfg.DataDir and starts Raft. The node
 // comes up sealed; the API listens after Start.
@@ -168,6 +174,10 @@ func New(cfg Config) (*Server, error) {
 		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
 		grpc.ChainStreamInterceptor(s.streamInterceptor),
 		grpc.MaxRecvMsgSize(4<<20),
+		// Reused handler goroutines keep their grown stacks: with one new
+		// goroutine per call, growing its stack cost 10 % of a node's CPU
+		// under a read load. Calls beyond the workers get a goroutine.
+		grpc.NumStreamWorkers(streamWorkers),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 	)
 	pb.RegisterSysServer(s.grpc, s)
