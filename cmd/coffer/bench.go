@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -50,6 +52,7 @@ type benchOpts struct {
 	consName    string
 	writeRatio  float64
 	prefix      string
+	cpuProfile  string
 }
 
 func cmdBench(e *env, args []string) error {
@@ -65,6 +68,7 @@ first write the keys they read. Progress goes to stderr once a second.`).withCli
 	f.fs.StringVar(&o.consName, "consistency", "default", "read consistency: stale, default or linearizable")
 	f.fs.Float64Var(&o.writeRatio, "write-ratio", 0.1, "share of writes in the mixed workload")
 	f.fs.StringVar(&o.prefix, "prefix", "secret/bench/", "path prefix of the secrets written")
+	f.fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of this load generator to this file (the nodes' profiles: coffer server -pprof-addr)")
 	args, err := f.parse(e, args)
 	if err != nil {
 		return err
@@ -100,6 +104,17 @@ first write the keys they read. Progress goes to stderr once a second.`).withCli
 		return err
 	}
 	cfg.DisableStaleFallback = true
+	if o.cpuProfile != "" {
+		pf, err := os.Create(o.cpuProfile)
+		if err != nil {
+			return &cliError{code: 1, msg: fmt.Sprintf("-cpuprofile: %v", err)}
+		}
+		defer pf.Close()
+		if err := pprof.StartCPUProfile(pf); err != nil {
+			return &cliError{code: 1, msg: fmt.Sprintf("-cpuprofile: %v", err)}
+		}
+		defer pprof.StopCPUProfile()
+	}
 	res, err := runBench(context.Background(), cfg, o, e.stderr)
 	if err != nil {
 		return err
