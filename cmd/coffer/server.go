@@ -153,6 +153,7 @@ func cmdServer(e *env, args []string) error {
 		return err
 	}
 	cfg := o.cfg
+	tuneGC()
 	logger := hclog.New(&hclog.LoggerOptions{Name: "coffer", Level: o.level, Output: e.stderr})
 	cfg.Logger = logger
 
