@@ -7,6 +7,7 @@ BIN       := bin/coffer
 TOOLS     := $(CURDIR)/.tools
 PROTOC_GEN_GO_VERSION      := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.0
+GHZ_VERSION                := v0.93.0
 # -p 1: one package at a time. The cluster suites measure failover and
 # check timing-sensitive promises; two of them sharing 2 cores starve each
 # other's Raft heartbeats into spurious elections.
@@ -15,7 +16,7 @@ TEST_FLAGS ?= -race -count=1 -p 1 -timeout=20m
 API_PROTOS := $(wildcard api/proto/coffer/v1/*.proto)
 FSM_PROTOS := $(wildcard fsm/fsmpb/*.proto)
 
-.PHONY: all build run test bench proto lint fmt tools clean
+.PHONY: all build run test bench bench-figures proto lint fmt tools clean
 
 all: build
 
@@ -36,6 +37,12 @@ test:
 ## bench: the Go benchmarks of the hot paths
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem ./...
+
+## bench-figures: the table of docs/BENCHMARKS.md, measured on a local
+## three-node cluster with coffer bench and ghz (about 5 minutes; needs jq)
+bench-figures: build
+	GOBIN=$(TOOLS) $(GO) install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
+	GHZ=$(TOOLS)/ghz scripts/bench-figures.sh
 
 ## lint: gofmt and go vet
 lint:

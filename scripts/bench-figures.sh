@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# bench-figures.sh: measure the rows of docs/BENCHMARKS.md on a fresh local
+# three-node cluster (scripts/bench-cluster.sh). Each row runs RUNS times
+# (default 3) for DURATION (default 15s); the table shows the median run and
+# every run's ops/s. Needs bin/coffer (make build) and jq. With GHZ set to a
+# ghz binary, the read rows are also measured with ghz (one run each, through
+# server reflection, all reads of one key: ghz's templates cannot pick among
+# the thousand).
+#
+#   scripts/bench-figures.sh > figures.md
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-15s}
+BIN=${BIN:-bin/coffer}
+command -v jq >/dev/null || { echo "bench-figures.sh needs jq (apt-get install jq)" >&2; exit 1; }
+[ -x "$BIN" ] || { echo "no $BIN: run make build first" >&2; exit 1; }
+
+dir=$(mktemp -u /tmp/coffer-figures.XXXXXX)
+BIN=$BIN scripts/bench-cluster.sh "$dir" 2>/dev/null
+trap 'scripts/bench-cluster.sh stop "$dir"' EXIT
+# shellcheck disable=SC1091
+source "$dir/env"
+peers=$("$BIN" operator raft list-peers -format=json)
+leader=$(jq -r '.[] | select(.leader) | .id' <<<"$peers")
+follower=$(jq -r '[.[] | select(.leader | not)][0].id' <<<"$peers")
+faddr="127.0.0.1:85${follower#n}0"
+
+echo "Measured $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores, $(go version | cut -d' ' -f3), load average before: $(cut -d' ' -f1-3 /proc/loadavg)."
+echo "Leader $leader, follower $follower ($faddr). $RUNS runs of $DURATION each; the median run is shown."
+echo
+echo "| workload | ops/s (median) | p50 ms | p99 ms | runs (ops/s) |"
+echo "|---|---|---|---|---|"
+
+# row NAME ARGS...: run coffer bench RUNS times and print the median run.
+row() {
+  local name=$1; shift
+  local out=()
+  for _ in $(seq "$RUNS"); do
+    out+=("$("$BIN" bench -format=json -duration="$DURATION" "$@" 2>/dev/null)")
+  done
+  printf '%s\n' "${out[@]}" | jq -rs --arg name "$name" '
+    sort_by(.ops_per_sec) as $r | $r[(length/2|floor)] as $m |
+    "| \($name) | \($m.ops_per_sec|floor) | \($m.p50_ms) | \($m.p99_ms) | \([$r[].ops_per_sec|floor]|join(", ")) |"'
+}
+
+row "writes, 16 clients" -clients=16 kv-write
+row "writes, 64 clients" -clients=64 kv-write
+row "stale reads on a follower, 16 clients" -clients=16 -consistency=stale -address="$faddr" kv-read
+row "stale reads on a follower, 64 clients" -clients=64 -consistency=stale -address="$faddr" kv-read
+row "linearizable reads on a follower, 64 clients" -clients=64 -consistency=linearizable -address="$faddr" kv-read
+
+if [ -n "${GHZ:-}" ]; then
+  for c in 16 64; do
+    for cons in STALE LINEARIZABLE; do
+      "$GHZ" --insecure --call coffer.v1.KV/Get -c "$c" -z "$DURATION" --connections=$(( (c + 7) / 8 )) \
+        --metadata "{\"authorization\":\"Bearer $COFFER_TOKEN\"}" \
+        -d "{\"path\":\"secret/bench/k1\",\"read\":{\"consistency\":\"CONSISTENCY_$cons\"}}" \
+        -O json "$faddr" 2>/dev/null |
+        jq -r --arg n "ghz: $(tr A-Z a-z <<<"$cons") reads on a follower, $c clients" \
+          '"| \($n) | \(.rps|floor) | \(.latencyDistribution[]|select(.percentage==50)|.latency/1e6) | \(.latencyDistribution[]|select(.percentage==99)|.latency/1e6) | errors: \([.statusCodeDistribution|to_entries[]|select(.key!="OK")|.value]|add // 0) |"'
+    done
+  done
+fi
+
+echo
+echo "RSS after the runs: $("$BIN" bench -format=json -clients=1 -duration=1s kv-read 2>/dev/null | jq -r '.node_rss_bytes | to_entries | map("\(.key) \(.value/1048576|floor) MiB") | join(", ")')."
