@@ -286,6 +286,10 @@ func (c *Client) dial(addr string, synced bool) (*endpoint, error) {
 	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16<<20), grpc.MaxCallSendMsgSize(16<<20)),
+		// Fixed flow-control windows turn off gRPC's bandwidth probing
+		// (pings and window updates on every burst of small calls).
+		grpc.WithInitialWindowSize(1 << 20),
+		grpc.WithInitialConnWindowSize(4 << 20),
 		// gRPC's own reconnect back-off stays short (at most 1 s) so that
 		// a node that comes back is reachable when the prober next asks;
 		// the client's endpoint back-off decides how often calls try it.
