@@ -157,12 +157,20 @@ func (c *tokenCache) put(gen uint64, h string, rec *tokenRecord) {
 
 // admitSealed refuses every authenticated call while the node is sealed,
 // before looking at the token, so that clients move on to another node
-// (Unavailable) or learn that the cluster needs init.
-func (s *Server) admitSealed() error {
+// (Unavailable) or learn that the cluster needs init. Only a ready leader,
+// or the leader asked by a follower that has no seal configuration (it may
+// not have caught up yet), says "not initialized".
+func (s *Server) admitSealed(ctx context.Context) error {
 	if !s.seal.Sealed() {
 		return nil
 	}
-	if _, err := s.fsm.SysGet(sysSealKey); errors.Is(err, fsm.ErrNotFound) {
+	if _, err := s.fsm.SysGet(sysSealKey); !errors.Is(err, fsm.ErrNotFound) {
+		return seal.ErrSealed
+	}
+	if s.raft.IsLeader() && s.leaderReady.Load() {
+		return ErrNotInitialized
+	}
+	if st, err := s.leaderStatus(ctx); err == nil && !st.Seal.GetInitialized() {
 		return ErrNotInitialized
 	}
 	return seal.ErrSealed
@@ -192,7 +200,7 @@ func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.Unary
 		}
 	}()
 	if !isPublic(info.FullMethod) {
-		if err := s.admitSealed(); err != nil {
+		if err := s.admitSealed(ctx); err != nil {
 			return nil, s.statusError(info.FullMethod, err)
 		}
 		rec, err := s.authenticate(ctx)
@@ -220,7 +228,7 @@ func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.Str
 		}
 	}()
 	if !isPublic(info.FullMethod) {
-		if err := s.admitSealed(); err != nil {
+		if err := s.admitSealed(ss.Context()); err != nil {
 			return s.statusError(info.FullMethod, err)
 		}
 		rec, err := s.authenticate(ss.Context())

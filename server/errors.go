@@ -16,6 +16,10 @@ import (
 var (
 	// ErrNotInitialized means the cluster has no keys yet.
 	ErrNotInitialized = errors.New("server: coffer is not initialized: run `coffer operator init`")
+	// ErrCatchingUp means this node has not applied the cluster's state far
+	// enough to answer (after a restart that rebuilds its state, or when it
+	// just joined).
+	ErrCatchingUp = errors.New("server: this node is still catching up with the cluster")
 	// ErrAlreadyInitialized means init was called on an initialized cluster.
 	ErrAlreadyInitialized = errors.New("server: coffer is already initialized: unseal it with the key shares from the first init")
 	// ErrInvalidArgument wraps a bad request field; the wrapping message
@@ -59,6 +63,7 @@ var codeTable = []struct {
 	{errShuttingDown, codes.Unavailable},
 	{seal.ErrNotInitialized, codes.FailedPrecondition},
 	{ErrNotInitialized, codes.FailedPrecondition},
+	{ErrCatchingUp, codes.Unavailable},
 	{ErrAlreadyInitialized, codes.FailedPrecondition},
 	{fsm.ErrCASMismatch, codes.FailedPrecondition},
 	{fsm.ErrCASRequired, codes.FailedPrecondition},

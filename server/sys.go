@@ -10,6 +10,7 @@ import (
 	pb "coffer/api/cofferpb"
 	"coffer/fsm"
 	"coffer/fsm/fsmpb"
+	"coffer/replication"
 	"coffer/seal"
 )
 
@@ -90,8 +91,8 @@ func (s *Server) Unseal(ctx context.Context, req *pb.UnsealRequest) (*pb.SealSta
 		s.seal.ResetProgress()
 		return sealStatusPB(s.seal.Status(stored)), nil
 	}
-	if stored == nil && !s.raft.IsLeader() {
-		// A follower may not have applied a very recent init yet.
+	if stored == nil {
+		// This node may not have applied the init yet.
 		stored, err = s.awaitInit(ctx)
 		if err != nil {
 			return nil, err
@@ -244,25 +245,76 @@ func (s *Server) lastContactMs() int64 {
 }
 
 // awaitInit gives a follower the chance to apply an init its leader has
-// committed but it has not applied yet: it asks the leader whether the
-// cluster is initialized and at which index, and waits (bounded) for it.
+// committed but it has not applied yet (just after init, when it joined,
+// or while it rebuilds its state after a machine crash): it waits for a
+// leader to be known, asks it whether the cluster is initialized and at
+// which index, and waits for that index. It returns nil when the leader
+// says the cluster is not initialized, ErrCatchingUp when it cannot tell
+// or has not caught up in time.
 func (s *Server) awaitInit(ctx context.Context) (*seal.Stored, error) {
-	addr := s.raft.LeaderAPIAddr()
-	if addr == "" {
-		return nil, nil
-	}
-	conn, err := s.peers.conn(addr)
-	if err != nil {
-		return nil, nil
-	}
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, awaitInitTimeout)
 	defer cancel()
-	st, err := pb.NewSysClient(conn).Status(ctx, &pb.StatusRequest{})
-	if err != nil || !st.Seal.GetInitialized() {
+	var st *pb.StatusResponse
+	err := pollUntil(ctx, func() (err error) {
+		if s.raft.IsLeader() {
+			// A ready leader has applied every earlier entry: its own
+			// state is the answer.
+			if !s.leaderReady.Load() {
+				return withMessage(replication.ErrNoLeader, "node %s became leader and is still applying earlier entries", s.cfg.NodeID)
+			}
+			st = nil
+			return nil
+		}
+		st, err = s.leaderStatus(ctx)
+		return err
+	})
+	if err != nil {
+		return nil, withMessage(ErrCatchingUp, "node %s has no seal configuration yet and could not ask a leader whether the cluster is initialized (%v): retry once a leader is elected", s.cfg.NodeID, err)
+	}
+	if st == nil {
+		return s.storedSeal()
+	}
+	if !st.Seal.GetInitialized() {
 		return nil, nil
 	}
 	if err := s.fsm.WaitApplied(ctx, st.AppliedIndex); err != nil {
-		return nil, nil
+		return nil, withMessage(ErrCatchingUp, "node %s is still catching up with the leader (applied %d of %d): retry the unseal shortly", s.cfg.NodeID, s.fsm.AppliedIndex(), st.AppliedIndex)
 	}
 	return s.storedSeal()
+}
+
+// awaitInitTimeout bounds awaitInit.
+const awaitInitTimeout = 5 * time.Second
+
+// leaderStatus asks the current leader for its status.
+func (s *Server) leaderStatus(ctx context.Context) (*pb.StatusResponse, error) {
+	addr := s.raft.LeaderAPIAddr()
+	if addr == "" {
+		return nil, s.notLeaderError()
+	}
+	conn, err := s.peers.conn(addr)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	return pb.NewSysClient(conn).Status(ctx, &pb.StatusRequest{})
+}
+
+// pollUntil calls f every 50 ms until it succeeds or ctx ends, and returns
+// f's last error.
+func pollUntil(ctx context.Context, f func() error) error {
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		err := f()
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-t.C:
+		}
+	}
 }
