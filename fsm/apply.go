@@ -94,6 +94,9 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 			}
 			cur, lastTerm = l.Index, l.Term
 		}
+		if err := a.saveIdemCount(); err != nil {
+			return err
+		}
 		meta := tx.Bucket(bucketMeta)
 		if err := meta.Put(keyAppliedIndex, encodeUint64(cur)); err != nil {
 			return err
@@ -145,17 +148,60 @@ type applier struct {
 	change *Change
 	// sysChanged: a command of the batch wrote or deleted a system key.
 	sysChanged bool
+	// stateMeta is the meta bucket; idemCount the number of idempotency
+	// records (loaded on first use, written back by saveIdemCount).
+	stateMeta      *bolt.Bucket
+	idemCount      uint64
+	idemCountKnown bool
+	idemCountDirty bool
 }
 
 func newApplier(tx *bolt.Tx, f *FSM) *applier {
-	return &applier{
-		f:      f,
-		meta:   tx.Bucket(bucketSecretMeta),
-		data:   tx.Bucket(bucketSecretData),
-		sys:    tx.Bucket(bucketSys),
-		idem:   tx.Bucket(bucketIdem),
-		idemTs: tx.Bucket(bucketIdemTime),
+	a := &applier{
+		f:         f,
+		meta:      tx.Bucket(bucketSecretMeta),
+		data:      tx.Bucket(bucketSecretData),
+		sys:       tx.Bucket(bucketSys),
+		idem:      tx.Bucket(bucketIdem),
+		idemTs:    tx.Bucket(bucketIdemTime),
+		stateMeta: tx.Bucket(bucketMeta),
 	}
+	// Both idempotency buckets grow at their end (request ids start with
+	// the time): full pages instead of bbolt's half-full splits halve them.
+	a.idem.FillPercent = 0.95
+	a.idemTs.FillPercent = 0.95
+	return a
+}
+
+// loadIdemCount reads the number of idempotency records, counting them
+// once in a database written before the count was kept.
+func (a *applier) loadIdemCount() error {
+	if a.idemCountKnown {
+		return nil
+	}
+	if v := a.stateMeta.Get(keyIdemCount); v != nil {
+		if len(v) != 8 {
+			return fmt.Errorf("corrupt idempotency record count %x", v)
+		}
+		a.idemCount = binary.BigEndian.Uint64(v)
+	} else {
+		a.idemCount = 0
+		c := a.idemTs.Cursor()
+		for k, _ := c.First(); k != nil; k, _ = c.Next() {
+			a.idemCount++
+		}
+		a.idemCountDirty = true
+	}
+	a.idemCountKnown = true
+	return nil
+}
+
+// saveIdemCount writes the record count back if it changed.
+func (a *applier) saveIdemCount() error {
+	if !a.idemCountDirty {
+		return nil
+	}
+	return a.stateMeta.Put(keyIdemCount, encodeUint64(a.idemCount))
 }
 
 // command applies one LogCommand. A non-nil error is a storage failure that
@@ -475,6 +521,15 @@ func (a *applier) pruneIdempotency(now int64) error {
 	if cutoff <= 0 {
 		return nil
 	}
+	return a.pruneOldest(func(k []byte) bool { return int64(binary.BigEndian.Uint64(k)) < cutoff })
+}
+
+// pruneOldest removes idempotency records, oldest first, while drop says
+// so of the next one's time index key.
+func (a *applier) pruneOldest(drop func(timeKey []byte) bool) error {
+	if err := a.loadIdemCount(); err != nil {
+		return err
+	}
 	c := a.idemTs.Cursor()
 	// Re-seek after each delete: bbolt cursors may skip an element when
 	// Next follows Delete.
@@ -482,7 +537,7 @@ func (a *applier) pruneIdempotency(now int64) error {
 		if len(k) < 8 {
 			return fmt.Errorf("corrupt idempotency index key %x", k)
 		}
-		if int64(binary.BigEndian.Uint64(k)) >= cutoff {
+		if !drop(k) {
 			return nil
 		}
 		if err := a.idem.Delete(k[8:]); err != nil {
@@ -491,6 +546,10 @@ func (a *applier) pruneIdempotency(now int64) error {
 		if err := c.Delete(); err != nil {
 			return err
 		}
+		if a.idemCount > 0 {
+			a.idemCount--
+		}
+		a.idemCountDirty = true
 	}
 	return nil
 }
@@ -525,10 +584,19 @@ func (a *applier) recordIdempotency(rid string, cmd *fsmpb.Command, res Result) 
 	if err != nil {
 		return err
 	}
+	if err := a.loadIdemCount(); err != nil {
+		return err
+	}
 	if err := a.idem.Put([]byte(rid), b); err != nil {
 		return err
 	}
-	return a.idemTs.Put(idemTimeKey(cmd.GetLeaderTimeUnixNano(), rid), []byte{})
+	if err := a.idemTs.Put(idemTimeKey(cmd.GetLeaderTimeUnixNano(), rid), []byte{}); err != nil {
+		return err
+	}
+	a.idemCount++
+	a.idemCountDirty = true
+	max := uint64(a.f.opts.MaxIdempotencyRecords)
+	return a.pruneOldest(func([]byte) bool { return a.idemCount > max })
 }
 
 // changeOf describes what a successful command did to a secret, or nil.

@@ -116,7 +116,7 @@ func randomLog(t testing.TB, seed uint64, n int) []*raft.Log {
 
 func openNoSync(t testing.TB, name string) *FSM {
 	t.Helper()
-	f, err := Open(filepath.Join(t.TempDir(), name), Options{NoSync: true, DefaultMaxVersions: 4, IdempotencyWindow: 3 * time.Minute})
+	f, err := Open(filepath.Join(t.TempDir(), name), Options{NoSync: true, DefaultMaxVersions: 4, IdempotencyWindow: 3 * time.Minute, MaxIdempotencyRecords: 8})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +158,7 @@ func TestDeterminism(t *testing.T) {
 			// C: random batches, with restarts after which Raft replays
 			// from an earlier index (as after NoSnapshotRestoreOnStart).
 			cPath := filepath.Join(t.TempDir(), "c.db")
-			copts := Options{NoSync: true, DefaultMaxVersions: 4, IdempotencyWindow: 3 * time.Minute}
+			copts := Options{NoSync: true, DefaultMaxVersions: 4, IdempotencyWindow: 3 * time.Minute, MaxIdempotencyRecords: 8}
 			c, err := Open(cPath, copts)
 			if err != nil {
 				t.Fatal(err)

@@ -20,6 +20,10 @@ const (
 	// DefaultIdempotencyWindow is how long, in leader time, a request_id is
 	// remembered.
 	DefaultIdempotencyWindow = 10 * time.Minute
+	// DefaultMaxIdempotencyRecords bounds the idempotency table: at a few
+	// thousand writes a second, ten minutes of records would make it the
+	// bulk of the state (and of every snapshot and the node's memory).
+	DefaultMaxIdempotencyRecords = 65536
 	// DefaultMaxVersions is how many versions a secret keeps unless its
 	// metadata says otherwise.
 	DefaultMaxVersions uint32 = 10
@@ -45,6 +49,7 @@ var (
 
 	keyAppliedIndex = []byte("applied_index")
 	keyAppliedTerm  = []byte("applied_term")
+	keyIdemCount    = []byte("idem_count")
 	keyFormat       = []byte("format")
 )
 
@@ -57,6 +62,12 @@ type Options struct {
 	// keeps deduplicating retries; default DefaultIdempotencyWindow. It must
 	// be the same on every node.
 	IdempotencyWindow time.Duration
+	// MaxIdempotencyRecords is how many request_ids are remembered at most
+	// (the oldest go first); default DefaultMaxIdempotencyRecords. A
+	// request_id deduplicates retries within IdempotencyWindow or the last
+	// MaxIdempotencyRecords writes, whichever is shorter. It must be the
+	// same on every node.
+	MaxIdempotencyRecords int
 	// DefaultMaxVersions is the max_versions given to a secret created
 	// without one; default DefaultMaxVersions. It must be the same on every
 	// node.
@@ -83,12 +94,18 @@ func (o Options) Validate() error {
 	if o.IdempotencyWindow < 0 {
 		return fmt.Errorf("%w: IdempotencyWindow is negative (%v); use 0 for the default", ErrInvalidOptions, o.IdempotencyWindow)
 	}
+	if o.MaxIdempotencyRecords < 0 {
+		return fmt.Errorf("%w: MaxIdempotencyRecords is negative (%d); use 0 for the default", ErrInvalidOptions, o.MaxIdempotencyRecords)
+	}
 	return nil
 }
 
 func (o Options) withDefaults() Options {
 	if o.Logger == nil {
 		o.Logger = hclog.NewNullLogger()
+	}
+	if o.MaxIdempotencyRecords == 0 {
+		o.MaxIdempotencyRecords = DefaultMaxIdempotencyRecords
 	}
 	if o.IdempotencyWindow == 0 {
 		o.IdempotencyWindow = DefaultIdempotencyWindow

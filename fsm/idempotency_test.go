@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	bolt "go.etcd.io/bbolt"
+
 	"coffer/fsm/fsmpb"
 )
 
@@ -89,5 +91,53 @@ func TestIdempotencyPruneBoundary(t *testing.T) {
 	b := &fsmpb.Command{Op: fsmpb.Op_OP_NOOP, RequestId: "b", LeaderTimeUnixNano: h.now.UnixNano()}
 	if res := h.mustOK(b); !res.Deduplicated || res.Index != 2 {
 		t.Fatalf("b within window = %+v", res)
+	}
+}
+
+// TestIdempotencyRecordBound: the table keeps at most MaxIdempotencyRecords
+// request_ids, dropping the oldest, and its count survives a restart and a
+// database written before the count was kept.
+func TestIdempotencyRecordBound(t *testing.T) {
+	h := newHarness(t, Options{MaxIdempotencyRecords: 3})
+	put := func(rid, v string) Result {
+		cmd := putCmd("s", v)
+		cmd.RequestId = rid
+		h.now = h.now.Add(time.Millisecond)
+		return h.apply(cmd)
+	}
+	for i, rid := range []string{"r1", "r2", "r3", "r4", "r5"} {
+		if res := put(rid, rid); res.Err != nil || res.Deduplicated || res.Version != uint64(i+1) {
+			t.Fatalf("write %s: %+v", rid, res)
+		}
+	}
+	if n := bucketLen(t, h.f, bucketIdem); n != 3 {
+		t.Fatalf("idem holds %d records, want 3", n)
+	}
+	if n := bucketLen(t, h.f, bucketIdemTime); n != 3 {
+		t.Fatalf("idem_time holds %d records, want 3", n)
+	}
+	if res := put("r5", "r5"); !res.Deduplicated || res.Version != 5 {
+		t.Fatalf("retry of a kept request_id: %+v", res)
+	}
+	if res := put("r1", "r1"); res.Deduplicated || res.Version != 6 {
+		t.Fatalf("a request_id beyond the bound was still remembered: %+v", res)
+	}
+
+	// Restart, and forget the count as an older database would: it is
+	// counted again and the bound still holds.
+	h.reopen()
+	if err := h.f.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Delete(keyIdemCount) }); err != nil {
+		t.Fatal(err)
+	}
+	for _, rid := range []string{"r6", "r7"} {
+		if res := put(rid, rid); res.Err != nil || res.Deduplicated {
+			t.Fatalf("write %s after restart: %+v", rid, res)
+		}
+	}
+	if n := bucketLen(t, h.f, bucketIdem); n != 3 {
+		t.Fatalf("after restart idem holds %d records, want 3", n)
+	}
+	if res := put("r4", "r4"); res.Deduplicated {
+		t.Fatalf("r4 should have been dropped: %+v", res)
 	}
 }
