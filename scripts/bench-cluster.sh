@@ -38,6 +38,18 @@ for i in 1 2 3; do
   echo $! >"$dir/n$i.pid"
 done
 addrs="127.0.0.1:8510,127.0.0.1:8520,127.0.0.1:8530"
+# A node that cannot start (a port in use by another cluster) exits at once.
+for _ in $(seq 1 10); do
+  for i in 1 2 3; do
+    if ! kill -0 "$(cat "$dir/n$i.pid")" 2>/dev/null; then
+      echo "node n$i did not start: $(tail -n 3 "$dir/n$i.log")" >&2
+      echo "(another cluster on ports 85x0-85x3? stop it with $0 stop)" >&2
+      "$0" stop "$dir"
+      exit 1
+    fi
+  done
+  sleep 0.1
+done
 for _ in $(seq 1 150); do
   "$BIN" operator init -address=$addrs -format=json >"$dir/init.json" 2>"$dir/init.err" && break
   sleep 0.2
