@@ -5,7 +5,9 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	pb "coffer/api/cofferpb"
 	"coffer/replication"
@@ -85,10 +87,18 @@ func (s *Server) askReadIndex(key roundKey) (uint64, error) {
 	if key.auth != "" {
 		out.Set("authorization", key.auth)
 	}
-	ctx, cancel := context.WithTimeout(s.stopCtx, readIndexTimeout)
+	// Not the node's stop context: a graceful stop lets the reads in
+	// flight finish, and they may be waiting for this round.
+	ctx, cancel := context.WithTimeout(context.Background(), readIndexTimeout)
 	defer cancel()
 	resp, err := pb.NewClusterClient(conn).ReadIndex(metadata.NewOutgoingContext(ctx, out), &pb.ReadIndexRequest{Linearizable: key.linearizable})
 	if err != nil {
+		if s.stopCtx.Err() != nil {
+			return 0, errShuttingDown // its connections are closing
+		}
+		if code := status.Code(err); code == codes.Canceled || code == codes.DeadlineExceeded {
+			return 0, withMessage(replication.ErrTimeout, "the leader did not answer a read-index request within %s: retry, or read with -consistency=stale", readIndexTimeout)
+		}
 		return 0, err
 	}
 	return resp.Index, nil
