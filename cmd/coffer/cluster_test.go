@@ -198,6 +198,11 @@ func TestServerClusterFlags(t *testing.T) {
 		if !reflect.DeepEqual(cfg.Raft, def) {
 			t.Fatalf("zero timings: %+v", cfg.Raft)
 		}
+		// Snapshot settings.
+		cfg = parseServerT(t, nil, append(base, "-raft-snapshot-interval=30s", "-raft-snapshot-threshold=65536", "-raft-trailing-logs=4096")...)
+		if r := cfg.Raft; r.SnapshotInterval != 30*time.Second || r.SnapshotThreshold != 65536 || r.TrailingLogs != 4096 {
+			t.Fatalf("snapshot settings: %+v", r)
+		}
 	})
 
 	t.Run("usage errors", func(t *testing.T) {
@@ -210,6 +215,8 @@ func TestServerClusterFlags(t *testing.T) {
 			{[]string{"-bootstrap-expect=x"}, `invalid value "x" for flag -bootstrap-expect`},
 			{[]string{"-dead-server-timeout=-1s"}, "invalid -dead-server-timeout=-1s"},
 			{[]string{"-raft-heartbeat-timeout=-1s"}, "invalid -raft-heartbeat-timeout=-1s"},
+			{[]string{"-raft-snapshot-interval=-1s"}, "invalid -raft-snapshot-interval=-1s"},
+			{[]string{"-raft-trailing-logs=-5"}, `invalid value "-5" for flag -raft-trailing-logs`},
 			{[]string{"-raft-heartbeat-timeout=100ms", "-raft-lease-timeout=200ms"}, "-raft-lease-timeout=200ms exceeds -raft-heartbeat-timeout=100ms"},
 			{[]string{"-raft-election-timeout=100ms"}, "-raft-election-timeout=100ms is below -raft-heartbeat-timeout=" + replication.DefaultConfig().HeartbeatTimeout.String()},
 			// Checked by server.Config.Validate before anything starts.

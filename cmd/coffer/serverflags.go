@@ -26,6 +26,9 @@ type clusterFlags struct {
 	heartbeatTimeout  time.Duration
 	electionTimeout   time.Duration
 	leaseTimeout      time.Duration
+	snapshotInterval  time.Duration
+	snapshotThreshold uint64
+	trailingLogs      uint64
 }
 
 // addClusterFlags defines the clustering flags on f, with def's defaults.
@@ -41,6 +44,9 @@ func addClusterFlags(f *cmdFlags, def server.Config) *clusterFlags {
 	f.fs.DurationVar(&c.heartbeatTimeout, "raft-heartbeat-timeout", 0, "Raft heartbeat timeout; 0 means the default ("+def.Raft.HeartbeatTimeout.String()+")")
 	f.fs.DurationVar(&c.electionTimeout, "raft-election-timeout", 0, "Raft election timeout; 0 means the default ("+def.Raft.ElectionTimeout.String()+")")
 	f.fs.DurationVar(&c.leaseTimeout, "raft-lease-timeout", 0, "Raft leader lease timeout, at most the heartbeat timeout; 0 means the default ("+def.Raft.LeaderLeaseTimeout.String()+")")
+	f.fs.DurationVar(&c.snapshotInterval, "raft-snapshot-interval", 0, "how often (randomised up to twice this) Raft checks whether -raft-snapshot-threshold entries piled up and snapshots; longer means fewer snapshots under a heavy write load but a larger log and more memory; 0 means the default ("+def.Raft.SnapshotInterval.String()+")")
+	f.fs.Uint64Var(&c.snapshotThreshold, "raft-snapshot-threshold", 0, fmt.Sprintf("log entries since the last snapshot that make Raft snapshot; 0 means the default (%d)", def.Raft.SnapshotThreshold))
+	f.fs.Uint64Var(&c.trailingLogs, "raft-trailing-logs", 0, fmt.Sprintf("log entries kept behind a snapshot, so that a follower that lags by fewer catches up from the log instead of a snapshot; 0 means the default (%d)", def.Raft.TrailingLogs))
 	return c
 }
 
@@ -91,7 +97,8 @@ func (c *clusterFlags) apply(f *cmdFlags, e *env, cfg *server.Config, fileKey st
 	return c.applyRaftTimings(set, cfg)
 }
 
-// applyRaftTimings sets the Raft timings given on the command line. A
+// applyRaftTimings sets the Raft timings and snapshot settings given on
+// the command line. A
 // heartbeat timeout given alone also bounds the lease (which must not
 // exceed it) and raises the election timeout (which must not be below it),
 // so that one flag is enough to speed Raft up or slow it down.
@@ -103,12 +110,22 @@ func (c *clusterFlags) applyRaftTimings(set func(string) bool, cfg *server.Confi
 		{"raft-heartbeat-timeout", c.heartbeatTimeout},
 		{"raft-election-timeout", c.electionTimeout},
 		{"raft-lease-timeout", c.leaseTimeout},
+		{"raft-snapshot-interval", c.snapshotInterval},
 	} {
 		if d.v < 0 {
 			return &cliError{code: 1, msg: fmt.Sprintf("invalid -%s=%s: want a positive duration, or 0 for the default", d.name, d.v)}
 		}
 	}
 	r := &cfg.Raft
+	if c.snapshotInterval > 0 {
+		r.SnapshotInterval = c.snapshotInterval
+	}
+	if c.snapshotThreshold > 0 {
+		r.SnapshotThreshold = c.snapshotThreshold
+	}
+	if c.trailingLogs > 0 {
+		r.TrailingLogs = c.trailingLogs
+	}
 	if c.heartbeatTimeout > 0 {
 		r.HeartbeatTimeout = c.heartbeatTimeout
 		if !set("raft-lease-timeout") && r.LeaderLeaseTimeout > r.HeartbeatTimeout {
