@@ -117,6 +117,17 @@ func TestFollowerRebuildsStateAfterMachineCrash(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(follower.Dir, "fsm.db.discarded")); err != nil {
 		t.Fatalf("the follower did not set its possibly torn state aside: %v", err)
 	}
+	// Whether or not it has replayed the init yet, it knows the cluster is
+	// initialized (from the leader if need be) and that it is sealed.
+	waitFor(t, 5*time.Second, "the rebuilding follower to know the leader's API address", func() error {
+		if st := c.Status(t, follower); st.LeaderAddress == "" {
+			return fmt.Errorf("no leader address known")
+		}
+		return nil
+	})
+	if st := c.Status(t, follower); !st.Seal.GetInitialized() || !st.Seal.GetSealed() || st.Seal.GetThreshold() != 3 {
+		t.Fatalf("rebuilding follower's seal status: %+v, want initialized, sealed, threshold 3", st.Seal)
+	}
 	c.Unseal(t, follower, 0)
 	read := func(path string) string {
 		t.Helper()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"google.golang.org/grpc/metadata"
 	"strings"
 	"time"
 
@@ -158,6 +159,15 @@ func (s *Server) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusRes
 	} else {
 		resp.LeaderAddress = s.raft.LeaderAPIAddr()
 	}
+	if stored == nil && !s.raft.IsLeader() && !wasForwarded(ctx) {
+		// This node may not have applied the init yet (it just joined, or
+		// it rebuilds its state): the leader knows whether the cluster is
+		// initialized.
+		if ls, err := s.leaderStatus(ctx); err == nil && ls.Seal.GetInitialized() {
+			resp.Seal.Initialized = true
+			resp.Seal.Threshold, resp.Seal.Shares = ls.Seal.GetThreshold(), ls.Seal.GetShares()
+		}
+	}
 	return resp, nil
 }
 
@@ -298,6 +308,7 @@ func (s *Server) leaderStatus(ctx context.Context) (*pb.StatusResponse, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
+	ctx = metadata.NewOutgoingContext(ctx, metadata.Pairs(forwardedKey, s.cfg.NodeID))
 	return pb.NewSysClient(conn).Status(ctx, &pb.StatusRequest{})
 }
 
