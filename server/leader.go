@@ -6,7 +6,6 @@ import (
 
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
-	pb "coffer/api/cofferpb"
 	"coffer/replication"
 )
 
@@ -20,13 +19,7 @@ func (s *Server) caughtUp(ctx context.Context, m replication.Member) bool {
 	if m.APIAddr == "" {
 		return false
 	}
-	conn, err := s.peers.conn(m.APIAddr)
-	if err != nil {
-		return false
-	}
-	c, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
-	st, err := pb.NewSysClient(conn).Status(c, &pb.StatusRequest{})
+	st, err := s.peerStatus(ctx, m.APIAddr)
 	if err != nil {
 		return false
 	}

@@ -87,13 +87,7 @@ func (o *operatorService) ListPeers(ctx context.Context, _ *pb.ListPeersRequest)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			conn, err := s.peers.conn(m.APIAddr)
-			if err != nil {
-				return
-			}
-			c, cancel := context.WithTimeout(ctx, time.Second)
-			defer cancel()
-			st, err := pb.NewSysClient(conn).Status(c, &pb.StatusRequest{})
+			st, err := s.peerStatus(ctx, m.APIAddr)
 			if err != nil {
 				return
 			}

@@ -4,9 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"google.golang.org/grpc/metadata"
 	"strings"
 	"time"
+
+	"google.golang.org/grpc/metadata"
 
 	pb "coffer/api/cofferpb"
 	"coffer/fsm"
@@ -302,6 +303,13 @@ func (s *Server) leaderStatus(ctx context.Context) (*pb.StatusResponse, error) {
 	if addr == "" {
 		return nil, s.notLeaderError()
 	}
+	return s.peerStatus(ctx, addr)
+}
+
+// peerStatus asks the node at API address addr for its status, within a
+// second. The call is marked as forwarded, so the peer answers from its
+// own state and never asks on.
+func (s *Server) peerStatus(ctx context.Context, addr string) (*pb.StatusResponse, error) {
 	conn, err := s.peers.conn(addr)
 	if err != nil {
 		return nil, err

@@ -10,9 +10,9 @@ import (
 // 100 collects each time the heap doubles; a node's live heap is small
 // (a few MiB), so under load it collected many times a second: 8-17 % of
 // a node's CPU in the profiles. At 400 the cluster served more reads and
-// writes on the same CPU (docs/BENCHMARKS.md) and a node's RSS stays
-// below the 100 MiB budget (about 75 MiB after the benchmark runs, 25 MiB
-// of it Go's heap, the rest mapped bbolt pages and the binary).
+// writes on the same CPU and a node's RSS stays below the 100 MiB budget
+// (docs/BENCHMARKS.md: 86-89 MiB after the benchmark runs, 25-33 MiB of
+// it Go's heap, the rest mapped bbolt pages and the binary).
 const gcPercent = 400
 
 // tuneGC applies gcPercent unless the operator set $GOGC.
