@@ -1,0 +1,94 @@
+package testcluster
+
+import (
+	"errors"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"coffer/replication"
+)
+
+// Options changes the shape of a Cluster. The zero value gives the fast
+// test timings of FastRaft, gossip probes every 100ms, dead members kept
+// for a minute and logs at info level.
+type Options struct {
+	// Raft holds the nodes' Raft timings. When its HeartbeatTimeout is
+	// zero the nodes run with FastRaft(); otherwise Raft is used as given,
+	// and its zero fields take replication's defaults. The identity and
+	// address fields are set by the harness.
+	Raft replication.Config
+	// DeadServerTimeout is how long a member must be dead before the
+	// leader removes it from Raft. Zero means one minute: nobody is
+	// removed while a test has it down.
+	DeadServerTimeout time.Duration
+	// LogLevel is the level of the nodes' logs, which go to t.Log. Zero
+	// (hclog.NoLevel) means hclog.Info; hclog.Off silences them.
+	LogLevel hclog.Level
+	// Standalone runs a one-node cluster without gossip (neither join
+	// seeds nor bootstrap_expect), as `coffer server` runs without -join.
+	// The size must be 1. Otherwise every node gossips and the first ones
+	// bootstrap together with bootstrap_expect = size.
+	Standalone bool
+	// LeaderTimeout bounds WaitForLeader and WaitForNewLeader. Zero means
+	// 10s.
+	LeaderTimeout time.Duration
+}
+
+// Defaults of Options.
+const (
+	defaultDeadServerTimeout = time.Minute
+	defaultLeaderTimeout     = 10 * time.Second
+	// shutdownTimeout bounds a node's graceful gRPC stop.
+	shutdownTimeout = 2 * time.Second
+)
+
+// FastRaft returns the fast Raft timings of the tests: 150ms heartbeat and
+// election timeouts, a 100ms leader lease, non-voters promoted after
+// 300ms and membership reconciled every 200ms.
+func FastRaft() replication.Config {
+	return replication.Config{
+		HeartbeatTimeout:   150 * time.Millisecond,
+		ElectionTimeout:    150 * time.Millisecond,
+		LeaderLeaseTimeout: 100 * time.Millisecond,
+		CommitTimeout:      5 * time.Millisecond,
+		PromoteAfter:       300 * time.Millisecond,
+		ReconcileInterval:  200 * time.Millisecond,
+	}
+}
+
+// fastGossip returns the memberlist timings of every test cluster: a dead
+// node is noticed within a few hundred milliseconds.
+func fastGossip() replication.GossipConfig {
+	return replication.GossipConfig{
+		ProbeInterval:    100 * time.Millisecond,
+		ProbeTimeout:     50 * time.Millisecond,
+		GossipInterval:   50 * time.Millisecond,
+		SuspicionMult:    2,
+		PushPullInterval: time.Second,
+	}
+}
+
+// withDefaults returns o with every zero field filled in, or an error when
+// the options cannot describe a cluster of size nodes.
+func (o Options) withDefaults(size int) (Options, error) {
+	if size < 1 {
+		return o, errors.New("testcluster: a cluster needs at least one node")
+	}
+	if o.Standalone && size != 1 {
+		return o, errors.New("testcluster: Standalone needs a size of 1")
+	}
+	if o.Raft.HeartbeatTimeout == 0 {
+		o.Raft = FastRaft()
+	}
+	if o.DeadServerTimeout == 0 {
+		o.DeadServerTimeout = defaultDeadServerTimeout
+	}
+	if o.LogLevel == hclog.NoLevel {
+		o.LogLevel = hclog.Info
+	}
+	if o.LeaderTimeout == 0 {
+		o.LeaderTimeout = defaultLeaderTimeout
+	}
+	return o, nil
+}

@@ -1,0 +1,122 @@
+package testcluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"go.uber.org/goleak"
+
+	pb "coffer/api/cofferpb"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+func TestFreeAddrNeverRepeats(t *testing.T) {
+	seen := map[string]bool{}
+	for range 200 {
+		a := FreeAddr(t)
+		if seen[a] {
+			t.Fatalf("FreeAddr returned %s twice", a)
+		}
+		seen[a] = true
+	}
+}
+
+func TestOptionsRefused(t *testing.T) {
+	if _, err := New(t, 0, Options{}); err == nil {
+		t.Fatal("a cluster of 0 nodes was accepted")
+	}
+	if _, err := New(t, 3, Options{Standalone: true}); err == nil {
+		t.Fatal("a standalone cluster of 3 nodes was accepted")
+	}
+}
+
+// TestStandaloneLifecycle: one node without gossip comes up, initializes
+// and unseals; killed, it is gone; restarted on the same addresses and
+// data, it is sealed, unseals and still holds the write.
+func TestStandaloneLifecycle(t *testing.T) {
+	c := StartUnsealed(t, 1, Options{Standalone: true, LogLevel: hclog.Warn})
+	n := c.Nodes()[0]
+	if c.WaitForLeader(t) != n || len(c.Followers(n)) != 0 {
+		t.Fatalf("leader %v, followers %v", c.Leader(), c.Followers(n))
+	}
+	put, err := n.KV.Put(c.Auth(t), &pb.PutRequest{Path: "secret/h/k", Data: map[string]string{"v": "1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.WaitForApplied(t, put.Index)
+	addr := n.APIAddr()
+
+	c.Kill(n)
+	if c.IsRunning(n) || len(c.Running()) != 0 {
+		t.Fatal("a killed node still counts as running")
+	}
+	if err := c.StopNode(context.Background(), n); err == nil {
+		t.Fatal("stopping a killed node did not fail")
+	}
+	c.Restart(t, n)
+	if n.APIAddr() != addr || c.APIAddrs()[0] != addr {
+		t.Fatalf("restarted on %s, was %s", n.APIAddr(), addr)
+	}
+	if !c.Status(t, n).Seal.GetSealed() {
+		t.Fatal("a restarted node is not sealed")
+	}
+	if err := c.StartNode(context.Background(), n); err == nil {
+		t.Fatal("starting a running node did not fail")
+	}
+	c.Unseal(t, n, 2)
+	c.WaitForLeader(t)
+	g, err := n.KV.Get(c.Auth(t), &pb.GetRequest{Path: "secret/h/k"})
+	if err != nil || g.Data["v"] != "1" {
+		t.Fatalf("read after restart: %v %v", g, err)
+	}
+	c.Stop(t, n)
+	c.RestartAll(t)
+	if !c.IsRunning(n) {
+		t.Fatal("RestartAll left the node down")
+	}
+}
+
+func TestWaitFor(t *testing.T) {
+	calls := 0
+	WaitFor(t, time.Second, "the third call", func() error {
+		calls++
+		if calls < 3 {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	if calls != 3 {
+		t.Fatalf("%d calls", calls)
+	}
+	ft := &fatalTB{TB: t}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		WaitFor(ft, 30*time.Millisecond, "never", func() error { return fmt.Errorf("no") })
+	}()
+	<-done
+	if ft.msg != "timed out after 30ms waiting for never: no" {
+		t.Fatalf("failure %q", ft.msg)
+	}
+}
+
+// fatalTB records Fatalf and ends its goroutine, as testing does.
+type fatalTB struct {
+	testing.TB
+	msg string
+}
+
+func (f *fatalTB) Helper() {}
+
+func (f *fatalTB) Fatalf(format string, args ...any) {
+	f.msg = fmt.Sprintf(format, args...)
+	runtime.Goexit()
+}
