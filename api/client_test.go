@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "coffer/api/cofferpb"
+	"coffer/internal/testcluster"
 )
 
 func TestConfigValidate(t *testing.T) {
@@ -103,13 +104,13 @@ func TestDeadEndpointSkipped(t *testing.T) {
 	if st[0].Address != dead || st[0].Up || st[0].DownSince.IsZero() || st[0].LastError == "" {
 		t.Fatalf("dead endpoint state: %+v", st[0])
 	}
-	leader := c.leader()
+	leader := c.Leader()
 	for _, s := range st[1:] {
 		if !s.Up || s.NodeID == "" {
 			t.Fatalf("live endpoint state: %+v", s)
 		}
-		if s.Leader != (s.NodeID == leader.id) {
-			t.Fatalf("leader flag wrong: %+v (leader %s)", s, leader.id)
+		if s.Leader != (s.NodeID == leader.ID) {
+			t.Fatalf("leader flag wrong: %+v (leader %s)", s, leader.ID)
 		}
 	}
 
@@ -133,14 +134,14 @@ func TestDeadEndpointSkipped(t *testing.T) {
 	}
 
 	// Endpoint sync: one configured endpoint, the others learned.
-	synced := c.client(t, Config{SyncEndpoints: 50 * time.Millisecond}, c.nodes[0])
-	waitFor(t, 10*time.Second, "synced endpoints", func() error {
+	synced := c.client(t, Config{SyncEndpoints: 50 * time.Millisecond}, c.Nodes()[0])
+	testcluster.WaitFor(t, 10*time.Second, "synced endpoints", func() error {
 		if eps := synced.Endpoints(); len(eps) != 3 {
 			return fmt.Errorf("endpoints %v", eps)
 		}
 		return nil
 	})
-	want := []string{c.nodes[0].apiAddr, c.nodes[1].apiAddr, c.nodes[2].apiAddr}
+	want := c.APIAddrs()
 	got := synced.Endpoints()
 	sort.Strings(want)
 	sort.Strings(got)
@@ -235,13 +236,13 @@ func TestLeaderKill(t *testing.T) {
 	// The writer: each write, then a read of it through the same client.
 	var versions []uint64
 	var killedAt time.Time
-	var leader *testNode
+	var leader *testcluster.Node
 	var firstAfterKill time.Duration
 	for i := 1; i <= 60; i++ {
 		if i == 25 {
-			leader = c.leader()
+			leader = c.Leader()
 			killedAt = time.Now()
-			c.kill(leader)
+			c.Kill(leader)
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		put, err := cl.Put(ctx, &pb.PutRequest{Path: path, Data: map[string]string{"i": strconv.Itoa(i)}})
@@ -267,7 +268,7 @@ func TestLeaderKill(t *testing.T) {
 	wg.Wait()
 
 	t.Logf("killed leader %s; first write after the kill took %s; %d reads (%d stale fallbacks) by node %v",
-		leader.id, firstAfterKill.Round(time.Millisecond), reads, fallbacks, nodes)
+		leader.ID, firstAfterKill.Round(time.Millisecond), reads, fallbacks, nodes)
 	for _, err := range readErrs {
 		t.Errorf("read failed: %v", err)
 	}
@@ -282,8 +283,8 @@ func TestLeaderKill(t *testing.T) {
 	}
 
 	// Quorum lost: reads fall back to stale ones and say so.
-	c.kill(c.leader())
-	only := c.running()[0]
+	c.Kill(c.Leader())
+	only := c.Running()[0]
 	fallback := c.client(t, Config{RetryBudget: 300 * time.Millisecond}, only)
 	for _, cons := range []pb.Consistency{pb.Consistency_CONSISTENCY_DEFAULT, pb.Consistency_CONSISTENCY_LINEARIZABLE} {
 		got, info, err := fallback.GetWithInfo(tctx(t), &pb.GetRequest{Path: path, Read: &pb.ReadOptions{Consistency: cons}})
@@ -311,16 +312,16 @@ func TestLeaderKill(t *testing.T) {
 // client's reads again.
 func TestReadYourWrites(t *testing.T) {
 	c := newTestCluster(t, 3)
-	leader := c.waitLeader(t)
-	lagging := c.followers(leader)[0]
+	leader := c.WaitForLeader(t)
+	lagging := c.Followers(leader)[0]
 	cl := c.client(t, Config{Consistency: pb.Consistency_CONSISTENCY_STALE, AttemptTimeout: time.Second})
 	const path = "secret/ryw/k"
 	first, err := cl.Put(tctx(t), &pb.PutRequest{Path: path, Data: map[string]string{"v": "0"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.waitApplied(t, first.Index)
-	lagging.net.Isolate()
+	c.WaitForApplied(t, first.Index)
+	lagging.Net.Isolate()
 
 	check := func(round int) map[string]int {
 		served := map[string]int{}
@@ -351,19 +352,19 @@ func TestReadYourWrites(t *testing.T) {
 	if old.Metadata.Version != first.Version {
 		t.Fatalf("lagging node answered version %d, want the old %d", old.Metadata.Version, first.Version)
 	}
-	t.Logf("while %s lagged (it still answers version %d): reads served by %v", lagging.id, old.Metadata.Version, served)
-	if served[lagging.id] != 0 || len(served) != 2 {
+	t.Logf("while %s lagged (it still answers version %d): reads served by %v", lagging.ID, old.Metadata.Version, served)
+	if served[lagging.ID] != 0 || len(served) != 2 {
 		t.Fatalf("reads served by %v", served)
 	}
 
-	lagging.net.Heal()
+	lagging.Net.Heal()
 	var after map[string]int
-	waitFor(t, 20*time.Second, "reads served by the healed node", func() error {
+	testcluster.WaitFor(t, 20*time.Second, "reads served by the healed node", func() error {
 		after = check(2)
-		if after[lagging.id] == 0 {
+		if after[lagging.ID] == 0 {
 			return fmt.Errorf("served by %v", after)
 		}
 		return nil
 	})
-	t.Logf("after healing %s: reads served by %v", lagging.id, after)
+	t.Logf("after healing %s: reads served by %v", lagging.ID, after)
 }

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "coffer/api/cofferpb"
+	"coffer/internal/testcluster"
 )
 
 // TestClientCache: a caching client on n3 answers repeated reads from its
@@ -21,8 +22,8 @@ import (
 // linearizable reads skip the cache.
 func TestClientCache(t *testing.T) {
 	c := newTestCluster(t, 3)
-	writer := c.client(t, Config{}, c.nodes[0])
-	reader := c.client(t, Config{Cache: &CacheConfig{TTL: time.Minute, Jitter: -1}}, c.nodes[2])
+	writer := c.client(t, Config{}, c.Nodes()[0])
+	reader := c.client(t, Config{Cache: &CacheConfig{TTL: time.Minute, Jitter: -1}}, c.Nodes()[2])
 	clock := newFakeClock()
 	reader.cache.now = clock.Now
 
@@ -62,7 +63,7 @@ func TestClientCache(t *testing.T) {
 		// Cached again: a fresh answer is cached; on a loaded machine a read
 		// may fall back to a stale one, which is kept for stale-if-error
 		// only, so read until a fresh answer is cached.
-		waitFor(t, 5*time.Second, "a fresh answer cached", func() error {
+		testcluster.WaitFor(t, 5*time.Second, "a fresh answer cached", func() error {
 			get()
 			if e := reader.cache.lookup(key, false); e.State != CacheFresh {
 				return fmt.Errorf("round %d: not cached before the write: %v", i, e.State)
@@ -76,7 +77,7 @@ func TestClientCache(t *testing.T) {
 			t.Fatal(err)
 		}
 		var d time.Duration
-		waitFor(t, 5*time.Second, "the cached entry to be expired", func() error {
+		testcluster.WaitFor(t, 5*time.Second, "the cached entry to be expired", func() error {
 			if e := reader.cache.lookup(key, false); e.State == CacheFresh {
 				return fmt.Errorf("entry still %s", e.State)
 			}
@@ -84,7 +85,7 @@ func TestClientCache(t *testing.T) {
 			return nil
 		})
 		dropped = append(dropped, d)
-		waitFor(t, 5*time.Second, "the new value", func() error {
+		testcluster.WaitFor(t, 5*time.Second, "the new value", func() error {
 			resp, _ := get()
 			if resp.Data["v"] != want {
 				return fmt.Errorf("read %q", resp.Data["v"])
@@ -161,8 +162,8 @@ func TestCacheStaleIfError(t *testing.T) {
 	// A path never read is not cached: it fails like any read.
 	const uncached = "secret/outage/never-read"
 
-	for _, n := range c.running() {
-		c.kill(n)
+	for _, n := range c.Running() {
+		c.Kill(n)
 	}
 	// Within the TTL the cache answers without asking.
 	if _, info, err := cl.GetWithInfo(tctx(t), &pb.GetRequest{Path: path}); err != nil || !info.Cached || info.Stale {
@@ -209,16 +210,10 @@ func TestCacheStaleIfError(t *testing.T) {
 
 	// The cluster comes back: fresh reads again, without a new client.
 	start := time.Now()
-	for _, n := range c.nodes {
-		if err := c.start(n, 0); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, n := range c.nodes {
-		c.unseal(t, n)
-	}
-	c.waitLeader(t)
-	waitFor(t, 20*time.Second, "a fresh read", func() error {
+	c.RestartAll(t)
+	c.UnsealAll(t)
+	c.WaitForLeader(t)
+	testcluster.WaitFor(t, 20*time.Second, "a fresh read", func() error {
 		resp, info, err := cl.GetWithInfo(tctx(t), &pb.GetRequest{Path: path})
 		if err != nil {
 			return err

@@ -56,7 +56,7 @@ func TestWatchResume(t *testing.T) {
 	if first.Type != WatchProgress || first.NodeID == "" {
 		t.Fatalf("first event %+v", first)
 	}
-	serving := c.node(first.NodeID)
+	serving := c.Node(first.NodeID)
 
 	var written []uint64
 	put := func(path string) {
@@ -84,7 +84,7 @@ func TestWatchResume(t *testing.T) {
 	expect("secret/w/b")
 
 	killedAt := time.Now()
-	c.kill(serving)
+	c.Kill(serving)
 	for _, p := range []string{"secret/w/c", "secret/w/d", "secret/w/e"} {
 		put(p)
 	}
@@ -94,11 +94,11 @@ func TestWatchResume(t *testing.T) {
 		if p == "secret/w/c" {
 			resumed = ev
 		}
-		if ev.NodeID == serving.id {
-			t.Fatalf("event %+v from the killed node %s", ev, serving.id)
+		if ev.NodeID == serving.ID {
+			t.Fatalf("event %+v from the killed node %s", ev, serving.ID)
 		}
 	}
-	t.Logf("killed %s; the watch resumed on %s, first change %s after the kill", serving.id, resumed.NodeID, time.Since(killedAt).Round(time.Millisecond))
+	t.Logf("killed %s; the watch resumed on %s, first change %s after the kill", serving.ID, resumed.NodeID, time.Since(killedAt).Round(time.Millisecond))
 	want := slices.Clone(written)
 	want = slices.Delete(want, 1, 2) // secret/other
 	if !slices.Equal(seen, want) {
@@ -108,8 +108,9 @@ func TestWatchResume(t *testing.T) {
 	// The killed node comes back (sealed, then unsealed); its change ring
 	// starts at its restart, so a watch from an older index there is told
 	// the changes were compacted, and goes on from the new index.
-	c.restart(t, serving)
-	c.waitApplied(t, written[len(written)-1])
+	c.Restart(t, serving)
+	c.Unseal(t, serving, 0)
+	c.WaitForApplied(t, written[len(written)-1])
 	only := c.client(t, Config{}, serving)
 	cctx, ccancel := context.WithCancel(context.Background())
 	defer ccancel()
