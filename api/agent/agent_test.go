@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,6 +26,7 @@ import (
 
 	"coffer/api"
 	pb "coffer/api/cofferpb"
+	"coffer/internal/testcluster"
 )
 
 func TestMain(m *testing.M) {
@@ -36,13 +36,11 @@ func TestMain(m *testing.M) {
 // testConfig returns an agent configuration over endpoints with the given
 // own token, on a loopback port, logging to t.
 func testConfig(t testing.TB, endpoints []string, token string) Config {
-	done := new(atomic.Bool)
-	t.Cleanup(func() { done.Store(true) })
 	cfg := DefaultConfig()
 	cfg.Upstream = api.Config{Endpoints: endpoints, Token: token}
 	cfg.Listen = "127.0.0.1:0"
 	cfg.PersistDelay = 20 * time.Millisecond
-	cfg.Logger = testLogger(t, "agent", done, hclog.Info)
+	cfg.Logger = testcluster.Logger(t, "agent", hclog.Info)
 	return cfg
 }
 
@@ -131,9 +129,9 @@ func newKey() []byte {
 }
 
 // rootClient returns an api.Client over the cluster with the root token.
-func rootClient(t testing.TB, c *testCluster) *api.Client {
+func rootClient(t testing.TB, c *testcluster.Cluster) *api.Client {
 	t.Helper()
-	cl, err := api.New(api.Config{Endpoints: c.addrs(), Token: c.token})
+	cl, err := api.New(api.Config{Endpoints: c.APIAddrs(), Token: c.Token})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,7 +181,7 @@ func TestAgentOutage(t *testing.T) {
 	const ttl, maxStale = time.Second, 8 * time.Second
 	dir := filepath.Join(t.TempDir(), "cache")
 	key := newKey()
-	cfg := testConfig(t, c.addrs(), c.token)
+	cfg := testConfig(t, c.APIAddrs(), c.Token)
 	cfg.Cache = api.CacheConfig{TTL: ttl, MaxStale: maxStale, Jitter: -1}
 	cfg.CacheDir, cfg.CacheKey, cfg.CacheKeySource = dir, key, "the test key"
 	ag := startAgent(t, cfg)
@@ -191,11 +189,11 @@ func TestAgentOutage(t *testing.T) {
 
 	// Through the agent: a miss, then a hit, for the root token.
 	begin := time.Now() // no answer the agent caches is older
-	g := ac.get(t, c.token, path)
+	g := ac.get(t, c.Token, path)
 	if g.err != nil || g.resp.Data["password"] != marker || g.cache != "miss" || g.resp.ReadMeta.GetStale() {
 		t.Fatalf("first get through the agent: %s", g)
 	}
-	if g = ac.get(t, c.token, path); g.err != nil || g.resp.Data["password"] != marker || g.cache != "hit" {
+	if g = ac.get(t, c.Token, path); g.err != nil || g.resp.Data["password"] != marker || g.cache != "hit" {
 		t.Fatalf("second get through the agent: %s", g)
 	}
 	// Another (invalid) token is not served the cached value.
@@ -208,7 +206,7 @@ func TestAgentOutage(t *testing.T) {
 		t.Fatalf("get without a token: %s", g)
 	}
 	// The cache file follows the cache (debounced) and holds no plaintext.
-	waitFor(t, 10*time.Second, "the cache file", func() error {
+	testcluster.WaitFor(t, 10*time.Second, "the cache file", func() error {
 		recs, _, err := ag.file.load()
 		if err != nil || len(recs) != 1 { // one token (the agent's is the root token too), one path
 			return fmt.Errorf("%d records, %v", len(recs), err)
@@ -218,9 +216,9 @@ func TestAgentOutage(t *testing.T) {
 	grepDir(t, dir, marker)
 
 	// The whole cluster goes down.
-	c.killAll()
-	waitFor(t, 10*time.Second, "a stale answer from the cache", func() error {
-		g = ac.get(t, c.token, path)
+	c.KillAll()
+	testcluster.WaitFor(t, 10*time.Second, "a stale answer from the cache", func() error {
+		g = ac.get(t, c.Token, path)
 		if g.err != nil {
 			return g.err
 		}
@@ -266,7 +264,7 @@ func TestAgentOutage(t *testing.T) {
 	}
 	ag2 := startAgent(t, cfg)
 	ac2 := dial(t, ag2.Addr())
-	if g := ac2.get(t, c.token, path); g.err != nil || g.resp.Data["password"] != marker || !g.resp.ReadMeta.GetStale() || g.cache != "stale" {
+	if g := ac2.get(t, c.Token, path); g.err != nil || g.resp.Data["password"] != marker || !g.resp.ReadMeta.GetStale() || g.cache != "stale" {
 		t.Fatalf("restarted agent during the outage: %s", g)
 	}
 	if g := ac2.get(t, bogus, path); g.err == nil {
@@ -274,14 +272,14 @@ func TestAgentOutage(t *testing.T) {
 	}
 
 	// Past max-stale: a clear error.
-	waitFor(t, ttl+maxStale+10*time.Second, "the max-stale error", func() error {
-		g := ac2.get(t, c.token, path)
+	testcluster.WaitFor(t, ttl+maxStale+10*time.Second, "the max-stale error", func() error {
+		g := ac2.get(t, c.Token, path)
 		if g.err == nil {
 			return fmt.Errorf("still served: %s", g)
 		}
 		return nil
 	})
-	g = ac2.get(t, c.token, path)
+	g = ac2.get(t, c.Token, path)
 	msg := status.Convert(g.err).Message()
 	if status.Code(g.err) != codes.Unavailable || !strings.Contains(msg, "past -max-stale") || !strings.Contains(msg, "cluster is unreachable") {
 		t.Fatalf("past max-stale: %v", g.err)
@@ -289,9 +287,11 @@ func TestAgentOutage(t *testing.T) {
 	t.Logf("past max-stale: %v", g.err)
 
 	// The cluster comes back: fresh answers, without restarting the agent.
-	c.restartAll(t)
-	waitFor(t, 20*time.Second, "a fresh answer after the outage", func() error {
-		g := ac2.get(t, c.token, path)
+	c.RestartAll(t)
+	c.UnsealAll(t)
+	c.WaitForLeader(t)
+	testcluster.WaitFor(t, 20*time.Second, "a fresh answer after the outage", func() error {
+		g := ac2.get(t, c.Token, path)
 		if g.err != nil {
 			return g.err
 		}
@@ -303,8 +303,8 @@ func TestAgentOutage(t *testing.T) {
 	if _, err := root.Put(tctx(t), &pb.PutRequest{Path: path, Data: map[string]string{"password": "rotated"}}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 20*time.Second, "the new value through the agent", func() error {
-		g := ac2.get(t, c.token, path)
+	testcluster.WaitFor(t, 20*time.Second, "the new value through the agent", func() error {
+		g := ac2.get(t, c.Token, path)
 		if g.err != nil {
 			return g.err
 		}
@@ -323,12 +323,12 @@ func TestAgentOutage(t *testing.T) {
 func TestAgentPassThrough(t *testing.T) {
 	c := newTestCluster(t, 1)
 	root := rootClient(t, c)
-	cfg := testConfig(t, c.addrs(), "") // no token of its own
+	cfg := testConfig(t, c.APIAddrs(), "") // no token of its own
 	cfg.Cache.TTL = time.Hour
 	cfg.CacheDir, cfg.CacheKey = t.TempDir(), newKey()
 	ag := startAgent(t, cfg)
 	ac := dial(t, ag.Addr())
-	ctx := as(t, c.token)
+	ctx := as(t, c.Token)
 
 	// A watch through the agent, from now.
 	wctx, wcancel := context.WithCancel(ctx)
@@ -363,35 +363,35 @@ func TestAgentPassThrough(t *testing.T) {
 	}
 	wcancel()
 
-	if g := ac.get(t, c.token, path); g.err != nil || g.resp.Data["v"] != "1" || g.cache != "miss" {
+	if g := ac.get(t, c.Token, path); g.err != nil || g.resp.Data["v"] != "1" || g.cache != "miss" {
 		t.Fatalf("get: %s", g)
 	}
-	if g := ac.get(t, c.token, path); g.cache != "hit" {
+	if g := ac.get(t, c.Token, path); g.cache != "hit" {
 		t.Fatalf("second get: %s", g)
 	}
 	// A write through the agent drops the cached answer at once.
 	if _, err := ac.kv.Put(ctx, &pb.PutRequest{Path: path, Data: map[string]string{"v": "2"}}); err != nil {
 		t.Fatal(err)
 	}
-	if g := ac.get(t, c.token, path); g.err != nil || g.resp.Data["v"] != "2" || g.cache != "miss" {
+	if g := ac.get(t, c.Token, path); g.err != nil || g.resp.Data["v"] != "2" || g.cache != "miss" {
 		t.Fatalf("get after a write through the agent: %s", g)
 	}
 	// A write made elsewhere reaches an agent's cache through its watch
 	// (TTL is 1h). The watch runs with the agent's own token, which this
 	// agent lacks: a second agent with one shows it.
-	cfg2 := testConfig(t, c.addrs(), c.token)
+	cfg2 := testConfig(t, c.APIAddrs(), c.Token)
 	cfg2.Cache.TTL = time.Hour
 	ag2 := startAgent(t, cfg2)
 	ac2 := dial(t, ag2.Addr())
-	if g := ac2.get(t, c.token, path); g.err != nil || g.resp.Data["v"] != "2" {
+	if g := ac2.get(t, c.Token, path); g.err != nil || g.resp.Data["v"] != "2" {
 		t.Fatalf("get through the second agent: %s", g)
 	}
 	if _, err := root.Put(tctx(t), &pb.PutRequest{Path: path, Data: map[string]string{"v": "3"}}); err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	waitFor(t, 10*time.Second, "the change to reach the agent's cache", func() error {
-		if g := ac2.get(t, c.token, path); g.err != nil || g.resp.Data["v"] != "3" {
+	testcluster.WaitFor(t, 10*time.Second, "the change to reach the agent's cache", func() error {
+		if g := ac2.get(t, c.Token, path); g.err != nil || g.resp.Data["v"] != "3" {
 			return fmt.Errorf("%s", g)
 		}
 		return nil
@@ -402,7 +402,7 @@ func TestAgentPassThrough(t *testing.T) {
 	if _, err := ac.kv.Delete(ctx, &pb.VersionsRequest{Path: path}); err != nil {
 		t.Fatal(err)
 	}
-	if g := ac.get(t, c.token, path); status.Code(g.err) != codes.NotFound {
+	if g := ac.get(t, c.Token, path); status.Code(g.err) != codes.NotFound {
 		t.Fatalf("get after delete: %s", g)
 	}
 	if _, err := ac.kv.Undelete(ctx, &pb.VersionsRequest{Path: path, Versions: []uint64{3}}); err != nil {
@@ -425,7 +425,7 @@ func TestAgentPassThrough(t *testing.T) {
 	if _, err := ac.kv.DeleteMetadata(ctx, &pb.DeleteMetadataRequest{Path: path}); err != nil {
 		t.Fatal(err)
 	}
-	if g := ac.get(t, c.token, path); status.Code(g.err) != codes.NotFound {
+	if g := ac.get(t, c.Token, path); status.Code(g.err) != codes.NotFound {
 		t.Fatalf("get after delete metadata: %s", g)
 	}
 
@@ -441,7 +441,7 @@ func TestAgentPassThrough(t *testing.T) {
 		t.Fatalf("get without any token: %s", g)
 	}
 	// A malformed authorization header is refused, not replaced.
-	bad := metadata.AppendToOutgoingContext(tctx(t), "authorization", "Basic "+c.token)
+	bad := metadata.AppendToOutgoingContext(tctx(t), "authorization", "Basic "+c.Token)
 	if _, err := ac2.kv.Get(bad, &pb.GetRequest{Path: path}); status.Code(err) != codes.Unauthenticated || !strings.Contains(status.Convert(err).Message(), "Bearer") {
 		t.Fatalf("malformed authorization: %v", err)
 	}
@@ -451,7 +451,7 @@ func TestAgentPassThrough(t *testing.T) {
 // FailedPrecondition, health and reflection answer.
 func TestAgentSys(t *testing.T) {
 	c := newTestCluster(t, 1)
-	cfg := testConfig(t, c.addrs(), c.token)
+	cfg := testConfig(t, c.APIAddrs(), c.Token)
 	cfg.Version = "9.9.9-test"
 	ag := startAgent(t, cfg)
 	ac := dial(t, ag.Addr())
@@ -463,7 +463,7 @@ func TestAgentSys(t *testing.T) {
 		t.Fatal(g)
 	}
 	var st *pb.StatusResponse
-	waitFor(t, 10*time.Second, "the agent to know the leader", func() error {
+	testcluster.WaitFor(t, 10*time.Second, "the agent to know the leader", func() error {
 		var err error
 		st, err = ac.sys.Status(tctx(t), &pb.StatusRequest{})
 		if err != nil {
@@ -475,14 +475,14 @@ func TestAgentSys(t *testing.T) {
 		return nil
 	})
 	if st.NodeId != DefaultNodeID || st.RaftState != RaftState || !st.Seal.Initialized || st.Seal.Sealed ||
-		st.LeaderId != "n1" || st.LeaderAddress != c.nodes[0].apiAddr || st.AppliedIndex == 0 || st.Version != "9.9.9-test" {
+		st.LeaderId != "n1" || st.LeaderAddress != c.Nodes()[0].APIAddr() || st.AppliedIndex == 0 || st.Version != "9.9.9-test" {
 		t.Fatalf("status: %v", st)
 	}
 	if st.LastContactMs > 10_000 {
 		t.Fatalf("last contact %dms after a read", st.LastContactMs)
 	}
 
-	ctx := as(t, c.token)
+	ctx := as(t, c.Token)
 	for name, call := range map[string]func() error{
 		"init":   func() error { _, err := ac.sys.Init(ctx, &pb.InitRequest{}); return err },
 		"unseal": func() error { _, err := ac.sys.Unseal(ctx, &pb.UnsealRequest{Key: []byte("x")}); return err },
@@ -495,7 +495,7 @@ func TestAgentSys(t *testing.T) {
 		}
 	}
 	// The cluster was not sealed by the agent.
-	if g := ac.get(t, c.token, "secret/s"); g.err != nil {
+	if g := ac.get(t, c.Token, "secret/s"); g.err != nil {
 		t.Fatal(g)
 	}
 
@@ -534,7 +534,7 @@ func TestAgentSys(t *testing.T) {
 // fails with Unavailable that says it comes from upstream; Shutdown before
 // Start releases the port.
 func TestAgentNoUpstream(t *testing.T) {
-	cfg := testConfig(t, []string{freeAddr(t)}, "t")
+	cfg := testConfig(t, []string{testcluster.FreeAddr(t)}, "t")
 	ag := startAgent(t, cfg)
 	ac := dial(t, ag.Addr())
 	g := ac.get(t, "caller", "secret/x")
@@ -550,14 +550,14 @@ func TestAgentNoUpstream(t *testing.T) {
 		t.Fatalf("list with no upstream: %v", err)
 	}
 
-	idle, err := New(testConfig(t, []string{freeAddr(t)}, ""))
+	idle, err := New(testConfig(t, []string{testcluster.FreeAddr(t)}, ""))
 	if err != nil {
 		t.Fatal(err)
 	}
 	addr := idle.Addr()
 	shutdown(t, idle)
 	shutdown(t, idle) // idempotent
-	again := testConfig(t, []string{freeAddr(t)}, "")
+	again := testConfig(t, []string{testcluster.FreeAddr(t)}, "")
 	again.Listen = addr
 	startAgent(t, again)
 }

@@ -11,12 +11,13 @@ import (
 
 	"coffer/api"
 	pb "coffer/api/cofferpb"
+	"coffer/internal/testcluster"
 )
 
 const benchPath = "secret/bench/db"
 
 // benchCluster is a one-node cluster holding benchPath.
-func benchCluster(b *testing.B) *testCluster {
+func benchCluster(b *testing.B) *testcluster.Cluster {
 	c := newTestCluster(b, 1)
 	if _, err := rootClient(b, c).Put(tctx(b), &pb.PutRequest{Path: benchPath, Data: map[string]string{"password": "s3cret", "user": "app"}}); err != nil {
 		b.Fatal(err)
@@ -29,10 +30,10 @@ func benchCluster(b *testing.B) *testCluster {
 // connections, each answered from the agent's cache.
 func BenchmarkAgentCachedGet(b *testing.B) {
 	c := benchCluster(b)
-	cfg := testConfig(b, c.addrs(), c.token)
+	cfg := testConfig(b, c.APIAddrs(), c.Token)
 	cfg.Cache = api.CacheConfig{TTL: time.Hour}
 	ag := startAgent(b, cfg)
-	benchGets(b, ag.Addr(), c.token)
+	benchGets(b, ag.Addr(), c.Token)
 	if st := ag.CacheStats(); st.Misses > 1 {
 		b.Fatalf("%d reads missed the cache", st.Misses-1)
 	}
@@ -42,7 +43,7 @@ func BenchmarkAgentCachedGet(b *testing.B) {
 // (default consistency, from the leader's state), for comparison.
 func BenchmarkNodeGet(b *testing.B) {
 	c := benchCluster(b)
-	benchGets(b, c.nodes[0].apiAddr, c.token)
+	benchGets(b, c.Nodes()[0].APIAddr(), c.Token)
 }
 
 // benchGets runs parallel gRPC Gets of benchPath at addr over four

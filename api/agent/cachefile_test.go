@@ -16,6 +16,7 @@ import (
 
 	"coffer/api"
 	pb "coffer/api/cofferpb"
+	"coffer/internal/testcluster"
 )
 
 // testRecords returns cache records holding marker.
@@ -216,7 +217,7 @@ func (l *lockedBuffer) String() string {
 func TestAgentCacheFileAtStart(t *testing.T) {
 	dir := t.TempDir()
 	key := newKey()
-	cfg := testConfig(t, []string{freeAddr(t)}, "t")
+	cfg := testConfig(t, []string{testcluster.FreeAddr(t)}, "t")
 	cfg.CacheDir, cfg.CacheKey, cfg.CacheKeySource = dir, key, "-cache-key-file /tmp/k"
 	path := filepath.Join(dir, CacheFileName)
 
