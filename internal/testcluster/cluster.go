@@ -85,18 +85,20 @@ func New(t testing.TB, size int, opts Options) (*Cluster, error) {
 		return nil, err
 	}
 	c := &Cluster{t: t, opts: opts}
-	// Registered before the shutdown, so it runs after it: logs of the
-	// shutdown still reach t.
+	// Cleanups run last registered first. The log gate closes after the
+	// shutdown, so the shutdown's logs still reach t; and the data dirs
+	// (t.TempDir's cleanup, registered at its first call) go after the
+	// nodes have closed their files in them.
 	c.logs = newLogGate(t)
-	t.Cleanup(c.Shutdown)
 	for i := 1; i <= size; i++ {
 		n, err := c.newNode(fmt.Sprintf("n%d", i), t.TempDir(), false)
 		if err != nil {
-			return c, err
+			return nil, err
 		}
 		c.nodes = append(c.nodes, n)
 		c.seeds = append(c.seeds, n.gossipAddr)
 	}
+	t.Cleanup(c.Shutdown)
 	errs := make([]error, size)
 	var wg sync.WaitGroup
 	for i, n := range c.nodes {
@@ -234,7 +236,9 @@ func (c *Cluster) AddNode(t testing.TB, readReplica bool) *Node {
 	c.mu.Lock()
 	id := fmt.Sprintf("n%d", len(c.nodes)+1)
 	c.mu.Unlock()
-	n, err := c.newNode(id, t.TempDir(), readReplica)
+	// A dir of the cluster's t, whose removal runs after the cluster's
+	// shutdown (t may be a subtest's).
+	n, err := c.newNode(id, c.t.TempDir(), readReplica)
 	if err != nil {
 		t.Fatal(err)
 	}

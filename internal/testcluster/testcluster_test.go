@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -119,4 +121,40 @@ func (f *fatalTB) Helper() {}
 func (f *fatalTB) Fatalf(format string, args ...any) {
 	f.msg = fmt.Sprintf(format, args...)
 	runtime.Goexit()
+}
+
+// TestShutdownBeforeDataDirsGo: the nodes are shut down before t.TempDir
+// removes their data dirs (a shutdown closing bbolt in a removed dir
+// fails and logs it).
+func TestShutdownBeforeDataDirsGo(t *testing.T) {
+	rec := &recordingTB{}
+	t.Run("cluster", func(t *testing.T) {
+		rec.TB = t
+		StartUnsealed(rec, 1, Options{Standalone: true, LogLevel: hclog.Off})
+	})
+	for _, l := range rec.lines() {
+		if strings.Contains(l, "shutdown") {
+			t.Errorf("logged at cleanup: %s", l)
+		}
+	}
+}
+
+// recordingTB records what is logged through Logf.
+type recordingTB struct {
+	testing.TB
+	mu   sync.Mutex
+	logs []string
+}
+
+func (r *recordingTB) Logf(format string, args ...any) {
+	r.mu.Lock()
+	r.logs = append(r.logs, fmt.Sprintf(format, args...))
+	r.mu.Unlock()
+	r.TB.Logf(format, args...)
+}
+
+func (r *recordingTB) lines() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]string(nil), r.logs...)
 }
