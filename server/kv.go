@@ -2,27 +2,13 @@ package server
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
 
 	pb "coffer/api/cofferpb"
 	"coffer/fsm"
 	"coffer/fsm/fsmpb"
 	"coffer/seal"
 )
-
-// encodeData is the plaintext form of a secret version: JSON with sorted
-// keys, so equal data encodes equally.
-func encodeData(data map[string]string) ([]byte, error) { return json.Marshal(data) }
-
-func decodeData(b []byte) (map[string]string, error) {
-	var m map[string]string
-	if err := json.Unmarshal(b, &m); err != nil {
-		return nil, fmt.Errorf("server: stored secret is not valid JSON: %w", err)
-	}
-	return m, nil
-}
 
 // beginWrite admits a write on this node: unsealed and leader.
 func (s *Server) beginWrite() error {
@@ -46,10 +32,7 @@ func (s *Server) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse, 
 	if err := s.beginWrite(); err != nil {
 		return nil, err
 	}
-	pt, err := encodeData(req.Data)
-	if err != nil {
-		return nil, err
-	}
+	pt := encodeData(req.Data)
 	ct, err := s.seal.Encrypt(req.Path, pt)
 	clear(pt)
 	if err != nil {
