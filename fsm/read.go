@@ -75,28 +75,28 @@ func (f *FSM) view(fn func(*bolt.Tx) error) error {
 func (f *FSM) Get(path string, version uint64) (*Version, error) {
 	var out *Version
 	err := f.view(func(tx *bolt.Tx) error {
-		meta, err := loadMeta(tx.Bucket(bucketSecretMeta), path)
-		if err != nil {
-			return err
-		}
-		if meta == nil {
+		raw := tx.Bucket(bucketSecretMeta).Get([]byte(path))
+		if raw == nil {
 			return fmt.Errorf("%w (no secret at %q)", ErrNotFound, path)
 		}
-		v := version
-		if v == 0 {
-			v = meta.GetCurrentVersion()
+		vm, found, err := lookupVersion(raw, version)
+		if err != nil {
+			return fmt.Errorf("corrupt metadata for %q: %w", path, err)
 		}
-		vm := findVersion(meta, v)
-		if vm == nil {
-			return fmt.Errorf("%w (%q has no version %d)", ErrNotFound, path, v)
+		if !found {
+			if version == 0 {
+				return fmt.Errorf("%w (%q has no current version)", ErrNotFound, path)
+			}
+			return fmt.Errorf("%w (%q has no version %d)", ErrNotFound, path, version)
 		}
+		v := vm.version
 		out = &Version{
-			Version:     vm.GetVersion(),
-			CreatedTime: unixTime(vm.GetCreatedUnixNano()),
-			DeletedTime: unixTime(vm.GetDeletedUnixNano()),
-			Destroyed:   vm.GetDestroyed(),
+			Version:     v,
+			CreatedTime: unixTime(vm.created),
+			DeletedTime: unixTime(vm.deleted),
+			Destroyed:   vm.destroyed,
 		}
-		if !vm.GetDestroyed() {
+		if !vm.destroyed {
 			data := tx.Bucket(bucketSecretData).Get(dataKey(path, v))
 			if data == nil {
 				return fmt.Errorf("fsm: state inconsistent: %q version %d has metadata but no value", path, v)
