@@ -16,7 +16,7 @@ TEST_FLAGS ?= -race -count=1 -p 1 -timeout=20m
 API_PROTOS := $(wildcard api/proto/coffer/v1/*.proto)
 FSM_PROTOS := $(wildcard fsm/fsmpb/*.proto)
 
-.PHONY: all build run test bench bench-figures proto lint fmt tools clean
+.PHONY: all build run test bench bench-figures etcd-figures proto lint fmt tools clean
 
 all: build
 
@@ -43,6 +43,12 @@ bench:
 bench-figures: build
 	GOBIN=$(TOOLS) $(GO) install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
 	GHZ=$(TOOLS)/ghz scripts/bench-figures.sh
+
+## etcd-figures: the same rows for etcd v3.7.1 on this machine, with etcd's
+## own benchmark tool (builds etcd from the module proxy into .tools/etcd)
+etcd-figures:
+	test -x $(TOOLS)/etcd/bin/benchmark || scripts/etcd-build.sh
+	RUNS=$${RUNS:-3} scripts/etcd-figures.sh
 
 ## lint: gofmt and go vet
 lint:
