@@ -6,6 +6,7 @@ import (
 	"time"
 
 	pb "coffer/api/cofferpb"
+	"coffer/internal/testcluster"
 )
 
 // TestThreeNodesFormOneCluster: identical nodes with bootstrap_expect=3
@@ -62,11 +63,11 @@ func TestThreeNodesFormOneCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st.LeaderId != leader.ID || st.LeaderAddress != leader.apiAddr || st.RaftState != "follower" || st.Term == 0 {
+	if st.LeaderId != leader.ID || st.LeaderAddress != leader.APIAddr() || st.RaftState != "follower" || st.Term == 0 {
 		t.Fatalf("follower status: %+v", st)
 	}
 	// Gossip carries the unsealed state to every member shortly.
-	waitFor(t, 5*time.Second, "members alive, unsealed voters", func() error {
+	testcluster.WaitFor(t, 5*time.Second, "members alive, unsealed voters", func() error {
 		mem, err := followers[0].Op.Members(c.Auth(t), &pb.MembersRequest{})
 		if err != nil {
 			return err

@@ -3,9 +3,10 @@
 // faults injected inside the program (a node's network cut by its
 // replication.Network, a node killed without a graceful shutdown).
 //
-// The harness is cluster_test.go (NewCluster, Kill, Stop, Restart,
-// AddNode, waits with deadlines); load_test.go has the writers and readers
-// that run while faults happen. The tests, by file:
+// The harness is internal/testcluster (Kill, Stop, Restart, AddNode, waits
+// with deadlines); cluster_test.go starts it with this package's timings
+// (NewCluster) and builds api.Clients over its nodes; load_test.go has the
+// writers and readers that run while faults happen. The tests, by file:
 //
 //   - failover_test.go: leader killed under load (no acknowledged write
 //     lost, retried writes make one version, follower stale reads never
@@ -19,6 +20,6 @@
 //   - snapshot_test.go: save and restore, foreign snapshots, disaster
 //     recovery into a new cluster.
 //
-// Waits poll a condition with a deadline (waitFor) or wait on an event;
-// none sleeps. -short skips the ten-kill figures test.
+// Waits poll a condition with a deadline (testcluster.WaitFor) or wait on
+// an event; none sleeps. -short skips the ten-kill figures test.
 package integration

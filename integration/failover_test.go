@@ -14,6 +14,7 @@ import (
 
 	"coffer/api"
 	pb "coffer/api/cofferpb"
+	"coffer/internal/testcluster"
 )
 
 // TestLeaderKillUnderLoad: kill the leader (no grace) while writers loop
@@ -51,7 +52,7 @@ func TestLeaderKillUnderLoad(t *testing.T) {
 	// leader (over a connection of their own) until a write fails; the
 	// write each one had in progress when the leader died is retried below
 	// with its request id.
-	conn, err := grpc.NewClient(leader.apiAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(leader.APIAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +74,7 @@ func TestLeaderKillUnderLoad(t *testing.T) {
 			defer wg.Done()
 			for seq := 0; ; seq++ {
 				req := &pb.PutRequest{Path: fmt.Sprintf("secret/inflight/g%d-%d", i, seq), Data: map[string]string{"v": "once"}, RequestId: api.NewRequestID()}
-				cctx, cancel := c.authed(context.Background(), 5*time.Second)
+				cctx, cancel := c.Authed(context.Background(), 5*time.Second)
 				resp, err := direct.Put(cctx, req)
 				cancel()
 				if seq == 0 {
@@ -130,7 +131,7 @@ func TestLeaderKillUnderLoad(t *testing.T) {
 	for i := range tries {
 		req := tries[i].req
 		rctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		mctx, mcancel := c.authed(rctx, 5*time.Second)
+		mctx, mcancel := c.Authed(rctx, 5*time.Second)
 		md, merr := newLeader.KV.ReadMetadata(mctx, &pb.ReadMetadataRequest{Path: req.Path, Read: &pb.ReadOptions{Consistency: pb.Consistency_CONSISTENCY_LINEARIZABLE}})
 		mcancel()
 		if merr != nil && status.Code(merr) != codes.NotFound {
@@ -179,14 +180,14 @@ func assertConverged(t testing.TB, c *Cluster, index uint64, prefixes ...string)
 	for _, n := range c.Running() {
 		got := make(map[string]uint64)
 		for _, prefix := range prefixes {
-			lctx, cancel := c.authed(context.Background(), 5*time.Second)
+			lctx, cancel := c.Authed(context.Background(), 5*time.Second)
 			list, err := n.KV.List(lctx, &pb.ListRequest{Path: prefix, Read: &pb.ReadOptions{Consistency: pb.Consistency_CONSISTENCY_STALE, MinIndex: index}})
 			cancel()
 			if err != nil {
 				t.Fatalf("list %s on %s: %v", prefix, n.ID, err)
 			}
 			for _, k := range list.Keys {
-				mctx, cancel := c.authed(context.Background(), 5*time.Second)
+				mctx, cancel := c.Authed(context.Background(), 5*time.Second)
 				md, err := n.KV.ReadMetadata(mctx, &pb.ReadMetadataRequest{Path: prefix + k, Read: &pb.ReadOptions{Consistency: pb.Consistency_CONSISTENCY_STALE}})
 				cancel()
 				if err != nil {
@@ -320,8 +321,8 @@ func watchElection(c *Cluster, survivors []*Node) <-chan time.Time {
 // want voters, all reachable.
 func waitVoters(t testing.TB, c *Cluster, n *Node, want int) {
 	t.Helper()
-	waitFor(t, 10*time.Second, fmt.Sprintf("%d reachable voters", want), func() error {
-		cctx, cancel := c.authed(context.Background(), 2*time.Second)
+	testcluster.WaitFor(t, 10*time.Second, fmt.Sprintf("%d reachable voters", want), func() error {
+		cctx, cancel := c.Authed(context.Background(), 2*time.Second)
 		defer cancel()
 		peers, err := n.Op.ListPeers(cctx, &pb.ListPeersRequest{})
 		if err != nil {

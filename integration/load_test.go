@@ -14,6 +14,7 @@ import (
 
 	"coffer/api"
 	pb "coffer/api/cofferpb"
+	"coffer/internal/testcluster"
 )
 
 // ackedWrite is a write the cluster acknowledged.
@@ -118,7 +119,7 @@ func (w *loadWriter) snapshot() ([]ackedWrite, []failedAttempt) {
 // waitAcked waits until n writes in total have been acknowledged.
 func (w *loadWriter) waitAcked(t testing.TB, n int, d time.Duration) {
 	t.Helper()
-	waitFor(t, d, fmt.Sprintf("%d acknowledged writes", n), func() error {
+	testcluster.WaitFor(t, d, fmt.Sprintf("%d acknowledged writes", n), func() error {
 		acked, failed := w.snapshot()
 		if len(acked) < n {
 			last := "none"
@@ -162,7 +163,7 @@ func startStaleReader(t testing.TB, c *Cluster, n *Node, path string) *staleRead
 	go func() {
 		defer close(r.done)
 		for ctx.Err() == nil {
-			cctx, ccancel := c.authed(ctx, 2*time.Second)
+			cctx, ccancel := c.Authed(ctx, 2*time.Second)
 			g, err := n.KV.Get(cctx, &pb.GetRequest{Path: path, Read: &pb.ReadOptions{Consistency: pb.Consistency_CONSISTENCY_STALE}})
 			ccancel()
 			if ctx.Err() != nil {

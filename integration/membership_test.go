@@ -11,6 +11,7 @@ import (
 	"time"
 
 	pb "coffer/api/cofferpb"
+	"coffer/internal/testcluster"
 )
 
 // TestFiveNodesTolerateTwoFailures: with five voters, killing two (the
@@ -61,7 +62,7 @@ func TestFiveNodesTolerateTwoFailures(t *testing.T) {
 			}
 		}
 		// Writes through every survivor (followers forward).
-		wctx, cancel := c.authed(context.Background(), 5*time.Second)
+		wctx, cancel := c.Authed(context.Background(), 5*time.Second)
 		_, err := n.KV.Put(wctx, &pb.PutRequest{Path: "secret/five/through-" + n.ID, Data: map[string]string{"v": n.ID}})
 		cancel()
 		if err != nil {
@@ -72,7 +73,7 @@ func TestFiveNodesTolerateTwoFailures(t *testing.T) {
 
 // peerSet returns the Raft configuration as seen through n, by id.
 func peerSet(c *Cluster, n *Node) (map[string]*pb.Peer, error) {
-	cctx, cancel := c.authed(context.Background(), 2*time.Second)
+	cctx, cancel := c.Authed(context.Background(), 2*time.Second)
 	defer cancel()
 	resp, err := n.Op.ListPeers(cctx, &pb.ListPeersRequest{})
 	if err != nil {
@@ -97,7 +98,7 @@ func TestReadReplica(t *testing.T) {
 	cl := c.Client(t, c.Running()...)
 
 	replica := c.AddNode(t, true)
-	waitFor(t, 10*time.Second, "the replica in raft as a non-voter", func() error {
+	testcluster.WaitFor(t, 10*time.Second, "the replica in raft as a non-voter", func() error {
 		peers, err := peerSet(c, leader)
 		if err != nil {
 			return err
@@ -109,7 +110,7 @@ func TestReadReplica(t *testing.T) {
 		return nil
 	})
 	// The replica learns the seal configuration through Raft: unseal it.
-	waitFor(t, 10*time.Second, "the replica to see the cluster initialized", func() error {
+	testcluster.WaitFor(t, 10*time.Second, "the replica to see the cluster initialized", func() error {
 		if st := c.Status(t, replica); !st.Seal.GetInitialized() {
 			return fmt.Errorf("not initialized yet (applied %d)", st.AppliedIndex)
 		}
@@ -135,7 +136,7 @@ func TestReadReplica(t *testing.T) {
 	// A regular node joining after the replica is promoted once caught up;
 	// by then the replica has gone through the same reconcile rounds.
 	voter := c.AddNode(t, false)
-	waitFor(t, 10*time.Second, "the new regular node promoted to voter", func() error {
+	testcluster.WaitFor(t, 10*time.Second, "the new regular node promoted to voter", func() error {
 		peers, err := peerSet(c, leader)
 		if err != nil {
 			return err
@@ -249,7 +250,7 @@ func TestDeadNodeRemoved(t *testing.T) {
 	killed := time.Now()
 	c.Kill(victim)
 	var removedAfter time.Duration
-	waitFor(t, 15*time.Second, "the dead follower removed from raft", func() error {
+	testcluster.WaitFor(t, 15*time.Second, "the dead follower removed from raft", func() error {
 		peers, err := peerSet(c, leader)
 		if err != nil {
 			return err
@@ -340,7 +341,7 @@ func TestLeadershipChurn(t *testing.T) {
 	refused := 0
 	for round := 1; round <= rounds; round++ {
 		leader := c.WaitForLeader(t)
-		sctx, cancel := c.authed(context.Background(), 10*time.Second)
+		sctx, cancel := c.Authed(context.Background(), 10*time.Second)
 		_, err := leader.Op.StepDown(sctx, &pb.StepDownRequest{})
 		cancel()
 		if err != nil {

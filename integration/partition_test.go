@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "coffer/api/cofferpb"
+	"coffer/internal/testcluster"
 )
 
 // TestMinorityPartition cuts one follower off from the others (its Raft
@@ -54,7 +55,7 @@ func TestMinorityPartition(t *testing.T) {
 	}
 	writeDone := make(chan answer, 1)
 	go func() {
-		wctx, cancel := c.authed(context.Background(), 5*time.Second)
+		wctx, cancel := c.Authed(context.Background(), 5*time.Second)
 		defer cancel()
 		start := time.Now()
 		_, err := cut.KV.Put(wctx, &pb.PutRequest{Path: "secret/part/k", Data: map[string]string{"v": "minority"}})
@@ -63,7 +64,7 @@ func TestMinorityPartition(t *testing.T) {
 
 	// Default and linearizable reads: Unavailable.
 	for _, cons := range []pb.Consistency{pb.Consistency_CONSISTENCY_DEFAULT, pb.Consistency_CONSISTENCY_LINEARIZABLE} {
-		rctx, cancel := c.authed(context.Background(), 5*time.Second)
+		rctx, cancel := c.Authed(context.Background(), 5*time.Second)
 		_, err := cut.KV.Get(rctx, &pb.GetRequest{Path: "secret/part/k", Read: &pb.ReadOptions{Consistency: cons}})
 		cancel()
 		wantCode(t, cons.String()+" read on the cut-off node", err, codes.Unavailable)
@@ -82,7 +83,7 @@ func TestMinorityPartition(t *testing.T) {
 	// older than the bound.
 	const bound = 500 * time.Millisecond
 	var refused error
-	waitFor(t, 5*time.Second, "a stale read bounded by 500ms to be refused", func() error {
+	testcluster.WaitFor(t, 5*time.Second, "a stale read bounded by 500ms to be refused", func() error {
 		_, refused = cut.KV.Get(c.Auth(t), &pb.GetRequest{Path: "secret/part/k", Read: &pb.ReadOptions{Consistency: pb.Consistency_CONSISTENCY_STALE, MaxStalenessMs: bound.Milliseconds()}})
 		if refused == nil {
 			return fmt.Errorf("still served %s after the cut", time.Since(cutAt).Round(time.Millisecond))
@@ -127,8 +128,8 @@ func TestMinorityPartition(t *testing.T) {
 	cut.Net.Heal()
 	c.WaitForApplied(t, w.Index)
 	var g2 *pb.GetResponse
-	waitFor(t, 5*time.Second, "a default read on the healed node", func() error {
-		rctx, cancel := c.authed(context.Background(), 2*time.Second)
+	testcluster.WaitFor(t, 5*time.Second, "a default read on the healed node", func() error {
+		rctx, cancel := c.Authed(context.Background(), 2*time.Second)
 		defer cancel()
 		g2, err = cut.KV.Get(rctx, &pb.GetRequest{Path: "secret/part/k"})
 		return err
@@ -144,7 +145,7 @@ func TestMinorityPartition(t *testing.T) {
 		t.Logf("leader moved from %s to %s during the partition", leader.ID, l.ID)
 	}
 	// Writes through the healed node are forwarded again.
-	wctx, cancel := c.authed(context.Background(), 5*time.Second)
+	wctx, cancel := c.Authed(context.Background(), 5*time.Second)
 	defer cancel()
 	if _, err := cut.KV.Put(wctx, &pb.PutRequest{Path: "secret/part/k", Data: map[string]string{"v": "healed"}}); err != nil {
 		t.Fatalf("write through the healed node: %v (code %s)", err, status.Code(err))

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 
 	pb "coffer/api/cofferpb"
+	"coffer/internal/testcluster"
 )
 
 // TestRestartCatchesUpSealed: a follower stopped while the cluster takes
@@ -45,7 +46,7 @@ func TestRestartCatchesUpSealed(t *testing.T) {
 	}
 
 	c.Restart(t, follower)
-	waitFor(t, 10*time.Second, "the restarted follower to catch up while sealed", func() error {
+	testcluster.WaitFor(t, 10*time.Second, "the restarted follower to catch up while sealed", func() error {
 		st := c.Status(t, follower)
 		if !st.Seal.GetSealed() {
 			return fmt.Errorf("%s is not sealed", follower.ID)
@@ -119,7 +120,7 @@ func TestFollowerRebuildsStateAfterMachineCrash(t *testing.T) {
 	}
 	// Whether or not it has replayed the init yet, it knows the cluster is
 	// initialized (from the leader if need be) and that it is sealed.
-	waitFor(t, 5*time.Second, "the rebuilding follower to know the leader's API address", func() error {
+	testcluster.WaitFor(t, 5*time.Second, "the rebuilding follower to know the leader's API address", func() error {
 		if st := c.Status(t, follower); st.LeaderAddress == "" {
 			return fmt.Errorf("no leader address known")
 		}
@@ -137,7 +138,7 @@ func TestFollowerRebuildsStateAfterMachineCrash(t *testing.T) {
 		}
 		return g.Data["v"]
 	}
-	waitFor(t, 10*time.Second, "the rebuilt follower to reach the last write", func() error {
+	testcluster.WaitFor(t, 10*time.Second, "the rebuilt follower to reach the last write", func() error {
 		if st := c.Status(t, follower); st.AppliedIndex < last.Index {
 			return fmt.Errorf("applied %d, want %d", st.AppliedIndex, last.Index)
 		}

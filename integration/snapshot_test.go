@@ -16,6 +16,7 @@ import (
 
 	"coffer/api"
 	pb "coffer/api/cofferpb"
+	"coffer/internal/testcluster"
 )
 
 // snapshotHeader reads the JSON header of a coffer snapshot file
@@ -55,8 +56,8 @@ func restoreSnapshot(cl *api.Client, snap []byte, force bool) error {
 func readEverywhere(t testing.TB, c *Cluster, path, want string) {
 	t.Helper()
 	for _, n := range c.Running() {
-		waitFor(t, 10*time.Second, fmt.Sprintf("%s on %s to read %q", path, n.ID, want), func() error {
-			rctx, cancel := c.authed(context.Background(), 2*time.Second)
+		testcluster.WaitFor(t, 10*time.Second, fmt.Sprintf("%s on %s to read %q", path, n.ID, want), func() error {
+			rctx, cancel := c.Authed(context.Background(), 2*time.Second)
 			defer cancel()
 			g, err := n.KV.Get(rctx, &pb.GetRequest{Path: path, Read: &pb.ReadOptions{Consistency: pb.Consistency_CONSISTENCY_STALE}})
 			switch {
@@ -117,7 +118,7 @@ func TestSnapshot(t *testing.T) {
 	// index of a write acknowledged before the restore) is still satisfied
 	// on every node once the restore, which came later, is in.
 	for _, n := range c.Running() {
-		rctx, cancel := c.authed(context.Background(), 2*time.Second)
+		rctx, cancel := c.Authed(context.Background(), 2*time.Second)
 		g, err := n.KV.Get(rctx, &pb.GetRequest{Path: "secret/snap/m", Read: &pb.ReadOptions{Consistency: pb.Consistency_CONSISTENCY_STALE, MinIndex: after.Index}})
 		cancel()
 		if err != nil {
@@ -183,7 +184,7 @@ func TestSnapshotForcedForeignRestore(t *testing.T) {
 		t.Fatalf("forced restore: %v", err)
 	}
 	for _, n := range c.Running() {
-		waitFor(t, 5*time.Second, n.ID+" sealed after the forced restore", func() error {
+		testcluster.WaitFor(t, 5*time.Second, n.ID+" sealed after the forced restore", func() error {
 			st := c.Status(t, n)
 			if !st.Seal.GetSealed() {
 				return fmt.Errorf("%s is unsealed (applied %d, raft %s)", n.ID, st.AppliedIndex, st.RaftState)
@@ -194,7 +195,7 @@ func TestSnapshotForcedForeignRestore(t *testing.T) {
 	// Every node unseals with the other cluster's shares and serves its
 	// data to its token.
 	for i, n := range c.Running() {
-		unsealWith(t, n, other.Shares, i)
+		n.Unseal(t, other.Shares, i)
 	}
 	c.WaitForLeader(t)
 	for _, n := range c.Running() {
@@ -242,13 +243,13 @@ func TestSnapshotRestoreIntoYoungerCluster(t *testing.T) {
 	if err := restoreSnapshot(c.Client(t), snap, true); err != nil {
 		t.Fatalf("forced restore: %v", err)
 	}
-	waitFor(t, 5*time.Second, "the node sealed after the forced restore", func() error {
+	testcluster.WaitFor(t, 5*time.Second, "the node sealed after the forced restore", func() error {
 		if !c.Status(t, n).Seal.GetSealed() {
 			return fmt.Errorf("unsealed")
 		}
 		return nil
 	})
-	unsealWith(t, n, old.Shares, 0)
+	n.Unseal(t, old.Shares, 0)
 	st := c.Status(t, n)
 	t.Logf("restored a snapshot at applied index %d into a cluster at raft commit index %d", oldIndex, st.CommitIndex)
 
