@@ -300,7 +300,7 @@ func (c *Cluster) WaitHealthy(ctx context.Context) error {
 }
 
 // poll calls cond every 20ms until it returns nil or ctx ends; then it
-// fails with the last error. A backoffStop error ends it at once.
+// fails with the last error.
 func poll(ctx context.Context, what string, cond func() error) error {
 	tick := time.NewTicker(20 * time.Millisecond)
 	defer tick.Stop()
@@ -308,9 +308,6 @@ func poll(ctx context.Context, what string, cond func() error) error {
 		err := cond()
 		if err == nil {
 			return nil
-		}
-		if errors.As(err, new(backoffStop)) {
-			return fmt.Errorf("chaos: %s: %w", what, err)
 		}
 		select {
 		case <-ctx.Done():

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"coffer/internal/testcluster"
 )
 
 // Docker runs three coffer containers on a network of their own and
@@ -175,7 +177,11 @@ func (d *Docker) createNetwork(ctx context.Context) error {
 // create creates node n's container on the default bridge (its published
 // API port) and connects it to the cluster network at its address.
 func (d *Docker) create(ctx context.Context, n *dockerNode, join string) error {
-	n.port = freePort()
+	port, err := testcluster.FreePort()
+	if err != nil {
+		return err
+	}
+	n.port = port
 	args := []string{"create", "--name", n.name, "--label", "coffer-chaos=1",
 		"-e", "COFFER_CLUSTER_KEY=" + d.key,
 		"-p", fmt.Sprintf("127.0.0.1:%d:8400", n.port),
@@ -189,16 +195,8 @@ func (d *Docker) create(ctx context.Context, n *dockerNode, join string) error {
 	if _, err := docker(ctx, args...); err != nil {
 		return err
 	}
-	_, err := docker(ctx, "network", "connect", "--ip", n.ip, "--alias", n.name, d.opts.Prefix, n.name)
+	_, err = docker(ctx, "network", "connect", "--ip", n.ip, "--alias", n.name, d.opts.Prefix, n.name)
 	return err
-}
-
-// freePort returns a port free on 127.0.0.1 a moment ago, below the
-// ephemeral range (see freeAddr).
-func freePort() int {
-	_, p, _ := net.SplitHostPort(freeAddr())
-	port, _ := strconv.Atoi(p)
-	return port
 }
 
 // removeAll removes the containers (with their volumes), the network and

@@ -43,6 +43,21 @@ func FreeAddr(t testing.TB) string {
 	return addr
 }
 
+// FreePort returns the port of an address FreeAddr could have returned,
+// or an error when none is free: for code that runs without a test at
+// hand, such as a driver publishing a container's port on loopback.
+func FreePort() (int, error) {
+	addr, err := freeAddr()
+	if err != nil {
+		return 0, err
+	}
+	_, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return 0, err
+	}
+	return strconv.Atoi(p)
+}
+
 func freeAddr() (string, error) {
 	for range 1000 {
 		port := portLow + mrand.IntN(portHigh-portLow)

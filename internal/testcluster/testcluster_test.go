@@ -29,6 +29,10 @@ func TestFreeAddrNeverRepeats(t *testing.T) {
 		}
 		seen[a] = true
 	}
+	p, err := FreePort()
+	if err != nil || p < portLow || p >= portHigh || seen[fmt.Sprintf("127.0.0.1:%d", p)] {
+		t.Fatalf("FreePort = %d, %v", p, err)
+	}
 }
 
 func TestOptionsRefused(t *testing.T) {
