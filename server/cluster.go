@@ -91,7 +91,12 @@ func (s *Server) askReadIndex(key roundKey) (uint64, error) {
 	// flight finish, and they may be waiting for this round.
 	ctx, cancel := context.WithTimeout(context.Background(), readIndexTimeout)
 	defer cancel()
-	resp, err := pb.NewClusterClient(conn).ReadIndex(metadata.NewOutgoingContext(ctx, out), &pb.ReadIndexRequest{Linearizable: key.linearizable})
+	var resp *pb.ReadIndexResponse
+	err = s.whileLeader(metadata.NewOutgoingContext(ctx, out), addr, func(cctx context.Context) error {
+		var err error
+		resp, err = pb.NewClusterClient(conn).ReadIndex(cctx, &pb.ReadIndexRequest{Linearizable: key.linearizable})
+		return err
+	})
 	if err != nil {
 		if s.stopCtx.Err() != nil {
 			return 0, errShuttingDown // its connections are closing

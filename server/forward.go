@@ -3,9 +3,11 @@ package server
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
 	mrand "math/rand/v2"
 	"net"
+	"strings"
 	"sync"
 	"time"
 
@@ -44,6 +46,46 @@ var leaderMethods = map[string]func() proto.Message{
 // before it answers Unavailable ("no leader").
 const forwardHold = 3 * time.Second
 
+// leaderWatchInterval is how often a call in flight to the leader checks
+// that this node still follows that leader.
+const leaderWatchInterval = 20 * time.Millisecond
+
+// whileLeader runs call with a context that also ends once this node no
+// longer sees addr as the leader's API address, and then returns
+// Unavailable at once. A leader cut off by a partition may swallow packets
+// without an answer: waiting out the call's deadline there cost writes
+// and default reads on followers 3 s in the docker chaos suite, while the
+// followers had elected a new leader within a second.
+func (s *Server) whileLeader(ctx context.Context, addr string, call func(context.Context) error) error {
+	return callWhile(ctx, func() bool { return s.raft.LeaderAPIAddr() == addr }, call, func() error {
+		return withMessage(replication.ErrNoLeader, "leader %s was replaced while the call was in flight: retry", addr)
+	})
+}
+
+// callWhile runs call until it returns or, checked every
+// leaderWatchInterval, holds() turns false; then it cancels call's
+// context, waits for it and returns replaced().
+func callWhile(ctx context.Context, holds func() bool, call func(context.Context) error, replaced func() error) error {
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- call(cctx) }()
+	t := time.NewTicker(leaderWatchInterval)
+	defer t.Stop()
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-t.C:
+			if !holds() {
+				cancel()
+				<-done
+				return replaced()
+			}
+		}
+	}
+}
+
 // newRequestID returns a unique request id: time first, like
 // api.NewRequestID, so that ids of one period sit together in the
 // idempotency table.
@@ -80,6 +122,15 @@ func wasForwarded(ctx context.Context) bool {
 	return len(md.Get(forwardedKey)) > 0
 }
 
+// idempotentForward reports whether a forwarded call may be abandoned
+// when the leader changes and sent again to the next one: the KV writes,
+// whose request id makes a second send return the first one's result.
+// Init, Rotate and the operator calls are not sent twice this way; a
+// step-down even changes the leader on purpose.
+func idempotentForward(method string) bool {
+	return strings.HasPrefix(method, "/coffer.v1.KV/")
+}
+
 // forward sends a leader-only call to the leader and returns its answer
 // with done set. While no leader is known it waits, with jittered retries,
 // up to forwardHold (or the call's deadline); then it answers Unavailable.
@@ -111,12 +162,18 @@ func (s *Server) forward(ctx context.Context, method string, req any, newReply f
 				return nil, true, err
 			}
 			reply := newReply()
-			err = conn.Invoke(octx, method, req, reply)
+			invoke := func(cctx context.Context) error { return conn.Invoke(cctx, method, req, reply) }
+			if idempotentForward(method) {
+				err = s.whileLeader(octx, addr, invoke)
+			} else {
+				err = invoke(octx)
+			}
 			if err == nil {
 				return reply, true, nil
 			}
 			lastErr = err
-			if status.Code(err) != codes.Unavailable || ctx.Err() != nil {
+			replaced := errors.Is(err, replication.ErrNoLeader) // by whileLeader
+			if (status.Code(err) != codes.Unavailable && !replaced) || ctx.Err() != nil {
 				return nil, true, err
 			}
 			s.logger.Debug("forward to leader failed, retrying", "method", method, "leader", addr, "error", err)
