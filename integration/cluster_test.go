@@ -46,14 +46,10 @@ func NewCluster(t testing.TB, size int, opts ...ClusterOptions) *Cluster {
 	// (-race on two cores, other test binaries running) makes a healthy
 	// leader miss its lease and step down: stalls of ~230ms were seen
 	// with a 100ms lease (testcluster.FastRaft's).
-	raft := replication.Config{
-		HeartbeatTimeout:   200 * time.Millisecond,
-		ElectionTimeout:    200 * time.Millisecond,
-		LeaderLeaseTimeout: 200 * time.Millisecond,
-		CommitTimeout:      5 * time.Millisecond,
-		PromoteAfter:       300 * time.Millisecond,
-		ReconcileInterval:  200 * time.Millisecond,
-	}
+	raft := testcluster.FastRaft()
+	raft.HeartbeatTimeout = 200 * time.Millisecond
+	raft.ElectionTimeout = 200 * time.Millisecond
+	raft.LeaderLeaseTimeout = 200 * time.Millisecond
 	if o.ProductionRaft {
 		d := replication.DefaultConfig()
 		raft.HeartbeatTimeout = d.HeartbeatTimeout

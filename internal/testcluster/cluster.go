@@ -100,15 +100,7 @@ func New(t testing.TB, size int, opts Options) (*Cluster, error) {
 	}
 	t.Cleanup(c.Shutdown)
 	errs := make([]error, size)
-	var wg sync.WaitGroup
-	for i, n := range c.nodes {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = c.startFresh(i, n, size)
-		}()
-	}
-	wg.Wait()
+	parallel(c.nodes, func(i int, n *Node) { errs[i] = c.startFresh(i, n, size) })
 	return c, errors.Join(errs...)
 }
 
@@ -355,13 +347,14 @@ func (c *Cluster) Stop(t testing.TB, n *Node) {
 // Shutdown stops every running node gracefully, in parallel. It runs at
 // the test's cleanup.
 func (c *Cluster) Shutdown() {
+	parallel(c.Running(), func(_ int, n *Node) { c.Stop(c.t, n) })
+}
+
+// parallel calls f for every node at once and returns when all are done.
+func parallel(nodes []*Node, f func(i int, n *Node)) {
 	var wg sync.WaitGroup
-	for _, n := range c.Running() {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c.Stop(c.t, n)
-		}()
+	for i, n := range nodes {
+		wg.Go(func() { f(i, n) })
 	}
 	wg.Wait()
 }
@@ -384,15 +377,7 @@ func (c *Cluster) Kill(n *Node) {
 
 // KillAll kills every running node at once.
 func (c *Cluster) KillAll() {
-	var wg sync.WaitGroup
-	for _, n := range c.Running() {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c.Kill(n)
-		}()
-	}
-	wg.Wait()
+	parallel(c.Running(), func(_ int, n *Node) { c.Kill(n) })
 }
 
 // StartNode starts a stopped or killed node again with the same id,
