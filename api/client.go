@@ -105,9 +105,11 @@ type Config struct {
 	// leader for longer refuses. 0 means no bound.
 	MaxStaleness time.Duration
 	// DisableStaleFallback turns off the stale fallback: by default a
-	// default or linearizable read that fails with Unavailable on every
-	// endpoint is retried as a stale read, and its answer says so
-	// (ReadMeta.Stale). The cache's stale-if-error has its own switch,
+	// default read that fails with Unavailable on every endpoint is
+	// retried as a stale read, and its answer says so (ReadMeta.Stale). A
+	// linearizable read never falls back, neither to a stale read nor to
+	// the cache's stale-if-error: it succeeds linearizably or fails with a
+	// retryable error. The cache's stale-if-error has its own switch,
 	// CacheConfig.MaxStale.
 	DisableStaleFallback bool
 

@@ -282,18 +282,21 @@ func TestLeaderKill(t *testing.T) {
 		t.Fatalf("metadata after %d writes: %v %v", len(versions), md, err)
 	}
 
-	// Quorum lost: reads fall back to stale ones and say so.
+	// Quorum lost: default reads fall back to stale ones and say so;
+	// linearizable reads never do: they fail with a retryable error.
 	c.Kill(c.Leader())
 	only := c.Running()[0]
 	fallback := c.client(t, Config{RetryBudget: 300 * time.Millisecond}, only)
-	for _, cons := range []pb.Consistency{pb.Consistency_CONSISTENCY_DEFAULT, pb.Consistency_CONSISTENCY_LINEARIZABLE} {
-		got, info, err := fallback.GetWithInfo(tctx(t), &pb.GetRequest{Path: path, Read: &pb.ReadOptions{Consistency: cons}})
-		if err != nil {
-			t.Fatalf("%s read without quorum: %v", cons, err)
-		}
-		if !got.ReadMeta.Stale || !info.Fallback || !info.Stale || got.Metadata.Version != uint64(len(versions)) {
-			t.Fatalf("%s read without quorum: %+v %+v", cons, got, info)
-		}
+	got, info, err := fallback.GetWithInfo(tctx(t), &pb.GetRequest{Path: path, Read: &pb.ReadOptions{Consistency: pb.Consistency_CONSISTENCY_DEFAULT}})
+	if err != nil {
+		t.Fatalf("default read without quorum: %v", err)
+	}
+	if !got.ReadMeta.Stale || !info.Fallback || !info.Stale || got.Metadata.Version != uint64(len(versions)) {
+		t.Fatalf("default read without quorum: %+v %+v", got, info)
+	}
+	lin, info, err := fallback.GetWithInfo(tctx(t), &pb.GetRequest{Path: path, Read: &pb.ReadOptions{Consistency: pb.Consistency_CONSISTENCY_LINEARIZABLE}})
+	if err == nil || !Retryable(err) || info.Fallback {
+		t.Fatalf("linearizable read without quorum answered %+v (%+v), err %v: want a retryable error and no fallback", lin, info, err)
 	}
 	strict := c.client(t, Config{RetryBudget: 300 * time.Millisecond, AttemptTimeout: 500 * time.Millisecond, DisableStaleFallback: true}, only)
 	if _, err := strict.Get(tctx(t), &pb.GetRequest{Path: path}); !Retryable(err) {

@@ -110,7 +110,8 @@ func (c *Client) getCached(ctx context.Context, req *pb.GetRequest) (*pb.GetResp
 		c.cache.Invalidate(req.Path, 0)
 		return nil, info, err
 	}
-	if !staleIfError(err) {
+	if !staleIfError(err) || cons == pb.Consistency_CONSISTENCY_LINEARIZABLE {
+		// A linearizable read fails rather than answer from the cache.
 		return nil, info, err
 	}
 	e := c.cache.lookup(key, false)

@@ -35,9 +35,11 @@
 // # Consistency
 //
 // Reads use Config.Consistency and Config.MaxStaleness unless the request
-// sets its ReadOptions. A default or linearizable read that fails with
-// Unavailable on every endpoint is retried as a stale read (turn off with
-// Config.DisableStaleFallback); its ReadMeta.Stale is then true.
+// sets its ReadOptions. A default read that fails with Unavailable on
+// every endpoint is retried as a stale read (turn off with
+// Config.DisableStaleFallback); its ReadMeta.Stale is then true. A
+// linearizable read is never answered from a stale fallback or a cached
+// value: it succeeds linearizably or fails with a retryable error.
 // Read-your-writes: the client remembers the highest index its writes
 // returned (LastWriteIndex) and sends it as min_index with every read, so
 // no read goes back before the client's own writes, whichever node

@@ -57,8 +57,10 @@ func (c *Client) staleOptions(opts *pb.ReadOptions) *pb.ReadOptions {
 // ReadMeta.
 func (c *Client) read(ctx context.Context, reqOpts *pb.ReadOptions, do func(ctx context.Context, cc *grpc.ClientConn, opts *pb.ReadOptions) (*pb.ReadMeta, error)) (ReadInfo, error) {
 	opts := c.readOptions(reqOpts)
+	// Only a default read falls back to a stale one: a linearizable read
+	// succeeds linearizably or fails, and a stale read is stale already.
 	p := policy{
-		staleFallback: !c.cfg.DisableStaleFallback && opts.Consistency != pb.Consistency_CONSISTENCY_STALE,
+		staleFallback: !c.cfg.DisableStaleFallback && opts.Consistency == pb.Consistency_CONSISTENCY_DEFAULT,
 	}
 	var info ReadInfo
 	fellBack, err := c.run(ctx, p, func(ctx context.Context, ep *endpoint, stale bool) error {
