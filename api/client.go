@@ -2,7 +2,6 @@ package api
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
 	"net"
@@ -14,12 +13,11 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
 
 	pb "coffer/api/cofferpb"
+	"coffer/api/route"
 )
 
 // Environment variables read by ConfigFromEnv.
@@ -427,13 +425,6 @@ func (c *Client) token(ctx context.Context) (token, hash string) {
 	return c.cfg.Token, c.tokenHash
 }
 
-// Retryable reports whether err means "this node cannot answer now, another
-// one (or a later try) may": Unavailable, the status of a sealed node, a node
-// without a leader, or a node that is down.
-func Retryable(err error) bool {
-	return status.Code(err) == codes.Unavailable
-}
-
 // call runs fn against any healthy endpoint, round robin, moving on while
 // the answer is retryable (see run). fn must be safe to repeat.
 func (c *Client) call(ctx context.Context, fn func(ctx context.Context, cc *grpc.ClientConn) error) error {
@@ -463,12 +454,6 @@ func (c *Client) callNode(ctx context.Context, fn func(ctx context.Context, cc *
 	return err
 }
 
-// NewRequestID returns a unique id that makes a write idempotent: the
-// current time in nanoseconds (16 hex digits), then 128 random bits. The
-// time prefix keeps ids of one period together in the nodes' idempotency
-// table, so recording them touches few of its pages (a quarter less state
-// machine work per write than wholly random ids, see
-// BenchmarkApplyWrites); the random part keeps them unique.
-func NewRequestID() string {
-	return fmt.Sprintf("%016x", uint64(time.Now().UnixNano())) + rand.Text()
-}
+// NewRequestID returns a unique id that makes a write idempotent (see
+// route.NewRequestID, the one place ids are made).
+func NewRequestID() string { return route.NewRequestID() }

@@ -37,9 +37,10 @@ func (e *CacheStaleError) Error() string {
 // Unwrap returns ErrCacheTooStale and the cluster's error.
 func (e *CacheStaleError) Unwrap() []error { return []error{ErrCacheTooStale, e.Err} }
 
-// GRPCStatus makes the error an Unavailable status with its own message.
+// GRPCStatus makes the error an Unavailable status with its own message
+// and the reason CACHE_TOO_STALE.
 func (e *CacheStaleError) GRPCStatus() *status.Status {
-	return status.New(codes.Unavailable, e.Error())
+	return status.Convert(StatusError(codes.Unavailable, pb.ErrorReason_CACHE_TOO_STALE, e.Error()))
 }
 
 // cacheWatch keeps the cache fresh for one mount ("secret/").
@@ -106,7 +107,7 @@ func (c *Client) getCached(ctx context.Context, req *pb.GetRequest) (*pb.GetResp
 		}
 		return resp, info, nil
 	}
-	if notFound(err) {
+	if IsNotFound(err) {
 		c.cache.Invalidate(req.Path, 0)
 		return nil, info, err
 	}
@@ -135,11 +136,7 @@ func (c *Client) getCached(ctx context.Context, req *pb.GetRequest) (*pb.GetResp
 // that a cached value may: Unavailable everywhere, or the caller's
 // deadline spent trying.
 func staleIfError(err error) bool {
-	switch status.Code(err) {
-	case codes.Unavailable, codes.DeadlineExceeded:
-		return true
-	}
-	return false
+	return Retryable(err) || status.Code(err) == codes.DeadlineExceeded
 }
 
 // covers reports whether an entry read at index is known to be current as

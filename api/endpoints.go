@@ -2,7 +2,7 @@ package api
 
 import (
 	"context"
-	"strings"
+	"fmt"
 	"sync"
 	"time"
 
@@ -178,13 +178,6 @@ func unreachable(err error, ep *endpoint) bool {
 	return false
 }
 
-// sealedAnswer reports whether the node answered that it is sealed: it
-// stays so until an operator unseals it, so the endpoint is skipped like an
-// unreachable one until a probe finds it unsealed.
-func sealedAnswer(err error) bool {
-	return status.Code(err) == codes.Unavailable && strings.Contains(status.Convert(err).Message(), "sealed")
-}
-
 // ready waits, up to DialTimeout, until ep's connection is established or
 // has failed. An endpoint that is still connecting then is reported as a
 // connection error (so that a black-holed address costs DialTimeout, not
@@ -211,7 +204,7 @@ func (c *Client) ready(ctx context.Context, ep *endpoint) error {
 			if ctx.Err() != nil {
 				return status.FromContextError(ctx.Err()).Err()
 			}
-			return status.Errorf(codes.Unavailable, "connection error: %s did not connect within %s", ep.addr, c.cfg.DialTimeout)
+			return StatusError(codes.Unavailable, pb.ErrorReason_ENDPOINT_UNREACHABLE, fmt.Sprintf("connection error: %s did not connect within %s", ep.addr, c.cfg.DialTimeout))
 		}
 	}
 }
@@ -422,7 +415,7 @@ func (c *Client) probe(ep *endpoint) {
 	case err != nil && status.Code(err) != codes.Unimplemented:
 		c.setDown(ep, err, true)
 	case err == nil && st.GetSeal().GetSealed() && st.GetSeal().GetInitialized():
-		c.setDown(ep, status.Error(codes.Unavailable, "node is sealed: unseal it with `coffer operator unseal`"), true)
+		c.setDown(ep, StatusError(codes.Unavailable, pb.ErrorReason_SEALED, "node is sealed: unseal it with `coffer operator unseal`"), true)
 	default:
 		c.markUp(ep)
 		if err == nil {

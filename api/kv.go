@@ -5,8 +5,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	pb "coffer/api/cofferpb"
 )
@@ -239,6 +237,3 @@ func (c *Client) DeleteMetadata(ctx context.Context, req *pb.DeleteMetadataReque
 	})
 	return resp, err
 }
-
-// notFound reports whether err says the secret (or version) does not exist.
-func notFound(err error) bool { return status.Code(err) == codes.NotFound }

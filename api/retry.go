@@ -2,8 +2,11 @@ package api
 
 import (
 	"context"
+	"fmt"
 	mrand "math/rand/v2"
 	"time"
+
+	pb "coffer/api/cofferpb"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -87,7 +90,7 @@ func (c *Client) run(ctx context.Context, p policy, fn attemptFunc) (fellBack bo
 					}
 					return stale, nil
 				}
-				if stale && status.Code(err) == codes.NotFound {
+				if stale && IsNotFound(err) {
 					staleMiss, answered = err, true
 					continue
 				}
@@ -99,7 +102,7 @@ func (c *Client) run(ctx context.Context, p policy, fn attemptFunc) (fellBack bo
 					return false, err
 				}
 				switch {
-				case unreachable(err, ep) || sealedAnswer(err):
+				case unreachable(err, ep) || IsSealed(err):
 					c.markDown(ep, err)
 				default:
 					answered = true
@@ -151,7 +154,7 @@ func (c *Client) attempt(ctx context.Context, ep *endpoint, fn func(ctx context.
 	// The node may notice the attempt's deadline (sent along with the
 	// call) a moment before this side does.
 	if err != nil && ctx.Err() == nil && (actx.Err() != nil || status.Code(err) == codes.DeadlineExceeded) {
-		return status.Errorf(codes.Unavailable, "%s did not answer within %s (%v): trying another endpoint", ep.addr, c.cfg.AttemptTimeout, status.Convert(err).Message())
+		return StatusError(codes.Unavailable, pb.ErrorReason_ATTEMPT_TIMEOUT, fmt.Sprintf("%s did not answer within %s (%v): trying another endpoint", ep.addr, c.cfg.AttemptTimeout, status.Convert(err).Message()))
 	}
 	return err
 }

@@ -37,6 +37,9 @@ var (
 	// ErrInvalidSnapshot means Restore was given data that is not a coffer
 	// state snapshot; the current state is left untouched.
 	ErrInvalidSnapshot = errors.New("fsm: invalid snapshot: the data is not a coffer state database; restore a snapshot taken by coffer")
+	// ErrCorrupt means stored state failed to decode: the node's state
+	// database is damaged.
+	ErrCorrupt = errors.New("fsm: stored state is corrupt: restore the node's state (remove its fsm.db to rebuild it from the cluster, or restore a snapshot)")
 	// ErrInvalidOptions means Options failed validation.
 	ErrInvalidOptions = errors.New("fsm: invalid options: fix the state machine configuration")
 )

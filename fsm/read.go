@@ -81,7 +81,7 @@ func (f *FSM) Get(path string, version uint64) (*Version, error) {
 		}
 		vm, found, err := lookupVersion(raw, version)
 		if err != nil {
-			return fmt.Errorf("corrupt metadata for %q: %w", path, err)
+			return fmt.Errorf("%w: metadata of %q: %v", ErrCorrupt, path, err)
 		}
 		if !found {
 			if version == 0 {

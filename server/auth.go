@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -18,7 +17,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
+	"coffer/api/route"
 	"coffer/fsm"
 	"coffer/seal"
 )
@@ -43,20 +44,6 @@ type tokenRecord struct {
 	Hash     string   `json:"hash"`
 	Policies []string `json:"policies"`
 	Created  int64    `json:"created_unix"`
-}
-
-// publicMethods need no token: the seal endpoints a sealed cluster must
-// answer, health and reflection.
-var publicMethods = map[string]bool{
-	"/coffer.v1.Sys/Init":   true,
-	"/coffer.v1.Sys/Unseal": true,
-	"/coffer.v1.Sys/Status": true,
-}
-
-func isPublic(method string) bool {
-	return publicMethods[method] ||
-		strings.HasPrefix(method, "/grpc.health.v1.Health/") ||
-		strings.HasPrefix(method, "/grpc.reflection.")
 }
 
 // newToken returns a fresh random token.
@@ -190,52 +177,55 @@ func requireRoot(ctx context.Context) error {
 	return ErrPermissionDenied
 }
 
-// unaryInterceptor authenticates the call, recovers from a panic and maps
-// the handler's error through the status table.
-func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			s.logger.Error("panic in handler", "method", info.FullMethod, "stack", string(debug.Stack()))
-			resp, err = nil, status.Error(codes.Internal, "internal error: see the server log")
-		}
-	}()
-	if !isPublic(info.FullMethod) {
-		if err := s.admitSealed(ctx); err != nil {
-			return nil, s.statusError(info.FullMethod, err)
-		}
-		rec, err := s.authenticate(ctx)
-		if err != nil {
-			return nil, s.statusError(info.FullMethod, err)
-		}
-		ctx = context.WithValue(ctx, tokenCtxKey{}, rec)
+// admit looks the method up in the route table and admits the call: a
+// method without a route is refused; any but a public one needs the node
+// unsealed and a valid token, whose record the returned context carries.
+func (s *Server) admit(ctx context.Context, method string) (route.Route, context.Context, error) {
+	r, ok := route.Lookup(method)
+	if !ok {
+		return r, ctx, withMessage(ErrNoRoute, "%s has no route on this node: check the client's version against the server's (`coffer status`)", method)
 	}
-	if newReply, ok := leaderMethods[info.FullMethod]; ok && !s.raft.IsLeader() {
-		reply, done, err := s.forward(ctx, info.FullMethod, req, newReply)
-		if done {
-			return reply, s.statusError(info.FullMethod, err)
+	if r.Access == route.Public {
+		return r, ctx, nil
+	}
+	if err := s.admitSealed(ctx); err != nil {
+		return r, ctx, err
+	}
+	rec, err := s.authenticate(ctx)
+	if err != nil {
+		return r, ctx, err
+	}
+	return r, context.WithValue(ctx, tokenCtxKey{}, rec), nil
+}
+
+// unaryInterceptor admits the call by its route, forwards a leader-only
+// call from a follower to the leader, and maps the handler's error through
+// the status table. Panics are recovered by the interceptor before it.
+func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	r, ctx, err := s.admit(ctx, info.FullMethod)
+	if err != nil {
+		return nil, s.statusError(info.FullMethod, err)
+	}
+	if r.Leader && !s.raft.IsLeader() {
+		if msg, ok := req.(proto.Message); ok {
+			reply, done, err := s.forward(ctx, r, msg)
+			if done {
+				return reply, s.statusError(info.FullMethod, err)
+			}
 		}
 	}
-	resp, err = handler(ctx, req)
+	resp, err := handler(ctx, req)
 	return resp, s.statusError(info.FullMethod, err)
 }
 
-// streamInterceptor authenticates streaming calls.
-func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			s.logger.Error("panic in stream handler", "method", info.FullMethod, "stack", string(debug.Stack()))
-			err = status.Error(codes.Internal, "internal error: see the server log")
-		}
-	}()
-	if !isPublic(info.FullMethod) {
-		if err := s.admitSealed(ss.Context()); err != nil {
-			return s.statusError(info.FullMethod, err)
-		}
-		rec, err := s.authenticate(ss.Context())
-		if err != nil {
-			return s.statusError(info.FullMethod, err)
-		}
-		ss = &authedStream{ServerStream: ss, ctx: context.WithValue(ss.Context(), tokenCtxKey{}, rec)}
+// streamInterceptor admits streaming calls by their route.
+func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	r, ctx, err := s.admit(ss.Context(), info.FullMethod)
+	if err != nil {
+		return s.statusError(info.FullMethod, err)
+	}
+	if r.Access != route.Public {
+		ss = &authedStream{ServerStream: ss, ctx: ctx}
 	}
 	return s.statusError(info.FullMethod, handler(srv, ss))
 }
@@ -245,7 +235,7 @@ func (s *Server) statusError(method string, err error) error {
 	if err == nil {
 		return nil
 	}
-	st := toStatus(err)
+	st := withReason(toStatus(err))
 	if status.Code(st) == codes.Internal {
 		s.logger.Error("request failed", "method", method, "error", err)
 	}

@@ -65,7 +65,7 @@ func (s *Server) readIndex(ctx context.Context, linearizable bool) error {
 		return ctx.Err()
 	}
 	if err := s.fsm.WaitApplied(ctx, index); err != nil {
-		return withMessage(replication.ErrTimeout, "node %s could not catch up to the leader's index %d in time (at %d): retry, or read with -consistency=stale", s.cfg.NodeID, index, s.fsm.AppliedIndex())
+		return withMessage(ErrCatchingUp, "node %s could not catch up to the leader's index %d in time (at %d): retry, or read with -consistency=stale", s.cfg.NodeID, index, s.fsm.AppliedIndex())
 	}
 	return nil
 }
@@ -102,9 +102,9 @@ func (s *Server) askReadIndex(key roundKey) (uint64, error) {
 			return 0, errShuttingDown // its connections are closing
 		}
 		if code := status.Code(err); code == codes.Canceled || code == codes.DeadlineExceeded {
-			return 0, withMessage(replication.ErrTimeout, "the leader did not answer a read-index request within %s: retry, or read with -consistency=stale", readIndexTimeout)
+			return 0, withMessage(ErrLeaderUnreachable, "the leader did not answer a read-index request within %s: retry, or read with -consistency=stale", readIndexTimeout)
 		}
-		return 0, err
+		return 0, leaderError(addr, err)
 	}
 	return resp.Index, nil
 }

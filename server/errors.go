@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	pb "coffer/api/cofferpb"
 	"coffer/fsm"
 	"coffer/replication"
 	"coffer/seal"
@@ -31,13 +33,22 @@ var (
 	ErrUnauthenticated = errors.New("server: missing or invalid token: set COFFER_TOKEN or -token")
 	// ErrPermissionDenied means the token may not make this call.
 	ErrPermissionDenied = errors.New("server: permission denied: this call needs the root token")
+	// ErrNoRoute means the method has no entry in the route table: it is
+	// refused rather than routed by accident.
+	ErrNoRoute = errors.New("server: this node does not serve that method: check the client's version against the server's (`coffer status`)")
 	// ErrDeleted means the requested version is soft-deleted.
 	ErrDeleted = errors.New("deleted")
 	// ErrDestroyed means the requested version was destroyed.
 	ErrDestroyed = errors.New("destroyed")
 	// ErrStale means a stale read exceeded its max_staleness bound.
 	ErrStale = errors.New("server: this node has not heard from a leader within max_staleness: try another node or relax max_staleness")
-	// errShuttingDown ends streams of a node that is stopping.
+	// ErrMinIndex means the node has not applied a read's min_index within
+	// the wait it allows.
+	ErrMinIndex = errors.New("server: this node has not applied the index the read asks for yet: retry, or read from another node")
+	// ErrLeaderUnreachable means a follower could not reach the leader to
+	// forward a call or to learn a read index.
+	ErrLeaderUnreachable = errors.New("server: the leader could not be reached: retry, or read with -consistency=stale")
+	// errShuttingDown ends calls and streams of a node that is stopping.
 	errShuttingDown = errors.New("server: node is shutting down: reconnect to another node")
 	// ErrNotFoundPeer means a Raft peer id is not in the configuration.
 	ErrNotFoundPeer = errors.New("server: no such raft peer: see `coffer operator raft list-peers`")
@@ -46,49 +57,79 @@ var (
 	ErrStorage = errors.New("server: this node cannot persist writes (disk full or I/O error): use another node and check its disk")
 )
 
-// codeTable maps every sentinel the layers below return to one gRPC code.
-// It is the only place where errors become status codes.
+// errorDomain is the ErrorInfo domain of every reason a node sends.
+const errorDomain = "coffer"
+
+// codeTable maps every sentinel the layers below return to one gRPC code
+// and one machine-readable reason. It is the only place where errors become
+// status codes; TestCodeTable checks that it knows every sentinel of fsm,
+// seal, replication and server.
 var codeTable = []struct {
-	err  error
-	code codes.Code
+	err    error
+	code   codes.Code
+	reason pb.ErrorReason
 }{
-	{seal.ErrSealed, codes.Unavailable},
-	{replication.ErrNotLeader, codes.Unavailable},
-	{replication.ErrNoLeader, codes.Unavailable},
-	{replication.ErrShutdown, codes.Unavailable},
-	{replication.ErrLeadershipLost, codes.Unavailable},
-	{replication.ErrTimeout, codes.Unavailable},
-	{ErrStale, codes.Unavailable},
-	{ErrStorage, codes.Unavailable},
-	{errShuttingDown, codes.Unavailable},
-	{seal.ErrNotInitialized, codes.FailedPrecondition},
-	{ErrNotInitialized, codes.FailedPrecondition},
-	{ErrCatchingUp, codes.Unavailable},
-	{ErrAlreadyInitialized, codes.FailedPrecondition},
-	{fsm.ErrCASMismatch, codes.FailedPrecondition},
-	{fsm.ErrCASRequired, codes.FailedPrecondition},
-	{fsm.ErrNotFound, codes.NotFound},
-	{ErrDeleted, codes.NotFound},
-	{ErrDestroyed, codes.NotFound},
-	{ErrNotFoundPeer, codes.NotFound},
-	{ErrForeignSnapshot, codes.FailedPrecondition},
-	{fsm.ErrStorage, codes.Unavailable},
-	{fsm.ErrClosed, codes.Unavailable},
-	{seal.ErrInvalidShare, codes.InvalidArgument},
-	{seal.ErrDuplicateShare, codes.InvalidArgument},
-	{seal.ErrWrongShares, codes.InvalidArgument},
-	{seal.ErrInvalidConfig, codes.InvalidArgument},
-	{ErrInvalidArgument, codes.InvalidArgument},
-	{ErrTooLarge, codes.ResourceExhausted},
-	{ErrUnauthenticated, codes.Unauthenticated},
-	{ErrPermissionDenied, codes.PermissionDenied},
-	{context.DeadlineExceeded, codes.DeadlineExceeded},
-	{context.Canceled, codes.Canceled},
+	{seal.ErrSealed, codes.Unavailable, pb.ErrorReason_SEALED},
+	{replication.ErrNotLeader, codes.Unavailable, pb.ErrorReason_NOT_LEADER},
+	{replication.ErrNoLeader, codes.Unavailable, pb.ErrorReason_NO_LEADER},
+	{replication.ErrShutdown, codes.Unavailable, pb.ErrorReason_SHUTTING_DOWN},
+	{replication.ErrLeadershipLost, codes.Unavailable, pb.ErrorReason_LEADERSHIP_LOST},
+	{replication.ErrTimeout, codes.Unavailable, pb.ErrorReason_COMMIT_TIMEOUT},
+	{replication.ErrUnknownServer, codes.NotFound, pb.ErrorReason_PEER_NOT_FOUND},
+	{ErrStale, codes.Unavailable, pb.ErrorReason_STALE_BOUND},
+	{ErrMinIndex, codes.Unavailable, pb.ErrorReason_MIN_INDEX_NOT_REACHED},
+	{ErrLeaderUnreachable, codes.Unavailable, pb.ErrorReason_LEADER_UNREACHABLE},
+	{ErrStorage, codes.Unavailable, pb.ErrorReason_STORAGE_FAILED},
+	{errShuttingDown, codes.Unavailable, pb.ErrorReason_SHUTTING_DOWN},
+	{ErrCatchingUp, codes.Unavailable, pb.ErrorReason_CATCHING_UP},
+	{seal.ErrUnknownTerm, codes.Unavailable, pb.ErrorReason_KEY_TERM_UNKNOWN},
+	{seal.ErrNotInitialized, codes.FailedPrecondition, pb.ErrorReason_NOT_INITIALIZED},
+	{ErrNotInitialized, codes.FailedPrecondition, pb.ErrorReason_NOT_INITIALIZED},
+	{ErrAlreadyInitialized, codes.FailedPrecondition, pb.ErrorReason_ALREADY_INITIALIZED},
+	{fsm.ErrCASMismatch, codes.FailedPrecondition, pb.ErrorReason_CAS_MISMATCH},
+	{fsm.ErrCASRequired, codes.FailedPrecondition, pb.ErrorReason_CAS_REQUIRED},
+	{ErrForeignSnapshot, codes.FailedPrecondition, pb.ErrorReason_FOREIGN_SNAPSHOT},
+	{fsm.ErrCompacted, codes.FailedPrecondition, pb.ErrorReason_COMPACTED},
+	{fsm.ErrNotFound, codes.NotFound, pb.ErrorReason_NOT_FOUND},
+	{ErrDeleted, codes.NotFound, pb.ErrorReason_DELETED},
+	{ErrDestroyed, codes.NotFound, pb.ErrorReason_DESTROYED},
+	{ErrNotFoundPeer, codes.NotFound, pb.ErrorReason_PEER_NOT_FOUND},
+	{fsm.ErrAlreadyExists, codes.AlreadyExists, pb.ErrorReason_ALREADY_EXISTS},
+	{fsm.ErrStorage, codes.Unavailable, pb.ErrorReason_STORAGE_FAILED},
+	{fsm.ErrClosed, codes.Unavailable, pb.ErrorReason_SHUTTING_DOWN},
+	{fsm.ErrInvalidCommand, codes.InvalidArgument, pb.ErrorReason_INVALID_ARGUMENT},
+	{fsm.ErrRequestIDConflict, codes.InvalidArgument, pb.ErrorReason_REQUEST_ID_CONFLICT},
+	{fsm.ErrInvalidSnapshot, codes.InvalidArgument, pb.ErrorReason_INVALID_SNAPSHOT},
+	{fsm.ErrInvalidOptions, codes.Internal, pb.ErrorReason_INTERNAL},
+	{seal.ErrInvalidShare, codes.InvalidArgument, pb.ErrorReason_INVALID_SHARE},
+	{seal.ErrDuplicateShare, codes.InvalidArgument, pb.ErrorReason_DUPLICATE_SHARE},
+	{seal.ErrWrongShares, codes.InvalidArgument, pb.ErrorReason_WRONG_SHARES},
+	{seal.ErrInvalidConfig, codes.InvalidArgument, pb.ErrorReason_INVALID_SEAL_CONFIG},
+	{seal.ErrInvalidSplit, codes.InvalidArgument, pb.ErrorReason_INVALID_SEAL_CONFIG},
+	{seal.ErrTermsExhausted, codes.ResourceExhausted, pb.ErrorReason_TERMS_EXHAUSTED},
+	{seal.ErrDecrypt, codes.DataLoss, pb.ErrorReason_DATA_CORRUPT},
+	{seal.ErrInvalidKeyring, codes.DataLoss, pb.ErrorReason_DATA_CORRUPT},
+	{seal.ErrInvalidStored, codes.DataLoss, pb.ErrorReason_DATA_CORRUPT},
+	{fsm.ErrCorrupt, codes.DataLoss, pb.ErrorReason_DATA_CORRUPT},
+	{errBadData, codes.DataLoss, pb.ErrorReason_DATA_CORRUPT},
+	{ErrInvalidArgument, codes.InvalidArgument, pb.ErrorReason_INVALID_ARGUMENT},
+	{ErrTooLarge, codes.ResourceExhausted, pb.ErrorReason_TOO_LARGE},
+	{ErrUnauthenticated, codes.Unauthenticated, pb.ErrorReason_UNAUTHENTICATED},
+	{ErrPermissionDenied, codes.PermissionDenied, pb.ErrorReason_PERMISSION_DENIED},
+	{ErrNoRoute, codes.Unimplemented, pb.ErrorReason_NO_ROUTE},
+	{context.DeadlineExceeded, codes.DeadlineExceeded, pb.ErrorReason_DEADLINE_EXCEEDED},
+	{context.Canceled, codes.Canceled, pb.ErrorReason_CANCELED},
 }
 
-// toStatus converts err to a gRPC status error using codeTable. An error
-// the table does not know becomes Internal with a generic message, so that
-// nothing unexpected (which might carry data) reaches the client.
+// internalMessage is all a client learns of an error the table does not
+// know.
+const internalMessage = "internal error: see the server log"
+
+// toStatus converts err to a gRPC status error with an ErrorInfo reason,
+// using codeTable. A status error passes through unchanged (a leader's
+// answer to a forwarded call keeps its reason). An error the table does not
+// know becomes Internal with a generic message, so that nothing unexpected
+// (which might carry data) reaches the client.
 func toStatus(err error) error {
 	if err == nil {
 		return nil
@@ -98,8 +139,69 @@ func toStatus(err error) error {
 	}
 	for _, e := range codeTable {
 		if errors.Is(err, e.err) {
-			return status.Error(e.code, err.Error())
+			return statusWithReason(e.code, e.reason, err.Error())
 		}
 	}
-	return status.Error(codes.Internal, "internal error: see the server log")
+	return statusWithReason(codes.Internal, pb.ErrorReason_INTERNAL, internalMessage)
+}
+
+// reasonByCode gives a status that a call to another node returned
+// without a reason (gRPC made it: a connection that failed, a deadline) the
+// reason of its code, so that every status a node sends carries one.
+var reasonByCode = map[codes.Code]pb.ErrorReason{
+	codes.Unavailable:       pb.ErrorReason_LEADER_UNREACHABLE,
+	codes.DeadlineExceeded:  pb.ErrorReason_DEADLINE_EXCEEDED,
+	codes.Canceled:          pb.ErrorReason_CANCELED,
+	codes.Unimplemented:     pb.ErrorReason_NO_ROUTE,
+	codes.ResourceExhausted: pb.ErrorReason_TOO_LARGE,
+	codes.InvalidArgument:   pb.ErrorReason_INVALID_ARGUMENT,
+	codes.Unauthenticated:   pb.ErrorReason_UNAUTHENTICATED,
+	codes.PermissionDenied:  pb.ErrorReason_PERMISSION_DENIED,
+	codes.NotFound:          pb.ErrorReason_NOT_FOUND,
+}
+
+// withReason returns the status error st with a reason: its own, or the
+// one of its code.
+func withReason(err error) error {
+	if err == nil || hasReason(err) {
+		return err
+	}
+	st := status.Convert(err)
+	r, ok := reasonByCode[st.Code()]
+	if !ok {
+		r = pb.ErrorReason_INTERNAL
+	}
+	return statusWithReason(st.Code(), r, st.Message())
+}
+
+// statusWithReason builds a status error carrying reason as ErrorInfo.
+func statusWithReason(code codes.Code, reason pb.ErrorReason, msg string) error {
+	st, err := status.New(code, msg).WithDetails(&errdetails.ErrorInfo{Reason: reason.String(), Domain: errorDomain})
+	if err != nil {
+		return status.Error(code, msg)
+	}
+	return st.Err()
+}
+
+// reasonOf returns the coffer reason a status error carries.
+func reasonOf(err error) pb.ErrorReason {
+	st, ok := status.FromError(err)
+	if !ok {
+		return pb.ErrorReason_ERROR_REASON_UNSPECIFIED
+	}
+	for _, d := range st.Details() {
+		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == errorDomain {
+			if v, ok := pb.ErrorReason_value[info.GetReason()]; ok {
+				return pb.ErrorReason(v)
+			}
+		}
+	}
+	return pb.ErrorReason_ERROR_REASON_UNSPECIFIED
+}
+
+// hasReason reports whether err is a status that carries a coffer reason
+// (an answer of a node), as opposed to one made by gRPC itself (a
+// connection that failed).
+func hasReason(err error) bool {
+	return reasonOf(err) != pb.ErrorReason_ERROR_REASON_UNSPECIFIED
 }

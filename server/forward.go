@@ -2,12 +2,8 @@ package server
 
 import (
 	"context"
-	"crypto/rand"
-	"errors"
-	"fmt"
 	mrand "math/rand/v2"
 	"net"
-	"strings"
 	"sync"
 	"time"
 
@@ -19,28 +15,13 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	pb "coffer/api/cofferpb"
+	"coffer/api/route"
 	"coffer/replication"
 )
 
 // forwardedKey marks a call a follower passed on to the leader, so that the
 // receiving node never forwards it again (one hop).
 const forwardedKey = "x-coffer-forwarded-by"
-
-// leaderMethods are the calls only the leader can serve. A follower
-// forwards them, unchanged but for a request id, with the caller's token.
-// The value makes an empty reply of the method's type.
-var leaderMethods = map[string]func() proto.Message{
-	"/coffer.v1.KV/Put":              func() proto.Message { return new(pb.PutResponse) },
-	"/coffer.v1.KV/Delete":           func() proto.Message { return new(pb.WriteResponse) },
-	"/coffer.v1.KV/Undelete":         func() proto.Message { return new(pb.WriteResponse) },
-	"/coffer.v1.KV/Destroy":          func() proto.Message { return new(pb.WriteResponse) },
-	"/coffer.v1.KV/WriteMetadata":    func() proto.Message { return new(pb.WriteResponse) },
-	"/coffer.v1.KV/DeleteMetadata":   func() proto.Message { return new(pb.WriteResponse) },
-	"/coffer.v1.Sys/Init":            func() proto.Message { return new(pb.InitResponse) },
-	"/coffer.v1.Sys/Rotate":          func() proto.Message { return new(pb.RotateResponse) },
-	"/coffer.v1.Operator/RemovePeer": func() proto.Message { return new(pb.RemovePeerResponse) },
-	"/coffer.v1.Operator/StepDown":   func() proto.Message { return new(pb.StepDownResponse) },
-}
 
 // forwardHold bounds how long a follower waits for a leader to appear
 // before it answers Unavailable ("no leader").
@@ -86,62 +67,29 @@ func callWhile(ctx context.Context, holds func() bool, call func(context.Context
 	}
 }
 
-// newRequestID returns a unique request id: time first, like
-// api.NewRequestID, so that ids of one period sit together in the
-// idempotency table.
-func newRequestID() string {
-	return fmt.Sprintf("%016x", uint64(time.Now().UnixNano())) + rand.Text()
-}
-
-// ensureRequestID gives a write without a request id one, so that the
-// follower's own retries of the forwarded call cannot write twice.
-func ensureRequestID(req any) {
-	switch r := req.(type) {
-	case *pb.PutRequest:
-		if r.RequestId == "" {
-			r.RequestId = newRequestID()
-		}
-	case *pb.VersionsRequest:
-		if r.RequestId == "" {
-			r.RequestId = newRequestID()
-		}
-	case *pb.WriteMetadataRequest:
-		if r.RequestId == "" {
-			r.RequestId = newRequestID()
-		}
-	case *pb.DeleteMetadataRequest:
-		if r.RequestId == "" {
-			r.RequestId = newRequestID()
-		}
-	}
-}
-
 // wasForwarded reports whether the call came from another node.
 func wasForwarded(ctx context.Context) bool {
 	md, _ := metadata.FromIncomingContext(ctx)
 	return len(md.Get(forwardedKey)) > 0
 }
 
-// idempotentForward reports whether a forwarded call may be abandoned
-// when the leader changes and sent again to the next one: the KV writes,
-// whose request id makes a second send return the first one's result.
-// Init, Rotate and the operator calls are not sent twice this way; a
-// step-down even changes the leader on purpose.
-func idempotentForward(method string) bool {
-	return strings.HasPrefix(method, "/coffer.v1.KV/")
-}
-
 // forward sends a leader-only call to the leader and returns its answer
-// with done set. While no leader is known it waits, with jittered retries,
+// with done set. An idempotent call (one with a request id) in flight to a
+// leader this node stops following is abandoned and sent again to the next
+// leader; any other call is sent once. While no leader is known it waits, with jittered retries,
 // up to forwardHold (or the call's deadline); then it answers Unavailable.
 // When this node becomes the leader meanwhile, it returns done false: the
 // caller serves the call itself.
-func (s *Server) forward(ctx context.Context, method string, req any, newReply func() proto.Message) (reply any, done bool, err error) {
+func (s *Server) forward(ctx context.Context, r route.Route, req proto.Message) (reply any, done bool, err error) {
 	if wasForwarded(ctx) {
 		// One hop only: the node that sent it believed we lead.
 		return nil, true, s.notLeaderError()
 	}
-	ensureRequestID(req)
+	if r.Idempotent {
+		// The follower's own resends must not write twice.
+		route.EnsureRequestID(req)
+	}
+	method := r.Method
 	in, _ := metadata.FromIncomingContext(ctx)
 	out := metadata.Pairs(forwardedKey, s.cfg.NodeID)
 	if auth := in.Get("authorization"); len(auth) > 0 {
@@ -161,9 +109,12 @@ func (s *Server) forward(ctx context.Context, method string, req any, newReply f
 			if err != nil {
 				return nil, true, err
 			}
-			reply := newReply()
+			reply, err := r.NewResponse()
+			if err != nil {
+				return nil, true, err
+			}
 			invoke := func(cctx context.Context) error { return conn.Invoke(cctx, method, req, reply) }
-			if idempotentForward(method) {
+			if r.Idempotent {
 				err = s.whileLeader(octx, addr, invoke)
 			} else {
 				err = invoke(octx)
@@ -171,10 +122,12 @@ func (s *Server) forward(ctx context.Context, method string, req any, newReply f
 			if err == nil {
 				return reply, true, nil
 			}
-			lastErr = err
-			replaced := errors.Is(err, replication.ErrNoLeader) // by whileLeader
-			if (status.Code(err) != codes.Unavailable && !replaced) || ctx.Err() != nil {
-				return nil, true, err
+			if ctx.Err() != nil {
+				return nil, true, ctx.Err()
+			}
+			lastErr = leaderError(addr, err)
+			if !resendable(r, lastErr) {
+				return nil, true, lastErr
 			}
 			s.logger.Debug("forward to leader failed, retrying", "method", method, "leader", addr, "error", err)
 		}
@@ -190,7 +143,7 @@ func (s *Server) forward(ctx context.Context, method string, req any, newReply f
 			if ctx.Err() != nil {
 				return nil, true, ctx.Err()
 			}
-			if status.Code(lastErr) == codes.Unavailable {
+			if unavailable(lastErr) {
 				return nil, true, lastErr
 			}
 			return nil, true, withMessage(replication.ErrNoLeader, "no leader elected within %s: retry, or check that a quorum of nodes is up", forwardHold)
@@ -198,6 +151,41 @@ func (s *Server) forward(ctx context.Context, method string, req any, newReply f
 		}
 	}
 }
+
+// leaderError is the error of a call this node made to the leader at addr:
+// the leader's own answer (a status with a reason) passes on unchanged; a
+// failure to reach it becomes ErrLeaderUnreachable, so that the client
+// does not take it for a failure to reach this node.
+func leaderError(addr string, err error) error {
+	if hasReason(err) {
+		return err
+	}
+	if st, ok := status.FromError(err); ok {
+		return withMessage(ErrLeaderUnreachable, "the leader at %s could not be reached: %s: retry", addr, st.Message())
+	}
+	return err
+}
+
+// resendable reports whether a forwarded call that failed with err may be
+// sent again: an idempotent one after any Unavailable answer (its request
+// id makes a second send return the first result); any other only when
+// the answer proves it was not acted on (the node was not the leader, or
+// sealed, or stopping), never after a lost answer or a commit that may
+// have happened: an init sent twice would lose its key shares.
+func resendable(r route.Route, err error) bool {
+	if r.Idempotent {
+		return unavailable(err)
+	}
+	switch reasonOf(toStatus(err)) {
+	case pb.ErrorReason_NOT_LEADER, pb.ErrorReason_NO_LEADER, pb.ErrorReason_SEALED, pb.ErrorReason_SHUTTING_DOWN:
+		return true
+	}
+	return false
+}
+
+// unavailable reports whether err becomes an Unavailable status: another
+// node, or this one a moment later, may answer.
+func unavailable(err error) bool { return status.Code(toStatus(err)) == codes.Unavailable }
 
 // peerConns keeps one gRPC connection per peer API address. Once closed
 // (the node stops) it opens no more: a call still in flight then would

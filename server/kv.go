@@ -29,6 +29,9 @@ func (s *Server) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse, 
 	if err := validateData(req.Data); err != nil {
 		return nil, err
 	}
+	if err := validateRequestID(req.RequestId); err != nil {
+		return nil, err
+	}
 	if err := s.beginWrite(); err != nil {
 		return nil, err
 	}
@@ -177,6 +180,9 @@ func (s *Server) versionsOp(ctx context.Context, req *pb.VersionsRequest, op fsm
 	if err := validateVersions(req.Versions, required, verb); err != nil {
 		return nil, err
 	}
+	if err := validateRequestID(req.RequestId); err != nil {
+		return nil, err
+	}
 	if err := s.beginWrite(); err != nil {
 		return nil, err
 	}
@@ -229,6 +235,9 @@ func (s *Server) WriteMetadata(ctx context.Context, req *pb.WriteMetadataRequest
 	if err := validatePath(req.Path); err != nil {
 		return nil, err
 	}
+	if err := validateRequestID(req.RequestId); err != nil {
+		return nil, err
+	}
 	if err := s.beginWrite(); err != nil {
 		return nil, err
 	}
@@ -248,6 +257,9 @@ func (s *Server) WriteMetadata(ctx context.Context, req *pb.WriteMetadataRequest
 // DeleteMetadata removes a secret and all its versions.
 func (s *Server) DeleteMetadata(ctx context.Context, req *pb.DeleteMetadataRequest) (*pb.WriteResponse, error) {
 	if err := validatePath(req.Path); err != nil {
+		return nil, err
+	}
+	if err := validateRequestID(req.RequestId); err != nil {
 		return nil, err
 	}
 	if err := s.beginWrite(); err != nil {

@@ -65,7 +65,7 @@ func (s *Server) beginRead(ctx context.Context, opts *pb.ReadOptions) (*pb.ReadM
 		err := s.fsm.WaitApplied(wctx, opts.MinIndex)
 		cancel()
 		if err != nil {
-			return nil, withMessage(replication.ErrTimeout, "node %s has not applied index %d yet (at %d): retry, or read from another node", s.cfg.NodeID, opts.MinIndex, s.fsm.AppliedIndex())
+			return nil, withMessage(ErrMinIndex, "node %s has not applied index %d yet (at %d): retry, or read from another node", s.cfg.NodeID, opts.MinIndex, s.fsm.AppliedIndex())
 		}
 	}
 	leader := s.raft.IsLeader()

@@ -20,6 +20,7 @@ import (
 
 	pb "coffer/api/cofferpb"
 	"coffer/fsm"
+	"coffer/internal/grpcutil"
 	"coffer/replication"
 	"coffer/seal"
 )
@@ -171,8 +172,8 @@ func New(cfg Config) (*Server, error) {
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.health.SetServingStatus(kvService, healthpb.HealthCheckResponse_NOT_SERVING)
 	s.grpc = grpc.NewServer(
-		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
-		grpc.ChainStreamInterceptor(s.streamInterceptor),
+		grpc.ChainUnaryInterceptor(grpcutil.RecoverUnary(s.logger, internalMessage), s.unaryInterceptor),
+		grpc.ChainStreamInterceptor(grpcutil.RecoverStream(s.logger, internalMessage), s.streamInterceptor),
 		grpc.MaxRecvMsgSize(4<<20),
 		// Reused handler goroutines keep their grown stacks: with one new
 		// goroutine per call, growing its stack cost 10 % of a node's CPU

@@ -254,6 +254,7 @@ func TestBadInput(t *testing.T) {
 		{"no data", &pb.PutRequest{Path: "secret/x"}, codes.InvalidArgument, "data is empty"},
 		{"empty key", &pb.PutRequest{Path: "secret/x", Data: map[string]string{"": "b"}}, codes.InvalidArgument, "empty key"},
 		{"too big", &pb.PutRequest{Path: "secret/x", Data: map[string]string{"a": big}}, codes.ResourceExhausted, "1 MiB"},
+		{"long request id", &pb.PutRequest{Path: "secret/x", Data: map[string]string{"a": "b"}, RequestId: strings.Repeat("r", 129)}, codes.InvalidArgument, "request_id"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

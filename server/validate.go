@@ -5,6 +5,8 @@ import (
 	"strings"
 	"unicode"
 	"unicode/utf8"
+
+	"coffer/fsm"
 )
 
 // Limits on what a request may carry. Each violation gets an error that
@@ -160,6 +162,16 @@ func validateVersions(versions []uint64, required bool, verb string) error {
 		if v == 0 {
 			return invalidf("version 0 does not exist: versions start at 1")
 		}
+	}
+	return nil
+}
+
+// validateRequestID checks a write's request_id before it reaches Raft: the
+// state machine refuses a longer one, and a refusal there would cost a log
+// entry and come back as a failed command.
+func validateRequestID(id string) error {
+	if len(id) > fsm.MaxRequestIDLen {
+		return invalidf("request_id is %d bytes, over the limit of %d: use an id such as the client makes (api.NewRequestID)", len(id), fsm.MaxRequestIDLen)
 	}
 	return nil
 }

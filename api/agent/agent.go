@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"runtime/debug"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -22,6 +21,8 @@ import (
 
 	"coffer/api"
 	pb "coffer/api/cofferpb"
+	"coffer/api/route"
+	"coffer/internal/grpcutil"
 )
 
 // kvService is the health service name of the KV API.
@@ -128,8 +129,8 @@ func New(cfg Config) (*Agent, error) {
 	a.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	a.health.SetServingStatus(kvService, healthpb.HealthCheckResponse_SERVING)
 	a.grpc = grpc.NewServer(
-		grpc.ChainUnaryInterceptor(a.unaryInterceptor),
-		grpc.ChainStreamInterceptor(a.streamInterceptor),
+		grpc.ChainUnaryInterceptor(grpcutil.RecoverUnary(a.logger, agentInternal), a.unaryInterceptor),
+		grpc.ChainStreamInterceptor(grpcutil.RecoverStream(a.logger, agentInternal), a.streamInterceptor),
 		grpc.MaxRecvMsgSize(16<<20),
 	)
 	pb.RegisterKVServer(a.grpc, &kvServer{a: a})
@@ -286,24 +287,32 @@ func callerContext(ctx context.Context) (context.Context, error) {
 	}
 }
 
-// isKV reports whether method belongs to the KV service.
-func isKV(method string) bool { return strings.HasPrefix(method, "/coffer.v1.KV/") }
+// agentInternal is what a caller learns of a call that failed inside the
+// agent.
+const agentInternal = "coffer agent: internal error: see the agent's log"
 
-// unaryInterceptor gives KV calls the caller's token, recovers from a
-// panic and maps errors through toStatus.
-func (a *Agent) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			a.logger.Error("panic in handler", "method", info.FullMethod, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
-			resp, err = nil, status.Error(codes.Internal, "coffer agent: internal error: see the agent's log")
-		}
-	}()
-	if isKV(info.FullMethod) {
-		if ctx, err = callerContext(ctx); err != nil {
-			return nil, a.toStatus(info.FullMethod, err)
-		}
+// admit looks the method up in the route table: a method without a route
+// is refused; a call that needs a token goes upstream with the caller's
+// (callerContext).
+func (a *Agent) admit(ctx context.Context, method string) (context.Context, error) {
+	r, ok := route.Lookup(method)
+	if !ok {
+		return nil, api.StatusError(codes.Unimplemented, pb.ErrorReason_NO_ROUTE, "coffer agent: "+method+" has no route: check the client's version against the agent's")
 	}
-	resp, err = handler(ctx, req)
+	if r.Access == route.Public {
+		return ctx, nil
+	}
+	return callerContext(ctx)
+}
+
+// unaryInterceptor admits the call by its route and maps errors through
+// toStatus.
+func (a *Agent) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	ctx, err := a.admit(ctx, info.FullMethod)
+	if err != nil {
+		return nil, a.toStatus(info.FullMethod, err)
+	}
+	resp, err := handler(ctx, req)
 	if err != nil {
 		err = a.toStatus(info.FullMethod, err)
 		a.logger.Debug("call failed", "method", info.FullMethod, "code", status.Code(err))
@@ -313,21 +322,12 @@ func (a *Agent) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryS
 
 // streamInterceptor does for Watch what unaryInterceptor does for the
 // other calls.
-func (a *Agent) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			a.logger.Error("panic in stream handler", "method", info.FullMethod, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
-			err = status.Error(codes.Internal, "coffer agent: internal error: see the agent's log")
-		}
-	}()
-	if isKV(info.FullMethod) {
-		ctx, err := callerContext(ss.Context())
-		if err != nil {
-			return a.toStatus(info.FullMethod, err)
-		}
-		ss = &tokenStream{ServerStream: ss, ctx: ctx}
+func (a *Agent) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	ctx, err := a.admit(ss.Context(), info.FullMethod)
+	if err != nil {
+		return a.toStatus(info.FullMethod, err)
 	}
-	return a.toStatus(info.FullMethod, handler(srv, ss))
+	return a.toStatus(info.FullMethod, handler(srv, &tokenStream{ServerStream: ss, ctx: ctx}))
 }
 
 // tokenStream is a server stream whose context carries the caller's token.

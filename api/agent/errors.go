@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"coffer/api"
+	pb "coffer/api/cofferpb"
 )
 
 // Errors of the agent. Each message says what to do about it.
@@ -38,13 +38,15 @@ var (
 )
 
 // upstreamPrefix starts the message of an Unavailable answer that comes
-// from upstream, so that it is not taken for a failure to reach the agent.
+// from upstream, so that a person does not take it for a failure to reach
+// the agent. Programs read the reason, which passes through unchanged.
 const upstreamPrefix = "coffer agent: upstream: "
 
 // toStatus turns the error of a call into the status the caller sees. It
 // is the only place where the agent's errors become status codes: the
-// cluster's own answers pass through with their code, Unavailable ones
-// with a prefix saying they come from upstream.
+// agent's own errors get their code and reason here; the cluster's answers
+// pass through with their code and reason, Unavailable ones with a prefix
+// saying they come from upstream.
 func (a *Agent) toStatus(method string, err error) error {
 	if err == nil {
 		return nil
@@ -52,27 +54,53 @@ func (a *Agent) toStatus(method string, err error) error {
 	var stale *api.CacheStaleError
 	switch {
 	case errors.As(err, &stale):
-		return status.Error(codes.Unavailable, staleMessage(stale, a.cfg.Cache.TTL))
+		return api.StatusError(codes.Unavailable, pb.ErrorReason_CACHE_TOO_STALE, staleMessage(stale, a.cfg.Cache.TTL))
 	case errors.Is(err, api.ErrClosed), errors.Is(err, ErrShuttingDown):
-		return status.Error(codes.Unavailable, ErrShuttingDown.Error())
+		return api.StatusError(codes.Unavailable, pb.ErrorReason_SHUTTING_DOWN, ErrShuttingDown.Error())
 	case errors.Is(err, ErrNotANode):
-		return status.Error(codes.FailedPrecondition, ErrNotANode.Error())
+		return api.StatusError(codes.FailedPrecondition, pb.ErrorReason_NOT_A_NODE, ErrNotANode.Error())
 	case errors.Is(err, ErrBadAuthorization):
-		return status.Error(codes.Unauthenticated, ErrBadAuthorization.Error())
-	case errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return api.StatusError(codes.Unauthenticated, pb.ErrorReason_UNAUTHENTICATED, ErrBadAuthorization.Error())
+	case errors.Is(err, context.Canceled):
 		if _, ok := status.FromError(err); !ok {
-			return status.FromContextError(err).Err()
+			return api.StatusError(codes.Canceled, pb.ErrorReason_CANCELED, err.Error())
+		}
+	case errors.Is(err, context.DeadlineExceeded):
+		if _, ok := status.FromError(err); !ok {
+			return api.StatusError(codes.DeadlineExceeded, pb.ErrorReason_DEADLINE_EXCEEDED, err.Error())
 		}
 	}
 	st, ok := status.FromError(err)
 	if !ok {
 		a.logger.Error("request failed", "method", method, "error", err)
-		return status.Error(codes.Internal, "coffer agent: internal error: see the agent's log")
+		return api.StatusError(codes.Internal, pb.ErrorReason_INTERNAL, "coffer agent: internal error: see the agent's log")
 	}
-	if st.Code() == codes.Unavailable && !strings.HasPrefix(st.Message(), "coffer agent") {
-		return status.Error(codes.Unavailable, upstreamPrefix+st.Message())
+	if fromUpstream(err) && st.Code() == codes.Unavailable {
+		return restate(st, upstreamPrefix+st.Message())
 	}
 	return st.Err()
+}
+
+// upstreamError marks an error that an upstream call returned, so that
+// toStatus can tell it from the agent's own.
+type upstreamError struct{ err error }
+
+func (e *upstreamError) Error() string              { return e.err.Error() }
+func (e *upstreamError) Unwrap() error              { return e.err }
+func (e *upstreamError) GRPCStatus() *status.Status { return status.Convert(e.err) }
+
+// fromUpstream reports whether err came from an upstream call.
+func fromUpstream(err error) bool {
+	var u *upstreamError
+	return errors.As(err, &u)
+}
+
+// restate returns st with another message, keeping its code and details
+// (the reason).
+func restate(st *status.Status, msg string) error {
+	p := st.Proto()
+	p.Message = msg
+	return status.FromProto(p).Err()
 }
 
 // staleMessage explains a cached value past its budget.

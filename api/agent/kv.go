@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strconv"
 
 	"google.golang.org/grpc"
@@ -63,14 +64,15 @@ func (k *kvServer) Get(ctx context.Context, req *pb.GetRequest) (*pb.GetResponse
 // agent's side.
 func (a *Agent) getError(path string, err error) error {
 	var stale *api.CacheStaleError
-	if status.Code(err) != codes.Unavailable || errors.As(err, &stale) || errors.Is(err, api.ErrClosed) {
+	if !api.Retryable(err) || errors.As(err, &stale) || errors.Is(err, api.ErrClosed) {
 		return err
 	}
 	why := "the agent holds no cached answer of " + path + " for this token"
 	if a.cfg.Cache.MaxStale < 0 {
 		why = "the agent serves no stale answers (-max-stale=0)"
 	}
-	return status.Errorf(codes.Unavailable, "coffer agent: no upstream node could answer, and %s: %s", why, status.Convert(err).Message())
+	st := status.Convert(err)
+	return restate(st, fmt.Sprintf("coffer agent: no upstream node could answer, and %s: %s", why, st.Message()))
 }
 
 // List lists keys through the cluster (not cached).
@@ -117,10 +119,11 @@ func (k *kvServer) DeleteMetadata(ctx context.Context, req *pb.DeleteMetadataReq
 // upstream runs one call through the client and notes the contact.
 func upstream[Req, Resp any](a *Agent, ctx context.Context, req Req, call func(context.Context, Req) (Resp, error)) (Resp, error) {
 	resp, err := call(ctx, req)
-	if err == nil {
-		a.noteContact()
+	if err != nil {
+		return resp, &upstreamError{err}
 	}
-	return resp, err
+	a.noteContact()
+	return resp, nil
 }
 
 // Watch proxies a watch: it follows the prefix through the client, which
@@ -153,7 +156,7 @@ func (k *kvServer) Watch(req *pb.WatchRequest, stream pb.KV_WatchServer) error {
 		case api.WatchCompacted:
 			out.Type = pb.WatchEvent_COMPACTED
 		case api.WatchFailed:
-			return ev.Err
+			return &upstreamError{ev.Err}
 		default:
 			continue
 		}
@@ -171,5 +174,5 @@ func (k *kvServer) Watch(req *pb.WatchRequest, stream pb.KV_WatchServer) error {
 	if err := stream.Context().Err(); err != nil {
 		return status.FromContextError(err).Err()
 	}
-	return status.Error(codes.Unavailable, "coffer agent: the watch ended: watch again from the last index")
+	return api.StatusError(codes.Unavailable, pb.ErrorReason_ENDPOINT_UNREACHABLE, "coffer agent: the watch ended: watch again from the last index")
 }

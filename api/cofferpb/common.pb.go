@@ -77,6 +77,192 @@ func (Consistency) EnumDescriptor() ([]byte, []int) {
 	return file_coffer_v1_common_proto_rawDescGZIP(), []int{0}
 }
 
+// ErrorReason is the machine-readable cause of an error. Every error status
+// a node sends carries one as google.rpc.ErrorInfo{reason: the value's name,
+// domain: "coffer"}; clients decide on reasons (and codes), never on message
+// text. The gRPC code of each reason is fixed; the comment gives it.
+type ErrorReason int32
+
+const (
+	ErrorReason_ERROR_REASON_UNSPECIFIED ErrorReason = 0
+	// UNAVAILABLE: try another node, or the same one shortly.
+	ErrorReason_SEALED                ErrorReason = 1  // this node is sealed: unseal it
+	ErrorReason_NO_LEADER             ErrorReason = 2  // no leader is known (an election is running or quorum is lost)
+	ErrorReason_NOT_LEADER            ErrorReason = 3  // this node is not the leader (a forwarded call reached a follower)
+	ErrorReason_LEADERSHIP_LOST       ErrorReason = 4  // leadership was lost while a write was committing: retry with the same request id
+	ErrorReason_COMMIT_TIMEOUT        ErrorReason = 5  // a write was not committed in time; it may still commit: retry with the same request id
+	ErrorReason_SHUTTING_DOWN         ErrorReason = 6  // the node is stopping
+	ErrorReason_CATCHING_UP           ErrorReason = 7  // this node has not applied enough of the log to answer yet
+	ErrorReason_STALE_BOUND           ErrorReason = 8  // a stale read's max_staleness is exceeded on this node
+	ErrorReason_MIN_INDEX_NOT_REACHED ErrorReason = 9  // this node has not applied the read's min_index in time
+	ErrorReason_LEADER_UNREACHABLE    ErrorReason = 10 // this node could not reach the leader to forward the call or to get a read index
+	ErrorReason_STORAGE_FAILED        ErrorReason = 11 // this node cannot persist (disk full, I/O error)
+	ErrorReason_KEY_TERM_UNKNOWN      ErrorReason = 12 // the value uses a key term this node does not hold yet
+	// FAILED_PRECONDITION: the state of the cluster or the secret refuses it.
+	ErrorReason_NOT_INITIALIZED     ErrorReason = 20 // the cluster has no keys: `coffer operator init`
+	ErrorReason_ALREADY_INITIALIZED ErrorReason = 21 // init was called on an initialized cluster
+	ErrorReason_CAS_MISMATCH        ErrorReason = 22 // check-and-set: the secret is at another version
+	ErrorReason_CAS_REQUIRED        ErrorReason = 23 // the secret only takes writes with check-and-set
+	ErrorReason_FOREIGN_SNAPSHOT    ErrorReason = 24 // the snapshot was made under other keys: -force
+	ErrorReason_NOT_A_NODE          ErrorReason = 25 // an agent was asked what only a node answers
+	ErrorReason_COMPACTED           ErrorReason = 26 // a watch asked for changes older than the node keeps: re-read, watch from now
+	// NOT_FOUND.
+	ErrorReason_NOT_FOUND      ErrorReason = 30 // no such secret or version
+	ErrorReason_DELETED        ErrorReason = 31 // the version is soft-deleted (undelete brings it back)
+	ErrorReason_DESTROYED      ErrorReason = 32 // the version's data is destroyed for good
+	ErrorReason_PEER_NOT_FOUND ErrorReason = 33 // no such Raft peer
+	// ALREADY_EXISTS.
+	ErrorReason_ALREADY_EXISTS ErrorReason = 35 // the entry exists already
+	// INVALID_ARGUMENT: fix the request; the message names the field.
+	ErrorReason_INVALID_ARGUMENT    ErrorReason = 40
+	ErrorReason_INVALID_SHARE       ErrorReason = 41 // an unseal key share is malformed
+	ErrorReason_DUPLICATE_SHARE     ErrorReason = 42 // the share was given already on this node
+	ErrorReason_WRONG_SHARES        ErrorReason = 43 // the shares do not open this cluster's keys: progress reset
+	ErrorReason_INVALID_SEAL_CONFIG ErrorReason = 44 // key shares / threshold out of range
+	ErrorReason_REQUEST_ID_CONFLICT ErrorReason = 45 // the request id was used for a different write
+	ErrorReason_INVALID_SNAPSHOT    ErrorReason = 46 // the uploaded snapshot is not a coffer snapshot
+	// RESOURCE_EXHAUSTED.
+	ErrorReason_TOO_LARGE       ErrorReason = 50 // a value, a secret or a request exceeds a limit
+	ErrorReason_TERMS_EXHAUSTED ErrorReason = 51 // the keyring cannot be rotated any further
+	// UNAUTHENTICATED / PERMISSION_DENIED / UNIMPLEMENTED.
+	ErrorReason_UNAUTHENTICATED   ErrorReason = 60 // missing or unknown token
+	ErrorReason_PERMISSION_DENIED ErrorReason = 61 // the token may not make this call
+	ErrorReason_NO_ROUTE          ErrorReason = 62 // the method has no route: this node does not serve it
+	// DATA_LOSS: stored data does not authenticate.
+	ErrorReason_DATA_CORRUPT ErrorReason = 70
+	// DEADLINE_EXCEEDED / CANCELED / INTERNAL.
+	ErrorReason_DEADLINE_EXCEEDED ErrorReason = 80
+	ErrorReason_CANCELED          ErrorReason = 81
+	ErrorReason_INTERNAL          ErrorReason = 82 // see the node's log
+	// Made by the Go client or the agent, never sent by a node.
+	ErrorReason_ENDPOINT_UNREACHABLE ErrorReason = 90 // UNAVAILABLE: the endpoint could not be reached
+	ErrorReason_ATTEMPT_TIMEOUT      ErrorReason = 91 // UNAVAILABLE: the endpoint did not answer within the attempt timeout
+	ErrorReason_CACHE_TOO_STALE      ErrorReason = 92 // UNAVAILABLE: no node answered and the cached value is past its stale budget
+)
+
+// Enum value maps for ErrorReason.
+var (
+	ErrorReason_name = map[int32]string{
+		0:  "ERROR_REASON_UNSPECIFIED",
+		1:  "SEALED",
+		2:  "NO_LEADER",
+		3:  "NOT_LEADER",
+		4:  "LEADERSHIP_LOST",
+		5:  "COMMIT_TIMEOUT",
+		6:  "SHUTTING_DOWN",
+		7:  "CATCHING_UP",
+		8:  "STALE_BOUND",
+		9:  "MIN_INDEX_NOT_REACHED",
+		10: "LEADER_UNREACHABLE",
+		11: "STORAGE_FAILED",
+		12: "KEY_TERM_UNKNOWN",
+		20: "NOT_INITIALIZED",
+		21: "ALREADY_INITIALIZED",
+		22: "CAS_MISMATCH",
+		23: "CAS_REQUIRED",
+		24: "FOREIGN_SNAPSHOT",
+		25: "NOT_A_NODE",
+		26: "COMPACTED",
+		30: "NOT_FOUND",
+		31: "DELETED",
+		32: "DESTROYED",
+		33: "PEER_NOT_FOUND",
+		35: "ALREADY_EXISTS",
+		40: "INVALID_ARGUMENT",
+		41: "INVALID_SHARE",
+		42: "DUPLICATE_SHARE",
+		43: "WRONG_SHARES",
+		44: "INVALID_SEAL_CONFIG",
+		45: "REQUEST_ID_CONFLICT",
+		46: "INVALID_SNAPSHOT",
+		50: "TOO_LARGE",
+		51: "TERMS_EXHAUSTED",
+		60: "UNAUTHENTICATED",
+		61: "PERMISSION_DENIED",
+		62: "NO_ROUTE",
+		70: "DATA_CORRUPT",
+		80: "DEADLINE_EXCEEDED",
+		81: "CANCELED",
+		82: "INTERNAL",
+		90: "ENDPOINT_UNREACHABLE",
+		91: "ATTEMPT_TIMEOUT",
+		92: "CACHE_TOO_STALE",
+	}
+	ErrorReason_value = map[string]int32{
+		"ERROR_REASON_UNSPECIFIED": 0,
+		"SEALED":                   1,
+		"NO_LEADER":                2,
+		"NOT_LEADER":               3,
+		"LEADERSHIP_LOST":          4,
+		"COMMIT_TIMEOUT":           5,
+		"SHUTTING_DOWN":            6,
+		"CATCHING_UP":              7,
+		"STALE_BOUND":              8,
+		"MIN_INDEX_NOT_REACHED":    9,
+		"LEADER_UNREACHABLE":       10,
+		"STORAGE_FAILED":           11,
+		"KEY_TERM_UNKNOWN":         12,
+		"NOT_INITIALIZED":          20,
+		"ALREADY_INITIALIZED":      21,
+		"CAS_MISMATCH":             22,
+		"CAS_REQUIRED":             23,
+		"FOREIGN_SNAPSHOT":         24,
+		"NOT_A_NODE":               25,
+		"COMPACTED":                26,
+		"NOT_FOUND":                30,
+		"DELETED":                  31,
+		"DESTROYED":                32,
+		"PEER_NOT_FOUND":           33,
+		"ALREADY_EXISTS":           35,
+		"INVALID_ARGUMENT":         40,
+		"INVALID_SHARE":            41,
+		"DUPLICATE_SHARE":          42,
+		"WRONG_SHARES":             43,
+		"INVALID_SEAL_CONFIG":      44,
+		"REQUEST_ID_CONFLICT":      45,
+		"INVALID_SNAPSHOT":         46,
+		"TOO_LARGE":                50,
+		"TERMS_EXHAUSTED":          51,
+		"UNAUTHENTICATED":          60,
+		"PERMISSION_DENIED":        61,
+		"NO_ROUTE":                 62,
+		"DATA_CORRUPT":             70,
+		"DEADLINE_EXCEEDED":        80,
+		"CANCELED":                 81,
+		"INTERNAL":                 82,
+		"ENDPOINT_UNREACHABLE":     90,
+		"ATTEMPT_TIMEOUT":          91,
+		"CACHE_TOO_STALE":          92,
+	}
+)
+
+func (x ErrorReason) Enum() *ErrorReason {
+	p := new(ErrorReason)
+	*p = x
+	return p
+}
+
+func (x ErrorReason) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ErrorReason) Descriptor() protoreflect.EnumDescriptor {
+	return file_coffer_v1_common_proto_enumTypes[1].Descriptor()
+}
+
+func (ErrorReason) Type() protoreflect.EnumType {
+	return &file_coffer_v1_common_proto_enumTypes[1]
+}
+
+func (x ErrorReason) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ErrorReason.Descriptor instead.
+func (ErrorReason) EnumDescriptor() ([]byte, []int) {
+	return file_coffer_v1_common_proto_rawDescGZIP(), []int{1}
+}
+
 // ReadOptions travel with every read.
 type ReadOptions struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
@@ -240,7 +426,56 @@ const file_coffer_v1_common_proto_rawDesc = "" +
 	"\vConsistency\x12\x17\n" +
 	"\x13CONSISTENCY_DEFAULT\x10\x00\x12\x15\n" +
 	"\x11CONSISTENCY_STALE\x10\x01\x12\x1c\n" +
-	"\x18CONSISTENCY_LINEARIZABLE\x10\x02B\x1eZ\x1ccoffer/api/cofferpb;cofferpbb\x06proto3"
+	"\x18CONSISTENCY_LINEARIZABLE\x10\x02*\xea\x06\n" +
+	"\vErrorReason\x12\x1c\n" +
+	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\n" +
+	"\n" +
+	"\x06SEALED\x10\x01\x12\r\n" +
+	"\tNO_LEADER\x10\x02\x12\x0e\n" +
+	"\n" +
+	"NOT_LEADER\x10\x03\x12\x13\n" +
+	"\x0fLEADERSHIP_LOST\x10\x04\x12\x12\n" +
+	"\x0eCOMMIT_TIMEOUT\x10\x05\x12\x11\n" +
+	"\rSHUTTING_DOWN\x10\x06\x12\x0f\n" +
+	"\vCATCHING_UP\x10\a\x12\x0f\n" +
+	"\vSTALE_BOUND\x10\b\x12\x19\n" +
+	"\x15MIN_INDEX_NOT_REACHED\x10\t\x12\x16\n" +
+	"\x12LEADER_UNREACHABLE\x10\n" +
+	"\x12\x12\n" +
+	"\x0eSTORAGE_FAILED\x10\v\x12\x14\n" +
+	"\x10KEY_TERM_UNKNOWN\x10\f\x12\x13\n" +
+	"\x0fNOT_INITIALIZED\x10\x14\x12\x17\n" +
+	"\x13ALREADY_INITIALIZED\x10\x15\x12\x10\n" +
+	"\fCAS_MISMATCH\x10\x16\x12\x10\n" +
+	"\fCAS_REQUIRED\x10\x17\x12\x14\n" +
+	"\x10FOREIGN_SNAPSHOT\x10\x18\x12\x0e\n" +
+	"\n" +
+	"NOT_A_NODE\x10\x19\x12\r\n" +
+	"\tCOMPACTED\x10\x1a\x12\r\n" +
+	"\tNOT_FOUND\x10\x1e\x12\v\n" +
+	"\aDELETED\x10\x1f\x12\r\n" +
+	"\tDESTROYED\x10 \x12\x12\n" +
+	"\x0ePEER_NOT_FOUND\x10!\x12\x12\n" +
+	"\x0eALREADY_EXISTS\x10#\x12\x14\n" +
+	"\x10INVALID_ARGUMENT\x10(\x12\x11\n" +
+	"\rINVALID_SHARE\x10)\x12\x13\n" +
+	"\x0fDUPLICATE_SHARE\x10*\x12\x10\n" +
+	"\fWRONG_SHARES\x10+\x12\x17\n" +
+	"\x13INVALID_SEAL_CONFIG\x10,\x12\x17\n" +
+	"\x13REQUEST_ID_CONFLICT\x10-\x12\x14\n" +
+	"\x10INVALID_SNAPSHOT\x10.\x12\r\n" +
+	"\tTOO_LARGE\x102\x12\x13\n" +
+	"\x0fTERMS_EXHAUSTED\x103\x12\x13\n" +
+	"\x0fUNAUTHENTICATED\x10<\x12\x15\n" +
+	"\x11PERMISSION_DENIED\x10=\x12\f\n" +
+	"\bNO_ROUTE\x10>\x12\x10\n" +
+	"\fDATA_CORRUPT\x10F\x12\x15\n" +
+	"\x11DEADLINE_EXCEEDED\x10P\x12\f\n" +
+	"\bCANCELED\x10Q\x12\f\n" +
+	"\bINTERNAL\x10R\x12\x18\n" +
+	"\x14ENDPOINT_UNREACHABLE\x10Z\x12\x13\n" +
+	"\x0fATTEMPT_TIMEOUT\x10[\x12\x13\n" +
+	"\x0fCACHE_TOO_STALE\x10\\B\x1eZ\x1ccoffer/api/cofferpb;cofferpbb\x06proto3"
 
 var (
 	file_coffer_v1_common_proto_rawDescOnce sync.Once
@@ -254,12 +489,13 @@ func file_coffer_v1_common_proto_rawDescGZIP() []byte {
 	return file_coffer_v1_common_proto_rawDescData
 }
 
-var file_coffer_v1_common_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_coffer_v1_common_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
 var file_coffer_v1_common_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
 var file_coffer_v1_common_proto_goTypes = []any{
 	(Consistency)(0),    // 0: coffer.v1.Consistency
-	(*ReadOptions)(nil), // 1: coffer.v1.ReadOptions
-	(*ReadMeta)(nil),    // 2: coffer.v1.ReadMeta
+	(ErrorReason)(0),    // 1: coffer.v1.ErrorReason
+	(*ReadOptions)(nil), // 2: coffer.v1.ReadOptions
+	(*ReadMeta)(nil),    // 3: coffer.v1.ReadMeta
 }
 var file_coffer_v1_common_proto_depIdxs = []int32{
 	0, // 0: coffer.v1.ReadOptions.consistency:type_name -> coffer.v1.Consistency
@@ -280,7 +516,7 @@ func file_coffer_v1_common_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coffer_v1_common_proto_rawDesc), len(file_coffer_v1_common_proto_rawDesc)),
-			NumEnums:      1,
+			NumEnums:      2,
 			NumMessages:   2,
 			NumExtensions: 0,
 			NumServices:   0,

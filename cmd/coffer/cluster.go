@@ -14,7 +14,6 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"coffer/api"
@@ -402,8 +401,8 @@ the cluster the snapshot came from. Needs the root token.`).withClient()
 		if errors.As(err, &fe) {
 			return &cliError{code: 1, msg: strings.TrimPrefix(err.Error(), "api: ")}
 		}
-		if st := status.Convert(err); st.Code() == codes.Unavailable && !isConnFailure(st.Message()) {
-			return &cliError{code: 1, msg: fmt.Sprintf("%s (only the leader restores: list every node in -address or %s)", st.Message(), api.EnvAddr)}
+		if api.IsNoLeader(err) {
+			return &cliError{code: 1, msg: fmt.Sprintf("%s (only the leader restores: list every node in -address or %s)", status.Convert(err).Message(), api.EnvAddr)}
 		}
 		return callError(err, c.Endpoints(), 0)
 	}

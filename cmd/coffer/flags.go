@@ -193,9 +193,11 @@ func (c *cmdFlags) clientFor(e *env, args []string, names ...string) ([]string, 
 }
 
 // callError turns an error from the api client into the one-line CLI
-// error: the gRPC status message, and for a connection failure the
+// error: the status message, and when no node could be reached the
 // endpoints tried and a hint. tried lists the endpoints the call may have
-// used. notFoundCode is the exit code for codes.NotFound (0 means 1).
+// used. notFoundCode is the exit code when the secret or version does not
+// exist (0 means 1). Decisions come from the error's reason and code, never
+// from its text.
 func callError(err error, tried []string, notFoundCode int) error {
 	st := status.Convert(err)
 	msg := st.Message()
@@ -204,35 +206,14 @@ func callError(err error, tried []string, notFoundCode int) error {
 	}
 	code := 1
 	switch {
-	case st.Code() == codes.NotFound && notFoundCode != 0:
+	case api.IsNotFound(err) && notFoundCode != 0:
 		code = notFoundCode
-	case st.Code() == codes.Unavailable && isConnFailure(msg):
+	case api.IsUnreachable(err):
 		msg = fmt.Sprintf("cannot reach %s: %s: is the server running? check %s / -address", strings.Join(tried, ", "), msg, api.EnvAddr)
 	case st.Code() == codes.DeadlineExceeded:
 		msg = fmt.Sprintf("no answer from %s in time: %s", strings.Join(tried, ", "), msg)
 	}
 	return &cliError{code: code, msg: msg}
-}
-
-// isConnFailure reports whether an Unavailable message came from the gRPC
-// client failing to reach a server, rather than from a server.
-func isConnFailure(msg string) bool {
-	for _, p := range []string{
-		"connection error",
-		"last connection error",
-		"last resolver error",
-		"name resolver error",
-		"error reading from server",
-		"connection closed",
-		"transport is closing",
-		"dns resolver",
-		"produced zero addresses",
-	} {
-		if strings.HasPrefix(msg, p) {
-			return true
-		}
-	}
-	return false
 }
 
 // readFlags are the consistency flags of every read.

@@ -8,9 +8,6 @@ import (
 	"sort"
 	"strings"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
-
 	"coffer/api"
 	pb "coffer/api/cofferpb"
 )
@@ -525,7 +522,7 @@ Configure the secret at PATH: -max-versions (how many versions are kept;
 		switch {
 		case err == nil:
 			req.CasRequired = md.GetCasRequired()
-		case status.Code(err) != codes.NotFound:
+		case !api.IsNotFound(err):
 			return callError(err, c.Endpoints(), 0)
 		}
 	}

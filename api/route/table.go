@@ -1,0 +1,103 @@
+package route
+
+import (
+	"strings"
+
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	reflectionv1 "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	reflectionv1alpha "google.golang.org/grpc/reflection/grpc_reflection_v1alpha"
+	"google.golang.org/protobuf/proto"
+
+	pb "coffer/api/cofferpb"
+)
+
+// table is every method a node serves. The policy paths are the ones
+// Vault's HTTP API uses for the same operation, so that Vault policies
+// apply unchanged (docs/ROUTES.md lists them).
+var table = []Route{
+	// KV: secrets of the KV version 2 mount.
+	{Method: pb.KV_Put_FullMethodName, Leader: true, Idempotent: true, Policy: kv("data", Create|Update)},
+	{Method: pb.KV_Get_FullMethodName, Policy: kv("data", Read)},
+	{Method: pb.KV_List_FullMethodName, Policy: kv("metadata", List)},
+	{Method: pb.KV_Delete_FullMethodName, Leader: true, Idempotent: true, Policy: kvDelete},
+	{Method: pb.KV_Undelete_FullMethodName, Leader: true, Idempotent: true, Policy: kv("undelete", Update)},
+	{Method: pb.KV_Destroy_FullMethodName, Leader: true, Idempotent: true, Policy: kv("destroy", Update)},
+	{Method: pb.KV_ReadMetadata_FullMethodName, Policy: kv("metadata", Read)},
+	{Method: pb.KV_WriteMetadata_FullMethodName, Leader: true, Idempotent: true, Policy: kv("metadata", Create|Update)},
+	{Method: pb.KV_DeleteMetadata_FullMethodName, Leader: true, Idempotent: true, Policy: kv("metadata", Delete)},
+	{Method: pb.KV_Watch_FullMethodName, Policy: kv("metadata", List)},
+
+	// Sys: seal, keys, status.
+	{Method: pb.Sys_Init_FullMethodName, Access: Public, Leader: true},
+	{Method: pb.Sys_Unseal_FullMethodName, Access: Public},
+	{Method: pb.Sys_Status_FullMethodName, Access: Public},
+	{Method: pb.Sys_Seal_FullMethodName, Policy: fixed("sys/seal", Update|Sudo)},
+	{Method: pb.Sys_Rotate_FullMethodName, Leader: true, Policy: fixed("sys/rotate", Update|Sudo)},
+
+	// Operator: membership and snapshots.
+	{Method: pb.Operator_Members_FullMethodName, Policy: fixed("sys/ha-status", Read|Sudo)},
+	{Method: pb.Operator_ListPeers_FullMethodName, Policy: fixed("sys/storage/raft/configuration", Read|Sudo)},
+	{Method: pb.Operator_RemovePeer_FullMethodName, Leader: true, Policy: fixed("sys/storage/raft/remove-peer", Update|Sudo)},
+	{Method: pb.Operator_StepDown_FullMethodName, Leader: true, Policy: fixed("sys/step-down", Update|Sudo)},
+	{Method: pb.Operator_SnapshotSave_FullMethodName, Policy: fixed("sys/storage/raft/snapshot", Read|Sudo)},
+	{Method: pb.Operator_SnapshotRestore_FullMethodName, Policy: fixed("sys/storage/raft/snapshot", Update|Sudo)},
+
+	// Cluster: node to node.
+	{Method: pb.Cluster_ReadIndex_FullMethodName, Access: Peer},
+
+	// gRPC's own services.
+	{Method: healthpb.Health_Check_FullMethodName, Access: Public},
+	{Method: healthpb.Health_Watch_FullMethodName, Access: Public},
+	{Method: healthpb.Health_List_FullMethodName, Access: Public},
+	{Method: reflectionv1.ServerReflection_ServerReflectionInfo_FullMethodName, Access: Public},
+	{Method: reflectionv1alpha.ServerReflection_ServerReflectionInfo_FullMethodName, Access: Public},
+}
+
+// pather is a request that names a secret or a prefix.
+type pather interface{ GetPath() string }
+
+// prefixer is a watch request.
+type prefixer interface{ GetPrefix() string }
+
+// kv maps a KV request on MOUNT/rest to Vault's MOUNT/<kind>/rest.
+func kv(kind string, need Capability) func(proto.Message) (string, Capability) {
+	return func(req proto.Message) (string, Capability) {
+		return KVPolicyPath(requestPath(req), kind), need
+	}
+}
+
+// kvDelete: deleting the current version is DELETE on data/; deleting
+// given versions is an update of delete/ (as in Vault's KV v2).
+func kvDelete(req proto.Message) (string, Capability) {
+	if r, ok := req.(*pb.VersionsRequest); ok && len(r.GetVersions()) > 0 {
+		return KVPolicyPath(r.GetPath(), "delete"), Update
+	}
+	return KVPolicyPath(requestPath(req), "data"), Delete
+}
+
+// fixed is a route on one path.
+func fixed(path string, need Capability) func(proto.Message) (string, Capability) {
+	return func(proto.Message) (string, Capability) { return path, need }
+}
+
+// requestPath is the path or prefix a KV request names.
+func requestPath(req proto.Message) string {
+	switch r := req.(type) {
+	case pather:
+		return r.GetPath()
+	case prefixer:
+		return r.GetPrefix()
+	}
+	return ""
+}
+
+// KVPolicyPath turns a secret path "secret/app/db" into the path Vault's
+// KV version 2 policies name: "secret/<kind>/app/db" (kind: data,
+// metadata, delete, undelete or destroy).
+func KVPolicyPath(path, kind string) string {
+	mount, rest, ok := strings.Cut(path, "/")
+	if !ok {
+		return mount + "/" + kind + "/"
+	}
+	return mount + "/" + kind + "/" + rest
+}
