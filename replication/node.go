@@ -33,14 +33,20 @@ type Node struct {
 	hasState      atomic.Bool // this node has a Raft log or snapshot
 	bootstrapDone atomic.Bool
 	reconcileCh   chan struct{} // coalesced "reconcile now" for the leader duty
-	duty          *leaderDuty   // owned by watchLeadership
 
 	notifyCh chan bool
 	leader   atomic.Bool // true while this node is leader per NotifyCh
 	done     chan struct{}
 	wg       sync.WaitGroup
 
+	// lmu guards the leadership state (leadership.go).
+	lmu      sync.Mutex
+	term     *leaderTerm   // this node's current leadership, nil on a follower
+	follow   *following    // the leader this node knows
+	lchanged chan struct{} // closed and replaced at every leadership event
+
 	mu                sync.Mutex
+	readyObservers    []func(ctx context.Context)
 	observers         []func(isLeader bool)
 	memberObservers   []func()
 	lastBootstrapNote string
@@ -89,6 +95,7 @@ func New(cfg Config, fsm raft.BatchingFSM) (*Node, error) {
 	n := &Node{
 		cfg: cfg, logger: logger, clog: cfg.Logger.Named("cluster"), store: store, started: time.Now(),
 		notifyCh: make(chan bool, 16), reconcileCh: make(chan struct{}, 1), done: make(chan struct{}),
+		follow: &following{changed: make(chan struct{})}, lchanged: make(chan struct{}),
 	}
 	ok := false
 	defer func() {
@@ -207,7 +214,16 @@ func New(cfg Config, fsm raft.BatchingFSM) (*Node, error) {
 		n.clog.Info("gossip started", "address", n.GossipAddr(), "seeds", cfg.Gossip.Join,
 			"bootstrap_expect", cfg.BootstrapExpect, "read_replica", cfg.ReadReplica, "encrypted", cfg.Gossip.ClusterKey != nil)
 	}
-	n.wg.Add(1)
+	// A blocking observer: no leader change is dropped. Its reader only
+	// swaps a channel, and Raft stops observing before the reader stops
+	// (Shutdown stops Raft, then closes done).
+	leaders := make(chan raft.Observation, 16)
+	n.raft.RegisterObserver(raft.NewObserver(leaders, true, func(o *raft.Observation) bool {
+		_, ok := o.Data.(raft.LeaderObservation)
+		return ok
+	}))
+	n.wg.Add(2)
+	go n.watchLeaders(leaders)
 	go n.watchLeadership()
 	if n.gossip != nil {
 		n.gossip.start()
@@ -219,21 +235,21 @@ func New(cfg Config, fsm raft.BatchingFSM) (*Node, error) {
 }
 
 // watchLeadership follows Config.NotifyCh, which unlike LeaderCh never drops
-// a transition: it starts the leader duties on gaining leadership (they wait
-// for a barrier first), stops them on losing it, and tells the observers.
+// a transition: it starts a leadership term on gaining leadership (a
+// barrier, then the ready observers and reconciliation), ends it on losing
+// it, and tells the observers.
 func (n *Node) watchLeadership() {
 	defer n.wg.Done()
-	defer n.stopLeaderDuties()
+	defer n.endTerm()
 	for {
 		select {
 		case <-n.done:
 			return
 		case isLeader := <-n.notifyCh:
 			n.leader.Store(isLeader)
+			n.endTerm()
 			if isLeader {
-				n.startLeaderDuties()
-			} else {
-				n.stopLeaderDuties()
+				n.startTerm()
 			}
 			n.mu.Lock()
 			obs := append([]func(bool){}, n.observers...)

@@ -18,61 +18,11 @@ const (
 	dutyBarrierTimeout = 10 * time.Second
 )
 
-// leaderDuty is the goroutine that runs while this node leads.
-type leaderDuty struct {
-	cancel context.CancelFunc
-	done   chan struct{}
-}
-
-// startLeaderDuties starts reconciliation on a new leader. Only
-// watchLeadership calls it.
-func (n *Node) startLeaderDuties() {
-	if n.gossip == nil || n.duty != nil {
-		return
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	d := &leaderDuty{cancel: cancel, done: make(chan struct{})}
-	n.duty = d
-	go func() {
-		defer close(d.done)
-		n.runLeaderDuties(ctx)
-	}()
-}
-
-// stopLeaderDuties stops reconciliation and waits until it has. Only
-// watchLeadership calls it.
-func (n *Node) stopLeaderDuties() {
-	if d := n.duty; d != nil {
-		d.cancel()
-		<-d.done
-		n.duty = nil
-	}
-}
-
-// runLeaderDuties waits for a barrier (so this leader has applied everything
-// its predecessors committed), then reconciles gossip into Raft on every
-// membership change and every ReconcileInterval until ctx ends.
-func (n *Node) runLeaderDuties(ctx context.Context) {
+// reconcileLoop reconciles gossip into Raft membership on every
+// membership change and every ReconcileInterval until ctx (the leadership
+// term) ends. It runs on a ready leader only.
+func (n *Node) reconcileLoop(ctx context.Context) {
 	log := n.clog.Named("reconcile")
-	for {
-		bctx, cancel := context.WithTimeout(ctx, dutyBarrierTimeout)
-		err := n.Barrier(bctx)
-		cancel()
-		if err == nil {
-			break
-		}
-		if ctx.Err() != nil {
-			return
-		}
-		log.Warn("barrier on the new leader failed: retrying before starting leader duties", "error", err)
-		t := time.NewTimer(100 * time.Millisecond)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
-	}
 	log.Info("leader duties started: reconciling gossip into raft membership")
 	defer log.Info("leader duties stopped")
 

@@ -154,7 +154,7 @@ func (s *Server) admitSealed(ctx context.Context) error {
 	if _, err := s.fsm.SysGet(sysSealKey); !errors.Is(err, fsm.ErrNotFound) {
 		return seal.ErrSealed
 	}
-	if s.raft.IsLeader() && s.leaderReady.Load() {
+	if s.raft.ReadyLeader() {
 		return ErrNotInitialized
 	}
 	if st, err := s.leaderStatus(ctx); err == nil && !st.Seal.GetInitialized() {

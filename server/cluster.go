@@ -29,7 +29,7 @@ func (c *clusterService) ReadIndex(ctx context.Context, req *pb.ReadIndexRequest
 	if !s.raft.IsLeader() {
 		return nil, s.notLeaderError()
 	}
-	if !s.leaderReady.Load() {
+	if !s.raft.ReadyLeader() {
 		return nil, withMessage(replication.ErrNoLeader, "node %s became leader and is still applying earlier entries: retry shortly", s.cfg.NodeID)
 	}
 	if req.Linearizable {
@@ -75,8 +75,8 @@ const readIndexTimeout = 3 * time.Second
 
 // askReadIndex sends one read-index request to the leader.
 func (s *Server) askReadIndex(key roundKey) (uint64, error) {
-	addr := s.raft.LeaderAPIAddr()
-	if addr == "" {
+	id, addr := s.leader()
+	if addr == "" || id == s.cfg.NodeID {
 		return 0, s.notLeaderError()
 	}
 	conn, err := s.peers.conn(addr)
@@ -92,7 +92,7 @@ func (s *Server) askReadIndex(key roundKey) (uint64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), readIndexTimeout)
 	defer cancel()
 	var resp *pb.ReadIndexResponse
-	err = s.whileLeader(metadata.NewOutgoingContext(ctx, out), addr, func(cctx context.Context) error {
+	err = s.whileLeader(metadata.NewOutgoingContext(ctx, out), id, func(cctx context.Context) error {
 		var err error
 		resp, err = pb.NewClusterClient(conn).ReadIndex(cctx, &pb.ReadIndexRequest{Linearizable: key.linearizable})
 		return err

@@ -27,44 +27,40 @@ const forwardedKey = "x-coffer-forwarded-by"
 // before it answers Unavailable ("no leader").
 const forwardHold = 3 * time.Second
 
-// leaderWatchInterval is how often a call in flight to the leader checks
-// that this node still follows that leader.
-const leaderWatchInterval = 20 * time.Millisecond
-
-// whileLeader runs call with a context that also ends once this node no
-// longer sees addr as the leader's API address, and then returns
-// Unavailable at once. A leader cut off by a partition may swallow packets
-// without an answer: waiting out the call's deadline there cost writes
-// and default reads on followers 3 s in the docker chaos suite, while the
-// followers had elected a new leader within a second.
-func (s *Server) whileLeader(ctx context.Context, addr string, call func(context.Context) error) error {
-	return callWhile(ctx, func() bool { return s.raft.LeaderAPIAddr() == addr }, call, func() error {
-		return withMessage(replication.ErrNoLeader, "leader %s was replaced while the call was in flight: retry", addr)
-	})
+// whileLeader runs call under a context that also ends as soon as this
+// node stops following leader id (replication's FollowingContext: an
+// event, not a poll), and then returns Unavailable at once. A leader cut
+// off by a partition may swallow packets without an answer: waiting out
+// the call's deadline there cost writes and default reads on followers 3 s
+// in the docker chaos suite, while the followers had elected a new leader
+// within a second.
+func (s *Server) whileLeader(ctx context.Context, id string, call func(context.Context) error) error {
+	cctx, cancel := s.raft.FollowingContext(ctx, id)
+	defer cancel()
+	err := call(cctx)
+	if err != nil && ctx.Err() == nil && cctx.Err() != nil {
+		return withMessage(replication.ErrNoLeader, "leader %s was replaced while the call was in flight: retry", id)
+	}
+	return err
 }
 
-// callWhile runs call until it returns or, checked every
-// leaderWatchInterval, holds() turns false; then it cancels call's
-// context, waits for it and returns replaced().
-func callWhile(ctx context.Context, holds func() bool, call func(context.Context) error, replaced func() error) error {
-	cctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	done := make(chan error, 1)
-	go func() { done <- call(cctx) }()
-	t := time.NewTicker(leaderWatchInterval)
-	defer t.Stop()
-	for {
-		select {
-		case err := <-done:
-			return err
-		case <-t.C:
-			if !holds() {
-				cancel()
-				<-done
-				return replaced()
-			}
-		}
+// leader returns the id and API address of the leader this node follows,
+// from one reading of the leader (so a call to addr can be watched with
+// whileLeader(id)); addr is "" while none is known or gossip has not
+// brought its address yet.
+func (s *Server) leader() (id, addr string) {
+	id, _ = s.raft.Following()
+	if id == "" {
+		return "", ""
 	}
+	if id == s.cfg.NodeID {
+		return id, s.advertisedAPI()
+	}
+	m, ok := s.raft.MemberByID(id)
+	if !ok {
+		return id, ""
+	}
+	return id, m.APIAddr
 }
 
 // wasForwarded reports whether the call came from another node.
@@ -104,7 +100,7 @@ func (s *Server) forward(ctx context.Context, r route.Route, req proto.Message) 
 		if s.raft.IsLeader() {
 			return nil, false, nil
 		}
-		if addr := s.raft.LeaderAPIAddr(); addr != "" {
+		if id, addr := s.leader(); addr != "" && id != s.cfg.NodeID {
 			conn, err := s.peers.conn(addr)
 			if err != nil {
 				return nil, true, err
@@ -115,7 +111,7 @@ func (s *Server) forward(ctx context.Context, r route.Route, req proto.Message) 
 			}
 			invoke := func(cctx context.Context) error { return conn.Invoke(cctx, method, req, reply) }
 			if r.Idempotent {
-				err = s.whileLeader(octx, addr, invoke)
+				err = s.whileLeader(octx, id, invoke)
 			} else {
 				err = invoke(octx)
 			}

@@ -48,18 +48,28 @@ func (s *Server) nudgeLeaderDuties() {
 	}
 }
 
-// leaderDuties runs while this node is a ready leader. Its one duty for
-// now: a sealed node must not stay leader while an unsealed voter exists,
-// since a sealed leader can neither encrypt writes nor decrypt reads.
-func (s *Server) leaderDuties(epoch uint64) {
-	defer s.bg.Done()
+// leaderDuties runs while this node is a ready leader (ctx ends with the
+// leadership). It first loads the newest replicated keyring, so that new
+// writes use the newest term (a node that cannot open it seals itself).
+// Then its one duty for now: a sealed node must not stay leader while an
+// unsealed voter exists, since a sealed leader can neither encrypt writes
+// nor decrypt reads.
+func (s *Server) leaderDuties(ctx context.Context) {
+	if !s.seal.Sealed() {
+		if err := s.reloadKeyring(); err != nil {
+			s.logger.Error("the replicated keyring does not open with this node's keys; sealing", "error", err)
+			s.sealNode()
+		}
+	}
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
-	for s.leaderEpoch.Load() == epoch {
+	for {
 		if s.seal.Sealed() {
-			s.handOffSealedLeadership()
+			s.handOffSealedLeadership(ctx)
 		}
 		select {
+		case <-ctx.Done():
+			return
 		case <-s.stop:
 			return
 		case <-tick.C:
@@ -69,7 +79,7 @@ func (s *Server) leaderDuties(epoch uint64) {
 }
 
 // handOffSealedLeadership transfers leadership to an alive, unsealed voter.
-func (s *Server) handOffSealedLeadership() {
+func (s *Server) handOffSealedLeadership(ctx context.Context) {
 	peers, err := s.raft.Configuration()
 	if err != nil {
 		return
@@ -82,8 +92,8 @@ func (s *Server) handOffSealedLeadership() {
 		if !ok || m.Sealed || m.Status != replication.StatusAlive {
 			continue
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-		err := s.raft.TransferLeadershipTo(ctx, p.ID)
+		tctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		err := s.raft.TransferLeadershipTo(tctx, p.ID)
 		cancel()
 		if err != nil {
 			s.logger.Warn("sealed leader could not hand over leadership", "to", p.ID, "error", err)

@@ -162,21 +162,20 @@ func (o *operatorService) StepDown(ctx context.Context, _ *pb.StepDownRequest) (
 	if err != nil && s.raft.IsLeader() {
 		return nil, withMessage(replication.ErrTimeout, "leadership transfer did not complete (%v): check that another voter is up and caught up (`coffer operator raft list-peers`), then retry", err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.NewTimer(5 * time.Second)
+	defer deadline.Stop()
 	for {
-		if id, _ := s.raft.Leader(); id != "" && id != s.cfg.NodeID {
+		id, changed := s.raft.Following()
+		if id != "" && id != s.cfg.NodeID {
 			s.logger.Info("stepped down", "new_leader", id)
 			return &pb.StepDownResponse{NewLeaderId: id}, nil
 		}
-		if time.Now().After(deadline) {
-			return nil, withMessage(replication.ErrNoLeader, "leadership moved but no new leader was seen within 5s: check `coffer status`")
-		}
-		t := time.NewTimer(20 * time.Millisecond)
 		select {
+		case <-changed:
+		case <-deadline.C:
+			return nil, withMessage(replication.ErrNoLeader, "leadership moved but no new leader was seen within 5s: check `coffer status`")
 		case <-ctx.Done():
-			t.Stop()
 			return nil, ctx.Err()
-		case <-t.C:
 		}
 	}
 }

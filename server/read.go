@@ -83,7 +83,7 @@ func (s *Server) beginRead(ctx context.Context, opts *pb.ReadOptions) (*pb.ReadM
 			}
 			break
 		}
-		if !s.leaderReady.Load() {
+		if !s.raft.ReadyLeader() {
 			return nil, withMessage(replication.ErrNoLeader, "node %s became leader and is still applying earlier entries: retry shortly", s.cfg.NodeID)
 		}
 	case pb.Consistency_CONSISTENCY_LINEARIZABLE:
@@ -93,7 +93,7 @@ func (s *Server) beginRead(ctx context.Context, opts *pb.ReadOptions) (*pb.ReadM
 			}
 			break
 		}
-		if !s.leaderReady.Load() {
+		if !s.raft.ReadyLeader() {
 			return nil, withMessage(replication.ErrNoLeader, "node %s became leader and is still applying earlier entries: retry shortly", s.cfg.NodeID)
 		}
 		// Once the leader is ready (its barrier applied every earlier
@@ -109,7 +109,7 @@ func (s *Server) beginRead(ctx context.Context, opts *pb.ReadOptions) (*pb.ReadM
 	// A stale read is stale unless this node is a leader that has applied
 	// every earlier term's entry (a new leader may still miss writes its
 	// predecessor acknowledged).
-	return s.readMeta(opts.Consistency == pb.Consistency_CONSISTENCY_STALE && !(leader && s.leaderReady.Load())), nil
+	return s.readMeta(opts.Consistency == pb.Consistency_CONSISTENCY_STALE && !(leader && s.raft.ReadyLeader())), nil
 }
 
 // readMeta describes this node for a read response.

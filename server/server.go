@@ -53,14 +53,6 @@ type Server struct {
 	rounds    readRounds
 	tokens    tokenCache
 
-	// leaderReady is true once this node, as leader, has applied every
-	// entry of earlier terms (a Raft barrier succeeded): only then may it
-	// answer default reads from its own state.
-	leaderReady atomic.Bool
-	// leaderEpoch counts leadership changes so a slow barrier of an old
-	// term cannot mark a newer term ready.
-	leaderEpoch atomic.Uint64
-
 	// dutyNudge wakes the leader duties loop.
 	dutyNudge chan struct{}
 
@@ -166,7 +158,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.raft.SetSealed(true)
-	s.raft.OnLeadership(s.leadershipChanged)
+	s.raft.OnReadyLeader(s.leaderDuties)
 
 	s.health = health.NewServer()
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
@@ -294,71 +286,10 @@ func (s *Server) Kill() {
 	})
 }
 
-// leadershipChanged runs on every leadership transition. On gaining
-// leadership it waits for a Raft barrier (every earlier entry applied)
-// before the node answers reads as leader and reloads the keyring so new
-// writes use the newest term.
-func (s *Server) leadershipChanged(isLeader bool) {
-	epoch := s.leaderEpoch.Add(1)
-	s.leaderReady.Store(false)
-	if !isLeader {
-		s.logger.Info("lost leadership", "term", s.raft.Term())
-		return
-	}
-	s.logger.Info("gained leadership", "term", s.raft.Term())
-	s.bg.Add(1)
-	go func() {
-		defer s.bg.Done()
-		for {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			err := s.raft.Barrier(ctx)
-			cancel()
-			if s.leaderEpoch.Load() != epoch {
-				return
-			}
-			if err == nil {
-				if !s.seal.Sealed() {
-					if err := s.reloadKeyring(); err != nil {
-						s.logger.Error("the replicated keyring does not open with this node's keys; sealing", "error", err)
-						s.sealNode()
-					}
-				}
-				s.leaderReady.Store(true)
-				s.bg.Add(1)
-				go s.leaderDuties(epoch)
-				return
-			}
-			if errors.Is(err, replication.ErrShutdown) || errors.Is(err, replication.ErrNotLeader) || errors.Is(err, replication.ErrLeadershipLost) {
-				return
-			}
-			s.logger.Warn("leader barrier failed, retrying", "error", err)
-			retry := time.NewTimer(50 * time.Millisecond)
-			select {
-			case <-s.stop:
-				retry.Stop()
-				return
-			case <-retry.C:
-			}
-		}
-	}()
-}
-
-// WaitLeaderReady blocks until this node is a leader ready to serve, or ctx
-// ends.
+// WaitLeaderReady blocks until this node is a leader ready to serve (see
+// replication.Node.ReadyLeader), or ctx ends.
 func (s *Server) WaitLeaderReady(ctx context.Context) error {
-	if err := s.raft.WaitForLeader(ctx); err != nil {
-		return err
-	}
-	t := time.NewTicker(5 * time.Millisecond)
-	defer t.Stop()
-	for !s.leaderReady.Load() {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w: %w", replication.ErrNoLeader, ctx.Err())
-		case <-t.C:
-		}
-	}
-	return nil
+	return s.raft.WaitReadyLeader(ctx)
 }
 
 // apply encodes cmd, proposes it through Raft and returns the FSM result.

@@ -12,7 +12,6 @@ import (
 	pb "coffer/api/cofferpb"
 	"coffer/fsm"
 	"coffer/fsm/fsmpb"
-	"coffer/replication"
 	"coffer/seal"
 )
 
@@ -158,7 +157,7 @@ func (s *Server) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusRes
 	if leaderID == s.cfg.NodeID {
 		resp.LeaderAddress = s.advertisedAPI()
 	} else {
-		resp.LeaderAddress = s.raft.LeaderAPIAddr()
+		_, resp.LeaderAddress = s.leader()
 	}
 	if stored == nil && !s.raft.IsLeader() && !wasForwarded(ctx) {
 		// This node may not have applied the init yet (it just joined, or
@@ -266,15 +265,12 @@ func (s *Server) awaitInit(ctx context.Context) (*seal.Stored, error) {
 	ctx, cancel := context.WithTimeout(ctx, awaitInitTimeout)
 	defer cancel()
 	var st *pb.StatusResponse
-	err := pollUntil(ctx, func() (err error) {
+	err := s.untilLeaderAnswers(ctx, func() (err error) {
 		if s.raft.IsLeader() {
 			// A ready leader has applied every earlier entry: its own
 			// state is the answer.
-			if !s.leaderReady.Load() {
-				return withMessage(replication.ErrNoLeader, "node %s became leader and is still applying earlier entries", s.cfg.NodeID)
-			}
 			st = nil
-			return nil
+			return s.raft.WaitReadyLeader(ctx)
 		}
 		st, err = s.leaderStatus(ctx)
 		return err
@@ -299,8 +295,8 @@ const awaitInitTimeout = 5 * time.Second
 
 // leaderStatus asks the current leader for its status.
 func (s *Server) leaderStatus(ctx context.Context) (*pb.StatusResponse, error) {
-	addr := s.raft.LeaderAPIAddr()
-	if addr == "" {
+	id, addr := s.leader()
+	if addr == "" || id == s.cfg.NodeID {
 		return nil, s.notLeaderError()
 	}
 	return s.peerStatus(ctx, addr)
@@ -320,20 +316,37 @@ func (s *Server) peerStatus(ctx context.Context, addr string) (*pb.StatusRespons
 	return pb.NewSysClient(conn).Status(ctx, &pb.StatusRequest{})
 }
 
-// pollUntil calls f every 50 ms until it succeeds or ctx ends, and returns
-// f's last error.
-func pollUntil(ctx context.Context, f func() error) error {
-	t := time.NewTicker(50 * time.Millisecond)
-	defer t.Stop()
+// leaderRetry is the pause before asking a known leader again after it
+// did not answer.
+const leaderRetry = 100 * time.Millisecond
+
+// untilLeaderAnswers calls f until it succeeds or ctx ends, and returns
+// f's last error. Between two calls it waits for the leader to change (no
+// leader known yet, or another one elected), or leaderRetry when the same
+// leader did not answer.
+func (s *Server) untilLeaderAnswers(ctx context.Context, f func() error) error {
 	for {
+		id, changed := s.raft.Following()
 		err := f()
 		if err == nil {
 			return nil
 		}
+		var retry <-chan time.Time
+		var t *time.Timer
+		if id != "" {
+			t = time.NewTimer(leaderRetry)
+			retry = t.C
+		}
 		select {
 		case <-ctx.Done():
+		case <-changed:
+		case <-retry:
+		}
+		if t != nil {
+			t.Stop()
+		}
+		if ctx.Err() != nil {
 			return err
-		case <-t.C:
 		}
 	}
 }
