@@ -21,6 +21,10 @@ type Result struct {
 	Index uint64
 	// Version is the secret version written by a put, else 0.
 	Version uint64
+	// LeaderTimeUnixNano is the leader time of the command that took
+	// effect: a put's version was created then. For a deduplicated retry it
+	// is the first command's, so the answer needs no read of the state.
+	LeaderTimeUnixNano int64
 	// Err is the deterministic outcome: nil, or an error wrapping
 	// ErrCASMismatch, ErrCASRequired, ErrNotFound, ErrAlreadyExists,
 	// ErrInvalidCommand or ErrRequestIDConflict. It wraps ErrStorage or
@@ -230,10 +234,11 @@ func (a *applier) command(l *raft.Log) (Result, error) {
 					"request_id %q was used at index %d for %v %q", rid, rec.GetIndex(), rec.GetOp(), rec.GetPath())}, nil
 			}
 			return Result{
-				Index:        rec.GetIndex(),
-				Version:      rec.GetVersion(),
-				Err:          errorOf(rec.GetCode(), rec.GetMessage()),
-				Deduplicated: true,
+				Index:              rec.GetIndex(),
+				Version:            rec.GetVersion(),
+				LeaderTimeUnixNano: rec.GetLeaderTimeUnixNano(),
+				Err:                errorOf(rec.GetCode(), rec.GetMessage()),
+				Deduplicated:       true,
 			}, nil
 		}
 	}
@@ -254,7 +259,7 @@ func (a *applier) command(l *raft.Log) (Result, error) {
 
 // exec dispatches a validated command.
 func (a *applier) exec(cmd *fsmpb.Command, index uint64) (Result, error) {
-	res := Result{Index: index}
+	res := Result{Index: index, LeaderTimeUnixNano: cmd.GetLeaderTimeUnixNano()}
 	var err error
 	switch cmd.GetOp() {
 	case fsmpb.Op_OP_PUT:

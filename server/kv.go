@@ -53,17 +53,9 @@ func (s *Server) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse, 
 	if err != nil {
 		return nil, s.explainWrite(err, req.Path, req.Cas)
 	}
-	// The version was created at the command's leader time; only a
-	// deduplicated retry answers for an earlier command, whose time the
-	// state has.
-	resp := &pb.PutResponse{Version: r.Version, Index: r.Index, CreatedTimeUnixNano: cmd.LeaderTimeUnixNano}
-	if r.Deduplicated {
-		resp.CreatedTimeUnixNano = 0
-		if v, err := s.fsm.Get(req.Path, r.Version); err == nil {
-			resp.CreatedTimeUnixNano = unixNano(v.CreatedTime)
-		}
-	}
-	return resp, nil
+	// The version was created at the leader time of the command that took
+	// effect (the first one, for a deduplicated retry): the result says.
+	return &pb.PutResponse{Version: r.Version, Index: r.Index, CreatedTimeUnixNano: r.LeaderTimeUnixNano}, nil
 }
 
 // explainWrite turns a deterministic write failure into a message that says

@@ -227,6 +227,9 @@ func TestIdempotentPut(t *testing.T) {
 	if a.Version != 1 || b.Version != 1 || a.Index != b.Index {
 		t.Fatalf("retried put: first %+v, retry %+v; want one version at one index", a, b)
 	}
+	if a.CreatedTimeUnixNano == 0 || b.CreatedTimeUnixNano != a.CreatedTimeUnixNano {
+		t.Fatalf("retried put: created %d then %d, want the first write's time twice", a.CreatedTimeUnixNano, b.CreatedTimeUnixNano)
+	}
 	md, err := n.kv.ReadMetadata(tok, &pb.ReadMetadataRequest{Path: "secret/once"})
 	if err != nil || md.CurrentVersion != 1 {
 		t.Fatalf("metadata after retry: %+v %v", md, err)
