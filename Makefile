@@ -16,7 +16,7 @@ TEST_FLAGS ?= -race -count=1 -p 1 -timeout=20m
 API_PROTOS := $(wildcard api/proto/coffer/v1/*.proto)
 FSM_PROTOS := $(wildcard fsm/fsmpb/*.proto)
 
-.PHONY: all build run test bench bench-figures etcd-figures proto lint fmt tools clean
+.PHONY: all build run test bench bench-figures etcd-figures proto proto-check lint fmt tools clean
 
 all: build
 
@@ -69,6 +69,11 @@ proto: tools
 	PATH=$(TOOLS):$$PATH protoc -I api/proto --go_out=. --go_opt=module=coffer \
 		--go-grpc_out=. --go-grpc_opt=module=coffer $(API_PROTOS)
 	PATH=$(TOOLS):$$PATH protoc -I . --go_out=. --go_opt=module=coffer $(FSM_PROTOS)
+
+## proto-check: fail when the committed generated code is not what `make proto` makes
+proto-check: proto
+	@git diff --exit-code --stat -- api/cofferpb fsm/fsmpb || { echo "generated protobuf code is out of date: run make proto and commit the result"; exit 1; }
+	@test -z "$$(git status --porcelain --untracked-files=all -- api/cofferpb fsm/fsmpb)" || { git status --short -- api/cofferpb fsm/fsmpb; echo "make proto wrote files that are not committed: commit them"; exit 1; }
 
 clean:
 	rm -rf bin $(TOOLS)

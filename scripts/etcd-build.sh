@@ -17,7 +17,7 @@ BIN="$OUT/bin"
 export GOTOOLCHAIN=local          # never try to download another toolchain
 export GOFLAGS="-mod=mod -buildvcs=false"
 export CGO_ENABLED=0              # as etcd's release binaries are built
-export GOPROXY="${GOPROXY:-https://proxy.golang.org,direct}"
+# The module proxy is the environment's GOPROXY (go env), never named here.
 
 go version
 need_minor=26
