@@ -31,7 +31,7 @@ func (n *Node) Members() []Member {
 // soloMeta is this node's metadata when there is no gossip.
 func (n *Node) soloMeta() MemberMeta {
 	return MemberMeta{
-		ID: n.cfg.NodeID, APIAddr: n.cfg.APIAddr, RaftAddr: n.Addr(), Sealed: n.sealed.Load(),
+		ID: n.cfg.NodeID, APIAddr: n.cfg.APIAdvertise, RaftAddr: n.Addr(), Sealed: n.sealed.Load(),
 		ReadReplica: n.cfg.ReadReplica, HasRaftState: n.hasState.Load() || n.raft.LastIndex() > 0,
 		BootstrapExpect: n.cfg.BootstrapExpect, Version: n.cfg.Version,
 	}

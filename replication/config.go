@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"time"
 
+	"coffer/internal/ports"
+
 	"github.com/hashicorp/go-hclog"
 )
 
@@ -15,78 +17,79 @@ import (
 // default of DefaultConfig.
 type Config struct {
 	// NodeID is this node's Raft server id; it must be stable across restarts.
-	NodeID string
+	NodeID string `json:"node_id"`
 	// DataDir is the node's data directory; Raft keeps raft/raft.db (log and
 	// stable store) and raft/snapshots/ under it.
-	DataDir string
+	DataDir string `json:"data_dir"`
 	// BindAddr is the host:port the Raft transport listens on. Port 0 picks a
 	// free port (tests).
-	BindAddr string
+	BindAddr string `json:"raft_addr"`
 	// AdvertiseAddr is the host:port peers use to reach this node; empty
 	// means the address the transport is bound to.
-	AdvertiseAddr string
+	AdvertiseAddr string `json:"raft_advertise,omitempty"`
 	// Network carries the Raft transport's connections; tests cut it to
 	// partition the node. Nil means a plain one.
-	Network *Network
+	Network *Network `json:"-"`
 	// Bootstrap makes a node without Raft state bootstrap a one-voter
 	// cluster of itself. A node that has state ignores it.
-	Bootstrap bool
+	Bootstrap bool `json:"-"`
 	// Logger receives Raft's logs; nil discards them.
-	Logger hclog.Logger
+	Logger hclog.Logger `json:"-"`
 
 	// HeartbeatTimeout, ElectionTimeout and LeaderLeaseTimeout are Raft's
 	// failure-detection timings, tuned for a LAN.
-	HeartbeatTimeout   time.Duration
-	ElectionTimeout    time.Duration
-	LeaderLeaseTimeout time.Duration
+	HeartbeatTimeout   time.Duration `json:"-"`
+	ElectionTimeout    time.Duration `json:"-"`
+	LeaderLeaseTimeout time.Duration `json:"-"`
 	// CommitTimeout bounds how long a follower waits before it learns the
 	// commit index without new entries.
-	CommitTimeout time.Duration
+	CommitTimeout time.Duration `json:"-"`
 	// SnapshotInterval and SnapshotThreshold decide when Raft snapshots the
 	// state machine and truncates its log; TrailingLogs is how many entries
 	// stay behind a snapshot for slow followers.
-	SnapshotInterval  time.Duration
-	SnapshotThreshold uint64
-	TrailingLogs      uint64
+	SnapshotInterval  time.Duration `json:"-"`
+	SnapshotThreshold uint64        `json:"-"`
+	TrailingLogs      uint64        `json:"-"`
 	// MaxAppendEntries bounds one replication batch (and one FSM batch).
-	MaxAppendEntries int
+	MaxAppendEntries int `json:"-"`
 	// SnapshotsRetained is how many snapshots stay on disk.
-	SnapshotsRetained int
+	SnapshotsRetained int `json:"-"`
 
-	// APIAddr is the host:port clients and other nodes use for this node's
-	// API; it is gossiped so that followers can find the leader's API.
-	APIAddr string
+	// APIAdvertise is the host:port clients and other nodes use for this
+	// node's API; it is gossiped so that followers can find the leader's
+	// API. The server fills it in from its own listener.
+	APIAdvertise string `json:"-"`
 	// Version is the coffer version, gossiped for operators.
-	Version string
+	Version string `json:"-"`
 	// Sealed is the sealed flag gossiped from the start (a node starts
 	// sealed); SetSealed changes it.
-	Sealed bool
+	Sealed bool `json:"-"`
 
 	// Gossip turns on memberlist gossip: discovery, failure detection and
 	// (on the leader) reconciliation of gossip into Raft membership. Nil
 	// means no gossip: a node that only ever talks to itself.
-	Gossip *GossipConfig
+	Gossip *GossipConfig `json:"-"`
 	// BootstrapExpect, when N > 0, makes a node without Raft state wait
 	// until gossip shows N live nodes that all expect N and none has Raft
 	// state, and then bootstrap Raft with all N as voters. It needs Gossip,
 	// and excludes Bootstrap and ReadReplica.
-	BootstrapExpect int
+	BootstrapExpect int `json:"bootstrap_expect,omitempty"`
 	// ReadReplica makes this node a permanent non-voter: the leader adds it
 	// to Raft but never promotes it. It needs Gossip.
-	ReadReplica bool
+	ReadReplica bool `json:"read_replica,omitempty"`
 
 	// CaughtUp, when set, tells the leader whether a non-voter has caught
 	// up with the log and may be promoted to voter (the server asks that
 	// node's API for its applied index). It must honour ctx. Nil means a
 	// non-voter counts as caught up once it has been one for PromoteAfter
 	// and the leader's heartbeats reach it.
-	CaughtUp func(ctx context.Context, m Member) bool
+	CaughtUp func(ctx context.Context, m Member) bool `json:"-"`
 	// PromoteAfter is how long a non-voter must have been one before the
 	// leader promotes it (stabilisation).
-	PromoteAfter time.Duration
+	PromoteAfter time.Duration `json:"-"`
 	// ReconcileInterval is how often the leader reconciles gossip into Raft
 	// membership even when gossip reports no change.
-	ReconcileInterval time.Duration
+	ReconcileInterval time.Duration `json:"-"`
 
 	// onReconcile, when set (tests only), receives the outcome of every
 	// reconciliation round.
@@ -126,10 +129,13 @@ type GossipConfig struct {
 	DeadServerTimeout time.Duration
 }
 
+// DefaultDeadServerTimeout is how long a member must be dead before the
+// leader removes it from Raft, unless GossipConfig says otherwise.
+const DefaultDeadServerTimeout = 30 * time.Second
+
 // Gossip defaults.
 const (
-	defaultGossipBindAddr    = "127.0.0.1:8402"
-	defaultDeadServerTimeout = 30 * time.Second
+	defaultGossipBindAddr    = ports.GossipAddr
 	defaultPromoteAfter      = 2 * time.Second
 	defaultReconcileInterval = 5 * time.Second
 )
@@ -140,7 +146,7 @@ func (g GossipConfig) withDefaults() GossipConfig {
 		g.BindAddr = defaultGossipBindAddr
 	}
 	if g.DeadServerTimeout == 0 {
-		g.DeadServerTimeout = defaultDeadServerTimeout
+		g.DeadServerTimeout = DefaultDeadServerTimeout
 	}
 	return g
 }
@@ -185,7 +191,7 @@ func splitHostPort(hp string) (string, int, error) {
 // elect a new leader well under a second after the old one dies.
 func DefaultConfig() Config {
 	return Config{
-		BindAddr:           "127.0.0.1:8401",
+		BindAddr:           ports.RaftAddr,
 		HeartbeatTimeout:   300 * time.Millisecond,
 		ElectionTimeout:    300 * time.Millisecond,
 		LeaderLeaseTimeout: 300 * time.Millisecond,

@@ -89,7 +89,7 @@ func clusterConfig(t *testing.T, logs *logSink, id string) Config {
 		ElectionTimeout:    200 * time.Millisecond,
 		LeaderLeaseTimeout: 200 * time.Millisecond,
 		CommitTimeout:      5 * time.Millisecond,
-		APIAddr:            "api-" + id + ":8400",
+		APIAdvertise:       "api-" + id + ":8400",
 		Version:            "test",
 		PromoteAfter:       testPromoteAfter,
 		ReconcileInterval:  100 * time.Millisecond,

@@ -132,7 +132,7 @@ func TestNoGossipSingleNode(t *testing.T) {
 	n, f := openNode(t, t.TempDir())
 	defer f.Close()
 	defer n.Shutdown()
-	n.cfg.APIAddr = "127.0.0.1:8400"
+	n.cfg.APIAdvertise = "127.0.0.1:8400"
 	n.SetSealed(true)
 	ms := n.Members()
 	if len(ms) != 1 || ms[0].ID != "n1" || ms[0].Status != StatusAlive || !ms[0].Sealed || ms[0].RaftAddr != n.Addr() {

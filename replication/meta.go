@@ -111,7 +111,7 @@ func (c Config) worstCaseMeta() MemberMeta {
 		raft[i] = 'x'
 	}
 	return MemberMeta{
-		ID: c.NodeID, APIAddr: c.APIAddr, RaftAddr: string(raft), Sealed: true, ReadReplica: true,
+		ID: c.NodeID, APIAddr: c.APIAdvertise, RaftAddr: string(raft), Sealed: true, ReadReplica: true,
 		HasRaftState: true, BootstrapExpect: c.BootstrapExpect, Version: c.Version,
 	}
 }

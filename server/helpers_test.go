@@ -13,7 +13,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	pb "coffer/api/cofferpb"
-	"coffer/replication"
 )
 
 // testNode is one real server on loopback with its data in a temp dir.
@@ -33,13 +32,11 @@ func testConfig(t testing.TB, dir string) Config {
 	cfg.NodeID = "n1"
 	cfg.DataDir = dir
 	cfg.APIAddr = "127.0.0.1:0"
-	cfg.RaftAddr = "127.0.0.1:0"
-	cfg.Raft = replication.Config{
-		HeartbeatTimeout:   100 * time.Millisecond,
-		ElectionTimeout:    100 * time.Millisecond,
-		LeaderLeaseTimeout: 50 * time.Millisecond,
-		CommitTimeout:      5 * time.Millisecond,
-	}
+	cfg.BindAddr = "127.0.0.1:0"
+	cfg.HeartbeatTimeout = 100 * time.Millisecond
+	cfg.ElectionTimeout = 100 * time.Millisecond
+	cfg.LeaderLeaseTimeout = 50 * time.Millisecond
+	cfg.CommitTimeout = 5 * time.Millisecond
 	cfg.Logger = hclog.New(&hclog.LoggerOptions{
 		Name:   "coffer",
 		Level:  hclog.Debug,

@@ -121,32 +121,19 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("server: listen on %s: %w (is another coffer running? pick another -api-addr)", cfg.APIAddr, err)
 	}
 
-	rc := cfg.Raft
-	rc.NodeID = cfg.NodeID
-	rc.DataDir = cfg.DataDir
-	rc.BindAddr = cfg.RaftAddr
-	rc.AdvertiseAddr = cfg.RaftAdvertise
+	rc := cfg.Config
 	if rc.AdvertiseAddr == "" && cfg.Advertise != "" {
-		rc.AdvertiseAddr = advertiseAddr(cfg.RaftAddr, cfg.Advertise)
+		rc.AdvertiseAddr = advertiseAddr(rc.BindAddr, cfg.Advertise)
 	}
-	rc.Logger = cfg.Logger
-	rc.Network = cfg.Network
-	rc.APIAddr = s.advertisedAPI()
+	rc.APIAdvertise = s.advertisedAPI()
 	rc.Version = Version
+	rc.Sealed = true
 	if cfg.Clustered() {
-		g := cfg.Gossip
-		g.BindAddr = cfg.GossipAddr
-		if cfg.Advertise != "" {
-			g.AdvertiseAddr = advertiseAddr(cfg.GossipAddr, cfg.Advertise)
-		}
-		g.Join = cfg.Join
-		g.ClusterKey = cfg.ClusterKey
-		if cfg.DeadServerTimeout > 0 {
-			g.DeadServerTimeout = cfg.DeadServerTimeout
+		g := *cfg.Gossip
+		if g.AdvertiseAddr == "" && cfg.Advertise != "" {
+			g.AdvertiseAddr = advertiseAddr(g.BindAddr, cfg.Advertise)
 		}
 		rc.Gossip = &g
-		rc.BootstrapExpect = cfg.BootstrapExpect
-		rc.ReadReplica = cfg.ReadReplica
 		rc.CaughtUp = s.caughtUp
 	} else {
 		rc.Bootstrap = true

@@ -70,12 +70,11 @@ func TestServerClusterFlags(t *testing.T) {
 	t.Run("defaults", func(t *testing.T) {
 		cfg := parseServerT(t, nil, base...)
 		def := server.DefaultConfig()
-		if cfg.GossipAddr != "127.0.0.1:8402" || cfg.Join != nil || cfg.BootstrapExpect != 0 || cfg.ReadReplica ||
-			cfg.ClusterKey != nil || cfg.Advertise != "" || cfg.DeadServerTimeout != def.DeadServerTimeout {
+		if cfg.Gossip != nil || cfg.BootstrapExpect != 0 || cfg.ReadReplica || cfg.Advertise != "" {
 			t.Fatalf("cfg = %+v", cfg)
 		}
-		if !reflect.DeepEqual(cfg.Raft, def.Raft) {
-			t.Fatalf("raft = %+v, want the defaults %+v", cfg.Raft, def.Raft)
+		if !reflect.DeepEqual(timings(cfg), timings(def)) {
+			t.Fatalf("raft = %+v, want the defaults %+v", timings(cfg), timings(def))
 		}
 		if cfg.Clustered() {
 			t.Fatal("a node without -join and -bootstrap-expect must stay a one-node cluster")
@@ -87,14 +86,14 @@ func TestServerClusterFlags(t *testing.T) {
 			"-gossip-addr=0.0.0.0:9402", "-advertise=coffer1", "-join= h2:8402 ,,h3:8402,",
 			"-bootstrap-expect=3", "-cluster-key="+flagKey, "-dead-server-timeout=2m",
 			"-raft-heartbeat-timeout=200ms", "-raft-election-timeout=300ms", "-raft-lease-timeout=100ms")...)
-		if cfg.GossipAddr != "0.0.0.0:9402" || cfg.Advertise != "coffer1" || cfg.BootstrapExpect != 3 ||
-			cfg.DeadServerTimeout != 2*time.Minute || !bytes.Equal(cfg.ClusterKey, decoded(flagKey)) {
-			t.Fatalf("cfg = %+v", cfg)
+		if g := cfg.Gossip; g == nil || g.BindAddr != "0.0.0.0:9402" || cfg.Advertise != "coffer1" || cfg.BootstrapExpect != 3 ||
+			g.DeadServerTimeout != 2*time.Minute || !bytes.Equal(g.ClusterKey, decoded(flagKey)) {
+			t.Fatalf("cfg = %+v, gossip %+v", cfg, cfg.Gossip)
 		}
-		if !reflect.DeepEqual(cfg.Join, []string{"h2:8402", "h3:8402"}) {
-			t.Fatalf("join = %q", cfg.Join)
+		if !reflect.DeepEqual(cfg.Gossip.Join, []string{"h2:8402", "h3:8402"}) {
+			t.Fatalf("join = %q", cfg.Gossip.Join)
 		}
-		if r := cfg.Raft; r.HeartbeatTimeout != 200*time.Millisecond || r.ElectionTimeout != 300*time.Millisecond || r.LeaderLeaseTimeout != 100*time.Millisecond {
+		if r := cfg; r.HeartbeatTimeout != 200*time.Millisecond || r.ElectionTimeout != 300*time.Millisecond || r.LeaderLeaseTimeout != 100*time.Millisecond {
 			t.Fatalf("raft = %+v", r)
 		}
 		cfg = parseServerT(t, nil, append(base, "-join=h2:8402", "-read-replica")...)
@@ -103,29 +102,39 @@ func TestServerClusterFlags(t *testing.T) {
 		}
 	})
 
+	// The key matters to a clustered node only.
+	clusterKey := func(c server.Config) []byte {
+		if c.Gossip == nil {
+			return nil
+		}
+		return c.Gossip.ClusterKey
+	}
+	keyBase := append(append([]string{}, base...), "-bootstrap-expect=3")
 	t.Run("cluster key: flag, then env, then file", func(t *testing.T) {
+		base := keyBase
 		env := map[string]string{EnvClusterKey: envKey}
-		if cfg := parseServerT(t, env, append(base, "-cluster-key="+flagKey)...); !bytes.Equal(cfg.ClusterKey, decoded(flagKey)) {
+		if cfg := parseServerT(t, env, append(base, "-cluster-key="+flagKey)...); !bytes.Equal(clusterKey(cfg), decoded(flagKey)) {
 			t.Errorf("flag does not win over the environment")
 		}
-		if cfg := parseServerT(t, env, base...); !bytes.Equal(cfg.ClusterKey, decoded(envKey)) {
+		if cfg := parseServerT(t, env, base...); !bytes.Equal(clusterKey(cfg), decoded(envKey)) {
 			t.Errorf("environment key not used")
 		}
 		fileKey := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{0x11}, 32))
 		file := writeConfig(t, `{"cluster_key": "`+fileKey+`"}`)
 		fileRaw := decoded(fileKey)
-		if cfg := parseServerT(t, nil, append(base, "-config="+file)...); !bytes.Equal(cfg.ClusterKey, fileRaw) {
-			t.Errorf("file key not used: %x", cfg.ClusterKey)
+		if cfg := parseServerT(t, nil, append(base, "-config="+file)...); !bytes.Equal(clusterKey(cfg), fileRaw) {
+			t.Errorf("file key not used: %x", clusterKey(cfg))
 		}
-		if cfg := parseServerT(t, env, append(base, "-config="+file)...); !bytes.Equal(cfg.ClusterKey, decoded(envKey)) {
+		if cfg := parseServerT(t, env, append(base, "-config="+file)...); !bytes.Equal(clusterKey(cfg), decoded(envKey)) {
 			t.Errorf("environment does not win over the file")
 		}
-		if cfg := parseServerT(t, env, append(base, "-config="+file, "-cluster-key="+flagKey)...); !bytes.Equal(cfg.ClusterKey, decoded(flagKey)) {
+		if cfg := parseServerT(t, env, append(base, "-config="+file, "-cluster-key="+flagKey)...); !bytes.Equal(clusterKey(cfg), decoded(flagKey)) {
 			t.Errorf("flag does not win over the file")
 		}
 	})
 
 	t.Run("bad cluster keys name their source, never the key", func(t *testing.T) {
+		base := keyBase
 		short := testKey(16)
 		file := writeConfig(t, `{"cluster_key": "`+short+`"}`)
 		cases := []struct {
@@ -154,7 +163,7 @@ func TestServerClusterFlags(t *testing.T) {
 			}
 		}
 		cfg := parseServerT(t, map[string]string{EnvClusterKey: short}, append(base, "-cluster-key="+flagKey)...)
-		if !bytes.Equal(cfg.ClusterKey, decoded(flagKey)) {
+		if !bytes.Equal(clusterKey(cfg), decoded(flagKey)) {
 			t.Fatal("flag key not used over a bad environment key")
 		}
 	})
@@ -163,13 +172,13 @@ func TestServerClusterFlags(t *testing.T) {
 		file := writeConfig(t, `{"node_id": "f1", "data_dir": "`+t.TempDir()+`", "gossip_addr": "10.0.0.1:7402",
 			"advertise": "coffer-file", "join": ["j1:8402", "j2:8402"], "bootstrap_expect": 5, "read_replica": false}`)
 		cfg := parseServerT(t, nil, "-config="+file)
-		if cfg.NodeID != "f1" || cfg.GossipAddr != "10.0.0.1:7402" || cfg.Advertise != "coffer-file" ||
-			!reflect.DeepEqual(cfg.Join, []string{"j1:8402", "j2:8402"}) || cfg.BootstrapExpect != 5 {
+		if cfg.NodeID != "f1" || cfg.Gossip == nil || cfg.Gossip.BindAddr != "10.0.0.1:7402" || cfg.Advertise != "coffer-file" ||
+			!reflect.DeepEqual(cfg.Gossip.Join, []string{"j1:8402", "j2:8402"}) || cfg.BootstrapExpect != 5 {
 			t.Fatalf("from the file: %+v", cfg)
 		}
 		cfg = parseServerT(t, nil, "-config="+file, "-gossip-addr=127.0.0.1:1", "-advertise=coffer-flag",
 			"-join=k1:1", "-bootstrap-expect=3")
-		if cfg.GossipAddr != "127.0.0.1:1" || cfg.Advertise != "coffer-flag" || !reflect.DeepEqual(cfg.Join, []string{"k1:1"}) || cfg.BootstrapExpect != 3 {
+		if cfg.Gossip.BindAddr != "127.0.0.1:1" || cfg.Advertise != "coffer-flag" || !reflect.DeepEqual(cfg.Gossip.Join, []string{"k1:1"}) || cfg.BootstrapExpect != 3 {
 			t.Fatalf("flags do not win: %+v", cfg)
 		}
 		file = writeConfig(t, `{"node_id": "r1", "data_dir": "`+t.TempDir()+`", "join": ["j1:8402"], "read_replica": true}`)
@@ -182,25 +191,25 @@ func TestServerClusterFlags(t *testing.T) {
 	})
 
 	t.Run("raft timings", func(t *testing.T) {
-		def := server.DefaultConfig().Raft
+		def := server.DefaultConfig()
 		// A fast heartbeat alone keeps the lease within it and the election above it.
 		cfg := parseServerT(t, nil, append(base, "-raft-heartbeat-timeout=100ms")...)
-		if r := cfg.Raft; r.HeartbeatTimeout != 100*time.Millisecond || r.LeaderLeaseTimeout > r.HeartbeatTimeout || r.ElectionTimeout < r.HeartbeatTimeout {
+		if r := cfg; r.HeartbeatTimeout != 100*time.Millisecond || r.LeaderLeaseTimeout > r.HeartbeatTimeout || r.ElectionTimeout < r.HeartbeatTimeout {
 			t.Fatalf("heartbeat alone: %+v", r)
 		}
 		// A slow heartbeat alone raises the election timeout.
 		cfg = parseServerT(t, nil, append(base, "-raft-heartbeat-timeout=2s")...)
-		if r := cfg.Raft; r.ElectionTimeout != 2*time.Second || r.LeaderLeaseTimeout != def.LeaderLeaseTimeout {
+		if r := cfg; r.ElectionTimeout != 2*time.Second || r.LeaderLeaseTimeout != def.LeaderLeaseTimeout {
 			t.Fatalf("slow heartbeat: %+v", r)
 		}
 		// Zero means the default.
 		cfg = parseServerT(t, nil, append(base, "-raft-heartbeat-timeout=0", "-raft-election-timeout=0", "-raft-lease-timeout=0")...)
-		if !reflect.DeepEqual(cfg.Raft, def) {
-			t.Fatalf("zero timings: %+v", cfg.Raft)
+		if !reflect.DeepEqual(timings(cfg), timings(def)) {
+			t.Fatalf("zero timings: %+v", timings(cfg))
 		}
 		// Snapshot settings.
 		cfg = parseServerT(t, nil, append(base, "-raft-snapshot-interval=30s", "-raft-snapshot-threshold=65536", "-raft-trailing-logs=4096")...)
-		if r := cfg.Raft; r.SnapshotInterval != 30*time.Second || r.SnapshotThreshold != 65536 || r.TrailingLogs != 4096 {
+		if r := cfg; r.SnapshotInterval != 30*time.Second || r.SnapshotThreshold != 65536 || r.TrailingLogs != 4096 {
 			t.Fatalf("snapshot settings: %+v", r)
 		}
 	})
@@ -384,4 +393,10 @@ func TestSnapshotSaveUnreachable(t *testing.T) {
 	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
 		t.Fatalf("left behind: %v", entries)
 	}
+}
+
+// timings are the Raft timings and snapshot settings of a config.
+func timings(c server.Config) []any {
+	return []any{c.HeartbeatTimeout, c.ElectionTimeout, c.LeaderLeaseTimeout, c.CommitTimeout,
+		c.SnapshotInterval, c.SnapshotThreshold, c.TrailingLogs, c.MaxAppendEntries}
 }

@@ -347,15 +347,15 @@ func TestLoadConfigFile(t *testing.T) {
 		return p
 	}
 	cfg := server.DefaultConfig()
-	set, key, err := loadConfigFile(write(`{"node_id": "n7", "raft_addr": "10.1.1.1:9401"}`), &cfg)
+	set, g, err := loadConfigFile(write(`{"node_id": "n7", "raft_addr": "10.1.1.1:9401"}`), &cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.NodeID != "n7" || cfg.RaftAddr != "10.1.1.1:9401" || cfg.APIAddr != server.DefaultConfig().APIAddr {
+	if cfg.NodeID != "n7" || cfg.BindAddr != "10.1.1.1:9401" || cfg.APIAddr != server.DefaultConfig().APIAddr {
 		t.Fatalf("cfg = %+v", cfg)
 	}
-	if !set["node_id"] || !set["raft_addr"] || set["api_addr"] || key != "" {
-		t.Fatalf("set = %v, key %q", set, key)
+	if !set["node_id"] || !set["raft_addr"] || set["api_addr"] || g.key != "" || g.addrSet || g.joinSet {
+		t.Fatalf("set = %v, gossip %+v", set, g)
 	}
 	for body, want := range map[string]string{
 		`{"node_name": "typo"}`: `unknown field "node_name"`,

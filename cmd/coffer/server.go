@@ -65,7 +65,7 @@ production.`)
 	nodeID := f.fs.String("node-id", "", "node id, stable across restarts (default: the hostname; \"dev\" with -dev)")
 	dataDir := f.fs.String("data-dir", "", "data directory (required unless -dev)")
 	apiAddr := f.fs.String("api-addr", def.APIAddr, "gRPC API listen address host:port")
-	raftAddr := f.fs.String("raft-addr", def.RaftAddr, "Raft listen address host:port (with -dev: an ephemeral loopback port unless set)")
+	raftAddr := f.fs.String("raft-addr", def.BindAddr, "Raft listen address host:port (with -dev: an ephemeral loopback port unless set)")
 	raftAdvertise := f.fs.String("raft-advertise", "", "Raft address peers dial (default: -raft-addr, or -advertise with its port)")
 	pprofAddr := f.fs.String("pprof-addr", "", "serve Go's pprof profiles on this host:port (e.g. 127.0.0.1:6060); off when empty")
 	configFile := f.fs.String("config", "", "JSON config file; flags given on the command line win over it")
@@ -90,9 +90,9 @@ production.`)
 
 	cfg := def
 	fromFile := map[string]bool{}
-	fileKey := ""
+	var fileG fileGossip
 	if *configFile != "" {
-		if fromFile, fileKey, err = loadConfigFile(*configFile, &cfg); err != nil {
+		if fromFile, fileG, err = loadConfigFile(*configFile, &cfg); err != nil {
 			return nil, err
 		}
 	}
@@ -108,15 +108,15 @@ production.`)
 		cfg.APIAddr = *apiAddr
 	}
 	if set("raft-addr") {
-		cfg.RaftAddr = *raftAddr
+		cfg.BindAddr = *raftAddr
 	}
 	if set("raft-advertise") {
-		cfg.RaftAdvertise = *raftAdvertise
+		cfg.AdvertiseAddr = *raftAdvertise
 	}
 	if set("pprof-addr") {
 		cfg.PprofAddr = *pprofAddr
 	}
-	if err := cf.apply(f, e, &cfg, fileKey); err != nil {
+	if err := cf.apply(f, e, &cfg, fileG); err != nil {
 		return nil, err
 	}
 	o := &serverOpts{cfg: cfg, level: level, format: f.format, dev: *dev, devRootToken: *devRootToken,
@@ -130,7 +130,7 @@ production.`)
 			o.cfg.NodeID = "dev"
 		}
 		if !o.raftAddrSet {
-			o.cfg.RaftAddr = "127.0.0.1:0"
+			o.cfg.BindAddr = "127.0.0.1:0"
 		}
 		return o, nil
 	}
@@ -228,38 +228,43 @@ func shutdownServer(srv *server.Server, cfg server.Config, logger hclog.Logger) 
 }
 
 // configFile is the JSON config file: the json-tagged fields of
-// server.Config plus the base64 cluster key, which the struct holds as
-// bytes.
+// server.Config, plus gossip's flat keys (gossip_addr, join, and the base64
+// cluster_key), which apply turns into server.Config's gossip settings.
 type configFile struct {
 	*server.Config
-	// ClusterKey is the base64 cluster key (cluster_key).
-	ClusterKey string `json:"cluster_key"`
+	GossipAddr *string  `json:"gossip_addr"`
+	Join       []string `json:"join"`
+	ClusterKey string   `json:"cluster_key"`
 }
 
 // loadConfigFile fills cfg from the JSON file at path and reports which
 // keys the file set, and the file's base64 cluster key (decoded later, so
 // that the flag and the environment can override it). Unknown keys are an
 // error, so typos do not pass silently.
-func loadConfigFile(path string, cfg *server.Config) (map[string]bool, string, error) {
+func loadConfigFile(path string, cfg *server.Config) (map[string]bool, fileGossip, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, "", &cliError{code: 1, msg: fmt.Sprintf("reading -config: %v", err)}
+		return nil, fileGossip{}, &cliError{code: 1, msg: fmt.Sprintf("reading -config: %v", err)}
 	}
 	fc := configFile{Config: cfg}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&fc); err != nil {
-		return nil, "", &cliError{code: 1, msg: fmt.Sprintf("-config %s: %v", path, err)}
+		return nil, fileGossip{}, &cliError{code: 1, msg: fmt.Sprintf("-config %s: %v", path, err)}
 	}
 	var keys map[string]json.RawMessage
 	if err := json.Unmarshal(b, &keys); err != nil {
-		return nil, "", &cliError{code: 1, msg: fmt.Sprintf("-config %s: %v", path, err)}
+		return nil, fileGossip{}, &cliError{code: 1, msg: fmt.Sprintf("-config %s: %v", path, err)}
 	}
 	set := make(map[string]bool, len(keys))
 	for k := range keys {
 		set[k] = true
 	}
-	return set, fc.ClusterKey, nil
+	g := fileGossip{join: fc.Join, key: fc.ClusterKey, joinSet: set["join"]}
+	if fc.GossipAddr != nil {
+		g.addr, g.addrSet = *fc.GossipAddr, true
+	}
+	return set, g, nil
 }
 
 // printDevBanner prints how to reach the dev node, its unseal key and its

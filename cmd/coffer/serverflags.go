@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"coffer/replication"
 	"coffer/server"
 )
 
@@ -34,36 +35,54 @@ type clusterFlags struct {
 // addClusterFlags defines the clustering flags on f, with def's defaults.
 func addClusterFlags(f *cmdFlags, def server.Config) *clusterFlags {
 	c := &clusterFlags{}
-	f.fs.StringVar(&c.gossipAddr, "gossip-addr", def.GossipAddr, "gossip (memberlist) listen address host:port, TCP and UDP")
+	f.fs.StringVar(&c.gossipAddr, "gossip-addr", server.DefaultGossip().BindAddr, "gossip (memberlist) listen address host:port, TCP and UDP")
 	f.fs.StringVar(&c.advertise, "advertise", "", "host peers and clients use to reach this node when it listens on 0.0.0.0 or behind NAT (e.g. coffer1); each address keeps its listen port")
 	f.fs.StringVar(&c.join, "join", "", "comma-separated gossip addresses host:port of other nodes, retried until one answers")
 	f.fs.IntVar(&c.bootstrapExpect, "bootstrap-expect", 0, "bootstrap the cluster together with the other nodes once gossip shows this many (give every node the same N)")
 	f.fs.BoolVar(&c.readReplica, "read-replica", false, "join as a non-voter that serves reads and never votes (needs -join)")
 	f.fs.StringVar(&c.clusterKey, "cluster-key", "", "base64 key of 32 bytes that encrypts gossip, the same on every node (overrides $"+EnvClusterKey+"; prefer the environment: a flag shows in the process list)")
-	f.fs.DurationVar(&c.deadServerTimeout, "dead-server-timeout", def.DeadServerTimeout, "how long a member must be dead before the leader removes it from Raft (only while quorum stays healthy)")
-	f.fs.DurationVar(&c.heartbeatTimeout, "raft-heartbeat-timeout", 0, "Raft heartbeat timeout; 0 means the default ("+def.Raft.HeartbeatTimeout.String()+")")
-	f.fs.DurationVar(&c.electionTimeout, "raft-election-timeout", 0, "Raft election timeout; 0 means the default ("+def.Raft.ElectionTimeout.String()+")")
-	f.fs.DurationVar(&c.leaseTimeout, "raft-lease-timeout", 0, "Raft leader lease timeout, at most the heartbeat timeout; 0 means the default ("+def.Raft.LeaderLeaseTimeout.String()+")")
-	f.fs.DurationVar(&c.snapshotInterval, "raft-snapshot-interval", 0, "how often (randomised up to twice this) Raft checks whether -raft-snapshot-threshold entries piled up and snapshots; longer means fewer snapshots under a heavy write load but a larger log and more memory; 0 means the default ("+def.Raft.SnapshotInterval.String()+")")
-	f.fs.Uint64Var(&c.snapshotThreshold, "raft-snapshot-threshold", 0, fmt.Sprintf("log entries since the last snapshot that make Raft snapshot; 0 means the default (%d)", def.Raft.SnapshotThreshold))
-	f.fs.Uint64Var(&c.trailingLogs, "raft-trailing-logs", 0, fmt.Sprintf("log entries kept behind a snapshot, so that a follower that lags by fewer catches up from the log instead of a snapshot; 0 means the default (%d)", def.Raft.TrailingLogs))
+	f.fs.DurationVar(&c.deadServerTimeout, "dead-server-timeout", replication.DefaultDeadServerTimeout, "how long a member must be dead before the leader removes it from Raft (only while quorum stays healthy)")
+	f.fs.DurationVar(&c.heartbeatTimeout, "raft-heartbeat-timeout", 0, "Raft heartbeat timeout; 0 means the default ("+def.HeartbeatTimeout.String()+")")
+	f.fs.DurationVar(&c.electionTimeout, "raft-election-timeout", 0, "Raft election timeout; 0 means the default ("+def.ElectionTimeout.String()+")")
+	f.fs.DurationVar(&c.leaseTimeout, "raft-lease-timeout", 0, "Raft leader lease timeout, at most the heartbeat timeout; 0 means the default ("+def.LeaderLeaseTimeout.String()+")")
+	f.fs.DurationVar(&c.snapshotInterval, "raft-snapshot-interval", 0, "how often (randomised up to twice this) Raft checks whether -raft-snapshot-threshold entries piled up and snapshots; longer means fewer snapshots under a heavy write load but a larger log and more memory; 0 means the default ("+def.SnapshotInterval.String()+")")
+	f.fs.Uint64Var(&c.snapshotThreshold, "raft-snapshot-threshold", 0, fmt.Sprintf("log entries since the last snapshot that make Raft snapshot; 0 means the default (%d)", def.SnapshotThreshold))
+	f.fs.Uint64Var(&c.trailingLogs, "raft-trailing-logs", 0, fmt.Sprintf("log entries kept behind a snapshot, so that a follower that lags by fewer catches up from the log instead of a snapshot; 0 means the default (%d)", def.TrailingLogs))
 	return c
 }
 
+// fileGossip is what the config file says about gossip, in its flat keys.
+type fileGossip struct {
+	addr    string
+	join    []string
+	key     string // base64, decoded after the flag and the environment
+	addrSet bool
+	joinSet bool
+}
+
 // apply copies the clustering flags given on the command line into cfg
-// (they win over the config file), resolves the cluster key (flag, then
-// $COFFER_CLUSTER_KEY, then fileKey from the config file) and checks the
+// (they win over the config file, whose gossip keys are in file), resolves
+// the cluster key (flag, then $COFFER_CLUSTER_KEY, then the file), turns
+// gossip on when the node joins or bootstraps a cluster, and checks the
 // settings it can check without starting anything.
-func (c *clusterFlags) apply(f *cmdFlags, e *env, cfg *server.Config, fileKey string) error {
+func (c *clusterFlags) apply(f *cmdFlags, e *env, cfg *server.Config, file fileGossip) error {
 	set := f.isSet
-	if set("gossip-addr") {
-		cfg.GossipAddr = c.gossipAddr
+	g := server.DefaultGossip()
+	if file.addrSet {
+		g.BindAddr = file.addr
 	}
-	if set("advertise") {
-		cfg.Advertise = c.advertise
+	if set("gossip-addr") {
+		g.BindAddr = c.gossipAddr
+	}
+	if file.joinSet {
+		g.Join = file.join
 	}
 	if set("join") {
-		cfg.Join = splitJoin(c.join)
+		g.Join = splitJoin(c.join)
+	}
+	g.DeadServerTimeout = c.deadServerTimeout
+	if set("advertise") {
+		cfg.Advertise = c.advertise
 	}
 	if set("bootstrap-expect") {
 		cfg.BootstrapExpect = c.bootstrapExpect
@@ -71,11 +90,8 @@ func (c *clusterFlags) apply(f *cmdFlags, e *env, cfg *server.Config, fileKey st
 	if set("read-replica") {
 		cfg.ReadReplica = c.readReplica
 	}
-	if set("dead-server-timeout") {
-		cfg.DeadServerTimeout = c.deadServerTimeout
-	}
 
-	for _, j := range cfg.Join {
+	for _, j := range g.Join {
 		if _, _, err := net.SplitHostPort(j); err != nil {
 			return &cliError{code: 1, msg: fmt.Sprintf("invalid -join address %q: want host:port[,host:port…] (the other nodes' -gossip-addr)", j)}
 		}
@@ -83,16 +99,20 @@ func (c *clusterFlags) apply(f *cmdFlags, e *env, cfg *server.Config, fileKey st
 	if cfg.BootstrapExpect < 0 {
 		return &cliError{code: 1, msg: fmt.Sprintf("invalid -bootstrap-expect=%d: want the number of nodes that bootstrap the cluster together", cfg.BootstrapExpect)}
 	}
-	if cfg.DeadServerTimeout < 0 {
-		return &cliError{code: 1, msg: fmt.Sprintf("invalid -dead-server-timeout=%s: want a positive duration such as 30s", cfg.DeadServerTimeout)}
+	if g.DeadServerTimeout < 0 {
+		return &cliError{code: 1, msg: fmt.Sprintf("invalid -dead-server-timeout=%s: want a positive duration such as 30s", g.DeadServerTimeout)}
 	}
 
-	key, err := resolveClusterKey(c.clusterKey, set("cluster-key"), e.getenv(EnvClusterKey), fileKey)
+	key, err := resolveClusterKey(c.clusterKey, set("cluster-key"), e.getenv(EnvClusterKey), file.key)
 	if err != nil {
 		return err
 	}
-	if key != nil {
-		cfg.ClusterKey = key
+	g.ClusterKey = key
+	// Gossip only for a node that joins or bootstraps a cluster; a node
+	// given neither is a one-node cluster.
+	cfg.Gossip = nil
+	if len(g.Join) > 0 || cfg.BootstrapExpect > 0 {
+		cfg.Gossip = g
 	}
 	return c.applyRaftTimings(set, cfg)
 }
@@ -116,7 +136,7 @@ func (c *clusterFlags) applyRaftTimings(set func(string) bool, cfg *server.Confi
 			return &cliError{code: 1, msg: fmt.Sprintf("invalid -%s=%s: want a positive duration, or 0 for the default", d.name, d.v)}
 		}
 	}
-	r := &cfg.Raft
+	r := &cfg.Config
 	if c.snapshotInterval > 0 {
 		r.SnapshotInterval = c.snapshotInterval
 	}

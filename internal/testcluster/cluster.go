@@ -153,22 +153,25 @@ func (c *Cluster) pickAddrs(n *Node) error {
 // config builds a node's configuration.
 func (c *Cluster) config(n *Node, expect int, network *replication.Network) server.Config {
 	cfg := server.DefaultConfig()
+	// The Raft timings of the options; the identity and addresses below.
+	cfg.Config = c.opts.Raft
 	cfg.NodeID, cfg.DataDir = n.ID, n.Dir
 	c.mu.Lock()
-	cfg.APIAddr, cfg.RaftAddr, cfg.GossipAddr = n.apiAddr, n.raftAddr, n.gossipAddr
+	cfg.APIAddr, cfg.BindAddr = n.apiAddr, n.raftAddr
 	if !c.opts.Standalone {
-		cfg.BootstrapExpect = expect
+		g := fastGossip()
+		g.BindAddr = n.gossipAddr
+		g.DeadServerTimeout = c.opts.DeadServerTimeout
 		for _, s := range c.seeds {
 			if s != n.gossipAddr {
-				cfg.Join = append(cfg.Join, s)
+				g.Join = append(g.Join, s)
 			}
 		}
+		cfg.Gossip = &g
+		cfg.BootstrapExpect = expect
 	}
 	c.mu.Unlock()
 	cfg.ReadReplica = n.readReplica
-	cfg.DeadServerTimeout = c.opts.DeadServerTimeout
-	cfg.Raft = c.opts.Raft
-	cfg.Gossip = fastGossip()
 	cfg.Network = network
 	cfg.ShutdownTimeout = shutdownTimeout
 	cfg.Logger = newLogger(c.logs, n.ID, c.opts.LogLevel)
