@@ -18,6 +18,7 @@ import (
 
 	pb "coffer/api/cofferpb"
 	"coffer/api/route"
+	"coffer/internal/ports"
 )
 
 // Environment variables read by ConfigFromEnv.
@@ -27,7 +28,7 @@ const (
 	// EnvToken holds the token sent with every call.
 	EnvToken = "COFFER_TOKEN"
 	// DefaultAddr is the endpoint used when none is configured.
-	DefaultAddr = "127.0.0.1:8400"
+	DefaultAddr = ports.APIAddr
 )
 
 // Errors of the client. Each message says what to do about it.
