@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sync"
@@ -395,6 +396,12 @@ func (n *Node) Barrier(ctx context.Context) error {
 // Snapshot asks Raft to snapshot the FSM now and truncate its log.
 func (n *Node) Snapshot(ctx context.Context) error {
 	return n.wait(ctx, n.raft.Snapshot())
+}
+
+// Restore installs a snapshot of the state machine on every node through
+// Raft (an operator's restore): meta.Index places it in the log.
+func (n *Node) Restore(meta *raft.SnapshotMeta, body io.Reader, timeout time.Duration) error {
+	return translate(n.raft.Restore(meta, body, timeout))
 }
 
 // Raft exposes the underlying *raft.Raft for tests and operator tooling

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -62,10 +63,36 @@ func tokenEntry(token string, policies []string, now time.Time) (key string, val
 	return sysTokenPref + h, rec
 }
 
+// gateway admits every call before its handler runs: it looks the method
+// up in the route table, refuses calls while sealed, authenticates the
+// token against the replicated token table, forwards a leader-only call
+// from a follower to the leader, and maps every error through the status
+// table.
+type gateway struct {
+	raft   gatewayRaft
+	state  tokenState
+	keys   interface{ Sealed() bool }
+	link   *leaderLink
+	tokens tokenCache
+	logger hclog.Logger
+}
+
+// gatewayRaft is what admission needs to know of the Raft node.
+type gatewayRaft interface {
+	IsLeader() bool
+	ReadyLeader() bool
+}
+
+// tokenState reads the replicated token table.
+type tokenState interface {
+	SysGet(key string) ([]byte, error)
+	SysGeneration() uint64
+}
+
 type tokenCtxKey struct{}
 
 // authenticate finds the caller's token in the replicated token table.
-func (s *Server) authenticate(ctx context.Context) (*tokenRecord, error) {
+func (g *gateway) authenticate(ctx context.Context) (*tokenRecord, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	vals := md.Get("authorization")
 	if len(vals) != 1 {
@@ -76,17 +103,17 @@ func (s *Server) authenticate(ctx context.Context) (*tokenRecord, error) {
 		return nil, ErrUnauthenticated
 	}
 	h := hashToken(token)
-	gen := s.fsm.SysGeneration()
-	if rec := s.tokens.get(gen, h); rec != nil {
+	gen := g.state.SysGeneration()
+	if rec := g.tokens.get(gen, h); rec != nil {
 		return rec, nil
 	}
-	raw, err := s.fsm.SysGet(sysTokenPref + h)
-	if errors.Is(err, fsm.ErrNotFound) && !s.raft.IsLeader() && !wasForwarded(ctx) {
+	raw, err := g.state.SysGet(sysTokenPref + h)
+	if errors.Is(err, fsm.ErrNotFound) && !g.raft.IsLeader() && !wasForwarded(ctx) {
 		// A token created a moment ago may not have reached this follower
 		// yet: a read-index round with the leader (which checks the token
 		// itself) brings this node up to date before it refuses.
-		if rerr := s.readIndex(ctx, false); rerr == nil {
-			raw, err = s.fsm.SysGet(sysTokenPref + h)
+		if rerr := g.link.readIndex(ctx, false); rerr == nil {
+			raw, err = g.state.SysGet(sysTokenPref + h)
 		}
 	}
 	if errors.Is(err, fsm.ErrNotFound) {
@@ -102,7 +129,7 @@ func (s *Server) authenticate(ctx context.Context) (*tokenRecord, error) {
 	if subtle.ConstantTimeCompare([]byte(rec.Hash), []byte(h)) != 1 {
 		return nil, ErrUnauthenticated
 	}
-	s.tokens.put(gen, h, &rec)
+	g.tokens.put(gen, h, &rec)
 	return &rec, nil
 }
 
@@ -147,17 +174,17 @@ func (c *tokenCache) put(gen uint64, h string, rec *tokenRecord) {
 // (Unavailable) or learn that the cluster needs init. Only a ready leader,
 // or the leader asked by a follower that has no seal configuration (it may
 // not have caught up yet), says "not initialized".
-func (s *Server) admitSealed(ctx context.Context) error {
-	if !s.seal.Sealed() {
+func (g *gateway) admitSealed(ctx context.Context) error {
+	if !g.keys.Sealed() {
 		return nil
 	}
-	if _, err := s.fsm.SysGet(sysSealKey); !errors.Is(err, fsm.ErrNotFound) {
+	if _, err := g.state.SysGet(sysSealKey); !errors.Is(err, fsm.ErrNotFound) {
 		return seal.ErrSealed
 	}
-	if s.raft.ReadyLeader() {
+	if g.raft.ReadyLeader() {
 		return ErrNotInitialized
 	}
-	if st, err := s.leaderStatus(ctx); err == nil && !st.Seal.GetInitialized() {
+	if st, err := g.link.leaderStatus(ctx); err == nil && !st.Seal.GetInitialized() {
 		return ErrNotInitialized
 	}
 	return seal.ErrSealed
@@ -180,7 +207,7 @@ func requireRoot(ctx context.Context) error {
 // admit looks the method up in the route table and admits the call: a
 // method without a route is refused; any but a public one needs the node
 // unsealed and a valid token, whose record the returned context carries.
-func (s *Server) admit(ctx context.Context, method string) (route.Route, context.Context, error) {
+func (g *gateway) admit(ctx context.Context, method string) (route.Route, context.Context, error) {
 	r, ok := route.Lookup(method)
 	if !ok {
 		return r, ctx, withMessage(ErrNoRoute, "%s has no route on this node: check the client's version against the server's (`coffer status`)", method)
@@ -188,10 +215,10 @@ func (s *Server) admit(ctx context.Context, method string) (route.Route, context
 	if r.Access == route.Public {
 		return r, ctx, nil
 	}
-	if err := s.admitSealed(ctx); err != nil {
+	if err := g.admitSealed(ctx); err != nil {
 		return r, ctx, err
 	}
-	rec, err := s.authenticate(ctx)
+	rec, err := g.authenticate(ctx)
 	if err != nil {
 		return r, ctx, err
 	}
@@ -201,43 +228,43 @@ func (s *Server) admit(ctx context.Context, method string) (route.Route, context
 // unaryInterceptor admits the call by its route, forwards a leader-only
 // call from a follower to the leader, and maps the handler's error through
 // the status table. Panics are recovered by the interceptor before it.
-func (s *Server) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	r, ctx, err := s.admit(ctx, info.FullMethod)
+func (g *gateway) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	r, ctx, err := g.admit(ctx, info.FullMethod)
 	if err != nil {
-		return nil, s.statusError(info.FullMethod, err)
+		return nil, g.statusError(info.FullMethod, err)
 	}
-	if r.Leader && !s.raft.IsLeader() {
+	if r.Leader && !g.raft.IsLeader() {
 		if msg, ok := req.(proto.Message); ok {
-			reply, done, err := s.forward(ctx, r, msg)
+			reply, done, err := g.link.forward(ctx, r, msg)
 			if done {
-				return reply, s.statusError(info.FullMethod, err)
+				return reply, g.statusError(info.FullMethod, err)
 			}
 		}
 	}
 	resp, err := handler(ctx, req)
-	return resp, s.statusError(info.FullMethod, err)
+	return resp, g.statusError(info.FullMethod, err)
 }
 
 // streamInterceptor admits streaming calls by their route.
-func (s *Server) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
-	r, ctx, err := s.admit(ss.Context(), info.FullMethod)
+func (g *gateway) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	r, ctx, err := g.admit(ss.Context(), info.FullMethod)
 	if err != nil {
-		return s.statusError(info.FullMethod, err)
+		return g.statusError(info.FullMethod, err)
 	}
 	if r.Access != route.Public {
 		ss = &authedStream{ServerStream: ss, ctx: ctx}
 	}
-	return s.statusError(info.FullMethod, handler(srv, ss))
+	return g.statusError(info.FullMethod, handler(srv, ss))
 }
 
 // statusError maps err to a status and logs what the client will not see.
-func (s *Server) statusError(method string, err error) error {
+func (g *gateway) statusError(method string, err error) error {
 	if err == nil {
 		return nil
 	}
 	st := withReason(toStatus(err))
 	if status.Code(st) == codes.Internal {
-		s.logger.Error("request failed", "method", method, "error", err)
+		g.logger.Error("request failed", "method", method, "error", err)
 	}
 	return st
 }

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
@@ -204,4 +205,20 @@ func reasonOf(err error) pb.ErrorReason {
 // connection that failed).
 func hasReason(err error) bool {
 	return reasonOf(err) != pb.ErrorReason_ERROR_REASON_UNSPECIFIED
+}
+
+// messageError gives a sentinel a user-facing message of its own while
+// errors.Is still finds the sentinel.
+type messageError struct {
+	msg string
+	err error
+}
+
+func (e *messageError) Error() string { return e.msg }
+
+func (e *messageError) Unwrap() error { return e.err }
+
+// withMessage wraps err with a message that replaces its text.
+func withMessage(err error, format string, args ...any) error {
+	return &messageError{msg: fmt.Sprintf(format, args...), err: err}
 }

@@ -184,8 +184,8 @@ func isErrorsNew(e ast.Expr) bool {
 // TestAdmitRefusesUnroutedMethods: a method with no route is refused with
 // NO_ROUTE before anything else is looked at.
 func TestAdmitRefusesUnroutedMethods(t *testing.T) {
-	s := &Server{}
-	_, _, err := s.admit(context.Background(), "/coffer.v1.KV/NoSuchMethod")
+	g := &gateway{}
+	_, _, err := g.admit(context.Background(), "/coffer.v1.KV/NoSuchMethod")
 	if !errors.Is(err, ErrNoRoute) {
 		t.Fatalf("admit of an unknown method: %v", err)
 	}

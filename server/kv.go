@@ -10,19 +10,71 @@ import (
 	"coffer/seal"
 )
 
+// kvServer is the KV service: secrets of the KV mounts. It depends only on
+// the narrow interfaces below, so its handlers run in tests over a real
+// state machine without Raft.
+type kvServer struct {
+	pb.UnimplementedKVServer
+	nodeID string
+	store  kvStore
+	props  proposer
+	keys   barrier
+	reads  reader
+	leader leaderCheck
+	// stopCtx ends when the node stops (ends watches).
+	stopCtx context.Context
+}
+
+// kvStore reads the replicated KV state.
+type kvStore interface {
+	Get(path string, version uint64) (*fsm.Version, error)
+	Metadata(path string) (*fsm.Metadata, error)
+	List(prefix string) ([]string, error)
+	AppliedIndex() uint64
+	WaitApplied(ctx context.Context, index uint64) error
+	ChangesSince(from uint64, prefix string, max int) ([]fsm.Change, error)
+}
+
+// proposer proposes a command through Raft and returns the state
+// machine's result; a deterministic failure (CAS mismatch, not found)
+// comes back as the error, with the result still set.
+type proposer interface {
+	propose(ctx context.Context, cmd *fsmpb.Command) (*fsm.Result, error)
+}
+
+// barrier encrypts values bound to their path and opens them again.
+type barrier interface {
+	Sealed() bool
+	Encrypt(path string, plaintext []byte) ([]byte, error)
+	Decrypt(path string, ciphertext []byte) ([]byte, error)
+}
+
+// reader admits a read at the consistency it asks for and describes the
+// answer.
+type reader interface {
+	begin(ctx context.Context, opts *pb.ReadOptions) (*pb.ReadMeta, error)
+	finish(meta *pb.ReadMeta) *pb.ReadMeta
+}
+
+// leaderCheck says whether this node leads, and why not.
+type leaderCheck interface {
+	IsLeader() bool
+	notLeaderError() error
+}
+
 // beginWrite admits a write on this node: unsealed and leader.
-func (s *Server) beginWrite() error {
-	if s.seal.Sealed() {
+func (k *kvServer) beginWrite() error {
+	if k.keys.Sealed() {
 		return seal.ErrSealed
 	}
-	if !s.raft.IsLeader() {
-		return s.notLeaderError()
+	if !k.leader.IsLeader() {
+		return k.leader.notLeaderError()
 	}
 	return nil
 }
 
 // Put encrypts the data for its path and proposes a new version.
-func (s *Server) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse, error) {
+func (k *kvServer) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse, error) {
 	if err := validatePath(req.Path); err != nil {
 		return nil, err
 	}
@@ -32,16 +84,16 @@ func (s *Server) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse, 
 	if err := validateRequestID(req.RequestId); err != nil {
 		return nil, err
 	}
-	if err := s.beginWrite(); err != nil {
+	if err := k.beginWrite(); err != nil {
 		return nil, err
 	}
 	pt := encodeData(req.Data)
-	ct, err := s.seal.Encrypt(req.Path, pt)
+	ct, err := k.keys.Encrypt(req.Path, pt)
 	clear(pt)
 	if err != nil {
 		return nil, err
 	}
-	cmd := &fsmCommand{
+	cmd := &fsmpb.Command{
 		Op:         fsmpb.Op_OP_PUT,
 		Path:       req.Path,
 		Ciphertext: ct,
@@ -49,9 +101,9 @@ func (s *Server) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse, 
 		Cas:        req.GetCas(),
 		RequestId:  req.RequestId,
 	}
-	r, err := s.apply(ctx, cmd)
+	r, err := k.props.propose(ctx, cmd)
 	if err != nil {
-		return nil, s.explainWrite(err, req.Path, req.Cas)
+		return nil, k.explainWrite(err, req.Path, req.Cas)
 	}
 	// The version was created at the leader time of the command that took
 	// effect (the first one, for a deduplicated retry): the result says.
@@ -60,11 +112,11 @@ func (s *Server) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse, 
 
 // explainWrite turns a deterministic write failure into a message that says
 // what to do.
-func (s *Server) explainWrite(err error, path string, cas *uint64) error {
+func (k *kvServer) explainWrite(err error, path string, cas *uint64) error {
 	switch {
 	case errors.Is(err, fsm.ErrCASMismatch):
 		cur := uint64(0)
-		if md, merr := s.fsm.Metadata(path); merr == nil {
+		if md, merr := k.store.Metadata(path); merr == nil {
 			cur = md.CurrentVersion
 		}
 		if cas != nil && *cas == 0 {
@@ -74,7 +126,7 @@ func (s *Server) explainWrite(err error, path string, cas *uint64) error {
 	case errors.Is(err, fsm.ErrCASRequired):
 		return withMessage(err, "check-and-set required: %s only accepts writes with -cas=<current version>", path)
 	case errors.Is(err, fsm.ErrNotFound):
-		if _, merr := s.fsm.Metadata(path); merr == nil {
+		if _, merr := k.store.Metadata(path); merr == nil {
 			return withMessage(err, "%s has none of the versions given: list its versions with `coffer kv metadata get %s`", path, path)
 		}
 		return withMessage(err, "no secret at %s: check the path with `coffer kv list`", path)
@@ -90,15 +142,15 @@ func deref(p *uint64) uint64 {
 }
 
 // Get reads and decrypts one version of a secret.
-func (s *Server) Get(ctx context.Context, req *pb.GetRequest) (*pb.GetResponse, error) {
+func (k *kvServer) Get(ctx context.Context, req *pb.GetRequest) (*pb.GetResponse, error) {
 	if err := validatePath(req.Path); err != nil {
 		return nil, err
 	}
-	meta, err := s.beginRead(ctx, req.Read)
+	meta, err := k.reads.begin(ctx, req.Read)
 	if err != nil {
 		return nil, err
 	}
-	v, err := s.fsm.Get(req.Path, req.Version)
+	v, err := k.store.Get(req.Path, req.Version)
 	if errors.Is(err, fsm.ErrNotFound) {
 		if req.Version == 0 {
 			return nil, withMessage(err, "no secret at %s", req.Path)
@@ -114,7 +166,7 @@ func (s *Server) Get(ctx context.Context, req *pb.GetRequest) (*pb.GetResponse, 
 	if !v.DeletedTime.IsZero() {
 		return nil, withMessage(ErrDeleted, "version %d of %s is deleted: restore it with `coffer kv undelete -versions=%d %s`", v.Version, req.Path, v.Version, req.Path)
 	}
-	pt, err := s.decrypt(req.Path, v.Ciphertext)
+	pt, err := k.keys.Decrypt(req.Path, v.Ciphertext)
 	if err != nil {
 		return nil, err
 	}
@@ -129,43 +181,43 @@ func (s *Server) Get(ctx context.Context, req *pb.GetRequest) (*pb.GetResponse, 
 			Version:             v.Version,
 			CreatedTimeUnixNano: unixNano(v.CreatedTime),
 		},
-		ReadMeta: s.afterRead(meta),
+		ReadMeta: k.reads.finish(meta),
 	}, nil
 }
 
 // List returns the keys directly under a prefix.
-func (s *Server) List(ctx context.Context, req *pb.ListRequest) (*pb.ListResponse, error) {
+func (k *kvServer) List(ctx context.Context, req *pb.ListRequest) (*pb.ListResponse, error) {
 	prefix, err := validatePrefix(req.Path)
 	if err != nil {
 		return nil, err
 	}
-	meta, err := s.beginRead(ctx, req.Read)
+	meta, err := k.reads.begin(ctx, req.Read)
 	if err != nil {
 		return nil, err
 	}
-	keys, err := s.fsm.List(prefix)
+	keys, err := k.store.List(prefix)
 	if err != nil {
 		return nil, err
 	}
-	return &pb.ListResponse{Keys: keys, ReadMeta: s.afterRead(meta)}, nil
+	return &pb.ListResponse{Keys: keys, ReadMeta: k.reads.finish(meta)}, nil
 }
 
 // Delete soft-deletes versions (the current one when none are given).
-func (s *Server) Delete(ctx context.Context, req *pb.VersionsRequest) (*pb.WriteResponse, error) {
-	return s.versionsOp(ctx, req, fsmpb.Op_OP_DELETE, false, "delete")
+func (k *kvServer) Delete(ctx context.Context, req *pb.VersionsRequest) (*pb.WriteResponse, error) {
+	return k.versionsOp(ctx, req, fsmpb.Op_OP_DELETE, false, "delete")
 }
 
 // Undelete restores soft-deleted versions.
-func (s *Server) Undelete(ctx context.Context, req *pb.VersionsRequest) (*pb.WriteResponse, error) {
-	return s.versionsOp(ctx, req, fsmpb.Op_OP_UNDELETE, true, "undelete")
+func (k *kvServer) Undelete(ctx context.Context, req *pb.VersionsRequest) (*pb.WriteResponse, error) {
+	return k.versionsOp(ctx, req, fsmpb.Op_OP_UNDELETE, true, "undelete")
 }
 
 // Destroy removes versions' data for good.
-func (s *Server) Destroy(ctx context.Context, req *pb.VersionsRequest) (*pb.WriteResponse, error) {
-	return s.versionsOp(ctx, req, fsmpb.Op_OP_DESTROY, true, "destroy")
+func (k *kvServer) Destroy(ctx context.Context, req *pb.VersionsRequest) (*pb.WriteResponse, error) {
+	return k.versionsOp(ctx, req, fsmpb.Op_OP_DESTROY, true, "destroy")
 }
 
-func (s *Server) versionsOp(ctx context.Context, req *pb.VersionsRequest, op fsmpb.Op, required bool, verb string) (*pb.WriteResponse, error) {
+func (k *kvServer) versionsOp(ctx context.Context, req *pb.VersionsRequest, op fsmpb.Op, required bool, verb string) (*pb.WriteResponse, error) {
 	if err := validatePath(req.Path); err != nil {
 		return nil, err
 	}
@@ -175,26 +227,26 @@ func (s *Server) versionsOp(ctx context.Context, req *pb.VersionsRequest, op fsm
 	if err := validateRequestID(req.RequestId); err != nil {
 		return nil, err
 	}
-	if err := s.beginWrite(); err != nil {
+	if err := k.beginWrite(); err != nil {
 		return nil, err
 	}
-	r, err := s.apply(ctx, &fsmCommand{Op: op, Path: req.Path, Versions: req.Versions, RequestId: req.RequestId})
+	r, err := k.props.propose(ctx, &fsmpb.Command{Op: op, Path: req.Path, Versions: req.Versions, RequestId: req.RequestId})
 	if err != nil {
-		return nil, s.explainWrite(err, req.Path, nil)
+		return nil, k.explainWrite(err, req.Path, nil)
 	}
 	return &pb.WriteResponse{Index: r.Index}, nil
 }
 
 // ReadMetadata returns a secret's versions with their times and states.
-func (s *Server) ReadMetadata(ctx context.Context, req *pb.ReadMetadataRequest) (*pb.ReadMetadataResponse, error) {
+func (k *kvServer) ReadMetadata(ctx context.Context, req *pb.ReadMetadataRequest) (*pb.ReadMetadataResponse, error) {
 	if err := validatePath(req.Path); err != nil {
 		return nil, err
 	}
-	meta, err := s.beginRead(ctx, req.Read)
+	meta, err := k.reads.begin(ctx, req.Read)
 	if err != nil {
 		return nil, err
 	}
-	md, err := s.fsm.Metadata(req.Path)
+	md, err := k.store.Metadata(req.Path)
 	if errors.Is(err, fsm.ErrNotFound) {
 		return nil, withMessage(err, "no secret at %s", req.Path)
 	}
@@ -209,7 +261,7 @@ func (s *Server) ReadMetadata(ctx context.Context, req *pb.ReadMetadataRequest) 
 		CasRequired:         md.CASRequired,
 		CreatedTimeUnixNano: unixNano(md.CreatedTime),
 		UpdatedTimeUnixNano: unixNano(md.UpdatedTime),
-		ReadMeta:            s.afterRead(meta),
+		ReadMeta:            k.reads.finish(meta),
 	}
 	for _, v := range md.Versions {
 		resp.Versions = append(resp.Versions, &pb.VersionMetadata{
@@ -223,17 +275,17 @@ func (s *Server) ReadMetadata(ctx context.Context, req *pb.ReadMetadataRequest) 
 }
 
 // WriteMetadata sets max_versions and cas_required of a secret.
-func (s *Server) WriteMetadata(ctx context.Context, req *pb.WriteMetadataRequest) (*pb.WriteResponse, error) {
+func (k *kvServer) WriteMetadata(ctx context.Context, req *pb.WriteMetadataRequest) (*pb.WriteResponse, error) {
 	if err := validatePath(req.Path); err != nil {
 		return nil, err
 	}
 	if err := validateRequestID(req.RequestId); err != nil {
 		return nil, err
 	}
-	if err := s.beginWrite(); err != nil {
+	if err := k.beginWrite(); err != nil {
 		return nil, err
 	}
-	r, err := s.apply(ctx, &fsmCommand{
+	r, err := k.props.propose(ctx, &fsmpb.Command{
 		Op:          fsmpb.Op_OP_PUT_METADATA,
 		Path:        req.Path,
 		MaxVersions: req.MaxVersions,
@@ -241,25 +293,25 @@ func (s *Server) WriteMetadata(ctx context.Context, req *pb.WriteMetadataRequest
 		RequestId:   req.RequestId,
 	})
 	if err != nil {
-		return nil, s.explainWrite(err, req.Path, nil)
+		return nil, k.explainWrite(err, req.Path, nil)
 	}
 	return &pb.WriteResponse{Index: r.Index}, nil
 }
 
 // DeleteMetadata removes a secret and all its versions.
-func (s *Server) DeleteMetadata(ctx context.Context, req *pb.DeleteMetadataRequest) (*pb.WriteResponse, error) {
+func (k *kvServer) DeleteMetadata(ctx context.Context, req *pb.DeleteMetadataRequest) (*pb.WriteResponse, error) {
 	if err := validatePath(req.Path); err != nil {
 		return nil, err
 	}
 	if err := validateRequestID(req.RequestId); err != nil {
 		return nil, err
 	}
-	if err := s.beginWrite(); err != nil {
+	if err := k.beginWrite(); err != nil {
 		return nil, err
 	}
-	r, err := s.apply(ctx, &fsmCommand{Op: fsmpb.Op_OP_DELETE_METADATA, Path: req.Path, RequestId: req.RequestId})
+	r, err := k.props.propose(ctx, &fsmpb.Command{Op: fsmpb.Op_OP_DELETE_METADATA, Path: req.Path, RequestId: req.RequestId})
 	if err != nil {
-		return nil, s.explainWrite(err, req.Path, nil)
+		return nil, k.explainWrite(err, req.Path, nil)
 	}
 	return &pb.WriteResponse{Index: r.Index}, nil
 }

@@ -4,8 +4,6 @@ import (
 	"context"
 	"time"
 
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
-
 	"coffer/replication"
 )
 
@@ -19,33 +17,11 @@ func (s *Server) caughtUp(ctx context.Context, m replication.Member) bool {
 	if m.APIAddr == "" {
 		return false
 	}
-	st, err := s.peerStatus(ctx, m.APIAddr)
+	st, err := s.link.peerStatus(ctx, m.APIAddr)
 	if err != nil {
 		return false
 	}
 	return st.AppliedIndex+caughtUpLag >= s.fsm.AppliedIndex()
-}
-
-// sealNode drops the keys and tells clients and peers.
-func (s *Server) sealNode() {
-	s.seal.Seal()
-	s.health.SetServingStatus(kvService, healthpb.HealthCheckResponse_NOT_SERVING)
-	s.raft.SetSealed(true)
-	s.nudgeLeaderDuties()
-}
-
-// unsealedNode tells clients and peers that the node serves again.
-func (s *Server) unsealedNode() {
-	s.health.SetServingStatus(kvService, healthpb.HealthCheckResponse_SERVING)
-	s.raft.SetSealed(false)
-}
-
-// nudgeLeaderDuties wakes the leader duties loop (e.g. after a seal).
-func (s *Server) nudgeLeaderDuties() {
-	select {
-	case s.dutyNudge <- struct{}{}:
-	default:
-	}
 }
 
 // leaderDuties runs while this node is a ready leader (ctx ends with the
@@ -55,25 +31,25 @@ func (s *Server) nudgeLeaderDuties() {
 // unsealed voter exists, since a sealed leader can neither encrypt writes
 // nor decrypt reads.
 func (s *Server) leaderDuties(ctx context.Context) {
-	if !s.seal.Sealed() {
-		if err := s.reloadKeyring(); err != nil {
+	if !s.keys.Sealed() {
+		if err := s.keys.reloadKeyring(); err != nil {
 			s.logger.Error("the replicated keyring does not open with this node's keys; sealing", "error", err)
-			s.sealNode()
+			s.keys.sealNode()
 		}
 	}
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		if s.seal.Sealed() {
+		if s.keys.Sealed() {
 			s.handOffSealedLeadership(ctx)
 		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-s.stop:
+		case <-s.life.stop:
 			return
 		case <-tick.C:
-		case <-s.dutyNudge:
+		case <-s.keys.nudge:
 		}
 	}
 }

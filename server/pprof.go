@@ -26,16 +26,16 @@ func (s *Server) startPprof() error {
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	s.pprofAddr = lis.Addr().String()
 	s.logger.Info("serving pprof", "address", s.pprofAddr)
-	s.bg.Add(2)
+	s.life.bg.Add(2)
 	go func() {
-		defer s.bg.Done()
+		defer s.life.bg.Done()
 		if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			s.logger.Warn("pprof server stopped", "error", err)
 		}
 	}()
 	go func() {
-		defer s.bg.Done()
-		<-s.stop
+		defer s.life.bg.Done()
+		<-s.life.stop
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		_ = srv.Shutdown(ctx)

@@ -8,7 +8,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -28,47 +27,35 @@ import (
 // Version is the coffer version reported by Status.
 const Version = "0.1.0"
 
-// kvService is the name the health service reports for the KV API: it is
-// SERVING only while the node is unsealed.
-const kvService = "coffer.v1.KV"
-
-// Server is one coffer node. Create it with New, start it with Start and
-// stop it with Shutdown.
+// Server is one coffer node: it wires the seal, the state machine, the
+// Raft node and the gRPC services together. Create it with New, start it
+// with Start and stop it with Shutdown.
 type Server struct {
-	pb.UnimplementedSysServer
-	pb.UnimplementedKVServer
-
 	cfg    Config
 	logger hclog.Logger
 	fsm    *fsm.FSM
 	raft   *replication.Node
-	seal   *seal.Seal
-	grpc   *grpc.Server
+	keys   *keys
+	link   *leaderLink
+	sys    *sysServer
 	health *health.Server
-
-	lis       net.Listener
+	grpc   *grpc.Server
+	lis    net.Listener
+	// pprofAddr is where pprof listens, once started.
 	pprofAddr string
-	serveErr  chan error
-	peers     peerConns
-	rounds    readRounds
-	tokens    tokenCache
+	life      lifecycle
+}
 
-	// dutyNudge wakes the leader duties loop.
-	dutyNudge chan struct{}
-
-	// restoring is set while this node runs an operator's restore.
-	restoring atomic.Bool
-
-	rotateMu sync.Mutex
-	initMu   sync.Mutex
-
+// lifecycle is what starting and stopping the node keeps.
+type lifecycle struct {
 	bg   sync.WaitGroup
 	stop chan struct{}
 	// stopCtx is cancelled when the node stops (ends long waits).
-	stopCtx      context.Context
-	stopCancel   context.CancelFunc
-	shutdownOnce sync.Once
-	shutdownErr  error
+	stopCtx    context.Context
+	stopCancel context.CancelFunc
+	serveErr   chan error
+	once       sync.Once
+	err        error
 }
 
 // streamWorkers is how many goroutines serve gRPC calls (more calls in
@@ -93,25 +80,21 @@ func New(cfg Config) (*Server, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("server: create data directory %s: %w", cfg.DataDir, err)
 	}
-	s := &Server{
-		cfg:       cfg,
-		logger:    cfg.Logger,
-		seal:      seal.New(seal.Options{}),
-		serveErr:  make(chan error, 1),
-		stop:      make(chan struct{}),
-		dutyNudge: make(chan struct{}, 1),
-		peers:     peerConns{dial: cfg.Network.DialContext},
-	}
-	s.stopCtx, s.stopCancel = context.WithCancel(context.Background())
+	s := &Server{cfg: cfg, logger: cfg.Logger}
+	s.life.stop = make(chan struct{})
+	s.life.serveErr = make(chan error, 1)
+	s.life.stopCtx, s.life.stopCancel = context.WithCancel(context.Background())
+	s.keys = &keys{seal: seal.New(seal.Options{}), logger: cfg.Logger, nudge: make(chan struct{}, 1)}
 	var err error
 	s.fsm, err = fsm.Open(filepath.Join(cfg.DataDir, "fsm.db"), fsm.Options{
 		Logger:            cfg.Logger.Named("fsm"),
 		IdempotencyWindow: cfg.IdempotencyWindow,
-		OnRestore:         s.stateRestored,
+		OnRestore:         s.keys.stateRestored,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("server: open state: %w", err)
 	}
+	s.keys.sys = s.fsm
 
 	// Listen first, so that the advertised API address (gossiped to
 	// peers for forwarding) has its real port even when asked for :0.
@@ -144,15 +127,34 @@ func New(cfg Config) (*Server, error) {
 		s.fsm.Close()
 		return nil, err
 	}
-	s.raft.SetSealed(true)
-	s.raft.OnReadyLeader(s.leaderDuties)
-
 	s.health = health.NewServer()
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	s.health.SetServingStatus(kvService, healthpb.HealthCheckResponse_NOT_SERVING)
+	s.health.SetServingStatus(kvHealthName, healthpb.HealthCheckResponse_NOT_SERVING)
+	s.keys.health, s.keys.gossip = s.health, s.raft
+	s.wire()
+	s.raft.OnReadyLeader(s.leaderDuties)
+	return s, nil
+}
+
+// wire builds the services over their narrow dependencies and registers
+// them with a gRPC server whose interceptors are the gateway's.
+func (s *Server) wire() {
+	id, logger := s.cfg.NodeID, s.logger
+	s.link = &leaderLink{
+		nodeID: id, self: s.advertisedAPI(), raft: s.raft, state: s.fsm,
+		conns: peerConns{dial: s.cfg.Network.DialContext}, logger: logger, stopCtx: s.life.stopCtx,
+	}
+	props := &raftProposer{raft: s.raft, state: s.fsm, logger: logger}
+	reads := &readGate{nodeID: id, sealed: s.keys, raft: s.raft, state: s.fsm, index: s.link}
+	gw := &gateway{raft: s.raft, state: s.fsm, keys: s.keys, link: s.link, logger: logger}
+	s.sys = &sysServer{nodeID: id, keys: s.keys, store: s.fsm, props: props, raft: s.raft, link: s.link, logger: logger}
+	kv := &kvServer{nodeID: id, store: s.fsm, props: props, keys: s.keys, reads: reads, leader: s.link, stopCtx: s.life.stopCtx}
+	op := &operatorServer{nodeID: id, dataDir: s.cfg.DataDir, raft: s.raft, state: s.fsm, keys: s.keys, link: s.link, logger: logger}
+	cluster := &clusterServer{nodeID: id, raft: s.raft, state: s.fsm, link: s.link}
+
 	s.grpc = grpc.NewServer(
-		grpc.ChainUnaryInterceptor(grpcutil.RecoverUnary(s.logger, internalMessage), s.unaryInterceptor),
-		grpc.ChainStreamInterceptor(grpcutil.RecoverStream(s.logger, internalMessage), s.streamInterceptor),
+		grpc.ChainUnaryInterceptor(grpcutil.RecoverUnary(logger, internalMessage), gw.unaryInterceptor),
+		grpc.ChainStreamInterceptor(grpcutil.RecoverStream(logger, internalMessage), gw.streamInterceptor),
 		grpc.MaxRecvMsgSize(4<<20),
 		// Reused handler goroutines keep their grown stacks: with one new
 		// goroutine per call, growing its stack cost 10 % of a node's CPU
@@ -165,13 +167,12 @@ func New(cfg Config) (*Server, error) {
 		grpc.InitialConnWindowSize(4<<20),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 	)
-	pb.RegisterSysServer(s.grpc, s)
-	pb.RegisterKVServer(s.grpc, s)
-	pb.RegisterClusterServer(s.grpc, &clusterService{s: s})
-	pb.RegisterOperatorServer(s.grpc, &operatorService{s: s})
+	pb.RegisterSysServer(s.grpc, s.sys)
+	pb.RegisterKVServer(s.grpc, kv)
+	pb.RegisterClusterServer(s.grpc, cluster)
+	pb.RegisterOperatorServer(s.grpc, op)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
-	return s, nil
 }
 
 // Start serves the API (and pprof, when configured) in the background.
@@ -182,10 +183,10 @@ func (s *Server) Start() error {
 		}
 	}
 	s.logger.Info("serving", "node_id", s.cfg.NodeID, "api_addr", s.lis.Addr().String(), "raft_addr", s.raft.Addr())
-	s.bg.Add(1)
+	s.life.bg.Add(1)
 	go func() {
-		defer s.bg.Done()
-		s.serveErr <- s.grpc.Serve(s.lis)
+		defer s.life.bg.Done()
+		s.life.serveErr <- s.grpc.Serve(s.lis)
 	}()
 	return nil
 }
@@ -214,9 +215,9 @@ func (s *Server) NodeID() string { return s.cfg.NodeID }
 // finish within the shutdown timeout or ctx), the keys are dropped, then
 // Raft and the state database close. It is idempotent.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.shutdownOnce.Do(func() {
-		close(s.stop)
-		s.stopCancel()
+	s.life.once.Do(func() {
+		close(s.life.stop)
+		s.life.stopCancel()
 		s.health.Shutdown()
 		// 1. Stop taking API calls; in-flight ones may finish.
 		stopped := make(chan struct{})
@@ -243,14 +244,14 @@ func (s *Server) Shutdown(ctx context.Context) error {
 			cancel()
 		}
 		// 3. Drop the keys, 4. leave gossip and stop Raft, 5. close bbolt.
-		s.seal.Seal()
-		s.peers.close()
+		s.keys.seal.Seal()
+		s.link.conns.close()
 		errs := []error{s.raft.Shutdown(), s.fsm.Close()}
-		s.bg.Wait()
-		s.shutdownErr = errors.Join(errs...)
+		s.life.bg.Wait()
+		s.life.err = errors.Join(errs...)
 		s.logger.Info("stopped", "node_id", s.cfg.NodeID)
 	})
-	return s.shutdownErr
+	return s.life.err
 }
 
 // Kill stops the node the way a crash would look to its peers and
@@ -258,17 +259,17 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // leadership transfer and no goodbye. The data directory is kept, so the
 // node can be started again. For tests and chaos drills.
 func (s *Server) Kill() {
-	s.shutdownOnce.Do(func() {
+	s.life.once.Do(func() {
 		s.cfg.Network.Isolate()
-		close(s.stop)
-		s.stopCancel()
+		close(s.life.stop)
+		s.life.stopCancel()
 		s.grpc.Stop()
 		s.health.Shutdown()
-		s.seal.Seal()
-		s.peers.close()
+		s.keys.seal.Seal()
+		s.link.conns.close()
 		errs := []error{s.raft.Shutdown(), s.fsm.Close()}
-		s.bg.Wait()
-		s.shutdownErr = errors.Join(errs...)
+		s.life.bg.Wait()
+		s.life.err = errors.Join(errs...)
 		s.logger.Info("killed", "node_id", s.cfg.NodeID)
 	})
 }
@@ -279,32 +280,25 @@ func (s *Server) WaitLeaderReady(ctx context.Context) error {
 	return s.raft.WaitReadyLeader(ctx)
 }
 
-// apply encodes cmd, proposes it through Raft and returns the FSM result.
-// A deterministic failure of the command (CAS mismatch, not found) comes
-// back as the error, with the result still set.
-func (s *Server) apply(ctx context.Context, cmd *fsmCommand) (*fsm.Result, error) {
-	if err := s.fsm.Err(); err != nil {
-		s.logger.Error("state machine cannot persist; refusing writes", "error", err)
-		return nil, ErrStorage
+// DevInfo is what a dev server prints at start: the single unseal key and
+// the root token.
+type DevInfo struct {
+	UnsealKey []byte
+	RootToken string
+}
+
+// DevInit initializes a fresh dev node with one key share (and rootToken
+// when non-empty) and unseals it. It waits for the node to lead first.
+func (s *Server) DevInit(ctx context.Context, rootToken string) (*DevInfo, error) {
+	if err := s.WaitLeaderReady(ctx); err != nil {
+		return nil, err
 	}
-	cmd.LeaderTimeUnixNano = time.Now().UnixNano()
-	data, err := fsm.EncodeCommand(cmd)
+	res, err := s.sys.Init(ctx, &pb.InitRequest{SecretShares: 1, SecretThreshold: 1, RootToken: rootToken})
 	if err != nil {
 		return nil, err
 	}
-	resp, _, err := s.raft.Apply(ctx, data)
-	if err != nil {
+	if _, err := s.sys.Unseal(ctx, &pb.UnsealRequest{Key: res.Keys[0]}); err != nil {
 		return nil, err
 	}
-	var r *fsm.Result
-	switch v := resp.(type) {
-	case fsm.Result:
-		r = &v
-	case *fsm.Result:
-		r = v
-	}
-	if r == nil {
-		return nil, fmt.Errorf("server: unexpected apply response %T", resp)
-	}
-	return r, r.Err
+	return &DevInfo{UnsealKey: res.Keys[0], RootToken: res.RootToken}, nil
 }

@@ -77,9 +77,9 @@ func TestInitUnsealLifecycle(t *testing.T) {
 	if ss.Sealed {
 		t.Fatalf("3 distinct shares did not unseal: %+v", ss)
 	}
-	hc, err := healthpb.NewHealthClient(n.conn).Check(ctx(t), &healthpb.HealthCheckRequest{Service: kvService})
+	hc, err := healthpb.NewHealthClient(n.conn).Check(ctx(t), &healthpb.HealthCheckRequest{Service: kvHealthName})
 	if err != nil || hc.Status != healthpb.HealthCheckResponse_SERVING {
-		t.Fatalf("health of %s after unseal: %v %v", kvService, hc, err)
+		t.Fatalf("health of %s after unseal: %v %v", kvHealthName, hc, err)
 	}
 
 	tok := authed(t, res.RootToken)
@@ -107,7 +107,7 @@ func TestInitUnsealLifecycle(t *testing.T) {
 	if !strings.Contains(status.Convert(err).Message(), "unseal") {
 		t.Fatalf("sealed error should say to unseal: %q", status.Convert(err).Message())
 	}
-	hc, _ = healthpb.NewHealthClient(n.conn).Check(ctx(t), &healthpb.HealthCheckRequest{Service: kvService})
+	hc, _ = healthpb.NewHealthClient(n.conn).Check(ctx(t), &healthpb.HealthCheckRequest{Service: kvHealthName})
 	if hc.GetStatus() != healthpb.HealthCheckResponse_NOT_SERVING {
 		t.Fatalf("health after seal: %v", hc)
 	}

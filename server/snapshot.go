@@ -42,8 +42,8 @@ type snapshotHeader struct {
 var ErrForeignSnapshot = errors.New("server: the snapshot was made under other keys (another cluster, or before a re-init): this cluster's shares could not read it; pass -force to restore it anyway")
 
 // sealFingerprint hashes the replicated seal record ("" before init).
-func (s *Server) sealFingerprint() string {
-	raw, err := s.fsm.SysGet(sysSealKey)
+func (o *operatorServer) sealFingerprint() string {
+	raw, err := o.state.SysGet(sysSealKey)
 	if err != nil {
 		return ""
 	}
@@ -93,22 +93,21 @@ func (s *streamSink) Close() error  { return nil }
 func (s *streamSink) Cancel() error { s.cancelled = true; return nil }
 
 // SnapshotSave streams a consistent snapshot of this node's state.
-func (o *operatorService) SnapshotSave(_ *pb.SnapshotSaveRequest, stream pb.Operator_SnapshotSaveServer) error {
-	s := o.s
+func (o *operatorServer) SnapshotSave(_ *pb.SnapshotSaveRequest, stream pb.Operator_SnapshotSaveServer) error {
 	if err := requireRoot(stream.Context()); err != nil {
 		return err
 	}
-	snap, err := s.fsm.Snapshot()
+	snap, err := o.state.Snapshot()
 	if err != nil {
 		return err
 	}
 	defer snap.Release()
 	hdr, _ := json.Marshal(snapshotHeader{
 		Format:          1,
-		NodeID:          s.cfg.NodeID,
-		AppliedIndex:    s.fsm.AppliedIndex(),
+		NodeID:          o.nodeID,
+		AppliedIndex:    o.state.AppliedIndex(),
 		CreatedUnix:     time.Now().Unix(),
-		SealFingerprint: s.sealFingerprint(),
+		SealFingerprint: o.sealFingerprint(),
 	})
 	w := &chunkWriter{send: stream.Send, buf: make([]byte, 0, snapshotChunk)}
 	var lenBuf [4]byte
@@ -156,15 +155,14 @@ func readSnapshotHeader(r io.Reader) (*snapshotHeader, int64, error) {
 
 // SnapshotRestore replaces the cluster's state with an uploaded snapshot.
 // It runs on the leader, which installs it on every node through Raft.
-func (o *operatorService) SnapshotRestore(stream pb.Operator_SnapshotRestoreServer) error {
-	s := o.s
+func (o *operatorServer) SnapshotRestore(stream pb.Operator_SnapshotRestoreServer) error {
 	if err := requireRoot(stream.Context()); err != nil {
 		return err
 	}
-	if !s.raft.IsLeader() {
-		return s.notLeaderError()
+	if !o.raft.IsLeader() {
+		return o.link.notLeaderError()
 	}
-	tmp, err := os.CreateTemp(s.cfg.DataDir, "restore-*.snap")
+	tmp, err := os.CreateTemp(o.dataDir, "restore-*.snap")
 	if err != nil {
 		return fmt.Errorf("server: spool snapshot: %w", err)
 	}
@@ -194,7 +192,7 @@ func (o *operatorService) SnapshotRestore(stream pb.Operator_SnapshotRestoreServ
 	if err != nil {
 		return err
 	}
-	if cur := s.sealFingerprint(); cur != "" && hdr.SealFingerprint != cur && !force {
+	if cur := o.sealFingerprint(); cur != "" && hdr.SealFingerprint != cur && !force {
 		return ErrForeignSnapshot
 	}
 	body := io.NewSectionReader(tmp, hdrLen, size-hdrLen)
@@ -203,32 +201,16 @@ func (o *operatorService) SnapshotRestore(stream pb.Operator_SnapshotRestoreServ
 	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Size: size - hdrLen, Index: hdr.AppliedIndex}
 	// This node checks its keys itself once Raft is done: sealing in the
 	// middle would hand leadership away and fail the restore's last step.
-	s.restoring.Store(true)
-	err = s.raft.Raft().Restore(meta, body, time.Minute)
-	s.restoring.Store(false)
-	defer s.stateRestored()
+	o.keys.restoring.Store(true)
+	err = o.raft.Restore(meta, body, time.Minute)
+	o.keys.restoring.Store(false)
+	defer o.keys.stateRestored()
 	if err != nil {
 		if errors.Is(err, fsm.ErrInvalidSnapshot) {
 			return invalidf("%v", err)
 		}
 		return fmt.Errorf("server: restore: %w", err)
 	}
-	s.logger.Info("restored snapshot", "from_node", hdr.NodeID, "snapshot_applied_index", hdr.AppliedIndex, "forced", force)
-	return stream.SendAndClose(&pb.SnapshotRestoreResponse{Index: s.raft.LastIndex()})
-}
-
-// stateRestored runs after the state machine installed a snapshot (an
-// operator's restore, or the leader's snapshot sent to a lagging node). The
-// state may hold another keyring: older terms, or under -force another
-// cluster's keys. An unsealed node loads it, and seals itself when its keys
-// cannot open it, so that it never serves under keys the state no longer
-// matches.
-func (s *Server) stateRestored() {
-	if s.seal.Sealed() || s.restoring.Load() {
-		return
-	}
-	if err := s.reloadKeyring(); err != nil {
-		s.logger.Warn("restored state is not readable with this node's keys; sealing: unseal with the shares of the cluster the snapshot came from", "error", err)
-		s.sealNode()
-	}
+	o.logger.Info("restored snapshot", "from_node", hdr.NodeID, "snapshot_applied_index", hdr.AppliedIndex, "forced", force)
+	return stream.SendAndClose(&pb.SnapshotRestoreResponse{Index: o.raft.LastIndex()})
 }

@@ -5,9 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
-	"google.golang.org/grpc/metadata"
+	"github.com/hashicorp/go-hclog"
 
 	pb "coffer/api/cofferpb"
 	"coffer/fsm"
@@ -15,8 +16,39 @@ import (
 	"coffer/seal"
 )
 
-// fsmCommand is the state machine's command type.
-type fsmCommand = fsmpb.Command
+// sysServer is the Sys service: init, unseal, seal, status and key
+// rotation.
+type sysServer struct {
+	pb.UnimplementedSysServer
+	nodeID string
+	keys   *keys
+	store  sysState
+	props  proposer
+	raft   sysRaft
+	link   *leaderLink
+	logger hclog.Logger
+
+	initMu   sync.Mutex
+	rotateMu sync.Mutex
+}
+
+// sysState reads the replicated sys table and the applied index.
+type sysState interface {
+	SysGet(key string) ([]byte, error)
+	AppliedIndex() uint64
+	WaitApplied(ctx context.Context, index uint64) error
+}
+
+// sysRaft is what the Sys service reports of, and asks of, the Raft node.
+type sysRaft interface {
+	IsLeader() bool
+	WaitReadyLeader(ctx context.Context) error
+	Leader() (id, addr string)
+	State() string
+	Term() uint64
+	CommitIndex() uint64
+	LastContact() time.Time
+}
 
 // Default seal configuration of init, as in Vault.
 const (
@@ -27,9 +59,9 @@ const (
 // Init creates the cluster's keys and root token once. The shares and the
 // token are in the response only; the cluster stores the root key wrapped by
 // the unseal key, the keyring wrapped by the root key and the token's hash.
-func (s *Server) Init(ctx context.Context, req *pb.InitRequest) (*pb.InitResponse, error) {
-	s.initMu.Lock()
-	defer s.initMu.Unlock()
+func (y *sysServer) Init(ctx context.Context, req *pb.InitRequest) (*pb.InitResponse, error) {
+	y.initMu.Lock()
+	defer y.initMu.Unlock()
 	cfg := seal.Config{Shares: int(req.SecretShares), Threshold: int(req.SecretThreshold)}
 	if cfg.Shares == 0 && cfg.Threshold == 0 {
 		cfg = seal.Config{Shares: defaultShares, Threshold: defaultThreshold}
@@ -43,7 +75,7 @@ func (s *Server) Init(ctx context.Context, req *pb.InitRequest) (*pb.InitRespons
 	} else if len(token) > 128 || strings.ContainsAny(token, " \t\r\n") {
 		return nil, invalidf("root token must be at most 128 characters without spaces")
 	}
-	if _, err := s.fsm.SysGet(sysSealKey); err == nil {
+	if _, err := y.store.SysGet(sysSealKey); err == nil {
 		return nil, ErrAlreadyInitialized
 	}
 	res, err := seal.Initialize(cfg)
@@ -51,7 +83,7 @@ func (s *Server) Init(ctx context.Context, req *pb.InitRequest) (*pb.InitRespons
 		return nil, err
 	}
 	tk, tv := tokenEntry(token, []string{rootPolicy}, time.Now())
-	_, err = s.apply(ctx, &fsmCommand{
+	_, err = y.props.propose(ctx, &fsmpb.Command{
 		Op: fsmpb.Op_OP_SYS_PUT,
 		Sys: []*fsmpb.SysEntry{
 			{Key: sysSealKey, Value: res.Stored.Marshal()},
@@ -66,13 +98,13 @@ func (s *Server) Init(ctx context.Context, req *pb.InitRequest) (*pb.InitRespons
 	if err != nil {
 		return nil, err
 	}
-	s.logger.Info("initialized", "shares", cfg.Shares, "threshold", cfg.Threshold)
+	y.logger.Info("initialized", "shares", cfg.Shares, "threshold", cfg.Threshold)
 	return &pb.InitResponse{Keys: res.Shares, RootToken: token}, nil
 }
 
 // storedSeal loads the replicated seal record, or nil before init.
-func (s *Server) storedSeal() (*seal.Stored, error) {
-	raw, err := s.fsm.SysGet(sysSealKey)
+func (y *sysServer) storedSeal() (*seal.Stored, error) {
+	raw, err := y.store.SysGet(sysSealKey)
 	if errors.Is(err, fsm.ErrNotFound) {
 		return nil, nil
 	}
@@ -83,18 +115,18 @@ func (s *Server) storedSeal() (*seal.Stored, error) {
 }
 
 // Unseal adds one key share to this node's progress, or resets it.
-func (s *Server) Unseal(ctx context.Context, req *pb.UnsealRequest) (*pb.SealStatus, error) {
-	stored, err := s.storedSeal()
+func (y *sysServer) Unseal(ctx context.Context, req *pb.UnsealRequest) (*pb.SealStatus, error) {
+	stored, err := y.storedSeal()
 	if err != nil {
 		return nil, err
 	}
 	if req.Reset_ {
-		s.seal.ResetProgress()
-		return sealStatusPB(s.seal.Status(stored)), nil
+		y.keys.seal.ResetProgress()
+		return sealStatusPB(y.keys.seal.Status(stored)), nil
 	}
 	if stored == nil {
 		// This node may not have applied the init yet.
-		stored, err = s.awaitInit(ctx)
+		stored, err = y.awaitInit(ctx)
 		if err != nil {
 			return nil, err
 		}
@@ -102,68 +134,64 @@ func (s *Server) Unseal(ctx context.Context, req *pb.UnsealRequest) (*pb.SealSta
 	if stored == nil {
 		return nil, ErrNotInitialized
 	}
-	wrapped, err := s.fsm.SysGet(sysKeyringKey)
+	wrapped, err := y.store.SysGet(sysKeyringKey)
 	if err != nil {
 		return nil, fmt.Errorf("server: read keyring: %w", err)
 	}
-	wasSealed := s.seal.Sealed()
-	st, err := s.seal.Unseal(stored, wrapped, req.Key)
+	wasSealed := y.keys.seal.Sealed()
+	st, err := y.keys.seal.Unseal(stored, wrapped, req.Key)
 	if err != nil {
-		s.logger.Warn("unseal share rejected", "error", err)
+		y.logger.Warn("unseal share rejected", "error", err)
 		return nil, err
 	}
 	if wasSealed && !st.Sealed {
-		s.logger.Info("unsealed", "key_term", st.Term)
-		s.unsealedNode()
+		y.logger.Info("unsealed", "key_term", st.Term)
+		y.keys.unsealedNode()
 	}
 	return sealStatusPB(st), nil
 }
 
 // Seal drops this node's keys. The node keeps replicating and voting.
-func (s *Server) Seal(ctx context.Context, _ *pb.SealRequest) (*pb.SealStatus, error) {
+func (y *sysServer) Seal(ctx context.Context, _ *pb.SealRequest) (*pb.SealStatus, error) {
 	if err := requireRoot(ctx); err != nil {
 		return nil, err
 	}
-	s.sealNode()
-	s.logger.Info("sealed by request")
-	stored, err := s.storedSeal()
+	y.keys.sealNode()
+	y.logger.Info("sealed by request")
+	stored, err := y.storedSeal()
 	if err != nil {
 		return nil, err
 	}
-	return sealStatusPB(s.seal.Status(stored)), nil
+	return sealStatusPB(y.keys.seal.Status(stored)), nil
 }
 
 // Status reports the seal and Raft state of this node.
-func (s *Server) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusResponse, error) {
-	stored, err := s.storedSeal()
+func (y *sysServer) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusResponse, error) {
+	stored, err := y.storedSeal()
 	if err != nil {
 		return nil, err
 	}
-	st := s.seal.Status(stored)
-	leaderID, _ := s.raft.Leader()
+	st := y.keys.seal.Status(stored)
+	leaderID, _ := y.raft.Leader()
 	resp := &pb.StatusResponse{
 		Seal:           sealStatusPB(st),
-		NodeId:         s.cfg.NodeID,
-		RaftState:      s.raft.State(),
+		NodeId:         y.nodeID,
+		RaftState:      y.raft.State(),
 		LeaderId:       leaderID,
-		Term:           s.raft.Term(),
-		AppliedIndex:   s.fsm.AppliedIndex(),
-		CommitIndex:    s.raft.CommitIndex(),
+		Term:           y.raft.Term(),
+		AppliedIndex:   y.store.AppliedIndex(),
+		CommitIndex:    y.raft.CommitIndex(),
 		Version:        Version,
 		KeyTerm:        st.Term,
-		LastContactMs:  s.lastContactMs(),
+		LastContactMs:  lastContactMs(y.raft),
 		MemoryRssBytes: residentMemory(),
 	}
-	if leaderID == s.cfg.NodeID {
-		resp.LeaderAddress = s.advertisedAPI()
-	} else {
-		_, resp.LeaderAddress = s.leader()
-	}
-	if stored == nil && !s.raft.IsLeader() && !wasForwarded(ctx) {
+	_, resp.LeaderAddress = y.link.leader()
+	if stored == nil && !y.raft.IsLeader() && !wasForwarded(ctx) {
 		// This node may not have applied the init yet (it just joined, or
 		// it rebuilds its state): the leader knows whether the cluster is
 		// initialized.
-		if ls, err := s.leaderStatus(ctx); err == nil && ls.Seal.GetInitialized() {
+		if ls, err := y.link.leaderStatus(ctx); err == nil && ls.Seal.GetInitialized() {
 			resp.Seal.Initialized = true
 			resp.Seal.Threshold, resp.Seal.Shares = ls.Seal.GetThreshold(), ls.Seal.GetShares()
 		}
@@ -172,63 +200,31 @@ func (s *Server) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusRes
 }
 
 // Rotate adds a data-key term, replicates the new keyring and installs it.
-func (s *Server) Rotate(ctx context.Context, _ *pb.RotateRequest) (*pb.RotateResponse, error) {
+func (y *sysServer) Rotate(ctx context.Context, _ *pb.RotateRequest) (*pb.RotateResponse, error) {
 	if err := requireRoot(ctx); err != nil {
 		return nil, err
 	}
-	s.rotateMu.Lock()
-	defer s.rotateMu.Unlock()
-	if !s.raft.IsLeader() {
-		return nil, s.notLeaderError()
+	y.rotateMu.Lock()
+	defer y.rotateMu.Unlock()
+	if !y.raft.IsLeader() {
+		return nil, y.link.notLeaderError()
 	}
-	wrapped, term, err := s.seal.Rotate()
+	wrapped, term, err := y.keys.seal.Rotate()
 	if err != nil {
 		return nil, err
 	}
-	r, err := s.apply(ctx, &fsmCommand{
+	r, err := y.props.propose(ctx, &fsmpb.Command{
 		Op:  fsmpb.Op_OP_SYS_PUT,
 		Sys: []*fsmpb.SysEntry{{Key: sysKeyringKey, Value: wrapped}},
 	})
 	if err != nil {
 		return nil, err
 	}
-	if err := s.seal.InstallKeyring(wrapped); err != nil {
+	if err := y.keys.seal.InstallKeyring(wrapped); err != nil {
 		return nil, err
 	}
-	s.logger.Info("rotated data key", "key_term", term)
+	y.logger.Info("rotated data key", "key_term", term)
 	return &pb.RotateResponse{Term: term, Index: r.Index}, nil
-}
-
-// reloadKeyring installs the newest replicated keyring.
-func (s *Server) reloadKeyring() error {
-	wrapped, err := s.fsm.SysGet(sysKeyringKey)
-	if err != nil {
-		return err
-	}
-	return s.seal.InstallKeyring(wrapped)
-}
-
-// DevInfo is what a dev server prints at start: the single unseal key and
-// the root token.
-type DevInfo struct {
-	UnsealKey []byte
-	RootToken string
-}
-
-// DevInit initializes a fresh dev node with one key share (and rootToken
-// when non-empty) and unseals it. It waits for the node to lead first.
-func (s *Server) DevInit(ctx context.Context, rootToken string) (*DevInfo, error) {
-	if err := s.WaitLeaderReady(ctx); err != nil {
-		return nil, err
-	}
-	res, err := s.Init(ctx, &pb.InitRequest{SecretShares: 1, SecretThreshold: 1, RootToken: rootToken})
-	if err != nil {
-		return nil, err
-	}
-	if _, err := s.Unseal(ctx, &pb.UnsealRequest{Key: res.Keys[0]}); err != nil {
-		return nil, err
-	}
-	return &DevInfo{UnsealKey: res.Keys[0], RootToken: res.RootToken}, nil
 }
 
 func sealStatusPB(st seal.Status) *pb.SealStatus {
@@ -241,19 +237,6 @@ func sealStatusPB(st seal.Status) *pb.SealStatus {
 	}
 }
 
-// lastContactMs is the time since this node heard from the leader; 0 on
-// the leader.
-func (s *Server) lastContactMs() int64 {
-	if s.raft.IsLeader() {
-		return 0
-	}
-	lc := s.raft.LastContact()
-	if lc.IsZero() {
-		return -1
-	}
-	return time.Since(lc).Milliseconds()
-}
-
 // awaitInit gives a follower the chance to apply an init its leader has
 // committed but it has not applied yet (just after init, when it joined,
 // or while it rebuilds its state after a machine crash): it waits for a
@@ -261,92 +244,34 @@ func (s *Server) lastContactMs() int64 {
 // which index, and waits for that index. It returns nil when the leader
 // says the cluster is not initialized, ErrCatchingUp when it cannot tell
 // or has not caught up in time.
-func (s *Server) awaitInit(ctx context.Context) (*seal.Stored, error) {
+func (y *sysServer) awaitInit(ctx context.Context) (*seal.Stored, error) {
 	ctx, cancel := context.WithTimeout(ctx, awaitInitTimeout)
 	defer cancel()
 	var st *pb.StatusResponse
-	err := s.untilLeaderAnswers(ctx, func() (err error) {
-		if s.raft.IsLeader() {
+	err := y.link.untilLeaderAnswers(ctx, func() (err error) {
+		if y.raft.IsLeader() {
 			// A ready leader has applied every earlier entry: its own
 			// state is the answer.
 			st = nil
-			return s.raft.WaitReadyLeader(ctx)
+			return y.raft.WaitReadyLeader(ctx)
 		}
-		st, err = s.leaderStatus(ctx)
+		st, err = y.link.leaderStatus(ctx)
 		return err
 	})
 	if err != nil {
-		return nil, withMessage(ErrCatchingUp, "node %s has no seal configuration yet and could not ask a leader whether the cluster is initialized (%v): retry once a leader is elected", s.cfg.NodeID, err)
+		return nil, withMessage(ErrCatchingUp, "node %s has no seal configuration yet and could not ask a leader whether the cluster is initialized (%v): retry once a leader is elected", y.nodeID, err)
 	}
 	if st == nil {
-		return s.storedSeal()
+		return y.storedSeal()
 	}
 	if !st.Seal.GetInitialized() {
 		return nil, nil
 	}
-	if err := s.fsm.WaitApplied(ctx, st.AppliedIndex); err != nil {
-		return nil, withMessage(ErrCatchingUp, "node %s is still catching up with the leader (applied %d of %d): retry the unseal shortly", s.cfg.NodeID, s.fsm.AppliedIndex(), st.AppliedIndex)
+	if err := y.store.WaitApplied(ctx, st.AppliedIndex); err != nil {
+		return nil, withMessage(ErrCatchingUp, "node %s is still catching up with the leader (applied %d of %d): retry the unseal shortly", y.nodeID, y.store.AppliedIndex(), st.AppliedIndex)
 	}
-	return s.storedSeal()
+	return y.storedSeal()
 }
 
 // awaitInitTimeout bounds awaitInit.
 const awaitInitTimeout = 5 * time.Second
-
-// leaderStatus asks the current leader for its status.
-func (s *Server) leaderStatus(ctx context.Context) (*pb.StatusResponse, error) {
-	id, addr := s.leader()
-	if addr == "" || id == s.cfg.NodeID {
-		return nil, s.notLeaderError()
-	}
-	return s.peerStatus(ctx, addr)
-}
-
-// peerStatus asks the node at API address addr for its status, within a
-// second. The call is marked as forwarded, so the peer answers from its
-// own state and never asks on.
-func (s *Server) peerStatus(ctx context.Context, addr string) (*pb.StatusResponse, error) {
-	conn, err := s.peers.conn(addr)
-	if err != nil {
-		return nil, err
-	}
-	ctx, cancel := context.WithTimeout(ctx, time.Second)
-	defer cancel()
-	ctx = metadata.NewOutgoingContext(ctx, metadata.Pairs(forwardedKey, s.cfg.NodeID))
-	return pb.NewSysClient(conn).Status(ctx, &pb.StatusRequest{})
-}
-
-// leaderRetry is the pause before asking a known leader again after it
-// did not answer.
-const leaderRetry = 100 * time.Millisecond
-
-// untilLeaderAnswers calls f until it succeeds or ctx ends, and returns
-// f's last error. Between two calls it waits for the leader to change (no
-// leader known yet, or another one elected), or leaderRetry when the same
-// leader did not answer.
-func (s *Server) untilLeaderAnswers(ctx context.Context, f func() error) error {
-	for {
-		id, changed := s.raft.Following()
-		err := f()
-		if err == nil {
-			return nil
-		}
-		var retry <-chan time.Time
-		var t *time.Timer
-		if id != "" {
-			t = time.NewTimer(leaderRetry)
-			retry = t.C
-		}
-		select {
-		case <-ctx.Done():
-		case <-changed:
-		case <-retry:
-		}
-		if t != nil {
-			t.Stop()
-		}
-		if ctx.Err() != nil {
-			return err
-		}
-	}
-}

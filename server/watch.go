@@ -17,7 +17,7 @@ import (
 const watchProgressEvery = 5 * time.Second
 
 // Watch streams changes under a prefix as this node applies them.
-func (s *Server) Watch(req *pb.WatchRequest, stream pb.KV_WatchServer) error {
+func (k *kvServer) Watch(req *pb.WatchRequest, stream pb.KV_WatchServer) error {
 	prefix := req.Prefix
 	if prefix == "" {
 		prefix = DefaultMount
@@ -31,19 +31,19 @@ func (s *Server) Watch(req *pb.WatchRequest, stream pb.KV_WatchServer) error {
 	ctx := stream.Context()
 	from := req.FromIndex
 	if from == 0 {
-		from = s.fsm.AppliedIndex()
-		if err := stream.Send(&pb.WatchEvent{Type: pb.WatchEvent_PROGRESS, Index: from, NodeId: s.cfg.NodeID}); err != nil {
+		from = k.store.AppliedIndex()
+		if err := stream.Send(&pb.WatchEvent{Type: pb.WatchEvent_PROGRESS, Index: from, NodeId: k.nodeID}); err != nil {
 			return err
 		}
 	}
 	for {
-		if s.seal.Sealed() {
+		if k.keys.Sealed() {
 			return seal.ErrSealed
 		}
-		applied := s.fsm.AppliedIndex()
-		changes, err := s.fsm.ChangesSince(from, prefix, 256)
+		applied := k.store.AppliedIndex()
+		changes, err := k.store.ChangesSince(from, prefix, 256)
 		if errors.Is(err, fsm.ErrCompacted) {
-			return stream.Send(&pb.WatchEvent{Type: pb.WatchEvent_COMPACTED, Index: applied, NodeId: s.cfg.NodeID})
+			return stream.Send(&pb.WatchEvent{Type: pb.WatchEvent_COMPACTED, Index: applied, NodeId: k.nodeID})
 		}
 		if err != nil {
 			return err
@@ -51,7 +51,7 @@ func (s *Server) Watch(req *pb.WatchRequest, stream pb.KV_WatchServer) error {
 		for _, c := range changes {
 			if err := stream.Send(&pb.WatchEvent{
 				Type: pb.WatchEvent_CHANGE, Index: c.Index, Path: c.Path, Op: c.Op,
-				Version: c.Version, Versions: c.Versions, NodeId: s.cfg.NodeID,
+				Version: c.Version, Versions: c.Versions, NodeId: k.nodeID,
 			}); err != nil {
 				return err
 			}
@@ -62,14 +62,14 @@ func (s *Server) Watch(req *pb.WatchRequest, stream pb.KV_WatchServer) error {
 		}
 		from = max(from, applied)
 		wctx, cancel := context.WithTimeout(ctx, watchProgressEvery)
-		unhook := context.AfterFunc(s.stopCtx, cancel)
-		err = s.fsm.WaitApplied(wctx, from+1)
+		unhook := context.AfterFunc(k.stopCtx, cancel)
+		err = k.store.WaitApplied(wctx, from+1)
 		unhook()
 		cancel()
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-s.stop:
+		case <-k.stopCtx.Done():
 			return fmt.Errorf("%w: node is shutting down", errShuttingDown)
 		default:
 		}
@@ -78,7 +78,7 @@ func (s *Server) Watch(req *pb.WatchRequest, stream pb.KV_WatchServer) error {
 				return errShuttingDown
 			}
 			// Idle: tell the client how far it has seen.
-			if err := stream.Send(&pb.WatchEvent{Type: pb.WatchEvent_PROGRESS, Index: from, NodeId: s.cfg.NodeID}); err != nil {
+			if err := stream.Send(&pb.WatchEvent{Type: pb.WatchEvent_PROGRESS, Index: from, NodeId: k.nodeID}); err != nil {
 				return err
 			}
 		}
