@@ -134,7 +134,9 @@ func (l *leaderLink) forward(ctx context.Context, r route.Route, req proto.Messa
 		if l.raft.IsLeader() {
 			return nil, false, nil
 		}
-		if id, addr := l.leader(); addr != "" && id != l.nodeID {
+		_, changed := l.raft.Following()
+		id, addr := l.leader()
+		if addr != "" && id != l.nodeID {
 			conn, err := l.conns.conn(addr)
 			if err != nil {
 				return nil, true, err
@@ -161,15 +163,25 @@ func (l *leaderLink) forward(ctx context.Context, r route.Route, req proto.Messa
 			}
 			l.logger.Debug("forward to leader failed, retrying", "method", method, "leader", addr, "error", err)
 		}
-		// No leader, or it could not take the call: poll again after a
-		// short jittered pause (10-120 ms; the leader's address is known
-		// locally from Raft and gossip, so a poll costs nothing), within
-		// the hold time.
-		pause := time.Duration(10+mrand.IntN(20)) * time.Millisecond << min(attempt, 2)
-		t := time.NewTimer(pause)
+		// Wait for the next leader (an event from Raft), within the hold
+		// time. While a leader is known but could not take the call, or
+		// gossip has not brought its address yet, try it again after a
+		// short jittered pause (10-120 ms) too.
+		var again <-chan time.Time
+		var t *time.Timer
+		if id != "" {
+			t = time.NewTimer(time.Duration(10+mrand.IntN(20)) * time.Millisecond << min(attempt, 2))
+			again = t.C
+		}
 		select {
 		case <-hold.Done():
+		case <-changed:
+		case <-again:
+		}
+		if t != nil {
 			t.Stop()
+		}
+		if hold.Err() != nil {
 			if ctx.Err() != nil {
 				return nil, true, ctx.Err()
 			}
@@ -177,7 +189,6 @@ func (l *leaderLink) forward(ctx context.Context, r route.Route, req proto.Messa
 				return nil, true, lastErr
 			}
 			return nil, true, withMessage(replication.ErrNoLeader, "no leader elected within %s: retry, or check that a quorum of nodes is up", forwardHold)
-		case <-t.C:
 		}
 	}
 }
