@@ -140,11 +140,33 @@ func newGossip(cfg GossipConfig, local MemberMeta, logger hclog.Logger) (*gossip
 
 	ml, err := memberlist.Create(mc)
 	if err != nil {
+		// memberlist reports a bind failure as text only: find out
+		// whether the address is taken, so that callers can tell (and
+		// say "pick another -gossip-addr") by errors.Is.
+		if berr := bindError(cfg.BindAddr); berr != nil {
+			return nil, fmt.Errorf("replication: start gossip on %s: %w (pick another -gossip-addr)", cfg.BindAddr, berr)
+		}
 		return nil, fmt.Errorf("replication: start gossip on %s: %w", cfg.BindAddr, err)
 	}
 	g.ml = ml
 	g.addr = ml.LocalNode().Address()
 	return g, nil
+}
+
+// bindError returns the error of listening on addr (TCP, then UDP, as
+// memberlist does), or nil when both can be bound.
+func bindError(addr string) error {
+	l, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	l.Close()
+	u, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		return err
+	}
+	u.Close()
+	return nil
 }
 
 // resolveAdvertise turns "host" or "host:port" into the IP and port memberlist

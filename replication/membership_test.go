@@ -3,7 +3,9 @@ package replication
 import (
 	"context"
 	"errors"
+	"net"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -151,5 +153,23 @@ func TestNoGossipSingleNode(t *testing.T) {
 	ctx := context.Background()
 	if err := n.TransferLeadershipTo(ctx, "n1"); !errors.Is(err, ErrUnknownServer) {
 		t.Fatalf("transfer to self: %v", err)
+	}
+}
+
+// TestGossipPortTakenIsTyped: a gossip address another process holds fails
+// New with an error that errors.Is finds as EADDRINUSE (memberlist itself
+// reports it as text only).
+func TestGossipPortTakenIsTyped(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	logs := newLogSink(t)
+	c := clusterConfig(t, logs, "taken")
+	c.Bootstrap = true
+	c.Gossip.BindAddr = l.Addr().String()
+	if _, err := tryStartNode(t, c); !errors.Is(err, syscall.EADDRINUSE) {
+		t.Fatalf("start on a taken gossip port: %v, want EADDRINUSE", err)
 	}
 }

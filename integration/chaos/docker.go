@@ -162,16 +162,49 @@ func NewDocker(ctx context.Context, opts DockerOptions) (*Docker, error) {
 // createNetwork creates the cluster network on a /24 of 10.213.0.0/16
 // that no other network uses (fixed addresses need a subnet of our own).
 func (d *Docker) createNetwork(ctx context.Context) error {
-	var err error
-	for range 10 {
+	used, err := d.subnetsInUse(ctx)
+	if err != nil {
+		return err
+	}
+	// A subnet listed as free may still overlap a wider one: try a few.
+	tries := 0
+	for range 256 {
 		d.subnet = fmt.Sprintf("10.213.%d", mrand.IntN(256))
+		if used[d.subnet+".0/24"] {
+			continue
+		}
+		used[d.subnet+".0/24"] = true
 		_, err = docker(ctx, "network", "create", "--driver", "bridge", "--label", "coffer-chaos=1",
 			"--subnet", d.subnet+".0/24", d.opts.Prefix)
-		if err == nil || !strings.Contains(err.Error(), "overlap") {
+		if tries++; err == nil || tries == 5 {
 			return err
 		}
 	}
-	return err
+	if err != nil {
+		return err
+	}
+	return fmt.Errorf("no free /24 in 10.213.0.0/16 for the chaos network: remove old networks (docker network prune)")
+}
+
+// subnetsInUse lists the subnets of the engine's networks, so that the
+// cluster network gets one no other network overlaps.
+func (d *Docker) subnetsInUse(ctx context.Context) (map[string]bool, error) {
+	ids, err := docker(ctx, "network", "ls", "-q")
+	if err != nil {
+		return nil, err
+	}
+	used := map[string]bool{}
+	if strings.TrimSpace(ids) == "" {
+		return used, nil
+	}
+	out, err := docker(ctx, append([]string{"network", "inspect", "--format", "{{range .IPAM.Config}}{{.Subnet}} {{end}}"}, strings.Fields(ids)...)...)
+	if err != nil {
+		return nil, err
+	}
+	for _, s := range strings.Fields(out) {
+		used[s] = true
+	}
+	return used, nil
 }
 
 // create creates node n's container on the default bridge (its published

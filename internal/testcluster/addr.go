@@ -5,8 +5,8 @@ import (
 	mrand "math/rand/v2"
 	"net"
 	"strconv"
-	"strings"
 	"sync"
+	"syscall"
 	"testing"
 )
 
@@ -92,5 +92,5 @@ func freeAddr() (string, error) {
 // addrInUse reports whether err says a port was taken (a port found free
 // may be taken since, by another process).
 func addrInUse(err error) bool {
-	return err != nil && strings.Contains(err.Error(), "address already in use")
+	return errors.Is(err, syscall.EADDRINUSE)
 }
