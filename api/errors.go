@@ -77,6 +77,7 @@ var retryableReasons = map[pb.ErrorReason]bool{
 	pb.ErrorReason_ENDPOINT_UNREACHABLE:  true,
 	pb.ErrorReason_ATTEMPT_TIMEOUT:       true,
 	pb.ErrorReason_CACHE_TOO_STALE:       true,
+	pb.ErrorReason_UPSTREAM_UNREACHABLE:  true,
 }
 
 // Retryable reports whether a call that failed with err may succeed on

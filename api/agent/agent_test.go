@@ -541,13 +541,19 @@ func TestAgentNoUpstream(t *testing.T) {
 	if status.Code(g.err) != codes.Unavailable || !strings.HasPrefix(status.Convert(g.err).Message(), "coffer agent: no upstream node could answer, and the agent holds no cached answer of secret/x for this token: ") {
 		t.Fatalf("get with no upstream: %s", g)
 	}
+	// The caller reached the agent: the reason says the agent reached no
+	// node, which is worth a retry but is no failure to reach the agent.
+	if api.Reason(g.err) != pb.ErrorReason_UPSTREAM_UNREACHABLE || !api.Retryable(g.err) || api.IsUnreachable(g.err) {
+		t.Fatalf("get with no upstream: reason %s", api.Reason(g.err))
+	}
 	st, err := ac.sys.Status(tctx(t), &pb.StatusRequest{})
 	if err != nil || st.LeaderId != "" || st.Seal.Sealed {
 		t.Fatalf("status: %v %v", st, err)
 	}
 	// Other calls say the answer is from upstream.
-	if _, err := ac.kv.List(as(t, "caller"), &pb.ListRequest{Path: "secret/"}); status.Code(err) != codes.Unavailable || !strings.HasPrefix(status.Convert(err).Message(), upstreamPrefix) {
-		t.Fatalf("list with no upstream: %v", err)
+	if _, err := ac.kv.List(as(t, "caller"), &pb.ListRequest{Path: "secret/"}); status.Code(err) != codes.Unavailable ||
+		!strings.HasPrefix(status.Convert(err).Message(), upstreamPrefix) || api.Reason(err) != pb.ErrorReason_UPSTREAM_UNREACHABLE {
+		t.Fatalf("list with no upstream: %v (reason %s)", err, api.Reason(err))
 	}
 
 	idle, err := New(testConfig(t, []string{testcluster.FreeAddr(t)}, ""))

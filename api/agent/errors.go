@@ -76,6 +76,10 @@ func (a *Agent) toStatus(method string, err error) error {
 		return api.StatusError(codes.Internal, pb.ErrorReason_INTERNAL, "coffer agent: internal error: see the agent's log")
 	}
 	if fromUpstream(err) && st.Code() == codes.Unavailable {
+		if api.IsUnreachable(err) {
+			// The caller reached the agent; the agent reached no node.
+			return api.StatusError(codes.Unavailable, pb.ErrorReason_UPSTREAM_UNREACHABLE, upstreamPrefix+st.Message())
+		}
 		return restate(st, upstreamPrefix+st.Message())
 	}
 	return st.Err()

@@ -72,7 +72,12 @@ func (a *Agent) getError(path string, err error) error {
 		why = "the agent serves no stale answers (-max-stale=0)"
 	}
 	st := status.Convert(err)
-	return restate(st, fmt.Sprintf("coffer agent: no upstream node could answer, and %s: %s", why, st.Message()))
+	msg := fmt.Sprintf("coffer agent: no upstream node could answer, and %s: %s", why, st.Message())
+	if api.IsUnreachable(err) {
+		// The caller reached the agent; the agent reached no node.
+		return api.StatusError(codes.Unavailable, pb.ErrorReason_UPSTREAM_UNREACHABLE, msg)
+	}
+	return restate(st, msg)
 }
 
 // List lists keys through the cluster (not cached).

@@ -138,6 +138,7 @@ const (
 	ErrorReason_ENDPOINT_UNREACHABLE ErrorReason = 90 // UNAVAILABLE: the endpoint could not be reached
 	ErrorReason_ATTEMPT_TIMEOUT      ErrorReason = 91 // UNAVAILABLE: the endpoint did not answer within the attempt timeout
 	ErrorReason_CACHE_TOO_STALE      ErrorReason = 92 // UNAVAILABLE: no node answered and the cached value is past its stale budget
+	ErrorReason_UPSTREAM_UNREACHABLE ErrorReason = 93 // UNAVAILABLE: an agent could not reach any node of its cluster
 )
 
 // Enum value maps for ErrorReason.
@@ -187,6 +188,7 @@ var (
 		90: "ENDPOINT_UNREACHABLE",
 		91: "ATTEMPT_TIMEOUT",
 		92: "CACHE_TOO_STALE",
+		93: "UPSTREAM_UNREACHABLE",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED": 0,
@@ -233,6 +235,7 @@ var (
 		"ENDPOINT_UNREACHABLE":     90,
 		"ATTEMPT_TIMEOUT":          91,
 		"CACHE_TOO_STALE":          92,
+		"UPSTREAM_UNREACHABLE":     93,
 	}
 )
 
@@ -426,7 +429,7 @@ const file_coffer_v1_common_proto_rawDesc = "" +
 	"\vConsistency\x12\x17\n" +
 	"\x13CONSISTENCY_DEFAULT\x10\x00\x12\x15\n" +
 	"\x11CONSISTENCY_STALE\x10\x01\x12\x1c\n" +
-	"\x18CONSISTENCY_LINEARIZABLE\x10\x02*\xea\x06\n" +
+	"\x18CONSISTENCY_LINEARIZABLE\x10\x02*\x84\a\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +
@@ -475,7 +478,8 @@ const file_coffer_v1_common_proto_rawDesc = "" +
 	"\bINTERNAL\x10R\x12\x18\n" +
 	"\x14ENDPOINT_UNREACHABLE\x10Z\x12\x13\n" +
 	"\x0fATTEMPT_TIMEOUT\x10[\x12\x13\n" +
-	"\x0fCACHE_TOO_STALE\x10\\B\x1eZ\x1ccoffer/api/cofferpb;cofferpbb\x06proto3"
+	"\x0fCACHE_TOO_STALE\x10\\\x12\x18\n" +
+	"\x14UPSTREAM_UNREACHABLE\x10]B\x1eZ\x1ccoffer/api/cofferpb;cofferpbb\x06proto3"
 
 var (
 	file_coffer_v1_common_proto_rawDescOnce sync.Once
