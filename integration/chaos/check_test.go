@@ -213,13 +213,18 @@ func TestMeasure(t *testing.T) {
 		{Client: 5, Kind: OpRead, Key: k, Start: at(140), End: at(141), Err: "Unavailable"},
 		staleRead(6, k, "a", 2, 200, 201),
 		read(4, k, "d", 5, 950, 951),  // after Healed: counted, no latency
+		failedLinRead(7, k, 150, 160), // counted apart from the failed reads
+		linRead(7, k, "c", 4, 700, 701),
 	}
 	fig := Measure(ops, f)
 	if fig.WriteUnavailableMs != 599 || fig.FirstWriteMs != 1 {
 		t.Errorf("unavailable %vms (want 599), first write %vms (want 1)", fig.WriteUnavailableMs, fig.FirstWriteMs)
 	}
-	if fig.Writes != 2 || fig.FailedWrites != 1 || fig.Reads != 5 || fig.FailedReads != 1 || fig.StaleReads != 1 {
+	if fig.Writes != 2 || fig.FailedWrites != 1 || fig.Reads != 7 || fig.FailedReads != 1 || fig.StaleReads != 1 {
 		t.Errorf("counts: %+v", fig)
+	}
+	if fig.LinearizableReads != 2 || fig.FailedLinearizableReads != 1 {
+		t.Errorf("linearizable read counts: %+v", fig)
 	}
 	if fig.ReadP99Ms != 200 || fig.WriteP99Ms != 450 || fig.FaultMs != 800 || fig.WindowMs != 900 {
 		t.Errorf("latencies and durations: %+v", fig)
@@ -231,8 +236,32 @@ func TestMeasure(t *testing.T) {
 	if s := Summarize([]Figures{{Kind: "k", WriteUnavailableMs: 300}, {Kind: "k", WriteUnavailableMs: 100}, {Kind: "k", WriteUnavailableMs: 200}}); s[0].MedianWriteUnavailableMs != 200 || s[0].WorstWriteUnavailableMs != 300 || s[0].Count != 3 {
 		t.Errorf("summary: %+v", s)
 	}
+	if s := Summarize([]Figures{{Kind: "k", LinearizableReads: 5, FailedLinearizableReads: 1}, {Kind: "k", LinearizableReads: 2, FailedLinearizableReads: 2}}); s[0].LinearizableReads != 7 || s[0].FailedLinearizableReads != 3 {
+		t.Errorf("summary of the linearizable reads: %+v", s)
+	}
 	if p := p99(nil); p != 0 || math.IsNaN(float64(p)) {
 		t.Errorf("p99 of nothing: %v", p)
 	}
 }
 
+func TestLoadConsistencyMix(t *testing.T) {
+	l := &Load{cfg: LoadConfig{}.withDefaults()}
+	var got []string
+	for seq := 1; seq <= 12; seq++ {
+		got = append(got, l.consistency(seq)[:1])
+	}
+	// d(efault), s(tale), l(inearizable): every 4th stale, every 3rd of
+	// the others linearizable.
+	if s := strings.Join(got, ""); s != "ddlsdldsldds" {
+		t.Errorf("reads 1..12 of a reader with the defaults: %s", s)
+	}
+	for _, c := range []struct {
+		stale, lin int
+		want       bool
+	}{{4, 3, true}, {-1, 1, true}, {4, -1, false}, {2, 4, false}, {1, 1, false}, {-1, 0, true}} {
+		l := &Load{cfg: LoadConfig{StaleEvery: c.stale, LinearizableEvery: c.lin}.withDefaults()}
+		if got := l.linearizableReads(); got != c.want {
+			t.Errorf("StaleEvery %d, LinearizableEvery %d: linearizable reads %v, want %v", c.stale, c.lin, got, c.want)
+		}
+	}
+}
