@@ -13,6 +13,10 @@
 //     fail); ten kills in a row with the production Raft timings, which log
 //     the failover figures; a graceful leader shutdown without a failed
 //     write.
+//   - linearizable_test.go: linearizable reads through clients with the
+//     stale fallback on, across two leader kills, checked with porcupine
+//     (integration/chaos's load and checks): never answered stale, only
+//     answered or failed.
 //   - partition_test.go: a follower cut off in a minority.
 //   - restart_test.go: a restarted node catches up while sealed.
 //   - membership_test.go: five nodes lose two; read replicas; dead members

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -380,7 +381,31 @@ func (n *Node) WaitForLeader(ctx context.Context) error {
 
 // VerifyLeader confirms with a quorum that this node is still the leader.
 func (n *Node) VerifyLeader(ctx context.Context) error {
-	return n.wait(ctx, n.raft.VerifyLeader())
+	f := n.raft.VerifyLeader()
+	endsAtShutdown(f, n.done)
+	return n.wait(ctx, f)
+}
+
+// endsAtShutdown makes future f answer once done is closed, when Raft
+// left it a way to (the ShutdownCh of its futures, hashicorp/raft#390) but
+// did not use it; it reports whether it did. VerifyLeader is such a
+// future: it is queued on a buffered channel, even by a Raft shutting down
+// (its select may pick the buffer), and once Raft's main loop has exited
+// nothing answers it. A goroutine waiting on its Error() then waits
+// forever: one leaked per linearizable read racing a shutdown. done is
+// closed after Raft has shut down, so only such a future is cut short.
+// The field is only read by Error(), which runs after this returns.
+func endsAtShutdown(f raft.Future, done chan struct{}) bool {
+	v := reflect.ValueOf(f)
+	if v.Kind() != reflect.Pointer || v.IsNil() || v.Elem().Kind() != reflect.Struct {
+		return false
+	}
+	ch := v.Elem().FieldByName("ShutdownCh")
+	if !ch.IsValid() || !ch.CanSet() || ch.Type() != reflect.TypeOf(done) || !ch.IsNil() {
+		return false
+	}
+	ch.Set(reflect.ValueOf(done))
+	return true
 }
 
 // Barrier waits until every entry committed before the call is applied to

@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
+
 	"coffer/fsm"
 	"coffer/fsm/fsmpb"
 )
@@ -155,5 +157,46 @@ func TestConfigValidate(t *testing.T) {
 		if err := c.Validate(); err == nil {
 			t.Errorf("%s: Validate accepted %+v", name, c)
 		}
+	}
+}
+
+// TestVerifyLeaderFutureEndsAtShutdown: hashicorp/raft queues a
+// VerifyLeader future on a buffered channel even once it has shut down,
+// and nothing answers it then; a linearizable read racing a node's
+// shutdown left a goroutine waiting on it forever. endsAtShutdown makes
+// such a future answer once the node is down.
+func TestVerifyLeaderFutureEndsAtShutdown(t *testing.T) {
+	n, f := openNode(t, t.TempDir())
+	defer f.Close()
+	if err := n.Shutdown(); err != nil {
+		t.Fatal(err)
+	}
+	queued := 0
+	for i := range 40 {
+		fut := n.raft.VerifyLeader()
+		if endsAtShutdown(fut, n.done) {
+			queued++
+		}
+		errc := make(chan error, 1)
+		go func() { errc <- fut.Error() }()
+		select {
+		case err := <-errc:
+			if !errors.Is(err, raft.ErrRaftShutdown) {
+				t.Fatalf("VerifyLeader %d after shutdown: %v, want %v", i, err, raft.ErrRaftShutdown)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("VerifyLeader %d after shutdown was not answered in 5s", i)
+		}
+	}
+	// Raft's select picks the queue or the shutdown at random: 40 calls
+	// that never queued would mean the case above was never tried.
+	if queued == 0 {
+		t.Fatal("no VerifyLeader future was queued after shutdown: the race was not exercised")
+	}
+	t.Logf("%d of 40 VerifyLeader futures were queued after shutdown", queued)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := n.VerifyLeader(ctx); !errors.Is(err, ErrShutdown) {
+		t.Fatalf("Node.VerifyLeader after shutdown: %v, want ErrShutdown", err)
 	}
 }

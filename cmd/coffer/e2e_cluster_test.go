@@ -198,6 +198,42 @@ func (c *testCluster) others(n *clusterNode) []*clusterNode {
 	return out
 }
 
+// initAndUnseal initializes the cluster through node via (5 shares,
+// threshold 3) and keeps the root token; then it unseals each node with
+// its own 3 of the 5 shares right away, as a script would (a follower that
+// has not applied the init yet must still take them), and waits until
+// every node answers `coffer status` unsealed.
+func (c *testCluster) initAndUnseal(t *testing.T, via *clusterNode) {
+	t.Helper()
+	r := c.on(t, via, "operator", "init", "-key-shares=5", "-key-threshold=3", "-format=json")
+	if r.code != 0 {
+		t.Fatalf("init through %s: %s\n%s", via.id, r, c.logs())
+	}
+	var ini initJSON
+	decodeJSON(t, r, &ini)
+	if len(ini.UnsealKeysB64) != 5 || ini.RootToken == "" {
+		t.Fatalf("init: %+v", ini)
+	}
+	c.token = ini.RootToken
+	for i, n := range c.nodes {
+		for _, k := range []string{ini.UnsealKeysB64[i], ini.UnsealKeysB64[i+1], ini.UnsealKeysB64[i+2]} {
+			if r := runCLI(t, nil, "", "operator", "unseal", "-address="+n.addr, k); r.code != 0 {
+				t.Fatalf("unseal %s: %s", n.id, r)
+			}
+		}
+	}
+	for _, n := range c.nodes {
+		if err := poll(30*time.Second, func() error {
+			if r := c.on(t, n, "status"); r.code != 0 {
+				return fmt.Errorf("%s: %s", n.id, r)
+			}
+			return nil
+		}); err != nil {
+			t.Fatalf("node not unsealed: %v\n%s", err, c.logs())
+		}
+	}
+}
+
 // jsonUnmarshalStrict decodes s into v, refusing unknown fields; it
 // reports instead of failing the test, for use inside poll.
 func jsonUnmarshalStrict(s string, v any) error {
@@ -231,38 +267,8 @@ func TestCluster(t *testing.T) {
 		}
 	}
 
-	// Init through a follower.
-	r = c.on(t, follower, "operator", "init", "-key-shares=5", "-key-threshold=3", "-format=json")
-	if r.code != 0 {
-		t.Fatalf("init through follower %s: %s\n%s", follower.id, r, c.logs())
-	}
-	var ini initJSON
-	decodeJSON(t, r, &ini)
-	if len(ini.UnsealKeysB64) != 5 || ini.RootToken == "" {
-		t.Fatalf("init: %+v", ini)
-	}
-	c.token = ini.RootToken
-
-	// Unseal each node with its own 3 of the 5 shares, right away, as a
-	// script would: a follower that has not applied the init yet must
-	// still take them.
-	for i, n := range c.nodes {
-		for _, k := range []string{ini.UnsealKeysB64[i], ini.UnsealKeysB64[i+1], ini.UnsealKeysB64[i+2]} {
-			if r := runCLI(t, nil, "", "operator", "unseal", "-address="+n.addr, k); r.code != 0 {
-				t.Fatalf("unseal %s: %s", n.id, r)
-			}
-		}
-	}
-	for _, n := range c.nodes {
-		if err := poll(30*time.Second, func() error {
-			if r := c.on(t, n, "status"); r.code != 0 {
-				return fmt.Errorf("%s: %s", n.id, r)
-			}
-			return nil
-		}); err != nil {
-			t.Fatalf("node not unsealed: %v\n%s", err, c.logs())
-		}
-	}
+	// Init through a follower, unseal every node.
+	c.initAndUnseal(t, follower)
 
 	// Write through node 2, read stale on node 3 at the write's index.
 	n2, n3 := c.nodes[1], c.nodes[2]

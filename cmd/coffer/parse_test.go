@@ -227,6 +227,30 @@ func TestClientConfig(t *testing.T) {
 	}
 }
 
+// TestStaleFallbackFlag: -stale-fallback=false of a read turns the
+// client's stale fallback off; without it, or =true, it stays on.
+func TestStaleFallbackFlag(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		off  bool
+	}{
+		{[]string{"secret/x"}, false},
+		{[]string{"-stale-fallback=true", "secret/x"}, false},
+		{[]string{"-stale-fallback=false", "secret/x"}, true},
+		{[]string{"-stale-fallback=0", "-consistency=linearizable", "secret/x"}, true},
+	} {
+		e, _, _ := testEnv("", nil)
+		o, err := parseKVGet(e, c.args)
+		if err != nil {
+			t.Fatalf("%q: %v", c.args, err)
+		}
+		cfg, err := o.flags.clientConfig(e)
+		if err != nil || cfg.DisableStaleFallback != c.off {
+			t.Errorf("%q: DisableStaleFallback %v (%v), want %v", c.args, cfg.DisableStaleFallback, err, c.off)
+		}
+	}
+}
+
 // TestUsageErrors runs command lines that fail before any call, in process.
 func TestUsageErrors(t *testing.T) {
 	tests := []struct {
@@ -243,6 +267,7 @@ func TestUsageErrors(t *testing.T) {
 		{args: []string{"kv", "get", "-format=xml", "secret/x"}, code: 1, wantErr: `invalid -format "xml": want table or json`},
 		{args: []string{"kv", "get", "-consistency=eventual", "secret/x"}, code: 1, wantErr: `invalid -consistency "eventual"`},
 		{args: []string{"kv", "get", "-version=x", "secret/x"}, code: 1, wantErr: `invalid value "x" for flag -version`},
+		{args: []string{"kv", "get", "-stale-fallback=maybe", "secret/x"}, code: 1, wantErr: `invalid value "maybe" for flag -stale-fallback: want true or false`},
 		{args: []string{"kv", "put", "secret/x"}, code: 1, wantErr: "give at least one KEY=VALUE"},
 		{args: []string{"kv", "put", "secret/x", "novalue"}, code: 1, wantErr: `invalid argument "novalue"`},
 		{args: []string{"kv", "put", "-cas=-1", "secret/x", "a=b"}, code: 1, wantErr: "want a non-negative integer"},

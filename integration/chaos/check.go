@@ -79,8 +79,8 @@ func ReadFinal(ctx context.Context, endpoints []string, token string, keys []str
 // Violation is one broken promise found in a history.
 type Violation struct {
 	// Check names the property: lost-write, wrong-version, duplicate,
-	// phantom, not-linearizable, linearizability-unknown, went-back,
-	// bad-read, failed-read.
+	// phantom, not-linearizable, linearizability-unknown,
+	// linearizable-downgraded, went-back, bad-read, failed-read.
 	Check  string `json:"check"`
 	Detail string `json:"detail"`
 }
@@ -100,6 +100,12 @@ type Report struct {
 	StaleReads      int `json:"stale_reads"`
 	CachedReads     int `json:"cached_reads"`
 	FailedReads     int `json:"failed_reads"`
+	// LinearizableReads and FailedLinearizableReads count the reads that
+	// asked for linearizable consistency and succeeded or failed (the
+	// latter are in FailedReads too). A linearizable read has no fallback:
+	// while no leader can confirm it, it fails, and that breaks no promise.
+	LinearizableReads       int `json:"linearizable_reads"`
+	FailedLinearizableReads int `json:"failed_linearizable_reads"`
 	// FailedWriteSamples describe the first failed writes (they break no
 	// promise when they took effect or left no trace, but say why).
 	FailedWriteSamples []string `json:"failed_write_samples,omitempty"`
@@ -199,9 +205,20 @@ func Check(ops []Op, final Final, opts CheckOptions) Report {
 		case !op.OK():
 			r.Reads++
 			r.FailedReads++
+			if op.Linearizable() {
+				r.FailedLinearizableReads++
+				break
+			}
 			r.add("failed-read", "%s at %s", op, op.Start.Format("15:04:05.000"))
 		default:
 			r.Reads++
+			if op.Linearizable() {
+				r.LinearizableReads++
+			}
+			if op.Downgraded() {
+				r.add("linearizable-downgraded", "%s at %s: a linearizable read succeeds linearizably or fails, it is never answered stale, as a fallback or from the cache",
+					op, op.Start.Format("15:04:05.000"))
+			}
 			switch {
 			case op.Cached:
 				r.CachedReads++
@@ -282,9 +299,10 @@ var registerModel = porcupine.Model{
 
 // checkLinearizable checks, key by key, the acknowledged writes, the
 // failed writes that took effect (with no known end: they may have
-// happened any time after their start) and the fresh reads. A failed write
-// whose value is nowhere in the final history never happened and is left
-// out.
+// happened any time after their start) and the fresh reads, every
+// successful linearizable read among them. A failed write whose value is
+// nowhere in the final history never happened and is left out; so are
+// failed reads, which returned nothing.
 func checkLinearizable(r *Report, ops []Op, where map[string]map[string]uint64, opts CheckOptions) {
 	if len(ops) == 0 {
 		return

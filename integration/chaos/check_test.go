@@ -35,6 +35,18 @@ func staleRead(client int, key, value string, version uint64, start, end int) Op
 	return op
 }
 
+func linRead(client int, key, value string, version uint64, start, end int) Op {
+	op := read(client, key, value, version, start, end)
+	op.Consistency = ConsistencyLinearizable
+	return op
+}
+
+func failedLinRead(client int, key string, start, end int) Op {
+	op := linRead(client, key, "", 0, start, end)
+	op.Err = "Unavailable: no leader"
+	return op
+}
+
 // checks returns the names of the violated checks.
 func checks(r Report) string {
 	var names []string
@@ -60,14 +72,20 @@ func TestCheckCorrectHistory(t *testing.T) {
 		// A stale read may be old, but not older than what its client saw.
 		staleRead(4, k, "a", 2, 80, 81),
 		staleRead(4, k, "b", 3, 82, 83),
+		// A linearizable read may fail (no leader could confirm it).
+		linRead(5, k, "b", 3, 84, 85),
+		failedLinRead(5, k, 86, 87),
 	}
 	final := Final{k: {{1, "init"}, {2, "a"}, {3, "b"}}}
 	r := Check(ops, final, CheckOptions{})
 	if len(r.Violations) > 0 {
 		t.Fatalf("violations on a correct history: %+v", r.Violations)
 	}
-	if r.AckedWrites != 2 || r.FailedWrites != 2 || r.AmbiguousWrites != 1 || r.FreshReads != 3 || r.StaleReads != 2 {
+	if r.AckedWrites != 2 || r.FailedWrites != 2 || r.AmbiguousWrites != 1 || r.FreshReads != 4 || r.StaleReads != 2 {
 		t.Errorf("counts: %+v", r)
+	}
+	if r.Reads != 7 || r.FailedReads != 1 || r.LinearizableReads != 1 || r.FailedLinearizableReads != 1 {
+		t.Errorf("read counts: %+v", r)
 	}
 }
 
@@ -118,6 +136,42 @@ func TestCheckFindsBrokenPromises(t *testing.T) {
 		final: Final{k: {{1, "init"}, {2, "a"}}},
 		want:  "bad-read",
 	}, {
+		// The negative control of the linearizable reads: what a client
+		// that answered one from an old state would leave in a history.
+		name:  "a linearizable read returns an older value than a write acknowledged before it began",
+		ops:   append(base, linRead(2, k, "init", 1, 30, 31)),
+		final: Final{k: {{1, "init"}, {2, "a"}}},
+		want:  "not-linearizable",
+	}, {
+		// The bug of the stale fallback: the answer was marked stale, and
+		// a checker that leaves stale reads out would have passed it.
+		name: "a linearizable read is answered by a stale fallback with an older value",
+		ops: append(base, func() Op {
+			op := linRead(2, k, "init", 1, 30, 31)
+			op.Stale, op.Fallback = true, true
+			return op
+		}()),
+		final: Final{k: {{1, "init"}, {2, "a"}}},
+		want:  "linearizable-downgraded,not-linearizable",
+	}, {
+		name: "a linearizable read is answered from the client cache",
+		ops: append(base, func() Op {
+			op := linRead(2, k, "a", 2, 30, 31)
+			op.Cached = true
+			return op
+		}()),
+		final: Final{k: {{1, "init"}, {2, "a"}}},
+		want:  "linearizable-downgraded",
+	}, {
+		name: "two linearizable reads see the writes in opposite orders",
+		ops: append(base,
+			write(1, k, "b", 3, 30, 100),
+			linRead(2, k, "b", 3, 40, 41),
+			linRead(3, k, "a", 2, 50, 51),
+		),
+		final: Final{k: {{1, "init"}, {2, "a"}, {3, "b"}}},
+		want:  "not-linearizable",
+	}, {
 		name:  "a read failed",
 		ops:   append(base, Op{Client: 2, Kind: OpRead, Key: k, Start: at(30), End: at(31), Err: "Unavailable: down"}),
 		final: Final{k: {{1, "init"}, {2, "a"}}},
@@ -158,14 +212,19 @@ func TestMeasure(t *testing.T) {
 		read(4, k, "a", 2, 130, 330),
 		{Client: 5, Kind: OpRead, Key: k, Start: at(140), End: at(141), Err: "Unavailable"},
 		staleRead(6, k, "a", 2, 200, 201),
-		read(4, k, "d", 5, 950, 951), // after Healed: counted, no latency
+		read(4, k, "d", 5, 950, 951),  // after Healed: counted, no latency
+		failedLinRead(7, k, 150, 160), // counted apart from the failed reads
+		linRead(7, k, "c", 4, 700, 701),
 	}
 	fig := Measure(ops, f)
 	if fig.WriteUnavailableMs != 599 || fig.FirstWriteMs != 1 {
 		t.Errorf("unavailable %vms (want 599), first write %vms (want 1)", fig.WriteUnavailableMs, fig.FirstWriteMs)
 	}
-	if fig.Writes != 2 || fig.FailedWrites != 1 || fig.Reads != 5 || fig.FailedReads != 1 || fig.StaleReads != 1 {
+	if fig.Writes != 2 || fig.FailedWrites != 1 || fig.Reads != 7 || fig.FailedReads != 1 || fig.StaleReads != 1 {
 		t.Errorf("counts: %+v", fig)
+	}
+	if fig.LinearizableReads != 2 || fig.FailedLinearizableReads != 1 {
+		t.Errorf("linearizable read counts: %+v", fig)
 	}
 	if fig.ReadP99Ms != 200 || fig.WriteP99Ms != 450 || fig.FaultMs != 800 || fig.WindowMs != 900 {
 		t.Errorf("latencies and durations: %+v", fig)
@@ -177,7 +236,32 @@ func TestMeasure(t *testing.T) {
 	if s := Summarize([]Figures{{Kind: "k", WriteUnavailableMs: 300}, {Kind: "k", WriteUnavailableMs: 100}, {Kind: "k", WriteUnavailableMs: 200}}); s[0].MedianWriteUnavailableMs != 200 || s[0].WorstWriteUnavailableMs != 300 || s[0].Count != 3 {
 		t.Errorf("summary: %+v", s)
 	}
+	if s := Summarize([]Figures{{Kind: "k", LinearizableReads: 5, FailedLinearizableReads: 1}, {Kind: "k", LinearizableReads: 2, FailedLinearizableReads: 2}}); s[0].LinearizableReads != 7 || s[0].FailedLinearizableReads != 3 {
+		t.Errorf("summary of the linearizable reads: %+v", s)
+	}
 	if p := p99(nil); p != 0 || math.IsNaN(float64(p)) {
 		t.Errorf("p99 of nothing: %v", p)
+	}
+}
+
+func TestLoadConsistencyMix(t *testing.T) {
+	l := &Load{cfg: LoadConfig{}.withDefaults()}
+	var got []string
+	for seq := 1; seq <= 12; seq++ {
+		got = append(got, l.consistency(seq)[:1])
+	}
+	// d(efault), s(tale), l(inearizable): every 4th stale, every 3rd of
+	// the others linearizable.
+	if s := strings.Join(got, ""); s != "ddlsdldsldds" {
+		t.Errorf("reads 1..12 of a reader with the defaults: %s", s)
+	}
+	for _, c := range []struct {
+		stale, lin int
+		want       bool
+	}{{4, 3, true}, {-1, 1, true}, {4, -1, false}, {2, 4, false}, {1, 1, false}, {-1, 0, true}} {
+		l := &Load{cfg: LoadConfig{StaleEvery: c.stale, LinearizableEvery: c.lin}.withDefaults()}
+		if got := l.linearizableReads(); got != c.want {
+			t.Errorf("StaleEvery %d, LinearizableEvery %d: linearizable reads %v, want %v", c.stale, c.lin, got, c.want)
+		}
 	}
 }

@@ -6,12 +6,16 @@
 //   - no acknowledged write is lost: its value is in its key's version
 //     history, at the version the write returned;
 //   - no value was written twice (a retried write made one version);
-//   - the operations that claim to be fresh (writes and non-stale reads)
-//     are linearizable, checked with porcupine against a register per key;
+//   - the operations that claim to be fresh (writes, non-stale reads and
+//     every successful linearizable read) are linearizable, checked with
+//     porcupine against a register per key;
+//   - no linearizable read was answered stale, as a fallback or from the
+//     client cache (it may fail instead: that is counted, not a violation);
 //   - no client saw a key go back in time, and every read, stale or not,
 //     returned a value that was written at the version it reported;
-//   - reads through the endpoint list kept succeeding while at least one
-//     node was up, and from the client cache while none was.
+//   - default and stale reads through the endpoint list kept succeeding
+//     while at least one node was up, and from the client cache while none
+//     was.
 //
 // It measures, per fault, the write unavailability (from the fault to the
 // first acknowledged write after the outage), the failed reads and writes,

@@ -2,6 +2,7 @@ package chaos
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -32,7 +33,8 @@ func TestDockerGracefulLeaderRestart(t *testing.T) {
 }
 
 // TestDockerSummary logs the figures of the docker scenarios that ran in
-// this binary, next to the failover goals of issue 5.
+// this binary, next to the failover goals of issue 5, and fails on every
+// goal missed.
 func TestDockerSummary(t *testing.T) {
 	var figs []Figures
 	results.mu.Lock()
@@ -48,14 +50,61 @@ func TestDockerSummary(t *testing.T) {
 	t.Logf("docker figures, every fault:\n%s", Table(figs))
 	t.Logf("docker figures, by fault:\n%s", SummaryTable(Summarize(figs)))
 	for _, s := range Summarize(figs) {
-		switch s.Kind {
-		case "leader-kill":
-			t.Logf("goal leader kill → first write: median < 1000ms (%s: %.0fms), worst < 2000ms (%s: %.0fms); failed reads 0 (%s: %d)",
-				verdict(s.MedianWriteUnavailableMs < 1000), s.MedianWriteUnavailableMs,
-				verdict(s.WorstWriteUnavailableMs < 2000), s.WorstWriteUnavailableMs,
-				verdict(s.FailedReads == 0), s.FailedReads)
-		case "graceful-leader-restart":
-			t.Logf("goal graceful leader restart: 0 failed writes (%s: %d)", verdict(s.FailedWrites == 0), s.FailedWrites)
+		for _, g := range goals(s) {
+			t.Logf("goal %s (%s: %s)", g.name, verdict(g.met), g.measured)
+			if !g.met {
+				t.Errorf("goal missed: %s, measured %s", g.name, g.measured)
+			}
+		}
+	}
+}
+
+// goal is one failover goal of issue 5 and how a run fared.
+type goal struct {
+	name     string
+	met      bool
+	measured string
+}
+
+// goals returns the goals of a summary's kind of fault (none for most).
+func goals(s Summary) []goal {
+	switch s.Kind {
+	case "leader-kill":
+		return []goal{
+			{"leader kill → first write: median < 1000ms", s.MedianWriteUnavailableMs < 1000, fmt.Sprintf("%.0fms", s.MedianWriteUnavailableMs)},
+			{"leader kill → first write: worst < 2000ms", s.WorstWriteUnavailableMs < 2000, fmt.Sprintf("%.0fms", s.WorstWriteUnavailableMs)},
+			{"leader kill: failed reads 0", s.FailedReads == 0, fmt.Sprint(s.FailedReads)},
+		}
+	case "graceful-leader-restart":
+		return []goal{{"graceful leader restart: 0 failed writes", s.FailedWrites == 0, fmt.Sprint(s.FailedWrites)}}
+	}
+	return nil
+}
+
+func TestGoals(t *testing.T) {
+	met := Summary{Kind: "leader-kill", MedianWriteUnavailableMs: 600, WorstWriteUnavailableMs: 1999}
+	for _, g := range goals(met) {
+		if !g.met {
+			t.Errorf("%+v: goal %s reported missed", met, g.name)
+		}
+	}
+	for _, c := range []struct {
+		s    Summary
+		want string
+	}{
+		{Summary{Kind: "leader-kill", MedianWriteUnavailableMs: 1000}, "leader kill → first write: median < 1000ms"},
+		{Summary{Kind: "leader-kill", WorstWriteUnavailableMs: 2500}, "leader kill → first write: worst < 2000ms"},
+		{Summary{Kind: "leader-kill", FailedReads: 1}, "leader kill: failed reads 0"},
+		{Summary{Kind: "graceful-leader-restart", FailedWrites: 2}, "graceful leader restart: 0 failed writes"},
+	} {
+		var missed []string
+		for _, g := range goals(c.s) {
+			if !g.met {
+				missed = append(missed, g.name)
+			}
+		}
+		if len(missed) != 1 || missed[0] != c.want {
+			t.Errorf("%+v: missed %q, want only %q", c.s, missed, c.want)
 		}
 	}
 }
@@ -106,7 +155,7 @@ func runDocker(t *testing.T, s Scenario) *Result {
 	}
 	t.Cleanup(c.Close)
 	res, err := Execute(ctx, c, s, Options{
-		Load:  LoadConfig{Writers: 3, Readers: 3, Interval: 10 * time.Millisecond},
+		Load:  LoadConfig{Writers: 3, Readers: 3, Interval: 10 * time.Millisecond, LinearizableEvery: 3},
 		Wait:  60 * time.Second,
 		Check: CheckOptions{VisualizeDir: visualizeDir()},
 		Logf:  t.Logf,

@@ -36,7 +36,8 @@ type Op struct {
 	Version uint64 `json:"version"`
 	// Index is a write's Raft index, or a read's applied index.
 	Index uint64 `json:"index"`
-	// Consistency is what a read asked for: "default" or "stale".
+	// Consistency is what a read asked for: "default", "stale" or
+	// "linearizable" (the Consistency* constants).
 	Consistency string `json:"consistency,omitempty"`
 	// Start is when the call began, End when it returned.
 	Start time.Time `json:"start"`
@@ -51,12 +52,35 @@ type Op struct {
 	Node     string `json:"node,omitempty"`
 }
 
+// The consistencies a read asks for, as Op.Consistency names them.
+const (
+	ConsistencyDefault      = "default"
+	ConsistencyStale        = "stale"
+	ConsistencyLinearizable = "linearizable"
+)
+
 // OK reports whether the operation succeeded.
 func (o Op) OK() bool { return o.Err == "" }
 
+// Linearizable reports whether the operation is a read that asked for
+// linearizable consistency, whatever its outcome.
+func (o Op) Linearizable() bool { return o.Kind == OpRead && o.Consistency == ConsistencyLinearizable }
+
+// Downgraded reports whether a successful linearizable read was answered
+// in a way that promises less: marked stale, as a fallback, or from the
+// client cache. The client must never do that.
+func (o Op) Downgraded() bool {
+	return o.Linearizable() && o.OK() && (o.Stale || o.Fallback || o.Cached)
+}
+
 // Fresh reports whether a successful read claims to be up to date: it was
-// not marked stale and not served from the client cache.
-func (o Op) Fresh() bool { return o.Kind == OpRead && o.OK() && !o.Stale && !o.Cached }
+// not marked stale and not served from the client cache, or it asked for
+// linearizable consistency. A linearizable read's success is its claim,
+// so one answered stale or from the cache (Downgraded) is held to it all
+// the same.
+func (o Op) Fresh() bool {
+	return o.Kind == OpRead && o.OK() && (o.Linearizable() || !o.Stale && !o.Cached)
+}
 
 // Latency is the call's duration.
 func (o Op) Latency() time.Duration { return o.End.Sub(o.Start) }
@@ -126,6 +150,19 @@ func (h *History) AckedSince(t time.Time) int {
 	n := 0
 	for _, a := range h.acks {
 		if a.After(t) {
+			n++
+		}
+	}
+	return n
+}
+
+// Count returns how many recorded operations match.
+func (h *History) Count(match func(Op) bool) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := 0
+	for _, op := range h.ops {
+		if match(op) {
 			n++
 		}
 	}

@@ -45,7 +45,7 @@ func runInProcess(t *testing.T, s Scenario) *Result {
 	}
 	t.Cleanup(c.Close)
 	res, err := Execute(ctx, c, s, Options{
-		Load:  LoadConfig{Writers: 3, Readers: 3, Interval: 10 * time.Millisecond},
+		Load:  LoadConfig{Writers: 3, Readers: 3, Interval: 10 * time.Millisecond, LinearizableEvery: 3},
 		Wait:  30 * time.Second,
 		Check: CheckOptions{VisualizeDir: visualizeDir()},
 		Logf:  t.Logf,

@@ -33,9 +33,14 @@ type LoadConfig struct {
 	// the load; it synchronises nothing). Default 10ms.
 	Interval time.Duration
 	// StaleEvery makes every StaleEvery-th read of a reader an explicit
-	// stale read; the others use the client's default consistency.
-	// Default 4; negative: never.
+	// stale read; the others use the client's default consistency, but
+	// for the linearizable ones. Default 4; negative: never.
 	StaleEvery int
+	// LinearizableEvery makes every LinearizableEvery-th read of a reader
+	// that is not a stale one a linearizable read, through the same client
+	// (whose stale fallback is on: it must not apply to them). Default 3;
+	// negative: never. 1 with StaleEvery negative: every read.
+	LinearizableEvery int
 	// OpTimeout bounds one call, the client's retries included. Default
 	// 15s: longer than the client's attempt timeout (5s) plus its retry
 	// budget, so a call fails only when the client gives up.
@@ -58,6 +63,7 @@ func (c LoadConfig) withDefaults() LoadConfig {
 	def(&c.Writers, 3)
 	def(&c.Readers, 3)
 	def(&c.StaleEvery, 4)
+	def(&c.LinearizableEvery, 3)
 	def(&c.MaxOps, 100000)
 	if c.Interval == 0 {
 		c.Interval = 10 * time.Millisecond
@@ -176,6 +182,26 @@ func (l *Load) WaitAcked(ctx context.Context, n int, t time.Time) error {
 	}
 }
 
+// WaitOps waits until n recorded operations match, polling the history,
+// until ctx ends. what names them in the error.
+func (l *Load) WaitOps(ctx context.Context, n int, what string, match func(Op) bool) error {
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		got := l.history.Count(match)
+		if got >= n {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("chaos: %d of %d %s: %w", got, n, what, ctx.Err())
+		case <-l.stop:
+			return errors.New("chaos: load stopped")
+		case <-tick.C:
+		}
+	}
+}
+
 // loop runs one worker's operations until Stop, MaxOps or MaxDuration.
 func (l *Load) loop(do func(seq int)) {
 	defer l.wg.Done()
@@ -203,9 +229,26 @@ func (l *Load) writer(client int, cl *api.Client) {
 func (l *Load) reader(client int, cl *api.Client) {
 	l.loop(func(seq int) {
 		key := l.keys[(seq+client)%len(l.keys)]
-		stale := l.cfg.StaleEvery > 0 && seq%l.cfg.StaleEvery == 0
-		l.get(cl, client, key, stale)
+		l.get(cl, client, key, l.consistency(seq))
 	})
+}
+
+// linearizableReads reports whether the readers make linearizable reads:
+// not when none are asked for, or every one of them is a stale one.
+func (l *Load) linearizableReads() bool {
+	c := l.cfg
+	return c.Readers > 0 && c.LinearizableEvery > 0 && (c.StaleEvery <= 0 || c.LinearizableEvery%c.StaleEvery != 0)
+}
+
+// consistency returns what a reader's seq-th read asks for.
+func (l *Load) consistency(seq int) string {
+	switch {
+	case l.cfg.StaleEvery > 0 && seq%l.cfg.StaleEvery == 0:
+		return ConsistencyStale
+	case l.cfg.LinearizableEvery > 0 && seq%l.cfg.LinearizableEvery == 0:
+		return ConsistencyLinearizable
+	}
+	return ConsistencyDefault
 }
 
 // put writes value to key through cl and records it.
@@ -224,15 +267,17 @@ func (l *Load) put(ctx context.Context, cl *api.Client, client int, key, value s
 	return op
 }
 
-// get reads key through cl (at the client's default consistency, or
-// stale) and records it.
-func (l *Load) get(cl *api.Client, client int, key string, stale bool) {
+// get reads key through cl at consistency (a Consistency* constant:
+// ConsistencyDefault is the client's default) and records it.
+func (l *Load) get(cl *api.Client, client int, key, consistency string) {
 	req := &pb.GetRequest{Path: key}
-	op := Op{Client: client, Kind: OpRead, Key: key, Consistency: "default"}
-	if stale {
+	switch consistency {
+	case ConsistencyStale:
 		req.Read = &pb.ReadOptions{Consistency: pb.Consistency_CONSISTENCY_STALE}
-		op.Consistency = "stale"
+	case ConsistencyLinearizable:
+		req.Read = &pb.ReadOptions{Consistency: pb.Consistency_CONSISTENCY_LINEARIZABLE}
 	}
+	op := Op{Client: client, Kind: OpRead, Key: key, Consistency: consistency}
 	op.Start = time.Now()
 	cctx, cancel := context.WithTimeout(context.Background(), l.cfg.OpTimeout)
 	resp, info, err := cl.GetWithInfo(cctx, req)
@@ -247,6 +292,8 @@ func (l *Load) get(cl *api.Client, client int, key string, stale bool) {
 	default:
 		op.Value, op.Version = resp.Data["v"], resp.GetMetadata().GetVersion()
 		op.Node, op.Index = resp.GetReadMeta().GetNodeId(), resp.GetReadMeta().GetAppliedIndex()
+		// The answer's own mark counts too, should ReadInfo ever miss it.
+		op.Stale = op.Stale || resp.GetReadMeta().GetStale()
 	}
 	l.history.Add(op)
 }

@@ -53,6 +53,7 @@ var checkGroups = []struct {
 	{"acknowledged-writes-kept", []string{"lost-write", "wrong-version"}},
 	{"no-duplicate-versions", []string{"duplicate", "phantom"}},
 	{"linearizable", []string{"not-linearizable", "linearizability-unknown"}},
+	{"linearizable-reads-never-downgraded", []string{"linearizable-downgraded"}},
 	{"no-reads-back-in-time", []string{"went-back"}},
 	{"reads-return-written-values", []string{"bad-read"}},
 	{"reads-succeed", []string{"failed-read"}},
@@ -67,9 +68,10 @@ func report(t *testing.T, res *Result) {
 	results.list = append(results.list, *res)
 	results.mu.Unlock()
 	c := res.Check
-	t.Logf("%s/%s: %d ops in %.1fs: %d writes (%d acknowledged, %d failed, %d of them took effect), %d reads (%d fresh, %d stale, %d cached, %d failed); porcupine %s\n%s",
+	t.Logf("%s/%s: %d ops in %.1fs: %d writes (%d acknowledged, %d failed, %d of them took effect), %d reads (%d fresh, %d stale, %d cached, %d failed; linearizable: %d succeeded, %d failed); porcupine %s\n%s",
 		res.Driver, res.Scenario, c.Ops, res.DurationMs/1000, c.Writes, c.AckedWrites, c.FailedWrites, c.AmbiguousWrites,
-		c.Reads, c.FreshReads, c.StaleReads, c.CachedReads, c.FailedReads, c.LinearizabilityTime.Round(time.Millisecond), Table(res.Faults))
+		c.Reads, c.FreshReads, c.StaleReads, c.CachedReads, c.FailedReads, c.LinearizableReads, c.FailedLinearizableReads,
+		c.LinearizabilityTime.Round(time.Millisecond), Table(res.Faults))
 	for _, w := range c.FailedWriteSamples {
 		t.Logf("failed write: %s", w)
 	}

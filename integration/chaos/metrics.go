@@ -50,13 +50,19 @@ type Figures struct {
 	// the whole window (Start to End).
 	FaultMs  float64 `json:"fault_ms"`
 	WindowMs float64 `json:"window_ms"`
-	// Counts of the operations started in the window.
-	Writes       int `json:"writes"`
-	FailedWrites int `json:"failed_writes"`
-	Reads        int `json:"reads"`
-	FailedReads  int `json:"failed_reads"`
-	StaleReads   int `json:"stale_reads"`
-	CachedReads  int `json:"cached_reads"`
+	// Counts of the operations started in the window. FailedReads are
+	// the default and stale reads that failed: they have fallbacks, and
+	// the goal is none. Linearizable reads have none (they fail while no
+	// leader can confirm them) and are counted apart; Reads counts them
+	// too.
+	Writes                  int `json:"writes"`
+	FailedWrites            int `json:"failed_writes"`
+	Reads                   int `json:"reads"`
+	FailedReads             int `json:"failed_reads"`
+	StaleReads              int `json:"stale_reads"`
+	CachedReads             int `json:"cached_reads"`
+	LinearizableReads       int `json:"linearizable_reads"`
+	FailedLinearizableReads int `json:"failed_linearizable_reads"`
 	// p99 latencies of the calls started while the fault lasted (Start to
 	// Healed), failed ones included.
 	ReadP99Ms  float64 `json:"read_p99_ms"`
@@ -88,7 +94,12 @@ func Measure(ops []Op, f Fault) Figures {
 			}
 		case OpRead:
 			fig.Reads++
+			if op.Linearizable() {
+				fig.LinearizableReads++
+			}
 			switch {
+			case !op.OK() && op.Linearizable():
+				fig.FailedLinearizableReads++
 			case !op.OK():
 				fig.FailedReads++
 			case op.Cached:
@@ -149,6 +160,8 @@ type Summary struct {
 	WorstWriteUnavailableMs  float64 `json:"worst_write_unavailable_ms"`
 	FailedReads              int     `json:"failed_reads"`
 	FailedWrites             int     `json:"failed_writes"`
+	LinearizableReads        int     `json:"linearizable_reads"`
+	FailedLinearizableReads  int     `json:"failed_linearizable_reads"`
 	WorstReadP99Ms           float64 `json:"worst_read_p99_ms"`
 	WorstWriteP99Ms          float64 `json:"worst_write_p99_ms"`
 }
@@ -172,6 +185,8 @@ func Summarize(figs []Figures) []Summary {
 		s.Count++
 		s.FailedReads += f.FailedReads
 		s.FailedWrites += f.FailedWrites
+		s.LinearizableReads += f.LinearizableReads
+		s.FailedLinearizableReads += f.FailedLinearizableReads
 		s.WorstReadP99Ms = max(s.WorstReadP99Ms, f.ReadP99Ms)
 		s.WorstWriteP99Ms = max(s.WorstWriteP99Ms, f.WriteP99Ms)
 		un[i] = append(un[i], f.WriteUnavailableMs)
@@ -193,10 +208,11 @@ func Summarize(figs []Figures) []Summary {
 func Table(figs []Figures) string {
 	var b strings.Builder
 	w := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "driver\tscenario\tfault\twrite unavail ms\tfault ms\twrites\tfailed w\treads\tfailed r\tstale r\tcached r\tread p99 ms\twrite p99 ms\t")
+	fmt.Fprintln(w, "driver\tscenario\tfault\twrite unavail ms\tfault ms\twrites\tfailed w\treads\tfailed r\tstale r\tcached r\tlin r\tfailed lin r\tread p99 ms\twrite p99 ms\t")
 	for _, f := range figs {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%.0f\t%.0f\t%d\t%d\t%d\t%d\t%d\t%d\t%.1f\t%.1f\t\n",
-			f.Driver, f.Scenario, f.Fault, f.WriteUnavailableMs, f.FaultMs, f.Writes, f.FailedWrites, f.Reads, f.FailedReads, f.StaleReads, f.CachedReads, f.ReadP99Ms, f.WriteP99Ms)
+		fmt.Fprintf(w, "%s\t%s\t%s\t%.0f\t%.0f\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%.1f\t%.1f\t\n",
+			f.Driver, f.Scenario, f.Fault, f.WriteUnavailableMs, f.FaultMs, f.Writes, f.FailedWrites, f.Reads, f.FailedReads, f.StaleReads, f.CachedReads,
+			f.LinearizableReads, f.FailedLinearizableReads, f.ReadP99Ms, f.WriteP99Ms)
 	}
 	w.Flush()
 	return b.String()
@@ -206,9 +222,10 @@ func Table(figs []Figures) string {
 func SummaryTable(sums []Summary) string {
 	var b strings.Builder
 	w := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "driver\tfault\tcount\tmedian write unavail ms\tworst write unavail ms\tfailed writes\tfailed reads\tworst read p99 ms\tworst write p99 ms\t")
+	fmt.Fprintln(w, "driver\tfault\tcount\tmedian write unavail ms\tworst write unavail ms\tfailed writes\tfailed reads\tlin reads\tfailed lin reads\tworst read p99 ms\tworst write p99 ms\t")
 	for _, s := range sums {
-		fmt.Fprintf(w, "%s\t%s\t%d\t%.0f\t%.0f\t%d\t%d\t%.1f\t%.1f\t\n", s.Driver, s.Kind, s.Count, s.MedianWriteUnavailableMs, s.WorstWriteUnavailableMs, s.FailedWrites, s.FailedReads, s.WorstReadP99Ms, s.WorstWriteP99Ms)
+		fmt.Fprintf(w, "%s\t%s\t%d\t%.0f\t%.0f\t%d\t%d\t%d\t%d\t%.1f\t%.1f\t\n", s.Driver, s.Kind, s.Count, s.MedianWriteUnavailableMs, s.WorstWriteUnavailableMs,
+			s.FailedWrites, s.FailedReads, s.LinearizableReads, s.FailedLinearizableReads, s.WorstReadP99Ms, s.WorstWriteP99Ms)
 	}
 	w.Flush()
 	return b.String()

@@ -105,6 +105,20 @@ func (r *Run) WaitTakeover(old string) error {
 	return r.Load.WaitAcked(ctx, 1, time.Now())
 }
 
+// WaitLinearizableRead waits until a linearizable read that began after
+// t has succeeded: the cluster answers them again. It returns at once when
+// the load makes none.
+func (r *Run) WaitLinearizableRead(t time.Time) error {
+	if !r.Load.linearizableReads() {
+		return nil
+	}
+	ctx, cancel := r.waitCtx()
+	defer cancel()
+	return r.Load.WaitOps(ctx, 1, "linearizable reads begun since "+t.Format("15:04:05.000")+" succeeded", func(op Op) bool {
+		return op.Linearizable() && op.OK() && op.Start.After(t)
+	})
+}
+
 // StartNodes starts the nodes ids (in parallel) and unseals them.
 func (r *Run) StartNodes(ids ...string) error {
 	return r.parallel(ids, func(ctx context.Context, id string) error {
@@ -229,7 +243,8 @@ func Execute(ctx context.Context, c *Cluster, s Scenario, opts Options) (*Result
 // unsealed.
 
 // LeaderKill kills the leader n times in a row; each time it waits for
-// the new leader's first write, then starts and unseals the old one.
+// the new leader's first write and a linearizable read begun after the
+// kill, then starts and unseals the old one.
 func LeaderKill(n int) Scenario {
 	return Scenario{Name: "leader-kill", Body: func(r *Run) error {
 		for i := 1; i <= n; i++ {
@@ -242,6 +257,9 @@ func LeaderKill(n int) Scenario {
 				return err
 			}
 			if err := r.WaitTakeover(leader); err != nil {
+				return err
+			}
+			if err := r.WaitLinearizableRead(f.Start); err != nil {
 				return err
 			}
 			if err := r.StartNodes(leader); err != nil {
