@@ -228,7 +228,7 @@ func (c *cmdFlags) withRead(r *readFlags) {
 	c.fs.StringVar(&r.consistency, "consistency", "default", "read consistency: stale, default or linearizable")
 	c.fs.DurationVar(&r.maxStaleness, "max-staleness", 0, "with -consistency=stale: refuse an answer older than this (e.g. 5s); 0 means no bound")
 	c.fs.Uint64Var(&r.minIndex, "min-index", 0, "wait until the node has applied this Raft index (the index a write returned)")
-	c.fs.Func("stale-fallback", "with -consistency=default: when no node can answer consistently, answer from a stale read, marked stale (default true; false fails instead). A linearizable read never falls back", func(v string) error {
+	c.fs.BoolFunc("stale-fallback", "with -consistency=default: when no node can answer consistently, answer from a stale read, marked stale (default true; false fails instead). A linearizable read never falls back", func(v string) error {
 		b, err := strconv.ParseBool(v)
 		if err != nil {
 			return errors.New("want true or false")

@@ -204,6 +204,9 @@ func cmdKVGet(e *env, args []string) error {
 		return callError(err, c.Endpoints(), 2)
 	}
 	if o.fieldSet {
+		// A script reads the value from stdout; stderr still says when it
+		// may be stale.
+		warnStale(e.stderr, resp.GetReadMeta())
 		v, ok := resp.GetData()[o.field]
 		if !ok {
 			return &cliError{code: 1, msg: fmt.Sprintf("field %q not present in secret %s (version %d)", o.field, o.path, resp.GetMetadata().GetVersion())}

@@ -238,6 +238,7 @@ func TestStaleFallbackFlag(t *testing.T) {
 		{[]string{"-stale-fallback=true", "secret/x"}, false},
 		{[]string{"-stale-fallback=false", "secret/x"}, true},
 		{[]string{"-stale-fallback=0", "-consistency=linearizable", "secret/x"}, true},
+		{[]string{"-stale-fallback", "secret/x"}, false},
 	} {
 		e, _, _ := testEnv("", nil)
 		o, err := parseKVGet(e, c.args)
@@ -267,7 +268,7 @@ func TestUsageErrors(t *testing.T) {
 		{args: []string{"kv", "get", "-format=xml", "secret/x"}, code: 1, wantErr: `invalid -format "xml": want table or json`},
 		{args: []string{"kv", "get", "-consistency=eventual", "secret/x"}, code: 1, wantErr: `invalid -consistency "eventual"`},
 		{args: []string{"kv", "get", "-version=x", "secret/x"}, code: 1, wantErr: `invalid value "x" for flag -version`},
-		{args: []string{"kv", "get", "-stale-fallback=maybe", "secret/x"}, code: 1, wantErr: `invalid value "maybe" for flag -stale-fallback: want true or false`},
+		{args: []string{"kv", "get", "-stale-fallback=maybe", "secret/x"}, code: 1, wantErr: `invalid boolean value "maybe" for -stale-fallback: want true or false`},
 		{args: []string{"kv", "put", "secret/x"}, code: 1, wantErr: "give at least one KEY=VALUE"},
 		{args: []string{"kv", "put", "secret/x", "novalue"}, code: 1, wantErr: `invalid argument "novalue"`},
 		{args: []string{"kv", "put", "-cas=-1", "secret/x", "a=b"}, code: 1, wantErr: "want a non-negative integer"},
