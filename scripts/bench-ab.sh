@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# bench-ab.sh: compare two coffer builds fairly by alternating them, each
+# round on a fresh local three-node cluster (scripts/bench-cluster.sh), one
+# run per row. Rows drift by 10-15 % over minutes on a shared machine; a
+# build measured after the other inherits that drift, alternation does not.
+#
+#   A=/tmp/coffer-before B=bin/coffer ROUNDS=5 scripts/bench-ab.sh
+#
+# ROWS picks rows among: w16 w64 s16 s64 l64 (default "w16 w64 s16 l64").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+A=${A:?set A to the first build}
+B=${B:?set B to the second build}
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-15s}
+ROWS=${ROWS:-w16 w64 s16 l64}
+command -v jq >/dev/null || { echo "bench-ab.sh needs jq (apt-get install jq)" >&2; exit 1; }
+for round in $(seq "$ROUNDS"); do
+  for name in A B; do
+    BIN=${!name}
+    dir=$(mktemp -u /tmp/coffer-ab.XXXXXX)
+    BIN=$BIN scripts/bench-cluster.sh "$dir" >/dev/null 2>&1
+    # shellcheck disable=SC1091
+    source "$dir/env"
+    peers=$("$BIN" operator raft list-peers -format=json)
+    follower=$(jq -r '[.[] | select(.leader | not)][0].id' <<<"$peers")
+    faddr="127.0.0.1:85${follower#n}0"
+    line="round $round $name:"
+    for row in $ROWS; do
+      case $row in
+        w16) args=(-clients=16 kv-write) ;;
+        w64) args=(-clients=64 kv-write) ;;
+        s16) args=(-clients=16 -consistency=stale -address="$faddr" kv-read) ;;
+        s64) args=(-clients=64 -consistency=stale -address="$faddr" kv-read) ;;
+        l64) args=(-clients=64 -consistency=linearizable -address="$faddr" kv-read) ;;
+        *) echo "unknown row $row" >&2; exit 1 ;;
+      esac
+      ops=$("$BIN" bench -format=json -duration="$DURATION" "${args[@]}" 2>/dev/null | jq -r '.ops_per_sec|floor')
+      line+=" $row $ops"
+    done
+    echo "$line"
+    scripts/bench-cluster.sh stop "$dir" >/dev/null 2>&1
+  done
+done
