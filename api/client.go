@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -13,12 +14,14 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 
 	pb "coffer/api/cofferpb"
 	"coffer/api/route"
 	"coffer/internal/ports"
+	"coffer/internal/tlsutil"
 )
 
 // Environment variables read by ConfigFromEnv.
@@ -27,6 +30,16 @@ const (
 	EnvAddr = "COFFER_ADDR"
 	// EnvToken holds the token sent with every call.
 	EnvToken = "COFFER_TOKEN"
+	// EnvCACert names the CA certificate that verifies the nodes; with it
+	// the client speaks TLS.
+	EnvCACert = "COFFER_CACERT"
+	// EnvClientCert and EnvClientKey name the client certificate and key
+	// presented to the nodes.
+	EnvClientCert = "COFFER_CLIENT_CERT"
+	EnvClientKey  = "COFFER_CLIENT_KEY"
+	// EnvTLSServerName is the name the nodes' certificates must carry
+	// (default: each endpoint's host).
+	EnvTLSServerName = "COFFER_TLS_SERVER_NAME"
 	// DefaultAddr is the endpoint used when none is configured.
 	DefaultAddr = ports.APIAddr
 )
@@ -127,6 +140,30 @@ type Config struct {
 	// Dialer, when set, opens the connections to endpoints (tests count
 	// dials with it; a proxy or a unix socket may need it).
 	Dialer func(ctx context.Context, addr string) (net.Conn, error)
+
+	// TLS, when set, secures every connection: the servers are verified
+	// against its RootCAs (and ServerName, or each endpoint's host), and
+	// its client certificate is presented when the server asks. Nil means
+	// plaintext. LoadTLS builds one from files.
+	TLS *tls.Config
+}
+
+// LoadTLS builds a client TLS configuration from a CA certificate file
+// and, optionally, a client certificate and key (reloaded when the files
+// change) and the name the servers' certificates must carry (empty: the
+// host of each endpoint).
+func LoadTLS(caFile, certFile, keyFile, serverName string) (*tls.Config, error) {
+	if caFile == "" {
+		return nil, errors.New("api: TLS needs the CA certificate: set COFFER_CACERT or -ca-cert")
+	}
+	if (certFile == "") != (keyFile == "") {
+		return nil, errors.New("api: a client certificate needs its key, and the reverse: set both COFFER_CLIENT_CERT and COFFER_CLIENT_KEY (or -client-cert and -client-key)")
+	}
+	r, err := tlsutil.Load(tlsutil.Files{CA: caFile, Cert: certFile, Key: keyFile})
+	if err != nil {
+		return nil, fmt.Errorf("api: %w", err)
+	}
+	return r.ClientConfig(serverName), nil
 }
 
 // ConfigFromEnv returns a Config filled from COFFER_ADDR and COFFER_TOKEN.
@@ -284,8 +321,12 @@ func New(cfg Config) (*Client, error) {
 
 // dial creates the (lazy) connection of one endpoint.
 func (c *Client) dial(addr string, synced bool) (*endpoint, error) {
+	creds := insecure.NewCredentials()
+	if c.cfg.TLS != nil {
+		creds = credentials.NewTLS(c.cfg.TLS)
+	}
 	opts := []grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16<<20), grpc.MaxCallSendMsgSize(16<<20)),
 		// Fixed flow-control windows turn off gRPC's bandwidth probing
 		// (pings and window updates on every burst of small calls).

@@ -28,6 +28,8 @@ type ClusterOptions struct {
 	// (the tuned production defaults) instead of the fast test timings;
 	// gossip and reconciliation keep their fast test settings.
 	ProductionRaft bool
+	// TLS runs the cluster with certificates (testcluster.Options.TLS).
+	TLS bool
 }
 
 // NewCluster starts size nodes with bootstrap_expect = size and waits
@@ -61,6 +63,7 @@ func NewCluster(t testing.TB, size int, opts ...ClusterOptions) *Cluster {
 		Raft:              raft,
 		DeadServerTimeout: o.DeadServerTimeout,
 		LogLevel:          hclog.Debug,
+		TLS:               o.TLS,
 	})}
 }
 
@@ -76,7 +79,7 @@ func (c *Cluster) Client(t testing.TB, nodes ...*Node) *api.Client {
 	for _, n := range nodes {
 		eps = append(eps, n.APIAddr())
 	}
-	cl, err := api.New(api.Config{Endpoints: eps, Token: c.Token})
+	cl, err := api.New(api.Config{Endpoints: eps, Token: c.Token, TLS: c.ClientTLS()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -27,6 +27,9 @@ type Config struct {
 	// AdvertiseAddr is the host:port peers use to reach this node; empty
 	// means the address the transport is bound to.
 	AdvertiseAddr string `json:"raft_advertise,omitempty"`
+	// TLS, when set, runs the Raft transport over mutual TLS (see
+	// TransportTLS). Nil means plaintext.
+	TLS *TransportTLS `json:"-"`
 	// Network carries the Raft transport's connections; tests cut it to
 	// partition the node. Nil means a plain one.
 	Network *Network `json:"-"`

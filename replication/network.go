@@ -2,6 +2,7 @@ package replication
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -121,14 +122,36 @@ func (c *trackedConn) Close() error {
 	return c.Conn.Close()
 }
 
-// streamLayer is raft's StreamLayer over a Network.
+// TransportTLS runs the Raft transport over mutual TLS: Server secures the
+// connections peers open to this node, Client the ones it opens. Both must
+// demand a node certificate of the cluster's CA (internal/tlsutil's peer
+// configurations do), so that nobody without one can send a Raft message.
+type TransportTLS struct {
+	Server *tls.Config
+	Client *tls.Config
+}
+
+// streamLayer is raft's StreamLayer over a Network, with TLS when set.
 type streamLayer struct {
 	net.Listener
 	n         *Network
 	advertise net.Addr
+	tls       *TransportTLS
 }
 
-func newStreamLayer(n *Network, bind, advertise string) (*streamLayer, error) {
+// Accept returns the next connection, inside TLS when set. The handshake
+// runs on the first read, in the transport's goroutine for that
+// connection: a peer without a node certificate fails it and is dropped
+// before any Raft message is decoded.
+func (s *streamLayer) Accept() (net.Conn, error) {
+	c, err := s.Listener.Accept()
+	if err != nil || s.tls == nil {
+		return c, err
+	}
+	return tls.Server(c, s.tls.Server), nil
+}
+
+func newStreamLayer(n *Network, bind, advertise string, tlsCfg *TransportTLS) (*streamLayer, error) {
 	l, err := net.Listen("tcp", bind)
 	if err != nil {
 		return nil, fmt.Errorf("replication: listen for raft on %s: %w", bind, err)
@@ -147,7 +170,7 @@ func newStreamLayer(n *Network, bind, advertise string) (*streamLayer, error) {
 		l.Close()
 		return nil, errors.New("replication: raft listens on all interfaces: set -advertise=HOST (or -raft-advertise) so peers can reach it")
 	}
-	return &streamLayer{Listener: n.Listen(l), n: n, advertise: addr}, nil
+	return &streamLayer{Listener: n.Listen(l), n: n, advertise: addr, tls: tlsCfg}, nil
 }
 
 // hostAddr is an advertised host:port kept as a string.
@@ -160,7 +183,16 @@ func (a hostAddr) String() string  { return string(a) }
 func (s *streamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	return s.n.DialContext(ctx, string(addr))
+	c, err := s.n.DialContext(ctx, string(addr))
+	if err != nil || s.tls == nil {
+		return c, err
+	}
+	tc := tls.Client(c, s.tls.Client)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("replication: TLS with raft peer %s: %w", addr, err)
+	}
+	return tc, nil
 }
 
 // Addr is the advertised address.

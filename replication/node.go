@@ -115,7 +115,7 @@ func New(cfg Config, fsm raft.BatchingFSM) (*Node, error) {
 	if network == nil {
 		network = &Network{}
 	}
-	stream, err := newStreamLayer(network, cfg.BindAddr, cfg.AdvertiseAddr)
+	stream, err := newStreamLayer(network, cfg.BindAddr, cfg.AdvertiseAddr, cfg.TLS)
 	if err != nil {
 		return nil, err
 	}

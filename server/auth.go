@@ -16,12 +16,15 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"coffer/api/route"
 	"coffer/fsm"
+	"coffer/internal/tlsutil"
 	"coffer/seal"
 )
 
@@ -69,10 +72,12 @@ func tokenEntry(token string, policies []string, now time.Time) (key string, val
 // from a follower to the leader, and maps every error through the status
 // table.
 type gateway struct {
-	raft   gatewayRaft
-	state  tokenState
-	keys   interface{ Sealed() bool }
-	link   *leaderLink
+	raft  gatewayRaft
+	state tokenState
+	keys  interface{ Sealed() bool }
+	link  *leaderLink
+	// tls: the node runs TLS, so peer routes demand a node certificate.
+	tls    bool
 	tokens tokenCache
 	logger hclog.Logger
 }
@@ -215,6 +220,9 @@ func (g *gateway) admit(ctx context.Context, method string) (route.Route, contex
 	if r.Access == route.Public {
 		return r, ctx, nil
 	}
+	if r.Access == route.Peer && g.tls && !callerIsNode(ctx) {
+		return r, ctx, withMessage(ErrNodeOnly, "%s is for the cluster's nodes only: it needs a node certificate of the cluster's CA", method)
+	}
 	if err := g.admitSealed(ctx); err != nil {
 		return r, ctx, err
 	}
@@ -223,6 +231,20 @@ func (g *gateway) admit(ctx context.Context, method string) (route.Route, contex
 		return r, ctx, err
 	}
 	return r, context.WithValue(ctx, tokenCtxKey{}, rec), nil
+}
+
+// callerIsNode reports whether the call came over TLS with a verified node
+// certificate of the cluster's CA.
+func callerIsNode(ctx context.Context) bool {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return false
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
+		return false
+	}
+	return tlsutil.IsNode(info.State.VerifiedChains[0][0])
 }
 
 // unaryInterceptor admits the call by its route, forwards a leader-only

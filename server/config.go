@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"coffer/internal/ports"
+	"coffer/internal/tlsutil"
 	"coffer/replication"
 )
 
@@ -32,6 +33,20 @@ type Config struct {
 	// PprofAddr, when set, serves Go's pprof profiles over HTTP on this
 	// address (keep it on loopback: profiles show memory contents' shape).
 	PprofAddr string `json:"pprof_addr,omitempty"`
+
+	// CertsDir holds ca.crt, node.crt and node.key (`coffer cert`). With
+	// it, or the three files below, the API serves TLS and every
+	// node-to-node channel (Raft, forwarding, read index, peer status)
+	// runs over mutual TLS that demands a node certificate of the CA.
+	CertsDir string `json:"certs_dir,omitempty"`
+	// TLSCertFile, TLSKeyFile and TLSCAFile name the node's certificate,
+	// key and CA one by one (Vault's names); each overrides CertsDir's.
+	TLSCertFile string `json:"tls_cert_file,omitempty"`
+	TLSKeyFile  string `json:"tls_key_file,omitempty"`
+	TLSCAFile   string `json:"tls_ca_file,omitempty"`
+	// TLSRequireClientCert makes the API demand a client certificate of
+	// the CA from every caller.
+	TLSRequireClientCert bool `json:"tls_require_client_cert,omitempty"`
 
 	// IdempotencyWindow is how long a write's request id is remembered.
 	IdempotencyWindow time.Duration `json:"-"`
@@ -81,6 +96,14 @@ func (c Config) Validate() error {
 			return fmt.Errorf("server: cluster key is %d bytes: want 32 bytes, base64-encoded (e.g. `openssl rand -base64 32`)", len(g.ClusterKey))
 		}
 	}
+	if c.TLSEnabled() {
+		f := c.TLSFiles()
+		if f.Cert == "" || f.Key == "" || f.CA == "" {
+			return errors.New("server: TLS needs a certificate, its key and the CA: set -certs-dir (or all of -tls-cert-file, -tls-key-file and -tls-ca-file)")
+		}
+	} else if c.TLSRequireClientCert {
+		return errors.New("server: -tls-require-client-cert needs TLS: set -certs-dir")
+	}
 	if c.BootstrapExpect < 0 {
 		return fmt.Errorf("server: -bootstrap-expect=%d: want a positive number of nodes", c.BootstrapExpect)
 	}
@@ -97,6 +120,30 @@ func (c Config) Validate() error {
 		return fmt.Errorf("server: -api-addr %s listens on all interfaces: set -advertise=HOST so peers know how to reach this node", c.APIAddr)
 	}
 	return nil
+}
+
+// TLSEnabled reports whether the node has TLS material configured.
+func (c Config) TLSEnabled() bool {
+	return c.CertsDir != "" || c.TLSCertFile != "" || c.TLSKeyFile != "" || c.TLSCAFile != ""
+}
+
+// TLSFiles is the node's TLS material: CertsDir's files, each overridden
+// by its own setting.
+func (c Config) TLSFiles() tlsutil.Files {
+	f := tlsutil.Files{}
+	if c.CertsDir != "" {
+		f = tlsutil.NodeFiles(c.CertsDir)
+	}
+	if c.TLSCertFile != "" {
+		f.Cert = c.TLSCertFile
+	}
+	if c.TLSKeyFile != "" {
+		f.Key = c.TLSKeyFile
+	}
+	if c.TLSCAFile != "" {
+		f.CA = c.TLSCAFile
+	}
+	return f
 }
 
 // Clustered reports whether the node gossips (it joins or bootstraps a

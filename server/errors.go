@@ -37,6 +37,9 @@ var (
 	// ErrNoRoute means the method has no entry in the route table: it is
 	// refused rather than routed by accident.
 	ErrNoRoute = errors.New("server: this node does not serve that method: check the client's version against the server's (`coffer status`)")
+	// ErrNodeOnly means a node-to-node call came from a caller without a
+	// node certificate.
+	ErrNodeOnly = errors.New("server: this call is for the cluster's nodes only: it needs a node certificate of the cluster's CA")
 	// ErrDeleted means the requested version is soft-deleted.
 	ErrDeleted = errors.New("deleted")
 	// ErrDestroyed means the requested version was destroyed.
@@ -117,6 +120,7 @@ var codeTable = []struct {
 	{ErrTooLarge, codes.ResourceExhausted, pb.ErrorReason_TOO_LARGE},
 	{ErrUnauthenticated, codes.Unauthenticated, pb.ErrorReason_UNAUTHENTICATED},
 	{ErrPermissionDenied, codes.PermissionDenied, pb.ErrorReason_PERMISSION_DENIED},
+	{ErrNodeOnly, codes.PermissionDenied, pb.ErrorReason_PERMISSION_DENIED},
 	{ErrNoRoute, codes.Unimplemented, pb.ErrorReason_NO_ROUTE},
 	{context.DeadlineExceeded, codes.DeadlineExceeded, pb.ErrorReason_DEADLINE_EXCEEDED},
 	{context.Canceled, codes.Canceled, pb.ErrorReason_CANCELED},

@@ -67,6 +67,7 @@ var sentinels = map[string]struct {
 	"server.ErrUnauthenticated":      {ErrUnauthenticated, codes.Unauthenticated, pb.ErrorReason_UNAUTHENTICATED},
 	"server.ErrPermissionDenied":     {ErrPermissionDenied, codes.PermissionDenied, pb.ErrorReason_PERMISSION_DENIED},
 	"server.ErrNoRoute":              {ErrNoRoute, codes.Unimplemented, pb.ErrorReason_NO_ROUTE},
+	"server.ErrNodeOnly":             {ErrNodeOnly, codes.PermissionDenied, pb.ErrorReason_PERMISSION_DENIED},
 	"server.ErrDeleted":              {ErrDeleted, codes.NotFound, pb.ErrorReason_DELETED},
 	"server.ErrDestroyed":            {ErrDestroyed, codes.NotFound, pb.ErrorReason_DESTROYED},
 	"server.ErrStale":                {ErrStale, codes.Unavailable, pb.ErrorReason_STALE_BOUND},

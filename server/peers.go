@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 )
 
@@ -14,6 +15,7 @@ import (
 // leave a connection nobody closes.
 type peerConns struct {
 	dial   func(ctx context.Context, addr string) (net.Conn, error)
+	creds  credentials.TransportCredentials
 	mu     sync.Mutex
 	conns  map[string]*grpc.ClientConn
 	closed bool
@@ -36,7 +38,7 @@ func (p *peerConns) conn(addr string) (*grpc.ClientConn, error) {
 	// NewClient only fails on a malformed target; a gossiped address that
 	// is malformed then fails every call with Unavailable.
 	c, err := grpc.NewClient(addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(p.creds),
 		grpc.WithContextDialer(p.dial),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16<<20), grpc.MaxCallSendMsgSize(16<<20)),
 	)

@@ -12,6 +12,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -20,6 +22,7 @@ import (
 	pb "coffer/api/cofferpb"
 	"coffer/fsm"
 	"coffer/internal/grpcutil"
+	"coffer/internal/tlsutil"
 	"coffer/replication"
 	"coffer/seal"
 )
@@ -41,6 +44,8 @@ type Server struct {
 	health *health.Server
 	grpc   *grpc.Server
 	lis    net.Listener
+	// tls is the node's certificates, nil for a plaintext node.
+	tls *tlsutil.Reloader
 	// pprofAddr is where pprof listens, once started.
 	pprofAddr string
 	life      lifecycle
@@ -81,6 +86,19 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("server: create data directory %s: %w", cfg.DataDir, err)
 	}
 	s := &Server{cfg: cfg, logger: cfg.Logger}
+	if cfg.TLSEnabled() {
+		tlsFiles, err := tlsutil.Load(cfg.TLSFiles())
+		if err != nil {
+			return nil, fmt.Errorf("server: %w", err)
+		}
+		if !tlsutil.IsNode(tlsFiles.Leaf()) {
+			return nil, fmt.Errorf("server: %s is not a node certificate (%s): make one with `coffer cert create-node`", cfg.TLSFiles().Cert, tlsutil.Describe(tlsFiles.Leaf()))
+		}
+		tlsFiles.OnError = func(err error) {
+			cfg.Logger.Error("changed TLS files did not load; keeping the previous certificate", "error", err)
+		}
+		s.tls = tlsFiles
+	}
 	s.life.stop = make(chan struct{})
 	s.life.serveErr = make(chan error, 1)
 	s.life.stopCtx, s.life.stopCancel = context.WithCancel(context.Background())
@@ -105,6 +123,9 @@ func New(cfg Config) (*Server, error) {
 	}
 
 	rc := cfg.Config
+	if s.tls != nil {
+		rc.TLS = &replication.TransportTLS{Server: s.tls.PeerServerConfig(), Client: s.tls.PeerClientConfig()}
+	}
 	if rc.AdvertiseAddr == "" && cfg.Advertise != "" {
 		rc.AdvertiseAddr = advertiseAddr(rc.BindAddr, cfg.Advertise)
 	}
@@ -142,17 +163,18 @@ func (s *Server) wire() {
 	id, logger := s.cfg.NodeID, s.logger
 	s.link = &leaderLink{
 		nodeID: id, self: s.advertisedAPI(), raft: s.raft, state: s.fsm,
-		conns: peerConns{dial: s.cfg.Network.DialContext}, logger: logger, stopCtx: s.life.stopCtx,
+		conns: peerConns{dial: s.cfg.Network.DialContext, creds: s.peerCreds()}, logger: logger, stopCtx: s.life.stopCtx,
 	}
 	props := &raftProposer{raft: s.raft, state: s.fsm, logger: logger}
 	reads := &readGate{nodeID: id, sealed: s.keys, raft: s.raft, state: s.fsm, index: s.link}
-	gw := &gateway{raft: s.raft, state: s.fsm, keys: s.keys, link: s.link, logger: logger}
+	gw := &gateway{raft: s.raft, state: s.fsm, keys: s.keys, link: s.link, tls: s.tls != nil, logger: logger}
 	s.sys = &sysServer{nodeID: id, keys: s.keys, store: s.fsm, props: props, raft: s.raft, link: s.link, logger: logger}
 	kv := &kvServer{nodeID: id, store: s.fsm, props: props, keys: s.keys, reads: reads, leader: s.link, stopCtx: s.life.stopCtx}
 	op := &operatorServer{nodeID: id, dataDir: s.cfg.DataDir, raft: s.raft, state: s.fsm, keys: s.keys, link: s.link, logger: logger}
 	cluster := &clusterServer{nodeID: id, raft: s.raft, state: s.fsm, link: s.link}
 
 	s.grpc = grpc.NewServer(
+		grpc.Creds(s.apiCreds()),
 		grpc.ChainUnaryInterceptor(grpcutil.RecoverUnary(logger, internalMessage), gw.unaryInterceptor),
 		grpc.ChainStreamInterceptor(grpcutil.RecoverStream(logger, internalMessage), gw.streamInterceptor),
 		grpc.MaxRecvMsgSize(4<<20),
@@ -173,6 +195,33 @@ func (s *Server) wire() {
 	pb.RegisterOperatorServer(s.grpc, op)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
+}
+
+// apiCreds is the API's transport security: TLS with the node certificate
+// (client certificates verified when given, or required), or none.
+func (s *Server) apiCreds() credentials.TransportCredentials {
+	if s.tls == nil {
+		return insecure.NewCredentials()
+	}
+	return credentials.NewTLS(s.tls.ServerConfig(s.cfg.TLSRequireClientCert))
+}
+
+// peerCreds is the security of this node's calls to other nodes' APIs:
+// mutual TLS with its node certificate, accepting only a node of the CA.
+func (s *Server) peerCreds() credentials.TransportCredentials {
+	if s.tls == nil {
+		return insecure.NewCredentials()
+	}
+	return credentials.NewTLS(s.tls.PeerClientConfig())
+}
+
+// ReloadTLS reads the node's certificates again (SIGHUP); a handshake
+// also does when the files changed.
+func (s *Server) ReloadTLS() error {
+	if s.tls == nil {
+		return nil
+	}
+	return s.tls.Reload()
 }
 
 // Start serves the API (and pprof, when configured) in the background.

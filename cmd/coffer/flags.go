@@ -1,10 +1,12 @@
 package main
 
 import (
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -14,6 +16,7 @@ import (
 
 	"coffer/api"
 	pb "coffer/api/cofferpb"
+	"coffer/internal/tlsutil"
 )
 
 // Output formats of -format.
@@ -33,6 +36,9 @@ type cmdFlags struct {
 	address string
 	token   string
 	format  string
+	// TLS of a client command: -ca-cert, -client-cert, -client-key,
+	// -tls-server-name and -certs-dir.
+	caCert, clientCert, clientKey, serverName, certsDir string
 	// noStaleFallback is -stale-fallback=false of a read command.
 	noStaleFallback bool
 }
@@ -51,7 +57,50 @@ func newFlags(name, synopsis, help string) *cmdFlags {
 func (c *cmdFlags) withClient() *cmdFlags {
 	c.fs.StringVar(&c.address, "address", "", "comma-separated API endpoints host:port (overrides $"+api.EnvAddr+"; default "+api.DefaultAddr+")")
 	c.fs.StringVar(&c.token, "token", "", "token for the call (overrides $"+api.EnvToken+")")
+	c.fs.StringVar(&c.caCert, "ca-cert", "", "CA certificate that verifies the nodes; with it the command speaks TLS (overrides $"+api.EnvCACert+")")
+	c.fs.StringVar(&c.clientCert, "client-cert", "", "client certificate to present (overrides $"+api.EnvClientCert+")")
+	c.fs.StringVar(&c.clientKey, "client-key", "", "key of -client-cert (overrides $"+api.EnvClientKey+")")
+	c.fs.StringVar(&c.serverName, "tls-server-name", "", "name the nodes' certificates must carry (default: the endpoint's host; overrides $"+api.EnvTLSServerName+")")
+	c.fs.StringVar(&c.certsDir, "certs-dir", "", "certificates directory: its ca.crt, and client.root.crt/.key when present (the flags above win)")
 	return c
+}
+
+// clientTLS resolves the TLS settings of a client command: flags win over
+// the environment, which wins over -certs-dir's files. No CA anywhere
+// means plaintext.
+func (c *cmdFlags) clientTLS(e *env) (*tls.Config, error) {
+	pick := func(flag, env, dir string) string {
+		switch {
+		case flag != "":
+			return flag
+		case env != "":
+			return env
+		}
+		return dir
+	}
+	var dirCA, dirCert, dirKey string
+	if c.certsDir != "" {
+		files := tlsutil.ClientFiles(c.certsDir, "root")
+		dirCA = files.CA
+		if _, err := os.Stat(files.Cert); err == nil {
+			dirCert, dirKey = files.Cert, files.Key
+		}
+	}
+	ca := pick(c.caCert, e.getenv(api.EnvCACert), dirCA)
+	cert := pick(c.clientCert, e.getenv(api.EnvClientCert), dirCert)
+	key := pick(c.clientKey, e.getenv(api.EnvClientKey), dirKey)
+	name := pick(c.serverName, e.getenv(api.EnvTLSServerName), "")
+	if ca == "" {
+		if cert != "" || key != "" {
+			return nil, &cliError{code: 1, msg: "a client certificate needs TLS: set -ca-cert (or $" + api.EnvCACert + ") to the cluster's ca.crt"}
+		}
+		return nil, nil
+	}
+	cfg, err := api.LoadTLS(ca, cert, key, name)
+	if err != nil {
+		return nil, &cliError{code: 1, msg: strings.TrimPrefix(err.Error(), "api: ")}
+	}
+	return cfg, nil
 }
 
 // usage writes the command's help to w.
@@ -158,6 +207,11 @@ func (c *cmdFlags) clientConfig(e *env) (api.Config, error) {
 		cfg.Token = c.token
 	}
 	cfg.DisableStaleFallback = c.noStaleFallback
+	tlsCfg, err := c.clientTLS(e)
+	if err != nil {
+		return cfg, err
+	}
+	cfg.TLS = tlsCfg
 	return cfg, nil
 }
 

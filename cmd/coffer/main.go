@@ -73,6 +73,7 @@ Commands:
     operator    Initialize, unseal, seal, rotate; cluster membership and snapshots
                 (run "coffer operator -h")
     kv          Read and write versioned secrets (run "coffer kv -h")
+    cert        Create the CA, node and client certificates (run "coffer cert -h")
     bench       Load a cluster and report throughput and latency
     healthcheck Exit 0 when a node serves (for container health checks)
     version     Print the version of this binary
@@ -119,6 +120,13 @@ func dispatch(e *env, args []string) error {
 		return cmdAgent(e, rest)
 	case "healthcheck":
 		return cmdHealthcheck(e, rest)
+	case "cert":
+		return dispatchSub(e, "coffer cert", certUsage, rest, map[string]func(*env, []string) error{
+			"create-ca":     cmdCertCreateCA,
+			"create-node":   cmdCertCreateNode,
+			"create-client": cmdCertCreateClient,
+			"list":          cmdCertList,
+		})
 	case "bench":
 		return cmdBench(e, rest)
 	case "operator":

@@ -68,6 +68,11 @@ production.`)
 	raftAddr := f.fs.String("raft-addr", def.BindAddr, "Raft listen address host:port (with -dev: an ephemeral loopback port unless set)")
 	raftAdvertise := f.fs.String("raft-advertise", "", "Raft address peers dial (default: -raft-addr, or -advertise with its port)")
 	pprofAddr := f.fs.String("pprof-addr", "", "serve Go's pprof profiles on this host:port (e.g. 127.0.0.1:6060); off when empty")
+	certsDir := f.fs.String("certs-dir", "", "certificates directory with ca.crt, node.crt and node.key (`coffer cert`): TLS on the API, mutual TLS between nodes")
+	tlsCert := f.fs.String("tls-cert-file", "", "the node certificate (overrides -certs-dir's node.crt)")
+	tlsKey := f.fs.String("tls-key-file", "", "the node key (overrides -certs-dir's node.key)")
+	tlsCA := f.fs.String("tls-ca-file", "", "the CA certificate (overrides -certs-dir's ca.crt)")
+	requireClientCert := f.fs.Bool("tls-require-client-cert", false, "make the API demand a client certificate of the CA")
 	configFile := f.fs.String("config", "", "JSON config file; flags given on the command line win over it")
 	logLevel := f.fs.String("log-level", "info", "log level: trace, debug, info, warn or error")
 	dev := f.fs.Bool("dev", false, "run a throw-away, self-unsealed development node (NOT for production)")
@@ -115,6 +120,21 @@ production.`)
 	}
 	if set("pprof-addr") {
 		cfg.PprofAddr = *pprofAddr
+	}
+	if set("certs-dir") {
+		cfg.CertsDir = *certsDir
+	}
+	if set("tls-cert-file") {
+		cfg.TLSCertFile = *tlsCert
+	}
+	if set("tls-key-file") {
+		cfg.TLSKeyFile = *tlsKey
+	}
+	if set("tls-ca-file") {
+		cfg.TLSCAFile = *tlsCA
+	}
+	if set("tls-require-client-cert") {
+		cfg.TLSRequireClientCert = *requireClientCert
 	}
 	if err := cf.apply(f, e, &cfg, fileG); err != nil {
 		return nil, err
@@ -176,7 +196,24 @@ func cmdServer(e *env, args []string) error {
 		shutdownServer(srv, cfg, logger)
 		return &cliError{code: 1, msg: err.Error()}
 	}
-	logger.Info("coffer server started", "node_id", cfg.NodeID, "api_addr", srv.APIAddr(), "data_dir", cfg.DataDir, "dev", o.dev)
+	logger.Info("coffer server started", "node_id", cfg.NodeID, "api_addr", srv.APIAddr(), "data_dir", cfg.DataDir, "dev", o.dev, "tls", cfg.TLSEnabled())
+	// SIGHUP reloads the certificates (a handshake also notices changed
+	// files within a second).
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer func() {
+		signal.Stop(hup) // no delivery after it returns
+		close(hup)
+	}()
+	go func() {
+		for range hup {
+			if err := srv.ReloadTLS(); err != nil {
+				logger.Error("reloading the certificates failed; the previous ones stay", "error", err)
+			} else {
+				logger.Info("reloaded the certificates")
+			}
+		}
+	}()
 
 	if o.dev {
 		initCtx, cancel := context.WithTimeout(ctx, 30*time.Second)

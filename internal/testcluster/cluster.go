@@ -2,6 +2,7 @@ package testcluster
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"sync"
@@ -9,7 +10,6 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
 	pb "coffer/api/cofferpb"
 	"coffer/replication"
@@ -36,6 +36,10 @@ type Cluster struct {
 	// seeds are the gossip addresses of the first nodes, which every node
 	// joins.
 	seeds []string
+	// certsDir and caKey are the cluster's certificates and CA key
+	// (Options.TLS); clientTLS is the harness's client configuration.
+	certsDir, caKey string
+	clientTLS       *tls.Config
 }
 
 // Node is one member of a Cluster. Its id, addresses and data directory
@@ -85,6 +89,11 @@ func New(t testing.TB, size int, opts Options) (*Cluster, error) {
 		return nil, err
 	}
 	c := &Cluster{t: t, opts: opts}
+	if opts.TLS {
+		if err := c.makeCerts(t); err != nil {
+			return nil, err
+		}
+	}
 	// Cleanups run last registered first. The log gate closes after the
 	// shutdown, so the shutdown's logs still reach t; and the data dirs
 	// (t.TempDir's cleanup, registered at its first call) go after the
@@ -172,6 +181,7 @@ func (c *Cluster) config(n *Node, expect int, network *replication.Network) serv
 	}
 	c.mu.Unlock()
 	cfg.ReadReplica = n.readReplica
+	cfg.CertsDir = c.certsDir
 	cfg.Network = network
 	cfg.ShutdownTimeout = shutdownTimeout
 	cfg.Logger = newLogger(c.logs, n.ID, c.opts.LogLevel)
@@ -211,7 +221,7 @@ func (c *Cluster) start(n *Node, expect int) error {
 		srv.Kill()
 		return fmt.Errorf("testcluster: start %s: %w", n.ID, err)
 	}
-	conn, err := grpc.NewClient(srv.APIAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(srv.APIAddr(), grpc.WithTransportCredentials(c.creds()))
 	if err != nil {
 		srv.Kill()
 		return fmt.Errorf("testcluster: connect to %s: %w", n.ID, err)

@@ -33,6 +33,10 @@ type Options struct {
 	// LeaderTimeout bounds WaitForLeader and WaitForNewLeader. Zero means
 	// 10s.
 	LeaderTimeout time.Duration
+	// TLS runs the nodes with certificates of a CA made for the cluster
+	// (CertsDir): TLS on the API, mutual TLS between nodes. The harness's
+	// own connections present the client certificate "root".
+	TLS bool
 }
 
 // Defaults of Options.

@@ -1,0 +1,237 @@
+package integration
+
+import (
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/raft"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/metadata"
+
+	"coffer/api"
+	pb "coffer/api/cofferpb"
+	"coffer/fsm"
+	"coffer/fsm/fsmpb"
+	"coffer/internal/testcluster"
+	"coffer/internal/tlsutil"
+)
+
+// rawRaft is what an attacker on the network has: hashicorp/raft's own
+// transport over plain TCP (or over TLS with a certificate of its
+// choosing), and no key of the cluster.
+type rawRaft struct {
+	net.Listener
+	tls *tls.Config
+}
+
+func (r rawRaft) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	c, err := net.DialTimeout("tcp", string(addr), timeout)
+	if err != nil || r.tls == nil {
+		return c, err
+	}
+	tc := tls.Client(c, r.tls)
+	_ = tc.SetDeadline(time.Now().Add(timeout))
+	if err := tc.Handshake(); err != nil {
+		c.Close()
+		return nil, err
+	}
+	_ = tc.SetDeadline(time.Time{})
+	return tc, nil
+}
+
+// newRawRaft starts an intruder's transport, closed with the test.
+func newRawRaft(t *testing.T, tlsCfg *tls.Config) *raft.NetworkTransport {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := raft.NewNetworkTransport(rawRaft{Listener: l, tls: tlsCfg}, 1, 2*time.Second, io.Discard)
+	t.Cleanup(func() {
+		// Close the pooled connections too: a node serves each until its
+		// other end closes, even after the node has shut down.
+		tr.CloseStreams()
+		tr.Close()
+	})
+	return tr
+}
+
+// attack sends the messages of the security review's findings to node n's
+// Raft port: TimeoutNow (start an election now), a RequestVote with the
+// leadership-transfer flag and a higher term, and an AppendEntries of a
+// higher term whose entry writes a root token record of the attacker's
+// choosing. It returns how many of them got an answer.
+func attack(t *testing.T, tr *raft.NetworkTransport, id, addr string, term, lastIndex uint64, forgedToken string) int {
+	t.Helper()
+	hdr := raft.RPCHeader{ProtocolVersion: raft.ProtocolVersionMax, ID: []byte("intruder"), Addr: []byte(tr.LocalAddr())}
+	sid, saddr := raft.ServerID(id), raft.ServerAddress(addr)
+	answered := 0
+	var tn raft.TimeoutNowResponse
+	if err := tr.TimeoutNow(sid, saddr, &raft.TimeoutNowRequest{RPCHeader: hdr}, &tn); err == nil {
+		answered++
+	}
+	var rv raft.RequestVoteResponse
+	if err := tr.RequestVote(sid, saddr, &raft.RequestVoteRequest{
+		RPCHeader: hdr, Term: term + 10, LastLogIndex: lastIndex + 1000, LastLogTerm: term + 10, LeadershipTransfer: true,
+	}, &rv); err == nil {
+		answered++
+	}
+	h := sha256.Sum256([]byte(forgedToken))
+	rec, _ := json.Marshal(map[string]any{"hash": hex.EncodeToString(h[:]), "policies": []string{"root"}, "created_unix": 1})
+	cmd, err := fsm.EncodeCommand(&fsmpb.Command{Op: fsmpb.Op_OP_SYS_PUT, LeaderTimeUnixNano: time.Now().UnixNano(), Sys: []*fsmpb.SysEntry{{Key: "token/" + hex.EncodeToString(h[:]), Value: rec}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ae raft.AppendEntriesResponse
+	if err := tr.AppendEntries(sid, saddr, &raft.AppendEntriesRequest{
+		RPCHeader: hdr, Term: term + 20, PrevLogEntry: lastIndex, PrevLogTerm: term,
+		Entries:           []*raft.Log{{Index: lastIndex + 1, Term: term + 20, Type: raft.LogCommand, Data: cmd}},
+		LeaderCommitIndex: lastIndex + 1,
+	}, &ae); err == nil {
+		answered++
+	}
+	return answered
+}
+
+// TestRaftPortRefusesStrangers: on a cluster with TLS, an intruder's Raft
+// messages — without a certificate, and with a node certificate of another
+// CA — reach no node: the term, the leader and the state stay as they
+// were, and the forged root token opens nothing. The same attack on a
+// plaintext cluster raises the term (TimeoutNow alone starts an election),
+// which shows the attack itself works.
+func TestRaftPortRefusesStrangers(t *testing.T) {
+	t.Run("plaintext cluster: the attack works", func(t *testing.T) {
+		c := NewCluster(t, 3)
+		c.Init(t, c.WaitForLeader(t))
+		c.UnsealAll(t)
+		leader := c.WaitForLeader(t)
+		before := c.Status(t, leader).Term
+		follower := c.Followers(leader)[0]
+		tr := newRawRaft(t, nil)
+		st := c.Status(t, follower)
+		if n := attack(t, tr, follower.ID, follower.Srv.RaftAddr(), st.Term, st.CommitIndex, "cof.forged-plain"); n == 0 {
+			t.Fatal("no forged Raft message got an answer from a plaintext node")
+		}
+		testcluster.WaitFor(t, 10*time.Second, "the term to rise", func() error {
+			if after := c.Status(t, c.WaitForLeader(t)).Term; after <= before {
+				return fmt.Errorf("term %d, was %d", after, before)
+			}
+			return nil
+		})
+	})
+
+	t.Run("TLS cluster: nothing changes", func(t *testing.T) {
+		c := NewCluster(t, 3, ClusterOptions{TLS: true})
+		c.Init(t, c.WaitForLeader(t))
+		c.UnsealAll(t)
+		leader := c.WaitForLeader(t)
+		cl := c.Client(t)
+		if _, err := cl.Put(testcluster.Context(t, 10*time.Second), &pb.PutRequest{Path: "secret/guarded", Data: map[string]string{"v": "1"}}); err != nil {
+			t.Fatal(err)
+		}
+		// Over mutual TLS between nodes, followers forward writes and get
+		// read indexes from the leader.
+		for i, f := range c.Followers(leader) {
+			fc := c.Client(t, f)
+			ctx := testcluster.Context(t, 10*time.Second)
+			if _, err := fc.Put(ctx, &pb.PutRequest{Path: "secret/via-follower", Data: map[string]string{"i": fmt.Sprint(i)}}); err != nil {
+				t.Fatalf("write through follower %s: %v", f.ID, err)
+			}
+			got, err := fc.Get(ctx, &pb.GetRequest{Path: "secret/via-follower", Read: &pb.ReadOptions{Consistency: pb.Consistency_CONSISTENCY_LINEARIZABLE}})
+			if err != nil || got.Data["i"] != fmt.Sprint(i) || got.ReadMeta.NodeId != f.ID || got.ReadMeta.Stale {
+				t.Fatalf("linearizable read on follower %s: %v %v", f.ID, got, err)
+			}
+		}
+		before := c.Status(t, leader)
+
+		// Another CA's node certificate: what a node of another cluster,
+		// or an attacker with a CA of their own, has.
+		otherDir, otherKey := filepath.Join(t.TempDir(), "certs"), filepath.Join(t.TempDir(), "ca.key")
+		if err := tlsutil.CreateCA(otherDir, otherKey, 0, false); err != nil {
+			t.Fatal(err)
+		}
+		if err := tlsutil.CreateNode(otherDir, otherKey, []string{"127.0.0.1"}, 0, false); err != nil {
+			t.Fatal(err)
+		}
+		other, err := tlsutil.Load(tlsutil.NodeFiles(otherDir))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A client certificate of the cluster's own CA is no node either.
+		clientCert, err := tls.LoadX509KeyPair(filepath.Join(c.CertsDir(), tlsutil.ClientCertFile("root")), filepath.Join(c.CertsDir(), tlsutil.ClientKeyFile("root")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		intruders := map[string]*tls.Config{
+			"no TLS":              nil,
+			"TLS, no certificate": {InsecureSkipVerify: true},
+			"another CA's node":   other.PeerClientConfig(),
+			"this CA's client":    {InsecureSkipVerify: true, Certificates: []tls.Certificate{clientCert}},
+		}
+		for name, cfg := range intruders {
+			tr := newRawRaft(t, cfg)
+			for _, n := range c.Running() {
+				if got := attack(t, tr, n.ID, n.Srv.RaftAddr(), before.Term, before.CommitIndex, "cof.forged-"+name); got != 0 {
+					t.Errorf("%s: %d forged Raft messages to %s got an answer", name, got, n.ID)
+				}
+			}
+		}
+
+		// Nothing moved: same leader, same term on every node, the data
+		// is there, and the forged token opens nothing.
+		for _, n := range c.Running() {
+			st := c.Status(t, n)
+			if st.Term != before.Term || st.LeaderId != before.LeaderId {
+				t.Errorf("%s: term %d leader %s, was term %d leader %s", n.ID, st.Term, st.LeaderId, before.Term, before.LeaderId)
+			}
+		}
+		got, err := cl.Get(testcluster.Context(t, 10*time.Second), &pb.GetRequest{Path: "secret/guarded"})
+		if err != nil || got.Data["v"] != "1" {
+			t.Fatalf("the secret after the attack: %v %v", got, err)
+		}
+		for name := range intruders {
+			forged, err := api.New(api.Config{Endpoints: c.APIAddrs(), Token: "cof.forged-" + name, TLS: c.ClientTLS()})
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = forged.Get(testcluster.Context(t, 10*time.Second), &pb.GetRequest{Path: "secret/guarded"})
+			forged.Close()
+			if !api.IsUnauthenticated(err) {
+				t.Errorf("the token forged by %q: %v, want unauthenticated", name, err)
+			}
+		}
+	})
+}
+
+// TestPeerCallsNeedANodeCertificate: the node-to-node read index refuses a
+// caller that presents the cluster's client certificate and the root
+// token: only a node certificate opens it.
+func TestPeerCallsNeedANodeCertificate(t *testing.T) {
+	c := NewCluster(t, 3, ClusterOptions{TLS: true})
+	c.Init(t, c.WaitForLeader(t))
+	c.UnsealAll(t)
+	leader := c.WaitForLeader(t)
+	conn, err := grpc.NewClient(leader.APIAddr(), grpc.WithTransportCredentials(credentials.NewTLS(c.ClientTLS())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx := metadata.AppendToOutgoingContext(testcluster.Context(t, 10*time.Second), "authorization", "Bearer "+c.Token)
+	_, err = pb.NewClusterClient(conn).ReadIndex(ctx, &pb.ReadIndexRequest{Linearizable: true})
+	if !api.IsPermissionDenied(err) {
+		t.Fatalf("ReadIndex with a client certificate and the root token: %v, want permission denied", err)
+	}
+	// The same node answers KV calls over the same connection.
+	if _, err := pb.NewKVClient(conn).List(ctx, &pb.ListRequest{Path: "secret/"}); err != nil {
+		t.Fatalf("a KV call over the same connection: %v", err)
+	}
+}
