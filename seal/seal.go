@@ -93,7 +93,7 @@ func (s *Seal) statusLocked(stored *Stored) Status {
 	if s.barrier != nil {
 		st.Term = s.barrier.ActiveTerm()
 	} else if s.progressMatchesLocked(stored) {
-		st.Progress = len(s.shares)
+		st.Progress = min(s.indexesLocked(), st.Threshold)
 	}
 	return st
 }
@@ -109,8 +109,10 @@ func (s *Seal) statusLocked(stored *Stored) Status {
 //
 // Errors: ErrNotInitialized when stored is nil; ErrInvalidStored for an
 // inconsistent stored; ErrInvalidShare for a share of the wrong length or
-// index 0; ErrDuplicateShare for a share (or share index) already submitted,
-// leaving progress unchanged; ErrWrongShares when the combined key does not
+// index 0; ErrDuplicateShare for a share already submitted, or a fourth
+// different share for one index, leaving progress unchanged (up to three
+// different shares of one index are kept as candidates, and each set of
+// threshold shares they allow is tried); ErrWrongShares when the combined key does not
 // open the root key (shares from another cluster or corrupt); and
 // ErrInvalidKeyring when the root key opens but the keyring does not. An
 // already unsealed node returns its status and no error.
@@ -135,15 +137,22 @@ func (s *Seal) Unseal(stored *Stored, wrappedKeyring []byte, share []byte) (Stat
 	if cfg.Shares > 1 && share[KeySize] == 0 {
 		return s.statusLocked(stored), fmt.Errorf("%w: its index is 0", ErrInvalidShare)
 	}
+	sameIndex := 0
 	for _, held := range s.shares {
 		if subtle.ConstantTimeCompare(held, share) == 1 {
 			return s.statusLocked(stored), ErrDuplicateShare
 		}
-		// The index (last byte) is public; two different shares with
-		// the same index cannot both be right.
 		if cfg.Shares > 1 && held[KeySize] == share[KeySize] {
-			return s.statusLocked(stored), fmt.Errorf("%w: a different share with the same index was already submitted; reset progress if that one was wrong", ErrDuplicateShare)
+			sameIndex++
 		}
+	}
+	// Two different shares with one index cannot both be right, but which
+	// one is wrong is not known yet: both are kept as candidates, so that
+	// a garbage share sent first under a real share's index cannot block
+	// the real one. Bounded, so that candidates cannot make combining
+	// costly.
+	if sameIndex >= maxCandidatesPerIndex || len(s.shares) >= maxHeldShares {
+		return s.statusLocked(stored), fmt.Errorf("%w: too many different shares held for one index; reset progress and submit the shares again", ErrDuplicateShare)
 	}
 
 	if len(s.shares) == 0 {
@@ -151,7 +160,7 @@ func (s *Seal) Unseal(stored *Stored, wrappedKeyring []byte, share []byte) (Stat
 	}
 	s.shares = append(s.shares, bytes.Clone(share))
 	s.lastShare = s.now()
-	if len(s.shares) < cfg.Threshold {
+	if s.indexesLocked() < cfg.Threshold {
 		return s.statusLocked(stored), nil
 	}
 
@@ -160,22 +169,92 @@ func (s *Seal) Unseal(stored *Stored, wrappedKeyring []byte, share []byte) (Stat
 	return s.statusLocked(stored), err
 }
 
-// unsealLocked combines the held shares and, if they open the root key and
-// keyring, installs them. s.mu must be held.
-func (s *Seal) unsealLocked(stored *Stored, wrappedKeyring []byte) error {
-	var unsealKey []byte
-	if stored.Shares == 1 {
-		unsealKey = bytes.Clone(s.shares[0])
-	} else {
-		var err error
-		if unsealKey, err = Combine(s.shares); err != nil {
-			return err
+// Bounds of unseal progress: different shares kept for one index, and
+// shares held in all.
+const (
+	maxCandidatesPerIndex = 3
+	maxHeldShares         = 32
+	// maxShareSets bounds the sets of shares one unseal attempt combines.
+	maxShareSets = 256
+)
+
+// indexesLocked is the number of different share indexes held. s.mu must
+// be held.
+func (s *Seal) indexesLocked() int {
+	if s.sharesFor.Shares == 1 {
+		return len(s.shares)
+	}
+	var seen [256]bool
+	n := 0
+	for _, sh := range s.shares {
+		if x := sh[KeySize]; !seen[x] {
+			seen[x], n = true, n+1
 		}
 	}
-	defer clear(unsealKey)
+	return n
+}
 
-	rootKey, err := unwrap(unsealKey, stored.WrappedRootKey, aadRootKey)
-	if err != nil {
+// candidateSets returns the sets of threshold shares, one per index, that
+// the held shares allow: one set when every index has one share, more
+// when some index has candidates. s.mu must be held.
+func (s *Seal) candidateSetsLocked(threshold int) [][][]byte {
+	if s.sharesFor.Shares == 1 {
+		return [][][]byte{{s.shares[0]}}
+	}
+	byIndex := map[byte][][]byte{}
+	var order []byte
+	for _, sh := range s.shares {
+		x := sh[KeySize]
+		if _, ok := byIndex[x]; !ok {
+			order = append(order, x)
+		}
+		byIndex[x] = append(byIndex[x], sh)
+	}
+	var sets [][][]byte
+	var pick func(i int, set [][]byte)
+	pick = func(i int, set [][]byte) {
+		if len(sets) >= maxShareSets {
+			return
+		}
+		if len(set) == threshold {
+			sets = append(sets, append([][]byte(nil), set...))
+			return
+		}
+		if i == len(order) || len(order)-i < threshold-len(set) {
+			return
+		}
+		for _, cand := range byIndex[order[i]] {
+			pick(i+1, append(set, cand))
+		}
+		pick(i+1, set)
+	}
+	pick(0, nil)
+	return sets
+}
+
+// unsealLocked combines the held shares and, if they open the root key and
+// keyring, installs them. With candidates for an index it tries each set
+// of threshold shares until one opens the root key. s.mu must be held.
+func (s *Seal) unsealLocked(stored *Stored, wrappedKeyring []byte) error {
+	var rootKey []byte
+	for _, set := range s.candidateSetsLocked(stored.Threshold) {
+		var unsealKey []byte
+		if stored.Shares == 1 {
+			unsealKey = bytes.Clone(set[0])
+		} else {
+			var err error
+			if unsealKey, err = Combine(set); err != nil {
+				continue
+			}
+		}
+		rk, err := unwrap(unsealKey, stored.WrappedRootKey, aadRootKey)
+		clear(unsealKey)
+		if err == nil {
+			rootKey = rk
+			break
+		}
+	}
+	if rootKey == nil {
 		return ErrWrongShares
 	}
 	if len(rootKey) != KeySize {

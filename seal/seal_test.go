@@ -161,15 +161,47 @@ func TestUnsealDuplicateShare(t *testing.T) {
 	if !errors.Is(err, ErrDuplicateShare) || st.Progress != 2 || !st.Sealed {
 		t.Fatalf("same share again: %+v, %v; want ErrDuplicateShare with progress 2", st, err)
 	}
-	// A different share claiming an index already held.
+	// A different share claiming an index already held is kept as a
+	// candidate: progress counts indexes, so it stays 2.
 	sameIndex := bytes.Clone(res.Shares[2])
 	sameIndex[KeySize] = res.Shares[1][KeySize]
 	st, err = s.Unseal(res.Stored, res.WrappedKeyring, sameIndex)
-	if !errors.Is(err, ErrDuplicateShare) || st.Progress != 2 {
-		t.Fatalf("same index: %+v, %v; want ErrDuplicateShare with progress 2", st, err)
+	if err != nil || st.Progress != 2 {
+		t.Fatalf("same index: %+v, %v; want it held as a candidate, progress 2", st, err)
 	}
 	submit(t, s, res, res.Shares[4])
 	checkUnsealed(t, s, 1)
+}
+
+// TestUnsealGarbageFirstCannotBlock: garbage sent first under the index of
+// a real share (an attacker racing the operator) does not get the real
+// share refused; the node unseals with the real shares. A fourth
+// different share for one index is refused.
+func TestUnsealGarbageFirstCannotBlock(t *testing.T) {
+	res := mustInit(t, Config{5, 3})
+	s := New(Options{})
+	garbage := randomSecret(t, KeySize+1)
+	garbage[KeySize] = res.Shares[0][KeySize]
+	submit(t, s, res, garbage)
+	st, err := s.Unseal(res.Stored, res.WrappedKeyring, res.Shares[0])
+	if err != nil || st.Progress != 1 {
+		t.Fatalf("the real share after garbage with its index: %+v, %v", st, err)
+	}
+	submit(t, s, res, res.Shares[1], res.Shares[2])
+	checkUnsealed(t, s, 1)
+
+	// Bounded: three candidates for one index, no more.
+	s2 := New(Options{})
+	for i := range maxCandidatesPerIndex {
+		g := randomSecret(t, KeySize+1)
+		g[KeySize] = res.Shares[0][KeySize]
+		if _, err := s2.Unseal(res.Stored, res.WrappedKeyring, g); err != nil {
+			t.Fatalf("candidate %d: %v", i, err)
+		}
+	}
+	if _, err := s2.Unseal(res.Stored, res.WrappedKeyring, res.Shares[0]); !errors.Is(err, ErrDuplicateShare) {
+		t.Fatalf("a fourth share for one index: %v, want ErrDuplicateShare", err)
+	}
 }
 
 // foreignShare returns a share of other whose index differs from the indexes
