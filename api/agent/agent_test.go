@@ -201,8 +201,9 @@ func TestAgentOutage(t *testing.T) {
 	if g := ac.get(t, bogus, path); status.Code(g.err) != codes.Unauthenticated || g.resp != nil {
 		t.Fatalf("get with another token: %s", g)
 	}
-	// No token: the agent's own.
-	if g := ac.get(t, "", path); g.err != nil || g.resp.Data["password"] != marker {
+	// No token: nothing. The agent does not lend its own token on a TCP
+	// port (whoever reaches the port would get its rights).
+	if g := ac.get(t, "", path); status.Code(g.err) != codes.Unauthenticated || g.resp != nil || !strings.Contains(status.Convert(g.err).Message(), "-use-agent-token") {
 		t.Fatalf("get without a token: %s", g)
 	}
 	// The cache file follows the cache (debounced) and holds no plaintext.
@@ -337,6 +338,12 @@ func TestAgentPassThrough(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The agent's upstream watch starts asynchronously, "from now" as the
+	// node sees it: wait for the node's first progress event, or a write
+	// made before the upstream stream exists is (rightly) not reported.
+	if ev, err := stream.Recv(); err != nil || ev.Type != pb.WatchEvent_PROGRESS {
+		t.Fatalf("first event of the watch: %v %v, want the node's progress event", ev, err)
+	}
 
 	const path = "secret/pass/through"
 	put := &pb.PutRequest{Path: path, Data: map[string]string{"v": "1"}, RequestId: "agent-test-request-1"}
@@ -436,7 +443,7 @@ func TestAgentPassThrough(t *testing.T) {
 	if _, err := ac.kv.Put(ctx, &pb.PutRequest{Path: "secret/../x", Data: map[string]string{"v": "x"}}); status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("put to a bad path: %v", err)
 	}
-	// No token and no token of the agent's own: the cluster refuses.
+	// No token: the agent refuses.
 	if g := ac.get(t, "", path); status.Code(g.err) != codes.Unauthenticated {
 		t.Fatalf("get without any token: %s", g)
 	}
@@ -459,7 +466,7 @@ func TestAgentSys(t *testing.T) {
 	if _, err := rootClient(t, c).Put(tctx(t), &pb.PutRequest{Path: "secret/s", Data: map[string]string{"a": "b"}}); err != nil {
 		t.Fatal(err)
 	}
-	if g := ac.get(t, "", "secret/s"); g.err != nil {
+	if g := ac.get(t, c.Token, "secret/s"); g.err != nil {
 		t.Fatal(g)
 	}
 	var st *pb.StatusResponse
@@ -566,4 +573,36 @@ func TestAgentNoUpstream(t *testing.T) {
 	again := testConfig(t, []string{testcluster.FreeAddr(t)}, "")
 	again.Listen = addr
 	startAgent(t, again)
+}
+
+// TestAgentLendsItsTokenOnlyOnAUnixSocket: with -use-agent-token on a unix
+// socket (mode 0600), a caller without a token is served with the agent's
+// own; the same setting on a TCP port is refused at start.
+func TestAgentLendsItsTokenOnlyOnAUnixSocket(t *testing.T) {
+	c := newTestCluster(t, 1)
+	root := rootClient(t, c)
+	const path = "secret/lent"
+	if _, err := root.Put(tctx(t), &pb.PutRequest{Path: path, Data: map[string]string{"v": "1"}}); err != nil {
+		t.Fatal(err)
+	}
+	tcp := testConfig(t, c.APIAddrs(), c.Token)
+	tcp.UseAgentToken = true
+	if _, err := New(tcp); !errors.Is(err, ErrInvalidConfig) || !strings.Contains(err.Error(), "unix://") {
+		t.Fatalf("-use-agent-token on TCP: %v", err)
+	}
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	cfg := testConfig(t, c.APIAddrs(), c.Token)
+	cfg.Listen, cfg.UseAgentToken = "unix://"+sock, true
+	ag := startAgent(t, cfg)
+	if ag.Addr() != "unix://"+sock {
+		t.Fatalf("Addr = %q", ag.Addr())
+	}
+	fi, err := os.Stat(sock)
+	if err != nil || fi.Mode().Perm() != 0o600 || fi.Mode()&os.ModeSocket == 0 {
+		t.Fatalf("socket %s: %v %v, want a socket of mode 0600", sock, fi.Mode(), err)
+	}
+	ac := dial(t, ag.Addr())
+	if g := ac.get(t, "", path); g.err != nil || g.resp.Data["v"] != "1" {
+		t.Fatalf("get without a token over the socket: %s", g)
+	}
 }
