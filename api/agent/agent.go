@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -120,7 +122,7 @@ func New(cfg Config) (*Agent, error) {
 		a.logger.Info("restored cached answers (served only while the cluster is unreachable, until refreshed)", "entries", n, "dropped_past_max_stale", len(restored)-n)
 	}
 
-	a.lis, err = net.Listen("tcp", cfg.Listen)
+	a.lis, err = listen(cfg.Listen)
 	if err != nil {
 		client.Close()
 		return nil, fmt.Errorf("agent: listen on %s: %w (is another agent running? pick another -listen)", cfg.Listen, err)
@@ -171,8 +173,38 @@ func (a *Agent) Start() {
 	}
 }
 
-// Addr is the address the agent listens on.
-func (a *Agent) Addr() string { return a.lis.Addr().String() }
+// listen opens the agent's listener: TCP, or a unix socket that only the
+// agent's user may use (mode 0600; a stale socket file is replaced).
+func listen(addr string) (net.Listener, error) {
+	path, ok := unixPath(addr)
+	if !ok {
+		return net.Listen("tcp", addr)
+	}
+	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSocket != 0 {
+		if err := os.Remove(path); err != nil {
+			return nil, err
+		}
+	}
+	old := syscall.Umask(0o177)
+	l, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+// Addr is the address the agent listens on: host:port, or unix:///path.
+func (a *Agent) Addr() string {
+	if a.lis.Addr().Network() == "unix" {
+		return "unix://" + a.lis.Addr().String()
+	}
+	return a.lis.Addr().String()
+}
 
 // Client is the agent's upstream client.
 func (a *Agent) Client() *api.Client { return a.client }
@@ -268,13 +300,17 @@ func (a *Agent) persistLoop() {
 func (a *Agent) noteContact() { a.lastContact.Store(time.Now().UnixNano()) }
 
 // callerContext returns ctx with the caller's token for the upstream
-// calls: its bearer token, or the agent's own when it sent no
-// authorization header.
-func callerContext(ctx context.Context) (context.Context, error) {
+// calls: its bearer token; when it sent no authorization header, the
+// agent's own token with UseAgentToken (on a unix socket only), nothing
+// otherwise.
+func (a *Agent) callerContext(ctx context.Context) (context.Context, error) {
 	md, _ := metadata.FromIncomingContext(ctx)
 	vals := md.Get("authorization")
 	switch len(vals) {
 	case 0:
+		if !a.cfg.UseAgentToken {
+			return nil, ErrNoToken
+		}
 		return ctx, nil // the agent's own token
 	case 1:
 		token, ok := strings.CutPrefix(vals[0], "Bearer ")
@@ -302,7 +338,7 @@ func (a *Agent) admit(ctx context.Context, method string) (context.Context, erro
 	if r.Access == route.Public {
 		return ctx, nil
 	}
-	return callerContext(ctx)
+	return a.callerContext(ctx)
 }
 
 // unaryInterceptor admits the call by its route and maps errors through

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -46,9 +47,15 @@ type Config struct {
 	// cache's watches) and its timeouts. Its Cache field must be nil: the
 	// agent's cache is configured by Cache below.
 	Upstream api.Config
-	// Listen is the gRPC listen address (host:port; port 0 picks one).
-	// Default 127.0.0.1:8500.
+	// Listen is the gRPC listen address: host:port (port 0 picks one), or
+	// unix:///path for a unix socket (created mode 0600). Default
+	// 127.0.0.1:8500.
 	Listen string
+	// UseAgentToken lends the agent's own token (Upstream.Token) to
+	// callers that send none, as Vault Agent's use_auto_auth_token does.
+	// Only on a unix socket, whose file mode says who may call; otherwise
+	// a caller without a token gets nothing.
+	UseAgentToken bool
 	// Cache configures the cache of Get answers. Zero fields take their
 	// defaults, except that TTL defaults to DefaultTTL and MaxStale to
 	// DefaultMaxStale (24h); a negative MaxStale turns stale-if-error off.
@@ -97,9 +104,21 @@ func (c Config) Validate() error {
 	if err := c.Upstream.Validate(); err != nil {
 		return err
 	}
-	if c.Listen != "" {
+	if path, ok := unixPath(c.Listen); ok {
+		if path == "" {
+			return fmt.Errorf("%w: -listen %q names no socket path: use unix:///path/agent.sock", ErrInvalidConfig, c.Listen)
+		}
+	} else if c.Listen != "" {
 		if _, _, err := net.SplitHostPort(c.Listen); err != nil {
-			return fmt.Errorf("%w: -listen %q is not host:port: %v", ErrInvalidConfig, c.Listen, err)
+			return fmt.Errorf("%w: -listen %q is not host:port or unix:///path: %v", ErrInvalidConfig, c.Listen, err)
+		}
+	}
+	if c.UseAgentToken {
+		if _, ok := unixPath(c.Listen); !ok {
+			return fmt.Errorf("%w: -use-agent-token lends the agent's token to every caller: it needs -listen=unix:///path, whose file mode says who may call", ErrInvalidConfig)
+		}
+		if c.Upstream.Token == "" {
+			return fmt.Errorf("%w: -use-agent-token needs the agent's own token: set -token, -token-file or $COFFER_TOKEN", ErrInvalidConfig)
 		}
 	}
 	if err := c.Cache.Validate(); err != nil {
@@ -120,6 +139,12 @@ func (c Config) Validate() error {
 		return fmt.Errorf("%w: a cache key without a cache directory: set -cache-dir too", ErrInvalidConfig)
 	}
 	return nil
+}
+
+// unixPath returns the socket path of a unix:// listen address.
+func unixPath(listen string) (string, bool) {
+	path, ok := strings.CutPrefix(listen, "unix://")
+	return path, ok
 }
 
 // withDefaults fills every zero field with its default.

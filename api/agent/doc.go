@@ -37,11 +37,13 @@
 // A caller's bearer token ("authorization: Bearer <token>") is used for its
 // upstream calls, and its cached answers are keyed by that token's hash
 // (api.WithToken): a cached value is served only to callers whose token
-// read it. A caller that sends no authorization header uses the agent's
-// own token (Config.Upstream.Token, like Vault agent's auto-auth token):
-// whoever can reach the listen address then has that token's rights, so
-// keep the agent on loopback or a unix-only network. A malformed header is
-// refused (Unauthenticated), never replaced by the agent's token. The
+// read it. A caller that sends no authorization header gets nothing
+// (Unauthenticated), unless Config.UseAgentToken lends it the agent's own
+// token (Config.Upstream.Token, like Vault Agent's use_auto_auth_token),
+// which is allowed only on a unix socket (Listen "unix:///path", mode
+// 0600): the socket's file mode then says who has that token's rights. A
+// malformed header is refused (Unauthenticated), never replaced by the
+// agent's token. The
 // cache's watches use the agent's own token; without one that may watch,
 // entries live for their TTL only. No token is ever logged or written to
 // disk: the cache file holds token hashes.

@@ -32,6 +32,9 @@ var (
 	ErrNotANode = errors.New("this is a coffer agent: send it to a node (set COFFER_ADDR or -address to a node's API address)")
 	// ErrShuttingDown answers calls while the agent stops.
 	ErrShuttingDown = errors.New("coffer agent is shutting down: retry on another endpoint")
+	// ErrNoToken means a caller sent no token and the agent does not lend
+	// its own.
+	ErrNoToken = errors.New("coffer agent: the call carries no token: set COFFER_TOKEN or -token (the agent lends its own token only with -use-agent-token on a unix socket)")
 	// ErrBadAuthorization means the caller's authorization header is not
 	// "Bearer <token>".
 	ErrBadAuthorization = errors.New("coffer agent: the authorization header must be \"Bearer <token>\": set COFFER_TOKEN or -token")
@@ -61,6 +64,8 @@ func (a *Agent) toStatus(method string, err error) error {
 		return api.StatusError(codes.FailedPrecondition, pb.ErrorReason_NOT_A_NODE, ErrNotANode.Error())
 	case errors.Is(err, ErrBadAuthorization):
 		return api.StatusError(codes.Unauthenticated, pb.ErrorReason_UNAUTHENTICATED, ErrBadAuthorization.Error())
+	case errors.Is(err, ErrNoToken):
+		return api.StatusError(codes.Unauthenticated, pb.ErrorReason_UNAUTHENTICATED, ErrNoToken.Error())
 	case errors.Is(err, context.Canceled):
 		if _, ok := status.FromError(err); !ok {
 			return api.StatusError(codes.Canceled, pb.ErrorReason_CANCELED, err.Error())

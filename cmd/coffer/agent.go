@@ -36,9 +36,10 @@ COFFER_ADDR / -address through a cache, writes and watches pass through.
 
 Each caller's token (COFFER_TOKEN of the caller) is used for its calls, and
 a cached value is served only to callers with the token that read it. A
-caller without a token uses the agent's own token (COFFER_TOKEN, -token or
--token-file): whoever can reach -listen then has that token's rights, so keep
--listen on loopback.
+caller without a token gets nothing, unless the agent runs with
+-use-agent-token on a unix socket (-listen=unix:///path, mode 0600): then it
+lends its own token (COFFER_TOKEN, -token or -token-file) to callers that
+send none, and the socket's file mode says who may call.
 
 When no node answers, cached values are served, marked stale with their age,
 up to -max-stale past their -ttl; then reads fail with a clear error.
@@ -46,7 +47,8 @@ up to -max-stale past their -ttl; then reads fail with a clear error.
 32 bytes, raw or base64, from -cache-key-file or base64 in
 $`+agent.EnvCacheKey+`), so an agent restarted during an outage still
 serves. Stop it with SIGINT or SIGTERM.`).withClient()
-	listen := f.fs.String("listen", agent.DefaultListen, "gRPC listen address host:port of the agent")
+	listen := f.fs.String("listen", agent.DefaultListen, "gRPC listen address of the agent: host:port, or unix:///path for a unix socket (mode 0600)")
+	useAgentToken := f.fs.Bool("use-agent-token", false, "lend the agent's own token to callers that send none (needs -listen=unix:///path)")
 	tokenFile := f.fs.String("token-file", "", "read the agent's own token from this file (instead of -token or $"+api.EnvToken+")")
 	cacheDir := f.fs.String("cache-dir", "", "keep an encrypted copy of the cache in this directory (needs a key)")
 	keyFile := f.fs.String("cache-key-file", "", "file with the 32-byte cache key, raw or base64 (default: base64 in $"+agent.EnvCacheKey+")")
@@ -129,11 +131,12 @@ serves. Stop it with SIGINT or SIGTERM.`).withClient()
 		return nil, usageErrorf(f.name, "-cache-key-file needs -cache-dir")
 	}
 	cfg.CacheDir = *cacheDir
+	cfg.UseAgentToken = *useAgentToken
 	if err := cfg.Validate(); err != nil {
 		return nil, &cliError{code: 1, msg: err.Error()}
 	}
-	if host, _, _ := net.SplitHostPort(*listen); up.Token != "" && !isLoopback(host) {
-		o.warnings = append(o.warnings, fmt.Sprintf("-listen %s is not a loopback address: callers without a token use the agent's own token, so whoever reaches it has that token's rights", *listen))
+	if host, _, err := net.SplitHostPort(*listen); err == nil && !isLoopback(host) {
+		o.warnings = append(o.warnings, fmt.Sprintf("-listen %s is not a loopback address: the agent's cached answers travel in clear to whoever reaches it; keep it on loopback or a unix socket", *listen))
 	}
 	o.cfg = cfg
 	return o, nil
