@@ -33,6 +33,9 @@ dir=${1:-/tmp/coffer-bench}
 [ -e "$dir" ] && { echo "$dir exists: stop the old cluster with $0 stop $dir" >&2; exit 1; }
 mkdir -p "$dir"
 umask 077
+# The gossip key every node of a cluster needs (never printed).
+COFFER_CLUSTER_KEY=${COFFER_CLUSTER_KEY:-$(head -c 32 /dev/urandom | base64)}
+export COFFER_CLUSTER_KEY
 for i in 1 2 3; do
   "$BIN" server -node-id=n$i -data-dir="$dir/n$i" -api-addr=127.0.0.1:85${i}0 \
     -raft-addr=127.0.0.1:85${i}1 -gossip-addr=127.0.0.1:85${i}2 -pprof-addr=127.0.0.1:85${i}3 \

@@ -92,7 +92,10 @@ func (c Config) Validate() error {
 		if len(g.Join) == 0 && c.BootstrapExpect == 0 {
 			return errors.New("server: a clustered node needs -join=host:port of a member, or -bootstrap-expect=N")
 		}
-		if len(g.ClusterKey) != 0 && len(g.ClusterKey) != 32 {
+		if len(g.ClusterKey) == 0 {
+			return errors.New("server: a node that joins or bootstraps a cluster needs the gossip key, the same on every node (without it anyone who reaches the gossip port can join): set $COFFER_CLUSTER_KEY (or -cluster-key) to 32 random bytes in base64, e.g. from `head -c 32 /dev/urandom | base64`")
+		}
+		if len(g.ClusterKey) != 32 {
 			return fmt.Errorf("server: cluster key is %d bytes: want 32 bytes, base64-encoded (e.g. `openssl rand -base64 32`)", len(g.ClusterKey))
 		}
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"io/fs"
@@ -584,6 +585,15 @@ func TestNodeLifecycle(t *testing.T) {
 		files++
 		if bytes.Contains(b, []byte(marker)) {
 			t.Errorf("plaintext marker found in %s", path)
+		}
+		// Nor the root token (stored as its hash) or a key share.
+		if bytes.Contains(b, []byte(token)) {
+			t.Errorf("the root token found in %s", path)
+		}
+		for i, k := range keys {
+			if share, err := base64.StdEncoding.DecodeString(k); err == nil && bytes.Contains(b, share) {
+				t.Errorf("key share %d found in %s", i, path)
+			}
 		}
 		return nil
 	})

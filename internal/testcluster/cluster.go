@@ -2,6 +2,7 @@ package testcluster
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -40,6 +41,8 @@ type Cluster struct {
 	// (Options.TLS); clientTLS is the harness's client configuration.
 	certsDir, caKey string
 	clientTLS       *tls.Config
+	// clusterKey encrypts the nodes' gossip.
+	clusterKey []byte
 }
 
 // Node is one member of a Cluster. Its id, addresses and data directory
@@ -88,7 +91,10 @@ func New(t testing.TB, size int, opts Options) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{t: t, opts: opts}
+	c := &Cluster{t: t, opts: opts, clusterKey: make([]byte, 32)}
+	if _, err := rand.Read(c.clusterKey); err != nil {
+		return nil, err
+	}
 	if opts.TLS {
 		if err := c.makeCerts(t); err != nil {
 			return nil, err
@@ -176,6 +182,7 @@ func (c *Cluster) config(n *Node, expect int, network *replication.Network) serv
 				g.Join = append(g.Join, s)
 			}
 		}
+		g.ClusterKey = c.clusterKey
 		cfg.Gossip = &g
 		cfg.BootstrapExpect = expect
 	}
