@@ -235,3 +235,39 @@ func TestPeerCallsNeedANodeCertificate(t *testing.T) {
 		t.Fatalf("a KV call over the same connection: %v", err)
 	}
 }
+
+// TestInitNeedsAClientCertificate: on a cluster with TLS, whoever reaches
+// a fresh node first cannot initialize it without a certificate of the
+// cluster's CA — not on the leader, not through a follower (which would
+// otherwise forward it with its own node certificate) — while status
+// still answers; with the client certificate init works.
+func TestInitNeedsAClientCertificate(t *testing.T) {
+	c := NewCluster(t, 3, ClusterOptions{TLS: true})
+	leader := c.WaitForLeader(t)
+	caOnly, err := api.LoadTLS(filepath.Join(c.CertsDir(), tlsutil.CAFile), "", "", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []*Node{leader, c.Followers(leader)[0]} {
+		conn, err := grpc.NewClient(n.APIAddr(), grpc.WithTransportCredentials(credentials.NewTLS(caOnly)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sys := pb.NewSysClient(conn)
+		ctx := testcluster.Context(t, 10*time.Second)
+		if _, err := sys.Init(ctx, &pb.InitRequest{SecretShares: 1, SecretThreshold: 1, RootToken: "cof.attacker"}); !api.IsPermissionDenied(err) {
+			conn.Close()
+			t.Fatalf("init on %s without a client certificate: %v, want permission denied", n.ID, err)
+		}
+		st, err := sys.Status(ctx, &pb.StatusRequest{})
+		conn.Close()
+		if err != nil || st.Seal.Initialized {
+			t.Fatalf("status of %s after the refused init: %v %v", n.ID, st, err)
+		}
+	}
+	c.Init(t, leader)
+	c.UnsealAll(t)
+	if c.Token == "cof.attacker" {
+		t.Fatal("the attacker's root token")
+	}
+}

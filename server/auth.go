@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -217,6 +218,9 @@ func (g *gateway) admit(ctx context.Context, method string) (route.Route, contex
 	if !ok {
 		return r, ctx, withMessage(ErrNoRoute, "%s has no route on this node: check the client's version against the server's (`coffer status`)", method)
 	}
+	if r.ClientCert && g.tls && !callerHasCert(ctx) {
+		return r, ctx, withMessage(ErrClientCertRequired, "%s needs a client certificate of the cluster's CA: make one with `coffer cert create-client -certs-dir=DIR -ca-key=FILE root` and pass -certs-dir=DIR", method)
+	}
 	if r.Access == route.Public {
 		return r, ctx, nil
 	}
@@ -233,19 +237,27 @@ func (g *gateway) admit(ctx context.Context, method string) (route.Route, contex
 	return r, context.WithValue(ctx, tokenCtxKey{}, rec), nil
 }
 
-// callerIsNode reports whether the call came over TLS with a verified node
-// certificate of the cluster's CA.
-func callerIsNode(ctx context.Context) bool {
+// callerCert returns the caller's certificate, verified against the
+// cluster's CA, or nil.
+func callerCert(ctx context.Context) *x509.Certificate {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
-		return false
+		return nil
 	}
 	info, ok := p.AuthInfo.(credentials.TLSInfo)
 	if !ok || len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
-		return false
+		return nil
 	}
-	return tlsutil.IsNode(info.State.VerifiedChains[0][0])
+	return info.State.VerifiedChains[0][0]
 }
+
+// callerIsNode reports whether the call came over TLS with a verified node
+// certificate of the cluster's CA.
+func callerIsNode(ctx context.Context) bool { return tlsutil.IsNode(callerCert(ctx)) }
+
+// callerHasCert reports whether the call came with any certificate of the
+// cluster's CA (a client's or a node's).
+func callerHasCert(ctx context.Context) bool { return callerCert(ctx) != nil }
 
 // unaryInterceptor admits the call by its route, forwards a leader-only
 // call from a follower to the leader, and maps the handler's error through

@@ -40,6 +40,11 @@ var (
 	// ErrNodeOnly means a node-to-node call came from a caller without a
 	// node certificate.
 	ErrNodeOnly = errors.New("server: this call is for the cluster's nodes only: it needs a node certificate of the cluster's CA")
+	// ErrClientCertRequired means a call that needs a certificate of the
+	// cluster's CA came without one.
+	ErrClientCertRequired = errors.New("server: this call needs a client certificate of the cluster's CA: make one with `coffer cert create-client` and pass -certs-dir")
+	// ErrRateLimited means a caller made too many calls of a kind.
+	ErrRateLimited = errors.New("server: too many unseal attempts from this address: wait a second and retry")
 	// ErrDeleted means the requested version is soft-deleted.
 	ErrDeleted = errors.New("deleted")
 	// ErrDestroyed means the requested version was destroyed.
@@ -118,9 +123,11 @@ var codeTable = []struct {
 	{errBadData, codes.DataLoss, pb.ErrorReason_DATA_CORRUPT},
 	{ErrInvalidArgument, codes.InvalidArgument, pb.ErrorReason_INVALID_ARGUMENT},
 	{ErrTooLarge, codes.ResourceExhausted, pb.ErrorReason_TOO_LARGE},
+	{ErrRateLimited, codes.ResourceExhausted, pb.ErrorReason_RATE_LIMITED},
 	{ErrUnauthenticated, codes.Unauthenticated, pb.ErrorReason_UNAUTHENTICATED},
 	{ErrPermissionDenied, codes.PermissionDenied, pb.ErrorReason_PERMISSION_DENIED},
 	{ErrNodeOnly, codes.PermissionDenied, pb.ErrorReason_PERMISSION_DENIED},
+	{ErrClientCertRequired, codes.PermissionDenied, pb.ErrorReason_PERMISSION_DENIED},
 	{ErrNoRoute, codes.Unimplemented, pb.ErrorReason_NO_ROUTE},
 	{context.DeadlineExceeded, codes.DeadlineExceeded, pb.ErrorReason_DEADLINE_EXCEEDED},
 	{context.Canceled, codes.Canceled, pb.ErrorReason_CANCELED},

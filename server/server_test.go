@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -578,4 +579,43 @@ func TestRebuildAfterMachineRestart(t *testing.T) {
 	if got := n.srv.fsm.AppliedIndex(); got < last {
 		t.Fatalf("applied index after the rebuild = %d, below the last write's %d", got, last)
 	}
+}
+
+// TestUnsealIsRateLimited: a flood of unseal attempts from one address is
+// refused with RATE_LIMITED once past its burst, and the node takes a real
+// share again a moment later.
+func TestUnsealIsRateLimited(t *testing.T) {
+	n := startNode(t, "")
+	res, err := n.sys.Init(ctx(t), &pb.InitRequest{SecretShares: 5, SecretThreshold: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	limited := 0
+	for range unsealPerAddrBurst + 30 {
+		_, err := n.sys.Unseal(ctx(t), &pb.UnsealRequest{Key: []byte("garbage")})
+		if status.Code(err) == codes.ResourceExhausted {
+			limited++
+		} else if status.Code(err) != codes.InvalidArgument {
+			t.Fatalf("a garbage share: %v", err)
+		}
+	}
+	if limited == 0 {
+		t.Fatalf("%d unseal attempts in a burst, none limited", unsealPerAddrBurst+30)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, err := n.sys.Unseal(ctx(t), &pb.UnsealRequest{Key: res.Keys[0]})
+		if err == nil {
+			if st.Progress != 1 {
+				t.Fatalf("progress %d after a real share", st.Progress)
+			}
+			break
+		}
+		if status.Code(err) != codes.ResourceExhausted || time.Now().After(deadline) {
+			t.Fatalf("a real share after the flood: %v", err)
+		}
+		timer := time.NewTimer(50 * time.Millisecond)
+		<-timer.C
+	}
+	t.Logf("%d of %d attempts limited", limited, unsealPerAddrBurst+30)
 }

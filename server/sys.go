@@ -30,6 +30,8 @@ type sysServer struct {
 
 	initMu   sync.Mutex
 	rotateMu sync.Mutex
+	// unseals limits unseal attempts per caller address.
+	unseals *addrLimiter
 }
 
 // sysState reads the replicated sys table and the applied index.
@@ -116,6 +118,9 @@ func (y *sysServer) storedSeal() (*seal.Stored, error) {
 
 // Unseal adds one key share to this node's progress, or resets it.
 func (y *sysServer) Unseal(ctx context.Context, req *pb.UnsealRequest) (*pb.SealStatus, error) {
+	if !req.Reset_ && y.unseals != nil && !y.unseals.allow(ctx) {
+		return nil, ErrRateLimited
+	}
 	stored, err := y.storedSeal()
 	if err != nil {
 		return nil, err

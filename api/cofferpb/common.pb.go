@@ -124,6 +124,7 @@ const (
 	// RESOURCE_EXHAUSTED.
 	ErrorReason_TOO_LARGE       ErrorReason = 50 // a value, a secret or a request exceeds a limit
 	ErrorReason_TERMS_EXHAUSTED ErrorReason = 51 // the keyring cannot be rotated any further
+	ErrorReason_RATE_LIMITED    ErrorReason = 52 // too many calls of this kind from this address: slow down
 	// UNAUTHENTICATED / PERMISSION_DENIED / UNIMPLEMENTED.
 	ErrorReason_UNAUTHENTICATED   ErrorReason = 60 // missing or unknown token
 	ErrorReason_PERMISSION_DENIED ErrorReason = 61 // the token may not make this call
@@ -178,6 +179,7 @@ var (
 		46: "INVALID_SNAPSHOT",
 		50: "TOO_LARGE",
 		51: "TERMS_EXHAUSTED",
+		52: "RATE_LIMITED",
 		60: "UNAUTHENTICATED",
 		61: "PERMISSION_DENIED",
 		62: "NO_ROUTE",
@@ -225,6 +227,7 @@ var (
 		"INVALID_SNAPSHOT":         46,
 		"TOO_LARGE":                50,
 		"TERMS_EXHAUSTED":          51,
+		"RATE_LIMITED":             52,
 		"UNAUTHENTICATED":          60,
 		"PERMISSION_DENIED":        61,
 		"NO_ROUTE":                 62,
@@ -429,7 +432,7 @@ const file_coffer_v1_common_proto_rawDesc = "" +
 	"\vConsistency\x12\x17\n" +
 	"\x13CONSISTENCY_DEFAULT\x10\x00\x12\x15\n" +
 	"\x11CONSISTENCY_STALE\x10\x01\x12\x1c\n" +
-	"\x18CONSISTENCY_LINEARIZABLE\x10\x02*\x84\a\n" +
+	"\x18CONSISTENCY_LINEARIZABLE\x10\x02*\x96\a\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +
@@ -468,7 +471,8 @@ const file_coffer_v1_common_proto_rawDesc = "" +
 	"\x13REQUEST_ID_CONFLICT\x10-\x12\x14\n" +
 	"\x10INVALID_SNAPSHOT\x10.\x12\r\n" +
 	"\tTOO_LARGE\x102\x12\x13\n" +
-	"\x0fTERMS_EXHAUSTED\x103\x12\x13\n" +
+	"\x0fTERMS_EXHAUSTED\x103\x12\x10\n" +
+	"\fRATE_LIMITED\x104\x12\x13\n" +
 	"\x0fUNAUTHENTICATED\x10<\x12\x15\n" +
 	"\x11PERMISSION_DENIED\x10=\x12\f\n" +
 	"\bNO_ROUTE\x10>\x12\x10\n" +

@@ -57,6 +57,9 @@ they differ). A method that is not here is refused with NO_ROUTE.
   whose answer was lost is sent again (to the next leader) without a
   second effect; other forwarded calls are sent again only when the answer
   proves they were not acted on.
+- **client cert**: on a node with TLS, the caller must present a
+  certificate of the cluster's CA (init: whoever reaches a fresh node first
+  must not initialize it).
 - **policy path** and **capabilities**: what the call touches in Vault's
   HTTP terms, so that Vault policies apply unchanged. ` + "`<mount>/data/<path>`" + `
   is the secret ` + "`<mount>/<path>`" + `; ` + "`create|update`" + ` means create for a
@@ -64,8 +67,8 @@ they differ). A method that is not here is refused with NO_ROUTE.
   lands (issue 12); today every token call needs the root token for
   operator calls and any valid token for KV.
 
-| method | access | leader | idempotent | policy path | capabilities |
-|---|---|---|---|---|---|
+| method | access | leader | idempotent | client cert | policy path | capabilities |
+|---|---|---|---|---|---|---|
 `)
 	for _, r := range All() {
 		path, need := "", ""
@@ -81,7 +84,7 @@ they differ). A method that is not here is refused with NO_ROUTE.
 			p, c := r.Policy(examplePath(mt.New().Interface()))
 			path, need = "`"+p+"`", strings.ReplaceAll(c.String(), "|", ", ")
 		}
-		fmt.Fprintf(&b, "| `%s` | %s | %s | %s | %s | %s |\n", r.Method, r.Access, yes(r.Leader), yes(r.Idempotent), path, need)
+		fmt.Fprintf(&b, "| `%s` | %s | %s | %s | %s | %s | %s |\n", r.Method, r.Access, yes(r.Leader), yes(r.Idempotent), yes(r.ClientCert), path, need)
 	}
 	b.WriteString("\nKV.Delete without versions is a delete of `<mount>/data/<path>`; with\nversions it is an update of `<mount>/delete/<path>`, as in Vault's KV\nversion 2.\n")
 	return b.String()

@@ -90,6 +90,11 @@ type Route struct {
 	// send return the first one's result, so a forwarded call whose
 	// answer was lost may be sent again (to the next leader).
 	Idempotent bool
+	// ClientCert: on a node that runs TLS, the caller must present a
+	// certificate of the cluster's CA (a client's or a node's), as
+	// `cockroach init` demands: whoever reaches a fresh node first must
+	// not initialize it.
+	ClientCert bool
 	// Policy gives the policy path the request touches, in Vault's HTTP
 	// terms, and the capabilities it needs there. Create|Update means
 	// create for a new secret and update for an existing one. Nil for

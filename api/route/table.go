@@ -28,7 +28,7 @@ var table = []Route{
 	{Method: pb.KV_Watch_FullMethodName, Policy: kv("metadata", List)},
 
 	// Sys: seal, keys, status.
-	{Method: pb.Sys_Init_FullMethodName, Access: Public, Leader: true},
+	{Method: pb.Sys_Init_FullMethodName, Access: Public, Leader: true, ClientCert: true},
 	{Method: pb.Sys_Unseal_FullMethodName, Access: Public},
 	{Method: pb.Sys_Status_FullMethodName, Access: Public},
 	{Method: pb.Sys_Seal_FullMethodName, Policy: fixed("sys/seal", Update|Sudo)},
