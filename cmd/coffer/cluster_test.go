@@ -230,7 +230,8 @@ func TestServerClusterFlags(t *testing.T) {
 			{[]string{"-raft-election-timeout=100ms"}, "-raft-election-timeout=100ms is below -raft-heartbeat-timeout=" + replication.DefaultConfig().HeartbeatTimeout.String()},
 			// Checked by server.Config.Validate before anything starts.
 			{[]string{"-read-replica"}, "needs -join"},
-			{[]string{"-bootstrap-expect=3", "-api-addr=0.0.0.0:0"}, "-advertise"},
+			{[]string{"-bootstrap-expect=3", "-api-addr=0.0.0.0:0", "-cluster-key=" + flagKey}, "-advertise"},
+			{[]string{"-bootstrap-expect=3"}, "needs the gossip key"},
 		} {
 			e, _, errb := testEnv("", nil)
 			if code := run(append(append([]string{"server"}, base...), c.args...), e); code != 1 {
