@@ -161,7 +161,7 @@ func (c *Client) getRemote(ctx context.Context, req *pb.GetRequest) (*pb.GetResp
 func (c *Client) List(ctx context.Context, req *pb.ListRequest) (*pb.ListResponse, error) {
 	var resp *pb.ListResponse
 	_, err := c.read(ctx, req.Read, func(ctx context.Context, cc *grpc.ClientConn, opts *pb.ReadOptions) (_ *pb.ReadMeta, err error) {
-		resp, err = pb.NewKVClient(cc).List(ctx, &pb.ListRequest{Path: req.Path, Read: opts})
+		resp, err = pb.NewKVClient(cc).List(ctx, &pb.ListRequest{Path: req.Path, Read: opts, Limit: req.Limit, After: req.After})
 		return resp.GetReadMeta(), err
 	})
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -221,4 +222,43 @@ func waitCtx(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// TestListPage: pages of a listing, each after the previous page's last
+// child, give exactly the full listing: secrets and directories alike,
+// including a secret "x" next to a directory "x/".
+func TestListPage(t *testing.T) {
+	h := newHarness(t, Options{})
+	for _, p := range []string{"s/a", "s/b/1", "s/b/2", "s/c", "s/x", "s/x/y", "s/x0", "s/z/q/r"} {
+		h.mustOK(putCmd(p, "v"))
+	}
+	full, err := h.f.List("s/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"a", "b/", "c", "x", "x/", "x0", "z/"}
+	if strings.Join(full, ",") != strings.Join(want, ",") {
+		t.Fatalf("List = %v, want %v", full, want)
+	}
+	for limit := 1; limit <= len(want)+1; limit++ {
+		var got []string
+		after := ""
+		for pages := 0; ; pages++ {
+			keys, more, err := h.f.ListPage("s/", after, limit)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(keys) > limit || pages > len(want) {
+				t.Fatalf("limit %d: page of %d keys, page %d", limit, len(keys), pages)
+			}
+			got = append(got, keys...)
+			if !more {
+				break
+			}
+			after = keys[len(keys)-1]
+		}
+		if strings.Join(got, ",") != strings.Join(want, ",") {
+			t.Fatalf("limit %d: pages gave %v, want %v", limit, got, want)
+		}
+	}
 }

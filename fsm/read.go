@@ -153,14 +153,39 @@ func (f *FSM) Metadata(path string) (*Metadata, error) {
 // without a trailing slash gets one ("secret" lists "secret/"). An empty
 // result is not an error.
 func (f *FSM) List(prefix string) ([]string, error) {
+	keys, _, err := f.ListPage(prefix, "", 0)
+	return keys, err
+}
+
+// ListPage is List from the child after `after` (exclusive; "" from the
+// start), at most limit children (0: all). more reports that children
+// follow the last one returned.
+func (f *FSM) ListPage(prefix, after string, limit int) (keys []string, more bool, err error) {
 	if prefix != "" && !strings.HasSuffix(prefix, "/") {
 		prefix += "/"
 	}
 	p := []byte(prefix)
 	var out []string
-	err := f.view(func(tx *bolt.Tx) error {
+	err = f.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketSecretMeta).Cursor()
-		for k, _ := c.Seek(p); k != nil && bytes.HasPrefix(k, p); {
+		k, _ := c.Seek(p)
+		if after != "" {
+			// Past the child "after": a directory child "dir/" skips its
+			// whole subtree ("dir0" sorts right after every "dir/..."), a
+			// secret child "x" only its own key.
+			a := []byte(prefix + after)
+			if strings.HasSuffix(after, "/") {
+				a[len(a)-1] = '/' + 1
+				k, _ = c.Seek(a)
+			} else if k, _ = c.Seek(a); k != nil && bytes.Equal(k, a) {
+				k, _ = c.Next()
+			}
+		}
+		for k != nil && bytes.HasPrefix(k, p) {
+			if limit > 0 && len(out) == limit {
+				more = true
+				return nil
+			}
 			rest := k[len(p):]
 			i := bytes.IndexByte(rest, '/')
 			if i < 0 {
@@ -178,9 +203,9 @@ func (f *FSM) List(prefix string) ([]string, error) {
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, false, err
 	}
-	return out, nil
+	return out, more, nil
 }
 
 // SysGeneration changes after every committed change to the system keys

@@ -29,7 +29,7 @@ type kvServer struct {
 type kvStore interface {
 	Get(path string, version uint64) (*fsm.Version, error)
 	Metadata(path string) (*fsm.Metadata, error)
-	List(prefix string) ([]string, error)
+	ListPage(prefix, after string, limit int) ([]string, bool, error)
 	AppliedIndex() uint64
 	WaitApplied(ctx context.Context, index uint64) error
 	ChangesSince(from uint64, prefix string, max int) ([]fsm.Change, error)
@@ -191,15 +191,23 @@ func (k *kvServer) List(ctx context.Context, req *pb.ListRequest) (*pb.ListRespo
 	if err != nil {
 		return nil, err
 	}
+	limit, err := validateListPage(req.Limit, req.After)
+	if err != nil {
+		return nil, err
+	}
 	meta, err := k.reads.begin(ctx, req.Read)
 	if err != nil {
 		return nil, err
 	}
-	keys, err := k.store.List(prefix)
+	keys, more, err := k.store.ListPage(prefix, req.After, limit)
 	if err != nil {
 		return nil, err
 	}
-	return &pb.ListResponse{Keys: keys, ReadMeta: k.reads.finish(meta)}, nil
+	resp := &pb.ListResponse{Keys: keys, ReadMeta: k.reads.finish(meta)}
+	if more && len(keys) > 0 {
+		resp.NextAfter = keys[len(keys)-1]
+	}
+	return resp, nil
 }
 
 // Delete soft-deletes versions (the current one when none are given).
@@ -281,6 +289,9 @@ func (k *kvServer) WriteMetadata(ctx context.Context, req *pb.WriteMetadataReque
 	}
 	if err := validateRequestID(req.RequestId); err != nil {
 		return nil, err
+	}
+	if req.MaxVersions > MaxVersionsLimit {
+		return nil, invalidf("max_versions %d is over the limit of %d: keep fewer versions (older ones can be destroyed)", req.MaxVersions, MaxVersionsLimit)
 	}
 	if err := k.beginWrite(); err != nil {
 		return nil, err

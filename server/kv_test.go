@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -203,6 +204,11 @@ func TestKVWritesNeedAnUnsealedLeader(t *testing.T) {
 	if x.f.AppliedIndex() != 0 {
 		t.Fatalf("refused writes reached the state machine: applied %d", x.f.AppliedIndex())
 	}
+	// max_versions is bounded, before anything is proposed.
+	x.keys.Seal()
+	if _, err := x.kv.WriteMetadata(ctx, &pb.WriteMetadataRequest{Path: "secret/x", MaxVersions: 1<<32 - 1}); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("max_versions 2^32-1: %v", err)
+	}
 }
 
 // TestReadConsistencyWithoutRaft: the read gate's rules, with the node's
@@ -264,5 +270,32 @@ func TestReadConsistencyWithoutRaft(t *testing.T) {
 	_, err := x.kv.Get(ctx, &pb.GetRequest{Path: "secret/r", Read: &pb.ReadOptions{Consistency: stale, MinIndex: 99}})
 	if !errors.Is(err, ErrMinIndex) {
 		t.Fatalf("read with an unreached min_index: %v", err)
+	}
+}
+
+// TestListPagesWithoutRaft: a list answers at most its limit (1,000 by
+// default) with next_after to go on; a limit over 10,000 and an after that
+// is no key of a list answer are refused.
+func TestListPagesWithoutRaft(t *testing.T) {
+	x := newKVFixture(t)
+	ctx := context.Background()
+	for i := range DefaultListLimit + 5 {
+		if _, err := x.kv.Put(ctx, &pb.PutRequest{Path: fmt.Sprintf("secret/many/k%05d", i), Data: map[string]string{"v": "1"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	first, err := x.kv.List(ctx, &pb.ListRequest{Path: "secret/many/"})
+	if err != nil || len(first.Keys) != DefaultListLimit || first.NextAfter != first.Keys[len(first.Keys)-1] {
+		t.Fatalf("first page: %d keys, next_after %q, %v", len(first.GetKeys()), first.GetNextAfter(), err)
+	}
+	rest, err := x.kv.List(ctx, &pb.ListRequest{Path: "secret/many/", After: first.NextAfter})
+	if err != nil || len(rest.Keys) != 5 || rest.NextAfter != "" || rest.Keys[0] != "k01000" {
+		t.Fatalf("second page: %v %v", rest, err)
+	}
+	if _, err := x.kv.List(ctx, &pb.ListRequest{Path: "secret/many/", Limit: MaxListLimit + 1}); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("a limit over the most: %v", err)
+	}
+	if _, err := x.kv.List(ctx, &pb.ListRequest{Path: "secret/", After: "many/k00001"}); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("an after that is no child: %v", err)
 	}
 }

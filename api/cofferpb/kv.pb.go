@@ -400,9 +400,14 @@ func (x *GetResponse) GetReadMeta() *ReadMeta {
 }
 
 type ListRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Path          string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
-	Read          *ReadOptions           `protobuf:"bytes,2,opt,name=read,proto3" json:"read,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Path  string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	Read  *ReadOptions           `protobuf:"bytes,2,opt,name=read,proto3" json:"read,omitempty"`
+	// limit bounds the keys of one answer: 0 means 1,000; at most 10,000.
+	Limit uint32 `protobuf:"varint,3,opt,name=limit,proto3" json:"limit,omitempty"`
+	// after lists the keys that sort after this one (a key an earlier page
+	// returned, e.g. its next_after).
+	After         string `protobuf:"bytes,4,opt,name=after,proto3" json:"after,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -451,10 +456,27 @@ func (x *ListRequest) GetRead() *ReadOptions {
 	return nil
 }
 
+func (x *ListRequest) GetLimit() uint32 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *ListRequest) GetAfter() string {
+	if x != nil {
+		return x.After
+	}
+	return ""
+}
+
 type ListResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Keys          []string               `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
-	ReadMeta      *ReadMeta              `protobuf:"bytes,2,opt,name=read_meta,json=readMeta,proto3" json:"read_meta,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Keys     []string               `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	ReadMeta *ReadMeta              `protobuf:"bytes,2,opt,name=read_meta,json=readMeta,proto3" json:"read_meta,omitempty"`
+	// next_after is set when more keys follow: pass it as after for the
+	// next page.
+	NextAfter     string `protobuf:"bytes,3,opt,name=next_after,json=nextAfter,proto3" json:"next_after,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -501,6 +523,13 @@ func (x *ListResponse) GetReadMeta() *ReadMeta {
 		return x.ReadMeta
 	}
 	return nil
+}
+
+func (x *ListResponse) GetNextAfter() string {
+	if x != nil {
+		return x.NextAfter
+	}
+	return ""
 }
 
 type VersionsRequest struct {
@@ -1073,13 +1102,17 @@ const file_coffer_v1_kv_proto_rawDesc = "" +
 	"\tread_meta\x18\x03 \x01(\v2\x13.coffer.v1.ReadMetaR\breadMeta\x1a7\n" +
 	"\tDataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"M\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"y\n" +
 	"\vListRequest\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12*\n" +
-	"\x04read\x18\x02 \x01(\v2\x16.coffer.v1.ReadOptionsR\x04read\"T\n" +
+	"\x04read\x18\x02 \x01(\v2\x16.coffer.v1.ReadOptionsR\x04read\x12\x14\n" +
+	"\x05limit\x18\x03 \x01(\rR\x05limit\x12\x14\n" +
+	"\x05after\x18\x04 \x01(\tR\x05after\"s\n" +
 	"\fListResponse\x12\x12\n" +
 	"\x04keys\x18\x01 \x03(\tR\x04keys\x120\n" +
-	"\tread_meta\x18\x02 \x01(\v2\x13.coffer.v1.ReadMetaR\breadMeta\"`\n" +
+	"\tread_meta\x18\x02 \x01(\v2\x13.coffer.v1.ReadMetaR\breadMeta\x12\x1d\n" +
+	"\n" +
+	"next_after\x18\x03 \x01(\tR\tnextAfter\"`\n" +
 	"\x0fVersionsRequest\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x1a\n" +
 	"\bversions\x18\x02 \x03(\x04R\bversions\x12\x1d\n" +

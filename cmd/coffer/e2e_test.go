@@ -193,6 +193,16 @@ func TestDevServer(t *testing.T) {
 		if !strings.HasPrefix(r.stdout, "Keys\n----\n") || !strings.Contains(r.stdout, "\njson\n") {
 			t.Errorf("list table: %q", r.stdout)
 		}
+		// One page at a time: -limit, then -after the page's next_after.
+		var page1, page2 listJSON
+		decodeJSON(t, n.mustRun(t, "kv", "list", "-limit=1", "-format=json", "secret/"), &page1)
+		if len(page1.Keys) != 1 || page1.NextAfter != page1.Keys[0] {
+			t.Errorf("first page of one: %+v", page1)
+		}
+		decodeJSON(t, n.mustRun(t, "kv", "list", "-after="+page1.NextAfter, "-format=json", "secret/"), &page2)
+		if len(page1.Keys)+len(page2.Keys) != len(list.Keys) || page2.NextAfter != "" {
+			t.Errorf("pages %v + %v, want %v", page1.Keys, page2.Keys, list.Keys)
+		}
 
 		n.mustRun(t, "kv", "put", "secret/json", "a=2")
 		var meta2 metadataJSON

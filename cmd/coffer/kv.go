@@ -355,15 +355,21 @@ func runVersions(e *env, args []string, vc versionsCmd) error {
 
 // listJSON is the JSON output of `coffer kv list`.
 type listJSON struct {
-	Keys     []string      `json:"keys"`
-	ReadMeta *readMetaJSON `json:"read_meta,omitempty"`
+	Keys      []string      `json:"keys"`
+	NextAfter string        `json:"next_after,omitempty"`
+	ReadMeta  *readMetaJSON `json:"read_meta,omitempty"`
 }
 
 func cmdKVList(e *env, args []string) error {
 	f := newFlags("coffer kv list", "[flags] PATH", `
-List the keys directly under PATH; sub-folders end with "/".`).withClient()
+List the keys directly under PATH; sub-folders end with "/". Every key is
+listed, a page of 1,000 at a time; -limit=N lists one page of at most N keys
+(at most 10,000), and -after=KEY the page after KEY (the next_after a page
+printed).`).withClient()
 	var rf readFlags
 	f.withRead(&rf)
+	limit := f.fs.Uint("limit", 0, "list one page of at most this many keys (0: every key, page by page)")
+	after := f.fs.String("after", "", "list the keys after this one (a page's next_after)")
 	args, err := f.parse(e, args)
 	if err != nil {
 		return err
@@ -380,18 +386,30 @@ List the keys directly under PATH; sub-folders end with "/".`).withClient()
 		return err
 	}
 	defer c.Close()
-	resp, err := c.List(context.Background(), &pb.ListRequest{Path: args[0], Read: read})
-	if err != nil {
-		return callError(err, c.Endpoints(), 0)
+	if *limit > 10000 {
+		return usageErrorf(f.name, "-limit=%d: at most 10000 keys a page", *limit)
 	}
-	keys := resp.GetKeys()
-	if keys == nil {
-		keys = []string{}
+	keys := []string{}
+	req := &pb.ListRequest{Path: args[0], Read: read, Limit: uint32(*limit), After: *after}
+	var resp *pb.ListResponse
+	for {
+		resp, err = c.List(context.Background(), req)
+		if err != nil {
+			return callError(err, c.Endpoints(), 0)
+		}
+		keys = append(keys, resp.GetKeys()...)
+		if *limit > 0 || resp.GetNextAfter() == "" {
+			break
+		}
+		req.After = resp.GetNextAfter()
 	}
 	if f.format == formatJSON {
-		return printJSON(e.stdout, listJSON{Keys: keys, ReadMeta: toReadMeta(resp.GetReadMeta())})
+		return printJSON(e.stdout, listJSON{Keys: keys, NextAfter: resp.GetNextAfter(), ReadMeta: toReadMeta(resp.GetReadMeta())})
 	}
 	warnStale(e.stderr, resp.GetReadMeta())
+	if next := resp.GetNextAfter(); next != "" && *limit > 0 {
+		defer fmt.Fprintf(e.stderr, "More keys follow: run with -after=%s\n", next)
+	}
 	if len(keys) == 0 {
 		fmt.Fprintf(e.stderr, "No keys under %s\n", args[0])
 		return nil

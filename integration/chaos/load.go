@@ -82,7 +82,7 @@ func (c LoadConfig) withDefaults() LoadConfig {
 
 // MaxVersions is the max_versions the load sets on its keys, so that the
 // final check sees every version ever written.
-const MaxVersions = 1 << 20
+const MaxVersions = 10000 // the server's limit (server.MaxVersionsLimit)
 
 // Load is a running workload: writers put unique values ("w<client>-<seq>")
 // to a small key set, readers read them, and every operation goes into
