@@ -271,3 +271,92 @@ func TestSnapshotRestoreIntoYoungerCluster(t *testing.T) {
 		t.Fatalf("restored data: %v %v", g, err)
 	}
 }
+
+// craftHeader returns snap with its JSON header replaced by edit's result.
+func craftHeader(t testing.TB, snap []byte, edit func(h map[string]any)) []byte {
+	t.Helper()
+	const magic = "COFFER-SNAPSHOT\n"
+	n := binary.BigEndian.Uint32(snap[len(magic):])
+	h := snapshotHeader(t, snap)
+	edit(h)
+	hdr, err := json.Marshal(h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	out.WriteString(magic)
+	var l [4]byte
+	binary.BigEndian.PutUint32(l[:], uint32(len(hdr)))
+	out.Write(l[:])
+	out.Write(hdr)
+	out.Write(snap[len(magic)+4+int(n):])
+	return out.Bytes()
+}
+
+// TestCraftedSnapshotsAreRefused: truncated, corrupt, edited and foreign
+// snapshots (a foreign one even with this cluster's fingerprint pasted
+// into its header) are refused with a clear error before Raft sees them;
+// the leader stays, the cluster serves, nothing was installed, and the
+// leader starts again (no bad snapshot was stored).
+func TestCraftedSnapshotsAreRefused(t *testing.T) {
+	c := NewCluster(t, 3)
+	leader := c.WaitForLeader(t)
+	c.Init(t, leader)
+	c.UnsealAll(t)
+	cl := c.Client(t)
+	if _, err := cl.Put(ctx(t), &pb.PutRequest{Path: "secret/kept", Data: map[string]string{"v": "1"}}); err != nil {
+		t.Fatal(err)
+	}
+	snap := saveSnapshot(t, c, leader)
+	fingerprint := snapshotHeader(t, snap)["seal_fingerprint"]
+
+	other := NewCluster(t, 1)
+	ol := other.WaitForLeader(t)
+	other.Init(t, ol)
+	other.UnsealAll(t)
+	foreign := saveSnapshot(t, other, ol)
+
+	const magic = "COFFER-SNAPSHOT\n"
+	bodyAt := len(magic) + 4 + int(binary.BigEndian.Uint32(snap[len(magic):]))
+	corrupt := bytes.Clone(snap)
+	for i := bodyAt + 8192; i < bodyAt+16384 && i < len(corrupt); i++ {
+		corrupt[i] = 0xff
+	}
+	crafted := map[string][]byte{
+		"truncated":                      snap[:bodyAt+(len(snap)-bodyAt)/2],
+		"header only":                    snap[:bodyAt],
+		"corrupt pages":                  corrupt,
+		"absurd index in the header":     craftHeader(t, snap, func(h map[string]any) { h["applied_index"] = uint64(1<<64 - 1) }),
+		"foreign, fingerprint pasted in": craftHeader(t, foreign, func(h map[string]any) { h["seal_fingerprint"] = fingerprint }),
+		"not a snapshot":                 []byte("hello"),
+	}
+	before := c.Status(t, leader)
+	for name, data := range crafted {
+		err := restoreSnapshot(c.Client(t, leader), data, false)
+		if err == nil {
+			t.Fatalf("%s: restored", name)
+		}
+		if !api.IsInvalidArgument(err) && api.Reason(err) != pb.ErrorReason_FOREIGN_SNAPSHOT {
+			t.Errorf("%s: %v (reason %s), want a refusal of the file", name, err, api.Reason(err))
+		}
+		t.Logf("%s: %v", name, err)
+	}
+	// The truncated one is refused even with -force.
+	if err := restoreSnapshot(c.Client(t, leader), crafted["truncated"], true); !api.IsInvalidArgument(err) {
+		t.Fatalf("truncated with -force: %v", err)
+	}
+	after := c.Status(t, leader)
+	if after.LeaderId != before.LeaderId || after.Term != before.Term || after.Seal.Sealed {
+		t.Fatalf("the leader after the refused restores: %v (was %v)", after, before)
+	}
+	readEverywhere(t, c, "secret/kept", "1")
+	if _, err := cl.Put(ctx(t), &pb.PutRequest{Path: "secret/after", Data: map[string]string{"v": "2"}}); err != nil {
+		t.Fatalf("write after the refused restores: %v", err)
+	}
+	// Nothing bad was stored: the leader starts again and serves.
+	c.Kill(leader)
+	c.WaitForNewLeader(t, leader)
+	c.Restart(t, leader)
+	c.Unseal(t, leader, 0)
+	readEverywhere(t, c, "secret/after", "2")
+}

@@ -2,8 +2,12 @@ package seal
 
 import (
 	"bytes"
+	"crypto/hkdf"
+	"crypto/hmac"
+	"crypto/sha256"
 	"crypto/subtle"
 	"fmt"
+	"hash"
 	"sync"
 	"time"
 )
@@ -410,6 +414,32 @@ func (s *Seal) Rotate() (wrappedKeyring []byte, term uint32, err error) {
 // keyring is ignored. It returns ErrSealed when sealed and an error wrapping
 // ErrInvalidKeyring when the keyring does not open or decode.
 func (s *Seal) InstallKeyring(wrappedKeyring []byte) error {
+	return s.installKeyring(wrappedKeyring)
+}
+
+// SnapshotMAC returns an HMAC-SHA256 keyed with a key derived from the
+// root key (HKDF-SHA256 with its own label), which authenticates the
+// cluster's snapshots: only a node that holds this cluster's keys can make
+// one that another of its nodes accepts, and any change to the file (a
+// truncation, a flipped byte, an edited header) fails it. The root key
+// survives rotation, so a snapshot stays valid across data-key terms.
+// ErrSealed when the node holds no keys.
+func (s *Seal) SnapshotMAC() (hash.Hash, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.barrier == nil {
+		return nil, ErrSealed
+	}
+	key, err := hkdf.Key(sha256.New, s.rootKey, nil, "coffer snapshot authentication v1", KeySize)
+	if err != nil {
+		return nil, err
+	}
+	defer clear(key)
+	return hmac.New(sha256.New, key), nil
+}
+
+// installKeyring is InstallKeyring.
+func (s *Seal) installKeyring(wrappedKeyring []byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.barrier == nil {

@@ -609,3 +609,40 @@ func TestConcurrentUse(t *testing.T) {
 		t.Errorf("worker: %v", err)
 	}
 }
+
+// TestSnapshotMAC: two nodes of one cluster derive the same snapshot key
+// (also after a rotation), another cluster a different one, and a sealed
+// node none.
+func TestSnapshotMAC(t *testing.T) {
+	res := mustInit(t, Config{5, 3})
+	a, b := New(Options{}), New(Options{})
+	if _, err := a.SnapshotMAC(); !errors.Is(err, ErrSealed) {
+		t.Fatalf("sealed: %v", err)
+	}
+	submit(t, a, res, res.Shares[0], res.Shares[1], res.Shares[2])
+	submit(t, b, res, res.Shares[2], res.Shares[3], res.Shares[4])
+	sum := func(s *Seal) []byte {
+		t.Helper()
+		m, err := s.SnapshotMAC()
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Write([]byte("the same snapshot"))
+		return m.Sum(nil)
+	}
+	if !bytes.Equal(sum(a), sum(b)) {
+		t.Fatal("two nodes of one cluster disagree on the snapshot MAC")
+	}
+	if _, _, err := a.Rotate(); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(sum(a), sum(b)) {
+		t.Fatal("a rotation changed the snapshot MAC")
+	}
+	other := mustInit(t, Config{1, 1})
+	c := New(Options{})
+	submit(t, c, other, other.Shares[0])
+	if bytes.Equal(sum(a), sum(c)) {
+		t.Fatal("another cluster derives the same snapshot MAC")
+	}
+}

@@ -2,6 +2,7 @@ package server
 
 import (
 	"bytes"
+	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -19,12 +20,19 @@ import (
 )
 
 // A snapshot file is snapshotMagic, a 4-byte big-endian header length, the
-// JSON snapshotHeader, then the state machine's own snapshot (a copy of its
-// bbolt database, ciphertext only).
+// JSON snapshotHeader, the state machine's own snapshot (a copy of its
+// bbolt database, ciphertext only), and (format 2) a 32-byte HMAC-SHA256 of
+// everything before it, keyed from the cluster's root key
+// (seal.SnapshotMAC): a restore checks it before anything parses the
+// state, so a truncated, corrupt, edited or foreign file is refused whole.
+// Format 1 files (no MAC, older builds) restore only with -force.
 const (
 	snapshotMagic     = "COFFER-SNAPSHOT\n"
 	maxSnapshotHeader = 64 << 10
 	snapshotChunk     = 256 << 10
+	// snapshotFormat is the format this build writes.
+	snapshotFormat = 2
+	macSize        = sha256.Size
 )
 
 // snapshotHeader describes a snapshot file.
@@ -102,14 +110,20 @@ func (o *operatorServer) SnapshotSave(_ *pb.SnapshotSaveRequest, stream pb.Opera
 		return err
 	}
 	defer snap.Release()
+	mac, err := o.keys.seal.SnapshotMAC()
+	if err != nil {
+		return err
+	}
 	hdr, _ := json.Marshal(snapshotHeader{
-		Format:          1,
+		Format:          snapshotFormat,
 		NodeID:          o.nodeID,
 		AppliedIndex:    o.state.AppliedIndex(),
 		CreatedUnix:     time.Now().Unix(),
 		SealFingerprint: o.sealFingerprint(),
 	})
-	w := &chunkWriter{send: stream.Send, buf: make([]byte, 0, snapshotChunk)}
+	cw := &chunkWriter{send: stream.Send, buf: make([]byte, 0, snapshotChunk)}
+	// Everything before the trailer goes through the MAC.
+	w := io.MultiWriter(cw, mac)
 	var lenBuf [4]byte
 	binary.BigEndian.PutUint32(lenBuf[:], uint32(len(hdr)))
 	for _, part := range [][]byte{[]byte(snapshotMagic), lenBuf[:], hdr} {
@@ -124,7 +138,10 @@ func (o *operatorServer) SnapshotSave(_ *pb.SnapshotSaveRequest, stream pb.Opera
 	if sink.cancelled {
 		return fmt.Errorf("server: snapshot failed while streaming")
 	}
-	return w.flush()
+	if _, err := cw.Write(mac.Sum(nil)); err != nil {
+		return err
+	}
+	return cw.flush()
 }
 
 // readSnapshotHeader checks the magic and reads the header of a snapshot;
@@ -147,7 +164,7 @@ func readSnapshotHeader(r io.Reader) (*snapshotHeader, int64, error) {
 		return nil, 0, invalidf("snapshot header is truncated")
 	}
 	var h snapshotHeader
-	if err := json.Unmarshal(raw, &h); err != nil || h.Format != 1 {
+	if err := json.Unmarshal(raw, &h); err != nil || (h.Format != 1 && h.Format != 2) {
 		return nil, 0, invalidf("snapshot header is unreadable or of an unknown format")
 	}
 	return &h, int64(len(snapshotMagic)) + 4 + int64(n), nil
@@ -192,13 +209,39 @@ func (o *operatorServer) SnapshotRestore(stream pb.Operator_SnapshotRestoreServe
 	if err != nil {
 		return err
 	}
-	if cur := o.sealFingerprint(); cur != "" && hdr.SealFingerprint != cur && !force {
-		return ErrForeignSnapshot
+	bodyEnd := size
+	if hdr.Format >= 2 {
+		if size < hdrLen+macSize {
+			return invalidf("the snapshot is truncated: save it again with `coffer operator raft snapshot save`")
+		}
+		bodyEnd = size - macSize
+		if err := o.authenticate(tmp, bodyEnd); err != nil && !force {
+			return err
+		}
+	} else if !force {
+		return withMessage(ErrForeignSnapshot, "the snapshot was saved by an older coffer, without authentication: pass -force to restore it anyway")
 	}
-	body := io.NewSectionReader(tmp, hdrLen, size-hdrLen)
+	// The state is checked whole before Raft sees it: hashicorp/raft
+	// stores a user snapshot first and panics when the state machine then
+	// refuses it, and the stored file keeps the node from starting again.
+	bodyPath := tmp.Name() + ".state"
+	defer os.Remove(bodyPath)
+	if err := copyToFile(bodyPath, io.NewSectionReader(tmp, hdrLen, bodyEnd-hdrLen)); err != nil {
+		return fmt.Errorf("server: spool snapshot: %w", err)
+	}
+	info, err := fsm.InspectSnapshot(bodyPath, sysSealKey, sysKeyringKey)
+	if err != nil {
+		return invalidf("the snapshot is not a whole coffer state (%v): save it again with `coffer operator raft snapshot save`", err)
+	}
+	body, err := os.Open(bodyPath)
+	if err != nil {
+		return fmt.Errorf("server: restore: %w", err)
+	}
+	defer body.Close()
 	// Index: Raft places the restore above the snapshot's own applied
-	// index, so that entries after it are not skipped as already applied.
-	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Size: size - hdrLen, Index: hdr.AppliedIndex}
+	// index (the state's, not the header's), so that entries after it are
+	// not skipped as already applied.
+	meta := &raft.SnapshotMeta{Version: raft.SnapshotVersionMax, Size: bodyEnd - hdrLen, Index: info.AppliedIndex}
 	// This node checks its keys itself once Raft is done: sealing in the
 	// middle would hand leadership away and fail the restore's last step.
 	o.keys.restoring.Store(true)
@@ -211,6 +254,42 @@ func (o *operatorServer) SnapshotRestore(stream pb.Operator_SnapshotRestoreServe
 		}
 		return fmt.Errorf("server: restore: %w", err)
 	}
-	o.logger.Info("restored snapshot", "from_node", hdr.NodeID, "snapshot_applied_index", hdr.AppliedIndex, "forced", force)
+	o.logger.Info("restored snapshot", "from_node", hdr.NodeID, "snapshot_applied_index", info.AppliedIndex, "forced", force)
 	return stream.SendAndClose(&pb.SnapshotRestoreResponse{Index: o.raft.LastIndex()})
+}
+
+// authenticate checks the MAC trailer of a spooled snapshot (the bytes
+// from bodyEnd) against everything before it, with this cluster's keys.
+func (o *operatorServer) authenticate(f *os.File, bodyEnd int64) error {
+	mac, err := o.keys.seal.SnapshotMAC()
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(mac, io.NewSectionReader(f, 0, bodyEnd)); err != nil {
+		return fmt.Errorf("server: read snapshot: %w", err)
+	}
+	want := make([]byte, macSize)
+	if _, err := f.ReadAt(want, bodyEnd); err != nil {
+		return fmt.Errorf("server: read snapshot: %w", err)
+	}
+	if !hmac.Equal(mac.Sum(nil), want) {
+		return withMessage(ErrForeignSnapshot, "the snapshot does not authenticate with this cluster's keys: it is truncated, corrupt or edited (save it again), or from another cluster or before a re-init (pass -force to restore another cluster's snapshot you trust)")
+	}
+	return nil
+}
+
+// copyToFile writes r to a new file at path, synced.
+func copyToFile(path string, r io.Reader) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(f, r)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
