@@ -30,6 +30,8 @@ type ClusterOptions struct {
 	ProductionRaft bool
 	// TLS runs the cluster with certificates (testcluster.Options.TLS).
 	TLS bool
+	// Tap sees the bytes nodes write to each other (testcluster.Options.Tap).
+	Tap func(p []byte)
 }
 
 // NewCluster starts size nodes with bootstrap_expect = size and waits
@@ -64,6 +66,7 @@ func NewCluster(t testing.TB, size int, opts ...ClusterOptions) *Cluster {
 		DeadServerTimeout: o.DeadServerTimeout,
 		LogLevel:          hclog.Debug,
 		TLS:               o.TLS,
+		Tap:               o.Tap,
 	})}
 }
 

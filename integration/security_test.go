@@ -1,6 +1,9 @@
 package integration
 
 import (
+	"bytes"
+	"context"
+	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/hex"
@@ -9,10 +12,12 @@ import (
 	"io"
 	"net"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/raft"
+	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
@@ -269,5 +274,112 @@ func TestInitNeedsAClientCertificate(t *testing.T) {
 	c.UnsealAll(t)
 	if c.Token == "cof.attacker" {
 		t.Fatal("the attacker's root token")
+	}
+}
+
+// capture collects bytes written from many goroutines.
+type capture struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (c *capture) write(p []byte) {
+	c.mu.Lock()
+	c.b.Write(p)
+	c.mu.Unlock()
+}
+
+// holds reports whether the captured bytes contain s, as it is or as
+// HTTP/2 sends a header value (HPACK's Huffman code).
+func (c *capture) holds(s []byte) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	b := c.b.Bytes()
+	return bytes.Contains(b, s) || bytes.Contains(b, hpack.AppendHuffmanString(nil, string(s)))
+}
+
+func (c *capture) len() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.b.Len()
+}
+
+// recordedConn records what crosses a connection, both ways.
+type recordedConn struct {
+	net.Conn
+	c *capture
+}
+
+func (r recordedConn) Read(p []byte) (int, error) {
+	n, err := r.Conn.Read(p)
+	r.c.write(p[:n])
+	return n, err
+}
+
+func (r recordedConn) Write(p []byte) (int, error) {
+	n, err := r.Conn.Write(p)
+	r.c.write(p[:n])
+	return n, err
+}
+
+// TestTrafficHoldsNoSecret records the bytes of a client's calls (a write
+// through a follower, a linearizable read there, an unseal share) and of
+// every node-to-node connection (the forwarded write, the read index,
+// Raft). With TLS, neither capture holds the secret's value, the token or
+// the share. The same run without TLS finds them, which shows the capture
+// sees the traffic.
+func TestTrafficHoldsNoSecret(t *testing.T) {
+	for _, withTLS := range []bool{false, true} {
+		t.Run(fmt.Sprintf("tls=%v", withTLS), func(t *testing.T) {
+			var peers, client capture
+			c := NewCluster(t, 3, ClusterOptions{TLS: withTLS, Tap: peers.write})
+			c.Init(t, c.WaitForLeader(t))
+			c.UnsealAll(t)
+			leader := c.WaitForLeader(t)
+			follower := c.Followers(leader)[0]
+			dial := func(ctx context.Context, addr string) (net.Conn, error) {
+				var d net.Dialer
+				conn, err := d.DialContext(ctx, "tcp", addr)
+				if err != nil {
+					return nil, err
+				}
+				return recordedConn{Conn: conn, c: &client}, nil
+			}
+			cl, err := api.New(api.Config{Endpoints: []string{follower.APIAddr()}, Token: c.Token, TLS: c.ClientTLS(), Dialer: dial})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer cl.Close()
+			marker := []byte("traffic-marker-" + rand.Text())
+			ctx := testcluster.Context(t, 10*time.Second)
+			w, err := cl.Put(ctx, &pb.PutRequest{Path: "secret/traffic", Data: map[string]string{"v": string(marker)}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, err := cl.Get(ctx, &pb.GetRequest{Path: "secret/traffic", Read: &pb.ReadOptions{Consistency: pb.Consistency_CONSISTENCY_LINEARIZABLE}})
+			if err != nil || got.Data["v"] != string(marker) {
+				t.Fatalf("read back: %v %v", got, err)
+			}
+			share := c.Shares[0]
+			if _, err := cl.Unseal(ctx, share); err != nil {
+				t.Fatalf("unseal share to an unsealed node: %v", err)
+			}
+			c.WaitForApplied(t, w.Index)
+			if peers.len() < 512 || client.len() < 512 {
+				t.Fatalf("captured %d bytes between nodes and %d of the client: the capture sees nothing", peers.len(), client.len())
+			}
+			// The token travels as a header value, "Bearer <token>".
+			secrets := map[string][]byte{"the secret's value": marker, "the token": []byte("Bearer " + c.Token), "a key share": share}
+			for name, s := range secrets {
+				inPeers, inClient := peers.holds(s), client.holds(s)
+				t.Logf("%s: between nodes %v, client %v", name, inPeers, inClient)
+				if withTLS && (inPeers || inClient) {
+					t.Errorf("with TLS, %s crossed the network in clear (between nodes %v, client %v)", name, inPeers, inClient)
+				}
+			}
+			if !withTLS && (!peers.holds(marker) || !peers.holds(secrets["the token"]) || !client.holds(marker) || !client.holds(secrets["the token"]) || !client.holds(share)) {
+				t.Errorf("without TLS the capture should see the value and the token between nodes and the value, the token and the share from the client")
+			}
+		})
 	}
 }

@@ -22,6 +22,11 @@ var ErrIsolated = errors.New("replication: network isolated (fault injection)")
 // value is a connected network. Production nodes use it too: it is a thin
 // layer over net.Dial and net.Listen.
 type Network struct {
+	// Tap, when set before the node starts, sees every byte the node
+	// writes on its node-to-node connections (Raft and calls to peers'
+	// APIs), as they leave: tests capture the traffic with it.
+	Tap func(p []byte)
+
 	mu       sync.Mutex
 	isolated bool
 	conns    map[net.Conn]struct{}
@@ -115,6 +120,15 @@ type trackedConn struct {
 	net.Conn
 	n    *Network
 	once sync.Once
+}
+
+// Write writes p, showing what left to the network's Tap.
+func (c *trackedConn) Write(p []byte) (int, error) {
+	n, err := c.Conn.Write(p)
+	if c.n.Tap != nil && n > 0 {
+		c.n.Tap(p[:n])
+	}
+	return n, err
 }
 
 func (c *trackedConn) Close() error {

@@ -219,7 +219,7 @@ func (c *Cluster) startFresh(seed int, n *Node, expect int) error {
 // start runs a node's server on its addresses and data dir, with a new
 // Network, and connects to its API.
 func (c *Cluster) start(n *Node, expect int) error {
-	network := &replication.Network{}
+	network := &replication.Network{Tap: c.opts.Tap}
 	srv, err := server.New(c.config(n, expect, network))
 	if err != nil {
 		return fmt.Errorf("testcluster: start %s: %w", n.ID, err)

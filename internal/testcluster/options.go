@@ -33,6 +33,9 @@ type Options struct {
 	// LeaderTimeout bounds WaitForLeader and WaitForNewLeader. Zero means
 	// 10s.
 	LeaderTimeout time.Duration
+	// Tap, when set, sees every byte every node writes to its peers
+	// (replication.Network.Tap); it must be safe for concurrent use.
+	Tap func(p []byte)
 	// TLS runs the nodes with certificates of a CA made for the cluster
 	// (CertsDir): TLS on the API, mutual TLS between nodes. The harness's
 	// own connections present the client certificate "root".
