@@ -383,3 +383,66 @@ func TestTrafficHoldsNoSecret(t *testing.T) {
 		})
 	}
 }
+
+// TestNodeOfAnotherCACannotJoin: a node that knows the gossip key but holds
+// a node certificate of another CA joins gossip, and the leader does not
+// add it to Raft (it cannot prove a node certificate of the cluster's
+// CA), so it never counts in the quorum; a node of the cluster's own CA,
+// added the same way, is added and promoted.
+func TestNodeOfAnotherCACannotJoin(t *testing.T) {
+	c := NewCluster(t, 3, ClusterOptions{TLS: true})
+	c.Init(t, c.WaitForLeader(t))
+	c.UnsealAll(t)
+	leader := c.WaitForLeader(t)
+
+	otherDir, otherKey := filepath.Join(t.TempDir(), "certs"), filepath.Join(t.TempDir(), "ca.key")
+	if err := tlsutil.CreateCA(otherDir, otherKey, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := tlsutil.CreateNode(otherDir, otherKey, []string{"localhost", "127.0.0.1"}, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	intruder := c.AddNodeWithCerts(t, otherDir)
+	// A member of the cluster's own CA, for comparison: added and promoted.
+	friend := c.AddNode(t, false)
+	peers := func() map[string]bool {
+		ctx, cancel := c.Authed(context.Background(), 2*time.Second)
+		defer cancel()
+		resp, err := leader.Op.ListPeers(ctx, &pb.ListPeersRequest{})
+		if err != nil {
+			return nil
+		}
+		out := map[string]bool{}
+		for _, p := range resp.Peers {
+			out[p.Id] = p.Voter
+		}
+		return out
+	}
+	testcluster.WaitFor(t, 15*time.Second, "the friend to become a voter and the intruder to be in gossip", func() error {
+		if !peers()[friend.ID] {
+			return fmt.Errorf("peers %v", peers())
+		}
+		ctx, cancel := c.Authed(context.Background(), 2*time.Second)
+		defer cancel()
+		ms, err := leader.Op.Members(ctx, &pb.MembersRequest{})
+		if err != nil {
+			return err
+		}
+		for _, m := range ms.Members {
+			if m.Id == intruder.ID && m.Status == "alive" {
+				return nil
+			}
+		}
+		return fmt.Errorf("the intruder is not an alive gossip member yet")
+	})
+	// The friend went through the same rounds: the intruder had its
+	// chances, and is nowhere in Raft.
+	if p := peers(); p == nil {
+		t.Fatal("no peer list")
+	} else if _, in := p[intruder.ID]; in {
+		t.Fatalf("the intruder %s is in the Raft configuration: %v", intruder.ID, p)
+	}
+	if _, err := c.Client(t, leader).Put(ctx(t), &pb.PutRequest{Path: "secret/after-intruder", Data: map[string]string{"v": "1"}}); err != nil {
+		t.Fatalf("a write with the intruder around: %v", err)
+	}
+}

@@ -87,6 +87,11 @@ type Config struct {
 	// non-voter counts as caught up once it has been one for PromoteAfter
 	// and the leader's heartbeats reach it.
 	CaughtUp func(ctx context.Context, m Member) bool `json:"-"`
+	// Admit, when set, tells the leader whether a live gossip member may
+	// be added to Raft, or re-added at a new address (the server asks the
+	// member's API, over mutual TLS, to prove a node certificate of the
+	// cluster's CA). It must honour ctx. Nil admits every member.
+	Admit func(ctx context.Context, m Member) bool `json:"-"`
 	// PromoteAfter is how long a non-voter must have been one before the
 	// leader promotes it (stabilisation).
 	PromoteAfter time.Duration `json:"-"`

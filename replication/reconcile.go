@@ -57,6 +57,7 @@ type reconcileState struct {
 	unreachable   map[string]bool      // heartbeats to the server are failing
 	quorumWarned  map[string]bool      // removal refused for quorum, said so at warn level
 	reachWarned   map[string]bool      // kept as reachable, said so at warn level
+	refusedWarned map[string]bool      // not admitted to raft, said so at warn level
 	obs           chan raft.Observation
 }
 
@@ -67,6 +68,7 @@ func newReconcileState() *reconcileState {
 		unreachable:   make(map[string]bool),
 		quorumWarned:  make(map[string]bool),
 		reachWarned:   make(map[string]bool),
+		refusedWarned: make(map[string]bool),
 		obs:           make(chan raft.Observation, 256),
 	}
 }
@@ -89,6 +91,19 @@ func (rs *reconcileState) drainHeartbeats() {
 	}
 }
 
+// admitTimeout bounds one Config.Admit call.
+const admitTimeout = 2 * time.Second
+
+// admits asks Config.Admit whether m may be added to Raft.
+func (n *Node) admits(ctx context.Context, m Member) bool {
+	if n.cfg.Admit == nil {
+		return true
+	}
+	actx, cancel := context.WithTimeout(ctx, admitTimeout)
+	defer cancel()
+	return n.cfg.Admit(actx, m)
+}
+
 // reconcileReport is the outcome of one round (for tests and logs).
 type reconcileReport struct {
 	Added, Promoted, Removed []string
@@ -97,6 +112,8 @@ type reconcileReport struct {
 	Waiting []string
 	// Replicas are read replicas, left as non-voters.
 	Replicas []string
+	// Refused are live members Config.Admit did not admit to Raft.
+	Refused []string
 	// KeptReachable are servers gossip reports dead or unknown while the
 	// leader's Raft heartbeats still reach them: kept.
 	KeptReachable []string
@@ -153,6 +170,15 @@ func (n *Node) reconcile(ctx context.Context, rs *reconcileState) {
 			continue
 		}
 		p, ok := conf[m.ID]
+		if (!ok || p.Address != m.RaftAddr) && !n.admits(ctx, m) {
+			if !rs.refusedWarned[m.ID] {
+				rs.refusedWarned[m.ID] = true
+				log.Warn("not adding a gossip member to raft: it did not prove a node certificate of this cluster's CA", "id", m.ID, "raft_address", m.RaftAddr, "api_address", m.APIAddr)
+			}
+			rep.Refused = append(rep.Refused, m.ID)
+			continue
+		}
+		delete(rs.refusedWarned, m.ID)
 		switch {
 		case !ok:
 			if err := n.AddNonvoter(ctx, m.ID, m.RaftAddr); err != nil {

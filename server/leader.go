@@ -11,6 +11,19 @@ import (
 // be and still be promoted to voter.
 const caughtUpLag = 64
 
+// provesNode tells the reconciliation whether a gossip member may join
+// Raft: its API must answer over mutual TLS with a node certificate of the
+// cluster's CA (the peer connection checks it) and name itself as m. A
+// member that knows the gossip key but holds no such certificate stays out
+// of Raft, where it could count in the quorum.
+func (s *Server) provesNode(ctx context.Context, m replication.Member) bool {
+	if m.APIAddr == "" {
+		return false
+	}
+	st, err := s.link.peerStatus(ctx, m.APIAddr)
+	return err == nil && st.NodeId == m.ID
+}
+
 // caughtUp tells the reconciliation whether a non-voter has caught up: it
 // asks the member's API for its applied index.
 func (s *Server) caughtUp(ctx context.Context, m replication.Member) bool {

@@ -139,6 +139,9 @@ func New(cfg Config) (*Server, error) {
 		}
 		rc.Gossip = &g
 		rc.CaughtUp = s.caughtUp
+		if s.tls != nil {
+			rc.Admit = s.provesNode
+		}
 	} else {
 		rc.Bootstrap = true
 	}

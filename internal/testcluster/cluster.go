@@ -65,8 +65,11 @@ type Node struct {
 	KV  pb.KVClient
 	Op  pb.OperatorClient
 
-	conn                          *grpc.ClientConn
-	running                       bool
+	conn    *grpc.ClientConn
+	running bool
+	// certsDir, when set, replaces the cluster's certificates for this
+	// node (AddNodeWithCerts).
+	certsDir                      string
 	readReplica                   bool
 	apiAddr, raftAddr, gossipAddr string
 }
@@ -189,6 +192,9 @@ func (c *Cluster) config(n *Node, expect int, network *replication.Network) serv
 	c.mu.Unlock()
 	cfg.ReadReplica = n.readReplica
 	cfg.CertsDir = c.certsDir
+	if n.certsDir != "" {
+		cfg.CertsDir = n.certsDir
+	}
 	cfg.Network = network
 	cfg.ShutdownTimeout = shutdownTimeout
 	cfg.Logger = newLogger(c.logs, n.ID, c.opts.LogLevel)
@@ -254,6 +260,30 @@ func (c *Cluster) AddNode(t testing.TB, readReplica bool) *Node {
 	if err != nil {
 		t.Fatal(err)
 	}
+	c.mu.Lock()
+	c.nodes = append(c.nodes, n)
+	c.mu.Unlock()
+	if err := c.startFresh(-1, n, 0); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// AddNodeWithCerts is AddNode for a node with certificates of its own
+// (certsDir: ca.crt, node.crt, node.key), say another CA's: it knows the
+// gossip key and joins gossip, and the test sees what the cluster lets it
+// do. The harness's own connection to it presents the cluster's client
+// certificate.
+func (c *Cluster) AddNodeWithCerts(t testing.TB, certsDir string) *Node {
+	t.Helper()
+	c.mu.Lock()
+	id := fmt.Sprintf("n%d", len(c.nodes)+1)
+	c.mu.Unlock()
+	n, err := c.newNode(id, c.t.TempDir(), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.certsDir = certsDir
 	c.mu.Lock()
 	c.nodes = append(c.nodes, n)
 	c.mu.Unlock()
