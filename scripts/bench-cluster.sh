@@ -6,6 +6,7 @@
 #   scripts/bench-cluster.sh [DIR]     start (DIR default /tmp/coffer-bench)
 #   scripts/bench-cluster.sh stop [DIR]
 #
+# TLS_FLAGS replaces the nodes' -insecure (e.g. TLS_FLAGS=-certs-dir=DIR).
 # SERVER_FLAGS adds flags to every node, e.g.
 # SERVER_FLAGS="-raft-snapshot-interval=10s" scripts/bench-cluster.sh
 #
@@ -40,7 +41,7 @@ for i in 1 2 3; do
   "$BIN" server -node-id=n$i -data-dir="$dir/n$i" -api-addr=127.0.0.1:85${i}0 \
     -raft-addr=127.0.0.1:85${i}1 -gossip-addr=127.0.0.1:85${i}2 -pprof-addr=127.0.0.1:85${i}3 \
     -bootstrap-expect=3 -join=127.0.0.1:8512,127.0.0.1:8522,127.0.0.1:8532 \
-    -log-level=warn ${SERVER_FLAGS:-} >"$dir/n$i.log" 2>&1 &
+    -log-level=warn ${TLS_FLAGS:--insecure} ${SERVER_FLAGS:-} >"$dir/n$i.log" 2>&1 &
   echo $! >"$dir/n$i.pid"
 done
 addrs="127.0.0.1:8510,127.0.0.1:8520,127.0.0.1:8530"

@@ -47,6 +47,11 @@ type Config struct {
 	// TLSRequireClientCert makes the API demand a client certificate of
 	// the CA from every caller.
 	TLSRequireClientCert bool `json:"tls_require_client_cert,omitempty"`
+	// Insecure runs the node without TLS: its API and its node-to-node
+	// traffic travel in clear, and anyone who reaches it first may
+	// initialize it. A node without certificates refuses to start unless
+	// told so (tests, -dev, experiments on one machine).
+	Insecure bool `json:"insecure,omitempty"`
 
 	// IdempotencyWindow is how long a write's request id is remembered.
 	IdempotencyWindow time.Duration `json:"-"`
@@ -121,6 +126,12 @@ func (c Config) Validate() error {
 	}
 	if host, _, _ := net.SplitHostPort(c.APIAddr); c.Clustered() && c.Advertise == "" && unspecified(host) {
 		return fmt.Errorf("server: -api-addr %s listens on all interfaces: set -advertise=HOST so peers know how to reach this node", c.APIAddr)
+	}
+	if !c.TLSEnabled() && !c.Insecure {
+		return errors.New("server: no certificates: create them with `coffer cert create-ca` and `coffer cert create-node` and start with -certs-dir=DIR, or pass -insecure to run in plaintext (tests and local experiments only)")
+	}
+	if c.TLSEnabled() && c.Insecure {
+		return errors.New("server: -insecure and certificates exclude each other: drop -insecure to run with TLS")
 	}
 	return nil
 }

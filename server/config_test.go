@@ -10,7 +10,7 @@ import (
 // otherwise), and says how to make one; with one it validates.
 func TestClusteredNodeNeedsTheGossipKey(t *testing.T) {
 	cfg := DefaultConfig()
-	cfg.NodeID, cfg.DataDir = "n1", t.TempDir()
+	cfg.NodeID, cfg.DataDir, cfg.Insecure = "n1", t.TempDir(), true
 	cfg.Gossip = DefaultGossip()
 	cfg.BootstrapExpect = 3
 	err := cfg.Validate()
@@ -30,8 +30,31 @@ func TestClusteredNodeNeedsTheGossipKey(t *testing.T) {
 	}
 	// A one-node cluster has no gossip and needs no key.
 	single := DefaultConfig()
-	single.NodeID, single.DataDir = "n1", t.TempDir()
+	single.NodeID, single.DataDir, single.Insecure = "n1", t.TempDir(), true
 	if err := single.Validate(); err != nil {
 		t.Fatalf("one node: %v", err)
+	}
+}
+
+// TestNoCertificatesNeedsInsecure: a node without certificates refuses to
+// start unless told -insecure, and says how to make certificates; the two
+// settings exclude each other.
+func TestNoCertificatesNeedsInsecure(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.NodeID, cfg.DataDir = "n1", t.TempDir()
+	err := cfg.Validate()
+	if err == nil || !strings.Contains(err.Error(), "coffer cert create-ca") || !strings.Contains(err.Error(), "-insecure") {
+		t.Fatalf("no certificates, no -insecure: %v", err)
+	}
+	if _, err := New(cfg); err == nil {
+		t.Fatal("New started a node without certificates and without -insecure")
+	}
+	cfg.Insecure = true
+	if err := cfg.Validate(); err != nil {
+		t.Fatalf("-insecure: %v", err)
+	}
+	cfg.CertsDir = t.TempDir()
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "exclude") {
+		t.Fatalf("-insecure with certificates: %v", err)
 	}
 }

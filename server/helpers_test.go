@@ -33,6 +33,7 @@ func testConfig(t testing.TB, dir string) Config {
 	cfg.DataDir = dir
 	cfg.APIAddr = "127.0.0.1:0"
 	cfg.BindAddr = "127.0.0.1:0"
+	cfg.Insecure = true
 	cfg.HeartbeatTimeout = 100 * time.Millisecond
 	cfg.ElectionTimeout = 100 * time.Millisecond
 	cfg.LeaderLeaseTimeout = 50 * time.Millisecond

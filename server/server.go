@@ -86,6 +86,9 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("server: create data directory %s: %w", cfg.DataDir, err)
 	}
 	s := &Server{cfg: cfg, logger: cfg.Logger}
+	if cfg.Insecure {
+		cfg.Logger.Warn("running WITHOUT TLS (-insecure): API and node-to-node traffic, tokens and key shares travel in clear, and anyone who reaches this node first may initialize it; use -certs-dir for anything but a test")
+	}
 	if cfg.TLSEnabled() {
 		tlsFiles, err := tlsutil.Load(cfg.TLSFiles())
 		if err != nil {
@@ -171,7 +174,7 @@ func (s *Server) wire() {
 	props := &raftProposer{raft: s.raft, state: s.fsm, logger: logger}
 	reads := &readGate{nodeID: id, sealed: s.keys, raft: s.raft, state: s.fsm, index: s.link}
 	gw := &gateway{raft: s.raft, state: s.fsm, keys: s.keys, link: s.link, tls: s.tls != nil, logger: logger}
-	s.sys = &sysServer{nodeID: id, keys: s.keys, store: s.fsm, props: props, raft: s.raft, link: s.link, logger: logger, unseals: newUnsealLimiter()}
+	s.sys = &sysServer{nodeID: id, keys: s.keys, store: s.fsm, props: props, raft: s.raft, link: s.link, logger: logger, unseals: newUnsealLimiter(), insecure: s.tls == nil}
 	kv := &kvServer{nodeID: id, store: s.fsm, props: props, keys: s.keys, reads: reads, leader: s.link, stopCtx: s.life.stopCtx}
 	op := &operatorServer{nodeID: id, dataDir: s.cfg.DataDir, raft: s.raft, state: s.fsm, keys: s.keys, link: s.link, logger: logger}
 	cluster := &clusterServer{nodeID: id, raft: s.raft, state: s.fsm, link: s.link}

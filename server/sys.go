@@ -32,6 +32,8 @@ type sysServer struct {
 	rotateMu sync.Mutex
 	// unseals limits unseal attempts per caller address.
 	unseals *addrLimiter
+	// insecure: the node runs without TLS (reported by Status).
+	insecure bool
 }
 
 // sysState reads the replicated sys table and the applied index.
@@ -190,6 +192,7 @@ func (y *sysServer) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.Status
 		KeyTerm:        st.Term,
 		LastContactMs:  lastContactMs(y.raft),
 		MemoryRssBytes: residentMemory(),
+		Insecure:       y.insecure,
 	}
 	_, resp.LeaderAddress = y.link.leader()
 	if stored == nil && !y.raft.IsLeader() && !wasForwarded(ctx) {

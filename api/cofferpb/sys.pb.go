@@ -355,8 +355,11 @@ type StatusResponse struct {
 	// memory_rss_bytes is the node process's resident memory (0 where the
 	// platform does not tell).
 	MemoryRssBytes uint64 `protobuf:"varint,12,opt,name=memory_rss_bytes,json=memoryRssBytes,proto3" json:"memory_rss_bytes,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// insecure is true for a node that runs without TLS (-insecure or -dev):
+	// its traffic, tokens and shares travel in clear.
+	Insecure      bool `protobuf:"varint,13,opt,name=insecure,proto3" json:"insecure,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
@@ -473,6 +476,13 @@ func (x *StatusResponse) GetMemoryRssBytes() uint64 {
 	return 0
 }
 
+func (x *StatusResponse) GetInsecure() bool {
+	if x != nil {
+		return x.Insecure
+	}
+	return false
+}
+
 type RotateRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -586,7 +596,7 @@ const file_coffer_v1_sys_proto_rawDesc = "" +
 	"\x06shares\x18\x03 \x01(\rR\x06shares\x12\x1c\n" +
 	"\tthreshold\x18\x04 \x01(\rR\tthreshold\x12\x1a\n" +
 	"\bprogress\x18\x05 \x01(\rR\bprogress\"\x0f\n" +
-	"\rStatusRequest\"\x9a\x03\n" +
+	"\rStatusRequest\"\xb6\x03\n" +
 	"\x0eStatusResponse\x12)\n" +
 	"\x04seal\x18\x01 \x01(\v2\x15.coffer.v1.SealStatusR\x04seal\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x1d\n" +
@@ -601,7 +611,8 @@ const file_coffer_v1_sys_proto_rawDesc = "" +
 	"\bkey_term\x18\n" +
 	" \x01(\rR\akeyTerm\x12&\n" +
 	"\x0flast_contact_ms\x18\v \x01(\x03R\rlastContactMs\x12(\n" +
-	"\x10memory_rss_bytes\x18\f \x01(\x04R\x0ememoryRssBytes\"\x0f\n" +
+	"\x10memory_rss_bytes\x18\f \x01(\x04R\x0ememoryRssBytes\x12\x1a\n" +
+	"\binsecure\x18\r \x01(\bR\binsecure\"\x0f\n" +
 	"\rRotateRequest\":\n" +
 	"\x0eRotateResponse\x12\x12\n" +
 	"\x04term\x18\x01 \x01(\rR\x04term\x12\x14\n" +

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -209,6 +210,12 @@ func launch(t *testing.T, env []string, apiAddr, raftAddr string, args []string)
 	t.Helper()
 	needBinary(t)
 	p := &serverProc{addr: apiAddr, raftAddr: raftAddr, stdout: &syncBuffer{}, stderr: &syncBuffer{}, exited: make(chan struct{})}
+	if !slices.ContainsFunc(args, func(a string) bool {
+		return a == "-dev" || a == "-insecure" || strings.HasPrefix(a, "-certs-dir") || strings.HasPrefix(a, "-insecure=")
+	}) {
+		// A node without certificates runs only when told so.
+		args = append([]string{"-insecure"}, args...)
+	}
 	p.cmd = exec.Command(cofferBin, append([]string{"server"}, args...)...)
 	p.cmd.Env = append(baseEnv(), env...)
 	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr

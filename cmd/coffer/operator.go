@@ -43,6 +43,7 @@ type statusJSON struct {
 	KeyTerm       uint32 `json:"key_term"`
 	LastContactMs int64  `json:"last_contact_ms"`
 	Version       string `json:"version"`
+	Insecure      bool   `json:"insecure"`
 }
 
 func cmdStatus(e *env, args []string) error {
@@ -59,6 +60,9 @@ Exit code 0: unsealed; 2: sealed or not initialized; 1: error.`).withClient()
 		return callError(err, c.Endpoints()[:1], 0)
 	}
 	seal := st.GetSeal()
+	if st.GetInsecure() {
+		fmt.Fprintf(e.stderr, "Warning: node %s runs without TLS (-insecure): its traffic, tokens and key shares travel in clear\n", st.GetNodeId())
+	}
 	if f.format == formatJSON {
 		if err := printJSON(e.stdout, statusJSON{
 			sealStatusJSON: toSealStatus(seal),
@@ -72,6 +76,7 @@ Exit code 0: unsealed; 2: sealed or not initialized; 1: error.`).withClient()
 			KeyTerm:        st.GetKeyTerm(),
 			LastContactMs:  st.GetLastContactMs(),
 			Version:        st.GetVersion(),
+			Insecure:       st.GetInsecure(),
 		}); err != nil {
 			return err
 		}

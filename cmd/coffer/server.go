@@ -73,6 +73,7 @@ production.`)
 	tlsKey := f.fs.String("tls-key-file", "", "the node key (overrides -certs-dir's node.key)")
 	tlsCA := f.fs.String("tls-ca-file", "", "the CA certificate (overrides -certs-dir's ca.crt)")
 	requireClientCert := f.fs.Bool("tls-require-client-cert", false, "make the API demand a client certificate of the CA")
+	insecureFlag := f.fs.Bool("insecure", false, "run WITHOUT TLS: traffic, tokens and key shares travel in clear (tests and local experiments only; -dev implies it)")
 	configFile := f.fs.String("config", "", "JSON config file; flags given on the command line win over it")
 	logLevel := f.fs.String("log-level", "info", "log level: trace, debug, info, warn or error")
 	dev := f.fs.Bool("dev", false, "run a throw-away, self-unsealed development node (NOT for production)")
@@ -136,6 +137,9 @@ production.`)
 	if set("tls-require-client-cert") {
 		cfg.TLSRequireClientCert = *requireClientCert
 	}
+	if set("insecure") {
+		cfg.Insecure = *insecureFlag
+	}
 	if err := cf.apply(f, e, &cfg, fileG); err != nil {
 		return nil, err
 	}
@@ -152,6 +156,8 @@ production.`)
 		if !o.raftAddrSet {
 			o.cfg.BindAddr = "127.0.0.1:0"
 		}
+		// A dev node is plaintext on loopback unless given certificates.
+		o.cfg.Insecure = !o.cfg.TLSEnabled()
 		return o, nil
 	}
 	if o.cfg.NodeID == "" {

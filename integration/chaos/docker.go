@@ -223,6 +223,8 @@ func (d *Docker) create(ctx context.Context, n *dockerNode, join string) error {
 		"server", "-node-id=" + n.name, "-data-dir=/data",
 		"-api-addr=0.0.0.0:8400", "-raft-addr=0.0.0.0:8401", "-gossip-addr=0.0.0.0:8402",
 		"-advertise=" + n.name, "-bootstrap-expect=3", "-join=" + join,
+		// Plaintext for now (issue 11 moves the suite to certificates).
+		"-insecure",
 	}
 	args = append(args, d.opts.Args...)
 	if _, err := docker(ctx, args...); err != nil {

@@ -192,6 +192,7 @@ func (c *Cluster) config(n *Node, expect int, network *replication.Network) serv
 	c.mu.Unlock()
 	cfg.ReadReplica = n.readReplica
 	cfg.CertsDir = c.certsDir
+	cfg.Insecure = c.certsDir == ""
 	if n.certsDir != "" {
 		cfg.CertsDir = n.certsDir
 	}
