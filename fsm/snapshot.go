@@ -197,12 +197,8 @@ func checkRestored(db *bolt.DB) (index, term uint64, err error) {
 				return fmt.Errorf("bucket %s missing", name)
 			}
 		}
-		v, derr := decodeUint64(tx.Bucket(bucketMeta).Get(keyFormat))
-		if derr != nil || v != formatVersion {
-			return fmt.Errorf("format %d, want %d", v, formatVersion)
-		}
 		var rerr error
-		index, term, rerr = readApplied(tx)
+		index, term, rerr = checkFormat(tx)
 		return rerr
 	})
 	return index, term, err
@@ -347,13 +343,19 @@ func walkRestored(db *bolt.DB) (index, term uint64, err error) {
 			for k, _ := c.First(); k != nil; k, _ = c.Next() {
 			}
 		}
-		v, derr := decodeUint64(tx.Bucket(bucketMeta).Get(keyFormat))
-		if derr != nil || v != formatVersion {
-			return fmt.Errorf("format %d, want %d", v, formatVersion)
-		}
 		var rerr error
-		index, term, rerr = readApplied(tx)
+		index, term, rerr = checkFormat(tx)
 		return rerr
 	})
 	return index, term, err
+}
+
+// checkFormat checks a staged database's format and returns its applied
+// index and term.
+func checkFormat(tx *bolt.Tx) (index, term uint64, err error) {
+	v, derr := decodeUint64(tx.Bucket(bucketMeta).Get(keyFormat))
+	if derr != nil || v != formatVersion {
+		return 0, 0, fmt.Errorf("format %d, want %d", v, formatVersion)
+	}
+	return readApplied(tx)
 }

@@ -252,6 +252,13 @@ func (c *Cluster) start(n *Node, expect int) error {
 // with readReplica, as a read replica. It comes up sealed.
 func (c *Cluster) AddNode(t testing.TB, readReplica bool) *Node {
 	t.Helper()
+	return c.addNode(t, readReplica, "")
+}
+
+// addNode starts node n<k+1> that joins through the gossip seeds, with
+// certsDir's certificates when set.
+func (c *Cluster) addNode(t testing.TB, readReplica bool, certsDir string) *Node {
+	t.Helper()
 	c.mu.Lock()
 	id := fmt.Sprintf("n%d", len(c.nodes)+1)
 	c.mu.Unlock()
@@ -261,6 +268,7 @@ func (c *Cluster) AddNode(t testing.TB, readReplica bool) *Node {
 	if err != nil {
 		t.Fatal(err)
 	}
+	n.certsDir = certsDir
 	c.mu.Lock()
 	c.nodes = append(c.nodes, n)
 	c.mu.Unlock()
@@ -277,21 +285,7 @@ func (c *Cluster) AddNode(t testing.TB, readReplica bool) *Node {
 // certificate.
 func (c *Cluster) AddNodeWithCerts(t testing.TB, certsDir string) *Node {
 	t.Helper()
-	c.mu.Lock()
-	id := fmt.Sprintf("n%d", len(c.nodes)+1)
-	c.mu.Unlock()
-	n, err := c.newNode(id, c.t.TempDir(), false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	n.certsDir = certsDir
-	c.mu.Lock()
-	c.nodes = append(c.nodes, n)
-	c.mu.Unlock()
-	if err := c.startFresh(-1, n, 0); err != nil {
-		t.Fatal(err)
-	}
-	return n
+	return c.addNode(t, false, certsDir)
 }
 
 // Nodes returns every node, running or not, in the order of their ids.
