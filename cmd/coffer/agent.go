@@ -136,7 +136,7 @@ serves. Stop it with SIGINT or SIGTERM.`).withClient()
 		return nil, &cliError{code: 1, msg: err.Error()}
 	}
 	if host, _, err := net.SplitHostPort(*listen); err == nil && !isLoopback(host) {
-		o.warnings = append(o.warnings, fmt.Sprintf("-listen %s is not a loopback address: the agent's cached answers travel in clear to whoever reaches it; keep it on loopback or a unix socket", *listen))
+		return nil, usageErrorf(f.name, "-listen %s is not a loopback address: the agent serves in plaintext, so its answers would cross the network in clear; listen on 127.0.0.1 or a unix socket (-listen=unix:///path) beside the services", *listen)
 	}
 	o.cfg = cfg
 	return o, nil

@@ -57,16 +57,21 @@ func TestParseAgent(t *testing.T) {
 	}
 	keyFile := writeKeyFile(t)
 	o = parseAgentT(t, map[string]string{"COFFER_TOKEN": "env-token"},
-		"-listen=0.0.0.0:9500", "-address=a:1", "-token-file="+tokenFile, "-cache-dir="+filepath.Join(dir, "c"),
+		"-listen=127.0.0.1:9500", "-address=a:1", "-token-file="+tokenFile, "-cache-dir="+filepath.Join(dir, "c"),
 		"-cache-key-file="+keyFile, "-ttl=5s", "-max-stale=1h", "-cache-entries=10")
 	c = o.cfg
-	if c.Listen != "0.0.0.0:9500" || c.Upstream.Token != "file-token" || c.Cache.TTL != 5*time.Second || c.Cache.MaxStale != time.Hour ||
+	if c.Listen != "127.0.0.1:9500" || c.Upstream.Token != "file-token" || c.Cache.TTL != 5*time.Second || c.Cache.MaxStale != time.Hour ||
 		c.Cache.MaxEntries != 10 || len(c.CacheKey) != 32 || c.CacheKeySource != "-cache-key-file "+keyFile {
 		t.Fatalf("flags: %+v", c)
 	}
-	// Two warnings: a token file others may read, a token on a non-loopback listener.
-	if len(o.warnings) != 2 || !strings.Contains(o.warnings[0], "chmod 600") || !strings.Contains(o.warnings[1], "not a loopback address") {
+	// A warning: a token file others may read.
+	if len(o.warnings) != 1 || !strings.Contains(o.warnings[0], "chmod 600") {
 		t.Fatalf("warnings: %q", o.warnings)
+	}
+	// A non-loopback listener is refused: the agent serves in plaintext.
+	e, _, _ := testEnv("", map[string]string{"COFFER_TOKEN": "t"})
+	if _, err := parseAgent(e, []string{"-listen=0.0.0.0:9500", "-address=a:1"}); err == nil || !strings.Contains(err.Error(), "not a loopback address") {
+		t.Fatalf("-listen on all interfaces: %v", err)
 	}
 	// The key from the environment; -max-stale=0 turns stale serving off.
 	envKey := base64.StdEncoding.EncodeToString(make([]byte, 32))
