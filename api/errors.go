@@ -3,15 +3,15 @@ package api
 import (
 	"errors"
 
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	pb "coffer/api/cofferpb"
+	"coffer/internal/grpcutil"
 )
 
 // ErrorDomain is the google.rpc.ErrorInfo domain of coffer's reasons.
-const ErrorDomain = "coffer"
+const ErrorDomain = grpcutil.ErrorDomain
 
 // Reason returns the machine-readable reason an error carries: the
 // ErrorInfo a node (or this client, or an agent) attached to its status.
@@ -31,31 +31,13 @@ func Reason(err error) pb.ErrorReason {
 	if !ok {
 		return pb.ErrorReason_ERROR_REASON_UNSPECIFIED
 	}
-	return reasonOf(st)
-}
-
-// reasonOf reads the coffer reason of a status.
-func reasonOf(st *status.Status) pb.ErrorReason {
-	for _, d := range st.Details() {
-		info, ok := d.(*errdetails.ErrorInfo)
-		if !ok || info.GetDomain() != ErrorDomain {
-			continue
-		}
-		if v, ok := pb.ErrorReason_value[info.GetReason()]; ok {
-			return pb.ErrorReason(v)
-		}
-	}
-	return pb.ErrorReason_ERROR_REASON_UNSPECIFIED
+	return grpcutil.ReasonOf(st)
 }
 
 // StatusError returns a status error with code, message and reason, in the
 // form nodes send: for the client's own errors and the agent's.
 func StatusError(code codes.Code, reason pb.ErrorReason, msg string) error {
-	st, err := status.New(code, msg).WithDetails(&errdetails.ErrorInfo{Reason: reason.String(), Domain: ErrorDomain})
-	if err != nil {
-		return status.Error(code, msg)
-	}
-	return st.Err()
+	return grpcutil.StatusError(code, reason, msg)
 }
 
 // retryableReasons are the reasons of errors that another node, or the
@@ -89,7 +71,7 @@ func Retryable(err error) bool {
 	if !ok || err == nil {
 		return false
 	}
-	if r := reasonOf(st); r != pb.ErrorReason_ERROR_REASON_UNSPECIFIED {
+	if r := grpcutil.ReasonOf(st); r != pb.ErrorReason_ERROR_REASON_UNSPECIFIED {
 		return retryableReasons[r]
 	}
 	return st.Code() == codes.Unavailable
@@ -103,7 +85,7 @@ func IsUnreachable(err error) bool {
 	if !ok || err == nil {
 		return false
 	}
-	switch reasonOf(st) {
+	switch grpcutil.ReasonOf(st) {
 	case pb.ErrorReason_ENDPOINT_UNREACHABLE:
 		return true
 	case pb.ErrorReason_ERROR_REASON_UNSPECIFIED:

@@ -1,7 +1,6 @@
 package fsm
 
 import (
-	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -223,8 +222,6 @@ type SnapshotInfo struct {
 	// database (never from a header a file could carry separately).
 	AppliedIndex uint64
 	AppliedTerm  uint64
-	// Sys holds the values of the system keys asked for that exist.
-	Sys map[string][]byte
 }
 
 // maxSnapshotIndex bounds a plausible applied index: a snapshot that
@@ -235,14 +232,14 @@ const maxSnapshotIndex = 1 << 62
 // anything: no meta page may claim more pages than the file has, it must
 // open as a bbolt database whose every bucket and key can be walked, with
 // coffer's buckets and format and a plausible applied index. It returns
-// that index and the values of the system keys sysKeys. Failures wrap
+// that index. Failures wrap
 // ErrInvalidSnapshot. It walks the file in the calling goroutine, where a
 // bbolt assertion on a corrupt page is recovered (bbolt's own Check runs
 // in a goroutine of its own, where it is not); a deliberately malformed
 // file that points bbolt past its mapping can still fault the process,
 // which is why a restore authenticates the file first and parses an
 // unauthenticated one only when forced.
-func InspectSnapshot(path string, sysKeys ...string) (info SnapshotInfo, err error) {
+func InspectSnapshot(path string) (info SnapshotInfo, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("%w: corrupt database: %v", ErrInvalidSnapshot, r)
@@ -263,20 +260,7 @@ func InspectSnapshot(path string, sysKeys ...string) (info SnapshotInfo, err err
 	if index >= maxSnapshotIndex {
 		return info, fmt.Errorf("%w: its applied index %d is not plausible", ErrInvalidSnapshot, index)
 	}
-	info = SnapshotInfo{AppliedIndex: index, AppliedTerm: term, Sys: map[string][]byte{}}
-	err = db.View(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketSys)
-		for _, k := range sysKeys {
-			if v := b.Get([]byte(k)); v != nil {
-				info.Sys[k] = bytes.Clone(v)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return SnapshotInfo{}, fmt.Errorf("%w: %v", ErrInvalidSnapshot, err)
-	}
-	return info, nil
+	return SnapshotInfo{AppliedIndex: index, AppliedTerm: term}, nil
 }
 
 // bboltMagic starts the meta page of a bbolt database.

@@ -26,10 +26,19 @@ type leaderTerm struct {
 	done chan struct{}
 }
 
-// following is the leader this node knows, until it changes.
+// following is the leader this node knows, until it changes: then ctx
+// ends, which wakes whoever waits on Following and cancels every
+// FollowingContext made for it, without a goroutine per call.
 type following struct {
-	id      string
-	changed chan struct{}
+	id  string
+	ctx context.Context
+	end context.CancelFunc
+}
+
+// newFollowing begins following the leader id ("" for none).
+func newFollowing(id string) *following {
+	ctx, end := context.WithCancel(context.Background())
+	return &following{id: id, ctx: ctx, end: end}
 }
 
 // dutyBarrierRetry is the pause between two failed barriers of a new
@@ -176,7 +185,7 @@ func (n *Node) signalLocked() {
 func (n *Node) Following() (leaderID string, changed <-chan struct{}) {
 	n.lmu.Lock()
 	defer n.lmu.Unlock()
-	return n.follow.id, n.follow.changed
+	return n.follow.id, n.follow.ctx.Done()
 }
 
 // FollowingContext returns a context that ends with parent, or as soon as
@@ -186,19 +195,18 @@ func (n *Node) Following() (leaderID string, changed <-chan struct{}) {
 // swallow packets.
 func (n *Node) FollowingContext(parent context.Context, leaderID string) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancel(parent)
-	id, changed := n.Following()
-	if id != leaderID {
+	n.lmu.Lock()
+	f := n.follow
+	n.lmu.Unlock()
+	if f.id != leaderID {
 		cancel()
 		return ctx, cancel
 	}
-	go func() {
-		select {
-		case <-changed:
-			cancel()
-		case <-ctx.Done():
-		}
-	}()
-	return ctx, cancel
+	stop := context.AfterFunc(f.ctx, cancel)
+	return ctx, func() {
+		stop()
+		cancel()
+	}
 }
 
 // noteLeader records the leader this node knows now, waking whoever
@@ -210,8 +218,8 @@ func (n *Node) noteLeader() {
 	if id == n.follow.id {
 		return
 	}
-	close(n.follow.changed)
-	n.follow = &following{id: id, changed: make(chan struct{})}
+	n.follow.end()
+	n.follow = newFollowing(id)
 	n.signalLocked()
 }
 

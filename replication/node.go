@@ -97,7 +97,7 @@ func New(cfg Config, fsm raft.BatchingFSM) (*Node, error) {
 	n := &Node{
 		cfg: cfg, logger: logger, clog: cfg.Logger.Named("cluster"), store: store, started: time.Now(),
 		notifyCh: make(chan bool, 16), reconcileCh: make(chan struct{}, 1), done: make(chan struct{}),
-		follow: &following{changed: make(chan struct{})}, lchanged: make(chan struct{}),
+		follow: newFollowing(""), lchanged: make(chan struct{}),
 	}
 	ok := false
 	defer func() {

@@ -5,12 +5,12 @@ import (
 	"errors"
 	"fmt"
 
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	pb "coffer/api/cofferpb"
 	"coffer/fsm"
+	"coffer/internal/grpcutil"
 	"coffer/replication"
 	"coffer/seal"
 )
@@ -65,9 +65,6 @@ var (
 	// node stopped acknowledging writes.
 	ErrStorage = errors.New("server: this node cannot persist writes (disk full or I/O error): use another node and check its disk")
 )
-
-// errorDomain is the ErrorInfo domain of every reason a node sends.
-const errorDomain = "coffer"
 
 // codeTable maps every sentinel the layers below return to one gRPC code
 // and one machine-readable reason. It is the only place where errors become
@@ -151,10 +148,10 @@ func toStatus(err error) error {
 	}
 	for _, e := range codeTable {
 		if errors.Is(err, e.err) {
-			return statusWithReason(e.code, e.reason, err.Error())
+			return grpcutil.StatusError(e.code, e.reason, err.Error())
 		}
 	}
-	return statusWithReason(codes.Internal, pb.ErrorReason_INTERNAL, internalMessage)
+	return grpcutil.StatusError(codes.Internal, pb.ErrorReason_INTERNAL, internalMessage)
 }
 
 // reasonByCode gives a status that a call to another node returned
@@ -183,32 +180,12 @@ func withReason(err error) error {
 	if !ok {
 		r = pb.ErrorReason_INTERNAL
 	}
-	return statusWithReason(st.Code(), r, st.Message())
-}
-
-// statusWithReason builds a status error carrying reason as ErrorInfo.
-func statusWithReason(code codes.Code, reason pb.ErrorReason, msg string) error {
-	st, err := status.New(code, msg).WithDetails(&errdetails.ErrorInfo{Reason: reason.String(), Domain: errorDomain})
-	if err != nil {
-		return status.Error(code, msg)
-	}
-	return st.Err()
+	return grpcutil.StatusError(st.Code(), r, st.Message())
 }
 
 // reasonOf returns the coffer reason a status error carries.
 func reasonOf(err error) pb.ErrorReason {
-	st, ok := status.FromError(err)
-	if !ok {
-		return pb.ErrorReason_ERROR_REASON_UNSPECIFIED
-	}
-	for _, d := range st.Details() {
-		if info, ok := d.(*errdetails.ErrorInfo); ok && info.GetDomain() == errorDomain {
-			if v, ok := pb.ErrorReason_value[info.GetReason()]; ok {
-				return pb.ErrorReason(v)
-			}
-		}
-	}
-	return pb.ErrorReason_ERROR_REASON_UNSPECIFIED
+	return grpcutil.ReasonOf(status.Convert(err))
 }
 
 // hasReason reports whether err is a status that carries a coffer reason

@@ -16,6 +16,7 @@ import (
 
 	pb "coffer/api/cofferpb"
 	"coffer/fsm"
+	"coffer/internal/grpcutil"
 	"coffer/replication"
 	"coffer/seal"
 )
@@ -106,8 +107,8 @@ func TestCodeTable(t *testing.T) {
 		for _, d := range st.Details() {
 			info, _ = d.(*errdetails.ErrorInfo)
 		}
-		if info == nil || info.Domain != errorDomain {
-			t.Errorf("%s: details %v, want an ErrorInfo of domain %s", name, st.Details(), errorDomain)
+		if info == nil || info.Domain != grpcutil.ErrorDomain {
+			t.Errorf("%s: details %v, want an ErrorInfo of domain %s", name, st.Details(), grpcutil.ErrorDomain)
 		}
 	}
 	err := toStatus(errors.New("disk said: secret-marker"))

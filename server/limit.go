@@ -24,23 +24,17 @@ const (
 	limiterAddrs = 4096
 )
 
-// addrLimiter limits calls per caller address and in all.
+// addrLimiter limits unseal calls per caller address and in all.
 type addrLimiter struct {
-	mu     sync.Mutex
-	addrs  map[string]*rate.Limiter
-	total  *rate.Limiter
-	per    rate.Limit
-	burst  int
-	maxMap int
+	mu    sync.Mutex
+	addrs map[string]*rate.Limiter
+	total *rate.Limiter
 }
 
 func newUnsealLimiter() *addrLimiter {
 	return &addrLimiter{
-		addrs:  make(map[string]*rate.Limiter),
-		total:  rate.NewLimiter(unsealTotal, unsealTotalBurst),
-		per:    unsealPerAddr,
-		burst:  unsealPerAddrBurst,
-		maxMap: limiterAddrs,
+		addrs: make(map[string]*rate.Limiter),
+		total: rate.NewLimiter(unsealTotal, unsealTotalBurst),
 	}
 }
 
@@ -57,10 +51,10 @@ func (l *addrLimiter) allow(ctx context.Context) bool {
 	l.mu.Lock()
 	lim, ok := l.addrs[host]
 	if !ok {
-		if len(l.addrs) >= l.maxMap {
+		if len(l.addrs) >= limiterAddrs {
 			l.addrs = make(map[string]*rate.Limiter)
 		}
-		lim = rate.NewLimiter(l.per, l.burst)
+		lim = rate.NewLimiter(unsealPerAddr, unsealPerAddrBurst)
 		l.addrs[host] = lim
 	}
 	l.mu.Unlock()

@@ -229,7 +229,7 @@ func (o *operatorServer) SnapshotRestore(stream pb.Operator_SnapshotRestoreServe
 	if err := copyToFile(bodyPath, io.NewSectionReader(tmp, hdrLen, bodyEnd-hdrLen)); err != nil {
 		return fmt.Errorf("server: spool snapshot: %w", err)
 	}
-	info, err := fsm.InspectSnapshot(bodyPath, sysSealKey, sysKeyringKey)
+	info, err := fsm.InspectSnapshot(bodyPath)
 	if err != nil {
 		return invalidf("the snapshot is not a whole coffer state (%v): save it again with `coffer operator raft snapshot save`", err)
 	}

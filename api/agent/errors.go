@@ -78,7 +78,7 @@ func (a *Agent) toStatus(method string, err error) error {
 	st, ok := status.FromError(err)
 	if !ok {
 		a.logger.Error("request failed", "method", method, "error", err)
-		return api.StatusError(codes.Internal, pb.ErrorReason_INTERNAL, "coffer agent: internal error: see the agent's log")
+		return api.StatusError(codes.Internal, pb.ErrorReason_INTERNAL, agentInternal)
 	}
 	if fromUpstream(err) && st.Code() == codes.Unavailable {
 		if api.IsUnreachable(err) {

@@ -1,5 +1,6 @@
 // Package grpcutil holds the gRPC plumbing that the node and the agent
-// share: the recovery interceptors.
+// share: the recovery interceptors and the status errors that carry a
+// coffer reason.
 package grpcutil
 
 import (
@@ -9,24 +10,11 @@ import (
 	"runtime/debug"
 
 	"github.com/hashicorp/go-hclog"
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	pb "coffer/api/cofferpb"
 )
-
-// internalError is what the caller of a call that panicked sees: Internal,
-// with the reason INTERNAL and msg, and nothing of the panic (it might
-// carry data).
-func internalError(msg string) error {
-	st, err := status.New(codes.Internal, msg).WithDetails(&errdetails.ErrorInfo{Reason: pb.ErrorReason_INTERNAL.String(), Domain: "coffer"})
-	if err != nil {
-		return status.Error(codes.Internal, msg)
-	}
-	return st.Err()
-}
 
 // describe says what panicked without the panic's value, which may hold
 // request data (a secret): a runtime error's own message (an index out of
@@ -46,7 +34,7 @@ func RecoverUnary(logger hclog.Logger, msg string) grpc.UnaryServerInterceptor {
 		defer func() {
 			if r := recover(); r != nil {
 				logger.Error("panic in handler", "method", info.FullMethod, "panic", describe(r), "stack", string(debug.Stack()))
-				resp, err = nil, internalError(msg)
+				resp, err = nil, StatusError(codes.Internal, pb.ErrorReason_INTERNAL, msg)
 			}
 		}()
 		return handler(ctx, req)
@@ -59,7 +47,7 @@ func RecoverStream(logger hclog.Logger, msg string) grpc.StreamServerInterceptor
 		defer func() {
 			if r := recover(); r != nil {
 				logger.Error("panic in stream handler", "method", info.FullMethod, "panic", describe(r), "stack", string(debug.Stack()))
-				err = internalError(msg)
+				err = StatusError(codes.Internal, pb.ErrorReason_INTERNAL, msg)
 			}
 		}()
 		return handler(srv, ss)

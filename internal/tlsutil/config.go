@@ -174,27 +174,26 @@ func (r *Reloader) ServerConfig(requireClientCert bool) *tls.Config {
 	if requireClientCert {
 		auth = tls.RequireAndVerifyClientCert
 	}
-	return &tls.Config{
-		MinVersion: tls.VersionTLS12,
-		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
-			cert, pool := r.current()
-			if cert == nil {
-				return nil, errors.New("tlsutil: no server certificate loaded")
-			}
-			return &tls.Config{
-				MinVersion:   tls.VersionTLS12,
-				Certificates: []tls.Certificate{*cert},
-				ClientAuth:   auth,
-				ClientCAs:    pool,
-				NextProtos:   []string{"h2"},
-			}, nil
-		},
-	}
+	return r.serverConfig(auth, nil, "h2")
 }
 
 // PeerServerConfig is the TLS of a node-to-node listener (Raft): mutual,
 // and the caller must present a node certificate of the CA.
 func (r *Reloader) PeerServerConfig() *tls.Config {
+	return r.serverConfig(tls.RequireAndVerifyClientCert, func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 || !IsNode(cs.PeerCertificates[0]) {
+			return ErrNotANode
+		}
+		return nil
+	})
+}
+
+// serverConfig is a listener's TLS that takes the certificate and CA
+// loaded at each handshake, so that a reload applies to the next
+// connection: auth is what it asks of a caller's certificate (verified
+// against the CA), verify a further check of the caller (nil for none),
+// protos the ALPN protocols.
+func (r *Reloader) serverConfig(auth tls.ClientAuthType, verify func(tls.ConnectionState) error, protos ...string) *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS12,
 		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
@@ -203,16 +202,12 @@ func (r *Reloader) PeerServerConfig() *tls.Config {
 				return nil, errors.New("tlsutil: no node certificate loaded")
 			}
 			return &tls.Config{
-				MinVersion:   tls.VersionTLS12,
-				Certificates: []tls.Certificate{*cert},
-				ClientAuth:   tls.RequireAndVerifyClientCert,
-				ClientCAs:    pool,
-				VerifyConnection: func(cs tls.ConnectionState) error {
-					if len(cs.PeerCertificates) == 0 || !IsNode(cs.PeerCertificates[0]) {
-						return ErrNotANode
-					}
-					return nil
-				},
+				MinVersion:       tls.VersionTLS12,
+				Certificates:     []tls.Certificate{*cert},
+				ClientAuth:       auth,
+				ClientCAs:        pool,
+				VerifyConnection: verify,
+				NextProtos:       protos,
 			}, nil
 		},
 	}
