@@ -2,6 +2,7 @@ package fsm
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"sort"
 
@@ -158,6 +159,10 @@ type applier struct {
 	idemCount      uint64
 	idemCountKnown bool
 	idemCountDirty bool
+	// sealedSince is the index from which unsealed values are refused (0:
+	// not yet), loaded on first use.
+	sealedSince      uint64
+	sealedSinceKnown bool
 }
 
 func newApplier(tx *bolt.Tx, f *FSM) *applier {
@@ -212,7 +217,13 @@ func (a *applier) saveIdemCount() error {
 // aborts the whole transaction; deterministic outcomes travel in Result.Err.
 func (a *applier) command(l *raft.Log) (Result, error) {
 	cmd, err := DecodeCommand(l.Data)
+	if err == nil {
+		err = a.checkSealed(cmd, l.Index)
+	}
 	if err != nil {
+		if errors.Is(err, ErrStorage) {
+			return Result{}, err
+		}
 		a.f.logger.Warn("refusing invalid command", "index", l.Index, "error", err)
 		return Result{Index: l.Index, Err: err}, nil
 	}
@@ -249,12 +260,45 @@ func (a *applier) command(l *raft.Log) (Result, error) {
 	if res.Err == nil {
 		a.change = changeOf(cmd, res)
 	}
-	if rid != "" {
+	// A version conflict had no effect and is the leader's to resolve (it
+	// seals the value again and proposes under the same request id), so it
+	// is not remembered as the request's outcome.
+	if rid != "" && !errors.Is(res.Err, ErrVersionConflict) {
 		if err := a.recordIdempotency(rid, cmd, res); err != nil {
 			return Result{}, err
 		}
 	}
 	return res, nil
+}
+
+// checkSealed refuses a command that stores a value not laid out as sealed
+// once any command with sealed values was applied (see IsSealedValue); the
+// first such command records its index. A storage failure wraps
+// ErrStorage.
+func (a *applier) checkSealed(cmd *fsmpb.Command, index uint64) error {
+	layout := sealedLayoutOf(cmd)
+	if layout == noValues {
+		return nil
+	}
+	if !a.sealedSinceKnown {
+		if v := a.stateMeta.Get(keySealedSince); v != nil {
+			if len(v) != 8 {
+				return fmt.Errorf("%w: corrupt sealed_since %x", ErrStorage, v)
+			}
+			a.sealedSince = binary.BigEndian.Uint64(v)
+		}
+		a.sealedSinceKnown = true
+	}
+	switch {
+	case layout == valuesUnsealed && a.sealedSince != 0:
+		return newResultError(ErrInvalidCommand, "%v of %q: a value is not a bound barrier ciphertext (refused since index %d)", cmd.GetOp(), cmd.GetPath(), a.sealedSince)
+	case layout == valuesSealed && a.sealedSince == 0:
+		if err := a.stateMeta.Put(keySealedSince, encodeUint64(index)); err != nil {
+			return fmt.Errorf("%w: %v", ErrStorage, err)
+		}
+		a.sealedSince = index
+	}
+	return nil
 }
 
 // exec dispatches a validated command.
@@ -305,6 +349,10 @@ func (a *applier) put(cmd *fsmpb.Command, res *Result) error {
 	}
 	if cmd.GetHasCas() && cmd.GetCas() != current {
 		res.Err = newResultError(ErrCASMismatch, "%q is at version %d, cas was %d", path, current, cmd.GetCas())
+		return nil
+	}
+	if v := cmd.GetVersion(); v != 0 && v != current+1 {
+		res.Err = newResultError(ErrVersionConflict, "%q: sealed for version %d, the next is %d", path, v, current+1)
 		return nil
 	}
 	if meta == nil {

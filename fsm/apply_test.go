@@ -29,17 +29,17 @@ func TestPutAndGet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := &Version{Version: 2, Ciphertext: []byte("c2"), CreatedTime: h.now}
+	want := &Version{Version: 2, Ciphertext: ct("c2"), CreatedTime: h.now}
 	if !reflect.DeepEqual(cur, want) {
 		t.Fatalf("Get current = %+v, want %+v", cur, want)
 	}
 	v1, err := h.f.Get("secret/a", 1)
-	if err != nil || string(v1.Ciphertext) != "c1" || !v1.CreatedTime.Equal(t1) {
+	if err != nil || plainOf(v1.Ciphertext) != "c1" || !v1.CreatedTime.Equal(t1) {
 		t.Fatalf("Get v1 = %+v, %v", v1, err)
 	}
 	// The returned slice is a copy: scribbling on it changes nothing.
 	v1.Ciphertext[0] = 'X'
-	if again, _ := h.f.Get("secret/a", 1); string(again.Ciphertext) != "c1" {
+	if again, _ := h.f.Get("secret/a", 1); plainOf(again.Ciphertext) != "c1" {
 		t.Fatalf("Get aliases storage: %q", again.Ciphertext)
 	}
 	for _, tc := range []struct {
@@ -283,39 +283,39 @@ func TestList(t *testing.T) {
 
 func TestSys(t *testing.T) {
 	h := newHarness(t, Options{})
-	h.mustOK(&fsmpb.Command{Op: fsmpb.Op_OP_SYS_PUT, SysRequireAbsent: "seal/config", Sys: []*fsmpb.SysEntry{
-		{Key: "seal/config", Value: []byte("cfg")},
-		{Key: "seal/keyring", Value: []byte("ring")},
-		{Key: "empty"},
+	h.mustOK(&fsmpb.Command{Op: fsmpb.Op_OP_SYS_PUT, SysRequireAbsent: "core/config", Sys: []*fsmpb.SysEntry{
+		{Key: "core/config", Value: []byte("cfg")},
+		{Key: "core/keyring", Value: []byte("ring")},
+		{Key: "core/empty"},
 	}})
-	for k, want := range map[string]string{"seal/config": "cfg", "seal/keyring": "ring", "empty": ""} {
+	for k, want := range map[string]string{"core/config": "cfg", "core/keyring": "ring", "core/empty": ""} {
 		got, err := h.f.SysGet(k)
 		if err != nil || string(got) != want || got == nil {
 			t.Fatalf("SysGet(%q) = %q (nil=%v), %v", k, got, got == nil, err)
 		}
 	}
 	// A second init finds the key present and writes nothing at all.
-	h.mustFail(&fsmpb.Command{Op: fsmpb.Op_OP_SYS_PUT, SysRequireAbsent: "seal/config", Sys: []*fsmpb.SysEntry{
-		{Key: "seal/config", Value: []byte("other")},
-		{Key: "new", Value: []byte("x")},
+	h.mustFail(&fsmpb.Command{Op: fsmpb.Op_OP_SYS_PUT, SysRequireAbsent: "core/config", Sys: []*fsmpb.SysEntry{
+		{Key: "core/config", Value: []byte("other")},
+		{Key: "new", Value: ct("x")},
 	}}, ErrAlreadyExists)
-	if got, _ := h.f.SysGet("seal/config"); string(got) != "cfg" {
+	if got, _ := h.f.SysGet("core/config"); string(got) != "cfg" {
 		t.Fatalf("conditional put overwrote: %q", got)
 	}
 	if _, err := h.f.SysGet("new"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("conditional put wrote a sibling: %v", err)
 	}
-	keys, err := h.f.SysList("seal/")
-	if err != nil || !reflect.DeepEqual(keys, []string{"seal/config", "seal/keyring"}) {
+	keys, err := h.f.SysList("core/")
+	if err != nil || !reflect.DeepEqual(keys, []string{"core/config", "core/empty", "core/keyring"}) {
 		t.Fatalf("SysList = %q, %v", keys, err)
 	}
-	h.mustOK(&fsmpb.Command{Op: fsmpb.Op_OP_SYS_DELETE, SysKeys: []string{"seal/keyring", "never-existed"}})
-	if _, err := h.f.SysGet("seal/keyring"); !errors.Is(err, ErrNotFound) {
+	h.mustOK(&fsmpb.Command{Op: fsmpb.Op_OP_SYS_DELETE, SysKeys: []string{"core/keyring", "never-existed"}})
+	if _, err := h.f.SysGet("core/keyring"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("SysGet after delete: %v", err)
 	}
-	got, _ := h.f.SysGet("seal/config")
+	got, _ := h.f.SysGet("core/config")
 	got[0] = 'X'
-	if again, _ := h.f.SysGet("seal/config"); string(again) != "cfg" {
+	if again, _ := h.f.SysGet("core/config"); string(again) != "cfg" {
 		t.Fatalf("SysGet aliases storage")
 	}
 }
@@ -334,11 +334,11 @@ func TestInvalidCommands(t *testing.T) {
 		"garbage":            {0xff, 0xff, 0xff},
 		"empty":              nil,
 		"unknown op":         valid(&fsmpb.Command{Op: 99, LeaderTimeUnixNano: now}),
-		"no leader time":     valid(&fsmpb.Command{Op: fsmpb.Op_OP_PUT, Path: "a", Ciphertext: []byte("x")}),
-		"no path":            valid(&fsmpb.Command{Op: fsmpb.Op_OP_PUT, Ciphertext: []byte("x"), LeaderTimeUnixNano: now}),
-		"trailing slash":     valid(&fsmpb.Command{Op: fsmpb.Op_OP_PUT, Path: "a/", Ciphertext: []byte("x"), LeaderTimeUnixNano: now}),
-		"double slash":       valid(&fsmpb.Command{Op: fsmpb.Op_OP_PUT, Path: "a//b", Ciphertext: []byte("x"), LeaderTimeUnixNano: now}),
-		"nul in path":        valid(&fsmpb.Command{Op: fsmpb.Op_OP_PUT, Path: "a\x00b", Ciphertext: []byte("x"), LeaderTimeUnixNano: now}),
+		"no leader time":     valid(&fsmpb.Command{Op: fsmpb.Op_OP_PUT, Path: "a", Ciphertext: ct("x")}),
+		"no path":            valid(&fsmpb.Command{Op: fsmpb.Op_OP_PUT, Ciphertext: ct("x"), LeaderTimeUnixNano: now}),
+		"trailing slash":     valid(&fsmpb.Command{Op: fsmpb.Op_OP_PUT, Path: "a/", Ciphertext: ct("x"), LeaderTimeUnixNano: now}),
+		"double slash":       valid(&fsmpb.Command{Op: fsmpb.Op_OP_PUT, Path: "a//b", Ciphertext: ct("x"), LeaderTimeUnixNano: now}),
+		"nul in path":        valid(&fsmpb.Command{Op: fsmpb.Op_OP_PUT, Path: "a\x00b", Ciphertext: ct("x"), LeaderTimeUnixNano: now}),
 		"no ciphertext":      valid(&fsmpb.Command{Op: fsmpb.Op_OP_PUT, Path: "a", LeaderTimeUnixNano: now}),
 		"destroy no version": valid(&fsmpb.Command{Op: fsmpb.Op_OP_DESTROY, Path: "a", LeaderTimeUnixNano: now}),
 		"version zero":       valid(&fsmpb.Command{Op: fsmpb.Op_OP_DELETE, Path: "a", Versions: []uint64{0}, LeaderTimeUnixNano: now}),
@@ -429,7 +429,7 @@ func TestRestart(t *testing.T) {
 	h := newHarness(t, Options{})
 	h.mustOK(putCmd("s", "v1"))
 	h.mustOK(putCmd("s", "v2"))
-	h.mustOK(&fsmpb.Command{Op: fsmpb.Op_OP_SYS_PUT, Sys: []*fsmpb.SysEntry{{Key: "k", Value: []byte("v")}}})
+	h.mustOK(&fsmpb.Command{Op: fsmpb.Op_OP_SYS_PUT, Sys: []*fsmpb.SysEntry{{Key: "k", Value: ct("v")}}})
 	before := dump(t, h.f)
 	h.reopen()
 	if h.f.AppliedIndex() != 3 {
@@ -546,7 +546,7 @@ func TestSysGeneration(t *testing.T) {
 	if h.f.SysGeneration() != g0 {
 		t.Fatal("a secret write moved the system generation")
 	}
-	h.mustOK(&fsmpb.Command{Op: fsmpb.Op_OP_SYS_PUT, Sys: []*fsmpb.SysEntry{{Key: "token/x", Value: []byte("{}")}}})
+	h.mustOK(&fsmpb.Command{Op: fsmpb.Op_OP_SYS_PUT, Sys: []*fsmpb.SysEntry{{Key: "token/x", Value: ct("{}")}}})
 	g1 := h.f.SysGeneration()
 	if g1 == g0 {
 		t.Fatal("a system write left the generation unchanged")
@@ -561,5 +561,101 @@ func TestSysGeneration(t *testing.T) {
 	}
 	if h.f.SysGeneration() == g2 {
 		t.Fatal("installing a snapshot left the generation unchanged")
+	}
+}
+
+// TestStateRefusesUnsealedValues: the state machine holds no key, but it
+// refuses every new value that is not laid out as a bound barrier
+// ciphertext, so a forged log entry can store neither a plaintext token
+// record nor a value sealed before versions were bound.
+func TestStateRefusesUnsealedValues(t *testing.T) {
+	h := newHarness(t, Options{})
+	h.mustOK(putCmd("first", "sealed"))                       // from here on, only sealed values
+	legacy := append([]byte{0, 0, 0, 1}, make([]byte, 40)...) // term 1, unbound
+	for name, cmd := range map[string]*fsmpb.Command{
+		"plaintext put":     {Op: fsmpb.Op_OP_PUT, Path: "a", Ciphertext: []byte(`{"v":"x"}`)},
+		"unbound put":       {Op: fsmpb.Op_OP_PUT, Path: "a", Ciphertext: legacy},
+		"short bound put":   {Op: fsmpb.Op_OP_PUT, Path: "a", Ciphertext: []byte{0x80, 0, 0, 1}},
+		"plaintext token":   {Op: fsmpb.Op_OP_SYS_PUT, Sys: []*fsmpb.SysEntry{{Key: "token/ab", Value: []byte(`{"policies":["root"]}`)}}},
+		"unbound sys value": {Op: fsmpb.Op_OP_SYS_PUT, Sys: []*fsmpb.SysEntry{{Key: "policy/x", Value: legacy}}},
+		"one bad of two":    {Op: fsmpb.Op_OP_SYS_PUT, Sys: []*fsmpb.SysEntry{{Key: "token/a", Value: ct("ok")}, {Key: "token/b", Value: []byte("plain")}}},
+	} {
+		cmd.LeaderTimeUnixNano = h.now.UnixNano()
+		data, err := marshalOpts.Marshal(cmd) // as a forger would: EncodeCommand refuses too
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res := h.applyData(data); !errors.Is(res.Err, ErrInvalidCommand) {
+			t.Errorf("%s: result %v, want ErrInvalidCommand", name, res.Err)
+		}
+	}
+	if _, err := h.f.Get("a", 0); !errors.Is(err, ErrNotFound) {
+		t.Errorf("a refused put stored a version: %v", err)
+	}
+	for _, k := range []string{"token/ab", "policy/x", "token/a", "token/b"} {
+		if _, err := h.f.SysGet(k); !errors.Is(err, ErrNotFound) {
+			t.Errorf("a refused sys put stored %s: %v", k, err)
+		}
+	}
+}
+
+// TestPutVersionConflict: a put sealed for another version than the next
+// one writes nothing, is not remembered under its request id, and the same
+// request id sealed for the right version then succeeds.
+func TestPutVersionConflict(t *testing.T) {
+	h := newHarness(t, Options{})
+	h.mustOK(putCmd("s", "v1"))
+	stale := putCmd("s", "sealed for 1")
+	stale.Version, stale.RequestId = 1, "r-conflict"
+	h.mustFail(stale, ErrVersionConflict)
+	if md, _ := h.f.Metadata("s"); md.CurrentVersion != 1 {
+		t.Fatalf("conflicting put changed the secret: current %d", md.CurrentVersion)
+	}
+	again := putCmd("s", "sealed for 2")
+	again.Version, again.RequestId = 2, "r-conflict"
+	if res := h.mustOK(again); res.Version != 2 || res.Deduplicated {
+		t.Fatalf("retry after a conflict: %+v", res)
+	}
+	if v, _ := h.f.Get("s", 0); plainOf(v.Ciphertext) != "sealed for 2" {
+		t.Fatalf("current = %q", plainOf(v.Ciphertext))
+	}
+}
+
+// TestOlderLogStillReplays: a log written by a version from before values
+// were sealed (plaintext token records, unbound ciphertexts) replays until
+// the first command with sealed values; from that index on, unsealed values
+// are refused, also after a restart.
+func TestOlderLogStillReplays(t *testing.T) {
+	h := newHarness(t, Options{})
+	legacy := append([]byte{0, 0, 0, 1}, make([]byte, 40)...)
+	forge := func(cmd *fsmpb.Command) Result {
+		cmd.LeaderTimeUnixNano = h.now.UnixNano()
+		data, err := marshalOpts.Marshal(cmd)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h.applyData(data)
+	}
+	if res := forge(&fsmpb.Command{Op: fsmpb.Op_OP_PUT, Path: "old", Ciphertext: legacy}); res.Err != nil {
+		t.Fatalf("an older version's put: %v", res.Err)
+	}
+	if res := forge(&fsmpb.Command{Op: fsmpb.Op_OP_SYS_PUT, Sys: []*fsmpb.SysEntry{{Key: "token/old", Value: []byte(`{"policies":["root"]}`)}}}); res.Err != nil {
+		t.Fatalf("an older version's token record: %v", res.Err)
+	}
+	// Key material and deletes never turn the check on.
+	h.mustOK(&fsmpb.Command{Op: fsmpb.Op_OP_SYS_PUT, Sys: []*fsmpb.SysEntry{{Key: "core/keyring", Value: []byte("wrapped")}}})
+	if res := forge(&fsmpb.Command{Op: fsmpb.Op_OP_PUT, Path: "old", Ciphertext: legacy}); res.Err != nil {
+		t.Fatalf("a second older put: %v", res.Err)
+	}
+	first := h.mustOK(putCmd("new", "sealed"))
+	h.reopen()
+	if res := forge(&fsmpb.Command{Op: fsmpb.Op_OP_PUT, Path: "old", Ciphertext: legacy}); !errors.Is(res.Err, ErrInvalidCommand) {
+		t.Fatalf("an unsealed put after index %d: %v", first.Index, res.Err)
+	}
+	if md, err := h.f.Metadata("old"); err != nil || md.CurrentVersion != 2 {
+		t.Fatalf("older versions: %+v, %v", md, err)
+	}
+	if v, err := h.f.SysGet("token/old"); err != nil || string(v) != `{"policies":["root"]}` {
+		t.Fatalf("older token record: %q, %v", v, err)
 	}
 }

@@ -24,7 +24,7 @@ func BenchmarkApplyBatch(b *testing.B) {
 		data, err := EncodeCommand(&fsmpb.Command{
 			Op:                 fsmpb.Op_OP_PUT,
 			Path:               fmt.Sprintf("secret/bench/%04d", i),
-			Ciphertext:         make([]byte, 256),
+			Ciphertext:         ctN(256),
 			LeaderTimeUnixNano: baseTime.UnixNano(),
 		})
 		if err != nil {
@@ -80,7 +80,7 @@ func BenchmarkGet(b *testing.B) {
 	for i := range names {
 		names[i] = fmt.Sprintf("secret/bench/%04d", i)
 		for range 3 {
-			data, err := EncodeCommand(&fsmpb.Command{Op: fsmpb.Op_OP_PUT, Path: names[i], Ciphertext: make([]byte, 256), LeaderTimeUnixNano: baseTime.UnixNano()})
+			data, err := EncodeCommand(&fsmpb.Command{Op: fsmpb.Op_OP_PUT, Path: names[i], Ciphertext: ctN(256), LeaderTimeUnixNano: baseTime.UnixNano()})
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -129,7 +129,7 @@ func BenchmarkApplyWrites(b *testing.B) {
 					}
 					data, err := EncodeCommand(&fsmpb.Command{
 						Op: fsmpb.Op_OP_PUT, Path: fmt.Sprintf("secret/bench/k%d", rng.IntN(paths)),
-						Ciphertext: make([]byte, 256), LeaderTimeUnixNano: now.UnixNano(), RequestId: rid,
+						Ciphertext: ctN(256), LeaderTimeUnixNano: now.UnixNano(), RequestId: rid,
 					})
 					if err != nil {
 						b.Fatal(err)

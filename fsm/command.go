@@ -35,6 +35,9 @@ func EncodeCommand(c *fsmpb.Command) ([]byte, error) {
 	if err := validateCommand(c); err != nil {
 		return nil, err
 	}
+	if layout := sealedLayoutOf(c); layout == valuesUnsealed {
+		return nil, newResultError(ErrInvalidCommand, "%v of %q: a value is not a bound barrier ciphertext", c.GetOp(), c.GetPath())
+	}
 	b, err := marshalOpts.Marshal(c)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidCommand, err)
@@ -56,6 +59,71 @@ func DecodeCommand(b []byte) (*fsmpb.Command, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+// System keys under sysKeyMaterial hold the seal's own key material (the
+// seal configuration with the root key wrapped by the unseal key, the
+// keyring wrapped by the root key): each is authenticated by a key derived
+// from the unseal shares, and is read while the node is sealed, so the
+// barrier cannot seal it. Every other system entry grants access (token
+// records, policies) and must be sealed by the barrier.
+const sysKeyMaterial = "core/"
+
+// SysKeyNeedsBarrier reports whether the state machine stores key only with
+// a barrier-sealed value (see IsSealedValue).
+func SysKeyNeedsBarrier(key string) bool { return !strings.HasPrefix(key, sysKeyMaterial) }
+
+// Bound barrier ciphertexts (seal.Barrier.Encrypt and SealEntry) start with
+// a 4-byte term whose top bit is set, and are at least 32 bytes long (term,
+// nonce, tag). The state machine cannot authenticate a value, since it holds
+// no key, but it can refuse every value not laid out as a bound ciphertext:
+// then no value sealed before versions were bound (bound to its path only),
+// and no plaintext, can be stored by a forged log entry as a new version or
+// as a token record. It does so from the first command whose values are
+// laid out as sealed (recorded in the state: sealed_since), so that a log
+// written by an older version still replays. EncodeCommand always refuses
+// them. The server's tests check this agrees with seal.IsBound.
+const (
+	sealedMinLen  = 32
+	sealedBoundFl = 0x80
+)
+
+// IsSealedValue reports whether v is laid out as a bound barrier
+// ciphertext.
+func IsSealedValue(v []byte) bool { return len(v) >= sealedMinLen && v[0]&sealedBoundFl != 0 }
+
+// sealedLayout says whether a command's values are laid out as sealed.
+type sealedLayout int
+
+const (
+	noValues       sealedLayout = iota // the command stores no value that must be sealed
+	valuesSealed                       // every such value is laid out as sealed
+	valuesUnsealed                     // at least one is not
+)
+
+// sealedLayoutOf classifies the values cmd stores: a put's ciphertext, and
+// a sys put's entries outside core/.
+func sealedLayoutOf(c *fsmpb.Command) sealedLayout {
+	switch c.GetOp() {
+	case fsmpb.Op_OP_PUT:
+		if IsSealedValue(c.GetCiphertext()) {
+			return valuesSealed
+		}
+		return valuesUnsealed
+	case fsmpb.Op_OP_SYS_PUT:
+		layout := noValues
+		for _, e := range c.GetSys() {
+			if !SysKeyNeedsBarrier(e.GetKey()) {
+				continue
+			}
+			if !IsSealedValue(e.GetValue()) {
+				return valuesUnsealed
+			}
+			layout = valuesSealed
+		}
+		return layout
+	}
+	return noValues
 }
 
 // validateCommand checks the fields an op needs. Fields an op does not use

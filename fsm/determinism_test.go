@@ -64,7 +64,7 @@ func randomLog(t testing.TB, seed uint64, n int) []*raft.Log {
 		switch w := r.IntN(100); {
 		case w < 35:
 			c.Op = fsmpb.Op_OP_PUT
-			c.Ciphertext = fmt.Appendf(nil, "ct-%d", i)
+			c.Ciphertext = ct(fmt.Sprintf("ct-%d", i))
 			if r.IntN(10) < 3 {
 				c.HasCas, c.Cas = true, r.Uint64N(13)
 			}
@@ -81,7 +81,7 @@ func randomLog(t testing.TB, seed uint64, n int) []*raft.Log {
 		case w < 79:
 			c.Op, c.Path = fsmpb.Op_OP_SYS_PUT, ""
 			for _, k := range r.Perm(len(sysKeys))[:1+r.IntN(3)] {
-				c.Sys = append(c.Sys, &fsmpb.SysEntry{Key: sysKeys[k], Value: fmt.Appendf(nil, "sys-%d", i)})
+				c.Sys = append(c.Sys, &fsmpb.SysEntry{Key: sysKeys[k], Value: ct(fmt.Sprintf("sys-%d", i))})
 			}
 			if r.IntN(10) < 4 {
 				c.SysRequireAbsent = pick(sysKeys)

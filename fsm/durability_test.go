@@ -47,7 +47,7 @@ func wantSecret(t *testing.T, f *FSM, path, value string) {
 	if err != nil {
 		t.Fatalf("Get(%s): %v", path, err)
 	}
-	if string(v.Ciphertext) != value {
+	if plainOf(v.Ciphertext) != value {
 		t.Fatalf("Get(%s) = %q, want %q", path, v.Ciphertext, value)
 	}
 }
@@ -148,7 +148,7 @@ func runCrashHelper() {
 		os.Exit(3)
 	}
 	for i := 1; i <= n; i++ {
-		data, err := EncodeCommand(&fsmpb.Command{Op: fsmpb.Op_OP_PUT, Path: fmt.Sprintf("k/%d", i), Ciphertext: []byte(fmt.Sprintf("v%d", i)), LeaderTimeUnixNano: baseTime.UnixNano()})
+		data, err := EncodeCommand(&fsmpb.Command{Op: fsmpb.Op_OP_PUT, Path: fmt.Sprintf("k/%d", i), Ciphertext: ct(fmt.Sprintf("v%d", i)), LeaderTimeUnixNano: baseTime.UnixNano()})
 		if err == nil {
 			err = asResult(f.Apply(&raft.Log{Index: uint64(i), Term: 1, Type: raft.LogCommand, Data: data}))
 		}

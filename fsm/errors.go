@@ -26,6 +26,11 @@ var (
 	// ErrInvalidCommand means a log entry could not be decoded or failed
 	// validation. The applied index still advances past it.
 	ErrInvalidCommand = errors.New("fsm: invalid command: the proposer built a malformed command; fix the caller")
+	// ErrVersionConflict means a put's ciphertext was sealed for another
+	// version than the one it would create (another write to the path
+	// committed first, or a leader changed): nothing was written, and the
+	// leader seals the value again for the current version.
+	ErrVersionConflict = errors.New("fsm: version conflict: the value was sealed for another version than the next one; seal it again and retry")
 	// ErrRequestIDConflict means a request_id was reused for a different
 	// command within the idempotency window; nothing was written.
 	ErrRequestIDConflict = errors.New("fsm: request_id already used by a different command: generate a fresh request_id per logical write")
@@ -73,6 +78,8 @@ func codeOf(err error) fsmpb.ResultCode {
 		return fsmpb.ResultCode_RESULT_CODE_CAS_REQUIRED
 	case errors.Is(err, ErrAlreadyExists):
 		return fsmpb.ResultCode_RESULT_CODE_ALREADY_EXISTS
+	case errors.Is(err, ErrVersionConflict):
+		return fsmpb.ResultCode_RESULT_CODE_VERSION_CONFLICT
 	default:
 		return fsmpb.ResultCode_RESULT_CODE_INVALID_COMMAND
 	}
@@ -92,6 +99,8 @@ func errorOf(code fsmpb.ResultCode, msg string) error {
 		base = ErrCASRequired
 	case fsmpb.ResultCode_RESULT_CODE_ALREADY_EXISTS:
 		base = ErrAlreadyExists
+	case fsmpb.ResultCode_RESULT_CODE_VERSION_CONFLICT:
+		base = ErrVersionConflict
 	default:
 		base = ErrInvalidCommand
 	}

@@ -51,6 +51,7 @@ var (
 	keyAppliedTerm  = []byte("applied_term")
 	keyIdemCount    = []byte("idem_count")
 	keyFormat       = []byte("format")
+	keySealedSince  = []byte("sealed_since")
 )
 
 // Options configures an FSM. The zero value gives the defaults.

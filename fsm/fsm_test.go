@@ -131,8 +131,25 @@ func (h *harness) mustFail(cmd *fsmpb.Command, want error) Result {
 	return res
 }
 
+// sealedPrefix makes a test value look like a bound barrier ciphertext:
+// the state machine refuses to store anything else (IsSealedValue).
+const sealedPrefix = "\x80\x00\x00\x01" + "sealed-test-value-padding-28" // 4 + 28 bytes
+
+// ct returns s as a value the state machine stores; plainOf gives s back.
+func ct(s string) []byte { return []byte(sealedPrefix + s) }
+
+// plainOf strips what ct added (or returns b unchanged when it is not there).
+func plainOf(b []byte) string { return strings.TrimPrefix(string(b), sealedPrefix) }
+
+// ctN returns an n-byte stored value (n ≥ 32).
+func ctN(n int) []byte {
+	b := make([]byte, n)
+	copy(b, sealedPrefix)
+	return b
+}
+
 func putCmd(path, value string) *fsmpb.Command {
-	return &fsmpb.Command{Op: fsmpb.Op_OP_PUT, Path: path, Ciphertext: []byte(value)}
+	return &fsmpb.Command{Op: fsmpb.Op_OP_PUT, Path: path, Ciphertext: ct(value)}
 }
 
 func casPut(path, value string, cas uint64) *fsmpb.Command {

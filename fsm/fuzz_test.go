@@ -15,14 +15,14 @@ import (
 func fuzzSeeds(t testing.TB) [][]byte {
 	now := baseTime.UnixNano()
 	cmds := []*fsmpb.Command{
-		{Op: fsmpb.Op_OP_PUT, Path: "secret/a", Ciphertext: []byte("ct"), LeaderTimeUnixNano: now, RequestId: "r1"},
-		{Op: fsmpb.Op_OP_PUT, Path: "secret/a", Ciphertext: []byte("ct"), HasCas: true, Cas: 1, LeaderTimeUnixNano: now},
+		{Op: fsmpb.Op_OP_PUT, Path: "secret/a", Ciphertext: ct("ct"), LeaderTimeUnixNano: now, RequestId: "r1"},
+		{Op: fsmpb.Op_OP_PUT, Path: "secret/a", Ciphertext: ct("ct"), HasCas: true, Cas: 1, LeaderTimeUnixNano: now},
 		{Op: fsmpb.Op_OP_DELETE, Path: "secret/a", LeaderTimeUnixNano: now},
 		{Op: fsmpb.Op_OP_UNDELETE, Path: "secret/a", Versions: []uint64{1, 2}, LeaderTimeUnixNano: now},
 		{Op: fsmpb.Op_OP_DESTROY, Path: "secret/a", Versions: []uint64{1}, LeaderTimeUnixNano: now},
 		{Op: fsmpb.Op_OP_DELETE_METADATA, Path: "secret/a", LeaderTimeUnixNano: now},
 		{Op: fsmpb.Op_OP_PUT_METADATA, Path: "secret/a", MaxVersions: 2, CasRequired: true, LeaderTimeUnixNano: now},
-		{Op: fsmpb.Op_OP_SYS_PUT, Sys: []*fsmpb.SysEntry{{Key: "k", Value: []byte("v")}}, SysRequireAbsent: "k", LeaderTimeUnixNano: now},
+		{Op: fsmpb.Op_OP_SYS_PUT, Sys: []*fsmpb.SysEntry{{Key: "k", Value: ct("v")}}, SysRequireAbsent: "k", LeaderTimeUnixNano: now},
 		{Op: fsmpb.Op_OP_SYS_DELETE, SysKeys: []string{"k"}, LeaderTimeUnixNano: now},
 		{Op: fsmpb.Op_OP_NOOP},
 	}

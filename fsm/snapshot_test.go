@@ -28,7 +28,7 @@ func populate(h *harness, prefix string) {
 	h.mustOK(versionsCmd(fsmpb.Op_OP_DELETE, prefix+"/s", 5))
 	h.mustOK(versionsCmd(fsmpb.Op_OP_DESTROY, prefix+"/s", 6))
 	h.mustOK(&fsmpb.Command{Op: fsmpb.Op_OP_PUT_METADATA, Path: prefix + "/m", CasRequired: true, MaxVersions: 3})
-	h.mustOK(&fsmpb.Command{Op: fsmpb.Op_OP_SYS_PUT, Sys: []*fsmpb.SysEntry{{Key: prefix + "/sys", Value: []byte("x")}}})
+	h.mustOK(&fsmpb.Command{Op: fsmpb.Op_OP_SYS_PUT, Sys: []*fsmpb.SysEntry{{Key: prefix + "/sys", Value: ct("x")}}})
 }
 
 func TestSnapshotRestoreFresh(t *testing.T) {
@@ -190,7 +190,7 @@ func TestSnapshotIsConsistentDuringApply(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := 0; i < 200; i++ { // enough to grow the file
-		h.mustOK(&fsmpb.Command{Op: fsmpb.Op_OP_PUT, Path: "grow/" + string(rune('a'+i%26)) + string(rune('a'+i/26)), Ciphertext: bytes.Repeat([]byte{byte(i)}, 4096)})
+		h.mustOK(&fsmpb.Command{Op: fsmpb.Op_OP_PUT, Path: "grow/" + string(rune('a'+i%26)) + string(rune('a'+i/26)), Ciphertext: ct(string(bytes.Repeat([]byte{byte(i)}, 4095)))})
 	}
 	var sink memSink
 	if err := snap.Persist(&sink); err != nil {

@@ -105,7 +105,7 @@ func TestConcurrentReadsDuringApply(t *testing.T) {
 			errs <- nil
 		}()
 	}
-	data, err := EncodeCommand(&fsmpb.Command{Op: fsmpb.Op_OP_PUT, Path: "dir/s", Ciphertext: []byte("v"), LeaderTimeUnixNano: h.now.UnixNano()})
+	data, err := EncodeCommand(&fsmpb.Command{Op: fsmpb.Op_OP_PUT, Path: "dir/s", Ciphertext: ct("v"), LeaderTimeUnixNano: h.now.UnixNano()})
 	if err != nil {
 		t.Fatal(err)
 	}

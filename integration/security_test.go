@@ -21,10 +21,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/proto"
 
 	"coffer/api"
 	pb "coffer/api/cofferpb"
-	"coffer/fsm"
 	"coffer/fsm/fsmpb"
 	"coffer/internal/testcluster"
 	"coffer/internal/tlsutil"
@@ -92,7 +92,9 @@ func attack(t *testing.T, tr *raft.NetworkTransport, id, addr string, term, last
 	}
 	h := sha256.Sum256([]byte(forgedToken))
 	rec, _ := json.Marshal(map[string]any{"hash": hex.EncodeToString(h[:]), "policies": []string{"root"}, "created_unix": 1})
-	cmd, err := fsm.EncodeCommand(&fsmpb.Command{Op: fsmpb.Op_OP_SYS_PUT, LeaderTimeUnixNano: time.Now().UnixNano(), Sys: []*fsmpb.SysEntry{{Key: "token/" + hex.EncodeToString(h[:]), Value: rec}}})
+	// Encoded as a forger would, without fsm.EncodeCommand's checks (which
+	// refuse a plaintext record, as the state machine does).
+	cmd, err := proto.MarshalOptions{Deterministic: true}.Marshal(&fsmpb.Command{Op: fsmpb.Op_OP_SYS_PUT, LeaderTimeUnixNano: time.Now().UnixNano(), Sys: []*fsmpb.SysEntry{{Key: "token/" + hex.EncodeToString(h[:]), Value: rec}}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -49,7 +49,10 @@ func openNode(t *testing.T, dir string) (*Node, *fsm.FSM) {
 
 func put(t *testing.T, n *Node, path string, ct string) (fsm.Result, uint64) {
 	t.Helper()
-	data, err := fsm.EncodeCommand(&fsmpb.Command{Op: fsmpb.Op_OP_PUT, Path: path, Ciphertext: []byte(ct), LeaderTimeUnixNano: time.Now().UnixNano()})
+	// The state machine stores only values laid out as bound barrier
+	// ciphertexts (fsm.IsSealedValue): a 32-byte header of that shape.
+	sealed := append([]byte{0x80, 0, 0, 1}, make([]byte, 28)...)
+	data, err := fsm.EncodeCommand(&fsmpb.Command{Op: fsmpb.Op_OP_PUT, Path: path, Ciphertext: append(sealed, ct...), LeaderTimeUnixNano: time.Now().UnixNano()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,7 +13,7 @@ func BenchmarkBarrierEncrypt(b *testing.B) {
 			b.SetBytes(int64(size))
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, err := barrier.Encrypt("secret/payments/db", pt); err != nil {
+				if _, err := barrier.Encrypt("secret/payments/db", 1, pt); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -29,7 +29,7 @@ func BenchmarkBarrierDecrypt(b *testing.B) {
 			b.SetBytes(int64(size))
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, err := barrier.Decrypt("secret/payments/db", ct); err != nil {
+				if _, err := barrier.Decrypt("secret/payments/db", 1, ct); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -51,7 +51,7 @@ func BenchmarkSealEncrypt(b *testing.B) {
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			if _, err := s.Encrypt("secret/payments/db", pt); err != nil {
+			if _, err := s.Encrypt("secret/payments/db", 1, pt); err != nil {
 				b.Error(err)
 				return
 			}

@@ -110,6 +110,9 @@ type InitResult struct {
 	Stored         *Stored
 	WrappedKeyring []byte   // keyring (term 1) sealed by the root key
 	Shares         [][]byte // unseal key shares; with Shares==1 the single share IS the 32-byte unseal key
+	// Barrier is the new keyring's barrier, for the entries written with
+	// the keys (the root token's record): drop it once they are sealed.
+	Barrier *Barrier
 }
 
 // Initialize creates the keys of a new cluster: a random unseal key split
@@ -136,6 +139,10 @@ func Initialize(cfg Config) (*InitResult, error) {
 	encoded := keyring.Marshal()
 	defer clear(encoded)
 
+	barrier, err := NewBarrier(keyring)
+	if err != nil {
+		return nil, err
+	}
 	wrappedRootKey, err := wrap(unsealKey, rootKey, aadRootKey)
 	if err != nil {
 		return nil, err
@@ -155,5 +162,6 @@ func Initialize(cfg Config) (*InitResult, error) {
 		Stored:         &Stored{Shares: cfg.Shares, Threshold: cfg.Threshold, WrappedRootKey: wrappedRootKey},
 		WrappedKeyring: wrappedKeyring,
 		Shares:         shares,
+		Barrier:        barrier,
 	}, nil
 }

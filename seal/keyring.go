@@ -3,7 +3,6 @@ package seal
 import (
 	"encoding/binary"
 	"fmt"
-	"math"
 	"slices"
 )
 
@@ -38,9 +37,9 @@ func NewKeyring() (*Keyring, error) {
 // Rotate returns a new keyring holding copies of every key of k plus a fresh
 // random key under term ActiveTerm()+1, which is active in the new keyring.
 // k itself is unchanged. It fails with ErrTermsExhausted when the term
-// counter would overflow.
+// would pass MaxTerm.
 func (k *Keyring) Rotate() (*Keyring, error) {
-	if k.active == math.MaxUint32 {
+	if k.active >= MaxTerm {
 		return nil, ErrTermsExhausted
 	}
 	next := &Keyring{active: k.active + 1, keys: make(map[uint32][]byte, len(k.keys)+1)}
@@ -106,6 +105,10 @@ func UnmarshalKeyring(b []byte) (*Keyring, error) {
 		if term <= prev { // also rejects term 0
 			k.Zero()
 			return nil, fmt.Errorf("%w: terms are not strictly increasing from 1", ErrInvalidKeyring)
+		}
+		if term > MaxTerm {
+			k.Zero()
+			return nil, fmt.Errorf("%w: term %d is above the largest (%d)", ErrInvalidKeyring, term, MaxTerm)
 		}
 		prev = term
 		k.keys[term] = slices.Clone(body[off+4 : off+keyringEntrySize])

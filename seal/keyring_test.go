@@ -63,7 +63,7 @@ func TestKeyringRotate(t *testing.T) {
 		t.Fatal("Zero of one keyring zeroed another")
 	}
 
-	last := &Keyring{active: ^uint32(0), keys: map[uint32][]byte{^uint32(0): make([]byte, KeySize)}}
+	last := &Keyring{active: MaxTerm, keys: map[uint32][]byte{MaxTerm: make([]byte, KeySize)}}
 	if _, err := last.Rotate(); !errors.Is(err, ErrTermsExhausted) {
 		t.Fatalf("Rotate at the last term: %v, want ErrTermsExhausted", err)
 	}

@@ -362,27 +362,58 @@ func (s *Seal) Term() uint32 {
 	return s.barrier.ActiveTerm()
 }
 
-// Encrypt seals plaintext for path with the active data key (see
-// Barrier.Encrypt). It returns ErrSealed when the node is sealed.
-func (s *Seal) Encrypt(path string, plaintext []byte) ([]byte, error) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.barrier == nil {
-		return nil, ErrSealed
+// Encrypt seals plaintext as version of the secret at path under the
+// active term (see Barrier.Encrypt). It returns ErrSealed when the node is
+// sealed.
+func (s *Seal) Encrypt(path string, version uint64, plaintext []byte) ([]byte, error) {
+	b, err := s.current()
+	if err != nil {
+		return nil, err
 	}
-	return s.barrier.Encrypt(path, plaintext)
+	return b.Encrypt(path, version, plaintext)
 }
 
-// Decrypt opens ciphertext for path (see Barrier.Decrypt). It returns
-// ErrSealed when the node is sealed, ErrUnknownTerm when the ciphertext's
-// term is newer than the node's keyring, and ErrDecrypt otherwise on failure.
-func (s *Seal) Decrypt(path string, ciphertext []byte) ([]byte, error) {
+// Decrypt opens the ciphertext of version of the secret at path (see
+// Barrier.Decrypt). It returns ErrSealed when the node is sealed,
+// ErrUnknownTerm when the ciphertext's term is newer than the node's
+// keyring, and ErrDecrypt otherwise on failure.
+func (s *Seal) Decrypt(path string, version uint64, ciphertext []byte) ([]byte, error) {
+	b, err := s.current()
+	if err != nil {
+		return nil, err
+	}
+	return b.Decrypt(path, version, ciphertext)
+}
+
+// SealEntry seals a system entry's value for its key (see
+// Barrier.SealEntry). It returns ErrSealed when the node is sealed.
+func (s *Seal) SealEntry(key string, plaintext []byte) ([]byte, error) {
+	b, err := s.current()
+	if err != nil {
+		return nil, err
+	}
+	return b.SealEntry(key, plaintext)
+}
+
+// OpenEntry opens a system entry's value (see Barrier.OpenEntry), with the
+// errors of Decrypt.
+func (s *Seal) OpenEntry(key string, ciphertext []byte) ([]byte, error) {
+	b, err := s.current()
+	if err != nil {
+		return nil, err
+	}
+	return b.OpenEntry(key, ciphertext)
+}
+
+// current returns the barrier of the installed keyring, or ErrSealed. A
+// Barrier is immutable, so it is used after the lock is released.
+func (s *Seal) current() (*Barrier, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.barrier == nil {
 		return nil, ErrSealed
 	}
-	return s.barrier.Decrypt(path, ciphertext)
+	return s.barrier, nil
 }
 
 // Rotate builds the current keyring plus a new data-key term and returns it

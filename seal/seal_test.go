@@ -58,11 +58,11 @@ func checkUnsealed(t *testing.T, s *Seal, term uint32) {
 	if s.Sealed() || s.Term() != term {
 		t.Fatalf("sealed %v term %d, want unsealed at term %d", s.Sealed(), s.Term(), term)
 	}
-	ct, err := s.Encrypt("secret/x", []byte("v"))
+	ct, err := s.Encrypt("secret/x", 1, []byte("v"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if pt, err := s.Decrypt("secret/x", ct); err != nil || string(pt) != "v" {
+	if pt, err := s.Decrypt("secret/x", 1, ct); err != nil || string(pt) != "v" {
 		t.Fatalf("Decrypt: %q, %v", pt, err)
 	}
 }
@@ -457,10 +457,10 @@ func TestDevOneOfOne(t *testing.T) {
 
 func TestSealedOperations(t *testing.T) {
 	s := New(Options{})
-	if _, err := s.Encrypt("p", []byte("v")); !errors.Is(err, ErrSealed) {
+	if _, err := s.Encrypt("p", 1, []byte("v")); !errors.Is(err, ErrSealed) {
 		t.Errorf("Encrypt: %v", err)
 	}
-	if _, err := s.Decrypt("p", make([]byte, 64)); !errors.Is(err, ErrSealed) {
+	if _, err := s.Decrypt("p", 1, make([]byte, 64)); !errors.Is(err, ErrSealed) {
 		t.Errorf("Decrypt: %v", err)
 	}
 	if _, _, err := s.Rotate(); !errors.Is(err, ErrSealed) {
@@ -479,7 +479,7 @@ func TestRotateAndInstall(t *testing.T) {
 	a, b := New(Options{}), New(Options{})
 	submit(t, a, res, res.Shares[0], res.Shares[1], res.Shares[2])
 	submit(t, b, res, res.Shares[2], res.Shares[3], res.Shares[4])
-	old, err := a.Encrypt("p", []byte("old"))
+	old, err := a.Encrypt("p", 1, []byte("old"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -499,7 +499,7 @@ func TestRotateAndInstall(t *testing.T) {
 			t.Fatalf("term %d after install, want 2", s.Term())
 		}
 	}
-	fresh, err := a.Encrypt("p", []byte("new"))
+	fresh, err := a.Encrypt("p", 1, []byte("new"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -507,7 +507,7 @@ func TestRotateAndInstall(t *testing.T) {
 		t.Fatalf("new write uses term %d, want 2", got)
 	}
 	for _, ct := range [][]byte{old, fresh} {
-		if _, err := b.Decrypt("p", ct); err != nil {
+		if _, err := b.Decrypt("p", 1, ct); err != nil {
 			t.Fatalf("b.Decrypt: %v", err)
 		}
 	}
@@ -522,12 +522,12 @@ func TestRotateAndInstall(t *testing.T) {
 	c := New(Options{})
 	submit(t, c, &InitResult{Stored: res.Stored, WrappedKeyring: wrapped}, res.Shares[0], res.Shares[1], res.Shares[4])
 	checkUnsealed(t, c, 2)
-	if pt, err := c.Decrypt("p", old); err != nil || string(pt) != "old" {
+	if pt, err := c.Decrypt("p", 1, old); err != nil || string(pt) != "old" {
 		t.Fatalf("term-1 value on a term-2 node: %q, %v", pt, err)
 	}
 	lagging := New(Options{})
 	submit(t, lagging, res, res.Shares[0], res.Shares[1], res.Shares[2])
-	if _, err := lagging.Decrypt("p", fresh); !errors.Is(err, ErrUnknownTerm) {
+	if _, err := lagging.Decrypt("p", 1, fresh); !errors.Is(err, ErrUnknownTerm) {
 		t.Fatalf("term-2 value on a term-1 node: %v, want ErrUnknownTerm", err)
 	}
 
@@ -561,7 +561,7 @@ func TestConcurrentUse(t *testing.T) {
 	res := mustInit(t, Config{5, 3})
 	s := New(Options{})
 	submit(t, s, res, res.Shares[0], res.Shares[1], res.Shares[2])
-	ct, err := s.Encrypt("p", []byte("v"))
+	ct, err := s.Encrypt("p", 1, []byte("v"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -584,9 +584,9 @@ func TestConcurrentUse(t *testing.T) {
 		}
 	}
 	wg.Add(4)
-	go worker(func() error { _, err := s.Encrypt("p", []byte("v")); return err })
+	go worker(func() error { _, err := s.Encrypt("p", 1, []byte("v")); return err })
 	go worker(func() error {
-		pt, err := s.Decrypt("p", ct)
+		pt, err := s.Decrypt("p", 1, ct)
 		if err == nil && string(pt) != "v" {
 			return errors.New("wrong plaintext")
 		}

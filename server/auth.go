@@ -60,11 +60,49 @@ func hashToken(token string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// tokenEntry returns the sys entry that stores token.
-func tokenEntry(token string, policies []string, now time.Time) (key string, value []byte) {
+// entrySealer seals a system entry's value for its key (the barrier).
+type entrySealer interface {
+	SealEntry(key string, plaintext []byte) ([]byte, error)
+}
+
+// tokenEntry returns the sys entry that stores token: its record, sealed
+// by the barrier for its key, so that only a holder of the keys can make
+// one (the state machine stores no other kind of value there).
+func tokenEntry(b entrySealer, token string, policies []string, now time.Time) (key string, value []byte, err error) {
 	h := hashToken(token)
-	rec, _ := json.Marshal(tokenRecord{Hash: h, Policies: policies, Created: now.Unix()})
-	return sysTokenPref + h, rec
+	rec, err := json.Marshal(tokenRecord{Hash: h, Policies: policies, Created: now.Unix()})
+	if err != nil {
+		return "", nil, err
+	}
+	key = sysTokenPref + h
+	value, err = b.SealEntry(key, rec)
+	return key, value, err
+}
+
+// openTokenRecord decodes the stored record of a token. A record sealed
+// by the barrier must open at its key; a plaintext record can only have
+// been stored by a version of coffer from before records were sealed (the
+// state machine refuses to store one now), and the leader seals those
+// again once it is unsealed (migrateTokenRecords).
+func openTokenRecord(keys entryOpener, key string, raw []byte) (*tokenRecord, error) {
+	if fsm.IsSealedValue(raw) {
+		pt, err := keys.OpenEntry(key, raw)
+		if err != nil {
+			return nil, err
+		}
+		defer clear(pt)
+		raw = pt
+	}
+	var rec tokenRecord
+	if err := json.Unmarshal(raw, &rec); err != nil {
+		return nil, fmt.Errorf("server: token record is corrupt: %w", err)
+	}
+	return &rec, nil
+}
+
+// entryOpener opens a system entry's value (the barrier).
+type entryOpener interface {
+	OpenEntry(key string, ciphertext []byte) ([]byte, error)
 }
 
 // gateway admits every call before its handler runs: it looks the method
@@ -75,7 +113,7 @@ func tokenEntry(token string, policies []string, now time.Time) (key string, val
 type gateway struct {
 	raft  gatewayRaft
 	state tokenState
-	keys  interface{ Sealed() bool }
+	keys  gatewayKeys
 	link  *leaderLink
 	// tls: the node runs TLS, so peer routes demand a node certificate.
 	tls    bool
@@ -87,6 +125,13 @@ type gateway struct {
 type gatewayRaft interface {
 	IsLeader() bool
 	ReadyLeader() bool
+}
+
+// gatewayKeys is what admission needs of the barrier: whether the node is
+// sealed, and opening token records.
+type gatewayKeys interface {
+	Sealed() bool
+	entryOpener
 }
 
 // tokenState reads the replicated token table.
@@ -128,15 +173,21 @@ func (g *gateway) authenticate(ctx context.Context) (*tokenRecord, error) {
 	if err != nil {
 		return nil, err
 	}
-	var rec tokenRecord
-	if err := json.Unmarshal(raw, &rec); err != nil {
-		return nil, fmt.Errorf("server: token record is corrupt: %w", err)
+	rec, err := openTokenRecord(g.keys, sysTokenPref+h, raw)
+	if errors.Is(err, seal.ErrDecrypt) {
+		// Only a forged log entry or a damaged state makes a record that
+		// is laid out as sealed but does not open.
+		g.logger.Warn("a token record does not open with the cluster's keys: refusing the token", "token_hash_prefix", h[:8])
+		return nil, ErrUnauthenticated
+	}
+	if err != nil {
+		return nil, err
 	}
 	if subtle.ConstantTimeCompare([]byte(rec.Hash), []byte(h)) != 1 {
 		return nil, ErrUnauthenticated
 	}
-	g.tokens.put(gen, h, &rec)
-	return &rec, nil
+	g.tokens.put(gen, h, rec)
+	return rec, nil
 }
 
 // tokenCacheMax bounds the token cache; it starts over when full.

@@ -105,6 +105,9 @@ var codeTable = []struct {
 	{fsm.ErrClosed, codes.Unavailable, pb.ErrorReason_SHUTTING_DOWN},
 	{fsm.ErrInvalidCommand, codes.InvalidArgument, pb.ErrorReason_INVALID_ARGUMENT},
 	{fsm.ErrRequestIDConflict, codes.InvalidArgument, pb.ErrorReason_REQUEST_ID_CONFLICT},
+	// A put sealed again maxVersionConflicts times lost each race to a
+	// write of an earlier leader: retryable with the same request id.
+	{fsm.ErrVersionConflict, codes.Unavailable, pb.ErrorReason_LEADERSHIP_LOST},
 	{fsm.ErrInvalidSnapshot, codes.InvalidArgument, pb.ErrorReason_INVALID_SNAPSHOT},
 	{fsm.ErrInvalidOptions, codes.Internal, pb.ErrorReason_INTERNAL},
 	{seal.ErrInvalidShare, codes.InvalidArgument, pb.ErrorReason_INVALID_SHARE},

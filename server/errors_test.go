@@ -36,6 +36,7 @@ var sentinels = map[string]struct {
 	"fsm.ErrAlreadyExists":           {fsm.ErrAlreadyExists, codes.AlreadyExists, pb.ErrorReason_ALREADY_EXISTS},
 	"fsm.ErrInvalidCommand":          {fsm.ErrInvalidCommand, codes.InvalidArgument, pb.ErrorReason_INVALID_ARGUMENT},
 	"fsm.ErrRequestIDConflict":       {fsm.ErrRequestIDConflict, codes.InvalidArgument, pb.ErrorReason_REQUEST_ID_CONFLICT},
+	"fsm.ErrVersionConflict":         {fsm.ErrVersionConflict, codes.Unavailable, pb.ErrorReason_LEADERSHIP_LOST},
 	"fsm.ErrStorage":                 {fsm.ErrStorage, codes.Unavailable, pb.ErrorReason_STORAGE_FAILED},
 	"fsm.ErrClosed":                  {fsm.ErrClosed, codes.Unavailable, pb.ErrorReason_SHUTTING_DOWN},
 	"fsm.ErrInvalidSnapshot":         {fsm.ErrInvalidSnapshot, codes.InvalidArgument, pb.ErrorReason_INVALID_SNAPSHOT},

@@ -45,21 +45,37 @@ type keys struct {
 // Sealed reports whether the node holds no keys.
 func (k *keys) Sealed() bool { return k.seal.Sealed() }
 
-// Encrypt seals plaintext for path under the active term.
-func (k *keys) Encrypt(path string, plaintext []byte) ([]byte, error) {
-	return k.seal.Encrypt(path, plaintext)
+// Encrypt seals plaintext as version of the secret at path under the
+// active term.
+func (k *keys) Encrypt(path string, version uint64, plaintext []byte) ([]byte, error) {
+	return k.seal.Encrypt(path, version, plaintext)
 }
 
-// Decrypt opens a stored value, reloading the keyring once when the value
-// uses a term this node has not loaded yet (a rotation it only
+// Decrypt opens the stored value of version of the secret at path.
+func (k *keys) Decrypt(path string, version uint64, ciphertext []byte) ([]byte, error) {
+	return k.withReload(func() ([]byte, error) { return k.seal.Decrypt(path, version, ciphertext) })
+}
+
+// SealEntry seals a system entry's value for its key.
+func (k *keys) SealEntry(key string, plaintext []byte) ([]byte, error) {
+	return k.seal.SealEntry(key, plaintext)
+}
+
+// OpenEntry opens a system entry's value stored at key.
+func (k *keys) OpenEntry(key string, ciphertext []byte) ([]byte, error) {
+	return k.withReload(func() ([]byte, error) { return k.seal.OpenEntry(key, ciphertext) })
+}
+
+// withReload runs open, and once more after reloading the keyring when the
+// value uses a term this node has not loaded yet (a rotation it only
 // replicated).
-func (k *keys) Decrypt(path string, ciphertext []byte) ([]byte, error) {
-	pt, err := k.seal.Decrypt(path, ciphertext)
+func (k *keys) withReload(open func() ([]byte, error)) ([]byte, error) {
+	pt, err := open()
 	if errors.Is(err, seal.ErrUnknownTerm) {
 		if rerr := k.reloadKeyring(); rerr != nil {
 			return nil, rerr
 		}
-		pt, err = k.seal.Decrypt(path, ciphertext)
+		pt, err = open()
 	}
 	return pt, err
 }

@@ -21,6 +21,8 @@ type kvServer struct {
 	keys   barrier
 	reads  reader
 	leader leaderCheck
+	// paths serialises this leader's writes to each path (see Put).
+	paths pathLocks
 	// stopCtx ends when the node stops (ends watches).
 	stopCtx context.Context
 }
@@ -42,11 +44,12 @@ type proposer interface {
 	propose(ctx context.Context, cmd *fsmpb.Command) (*fsm.Result, error)
 }
 
-// barrier encrypts values bound to their path and opens them again.
+// barrier seals a secret's value for its path and version, and opens it
+// again.
 type barrier interface {
 	Sealed() bool
-	Encrypt(path string, plaintext []byte) ([]byte, error)
-	Decrypt(path string, ciphertext []byte) ([]byte, error)
+	Encrypt(path string, version uint64, plaintext []byte) ([]byte, error)
+	Decrypt(path string, version uint64, ciphertext []byte) ([]byte, error)
 }
 
 // reader admits a read at the consistency it asks for and describes the
@@ -88,26 +91,66 @@ func (k *kvServer) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse
 		return nil, err
 	}
 	pt := encodeData(req.Data)
-	ct, err := k.keys.Encrypt(req.Path, pt)
-	clear(pt)
+	defer clear(pt)
+	// The value is sealed for the version it will become, so that no stored
+	// ciphertext can be replayed as another version. The leader predicts
+	// that version from its state: its writes to one path go one at a time,
+	// so the prediction holds unless a write of an earlier leader commits
+	// in between, which the state machine refuses as a version conflict
+	// (writing nothing); the value is then sealed again for the new next
+	// version, under the same request id.
+	unlock, err := k.paths.lock(ctx, req.Path)
 	if err != nil {
 		return nil, err
 	}
-	cmd := &fsmpb.Command{
-		Op:         fsmpb.Op_OP_PUT,
-		Path:       req.Path,
-		Ciphertext: ct,
-		HasCas:     req.Cas != nil,
-		Cas:        req.GetCas(),
-		RequestId:  req.RequestId,
-	}
-	r, err := k.props.propose(ctx, cmd)
-	if err != nil {
-		return nil, k.explainWrite(err, req.Path, req.Cas)
+	defer unlock()
+	var r *fsm.Result
+	for attempt := 1; ; attempt++ {
+		next, err := k.nextVersion(req.Path)
+		if err != nil {
+			return nil, err
+		}
+		ct, err := k.keys.Encrypt(req.Path, next, pt)
+		if err != nil {
+			return nil, err
+		}
+		r, err = k.props.propose(ctx, &fsmpb.Command{
+			Op:         fsmpb.Op_OP_PUT,
+			Path:       req.Path,
+			Ciphertext: ct,
+			Version:    next,
+			HasCas:     req.Cas != nil,
+			Cas:        req.GetCas(),
+			RequestId:  req.RequestId,
+		})
+		if errors.Is(err, fsm.ErrVersionConflict) && attempt < maxVersionConflicts {
+			continue
+		}
+		if err != nil {
+			return nil, k.explainWrite(err, req.Path, req.Cas)
+		}
+		break
 	}
 	// The version was created at the leader time of the command that took
 	// effect (the first one, for a deduplicated retry): the result says.
 	return &pb.PutResponse{Version: r.Version, Index: r.Index, CreatedTimeUnixNano: r.LeaderTimeUnixNano}, nil
+}
+
+// maxVersionConflicts bounds how often one put is sealed again after a
+// version conflict; each conflict needs a write of another leader to commit
+// in between, so more than one is already rare.
+const maxVersionConflicts = 5
+
+// nextVersion returns the version a put at path would create now.
+func (k *kvServer) nextVersion(path string) (uint64, error) {
+	md, err := k.store.Metadata(path)
+	if errors.Is(err, fsm.ErrNotFound) {
+		return 1, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	return md.CurrentVersion + 1, nil
 }
 
 // explainWrite turns a deterministic write failure into a message that says
@@ -166,7 +209,7 @@ func (k *kvServer) Get(ctx context.Context, req *pb.GetRequest) (*pb.GetResponse
 	if !v.DeletedTime.IsZero() {
 		return nil, withMessage(ErrDeleted, "version %d of %s is deleted: restore it with `coffer kv undelete -versions=%d %s`", v.Version, req.Path, v.Version, req.Path)
 	}
-	pt, err := k.keys.Decrypt(req.Path, v.Ciphertext)
+	pt, err := k.keys.Decrypt(req.Path, v.Version, v.Ciphertext)
 	if err != nil {
 		return nil, err
 	}

@@ -83,7 +83,13 @@ type kvFixture struct {
 
 func newKVFixture(t *testing.T) *kvFixture {
 	t.Helper()
-	f, err := fsm.Open(filepath.Join(t.TempDir(), "fsm.db"), fsm.Options{})
+	return newKVFixtureAt(t, filepath.Join(t.TempDir(), "fsm.db"))
+}
+
+// newKVFixtureAt is newKVFixture over the state database at path.
+func newKVFixtureAt(t *testing.T, path string) *kvFixture {
+	t.Helper()
+	f, err := fsm.Open(path, fsm.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +107,7 @@ func newKVFixture(t *testing.T) *kvFixture {
 	idx := &fakeIndex{}
 	reads := &readGate{nodeID: "n1", sealed: s, raft: r, state: f, index: idx}
 	kv := &kvServer{
-		nodeID: "n1", store: f, props: &directProposer{f: f, now: time.Unix(1_700_000_000, 0)},
+		nodeID: "n1", store: f, props: &directProposer{f: f, index: f.AppliedIndex(), now: time.Unix(1_700_000_000, 0)},
 		keys: s, reads: reads, leader: r, stopCtx: context.Background(),
 	}
 	return &kvFixture{kv: kv, raft: r, index: idx, keys: s, f: f}
@@ -174,8 +180,11 @@ func TestKVHandlersWithoutRaft(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := x.keys.Decrypt("secret/other", v.Ciphertext); !errors.Is(err, seal.ErrDecrypt) {
+	if _, err := x.keys.Decrypt("secret/other", 2, v.Ciphertext); !errors.Is(err, seal.ErrDecrypt) {
 		t.Fatalf("ciphertext opened under another path: %v", err)
+	}
+	if _, err := x.keys.Decrypt("secret/app/db", 1, v.Ciphertext); !errors.Is(err, seal.ErrDecrypt) {
+		t.Fatalf("version 2's ciphertext opened as version 1: %v", err)
 	}
 }
 

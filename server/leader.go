@@ -40,9 +40,10 @@ func (s *Server) caughtUp(ctx context.Context, m replication.Member) bool {
 // leaderDuties runs while this node is a ready leader (ctx ends with the
 // leadership). It first loads the newest replicated keyring, so that new
 // writes use the newest term (a node that cannot open it seals itself).
-// Then its one duty for now: a sealed node must not stay leader while an
-// unsealed voter exists, since a sealed leader can neither encrypt writes
-// nor decrypt reads.
+// Then its duties: a sealed node must not stay leader while an unsealed
+// voter exists, since a sealed leader can neither encrypt writes nor
+// decrypt reads; once unsealed, it seals token records an older version
+// stored in plaintext (once per leadership).
 func (s *Server) leaderDuties(ctx context.Context) {
 	if !s.keys.Sealed() {
 		if err := s.keys.reloadKeyring(); err != nil {
@@ -52,9 +53,20 @@ func (s *Server) leaderDuties(ctx context.Context) {
 	}
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
+	migrated := false
 	for {
 		if s.keys.Sealed() {
 			s.handOffSealedLeadership(ctx)
+		} else if !migrated {
+			n, err := migrateTokenRecords(ctx, s.fsm, s.sys.props, s.keys, s.logger)
+			if err != nil {
+				s.logger.Warn("sealing plaintext token records failed; retrying", "sealed", n, "error", err)
+			} else {
+				migrated = true
+				if n > 0 {
+					s.logger.Info("sealed token records stored in plaintext by an older version", "count", n)
+				}
+			}
 		}
 		select {
 		case <-ctx.Done():

@@ -86,7 +86,11 @@ func (y *sysServer) Init(ctx context.Context, req *pb.InitRequest) (*pb.InitResp
 	if err != nil {
 		return nil, err
 	}
-	tk, tv := tokenEntry(token, []string{rootPolicy}, time.Now())
+	tk, tv, err := tokenEntry(res.Barrier, token, []string{rootPolicy}, time.Now())
+	res.Barrier = nil
+	if err != nil {
+		return nil, err
+	}
 	_, err = y.props.propose(ctx, &fsmpb.Command{
 		Op: fsmpb.Op_OP_SYS_PUT,
 		Sys: []*fsmpb.SysEntry{

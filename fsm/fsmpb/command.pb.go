@@ -112,12 +112,13 @@ func (Op) EnumDescriptor() ([]byte, []int) {
 type ResultCode int32
 
 const (
-	ResultCode_RESULT_CODE_OK              ResultCode = 0
-	ResultCode_RESULT_CODE_NOT_FOUND       ResultCode = 1
-	ResultCode_RESULT_CODE_CAS_MISMATCH    ResultCode = 2
-	ResultCode_RESULT_CODE_CAS_REQUIRED    ResultCode = 3
-	ResultCode_RESULT_CODE_ALREADY_EXISTS  ResultCode = 4
-	ResultCode_RESULT_CODE_INVALID_COMMAND ResultCode = 5
+	ResultCode_RESULT_CODE_OK               ResultCode = 0
+	ResultCode_RESULT_CODE_NOT_FOUND        ResultCode = 1
+	ResultCode_RESULT_CODE_CAS_MISMATCH     ResultCode = 2
+	ResultCode_RESULT_CODE_CAS_REQUIRED     ResultCode = 3
+	ResultCode_RESULT_CODE_ALREADY_EXISTS   ResultCode = 4
+	ResultCode_RESULT_CODE_INVALID_COMMAND  ResultCode = 5
+	ResultCode_RESULT_CODE_VERSION_CONFLICT ResultCode = 6
 )
 
 // Enum value maps for ResultCode.
@@ -129,14 +130,16 @@ var (
 		3: "RESULT_CODE_CAS_REQUIRED",
 		4: "RESULT_CODE_ALREADY_EXISTS",
 		5: "RESULT_CODE_INVALID_COMMAND",
+		6: "RESULT_CODE_VERSION_CONFLICT",
 	}
 	ResultCode_value = map[string]int32{
-		"RESULT_CODE_OK":              0,
-		"RESULT_CODE_NOT_FOUND":       1,
-		"RESULT_CODE_CAS_MISMATCH":    2,
-		"RESULT_CODE_CAS_REQUIRED":    3,
-		"RESULT_CODE_ALREADY_EXISTS":  4,
-		"RESULT_CODE_INVALID_COMMAND": 5,
+		"RESULT_CODE_OK":               0,
+		"RESULT_CODE_NOT_FOUND":        1,
+		"RESULT_CODE_CAS_MISMATCH":     2,
+		"RESULT_CODE_CAS_REQUIRED":     3,
+		"RESULT_CODE_ALREADY_EXISTS":   4,
+		"RESULT_CODE_INVALID_COMMAND":  5,
+		"RESULT_CODE_VERSION_CONFLICT": 6,
 	}
 )
 
@@ -225,7 +228,8 @@ type Command struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Op    Op                     `protobuf:"varint,1,opt,name=op,proto3,enum=coffer.fsm.v1.Op" json:"op,omitempty"`
 	Path  string                 `protobuf:"bytes,2,opt,name=path,proto3" json:"path,omitempty"`
-	// ciphertext is the already encrypted value (OP_PUT).
+	// ciphertext is the already encrypted value (OP_PUT): a bound barrier
+	// ciphertext, sealed for this path and version.
 	Ciphertext []byte `protobuf:"bytes,3,opt,name=ciphertext,proto3" json:"ciphertext,omitempty"`
 	// has_cas and cas: cas=0 writes only if the secret has no version yet;
 	// cas=N writes only if the current version is N.
@@ -247,7 +251,12 @@ type Command struct {
 	Sys              []*SysEntry `protobuf:"bytes,11,rep,name=sys,proto3" json:"sys,omitempty"`
 	SysRequireAbsent string      `protobuf:"bytes,12,opt,name=sys_require_absent,json=sysRequireAbsent,proto3" json:"sys_require_absent,omitempty"`
 	// sys_keys removed by OP_SYS_DELETE.
-	SysKeys       []string `protobuf:"bytes,13,rep,name=sys_keys,json=sysKeys,proto3" json:"sys_keys,omitempty"`
+	SysKeys []string `protobuf:"bytes,13,rep,name=sys_keys,json=sysKeys,proto3" json:"sys_keys,omitempty"`
+	// version is the version number OP_PUT's ciphertext was sealed for (the
+	// leader's prediction of current+1); 0 asks for no check. A put whose
+	// version is not the next one writes nothing (VERSION_CONFLICT) and the
+	// leader seals the value again.
+	Version       uint64 `protobuf:"varint,14,opt,name=version,proto3" json:"version,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -371,6 +380,13 @@ func (x *Command) GetSysKeys() []string {
 		return x.SysKeys
 	}
 	return nil
+}
+
+func (x *Command) GetVersion() uint64 {
+	if x != nil {
+		return x.Version
+	}
+	return 0
 }
 
 // VersionMeta is the non-secret metadata of one stored version.
@@ -643,7 +659,7 @@ const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\x17fsm/fsmpb/command.proto\x12\rcoffer.fsm.v1\"2\n" +
 	"\bSysEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\fR\x05value\"\xb3\x03\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value\"\xcd\x03\n" +
 	"\aCommand\x12!\n" +
 	"\x02op\x18\x01 \x01(\x0e2\x11.coffer.fsm.v1.OpR\x02op\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x1e\n" +
@@ -661,7 +677,8 @@ const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	" \x01(\bR\vcasRequired\x12)\n" +
 	"\x03sys\x18\v \x03(\v2\x17.coffer.fsm.v1.SysEntryR\x03sys\x12,\n" +
 	"\x12sys_require_absent\x18\f \x01(\tR\x10sysRequireAbsent\x12\x19\n" +
-	"\bsys_keys\x18\r \x03(\tR\asysKeys\"\x9d\x01\n" +
+	"\bsys_keys\x18\r \x03(\tR\asysKeys\x12\x18\n" +
+	"\aversion\x18\x0e \x01(\x04R\aversion\"\x9d\x01\n" +
 	"\vVersionMeta\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12*\n" +
 	"\x11created_unix_nano\x18\x02 \x01(\x03R\x0fcreatedUnixNano\x12*\n" +
@@ -697,7 +714,7 @@ const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\n" +
 	"OP_SYS_PUT\x10\a\x12\x11\n" +
 	"\rOP_SYS_DELETE\x10\b\x12\v\n" +
-	"\aOP_NOOP\x10\t*\xb8\x01\n" +
+	"\aOP_NOOP\x10\t*\xda\x01\n" +
 	"\n" +
 	"ResultCode\x12\x12\n" +
 	"\x0eRESULT_CODE_OK\x10\x00\x12\x19\n" +
@@ -705,7 +722,8 @@ const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\x18RESULT_CODE_CAS_MISMATCH\x10\x02\x12\x1c\n" +
 	"\x18RESULT_CODE_CAS_REQUIRED\x10\x03\x12\x1e\n" +
 	"\x1aRESULT_CODE_ALREADY_EXISTS\x10\x04\x12\x1f\n" +
-	"\x1bRESULT_CODE_INVALID_COMMAND\x10\x05B\x18Z\x16coffer/fsm/fsmpb;fsmpbb\x06proto3"
+	"\x1bRESULT_CODE_INVALID_COMMAND\x10\x05\x12 \n" +
+	"\x1cRESULT_CODE_VERSION_CONFLICT\x10\x06B\x18Z\x16coffer/fsm/fsmpb;fsmpbb\x06proto3"
 
 var (
 	file_fsm_fsmpb_command_proto_rawDescOnce sync.Once
