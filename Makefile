@@ -39,14 +39,16 @@ bench:
 	$(GO) test -run='^$$' -bench=. -benchmem ./...
 
 ## bench-figures: the table of docs/BENCHMARKS.md, measured on a local
-## three-node cluster with coffer bench and ghz (about 5 minutes; needs jq)
+## three-node TLS cluster with coffer bench and ghz (about 5 minutes; needs
+## jq); INSECURE=1 measures the plaintext comparison rows
 bench-figures: build
 	GOBIN=$(TOOLS) $(GO) install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
 	GHZ=$(TOOLS)/ghz scripts/bench-figures.sh
 
 ## etcd-figures: the same rows for etcd v3.7.1 on this machine, with etcd's
-## own benchmark tool (builds etcd from the module proxy into .tools/etcd)
-etcd-figures:
+## own benchmark tool (builds etcd from the module proxy into .tools/etcd),
+## over TLS with certificates from bin/coffer cert; INSECURE=1: plaintext
+etcd-figures: build
 	test -x $(TOOLS)/etcd/bin/benchmark || scripts/etcd-build.sh
 	RUNS=$${RUNS:-3} scripts/etcd-figures.sh
 
