@@ -39,14 +39,16 @@ bench:
 	$(GO) test -run='^$$' -bench=. -benchmem ./...
 
 ## bench-figures: the table of docs/BENCHMARKS.md, measured on a local
-## three-node cluster with coffer bench and ghz (about 5 minutes; needs jq)
+## three-node TLS cluster with coffer bench and ghz (about 5 minutes; needs
+## jq); INSECURE=1 measures the plaintext comparison rows
 bench-figures: build
 	GOBIN=$(TOOLS) $(GO) install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
 	GHZ=$(TOOLS)/ghz scripts/bench-figures.sh
 
 ## etcd-figures: the same rows for etcd v3.7.1 on this machine, with etcd's
-## own benchmark tool (builds etcd from the module proxy into .tools/etcd)
-etcd-figures:
+## own benchmark tool (builds etcd from the module proxy into .tools/etcd),
+## over TLS with certificates from bin/coffer cert; INSECURE=1: plaintext
+etcd-figures: build
 	test -x $(TOOLS)/etcd/bin/benchmark || scripts/etcd-build.sh
 	RUNS=$${RUNS:-3} scripts/etcd-figures.sh
 
@@ -80,36 +82,56 @@ clean:
 
 ## ---- docker-compose: a three-node cluster on a private network ----------
 COMPOSE := $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+COMPOSE_NODES := coffer1 coffer2 coffer3
 COMPOSE_ADDRS := 127.0.0.1:8400 127.0.0.1:8410 127.0.0.1:8420
+# The compose cluster's certificates (git-ignored): the CA key apart, ca.crt
+# and the client certificate root for the CLI, and one directory per node
+# (ca.crt, node.crt, node.key) that its container mounts read-only.
+CERTS  := .coffer/certs
+CA_KEY := .coffer/ca.key
 
-.PHONY: docker compose-up compose-init compose-down chaos
+.PHONY: docker compose-certs compose-up compose-init compose-down chaos
 
 ## docker: the coffer:dev image, FROM scratch around the static binary
 docker: build
 	docker build -q -t coffer:dev .
 
-## compose-up: build the binary and the image, start three nodes
-compose-up: docker
+## compose-certs: the compose cluster's CA, a node certificate per node (its
+## service name, localhost, 127.0.0.1) and the client certificate root, in
+## .coffer/; existing ones are kept (a node's is remade when the CA changed)
+compose-certs: build
+	@test -f $(CERTS)/ca.crt || ./$(BIN) cert create-ca -certs-dir=$(CERTS) -ca-key=$(CA_KEY)
+	@for n in $(COMPOSE_NODES); do \
+	  test -f $(CERTS)/$$n/node.crt && cmp -s $(CERTS)/ca.crt $(CERTS)/$$n/ca.crt && continue; \
+	  mkdir -p -m 700 $(CERTS)/$$n && cp $(CERTS)/ca.crt $(CERTS)/$$n/ca.crt && \
+	  ./$(BIN) cert create-node -overwrite -certs-dir=$(CERTS)/$$n -ca-key=$(CA_KEY) $$n localhost 127.0.0.1 || exit 1; \
+	done
+	@test $(CERTS)/client.root.crt -nt $(CERTS)/ca.crt || \
+	  ./$(BIN) cert create-client -overwrite -certs-dir=$(CERTS) -ca-key=$(CA_KEY) root
+
+## compose-up: build the binary, the certificates and the image, start three TLS nodes
+compose-up: docker compose-certs
 	@test -f .env || { umask 077; echo "COFFER_CLUSTER_KEY=$$(head -c 32 /dev/urandom | base64)" > .env; echo "wrote .env with a fresh cluster key"; }
 	$(COMPOSE) up -d --no-build
 	@for a in $(COMPOSE_ADDRS); do \
-	  for i in $$(seq 1 100); do ./$(BIN) healthcheck -address=$$a >/dev/null 2>&1 && break; sleep 0.2; done; \
-	  ./$(BIN) healthcheck -address=$$a >/dev/null || { echo "node $$a did not come up: $(COMPOSE) logs"; exit 1; }; \
+	  for i in $$(seq 1 100); do ./$(BIN) healthcheck -certs-dir=$(CERTS) -address=$$a >/dev/null 2>&1 && break; sleep 0.2; done; \
+	  ./$(BIN) healthcheck -certs-dir=$(CERTS) -address=$$a >/dev/null || { echo "node $$a did not come up: $(COMPOSE) logs"; exit 1; }; \
 	done
-	@echo "cluster up: export COFFER_ADDR=$$(echo $(COMPOSE_ADDRS) | tr ' ' ,)"
+	@echo "cluster up: export COFFER_ADDR=$$(echo $(COMPOSE_ADDRS) | tr ' ' ,) COFFER_CACERT=$(CURDIR)/$(CERTS)/ca.crt"
 
-## compose-init: init once (output in .coffer-init.json, mode 0600), unseal every node
+## compose-init: init once with the client certificate root (output in
+## .coffer-init.json, mode 0600), unseal every node
 compose-init: build
-	@for i in $$(seq 1 150); do ./$(BIN) status -address=127.0.0.1:8400 -format=json 2>/dev/null | grep -q '"leader_id": "coffer' && break; sleep 0.2; done
-	@if ./$(BIN) status -address=127.0.0.1:8400 -format=json | grep -q '"initialized": false'; then \
-	  umask 077; ./$(BIN) operator init -address=127.0.0.1:8400 -format=json > .coffer-init.json.tmp && mv .coffer-init.json.tmp .coffer-init.json; \
+	@for i in $$(seq 1 150); do ./$(BIN) status -certs-dir=$(CERTS) -address=127.0.0.1:8400 -format=json 2>/dev/null | grep -q '"leader_id": "coffer' && break; sleep 0.2; done
+	@if ./$(BIN) status -certs-dir=$(CERTS) -address=127.0.0.1:8400 -format=json | grep -q '"initialized": false'; then \
+	  umask 077; ./$(BIN) operator init -certs-dir=$(CERTS) -address=127.0.0.1:8400 -format=json > .coffer-init.json.tmp && mv .coffer-init.json.tmp .coffer-init.json; \
 	  echo "initialized: shares and root token in .coffer-init.json (keep it safe)"; \
 	fi
 	@test -f .coffer-init.json || { echo "cluster is initialized but .coffer-init.json is missing: unseal by hand with coffer operator unseal"; exit 1; }
 	@keys=$$(sed -n '/unseal_keys_b64/,/]/p' .coffer-init.json | grep -o '"[A-Za-z0-9+/=]*"' | tr -d '"' | head -3); \
 	for a in $(COMPOSE_ADDRS); do \
-	  for k in $$keys; do ./$(BIN) operator unseal -address=$$a $$k >/dev/null || exit 1; done; \
-	  ./$(BIN) status -address=$$a >/dev/null && echo "unsealed $$a"; \
+	  for k in $$keys; do ./$(BIN) operator unseal -certs-dir=$(CERTS) -address=$$a $$k >/dev/null || exit 1; done; \
+	  ./$(BIN) status -certs-dir=$(CERTS) -address=$$a >/dev/null && echo "unsealed $$a"; \
 	done
 	@echo "root token: the root_token field of .coffer-init.json"
 

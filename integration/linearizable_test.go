@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"coffer/api"
 	"coffer/integration/chaos"
 	"coffer/internal/testcluster"
 )
@@ -94,7 +95,7 @@ func TestLinearizableReadsAcrossLeaderKills(t *testing.T) {
 	load.Stop()
 
 	ops := load.History().Ops()
-	final, err := chaos.ReadFinal(ctx, c.APIAddrs(), c.Token, load.Keys())
+	final, err := chaos.ReadFinal(ctx, api.Config{Endpoints: c.APIAddrs(), Token: c.Token}, load.Keys())
 	if err != nil {
 		t.Fatal(err)
 	}

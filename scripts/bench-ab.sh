@@ -7,6 +7,8 @@
 #   A=/tmp/coffer-before B=bin/coffer ROUNDS=5 scripts/bench-ab.sh
 #
 # ROWS picks rows among: w16 w64 s16 s64 l64 (default "w16 w64 s16 l64").
+# The clusters run with TLS (both builds need `coffer cert`); INSECURE=1
+# runs them -insecure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 A=${A:?set A to the first build}
@@ -24,7 +26,7 @@ for round in $(seq "$ROUNDS"); do
     source "$dir/env"
     peers=$("$BIN" operator raft list-peers -format=json)
     follower=$(jq -r '[.[] | select(.leader | not)][0].id' <<<"$peers")
-    faddr="127.0.0.1:85${follower#n}0"
+    faddr="${COFFER_BENCH_SCHEME}127.0.0.1:85${follower#n}0"
     line="round $round $name:"
     for row in $ROWS; do
       case $row in

@@ -6,7 +6,14 @@
 #   scripts/bench-cluster.sh [DIR]     start (DIR default /tmp/coffer-bench)
 #   scripts/bench-cluster.sh stop [DIR]
 #
-# TLS_FLAGS replaces the nodes' -insecure (e.g. TLS_FLAGS=-certs-dir=DIR).
+# The nodes run with TLS (API over TLS, Raft and peer calls over mutual
+# TLS): the built binary makes a CA (key DIR/ca.key), one node certificate
+# for localhost and 127.0.0.1 and the client certificate root in DIR/certs,
+# and DIR/env exports COFFER_CACERT, COFFER_CLIENT_CERT and
+# COFFER_CLIENT_KEY. INSECURE=1 runs them -insecure instead (plaintext, the
+# comparison rows of docs/BENCHMARKS.md): addresses then carry http://.
+# DIR/env also exports COFFER_BENCH_SCHEME, the prefix of a node's address
+# ("" or "http://"), for scripts that address one node.
 # SERVER_FLAGS adds flags to every node, e.g.
 # SERVER_FLAGS="-raft-snapshot-interval=10s" scripts/bench-cluster.sh
 #
@@ -37,14 +44,29 @@ umask 077
 # The gossip key every node of a cluster needs (never printed).
 COFFER_CLUSTER_KEY=${COFFER_CLUSTER_KEY:-$(head -c 32 /dev/urandom | base64)}
 export COFFER_CLUSTER_KEY
+if [ "${INSECURE:-}" = 1 ]; then
+  scheme=http://
+  security=(-insecure)
+  client=()
+else
+  scheme=
+  certs=$dir/certs
+  "$BIN" cert create-ca -certs-dir="$certs" -ca-key="$dir/ca.key" >/dev/null
+  "$BIN" cert create-node -certs-dir="$certs" -ca-key="$dir/ca.key" localhost 127.0.0.1 >/dev/null
+  "$BIN" cert create-client -certs-dir="$certs" -ca-key="$dir/ca.key" root >/dev/null
+  security=(-certs-dir="$certs")
+  # ca.crt and client.root.crt/.key: operator init requires the client
+  # certificate on a TLS node.
+  client=(-certs-dir="$certs")
+fi
 for i in 1 2 3; do
   "$BIN" server -node-id=n$i -data-dir="$dir/n$i" -api-addr=127.0.0.1:85${i}0 \
     -raft-addr=127.0.0.1:85${i}1 -gossip-addr=127.0.0.1:85${i}2 -pprof-addr=127.0.0.1:85${i}3 \
     -bootstrap-expect=3 -join=127.0.0.1:8512,127.0.0.1:8522,127.0.0.1:8532 \
-    -log-level=warn ${TLS_FLAGS:--insecure} ${SERVER_FLAGS:-} >"$dir/n$i.log" 2>&1 &
+    -log-level=warn "${security[@]}" ${SERVER_FLAGS:-} >"$dir/n$i.log" 2>&1 &
   echo $! >"$dir/n$i.pid"
 done
-addrs="127.0.0.1:8510,127.0.0.1:8520,127.0.0.1:8530"
+addrs="${scheme}127.0.0.1:8510,${scheme}127.0.0.1:8520,${scheme}127.0.0.1:8530"
 # A node that cannot start (a port in use by another cluster) exits at once.
 for _ in $(seq 1 10); do
   for i in 1 2 3; do
@@ -58,7 +80,7 @@ for _ in $(seq 1 10); do
   sleep 0.1
 done
 for _ in $(seq 1 150); do
-  "$BIN" operator init -address=$addrs -format=json >"$dir/init.json" 2>"$dir/init.err" && break
+  "$BIN" operator init "${client[@]}" -address="$addrs" -format=json >"$dir/init.json" 2>"$dir/init.err" && break
   sleep 0.2
 done
 [ -s "$dir/init.json" ] || { echo "init failed: $(cat "$dir/init.err")" >&2; exit 1; }
@@ -66,15 +88,22 @@ token=$(sed -n 's/.*"root_token": *"\([^"]*\)".*/\1/p' "$dir/init.json")
 mapfile -t shares < <(tr -d '\n ' <"$dir/init.json" | sed 's/.*"unseal_keys_b64":\[\([^]]*\)\].*/\1/' | tr ',' '\n' | tr -d '"')
 for i in 1 2 3; do
   for k in 0 1 2; do
-    printf '%s\n' "${shares[$k]}" | "$BIN" operator unseal -address=127.0.0.1:85${i}0 >/dev/null
+    printf '%s\n' "${shares[$k]}" | "$BIN" operator unseal "${client[@]}" -address="${scheme}127.0.0.1:85${i}0" >/dev/null
   done
 done
 for i in 1 2 3; do
-  for _ in $(seq 1 100); do "$BIN" healthcheck -address=127.0.0.1:85${i}0 >/dev/null 2>&1 && break; sleep 0.1; done
+  for _ in $(seq 1 100); do "$BIN" healthcheck "${client[@]}" -address="${scheme}127.0.0.1:85${i}0" >/dev/null 2>&1 && break; sleep 0.1; done
 done
-cat >"$dir/env" <<ENV
-export COFFER_ADDR=$addrs
-export COFFER_TOKEN=$token
-ENV
-echo "three nodes up in $dir; for coffer bench: source $dir/env" >&2
-COFFER_ADDR=$addrs COFFER_TOKEN=$token "$BIN" operator members >&2 || true
+{
+  echo "export COFFER_ADDR=$addrs"
+  echo "export COFFER_TOKEN=$token"
+  echo "export COFFER_BENCH_SCHEME=$scheme"
+  if [ -z "$scheme" ]; then
+    echo "export COFFER_CACERT=$certs/ca.crt"
+    echo "export COFFER_CLIENT_CERT=$certs/client.root.crt"
+    echo "export COFFER_CLIENT_KEY=$certs/client.root.key"
+  fi
+} >"$dir/env"
+echo "three nodes up in $dir ($([ -z "$scheme" ] && echo TLS || echo "plaintext, -insecure")); for coffer bench: source $dir/env" >&2
+# shellcheck disable=SC1091
+(source "$dir/env" && "$BIN" operator members >&2) || true

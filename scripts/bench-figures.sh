@@ -8,7 +8,12 @@
 # the thousand). ghz closes its connections at the end of a run with calls in
 # flight; those fail with "transport is closing" and are counted apart.
 #
+# The cluster and every client speak TLS (coffer bench and ghz present the
+# CA and the client certificate root); INSECURE=1 measures the same rows on
+# -insecure nodes, the plaintext comparison.
+#
 #   scripts/bench-figures.sh > figures.md
+#   INSECURE=1 scripts/bench-figures.sh > figures-insecure.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${RUNS:-3}
@@ -18,16 +23,24 @@ command -v jq >/dev/null || { echo "bench-figures.sh needs jq (apt-get install j
 [ -x "$BIN" ] || { echo "no $BIN: run make build first" >&2; exit 1; }
 
 dir=$(mktemp -u /tmp/coffer-figures.XXXXXX)
-BIN=$BIN scripts/bench-cluster.sh "$dir" 2>/dev/null
+BIN=$BIN INSECURE=${INSECURE:-} scripts/bench-cluster.sh "$dir" 2>/dev/null
 trap 'scripts/bench-cluster.sh stop "$dir"' EXIT
 # shellcheck disable=SC1091
 source "$dir/env"
 peers=$("$BIN" operator raft list-peers -format=json)
 leader=$(jq -r '.[] | select(.leader) | .id' <<<"$peers")
 follower=$(jq -r '[.[] | select(.leader | not)][0].id' <<<"$peers")
-faddr="127.0.0.1:85${follower#n}0"
+fhost="127.0.0.1:85${follower#n}0"
+faddr="${COFFER_BENCH_SCHEME}$fhost"
+if [ -n "$COFFER_BENCH_SCHEME" ]; then
+  transport="plaintext (-insecure nodes)"
+  ghz_tls=(--insecure)
+else
+  transport="TLS (mutual between nodes; clients present a client certificate)"
+  ghz_tls=(--cacert "$COFFER_CACERT" --cert "$COFFER_CLIENT_CERT" --key "$COFFER_CLIENT_KEY")
+fi
 
-echo "Measured $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores, $(go version | cut -d' ' -f3), load average before: $(cut -d' ' -f1-3 /proc/loadavg)."
+echo "Measured $(date -u +%Y-%m-%dT%H:%MZ) on $(nproc) cores, $(go version | cut -d' ' -f3), load average before: $(cut -d' ' -f1-3 /proc/loadavg). Transport: $transport."
 echo "Leader $leader, follower $follower ($faddr). $RUNS runs of $DURATION each; the median run is shown."
 echo
 echo "| workload | ops/s (median) | p50 ms | p99 ms | runs (ops/s) |"
@@ -54,10 +67,10 @@ row "linearizable reads on a follower, 64 clients" -clients=64 -consistency=line
 if [ -n "${GHZ:-}" ]; then
   for c in 16 64; do
     for cons in STALE LINEARIZABLE; do
-      "$GHZ" --insecure --call coffer.v1.KV/Get -c "$c" -z "$DURATION" --connections=$(( (c + 7) / 8 )) \
+      "$GHZ" "${ghz_tls[@]}" --call coffer.v1.KV/Get -c "$c" -z "$DURATION" --connections=$(( (c + 7) / 8 )) \
         --metadata "{\"authorization\":\"Bearer $COFFER_TOKEN\"}" \
         -d "{\"path\":\"secret/bench/k1\",\"read\":{\"consistency\":\"CONSISTENCY_$cons\"}}" \
-        -O json "$faddr" 2>/dev/null |
+        -O json "$fhost" 2>/dev/null |
         jq -r --arg n "ghz: $(tr A-Z a-z <<<"$cons") reads on a follower, $c clients" \
           '"| \($n) | \(.rps|floor) | \(.latencyDistribution[]|select(.percentage==50)|.latency/1e6) | \(.latencyDistribution[]|select(.percentage==99)|.latency/1e6) | errors: \([(.errorDistribution // {})|to_entries[]|select(.key|test("transport is closing")|not)|.value]|add // 0) (\([(.errorDistribution // {})|to_entries[]|select(.key|test("transport is closing"))|.value]|add // 0) cut off when ghz stops) |"'
     done

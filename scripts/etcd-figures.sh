@@ -8,7 +8,17 @@
 #   DURATION=2 scripts/etcd-figures.sh  # smoke
 #   make etcd-figures                   # both, RUNS=3
 #
+# TLS, as coffer's rows: client and peer URLs are https, both with client
+# certificate authentication (--client-cert-auth, --peer-client-cert-auth),
+# and etcdctl and the benchmark present a client certificate. The
+# certificates are made by coffer's own binary (bin/coffer cert: a CA, a
+# node certificate for 127.0.0.1 and localhost with server and client
+# usage, the client certificate root) in the data dir. INSECURE=1 runs
+# plaintext http URLs instead, the comparison rows.
+#
 # Env:
+#   INSECURE     1: plaintext (default: TLS)
+#   COFFER_BIN   the coffer binary that makes the certificates (default bin/coffer)
 #   DURATION     target seconds per measured row (default 15)
 #   RUNS         repetitions of each row (default 1)
 #   CAL_SECONDS  length of the calibration run used to size --total (default 3,
@@ -41,6 +51,11 @@ ETCD="$BIN/etcd"; ETCDCTL="$BIN/etcdctl"; BENCH="$BIN/benchmark"
 for b in "$ETCD" "$ETCDCTL" "$BENCH"; do
   [ -x "$b" ] || { echo "missing $b: run scripts/etcd-build.sh first" >&2; exit 1; }
 done
+INSECURE="${INSECURE:-}"
+COFFER_BIN="${COFFER_BIN:-$ROOT/bin/coffer}"
+if [ "$INSECURE" != 1 ] && [ ! -x "$COFFER_BIN" ]; then
+  echo "missing $COFFER_BIN, which makes the certificates: run make build first (or INSECURE=1)" >&2; exit 1
+fi
 
 log() { echo "# $*" >&2; }
 
@@ -60,7 +75,7 @@ done
 
 mkdir -p "$RESULTS"
 DATA="$(mktemp -d "$DATA_PARENT/etcd-cmp.XXXXXX")"
-log "data dir $DATA (fs $fstype), results $RESULTS, DURATION=$DURATION RUNS=$RUNS"
+log "data dir $DATA (fs $fstype), results $RESULTS, DURATION=$DURATION RUNS=$RUNS, $([ "$INSECURE" = 1 ] && echo "plaintext (INSECURE=1)" || echo TLS)"
 log "$("$ETCD" --version | head -1), nproc=$(nproc)"
 
 PIDS=()
@@ -82,27 +97,45 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# ---- (1) start the cluster ----------------------------------------------------
+# ---- (1) certificates and the cluster ------------------------------------------
+if [ "$INSECURE" = 1 ]; then
+  S=http://
+  SERVER_TLS=()
+  CLIENT_TLS=()
+else
+  S=https://
+  CERTS="$DATA/certs"
+  "$COFFER_BIN" cert create-ca -certs-dir="$CERTS" -ca-key="$DATA/ca.key" >/dev/null
+  "$COFFER_BIN" cert create-node -certs-dir="$CERTS" -ca-key="$DATA/ca.key" 127.0.0.1 localhost >/dev/null
+  "$COFFER_BIN" cert create-client -certs-dir="$CERTS" -ca-key="$DATA/ca.key" root >/dev/null
+  SERVER_TLS=(--cert-file "$CERTS/node.crt" --key-file "$CERTS/node.key"
+    --trusted-ca-file "$CERTS/ca.crt" --client-cert-auth
+    --peer-cert-file "$CERTS/node.crt" --peer-key-file "$CERTS/node.key"
+    --peer-trusted-ca-file "$CERTS/ca.crt" --peer-client-cert-auth)
+  CLIENT_TLS=(--cacert "$CERTS/ca.crt" --cert "$CERTS/client.root.crt" --key "$CERTS/client.root.key")
+fi
+# ctl runs etcdctl with the client's TLS flags.
+ctl() { "$ETCDCTL" "${CLIENT_TLS[@]}" "$@"; }
 INITIAL=""
 for i in 0 1 2; do
-  INITIAL+="${INITIAL:+,}${NAMES[$i]}=http://127.0.0.1:${PPORTS[$i]}"
+  INITIAL+="${INITIAL:+,}${NAMES[$i]}=${S}127.0.0.1:${PPORTS[$i]}"
 done
 for i in 0 1 2; do
-  n=${NAMES[$i]}; c="http://127.0.0.1:${CPORTS[$i]}"; p="http://127.0.0.1:${PPORTS[$i]}"
+  n=${NAMES[$i]}; c="${S}127.0.0.1:${CPORTS[$i]}"; p="${S}127.0.0.1:${PPORTS[$i]}"
   "$ETCD" --name "$n" --data-dir "$DATA/$n" \
     --listen-client-urls "$c" --advertise-client-urls "$c" \
     --listen-peer-urls "$p" --initial-advertise-peer-urls "$p" \
     --initial-cluster "$INITIAL" --initial-cluster-token etcd-cmp \
-    --initial-cluster-state new \
+    --initial-cluster-state new "${SERVER_TLS[@]}" \
     >"$RESULTS/$n.log" 2>&1 &
   PIDS+=($!)
 done
-ALL_EPS="127.0.0.1:2379,127.0.0.1:2479,127.0.0.1:2579"
+ALL_EPS="${S}127.0.0.1:2379,${S}127.0.0.1:2479,${S}127.0.0.1:2579"
 
 # ---- (2) wait until healthy ---------------------------------------------------
 ok=0
 for _ in $(seq 60); do
-  if "$ETCDCTL" --endpoints="$ALL_EPS" --dial-timeout=1s --command-timeout=2s \
+  if ctl --endpoints="$ALL_EPS" --dial-timeout=1s --command-timeout=2s \
        endpoint health >/dev/null 2>&1; then ok=1; break; fi
   for pid in "${PIDS[@]}"; do
     kill -0 "$pid" 2>/dev/null || { echo "etcd pid $pid died; see $RESULTS/*.log" >&2; exit 1; }
@@ -117,7 +150,7 @@ log "cluster healthy"
 status_all() {
   local ep
   for ep in ${ALL_EPS//,/ }; do
-    "$ETCDCTL" --endpoints="$ep" --command-timeout=3s endpoint status -w fields |
+    ctl --endpoints="$ep" --command-timeout=3s endpoint status -w fields |
       awk -v ep="$ep" -F' : ' '/^"MemberID"/{m=$2} /^"Leader"/{l=$2} END{print ep, m, l}'
   done
 }
@@ -129,7 +162,7 @@ find_roles() {
   done < <(status_all)
   [ -n "$LEADER" ] && [ -n "$FOLLOWER" ] || { echo "could not find leader/follower" >&2; status_all >&2; exit 1; }
   for i in 0 1 2; do
-    if [ "$LEADER" = "127.0.0.1:${CPORTS[$i]}" ]; then LEADER_NAME=${NAMES[$i]}; fi
+    if [ "$LEADER" = "${S}127.0.0.1:${CPORTS[$i]}" ]; then LEADER_NAME=${NAMES[$i]}; fi
   done
 }
 find_roles
@@ -138,13 +171,13 @@ log "leader $LEADER ($LEADER_NAME), follower $FOLLOWER"
 
 # Key read by the range rows: one existing key with a 256-byte value.
 READ_KEY="etcd-cmp-read-key"
-"$ETCDCTL" --endpoints="$LEADER" put "$READ_KEY" "$(head -c 256 /dev/zero | tr '\0' 'v')" >/dev/null
+ctl --endpoints="$LEADER" put "$READ_KEY" "$(head -c 256 /dev/zero | tr '\0' 'v')" >/dev/null
 
 # ---- (4) workloads ----------------------------------------------------------
 # bench <outfile> <total> <benchmark args...>; sets OPS P50 P99 ERRS ELAPSED
 bench() {
   local out=$1 total=$2; shift 2
-  "$BENCH" --precise "$@" --total="$total" >"$out" 2>&1 || { echo "benchmark failed, see $out" >&2; cat "$out" >&2; exit 1; }
+  "$BENCH" --precise "${CLIENT_TLS[@]}" "$@" --total="$total" >"$out" 2>&1 || { echo "benchmark failed, see $out" >&2; cat "$out" >&2; exit 1; }
   OPS=$(awk -F'\t' '/Requests\/sec:/{print $2; exit}' "$out")
   ELAPSED=$(awk -F'\t' '/^  Total:/{sub(/ secs\./,"",$2); print $2; exit}' "$out")
   P50=$(awk '$1=="50%" && $2=="in"{print $3*1000; exit}' "$out")
@@ -186,16 +219,16 @@ workload "range linearizable, 1 key, 64 clients, follower"  rl64 --endpoints="$F
 find_roles
 if [ "$LEADER" != "$LEADER0" ]; then log "WARNING: leader changed during the runs: $LEADER0 -> $LEADER"; fi
 for i in 0 1 2; do
-  pid=${PIDS[$i]}; ep="127.0.0.1:${CPORTS[$i]}"
+  pid=${PIDS[$i]}; ep="${S}127.0.0.1:${CPORTS[$i]}"
   role=follower; if [ "$ep" = "$LEADER" ]; then role=leader; fi
   rss=$(awk '/^VmRSS:/{print $2}' "/proc/$pid/status")
   hwm=$(awk '/^VmHWM:/{print $2}' "/proc/$pid/status")
   printf '| rss %s (%s, pid %s) | VmRSS %.1f MiB | VmHWM %.1f MiB | |\n' "${NAMES[$i]}" "$role" "$pid" "$(awk -v k="$rss" 'BEGIN{print k/1024}')" "$(awk -v k="$hwm" 'BEGIN{print k/1024}')"
 done
-"$ETCDCTL" --endpoints="$ALL_EPS" endpoint status -w table >"$RESULTS/endpoint-status.txt" 2>&1 || true
+ctl --endpoints="$ALL_EPS" endpoint status -w table >"$RESULTS/endpoint-status.txt" 2>&1 || true
 dbs=""
 for i in 0 1 2; do
-  db=$("$ETCDCTL" --endpoints="127.0.0.1:${CPORTS[$i]}" endpoint status -w fields 2>/dev/null | awk -F' : ' '/^"DBSize"/{printf "%.1fMiB", $2/1048576}')
+  db=$(ctl --endpoints="${S}127.0.0.1:${CPORTS[$i]}" endpoint status -w fields 2>/dev/null | awk -F' : ' '/^"DBSize"/{printf "%.1fMiB", $2/1048576}')
   dbs+="${NAMES[$i]}=$db "
 done
 log "db sizes after the runs: $dbs(status table in $RESULTS/endpoint-status.txt)"

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
@@ -36,7 +37,15 @@ With -unsealed, exit 0 only while the node is unsealed and serves KV.`).withClie
 	if len(eps) == 0 {
 		eps = []string{api.DefaultAddr}
 	}
-	conn, err := grpc.NewClient(eps[0], grpc.WithTransportCredentials(insecure.NewCredentials()))
+	creds := insecure.NewCredentials()
+	tlsCfg, err := f.clientTLS(e)
+	if err != nil {
+		return err
+	}
+	if tlsCfg != nil {
+		creds = credentials.NewTLS(tlsCfg)
+	}
+	conn, err := grpc.NewClient(eps[0], grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return fmt.Errorf("endpoint %q: %w", eps[0], err)
 	}

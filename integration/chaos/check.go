@@ -25,11 +25,12 @@ type Version struct {
 // Final is every key's version history at the end of a run, oldest first.
 type Final map[string][]Version
 
-// ReadFinal reads every version of keys through a client of its own, at
-// linearizable consistency. It fails when a key lost old versions to
+// ReadFinal reads every version of keys through a client of its own (cfg,
+// at linearizable consistency). It fails when a key lost old versions to
 // max_versions (the checks need all of them).
-func ReadFinal(ctx context.Context, endpoints []string, token string, keys []string) (Final, error) {
-	cl, err := api.New(api.Config{Endpoints: endpoints, Token: token, Consistency: pb.Consistency_CONSISTENCY_LINEARIZABLE})
+func ReadFinal(ctx context.Context, cfg api.Config, keys []string) (Final, error) {
+	cfg.Consistency = pb.Consistency_CONSISTENCY_LINEARIZABLE
+	cl, err := api.New(cfg)
 	if err != nil {
 		return nil, err
 	}

@@ -2,6 +2,7 @@ package chaos
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"sort"
@@ -10,6 +11,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 
@@ -46,6 +48,10 @@ type Driver interface {
 	// Hold is how long a pause or a partition lasts: longer than the
 	// nodes' election timeout, so that the others elect a new leader.
 	Hold() time.Duration
+	// ClientTLS is the TLS configuration of a client of the nodes, with a
+	// client certificate that may initialize the cluster; nil when the
+	// nodes speak plaintext.
+	ClientTLS() *tls.Config
 }
 
 // Cluster is an initialized, unsealed cluster run by a Driver, with the
@@ -61,14 +67,18 @@ type Cluster struct {
 	conns map[string]*grpc.ClientConn
 }
 
-// NewCluster connects to d's nodes, waits for a leader, initializes the
-// cluster (5 shares, threshold 3) and unseals every node. logf receives
-// progress lines.
+// NewCluster connects to d's nodes (over TLS when d.ClientTLS is set),
+// waits for a leader, initializes the cluster (5 shares, threshold 3) and
+// unseals every node. logf receives progress lines.
 func NewCluster(ctx context.Context, d Driver, logf func(format string, args ...any)) (*Cluster, error) {
 	c := &Cluster{D: d, logf: logf, conns: map[string]*grpc.ClientConn{}}
+	creds := insecure.NewCredentials()
+	if cfg := d.ClientTLS(); cfg != nil {
+		creds = credentials.NewTLS(cfg)
+	}
 	for _, id := range d.Nodes() {
 		conn, err := grpc.NewClient(d.Endpoint(id),
-			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithTransportCredentials(creds),
 			// Reconnect quickly to a node that comes back.
 			grpc.WithConnectParams(grpc.ConnectParams{
 				Backoff:           backoff.Config{BaseDelay: 50 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 500 * time.Millisecond},

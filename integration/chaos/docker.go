@@ -4,23 +4,34 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/base64"
 	"fmt"
 	mrand "math/rand/v2"
 	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"coffer/api"
 	"coffer/internal/testcluster"
+	"coffer/internal/tlsutil"
 )
 
 // Docker runs three coffer containers on a network of their own and
 // injects faults with the docker CLI only: docker kill, start, stop,
 // restart, pause, unpause, network disconnect and connect. Nothing leaves
 // this machine and no host network setting is touched.
+//
+// The nodes run with TLS unless DockerOptions.Insecure: NewDocker makes a
+// CA, one node certificate for every node (the container names, their
+// addresses on the cluster network, localhost and 127.0.0.1), mounted
+// read-only at /certs, and the client certificate root for this process's
+// calls (init requires a client certificate of the CA).
 //
 // Each container sits on two networks: Docker's default bridge, through
 // which its API port is published on 127.0.0.1 (a fixed port per node, so
@@ -34,6 +45,10 @@ type Docker struct {
 	subnet string // "10.213.7" of 10.213.7.0/24
 	key    string // the gossip key, base64
 	nodes  []*dockerNode
+	// certs holds the CA key, node/ (mounted at /certs) and client/; tls
+	// is the clients' configuration. Both are empty with Insecure.
+	certs string
+	tls   *tls.Config
 
 	mu      sync.Mutex
 	created bool
@@ -61,6 +76,9 @@ type DockerOptions struct {
 	Hold time.Duration
 	// Logf receives the docker commands run.
 	Logf func(format string, args ...any)
+	// Insecure runs the nodes -insecure (plaintext everywhere), for a
+	// comparison with the default TLS run.
+	Insecure bool
 }
 
 // DockerAvailable reports why Docker cannot be used, or nil.
@@ -135,6 +153,13 @@ func NewDocker(ctx context.Context, opts DockerOptions) (*Docker, error) {
 	}
 	for i, n := range d.nodes {
 		n.ip = fmt.Sprintf("%s.%d", d.subnet, 10+i)
+	}
+	if !opts.Insecure {
+		if err := d.makeCerts(); err != nil {
+			return d, err
+		}
+	}
+	for _, n := range d.nodes {
 		if err := d.create(ctx, n, strings.Join(join, ",")); err != nil {
 			return d, err
 		}
@@ -157,6 +182,46 @@ func NewDocker(ctx context.Context, opts DockerOptions) (*Docker, error) {
 		}
 	}
 	return d, nil
+}
+
+// makeCerts makes the cluster's CA in a temporary directory (removed by
+// Close), one node certificate for every node and the client certificate
+// root, and loads the clients' TLS configuration.
+func (d *Docker) makeCerts() error {
+	dir, err := os.MkdirTemp("", "coffer-chaos-certs-")
+	if err != nil {
+		return err
+	}
+	d.certs = dir
+	caKey := filepath.Join(dir, "ca.key")
+	nodeDir, clientDir := filepath.Join(dir, "node"), filepath.Join(dir, "client")
+	if err := tlsutil.CreateCA(nodeDir, caKey, 0, false); err != nil {
+		return fmt.Errorf("chaos: %w", err)
+	}
+	hosts := []string{"localhost", "127.0.0.1"}
+	for _, n := range d.nodes {
+		hosts = append(hosts, n.name, n.ip)
+	}
+	if err := tlsutil.CreateNode(nodeDir, caKey, hosts, 0, false); err != nil {
+		return fmt.Errorf("chaos: %w", err)
+	}
+	// The client certificate lives apart from what the nodes mount.
+	ca, err := os.ReadFile(filepath.Join(nodeDir, tlsutil.CAFile))
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(clientDir, 0o700); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(clientDir, tlsutil.CAFile), ca, 0o644); err != nil {
+		return err
+	}
+	if err := tlsutil.CreateClient(clientDir, caKey, "root", 0, false); err != nil {
+		return fmt.Errorf("chaos: %w", err)
+	}
+	files := tlsutil.ClientFiles(clientDir, "root")
+	d.tls, err = api.LoadTLS(files.CA, files.Cert, files.Key, "")
+	return err
 }
 
 // createNetwork creates the cluster network on a /24 of 10.213.0.0/16
@@ -219,13 +284,16 @@ func (d *Docker) create(ctx context.Context, n *dockerNode, join string) error {
 		"-e", "COFFER_CLUSTER_KEY=" + d.key,
 		"-p", fmt.Sprintf("127.0.0.1:%d:8400", n.port),
 		"-v", n.name + ":/data",
-		d.opts.Image,
-		"server", "-node-id=" + n.name, "-data-dir=/data",
-		"-api-addr=0.0.0.0:8400", "-raft-addr=0.0.0.0:8401", "-gossip-addr=0.0.0.0:8402",
-		"-advertise=" + n.name, "-bootstrap-expect=3", "-join=" + join,
-		// Plaintext for now (issue 11 moves the suite to certificates).
-		"-insecure",
 	}
+	security := "-insecure"
+	if d.certs != "" {
+		args = append(args, "-v", filepath.Join(d.certs, "node")+":/certs:ro")
+		security = "-certs-dir=/certs"
+	}
+	args = append(args, d.opts.Image,
+		"server", "-node-id="+n.name, "-data-dir=/data",
+		"-api-addr=0.0.0.0:8400", "-raft-addr=0.0.0.0:8401", "-gossip-addr=0.0.0.0:8402",
+		"-advertise="+n.name, "-bootstrap-expect=3", "-join="+join, security)
 	args = append(args, d.opts.Args...)
 	if _, err := docker(ctx, args...); err != nil {
 		return err
@@ -246,13 +314,18 @@ func (d *Docker) removeAll(ctx context.Context) {
 	docker(ctx, append([]string{"volume", "rm", "-f"}, names...)...)
 }
 
-// Close removes the containers, the network and the volumes. It is
-// idempotent.
+// Close removes the containers, the network, the volumes and the
+// certificates. It is idempotent.
 func (d *Docker) Close() error {
 	d.mu.Lock()
-	created := d.created
-	d.created = false
+	created, certs := d.created, d.certs
+	d.created, d.certs = false, ""
 	d.mu.Unlock()
+	if certs != "" {
+		if err := os.RemoveAll(certs); err != nil {
+			return fmt.Errorf("chaos: removing the certificates: %w", err)
+		}
+	}
 	if !created {
 		return nil
 	}
@@ -317,6 +390,15 @@ func (d *Docker) Endpoint(id string) string {
 
 // Hold implements Driver.
 func (d *Docker) Hold() time.Duration { return d.opts.Hold }
+
+// ClientTLS implements Driver: the CA and the client certificate root
+// (nil with Insecure).
+func (d *Docker) ClientTLS() *tls.Config {
+	if d.tls == nil {
+		return nil
+	}
+	return d.tls.Clone()
+}
 
 // Kill implements Driver: docker kill (SIGKILL).
 func (d *Docker) Kill(ctx context.Context, id string) error { return d.run(ctx, "kill", id) }

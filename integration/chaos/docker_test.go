@@ -12,9 +12,10 @@ import (
 // The docker scenarios: three coffer:dev containers with the production
 // Raft timings (300ms heartbeat, election and lease timeouts), driven with the
 // docker CLI. They run only when COFFER_CHAOS=1 (make chaos sets it after
-// building the image) and a Docker engine answers. Each test builds its own
-// cluster and removes it, containers, network and volumes, even when it
-// fails.
+// building the image) and a Docker engine answers. The nodes run with TLS
+// (mutual between them); COFFER_CHAOS_INSECURE=1 runs them -insecure for a
+// comparison. Each test builds its own cluster and removes it, containers,
+// network, volumes and certificates, even when it fails.
 
 func TestDockerLeaderKill(t *testing.T) { runDocker(t, LeaderKill(10)) }
 
@@ -135,7 +136,7 @@ func runDocker(t *testing.T, s Scenario) *Result {
 	if err := DockerAvailable(ctx); err != nil {
 		t.Skipf("no Docker engine answers, skipping the docker chaos suite: %v", err)
 	}
-	d, err := NewDocker(ctx, DockerOptions{Logf: t.Logf, Args: serverArgs()})
+	d, err := NewDocker(ctx, DockerOptions{Logf: t.Logf, Args: serverArgs(), Insecure: os.Getenv("COFFER_CHAOS_INSECURE") == "1"})
 	t.Cleanup(func() {
 		if t.Failed() {
 			lctx, lcancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -34,7 +34,7 @@ func inProcessCluster(t *testing.T, ctx context.Context) *Cluster {
 
 func newClient(t *testing.T, c *Cluster, cfg api.Config) *api.Client {
 	t.Helper()
-	cfg.Endpoints, cfg.Token = c.Endpoints(), c.Token
+	cfg.Endpoints, cfg.Token, cfg.TLS = c.Endpoints(), c.Token, c.D.ClientTLS()
 	cl, err := api.New(cfg)
 	if err != nil {
 		t.Fatal(err)

@@ -2,6 +2,7 @@ package chaos
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"testing"
 	"time"
@@ -30,6 +31,9 @@ type InProcessOptions struct {
 	// LogLevel of the nodes' logs, which go to t.Log. Default off: Raft
 	// logs every failed append at error level, and a fault makes many.
 	LogLevel hclog.Level
+	// TLS runs the nodes with certificates of a CA made for the cluster:
+	// TLS on the API, mutual TLS between nodes (testcluster's Options.TLS).
+	TLS bool
 }
 
 // NewInProcess starts three nodes with bootstrap_expect 3 and registers
@@ -45,7 +49,7 @@ func NewInProcess(t testing.TB, opts InProcessOptions) (*InProcess, error) {
 	if level == hclog.NoLevel {
 		level = hclog.Off
 	}
-	c, err := testcluster.New(t, 3, testcluster.Options{Raft: raft, LogLevel: level})
+	c, err := testcluster.New(t, 3, testcluster.Options{Raft: raft, LogLevel: level, TLS: opts.TLS})
 	if err != nil {
 		return nil, fmt.Errorf("chaos: %w", err)
 	}
@@ -90,6 +94,10 @@ func (p *InProcess) Endpoint(id string) string {
 
 // Hold implements Driver: well above the 150ms election timeout.
 func (p *InProcess) Hold() time.Duration { return time.Second }
+
+// ClientTLS implements Driver: the harness's client configuration, with
+// the client certificate root (nil without InProcessOptions.TLS).
+func (p *InProcess) ClientTLS() *tls.Config { return p.c.ClientTLS() }
 
 // Kill implements Driver: the node's network is cut first, so that peers
 // see it vanish mid-flight, then it stops without a leadership transfer.

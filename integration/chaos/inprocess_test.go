@@ -14,7 +14,11 @@ import (
 // cluster. Their figures are logged; the tests fail on any broken promise
 // of the package doc, and the graceful restart on any failed write.
 
-func TestInProcessLeaderKill(t *testing.T) { runInProcess(t, LeaderKill(3)) }
+// TestInProcessLeaderKill runs with TLS (API, Raft and peer calls), as the
+// docker suite does; the other scenarios run plaintext.
+func TestInProcessLeaderKill(t *testing.T) {
+	runInProcessWith(t, LeaderKill(3), InProcessOptions{TLS: true})
+}
 
 func TestInProcessLeaderPause(t *testing.T) { runInProcess(t, LeaderPause()) }
 
@@ -33,9 +37,17 @@ func TestInProcessGracefulLeaderRestart(t *testing.T) {
 
 func runInProcess(t *testing.T, s Scenario) *Result {
 	t.Helper()
+	return runInProcessWith(t, s, InProcessOptions{})
+}
+
+// runInProcessWith runs s on an in-process cluster with opts (its
+// LogLevel from $COFFER_CHAOS_LOG).
+func runInProcessWith(t *testing.T, s Scenario, opts InProcessOptions) *Result {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	d, err := NewInProcess(t, InProcessOptions{LogLevel: hclog.LevelFromString(os.Getenv("COFFER_CHAOS_LOG"))})
+	opts.LogLevel = hclog.LevelFromString(os.Getenv("COFFER_CHAOS_LOG"))
+	d, err := NewInProcess(t, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

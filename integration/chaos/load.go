@@ -2,6 +2,7 @@ package chaos
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"sync"
@@ -21,6 +22,8 @@ type LoadConfig struct {
 	// may read and write under Prefix.
 	Endpoints []string
 	Token     string
+	// TLS is the clients' TLS configuration (nil: plaintext).
+	TLS *tls.Config
 	// Prefix is the path under which the keys live ("secret/chaos/x");
 	// the keys are Prefix/k0 … Prefix/k<Keys-1>. Default 4 keys.
 	Prefix string
@@ -106,7 +109,7 @@ func StartLoad(ctx context.Context, cfg LoadConfig) (*Load, error) {
 	for i := range cfg.Keys {
 		l.keys = append(l.keys, fmt.Sprintf("%s/k%d", cfg.Prefix, i))
 	}
-	setup, err := api.New(api.Config{Endpoints: cfg.Endpoints, Token: cfg.Token})
+	setup, err := api.New(api.Config{Endpoints: cfg.Endpoints, Token: cfg.Token, TLS: cfg.TLS})
 	if err != nil {
 		return nil, err
 	}
@@ -123,7 +126,7 @@ func StartLoad(ctx context.Context, cfg LoadConfig) (*Load, error) {
 			return nil, fmt.Errorf("chaos: first write of %s: %s", key, op.Err)
 		}
 	}
-	clientCfg := api.Config{Endpoints: cfg.Endpoints, Token: cfg.Token}
+	clientCfg := api.Config{Endpoints: cfg.Endpoints, Token: cfg.Token, TLS: cfg.TLS}
 	for w := 1; w <= cfg.Writers+cfg.Readers; w++ {
 		cc := clientCfg
 		if w > cfg.Writers {

@@ -143,10 +143,12 @@ func p99(ds []time.Duration) time.Duration {
 
 // Result is the outcome of one scenario run.
 type Result struct {
-	Scenario string    `json:"scenario"`
-	Driver   string    `json:"driver"`
-	Faults   []Figures `json:"faults"`
-	Check    Report    `json:"check"`
+	Scenario string `json:"scenario"`
+	Driver   string `json:"driver"`
+	// TLS tells whether clients and nodes spoke TLS (mutual between nodes).
+	TLS    bool      `json:"tls"`
+	Faults []Figures `json:"faults"`
+	Check  Report    `json:"check"`
 	// DurationMs is the run's wall time, cluster start-up excluded.
 	DurationMs float64 `json:"duration_ms"`
 }

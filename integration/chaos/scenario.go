@@ -198,7 +198,7 @@ func Execute(ctx context.Context, c *Cluster, s Scenario, opts Options) (*Result
 		opts.Logf = func(string, ...any) {}
 	}
 	lc := opts.Load
-	lc.Endpoints, lc.Token = c.Endpoints(), c.Token
+	lc.Endpoints, lc.Token, lc.TLS = c.Endpoints(), c.Token, c.D.ClientTLS()
 	lc.Prefix = "secret/chaos/" + s.Name
 	if s.Cache {
 		// Short-lived entries, so that most reads still reach the cluster
@@ -224,12 +224,12 @@ func Execute(ctx context.Context, c *Cluster, s Scenario, opts Options) (*Result
 	load.Stop()
 	ops := load.History().Ops()
 	fctx, fcancel := r.waitCtx()
-	final, err := ReadFinal(fctx, c.Endpoints(), c.Token, load.Keys())
+	final, err := ReadFinal(fctx, api.Config{Endpoints: c.Endpoints(), Token: c.Token, TLS: c.D.ClientTLS()}, load.Keys())
 	fcancel()
 	if err != nil {
 		return nil, err
 	}
-	res := &Result{Scenario: s.Name, Driver: c.D.Name(), Check: Check(ops, final, opts.Check)}
+	res := &Result{Scenario: s.Name, Driver: c.D.Name(), TLS: c.D.ClientTLS() != nil, Check: Check(ops, final, opts.Check)}
 	for _, f := range r.faults {
 		fig := Measure(ops, *f)
 		fig.Scenario, fig.Driver = s.Name, c.D.Name()
