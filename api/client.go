@@ -26,12 +26,14 @@ import (
 
 // Environment variables read by ConfigFromEnv.
 const (
-	// EnvAddr holds a comma-separated list of API endpoints (host:port).
+	// EnvAddr holds a comma-separated list of API endpoints: host:port,
+	// https://host:port (TLS), http://host:port (plaintext) or
+	// unix:///path (see Config.Endpoints).
 	EnvAddr = "COFFER_ADDR"
 	// EnvToken holds the token sent with every call.
 	EnvToken = "COFFER_TOKEN"
-	// EnvCACert names the CA certificate that verifies the nodes; with it
-	// the client speaks TLS.
+	// EnvCACert names the CA certificate that verifies the nodes (the
+	// cluster's ca.crt).
 	EnvCACert = "COFFER_CACERT"
 	// EnvClientCert and EnvClientKey name the client certificate and key
 	// presented to the nodes.
@@ -75,7 +77,15 @@ const (
 // Config configures a Client. The zero value of each field means its
 // default; Validate reports a field that cannot work.
 type Config struct {
-	// Endpoints are the API addresses (host:port) of the cluster's nodes.
+	// Endpoints are the API addresses of the cluster's nodes, each with
+	// its own transport: "https://host:port" speaks TLS (with TLS below,
+	// or the system's roots when TLS is nil); "http://host:port" speaks
+	// plaintext; a bare "host:port" follows TLS (nil: plaintext);
+	// "unix:///path" reaches a unix socket (an agent's) in plaintext. A
+	// missing port is the API's default (8400). Any other scheme
+	// (grpc://, dns:///, …) is refused. A transport that does not match
+	// the node's, or a certificate that does not verify, fails the call on
+	// that endpoint with a TransportError.
 	Endpoints []string
 	// Token is sent as "authorization: Bearer <token>" on every call.
 	Token string
@@ -132,18 +142,22 @@ type Config struct {
 	// SyncEndpoints, when positive, is the interval at which the client
 	// asks the cluster for its members (Operator.Members, which needs the
 	// root token today) and adds the API address of every live member it
-	// does not know yet, so that nodes added later are used too. Learned
-	// endpoints are never removed; one that goes away is marked down like
-	// any other. 0 disables it.
+	// does not know yet, so that nodes added later are used too. A learned
+	// endpoint is spoken to as the first configured endpoint is (its
+	// scheme and TLS): the nodes of a cluster all speak TLS or all
+	// plaintext. Learned endpoints are never removed; one that goes away
+	// is marked down like any other. 0 disables it.
 	SyncEndpoints time.Duration
 
 	// Dialer, when set, opens the connections to endpoints (tests count
 	// dials with it; a proxy or a unix socket may need it).
 	Dialer func(ctx context.Context, addr string) (net.Conn, error)
 
-	// TLS, when set, secures every connection: the servers are verified
-	// against its RootCAs (and ServerName, or each endpoint's host), and
-	// its client certificate is presented when the server asks. Nil means
+	// TLS, when set, secures the connections to bare and https://
+	// endpoints: the servers are verified against its RootCAs (the
+	// system's roots when nil) and ServerName (or each endpoint's host),
+	// and its client certificate is presented when the server asks. Nil
+	// means plaintext for bare endpoints. http:// endpoints are always
 	// plaintext. LoadTLS builds one from files.
 	TLS *tls.Config
 }
@@ -151,10 +165,14 @@ type Config struct {
 // LoadTLS builds a client TLS configuration from a CA certificate file
 // and, optionally, a client certificate and key (reloaded when the files
 // change) and the name the servers' certificates must carry (empty: the
-// host of each endpoint).
+// host of each endpoint). Without a CA file the servers are verified
+// against the system's roots, and no client certificate can be given.
 func LoadTLS(caFile, certFile, keyFile, serverName string) (*tls.Config, error) {
 	if caFile == "" {
-		return nil, errors.New("api: TLS needs the CA certificate: set COFFER_CACERT or -ca-cert")
+		if certFile != "" || keyFile != "" {
+			return nil, errors.New("api: a client certificate needs the cluster's CA: set COFFER_CACERT or -ca-cert to its ca.crt")
+		}
+		return &tls.Config{MinVersion: tls.VersionTLS12, ServerName: serverName}, nil
 	}
 	if (certFile == "") != (keyFile == "") {
 		return nil, errors.New("api: a client certificate needs its key, and the reverse: set both COFFER_CLIENT_CERT and COFFER_CLIENT_KEY (or -client-cert and -client-key)")
@@ -171,16 +189,13 @@ func ConfigFromEnv() Config {
 	return Config{Endpoints: SplitEndpoints(os.Getenv(EnvAddr)), Token: os.Getenv(EnvToken)}
 }
 
-// SplitEndpoints splits a comma-separated endpoint list, dropping blanks and
-// an optional http:// or grpc:// scheme.
+// SplitEndpoints splits a comma-separated endpoint list, dropping blanks
+// and trailing slashes. Schemes stay: they choose each endpoint's
+// transport (see Config.Endpoints).
 func SplitEndpoints(s string) []string {
 	var out []string
 	for _, e := range strings.Split(s, ",") {
-		e = strings.TrimSpace(e)
-		for _, p := range []string{"grpc://", "http://", "https://"} {
-			e = strings.TrimPrefix(e, p)
-		}
-		e = strings.TrimSuffix(e, "/")
+		e = strings.TrimSuffix(strings.TrimSpace(e), "/")
 		if e != "" {
 			out = append(out, e)
 		}
@@ -192,6 +207,11 @@ func SplitEndpoints(s string) []string {
 func (c Config) Validate() error {
 	if len(c.Endpoints) == 0 {
 		return ErrNoEndpoints
+	}
+	for _, ep := range c.Endpoints {
+		if _, _, err := parseEndpoint(ep); err != nil {
+			return err
+		}
 	}
 	for name, d := range map[string]time.Duration{
 		"Timeout": c.Timeout, "AttemptTimeout": c.AttemptTimeout, "DialTimeout": c.DialTimeout,
@@ -319,14 +339,31 @@ func New(cfg Config) (*Client, error) {
 	return c, nil
 }
 
-// dial creates the (lazy) connection of one endpoint.
-func (c *Client) dial(addr string, synced bool) (*endpoint, error) {
+// dial creates the (lazy) connection of one endpoint, given as
+// configured (see Config.Endpoints).
+func (c *Client) dial(raw string, synced bool) (*endpoint, error) {
+	target, mode, err := parseEndpoint(raw)
+	if err != nil {
+		return nil, err
+	}
+	sec := &security{endpoint: raw, addr: target, tls: c.cfg.TLS}
+	switch mode {
+	case modePlaintext:
+		sec.tls = nil
+	case modeUnix:
+		sec.tls, sec.unix = nil, true
+	case modeTLS:
+		if sec.tls == nil {
+			// The system's roots verify the node.
+			sec.tls = &tls.Config{MinVersion: tls.VersionTLS12}
+		}
+	}
 	creds := insecure.NewCredentials()
-	if c.cfg.TLS != nil {
-		creds = credentials.NewTLS(c.cfg.TLS)
+	if sec.tls != nil {
+		creds = credentials.NewTLS(sec.tls)
 	}
 	opts := []grpc.DialOption{
-		grpc.WithTransportCredentials(creds),
+		grpc.WithTransportCredentials(&recordingCreds{TransportCredentials: creds, sec: sec}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(16<<20), grpc.MaxCallSendMsgSize(16<<20)),
 		// Fixed flow-control windows turn off gRPC's bandwidth probing
 		// (pings and window updates on every burst of small calls).
@@ -348,11 +385,11 @@ func (c *Client) dial(addr string, synced bool) (*endpoint, error) {
 	if c.cfg.Dialer != nil {
 		opts = append(opts, grpc.WithContextDialer(c.cfg.Dialer))
 	}
-	cc, err := grpc.NewClient(addr, opts...)
+	cc, err := grpc.NewClient(target, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("api: endpoint %q: %w", addr, err)
+		return nil, fmt.Errorf("api: endpoint %q: %w", raw, err)
 	}
-	return &endpoint{addr: addr, cc: cc, synced: synced}, nil
+	return &endpoint{addr: raw, host: target, sec: sec, cc: cc, synced: synced}, nil
 }
 
 // Close stops the client's background work (prober, endpoint sync,
@@ -398,8 +435,10 @@ func (c *Client) goBackground(fn func()) bool {
 	return true
 }
 
-// Endpoints returns the current endpoint list: the configured endpoints,
-// then those learned by SyncEndpoints.
+// Endpoints returns the current endpoint list: the configured endpoints
+// as given, then those learned by SyncEndpoints with the scheme of the
+// first configured endpoint (so that the list configures another Client
+// the same way).
 func (c *Client) Endpoints() []string {
 	var out []string
 	for _, ep := range c.endpoints() {
@@ -487,7 +526,7 @@ func (c *Client) callNode(ctx context.Context, fn func(ctx context.Context, cc *
 	var err error
 	for _, ep := range c.endpoints() {
 		if err = c.ready(ctx, ep); err == nil {
-			err = fn(ctx, ep.cc)
+			err = c.explain(ctx, ep, fn(ctx, ep.cc))
 		}
 		if err == nil || ctx.Err() != nil || !unreachable(err, ep) {
 			return err

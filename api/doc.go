@@ -20,6 +20,17 @@
 // the client also learns the API addresses of live members
 // (Operator.Members, root token) so that nodes added later are used.
 //
+// Each endpoint's scheme chooses its transport: https:// speaks TLS
+// (Config.TLS, or the system's roots), http:// plaintext, and a bare
+// host:port follows Config.TLS (nil: plaintext; the CLI always sets one,
+// so a bare address speaks TLS there, as VAULT_ADDR's does). When a
+// connection fails, the client looks why (only then: a TLS handshake's
+// error, or for plaintext a probe that sends a TLS ClientHello) and a
+// mismatch or a certificate that does not verify fails the call on that
+// endpoint with a TransportError: one line naming the cause (plaintext
+// against TLS or the reverse, an unknown authority, the names the
+// certificate holds, its expiry date) and what to do.
+//
 // # Retries
 //
 // A call tries the candidates in turn and moves on after a retryable error

@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -17,7 +18,9 @@ import (
 // endpoint is one API address with its connection and what the client
 // knows about it.
 type endpoint struct {
-	addr   string
+	addr   string // as configured, scheme included
+	host   string // dialled: host:port (or unix:///path)
+	sec    *security
 	cc     *grpc.ClientConn
 	synced bool // learned by SyncEndpoints, not configured
 
@@ -48,7 +51,10 @@ type leaderInfo struct {
 
 // EndpointState describes one endpoint as the client sees it.
 type EndpointState struct {
-	// Address is the endpoint's host:port.
+	// Endpoint is the endpoint as configured (with its scheme, if any).
+	Endpoint string
+	// Address is the endpoint's host:port (or unix:///path), as nodes
+	// name each other's API addresses.
 	Address string
 	// Up is false while the endpoint is skipped after a failure.
 	Up bool
@@ -75,7 +81,7 @@ func (c *Client) EndpointStates() []EndpointState {
 	for _, ep := range c.endpoints() {
 		ep.mu.Lock()
 		st := EndpointState{
-			Address: ep.addr, Up: !ep.down, NodeID: ep.nodeID, AppliedIndex: ep.applied,
+			Endpoint: ep.addr, Address: ep.host, Up: !ep.down, NodeID: ep.nodeID, AppliedIndex: ep.applied,
 			Leader: ep == leader, Synced: ep.synced,
 		}
 		if ep.down {
@@ -269,13 +275,13 @@ func (c *Client) noteLeader(id, addr string) {
 		return
 	}
 	cur := c.leader.Load()
-	if cur != nil && cur.id == id && cur.ep != nil && (addr == "" || cur.ep.addr == addr) {
+	if cur != nil && cur.id == id && cur.ep != nil && (addr == "" || cur.ep.host == addr) {
 		return
 	}
 	var found *endpoint
 	for _, ep := range c.endpoints() {
 		ep.mu.Lock()
-		match := (addr != "" && ep.addr == addr) || (id != "" && ep.nodeID == id)
+		match := (addr != "" && ep.host == addr) || (id != "" && ep.nodeID == id)
 		ep.mu.Unlock()
 		if match {
 			found = ep
@@ -403,7 +409,7 @@ func (c *Client) status(ep *endpoint) (*pb.StatusResponse, error) {
 	if err == nil {
 		ep.learn(st.NodeId, st.AppliedIndex)
 	}
-	return st, err
+	return st, c.explain(ctx, ep, err)
 }
 
 // probe asks a down endpoint for its status: it comes back up once it
@@ -484,7 +490,9 @@ func (c *Client) syncEndpoints() {
 	}
 }
 
-// addEndpoint adds a learned endpoint unless the list has it already.
+// addEndpoint adds a learned endpoint unless the list has it already. It
+// takes the scheme of the first configured endpoint (see
+// Config.SyncEndpoints).
 func (c *Client) addEndpoint(addr, nodeID string) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -492,11 +500,16 @@ func (c *Client) addEndpoint(addr, nodeID string) {
 		return
 	}
 	for _, ep := range c.endpoints() {
-		if ep.addr == addr {
+		if ep.host == addr {
 			return
 		}
 	}
-	ep, err := c.dial(addr, true)
+	raw := addr
+	if first := c.cfg.Endpoints[0]; strings.HasPrefix(first, SchemePlaintext) || strings.HasPrefix(first, SchemeTLS) {
+		scheme, _, _ := strings.Cut(first, "://")
+		raw = scheme + "://" + addr
+	}
+	ep, err := c.dial(raw, true)
 	if err != nil {
 		return
 	}

@@ -150,7 +150,7 @@ func (c *Client) attempt(ctx context.Context, ep *endpoint, fn func(ctx context.
 	}
 	actx, cancel := context.WithTimeout(ctx, c.cfg.AttemptTimeout)
 	defer cancel()
-	err := fn(actx)
+	err := c.explain(ctx, ep, fn(actx))
 	// The node may notice the attempt's deadline (sent along with the
 	// call) a moment before this side does.
 	if err != nil && ctx.Err() == nil && (actx.Err() != nil || status.Code(err) == codes.DeadlineExceeded) {

@@ -4,6 +4,7 @@ import (
 	"context"
 
 	"google.golang.org/grpc"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	pb "coffer/api/cofferpb"
 )
@@ -56,6 +57,18 @@ func (c *Client) Status(ctx context.Context) (*pb.StatusResponse, error) {
 		return err
 	})
 	return resp, err
+}
+
+// Health asks the first endpoint's node, through the standard gRPC
+// health service, whether service serves ("" for the process,
+// "coffer.v1.KV" for a node that is unsealed and serves KV).
+func (c *Client) Health(ctx context.Context, service string) (healthpb.HealthCheckResponse_ServingStatus, error) {
+	var resp *healthpb.HealthCheckResponse
+	err := c.callNode(ctx, func(ctx context.Context, cc *grpc.ClientConn) (err error) {
+		resp, err = healthpb.NewHealthClient(cc).Check(ctx, &healthpb.HealthCheckRequest{Service: service})
+		return err
+	})
+	return resp.GetStatus(), err
 }
 
 // Rotate adds a new data-key term to the cluster's keyring. It goes to the

@@ -181,7 +181,7 @@ func (c *Client) watchOnce(ctx context.Context, ep *endpoint, prefix string, fro
 	defer cancel()
 	stream, err := pb.NewKVClient(ep.cc).Watch(sctx, &pb.WatchRequest{Prefix: prefix, FromIndex: *from})
 	if err != nil {
-		return false, err
+		return false, c.explain(ctx, ep, err)
 	}
 	for {
 		ev, err := stream.Recv()
@@ -191,6 +191,9 @@ func (c *Client) watchOnce(ctx context.Context, ep *endpoint, prefix string, fro
 			return received, status.Error(codes.Unavailable, "watch stream ended by the server: reconnecting")
 		}
 		if err != nil {
+			if !received {
+				err = c.explain(ctx, ep, err)
+			}
 			return received, err
 		}
 		received = true

@@ -30,9 +30,9 @@ type agentOpts struct {
 func parseAgent(e *env, args []string) (*agentOpts, error) {
 	f := newFlags("coffer agent", "[flags]", `
 Run a local caching proxy beside your services. It serves coffer's API on
--listen, so that services and the CLI talk to it exactly as to a node
-(COFFER_ADDR=`+agent.DefaultListen+`): reads go to the cluster at
-COFFER_ADDR / -address through a cache, writes and watches pass through.
+-listen, in plaintext, so that services and the CLI talk to it exactly as to
+a node (COFFER_ADDR=http://`+agent.DefaultListen+`): reads go to the cluster
+at COFFER_ADDR / -address through a cache, writes and watches pass through.
 
 Each caller's token (COFFER_TOKEN of the caller) is used for its calls, and
 a cached value is served only to callers with the token that read it. A
@@ -100,7 +100,7 @@ serves. Stop it with SIGINT or SIGTERM.`).withClient()
 		}
 	}
 	for _, ep := range up.Endpoints {
-		if ep == *listen {
+		if addr, err := api.EndpointAddress(ep); err == nil && addr == *listen {
 			return nil, usageErrorf(f.name, "upstream endpoint %s is the agent's own -listen address: point %s / -address at the cluster's nodes", ep, api.EnvAddr)
 		}
 	}
@@ -177,6 +177,7 @@ func cmdAgent(e *env, args []string) error {
 	defer stop()
 	a.Start()
 	logger.Info("coffer agent started", "listen", a.Addr(), "upstream", strings.Join(cfg.Upstream.Endpoints, ","), "own_token", cfg.Upstream.Token != "")
+	logger.Info(fmt.Sprintf("callers reach the agent with: export %s='%s'", api.EnvAddr, agentClientAddr(a.Addr())))
 
 	<-ctx.Done()
 	stop()
@@ -200,4 +201,13 @@ func cmdAgent(e *env, args []string) error {
 	case <-again:
 		return &cliError{code: 1, msg: "second signal: exiting without writing the cache file"}
 	}
+}
+
+// agentClientAddr is the COFFER_ADDR of the agent's callers: the agent
+// serves in plaintext, so http:// (a unix socket stays unix:///path).
+func agentClientAddr(listen string) string {
+	if strings.HasPrefix(listen, api.SchemeUnix) {
+		return listen
+	}
+	return api.SchemePlaintext + listen
 }

@@ -97,6 +97,8 @@ func TestParseAgent(t *testing.T) {
 		{"negative max-stale", nil, []string{"-max-stale=-1s"}, "-max-stale"},
 		{"bad listen", nil, []string{"-listen=nope"}, "-listen"},
 		{"own address upstream", map[string]string{"COFFER_ADDR": "127.0.0.1:8500"}, nil, "own -listen address"},
+		{"own address upstream, with its scheme", map[string]string{"COFFER_ADDR": "n1:8400,http://127.0.0.1:8500/"}, nil, "own -listen address"},
+		{"unknown scheme", map[string]string{"COFFER_ADDR": "grpc://n1:8400"}, nil, "unknown scheme grpc://"},
 		{"positional", nil, []string{"extra"}, "takes no arguments"},
 		{"bad log level", nil, []string{"-log-level=loud"}, "-log-level"},
 	}
@@ -112,7 +114,8 @@ func TestParseAgent(t *testing.T) {
 func launchAgent(t *testing.T, env []string, addr string, args []string) *serverProc {
 	t.Helper()
 	needBinary(t)
-	p := &serverProc{addr: addr, stdout: &syncBuffer{}, stderr: &syncBuffer{}, exited: make(chan struct{})}
+	// The agent serves in plaintext.
+	p := &serverProc{addr: addr, url: "http://" + addr, stdout: &syncBuffer{}, stderr: &syncBuffer{}, exited: make(chan struct{})}
 	p.cmd = exec.Command(cofferBin, append([]string{"agent", "-listen=" + addr}, args...)...)
 	p.cmd.Env = append(baseEnv(), env...)
 	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
@@ -146,7 +149,7 @@ func startAgentProc(t *testing.T, env []string, addr string, args []string) *ser
 				return stopPolling{fmt.Errorf("agent exited: %v", p.waitErr)}
 			default:
 			}
-			r := runCLI(t, nil, "", "status", "-format=json", "-address="+a)
+			r := runCLI(t, nil, "", "status", "-format=json", "-address=http://"+a)
 			if r.code != 0 || !strings.Contains(r.stdout, `"raft_state": "agent"`) {
 				return fmt.Errorf("status: %s", r)
 			}
@@ -180,12 +183,12 @@ func TestAgentEndToEnd(t *testing.T) {
 
 	dir := filepath.Join(t.TempDir(), "agent-cache")
 	keyFile := writeKeyFile(t)
-	upstream := []string{"COFFER_ADDR=" + n.addr, "COFFER_TOKEN=" + devToken}
+	upstream := []string{"COFFER_ADDR=" + n.url, "COFFER_TOKEN=" + devToken}
 	args := []string{"-cache-dir=" + dir, "-cache-key-file=" + keyFile, "-ttl=300ms", "-max-stale=10m"}
 	ag := startAgentProc(t, upstream, "", args)
 	viaAgent := func(args ...string) result {
 		t.Helper()
-		return runCLI(t, []string{"COFFER_ADDR=" + ag.addr, "COFFER_TOKEN=" + devToken}, "", args...)
+		return runCLI(t, []string{"COFFER_ADDR=" + ag.url, "COFFER_TOKEN=" + devToken}, "", args...)
 	}
 
 	if r := viaAgent("kv", "get", "-field=password", "secret/app/db"); r.code != 0 || r.stdout != marker+"\n" {
@@ -205,7 +208,7 @@ func TestAgentEndToEnd(t *testing.T) {
 	}
 	wantErr(t, viaAgent("operator", "seal"), 1, "this is a coffer agent: send it to a node")
 	// Another token gets nothing from the agent's cache.
-	r = runCLI(t, []string{"COFFER_ADDR=" + ag.addr, "COFFER_TOKEN=not-the-token"}, "", "kv", "get", "secret/app/db")
+	r = runCLI(t, []string{"COFFER_ADDR=" + ag.url, "COFFER_TOKEN=not-the-token"}, "", "kv", "get", "secret/app/db")
 	wantErr(t, r, 1, "")
 	if strings.Contains(r.stdout, marker) {
 		t.Fatalf("another token was served the value: %s", r)

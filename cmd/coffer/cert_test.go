@@ -77,7 +77,7 @@ func TestCertCommands(t *testing.T) {
 	if _, err := f.parse(e, nil); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := f.clientConfig(e); err == nil || !strings.Contains(err.Error(), "needs TLS") {
+	if _, err := f.clientConfig(e); err == nil || !strings.Contains(err.Error(), "needs the cluster's CA") {
 		t.Fatalf("client certificate without a CA: %v", err)
 	}
 }

@@ -110,7 +110,7 @@ func (c *testCluster) logs() string {
 func addrs(nodes ...*clusterNode) string {
 	var a []string
 	for _, n := range nodes {
-		a = append(a, n.addr)
+		a = append(a, n.url)
 	}
 	return strings.Join(a, ",")
 }
@@ -134,7 +134,7 @@ func (c *testCluster) mustRun(t *testing.T, args ...string) result {
 // on runs the CLI against node n only.
 func (c *testCluster) on(t *testing.T, n *clusterNode, args ...string) result {
 	t.Helper()
-	return runCLI(t, []string{"COFFER_ADDR=" + n.addr, "COFFER_TOKEN=" + c.token}, "", args...)
+	return runCLI(t, []string{"COFFER_ADDR=" + n.url, "COFFER_TOKEN=" + c.token}, "", args...)
 }
 
 // status returns node n's `coffer status -format=json`.
@@ -217,7 +217,7 @@ func (c *testCluster) initAndUnseal(t *testing.T, via *clusterNode) {
 	c.token = ini.RootToken
 	for i, n := range c.nodes {
 		for _, k := range []string{ini.UnsealKeysB64[i], ini.UnsealKeysB64[i+1], ini.UnsealKeysB64[i+2]} {
-			if r := runCLI(t, nil, "", "operator", "unseal", "-address="+n.addr, k); r.code != 0 {
+			if r := runCLI(t, nil, "", "operator", "unseal", "-address="+n.url, k); r.code != 0 {
 				t.Fatalf("unseal %s: %s", n.id, r)
 			}
 		}
@@ -282,7 +282,7 @@ func TestCluster(t *testing.T) {
 	if put.Index == 0 || put.Version != 1 {
 		t.Fatalf("put: %+v", put)
 	}
-	r = runCLI(t, []string{"COFFER_TOKEN=" + c.token}, "", "kv", "get", "-address="+n3.addr, "-consistency=stale",
+	r = runCLI(t, []string{"COFFER_TOKEN=" + c.token}, "", "kv", "get", "-address="+n3.url, "-consistency=stale",
 		"-min-index="+strconv.FormatUint(put.Index, 10), "-format=json", "secret/cluster/db")
 	if r.code != 0 {
 		t.Fatalf("stale get on %s: %s\n%s", n3.id, r, c.logs())
@@ -424,7 +424,7 @@ func TestCluster(t *testing.T) {
 
 	// Restore through a follower alone is refused, naming the leader.
 	fol := c.others(newLeader)[0]
-	r = runCLI(t, []string{"COFFER_TOKEN=" + c.token}, "", "operator", "raft", "snapshot", "restore", "-address="+fol.addr, snap)
+	r = runCLI(t, []string{"COFFER_TOKEN=" + c.token}, "", "operator", "raft", "snapshot", "restore", "-address="+fol.url, snap)
 	wantErr(t, r, 1, "not the leader")
 	assertOneLineError(t, r.stderr, "only the leader restores: list every node in -address or COFFER_ADDR")
 

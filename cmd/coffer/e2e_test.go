@@ -27,7 +27,7 @@ type devNode struct {
 
 // env returns COFFER_ADDR and COFFER_TOKEN for the node.
 func (n *devNode) env() []string {
-	return []string{"COFFER_ADDR=" + n.addr, "COFFER_TOKEN=" + devToken}
+	return []string{"COFFER_ADDR=" + n.url, "COFFER_TOKEN=" + devToken}
 }
 
 // run runs the CLI against the node.
@@ -309,7 +309,7 @@ func TestDevServer(t *testing.T) {
 		n.mustRun(t, "kv", "put", "secret/cas", "v=1")
 		n.mustRun(t, "kv", "put", "secret/cas", "v=2")
 		const badToken = "not-the-token-4242"
-		noToken := []string{"COFFER_ADDR=" + n.addr}
+		noToken := []string{"COFFER_ADDR=" + n.url}
 		cases := []struct {
 			name string
 			env  []string
@@ -386,7 +386,7 @@ func TestDevServer(t *testing.T) {
 		}); err != nil {
 			t.Fatal(err)
 		}
-		for _, want := range []string{"export COFFER_ADDR='" + n.addr + "'", "export COFFER_TOKEN='" + devToken + "'", "Root Token: " + devToken, "production"} {
+		for _, want := range []string{"export COFFER_ADDR='http://" + n.addr + "'", "export COFFER_TOKEN='" + devToken + "'", "Root Token: " + devToken, "production"} {
 			if !strings.Contains(n.stdout.String(), want) {
 				t.Errorf("banner lacks %q:\n%s", want, n.stdout.String())
 			}
@@ -422,7 +422,7 @@ func TestDevServer(t *testing.T) {
 			t.Fatalf("error does not name %s: %q", addr, r.stderr)
 		}
 		// With a dead endpoint first in the list, reads fail over to the live one.
-		r = runCLI(t, []string{"COFFER_TOKEN=" + devToken, "COFFER_ADDR=" + addr + "," + n.addr}, "", "kv", "get", "-field=value", "secret/api-key")
+		r = runCLI(t, []string{"COFFER_TOKEN=" + devToken, "COFFER_ADDR=" + addr + "," + n.url}, "", "kv", "get", "-field=value", "secret/api-key")
 		if r.code != 0 || r.stdout != "12345\n" {
 			t.Fatalf("failover read: %s", r)
 		}
@@ -464,7 +464,7 @@ func TestNodeLifecycle(t *testing.T) {
 		return []string{"-node-id=n1", "-data-dir=" + dataDir, "-api-addr=" + apiAddr, "-raft-addr=" + raftAddr, "-log-level=warn"}
 	}
 	p := startServer(t, nil, args)
-	addrEnv := []string{"COFFER_ADDR=" + p.addr}
+	addrEnv := []string{"COFFER_ADDR=" + p.url}
 	cli := func(stdin string, args ...string) result {
 		t.Helper()
 		return runCLI(t, addrEnv, stdin, args...)
@@ -638,7 +638,7 @@ func TestServerConfigFile(t *testing.T) {
 		}
 		return []string{"-config=" + cfgFile, "-api-addr=" + apiAddr, "-log-level=error"}
 	})
-	r := runCLI(t, []string{"COFFER_ADDR=" + p.addr}, "", "status", "-format=json")
+	r := runCLI(t, []string{"COFFER_ADDR=" + p.url}, "", "status", "-format=json")
 	var st statusJSON
 	decodeJSON(t, r, &st)
 	if r.code != 2 || st.NodeID != "from-file" || st.Initialized {

@@ -55,9 +55,9 @@ func newFlags(name, synopsis, help string) *cmdFlags {
 
 // withClient adds -address and -token.
 func (c *cmdFlags) withClient() *cmdFlags {
-	c.fs.StringVar(&c.address, "address", "", "comma-separated API endpoints host:port (overrides $"+api.EnvAddr+"; default "+api.DefaultAddr+")")
+	c.fs.StringVar(&c.address, "address", "", "comma-separated API endpoints: host:port or https://host:port speak TLS, http://host:port plaintext (overrides $"+api.EnvAddr+"; default "+api.DefaultAddr+")")
 	c.fs.StringVar(&c.token, "token", "", "token for the call (overrides $"+api.EnvToken+")")
-	c.fs.StringVar(&c.caCert, "ca-cert", "", "CA certificate that verifies the nodes; with it the command speaks TLS (overrides $"+api.EnvCACert+")")
+	c.fs.StringVar(&c.caCert, "ca-cert", "", "CA certificate that verifies the nodes, the cluster's ca.crt (default: the system's roots; overrides $"+api.EnvCACert+")")
 	c.fs.StringVar(&c.clientCert, "client-cert", "", "client certificate to present (overrides $"+api.EnvClientCert+")")
 	c.fs.StringVar(&c.clientKey, "client-key", "", "key of -client-cert (overrides $"+api.EnvClientKey+")")
 	c.fs.StringVar(&c.serverName, "tls-server-name", "", "name the nodes' certificates must carry (default: the endpoint's host; overrides $"+api.EnvTLSServerName+")")
@@ -66,8 +66,11 @@ func (c *cmdFlags) withClient() *cmdFlags {
 }
 
 // clientTLS resolves the TLS settings of a client command: flags win over
-// the environment, which wins over -certs-dir's files. No CA anywhere
-// means plaintext.
+// the environment, which wins over -certs-dir's files. A bare address
+// speaks TLS, as VAULT_ADDR's does (http:// is plaintext), so there is
+// always a configuration: without a CA anywhere the nodes are verified
+// against the system's roots, and a node with the cluster's own
+// certificates fails with a line saying to set COFFER_CACERT.
 func (c *cmdFlags) clientTLS(e *env) (*tls.Config, error) {
 	pick := func(flag, env, dir string) string {
 		switch {
@@ -90,12 +93,6 @@ func (c *cmdFlags) clientTLS(e *env) (*tls.Config, error) {
 	cert := pick(c.clientCert, e.getenv(api.EnvClientCert), dirCert)
 	key := pick(c.clientKey, e.getenv(api.EnvClientKey), dirKey)
 	name := pick(c.serverName, e.getenv(api.EnvTLSServerName), "")
-	if ca == "" {
-		if cert != "" || key != "" {
-			return nil, &cliError{code: 1, msg: "a client certificate needs TLS: set -ca-cert (or $" + api.EnvCACert + ") to the cluster's ca.crt"}
-		}
-		return nil, nil
-	}
 	cfg, err := api.LoadTLS(ca, cert, key, name)
 	if err != nil {
 		return nil, &cliError{code: 1, msg: strings.TrimPrefix(err.Error(), "api: ")}
@@ -197,7 +194,7 @@ func (c *cmdFlags) clientConfig(e *env) (api.Config, error) {
 	if c.isSet("address") {
 		cfg.Endpoints = api.SplitEndpoints(c.address)
 		if len(cfg.Endpoints) == 0 {
-			return cfg, &cliError{code: 1, msg: "-address is empty: give host:port[,host:port…]"}
+			return cfg, &cliError{code: 1, msg: "-address is empty: give host:port[,host:port…] (http://host:port for a node without TLS)"}
 		}
 	}
 	if len(cfg.Endpoints) == 0 {
@@ -221,6 +218,11 @@ func (c *cmdFlags) client(e *env) (*api.Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	return c.clientWith(cfg)
+}
+
+// clientWith opens an api client with cfg.
+func (c *cmdFlags) clientWith(cfg api.Config) (*api.Client, error) {
 	cl, err := api.New(cfg)
 	if err != nil {
 		return nil, &cliError{code: 1, msg: err.Error()}
@@ -259,7 +261,11 @@ func callError(err error, tried []string, notFoundCode int) error {
 		msg = st.Code().String()
 	}
 	code := 1
+	var transport *api.TransportError
 	switch {
+	case errors.As(err, &transport):
+		// Names the cause and what to do already.
+		msg = transport.Error()
 	case api.IsNotFound(err) && notFoundCode != 0:
 		code = notFoundCode
 	case api.IsUnreachable(err):

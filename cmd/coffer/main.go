@@ -28,7 +28,10 @@
 // Flags are Go-style: one dash (two work too), and they come before the
 // positional arguments, as in Vault's CLI. Every client command takes
 // -address (overrides COFFER_ADDR, a comma-separated endpoint list),
-// -token (overrides COFFER_TOKEN) and -format=table|json.
+// -token (overrides COFFER_TOKEN) and -format=table|json. As with
+// VAULT_ADDR, a bare host:port or https:// speaks TLS (the CA from
+// -ca-cert / COFFER_CACERT / -certs-dir, else the system's roots) and
+// http:// plaintext, which is what -dev and -insecure nodes print.
 //
 // Exit codes: 0 success; 1 error; 2 from `status` when the node is sealed or
 // not initialized, and from `kv get` when there is no such secret or version
@@ -79,8 +82,10 @@ Commands:
     version     Print the version of this binary
 
 Every client command takes -address (COFFER_ADDR), -token (COFFER_TOKEN) and
--format=table|json. Flags come before positional arguments. Run
-"coffer <command> -h" for the flags of a command.
+-format=table|json. An address host:port or https://host:port speaks TLS
+(set COFFER_CACERT to the cluster's ca.crt); http://host:port speaks
+plaintext, for -dev and -insecure nodes. Flags come before positional
+arguments. Run "coffer <command> -h" for the flags of a command.
 `
 
 // run executes one command line and returns the process exit code.

@@ -141,9 +141,15 @@ func (b *syncBuffer) String() string {
 
 // serverProc is a running `coffer server` process.
 type serverProc struct {
-	cmd            *exec.Cmd
-	addr           string // API address
-	raftAddr       string
+	cmd      *exec.Cmd
+	addr     string // API address
+	raftAddr string
+	// url is the API address as clients give it: http://addr for a
+	// process without TLS (a bare address speaks TLS).
+	url string
+	// clientEnv is what clients need besides the address: COFFER_CACERT
+	// for a node with -certs-dir.
+	clientEnv      []string
 	stdout, stderr *syncBuffer
 	exited         chan struct{}
 	waitErr        error
@@ -209,12 +215,17 @@ func restartServer(t *testing.T, old *serverProc, env []string, args func(apiAdd
 func launch(t *testing.T, env []string, apiAddr, raftAddr string, args []string) *serverProc {
 	t.Helper()
 	needBinary(t)
-	p := &serverProc{addr: apiAddr, raftAddr: raftAddr, stdout: &syncBuffer{}, stderr: &syncBuffer{}, exited: make(chan struct{})}
+	p := &serverProc{addr: apiAddr, raftAddr: raftAddr, url: "http://" + apiAddr, stdout: &syncBuffer{}, stderr: &syncBuffer{}, exited: make(chan struct{})}
 	if !slices.ContainsFunc(args, func(a string) bool {
 		return a == "-dev" || a == "-insecure" || strings.HasPrefix(a, "-certs-dir") || strings.HasPrefix(a, "-insecure=")
 	}) {
 		// A node without certificates runs only when told so.
 		args = append([]string{"-insecure"}, args...)
+	}
+	for _, a := range args {
+		if dir, ok := strings.CutPrefix(a, "-certs-dir="); ok {
+			p.url, p.clientEnv = apiAddr, []string{"COFFER_CACERT=" + filepath.Join(dir, "ca.crt")}
+		}
 	}
 	p.cmd = exec.Command(cofferBin, append([]string{"server"}, args...)...)
 	p.cmd.Env = append(baseEnv(), env...)
@@ -240,7 +251,7 @@ func (p *serverProc) waitServing(t *testing.T, timeout time.Duration) error {
 			return stopPolling{fmt.Errorf("server exited: %v", p.waitErr)}
 		default:
 		}
-		r := runCLI(t, nil, "", "status", "-address="+p.addr)
+		r := runCLI(t, p.clientEnv, "", "status", "-address="+p.url)
 		if r.code == 1 {
 			return fmt.Errorf("status: %s", r)
 		}

@@ -222,8 +222,23 @@ func TestClientConfig(t *testing.T) {
 	if _, err := f.parse(e, nil); err != nil {
 		t.Fatal(err)
 	}
-	if cfg, _ := f.clientConfig(e); !reflect.DeepEqual(cfg.Endpoints, []string{"127.0.0.1:8400"}) {
-		t.Fatalf("default endpoint: %v", cfg.Endpoints)
+	cfg, err = f.clientConfig(e)
+	if err != nil || !reflect.DeepEqual(cfg.Endpoints, []string{"127.0.0.1:8400"}) {
+		t.Fatalf("default endpoint: %v %v", cfg.Endpoints, err)
+	}
+	// A bare address speaks TLS, as VAULT_ADDR's does: without a CA the
+	// nodes are verified against the system's roots.
+	if cfg.TLS == nil || cfg.TLS.RootCAs != nil || cfg.TLS.InsecureSkipVerify {
+		t.Fatalf("TLS without a CA: %+v", cfg.TLS)
+	}
+	// Schemes stay on the endpoints: they choose each one's transport.
+	e, _, _ = testEnv("", map[string]string{"COFFER_ADDR": "http://10.0.0.1:8400/, https://10.0.0.2:8400"})
+	f = newFlags("coffer status", "[flags]", "").withClient()
+	if _, err := f.parse(e, nil); err != nil {
+		t.Fatal(err)
+	}
+	if cfg, err := f.clientConfig(e); err != nil || !reflect.DeepEqual(cfg.Endpoints, []string{"http://10.0.0.1:8400", "https://10.0.0.2:8400"}) {
+		t.Fatalf("endpoints with schemes: %v %v", cfg.Endpoints, err)
 	}
 }
 

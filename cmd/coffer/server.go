@@ -7,8 +7,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -21,7 +23,11 @@ import (
 
 // devBannerJSON is the JSON form of the dev-mode banner (-dev -format=json).
 type devBannerJSON struct {
-	APIAddress   string `json:"api_address"`
+	APIAddress string `json:"api_address"`
+	// ClientAddr and CACert are what clients set as COFFER_ADDR and
+	// COFFER_CACERT (none without TLS).
+	ClientAddr   string `json:"client_addr"`
+	CACert       string `json:"ca_cert,omitempty"`
 	UnsealKeyB64 string `json:"unseal_key_b64"`
 	RootToken    string `json:"root_token"`
 	DataDir      string `json:"data_dir"`
@@ -203,6 +209,10 @@ func cmdServer(e *env, args []string) error {
 		return &cliError{code: 1, msg: err.Error()}
 	}
 	logger.Info("coffer server started", "node_id", cfg.NodeID, "api_addr", srv.APIAddr(), "data_dir", cfg.DataDir, "dev", o.dev, "tls", cfg.TLSEnabled())
+	hint := newClientHint(cfg, srv.APIAddr())
+	if !o.dev {
+		logger.Info("clients reach this node with: " + hint.exports())
+	}
 	// SIGHUP reloads the certificates (a handshake also notices changed
 	// files within a second).
 	hup := make(chan os.Signal, 1)
@@ -229,7 +239,7 @@ func cmdServer(e *env, args []string) error {
 			shutdownServer(srv, cfg, logger)
 			return &cliError{code: 1, msg: fmt.Sprintf("dev mode: initializing and unsealing: %v", err)}
 		}
-		if err := printDevBanner(e, o.format, srv.APIAddr(), cfg.DataDir, info); err != nil {
+		if err := printDevBanner(e, o.format, srv.APIAddr(), hint, cfg.DataDir, info); err != nil {
 			shutdownServer(srv, cfg, logger)
 			return err
 		}
@@ -310,15 +320,60 @@ func loadConfigFile(path string, cfg *server.Config) (map[string]bool, fileGossi
 	return set, g, nil
 }
 
+// clientHint is what a client sets to reach a node: COFFER_ADDR, with
+// http:// for a node without TLS (a bare address speaks TLS), and for a
+// node with TLS, COFFER_CACERT.
+type clientHint struct {
+	addr, caCert string
+}
+
+// newClientHint is the hint for a node of cfg listening on listen: the
+// advertised host when there is one, and loopback for an unspecified
+// listen address (0.0.0.0), which clients cannot dial.
+func newClientHint(cfg server.Config, listen string) clientHint {
+	if host, port, err := net.SplitHostPort(listen); err == nil {
+		if cfg.Advertise != "" {
+			host = cfg.Advertise
+		} else if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+			host = "127.0.0.1"
+		}
+		listen = net.JoinHostPort(host, port)
+	}
+	if !cfg.TLSEnabled() {
+		return clientHint{addr: api.SchemePlaintext + listen}
+	}
+	ca := cfg.TLSFiles().CA
+	if abs, err := filepath.Abs(ca); err == nil {
+		ca = abs
+	}
+	return clientHint{addr: listen, caCert: ca}
+}
+
+// lines are the hint's shell lines.
+func (h clientHint) lines() []string {
+	out := []string{fmt.Sprintf("export %s='%s'", api.EnvAddr, h.addr)}
+	if h.caCert != "" {
+		out = append(out, fmt.Sprintf("export %s='%s'", api.EnvCACert, h.caCert))
+	}
+	return out
+}
+
+// exports is the hint on one line.
+func (h clientHint) exports() string { return strings.Join(h.lines(), "; ") }
+
 // printDevBanner prints how to reach the dev node, its unseal key and its
 // root token.
-func printDevBanner(e *env, format, addr, dir string, info *server.DevInfo) error {
+func printDevBanner(e *env, format, addr string, hint clientHint, dir string, info *server.DevInfo) error {
 	if info == nil {
 		return errors.New("dev mode: the server returned no unseal key")
 	}
 	key := base64.StdEncoding.EncodeToString(info.UnsealKey)
 	if format == formatJSON {
-		return printJSON(e.stdout, devBannerJSON{APIAddress: addr, UnsealKeyB64: key, RootToken: info.RootToken, DataDir: dir})
+		return printJSON(e.stdout, devBannerJSON{APIAddress: addr, ClientAddr: hint.addr, CACert: hint.caCert, UnsealKeyB64: key, RootToken: info.RootToken, DataDir: dir})
+	}
+	var exports strings.Builder
+	for _, l := range append(hint.lines(), fmt.Sprintf("export %s='%s'", api.EnvToken, info.RootToken)) {
+		fmt.Fprintf(&exports, "    $ %s\n", l)
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, `WARNING! dev mode is enabled! In this mode, coffer runs from a temporary
@@ -327,9 +382,7 @@ single unseal key, and prints its root token. Never use it in production.
 
 You may need to set the following environment variables:
 
-    $ export %s='%s'
-    $ export %s='%s'
-
+%s
 The unseal key and root token are displayed below in case you want to
 seal/unseal the node or re-authenticate.
 
@@ -338,7 +391,7 @@ Unseal Key: %s
 Root Token: %s
 
 Development mode should NOT be used in production installations!
-`, api.EnvAddr, addr, api.EnvToken, info.RootToken, addr, key, info.RootToken)
+`, exports.String(), addr, key, info.RootToken)
 	_, err := fmt.Fprint(e.stdout, b.String())
 	return err
 }
