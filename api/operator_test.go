@@ -129,15 +129,7 @@ func serveFakesWith(t *testing.T, cfg Config, fakes ...*fakeOperator) *Client {
 		}
 		s := grpc.NewServer()
 		pb.RegisterOperatorServer(s, f)
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			_ = s.Serve(lis)
-		}()
-		t.Cleanup(func() {
-			s.Stop()
-			<-done
-		})
+		serveUntilCleanup(t, s, lis)
 		eps = append(eps, lis.Addr().String())
 	}
 	cfg.Endpoints, cfg.Token = eps, "root-token"

@@ -96,6 +96,12 @@ func healthServer(t *testing.T, cfg *tls.Config) string {
 	}
 	s := grpc.NewServer(opts...)
 	healthpb.RegisterHealthServer(s, health.NewServer())
+	serveUntilCleanup(t, s, lis)
+	return lis.Addr().String()
+}
+
+// serveUntilCleanup serves s on lis until the test ends.
+func serveUntilCleanup(t testing.TB, s *grpc.Server, lis net.Listener) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -105,7 +111,6 @@ func healthServer(t *testing.T, cfg *tls.Config) string {
 		s.Stop()
 		<-done
 	})
-	return lis.Addr().String()
 }
 
 // healthOf asks the first endpoint of cfg for its health and returns the
