@@ -275,13 +275,17 @@ func (n *Node) OnLeadership(f func(isLeader bool)) {
 // Apply proposes cmd to the cluster and waits until it is committed and
 // applied on this node, returning the FSM's response and the log index.
 // It returns ErrNotLeader on a follower. When ctx ends first the write may
-// still commit: callers retry with the same request id.
+// still commit: callers retry with the same request id. The function ctx
+// carries from WithApplyDone runs once Raft is done with cmd.
 func (n *Node) Apply(ctx context.Context, cmd []byte) (any, uint64, error) {
+	done := applyDone(ctx)
 	if err := ctx.Err(); err != nil {
+		done()
 		return nil, 0, err
 	}
 	select {
 	case <-n.done:
+		done()
 		return nil, 0, ErrShutdown
 	default:
 	}
@@ -289,12 +293,17 @@ func (n *Node) Apply(ctx context.Context, cmd []byte) (any, uint64, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = time.Until(dl)
 		if timeout <= 0 {
+			done()
 			return nil, 0, context.DeadlineExceeded
 		}
 	}
 	f := n.raft.Apply(cmd, timeout)
 	errCh := make(chan error, 1)
-	go func() { errCh <- f.Error() }()
+	go func() {
+		err := f.Error()
+		done()
+		errCh <- err
+	}()
 	select {
 	case err := <-errCh:
 		if err != nil {
@@ -306,6 +315,26 @@ func (n *Node) Apply(ctx context.Context, cmd []byte) (any, uint64, error) {
 	case <-n.done:
 		return nil, 0, ErrShutdown
 	}
+}
+
+type applyDoneKey struct{}
+
+// WithApplyDone returns ctx carrying f, which Apply under it calls exactly
+// once when Raft is done with the command: applied, refused, or dropped
+// with a lost leadership or a shutdown. That may be after Apply returned,
+// when ctx ended first: until then the command is in the leader's memory,
+// and a caller that budgets memory keeps counting it.
+func WithApplyDone(ctx context.Context, f func()) context.Context {
+	return context.WithValue(ctx, applyDoneKey{}, f)
+}
+
+// applyDone returns the function ctx carries from WithApplyDone, or one
+// that does nothing.
+func applyDone(ctx context.Context) func() {
+	if f, ok := ctx.Value(applyDoneKey{}).(func()); ok {
+		return f
+	}
+	return func() {}
 }
 
 // IsLeader reports whether this node is the leader right now.
