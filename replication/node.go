@@ -59,12 +59,6 @@ type Node struct {
 // shutdownLeaveTimeout bounds the gossip leave that Shutdown performs.
 const shutdownLeaveTimeout = 3 * time.Second
 
-// logCacheSize is how many of the newest log entries stay in memory: one
-// default replication batch, so a follower that keeps up is fed from
-// memory, while the cache stays small even when every entry is a secret
-// of the largest size.
-const logCacheSize = 256
-
 // New opens (or creates) the Raft state under cfg.DataDir, starts the
 // transport and Raft, and bootstraps a one-voter cluster when cfg.Bootstrap is
 // set and there is no existing state. With cfg.Gossip it also starts gossip,
@@ -195,12 +189,8 @@ func New(cfg Config, fsm raft.BatchingFSM) (*Node, error) {
 		}
 	}
 
-	// The newest entries stay in memory, so the leader replicates them
-	// without reading each back from bbolt and decoding it again.
-	logs, err := raft.NewLogCache(logCacheSize, store)
-	if err != nil {
-		return nil, fmt.Errorf("replication: log cache: %w", err)
-	}
+	// The newest entries stay in memory (logcache.go).
+	logs := newLogCache(store, logCacheEntries, LogCacheBytes)
 	n.raft, err = raft.NewRaft(rc, fsm, logs, store, n.snapshots, noPipeline{n.transport})
 	if err != nil {
 		return nil, fmt.Errorf("replication: start raft: %w", err)
