@@ -42,8 +42,11 @@ func StatusError(code codes.Code, reason pb.ErrorReason, msg string) error {
 
 // retryableReasons are the reasons of errors that another node, or the
 // same one a moment later, may not have: the client moves on to the next
-// endpoint. Each is sent with codes.Unavailable.
+// endpoint. Each is sent with codes.Unavailable, except OVERLOADED
+// (ResourceExhausted: the node refused the call for its load, see
+// IsOverloaded).
 var retryableReasons = map[pb.ErrorReason]bool{
+	pb.ErrorReason_OVERLOADED:            true,
 	pb.ErrorReason_SEALED:                true,
 	pb.ErrorReason_NO_LEADER:             true,
 	pb.ErrorReason_NOT_LEADER:            true,
@@ -64,8 +67,8 @@ var retryableReasons = map[pb.ErrorReason]bool{
 
 // Retryable reports whether a call that failed with err may succeed on
 // another node or a moment later: its reason says so (sealed, no leader,
-// stale bound, min_index not reached, …), or it carries no reason and is
-// Unavailable (gRPC could not reach the node).
+// stale bound, min_index not reached, overloaded, …), or it carries no
+// reason and is Unavailable (gRPC could not reach the node).
 func Retryable(err error) bool {
 	st, ok := status.FromError(err)
 	if !ok || err == nil {
@@ -93,6 +96,11 @@ func IsUnreachable(err error) bool {
 	}
 	return false
 }
+
+// IsOverloaded reports whether the node refused the call because it holds
+// as many request bytes as its budget allows: nothing was done, and the
+// same call may succeed after a back-off.
+func IsOverloaded(err error) bool { return Reason(err) == pb.ErrorReason_OVERLOADED }
 
 // IsSealed reports whether the node answered that it is sealed.
 func IsSealed(err error) bool { return Reason(err) == pb.ErrorReason_SEALED }

@@ -28,6 +28,11 @@ func TestReasonPredicates(t *testing.T) {
 	if !IsUnreachable(conn) || !Retryable(conn) || Reason(conn) != pb.ErrorReason_ERROR_REASON_UNSPECIFIED {
 		t.Fatalf("connection error: %v", conn)
 	}
+	// ResourceExhausted without the reason is a limit, not a load: a
+	// message too large for the node is refused again anywhere.
+	if tooLarge := status.Error(codes.ResourceExhausted, "grpc: received message larger than max"); Retryable(tooLarge) || IsOverloaded(tooLarge) {
+		t.Fatalf("a message over the node's limit was taken for a retryable load: %v", tooLarge)
+	}
 	nf := fmt.Errorf("wrapped: %w", StatusError(codes.NotFound, pb.ErrorReason_DESTROYED, "gone"))
 	if !IsNotFound(nf) || Retryable(nf) {
 		t.Fatalf("destroyed: %v", nf)
@@ -50,6 +55,7 @@ func TestReasonPredicates(t *testing.T) {
 		{pb.ErrorReason_REQUEST_ID_CONFLICT, codes.InvalidArgument, IsInvalidArgument, false},
 		{pb.ErrorReason_ATTEMPT_TIMEOUT, codes.Unavailable, IsAttemptTimeout, true},
 		{pb.ErrorReason_ENDPOINT_UNREACHABLE, codes.Unavailable, IsUnreachable, true},
+		{pb.ErrorReason_OVERLOADED, codes.ResourceExhausted, IsOverloaded, true},
 	} {
 		err := StatusError(c.code, c.reason, "msg")
 		if !c.is(err) || Retryable(err) != c.retry || Reason(err) != c.reason {

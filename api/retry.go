@@ -28,7 +28,9 @@ type attemptFunc func(ctx context.Context, ep *endpoint, stale bool) error
 // One pass tries the candidates in order (see candidates), moving on after
 // a retryable error (Unavailable, or an attempt that ran out of
 // AttemptTimeout). An endpoint that could not be reached, or answered that
-// it is sealed, is marked down. After a failed pass a read with
+// it is sealed, is marked down. A node that refused the call as OVERLOADED
+// stays in rotation; a write refused so ends the pass at once (every node
+// would forward it to the same leader) and backs off. After a failed pass a read with
 // staleFallback tries the reachable endpoints once more as a stale read.
 // Then the call backs off (jittered) and starts another pass, until the
 // caller's context ends or RetryBudget has passed since the call began (no
@@ -62,6 +64,7 @@ func (c *Client) run(ctx context.Context, p policy, fn attemptFunc) (fellBack bo
 	for pass := 0; ; pass++ {
 		eps, allDown := c.candidates(p)
 		answered := false
+	pass:
 		for _, stale := range []bool{false, true} {
 			if stale {
 				if !p.staleFallback {
@@ -104,6 +107,16 @@ func (c *Client) run(ctx context.Context, p policy, fn attemptFunc) (fellBack bo
 				switch {
 				case unreachable(err, ep) || IsSealed(err):
 					c.markDown(ep, err)
+				case IsOverloaded(err):
+					// The node is busy, not wrong: it stays the leader and
+					// in rotation. A write backs off before it tries again,
+					// since any other node would forward it to the same
+					// leader; a read tries another node first.
+					answered = true
+					if p.write {
+						break pass
+					}
+					ep.answeredUnavailable()
 				default:
 					answered = true
 					ep.answeredUnavailable()

@@ -32,6 +32,8 @@ type ClusterOptions struct {
 	TLS bool
 	// Tap sees the bytes nodes write to each other (testcluster.Options.Tap).
 	Tap func(p []byte)
+	// MaxInflightBytes is each node's request-byte budget (0: the default).
+	MaxInflightBytes int64
 }
 
 // NewCluster starts size nodes with bootstrap_expect = size and waits
@@ -67,6 +69,7 @@ func NewCluster(t testing.TB, size int, opts ...ClusterOptions) *Cluster {
 		LogLevel:          hclog.Debug,
 		TLS:               o.TLS,
 		Tap:               o.Tap,
+		MaxInflightBytes:  o.MaxInflightBytes,
 	})}
 }
 

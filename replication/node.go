@@ -59,12 +59,6 @@ type Node struct {
 // shutdownLeaveTimeout bounds the gossip leave that Shutdown performs.
 const shutdownLeaveTimeout = 3 * time.Second
 
-// logCacheSize is how many of the newest log entries stay in memory: one
-// default replication batch, so a follower that keeps up is fed from
-// memory, while the cache stays small even when every entry is a secret
-// of the largest size.
-const logCacheSize = 256
-
 // New opens (or creates) the Raft state under cfg.DataDir, starts the
 // transport and Raft, and bootstraps a one-voter cluster when cfg.Bootstrap is
 // set and there is no existing state. With cfg.Gossip it also starts gossip,
@@ -195,12 +189,8 @@ func New(cfg Config, fsm raft.BatchingFSM) (*Node, error) {
 		}
 	}
 
-	// The newest entries stay in memory, so the leader replicates them
-	// without reading each back from bbolt and decoding it again.
-	logs, err := raft.NewLogCache(logCacheSize, store)
-	if err != nil {
-		return nil, fmt.Errorf("replication: log cache: %w", err)
-	}
+	// The newest entries stay in memory (logcache.go).
+	logs := newLogCache(store, logCacheEntries, LogCacheBytes)
 	n.raft, err = raft.NewRaft(rc, fsm, logs, store, n.snapshots, noPipeline{n.transport})
 	if err != nil {
 		return nil, fmt.Errorf("replication: start raft: %w", err)
@@ -275,13 +265,17 @@ func (n *Node) OnLeadership(f func(isLeader bool)) {
 // Apply proposes cmd to the cluster and waits until it is committed and
 // applied on this node, returning the FSM's response and the log index.
 // It returns ErrNotLeader on a follower. When ctx ends first the write may
-// still commit: callers retry with the same request id.
+// still commit: callers retry with the same request id. The function ctx
+// carries from WithApplyDone runs once Raft is done with cmd.
 func (n *Node) Apply(ctx context.Context, cmd []byte) (any, uint64, error) {
+	done := applyDone(ctx)
 	if err := ctx.Err(); err != nil {
+		done()
 		return nil, 0, err
 	}
 	select {
 	case <-n.done:
+		done()
 		return nil, 0, ErrShutdown
 	default:
 	}
@@ -289,12 +283,17 @@ func (n *Node) Apply(ctx context.Context, cmd []byte) (any, uint64, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = time.Until(dl)
 		if timeout <= 0 {
+			done()
 			return nil, 0, context.DeadlineExceeded
 		}
 	}
 	f := n.raft.Apply(cmd, timeout)
 	errCh := make(chan error, 1)
-	go func() { errCh <- f.Error() }()
+	go func() {
+		err := f.Error()
+		done()
+		errCh <- err
+	}()
 	select {
 	case err := <-errCh:
 		if err != nil {
@@ -306,6 +305,26 @@ func (n *Node) Apply(ctx context.Context, cmd []byte) (any, uint64, error) {
 	case <-n.done:
 		return nil, 0, ErrShutdown
 	}
+}
+
+type applyDoneKey struct{}
+
+// WithApplyDone returns ctx carrying f, which Apply under it calls exactly
+// once when Raft is done with the command: applied, refused, or dropped
+// with a lost leadership or a shutdown. That may be after Apply returned,
+// when ctx ended first: until then the command is in the leader's memory,
+// and a caller that budgets memory keeps counting it.
+func WithApplyDone(ctx context.Context, f func()) context.Context {
+	return context.WithValue(ctx, applyDoneKey{}, f)
+}
+
+// applyDone returns the function ctx carries from WithApplyDone, or one
+// that does nothing.
+func applyDone(ctx context.Context) func() {
+	if f, ok := ctx.Value(applyDoneKey{}).(func()); ok {
+		return f
+	}
+	return func() {}
 }
 
 // IsLeader reports whether this node is the leader right now.

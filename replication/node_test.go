@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -201,5 +203,82 @@ func TestVerifyLeaderFutureEndsAtShutdown(t *testing.T) {
 	defer cancel()
 	if err := n.VerifyLeader(ctx); !errors.Is(err, ErrShutdown) {
 		t.Fatalf("Node.VerifyLeader after shutdown: %v, want ErrShutdown", err)
+	}
+}
+
+// gatedFSM is a real FSM whose batches wait while the gate is closed.
+type gatedFSM struct {
+	*fsm.FSM
+	closed atomic.Bool
+	open   chan struct{}
+}
+
+func (g *gatedFSM) ApplyBatch(logs []*raft.Log) []any {
+	if g.closed.Load() {
+		<-g.open
+	}
+	return g.FSM.ApplyBatch(logs)
+}
+
+// TestApplyDoneWaitsForRaft: the function given with WithApplyDone runs
+// once, when Raft is done with the command, not when Apply returns because
+// the caller gave up: a caller that counts the command's memory must not
+// stop counting it while Raft still holds it. An Apply refused at once
+// runs it at once.
+func TestApplyDoneWaitsForRaft(t *testing.T) {
+	dir := t.TempDir()
+	f, err := fsm.Open(filepath.Join(dir, "fsm.db"), fsm.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	gated := &gatedFSM{FSM: f, open: make(chan struct{})}
+	n, err := New(testNodeConfig(t, dir), gated)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Shutdown()
+	openGate := sync.OnceFunc(func() { close(gated.open) })
+	defer openGate() // before the shutdown, which waits for the FSM
+	if err := n.WaitForLeader(ctxWait(t)); err != nil {
+		t.Fatal(err)
+	}
+	cmd, err := fsm.EncodeCommand(&fsmpb.Command{Op: fsmpb.Op_OP_PUT, Path: "secret/held", Ciphertext: []byte("ct"), LeaderTimeUnixNano: time.Now().UnixNano()})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var calls atomic.Int32
+	done := make(chan struct{})
+	release := func() {
+		if calls.Add(1) == 1 {
+			close(done)
+		}
+	}
+	gated.closed.Store(true)
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if _, _, err := n.Apply(WithApplyDone(ctx, release), cmd); !errors.Is(err, ErrTimeout) {
+		t.Fatalf("apply while the FSM is held: %v, want ErrTimeout", err)
+	}
+	select {
+	case <-done:
+		t.Fatal("the done function ran while Raft still held the command")
+	default:
+	}
+	openGate()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the done function did not run once the command was applied")
+	}
+
+	refused, stop := context.WithCancel(context.Background())
+	stop()
+	if _, _, err := n.Apply(WithApplyDone(refused, release), cmd); !errors.Is(err, context.Canceled) {
+		t.Fatalf("apply with a cancelled context: %v", err)
+	}
+	if got := calls.Load(); got != 2 {
+		t.Fatalf("done ran %d times for two applies", got)
 	}
 }

@@ -53,6 +53,12 @@ type Config struct {
 	// told so (tests, -dev, experiments on one machine).
 	Insecure bool `json:"insecure,omitempty"`
 
+	// MaxInflightBytes bounds the request bytes the node holds at once:
+	// calls past it wait a moment, then are refused with OVERLOADED (see
+	// inflight.go). Zero means DefaultMaxInflightBytes; it must hold the
+	// largest request, MaxRequestSize.
+	MaxInflightBytes int64 `json:"max_inflight_bytes,omitempty"`
+
 	// IdempotencyWindow is how long a write's request id is remembered.
 	IdempotencyWindow time.Duration `json:"-"`
 	// ShutdownTimeout bounds the graceful stop of the gRPC server.
@@ -65,6 +71,7 @@ func DefaultConfig() Config {
 	return Config{
 		Config:            replication.DefaultConfig(),
 		APIAddr:           ports.APIAddr,
+		MaxInflightBytes:  DefaultMaxInflightBytes,
 		IdempotencyWindow: 10 * time.Minute,
 		ShutdownTimeout:   5 * time.Second,
 	}
@@ -111,6 +118,9 @@ func (c Config) Validate() error {
 		}
 	} else if c.TLSRequireClientCert {
 		return errors.New("server: -tls-require-client-cert needs TLS: set -certs-dir")
+	}
+	if c.MaxInflightBytes < 0 || (c.MaxInflightBytes > 0 && c.MaxInflightBytes < MaxRequestSize) {
+		return fmt.Errorf("server: -max-inflight-bytes=%d cannot hold the largest request (%d bytes): give at least that, or 0 for the default (%d)", c.MaxInflightBytes, MaxRequestSize, DefaultMaxInflightBytes)
 	}
 	if c.BootstrapExpect < 0 {
 		return fmt.Errorf("server: -bootstrap-expect=%d: want a positive number of nodes", c.BootstrapExpect)

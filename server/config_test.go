@@ -58,3 +58,26 @@ func TestNoCertificatesNeedsInsecure(t *testing.T) {
 		t.Fatalf("-insecure with certificates: %v", err)
 	}
 }
+
+// TestMaxInflightBytes: the budget defaults when zero, and one that cannot
+// hold the largest request (or is negative) is refused with what to give.
+func TestMaxInflightBytes(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.NodeID, cfg.DataDir, cfg.Insecure = "n1", t.TempDir(), true
+	if cfg.MaxInflightBytes != DefaultMaxInflightBytes {
+		t.Fatalf("default budget %d, want %d", cfg.MaxInflightBytes, DefaultMaxInflightBytes)
+	}
+	for _, v := range []int64{0, MaxRequestSize, 1 << 40} {
+		cfg.MaxInflightBytes = v
+		if err := cfg.Validate(); err != nil {
+			t.Errorf("budget %d: %v", v, err)
+		}
+	}
+	for _, v := range []int64{-1, 1, MaxRequestSize - 1} {
+		cfg.MaxInflightBytes = v
+		err := cfg.Validate()
+		if err == nil || !strings.Contains(err.Error(), "-max-inflight-bytes") || !strings.Contains(err.Error(), "at least") {
+			t.Errorf("budget %d: %v, want a refusal naming the flag and the least budget", v, err)
+		}
+	}
+}

@@ -45,6 +45,9 @@ var (
 	ErrClientCertRequired = errors.New("server: this call needs a client certificate of the cluster's CA: make one with `coffer cert create-client` and pass -certs-dir")
 	// ErrRateLimited means a caller made too many calls of a kind.
 	ErrRateLimited = errors.New("server: too many unseal attempts from this address: wait a second and retry")
+	// ErrOverloaded means the node's request-byte budget
+	// (-max-inflight-bytes) stayed spent while the call waited.
+	ErrOverloaded = errors.New("server: this node holds as many requests as its -max-inflight-bytes allows: retry after a back-off, or on another node")
 	// ErrDeleted means the requested version is soft-deleted.
 	ErrDeleted = errors.New("deleted")
 	// ErrDestroyed means the requested version was destroyed.
@@ -124,6 +127,7 @@ var codeTable = []struct {
 	{ErrInvalidArgument, codes.InvalidArgument, pb.ErrorReason_INVALID_ARGUMENT},
 	{ErrTooLarge, codes.ResourceExhausted, pb.ErrorReason_TOO_LARGE},
 	{ErrRateLimited, codes.ResourceExhausted, pb.ErrorReason_RATE_LIMITED},
+	{ErrOverloaded, codes.ResourceExhausted, pb.ErrorReason_OVERLOADED},
 	{ErrUnauthenticated, codes.Unauthenticated, pb.ErrorReason_UNAUTHENTICATED},
 	{ErrPermissionDenied, codes.PermissionDenied, pb.ErrorReason_PERMISSION_DENIED},
 	{ErrNodeOnly, codes.PermissionDenied, pb.ErrorReason_PERMISSION_DENIED},

@@ -71,6 +71,7 @@ var sentinels = map[string]struct {
 	"server.ErrNoRoute":              {ErrNoRoute, codes.Unimplemented, pb.ErrorReason_NO_ROUTE},
 	"server.ErrNodeOnly":             {ErrNodeOnly, codes.PermissionDenied, pb.ErrorReason_PERMISSION_DENIED},
 	"server.ErrRateLimited":          {ErrRateLimited, codes.ResourceExhausted, pb.ErrorReason_RATE_LIMITED},
+	"server.ErrOverloaded":           {ErrOverloaded, codes.ResourceExhausted, pb.ErrorReason_OVERLOADED},
 	"server.ErrClientCertRequired":   {ErrClientCertRequired, codes.PermissionDenied, pb.ErrorReason_PERMISSION_DENIED},
 	"server.ErrDeleted":              {ErrDeleted, codes.NotFound, pb.ErrorReason_DELETED},
 	"server.ErrDestroyed":            {ErrDestroyed, codes.NotFound, pb.ErrorReason_DESTROYED},

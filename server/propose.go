@@ -42,7 +42,8 @@ func (p *raftProposer) propose(ctx context.Context, cmd *fsmpb.Command) (*fsm.Re
 	if err != nil {
 		return nil, err
 	}
-	resp, _, err := p.raft.Apply(ctx, data)
+	// The call's bytes stay counted until Raft lets go of the command.
+	resp, _, err := p.raft.Apply(holdGrant(ctx), data)
 	if err != nil {
 		return nil, err
 	}

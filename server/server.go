@@ -46,6 +46,8 @@ type Server struct {
 	lis    net.Listener
 	// tls is the node's certificates, nil for a plaintext node.
 	tls *tlsutil.Reloader
+	// inflight is the node's request-byte budget.
+	inflight *inflight
 	// pprofAddr is where pprof listens, once started.
 	pprofAddr string
 	life      lifecycle
@@ -67,6 +69,14 @@ type lifecycle struct {
 // flight start goroutines of their own).
 const streamWorkers = 64
 
+// maxStreamsPerConn bounds the calls one connection carries at once (gRPC
+// sets no bound): a client past it waits for a call to end. Generous,
+// because every watch holds a stream for as long as it lives, and an agent
+// passes its callers' watches upstream over one connection; the memory of
+// the calls is bounded by the request-byte budget, and the unread bytes of
+// a connection by its flow-control window (4 MiB).
+const maxStreamsPerConn = 1024
+
 // New opens the node's state under cfg.DataDir and starts Raft. The node
 // comes up sealed; the API listens after Start.
 func New(cfg Config) (*Server, error) {
@@ -81,6 +91,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.ShutdownTimeout <= 0 {
 		cfg.ShutdownTimeout = 5 * time.Second
+	}
+	if cfg.MaxInflightBytes == 0 {
+		cfg.MaxInflightBytes = DefaultMaxInflightBytes
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("server: create data directory %s: %w", cfg.DataDir, err)
@@ -179,11 +192,19 @@ func (s *Server) wire() {
 	op := &operatorServer{nodeID: id, dataDir: s.cfg.DataDir, raft: s.raft, state: s.fsm, keys: s.keys, link: s.link, logger: logger}
 	cluster := &clusterServer{nodeID: id, raft: s.raft, state: s.fsm, link: s.link}
 
+	s.inflight = newInflight(s.cfg.MaxInflightBytes)
+
 	s.grpc = grpc.NewServer(
 		grpc.Creds(s.apiCreds()),
-		grpc.ChainUnaryInterceptor(grpcutil.RecoverUnary(logger, internalMessage), gw.unaryInterceptor),
-		grpc.ChainStreamInterceptor(grpcutil.RecoverStream(logger, internalMessage), gw.streamInterceptor),
-		grpc.MaxRecvMsgSize(4<<20),
+		// The budget comes before the gateway, so that it also counts
+		// calls forwarded to the leader (while they are forwarded) and
+		// calls that fail authentication (whose messages are in memory
+		// all the same).
+		grpc.InTapHandle(s.inflight.tap),
+		grpc.ChainUnaryInterceptor(grpcutil.RecoverUnary(logger, internalMessage), s.inflight.unary, gw.unaryInterceptor),
+		grpc.ChainStreamInterceptor(grpcutil.RecoverStream(logger, internalMessage), s.inflight.stream, gw.streamInterceptor),
+		grpc.MaxRecvMsgSize(MaxRequestSize),
+		grpc.MaxConcurrentStreams(maxStreamsPerConn),
 		// Reused handler goroutines keep their grown stacks: with one new
 		// goroutine per call, growing its stack cost 10 % of a node's CPU
 		// under a read load. Calls beyond the workers get a goroutine.
@@ -259,6 +280,9 @@ func (s *Server) APIAddr() string {
 	}
 	return s.cfg.APIAddr
 }
+
+// Inflight returns the figures of the node's request-byte budget.
+func (s *Server) Inflight() InflightStats { return s.inflight.stats() }
 
 // RaftAddr is the address of the node's Raft transport.
 func (s *Server) RaftAddr() string { return s.raft.Addr() }

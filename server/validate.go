@@ -16,6 +16,12 @@ const (
 	MaxPathLen = 512
 	// MaxSecretSize bounds the encoded data of one secret version.
 	MaxSecretSize = 1 << 20
+	// MaxRequestSize is the largest message a node reads (gRPC's
+	// MaxRecvMsgSize): the largest legal request, a put of MaxSecretSize
+	// bytes of data in MaxKeys keys, with room for its framing (at most 11
+	// bytes a key: an entry's tag and three lengths), its path and request
+	// id. Anything larger would be refused after decoding anyway.
+	MaxRequestSize = MaxSecretSize + 64<<10
 	// MaxKeys bounds the number of keys in one secret.
 	MaxKeys = 1024
 	// MaxKeyLen bounds the length of one key name in bytes.

@@ -125,6 +125,7 @@ const (
 	ErrorReason_TOO_LARGE       ErrorReason = 50 // a value, a secret or a request exceeds a limit
 	ErrorReason_TERMS_EXHAUSTED ErrorReason = 51 // the keyring cannot be rotated any further
 	ErrorReason_RATE_LIMITED    ErrorReason = 52 // too many calls of this kind from this address: slow down
+	ErrorReason_OVERLOADED      ErrorReason = 53 // the node holds as many request bytes as its budget allows: retry after a back-off, here or on another node
 	// UNAUTHENTICATED / PERMISSION_DENIED / UNIMPLEMENTED.
 	ErrorReason_UNAUTHENTICATED   ErrorReason = 60 // missing or unknown token
 	ErrorReason_PERMISSION_DENIED ErrorReason = 61 // the token may not make this call
@@ -180,6 +181,7 @@ var (
 		50: "TOO_LARGE",
 		51: "TERMS_EXHAUSTED",
 		52: "RATE_LIMITED",
+		53: "OVERLOADED",
 		60: "UNAUTHENTICATED",
 		61: "PERMISSION_DENIED",
 		62: "NO_ROUTE",
@@ -228,6 +230,7 @@ var (
 		"TOO_LARGE":                50,
 		"TERMS_EXHAUSTED":          51,
 		"RATE_LIMITED":             52,
+		"OVERLOADED":               53,
 		"UNAUTHENTICATED":          60,
 		"PERMISSION_DENIED":        61,
 		"NO_ROUTE":                 62,
@@ -432,7 +435,7 @@ const file_coffer_v1_common_proto_rawDesc = "" +
 	"\vConsistency\x12\x17\n" +
 	"\x13CONSISTENCY_DEFAULT\x10\x00\x12\x15\n" +
 	"\x11CONSISTENCY_STALE\x10\x01\x12\x1c\n" +
-	"\x18CONSISTENCY_LINEARIZABLE\x10\x02*\x96\a\n" +
+	"\x18CONSISTENCY_LINEARIZABLE\x10\x02*\xa6\a\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +
@@ -472,7 +475,9 @@ const file_coffer_v1_common_proto_rawDesc = "" +
 	"\x10INVALID_SNAPSHOT\x10.\x12\r\n" +
 	"\tTOO_LARGE\x102\x12\x13\n" +
 	"\x0fTERMS_EXHAUSTED\x103\x12\x10\n" +
-	"\fRATE_LIMITED\x104\x12\x13\n" +
+	"\fRATE_LIMITED\x104\x12\x0e\n" +
+	"\n" +
+	"OVERLOADED\x105\x12\x13\n" +
 	"\x0fUNAUTHENTICATED\x10<\x12\x15\n" +
 	"\x11PERMISSION_DENIED\x10=\x12\f\n" +
 	"\bNO_ROUTE\x10>\x12\x10\n" +

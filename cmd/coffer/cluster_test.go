@@ -81,6 +81,27 @@ func TestServerClusterFlags(t *testing.T) {
 		}
 	})
 
+	t.Run("request budget: flag, then file", func(t *testing.T) {
+		if cfg := parseServerT(t, nil, base...); cfg.MaxInflightBytes != server.DefaultMaxInflightBytes {
+			t.Fatalf("default budget %d", cfg.MaxInflightBytes)
+		}
+		file := filepath.Join(t.TempDir(), "c.json")
+		if err := os.WriteFile(file, []byte(`{"max_inflight_bytes": 16777216}`), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if cfg := parseServerT(t, nil, append(base, "-config="+file)...); cfg.MaxInflightBytes != 16<<20 {
+			t.Fatalf("budget from the file: %d", cfg.MaxInflightBytes)
+		}
+		cfg := parseServerT(t, nil, append(base, "-config="+file, "-max-inflight-bytes=33554432")...)
+		if cfg.MaxInflightBytes != 32<<20 {
+			t.Fatalf("the flag does not win over the file: %d", cfg.MaxInflightBytes)
+		}
+		cfg = parseServerT(t, nil, append(base, "-max-inflight-bytes=1000", "-insecure")...)
+		if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "-max-inflight-bytes=1000") {
+			t.Fatalf("a budget below the largest request: %v", err)
+		}
+	})
+
 	t.Run("every flag", func(t *testing.T) {
 		cfg := parseServerT(t, nil, append(base,
 			"-gossip-addr=0.0.0.0:9402", "-advertise=coffer1", "-join= h2:8402 ,,h3:8402,",

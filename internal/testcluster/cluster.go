@@ -197,6 +197,9 @@ func (c *Cluster) config(n *Node, expect int, network *replication.Network) serv
 		cfg.CertsDir = n.certsDir
 	}
 	cfg.Network = network
+	if c.opts.MaxInflightBytes != 0 {
+		cfg.MaxInflightBytes = c.opts.MaxInflightBytes
+	}
 	cfg.ShutdownTimeout = shutdownTimeout
 	cfg.Logger = newLogger(c.logs, n.ID, c.opts.LogLevel)
 	return cfg

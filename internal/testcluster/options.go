@@ -36,6 +36,9 @@ type Options struct {
 	// Tap, when set, sees every byte every node writes to its peers
 	// (replication.Network.Tap); it must be safe for concurrent use.
 	Tap func(p []byte)
+	// MaxInflightBytes is each node's request-byte budget
+	// (server.Config.MaxInflightBytes). Zero means the server's default.
+	MaxInflightBytes int64
 	// TLS runs the nodes with certificates of a CA made for the cluster
 	// (CertsDir): TLS on the API, mutual TLS between nodes. The harness's
 	// own connections present the client certificate "root".
