@@ -49,12 +49,16 @@ func openNode(t *testing.T, dir string) (*Node, *fsm.FSM) {
 	return n, f
 }
 
+// sealedLike returns ct behind a 32-byte header laid out as a bound
+// barrier ciphertext: the state machine stores no other value
+// (fsm.IsSealedValue).
+func sealedLike(ct string) []byte {
+	return append(append([]byte{0x80, 0, 0, 1}, make([]byte, 28)...), ct...)
+}
+
 func put(t *testing.T, n *Node, path string, ct string) (fsm.Result, uint64) {
 	t.Helper()
-	// The state machine stores only values laid out as bound barrier
-	// ciphertexts (fsm.IsSealedValue): a 32-byte header of that shape.
-	sealed := append([]byte{0x80, 0, 0, 1}, make([]byte, 28)...)
-	data, err := fsm.EncodeCommand(&fsmpb.Command{Op: fsmpb.Op_OP_PUT, Path: path, Ciphertext: append(sealed, ct...), LeaderTimeUnixNano: time.Now().UnixNano()})
+	data, err := fsm.EncodeCommand(&fsmpb.Command{Op: fsmpb.Op_OP_PUT, Path: path, Ciphertext: sealedLike(ct), LeaderTimeUnixNano: time.Now().UnixNano()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -243,7 +247,7 @@ func TestApplyDoneWaitsForRaft(t *testing.T) {
 	if err := n.WaitForLeader(ctxWait(t)); err != nil {
 		t.Fatal(err)
 	}
-	cmd, err := fsm.EncodeCommand(&fsmpb.Command{Op: fsmpb.Op_OP_PUT, Path: "secret/held", Ciphertext: []byte("ct"), LeaderTimeUnixNano: time.Now().UnixNano()})
+	cmd, err := fsm.EncodeCommand(&fsmpb.Command{Op: fsmpb.Op_OP_PUT, Path: "secret/held", Ciphertext: sealedLike("ct"), LeaderTimeUnixNano: time.Now().UnixNano()})
 	if err != nil {
 		t.Fatal(err)
 	}
