@@ -8,7 +8,8 @@
 #
 # ROWS picks rows among: w16 w64 s16 s64 l64 (default "w16 w64 s16 l64").
 # The clusters run with TLS (both builds need `coffer cert`); INSECURE=1
-# runs them -insecure.
+# runs them -insecure, and INSECURE_A=1 or INSECURE_B=1 only one side (the
+# same build twice, with and without TLS, measures what TLS costs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 A=${A:?set A to the first build}
@@ -20,8 +21,13 @@ command -v jq >/dev/null || { echo "bench-ab.sh needs jq (apt-get install jq)" >
 for round in $(seq "$ROUNDS"); do
   for name in A B; do
     BIN=${!name}
+    insecure_var=INSECURE_$name
+    insecure=${!insecure_var:-${INSECURE:-}}
     dir=$(mktemp -u /tmp/coffer-ab.XXXXXX)
-    BIN=$BIN scripts/bench-cluster.sh "$dir" >/dev/null 2>&1
+    # The other side's settings must not leak into this one (a TLS side's
+    # client certificate on a plaintext side is refused).
+    unset COFFER_ADDR COFFER_TOKEN COFFER_CACERT COFFER_CLIENT_CERT COFFER_CLIENT_KEY COFFER_BENCH_SCHEME
+    BIN=$BIN INSECURE=$insecure scripts/bench-cluster.sh "$dir" >/dev/null 2>&1
     # shellcheck disable=SC1091
     source "$dir/env"
     peers=$("$BIN" operator raft list-peers -format=json)
