@@ -111,6 +111,36 @@ func attack(t *testing.T, tr *raft.NetworkTransport, id, addr string, term, last
 	return answered
 }
 
+// intruderTLS returns the TLS settings of the intruders the attacks are
+// tried with, by name: none (plain TCP), TLS without a certificate, a node
+// certificate of another CA (what a node of another cluster, or an
+// attacker with a CA of their own, has), and a client certificate of the
+// cluster's own CA (no node either).
+func intruderTLS(t *testing.T, c *Cluster) map[string]*tls.Config {
+	t.Helper()
+	otherDir, otherKey := filepath.Join(t.TempDir(), "certs"), filepath.Join(t.TempDir(), "ca.key")
+	if err := tlsutil.CreateCA(otherDir, otherKey, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := tlsutil.CreateNode(otherDir, otherKey, []string{"127.0.0.1"}, 0, false); err != nil {
+		t.Fatal(err)
+	}
+	other, err := tlsutil.Load(tlsutil.NodeFiles(otherDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientCert, err := tls.LoadX509KeyPair(filepath.Join(c.CertsDir(), tlsutil.ClientCertFile("root")), filepath.Join(c.CertsDir(), tlsutil.ClientKeyFile("root")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return map[string]*tls.Config{
+		"no TLS":              nil,
+		"TLS, no certificate": {InsecureSkipVerify: true},
+		"another CA's node":   other.PeerClientConfig(),
+		"this CA's client":    {InsecureSkipVerify: true, Certificates: []tls.Certificate{clientCert}},
+	}
+}
+
 // TestRaftPortRefusesStrangers: on a cluster with TLS, an intruder's Raft
 // messages — without a certificate, and with a node certificate of another
 // CA — reach no node: the term, the leader and the state stay as they
@@ -162,30 +192,7 @@ func TestRaftPortRefusesStrangers(t *testing.T) {
 		}
 		before := c.Status(t, leader)
 
-		// Another CA's node certificate: what a node of another cluster,
-		// or an attacker with a CA of their own, has.
-		otherDir, otherKey := filepath.Join(t.TempDir(), "certs"), filepath.Join(t.TempDir(), "ca.key")
-		if err := tlsutil.CreateCA(otherDir, otherKey, 0, false); err != nil {
-			t.Fatal(err)
-		}
-		if err := tlsutil.CreateNode(otherDir, otherKey, []string{"127.0.0.1"}, 0, false); err != nil {
-			t.Fatal(err)
-		}
-		other, err := tlsutil.Load(tlsutil.NodeFiles(otherDir))
-		if err != nil {
-			t.Fatal(err)
-		}
-		// A client certificate of the cluster's own CA is no node either.
-		clientCert, err := tls.LoadX509KeyPair(filepath.Join(c.CertsDir(), tlsutil.ClientCertFile("root")), filepath.Join(c.CertsDir(), tlsutil.ClientKeyFile("root")))
-		if err != nil {
-			t.Fatal(err)
-		}
-		intruders := map[string]*tls.Config{
-			"no TLS":              nil,
-			"TLS, no certificate": {InsecureSkipVerify: true},
-			"another CA's node":   other.PeerClientConfig(),
-			"this CA's client":    {InsecureSkipVerify: true, Certificates: []tls.Certificate{clientCert}},
-		}
+		intruders := intruderTLS(t, c)
 		for name, cfg := range intruders {
 			tr := newRawRaft(t, cfg)
 			for _, n := range c.Running() {
@@ -469,23 +476,8 @@ func TestRaftAttackDoesNotSlowWrites(t *testing.T) {
 	}
 	before := c.Status(t, leader)
 
-	otherDir, otherKey := filepath.Join(t.TempDir(), "certs"), filepath.Join(t.TempDir(), "ca.key")
-	if err := tlsutil.CreateCA(otherDir, otherKey, 0, false); err != nil {
-		t.Fatal(err)
-	}
-	if err := tlsutil.CreateNode(otherDir, otherKey, []string{"127.0.0.1"}, 0, false); err != nil {
-		t.Fatal(err)
-	}
-	other, err := tlsutil.Load(tlsutil.NodeFiles(otherDir))
-	if err != nil {
-		t.Fatal(err)
-	}
-	clientCert, err := tls.LoadX509KeyPair(filepath.Join(c.CertsDir(), tlsutil.ClientCertFile("root")), filepath.Join(c.CertsDir(), tlsutil.ClientKeyFile("root")))
-	if err != nil {
-		t.Fatal(err)
-	}
 	var transports []*raft.NetworkTransport
-	for _, cfg := range []*tls.Config{nil, {InsecureSkipVerify: true}, other.PeerClientConfig(), {InsecureSkipVerify: true, Certificates: []tls.Certificate{clientCert}}} {
+	for _, cfg := range intruderTLS(t, c) {
 		transports = append(transports, newRawRaft(t, cfg))
 	}
 	nodes := c.Running()
