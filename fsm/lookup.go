@@ -40,15 +40,7 @@ type versionInfo struct {
 // type are skipped like unknown ones.
 func lookupVersion(raw []byte, version uint64) (info versionInfo, found bool, err error) {
 	if version == 0 {
-		err = eachField(raw, func(num protowire.Number, typ protowire.Type, b []byte) (int, error) {
-			if num == fieldSecretCurrentVersion && typ == protowire.VarintType {
-				v, n := protowire.ConsumeVarint(b)
-				version = v
-				return n, nil
-			}
-			return skipField, nil
-		})
-		if err != nil {
+		if version, err = currentVersion(raw); err != nil {
 			return versionInfo{}, false, err
 		}
 	}
@@ -73,6 +65,20 @@ func lookupVersion(raw []byte, version uint64) (info versionInfo, found bool, er
 		return versionInfo{}, false, err
 	}
 	return info, found, nil
+}
+
+// currentVersion reads current_version from a secret's encoded
+// fsmpb.SecretMeta without decoding the rest.
+func currentVersion(raw []byte) (version uint64, err error) {
+	err = eachField(raw, func(num protowire.Number, typ protowire.Type, b []byte) (int, error) {
+		if num == fieldSecretCurrentVersion && typ == protowire.VarintType {
+			v, n := protowire.ConsumeVarint(b)
+			version = v
+			return n, nil
+		}
+		return skipField, nil
+	})
+	return version, err
 }
 
 // parseVersionMeta decodes one encoded fsmpb.VersionMeta.

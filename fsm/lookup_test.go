@@ -123,3 +123,22 @@ func BenchmarkLookupVersion(b *testing.B) {
 		}
 	})
 }
+
+// TestCurrentVersion: the one-field read agrees with the full metadata,
+// and a missing secret is version 0.
+func TestCurrentVersion(t *testing.T) {
+	h := newHarness(t, Options{})
+	if v, err := h.f.CurrentVersion("s"); err != nil || v != 0 {
+		t.Fatalf("no secret: %d, %v", v, err)
+	}
+	for i := 1; i <= 3; i++ {
+		h.mustOK(putCmd("s", "v"))
+		md, err := h.f.Metadata("s")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v, err := h.f.CurrentVersion("s"); err != nil || v != md.CurrentVersion || v != uint64(i) {
+			t.Fatalf("after %d puts: %d, %v (metadata says %d)", i, v, err, md.CurrentVersion)
+		}
+	}
+}

@@ -111,6 +111,25 @@ func (f *FSM) Get(path string, version uint64) (*Version, error) {
 	return out, nil
 }
 
+// CurrentVersion returns the current version of the secret at path (0
+// when it has none, or does not exist), reading only that field of its
+// metadata: the leader asks it for every put.
+func (f *FSM) CurrentVersion(path string) (uint64, error) {
+	var v uint64
+	err := f.view(func(tx *bolt.Tx) error {
+		raw := tx.Bucket(bucketSecretMeta).Get([]byte(path))
+		if raw == nil {
+			return nil
+		}
+		var err error
+		if v, err = currentVersion(raw); err != nil {
+			return fmt.Errorf("%w: metadata of %q: %v", ErrCorrupt, path, err)
+		}
+		return nil
+	})
+	return v, err
+}
+
 // Metadata returns the metadata of the secret at path, or an error wrapping
 // ErrNotFound.
 func (f *FSM) Metadata(path string) (*Metadata, error) {

@@ -31,6 +31,7 @@ type kvServer struct {
 type kvStore interface {
 	Get(path string, version uint64) (*fsm.Version, error)
 	Metadata(path string) (*fsm.Metadata, error)
+	CurrentVersion(path string) (uint64, error)
 	ListPage(prefix, after string, limit int) ([]string, bool, error)
 	AppliedIndex() uint64
 	WaitApplied(ctx context.Context, index uint64) error
@@ -106,10 +107,11 @@ func (k *kvServer) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse
 	defer unlock()
 	var r *fsm.Result
 	for attempt := 1; ; attempt++ {
-		next, err := k.nextVersion(req.Path)
+		current, err := k.store.CurrentVersion(req.Path)
 		if err != nil {
 			return nil, err
 		}
+		next := current + 1
 		ct, err := k.keys.Encrypt(req.Path, next, pt)
 		if err != nil {
 			return nil, err
@@ -140,18 +142,6 @@ func (k *kvServer) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse
 // version conflict; each conflict needs a write of another leader to commit
 // in between, so more than one is already rare.
 const maxVersionConflicts = 5
-
-// nextVersion returns the version a put at path would create now.
-func (k *kvServer) nextVersion(path string) (uint64, error) {
-	md, err := k.store.Metadata(path)
-	if errors.Is(err, fsm.ErrNotFound) {
-		return 1, nil
-	}
-	if err != nil {
-		return 0, err
-	}
-	return md.CurrentVersion + 1, nil
-}
 
 // explainWrite turns a deterministic write failure into a message that says
 // what to do.

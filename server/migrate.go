@@ -2,8 +2,8 @@ package server
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
+	"strings"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -57,17 +57,14 @@ func migrateTokenRecords(ctx context.Context, st sysLister, props proposer, keys
 		if err != nil {
 			return sealed, err
 		}
-		rec, err := openTokenRecord(keys, k, raw)
-		if err != nil {
-			logger.Warn("a plaintext token record does not decode; leaving it", "key", k, "error", err)
+		if _, err := openTokenRecord(keys, k, raw); err != nil {
+			h := strings.TrimPrefix(k, sysTokenPref)
+			logger.Warn("a plaintext token record does not decode; leaving it", "token_hash_prefix", h[:min(8, len(h))], "error", err)
 			continue
 		}
-		pt, err := json.Marshal(rec)
-		if err != nil {
-			return sealed, err
-		}
-		ct, err := keys.SealEntry(k, pt)
-		clear(pt)
+		// The record is sealed as it was stored: it decodes, and it holds
+		// nothing secret (the token's hash and its policies).
+		ct, err := keys.SealEntry(k, raw)
 		if err != nil {
 			return sealed, err
 		}
