@@ -507,11 +507,22 @@ func TestRaftAttackDoesNotSlowWrites(t *testing.T) {
 		})
 	}
 
-	const rounds, window = 4, time.Second
+	// Windows in the order off, on, on, off, … (ABBA), so that a drift of
+	// the machine's speed during the run weighs on both sides alike (with
+	// off, on, off, on, … a run that slows down counts against the attack).
+	const rounds, window = 6, time.Second
 	var done [2]int64 // writes in the windows without (0) and with (1) the attack
 	var spent [2]time.Duration
-	for range rounds {
-		for i, on := range []bool{false, true} {
+	for r := range rounds {
+		order := []bool{false, true}
+		if r%2 == 1 {
+			order = []bool{true, false}
+		}
+		for _, on := range order {
+			i := 0
+			if on {
+				i = 1
+			}
 			intruder.set(t, on)
 			n0, t0 := writes.Load(), time.Now()
 			<-time.After(window) // a measurement window, not a wait for an event
@@ -532,12 +543,15 @@ func TestRaftAttackDoesNotSlowWrites(t *testing.T) {
 	if done[0] < 100 {
 		t.Fatalf("only %d writes in the quiet windows: too few to compare", done[0])
 	}
-	// Measured here under -race: 84–100 % with the intruder in its own
-	// process (77–101 % when it ran inside this one). Issue 11 asks for
-	// 90 %; the bound asserted is half, which that noise cannot reach and
-	// which still catches what the review found (no write for 26 s).
-	if attacked < 0.5*quiet {
-		t.Errorf("the attack cut the write rate from %.0f/s to %.0f/s (more than half)", quiet, attacked)
+	// Issue 11's bound: the attack costs the nodes at most 10 % of their
+	// write rate. Measured here: median 94 % under -race (13 runs),
+	// 96.5 % without it (10 runs). One run's figure is noisier than that: with the
+	// intruder attacking nothing, the two sides of the same run differ by
+	// up to 8 %. The floor asserted leaves that noise room; below it the
+	// attack costs the nodes for certain.
+	const floor = 0.85
+	if attacked < floor*quiet {
+		t.Errorf("the attack cut the write rate from %.0f/s to %.0f/s (%.1f %%, below %.0f %%)", quiet, attacked, 100*attacked/quiet, 100*floor)
 	}
 	for _, n := range nodes {
 		st := c.Status(t, n)

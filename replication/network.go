@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/raft"
 )
 
@@ -151,21 +152,139 @@ type streamLayer struct {
 	n         *Network
 	advertise net.Addr
 	tls       *TransportTLS
+	log       hclog.Logger
+
+	// With TLS, handshakes run before raft sees a connection (see
+	// handshakes): ready carries the connections that passed, failed is
+	// closed with acceptErr when the listener stops.
+	ready     chan net.Conn
+	failed    chan struct{}
+	acceptErr error
+	slots     chan struct{}
+	ctx       context.Context
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	refusals  refusalLog
 }
 
-// Accept returns the next connection, inside TLS when set. The handshake
-// runs on the first read, in the transport's goroutine for that
-// connection: a peer without a node certificate fails it and is dropped
-// before any Raft message is decoded.
+// Bounds of the handshakes of incoming Raft connections: how long a caller
+// has to complete one, and how many may be under way at once (a peer whose
+// connection finds them all taken is dropped and dials again).
+const (
+	peerHandshakeTimeout = 5 * time.Second
+	maxPeerHandshakes    = 256
+)
+
+// Accept returns the next connection; with TLS, only one whose caller
+// completed the handshake with a node certificate of the cluster's CA.
+// A refused caller never reaches raft's transport: it costs the node the
+// handshake, not a connection handler with its buffers and decoder, nor a
+// log line each.
 func (s *streamLayer) Accept() (net.Conn, error) {
-	c, err := s.Listener.Accept()
-	if err != nil || s.tls == nil {
-		return c, err
+	if s.tls == nil {
+		return s.Listener.Accept()
 	}
-	return tls.Server(c, s.tls.Server), nil
+	select {
+	case c := <-s.ready:
+		return c, nil
+	case <-s.failed:
+		return nil, s.acceptErr
+	}
 }
 
-func newStreamLayer(n *Network, bind, advertise string, tlsCfg *TransportTLS) (*streamLayer, error) {
+// Close stops accepting and waits for the handshakes under way to end.
+func (s *streamLayer) Close() error {
+	err := s.Listener.Close()
+	if s.tls != nil {
+		s.cancel()
+		s.wg.Wait()
+	}
+	return err
+}
+
+// handshakes accepts connections and runs each one's TLS handshake in a
+// goroutine of its own, bounded in time and number.
+func (s *streamLayer) handshakes() {
+	defer s.wg.Done()
+	var delay time.Duration
+	for {
+		c, err := s.Listener.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || s.ctx.Err() != nil {
+				s.acceptErr = err
+				close(s.failed)
+				return
+			}
+			// A transient failure (out of file descriptors): back off as
+			// raft's own accept loop does.
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.refusals.note(s.log, "accept", err)
+			select {
+			case <-time.After(delay):
+				continue
+			case <-s.ctx.Done():
+				s.acceptErr = net.ErrClosed
+				close(s.failed)
+				return
+			}
+		}
+		delay = 0
+		select {
+		case s.slots <- struct{}{}:
+		default:
+			c.Close()
+			s.refusals.note(s.log, c.RemoteAddr().String(), errors.New("too many handshakes under way"))
+			continue
+		}
+		s.wg.Add(1)
+		go s.handshake(c)
+	}
+}
+
+func (s *streamLayer) handshake(c net.Conn) {
+	defer s.wg.Done()
+	defer func() { <-s.slots }()
+	ctx, cancel := context.WithTimeout(s.ctx, peerHandshakeTimeout)
+	defer cancel()
+	tc := tls.Server(c, s.tls.Server)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		c.Close()
+		s.refusals.note(s.log, c.RemoteAddr().String(), err)
+		return
+	}
+	select {
+	case s.ready <- tc:
+	case <-s.ctx.Done():
+		tc.Close()
+	}
+}
+
+// refusalLog logs refused Raft connections without letting a stranger
+// flood the log: the first one, then at most one line per interval with
+// the number refused since.
+type refusalLog struct {
+	mu         sync.Mutex
+	last       time.Time
+	suppressed int
+}
+
+const refusalLogInterval = 10 * time.Second
+
+func (r *refusalLog) note(log hclog.Logger, from string, err error) {
+	r.mu.Lock()
+	now := time.Now()
+	if !r.last.IsZero() && now.Sub(r.last) < refusalLogInterval {
+		r.suppressed++
+		r.mu.Unlock()
+		return
+	}
+	n := r.suppressed
+	r.last, r.suppressed = now, 0
+	r.mu.Unlock()
+	log.Warn("refused a raft connection", "from", from, "error", err, "refused_since_last_line", n)
+}
+
+func newStreamLayer(n *Network, bind, advertise string, tlsCfg *TransportTLS, log hclog.Logger) (*streamLayer, error) {
 	l, err := net.Listen("tcp", bind)
 	if err != nil {
 		return nil, fmt.Errorf("replication: listen for raft on %s: %w", bind, err)
@@ -184,7 +303,15 @@ func newStreamLayer(n *Network, bind, advertise string, tlsCfg *TransportTLS) (*
 		l.Close()
 		return nil, errors.New("replication: raft listens on all interfaces: set -advertise=HOST (or -raft-advertise) so peers can reach it")
 	}
-	return &streamLayer{Listener: n.Listen(l), n: n, advertise: addr, tls: tlsCfg}, nil
+	s := &streamLayer{Listener: n.Listen(l), n: n, advertise: addr, tls: tlsCfg, log: log}
+	if tlsCfg != nil {
+		s.ready, s.failed = make(chan net.Conn), make(chan struct{})
+		s.slots = make(chan struct{}, maxPeerHandshakes)
+		s.ctx, s.cancel = context.WithCancel(context.Background())
+		s.wg.Add(1)
+		go s.handshakes()
+	}
+	return s, nil
 }
 
 // hostAddr is an advertised host:port kept as a string.

@@ -109,7 +109,7 @@ func New(cfg Config, fsm raft.BatchingFSM) (*Node, error) {
 	if network == nil {
 		network = &Network{}
 	}
-	stream, err := newStreamLayer(network, cfg.BindAddr, cfg.AdvertiseAddr, cfg.TLS)
+	stream, err := newStreamLayer(network, cfg.BindAddr, cfg.AdvertiseAddr, cfg.TLS, logger.Named("transport"))
 	if err != nil {
 		return nil, err
 	}
