@@ -154,34 +154,42 @@ func (b *Broker) SetHasher(h *Hasher) {
 // when none did within the timeout or ctx's deadline: the server must then
 // refuse the call. req is not modified.
 func (b *Broker) LogRequest(ctx context.Context, req *Request) error {
-	if len(b.sinks) == 0 {
-		return nil
-	}
 	if req == nil {
-		return b.refuse(errors.New("the server gave no request record"))
+		return b.log(ctx, nil)
 	}
-	r := redactor{mac: b.hasher.Load().mac()}
-	line, err := r.requestLine(b.node, time.Now(), req)
-	if err != nil {
-		return b.refuse(errors.New("the request record could not be encoded"))
-	}
-	return b.record(ctx, line)
+	return b.log(ctx, func(r *redactor, now time.Time) ([]byte, error) {
+		return r.requestLine(b.node, now, req)
+	})
 }
 
 // LogResponse records resp as LogRequest records a request. Pass a context
 // that outlives the client's cancellation (context.WithoutCancel) so that
 // the outcome of a call the client abandoned is still recorded.
 func (b *Broker) LogResponse(ctx context.Context, resp *Response) error {
-	if len(b.sinks) == 0 {
-		return nil
-	}
 	if resp == nil {
-		return b.refuse(errors.New("the server gave no response record"))
+		return b.log(ctx, nil)
+	}
+	return b.log(ctx, func(r *redactor, now time.Time) ([]byte, error) {
+		return r.responseLine(b.node, now, resp)
+	})
+}
+
+// log makes the line with the current salt and records it; a nil encode
+// means the server passed no record.
+func (b *Broker) log(ctx context.Context, encode func(*redactor, time.Time) ([]byte, error)) error {
+	switch {
+	case len(b.sinks) == 0:
+		return nil
+	case b.closed.Load():
+		return b.refuse(ErrClosed)
+	case encode == nil:
+		return b.refuse(errors.New("the server passed no record"))
 	}
 	r := redactor{mac: b.hasher.Load().mac()}
-	line, err := r.responseLine(b.node, time.Now(), resp)
+	line, err := encode(&r, time.Now())
 	if err != nil {
-		return b.refuse(errors.New("the response record could not be encoded"))
+		// Not err's text: an encoder's error may quote a value.
+		return b.refuse(errors.New("the record could not be encoded as JSON"))
 	}
 	return b.record(ctx, line)
 }
@@ -205,9 +213,6 @@ func (b *Broker) refuse(reasons ...error) error {
 // record hands line to every device and waits for their answers until the
 // deadline.
 func (b *Broker) record(ctx context.Context, line []byte) error {
-	if b.closed.Load() {
-		return b.refuse(ErrClosed)
-	}
 	now := time.Now()
 	deadline, callsOwn := now.Add(b.timeout), false
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {

@@ -154,6 +154,14 @@ func TestBlockedDeviceFailsFastAndRecovers(t *testing.T) {
 			t.Fatalf("goroutines grew from %d to %d while the device was blocked", base, n)
 		}
 	}
+	// A SIGHUP now must not wait for the hung write either.
+	start := time.Now()
+	if err := b.Reopen(); err != nil {
+		t.Errorf("Reopen while a write is blocked: %v", err)
+	}
+	if took := time.Since(start); took > timeout+margin {
+		t.Errorf("Reopen while a write is blocked took %v", took)
+	}
 	st := b.Stats()
 	if d := st.Devices[0]; !d.Stalled || d.Failed < 51 {
 		t.Errorf("device stats while blocked = %+v, want stalled with ≥ 51 failures", d)
@@ -275,6 +283,77 @@ func TestConcurrentLogging(t *testing.T) {
 	}
 	if st := b.Stats(); st.Audited != workers*each || st.Devices[0].Written != workers*each {
 		t.Errorf("stats = %+v, want %d audited and written", st, workers*each)
+	}
+}
+
+// Rotating the file while many goroutines log loses no record and fails no
+// call: every record is in one of the files, whole.
+func TestReopenUnderLoad(t *testing.T) {
+	const workers, each, rotations = 8, 300, 5
+	b, path := newFileBroker(t, 0)
+	progress := make(chan struct{}, workers*each)
+	var wg, rot sync.WaitGroup
+	errs := make(chan error, workers+1)
+	workersDone := make(chan struct{})
+	for w := range workers {
+		wg.Go(func() {
+			for i := range each {
+				if err := b.LogRequest(context.Background(), sampleRequest(fmt.Sprintf("%d-%d", w, i))); err != nil {
+					errs <- err
+					return
+				}
+				progress <- struct{}{}
+			}
+		})
+	}
+	rot.Go(func() {
+		seen := 0
+		for r := 1; r <= rotations; r++ {
+			for seen < r*workers*each/(rotations+1) {
+				select {
+				case <-progress:
+					seen++
+				case <-workersDone: // a worker failed early
+					return
+				}
+			}
+			if err := os.Rename(path, fmt.Sprintf("%s.%d", path, r)); err != nil {
+				errs <- err
+				return
+			}
+			if err := b.Reopen(); err != nil {
+				errs <- err
+				return
+			}
+		}
+	})
+	wg.Wait()
+	close(workersDone)
+	rot.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	seen := map[string]bool{}
+	files := []string{path}
+	for r := 1; r <= rotations; r++ {
+		files = append(files, fmt.Sprintf("%s.%d", path, r))
+	}
+	for _, f := range files {
+		lines := readLines(t, f)
+		if len(lines) == 0 {
+			t.Errorf("%s is empty: the rotation did not take", f)
+		}
+		for _, l := range lines {
+			id := l["request_id"].(string)
+			if seen[id] {
+				t.Fatalf("record %s written twice", id)
+			}
+			seen[id] = true
+		}
+	}
+	if len(seen) != workers*each {
+		t.Errorf("found %d records across the files, want %d", len(seen), workers*each)
 	}
 }
 

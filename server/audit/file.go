@@ -71,15 +71,28 @@ func (d *fileDevice) Write(line []byte) error {
 		d.mu.Unlock()
 		return fmt.Errorf("audit file %s: %w", d.path, ErrClosed)
 	}
-	if d.f == nil {
-		f, err := openAppend(d.path)
+	f := d.f
+	if f == nil {
+		// Open outside the lock: an open hung on a dead disk must not block
+		// Reopen or Close either.
+		d.mu.Unlock()
+		nf, err := openAppend(d.path)
 		if err != nil {
-			d.mu.Unlock()
 			return err
 		}
-		d.f = f
+		d.mu.Lock()
+		switch {
+		case d.closed:
+			d.mu.Unlock()
+			nf.Close()
+			return fmt.Errorf("audit file %s: %w", d.path, ErrClosed)
+		case d.f == nil:
+			d.f = nf
+		default: // a Reopen got there first
+			nf.Close()
+		}
+		f = d.f
 	}
-	f := d.f
 	if d.torn {
 		line = append([]byte{'\n'}, line...)
 	}
@@ -115,20 +128,22 @@ func (d *fileDevice) Write(line []byte) error {
 // opened, the device has no file and its writes fail (each trying the path
 // again) until it can.
 func (d *fileDevice) Reopen() error {
+	nf, err := openAppend(d.path) // outside the lock, as in Write
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
+		if nf != nil {
+			nf.Close()
+		}
 		return fmt.Errorf("audit file %s: %w", d.path, ErrClosed)
 	}
 	if old := d.f; old != nil && old != d.inflight {
 		old.Close()
 	}
-	d.f = nil
-	f, err := openAppend(d.path)
+	d.f = nf // nil if the open failed
 	if err != nil {
 		return err
 	}
-	d.f = f
 	d.torn = false
 	return nil
 }
