@@ -34,7 +34,8 @@ const (
 	DefaultTimeout = 2 * time.Second
 	// queueSize bounds the records waiting for one device. It covers bursts
 	// from many request goroutines while the device is healthy, and caps
-	// what a hung device can hold (a full queue refuses at once).
+	// what a hung device can hold: a record that finds the queue full waits
+	// for room only until its deadline.
 	queueSize = 128
 )
 
@@ -137,7 +138,9 @@ func NewBroker(node string, timeout time.Duration, devices ...Device) *Broker {
 
 // SetHasher gives the broker the cluster's audit salt (after unseal) or
 // takes it away (h nil, at seal). The broker owns h from then on: it
-// destroys the Hasher it replaces, and the last one on Close.
+// destroys the Hasher it replaces, the last one on Close, and one given
+// after Close at once. Records being made meanwhile keep the salt they
+// began with.
 func (b *Broker) SetHasher(h *Hasher) {
 	if old := b.hasher.Swap(h); old != nil && old != h {
 		old.Destroy()
