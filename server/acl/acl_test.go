@@ -290,6 +290,9 @@ func TestDefaultPolicy(t *testing.T) {
 			t.Errorf("the default policy grants %v on %q", got, path)
 		}
 	}
+	if f := Lint(p); len(f) != 0 {
+		t.Errorf("Lint(default) = %v", f)
+	}
 }
 
 func TestNewACL(t *testing.T) {
