@@ -78,6 +78,12 @@ func (a *ACL) lookup(path string) *mergedRule {
 	if m, ok := a.exact[path]; ok {
 		return m
 	}
+	return a.lookupWild(path)
+}
+
+// lookupWild returns the highest-priority wildcard rule that matches path,
+// or nil.
+func (a *ACL) lookupWild(path string) *mergedRule {
 	for _, m := range a.wild {
 		if m.pat.match(path) {
 			return m
@@ -87,9 +93,9 @@ func (a *ACL) lookup(path string) *mergedRule {
 }
 
 // lookupList returns the rule that decides a list request on path, which
-// ends in "/". Vault also lets a rule for the path without its trailing
-// "/" decide a list: the candidates are the rules matching either form,
-// and the highest-priority one decides.
+// ends in "/", in Vault's order: an exact rule for the path, an exact rule
+// for the path without its trailing "/" (the bare path), the wildcard
+// rules on the bare path, and only then the wildcard rules on the path.
 func (a *ACL) lookupList(path string) *mergedRule {
 	bare := path[:len(path)-1]
 	if m, ok := a.exact[path]; ok {
@@ -98,12 +104,10 @@ func (a *ACL) lookupList(path string) *mergedRule {
 	if m, ok := a.exact[bare]; ok {
 		return m
 	}
-	for _, m := range a.wild {
-		if m.pat.match(path) || m.pat.match(bare) {
-			return m
-		}
+	if m := a.lookupWild(bare); m != nil {
+		return m
 	}
-	return nil
+	return a.lookupWild(path)
 }
 
 // Capabilities returns what the ACL grants on path: the capabilities of
@@ -153,9 +157,13 @@ type Decision struct {
 }
 
 // Decide is Allowed with the reason. When need includes List and path ends
-// in "/", the lookup follows Vault's rule for list requests: a rule whose
-// pattern matches the path without its trailing "/" is a candidate too, and
-// the highest-priority candidate decides.
+// in "/", the lookup follows Vault's order for list requests: an exact rule
+// for the path; an exact rule for the path without its trailing "/" (the
+// bare path); the highest-priority wildcard rule matching the bare path;
+// the one matching the path. So with rules "secret/metadata/*" (list) and
+// "secret/metadata/app/*" (deny), listing "secret/metadata/app/" is allowed,
+// as in Vault: the bare path "secret/metadata/app" matches only the first.
+// Lint reports such a deny.
 func (a *ACL) Decide(path string, need Capability) Decision {
 	d := Decision{Path: path, Need: need}
 	if a.root {

@@ -217,6 +217,8 @@ path "x" { capabilities = ["read"] }
 path "x/*" { capabilities = ["list"] }
 path "y/" { capabilities = ["list"] }
 path "y" { capabilities = ["read"] }
+path "secret/metadata/*" { capabilities = ["list"] }
+path "secret/metadata/team/*" { capabilities = ["deny"] }
 `))
 	for _, tc := range []struct {
 		path string
@@ -233,12 +235,16 @@ path "y" { capabilities = ["read"] }
 		{"x/z/", List, true},
 		// An exact rule for the path itself beats the bare one.
 		{"y/", List, true},
+		// Wildcard rules on the bare path come first, as in Vault, even
+		// when a rule on the path has the higher priority.
+		{"secret/metadata/team/", List, true},
+		{"secret/metadata/team/x/", List, false},
 	} {
 		if got := a.Allowed(tc.path, tc.need); got != tc.want {
 			t.Errorf("Allowed(%q, %v) = %v, want %v (%v)", tc.path, tc.need, got, tc.want, a.Decide(tc.path, tc.need))
 		}
 	}
-	if got := a.Capabilities("secret/metadata/app/"); got != 0 {
+	if got := a.Capabilities("ns/sys/policies/acl/"); got != 0 {
 		t.Errorf("Capabilities of the list path = %v: the list rule is for Decide only", got)
 	}
 }

@@ -21,7 +21,9 @@
 //
 // A "*" anywhere but at the end, and a "+" inside a segment ("a+b"), are
 // literal characters, as in Vault; Lint flags both. One leading "/" of a
-// pattern is ignored.
+// pattern is ignored. Two details are narrower than Vault's code: a "+"
+// never matches an empty segment, and a pattern whose only "+" is inside a
+// segment ranks as the exact pattern it is.
 //
 // # Which rule decides
 //
@@ -38,6 +40,11 @@
 //
 // So a deny on "secret/data/*" does not cover "secret/data/payments/x" when
 // "secret/data/payments/*" grants read there: Lint warns about that.
+//
+// A list request ("secret/metadata/app/", with the trailing "/" Vault's
+// router adds) is looked up in Vault's order: an exact rule for the path,
+// then for the path without its "/", then wildcard rules on the path
+// without its "/", and only then wildcard rules on the path (ACL.Decide).
 //
 // # Capabilities and merging
 //

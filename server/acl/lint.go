@@ -30,7 +30,9 @@ var kvAPISegments = []string{"data", "metadata", "delete", "undelete", "destroy"
 // line:
 //
 //   - a deny rule that a higher-priority rule of the policy overrides on
-//     part of what the deny covers, with an example path that is allowed;
+//     part of what the deny covers, with an example path that is allowed,
+//     and a deny on "dir/*" that does not stop listing "dir/" because a
+//     list looks up "dir" first (see ACL.Decide);
 //   - patterns that cannot match what the author meant: a "*" before the
 //     end (a literal in Vault), a "+" inside a segment (also literal), an
 //     empty segment, and a path on the KV version 2 mount "secret/" without
@@ -172,6 +174,15 @@ func overriddenDenies(p *Policy) []Finding {
 					"this deny does not apply to %q: the higher-priority rule %q (line %d) decides there and allows %s, because Vault applies only the highest-priority matching rule: deny that path in a rule of its own, or narrow the rule of line %d",
 					clip(w), clip(m.pat.raw), line, m.caps, line)})
 				break
+			}
+		}
+		// A list request on the directory the deny covers looks up the
+		// bare path first (see ACL.Decide), which the deny does not match.
+		if dir := instantiate(dp, dp, ""); strings.HasSuffix(dir, "/") && dp.match(dir) {
+			if dec := a.Decide(dir, List); dec.Allowed {
+				out = append(out, Finding{Line: d.Line, Column: d.Column, Pattern: d.Pattern, Message: fmt.Sprintf(
+					"this deny does not stop listing %q: for a list, Vault looks up the path without its trailing \"/\" first, and rule %q (line %d) allows list there: add path %q { capabilities = [\"deny\"] }",
+					clip(dir), clip(dec.Pattern), lineOf(p, dec.Pattern), clip(strings.TrimSuffix(dir, "/")))})
 			}
 		}
 	}

@@ -75,6 +75,29 @@ path "secret/data/+/config" { capabilities = ["read"] }
 	wantFinding(t, f, 2, `"secret/data/x/config"`, `"secret/data/+/config" (line 3)`)
 }
 
+func TestLintDenyThatDoesNotStopListing(t *testing.T) {
+	src := `path "secret/metadata/*" { capabilities = ["list"] }
+path "secret/metadata/team/*" { capabilities = ["deny"] }
+`
+	f := lintOne(t, src)
+	if len(f) != 1 {
+		t.Fatalf("findings: %v", f)
+	}
+	wantFinding(t, f, 2, `this deny does not stop listing "secret/metadata/team/"`, `rule "secret/metadata/*" (line 1) allows list there`,
+		`add path "secret/metadata/team" { capabilities = ["deny"] }`)
+	// What the finding says is what the ACL does, and its fix works.
+	if !mustACL(t, mustParse(t, "l", src)).Allowed("secret/metadata/team/", List) {
+		t.Fatal("the list is refused")
+	}
+	fixed := src + `path "secret/metadata/team" { capabilities = ["deny"] }` + "\n"
+	if mustACL(t, mustParse(t, "l", fixed)).Allowed("secret/metadata/team/", List) {
+		t.Fatal("the suggested fix does not stop the list")
+	}
+	if f := lintOne(t, fixed); len(f) != 0 {
+		t.Fatalf("findings after the fix: %v", f)
+	}
+}
+
 func TestLintDenyNotOverridden(t *testing.T) {
 	for _, src := range []string{
 		// The more specific rule denies too.
