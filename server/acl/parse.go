@@ -460,6 +460,9 @@ func (ps *parser) block(keys []*ast.ObjectKey, val ast.Node) error {
 		return ps.errAt(pos, kind, "%s", msg)
 	}
 	var items []*ast.ObjectItem
+	if len(keys) > 1 && !keys[1].Token.JSON {
+		return ps.errAt(ps.keyPos(keys[1]), ErrInvalidPolicy, "path takes one pattern: write one block per pattern, such as %s", blockExample)
+	}
 	if len(keys) > 1 { // a flattened JSON object: {"PATTERN": {"key": {...}}}
 		items = []*ast.ObjectItem{{Keys: keys[1:], Val: val}}
 	} else if obj, ok := val.(*ast.ObjectType); ok {

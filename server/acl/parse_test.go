@@ -105,6 +105,10 @@ func TestParseJSONListForm(t *testing.T) {
 	if a.Capabilities("secret/data/a/x") != Read || a.Capabilities("secret/data/b/x") != Update {
 		t.Fatalf("rules: %v", p.Rules())
 	}
+	// The JSON parser keeps no positions; Parse finds the keys' own.
+	if r := p.Rules(); r[0].Line != 2 || r[0].Column != 4 || r[1].Line != 3 || r[1].Column != 4 {
+		t.Fatalf("positions: %v", r)
+	}
 }
 
 func TestParseCanonicalJSONRoundTrip(t *testing.T) {
@@ -198,6 +202,11 @@ PATH "secret/data/x" {
 }
 `)
 	if got := p.Rules(); len(got) != 1 || got[0].Capabilities != Read {
+		t.Fatalf("Rules() = %v", got)
+	}
+	// The pattern may also be a key inside a path object.
+	p = mustParse(t, "nested", "path {\n  \"secret/+*\" { capabilities = [\"list\"] }\n}")
+	if got := p.Rules(); len(got) != 1 || got[0] != (Rule{Pattern: "secret/+*", Capabilities: List, Line: 2, Column: 3}) {
 		t.Fatalf("Rules() = %v", got)
 	}
 }
@@ -327,6 +336,8 @@ func TestParseRefusals(t *testing.T) {
 			want: []string{"policy must be a string"}},
 		{name: "path without a block", src: `{"path": {"x": "read"}}`, wantLine: 1, wantCol: 11,
 			want: []string{`path "x" must be followed by a block`}},
+		{name: "two patterns", src: `path "a" "b" { capabilities = ["read"] }`, wantLine: 1, wantCol: 10,
+			want: []string{"path takes one pattern"}},
 		{name: "path without a pattern", src: `path = "x"`, wantLine: 1, wantCol: 1,
 			want: []string{"path needs a pattern"}},
 		{name: "empty text", src: " \n\t\n",
