@@ -22,8 +22,8 @@
 // A "*" anywhere but at the end, and a "+" inside a segment ("a+b"), are
 // literal characters, as in Vault; Lint flags both. One leading "/" of a
 // pattern is ignored. Two details are narrower than Vault's code: a "+"
-// never matches an empty segment, and a pattern whose only "+" is inside a
-// segment ranks as the exact pattern it is.
+// never matches an empty segment, and a "+" inside a segment does not
+// count as a wildcard when patterns are ranked.
 //
 // # Which rule decides
 //
@@ -64,8 +64,9 @@
 // mfa_methods, subscribe_event_types) and templated paths ("{{...}}") are
 // refused with the line and column, because ignoring them would grant more
 // than the author meant. So are unknown keys and capabilities, empty
-// patterns, blocks that grant nothing, and policies over the limits
-// (MaxPolicyBytes, MaxRules, MaxPatternBytes). Names are lower case
+// patterns, blocks that grant nothing, JSON that is not valid JSON (the HCL
+// package's own JSON parser accepts an object cut short), and policies over
+// the limits (MaxPolicyBytes, MaxRules, MaxPatternBytes). Names are lower case
 // [a-z0-9_-]{1,128}; "root" is the built-in policy (Root) and cannot be
 // parsed.
 //

@@ -181,8 +181,10 @@ func checkName(name string) string {
 // honour exactly: keys that would restrict a rule in Vault and that coffer
 // does not implement (allowed_parameters and the like), templated paths,
 // unknown keys or capabilities, empty patterns, blocks that grant nothing,
-// and anything over MaxPolicyBytes, MaxRules or MaxPatternBytes. The error is
-// a *ParseError wrapping ErrInvalidPolicy or ErrPolicyTooLarge.
+// JSON that is not valid JSON, and anything over MaxPolicyBytes, MaxRules or
+// MaxPatternBytes. The error is a *ParseError wrapping ErrInvalidPolicy or
+// ErrPolicyTooLarge. A text without any path block (only comments, or "{}")
+// is a policy that grants nothing; an empty text is refused.
 func Parse(name string, src []byte) (*Policy, error) {
 	if msg := checkName(name); msg != "" {
 		return nil, &ParseError{Policy: name, Msg: msg, kind: ErrInvalidPolicy}
@@ -228,28 +230,33 @@ func Parse(name string, src []byte) (*Policy, error) {
 		return nil, err
 	}
 	p := &Policy{name: name, source: string(src), blocks: ps.blocks}
-	merged := make(map[string]int, len(ps.blocks))
-	for _, b := range ps.blocks {
-		i, ok := merged[b.pat.raw]
-		if !ok {
-			merged[b.pat.raw] = len(p.rules)
-			p.rules = append(p.rules, Rule{Pattern: b.pat.raw, Capabilities: b.caps, Line: b.line, Column: b.column})
-			p.pats = append(p.pats, b.pat)
+	p.rules, p.pats = mergeBlocks(ps.blocks)
+	return p, nil
+}
+
+// mergeBlocks makes one rule of the blocks of each pattern, sorted by
+// pattern, with the compiled patterns in a parallel slice.
+func mergeBlocks(blocks []block) ([]Rule, []*pattern) {
+	type entry struct {
+		rule Rule
+		pat  *pattern
+	}
+	var entries []entry
+	index := make(map[string]int, len(blocks))
+	for _, b := range blocks {
+		if i, ok := index[b.pat.raw]; ok {
+			entries[i].rule.Capabilities = union(entries[i].rule.Capabilities, b.caps)
 			continue
 		}
-		p.rules[i].Capabilities = union(p.rules[i].Capabilities, b.caps)
+		index[b.pat.raw] = len(entries)
+		entries = append(entries, entry{Rule{Pattern: b.pat.raw, Capabilities: b.caps, Line: b.line, Column: b.column}, b.pat})
 	}
-	order := make([]int, len(p.rules))
-	for i := range order {
-		order[i] = i
+	slices.SortFunc(entries, func(x, y entry) int { return strings.Compare(x.rule.Pattern, y.rule.Pattern) })
+	rules, pats := make([]Rule, len(entries)), make([]*pattern, len(entries))
+	for i, e := range entries {
+		rules[i], pats[i] = e.rule, e.pat
 	}
-	slices.SortFunc(order, func(a, b int) int { return strings.Compare(p.rules[a].Pattern, p.rules[b].Pattern) })
-	rules, pats := make([]Rule, len(order)), make([]*pattern, len(order))
-	for i, j := range order {
-		rules[i], pats[i] = p.rules[j], p.pats[j]
-	}
-	p.rules, p.pats = rules, pats
-	return p, nil
+	return rules, pats
 }
 
 // union merges the capabilities of two rules of the same pattern: a deny
