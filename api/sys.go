@@ -84,3 +84,14 @@ func (c *Client) Rotate(ctx context.Context) (*pb.RotateResponse, error) {
 	})
 	return resp, err
 }
+
+// AuditHash returns input as the audit logs write it (HMAC-SHA256 under
+// the cluster's audit salt), to search them for a value.
+func (c *Client) AuditHash(ctx context.Context, input string) (string, error) {
+	var resp *pb.AuditHashResponse
+	err := c.call(ctx, func(ctx context.Context, cc *grpc.ClientConn) (err error) {
+		resp, err = pb.NewSysClient(cc).AuditHash(ctx, &pb.AuditHashRequest{Input: input})
+		return err
+	})
+	return resp.GetHash(), err
+}

@@ -27,6 +27,7 @@ import (
 	"coffer/fsm"
 	"coffer/internal/tlsutil"
 	"coffer/seal"
+	"coffer/server/acl"
 )
 
 // Keys of the sys table (replicated through Raft, never holding a secret in
@@ -49,6 +50,27 @@ type tokenRecord struct {
 	Hash     string   `json:"hash"`
 	Policies []string `json:"policies"`
 	Created  int64    `json:"created_unix"`
+	// Accessor names the token for lookup and revocation without it.
+	Accessor string `json:"accessor,omitempty"`
+	// Expire is when the token stops working (Unix seconds); 0: never.
+	Expire int64 `json:"expire_unix,omitempty"`
+	// TTL is the lifetime it was created with (renewals extend by it).
+	TTL int64 `json:"ttl_seconds,omitempty"`
+	// ExplicitMax caps its life from creation, renewals included.
+	ExplicitMax int64 `json:"explicit_max_ttl_seconds,omitempty"`
+	// Period: a periodic token gets this much time at each renewal.
+	Period int64 `json:"period_seconds,omitempty"`
+	// Parent is the hash of the token that created it; empty for an
+	// orphan (root tokens, -orphan).
+	Parent      string `json:"parent,omitempty"`
+	DisplayName string `json:"display_name,omitempty"`
+	// NoRenew: created with renewable=false.
+	NoRenew bool `json:"no_renew,omitempty"`
+
+	// gone: only the index entry of this token was found (revocation).
+	gone bool
+	// batch: a batch token's record, decoded from the token itself.
+	batch bool
 }
 
 // newToken returns a fresh random token.
@@ -118,6 +140,12 @@ type gateway struct {
 	// tls: the node runs TLS, so peer routes demand a node certificate.
 	tls    bool
 	tokens tokenCache
+	// policies compiles the caller's policies; exists tells create from
+	// update for a write (nil: always create).
+	policies *policyStore
+	exists   func(req proto.Message) bool
+	// audit records every call this node serves (nil: no devices).
+	audit  *auditor
 	logger hclog.Logger
 }
 
@@ -150,12 +178,21 @@ func (g *gateway) authenticate(ctx context.Context) (*tokenRecord, error) {
 		return nil, ErrUnauthenticated
 	}
 	token, ok := strings.CutPrefix(vals[0], "Bearer ")
-	if !ok || token == "" || len(token) > 512 {
+	if !ok || token == "" || len(token) > maxBatchTokenLen {
+		return nil, ErrUnauthenticated
+	}
+	if isBatchToken(token) {
+		return g.authenticateBatch(ctx, token)
+	}
+	if len(token) > 512 {
 		return nil, ErrUnauthenticated
 	}
 	h := hashToken(token)
 	gen := g.state.SysGeneration()
 	if rec := g.tokens.get(gen, h); rec != nil {
+		if rec.expired(time.Now()) {
+			return nil, errTokenExpired
+		}
 		return rec, nil
 	}
 	raw, err := g.state.SysGet(sysTokenPref + h)
@@ -186,8 +223,118 @@ func (g *gateway) authenticate(ctx context.Context) (*tokenRecord, error) {
 	if subtle.ConstantTimeCompare([]byte(rec.Hash), []byte(h)) != 1 {
 		return nil, ErrUnauthenticated
 	}
+	if rec.expired(time.Now()) {
+		// The leader removes it soon (expireTokens); until then no node
+		// accepts it.
+		return nil, errTokenExpired
+	}
 	g.tokens.put(gen, h, rec)
 	return rec, nil
+}
+
+// authenticateBatch opens a batch token with the node's keys and checks
+// its expiry and, unless it is an orphan, that its parent still exists.
+func (g *gateway) authenticateBatch(ctx context.Context, token string) (*tokenRecord, error) {
+	h := hashToken(token)
+	gen := g.state.SysGeneration()
+	rec := g.tokens.get(gen, h)
+	if rec == nil {
+		b, err := decodeBatchToken(g.keys, token)
+		if err != nil {
+			return nil, ErrUnauthenticated
+		}
+		rec = &tokenRecord{Hash: h, Policies: b.Policies, Created: b.Created, Expire: b.Expire, Parent: b.Parent, DisplayName: b.DisplayName, batch: true}
+		if rec.Parent != "" {
+			_, err := g.state.SysGet(sysTokenPref + rec.Parent)
+			if errors.Is(err, fsm.ErrNotFound) && !g.raft.IsLeader() && !wasForwarded(ctx) {
+				// The parent may be younger than what this follower has
+				// applied: catch up before refusing.
+				if rerr := g.link.readIndex(ctx, false); rerr == nil {
+					_, err = g.state.SysGet(sysTokenPref + rec.Parent)
+				}
+			}
+			if errors.Is(err, fsm.ErrNotFound) {
+				// Revoked with its parent.
+				return nil, ErrUnauthenticated
+			}
+			if err != nil {
+				return nil, err
+			}
+		}
+		g.tokens.put(gen, h, rec)
+	}
+	if rec.expired(time.Now()) {
+		return nil, errTokenExpired
+	}
+	return rec, nil
+}
+
+// errTokenExpired refuses a token whose time is over.
+var errTokenExpired = withMessage(ErrUnauthenticated, "server: the token has expired: log in again or ask for a new token")
+
+// authorize checks the caller's policies against the path and
+// capabilities the route names for req. Create|Update becomes create for
+// what does not exist yet and update for what does, as in Vault; sudo is
+// needed on top of the rest where the route names it.
+func (g *gateway) authorize(ctx context.Context, r route.Route, req proto.Message) error {
+	if r.Policy == nil || r.Access != route.Token {
+		return nil
+	}
+	rec, _ := ctx.Value(tokenCtxKey{}).(*tokenRecord)
+	if rec == nil {
+		return ErrUnauthenticated
+	}
+	a, err := g.policies.aclFor(rec.Policies)
+	if err != nil {
+		return err
+	}
+	path, need := r.Policy(req)
+	want := aclCapabilities(need &^ (route.Create | route.Update))
+	switch need & (route.Create | route.Update) {
+	case route.Create | route.Update:
+		switch {
+		case r.Forwarded(req) && !g.raft.IsLeader():
+			// A follower may not have seen the thing created a moment ago;
+			// either capability passes here and the leader, which forwards
+			// nothing, decides.
+			if have := a.Capabilities(path); have&acl.Deny == 0 && have&(acl.Create|acl.Update) != 0 {
+				want |= have & (acl.Create | acl.Update)
+			} else {
+				want |= acl.Create
+			}
+		case g.exists != nil && g.exists(req):
+			want |= acl.Update
+		default:
+			want |= acl.Create
+		}
+	case route.Create:
+		want |= acl.Create
+	case route.Update:
+		want |= acl.Update
+	}
+	have := a.Capabilities(path)
+	if have&acl.Deny == 0 && have&want == want {
+		return nil
+	}
+	missing := want
+	if have&acl.Deny == 0 {
+		missing = want &^ have
+	}
+	return withMessage(ErrPermissionDenied, "permission denied: %s on %s", strings.Join(missing.Names(), ", "), path)
+}
+
+// aclCapabilities translates the route table's capabilities.
+func aclCapabilities(c route.Capability) acl.Capability {
+	var out acl.Capability
+	for _, m := range []struct {
+		r route.Capability
+		a acl.Capability
+	}{{route.Read, acl.Read}, {route.Create, acl.Create}, {route.Update, acl.Update}, {route.Delete, acl.Delete}, {route.List, acl.List}, {route.Sudo, acl.Sudo}} {
+		if c&m.r != 0 {
+			out |= m.a
+		}
+	}
+	return out
 }
 
 // tokenCacheMax bounds the token cache; it starts over when full.
@@ -247,18 +394,15 @@ func (g *gateway) admitSealed(ctx context.Context) error {
 	return seal.ErrSealed
 }
 
-// requireRoot fails unless the caller's token carries the root policy.
-func requireRoot(ctx context.Context) error {
-	rec, _ := ctx.Value(tokenCtxKey{}).(*tokenRecord)
-	if rec == nil {
+// requireCaller fails unless the call came through the gateway with a
+// token (whose policies the gateway checked against the route): handlers
+// that change the cluster check it again, so that no path reaches them
+// unauthenticated.
+func requireCaller(ctx context.Context) error {
+	if rec, _ := ctx.Value(tokenCtxKey{}).(*tokenRecord); rec == nil {
 		return ErrUnauthenticated
 	}
-	for _, p := range rec.Policies {
-		if p == rootPolicy {
-			return nil
-		}
-	}
-	return ErrPermissionDenied
+	return nil
 }
 
 // admit looks the method up in the route table and admits the call: a
@@ -314,32 +458,99 @@ func callerHasCert(ctx context.Context) bool { return callerCert(ctx) != nil }
 // call from a follower to the leader, and maps the handler's error through
 // the status table. Panics are recovered by the interceptor before it.
 func (g *gateway) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	r, ctx, err := g.admit(ctx, info.FullMethod)
-	if err != nil {
-		return nil, g.statusError(info.FullMethod, err)
+	msg, _ := req.(proto.Message)
+	r, actx, err := g.admit(ctx, info.FullMethod)
+	if err == nil {
+		err = g.authorize(actx, r, msg)
 	}
-	if r.Leader && !g.raft.IsLeader() {
-		if msg, ok := req.(proto.Message); ok {
-			reply, done, err := g.link.forward(ctx, r, msg)
-			if done {
-				return reply, g.statusError(info.FullMethod, err)
-			}
+	// The request is recorded before anything is served, refused calls
+	// too; a request no device could record is not served (fail closed).
+	var call *auditCall
+	if g.audit.on() && r.Method != "" && audited(r) {
+		rec, _ := actx.Value(tokenCtxKey{}).(*tokenRecord)
+		call = g.audit.begin(ctx, r, rec)
+		if aerr := call.request(ctx, r, msg); aerr != nil {
+			return nil, g.statusError(info.FullMethod, aerr)
 		}
 	}
-	resp, err := handler(ctx, req)
+	var resp any
+	if err == nil {
+		resp, err = g.serve(actx, r, msg, req, handler)
+	}
+	if call != nil {
+		var out proto.Message
+		if err == nil {
+			out, _ = resp.(proto.Message)
+		}
+		if aerr := call.response(ctx, out, err); aerr != nil && err == nil {
+			return nil, g.statusError(info.FullMethod, aerr)
+		}
+	}
 	return resp, g.statusError(info.FullMethod, err)
 }
 
-// streamInterceptor admits streaming calls by their route.
+// serve forwards a leader-only call from a follower to the leader, or
+// runs its handler.
+func (g *gateway) serve(ctx context.Context, r route.Route, msg proto.Message, req any, handler grpc.UnaryHandler) (any, error) {
+	if msg != nil && r.Forwarded(msg) && !g.raft.IsLeader() {
+		if reply, done, err := g.link.forward(ctx, r, msg); done {
+			return reply, err
+		}
+	}
+	return handler(ctx, req)
+}
+
+// streamInterceptor admits streaming calls by their route, checks the
+// caller's policies (for a server stream, on its request message) and
+// records the call in the audit log.
 func (g *gateway) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 	r, ctx, err := g.admit(ss.Context(), info.FullMethod)
-	if err != nil {
+	var call *auditCall
+	if g.audit.on() && r.Method != "" && audited(r) {
+		rec, _ := ctx.Value(tokenCtxKey{}).(*tokenRecord)
+		call = g.audit.begin(ss.Context(), r, rec)
+	}
+	finish := func(err error) error {
+		if call != nil {
+			if aerr := call.response(ctx, nil, err); aerr != nil && err == nil {
+				err = aerr
+			}
+		}
 		return g.statusError(info.FullMethod, err)
 	}
-	if r.Access != route.Public {
-		ss = &authedStream{ServerStream: ss, ctx: ctx}
+	if err != nil {
+		if call != nil {
+			if aerr := call.request(ctx, r, nil); aerr != nil {
+				return g.statusError(info.FullMethod, aerr)
+			}
+		}
+		return finish(err)
 	}
-	return g.statusError(info.FullMethod, handler(srv, ss))
+	if r.Access != route.Public {
+		if info.IsClientStream {
+			// The route's path does not depend on the stream's messages
+			// (a snapshot upload): check it before the first one.
+			if call != nil {
+				if aerr := call.request(ctx, r, nil); aerr != nil {
+					return g.statusError(info.FullMethod, aerr)
+				}
+			}
+			if err := g.authorize(ctx, r, nil); err != nil {
+				return finish(err)
+			}
+			ss = &authedStream{ServerStream: ss, ctx: ctx}
+		} else {
+			ss = &authedStream{ServerStream: ss, ctx: ctx, check: func(m proto.Message) error {
+				if call != nil {
+					if aerr := call.request(ctx, r, m); aerr != nil {
+						return aerr
+					}
+				}
+				return g.authorize(ctx, r, m)
+			}}
+		}
+	}
+	return finish(handler(srv, ss))
 }
 
 // statusError maps err to a status and logs what the client will not see.
@@ -354,10 +565,27 @@ func (g *gateway) statusError(method string, err error) error {
 	return st
 }
 
-// authedStream carries the caller's token record in its context.
+// authedStream carries the caller's token record in its context and,
+// for a server stream, checks the caller's policies against the request
+// (its first and only message) as it is received.
 type authedStream struct {
 	grpc.ServerStream
-	ctx context.Context
+	ctx     context.Context
+	check   func(proto.Message) error
+	checked bool
+}
+
+// RecvMsg receives the request and checks it before the handler sees it.
+func (a *authedStream) RecvMsg(m any) error {
+	if err := a.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	if a.check != nil && !a.checked {
+		a.checked = true
+		msg, _ := m.(proto.Message)
+		return a.check(msg)
+	}
+	return nil
 }
 
 // Context returns the stream's context with the token record.

@@ -59,6 +59,14 @@ type Config struct {
 	// largest request, MaxRequestSize.
 	MaxInflightBytes int64 `json:"max_inflight_bytes,omitempty"`
 
+	// AuditFiles are the node's audit devices: one JSON line per request
+	// and per response in each file. A call no device can record is
+	// refused. Only the node's configuration names them, never the API.
+	AuditFiles []string `json:"audit_files,omitempty"`
+	// AuditTimeout is how long a device may take to record one line before
+	// it counts as failed (0: audit.DefaultTimeout, 2 s).
+	AuditTimeout time.Duration `json:"-"`
+
 	// IdempotencyWindow is how long a write's request id is remembered.
 	IdempotencyWindow time.Duration `json:"-"`
 	// ShutdownTimeout bounds the graceful stop of the gRPC server.
@@ -121,6 +129,14 @@ func (c Config) Validate() error {
 	}
 	if c.MaxInflightBytes < 0 || (c.MaxInflightBytes > 0 && c.MaxInflightBytes < MaxRequestSize) {
 		return fmt.Errorf("server: -max-inflight-bytes=%d cannot hold the largest request (%d bytes): give at least that, or 0 for the default (%d)", c.MaxInflightBytes, MaxRequestSize, DefaultMaxInflightBytes)
+	}
+	if c.AuditTimeout < 0 {
+		return fmt.Errorf("server: -audit-timeout=%s: want a positive duration (e.g. 2s)", c.AuditTimeout)
+	}
+	for _, f := range c.AuditFiles {
+		if f == "" {
+			return errors.New("server: an -audit-file is empty: give the path of a file")
+		}
 	}
 	if c.BootstrapExpect < 0 {
 		return fmt.Errorf("server: -bootstrap-expect=%d: want a positive number of nodes", c.BootstrapExpect)

@@ -33,7 +33,7 @@ var (
 	// ErrUnauthenticated means the call carried no token or an unknown one.
 	ErrUnauthenticated = errors.New("server: missing or invalid token: set COFFER_TOKEN or -token")
 	// ErrPermissionDenied means the token may not make this call.
-	ErrPermissionDenied = errors.New("server: permission denied: this call needs the root token")
+	ErrPermissionDenied = errors.New("server: permission denied: the token's policies do not allow this call")
 	// ErrNoRoute means the method has no entry in the route table: it is
 	// refused rather than routed by accident.
 	ErrNoRoute = errors.New("server: this node does not serve that method: check the client's version against the server's (`coffer status`)")
@@ -89,6 +89,7 @@ var codeTable = []struct {
 	{ErrMinIndex, codes.Unavailable, pb.ErrorReason_MIN_INDEX_NOT_REACHED},
 	{ErrLeaderUnreachable, codes.Unavailable, pb.ErrorReason_LEADER_UNREACHABLE},
 	{ErrStorage, codes.Unavailable, pb.ErrorReason_STORAGE_FAILED},
+	{errAudit, codes.Unavailable, pb.ErrorReason_AUDIT_FAILED},
 	{errShuttingDown, codes.Unavailable, pb.ErrorReason_SHUTTING_DOWN},
 	{ErrCatchingUp, codes.Unavailable, pb.ErrorReason_CATCHING_UP},
 	{seal.ErrUnknownTerm, codes.Unavailable, pb.ErrorReason_KEY_TERM_UNKNOWN},

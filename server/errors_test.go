@@ -73,6 +73,7 @@ var sentinels = map[string]struct {
 	"server.ErrRateLimited":          {ErrRateLimited, codes.ResourceExhausted, pb.ErrorReason_RATE_LIMITED},
 	"server.ErrOverloaded":           {ErrOverloaded, codes.ResourceExhausted, pb.ErrorReason_OVERLOADED},
 	"server.ErrClientCertRequired":   {ErrClientCertRequired, codes.PermissionDenied, pb.ErrorReason_PERMISSION_DENIED},
+	"server.errAudit":                {errAudit, codes.Unavailable, pb.ErrorReason_AUDIT_FAILED},
 	"server.ErrDeleted":              {ErrDeleted, codes.NotFound, pb.ErrorReason_DELETED},
 	"server.ErrDestroyed":            {ErrDestroyed, codes.NotFound, pb.ErrorReason_DESTROYED},
 	"server.ErrStale":                {ErrStale, codes.Unavailable, pb.ErrorReason_STALE_BOUND},

@@ -37,6 +37,8 @@ type keys struct {
 	logger hclog.Logger
 	// nudge wakes the leader duties (a sealed leader hands over).
 	nudge chan struct{}
+	// onSeal runs when the node seals (the audit log drops its salt).
+	onSeal func()
 	// restoring is set while this node runs an operator's restore: the
 	// keys are checked once Raft is done.
 	restoring atomic.Bool
@@ -92,6 +94,9 @@ func (k *keys) reloadKeyring() error {
 // sealNode drops the keys and tells clients, peers and the leader duties.
 func (k *keys) sealNode() {
 	k.seal.Seal()
+	if k.onSeal != nil {
+		k.onSeal()
+	}
 	k.health.SetServingStatus(kvHealthName, healthpb.HealthCheckResponse_NOT_SERVING)
 	k.gossip.SetSealed(true)
 	select {

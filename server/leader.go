@@ -54,6 +54,8 @@ func (s *Server) leaderDuties(ctx context.Context) {
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
 	migrated := false
+	var lastExpiry time.Time
+	salted := false
 	for {
 		if s.keys.Sealed() {
 			s.handOffSealedLeadership(ctx)
@@ -68,6 +70,21 @@ func (s *Server) leaderDuties(ctx context.Context) {
 				}
 			}
 		}
+		if !s.keys.Sealed() && !salted {
+			if err := ensureClusterSalt(ctx, s.fsm, s.keys, s.sys.props); err != nil {
+				s.logger.Warn("making the audit salt failed; retrying", "error", err)
+			} else {
+				salted = true
+			}
+		}
+		if !s.keys.Sealed() && time.Since(lastExpiry) >= tokenExpiryInterval {
+			lastExpiry = time.Now()
+			if n, err := expireTokens(ctx, s.fsm, s.keys, s.sys.props, time.Now()); err != nil {
+				s.logger.Warn("removing expired tokens failed; retrying", "error", err)
+			} else if n > 0 {
+				s.logger.Info("removed expired tokens", "count", n)
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return
@@ -78,6 +95,10 @@ func (s *Server) leaderDuties(ctx context.Context) {
 		}
 	}
 }
+
+// tokenExpiryInterval is how often the leader removes expired tokens
+// (every node refuses them from the moment they expire).
+const tokenExpiryInterval = 5 * time.Second
 
 // handOffSealedLeadership transfers leadership to an alive, unsealed voter.
 func (s *Server) handOffSealedLeadership(ctx context.Context) {

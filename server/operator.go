@@ -53,7 +53,7 @@ type snapshotState interface {
 // Members lists the gossip view of this node, with each member's Raft
 // suffrage from the configuration.
 func (o *operatorServer) Members(ctx context.Context, _ *pb.MembersRequest) (*pb.MembersResponse, error) {
-	if err := requireRoot(ctx); err != nil {
+	if err := requireCaller(ctx); err != nil {
 		return nil, err
 	}
 	voters := map[string]bool{}
@@ -94,7 +94,7 @@ func (o *operatorServer) Members(ctx context.Context, _ *pb.MembersRequest) (*pb
 // ListPeers lists the Raft configuration; each peer's applied index comes
 // from asking that peer (a peer that does not answer is marked unreachable).
 func (o *operatorServer) ListPeers(ctx context.Context, _ *pb.ListPeersRequest) (*pb.ListPeersResponse, error) {
-	if err := requireRoot(ctx); err != nil {
+	if err := requireCaller(ctx); err != nil {
 		return nil, err
 	}
 	peers, err := o.raft.Configuration()
@@ -147,7 +147,7 @@ func (o *operatorServer) ListPeers(ctx context.Context, _ *pb.ListPeersRequest) 
 // RemovePeer removes a server from the Raft configuration (leader only; a
 // follower forwards it).
 func (o *operatorServer) RemovePeer(ctx context.Context, req *pb.RemovePeerRequest) (*pb.RemovePeerResponse, error) {
-	if err := requireRoot(ctx); err != nil {
+	if err := requireCaller(ctx); err != nil {
 		return nil, err
 	}
 	if req.Id == "" {
@@ -176,7 +176,7 @@ func (o *operatorServer) RemovePeer(ctx context.Context, req *pb.RemovePeerReque
 
 // StepDown hands leadership to another voter and reports the new leader.
 func (o *operatorServer) StepDown(ctx context.Context, _ *pb.StepDownRequest) (*pb.StepDownResponse, error) {
-	if err := requireRoot(ctx); err != nil {
+	if err := requireCaller(ctx); err != nil {
 		return nil, err
 	}
 	// A transfer times out when the chosen follower does not win within an

@@ -18,6 +18,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
+	"google.golang.org/protobuf/proto"
 
 	pb "coffer/api/cofferpb"
 	"coffer/fsm"
@@ -25,6 +26,7 @@ import (
 	"coffer/internal/tlsutil"
 	"coffer/replication"
 	"coffer/seal"
+	"coffer/server/audit"
 )
 
 // Version is the coffer version reported by Status.
@@ -41,6 +43,8 @@ type Server struct {
 	keys   *keys
 	link   *leaderLink
 	sys    *sysServer
+	tokens *tokenServer
+	audit  *auditor
 	health *health.Server
 	grpc   *grpc.Server
 	lis    net.Listener
@@ -167,6 +171,14 @@ func New(cfg Config) (*Server, error) {
 		s.fsm.Close()
 		return nil, err
 	}
+	s.audit, err = openAudit(cfg, s.fsm, s.keys)
+	if err != nil {
+		s.raft.Shutdown()
+		s.lis.Close()
+		s.fsm.Close()
+		return nil, err
+	}
+	s.keys.onSeal = s.audit.forget
 	s.health = health.NewServer()
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.health.SetServingStatus(kvHealthName, healthpb.HealthCheckResponse_NOT_SERVING)
@@ -174,6 +186,24 @@ func New(cfg Config) (*Server, error) {
 	s.wire()
 	s.raft.OnReadyLeader(s.leaderDuties)
 	return s, nil
+}
+
+// exists tells the gateway whether a write creates or updates what it
+// names (Vault asks create for the one, update for the other).
+func (s *Server) exists(policies *policyStore) func(proto.Message) bool {
+	return func(req proto.Message) bool {
+		switch r := req.(type) {
+		case *pb.PutRequest:
+			v, err := s.fsm.CurrentVersion(r.GetPath())
+			return err == nil && v > 0
+		case *pb.WriteMetadataRequest:
+			_, err := s.fsm.Metadata(r.GetPath())
+			return err == nil
+		case *pb.WritePolicyRequest:
+			return policies.exists(r.GetName())
+		}
+		return false
+	}
 }
 
 // wire builds the services over their narrow dependencies and registers
@@ -186,8 +216,11 @@ func (s *Server) wire() {
 	}
 	props := &raftProposer{raft: s.raft, state: s.fsm, logger: logger}
 	reads := &readGate{nodeID: id, sealed: s.keys, raft: s.raft, state: s.fsm, index: s.link}
-	gw := &gateway{raft: s.raft, state: s.fsm, keys: s.keys, link: s.link, tls: s.tls != nil, logger: logger}
-	s.sys = &sysServer{nodeID: id, keys: s.keys, store: s.fsm, props: props, raft: s.raft, link: s.link, logger: logger, unseals: newUnsealLimiter(), insecure: s.tls == nil}
+	policies := &policyStore{state: s.fsm, keys: s.keys, logger: logger}
+	gw := &gateway{raft: s.raft, state: s.fsm, keys: s.keys, link: s.link, tls: s.tls != nil, policies: policies, exists: s.exists(policies), audit: s.audit, logger: logger}
+	s.tokens = &tokenServer{state: s.fsm, keys: s.keys, props: props, policies: policies, logger: logger, now: time.Now}
+	pol := &policyServer{store: policies, keys: s.keys, props: props, logger: logger}
+	s.sys = &sysServer{nodeID: id, keys: s.keys, store: s.fsm, props: props, raft: s.raft, link: s.link, logger: logger, unseals: newUnsealLimiter(), insecure: s.tls == nil, audit: s.audit}
 	kv := &kvServer{nodeID: id, store: s.fsm, props: props, keys: s.keys, reads: reads, leader: s.link, stopCtx: s.life.stopCtx}
 	op := &operatorServer{nodeID: id, dataDir: s.cfg.DataDir, raft: s.raft, state: s.fsm, keys: s.keys, link: s.link, logger: logger}
 	cluster := &clusterServer{nodeID: id, raft: s.raft, state: s.fsm, link: s.link}
@@ -220,6 +253,8 @@ func (s *Server) wire() {
 	pb.RegisterKVServer(s.grpc, kv)
 	pb.RegisterClusterServer(s.grpc, cluster)
 	pb.RegisterOperatorServer(s.grpc, op)
+	pb.RegisterPolicyServer(s.grpc, pol)
+	pb.RegisterTokenServer(s.grpc, s.tokens)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 }
@@ -284,6 +319,30 @@ func (s *Server) APIAddr() string {
 // Inflight returns the figures of the node's request-byte budget.
 func (s *Server) Inflight() InflightStats { return s.inflight.stats() }
 
+// ReopenAudit reopens the audit files (SIGHUP, after logrotate moved
+// them).
+func (s *Server) ReopenAudit() error {
+	if !s.audit.on() {
+		return nil
+	}
+	return s.audit.broker.Reopen()
+}
+
+// AuditStats reports what the audit devices recorded and refused.
+func (s *Server) AuditStats() audit.Stats {
+	if !s.audit.on() {
+		return audit.Stats{}
+	}
+	return s.audit.broker.Stats()
+}
+
+// LiveTokens is how many service tokens this node's replicated state
+// holds (expired ones stay until the leader removes them).
+func (s *Server) LiveTokens() (int, error) {
+	keys, err := s.fsm.SysList(sysTokenPref)
+	return len(keys), err
+}
+
 // RaftAddr is the address of the node's Raft transport.
 func (s *Server) RaftAddr() string { return s.raft.Addr() }
 
@@ -324,8 +383,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		// 3. Drop the keys, 4. leave gossip and stop Raft, 5. close bbolt.
 		s.keys.seal.Seal()
+		s.audit.forget()
 		s.link.conns.close()
-		errs := []error{s.raft.Shutdown(), s.fsm.Close()}
+		errs := []error{s.raft.Shutdown(), s.fsm.Close(), s.audit.close()}
 		s.life.bg.Wait()
 		s.life.err = errors.Join(errs...)
 		s.logger.Info("stopped", "node_id", s.cfg.NodeID)
@@ -345,8 +405,9 @@ func (s *Server) Kill() {
 		s.grpc.Stop()
 		s.health.Shutdown()
 		s.keys.seal.Seal()
+		s.audit.forget()
 		s.link.conns.close()
-		errs := []error{s.raft.Shutdown(), s.fsm.Close()}
+		errs := []error{s.raft.Shutdown(), s.fsm.Close(), s.audit.close()}
 		s.life.bg.Wait()
 		s.life.err = errors.Join(errs...)
 		s.logger.Info("killed", "node_id", s.cfg.NodeID)

@@ -102,7 +102,7 @@ func (s *streamSink) Cancel() error { s.cancelled = true; return nil }
 
 // SnapshotSave streams a consistent snapshot of this node's state.
 func (o *operatorServer) SnapshotSave(_ *pb.SnapshotSaveRequest, stream pb.Operator_SnapshotSaveServer) error {
-	if err := requireRoot(stream.Context()); err != nil {
+	if err := requireCaller(stream.Context()); err != nil {
 		return err
 	}
 	snap, err := o.state.Snapshot()
@@ -173,7 +173,7 @@ func readSnapshotHeader(r io.Reader) (*snapshotHeader, int64, error) {
 // SnapshotRestore replaces the cluster's state with an uploaded snapshot.
 // It runs on the leader, which installs it on every node through Raft.
 func (o *operatorServer) SnapshotRestore(stream pb.Operator_SnapshotRestoreServer) error {
-	if err := requireRoot(stream.Context()); err != nil {
+	if err := requireCaller(stream.Context()); err != nil {
 		return err
 	}
 	if !o.raft.IsLeader() {

@@ -34,6 +34,8 @@ type sysServer struct {
 	unseals *addrLimiter
 	// insecure: the node runs without TLS (reported by Status).
 	insecure bool
+	// audit gives AuditHash the cluster's audit salt.
+	audit *auditor
 }
 
 // sysState reads the replicated sys table and the applied index.
@@ -164,7 +166,7 @@ func (y *sysServer) Unseal(ctx context.Context, req *pb.UnsealRequest) (*pb.Seal
 
 // Seal drops this node's keys. The node keeps replicating and voting.
 func (y *sysServer) Seal(ctx context.Context, _ *pb.SealRequest) (*pb.SealStatus, error) {
-	if err := requireRoot(ctx); err != nil {
+	if err := requireCaller(ctx); err != nil {
 		return nil, err
 	}
 	y.keys.sealNode()
@@ -213,7 +215,7 @@ func (y *sysServer) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.Status
 
 // Rotate adds a data-key term, replicates the new keyring and installs it.
 func (y *sysServer) Rotate(ctx context.Context, _ *pb.RotateRequest) (*pb.RotateResponse, error) {
-	if err := requireRoot(ctx); err != nil {
+	if err := requireCaller(ctx); err != nil {
 		return nil, err
 	}
 	y.rotateMu.Lock()
@@ -287,3 +289,16 @@ func (y *sysServer) awaitInit(ctx context.Context) (*seal.Stored, error) {
 
 // awaitInitTimeout bounds awaitInit.
 const awaitInitTimeout = 5 * time.Second
+
+// AuditHash returns input as the audit log writes it (HMAC-SHA256 under
+// the cluster's salt), to search the logs for a value.
+func (y *sysServer) AuditHash(_ context.Context, req *pb.AuditHashRequest) (*pb.AuditHashResponse, error) {
+	if len(req.GetInput()) > MaxRequestSize {
+		return nil, tooLargef("the input is too large")
+	}
+	h, err := y.audit.hash(req.GetInput())
+	if err != nil {
+		return nil, err
+	}
+	return &pb.AuditHashResponse{Hash: h}, nil
+}

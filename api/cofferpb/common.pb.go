@@ -98,6 +98,7 @@ const (
 	ErrorReason_LEADER_UNREACHABLE    ErrorReason = 10 // this node could not reach the leader to forward the call or to get a read index
 	ErrorReason_STORAGE_FAILED        ErrorReason = 11 // this node cannot persist (disk full, I/O error)
 	ErrorReason_KEY_TERM_UNKNOWN      ErrorReason = 12 // the value uses a key term this node does not hold yet
+	ErrorReason_AUDIT_FAILED          ErrorReason = 13 // no audit device of this node could record the call: it was refused (fail closed)
 	// FAILED_PRECONDITION: the state of the cluster or the secret refuses it.
 	ErrorReason_NOT_INITIALIZED     ErrorReason = 20 // the cluster has no keys: `coffer operator init`
 	ErrorReason_ALREADY_INITIALIZED ErrorReason = 21 // init was called on an initialized cluster
@@ -159,6 +160,7 @@ var (
 		10: "LEADER_UNREACHABLE",
 		11: "STORAGE_FAILED",
 		12: "KEY_TERM_UNKNOWN",
+		13: "AUDIT_FAILED",
 		20: "NOT_INITIALIZED",
 		21: "ALREADY_INITIALIZED",
 		22: "CAS_MISMATCH",
@@ -208,6 +210,7 @@ var (
 		"LEADER_UNREACHABLE":       10,
 		"STORAGE_FAILED":           11,
 		"KEY_TERM_UNKNOWN":         12,
+		"AUDIT_FAILED":             13,
 		"NOT_INITIALIZED":          20,
 		"ALREADY_INITIALIZED":      21,
 		"CAS_MISMATCH":             22,
@@ -435,7 +438,7 @@ const file_coffer_v1_common_proto_rawDesc = "" +
 	"\vConsistency\x12\x17\n" +
 	"\x13CONSISTENCY_DEFAULT\x10\x00\x12\x15\n" +
 	"\x11CONSISTENCY_STALE\x10\x01\x12\x1c\n" +
-	"\x18CONSISTENCY_LINEARIZABLE\x10\x02*\xa6\a\n" +
+	"\x18CONSISTENCY_LINEARIZABLE\x10\x02*\xb8\a\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +
@@ -452,7 +455,8 @@ const file_coffer_v1_common_proto_rawDesc = "" +
 	"\x12LEADER_UNREACHABLE\x10\n" +
 	"\x12\x12\n" +
 	"\x0eSTORAGE_FAILED\x10\v\x12\x14\n" +
-	"\x10KEY_TERM_UNKNOWN\x10\f\x12\x13\n" +
+	"\x10KEY_TERM_UNKNOWN\x10\f\x12\x10\n" +
+	"\fAUDIT_FAILED\x10\r\x12\x13\n" +
 	"\x0fNOT_INITIALIZED\x10\x14\x12\x17\n" +
 	"\x13ALREADY_INITIALIZED\x10\x15\x12\x10\n" +
 	"\fCAS_MISMATCH\x10\x16\x12\x10\n" +

@@ -21,6 +21,94 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type AuditHashRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Input         string                 `protobuf:"bytes,1,opt,name=input,proto3" json:"input,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditHashRequest) Reset() {
+	*x = AuditHashRequest{}
+	mi := &file_coffer_v1_sys_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditHashRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditHashRequest) ProtoMessage() {}
+
+func (x *AuditHashRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_sys_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditHashRequest.ProtoReflect.Descriptor instead.
+func (*AuditHashRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *AuditHashRequest) GetInput() string {
+	if x != nil {
+		return x.Input
+	}
+	return ""
+}
+
+type AuditHashResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Hash          string                 `protobuf:"bytes,1,opt,name=hash,proto3" json:"hash,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AuditHashResponse) Reset() {
+	*x = AuditHashResponse{}
+	mi := &file_coffer_v1_sys_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AuditHashResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AuditHashResponse) ProtoMessage() {}
+
+func (x *AuditHashResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_sys_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AuditHashResponse.ProtoReflect.Descriptor instead.
+func (*AuditHashResponse) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *AuditHashResponse) GetHash() string {
+	if x != nil {
+		return x.Hash
+	}
+	return ""
+}
+
 type InitRequest struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	SecretShares    uint32                 `protobuf:"varint,1,opt,name=secret_shares,json=secretShares,proto3" json:"secret_shares,omitempty"`
@@ -34,7 +122,7 @@ type InitRequest struct {
 
 func (x *InitRequest) Reset() {
 	*x = InitRequest{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[0]
+	mi := &file_coffer_v1_sys_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -46,7 +134,7 @@ func (x *InitRequest) String() string {
 func (*InitRequest) ProtoMessage() {}
 
 func (x *InitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[0]
+	mi := &file_coffer_v1_sys_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -59,7 +147,7 @@ func (x *InitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InitRequest.ProtoReflect.Descriptor instead.
 func (*InitRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{0}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *InitRequest) GetSecretShares() uint32 {
@@ -93,7 +181,7 @@ type InitResponse struct {
 
 func (x *InitResponse) Reset() {
 	*x = InitResponse{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[1]
+	mi := &file_coffer_v1_sys_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -105,7 +193,7 @@ func (x *InitResponse) String() string {
 func (*InitResponse) ProtoMessage() {}
 
 func (x *InitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[1]
+	mi := &file_coffer_v1_sys_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -118,7 +206,7 @@ func (x *InitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InitResponse.ProtoReflect.Descriptor instead.
 func (*InitResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{1}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *InitResponse) GetKeys() [][]byte {
@@ -146,7 +234,7 @@ type UnsealRequest struct {
 
 func (x *UnsealRequest) Reset() {
 	*x = UnsealRequest{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[2]
+	mi := &file_coffer_v1_sys_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -158,7 +246,7 @@ func (x *UnsealRequest) String() string {
 func (*UnsealRequest) ProtoMessage() {}
 
 func (x *UnsealRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[2]
+	mi := &file_coffer_v1_sys_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -171,7 +259,7 @@ func (x *UnsealRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnsealRequest.ProtoReflect.Descriptor instead.
 func (*UnsealRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{2}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *UnsealRequest) GetKey() []byte {
@@ -196,7 +284,7 @@ type SealRequest struct {
 
 func (x *SealRequest) Reset() {
 	*x = SealRequest{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[3]
+	mi := &file_coffer_v1_sys_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -208,7 +296,7 @@ func (x *SealRequest) String() string {
 func (*SealRequest) ProtoMessage() {}
 
 func (x *SealRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[3]
+	mi := &file_coffer_v1_sys_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -221,7 +309,7 @@ func (x *SealRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SealRequest.ProtoReflect.Descriptor instead.
 func (*SealRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{3}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{5}
 }
 
 type SealStatus struct {
@@ -237,7 +325,7 @@ type SealStatus struct {
 
 func (x *SealStatus) Reset() {
 	*x = SealStatus{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[4]
+	mi := &file_coffer_v1_sys_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -249,7 +337,7 @@ func (x *SealStatus) String() string {
 func (*SealStatus) ProtoMessage() {}
 
 func (x *SealStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[4]
+	mi := &file_coffer_v1_sys_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -262,7 +350,7 @@ func (x *SealStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SealStatus.ProtoReflect.Descriptor instead.
 func (*SealStatus) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{4}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SealStatus) GetInitialized() bool {
@@ -308,7 +396,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[5]
+	mi := &file_coffer_v1_sys_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -320,7 +408,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[5]
+	mi := &file_coffer_v1_sys_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -333,7 +421,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{5}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{7}
 }
 
 type StatusResponse struct {
@@ -364,7 +452,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[6]
+	mi := &file_coffer_v1_sys_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -376,7 +464,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[6]
+	mi := &file_coffer_v1_sys_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -389,7 +477,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{6}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *StatusResponse) GetSeal() *SealStatus {
@@ -491,7 +579,7 @@ type RotateRequest struct {
 
 func (x *RotateRequest) Reset() {
 	*x = RotateRequest{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[7]
+	mi := &file_coffer_v1_sys_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -503,7 +591,7 @@ func (x *RotateRequest) String() string {
 func (*RotateRequest) ProtoMessage() {}
 
 func (x *RotateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[7]
+	mi := &file_coffer_v1_sys_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -516,7 +604,7 @@ func (x *RotateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateRequest.ProtoReflect.Descriptor instead.
 func (*RotateRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{7}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{9}
 }
 
 type RotateResponse struct {
@@ -529,7 +617,7 @@ type RotateResponse struct {
 
 func (x *RotateResponse) Reset() {
 	*x = RotateResponse{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[8]
+	mi := &file_coffer_v1_sys_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -541,7 +629,7 @@ func (x *RotateResponse) String() string {
 func (*RotateResponse) ProtoMessage() {}
 
 func (x *RotateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[8]
+	mi := &file_coffer_v1_sys_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -554,7 +642,7 @@ func (x *RotateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateResponse.ProtoReflect.Descriptor instead.
 func (*RotateResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{8}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *RotateResponse) GetTerm() uint32 {
@@ -575,7 +663,11 @@ var File_coffer_v1_sys_proto protoreflect.FileDescriptor
 
 const file_coffer_v1_sys_proto_rawDesc = "" +
 	"\n" +
-	"\x13coffer/v1/sys.proto\x12\tcoffer.v1\"|\n" +
+	"\x13coffer/v1/sys.proto\x12\tcoffer.v1\"(\n" +
+	"\x10AuditHashRequest\x12\x14\n" +
+	"\x05input\x18\x01 \x01(\tR\x05input\"'\n" +
+	"\x11AuditHashResponse\x12\x12\n" +
+	"\x04hash\x18\x01 \x01(\tR\x04hash\"|\n" +
 	"\vInitRequest\x12#\n" +
 	"\rsecret_shares\x18\x01 \x01(\rR\fsecretShares\x12)\n" +
 	"\x10secret_threshold\x18\x02 \x01(\rR\x0fsecretThreshold\x12\x1d\n" +
@@ -616,13 +708,14 @@ const file_coffer_v1_sys_proto_rawDesc = "" +
 	"\rRotateRequest\":\n" +
 	"\x0eRotateResponse\x12\x12\n" +
 	"\x04term\x18\x01 \x01(\rR\x04term\x12\x14\n" +
-	"\x05index\x18\x02 \x01(\x04R\x05index2\xae\x02\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index2\xf6\x02\n" +
 	"\x03Sys\x127\n" +
 	"\x04Init\x12\x16.coffer.v1.InitRequest\x1a\x17.coffer.v1.InitResponse\x129\n" +
 	"\x06Unseal\x12\x18.coffer.v1.UnsealRequest\x1a\x15.coffer.v1.SealStatus\x125\n" +
 	"\x04Seal\x12\x16.coffer.v1.SealRequest\x1a\x15.coffer.v1.SealStatus\x12=\n" +
 	"\x06Status\x12\x18.coffer.v1.StatusRequest\x1a\x19.coffer.v1.StatusResponse\x12=\n" +
-	"\x06Rotate\x12\x18.coffer.v1.RotateRequest\x1a\x19.coffer.v1.RotateResponseB\x1eZ\x1ccoffer/api/cofferpb;cofferpbb\x06proto3"
+	"\x06Rotate\x12\x18.coffer.v1.RotateRequest\x1a\x19.coffer.v1.RotateResponse\x12F\n" +
+	"\tAuditHash\x12\x1b.coffer.v1.AuditHashRequest\x1a\x1c.coffer.v1.AuditHashResponseB\x1eZ\x1ccoffer/api/cofferpb;cofferpbb\x06proto3"
 
 var (
 	file_coffer_v1_sys_proto_rawDescOnce sync.Once
@@ -636,35 +729,39 @@ func file_coffer_v1_sys_proto_rawDescGZIP() []byte {
 	return file_coffer_v1_sys_proto_rawDescData
 }
 
-var file_coffer_v1_sys_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_coffer_v1_sys_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_coffer_v1_sys_proto_goTypes = []any{
-	(*InitRequest)(nil),    // 0: coffer.v1.InitRequest
-	(*InitResponse)(nil),   // 1: coffer.v1.InitResponse
-	(*UnsealRequest)(nil),  // 2: coffer.v1.UnsealRequest
-	(*SealRequest)(nil),    // 3: coffer.v1.SealRequest
-	(*SealStatus)(nil),     // 4: coffer.v1.SealStatus
-	(*StatusRequest)(nil),  // 5: coffer.v1.StatusRequest
-	(*StatusResponse)(nil), // 6: coffer.v1.StatusResponse
-	(*RotateRequest)(nil),  // 7: coffer.v1.RotateRequest
-	(*RotateResponse)(nil), // 8: coffer.v1.RotateResponse
+	(*AuditHashRequest)(nil),  // 0: coffer.v1.AuditHashRequest
+	(*AuditHashResponse)(nil), // 1: coffer.v1.AuditHashResponse
+	(*InitRequest)(nil),       // 2: coffer.v1.InitRequest
+	(*InitResponse)(nil),      // 3: coffer.v1.InitResponse
+	(*UnsealRequest)(nil),     // 4: coffer.v1.UnsealRequest
+	(*SealRequest)(nil),       // 5: coffer.v1.SealRequest
+	(*SealStatus)(nil),        // 6: coffer.v1.SealStatus
+	(*StatusRequest)(nil),     // 7: coffer.v1.StatusRequest
+	(*StatusResponse)(nil),    // 8: coffer.v1.StatusResponse
+	(*RotateRequest)(nil),     // 9: coffer.v1.RotateRequest
+	(*RotateResponse)(nil),    // 10: coffer.v1.RotateResponse
 }
 var file_coffer_v1_sys_proto_depIdxs = []int32{
-	4, // 0: coffer.v1.StatusResponse.seal:type_name -> coffer.v1.SealStatus
-	0, // 1: coffer.v1.Sys.Init:input_type -> coffer.v1.InitRequest
-	2, // 2: coffer.v1.Sys.Unseal:input_type -> coffer.v1.UnsealRequest
-	3, // 3: coffer.v1.Sys.Seal:input_type -> coffer.v1.SealRequest
-	5, // 4: coffer.v1.Sys.Status:input_type -> coffer.v1.StatusRequest
-	7, // 5: coffer.v1.Sys.Rotate:input_type -> coffer.v1.RotateRequest
-	1, // 6: coffer.v1.Sys.Init:output_type -> coffer.v1.InitResponse
-	4, // 7: coffer.v1.Sys.Unseal:output_type -> coffer.v1.SealStatus
-	4, // 8: coffer.v1.Sys.Seal:output_type -> coffer.v1.SealStatus
-	6, // 9: coffer.v1.Sys.Status:output_type -> coffer.v1.StatusResponse
-	8, // 10: coffer.v1.Sys.Rotate:output_type -> coffer.v1.RotateResponse
-	6, // [6:11] is the sub-list for method output_type
-	1, // [1:6] is the sub-list for method input_type
-	1, // [1:1] is the sub-list for extension type_name
-	1, // [1:1] is the sub-list for extension extendee
-	0, // [0:1] is the sub-list for field type_name
+	6,  // 0: coffer.v1.StatusResponse.seal:type_name -> coffer.v1.SealStatus
+	2,  // 1: coffer.v1.Sys.Init:input_type -> coffer.v1.InitRequest
+	4,  // 2: coffer.v1.Sys.Unseal:input_type -> coffer.v1.UnsealRequest
+	5,  // 3: coffer.v1.Sys.Seal:input_type -> coffer.v1.SealRequest
+	7,  // 4: coffer.v1.Sys.Status:input_type -> coffer.v1.StatusRequest
+	9,  // 5: coffer.v1.Sys.Rotate:input_type -> coffer.v1.RotateRequest
+	0,  // 6: coffer.v1.Sys.AuditHash:input_type -> coffer.v1.AuditHashRequest
+	3,  // 7: coffer.v1.Sys.Init:output_type -> coffer.v1.InitResponse
+	6,  // 8: coffer.v1.Sys.Unseal:output_type -> coffer.v1.SealStatus
+	6,  // 9: coffer.v1.Sys.Seal:output_type -> coffer.v1.SealStatus
+	8,  // 10: coffer.v1.Sys.Status:output_type -> coffer.v1.StatusResponse
+	10, // 11: coffer.v1.Sys.Rotate:output_type -> coffer.v1.RotateResponse
+	1,  // 12: coffer.v1.Sys.AuditHash:output_type -> coffer.v1.AuditHashResponse
+	7,  // [7:13] is the sub-list for method output_type
+	1,  // [1:7] is the sub-list for method input_type
+	1,  // [1:1] is the sub-list for extension type_name
+	1,  // [1:1] is the sub-list for extension extendee
+	0,  // [0:1] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_sys_proto_init() }
@@ -678,7 +775,7 @@ func file_coffer_v1_sys_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coffer_v1_sys_proto_rawDesc), len(file_coffer_v1_sys_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   9,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -19,11 +19,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Sys_Init_FullMethodName   = "/coffer.v1.Sys/Init"
-	Sys_Unseal_FullMethodName = "/coffer.v1.Sys/Unseal"
-	Sys_Seal_FullMethodName   = "/coffer.v1.Sys/Seal"
-	Sys_Status_FullMethodName = "/coffer.v1.Sys/Status"
-	Sys_Rotate_FullMethodName = "/coffer.v1.Sys/Rotate"
+	Sys_Init_FullMethodName      = "/coffer.v1.Sys/Init"
+	Sys_Unseal_FullMethodName    = "/coffer.v1.Sys/Unseal"
+	Sys_Seal_FullMethodName      = "/coffer.v1.Sys/Seal"
+	Sys_Status_FullMethodName    = "/coffer.v1.Sys/Status"
+	Sys_Rotate_FullMethodName    = "/coffer.v1.Sys/Rotate"
+	Sys_AuditHash_FullMethodName = "/coffer.v1.Sys/AuditHash"
 )
 
 // SysClient is the client API for Sys service.
@@ -44,6 +45,9 @@ type SysClient interface {
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
 	// Rotate adds a new data-key term; new writes use it, old terms stay readable.
 	Rotate(ctx context.Context, in *RotateRequest, opts ...grpc.CallOption) (*RotateResponse, error)
+	// AuditHash returns the HMAC under which the audit log writes input, to
+	// search the log for a value without writing the value there.
+	AuditHash(ctx context.Context, in *AuditHashRequest, opts ...grpc.CallOption) (*AuditHashResponse, error)
 }
 
 type sysClient struct {
@@ -104,6 +108,16 @@ func (c *sysClient) Rotate(ctx context.Context, in *RotateRequest, opts ...grpc.
 	return out, nil
 }
 
+func (c *sysClient) AuditHash(ctx context.Context, in *AuditHashRequest, opts ...grpc.CallOption) (*AuditHashResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AuditHashResponse)
+	err := c.cc.Invoke(ctx, Sys_AuditHash_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SysServer is the server API for Sys service.
 // All implementations must embed UnimplementedSysServer
 // for forward compatibility.
@@ -122,6 +136,9 @@ type SysServer interface {
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
 	// Rotate adds a new data-key term; new writes use it, old terms stay readable.
 	Rotate(context.Context, *RotateRequest) (*RotateResponse, error)
+	// AuditHash returns the HMAC under which the audit log writes input, to
+	// search the log for a value without writing the value there.
+	AuditHash(context.Context, *AuditHashRequest) (*AuditHashResponse, error)
 	mustEmbedUnimplementedSysServer()
 }
 
@@ -146,6 +163,9 @@ func (UnimplementedSysServer) Status(context.Context, *StatusRequest) (*StatusRe
 }
 func (UnimplementedSysServer) Rotate(context.Context, *RotateRequest) (*RotateResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Rotate not implemented")
+}
+func (UnimplementedSysServer) AuditHash(context.Context, *AuditHashRequest) (*AuditHashResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AuditHash not implemented")
 }
 func (UnimplementedSysServer) mustEmbedUnimplementedSysServer() {}
 func (UnimplementedSysServer) testEmbeddedByValue()             {}
@@ -258,6 +278,24 @@ func _Sys_Rotate_Handler(srv interface{}, ctx context.Context, dec func(interfac
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Sys_AuditHash_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AuditHashRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SysServer).AuditHash(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Sys_AuditHash_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SysServer).AuditHash(ctx, req.(*AuditHashRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Sys_ServiceDesc is the grpc.ServiceDesc for Sys service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -284,6 +322,10 @@ var Sys_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Rotate",
 			Handler:    _Sys_Rotate_Handler,
+		},
+		{
+			MethodName: "AuditHash",
+			Handler:    _Sys_AuditHash_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

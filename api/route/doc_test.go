@@ -63,9 +63,10 @@ they differ). A method that is not here is refused with NO_ROUTE.
 - **policy path** and **capabilities**: what the call touches in Vault's
   HTTP terms, so that Vault policies apply unchanged. ` + "`<mount>/data/<path>`" + `
   is the secret ` + "`<mount>/<path>`" + `; ` + "`create|update`" + ` means create for a
-  new secret and update for an existing one. Checked once access control
-  lands (issue 12); today every token call needs the root token for
-  operator calls and any valid token for KV.
+  new secret and update for an existing one; sudo is needed on top of the
+  other capability. Every node checks them from its own replicated
+  policies (docs/POLICIES.md); a follower checks before it forwards and the
+  leader checks again.
 
 | method | access | leader | idempotent | client cert | policy path | capabilities |
 |---|---|---|---|---|---|---|
@@ -87,6 +88,7 @@ they differ). A method that is not here is refused with NO_ROUTE.
 		fmt.Fprintf(&b, "| `%s` | %s | %s | %s | %s | %s | %s |\n", r.Method, r.Access, yes(r.Leader), yes(r.Idempotent), yes(r.ClientCert), path, need)
 	}
 	b.WriteString("\nKV.Delete without versions is a delete of `<mount>/data/<path>`; with\nversions it is an update of `<mount>/delete/<path>`, as in Vault's KV\nversion 2.\n")
+	b.WriteString("\nToken calls about the caller's own token use the `-self` paths above\n(the default policy grants them); about another token, `auth/token/lookup`,\n`renew` or `revoke` (update), or with an accessor `auth/token/lookup-accessor`,\n`renew-accessor` or `revoke-accessor` (update). Token.Capabilities of\nanother token needs update on `sys/capabilities`. Token.Create of an orphan\nneeds update on `auth/token/create-orphan`; of a batch token, any node\nserves it (nothing is written).\n")
 	return b.String()
 }
 
@@ -104,6 +106,9 @@ func examplePath(m protoMessage) protoMessage {
 		if fd := msg.Descriptor().Fields().ByName(protoName(name)); fd != nil {
 			msg.Set(fd, stringValue("<mount>/<path>"))
 		}
+	}
+	if fd := msg.Descriptor().Fields().ByName(protoName("name")); fd != nil {
+		msg.Set(fd, stringValue("<name>"))
 	}
 	return m
 }

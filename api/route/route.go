@@ -86,6 +86,9 @@ type Route struct {
 	// Leader: only the leader serves it; a follower forwards it, one hop,
 	// with the caller's token.
 	Leader bool
+	// Local, when set, names the requests of a leader-only method that
+	// any node serves itself because they write nothing (a batch token).
+	Local func(req proto.Message) bool
 	// Idempotent: the request carries a request_id that makes a second
 	// send return the first one's result, so a forwarded call whose
 	// answer was lost may be sent again (to the next leader).
@@ -100,6 +103,11 @@ type Route struct {
 	// create for a new secret and update for an existing one. Nil for
 	// public routes and peer routes.
 	Policy func(req proto.Message) (path string, need Capability)
+}
+
+// Forwarded reports whether a follower passes req to the leader.
+func (r Route) Forwarded(req proto.Message) bool {
+	return r.Leader && (r.Local == nil || !r.Local(req))
 }
 
 // Lookup returns the route of method.

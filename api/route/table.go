@@ -18,14 +18,14 @@ var table = []Route{
 	// KV: secrets of the KV version 2 mount.
 	{Method: pb.KV_Put_FullMethodName, Leader: true, Idempotent: true, Policy: kv("data", Create|Update)},
 	{Method: pb.KV_Get_FullMethodName, Policy: kv("data", Read)},
-	{Method: pb.KV_List_FullMethodName, Policy: kv("metadata", List)},
+	{Method: pb.KV_List_FullMethodName, Policy: kvList},
 	{Method: pb.KV_Delete_FullMethodName, Leader: true, Idempotent: true, Policy: kvDelete},
 	{Method: pb.KV_Undelete_FullMethodName, Leader: true, Idempotent: true, Policy: kv("undelete", Update)},
 	{Method: pb.KV_Destroy_FullMethodName, Leader: true, Idempotent: true, Policy: kv("destroy", Update)},
 	{Method: pb.KV_ReadMetadata_FullMethodName, Policy: kv("metadata", Read)},
 	{Method: pb.KV_WriteMetadata_FullMethodName, Leader: true, Idempotent: true, Policy: kv("metadata", Create|Update)},
 	{Method: pb.KV_DeleteMetadata_FullMethodName, Leader: true, Idempotent: true, Policy: kv("metadata", Delete)},
-	{Method: pb.KV_Watch_FullMethodName, Policy: kv("metadata", List)},
+	{Method: pb.KV_Watch_FullMethodName, Policy: kvList},
 
 	// Sys: seal, keys, status.
 	{Method: pb.Sys_Init_FullMethodName, Access: Public, Leader: true, ClientCert: true},
@@ -33,6 +33,7 @@ var table = []Route{
 	{Method: pb.Sys_Status_FullMethodName, Access: Public},
 	{Method: pb.Sys_Seal_FullMethodName, Policy: fixed("sys/seal", Update|Sudo)},
 	{Method: pb.Sys_Rotate_FullMethodName, Leader: true, Policy: fixed("sys/rotate", Update|Sudo)},
+	{Method: pb.Sys_AuditHash_FullMethodName, Policy: fixed("sys/audit-hash", Update|Sudo)},
 
 	// Operator: membership and snapshots.
 	{Method: pb.Operator_Members_FullMethodName, Policy: fixed("sys/ha-status", Read|Sudo)},
@@ -41,6 +42,20 @@ var table = []Route{
 	{Method: pb.Operator_StepDown_FullMethodName, Leader: true, Policy: fixed("sys/step-down", Update|Sudo)},
 	{Method: pb.Operator_SnapshotSave_FullMethodName, Policy: fixed("sys/storage/raft/snapshot", Read|Sudo)},
 	{Method: pb.Operator_SnapshotRestore_FullMethodName, Policy: fixed("sys/storage/raft/snapshot", Update|Sudo)},
+
+	// Policy: ACL policies, at Vault's sys/policies/acl paths.
+	{Method: pb.Policy_Write_FullMethodName, Leader: true, Policy: policyPath(Create | Update)},
+	{Method: pb.Policy_Read_FullMethodName, Policy: policyPath(Read)},
+	{Method: pb.Policy_List_FullMethodName, Policy: fixed("sys/policies/acl", List)},
+	{Method: pb.Policy_Delete_FullMethodName, Leader: true, Policy: policyPath(Delete)},
+
+	// Token: at Vault's auth/token paths; a call about the caller's own
+	// token uses the -self path (which the default policy grants).
+	{Method: pb.Token_Create_FullMethodName, Leader: true, Local: batchToken, Policy: tokenCreate},
+	{Method: pb.Token_Lookup_FullMethodName, Policy: tokenSelf("lookup", Read)},
+	{Method: pb.Token_Renew_FullMethodName, Leader: true, Policy: tokenSelf("renew", Update)},
+	{Method: pb.Token_Revoke_FullMethodName, Leader: true, Policy: tokenSelf("revoke", Update)},
+	{Method: pb.Token_Capabilities_FullMethodName, Policy: capabilities},
 
 	// Cluster: node to node.
 	{Method: pb.Cluster_ReadIndex_FullMethodName, Access: Peer},
@@ -66,6 +81,16 @@ func kv(kind string, need Capability) func(proto.Message) (string, Capability) {
 	}
 }
 
+// kvList: a list is on the folder's metadata path with a trailing slash,
+// as Vault's HTTP API makes it (LIST secret/metadata/app/).
+func kvList(req proto.Message) (string, Capability) {
+	p := KVPolicyPath(requestPath(req), "metadata")
+	if !strings.HasSuffix(p, "/") {
+		p += "/"
+	}
+	return p, List
+}
+
 // kvDelete: deleting the current version is DELETE on data/; deleting
 // given versions is an update of delete/ (as in Vault's KV v2).
 func kvDelete(req proto.Message) (string, Capability) {
@@ -73,6 +98,58 @@ func kvDelete(req proto.Message) (string, Capability) {
 		return KVPolicyPath(r.GetPath(), "delete"), Update
 	}
 	return KVPolicyPath(requestPath(req), "data"), Delete
+}
+
+// policyPath is a route on sys/policies/acl/NAME.
+func policyPath(need Capability) func(proto.Message) (string, Capability) {
+	return func(req proto.Message) (string, Capability) {
+		name, _ := req.(interface{ GetName() string })
+		if name == nil {
+			return "sys/policies/acl", need
+		}
+		return "sys/policies/acl/" + name.GetName(), need
+	}
+}
+
+// tokenCreate: an orphan needs auth/token/create-orphan, as in Vault.
+func tokenCreate(req proto.Message) (string, Capability) {
+	if r, ok := req.(*pb.CreateTokenRequest); ok && r.GetNoParent() {
+		return "auth/token/create-orphan", Update
+	}
+	return "auth/token/create", Update
+}
+
+// batchToken: creating a batch token writes nothing, so any node does it.
+func batchToken(req proto.Message) bool {
+	r, ok := req.(*pb.CreateTokenRequest)
+	return ok && r.GetType() == "batch"
+}
+
+// tokenSelf maps a call about a token to auth/token/OP-self (the caller's
+// own token; selfNeed), auth/token/OP-accessor or auth/token/OP (update).
+func tokenSelf(op string, selfNeed Capability) func(proto.Message) (string, Capability) {
+	return func(req proto.Message) (string, Capability) {
+		r, _ := req.(interface {
+			GetToken() string
+			GetAccessor() string
+		})
+		switch {
+		case r == nil || (r.GetToken() == "" && r.GetAccessor() == ""):
+			return "auth/token/" + op + "-self", selfNeed
+		case r.GetAccessor() != "":
+			return "auth/token/" + op + "-accessor", Update
+		}
+		return "auth/token/" + op, Update
+	}
+}
+
+// capabilities: another token's capabilities need sys/capabilities, the
+// caller's own sys/capabilities-self.
+func capabilities(req proto.Message) (string, Capability) {
+	if r, ok := req.(*pb.CapabilitiesRequest); ok && r.GetToken() != "" {
+		return "sys/capabilities", Update
+	}
+	return "sys/capabilities-self", Update
 }
 
 // fixed is a route on one path.

@@ -76,6 +76,9 @@ Commands:
     operator    Initialize, unseal, seal, rotate; cluster membership and snapshots
                 (run "coffer operator -h")
     kv          Read and write versioned secrets (run "coffer kv -h")
+    policy      Write, read, list, delete and lint ACL policies (Vault's syntax)
+    token       Create, look up, renew and revoke tokens; their capabilities
+    audit       Hash a value as the audit logs write it, to search them
     cert        Create the CA, node and client certificates (run "coffer cert -h")
     bench       Load a cluster and report throughput and latency
     healthcheck Exit 0 when a node serves (for container health checks)
@@ -170,6 +173,26 @@ func dispatch(e *env, args []string) error {
 					"delete": cmdKVMetadataDelete,
 				})
 			},
+		})
+	case "policy":
+		return dispatchSub(e, "coffer policy", policyUsage, rest, map[string]func(*env, []string) error{
+			"write":  cmdPolicyWrite,
+			"read":   cmdPolicyRead,
+			"list":   cmdPolicyList,
+			"delete": cmdPolicyDelete,
+			"lint":   cmdPolicyLint,
+		})
+	case "audit":
+		return dispatchSub(e, "coffer audit", auditUsage, rest, map[string]func(*env, []string) error{
+			"hash": cmdAuditHash,
+		})
+	case "token":
+		return dispatchSub(e, "coffer token", tokenUsage, rest, map[string]func(*env, []string) error{
+			"create":       cmdTokenCreate,
+			"lookup":       cmdTokenLookup,
+			"renew":        cmdTokenRenew,
+			"revoke":       cmdTokenRevoke,
+			"capabilities": cmdTokenCapabilities,
 		})
 	case "version", "-version", "--version":
 		return cmdVersion(e, rest)

@@ -53,7 +53,8 @@ Run a coffer node. It starts sealed: initialize the cluster once with
 "coffer operator init", then unseal every node with "coffer operator unseal".
 Settings come from -config (JSON with the keys node_id, data_dir, api_addr,
 raft_addr, raft_advertise, gossip_addr, advertise, join (a list),
-bootstrap_expect, read_replica, cluster_key and max_inflight_bytes); flags
+bootstrap_expect, read_replica, cluster_key, max_inflight_bytes and
+audit_files); flags
 given on the command line win over it.
 
 A cluster: start identical nodes with -bootstrap-expect=N and -join listing
@@ -81,6 +82,9 @@ production.`)
 	tlsCA := f.fs.String("tls-ca-file", "", "the CA certificate (overrides -certs-dir's ca.crt)")
 	requireClientCert := f.fs.Bool("tls-require-client-cert", false, "make the API demand a client certificate of the CA")
 	insecureFlag := f.fs.Bool("insecure", false, "run WITHOUT TLS: traffic, tokens and key shares travel in clear (tests and local experiments only; -dev implies it)")
+	var auditFiles listFlag
+	f.fs.Var(&auditFiles, "audit-file", "audit log file: one JSON line per request and response, secrets HMACed (repeatable; a call no file can record is refused; SIGHUP reopens them)")
+	auditTimeout := f.fs.Duration("audit-timeout", 0, "how long an audit file may take to record a line before it counts as failed (default 2s)")
 	configFile := f.fs.String("config", "", "JSON config file; flags given on the command line win over it")
 	logLevel := f.fs.String("log-level", "info", "log level: trace, debug, info, warn or error")
 	dev := f.fs.Bool("dev", false, "run a throw-away, self-unsealed development node (NOT for production)")
@@ -134,6 +138,12 @@ production.`)
 	}
 	if set("certs-dir") {
 		cfg.CertsDir = *certsDir
+	}
+	if set("audit-file") {
+		cfg.AuditFiles = auditFiles
+	}
+	if set("audit-timeout") {
+		cfg.AuditTimeout = *auditTimeout
 	}
 	if set("tls-cert-file") {
 		cfg.TLSCertFile = *tlsCert
@@ -218,7 +228,7 @@ func cmdServer(e *env, args []string) error {
 		logger.Info("clients reach this node with: " + hint.exports())
 	}
 	// SIGHUP reloads the certificates (a handshake also notices changed
-	// files within a second).
+	// files within a second) and reopens the audit files (logrotate).
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer func() {
@@ -231,6 +241,9 @@ func cmdServer(e *env, args []string) error {
 				logger.Error("reloading the certificates failed; the previous ones stay", "error", err)
 			} else {
 				logger.Info("reloaded the certificates")
+			}
+			if err := srv.ReopenAudit(); err != nil {
+				logger.Error("reopening the audit files failed", "error", err)
 			}
 		}
 	}()

@@ -1,0 +1,559 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	pb "coffer/api/cofferpb"
+	"coffer/fsm"
+	"coffer/fsm/fsmpb"
+	"coffer/server/acl"
+)
+
+// Keys of the token indexes (sys table, sealed like the records):
+// token-accessor/<accessor> → the token's hash; token-parent/<parent
+// hash>/<child hash> → the child's hash, for revoking a parent's children.
+const (
+	sysAccessorPref = "token-accessor/"
+	sysParentPref   = "token-parent/"
+)
+
+// Token lifetimes: the longest a token may live without renewal (Vault's
+// default max_lease_ttl), and the bounds of what a request may ask.
+const (
+	maxTokenTTL      = 32 * 24 * time.Hour
+	maxTokenPolicies = 64
+	maxDisplayName   = 128
+	// maxRevokeTree bounds the tokens one revocation removes in one
+	// command; a larger tree is revoked in several.
+	maxRevokeTree = 4096
+)
+
+// tokenInfo describes rec for the API, with its time left at now.
+func tokenInfo(rec *tokenRecord, now time.Time) *pb.TokenInfo {
+	info := &pb.TokenInfo{
+		Accessor:              rec.Accessor,
+		Policies:              append([]string(nil), rec.Policies...),
+		Renewable:             rec.renewable(),
+		Type:                  rec.tokenType(),
+		ExpireTimeUnix:        rec.Expire,
+		CreationTimeUnix:      rec.Created,
+		CreationTtlSeconds:    rec.TTL,
+		ExplicitMaxTtlSeconds: rec.ExplicitMax,
+		PeriodSeconds:         rec.Period,
+		Orphan:                rec.Parent == "",
+		DisplayName:           rec.DisplayName,
+	}
+	if rec.Expire != 0 {
+		info.TtlSeconds = max(0, rec.Expire-now.Unix())
+	}
+	return info
+}
+
+// tokenType is "batch" or "service".
+func (r *tokenRecord) tokenType() string {
+	if r.batch {
+		return "batch"
+	}
+	return "service"
+}
+
+// renewable: a token that expires and was not made unrenewable.
+func (r *tokenRecord) renewable() bool { return r.Expire != 0 && !r.NoRenew && !r.batch }
+
+// expired reports whether the token's time is over at now.
+func (r *tokenRecord) expired(now time.Time) bool {
+	return r.Expire != 0 && now.Unix() >= r.Expire
+}
+
+// tokenServer is the Token service.
+type tokenServer struct {
+	pb.UnimplementedTokenServer
+	state    sysLister
+	keys     entryKeys
+	props    proposer
+	policies *policyStore
+	logger   hclog.Logger
+	now      func() time.Time
+}
+
+// caller returns the record of the call's token.
+func caller(ctx context.Context) (*tokenRecord, error) {
+	rec, _ := ctx.Value(tokenCtxKey{}).(*tokenRecord)
+	if rec == nil {
+		return nil, ErrUnauthenticated
+	}
+	return rec, nil
+}
+
+// Create makes a service token, a child of the caller's unless no_parent.
+func (s *tokenServer) Create(ctx context.Context, req *pb.CreateTokenRequest) (*pb.TokenInfo, error) {
+	parent, err := caller(ctx)
+	if err != nil {
+		return nil, err
+	}
+	now := s.now()
+	isRoot := slices.Contains(parent.Policies, rootPolicy)
+	batch := false
+	switch req.GetType() {
+	case "", "service":
+	case "batch":
+		batch = true
+	default:
+		return nil, invalidf("token type %q is unknown: use service or batch", req.GetType())
+	}
+	if req.GetNumUses() != 0 {
+		return nil, invalidf("tokens limited in uses are not available yet: leave -num-uses out")
+	}
+	if req.GetTtlSeconds() < 0 || req.GetExplicitMaxTtlSeconds() < 0 || req.GetPeriodSeconds() < 0 {
+		return nil, invalidf("ttl, explicit max ttl and period must not be negative")
+	}
+	if len(req.GetDisplayName()) > maxDisplayName {
+		return nil, invalidf("display name is longer than %d bytes", maxDisplayName)
+	}
+	if parent.batch {
+		return nil, withMessage(ErrPermissionDenied, "permission denied: a batch token cannot create tokens")
+	}
+	policies, err := s.childPolicies(parent, req, isRoot)
+	if err != nil {
+		return nil, err
+	}
+	if batch {
+		switch {
+		case slices.Contains(policies, rootPolicy):
+			return nil, invalidf("a batch token cannot be a root token: create a service token")
+		case req.GetPeriodSeconds() != 0 || (req.GetRenewableSet() && req.GetRenewable()):
+			return nil, invalidf("a batch token cannot be renewed or periodic: create a service token")
+		}
+	}
+
+	rec := &tokenRecord{
+		Policies:    policies,
+		Created:     now.Unix(),
+		ExplicitMax: req.GetExplicitMaxTtlSeconds(),
+		Period:      req.GetPeriodSeconds(),
+		DisplayName: "token",
+		NoRenew:     req.GetRenewableSet() && !req.GetRenewable(),
+	}
+	if n := req.GetDisplayName(); n != "" {
+		rec.DisplayName = "token-" + n
+	}
+	if !req.GetNoParent() {
+		rec.Parent = parent.Hash
+	}
+	// Without a TTL asked, a child lives as long as the system allows, as
+	// in Vault; a root child of root may live for ever.
+	ttl := time.Duration(req.GetTtlSeconds()) * time.Second
+	if rec.Period != 0 {
+		ttl = time.Duration(rec.Period) * time.Second
+	}
+	if ttl == 0 && !(isRoot && slices.Contains(policies, rootPolicy)) {
+		ttl = maxTokenTTL
+	}
+	if ttl > maxTokenTTL {
+		ttl = maxTokenTTL
+	}
+	if ttl != 0 {
+		rec.TTL = int64(ttl / time.Second)
+		rec.Expire = now.Add(ttl).Unix()
+		if rec.ExplicitMax != 0 {
+			rec.Expire = min(rec.Expire, rec.Created+rec.ExplicitMax)
+		}
+		// A child never outlives its parent: the parent's expiry revokes it.
+		if rec.Parent != "" && parent.Expire != 0 {
+			rec.Expire = min(rec.Expire, parent.Expire)
+		}
+	} else if rec.ExplicitMax != 0 {
+		rec.Expire = rec.Created + rec.ExplicitMax
+		rec.TTL = rec.ExplicitMax
+	}
+
+	if batch {
+		return s.createBatch(rec, now)
+	}
+	token := newToken()
+	rec.Hash = hashToken(token)
+	rec.Accessor = rand.Text()
+	entries, err := s.recordEntries(rec, true)
+	if err != nil {
+		return nil, err
+	}
+	res, err := s.props.propose(ctx, &fsmpb.Command{Op: fsmpb.Op_OP_SYS_PUT, Sys: entries})
+	if err != nil {
+		return nil, err
+	}
+	info := tokenInfo(rec, now)
+	info.Token, info.RaftIndex = token, res.Index
+	return info, nil
+}
+
+// createBatch seals rec into a batch token: nothing is written.
+func (s *tokenServer) createBatch(rec *tokenRecord, now time.Time) (*pb.TokenInfo, error) {
+	if rec.Expire == 0 {
+		rec.Expire = now.Add(maxTokenTTL).Unix()
+	}
+	token, err := encodeBatchToken(s.keys, &batchRecord{
+		Policies: rec.Policies, Created: rec.Created, Expire: rec.Expire, Parent: rec.Parent, DisplayName: rec.DisplayName,
+	})
+	if err != nil {
+		return nil, err
+	}
+	rec.batch, rec.NoRenew = true, true
+	info := tokenInfo(rec, now)
+	info.Token = token
+	return info, nil
+}
+
+// childPolicies are the policies of a new token: those asked (or the
+// parent's), with default unless left out. A token that is not root may
+// only pass on policies it holds.
+func (s *tokenServer) childPolicies(parent *tokenRecord, req *pb.CreateTokenRequest, isRoot bool) ([]string, error) {
+	asked := req.GetPolicies()
+	if len(asked) > maxTokenPolicies {
+		return nil, invalidf("a token has at most %d policies", maxTokenPolicies)
+	}
+	var out []string
+	for _, p := range asked {
+		p = strings.TrimSpace(p)
+		if p == "" {
+			continue
+		}
+		if p != rootPolicy {
+			if err := acl.ValidName(p); err != nil {
+				return nil, invalidf("%v", err)
+			}
+		}
+		if !isRoot && !slices.Contains(parent.Policies, p) {
+			return nil, withMessage(ErrPermissionDenied, "permission denied: a child token may only hold policies its parent holds, and %q is not among them", p)
+		}
+		out = append(out, p)
+	}
+	if len(asked) == 0 {
+		out = append(out, parent.Policies...)
+	}
+	if slices.Contains(out, rootPolicy) {
+		if !isRoot {
+			return nil, withMessage(ErrPermissionDenied, "permission denied: only a root token may create a root token")
+		}
+		return []string{rootPolicy}, nil
+	}
+	if !req.GetNoDefaultPolicy() && !slices.Contains(out, defaultPolicy) {
+		out = append(out, defaultPolicy)
+	}
+	if req.GetNoDefaultPolicy() {
+		out = slices.DeleteFunc(out, func(p string) bool { return p == defaultPolicy })
+	}
+	sort.Strings(out)
+	return slices.Compact(out), nil
+}
+
+// recordEntries seals a token's record and, when fresh, its accessor and
+// parent index entries.
+func (s *tokenServer) recordEntries(rec *tokenRecord, fresh bool) ([]*fsmpb.SysEntry, error) {
+	raw, err := json.Marshal(rec)
+	if err != nil {
+		return nil, err
+	}
+	var entries []*fsmpb.SysEntry
+	add := func(key string, value []byte) error {
+		sealed, err := s.keys.SealEntry(key, value)
+		if err != nil {
+			return err
+		}
+		entries = append(entries, &fsmpb.SysEntry{Key: key, Value: sealed})
+		return nil
+	}
+	if err := add(sysTokenPref+rec.Hash, raw); err != nil {
+		return nil, err
+	}
+	if fresh && rec.Accessor != "" {
+		if err := add(sysAccessorPref+rec.Accessor, []byte(rec.Hash)); err != nil {
+			return nil, err
+		}
+	}
+	if fresh && rec.Parent != "" {
+		if err := add(sysParentPref+rec.Parent+"/"+rec.Hash, []byte(rec.Hash)); err != nil {
+			return nil, err
+		}
+	}
+	return entries, nil
+}
+
+// record reads a token's record by its hash.
+func (s *tokenServer) record(hash string) (*tokenRecord, error) {
+	raw, err := s.state.SysGet(sysTokenPref + hash)
+	if err != nil {
+		return nil, err
+	}
+	return openTokenRecord(s.keys, sysTokenPref+hash, raw)
+}
+
+// target finds the token a call names: by token, by accessor, or the
+// caller's own. self reports the last case.
+func (s *tokenServer) target(ctx context.Context, token, accessor string) (rec *tokenRecord, self bool, err error) {
+	me, err := caller(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	var hash string
+	switch {
+	case token != "" && accessor != "":
+		return nil, false, invalidf("name a token or an accessor, not both")
+	case token != "" && isBatchToken(token):
+		b, err := decodeBatchToken(s.keys, token)
+		if err != nil || (&tokenRecord{Expire: b.Expire}).expired(s.now()) {
+			return nil, false, withMessage(fsm.ErrNotFound, "no such token (revoked, expired or never created)")
+		}
+		rec := &tokenRecord{Hash: hashToken(token), Policies: b.Policies, Created: b.Created, Expire: b.Expire, Parent: b.Parent, DisplayName: b.DisplayName, batch: true}
+		return rec, rec.Hash == me.Hash, nil
+	case token != "":
+		hash = hashToken(token)
+	case accessor != "":
+		if len(accessor) > 128 {
+			return nil, false, withMessage(fsm.ErrNotFound, "no token has that accessor")
+		}
+		raw, err := s.state.SysGet(sysAccessorPref + accessor)
+		if errors.Is(err, fsm.ErrNotFound) {
+			return nil, false, withMessage(fsm.ErrNotFound, "no token has that accessor")
+		}
+		if err != nil {
+			return nil, false, err
+		}
+		pt, err := s.keys.OpenEntry(sysAccessorPref+accessor, raw)
+		if err != nil {
+			return nil, false, err
+		}
+		hash = string(pt)
+	default:
+		return me, true, nil
+	}
+	rec, err = s.record(hash)
+	if errors.Is(err, fsm.ErrNotFound) {
+		return nil, false, withMessage(fsm.ErrNotFound, "no such token (revoked, expired or never created)")
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	if rec.expired(s.now()) {
+		return nil, false, withMessage(fsm.ErrNotFound, "no such token (revoked, expired or never created)")
+	}
+	return rec, rec.Hash == me.Hash, nil
+}
+
+// Lookup describes a token; the token itself only to its own holder.
+func (s *tokenServer) Lookup(ctx context.Context, req *pb.LookupTokenRequest) (*pb.TokenInfo, error) {
+	rec, _, err := s.target(ctx, req.GetToken(), req.GetAccessor())
+	if err != nil {
+		return nil, err
+	}
+	info := tokenInfo(rec, s.now())
+	if req.GetAccessor() == "" {
+		info.Token = req.GetToken()
+	}
+	return info, nil
+}
+
+// Renew extends a token's life by increment (its creation TTL when 0),
+// within its explicit maximum and the system's, as Vault does; a periodic
+// token gets its period again.
+func (s *tokenServer) Renew(ctx context.Context, req *pb.RenewTokenRequest) (*pb.TokenInfo, error) {
+	rec, _, err := s.target(ctx, req.GetToken(), req.GetAccessor())
+	if err != nil {
+		return nil, err
+	}
+	if !rec.renewable() {
+		return nil, invalidf("this token is not renewable")
+	}
+	if req.GetIncrementSeconds() < 0 {
+		return nil, invalidf("increment must not be negative")
+	}
+	now := s.now()
+	inc := req.GetIncrementSeconds()
+	if inc == 0 {
+		inc = rec.TTL
+	}
+	if rec.Period != 0 {
+		inc = rec.Period
+	}
+	next := *rec
+	next.Expire = now.Unix() + min(inc, int64(maxTokenTTL/time.Second))
+	if rec.ExplicitMax != 0 {
+		next.Expire = min(next.Expire, rec.Created+rec.ExplicitMax)
+	}
+	if rec.Period == 0 {
+		next.Expire = min(next.Expire, rec.Created+int64(maxTokenTTL/time.Second))
+	}
+	if rec.Parent != "" {
+		if p, err := s.record(rec.Parent); err == nil && p.Expire != 0 {
+			next.Expire = min(next.Expire, p.Expire)
+		}
+	}
+	next.Expire = max(next.Expire, rec.Expire)
+	entries, err := s.recordEntries(&next, false)
+	if err != nil {
+		return nil, err
+	}
+	res, err := s.props.propose(ctx, &fsmpb.Command{Op: fsmpb.Op_OP_SYS_PUT, Sys: entries})
+	if err != nil {
+		return nil, err
+	}
+	info := tokenInfo(&next, now)
+	info.RaftIndex = res.Index
+	return info, nil
+}
+
+// Revoke removes a token and its children (not its orphans).
+func (s *tokenServer) Revoke(ctx context.Context, req *pb.RevokeTokenRequest) (*pb.RevokeTokenResponse, error) {
+	rec, _, err := s.target(ctx, req.GetToken(), req.GetAccessor())
+	if errors.Is(err, fsm.ErrNotFound) && req.GetToken() != "" {
+		// Revoking what is gone succeeds, as in Vault.
+		return &pb.RevokeTokenResponse{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	if rec.batch {
+		return nil, invalidf("a batch token cannot be revoked: it ends at its expiry, or when its parent is revoked")
+	}
+	n, index, err := revokeTree(ctx, s.state, s.keys, s.props, []*tokenRecord{rec})
+	if err != nil {
+		return nil, err
+	}
+	s.logger.Info("token revoked", "accessor", rec.Accessor, "revoked", n)
+	return &pb.RevokeTokenResponse{Revoked: uint32(n), RaftIndex: index}, nil
+}
+
+// revokeTree deletes the tokens roots and every descendant (children
+// made without no_parent), with their index entries, in commands of at
+// most maxRevokeTree tokens, children first so that no child is ever left
+// without the index that leads to it. It returns how many it removed.
+func revokeTree(ctx context.Context, st sysLister, keys entryKeys, props proposer, roots []*tokenRecord) (int, uint64, error) {
+	var order []*tokenRecord
+	seen := map[string]bool{}
+	queue := append([]*tokenRecord(nil), roots...)
+	for len(queue) > 0 {
+		rec := queue[0]
+		queue = queue[1:]
+		if seen[rec.Hash] {
+			continue
+		}
+		seen[rec.Hash] = true
+		order = append(order, rec)
+		kids, err := st.SysList(sysParentPref + rec.Hash + "/")
+		if err != nil {
+			return 0, 0, err
+		}
+		for _, k := range kids {
+			h := strings.TrimPrefix(k, sysParentPref+rec.Hash+"/")
+			raw, err := st.SysGet(sysTokenPref + h)
+			if errors.Is(err, fsm.ErrNotFound) {
+				// Its record is gone: drop the index entry with the parent.
+				order = append(order, &tokenRecord{Hash: h, Parent: rec.Hash, gone: true})
+				continue
+			}
+			if err != nil {
+				return 0, 0, err
+			}
+			child, err := openTokenRecord(keys, sysTokenPref+h, raw)
+			if err != nil {
+				return 0, 0, err
+			}
+			queue = append(queue, child)
+		}
+	}
+	slices.Reverse(order)
+	removed, index := 0, uint64(0)
+	for start := 0; start < len(order); start += maxRevokeTree {
+		var del []string
+		for _, rec := range order[start:min(len(order), start+maxRevokeTree)] {
+			if !rec.gone {
+				del = append(del, sysTokenPref+rec.Hash)
+				removed++
+			}
+			if rec.Accessor != "" {
+				del = append(del, sysAccessorPref+rec.Accessor)
+			}
+			if rec.Parent != "" {
+				del = append(del, sysParentPref+rec.Parent+"/"+rec.Hash)
+			}
+		}
+		res, err := props.propose(ctx, &fsmpb.Command{Op: fsmpb.Op_OP_SYS_DELETE, SysKeys: del})
+		if err != nil {
+			return removed, index, err
+		}
+		index = res.Index
+	}
+	return removed, index, nil
+}
+
+// Capabilities lists a token's capabilities on paths, in Vault's form.
+func (s *tokenServer) Capabilities(ctx context.Context, req *pb.CapabilitiesRequest) (*pb.CapabilitiesResponse, error) {
+	rec, _, err := s.target(ctx, req.GetToken(), "")
+	if err != nil {
+		return nil, err
+	}
+	if len(req.GetPaths()) == 0 || len(req.GetPaths()) > 256 {
+		return nil, invalidf("name between 1 and 256 paths")
+	}
+	a, err := s.policies.aclFor(rec.Policies)
+	if err != nil {
+		return nil, err
+	}
+	isRoot := slices.Contains(rec.Policies, rootPolicy)
+	out := &pb.CapabilitiesResponse{}
+	for _, p := range req.GetPaths() {
+		p = strings.TrimPrefix(p, "/")
+		pc := &pb.PathCapabilities{Path: p}
+		switch caps := a.Capabilities(p); {
+		case isRoot:
+			pc.Capabilities = []string{"root"}
+		case caps == 0 || caps&acl.Deny != 0:
+			pc.Capabilities = []string{"deny"}
+		default:
+			pc.Capabilities = caps.Names()
+		}
+		out.Paths = append(out.Paths, pc)
+	}
+	return out, nil
+}
+
+// expireTokens revokes the tokens whose time is over (with their
+// children); the leader runs it as a duty. It returns how many it removed.
+func expireTokens(ctx context.Context, st sysLister, keys entryKeys, props proposer, now time.Time) (int, error) {
+	names, err := st.SysList(sysTokenPref)
+	if err != nil {
+		return 0, err
+	}
+	var due []*tokenRecord
+	for _, k := range names {
+		raw, err := st.SysGet(k)
+		if err != nil {
+			continue
+		}
+		rec, err := openTokenRecord(keys, k, raw)
+		if err != nil || !rec.expired(now) {
+			continue
+		}
+		due = append(due, rec)
+		if len(due) >= maxRevokeTree {
+			break
+		}
+	}
+	if len(due) == 0 {
+		return 0, nil
+	}
+	n, _, err := revokeTree(ctx, st, keys, props, due)
+	if err != nil {
+		return n, fmt.Errorf("server: removing expired tokens: %w", err)
+	}
+	return n, nil
+}
