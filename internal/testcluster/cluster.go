@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -200,6 +201,10 @@ func (c *Cluster) config(n *Node, expect int, network *replication.Network) serv
 	if c.opts.MaxInflightBytes != 0 {
 		cfg.MaxInflightBytes = c.opts.MaxInflightBytes
 	}
+	if c.opts.AuditFiles {
+		cfg.AuditFiles = []string{n.AuditFile()}
+		cfg.AuditTimeout = c.opts.AuditTimeout
+	}
 	cfg.ShutdownTimeout = shutdownTimeout
 	cfg.Logger = newLogger(c.logs, n.ID, c.opts.LogLevel)
 	return cfg
@@ -290,6 +295,10 @@ func (c *Cluster) AddNodeWithCerts(t testing.TB, certsDir string) *Node {
 	t.Helper()
 	return c.addNode(t, false, certsDir)
 }
+
+// AuditFile is the node's audit file when the cluster runs with
+// Options.AuditFiles.
+func (n *Node) AuditFile() string { return filepath.Join(n.Dir, "audit.log") }
 
 // Nodes returns every node, running or not, in the order of their ids.
 func (c *Cluster) Nodes() []*Node {

@@ -39,6 +39,11 @@ type Options struct {
 	// MaxInflightBytes is each node's request-byte budget
 	// (server.Config.MaxInflightBytes). Zero means the server's default.
 	MaxInflightBytes int64
+	// AuditFiles gives each node an audit file, Node.AuditFile(), in its
+	// data directory (server.Config.AuditFiles); AuditTimeout is the
+	// nodes' -audit-timeout (zero: the server's default).
+	AuditFiles   bool
+	AuditTimeout time.Duration
 	// TLS runs the nodes with certificates of a CA made for the cluster
 	// (CertsDir): TLS on the API, mutual TLS between nodes. The harness's
 	// own connections present the client certificate "root".
