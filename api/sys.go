@@ -95,3 +95,15 @@ func (c *Client) AuditHash(ctx context.Context, input string) (string, error) {
 	})
 	return resp.GetHash(), err
 }
+
+// GenerateRoot runs one step of generate-root (req.Action: status, init,
+// update, cancel) on the leader. It is sent at most once: a share sent
+// twice would be refused as a duplicate.
+func (c *Client) GenerateRoot(ctx context.Context, req *pb.GenerateRootRequest) (*pb.GenerateRootStatus, error) {
+	var resp *pb.GenerateRootStatus
+	err := c.callNode(ctx, func(ctx context.Context, cc *grpc.ClientConn) (err error) {
+		resp, err = pb.NewSysClient(cc).GenerateRoot(ctx, req)
+		return err
+	})
+	return resp, err
+}

@@ -202,12 +202,18 @@ func (s *Seal) indexesLocked() int {
 // the held shares allow: one set when every index has one share, more
 // when some index has candidates. s.mu must be held.
 func (s *Seal) candidateSetsLocked(threshold int) [][][]byte {
-	if s.sharesFor.Shares == 1 {
-		return [][][]byte{{s.shares[0]}}
+	return candidateSets(s.shares, s.sharesFor.Shares == 1, threshold)
+}
+
+// candidateSets returns the sets of threshold shares, one per index, that
+// shares allow (single: the cluster has one share, which is the key).
+func candidateSets(shares [][]byte, single bool, threshold int) [][][]byte {
+	if single {
+		return [][][]byte{{shares[0]}}
 	}
 	byIndex := map[byte][][]byte{}
 	var order []byte
-	for _, sh := range s.shares {
+	for _, sh := range shares {
 		x := sh[KeySize]
 		if _, ok := byIndex[x]; !ok {
 			order = append(order, x)
@@ -236,12 +242,10 @@ func (s *Seal) candidateSetsLocked(threshold int) [][][]byte {
 	return sets
 }
 
-// unsealLocked combines the held shares and, if they open the root key and
-// keyring, installs them. With candidates for an index it tries each set
-// of threshold shares until one opens the root key. s.mu must be held.
-func (s *Seal) unsealLocked(stored *Stored, wrappedKeyring []byte) error {
-	var rootKey []byte
-	for _, set := range s.candidateSetsLocked(stored.Threshold) {
+// openRootKey combines each candidate set of shares until one opens the
+// stored root key, and returns it (the caller zeroes it).
+func openRootKey(stored *Stored, sets [][][]byte) ([]byte, error) {
+	for _, set := range sets {
 		var unsealKey []byte
 		if stored.Shares == 1 {
 			unsealKey = bytes.Clone(set[0])
@@ -254,16 +258,23 @@ func (s *Seal) unsealLocked(stored *Stored, wrappedKeyring []byte) error {
 		rk, err := unwrap(unsealKey, stored.WrappedRootKey, aadRootKey)
 		clear(unsealKey)
 		if err == nil {
-			rootKey = rk
-			break
+			if len(rk) != KeySize {
+				clear(rk)
+				return nil, fmt.Errorf("%w: root key has the wrong size", ErrInvalidStored)
+			}
+			return rk, nil
 		}
 	}
-	if rootKey == nil {
-		return ErrWrongShares
-	}
-	if len(rootKey) != KeySize {
-		clear(rootKey)
-		return fmt.Errorf("%w: root key has the wrong size", ErrInvalidStored)
+	return nil, ErrWrongShares
+}
+
+// unsealLocked combines the held shares and, if they open the root key and
+// keyring, installs them. With candidates for an index it tries each set
+// of threshold shares until one opens the root key. s.mu must be held.
+func (s *Seal) unsealLocked(stored *Stored, wrappedKeyring []byte) error {
+	rootKey, err := openRootKey(stored, s.candidateSetsLocked(stored.Threshold))
+	if err != nil {
+		return err
 	}
 	keyring, barrier, err := openKeyring(rootKey, wrappedKeyring)
 	if err != nil {

@@ -91,9 +91,9 @@ func (a *auditor) close() error {
 func (a *auditor) on() bool { return a != nil && a.broker != nil }
 
 // audited: calls with a token, and the public calls that carry secrets
-// (init, unseal). Health checks, status and node-to-node calls are not.
+// (init, unseal, generate-root). Health checks, status and node-to-node calls are not.
 func audited(r route.Route) bool {
-	return r.Access == route.Token || r.Method == pb.Sys_Init_FullMethodName || r.Method == pb.Sys_Unseal_FullMethodName
+	return r.Access == route.Token || r.Method == pb.Sys_Init_FullMethodName || r.Method == pb.Sys_Unseal_FullMethodName || r.Method == pb.Sys_GenerateRoot_FullMethodName
 }
 
 // ensureSalt gives the broker the cluster's salt once the node can open

@@ -36,6 +36,8 @@ type sysServer struct {
 	insecure bool
 	// audit gives AuditHash the cluster's audit salt.
 	audit *auditor
+	// rootGen is the generate-root attempt in progress (leader).
+	rootGen rootGeneration
 }
 
 // sysState reads the replicated sys table and the applied index.

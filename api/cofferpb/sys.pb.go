@@ -21,6 +21,171 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type GenerateRootRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// action is "status", "init", "update" or "cancel".
+	Action string `protobuf:"bytes,1,opt,name=action,proto3" json:"action,omitempty"`
+	// otp (init): base64 of otp_length random bytes, XORed with the token.
+	Otp string `protobuf:"bytes,2,opt,name=otp,proto3" json:"otp,omitempty"`
+	// nonce and key (update): the attempt's nonce and one unseal key share.
+	Nonce         string `protobuf:"bytes,3,opt,name=nonce,proto3" json:"nonce,omitempty"`
+	Key           []byte `protobuf:"bytes,4,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GenerateRootRequest) Reset() {
+	*x = GenerateRootRequest{}
+	mi := &file_coffer_v1_sys_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GenerateRootRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GenerateRootRequest) ProtoMessage() {}
+
+func (x *GenerateRootRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_sys_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GenerateRootRequest.ProtoReflect.Descriptor instead.
+func (*GenerateRootRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *GenerateRootRequest) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *GenerateRootRequest) GetOtp() string {
+	if x != nil {
+		return x.Otp
+	}
+	return ""
+}
+
+func (x *GenerateRootRequest) GetNonce() string {
+	if x != nil {
+		return x.Nonce
+	}
+	return ""
+}
+
+func (x *GenerateRootRequest) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+type GenerateRootStatus struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Started  bool                   `protobuf:"varint,1,opt,name=started,proto3" json:"started,omitempty"`
+	Nonce    string                 `protobuf:"bytes,2,opt,name=nonce,proto3" json:"nonce,omitempty"`
+	Progress uint32                 `protobuf:"varint,3,opt,name=progress,proto3" json:"progress,omitempty"`
+	Required uint32                 `protobuf:"varint,4,opt,name=required,proto3" json:"required,omitempty"`
+	Complete bool                   `protobuf:"varint,5,opt,name=complete,proto3" json:"complete,omitempty"`
+	// encoded_token (once complete): base64 of the new root token XOR the
+	// OTP; only the holder of the OTP can read it.
+	EncodedToken  string `protobuf:"bytes,6,opt,name=encoded_token,json=encodedToken,proto3" json:"encoded_token,omitempty"`
+	OtpLength     uint32 `protobuf:"varint,7,opt,name=otp_length,json=otpLength,proto3" json:"otp_length,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GenerateRootStatus) Reset() {
+	*x = GenerateRootStatus{}
+	mi := &file_coffer_v1_sys_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GenerateRootStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GenerateRootStatus) ProtoMessage() {}
+
+func (x *GenerateRootStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_sys_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GenerateRootStatus.ProtoReflect.Descriptor instead.
+func (*GenerateRootStatus) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *GenerateRootStatus) GetStarted() bool {
+	if x != nil {
+		return x.Started
+	}
+	return false
+}
+
+func (x *GenerateRootStatus) GetNonce() string {
+	if x != nil {
+		return x.Nonce
+	}
+	return ""
+}
+
+func (x *GenerateRootStatus) GetProgress() uint32 {
+	if x != nil {
+		return x.Progress
+	}
+	return 0
+}
+
+func (x *GenerateRootStatus) GetRequired() uint32 {
+	if x != nil {
+		return x.Required
+	}
+	return 0
+}
+
+func (x *GenerateRootStatus) GetComplete() bool {
+	if x != nil {
+		return x.Complete
+	}
+	return false
+}
+
+func (x *GenerateRootStatus) GetEncodedToken() string {
+	if x != nil {
+		return x.EncodedToken
+	}
+	return ""
+}
+
+func (x *GenerateRootStatus) GetOtpLength() uint32 {
+	if x != nil {
+		return x.OtpLength
+	}
+	return 0
+}
+
 type AuditHashRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Input         string                 `protobuf:"bytes,1,opt,name=input,proto3" json:"input,omitempty"`
@@ -30,7 +195,7 @@ type AuditHashRequest struct {
 
 func (x *AuditHashRequest) Reset() {
 	*x = AuditHashRequest{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[0]
+	mi := &file_coffer_v1_sys_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -42,7 +207,7 @@ func (x *AuditHashRequest) String() string {
 func (*AuditHashRequest) ProtoMessage() {}
 
 func (x *AuditHashRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[0]
+	mi := &file_coffer_v1_sys_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -55,7 +220,7 @@ func (x *AuditHashRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditHashRequest.ProtoReflect.Descriptor instead.
 func (*AuditHashRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{0}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *AuditHashRequest) GetInput() string {
@@ -74,7 +239,7 @@ type AuditHashResponse struct {
 
 func (x *AuditHashResponse) Reset() {
 	*x = AuditHashResponse{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[1]
+	mi := &file_coffer_v1_sys_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -86,7 +251,7 @@ func (x *AuditHashResponse) String() string {
 func (*AuditHashResponse) ProtoMessage() {}
 
 func (x *AuditHashResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[1]
+	mi := &file_coffer_v1_sys_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -99,7 +264,7 @@ func (x *AuditHashResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditHashResponse.ProtoReflect.Descriptor instead.
 func (*AuditHashResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{1}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *AuditHashResponse) GetHash() string {
@@ -122,7 +287,7 @@ type InitRequest struct {
 
 func (x *InitRequest) Reset() {
 	*x = InitRequest{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[2]
+	mi := &file_coffer_v1_sys_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -134,7 +299,7 @@ func (x *InitRequest) String() string {
 func (*InitRequest) ProtoMessage() {}
 
 func (x *InitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[2]
+	mi := &file_coffer_v1_sys_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -147,7 +312,7 @@ func (x *InitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InitRequest.ProtoReflect.Descriptor instead.
 func (*InitRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{2}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *InitRequest) GetSecretShares() uint32 {
@@ -181,7 +346,7 @@ type InitResponse struct {
 
 func (x *InitResponse) Reset() {
 	*x = InitResponse{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[3]
+	mi := &file_coffer_v1_sys_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -193,7 +358,7 @@ func (x *InitResponse) String() string {
 func (*InitResponse) ProtoMessage() {}
 
 func (x *InitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[3]
+	mi := &file_coffer_v1_sys_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -206,7 +371,7 @@ func (x *InitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InitResponse.ProtoReflect.Descriptor instead.
 func (*InitResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{3}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *InitResponse) GetKeys() [][]byte {
@@ -234,7 +399,7 @@ type UnsealRequest struct {
 
 func (x *UnsealRequest) Reset() {
 	*x = UnsealRequest{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[4]
+	mi := &file_coffer_v1_sys_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -246,7 +411,7 @@ func (x *UnsealRequest) String() string {
 func (*UnsealRequest) ProtoMessage() {}
 
 func (x *UnsealRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[4]
+	mi := &file_coffer_v1_sys_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -259,7 +424,7 @@ func (x *UnsealRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnsealRequest.ProtoReflect.Descriptor instead.
 func (*UnsealRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{4}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *UnsealRequest) GetKey() []byte {
@@ -284,7 +449,7 @@ type SealRequest struct {
 
 func (x *SealRequest) Reset() {
 	*x = SealRequest{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[5]
+	mi := &file_coffer_v1_sys_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -296,7 +461,7 @@ func (x *SealRequest) String() string {
 func (*SealRequest) ProtoMessage() {}
 
 func (x *SealRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[5]
+	mi := &file_coffer_v1_sys_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -309,7 +474,7 @@ func (x *SealRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SealRequest.ProtoReflect.Descriptor instead.
 func (*SealRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{5}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{7}
 }
 
 type SealStatus struct {
@@ -325,7 +490,7 @@ type SealStatus struct {
 
 func (x *SealStatus) Reset() {
 	*x = SealStatus{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[6]
+	mi := &file_coffer_v1_sys_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -337,7 +502,7 @@ func (x *SealStatus) String() string {
 func (*SealStatus) ProtoMessage() {}
 
 func (x *SealStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[6]
+	mi := &file_coffer_v1_sys_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -350,7 +515,7 @@ func (x *SealStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SealStatus.ProtoReflect.Descriptor instead.
 func (*SealStatus) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{6}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SealStatus) GetInitialized() bool {
@@ -396,7 +561,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[7]
+	mi := &file_coffer_v1_sys_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -408,7 +573,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[7]
+	mi := &file_coffer_v1_sys_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -421,7 +586,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{7}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{9}
 }
 
 type StatusResponse struct {
@@ -452,7 +617,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[8]
+	mi := &file_coffer_v1_sys_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -464,7 +629,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[8]
+	mi := &file_coffer_v1_sys_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -477,7 +642,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{8}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *StatusResponse) GetSeal() *SealStatus {
@@ -579,7 +744,7 @@ type RotateRequest struct {
 
 func (x *RotateRequest) Reset() {
 	*x = RotateRequest{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[9]
+	mi := &file_coffer_v1_sys_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -591,7 +756,7 @@ func (x *RotateRequest) String() string {
 func (*RotateRequest) ProtoMessage() {}
 
 func (x *RotateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[9]
+	mi := &file_coffer_v1_sys_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -604,7 +769,7 @@ func (x *RotateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateRequest.ProtoReflect.Descriptor instead.
 func (*RotateRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{9}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{11}
 }
 
 type RotateResponse struct {
@@ -617,7 +782,7 @@ type RotateResponse struct {
 
 func (x *RotateResponse) Reset() {
 	*x = RotateResponse{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[10]
+	mi := &file_coffer_v1_sys_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -629,7 +794,7 @@ func (x *RotateResponse) String() string {
 func (*RotateResponse) ProtoMessage() {}
 
 func (x *RotateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[10]
+	mi := &file_coffer_v1_sys_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -642,7 +807,7 @@ func (x *RotateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateResponse.ProtoReflect.Descriptor instead.
 func (*RotateResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{10}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *RotateResponse) GetTerm() uint32 {
@@ -663,7 +828,21 @@ var File_coffer_v1_sys_proto protoreflect.FileDescriptor
 
 const file_coffer_v1_sys_proto_rawDesc = "" +
 	"\n" +
-	"\x13coffer/v1/sys.proto\x12\tcoffer.v1\"(\n" +
+	"\x13coffer/v1/sys.proto\x12\tcoffer.v1\"g\n" +
+	"\x13GenerateRootRequest\x12\x16\n" +
+	"\x06action\x18\x01 \x01(\tR\x06action\x12\x10\n" +
+	"\x03otp\x18\x02 \x01(\tR\x03otp\x12\x14\n" +
+	"\x05nonce\x18\x03 \x01(\tR\x05nonce\x12\x10\n" +
+	"\x03key\x18\x04 \x01(\fR\x03key\"\xdc\x01\n" +
+	"\x12GenerateRootStatus\x12\x18\n" +
+	"\astarted\x18\x01 \x01(\bR\astarted\x12\x14\n" +
+	"\x05nonce\x18\x02 \x01(\tR\x05nonce\x12\x1a\n" +
+	"\bprogress\x18\x03 \x01(\rR\bprogress\x12\x1a\n" +
+	"\brequired\x18\x04 \x01(\rR\brequired\x12\x1a\n" +
+	"\bcomplete\x18\x05 \x01(\bR\bcomplete\x12#\n" +
+	"\rencoded_token\x18\x06 \x01(\tR\fencodedToken\x12\x1d\n" +
+	"\n" +
+	"otp_length\x18\a \x01(\rR\totpLength\"(\n" +
 	"\x10AuditHashRequest\x12\x14\n" +
 	"\x05input\x18\x01 \x01(\tR\x05input\"'\n" +
 	"\x11AuditHashResponse\x12\x12\n" +
@@ -708,14 +887,15 @@ const file_coffer_v1_sys_proto_rawDesc = "" +
 	"\rRotateRequest\":\n" +
 	"\x0eRotateResponse\x12\x12\n" +
 	"\x04term\x18\x01 \x01(\rR\x04term\x12\x14\n" +
-	"\x05index\x18\x02 \x01(\x04R\x05index2\xf6\x02\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index2\xc5\x03\n" +
 	"\x03Sys\x127\n" +
 	"\x04Init\x12\x16.coffer.v1.InitRequest\x1a\x17.coffer.v1.InitResponse\x129\n" +
 	"\x06Unseal\x12\x18.coffer.v1.UnsealRequest\x1a\x15.coffer.v1.SealStatus\x125\n" +
 	"\x04Seal\x12\x16.coffer.v1.SealRequest\x1a\x15.coffer.v1.SealStatus\x12=\n" +
 	"\x06Status\x12\x18.coffer.v1.StatusRequest\x1a\x19.coffer.v1.StatusResponse\x12=\n" +
 	"\x06Rotate\x12\x18.coffer.v1.RotateRequest\x1a\x19.coffer.v1.RotateResponse\x12F\n" +
-	"\tAuditHash\x12\x1b.coffer.v1.AuditHashRequest\x1a\x1c.coffer.v1.AuditHashResponseB\x1eZ\x1ccoffer/api/cofferpb;cofferpbb\x06proto3"
+	"\tAuditHash\x12\x1b.coffer.v1.AuditHashRequest\x1a\x1c.coffer.v1.AuditHashResponse\x12M\n" +
+	"\fGenerateRoot\x12\x1e.coffer.v1.GenerateRootRequest\x1a\x1d.coffer.v1.GenerateRootStatusB\x1eZ\x1ccoffer/api/cofferpb;cofferpbb\x06proto3"
 
 var (
 	file_coffer_v1_sys_proto_rawDescOnce sync.Once
@@ -729,36 +909,40 @@ func file_coffer_v1_sys_proto_rawDescGZIP() []byte {
 	return file_coffer_v1_sys_proto_rawDescData
 }
 
-var file_coffer_v1_sys_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_coffer_v1_sys_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
 var file_coffer_v1_sys_proto_goTypes = []any{
-	(*AuditHashRequest)(nil),  // 0: coffer.v1.AuditHashRequest
-	(*AuditHashResponse)(nil), // 1: coffer.v1.AuditHashResponse
-	(*InitRequest)(nil),       // 2: coffer.v1.InitRequest
-	(*InitResponse)(nil),      // 3: coffer.v1.InitResponse
-	(*UnsealRequest)(nil),     // 4: coffer.v1.UnsealRequest
-	(*SealRequest)(nil),       // 5: coffer.v1.SealRequest
-	(*SealStatus)(nil),        // 6: coffer.v1.SealStatus
-	(*StatusRequest)(nil),     // 7: coffer.v1.StatusRequest
-	(*StatusResponse)(nil),    // 8: coffer.v1.StatusResponse
-	(*RotateRequest)(nil),     // 9: coffer.v1.RotateRequest
-	(*RotateResponse)(nil),    // 10: coffer.v1.RotateResponse
+	(*GenerateRootRequest)(nil), // 0: coffer.v1.GenerateRootRequest
+	(*GenerateRootStatus)(nil),  // 1: coffer.v1.GenerateRootStatus
+	(*AuditHashRequest)(nil),    // 2: coffer.v1.AuditHashRequest
+	(*AuditHashResponse)(nil),   // 3: coffer.v1.AuditHashResponse
+	(*InitRequest)(nil),         // 4: coffer.v1.InitRequest
+	(*InitResponse)(nil),        // 5: coffer.v1.InitResponse
+	(*UnsealRequest)(nil),       // 6: coffer.v1.UnsealRequest
+	(*SealRequest)(nil),         // 7: coffer.v1.SealRequest
+	(*SealStatus)(nil),          // 8: coffer.v1.SealStatus
+	(*StatusRequest)(nil),       // 9: coffer.v1.StatusRequest
+	(*StatusResponse)(nil),      // 10: coffer.v1.StatusResponse
+	(*RotateRequest)(nil),       // 11: coffer.v1.RotateRequest
+	(*RotateResponse)(nil),      // 12: coffer.v1.RotateResponse
 }
 var file_coffer_v1_sys_proto_depIdxs = []int32{
-	6,  // 0: coffer.v1.StatusResponse.seal:type_name -> coffer.v1.SealStatus
-	2,  // 1: coffer.v1.Sys.Init:input_type -> coffer.v1.InitRequest
-	4,  // 2: coffer.v1.Sys.Unseal:input_type -> coffer.v1.UnsealRequest
-	5,  // 3: coffer.v1.Sys.Seal:input_type -> coffer.v1.SealRequest
-	7,  // 4: coffer.v1.Sys.Status:input_type -> coffer.v1.StatusRequest
-	9,  // 5: coffer.v1.Sys.Rotate:input_type -> coffer.v1.RotateRequest
-	0,  // 6: coffer.v1.Sys.AuditHash:input_type -> coffer.v1.AuditHashRequest
-	3,  // 7: coffer.v1.Sys.Init:output_type -> coffer.v1.InitResponse
-	6,  // 8: coffer.v1.Sys.Unseal:output_type -> coffer.v1.SealStatus
-	6,  // 9: coffer.v1.Sys.Seal:output_type -> coffer.v1.SealStatus
-	8,  // 10: coffer.v1.Sys.Status:output_type -> coffer.v1.StatusResponse
-	10, // 11: coffer.v1.Sys.Rotate:output_type -> coffer.v1.RotateResponse
-	1,  // 12: coffer.v1.Sys.AuditHash:output_type -> coffer.v1.AuditHashResponse
-	7,  // [7:13] is the sub-list for method output_type
-	1,  // [1:7] is the sub-list for method input_type
+	8,  // 0: coffer.v1.StatusResponse.seal:type_name -> coffer.v1.SealStatus
+	4,  // 1: coffer.v1.Sys.Init:input_type -> coffer.v1.InitRequest
+	6,  // 2: coffer.v1.Sys.Unseal:input_type -> coffer.v1.UnsealRequest
+	7,  // 3: coffer.v1.Sys.Seal:input_type -> coffer.v1.SealRequest
+	9,  // 4: coffer.v1.Sys.Status:input_type -> coffer.v1.StatusRequest
+	11, // 5: coffer.v1.Sys.Rotate:input_type -> coffer.v1.RotateRequest
+	2,  // 6: coffer.v1.Sys.AuditHash:input_type -> coffer.v1.AuditHashRequest
+	0,  // 7: coffer.v1.Sys.GenerateRoot:input_type -> coffer.v1.GenerateRootRequest
+	5,  // 8: coffer.v1.Sys.Init:output_type -> coffer.v1.InitResponse
+	8,  // 9: coffer.v1.Sys.Unseal:output_type -> coffer.v1.SealStatus
+	8,  // 10: coffer.v1.Sys.Seal:output_type -> coffer.v1.SealStatus
+	10, // 11: coffer.v1.Sys.Status:output_type -> coffer.v1.StatusResponse
+	12, // 12: coffer.v1.Sys.Rotate:output_type -> coffer.v1.RotateResponse
+	3,  // 13: coffer.v1.Sys.AuditHash:output_type -> coffer.v1.AuditHashResponse
+	1,  // 14: coffer.v1.Sys.GenerateRoot:output_type -> coffer.v1.GenerateRootStatus
+	8,  // [8:15] is the sub-list for method output_type
+	1,  // [1:8] is the sub-list for method input_type
 	1,  // [1:1] is the sub-list for extension type_name
 	1,  // [1:1] is the sub-list for extension extendee
 	0,  // [0:1] is the sub-list for field type_name
@@ -775,7 +959,7 @@ func file_coffer_v1_sys_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coffer_v1_sys_proto_rawDesc), len(file_coffer_v1_sys_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   11,
+			NumMessages:   13,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

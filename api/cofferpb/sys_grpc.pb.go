@@ -19,12 +19,13 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Sys_Init_FullMethodName      = "/coffer.v1.Sys/Init"
-	Sys_Unseal_FullMethodName    = "/coffer.v1.Sys/Unseal"
-	Sys_Seal_FullMethodName      = "/coffer.v1.Sys/Seal"
-	Sys_Status_FullMethodName    = "/coffer.v1.Sys/Status"
-	Sys_Rotate_FullMethodName    = "/coffer.v1.Sys/Rotate"
-	Sys_AuditHash_FullMethodName = "/coffer.v1.Sys/AuditHash"
+	Sys_Init_FullMethodName         = "/coffer.v1.Sys/Init"
+	Sys_Unseal_FullMethodName       = "/coffer.v1.Sys/Unseal"
+	Sys_Seal_FullMethodName         = "/coffer.v1.Sys/Seal"
+	Sys_Status_FullMethodName       = "/coffer.v1.Sys/Status"
+	Sys_Rotate_FullMethodName       = "/coffer.v1.Sys/Rotate"
+	Sys_AuditHash_FullMethodName    = "/coffer.v1.Sys/AuditHash"
+	Sys_GenerateRoot_FullMethodName = "/coffer.v1.Sys/GenerateRoot"
 )
 
 // SysClient is the client API for Sys service.
@@ -48,6 +49,11 @@ type SysClient interface {
 	// AuditHash returns the HMAC under which the audit log writes input, to
 	// search the log for a value without writing the value there.
 	AuditHash(ctx context.Context, in *AuditHashRequest, opts ...grpc.CallOption) (*AuditHashResponse, error)
+	// GenerateRoot makes a new root token from a threshold of unseal key
+	// shares (Vault's generate-root flow, with its one-time pad): start an
+	// attempt with an OTP, submit shares with its nonce, decode the encoded
+	// token with the OTP. It runs on the leader; a follower forwards it.
+	GenerateRoot(ctx context.Context, in *GenerateRootRequest, opts ...grpc.CallOption) (*GenerateRootStatus, error)
 }
 
 type sysClient struct {
@@ -118,6 +124,16 @@ func (c *sysClient) AuditHash(ctx context.Context, in *AuditHashRequest, opts ..
 	return out, nil
 }
 
+func (c *sysClient) GenerateRoot(ctx context.Context, in *GenerateRootRequest, opts ...grpc.CallOption) (*GenerateRootStatus, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GenerateRootStatus)
+	err := c.cc.Invoke(ctx, Sys_GenerateRoot_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SysServer is the server API for Sys service.
 // All implementations must embed UnimplementedSysServer
 // for forward compatibility.
@@ -139,6 +155,11 @@ type SysServer interface {
 	// AuditHash returns the HMAC under which the audit log writes input, to
 	// search the log for a value without writing the value there.
 	AuditHash(context.Context, *AuditHashRequest) (*AuditHashResponse, error)
+	// GenerateRoot makes a new root token from a threshold of unseal key
+	// shares (Vault's generate-root flow, with its one-time pad): start an
+	// attempt with an OTP, submit shares with its nonce, decode the encoded
+	// token with the OTP. It runs on the leader; a follower forwards it.
+	GenerateRoot(context.Context, *GenerateRootRequest) (*GenerateRootStatus, error)
 	mustEmbedUnimplementedSysServer()
 }
 
@@ -166,6 +187,9 @@ func (UnimplementedSysServer) Rotate(context.Context, *RotateRequest) (*RotateRe
 }
 func (UnimplementedSysServer) AuditHash(context.Context, *AuditHashRequest) (*AuditHashResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method AuditHash not implemented")
+}
+func (UnimplementedSysServer) GenerateRoot(context.Context, *GenerateRootRequest) (*GenerateRootStatus, error) {
+	return nil, status.Error(codes.Unimplemented, "method GenerateRoot not implemented")
 }
 func (UnimplementedSysServer) mustEmbedUnimplementedSysServer() {}
 func (UnimplementedSysServer) testEmbeddedByValue()             {}
@@ -296,6 +320,24 @@ func _Sys_AuditHash_Handler(srv interface{}, ctx context.Context, dec func(inter
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Sys_GenerateRoot_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GenerateRootRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SysServer).GenerateRoot(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Sys_GenerateRoot_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SysServer).GenerateRoot(ctx, req.(*GenerateRootRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Sys_ServiceDesc is the grpc.ServiceDesc for Sys service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -326,6 +368,10 @@ var Sys_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "AuditHash",
 			Handler:    _Sys_AuditHash_Handler,
+		},
+		{
+			MethodName: "GenerateRoot",
+			Handler:    _Sys_GenerateRoot_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -34,6 +34,9 @@ var table = []Route{
 	{Method: pb.Sys_Seal_FullMethodName, Policy: fixed("sys/seal", Update|Sudo)},
 	{Method: pb.Sys_Rotate_FullMethodName, Leader: true, Policy: fixed("sys/rotate", Update|Sudo)},
 	{Method: pb.Sys_AuditHash_FullMethodName, Policy: fixed("sys/audit-hash", Update|Sudo)},
+	// Unauthenticated as in Vault (the shares are the credential), but on
+	// a node with TLS only for holders of a certificate of the CA.
+	{Method: pb.Sys_GenerateRoot_FullMethodName, Access: Public, Leader: true, ClientCert: true},
 
 	// Operator: membership and snapshots.
 	{Method: pb.Operator_Members_FullMethodName, Policy: fixed("sys/ha-status", Read|Sudo)},

@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -93,4 +94,37 @@ path "secret/data/payments/*" { capabilities = ["read"] }
 	}
 	wantErr(t, n.run(t, "policy", "write", "bad", bad), 1, "line 2")
 	wantErr(t, n.run(t, "policy", "delete", "root"), 1, "cannot be deleted")
+}
+
+// TestGenerateRootCommand: -init prints a nonce and an OTP, one share
+// (a dev node has one) completes it, -decode with the OTP gives a root
+// token that works.
+func TestGenerateRootCommand(t *testing.T) {
+	needBinary(t)
+	n := startDev(t)
+	m := regexp.MustCompile(`Unseal Key: (\S+)`).FindStringSubmatch(n.stdout.String())
+	if m == nil {
+		t.Fatalf("no unseal key in the dev banner:\n%s", n.stdout.String())
+	}
+	r := n.mustRun(t, "operator", "generate-root", "-init", "-format=json")
+	init := hasKeys(t, r, "nonce", "otp", "otp_length", "required", "started")
+	if init["started"] != true || init["otp_length"].(float64) != 30 {
+		t.Fatalf("init: %s", r)
+	}
+	wantErr(t, n.run(t, "operator", "generate-root", "-init"), 1, "in progress")
+	r = n.mustRun(t, "operator", "generate-root", "-format=json", "-nonce="+init["nonce"].(string), m[1])
+	done := hasKeys(t, r, "complete", "encoded_token", "encoded_root_token")
+	if done["complete"] != true || done["encoded_token"] == "" {
+		t.Fatalf("update: %s", r)
+	}
+	r = n.mustRun(t, "operator", "generate-root", "-decode="+done["encoded_token"].(string), "-otp="+init["otp"].(string))
+	tok := strings.TrimSpace(r.stdout)
+	if !strings.HasPrefix(tok, "cof.") || tok == devToken {
+		t.Fatalf("decoded token %q", tok)
+	}
+	look := runCLI(t, []string{"COFFER_ADDR=" + n.url, "COFFER_TOKEN=" + tok}, "", "token", "lookup", "-format=json")
+	if look.code != 0 || !strings.Contains(look.stdout, `"root"`) {
+		t.Fatalf("lookup with the new root token: %s", look)
+	}
+	wantErr(t, n.run(t, "operator", "generate-root", "-decode=AAAA", "-otp=AAAAAA"), 1, "cannot decode")
 }

@@ -139,12 +139,13 @@ func dispatch(e *env, args []string) error {
 		return cmdBench(e, rest)
 	case "operator":
 		return dispatchSub(e, "coffer operator", operatorUsage, rest, map[string]func(*env, []string) error{
-			"init":      cmdOperatorInit,
-			"unseal":    cmdOperatorUnseal,
-			"seal":      cmdOperatorSeal,
-			"rotate":    cmdOperatorRotate,
-			"members":   cmdOperatorMembers,
-			"step-down": cmdOperatorStepDown,
+			"init":          cmdOperatorInit,
+			"unseal":        cmdOperatorUnseal,
+			"seal":          cmdOperatorSeal,
+			"rotate":        cmdOperatorRotate,
+			"generate-root": cmdOperatorGenerateRoot,
+			"members":       cmdOperatorMembers,
+			"step-down":     cmdOperatorStepDown,
 			"raft": func(e *env, args []string) error {
 				return dispatchSub(e, "coffer operator raft", operatorRaftUsage, args, map[string]func(*env, []string) error{
 					"list-peers":  cmdOperatorRaftListPeers,

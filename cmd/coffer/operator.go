@@ -23,6 +23,7 @@ Commands:
     unseal       Submit one unseal key share to a node
     seal         Seal a node: drop its keys from memory
     rotate       Start a new data-key term (old terms stay readable)
+    generate-root  Make a new root token from a threshold of unseal key shares
     members      List the cluster's members as gossip sees them
     step-down    Make the leader hand leadership to another voter
     raft         Raft peers and snapshots (run "coffer operator raft -h")
