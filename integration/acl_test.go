@@ -420,3 +420,67 @@ func TestTokensWithoutALeader(t *testing.T) {
 }
 
 func isBatch(tok string) bool { return len(tok) > 4 && tok[:4] == "cob." }
+
+// TestTokenUsesAreCountedOnce: a token limited in uses makes exactly that
+// many calls cluster-wide, also when they race on two followers: each
+// call takes one use on the leader before it is served, and the last use
+// revokes the token on every node.
+func TestTokenUsesAreCountedOnce(t *testing.T) {
+	c := NewCluster(t, 3, ClusterOptions{TLS: true})
+	c.Init(t, c.WaitForLeader(t))
+	c.UnsealAll(t)
+	leader := c.WaitForLeader(t)
+	root := c.Client(t, leader)
+	put, err := root.Put(ctx(t), &pb.PutRequest{Path: "secret/app/db", Data: map[string]string{"v": "1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := root.WritePolicy(ctx(t), "app", `path "secret/data/app/*" { capabilities = ["read"] }`); err != nil {
+		t.Fatal(err)
+	}
+	fs := c.Followers(leader)
+	read := func(tok string, n *Node) error {
+		_, err := tokenClient(t, c, tok, n).Get(ctx(t), &pb.GetRequest{Path: "secret/app/db", Read: &pb.ReadOptions{MinIndex: put.Index}})
+		return err
+	}
+	const races = 10
+	for i := range races {
+		tk, err := root.CreateToken(ctx(t), &pb.CreateTokenRequest{Policies: []string{"app"}, NumUses: 1, TtlSeconds: 600})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.WaitForApplied(t, root.LastWriteIndex())
+		errs := make(chan error, 2)
+		for _, n := range fs {
+			go func() { errs <- read(tk.GetToken(), n) }()
+		}
+		ok := 0
+		for range 2 {
+			switch err := <-errs; {
+			case err == nil:
+				ok++
+			case status.Code(err) != codes.Unauthenticated:
+				t.Errorf("race %d: the losing call failed with %v, want unauthenticated", i, err)
+			}
+		}
+		if ok != 1 {
+			t.Fatalf("race %d: a one-use token made %d calls", i, ok)
+		}
+	}
+
+	tk, err := root.CreateToken(ctx(t), &pb.CreateTokenRequest{Policies: []string{"app"}, NumUses: 3, TtlSeconds: 600})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.WaitForApplied(t, root.LastWriteIndex())
+	for i := range 3 {
+		if err := read(tk.GetToken(), fs[i%2]); err != nil {
+			t.Fatalf("use %d of 3: %v", i+1, err)
+		}
+	}
+	for _, n := range c.Running() {
+		if err := read(tk.GetToken(), n); status.Code(err) != codes.Unauthenticated {
+			t.Errorf("%s: a fourth use: %v", n.ID, err)
+		}
+	}
+}

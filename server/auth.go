@@ -66,6 +66,10 @@ type tokenRecord struct {
 	DisplayName string `json:"display_name,omitempty"`
 	// NoRenew: created with renewable=false.
 	NoRenew bool `json:"no_renew,omitempty"`
+	// NumUses is how many calls the token may still make; 0: no limit.
+	// Each call takes one on the leader (a follower forwards the call);
+	// the last one revokes the token.
+	NumUses int64 `json:"num_uses,omitempty"`
 
 	// gone: only the index entry of this token was found (revocation).
 	gone bool
@@ -144,6 +148,8 @@ type gateway struct {
 	// update for a write (nil: always create).
 	policies *policyStore
 	exists   func(req proto.Message) bool
+	// useToken takes one use of a token limited in uses (leader).
+	useToken func(ctx context.Context, hash string) error
 	// audit records every call this node serves (nil: no devices).
 	audit  *auditor
 	logger hclog.Logger
@@ -491,10 +497,24 @@ func (g *gateway) unaryInterceptor(ctx context.Context, req any, info *grpc.Unar
 
 // serve forwards a leader-only call from a follower to the leader, or
 // runs its handler.
+//
+// A token limited in uses makes every call a leader's call: the leader
+// takes one use (a Raft write) before it serves, so that the uses are
+// counted once for the whole cluster.
 func (g *gateway) serve(ctx context.Context, r route.Route, msg proto.Message, req any, handler grpc.UnaryHandler) (any, error) {
-	if msg != nil && r.Forwarded(msg) && !g.raft.IsLeader() {
+	rec, _ := ctx.Value(tokenCtxKey{}).(*tokenRecord)
+	limited := rec != nil && rec.NumUses > 0
+	if msg != nil && (limited || r.Forwarded(msg)) && !g.raft.IsLeader() {
 		if reply, done, err := g.link.forward(ctx, r, msg); done {
 			return reply, err
+		}
+	}
+	if limited {
+		if g.useToken == nil {
+			return nil, ErrUnauthenticated
+		}
+		if err := g.useToken(ctx, rec.Hash); err != nil {
+			return nil, err
 		}
 	}
 	return handler(ctx, req)
@@ -525,6 +545,9 @@ func (g *gateway) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.St
 			}
 		}
 		return finish(err)
+	}
+	if rec, _ := ctx.Value(tokenCtxKey{}).(*tokenRecord); rec != nil && rec.NumUses > 0 {
+		return finish(invalidf("a token limited in uses cannot open a stream (watch, snapshot): use a token without -num-uses"))
 	}
 	if r.Access != route.Public {
 		if info.IsClientStream {

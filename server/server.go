@@ -219,6 +219,7 @@ func (s *Server) wire() {
 	policies := &policyStore{state: s.fsm, keys: s.keys, logger: logger}
 	gw := &gateway{raft: s.raft, state: s.fsm, keys: s.keys, link: s.link, tls: s.tls != nil, policies: policies, exists: s.exists(policies), audit: s.audit, logger: logger}
 	s.tokens = &tokenServer{state: s.fsm, keys: s.keys, props: props, policies: policies, logger: logger, now: time.Now}
+	gw.useToken = s.tokens.useToken
 	pol := &policyServer{store: policies, keys: s.keys, props: props, logger: logger}
 	s.sys = &sysServer{nodeID: id, keys: s.keys, store: s.fsm, props: props, raft: s.raft, link: s.link, logger: logger, unseals: newUnsealLimiter(), insecure: s.tls == nil, audit: s.audit}
 	kv := &kvServer{nodeID: id, store: s.fsm, props: props, keys: s.keys, reads: reads, leader: s.link, stopCtx: s.life.stopCtx}

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -52,6 +53,7 @@ func tokenInfo(rec *tokenRecord, now time.Time) *pb.TokenInfo {
 		PeriodSeconds:         rec.Period,
 		Orphan:                rec.Parent == "",
 		DisplayName:           rec.DisplayName,
+		NumUses:               rec.NumUses,
 	}
 	if rec.Expire != 0 {
 		info.TtlSeconds = max(0, rec.Expire-now.Unix())
@@ -84,6 +86,8 @@ type tokenServer struct {
 	policies *policyStore
 	logger   hclog.Logger
 	now      func() time.Time
+	// useMu makes taking uses of limited tokens one at a time.
+	useMu sync.Mutex
 }
 
 // caller returns the record of the call's token.
@@ -111,8 +115,8 @@ func (s *tokenServer) Create(ctx context.Context, req *pb.CreateTokenRequest) (*
 	default:
 		return nil, invalidf("token type %q is unknown: use service or batch", req.GetType())
 	}
-	if req.GetNumUses() != 0 {
-		return nil, invalidf("tokens limited in uses are not available yet: leave -num-uses out")
+	if req.GetNumUses() < 0 {
+		return nil, invalidf("num uses must not be negative (0: no limit)")
 	}
 	if req.GetTtlSeconds() < 0 || req.GetExplicitMaxTtlSeconds() < 0 || req.GetPeriodSeconds() < 0 {
 		return nil, invalidf("ttl, explicit max ttl and period must not be negative")
@@ -133,6 +137,8 @@ func (s *tokenServer) Create(ctx context.Context, req *pb.CreateTokenRequest) (*
 			return nil, invalidf("a batch token cannot be a root token: create a service token")
 		case req.GetPeriodSeconds() != 0 || (req.GetRenewableSet() && req.GetRenewable()):
 			return nil, invalidf("a batch token cannot be renewed or periodic: create a service token")
+		case req.GetNumUses() != 0:
+			return nil, invalidf("a batch token cannot be limited in uses (nothing is stored to count them): create a service token")
 		}
 	}
 
@@ -143,6 +149,7 @@ func (s *tokenServer) Create(ctx context.Context, req *pb.CreateTokenRequest) (*
 		Period:      req.GetPeriodSeconds(),
 		DisplayName: "token",
 		NoRenew:     req.GetRenewableSet() && !req.GetRenewable(),
+		NumUses:     req.GetNumUses(),
 	}
 	if n := req.GetDisplayName(); n != "" {
 		rec.DisplayName = "token-" + n
@@ -524,6 +531,40 @@ func (s *tokenServer) Capabilities(ctx context.Context, req *pb.CapabilitiesRequ
 		out.Paths = append(out.Paths, pc)
 	}
 	return out, nil
+}
+
+// useToken takes one use of the token with hash, on the leader, before
+// the call it authorizes is served: the record is read again from the
+// state (not the cache), and the last use revokes the token with its
+// children. Uses are taken one at a time, so two calls never share one.
+func (s *tokenServer) useToken(ctx context.Context, hash string) error {
+	s.useMu.Lock()
+	defer s.useMu.Unlock()
+	rec, err := s.record(hash)
+	if errors.Is(err, fsm.ErrNotFound) {
+		return withMessage(ErrUnauthenticated, "server: the token has no uses left (or was revoked): ask for a new token")
+	}
+	if err != nil {
+		return err
+	}
+	if rec.expired(s.now()) {
+		return errTokenExpired
+	}
+	switch {
+	case rec.NumUses <= 0:
+		return nil
+	case rec.NumUses == 1:
+		_, _, err := revokeTree(ctx, s.state, s.keys, s.props, []*tokenRecord{rec})
+		return err
+	}
+	next := *rec
+	next.NumUses--
+	entries, err := s.recordEntries(&next, false)
+	if err != nil {
+		return err
+	}
+	_, err = s.props.propose(ctx, &fsmpb.Command{Op: fsmpb.Op_OP_SYS_PUT, Sys: entries})
+	return err
 }
 
 // expireTokens revokes the tokens whose time is over (with their
