@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -75,6 +76,15 @@ type tokenRecord struct {
 	gone bool
 	// batch: a batch token's record, decoded from the token itself.
 	batch bool
+	// compiled is the token's ACL as last compiled, with the sys
+	// generation it was compiled at (records are shared: atomic).
+	compiled atomic.Pointer[compiledACL]
+}
+
+// compiledACL is an ACL and the sys generation it holds for.
+type compiledACL struct {
+	gen uint64
+	acl *acl.ACL
 }
 
 // newToken returns a fresh random token.
@@ -290,7 +300,7 @@ func (g *gateway) authorize(ctx context.Context, r route.Route, req proto.Messag
 	if rec == nil {
 		return ErrUnauthenticated
 	}
-	a, err := g.policies.aclFor(rec.Policies)
+	a, err := g.aclOf(rec)
 	if err != nil {
 		return err
 	}
@@ -327,6 +337,21 @@ func (g *gateway) authorize(ctx context.Context, r route.Route, req proto.Messag
 		missing = want &^ have
 	}
 	return withMessage(ErrPermissionDenied, "permission denied: %s on %s", strings.Join(missing.Names(), ", "), path)
+}
+
+// aclOf returns the ACL of rec's policies, kept on the record while the
+// policies (the sys generation) are unchanged: a read costs no lookup.
+func (g *gateway) aclOf(rec *tokenRecord) (*acl.ACL, error) {
+	gen := g.state.SysGeneration()
+	if c := rec.compiled.Load(); c != nil && c.gen == gen {
+		return c.acl, nil
+	}
+	a, err := g.policies.aclFor(rec.Policies)
+	if err != nil {
+		return nil, err
+	}
+	rec.compiled.Store(&compiledACL{gen: gen, acl: a})
+	return a, nil
 }
 
 // aclCapabilities translates the route table's capabilities.

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"reflect"
 	"testing"
 	"time"
 
@@ -278,4 +279,34 @@ func FuzzBatchToken(f *testing.F) {
 			t.Fatalf("decoded an empty token: %+v", rec)
 		}
 	})
+}
+
+// TestTokenRecordCloneKeepsEveryField: clone copies every stored field, so
+// that a renewal or a use never drops one (a field added later included).
+func TestTokenRecordCloneKeepsEveryField(t *testing.T) {
+	var rec tokenRecord
+	v := reflect.ValueOf(&rec).Elem()
+	for i := range v.NumField() {
+		f := v.Field(i)
+		if !v.Type().Field(i).IsExported() {
+			continue
+		}
+		switch f.Kind() {
+		case reflect.String:
+			f.SetString("x" + v.Type().Field(i).Name)
+		case reflect.Int64:
+			f.SetInt(int64(i + 1))
+		case reflect.Bool:
+			f.SetBool(true)
+		case reflect.Slice:
+			f.Set(reflect.ValueOf([]string{"p"}))
+		default:
+			t.Fatalf("field %s of kind %s: teach this test", v.Type().Field(i).Name, f.Kind())
+		}
+	}
+	a, _ := json.Marshal(&rec)
+	b, _ := json.Marshal(rec.clone())
+	if string(a) != string(b) {
+		t.Fatalf("clone lost a field:\n%s\n%s", a, b)
+	}
 }

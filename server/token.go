@@ -61,6 +61,15 @@ func tokenInfo(rec *tokenRecord, now time.Time) *pb.TokenInfo {
 	return info
 }
 
+// clone copies the record's stored fields (for a changed record).
+func (r *tokenRecord) clone() *tokenRecord {
+	return &tokenRecord{
+		Hash: r.Hash, Policies: slices.Clone(r.Policies), Created: r.Created, Accessor: r.Accessor,
+		Expire: r.Expire, TTL: r.TTL, ExplicitMax: r.ExplicitMax, Period: r.Period, Parent: r.Parent,
+		DisplayName: r.DisplayName, NoRenew: r.NoRenew, NumUses: r.NumUses, batch: r.batch,
+	}
+}
+
 // tokenType is "batch" or "service".
 func (r *tokenRecord) tokenType() string {
 	if r.batch {
@@ -391,7 +400,7 @@ func (s *tokenServer) Renew(ctx context.Context, req *pb.RenewTokenRequest) (*pb
 	if rec.Period != 0 {
 		inc = rec.Period
 	}
-	next := *rec
+	next := rec.clone()
 	next.Expire = now.Unix() + min(inc, int64(maxTokenTTL/time.Second))
 	if rec.ExplicitMax != 0 {
 		next.Expire = min(next.Expire, rec.Created+rec.ExplicitMax)
@@ -405,7 +414,7 @@ func (s *tokenServer) Renew(ctx context.Context, req *pb.RenewTokenRequest) (*pb
 		}
 	}
 	next.Expire = max(next.Expire, rec.Expire)
-	entries, err := s.recordEntries(&next, false)
+	entries, err := s.recordEntries(next, false)
 	if err != nil {
 		return nil, err
 	}
@@ -413,7 +422,7 @@ func (s *tokenServer) Renew(ctx context.Context, req *pb.RenewTokenRequest) (*pb
 	if err != nil {
 		return nil, err
 	}
-	info := tokenInfo(&next, now)
+	info := tokenInfo(next, now)
 	info.RaftIndex = res.Index
 	return info, nil
 }
@@ -557,9 +566,9 @@ func (s *tokenServer) useToken(ctx context.Context, hash string) error {
 		_, _, err := revokeTree(ctx, s.state, s.keys, s.props, []*tokenRecord{rec})
 		return err
 	}
-	next := *rec
+	next := rec.clone()
 	next.NumUses--
-	entries, err := s.recordEntries(&next, false)
+	entries, err := s.recordEntries(next, false)
 	if err != nil {
 		return err
 	}
