@@ -20,6 +20,7 @@ const (
 	DefaultCacheEntries  = 1024
 	DefaultCacheTTL      = time.Minute
 	DefaultCacheMaxStale = time.Hour
+	DefaultTokenRecheck  = 5 * time.Second
 )
 
 // CacheConfig configures a Cache. The zero value of each field means its
@@ -41,6 +42,14 @@ type CacheConfig struct {
 	// MaxStale past its expiry. Past it the read fails with
 	// ErrCacheTooStale. Default 1h; negative turns stale-if-error off.
 	MaxStale time.Duration
+	// TokenRecheck is how long a Client serves a token's cached answers
+	// without the cluster having accepted that token: past it, the next
+	// read with the token goes to the cluster, and a refusal (revoked or
+	// expired) removes every answer cached for the token. While no node
+	// answers, cached answers are still served (stale-if-error, within
+	// MaxStale): during a full outage a revocation cannot be learned.
+	// Default 5s; negative: never (the TTL alone bounds it).
+	TokenRecheck time.Duration
 	// DisableWatch keeps a Client from watching the cached paths' mounts:
 	// entries are then only as fresh as TTL allows (and the client's own
 	// writes). Not used by a standalone Cache.
@@ -72,6 +81,9 @@ func (c CacheConfig) withDefaults() CacheConfig {
 		c.Jitter = 0
 	}
 	c.Jitter = min(c.Jitter, c.TTL)
+	if c.TokenRecheck == 0 {
+		c.TokenRecheck = DefaultTokenRecheck
+	}
 	if c.MaxStale == 0 {
 		c.MaxStale = DefaultCacheMaxStale
 	}
@@ -410,6 +422,24 @@ func (c *Cache) expire(el *list.Element, now time.Time) bool {
 	e.expires = now
 	c.noteChanged()
 	return true
+}
+
+// InvalidateToken removes every entry read with the token whose hash is
+// hash: the cluster refused that token (revoked or expired), so none of
+// its answers may be served again, not even stale. It returns how many it
+// removed.
+func (c *Cache) InvalidateToken(hash string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n := 0
+	for key, el := range c.entries {
+		if key.TokenHash == hash {
+			c.remove(el)
+			n++
+		}
+	}
+	c.invalidations.Add(uint64(n))
+	return n
 }
 
 // InvalidatePrefix expires every entry under prefix (kept only for

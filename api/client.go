@@ -297,10 +297,13 @@ type Client struct {
 	needLeader    bool
 	lastLeaderAsk time.Time
 	cacheWatches  map[string]*cacheWatch
-	wake          chan struct{} // wakes the prober
-	bg            context.Context
-	stop          context.CancelFunc
-	wg            sync.WaitGroup // background goroutines
+	// tokenChecked: when the cluster last accepted each token (by hash)
+	// whose answers the cache holds (CacheConfig.TokenRecheck).
+	tokenChecked sync.Map
+	wake         chan struct{} // wakes the prober
+	bg           context.Context
+	stop         context.CancelFunc
+	wg           sync.WaitGroup // background goroutines
 }
 
 // New creates a client over cfg.Endpoints. It connects lazily: New fails

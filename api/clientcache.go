@@ -90,12 +90,22 @@ func (c *Client) getCached(ctx context.Context, req *pb.GetRequest) (*pb.GetResp
 	if req.Read != nil {
 		cons = req.Read.Consistency
 	}
-	if cons != pb.Consistency_CONSISTENCY_LINEARIZABLE {
+	if cons != pb.Consistency_CONSISTENCY_LINEARIZABLE && c.tokenVouched(hash) {
 		if e := c.cache.Get(key); e.State == CacheFresh && c.covers(req.Path, e.Index, req.Read.GetMinIndex()) {
 			return e.Response, ReadInfo{Cached: true, Age: e.Age, Stale: e.Response.GetReadMeta().GetStale()}, nil
 		}
 	}
 	resp, info, err := c.getRemote(ctx, req)
+	if err == nil || IsNotFound(err) || IsPermissionDenied(err) {
+		c.vouch(hash)
+	}
+	if IsUnauthenticated(err) {
+		// The cluster refuses the token (revoked, expired): nothing cached
+		// for it may be served again.
+		c.cache.InvalidateToken(hash)
+		c.tokenChecked.Delete(hash)
+		return nil, info, err
+	}
 	if err == nil {
 		// A fresh answer is cached for TTL; one that may be stale (a stale
 		// read or fallback), or that the cache refuses as older than a
@@ -131,6 +141,21 @@ func (c *Client) getCached(ctx context.Context, req *pb.GetRequest) (*pb.GetResp
 	}
 	return nil, info, err
 }
+
+// tokenVouched reports whether the cluster accepted the token with hash
+// within the cache's TokenRecheck, so that its cached answers may be
+// served without asking.
+func (c *Client) tokenVouched(hash string) bool {
+	d := c.cache.cfg.TokenRecheck
+	if d < 0 {
+		return true
+	}
+	v, ok := c.tokenChecked.Load(hash)
+	return ok && time.Since(v.(time.Time)) < d
+}
+
+// vouch notes that the cluster just accepted the token with hash.
+func (c *Client) vouch(hash string) { c.tokenChecked.Store(hash, time.Now()) }
 
 // staleIfError reports whether err means the cluster could not answer, so
 // that a cached value may: Unavailable everywhere, or the caller's

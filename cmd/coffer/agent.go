@@ -41,8 +41,13 @@ caller without a token gets nothing, unless the agent runs with
 lends its own token (COFFER_TOKEN, -token or -token-file) to callers that
 send none, and the socket's file mode says who may call.
 
-When no node answers, cached values are served, marked stale with their age,
-up to -max-stale past their -ttl; then reads fail with a clear error.
+A token's cached values are served for -token-recheck after the cluster last
+accepted the token; then the next read asks the cluster, and a token it
+refuses (revoked, expired) loses every cached value at once. When no node
+answers, cached values are served, marked stale with their age, up to
+-max-stale past their -ttl; then reads fail with a clear error. During such
+a full outage the agent cannot learn of a revocation: by design, a revoked
+token's values stay servable within -max-stale.
 -cache-dir keeps an encrypted copy of the cache on disk (AES-256-GCM; key:
 32 bytes, raw or base64, from -cache-key-file or base64 in
 $`+agent.EnvCacheKey+`), so an agent restarted during an outage still
@@ -54,6 +59,7 @@ serves. Stop it with SIGINT or SIGTERM.`).withClient()
 	keyFile := f.fs.String("cache-key-file", "", "file with the 32-byte cache key, raw or base64 (default: base64 in $"+agent.EnvCacheKey+")")
 	maxStale := f.fs.Duration("max-stale", agent.DefaultMaxStale, "serve cached values this long past their TTL while no node answers; 0 never serves them stale")
 	ttl := f.fs.Duration("ttl", agent.DefaultTTL, "serve a cached value this long without asking the cluster")
+	recheck := f.fs.Duration("token-recheck", api.DefaultTokenRecheck, "serve a token's cached values this long after the cluster last accepted the token; then ask again, and drop them all when it refuses (revoked, expired)")
 	entries := f.fs.Int("cache-entries", api.DefaultCacheEntries, "most cached answers kept (least recently used dropped first)")
 	logLevel := f.fs.String("log-level", "info", "log level: trace, debug, info, warn or error")
 	args, err := f.parse(e, args)
@@ -72,6 +78,9 @@ serves. Stop it with SIGINT or SIGTERM.`).withClient()
 	}
 	if *maxStale < 0 {
 		return nil, usageErrorf(f.name, "-max-stale=%s: want 0 or a positive duration such as 24h", *maxStale)
+	}
+	if *recheck <= 0 {
+		return nil, usageErrorf(f.name, "-token-recheck=%s: want a positive duration such as 5s", *recheck)
 	}
 	if *entries <= 0 {
 		return nil, usageErrorf(f.name, "-cache-entries=%d: want a positive number", *entries)
@@ -108,7 +117,7 @@ serves. Stop it with SIGINT or SIGTERM.`).withClient()
 	cfg := agent.DefaultConfig()
 	cfg.Upstream = up
 	cfg.Listen = *listen
-	cfg.Cache = api.CacheConfig{TTL: *ttl, MaxStale: *maxStale, MaxEntries: *entries}
+	cfg.Cache = api.CacheConfig{TTL: *ttl, MaxStale: *maxStale, MaxEntries: *entries, TokenRecheck: *recheck}
 	if *maxStale == 0 {
 		cfg.Cache.MaxStale = -1 // off: the api's zero means its default
 	}
