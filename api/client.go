@@ -298,8 +298,8 @@ type Client struct {
 	lastLeaderAsk time.Time
 	cacheWatches  map[string]*cacheWatch
 	// tokenChecked: when the cluster last accepted each token (by hash)
-	// whose answers the cache holds (CacheConfig.TokenRecheck).
-	tokenChecked sync.Map
+	// whose answers the cache holds (CacheConfig.TokenRecheck); bounded.
+	tokenChecked tokenChecks
 	wake         chan struct{} // wakes the prober
 	bg           context.Context
 	stop         context.CancelFunc

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -103,7 +104,7 @@ func (c *Client) getCached(ctx context.Context, req *pb.GetRequest) (*pb.GetResp
 		// The cluster refuses the token (revoked, expired): nothing cached
 		// for it may be served again.
 		c.cache.InvalidateToken(hash)
-		c.tokenChecked.Delete(hash)
+		c.tokenChecked.forget(hash)
 		return nil, info, err
 	}
 	if err == nil {
@@ -150,12 +151,55 @@ func (c *Client) tokenVouched(hash string) bool {
 	if d < 0 {
 		return true
 	}
-	v, ok := c.tokenChecked.Load(hash)
-	return ok && time.Since(v.(time.Time)) < d
+	at, ok := c.tokenChecked.get(hash)
+	return ok && time.Since(at) < d
 }
 
 // vouch notes that the cluster just accepted the token with hash.
-func (c *Client) vouch(hash string) { c.tokenChecked.Store(hash, time.Now()) }
+func (c *Client) vouch(hash string) { c.tokenChecked.set(hash, time.Now(), c.cache.cfg.TokenRecheck) }
+
+// maxTokenChecks bounds the tokens a client remembers the cluster
+// accepted: past it, the ones accepted longer ago than the recheck go
+// (they would be asked again anyway), or all when that frees nothing.
+const maxTokenChecks = 4096
+
+// tokenChecks maps token hashes to when the cluster last accepted them.
+type tokenChecks struct {
+	mu sync.Mutex
+	at map[string]time.Time
+}
+
+func (t *tokenChecks) get(hash string) (time.Time, bool) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	at, ok := t.at[hash]
+	return at, ok
+}
+
+func (t *tokenChecks) set(hash string, now time.Time, recheck time.Duration) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.at == nil {
+		t.at = make(map[string]time.Time)
+	}
+	if _, ok := t.at[hash]; !ok && len(t.at) >= maxTokenChecks {
+		for h, at := range t.at {
+			if now.Sub(at) >= recheck {
+				delete(t.at, h)
+			}
+		}
+		if len(t.at) >= maxTokenChecks {
+			clear(t.at)
+		}
+	}
+	t.at[hash] = now
+}
+
+func (t *tokenChecks) forget(hash string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	delete(t.at, hash)
+}
 
 // staleIfError reports whether err means the cluster could not answer, so
 // that a cached value may: Unavailable everywhere, or the caller's

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	grpcmd "google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
 	"coffer/api"
@@ -483,4 +484,75 @@ func TestTokenUsesAreCountedOnce(t *testing.T) {
 			t.Errorf("%s: a fourth use: %v", n.ID, err)
 		}
 	}
+}
+
+// TestWatchShowsOnlyWhatTheTokenMayList: a watch of "secret/app" by a
+// token that may list secret/app/ gets the changes under it, not those of
+// secret/apple (a longer name with the same prefix), and ends when the
+// token is revoked.
+func TestWatchShowsOnlyWhatTheTokenMayList(t *testing.T) {
+	c := NewCluster(t, 3, ClusterOptions{TLS: true})
+	c.Init(t, c.WaitForLeader(t))
+	c.UnsealAll(t)
+	leader := c.WaitForLeader(t)
+	root := c.Client(t, leader)
+	if _, err := root.WritePolicy(ctx(t), "watcher", `path "secret/metadata/app/*" { capabilities = ["list"] }`); err != nil {
+		t.Fatal(err)
+	}
+	tk, err := root.CreateToken(ctx(t), &pb.CreateTokenRequest{Policies: []string{"watcher"}, TtlSeconds: 600})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.WaitForApplied(t, root.LastWriteIndex())
+	f := c.Followers(leader)[0]
+	wctx, cancel := context.WithTimeout(metadataToken(t, tk.GetToken()), 30*time.Second)
+	defer cancel()
+	stream, err := f.KV.Watch(wctx, &pb.WatchRequest{Prefix: "secret/app"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ev, err := stream.Recv(); err != nil || ev.Type != pb.WatchEvent_PROGRESS {
+		t.Fatalf("first event: %v %v", ev, err)
+	}
+	for _, p := range []string{"secret/app/x", "secret/apple/y", "secret/app/z"} {
+		if _, err := root.Put(ctx(t), &pb.PutRequest{Path: p, Data: map[string]string{"v": "1"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got []string
+	for len(got) < 2 {
+		ev, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("watch: %v (got %v)", err, got)
+		}
+		if ev.Type == pb.WatchEvent_CHANGE {
+			got = append(got, ev.Path)
+		}
+	}
+	if got[0] != "secret/app/x" || got[1] != "secret/app/z" {
+		t.Fatalf("the watch showed %v, want secret/app/x and secret/app/z only", got)
+	}
+	if _, err := root.RevokeToken(ctx(t), &pb.RevokeTokenRequest{Token: tk.GetToken()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := root.Put(ctx(t), &pb.PutRequest{Path: "secret/app/after", Data: map[string]string{"v": "1"}}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		ev, err := stream.Recv()
+		if err != nil {
+			if status.Code(err) != codes.Unauthenticated {
+				t.Fatalf("the watch of a revoked token ended with %v, want unauthenticated", err)
+			}
+			return
+		}
+		if ev.Type == pb.WatchEvent_CHANGE {
+			t.Fatalf("a revoked token's watch showed %s", ev.Path)
+		}
+	}
+}
+
+// metadataToken is a context whose calls carry tok.
+func metadataToken(t *testing.T, tok string) context.Context {
+	return grpcmd.AppendToOutgoingContext(testcluster.Context(t, 30*time.Second), "authorization", "Bearer "+tok)
 }

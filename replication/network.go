@@ -1,6 +1,7 @@
 package replication
 
 import (
+	"container/list"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -160,7 +161,7 @@ type streamLayer struct {
 	ready     chan net.Conn
 	failed    chan struct{}
 	acceptErr error
-	slots     chan struct{}
+	pending   pendingHandshakes
 	ctx       context.Context
 	cancel    context.CancelFunc
 	wg        sync.WaitGroup
@@ -168,8 +169,11 @@ type streamLayer struct {
 }
 
 // Bounds of the handshakes of incoming Raft connections: how long a caller
-// has to complete one, and how many may be under way at once (a peer whose
-// connection finds them all taken is dropped and dials again).
+// has to complete one, and how many may be under way at once. When all are
+// taken, a new connection evicts the oldest unfinished one: callers that
+// open connections and say nothing cannot keep a peer out, since a peer's
+// handshake takes milliseconds and theirs would have to keep arriving
+// faster than that.
 const (
 	peerHandshakeTimeout = 5 * time.Second
 	maxPeerHandshakes    = 256
@@ -229,21 +233,49 @@ func (s *streamLayer) handshakes() {
 			}
 		}
 		delay = 0
-		select {
-		case s.slots <- struct{}{}:
-		default:
-			c.Close()
-			s.refusals.note(s.log, c.RemoteAddr().String(), errors.New("too many handshakes under way"))
-			continue
+		el, evicted := s.pending.add(c, maxPeerHandshakes)
+		if evicted != nil {
+			evicted.Close()
+			s.refusals.note(s.log, evicted.RemoteAddr().String(), errors.New("too many handshakes under way: dropped the oldest unfinished one"))
 		}
 		s.wg.Add(1)
-		go s.handshake(c)
+		go s.handshake(c, el)
 	}
 }
 
-func (s *streamLayer) handshake(c net.Conn) {
+// pendingHandshakes are the connections whose handshake is under way,
+// oldest first.
+type pendingHandshakes struct {
+	mu    sync.Mutex
+	order list.List
+}
+
+// add registers c; when limit are under way already, it takes the oldest
+// out and returns it for the caller to close.
+func (p *pendingHandshakes) add(c net.Conn, limit int) (el *list.Element, evicted net.Conn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.order.Len() >= limit {
+		front := p.order.Front()
+		evicted = p.order.Remove(front).(net.Conn)
+		front.Value = nil
+	}
+	return p.order.PushBack(c), evicted
+}
+
+// done takes a finished handshake out (a no-op when it was evicted).
+func (p *pendingHandshakes) done(el *list.Element) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if el.Value != nil {
+		p.order.Remove(el)
+		el.Value = nil
+	}
+}
+
+func (s *streamLayer) handshake(c net.Conn, el *list.Element) {
 	defer s.wg.Done()
-	defer func() { <-s.slots }()
+	defer s.pending.done(el)
 	ctx, cancel := context.WithTimeout(s.ctx, peerHandshakeTimeout)
 	defer cancel()
 	tc := tls.Server(c, s.tls.Server)
@@ -306,7 +338,6 @@ func newStreamLayer(n *Network, bind, advertise string, tlsCfg *TransportTLS, lo
 	s := &streamLayer{Listener: n.Listen(l), n: n, advertise: addr, tls: tlsCfg, log: log}
 	if tlsCfg != nil {
 		s.ready, s.failed = make(chan net.Conn), make(chan struct{})
-		s.slots = make(chan struct{}, maxPeerHandshakes)
 		s.ctx, s.cancel = context.WithCancel(context.Background())
 		s.wg.Add(1)
 		go s.handshakes()

@@ -35,7 +35,8 @@ func peerTLS(t *testing.T) *TransportTLS {
 // certificate (plain TCP, TLS without a certificate) and callers that
 // open connections and say nothing never come out of Accept — raft's
 // transport never spends a connection handler on them — and a real peer
-// dialling while they hang on is accepted at once.
+// dialling while more of them hang on than the node keeps handshakes for
+// is accepted at once.
 func TestStreamLayerHandsRaftOnlyPeers(t *testing.T) {
 	cfg := peerTLS(t)
 	s, err := newStreamLayer(&Network{}, "127.0.0.1:0", "", cfg, hclog.NewNullLogger())
@@ -57,8 +58,9 @@ func TestStreamLayerHandsRaftOnlyPeers(t *testing.T) {
 		}
 	}()
 
-	// Silent callers: connected, never a byte.
-	for range 20 {
+	// Silent callers, more than the handshakes a node keeps under way:
+	// connected, never a byte.
+	for range maxPeerHandshakes + 20 {
 		c, err := net.Dial("tcp", addr)
 		if err != nil {
 			t.Fatal(err)

@@ -240,7 +240,7 @@ func (g *gateway) authenticate(ctx context.Context) (*tokenRecord, error) {
 		return nil, ErrUnauthenticated
 	}
 	if rec.expired(time.Now()) {
-		// The leader removes it soon (expireTokens); until then no node
+		// The leader removes it soon (tokenServer.expire); until then no node
 		// accepts it.
 		return nil, errTokenExpired
 	}
@@ -531,10 +531,18 @@ func (g *gateway) unaryInterceptor(ctx context.Context, req any, info *grpc.Unar
 // counted once for the whole cluster.
 func (g *gateway) serve(ctx context.Context, r route.Route, msg proto.Message, req any, handler grpc.UnaryHandler) (any, error) {
 	rec, _ := ctx.Value(tokenCtxKey{}).(*tokenRecord)
-	limited := rec != nil && rec.NumUses > 0
+	// A node-to-node call (read index) made for a limited token's call
+	// does not spend a use of its own.
+	limited := rec != nil && rec.NumUses > 0 && r.Access == route.Token
 	if msg != nil && (limited || r.Forwarded(msg)) && !g.raft.IsLeader() {
-		if reply, done, err := g.link.forward(ctx, r, msg); done {
+		reply, done, err := g.link.forward(ctx, r, msg)
+		if done {
 			return reply, err
+		}
+		// This node became the leader meanwhile and serves the call: check
+		// it again with the leader's exact rules (create versus update).
+		if err := g.authorize(ctx, r, msg); err != nil {
+			return nil, err
 		}
 	}
 	if limited {
@@ -591,6 +599,9 @@ func (g *gateway) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.St
 			}
 			ss = &authedStream{ServerStream: ss, ctx: ctx}
 		} else {
+			if rec, _ := ctx.Value(tokenCtxKey{}).(*tokenRecord); rec != nil {
+				ctx = context.WithValue(ctx, streamGuardKey{}, g.guard(rec))
+			}
 			ss = &authedStream{ServerStream: ss, ctx: ctx, check: func(m proto.Message) error {
 				if call != nil {
 					if aerr := call.request(ctx, r, m); aerr != nil {
@@ -602,6 +613,68 @@ func (g *gateway) streamInterceptor(srv any, ss grpc.ServerStream, info *grpc.St
 		}
 	}
 	return finish(handler(srv, ss))
+}
+
+// streamGuard is what a long stream (a watch) asks, as it goes, of the
+// token that opened it: whether it still stands, and whether an event's
+// path is the token's to see.
+type streamGuard struct {
+	allowed func(path string) bool
+	valid   func() error
+}
+
+type streamGuardKey struct{}
+
+// guard builds the stream guard of rec: an event's path needs list on its
+// folder's metadata path or read on its own (as a list or a read would),
+// without deny; the token must not have expired, and its record (for a
+// batch token, its parent's) must still be in the state, checked again
+// whenever the system entries change.
+func (g *gateway) guard(rec *tokenRecord) *streamGuard {
+	isRoot := len(rec.Policies) == 1 && rec.Policies[0] == rootPolicy
+	var checkedGen atomic.Uint64
+	checkedGen.Store(g.state.SysGeneration())
+	return &streamGuard{
+		allowed: func(path string) bool {
+			if isRoot {
+				return true
+			}
+			a, err := g.aclOf(rec)
+			if err != nil {
+				return false
+			}
+			may := func(p string, c acl.Capability) bool {
+				have := a.Capabilities(p)
+				return have&acl.Deny == 0 && have&c != 0
+			}
+			dir := path[:strings.LastIndex(path, "/")+1]
+			return may(route.KVPolicyPath(dir, "metadata"), acl.List) || may(route.KVPolicyPath(path, "metadata"), acl.Read)
+		},
+		valid: func() error {
+			if rec.expired(time.Now()) {
+				return errTokenExpired
+			}
+			gen := g.state.SysGeneration()
+			if checkedGen.Load() == gen {
+				return nil
+			}
+			key := sysTokenPref + rec.Hash
+			if rec.batch {
+				if rec.Parent == "" {
+					checkedGen.Store(gen)
+					return nil
+				}
+				key = sysTokenPref + rec.Parent
+			}
+			if _, err := g.state.SysGet(key); errors.Is(err, fsm.ErrNotFound) {
+				return withMessage(ErrUnauthenticated, "server: the token that opened this stream was revoked")
+			} else if err != nil {
+				return err
+			}
+			checkedGen.Store(gen)
+			return nil
+		},
+	}
 }
 
 // statusError maps err to a status and logs what the client will not see.

@@ -310,3 +310,47 @@ func TestTokenRecordCloneKeepsEveryField(t *testing.T) {
 		t.Fatalf("clone lost a field:\n%s\n%s", a, b)
 	}
 }
+
+// TestTokenCreateRefusals: a token limited in uses makes no child; a child
+// is not written once its parent is revoked (a call authenticated before
+// the revocation); a periodic token needs sudo on the create path.
+func TestTokenCreateRefusals(t *testing.T) {
+	a := newAuthzFixture(t)
+	if _, err := a.pols.Write(a.root, &pb.WritePolicyRequest{Name: "maker", Policy: `path "auth/token/create" { capabilities = ["update"] }`}); err != nil {
+		t.Fatal(err)
+	}
+	limited, err := a.tokens.Create(a.root, &pb.CreateTokenRequest{Policies: []string{"maker"}, NumUses: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.tokens.Create(a.as(t, limited.Token), &pb.CreateTokenRequest{}); !errors.Is(err, ErrPermissionDenied) {
+		t.Errorf("a child of a token limited in uses: %v", err)
+	}
+
+	parent, err := a.tokens.Create(a.root, &pb.CreateTokenRequest{Policies: []string{"maker"}, TtlSeconds: 600})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := a.as(t, parent.Token) // authenticated before the revocation
+	if _, err := a.tokens.Revoke(a.root, &pb.RevokeTokenRequest{Token: parent.Token}); err != nil {
+		t.Fatal(err)
+	}
+	for _, typ := range []string{"service", "batch"} {
+		if _, err := a.tokens.Create(before, &pb.CreateTokenRequest{Type: typ}); !errors.Is(err, ErrUnauthenticated) {
+			t.Errorf("a %s child of a revoked parent: %v", typ, err)
+		}
+	}
+
+	maker, err := a.tokens.Create(a.root, &pb.CreateTokenRequest{Policies: []string{"maker"}, TtlSeconds: 600})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _ := route.Lookup(pb.Token_Create_FullMethodName)
+	ctx := a.as(t, maker.Token)
+	if err := a.g.authorize(ctx, r, &pb.CreateTokenRequest{}); err != nil {
+		t.Fatalf("a plain child: %v", err)
+	}
+	if err := a.g.authorize(ctx, r, &pb.CreateTokenRequest{PeriodSeconds: 3600}); !errors.Is(err, ErrPermissionDenied) {
+		t.Errorf("a periodic child without sudo: %v", err)
+	}
+}

@@ -23,6 +23,9 @@ var rootTokenLen = len(newToken())
 type rootGeneration struct {
 	mu      sync.Mutex
 	attempt *rootAttempt
+	// limit bounds share submissions per caller address (apart from
+	// unseal's, so that one cannot starve the other).
+	limit *addrLimiter
 }
 
 type rootAttempt struct {
@@ -59,6 +62,9 @@ func (y *sysServer) GenerateRoot(ctx context.Context, req *pb.GenerateRootReques
 	case "", "status":
 		return status(), nil
 	case "cancel":
+		if g.attempt != nil && subtle.ConstantTimeCompare([]byte(req.GetNonce()), []byte(g.attempt.nonce)) != 1 {
+			return nil, invalidf("cancelling needs the nonce of the generate-root attempt in progress (-nonce)")
+		}
 		if g.attempt != nil {
 			g.attempt.zero()
 			g.attempt = nil
@@ -100,7 +106,7 @@ func (y *sysServer) generateRootInit(g *rootGeneration, req *pb.GenerateRootRequ
 }
 
 func (y *sysServer) generateRootUpdate(ctx context.Context, g *rootGeneration, req *pb.GenerateRootRequest, status func() *pb.GenerateRootStatus) (*pb.GenerateRootStatus, error) {
-	if y.unseals != nil && !y.unseals.allow(ctx) {
+	if g.limit != nil && !g.limit.allow(ctx) {
 		return nil, ErrRateLimited
 	}
 	a := g.attempt

@@ -79,7 +79,7 @@ func (s *Server) leaderDuties(ctx context.Context) {
 		}
 		if !s.keys.Sealed() && time.Since(lastExpiry) >= tokenExpiryInterval {
 			lastExpiry = time.Now()
-			if n, err := expireTokens(ctx, s.fsm, s.keys, s.sys.props, time.Now()); err != nil {
+			if n, err := s.tokens.expire(ctx, time.Now()); err != nil {
 				s.logger.Warn("removing expired tokens failed; retrying", "error", err)
 			} else if n > 0 {
 				s.logger.Info("removed expired tokens", "count", n)

@@ -222,6 +222,7 @@ func (s *Server) wire() {
 	gw.useToken = s.tokens.useToken
 	pol := &policyServer{store: policies, keys: s.keys, props: props, logger: logger}
 	s.sys = &sysServer{nodeID: id, keys: s.keys, store: s.fsm, props: props, raft: s.raft, link: s.link, logger: logger, unseals: newUnsealLimiter(), insecure: s.tls == nil, audit: s.audit}
+	s.sys.rootGen.limit = newUnsealLimiter()
 	kv := &kvServer{nodeID: id, store: s.fsm, props: props, keys: s.keys, reads: reads, leader: s.link, stopCtx: s.life.stopCtx}
 	op := &operatorServer{nodeID: id, dataDir: s.cfg.DataDir, raft: s.raft, state: s.fsm, keys: s.keys, link: s.link, logger: logger}
 	cluster := &clusterServer{nodeID: id, raft: s.raft, state: s.fsm, link: s.link}

@@ -95,8 +95,11 @@ type tokenServer struct {
 	policies *policyStore
 	logger   hclog.Logger
 	now      func() time.Time
-	// useMu makes taking uses of limited tokens one at a time.
-	useMu sync.Mutex
+	// mu makes the leader's changes of token records one at a time: a
+	// child is never written after its parent's revocation listed the
+	// children, and a renewal or a use never writes back a record a
+	// revocation removed.
+	mu sync.Mutex
 }
 
 // caller returns the record of the call's token.
@@ -135,6 +138,10 @@ func (s *tokenServer) Create(ctx context.Context, req *pb.CreateTokenRequest) (*
 	}
 	if parent.batch {
 		return nil, withMessage(ErrPermissionDenied, "permission denied: a batch token cannot create tokens")
+	}
+	if parent.NumUses > 0 {
+		// Its child would not be limited, and could outlive the last use.
+		return nil, withMessage(ErrPermissionDenied, "permission denied: a token limited in uses cannot create tokens")
 	}
 	policies, err := s.childPolicies(parent, req, isRoot)
 	if err != nil {
@@ -193,6 +200,19 @@ func (s *tokenServer) Create(ctx context.Context, req *pb.CreateTokenRequest) (*
 		rec.TTL = rec.ExplicitMax
 	}
 
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if rec.Parent != "" {
+		// The parent as stored now, not as the call's authentication read
+		// it: a revocation may have removed it meanwhile.
+		p, err := s.record(rec.Parent)
+		if errors.Is(err, fsm.ErrNotFound) || (err == nil && p.expired(now)) {
+			return nil, withMessage(ErrUnauthenticated, "server: the creating token was revoked or has expired")
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
 	if batch {
 		return s.createBatch(rec, now)
 	}
@@ -382,6 +402,8 @@ func (s *tokenServer) Lookup(ctx context.Context, req *pb.LookupTokenRequest) (*
 // within its explicit maximum and the system's, as Vault does; a periodic
 // token gets its period again.
 func (s *tokenServer) Renew(ctx context.Context, req *pb.RenewTokenRequest) (*pb.TokenInfo, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	rec, _, err := s.target(ctx, req.GetToken(), req.GetAccessor())
 	if err != nil {
 		return nil, err
@@ -429,6 +451,8 @@ func (s *tokenServer) Renew(ctx context.Context, req *pb.RenewTokenRequest) (*pb
 
 // Revoke removes a token and its children (not its orphans).
 func (s *tokenServer) Revoke(ctx context.Context, req *pb.RevokeTokenRequest) (*pb.RevokeTokenResponse, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	rec, _, err := s.target(ctx, req.GetToken(), req.GetAccessor())
 	if errors.Is(err, fsm.ErrNotFound) && req.GetToken() != "" {
 		// Revoking what is gone succeeds, as in Vault.
@@ -547,8 +571,8 @@ func (s *tokenServer) Capabilities(ctx context.Context, req *pb.CapabilitiesRequ
 // state (not the cache), and the last use revokes the token with its
 // children. Uses are taken one at a time, so two calls never share one.
 func (s *tokenServer) useToken(ctx context.Context, hash string) error {
-	s.useMu.Lock()
-	defer s.useMu.Unlock()
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	rec, err := s.record(hash)
 	if errors.Is(err, fsm.ErrNotFound) {
 		return withMessage(ErrUnauthenticated, "server: the token has no uses left (or was revoked): ask for a new token")
@@ -576,9 +600,12 @@ func (s *tokenServer) useToken(ctx context.Context, hash string) error {
 	return err
 }
 
-// expireTokens revokes the tokens whose time is over (with their
-// children); the leader runs it as a duty. It returns how many it removed.
-func expireTokens(ctx context.Context, st sysLister, keys entryKeys, props proposer, now time.Time) (int, error) {
+// expire revokes the tokens whose time is over (with their children);
+// the leader runs it as a duty. It returns how many it removed.
+func (s *tokenServer) expire(ctx context.Context, now time.Time) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st, keys, props := s.state, s.keys, s.props
 	names, err := st.SysList(sysTokenPref)
 	if err != nil {
 		return 0, err

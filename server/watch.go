@@ -48,7 +48,20 @@ func (k *kvServer) Watch(req *pb.WatchRequest, stream pb.KV_WatchServer) error {
 		if err != nil {
 			return err
 		}
+		guard, _ := ctx.Value(streamGuardKey{}).(*streamGuard)
+		if guard != nil && len(changes) > 0 {
+			// A token revoked or expired since the watch began ends it.
+			if err := guard.valid(); err != nil {
+				return err
+			}
+		}
 		for _, c := range changes {
+			if guard != nil && !guard.allowed(c.Path) {
+				// Outside what the token may list (a longer name that
+				// shares the prefix, a denied sub-tree): not its to see.
+				from = max(from, c.Index)
+				continue
+			}
 			if err := stream.Send(&pb.WatchEvent{
 				Type: pb.WatchEvent_CHANGE, Index: c.Index, Path: c.Path, Op: c.Op,
 				Version: c.Version, Versions: c.Versions, NodeId: k.nodeID,
@@ -76,6 +89,11 @@ func (k *kvServer) Watch(req *pb.WatchRequest, stream pb.KV_WatchServer) error {
 		if err != nil {
 			if errors.Is(err, fsm.ErrClosed) {
 				return errShuttingDown
+			}
+			if guard, _ := ctx.Value(streamGuardKey{}).(*streamGuard); guard != nil {
+				if err := guard.valid(); err != nil {
+					return err
+				}
 			}
 			// Idle: tell the client how far it has seen.
 			if err := stream.Send(&pb.WatchEvent{Type: pb.WatchEvent_PROGRESS, Index: from, NodeId: k.nodeID}); err != nil {

@@ -87,7 +87,11 @@ func kv(kind string, need Capability) func(proto.Message) (string, Capability) {
 // kvList: a list is on the folder's metadata path with a trailing slash,
 // as Vault's HTTP API makes it (LIST secret/metadata/app/).
 func kvList(req proto.Message) (string, Capability) {
-	p := KVPolicyPath(requestPath(req), "metadata")
+	path := requestPath(req)
+	if path == "" {
+		path = "secret" // the default mount, as the handlers take it
+	}
+	p := KVPolicyPath(path, "metadata")
 	if !strings.HasSuffix(p, "/") {
 		p += "/"
 	}
@@ -114,12 +118,18 @@ func policyPath(need Capability) func(proto.Message) (string, Capability) {
 	}
 }
 
-// tokenCreate: an orphan needs auth/token/create-orphan, as in Vault.
+// tokenCreate: an orphan needs auth/token/create-orphan, and a periodic
+// token (which can live for ever) sudo too, as in Vault.
 func tokenCreate(req proto.Message) (string, Capability) {
-	if r, ok := req.(*pb.CreateTokenRequest); ok && r.GetNoParent() {
-		return "auth/token/create-orphan", Update
+	r, _ := req.(*pb.CreateTokenRequest)
+	need := Update
+	if r.GetPeriodSeconds() != 0 {
+		need |= Sudo
 	}
-	return "auth/token/create", Update
+	if r.GetNoParent() {
+		return "auth/token/create-orphan", need
+	}
+	return "auth/token/create", need
 }
 
 // batchToken: creating a batch token writes nothing, so any node does it.

@@ -34,20 +34,20 @@ initial root token can be revoked and a root token made only when needed
     coffer operator generate-root -decode=ENCODED -otp=OTP
 
 The token comes back XORed with the OTP: only whoever holds the OTP can
-read it. -status shows the attempt, -cancel drops it. The attempt lives on
+read it. -status shows the attempt, -cancel -nonce=NONCE drops it. The attempt lives on
 the leader; a new leader starts without one.`).withClient()
 	initF := f.fs.Bool("init", false, "start an attempt (with -otp, or a fresh OTP that is printed)")
 	otp := f.fs.String("otp", "", "the one-time pad: with -init, use this one; with -decode, the one of the attempt")
 	nonce := f.fs.String("nonce", "", "the attempt's nonce, to submit a share")
 	status := f.fs.Bool("status", false, "show the attempt in progress")
-	cancel := f.fs.Bool("cancel", false, "drop the attempt in progress")
+	cancel := f.fs.Bool("cancel", false, "drop the attempt in progress (with its -nonce)")
 	decode := f.fs.String("decode", "", "decode this encoded token with -otp and print the root token")
 	args, err := f.parse(e, args)
 	if err != nil {
 		return err
 	}
 	modes := 0
-	for _, on := range []bool{*initF, *status, *cancel, *decode != "", *nonce != ""} {
+	for _, on := range []bool{*initF, *status, *cancel, *decode != "", *nonce != "" && !*cancel} {
 		if on {
 			modes++
 		}
@@ -71,7 +71,7 @@ the leader; a new leader starts without one.`).withClient()
 		}
 		req = &pb.GenerateRootRequest{Action: "init", Otp: *otp}
 	case *cancel:
-		req.Action = "cancel"
+		req = &pb.GenerateRootRequest{Action: "cancel", Nonce: *nonce}
 	case *nonce != "":
 		if len(args) > 1 {
 			return usageErrorf(f.name, "too many arguments: want at most one SHARE")
