@@ -36,6 +36,11 @@ type Agent struct {
 	cfg    Config
 	logger hclog.Logger
 	client *api.Client
+	// authToken is the token auto-auth holds (nil without auto-auth or
+	// before the first login); authed closes at the first login.
+	authToken atomic.Pointer[string]
+	authed    chan struct{}
+	authReady sync.Once
 	cache  *api.Cache
 	file   *cacheFile // nil without CacheDir
 
@@ -71,7 +76,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	cfg = cfg.withDefaults()
-	a := &Agent{cfg: cfg, logger: cfg.Logger, started: time.Now()}
+	a := &Agent{cfg: cfg, logger: cfg.Logger, started: time.Now(), authed: make(chan struct{})}
 	a.stopCtx, a.stopFunc = context.WithCancel(context.Background())
 
 	var restored []api.CacheRecord
@@ -170,6 +175,10 @@ func (a *Agent) Start() {
 	if a.file != nil {
 		a.bg.Add(1)
 		go a.persistLoop()
+	}
+	if a.cfg.Login != nil {
+		a.bg.Add(1)
+		go a.autoAuth()
 	}
 }
 
@@ -311,7 +320,7 @@ func (a *Agent) callerContext(ctx context.Context) (context.Context, error) {
 		if !a.cfg.UseAgentToken {
 			return nil, ErrNoToken
 		}
-		return ctx, nil // the agent's own token
+		return api.WithToken(ctx, a.ownToken()), nil // the agent's own token
 	case 1:
 		token, ok := strings.CutPrefix(vals[0], "Bearer ")
 		if !ok || token == "" {

@@ -56,6 +56,11 @@ type Config struct {
 	// Only on a unix socket, whose file mode says who may call; otherwise
 	// a caller without a token gets nothing.
 	UseAgentToken bool
+	// Login, when set, is auto-auth: the agent logs in for its service
+	// with it at start (an AppRole, JWT or certificate login), keeps the
+	// token alive — renewing it, or logging in again before it expires —
+	// and uses it as its own token (what UseAgentToken lends).
+	Login Login
 	// Cache configures the cache of Get answers. Zero fields take their
 	// defaults, except that TTL defaults to DefaultTTL and MaxStale to
 	// DefaultMaxStale (24h); a negative MaxStale turns stale-if-error off.
