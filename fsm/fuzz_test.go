@@ -24,6 +24,7 @@ func fuzzSeeds(t testing.TB) [][]byte {
 		{Op: fsmpb.Op_OP_PUT_METADATA, Path: "secret/a", MaxVersions: 2, CasRequired: true, LeaderTimeUnixNano: now},
 		{Op: fsmpb.Op_OP_SYS_PUT, Sys: []*fsmpb.SysEntry{{Key: "k", Value: ct("v")}}, SysRequireAbsent: "k", LeaderTimeUnixNano: now},
 		{Op: fsmpb.Op_OP_SYS_DELETE, SysKeys: []string{"k"}, LeaderTimeUnixNano: now},
+		{Op: fsmpb.Op_OP_SYS_CAS, SysExpect: []*fsmpb.SysEntry{{Key: "k", Value: ct("v")}}, Sys: []*fsmpb.SysEntry{{Key: "t", Value: ct("w")}}, SysKeys: []string{"k"}, LeaderTimeUnixNano: now},
 		{Op: fsmpb.Op_OP_NOOP},
 	}
 	seeds := [][]byte{nil, {0xff}}
