@@ -34,6 +34,8 @@ type ClusterOptions struct {
 	Tap func(p []byte)
 	// MaxInflightBytes is each node's request-byte budget (0: the default).
 	MaxInflightBytes int64
+	// AuditFiles gives each node an audit file (testcluster.Options).
+	AuditFiles bool
 }
 
 // NewCluster starts size nodes with bootstrap_expect = size and waits
@@ -70,6 +72,7 @@ func NewCluster(t testing.TB, size int, opts ...ClusterOptions) *Cluster {
 		TLS:               o.TLS,
 		Tap:               o.Tap,
 		MaxInflightBytes:  o.MaxInflightBytes,
+		AuditFiles:        o.AuditFiles,
 	})}
 }
 

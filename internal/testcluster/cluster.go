@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -77,6 +78,10 @@ type Node struct {
 // APIAddr returns the node's gRPC address (host:port), the same across
 // restarts.
 func (n *Node) APIAddr() string { return n.apiAddr }
+
+// AuditFile is the node's audit file, <Dir>/audit.log; the node writes it
+// only when the cluster runs with Options.AuditFiles.
+func (n *Node) AuditFile() string { return filepath.Join(n.Dir, "audit.log") }
 
 // Init shares: the cluster is initialized with 5 key shares, 3 of which
 // unseal a node.
@@ -199,6 +204,9 @@ func (c *Cluster) config(n *Node, expect int, network *replication.Network) serv
 	cfg.Network = network
 	if c.opts.MaxInflightBytes != 0 {
 		cfg.MaxInflightBytes = c.opts.MaxInflightBytes
+	}
+	if c.opts.AuditFiles {
+		cfg.AuditFiles = []string{n.AuditFile()}
 	}
 	cfg.ShutdownTimeout = shutdownTimeout
 	cfg.Logger = newLogger(c.logs, n.ID, c.opts.LogLevel)

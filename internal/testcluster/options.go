@@ -43,6 +43,9 @@ type Options struct {
 	// (CertsDir): TLS on the API, mutual TLS between nodes. The harness's
 	// own connections present the client certificate "root".
 	TLS bool
+	// AuditFiles gives each node an audit file, <Dir>/audit.log (see
+	// Node.AuditFile).
+	AuditFiles bool
 }
 
 // Defaults of Options.
