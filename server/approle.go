@@ -322,9 +322,9 @@ func errAppRoleCredentials() error {
 	return &notHere{deniedf("approle: invalid role_id or secret_id (a secret_id that was used up, expired or destroyed no longer exists): ask for a new secret_id")}
 }
 
-// login checks a role_id and secret_id. On the leader it holds the
-// secret_id's lock until the grant is done, so that a use is read and
-// spent by one login at a time.
+// login checks a role_id and secret_id. On the leader, for a secret_id
+// limited in uses, it holds the secret_id's lock until the grant is done,
+// so that a use is read and spent by one login at a time.
 func (a *appRoles) login(_ context.Context, call *loginCall) (*loginGrant, error) {
 	roleID, secret := call.data["role_id"], call.data["secret_id"]
 	switch {
@@ -356,9 +356,6 @@ func (a *appRoles) login(_ context.Context, call *loginCall) (*loginGrant, error
 	hash := hashCredential(secret)
 	key := secretIDKey(name, hash)
 	g := &loginGrant{method: "approle", role: name, display: "approle-" + name, token: r.roleToken}
-	if call.leader {
-		g.release = a.locks.lock(key)
-	}
 	ok := false
 	defer func() {
 		if !ok {
@@ -367,6 +364,14 @@ func (a *appRoles) login(_ context.Context, call *loginCall) (*loginGrant, error
 	}()
 	var s secretID
 	raw, err := a.store.get(key, &s)
+	if err == nil && s.NumUses > 0 && call.leader {
+		// A use will be spent: take the secret_id's turn, and read it again
+		// under it (a login that held it before may have spent the last
+		// use). A secret_id without a limit takes no turn.
+		g.release = a.locks.lock(key)
+		s = secretID{}
+		raw, err = a.store.get(key, &s)
+	}
 	if errors.Is(err, fsm.ErrNotFound) {
 		return nil, errAppRoleCredentials()
 	}
