@@ -515,6 +515,29 @@ func TestTokenBoundCIDRs(t *testing.T) {
 				}
 			}
 		}
+		// A token it makes is bound alike.
+		if typ == "service" {
+			if _, err := x.pols.Write(x.root, &pb.WritePolicyRequest{Name: "maker", Policy: `path "auth/token/create" { capabilities = ["update"] }`}); err != nil {
+				t.Fatal(err)
+			}
+			maker := x.appRole(t, &pb.AppRole{Name: "maker", Token: &pb.RoleToken{Policies: []string{"maker"}, BoundCidrs: []string{"10.0.0.0/8"}}})
+			ms := x.secretID(t, "maker")
+			mt, err := x.login.Login(from("10.0.0.1"), approleLogin(maker, ms.GetSecretId()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			rec, err := x.g.authenticate(metadata.NewIncomingContext(from("10.0.0.1"), metadata.Pairs("authorization", "Bearer "+mt.GetToken())))
+			if err != nil {
+				t.Fatal(err)
+			}
+			child, err := x.tokens.Create(context.WithValue(context.Background(), tokenCtxKey{}, rec), &pb.CreateTokenRequest{NoParent: true, Type: "batch"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(child.GetBoundCidrs(), []string{"10.0.0.0/8"}) {
+				t.Errorf("a token made by a bound token is bound to %v", child.GetBoundCidrs())
+			}
+		}
 		// With TLS, a call that says it was forwarded but did not come
 		// with a node certificate is checked against its own address.
 		x.g.tls = true

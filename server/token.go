@@ -145,6 +145,9 @@ func (s *tokenServer) Create(ctx context.Context, req *pb.CreateTokenRequest) (*
 		displayName: "token",
 		// Without a TTL asked, a root child of root may live for ever.
 		eternal: isRoot && slices.Contains(policies, rootPolicy),
+		// A token bound to client addresses makes tokens bound alike, so
+		// that it cannot hand its rights to a caller elsewhere.
+		boundCIDRs: parent.BoundCIDRs,
 	}
 	if n := req.GetDisplayName(); n != "" {
 		spec.displayName = "token-" + n
