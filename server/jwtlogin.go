@@ -5,7 +5,6 @@ import (
 	"errors"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -62,8 +61,6 @@ type jwtRoles struct {
 	keysOf string
 	static *auth.KeySet
 	remote *auth.RemoteKeys
-	// minRefresh, when set, replaces the remote keys' MinRefresh (tests).
-	minRefresh time.Duration
 }
 
 // close drops the remote key set's connections.
@@ -320,9 +317,6 @@ func (j *jwtRoles) keys(ctx context.Context, cfgRaw string, c jwtConfig, kid str
 			j.static, err = auth.ParsePEMKeys(c.PubKeys)
 		case c.JWKSURL != "":
 			j.remote, err = auth.NewRemoteKeys(c.JWKSURL, auth.RemoteOptions{CAPEM: c.JWKSCAPEM, AllowHTTP: j.insecure})
-			if err == nil && j.minRefresh != 0 {
-				j.remote.MinRefresh = j.minRefresh
-			}
 		default:
 			err = errors.New("no key source")
 		}
