@@ -60,6 +60,7 @@ var retryableReasons = map[pb.ErrorReason]bool{
 	pb.ErrorReason_STORAGE_FAILED:        true,
 	pb.ErrorReason_KEY_TERM_UNKNOWN:      true,
 	pb.ErrorReason_AUDIT_FAILED:          true,
+	pb.ErrorReason_LOGIN_UNAVAILABLE:     true,
 	pb.ErrorReason_ENDPOINT_UNREACHABLE:  true,
 	pb.ErrorReason_ATTEMPT_TIMEOUT:       true,
 	pb.ErrorReason_CACHE_TOO_STALE:       true,

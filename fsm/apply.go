@@ -1,6 +1,7 @@
 package fsm
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -320,6 +321,9 @@ func (a *applier) exec(cmd *fsmpb.Command, index uint64) (Result, error) {
 	case fsmpb.Op_OP_SYS_DELETE:
 		a.sysChanged = true
 		err = a.sysDelete(cmd)
+	case fsmpb.Op_OP_SYS_CAS:
+		a.sysChanged = true
+		err = a.sysCAS(cmd, &res)
 	case fsmpb.Op_OP_NOOP:
 	default:
 		// DecodeCommand refuses unknown ops; keep the switch total anyway.
@@ -469,6 +473,33 @@ func (a *applier) sysPut(cmd *fsmpb.Command, res *Result) error {
 	if k := cmd.GetSysRequireAbsent(); k != "" && a.sys.Get([]byte(k)) != nil {
 		res.Err = newResultError(ErrAlreadyExists, "sys key %q", k)
 		return nil
+	}
+	for _, e := range cmd.GetSys() {
+		v := e.GetValue()
+		if v == nil {
+			v = []byte{}
+		}
+		if err := a.sys.Put([]byte(e.GetKey()), v); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// sysCAS writes and removes system entries when every expected key holds
+// exactly its expected value, else nothing (CAS_MISMATCH). The outcome
+// depends only on the state and the command: every node decides alike.
+func (a *applier) sysCAS(cmd *fsmpb.Command, res *Result) error {
+	for _, e := range cmd.GetSysExpect() {
+		if !bytes.Equal(a.sys.Get([]byte(e.GetKey())), e.GetValue()) {
+			res.Err = newResultError(ErrCASMismatch, "sys key %q changed since it was read", e.GetKey())
+			return nil
+		}
+	}
+	for _, k := range cmd.GetSysKeys() {
+		if err := a.sys.Delete([]byte(k)); err != nil {
+			return err
+		}
 	}
 	for _, e := range cmd.GetSys() {
 		v := e.GetValue()

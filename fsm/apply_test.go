@@ -320,6 +320,80 @@ func TestSys(t *testing.T) {
 	}
 }
 
+// TestSysCAS: a conditional system change takes effect only while every
+// expected key holds exactly the expected bytes, and then writes and
+// removes all at once; a stale expectation changes nothing. Two changes
+// that expect the same value (two logins spending the same use) cannot
+// both take effect.
+func TestSysCAS(t *testing.T) {
+	h := newHarness(t, Options{})
+	h.mustOK(&fsmpb.Command{Op: fsmpb.Op_OP_SYS_PUT, Sys: []*fsmpb.SysEntry{
+		{Key: "secret-id/a", Value: ct("uses=2")},
+		{Key: "secret-id/b", Value: ct("uses=1")},
+		{Key: "accessor/b", Value: ct("b")},
+	}})
+	spend := func(key string, from, to []byte, remove ...string) *fsmpb.Command {
+		c := &fsmpb.Command{Op: fsmpb.Op_OP_SYS_CAS, SysExpect: []*fsmpb.SysEntry{{Key: key, Value: from}}, SysKeys: remove}
+		if to != nil {
+			c.Sys = []*fsmpb.SysEntry{{Key: key, Value: to}}
+		}
+		return c
+	}
+	// Two changes read the same value; the first wins, the second finds it
+	// changed and writes nothing, not even its other entry.
+	first := spend("secret-id/a", ct("uses=2"), ct("uses=1"))
+	first.Sys = append(first.Sys, &fsmpb.SysEntry{Key: "token/t1", Value: ct("t1")})
+	h.mustOK(first)
+	second := spend("secret-id/a", ct("uses=2"), ct("uses=1"))
+	second.Sys = append(second.Sys, &fsmpb.SysEntry{Key: "token/t2", Value: ct("t2")})
+	h.mustFail(second, ErrCASMismatch)
+	if _, err := h.f.SysGet("token/t2"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a refused cas wrote its token: %v", err)
+	}
+	if got, _ := h.f.SysGet("secret-id/a"); plainOf(got) != "uses=1" {
+		t.Fatalf("after one spend: %q", plainOf(got))
+	}
+	if got, _ := h.f.SysGet("token/t1"); plainOf(got) != "t1" {
+		t.Fatalf("the winning cas did not write its token: %q", plainOf(got))
+	}
+
+	// The last use removes the entry and its index together.
+	last := spend("secret-id/b", ct("uses=1"), nil, "secret-id/b", "accessor/b")
+	last.Sys = []*fsmpb.SysEntry{{Key: "token/t3", Value: ct("t3")}}
+	h.mustOK(last)
+	for _, k := range []string{"secret-id/b", "accessor/b"} {
+		if _, err := h.f.SysGet(k); !errors.Is(err, ErrNotFound) {
+			t.Fatalf("%s after the last use: %v", k, err)
+		}
+	}
+	// An entry that is gone never matches, so a use cannot be spent twice
+	// after the removal either.
+	h.mustFail(spend("secret-id/b", ct("uses=1"), nil, "secret-id/b"), ErrCASMismatch)
+	if _, err := h.f.SysGet("token/t3"); err != nil {
+		t.Fatalf("token/t3: %v", err)
+	}
+	// Expectations are exact bytes: a prefix or a longer value is not it.
+	h.mustFail(spend("secret-id/a", ct("uses="), ct("uses=0")), ErrCASMismatch)
+	h.mustFail(spend("secret-id/a", ct("uses=1x"), ct("uses=0")), ErrCASMismatch)
+	h.mustOK(spend("secret-id/a", ct("uses=1"), ct("uses=0")))
+
+	// Values are held to the same rule as a sys put: sealed only.
+	now := h.now.UnixNano()
+	forged, err := marshalOpts.Marshal(&fsmpb.Command{Op: fsmpb.Op_OP_SYS_CAS, LeaderTimeUnixNano: now,
+		SysExpect: []*fsmpb.SysEntry{{Key: "secret-id/a", Value: ct("uses=0")}},
+		Sys:       []*fsmpb.SysEntry{{Key: "token/root", Value: []byte(`{"policies":["root"]}`)}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.mustOK(putCmd("sealed-from-here", "x"))
+	if res := h.applyData(forged); !errors.Is(res.Err, ErrInvalidCommand) {
+		t.Fatalf("a plaintext value in a cas: %v", res.Err)
+	}
+	if _, err := h.f.SysGet("token/root"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("a refused cas stored a plaintext token: %v", err)
+	}
+}
+
 func TestInvalidCommands(t *testing.T) {
 	h := newHarness(t, Options{})
 	now := h.now.UnixNano()
@@ -345,6 +419,13 @@ func TestInvalidCommands(t *testing.T) {
 		"sys no entries":     valid(&fsmpb.Command{Op: fsmpb.Op_OP_SYS_PUT, LeaderTimeUnixNano: now}),
 		"sys dup":            valid(&fsmpb.Command{Op: fsmpb.Op_OP_SYS_PUT, Sys: []*fsmpb.SysEntry{{Key: "k"}, {Key: "k"}}, LeaderTimeUnixNano: now}),
 		"sys empty key":      valid(&fsmpb.Command{Op: fsmpb.Op_OP_SYS_DELETE, SysKeys: []string{""}, LeaderTimeUnixNano: now}),
+		"cas no expectation": valid(&fsmpb.Command{Op: fsmpb.Op_OP_SYS_CAS, Sys: []*fsmpb.SysEntry{{Key: "k", Value: ct("v")}}, LeaderTimeUnixNano: now}),
+		"cas empty expected": valid(&fsmpb.Command{Op: fsmpb.Op_OP_SYS_CAS, SysExpect: []*fsmpb.SysEntry{{Key: "k"}}, SysKeys: []string{"k"}, LeaderTimeUnixNano: now}),
+		"cas no change":      valid(&fsmpb.Command{Op: fsmpb.Op_OP_SYS_CAS, SysExpect: []*fsmpb.SysEntry{{Key: "k", Value: ct("v")}}, LeaderTimeUnixNano: now}),
+		"cas put and remove": valid(&fsmpb.Command{Op: fsmpb.Op_OP_SYS_CAS, SysExpect: []*fsmpb.SysEntry{{Key: "k", Value: ct("v")}}, Sys: []*fsmpb.SysEntry{{Key: "j", Value: ct("v")}}, SysKeys: []string{"j"}, LeaderTimeUnixNano: now}),
+		"cas dup expect":     valid(&fsmpb.Command{Op: fsmpb.Op_OP_SYS_CAS, SysExpect: []*fsmpb.SysEntry{{Key: "k", Value: ct("v")}, {Key: "k", Value: ct("w")}}, SysKeys: []string{"j"}, LeaderTimeUnixNano: now}),
+		"cas dup write":      valid(&fsmpb.Command{Op: fsmpb.Op_OP_SYS_CAS, SysExpect: []*fsmpb.SysEntry{{Key: "k", Value: ct("v")}}, Sys: []*fsmpb.SysEntry{{Key: "j", Value: ct("v")}, {Key: "j", Value: ct("w")}}, LeaderTimeUnixNano: now}),
+		"cas empty key":      valid(&fsmpb.Command{Op: fsmpb.Op_OP_SYS_CAS, SysExpect: []*fsmpb.SysEntry{{Key: "k", Value: ct("v")}}, SysKeys: []string{""}, LeaderTimeUnixNano: now}),
 		"long request id":    valid(&fsmpb.Command{Op: fsmpb.Op_OP_NOOP, RequestId: string(make([]byte, MaxRequestIDLen+1))}),
 	} {
 		res := h.applyData(data)

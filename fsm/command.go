@@ -110,7 +110,7 @@ func sealedLayoutOf(c *fsmpb.Command) sealedLayout {
 			return valuesSealed
 		}
 		return valuesUnsealed
-	case fsmpb.Op_OP_SYS_PUT:
+	case fsmpb.Op_OP_SYS_PUT, fsmpb.Op_OP_SYS_CAS:
 		layout := noValues
 		for _, e := range c.GetSys() {
 			if !SysKeyNeedsBarrier(e.GetKey()) {
@@ -191,9 +191,60 @@ func validateCommand(c *fsmpb.Command) error {
 				return err
 			}
 		}
+	case fsmpb.Op_OP_SYS_CAS:
+		if err := validateSysCAS(c); err != nil {
+			return err
+		}
 	case fsmpb.Op_OP_NOOP:
 	default:
 		return invalid("unknown op %d", int32(op))
+	}
+	return nil
+}
+
+// validateSysCAS checks a conditional system change: at least one
+// expectation, with a value, on distinct keys; something to write or
+// remove; no key both written and removed, or written twice.
+func validateSysCAS(c *fsmpb.Command) error {
+	invalid := func(format string, args ...any) error {
+		return newResultError(ErrInvalidCommand, format, args...)
+	}
+	if len(c.GetSysExpect()) == 0 {
+		return invalid("sys cas without expectations")
+	}
+	if len(c.GetSys()) == 0 && len(c.GetSysKeys()) == 0 {
+		return invalid("sys cas that writes and removes nothing")
+	}
+	expected := make(map[string]struct{}, len(c.GetSysExpect()))
+	for _, e := range c.GetSysExpect() {
+		if err := validateSysKey(e.GetKey()); err != nil {
+			return err
+		}
+		if len(e.GetValue()) == 0 {
+			return invalid("sys cas expects no value for key %q", e.GetKey())
+		}
+		if _, dup := expected[e.GetKey()]; dup {
+			return invalid("sys cas expects key %q twice", e.GetKey())
+		}
+		expected[e.GetKey()] = struct{}{}
+	}
+	written := make(map[string]struct{}, len(c.GetSys()))
+	for _, e := range c.GetSys() {
+		if err := validateSysKey(e.GetKey()); err != nil {
+			return err
+		}
+		if _, dup := written[e.GetKey()]; dup {
+			return invalid("sys cas writes key %q twice", e.GetKey())
+		}
+		written[e.GetKey()] = struct{}{}
+	}
+	for _, k := range c.GetSysKeys() {
+		if err := validateSysKey(k); err != nil {
+			return err
+		}
+		if _, both := written[k]; both {
+			return invalid("sys cas both writes and removes key %q", k)
+		}
 	}
 	return nil
 }

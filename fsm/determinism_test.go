@@ -86,8 +86,17 @@ func randomLog(t testing.TB, seed uint64, n int) []*raft.Log {
 			if r.IntN(10) < 4 {
 				c.SysRequireAbsent = pick(sysKeys)
 			}
-		case w < 84:
+		case w < 82:
 			c.Op, c.Path, c.SysKeys = fsmpb.Op_OP_SYS_DELETE, "", []string{pick(sysKeys), pick(sysKeys)}
+		case w < 84:
+			// A conditional change that expects what an earlier sys put of
+			// this log may have written: some match, most do not.
+			c.Op, c.Path = fsmpb.Op_OP_SYS_CAS, ""
+			c.SysExpect = []*fsmpb.SysEntry{{Key: pick(sysKeys), Value: ct(fmt.Sprintf("sys-%d", i-1-r.IntN(8)))}}
+			c.Sys = []*fsmpb.SysEntry{{Key: sysKeys[0], Value: ct(fmt.Sprintf("sys-%d", i))}}
+			if r.IntN(2) == 0 {
+				c.SysKeys = []string{sysKeys[1+r.IntN(len(sysKeys)-1)]}
+			}
 		case w < 88:
 			c.Op, c.Path = fsmpb.Op_OP_NOOP, ""
 		case w < 91:

@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/netip"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -29,6 +30,7 @@ import (
 	"coffer/internal/tlsutil"
 	"coffer/seal"
 	"coffer/server/acl"
+	"coffer/server/auth"
 )
 
 // Keys of the sys table (replicated through Raft, never holding a secret in
@@ -71,6 +73,12 @@ type tokenRecord struct {
 	// Each call takes one on the leader (a follower forwards the call);
 	// the last one revokes the token.
 	NumUses int64 `json:"num_uses,omitempty"`
+	// BoundCIDRs: the token works only from these client addresses (a
+	// login's role set them); none: from anywhere.
+	BoundCIDRs []string `json:"bound_cidrs,omitempty"`
+
+	// cidrs are BoundCIDRs parsed (set where a record is decoded).
+	cidrs []netip.Prefix
 
 	// gone: only the index entry of this token was found (revocation).
 	gone bool
@@ -133,7 +141,43 @@ func openTokenRecord(keys entryOpener, key string, raw []byte) (*tokenRecord, er
 	if err := json.Unmarshal(raw, &rec); err != nil {
 		return nil, fmt.Errorf("server: token record is corrupt: %w", err)
 	}
+	if err := rec.parseCIDRs(); err != nil {
+		return nil, err
+	}
 	return &rec, nil
+}
+
+// parseCIDRs parses the record's bound CIDRs; one that does not parse
+// (only a damaged record holds one: logins check them) refuses the token.
+func (r *tokenRecord) parseCIDRs() error {
+	if len(r.BoundCIDRs) == 0 {
+		return nil
+	}
+	cidrs, err := auth.ParseCIDRs(r.BoundCIDRs)
+	if err != nil {
+		return fmt.Errorf("%w: a token's bound CIDRs do not parse: %v", errBadData, err)
+	}
+	r.cidrs = cidrs
+	return nil
+}
+
+// checkBound refuses a token bound to CIDR blocks when the call does not
+// come from one of them. The address is the client's: the peer's, or for
+// a call a node forwarded, the one that node names; a read-index round a
+// node asks for a client (no address named) is the node's own call, and
+// the node checked its client itself.
+func (g *gateway) checkBound(ctx context.Context, rec *tokenRecord) error {
+	if len(rec.cidrs) == 0 {
+		return nil
+	}
+	addr, named := clientAddr(ctx, g.tls)
+	if !named && forwardedByNode(ctx, g.tls) {
+		return nil
+	}
+	if !auth.AddrAllowed(rec.cidrs, addr) {
+		return withMessage(ErrPermissionDenied, "permission denied: this token is bound to CIDR blocks, and the call does not come from one of them (%s)", addrString(addr))
+	}
+	return nil
 }
 
 // entryOpener opens a system entry's value (the barrier).
@@ -209,6 +253,9 @@ func (g *gateway) authenticate(ctx context.Context) (*tokenRecord, error) {
 		if rec.expired(time.Now()) {
 			return nil, errTokenExpired
 		}
+		if err := g.checkBound(ctx, rec); err != nil {
+			return nil, err
+		}
 		return rec, nil
 	}
 	raw, err := g.state.SysGet(sysTokenPref + h)
@@ -245,6 +292,9 @@ func (g *gateway) authenticate(ctx context.Context) (*tokenRecord, error) {
 		return nil, errTokenExpired
 	}
 	g.tokens.put(gen, h, rec)
+	if err := g.checkBound(ctx, rec); err != nil {
+		return nil, err
+	}
 	return rec, nil
 }
 
@@ -259,7 +309,10 @@ func (g *gateway) authenticateBatch(ctx context.Context, token string) (*tokenRe
 		if err != nil {
 			return nil, ErrUnauthenticated
 		}
-		rec = &tokenRecord{Hash: h, Policies: b.Policies, Created: b.Created, Expire: b.Expire, Parent: b.Parent, DisplayName: b.DisplayName, batch: true}
+		rec = &tokenRecord{Hash: h, Policies: b.Policies, Created: b.Created, Expire: b.Expire, Parent: b.Parent, DisplayName: b.DisplayName, BoundCIDRs: b.BoundCIDRs, batch: true}
+		if err := rec.parseCIDRs(); err != nil {
+			return nil, ErrUnauthenticated
+		}
 		if rec.Parent != "" {
 			_, err := g.state.SysGet(sysTokenPref + rec.Parent)
 			if errors.Is(err, fsm.ErrNotFound) && !g.raft.IsLeader() && !wasForwarded(ctx) {
@@ -281,6 +334,9 @@ func (g *gateway) authenticateBatch(ctx context.Context, token string) (*tokenRe
 	}
 	if rec.expired(time.Now()) {
 		return nil, errTokenExpired
+	}
+	if err := g.checkBound(ctx, rec); err != nil {
+		return nil, err
 	}
 	return rec, nil
 }
@@ -453,6 +509,11 @@ func (g *gateway) admit(ctx context.Context, method string) (route.Route, contex
 	if r.Access == route.Public {
 		return r, ctx, nil
 	}
+	if r.Access == route.Login {
+		// No token: the credentials are the handler's to check, on an
+		// unsealed node.
+		return r, ctx, g.admitSealed(ctx)
+	}
 	if r.Access == route.Peer && g.tls && !callerIsNode(ctx) {
 		return r, ctx, withMessage(ErrNodeOnly, "%s is for the cluster's nodes only: it needs a node certificate of the cluster's CA", method)
 	}
@@ -500,7 +561,7 @@ func (g *gateway) unaryInterceptor(ctx context.Context, req any, info *grpc.Unar
 	// The request is recorded before anything is served, refused calls
 	// too; a request no device could record is not served (fail closed).
 	var call *auditCall
-	if g.audit.on() && r.Method != "" && audited(r) {
+	if g.audit.on() && r.Method != "" && (audited(r) || r.Access == route.Login) {
 		rec, _ := actx.Value(tokenCtxKey{}).(*tokenRecord)
 		call = g.audit.begin(ctx, r, rec)
 		if aerr := call.request(ctx, r, msg); aerr != nil {

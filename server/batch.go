@@ -30,6 +30,8 @@ type batchRecord struct {
 	Expire      int64    `json:"e"`
 	Parent      string   `json:"pa,omitempty"`
 	DisplayName string   `json:"d,omitempty"`
+	// BoundCIDRs: the client addresses the token works from (none: any).
+	BoundCIDRs []string `json:"b,omitempty"`
 }
 
 // isBatchToken reports whether token has the form of a batch token.

@@ -64,6 +64,10 @@ var (
 	errShuttingDown = errors.New("server: node is shutting down: reconnect to another node")
 	// ErrNotFoundPeer means a Raft peer id is not in the configuration.
 	ErrNotFoundPeer = errors.New("server: no such raft peer: see `coffer operator raft list-peers`")
+	// ErrLoginUnavailable means a login method could not get what checks
+	// the credentials (a JWT issuer's key set did not download): nothing
+	// is wrong with the credentials, and another node may have it.
+	ErrLoginUnavailable = errors.New("server: the login method's keys could not be fetched: retry, or check the method's configuration")
 	// ErrStorage means the node's state machine failed to persist and the
 	// node stopped acknowledging writes.
 	ErrStorage = errors.New("server: this node cannot persist writes (disk full or I/O error): use another node and check its disk")
@@ -89,6 +93,7 @@ var codeTable = []struct {
 	{ErrMinIndex, codes.Unavailable, pb.ErrorReason_MIN_INDEX_NOT_REACHED},
 	{ErrLeaderUnreachable, codes.Unavailable, pb.ErrorReason_LEADER_UNREACHABLE},
 	{ErrStorage, codes.Unavailable, pb.ErrorReason_STORAGE_FAILED},
+	{ErrLoginUnavailable, codes.Unavailable, pb.ErrorReason_LOGIN_UNAVAILABLE},
 	{errAudit, codes.Unavailable, pb.ErrorReason_AUDIT_FAILED},
 	{errShuttingDown, codes.Unavailable, pb.ErrorReason_SHUTTING_DOWN},
 	{ErrCatchingUp, codes.Unavailable, pb.ErrorReason_CATCHING_UP},

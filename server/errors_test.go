@@ -82,6 +82,7 @@ var sentinels = map[string]struct {
 	"server.errShuttingDown":         {errShuttingDown, codes.Unavailable, pb.ErrorReason_SHUTTING_DOWN},
 	"server.ErrNotFoundPeer":         {ErrNotFoundPeer, codes.NotFound, pb.ErrorReason_PEER_NOT_FOUND},
 	"server.ErrStorage":              {ErrStorage, codes.Unavailable, pb.ErrorReason_STORAGE_FAILED},
+	"server.ErrLoginUnavailable":     {ErrLoginUnavailable, codes.Unavailable, pb.ErrorReason_LOGIN_UNAVAILABLE},
 	"server.ErrForeignSnapshot":      {ErrForeignSnapshot, codes.FailedPrecondition, pb.ErrorReason_FOREIGN_SNAPSHOT},
 	"context.DeadlineExceeded":       {context.DeadlineExceeded, codes.DeadlineExceeded, pb.ErrorReason_DEADLINE_EXCEEDED},
 	"context.Canceled":               {context.Canceled, codes.Canceled, pb.ErrorReason_CANCELED},
@@ -138,6 +139,7 @@ func TestCodeTableKnowsEverySentinel(t *testing.T) {
 	internalOnly := map[string]bool{
 		"fsm.errCorruptMeta":      true, // wrapped by fsm.ErrCorrupt
 		"replication.ErrIsolated": true, // a test network's dial error, inside gRPC's status
+		"server.errNotHere":       true, // a mark on a login refusal, which carries its own sentinel
 	}
 	for pkg, dir := range map[string]string{"fsm": "../fsm", "seal": "../seal", "replication": "../replication", "server": "."} {
 		files, err := filepath.Glob(filepath.Join(dir, "*.go"))

@@ -54,7 +54,7 @@ func (s *Server) leaderDuties(ctx context.Context) {
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
 	migrated := false
-	var lastExpiry time.Time
+	var lastExpiry, lastTidy time.Time
 	salted := false
 	for {
 		if s.keys.Sealed() {
@@ -83,6 +83,14 @@ func (s *Server) leaderDuties(ctx context.Context) {
 				s.logger.Warn("removing expired tokens failed; retrying", "error", err)
 			} else if n > 0 {
 				s.logger.Info("removed expired tokens", "count", n)
+			}
+		}
+		if !s.keys.Sealed() && time.Since(lastTidy) >= secretIDTidyInterval {
+			lastTidy = time.Now()
+			if n, err := tidySecretIDs(ctx, s.logins.approle.store, s.sys.props, time.Now()); err != nil {
+				s.logger.Warn("removing expired secret_ids failed; retrying", "error", err)
+			} else if n > 0 {
+				s.logger.Info("removed expired secret_ids", "count", n)
 			}
 		}
 		select {

@@ -97,6 +97,13 @@ func (l *leaderLink) leader() (id, addr string) {
 	return id, m.APIAddr
 }
 
+// leaderKnown reports whether this node follows a leader other than
+// itself (a call forwarded now has somewhere to go).
+func (l *leaderLink) leaderKnown() bool {
+	id, _ := l.raft.Following()
+	return id != "" && id != l.nodeID
+}
+
 // wasForwarded reports whether the call came from another node.
 func wasForwarded(ctx context.Context) bool {
 	md, _ := metadata.FromIncomingContext(ctx)
@@ -124,6 +131,14 @@ func (l *leaderLink) forward(ctx context.Context, r route.Route, req proto.Messa
 	out := metadata.Pairs(forwardedKey, l.nodeID)
 	if auth := in.Get("authorization"); len(auth) > 0 {
 		out.Set("authorization", auth...)
+	}
+	// The leader checks bindings to client addresses (bound CIDRs) against
+	// the client's address, not this node's.
+	if addr, ok := peerAddr(ctx); ok {
+		out.Set(clientAddrKey, addr.String())
+	}
+	for k, v := range forwardMetadata(ctx) {
+		out.Set(k, v)
 	}
 	octx := metadata.NewOutgoingContext(ctx, out)
 

@@ -44,6 +44,7 @@ type Server struct {
 	link   *leaderLink
 	sys    *sysServer
 	tokens *tokenServer
+	logins *loginMethods
 	audit  *auditor
 	health *health.Server
 	grpc   *grpc.Server
@@ -201,9 +202,22 @@ func (s *Server) exists(policies *policyStore) func(proto.Message) bool {
 			return err == nil
 		case *pb.WritePolicyRequest:
 			return policies.exists(r.GetName())
+		case *pb.AppRole:
+			return s.logins.approle.exists(r.GetName())
+		case *pb.JWTRole:
+			return s.logins.jwt.exists(r.GetName())
+		case *pb.CertRole:
+			return s.logins.cert.exists(r.GetName())
 		}
 		return false
 	}
+}
+
+// loginMethods are the node's login methods.
+type loginMethods struct {
+	approle *appRoles
+	jwt     *jwtRoles
+	cert    *certRoles
 }
 
 // wire builds the services over their narrow dependencies and registers
@@ -220,6 +234,16 @@ func (s *Server) wire() {
 	gw := &gateway{raft: s.raft, state: s.fsm, keys: s.keys, link: s.link, tls: s.tls != nil, policies: policies, exists: s.exists(policies), audit: s.audit, logger: logger}
 	s.tokens = &tokenServer{state: s.fsm, keys: s.keys, props: props, policies: policies, logger: logger, now: time.Now}
 	gw.useToken = s.tokens.useToken
+	store := sealedJSON{state: s.fsm, keys: s.keys}
+	s.logins = &loginMethods{
+		approle: &appRoles{store: store, props: props, locks: &keyLocks{}, logger: logger.Named("approle"), now: time.Now},
+		jwt:     &jwtRoles{store: store, props: props, insecure: s.tls == nil, logger: logger.Named("jwt")},
+		cert:    &certRoles{store: store, props: props, logger: logger.Named("cert")},
+	}
+	login := &loginServer{
+		methods: map[string]loginMethod{"approle": s.logins.approle, "jwt": s.logins.jwt, "cert": s.logins.cert},
+		tokens:  s.tokens, raft: s.raft, link: s.link, tls: s.tls != nil, logger: logger.Named("login"),
+	}
 	pol := &policyServer{store: policies, keys: s.keys, props: props, logger: logger}
 	s.sys = &sysServer{nodeID: id, keys: s.keys, store: s.fsm, props: props, raft: s.raft, link: s.link, logger: logger, unseals: newUnsealLimiter(), insecure: s.tls == nil, audit: s.audit}
 	s.sys.rootGen.limit = newUnsealLimiter()
@@ -257,6 +281,10 @@ func (s *Server) wire() {
 	pb.RegisterOperatorServer(s.grpc, op)
 	pb.RegisterPolicyServer(s.grpc, pol)
 	pb.RegisterTokenServer(s.grpc, s.tokens)
+	pb.RegisterLoginServer(s.grpc, login)
+	pb.RegisterAppRoleAuthServer(s.grpc, s.logins.approle)
+	pb.RegisterJWTAuthServer(s.grpc, s.logins.jwt)
+	pb.RegisterCertAuthServer(s.grpc, s.logins.cert)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 }
@@ -387,6 +415,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.keys.seal.Seal()
 		s.audit.forget()
 		s.link.conns.close()
+		s.logins.jwt.close()
 		errs := []error{s.raft.Shutdown(), s.fsm.Close(), s.audit.close()}
 		s.life.bg.Wait()
 		s.life.err = errors.Join(errs...)
@@ -409,6 +438,7 @@ func (s *Server) Kill() {
 		s.keys.seal.Seal()
 		s.audit.forget()
 		s.link.conns.close()
+		s.logins.jwt.close()
 		errs := []error{s.raft.Shutdown(), s.fsm.Close(), s.audit.close()}
 		s.life.bg.Wait()
 		s.life.err = errors.Join(errs...)

@@ -54,6 +54,7 @@ func tokenInfo(rec *tokenRecord, now time.Time) *pb.TokenInfo {
 		Orphan:                rec.Parent == "",
 		DisplayName:           rec.DisplayName,
 		NumUses:               rec.NumUses,
+		BoundCidrs:            append([]string(nil), rec.BoundCIDRs...),
 	}
 	if rec.Expire != 0 {
 		info.TtlSeconds = max(0, rec.Expire-now.Unix())
@@ -67,6 +68,7 @@ func (r *tokenRecord) clone() *tokenRecord {
 		Hash: r.Hash, Policies: slices.Clone(r.Policies), Created: r.Created, Accessor: r.Accessor,
 		Expire: r.Expire, TTL: r.TTL, ExplicitMax: r.ExplicitMax, Period: r.Period, Parent: r.Parent,
 		DisplayName: r.DisplayName, NoRenew: r.NoRenew, NumUses: r.NumUses, batch: r.batch,
+		BoundCIDRs: slices.Clone(r.BoundCIDRs), cidrs: slices.Clone(r.cidrs),
 	}
 }
 
@@ -117,7 +119,6 @@ func (s *tokenServer) Create(ctx context.Context, req *pb.CreateTokenRequest) (*
 	if err != nil {
 		return nil, err
 	}
-	now := s.now()
 	isRoot := slices.Contains(parent.Policies, rootPolicy)
 	batch := false
 	switch req.GetType() {
@@ -157,29 +158,105 @@ func (s *tokenServer) Create(ctx context.Context, req *pb.CreateTokenRequest) (*
 			return nil, invalidf("a batch token cannot be limited in uses (nothing is stored to count them): create a service token")
 		}
 	}
-
-	rec := &tokenRecord{
-		Policies:    policies,
-		Created:     now.Unix(),
-		ExplicitMax: req.GetExplicitMaxTtlSeconds(),
-		Period:      req.GetPeriodSeconds(),
-		DisplayName: "token",
-		NoRenew:     req.GetRenewableSet() && !req.GetRenewable(),
-		NumUses:     req.GetNumUses(),
+	spec := tokenSpec{
+		policies:    policies,
+		ttl:         time.Duration(req.GetTtlSeconds()) * time.Second,
+		explicitMax: req.GetExplicitMaxTtlSeconds(),
+		period:      req.GetPeriodSeconds(),
+		noRenew:     req.GetRenewableSet() && !req.GetRenewable(),
+		numUses:     req.GetNumUses(),
+		batch:       batch,
+		displayName: "token",
+		// Without a TTL asked, a root child of root may live for ever.
+		eternal: isRoot && slices.Contains(policies, rootPolicy),
+		// A token bound to client addresses makes tokens bound alike, so
+		// that it cannot hand its rights to a caller elsewhere.
+		boundCIDRs: parent.BoundCIDRs,
 	}
 	if n := req.GetDisplayName(); n != "" {
-		rec.DisplayName = "token-" + n
+		spec.displayName = "token-" + n
 	}
 	if !req.GetNoParent() {
-		rec.Parent = parent.Hash
+		spec.parent = parent
 	}
-	// Without a TTL asked, a child lives as long as the system allows, as
-	// in Vault; a root child of root may live for ever.
-	ttl := time.Duration(req.GetTtlSeconds()) * time.Second
+	return s.mint(ctx, spec, nil)
+}
+
+// tokenSpec is what a new token is made of: Token.Create and every login
+// describe the token they want, and mint applies the one set of lifetime
+// rules.
+type tokenSpec struct {
+	// policies are the token's, final (mint adds none).
+	policies []string
+	// ttl asked (0: the default, the system's maximum); period (seconds)
+	// makes a periodic token; explicitMax (seconds) caps its life from
+	// creation.
+	ttl         time.Duration
+	period      int64
+	explicitMax int64
+	noRenew     bool
+	batch       bool
+	// numUses limits the calls of a service token (0: no limit).
+	numUses int64
+	// parent: nil for an orphan.
+	parent      *tokenRecord
+	displayName string
+	// boundCIDRs: the client addresses the token works from (none: any).
+	boundCIDRs []string
+	// eternal: without a TTL the token never expires (a root child of
+	// root).
+	eternal bool
+}
+
+// credentialUse is a login's spend of one use of a credential (an AppRole
+// secret_id limited in uses), made in the same command as the token it
+// pays for: the change applies only while the credential's entry still
+// holds exactly the bytes the leader read (OP_SYS_CAS), so one use is
+// never spent twice, on any node.
+type credentialUse struct {
+	expect *fsmpb.SysEntry
+	put    []*fsmpb.SysEntry
+	del    []string
+}
+
+// command is the conditional change spending the use, writing entries
+// with it.
+func (u *credentialUse) command(entries []*fsmpb.SysEntry) *fsmpb.Command {
+	return &fsmpb.Command{
+		Op:        fsmpb.Op_OP_SYS_CAS,
+		SysExpect: []*fsmpb.SysEntry{u.expect},
+		Sys:       append(append([]*fsmpb.SysEntry(nil), u.put...), entries...),
+		SysKeys:   u.del,
+	}
+}
+
+// mint makes the token spec describes: a batch token sealed by the
+// barrier, or a service token whose record it writes. With use, the
+// write also spends the credential's use, and a batch token is handed
+// out only once the use is spent. It is the one place where a token's
+// lifetime is decided.
+func (s *tokenServer) mint(ctx context.Context, spec tokenSpec, use *credentialUse) (*pb.TokenInfo, error) {
+	now := s.now()
+	rec := &tokenRecord{
+		Policies:    spec.policies,
+		Created:     now.Unix(),
+		ExplicitMax: spec.explicitMax,
+		Period:      spec.period,
+		DisplayName: spec.displayName,
+		NoRenew:     spec.noRenew,
+		NumUses:     spec.numUses,
+		BoundCIDRs:  spec.boundCIDRs,
+	}
+	if spec.parent != nil {
+		rec.Parent = spec.parent.Hash
+	}
+	// Without a TTL asked, a token lives as long as the system allows, as
+	// in Vault, unless it may be eternal.
+	ttl := spec.ttl
 	if rec.Period != 0 {
 		ttl = time.Duration(rec.Period) * time.Second
 	}
-	if ttl == 0 && !(isRoot && slices.Contains(policies, rootPolicy)) {
+	if ttl == 0 && !spec.eternal {
 		ttl = maxTokenTTL
 	}
 	if ttl > maxTokenTTL {
@@ -192,19 +269,21 @@ func (s *tokenServer) Create(ctx context.Context, req *pb.CreateTokenRequest) (*
 			rec.Expire = min(rec.Expire, rec.Created+rec.ExplicitMax)
 		}
 		// A child never outlives its parent: the parent's expiry revokes it.
-		if rec.Parent != "" && parent.Expire != 0 {
-			rec.Expire = min(rec.Expire, parent.Expire)
+		if spec.parent != nil && spec.parent.Expire != 0 {
+			rec.Expire = min(rec.Expire, spec.parent.Expire)
 		}
 	} else if rec.ExplicitMax != 0 {
 		rec.Expire = rec.Created + rec.ExplicitMax
 		rec.TTL = rec.ExplicitMax
 	}
 
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if rec.Parent != "" {
-		// The parent as stored now, not as the call's authentication read
-		// it: a revocation may have removed it meanwhile.
+	if spec.parent != nil {
+		// The leader changes a parent's family one change at a time, and
+		// reads the parent as stored now, not as the call's authentication
+		// read it: a revocation may have removed it meanwhile, and a child
+		// written after it listed the children would never be revoked.
+		s.mu.Lock()
+		defer s.mu.Unlock()
 		p, err := s.record(rec.Parent)
 		if errors.Is(err, fsm.ErrNotFound) || (err == nil && p.expired(now)) {
 			return nil, withMessage(ErrUnauthenticated, "server: the creating token was revoked or has expired")
@@ -213,8 +292,19 @@ func (s *tokenServer) Create(ctx context.Context, req *pb.CreateTokenRequest) (*
 			return nil, err
 		}
 	}
-	if batch {
-		return s.createBatch(rec, now)
+	if spec.batch {
+		info, err := s.createBatch(rec, now)
+		if err != nil {
+			return nil, err
+		}
+		if use != nil {
+			res, err := s.props.propose(ctx, use.command(nil))
+			if err != nil {
+				return nil, err
+			}
+			info.RaftIndex = res.Index
+		}
+		return info, nil
 	}
 	token := newToken()
 	rec.Hash = hashToken(token)
@@ -223,7 +313,11 @@ func (s *tokenServer) Create(ctx context.Context, req *pb.CreateTokenRequest) (*
 	if err != nil {
 		return nil, err
 	}
-	res, err := s.props.propose(ctx, &fsmpb.Command{Op: fsmpb.Op_OP_SYS_PUT, Sys: entries})
+	cmd := &fsmpb.Command{Op: fsmpb.Op_OP_SYS_PUT, Sys: entries}
+	if use != nil {
+		cmd = use.command(entries)
+	}
+	res, err := s.props.propose(ctx, cmd)
 	if err != nil {
 		return nil, err
 	}
@@ -239,6 +333,7 @@ func (s *tokenServer) createBatch(rec *tokenRecord, now time.Time) (*pb.TokenInf
 	}
 	token, err := encodeBatchToken(s.keys, &batchRecord{
 		Policies: rec.Policies, Created: rec.Created, Expire: rec.Expire, Parent: rec.Parent, DisplayName: rec.DisplayName,
+		BoundCIDRs: rec.BoundCIDRs,
 	})
 	if err != nil {
 		return nil, err
@@ -349,7 +444,10 @@ func (s *tokenServer) target(ctx context.Context, token, accessor string) (rec *
 		if err != nil || (&tokenRecord{Expire: b.Expire}).expired(s.now()) {
 			return nil, false, withMessage(fsm.ErrNotFound, "no such token (revoked, expired or never created)")
 		}
-		rec := &tokenRecord{Hash: hashToken(token), Policies: b.Policies, Created: b.Created, Expire: b.Expire, Parent: b.Parent, DisplayName: b.DisplayName, batch: true}
+		rec := &tokenRecord{Hash: hashToken(token), Policies: b.Policies, Created: b.Created, Expire: b.Expire, Parent: b.Parent, DisplayName: b.DisplayName, BoundCIDRs: b.BoundCIDRs, batch: true}
+		if err := rec.parseCIDRs(); err != nil {
+			return nil, false, withMessage(fsm.ErrNotFound, "no such token (revoked, expired or never created)")
+		}
 		return rec, rec.Hash == me.Hash, nil
 	case token != "":
 		hash = hashToken(token)

@@ -41,8 +41,8 @@ type Agent struct {
 	authToken atomic.Pointer[string]
 	authed    chan struct{}
 	authReady sync.Once
-	cache  *api.Cache
-	file   *cacheFile // nil without CacheDir
+	cache     *api.Cache
+	file      *cacheFile // nil without CacheDir
 
 	lis    net.Listener
 	grpc   *grpc.Server

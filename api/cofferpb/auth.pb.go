@@ -533,7 +533,10 @@ type TokenInfo struct {
 	DisplayName           string `protobuf:"bytes,14,opt,name=display_name,json=displayName,proto3" json:"display_name,omitempty"`
 	// raft_index of the write that created or renewed the token (0 when
 	// nothing was written).
-	RaftIndex     uint64 `protobuf:"varint,15,opt,name=raft_index,json=raftIndex,proto3" json:"raft_index,omitempty"`
+	RaftIndex uint64 `protobuf:"varint,15,opt,name=raft_index,json=raftIndex,proto3" json:"raft_index,omitempty"`
+	// bound_cidrs: the token works only from these client addresses (a
+	// token from a login whose role sets token_bound_cidrs); empty: any.
+	BoundCidrs    []string `protobuf:"bytes,16,rep,name=bound_cidrs,json=boundCidrs,proto3" json:"bound_cidrs,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -671,6 +674,13 @@ func (x *TokenInfo) GetRaftIndex() uint64 {
 		return x.RaftIndex
 	}
 	return 0
+}
+
+func (x *TokenInfo) GetBoundCidrs() []string {
+	if x != nil {
+		return x.BoundCidrs
+	}
+	return nil
 }
 
 type LookupTokenRequest struct {
@@ -1081,7 +1091,7 @@ const file_coffer_v1_auth_proto_rawDesc = "" +
 	"\x11no_default_policy\x18\t \x01(\bR\x0fnoDefaultPolicy\x12#\n" +
 	"\rrenewable_set\x18\n" +
 	" \x01(\bR\frenewableSet\x12\x1c\n" +
-	"\trenewable\x18\v \x01(\bR\trenewable\"\x8b\x04\n" +
+	"\trenewable\x18\v \x01(\bR\trenewable\"\xac\x04\n" +
 	"\tTokenInfo\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1a\n" +
 	"\baccessor\x18\x02 \x01(\tR\baccessor\x12\x1a\n" +
@@ -1100,7 +1110,9 @@ const file_coffer_v1_auth_proto_rawDesc = "" +
 	"\x06orphan\x18\r \x01(\bR\x06orphan\x12!\n" +
 	"\fdisplay_name\x18\x0e \x01(\tR\vdisplayName\x12\x1d\n" +
 	"\n" +
-	"raft_index\x18\x0f \x01(\x04R\traftIndex\"F\n" +
+	"raft_index\x18\x0f \x01(\x04R\traftIndex\x12\x1f\n" +
+	"\vbound_cidrs\x18\x10 \x03(\tR\n" +
+	"boundCidrs\"F\n" +
 	"\x12LookupTokenRequest\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1a\n" +
 	"\baccessor\x18\x02 \x01(\tR\baccessor\"r\n" +

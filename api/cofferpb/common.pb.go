@@ -99,6 +99,7 @@ const (
 	ErrorReason_STORAGE_FAILED        ErrorReason = 11 // this node cannot persist (disk full, I/O error)
 	ErrorReason_KEY_TERM_UNKNOWN      ErrorReason = 12 // the value uses a key term this node does not hold yet
 	ErrorReason_AUDIT_FAILED          ErrorReason = 13 // no audit device of this node could record the call: it was refused (fail closed)
+	ErrorReason_LOGIN_UNAVAILABLE     ErrorReason = 14 // a login method's keys could not be fetched (its JWKS URL): retry, here or on another node
 	// FAILED_PRECONDITION: the state of the cluster or the secret refuses it.
 	ErrorReason_NOT_INITIALIZED     ErrorReason = 20 // the cluster has no keys: `coffer operator init`
 	ErrorReason_ALREADY_INITIALIZED ErrorReason = 21 // init was called on an initialized cluster
@@ -161,6 +162,7 @@ var (
 		11: "STORAGE_FAILED",
 		12: "KEY_TERM_UNKNOWN",
 		13: "AUDIT_FAILED",
+		14: "LOGIN_UNAVAILABLE",
 		20: "NOT_INITIALIZED",
 		21: "ALREADY_INITIALIZED",
 		22: "CAS_MISMATCH",
@@ -211,6 +213,7 @@ var (
 		"STORAGE_FAILED":           11,
 		"KEY_TERM_UNKNOWN":         12,
 		"AUDIT_FAILED":             13,
+		"LOGIN_UNAVAILABLE":        14,
 		"NOT_INITIALIZED":          20,
 		"ALREADY_INITIALIZED":      21,
 		"CAS_MISMATCH":             22,
@@ -438,7 +441,7 @@ const file_coffer_v1_common_proto_rawDesc = "" +
 	"\vConsistency\x12\x17\n" +
 	"\x13CONSISTENCY_DEFAULT\x10\x00\x12\x15\n" +
 	"\x11CONSISTENCY_STALE\x10\x01\x12\x1c\n" +
-	"\x18CONSISTENCY_LINEARIZABLE\x10\x02*\xb8\a\n" +
+	"\x18CONSISTENCY_LINEARIZABLE\x10\x02*\xcf\a\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +
@@ -456,7 +459,8 @@ const file_coffer_v1_common_proto_rawDesc = "" +
 	"\x12\x12\n" +
 	"\x0eSTORAGE_FAILED\x10\v\x12\x14\n" +
 	"\x10KEY_TERM_UNKNOWN\x10\f\x12\x10\n" +
-	"\fAUDIT_FAILED\x10\r\x12\x13\n" +
+	"\fAUDIT_FAILED\x10\r\x12\x15\n" +
+	"\x11LOGIN_UNAVAILABLE\x10\x0e\x12\x13\n" +
 	"\x0fNOT_INITIALIZED\x10\x14\x12\x17\n" +
 	"\x13ALREADY_INITIALIZED\x10\x15\x12\x10\n" +
 	"\fCAS_MISMATCH\x10\x16\x12\x10\n" +

@@ -50,7 +50,9 @@ Every gRPC method a coffer node serves, from the one route table
 they differ). A method that is not here is refused with NO_ROUTE.
 
 - **access**: ` + "`public`" + ` needs no token and is answered while sealed;
-  ` + "`token`" + ` needs a valid token; ` + "`peer`" + ` is node to node.
+  ` + "`token`" + ` needs a valid token; ` + "`peer`" + ` is node to node; ` + "`login`" + `
+  needs no token but an unsealed node, and is audited with its
+  credentials hashed (its policy path names the login and is not checked).
 - **leader**: only the leader serves it; a follower forwards it, one hop,
   with the caller's token.
 - **idempotent**: the request carries a request_id, so a forwarded call
@@ -89,6 +91,7 @@ they differ). A method that is not here is refused with NO_ROUTE.
 	}
 	b.WriteString("\nKV.Delete without versions is a delete of `<mount>/data/<path>`; with\nversions it is an update of `<mount>/delete/<path>`, as in Vault's KV\nversion 2.\n")
 	b.WriteString("\nToken calls about the caller's own token use the `-self` paths above\n(the default policy grants them); about another token, `auth/token/lookup`,\n`renew` or `revoke` (update), or with an accessor `auth/token/lookup-accessor`,\n`renew-accessor` or `revoke-accessor` (update). Token.Capabilities of\nanother token needs update on `sys/capabilities`. Token.Create of an orphan\nneeds update on `auth/token/create-orphan`; of a batch token, any node\nserves it (nothing is written).\n")
+	b.WriteString("\nLogin.Login is served by any node when it writes nothing (a batch token,\na secret_id without a use limit), also while there is no leader; when it\nwrites (a service token, a use of a secret_id) its handler forwards it to\nthe leader. The AppRole secret_id accessor is destroyed at\n`auth/approle/role/<name>/secret-id-accessor/destroy`, as in Vault.\n")
 	return b.String()
 }
 

@@ -33,6 +33,11 @@ const (
 	// Peer: another node of the cluster (read index); today with the
 	// caller's token, which the leader checks again.
 	Peer
+	// Login: anyone, without a token, but only while the node is
+	// unsealed: the caller exchanges credentials for a token. The call is
+	// audited (its credentials hashed); its policy path names the login
+	// in Vault's terms and is not checked (there is no token to check).
+	Login
 )
 
 func (a Access) String() string {
@@ -43,6 +48,8 @@ func (a Access) String() string {
 		return "public"
 	case Peer:
 		return "peer"
+	case Login:
+		return "login"
 	}
 	return fmt.Sprintf("access(%d)", uint8(a))
 }
@@ -101,7 +108,8 @@ type Route struct {
 	// Policy gives the policy path the request touches, in Vault's HTTP
 	// terms, and the capabilities it needs there. Create|Update means
 	// create for a new secret and update for an existing one. Nil for
-	// public routes and peer routes.
+	// public routes and peer routes; for a login, the path it logs in at
+	// (auth/<method>/login), which is not checked.
 	Policy func(req proto.Message) (path string, need Capability)
 }
 

@@ -16,6 +16,7 @@ func TestEveryServiceMethodHasARoute(t *testing.T) {
 	for _, file := range []protoreflect.FileDescriptor{
 		pb.File_coffer_v1_kv_proto, pb.File_coffer_v1_sys_proto,
 		pb.File_coffer_v1_operator_proto, pb.File_coffer_v1_cluster_proto,
+		pb.File_coffer_v1_auth_proto, pb.File_coffer_v1_login_proto,
 	} {
 		for i := 0; i < file.Services().Len(); i++ {
 			svc := file.Services().Get(i)
@@ -68,6 +69,10 @@ func TestRoutesAreConsistent(t *testing.T) {
 			if path == "" || need == 0 {
 				t.Errorf("%s: policy path %q needs %s", r.Method, path, need)
 			}
+		case Login:
+			if r.Policy == nil || r.Leader {
+				t.Errorf("%s is a login: it names its auth/<method>/login path, and its handler forwards what writes", r.Method)
+			}
 		case Public, Peer:
 			if r.Policy != nil {
 				t.Errorf("%s is %s but names a policy", r.Method, r.Access)
@@ -110,6 +115,41 @@ func TestKVPolicyPaths(t *testing.T) {
 	}
 	if _, ok := Lookup("/coffer.v1.KV/NoSuchMethod"); ok {
 		t.Fatal("an unknown method has a route")
+	}
+}
+
+// TestLoginPolicyPaths: logins and their roles map onto Vault's auth/
+// paths.
+func TestLoginPolicyPaths(t *testing.T) {
+	cases := []struct {
+		method string
+		req    interface{ ProtoReflect() protoreflect.Message }
+		path   string
+		need   Capability
+	}{
+		{pb.Login_Login_FullMethodName, &pb.LoginRequest{Method: "approle"}, "auth/approle/login", Update},
+		{pb.Login_Login_FullMethodName, &pb.LoginRequest{Method: "jwt"}, "auth/jwt/login", Update},
+		{pb.AppRoleAuth_WriteRole_FullMethodName, &pb.AppRole{Name: "web"}, "auth/approle/role/web", Create | Update},
+		{pb.AppRoleAuth_ReadRoleID_FullMethodName, &pb.AuthRoleRequest{Name: "web"}, "auth/approle/role/web/role-id", Read},
+		{pb.AppRoleAuth_GenerateSecretID_FullMethodName, &pb.AuthRoleRequest{Name: "web"}, "auth/approle/role/web/secret-id", Update},
+		{pb.AppRoleAuth_DestroySecretID_FullMethodName, &pb.DestroySecretIDRequest{Name: "web"}, "auth/approle/role/web/secret-id-accessor/destroy", Update},
+		{pb.AppRoleAuth_ListRoles_FullMethodName, &pb.AuthListRequest{}, "auth/approle/role", List},
+		{pb.JWTAuth_WriteConfig_FullMethodName, &pb.JWTConfig{}, "auth/jwt/config", Update},
+		{pb.JWTAuth_DeleteRole_FullMethodName, &pb.AuthRoleRequest{Name: "k8s"}, "auth/jwt/role/k8s", Delete},
+		{pb.CertAuth_WriteRole_FullMethodName, &pb.CertRole{Name: "ops"}, "auth/cert/certs/ops", Create | Update},
+	}
+	for _, c := range cases {
+		r, ok := Lookup(c.method)
+		if !ok {
+			t.Fatalf("no route for %s", c.method)
+		}
+		path, need := r.Policy(c.req.ProtoReflect().Interface())
+		if path != c.path || need != c.need {
+			t.Errorf("%s: %s needs %s, want %s needs %s", c.method, path, need, c.path, c.need)
+		}
+	}
+	if r, _ := Lookup(pb.Login_Login_FullMethodName); r.Access != Login {
+		t.Errorf("Login.Login has access %s", r.Access)
 	}
 }
 

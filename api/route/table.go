@@ -60,6 +60,30 @@ var table = []Route{
 	{Method: pb.Token_Revoke_FullMethodName, Leader: true, Policy: tokenSelf("revoke", Update)},
 	{Method: pb.Token_Capabilities_FullMethodName, Policy: capabilities},
 
+	// Login: credentials for a token, without one. Any node serves a
+	// login that writes nothing; the handler forwards one that writes (a
+	// service token, a use of a secret_id) to the leader.
+	{Method: pb.Login_Login_FullMethodName, Access: Login, Policy: loginPath},
+
+	// Login methods' roles, at Vault's auth/<method>/... paths.
+	{Method: pb.AppRoleAuth_WriteRole_FullMethodName, Leader: true, Policy: named("auth/approle/role/", "", Create|Update)},
+	{Method: pb.AppRoleAuth_ReadRole_FullMethodName, Policy: named("auth/approle/role/", "", Read)},
+	{Method: pb.AppRoleAuth_ListRoles_FullMethodName, Policy: fixed("auth/approle/role", List)},
+	{Method: pb.AppRoleAuth_DeleteRole_FullMethodName, Leader: true, Policy: named("auth/approle/role/", "", Delete)},
+	{Method: pb.AppRoleAuth_ReadRoleID_FullMethodName, Policy: named("auth/approle/role/", "/role-id", Read)},
+	{Method: pb.AppRoleAuth_GenerateSecretID_FullMethodName, Leader: true, Policy: named("auth/approle/role/", "/secret-id", Update)},
+	{Method: pb.AppRoleAuth_DestroySecretID_FullMethodName, Leader: true, Policy: named("auth/approle/role/", "/secret-id-accessor/destroy", Update)},
+	{Method: pb.JWTAuth_WriteConfig_FullMethodName, Leader: true, Policy: fixed("auth/jwt/config", Update)},
+	{Method: pb.JWTAuth_ReadConfig_FullMethodName, Policy: fixed("auth/jwt/config", Read)},
+	{Method: pb.JWTAuth_WriteRole_FullMethodName, Leader: true, Policy: named("auth/jwt/role/", "", Create|Update)},
+	{Method: pb.JWTAuth_ReadRole_FullMethodName, Policy: named("auth/jwt/role/", "", Read)},
+	{Method: pb.JWTAuth_ListRoles_FullMethodName, Policy: fixed("auth/jwt/role", List)},
+	{Method: pb.JWTAuth_DeleteRole_FullMethodName, Leader: true, Policy: named("auth/jwt/role/", "", Delete)},
+	{Method: pb.CertAuth_WriteRole_FullMethodName, Leader: true, Policy: named("auth/cert/certs/", "", Create|Update)},
+	{Method: pb.CertAuth_ReadRole_FullMethodName, Policy: named("auth/cert/certs/", "", Read)},
+	{Method: pb.CertAuth_ListRoles_FullMethodName, Policy: fixed("auth/cert/certs", List)},
+	{Method: pb.CertAuth_DeleteRole_FullMethodName, Leader: true, Policy: named("auth/cert/certs/", "", Delete)},
+
 	// Cluster: node to node.
 	{Method: pb.Cluster_ReadIndex_FullMethodName, Access: Peer},
 
@@ -163,6 +187,30 @@ func capabilities(req proto.Message) (string, Capability) {
 		return "sys/capabilities", Update
 	}
 	return "sys/capabilities-self", Update
+}
+
+// loginPath is Vault's path of a login: auth/<method>/login.
+func loginPath(req proto.Message) (string, Capability) {
+	method := ""
+	if r, ok := req.(*pb.LoginRequest); ok {
+		method = r.GetMethod()
+	}
+	if method == "" {
+		method = "<method>"
+	}
+	return "auth/" + method + "/login", Update
+}
+
+// named is a route on prefix + the request's name + suffix (a role of a
+// login method).
+func named(prefix, suffix string, need Capability) func(proto.Message) (string, Capability) {
+	return func(req proto.Message) (string, Capability) {
+		name := ""
+		if r, ok := req.(interface{ GetName() string }); ok {
+			name = r.GetName()
+		}
+		return prefix + name + suffix, need
+	}
 }
 
 // fixed is a route on one path.

@@ -53,13 +53,19 @@ type benchOpts struct {
 	writeRatio  float64
 	prefix      string
 	cpuProfile  string
+	// tokenType is the token type of the approle-login workload's role.
+	tokenType string
 }
 
 func cmdBench(e *env, args []string) error {
-	f := newFlags("coffer bench", "[flags] kv-write|kv-read|mixed", `
+	f := newFlags("coffer bench", "[flags] kv-write|kv-read|mixed|approle-login", `
 Load a cluster (COFFER_ADDR, or one node with -address) and report ops/s,
 latency percentiles, errors by kind and the nodes' memory. kv-read and mixed
-first write the keys they read. Progress goes to stderr once a second.`).withClient()
+first write the keys they read. approle-login first writes the AppRole role
+bench-<token type> (token_policies default) and a secret_id without a use
+limit, then logs in with them (-token-type=batch: any node serves it;
+service: the leader writes each token). Progress goes to stderr once a
+second.`).withClient()
 	o := benchOpts{}
 	f.fs.IntVar(&o.clients, "clients", 16, "concurrent clients")
 	f.fs.DurationVar(&o.duration, "duration", 10*time.Second, "how long to run")
@@ -69,6 +75,7 @@ first write the keys they read. Progress goes to stderr once a second.`).withCli
 	f.fs.Float64Var(&o.writeRatio, "write-ratio", 0.1, "share of writes in the mixed workload")
 	f.fs.StringVar(&o.prefix, "prefix", "secret/bench/", "path prefix of the secrets written")
 	f.fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of this load generator to this file (the nodes' profiles: coffer server -pprof-addr)")
+	f.fs.StringVar(&o.tokenType, "token-type", "batch", "approle-login: the type of the tokens, batch or service")
 	args, err := f.parse(e, args)
 	if err != nil {
 		return err
@@ -78,9 +85,12 @@ first write the keys they read. Progress goes to stderr once a second.`).withCli
 	}
 	o.workload = args[0]
 	switch o.workload {
-	case "kv-write", "kv-read", "mixed":
+	case "kv-write", "kv-read", "mixed", "approle-login":
 	default:
-		return usageErrorf(f.name, "unknown workload %q: want kv-write, kv-read or mixed", o.workload)
+		return usageErrorf(f.name, "unknown workload %q: want kv-write, kv-read, mixed or approle-login", o.workload)
+	}
+	if o.tokenType != "batch" && o.tokenType != "service" {
+		return usageErrorf(f.name, "-token-type=%q: want batch or service", o.tokenType)
 	}
 	if o.consistency, err = parseConsistency(o.consName); err != nil {
 		return err
@@ -156,14 +166,27 @@ func runBench(ctx context.Context, cfg api.Config, o benchOpts, progress io.Writ
 	nClients := (o.clients + 7) / 8
 	clients := make([]*api.Client, nClients)
 	for i := range clients {
-		c, err := api.New(cfg)
+		ccfg := cfg
+		if o.workload == "approle-login" && len(cfg.Endpoints) > 1 {
+			// A login goes to the first endpoint that answers: rotate the
+			// list so that the clients spread over the nodes.
+			k := i % len(cfg.Endpoints)
+			ccfg.Endpoints = append(append([]string(nil), cfg.Endpoints[k:]...), cfg.Endpoints[:k]...)
+		}
+		c, err := api.New(ccfg)
 		if err != nil {
 			return nil, &cliError{code: 1, msg: err.Error()}
 		}
 		defer c.Close()
 		clients[i] = c
 	}
-	if o.workload != "kv-write" {
+	var roleID, secretID string
+	if o.workload == "approle-login" {
+		var err error
+		if roleID, secretID, err = prepareLogin(ctx, clients[0], o.tokenType); err != nil {
+			return nil, err
+		}
+	} else if o.workload != "kv-write" {
 		fmt.Fprintf(progress, "writing %d keys of %d bytes…\n", o.keys, o.valueSize)
 		if err := prepopulate(ctx, clients, o.keys, key, val); err != nil {
 			return nil, err
@@ -194,9 +217,12 @@ func runBench(ctx context.Context, cfg api.Config, o benchOpts, progress io.Writ
 				t0 := time.Now()
 				var err error
 				cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-				if write {
+				switch {
+				case o.workload == "approle-login":
+					_, err = c.LoginAppRole(cctx, roleID, secretID)
+				case write:
 					_, err = c.Put(cctx, &pb.PutRequest{Path: k, Data: map[string]string{"v": val}})
-				} else {
+				default:
 					_, err = c.Get(cctx, &pb.GetRequest{Path: k, Read: &pb.ReadOptions{Consistency: o.consistency}})
 				}
 				cancel()
@@ -221,8 +247,12 @@ func runBench(ctx context.Context, cfg api.Config, o benchOpts, progress io.Writ
 		all = append(all, l...)
 	}
 	slices.Sort(all)
+	workload := o.workload
+	if workload == "approle-login" {
+		workload += " (" + o.tokenType + ")"
+	}
 	res := &benchResult{
-		Workload: o.workload, Clients: o.clients, Consistency: o.consName, ValueSize: o.valueSize, Keys: o.keys,
+		Workload: workload, Clients: o.clients, Consistency: o.consName, ValueSize: o.valueSize, Keys: o.keys,
 		DurationS: elapsed.Seconds(), Ops: int64(len(all)), OpsPerSec: float64(len(all)) / elapsed.Seconds(),
 		P50Ms: pct(all, 0.50), P90Ms: pct(all, 0.90), P99Ms: pct(all, 0.99), Errors: errs,
 	}
@@ -231,6 +261,30 @@ func runBench(ctx context.Context, cfg api.Config, o benchOpts, progress io.Writ
 	}
 	res.NodeRSS = nodeRSS(ctx, cfg)
 	return res, nil
+}
+
+// prepareLogin writes the AppRole role of the approle-login workload and
+// returns its role_id and a secret_id without a use limit.
+func prepareLogin(ctx context.Context, c *api.Client, tokenType string) (roleID, secretID string, err error) {
+	fail := func(what string, err error) (string, string, error) {
+		return "", "", &cliError{code: 1, msg: fmt.Sprintf("preparing the logins: %s: %s", what, status.Convert(err).Message())}
+	}
+	name := "bench-" + tokenType
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if _, err := c.WriteAppRole(cctx, &pb.AppRole{Name: name, Token: &pb.RoleToken{Type: tokenType, TtlSeconds: 600}}); err != nil {
+		return fail("writing the role", err)
+	}
+	if roleID, err = c.AppRoleID(cctx, name); err != nil {
+		return fail("reading its role_id", err)
+	}
+	s, err := c.AppRoleSecretID(cctx, name)
+	if err != nil {
+		return fail("making a secret_id", err)
+	}
+	// A follower that has not applied the secret_id yet asks the leader
+	// for it: the first logins are a little slower, none fails.
+	return roleID, s.GetSecretId(), nil
 }
 
 // prepopulate writes every key once, spread over the clients.

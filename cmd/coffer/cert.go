@@ -23,6 +23,8 @@ Commands:
     create-node     Create DIR/node.crt and node.key for the given hosts
     create-client   Create DIR/client.NAME.crt and .key
     list            Describe the certificates of DIR
+    role            Certificate login roles: write, read, list, delete
+                    (run "coffer cert role -h")
 
 Run "coffer cert <command> -h" for its flags.
 `

@@ -23,6 +23,14 @@
 //	coffer kv metadata get PATH
 //	coffer kv metadata put [-max-versions=N] [-cas-required=BOOL] PATH
 //	coffer kv metadata delete PATH
+//	coffer login [-method=approle|jwt|cert|token] [-token-only] [TOKEN | KEY=VALUE …]
+//	coffer approle role write|read|list|delete [flags] NAME
+//	coffer approle role-id NAME
+//	coffer approle secret-id NAME
+//	coffer approle secret-id destroy -accessor=A NAME
+//	coffer jwt config [-jwks-file=F | -jwks-url=URL | -pubkeys-file=F] [-bound-issuer=I]
+//	coffer jwt role write|read|list|delete [flags] NAME
+//	coffer cert role write|read|list|delete [flags] NAME
 //	coffer version
 //
 // Flags are Go-style: one dash (two work too), and they come before the
@@ -78,8 +86,12 @@ Commands:
     kv          Read and write versioned secrets (run "coffer kv -h")
     policy      Write, read, list, delete and lint ACL policies (Vault's syntax)
     token       Create, look up, renew and revoke tokens; their capabilities
+    login       Exchange credentials (AppRole, JWT, client certificate) for a token
+    approle     AppRole roles, role_ids and secret_ids (run "coffer approle -h")
+    jwt         JWT login: where the keys come from, and roles (run "coffer jwt -h")
     audit       Hash a value as the audit logs write it, to search them
-    cert        Create the CA, node and client certificates (run "coffer cert -h")
+    cert        Create the CA, node and client certificates; certificate login roles
+                (run "coffer cert -h")
     bench       Load a cluster and report throughput and latency
     healthcheck Exit 0 when a node serves (for container health checks)
     version     Print the version of this binary
@@ -134,6 +146,7 @@ func dispatch(e *env, args []string) error {
 			"create-node":   cmdCertCreateNode,
 			"create-client": cmdCertCreateClient,
 			"list":          cmdCertList,
+			"role":          cmdCertRole,
 		})
 	case "bench":
 		return cmdBench(e, rest)
@@ -195,6 +208,12 @@ func dispatch(e *env, args []string) error {
 			"revoke":       cmdTokenRevoke,
 			"capabilities": cmdTokenCapabilities,
 		})
+	case "login":
+		return cmdLogin(e, rest)
+	case "approle":
+		return cmdApprole(e, rest)
+	case "jwt":
+		return cmdJWT(e, rest)
 	case "version", "-version", "--version":
 		return cmdVersion(e, rest)
 	case "help", "-h", "-help", "--help":

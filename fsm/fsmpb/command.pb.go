@@ -51,21 +51,28 @@ const (
 	// OP_NOOP changes nothing but advances the applied index; a new leader
 	// proposes one so that every FSM sees an index of its term.
 	Op_OP_NOOP Op = 9
+	// OP_SYS_CAS is a conditional system change: when every key of
+	// sys_expect holds exactly the value given there, it writes the entries
+	// of sys and removes sys_keys, all at once; otherwise it changes nothing
+	// and fails with CAS_MISMATCH. The leader consumes a use of a login
+	// credential with it, so that two logins never spend the same use.
+	Op_OP_SYS_CAS Op = 10
 )
 
 // Enum value maps for Op.
 var (
 	Op_name = map[int32]string{
-		0: "OP_UNSPECIFIED",
-		1: "OP_PUT",
-		2: "OP_DELETE",
-		3: "OP_UNDELETE",
-		4: "OP_DESTROY",
-		5: "OP_DELETE_METADATA",
-		6: "OP_PUT_METADATA",
-		7: "OP_SYS_PUT",
-		8: "OP_SYS_DELETE",
-		9: "OP_NOOP",
+		0:  "OP_UNSPECIFIED",
+		1:  "OP_PUT",
+		2:  "OP_DELETE",
+		3:  "OP_UNDELETE",
+		4:  "OP_DESTROY",
+		5:  "OP_DELETE_METADATA",
+		6:  "OP_PUT_METADATA",
+		7:  "OP_SYS_PUT",
+		8:  "OP_SYS_DELETE",
+		9:  "OP_NOOP",
+		10: "OP_SYS_CAS",
 	}
 	Op_value = map[string]int32{
 		"OP_UNSPECIFIED":     0,
@@ -78,6 +85,7 @@ var (
 		"OP_SYS_PUT":         7,
 		"OP_SYS_DELETE":      8,
 		"OP_NOOP":            9,
+		"OP_SYS_CAS":         10,
 	}
 )
 
@@ -246,17 +254,20 @@ type Command struct {
 	// max_versions (0 = leave unchanged) and cas_required for OP_PUT_METADATA.
 	MaxVersions uint32 `protobuf:"varint,9,opt,name=max_versions,json=maxVersions,proto3" json:"max_versions,omitempty"`
 	CasRequired bool   `protobuf:"varint,10,opt,name=cas_required,json=casRequired,proto3" json:"cas_required,omitempty"`
-	// sys: entries written atomically by OP_SYS_PUT; if sys_require_absent is
-	// set and that key exists, nothing is written.
+	// sys: entries written atomically by OP_SYS_PUT (and OP_SYS_CAS); if
+	// sys_require_absent is set and that key exists, nothing is written.
 	Sys              []*SysEntry `protobuf:"bytes,11,rep,name=sys,proto3" json:"sys,omitempty"`
 	SysRequireAbsent string      `protobuf:"bytes,12,opt,name=sys_require_absent,json=sysRequireAbsent,proto3" json:"sys_require_absent,omitempty"`
-	// sys_keys removed by OP_SYS_DELETE.
+	// sys_keys removed by OP_SYS_DELETE (and by OP_SYS_CAS).
 	SysKeys []string `protobuf:"bytes,13,rep,name=sys_keys,json=sysKeys,proto3" json:"sys_keys,omitempty"`
 	// version is the version number OP_PUT's ciphertext was sealed for (the
 	// leader's prediction of current+1); 0 asks for no check. A put whose
 	// version is not the next one writes nothing (VERSION_CONFLICT) and the
 	// leader seals the value again.
-	Version       uint64 `protobuf:"varint,14,opt,name=version,proto3" json:"version,omitempty"`
+	Version uint64 `protobuf:"varint,14,opt,name=version,proto3" json:"version,omitempty"`
+	// sys_expect (OP_SYS_CAS): the values the keys must hold, byte for byte,
+	// for the command to take effect (a key that is absent never matches).
+	SysExpect     []*SysEntry `protobuf:"bytes,15,rep,name=sys_expect,json=sysExpect,proto3" json:"sys_expect,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -387,6 +398,13 @@ func (x *Command) GetVersion() uint64 {
 		return x.Version
 	}
 	return 0
+}
+
+func (x *Command) GetSysExpect() []*SysEntry {
+	if x != nil {
+		return x.SysExpect
+	}
+	return nil
 }
 
 // VersionMeta is the non-secret metadata of one stored version.
@@ -659,7 +677,7 @@ const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\x17fsm/fsmpb/command.proto\x12\rcoffer.fsm.v1\"2\n" +
 	"\bSysEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\fR\x05value\"\xcd\x03\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value\"\x85\x04\n" +
 	"\aCommand\x12!\n" +
 	"\x02op\x18\x01 \x01(\x0e2\x11.coffer.fsm.v1.OpR\x02op\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x1e\n" +
@@ -678,7 +696,9 @@ const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\x03sys\x18\v \x03(\v2\x17.coffer.fsm.v1.SysEntryR\x03sys\x12,\n" +
 	"\x12sys_require_absent\x18\f \x01(\tR\x10sysRequireAbsent\x12\x19\n" +
 	"\bsys_keys\x18\r \x03(\tR\asysKeys\x12\x18\n" +
-	"\aversion\x18\x0e \x01(\x04R\aversion\"\x9d\x01\n" +
+	"\aversion\x18\x0e \x01(\x04R\aversion\x126\n" +
+	"\n" +
+	"sys_expect\x18\x0f \x03(\v2\x17.coffer.fsm.v1.SysEntryR\tsysExpect\"\x9d\x01\n" +
 	"\vVersionMeta\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12*\n" +
 	"\x11created_unix_nano\x18\x02 \x01(\x03R\x0fcreatedUnixNano\x12*\n" +
@@ -700,7 +720,7 @@ const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\amessage\x18\x04 \x01(\tR\amessage\x121\n" +
 	"\x15leader_time_unix_nano\x18\x05 \x01(\x03R\x12leaderTimeUnixNano\x12!\n" +
 	"\x02op\x18\x06 \x01(\x0e2\x11.coffer.fsm.v1.OpR\x02op\x12\x12\n" +
-	"\x04path\x18\a \x01(\tR\x04path*\xb1\x01\n" +
+	"\x04path\x18\a \x01(\tR\x04path*\xc1\x01\n" +
 	"\x02Op\x12\x12\n" +
 	"\x0eOP_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +
@@ -714,7 +734,10 @@ const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\n" +
 	"OP_SYS_PUT\x10\a\x12\x11\n" +
 	"\rOP_SYS_DELETE\x10\b\x12\v\n" +
-	"\aOP_NOOP\x10\t*\xda\x01\n" +
+	"\aOP_NOOP\x10\t\x12\x0e\n" +
+	"\n" +
+	"OP_SYS_CAS\x10\n" +
+	"*\xda\x01\n" +
 	"\n" +
 	"ResultCode\x12\x12\n" +
 	"\x0eRESULT_CODE_OK\x10\x00\x12\x19\n" +
@@ -751,14 +774,15 @@ var file_fsm_fsmpb_command_proto_goTypes = []any{
 var file_fsm_fsmpb_command_proto_depIdxs = []int32{
 	0, // 0: coffer.fsm.v1.Command.op:type_name -> coffer.fsm.v1.Op
 	2, // 1: coffer.fsm.v1.Command.sys:type_name -> coffer.fsm.v1.SysEntry
-	4, // 2: coffer.fsm.v1.SecretMeta.versions:type_name -> coffer.fsm.v1.VersionMeta
-	1, // 3: coffer.fsm.v1.IdempotencyRecord.code:type_name -> coffer.fsm.v1.ResultCode
-	0, // 4: coffer.fsm.v1.IdempotencyRecord.op:type_name -> coffer.fsm.v1.Op
-	5, // [5:5] is the sub-list for method output_type
-	5, // [5:5] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	2, // 2: coffer.fsm.v1.Command.sys_expect:type_name -> coffer.fsm.v1.SysEntry
+	4, // 3: coffer.fsm.v1.SecretMeta.versions:type_name -> coffer.fsm.v1.VersionMeta
+	1, // 4: coffer.fsm.v1.IdempotencyRecord.code:type_name -> coffer.fsm.v1.ResultCode
+	0, // 5: coffer.fsm.v1.IdempotencyRecord.op:type_name -> coffer.fsm.v1.Op
+	6, // [6:6] is the sub-list for method output_type
+	6, // [6:6] is the sub-list for method input_type
+	6, // [6:6] is the sub-list for extension type_name
+	6, // [6:6] is the sub-list for extension extendee
+	0, // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_fsm_fsmpb_command_proto_init() }

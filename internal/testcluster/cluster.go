@@ -79,6 +79,10 @@ type Node struct {
 // restarts.
 func (n *Node) APIAddr() string { return n.apiAddr }
 
+// AuditFile is the node's audit file, <Dir>/audit.log; the node writes it
+// only when the cluster runs with Options.AuditFiles.
+func (n *Node) AuditFile() string { return filepath.Join(n.Dir, "audit.log") }
+
 // Init shares: the cluster is initialized with 5 key shares, 3 of which
 // unseal a node.
 const (
@@ -295,10 +299,6 @@ func (c *Cluster) AddNodeWithCerts(t testing.TB, certsDir string) *Node {
 	t.Helper()
 	return c.addNode(t, false, certsDir)
 }
-
-// AuditFile is the node's audit file when the cluster runs with
-// Options.AuditFiles.
-func (n *Node) AuditFile() string { return filepath.Join(n.Dir, "audit.log") }
 
 // Nodes returns every node, running or not, in the order of their ids.
 func (c *Cluster) Nodes() []*Node {
