@@ -122,8 +122,8 @@ func (c Config) Validate() error {
 		if _, ok := unixPath(c.Listen); !ok {
 			return fmt.Errorf("%w: -use-agent-token lends the agent's token to every caller: it needs -listen=unix:///path, whose file mode says who may call", ErrInvalidConfig)
 		}
-		if c.Upstream.Token == "" {
-			return fmt.Errorf("%w: -use-agent-token needs the agent's own token: set -token, -token-file or $COFFER_TOKEN", ErrInvalidConfig)
+		if c.Upstream.Token == "" && c.Login == nil {
+			return fmt.Errorf("%w: -use-agent-token needs the agent's own token: set -token, -token-file or $COFFER_TOKEN, or -auth-method", ErrInvalidConfig)
 		}
 	}
 	if err := c.Cache.Validate(); err != nil {

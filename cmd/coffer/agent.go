@@ -14,6 +14,7 @@ import (
 
 	"coffer/api"
 	"coffer/api/agent"
+	pb "coffer/api/cofferpb"
 )
 
 // agentOpts is a parsed `coffer agent` command line.
@@ -39,7 +40,10 @@ a cached value is served only to callers with the token that read it. A
 caller without a token gets nothing, unless the agent runs with
 -use-agent-token on a unix socket (-listen=unix:///path, mode 0600): then it
 lends its own token (COFFER_TOKEN, -token or -token-file) to callers that
-send none, and the socket's file mode says who may call.
+send none, and the socket's file mode says who may call. With -auth-method
+(approle, jwt or cert; unix socket only) the agent logs in for its service
+itself and lends that token, renewing it or logging in again before it
+ends.
 
 A token's cached values are served for -token-recheck after the cluster last
 accepted the token; then the next read asks the cluster, and a token it
@@ -61,6 +65,11 @@ serves. Stop it with SIGINT or SIGTERM.`).withClient()
 	ttl := f.fs.Duration("ttl", agent.DefaultTTL, "serve a cached value this long without asking the cluster")
 	recheck := f.fs.Duration("token-recheck", api.DefaultTokenRecheck, "serve a token's cached values this long after the cluster last accepted the token; then ask again, and drop them all when it refuses (revoked, expired)")
 	entries := f.fs.Int("cache-entries", api.DefaultCacheEntries, "most cached answers kept (least recently used dropped first)")
+	authMethod := f.fs.String("auth-method", "", "log in for the service and lend that token on the unix socket: approle, jwt or cert (renewed, or logged in again, before it expires)")
+	roleIDFile := f.fs.String("role-id-file", "", "with -auth-method=approle: file holding the role_id")
+	secretIDFile := f.fs.String("secret-id-file", "", "with -auth-method=approle: file holding the secret_id")
+	jwtFile := f.fs.String("jwt-file", "", "with -auth-method=jwt: file holding the JWT, read at every login (e.g. /var/run/secrets/kubernetes.io/serviceaccount/token)")
+	authRole := f.fs.String("auth-role", "", "with -auth-method=jwt: the JWT role; with -auth-method=cert: the certificate role (default: the first that matches)")
 	logLevel := f.fs.String("log-level", "info", "log level: trace, debug, info, warn or error")
 	args, err := f.parse(e, args)
 	if err != nil {
@@ -114,8 +123,14 @@ serves. Stop it with SIGINT or SIGTERM.`).withClient()
 		}
 	}
 
+	login, err := agentLogin(f, *authMethod, *roleIDFile, *secretIDFile, *jwtFile, *authRole, *listen, *useAgentToken, &o.warnings)
+	if err != nil {
+		return nil, err
+	}
+
 	cfg := agent.DefaultConfig()
 	cfg.Upstream = up
+	cfg.Login = login
 	cfg.Listen = *listen
 	cfg.Cache = api.CacheConfig{TTL: *ttl, MaxStale: *maxStale, MaxEntries: *entries, TokenRecheck: *recheck}
 	if *maxStale == 0 {
@@ -140,7 +155,7 @@ serves. Stop it with SIGINT or SIGTERM.`).withClient()
 		return nil, usageErrorf(f.name, "-cache-key-file needs -cache-dir")
 	}
 	cfg.CacheDir = *cacheDir
-	cfg.UseAgentToken = *useAgentToken
+	cfg.UseAgentToken = *useAgentToken || login != nil
 	if err := cfg.Validate(); err != nil {
 		return nil, &cliError{code: 1, msg: err.Error()}
 	}
@@ -219,4 +234,72 @@ func agentClientAddr(listen string) string {
 		return listen
 	}
 	return api.SchemePlaintext + listen
+}
+
+// agentLogin builds the agent's auto-auth from its flags: nil without
+// -auth-method. The credential files are read at every login, so a
+// rotated secret_id or a refreshed service-account token is picked up.
+func agentLogin(f *cmdFlags, method, roleIDFile, secretIDFile, jwtFile, role, listen string, useAgentToken bool, warnings *[]string) (agent.Login, error) {
+	read := func(flag, path string) (string, error) {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return "", fmt.Errorf("reading %s: %w", flag, err)
+		}
+		v := strings.TrimSpace(string(b))
+		if v == "" {
+			return "", fmt.Errorf("%s %s is empty", flag, path)
+		}
+		return v, nil
+	}
+	if method == "" {
+		for _, fl := range []string{"role-id-file", "secret-id-file", "jwt-file", "auth-role"} {
+			if f.isSet(fl) {
+				return nil, usageErrorf(f.name, "-%s needs -auth-method", fl)
+			}
+		}
+		return nil, nil
+	}
+	if _, ok := strings.CutPrefix(listen, "unix://"); !ok {
+		return nil, usageErrorf(f.name, "-auth-method lends the agent's token to its callers: it needs -listen=unix:///path (a socket whose mode says who may call)")
+	}
+	_ = useAgentToken // implied
+	switch method {
+	case "approle":
+		if roleIDFile == "" || secretIDFile == "" {
+			return nil, usageErrorf(f.name, "-auth-method=approle needs -role-id-file and -secret-id-file")
+		}
+		warnIfShared(secretIDFile, "-secret-id-file", warnings)
+		for _, p := range []string{roleIDFile, secretIDFile} {
+			if _, err := os.Stat(p); err != nil {
+				return nil, &cliError{code: 1, msg: err.Error()}
+			}
+		}
+		return func(ctx context.Context, c *api.Client) (*pb.TokenInfo, error) {
+			roleID, err := read("-role-id-file", roleIDFile)
+			if err != nil {
+				return nil, err
+			}
+			secretID, err := read("-secret-id-file", secretIDFile)
+			if err != nil {
+				return nil, err
+			}
+			return c.LoginAppRole(ctx, roleID, secretID)
+		}, nil
+	case "jwt":
+		if jwtFile == "" || role == "" {
+			return nil, usageErrorf(f.name, "-auth-method=jwt needs -jwt-file and -auth-role")
+		}
+		return func(ctx context.Context, c *api.Client) (*pb.TokenInfo, error) {
+			jwt, err := read("-jwt-file", jwtFile)
+			if err != nil {
+				return nil, err
+			}
+			return c.LoginJWT(ctx, role, jwt)
+		}, nil
+	case "cert":
+		return func(ctx context.Context, c *api.Client) (*pb.TokenInfo, error) {
+			return c.LoginCert(ctx, role)
+		}, nil
+	}
+	return nil, usageErrorf(f.name, "-auth-method=%q: want approle, jwt or cert", method)
 }
