@@ -4,7 +4,8 @@
 # the root token and with a service token whose one policy has 20 rules
 # (the grant it uses is not the first one), alternated run by run (root,
 # policy, root, …) so that the machine's drift falls on both. RUNS (default
-# 3) runs of DURATION (default 10s) each; the medians and every run.
+# 3) runs of DURATION (default 10s) each; the medians and every run. Then
+# AppRole logins per second with batch and with service tokens, same run.
 #
 #   scripts/bench-acl.sh
 set -euo pipefail
@@ -64,3 +65,19 @@ pair() {
 pair "writes, 16 clients" -clients=16 kv-write
 pair "stale reads on a follower, 16 clients" -clients=16 -consistency=stale -address="$faddr" kv-read
 pair "stale reads on a follower, 64 clients" -clients=64 -consistency=stale -address="$faddr" kv-read
+
+echo
+echo "| logins | ops/s (median) | p50 ms | p99 ms | runs (ops/s) |"
+echo "|---|---|---|---|---|"
+login() {
+  local name=$1; shift
+  local out=()
+  for _ in $(seq "$RUNS"); do
+    out+=("$("$BIN" bench -token="$root" -format=json -duration="$DURATION" "$@" 2>/dev/null)")
+  done
+  printf '%s\n' "${out[@]}" | jq -rs --arg name "$name" '
+    sort_by(.ops_per_sec) as $r | $r[(length/2|floor)] as $m |
+    "| \($name) | \($m.ops_per_sec|floor) | \($m.p50_ms) | \($m.p99_ms) | \([$r[].ops_per_sec|floor]|join(", ")) |"'
+}
+login "AppRole logins, batch tokens, 16 clients" -clients=16 -token-type=batch approle-login
+login "AppRole logins, service tokens, 16 clients" -clients=16 -token-type=service approle-login
