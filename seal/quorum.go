@@ -36,14 +36,7 @@ func (q *Quorum) Progress() int {
 	if q.stored.Shares == 1 {
 		return min(len(q.shares), 1)
 	}
-	var seen [256]bool
-	n := 0
-	for _, sh := range q.shares {
-		if x := sh[KeySize]; !seen[x] {
-			seen[x], n = true, n+1
-		}
-	}
-	return n
+	return distinctIndexes(q.shares)
 }
 
 // Add submits one share. It returns done once a threshold of shares opens

@@ -188,9 +188,14 @@ func (s *Seal) indexesLocked() int {
 	if s.sharesFor.Shares == 1 {
 		return len(s.shares)
 	}
+	return distinctIndexes(s.shares)
+}
+
+// distinctIndexes is the number of different share indexes in shares.
+func distinctIndexes(shares [][]byte) int {
 	var seen [256]bool
 	n := 0
-	for _, sh := range s.shares {
+	for _, sh := range shares {
 		if x := sh[KeySize]; !seen[x] {
 			seen[x], n = true, n+1
 		}

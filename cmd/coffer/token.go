@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"coffer/api"
 	pb "coffer/api/cofferpb"
 )
 
@@ -156,20 +157,27 @@ func tokenTarget(f *cmdFlags, args []string, accessor bool) (token, acc string, 
 	return args[0], "", nil
 }
 
+// tokenCall parses the flags and [TOKEN|ACCESSOR] of lookup and renew
+// and opens the client (the caller closes it).
+func tokenCall(e *env, f *cmdFlags, args []string, byAccessor *bool) (token, acc string, c *api.Client, err error) {
+	if args, err = f.parse(e, args); err != nil {
+		return "", "", nil, err
+	}
+	if token, acc, err = tokenTarget(f, args, *byAccessor); err != nil {
+		return "", "", nil, err
+	}
+	if c, err = f.client(e); err != nil {
+		return "", "", nil, err
+	}
+	return token, acc, c, nil
+}
+
 func cmdTokenLookup(e *env, args []string) error {
 	f := newFlags("coffer token lookup", "[flags] [TOKEN|ACCESSOR]", `
 Describe a token: the calling one by default, TOKEN, or with -accessor the
 token of ACCESSOR (the token itself is never shown then).`).withClient()
 	byAccessor := f.fs.Bool("accessor", false, "the argument is an accessor")
-	args, err := f.parse(e, args)
-	if err != nil {
-		return err
-	}
-	token, acc, err := tokenTarget(f, args, *byAccessor)
-	if err != nil {
-		return err
-	}
-	c, err := f.client(e)
+	token, acc, c, err := tokenCall(e, f, args, byAccessor)
 	if err != nil {
 		return err
 	}
@@ -187,15 +195,7 @@ Extend a token's time to live, within its maximum: the calling token by
 default, TOKEN, or with -accessor the token of ACCESSOR.`).withClient()
 	byAccessor := f.fs.Bool("accessor", false, "the argument is an accessor")
 	inc := f.fs.Duration("increment", 0, "time to add from now (default: the token's own TTL)")
-	args, err := f.parse(e, args)
-	if err != nil {
-		return err
-	}
-	token, acc, err := tokenTarget(f, args, *byAccessor)
-	if err != nil {
-		return err
-	}
-	c, err := f.client(e)
+	token, acc, c, err := tokenCall(e, f, args, byAccessor)
 	if err != nil {
 		return err
 	}
