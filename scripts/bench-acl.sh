@@ -73,7 +73,7 @@ login() {
   local name=$1; shift
   local out=()
   for _ in $(seq "$RUNS"); do
-    out+=("$("$BIN" bench -token="$root" -format=json -duration="$DURATION" "$@" 2>/dev/null)")
+    out+=("$("$BIN" bench -token="$root" -format=json -duration="$DURATION" "$@" 2>>"$dir/login.err")")
   done
   printf '%s\n' "${out[@]}" | jq -rs --arg name "$name" '
     sort_by(.ops_per_sec) as $r | $r[(length/2|floor)] as $m |

@@ -341,6 +341,10 @@ func (g *gateway) authenticateBatch(ctx context.Context, token string) (*tokenRe
 	return rec, nil
 }
 
+// configReadIndexWait bounds how long a configuration read on a follower
+// waits for the leader's read index before it answers from its own state.
+const configReadIndexWait = 2 * time.Second
+
 // errTokenExpired refuses a token whose time is over.
 var errTokenExpired = withMessage(ErrUnauthenticated, "server: the token has expired: log in again or ask for a new token")
 
@@ -604,6 +608,16 @@ func (g *gateway) serve(ctx context.Context, r route.Route, msg proto.Message, r
 		// it again with the leader's exact rules (create versus update).
 		if err := g.authorize(ctx, r, msg); err != nil {
 			return nil, err
+		}
+	}
+	if r.Consistent && !g.raft.IsLeader() && !wasForwarded(ctx) {
+		// A read of configuration sees what was acknowledged before it;
+		// without a leader, the node's own state answers.
+		rctx, cancel := context.WithTimeout(ctx, configReadIndexWait)
+		err := g.link.readIndex(rctx, false)
+		cancel()
+		if err != nil {
+			g.logger.Debug("no read index for a configuration read; answering from this node's state", "method", r.Method, "error", err)
 		}
 	}
 	if limited {

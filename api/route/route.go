@@ -96,6 +96,12 @@ type Route struct {
 	// Local, when set, names the requests of a leader-only method that
 	// any node serves itself because they write nothing (a batch token).
 	Local func(req proto.Message) bool
+	// Consistent: a follower first learns the leader's commit index and
+	// waits until it has applied it (a read index), so that a read of
+	// configuration (a policy, a role) sees every write acknowledged
+	// before it, as a default KV read does. Without a leader it answers
+	// from its own state.
+	Consistent bool
 	// Idempotent: the request carries a request_id that makes a second
 	// send return the first one's result, so a forwarded call whose
 	// answer was lost may be sent again (to the next leader).

@@ -48,14 +48,14 @@ var table = []Route{
 
 	// Policy: ACL policies, at Vault's sys/policies/acl paths.
 	{Method: pb.Policy_Write_FullMethodName, Leader: true, Policy: policyPath(Create | Update)},
-	{Method: pb.Policy_Read_FullMethodName, Policy: policyPath(Read)},
-	{Method: pb.Policy_List_FullMethodName, Policy: fixed("sys/policies/acl", List)},
+	{Method: pb.Policy_Read_FullMethodName, Consistent: true, Policy: policyPath(Read)},
+	{Method: pb.Policy_List_FullMethodName, Consistent: true, Policy: fixed("sys/policies/acl", List)},
 	{Method: pb.Policy_Delete_FullMethodName, Leader: true, Policy: policyPath(Delete)},
 
 	// Token: at Vault's auth/token paths; a call about the caller's own
 	// token uses the -self path (which the default policy grants).
 	{Method: pb.Token_Create_FullMethodName, Leader: true, Local: batchToken, Policy: tokenCreate},
-	{Method: pb.Token_Lookup_FullMethodName, Policy: tokenSelf("lookup", Read)},
+	{Method: pb.Token_Lookup_FullMethodName, Consistent: true, Policy: tokenSelf("lookup", Read)},
 	{Method: pb.Token_Renew_FullMethodName, Leader: true, Policy: tokenSelf("renew", Update)},
 	{Method: pb.Token_Revoke_FullMethodName, Leader: true, Policy: tokenSelf("revoke", Update)},
 	{Method: pb.Token_Capabilities_FullMethodName, Policy: capabilities},
@@ -67,21 +67,21 @@ var table = []Route{
 
 	// Login methods' roles, at Vault's auth/<method>/... paths.
 	{Method: pb.AppRoleAuth_WriteRole_FullMethodName, Leader: true, Policy: named("auth/approle/role/", "", Create|Update)},
-	{Method: pb.AppRoleAuth_ReadRole_FullMethodName, Policy: named("auth/approle/role/", "", Read)},
-	{Method: pb.AppRoleAuth_ListRoles_FullMethodName, Policy: fixed("auth/approle/role", List)},
+	{Method: pb.AppRoleAuth_ReadRole_FullMethodName, Consistent: true, Policy: named("auth/approle/role/", "", Read)},
+	{Method: pb.AppRoleAuth_ListRoles_FullMethodName, Consistent: true, Policy: fixed("auth/approle/role", List)},
 	{Method: pb.AppRoleAuth_DeleteRole_FullMethodName, Leader: true, Policy: named("auth/approle/role/", "", Delete)},
-	{Method: pb.AppRoleAuth_ReadRoleID_FullMethodName, Policy: named("auth/approle/role/", "/role-id", Read)},
+	{Method: pb.AppRoleAuth_ReadRoleID_FullMethodName, Consistent: true, Policy: named("auth/approle/role/", "/role-id", Read)},
 	{Method: pb.AppRoleAuth_GenerateSecretID_FullMethodName, Leader: true, Policy: named("auth/approle/role/", "/secret-id", Update)},
 	{Method: pb.AppRoleAuth_DestroySecretID_FullMethodName, Leader: true, Policy: named("auth/approle/role/", "/secret-id-accessor/destroy", Update)},
 	{Method: pb.JWTAuth_WriteConfig_FullMethodName, Leader: true, Policy: fixed("auth/jwt/config", Update)},
-	{Method: pb.JWTAuth_ReadConfig_FullMethodName, Policy: fixed("auth/jwt/config", Read)},
+	{Method: pb.JWTAuth_ReadConfig_FullMethodName, Consistent: true, Policy: fixed("auth/jwt/config", Read)},
 	{Method: pb.JWTAuth_WriteRole_FullMethodName, Leader: true, Policy: named("auth/jwt/role/", "", Create|Update)},
-	{Method: pb.JWTAuth_ReadRole_FullMethodName, Policy: named("auth/jwt/role/", "", Read)},
-	{Method: pb.JWTAuth_ListRoles_FullMethodName, Policy: fixed("auth/jwt/role", List)},
+	{Method: pb.JWTAuth_ReadRole_FullMethodName, Consistent: true, Policy: named("auth/jwt/role/", "", Read)},
+	{Method: pb.JWTAuth_ListRoles_FullMethodName, Consistent: true, Policy: fixed("auth/jwt/role", List)},
 	{Method: pb.JWTAuth_DeleteRole_FullMethodName, Leader: true, Policy: named("auth/jwt/role/", "", Delete)},
 	{Method: pb.CertAuth_WriteRole_FullMethodName, Leader: true, Policy: named("auth/cert/certs/", "", Create|Update)},
-	{Method: pb.CertAuth_ReadRole_FullMethodName, Policy: named("auth/cert/certs/", "", Read)},
-	{Method: pb.CertAuth_ListRoles_FullMethodName, Policy: fixed("auth/cert/certs", List)},
+	{Method: pb.CertAuth_ReadRole_FullMethodName, Consistent: true, Policy: named("auth/cert/certs/", "", Read)},
+	{Method: pb.CertAuth_ListRoles_FullMethodName, Consistent: true, Policy: fixed("auth/cert/certs", List)},
 	{Method: pb.CertAuth_DeleteRole_FullMethodName, Leader: true, Policy: named("auth/cert/certs/", "", Delete)},
 
 	// Cluster: node to node.
