@@ -35,7 +35,7 @@ func newAuthzFixture(t *testing.T) *authzFixture {
 	g := &gateway{raft: x.raft, state: x.f, keys: x.keys, policies: store, logger: hclog.NewNullLogger()}
 	a := &authzFixture{
 		kvFixture: x, g: g,
-		tokens: &tokenServer{state: x.f, keys: x.keys, props: x.kv.props, policies: store, logger: hclog.NewNullLogger(), now: time.Now},
+		tokens: &tokenServer{state: x.f, keys: x.keys, props: x.kv.props, policies: store, logger: hclog.NewNullLogger(), now: time.Now, expiry: &expiryQueue{}},
 		pols:   &policyServer{store: store, keys: x.keys, props: x.kv.props, logger: hclog.NewNullLogger()},
 	}
 	k, v, err := tokenEntry(x.keys, "cof.root", []string{rootPolicy}, time.Now())
@@ -352,5 +352,58 @@ func TestTokenCreateRefusals(t *testing.T) {
 	}
 	if err := a.g.authorize(ctx, r, &pb.CreateTokenRequest{PeriodSeconds: 3600}); !errors.Is(err, ErrPermissionDenied) {
 		t.Errorf("a periodic child without sudo: %v", err)
+	}
+}
+
+// TestExpiryQueue: the leader removes each expired token once its time is
+// over — a renewed one at its new time, a token made after the first scan
+// too — reading only what the queue says is due; after the queue is
+// dropped (a new leadership, a restore) a scan finds the tokens again.
+func TestExpiryQueue(t *testing.T) {
+	a := newAuthzFixture(t)
+	t0 := time.Now()
+	now := t0
+	a.tokens.now = func() time.Time { return now }
+	mk := func(ttl int64) *pb.TokenInfo {
+		tk, err := a.tokens.Create(a.root, &pb.CreateTokenRequest{TtlSeconds: ttl, Policies: []string{"default"}, NoParent: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tk
+	}
+	live := func(tk *pb.TokenInfo) bool {
+		_, err := a.tokens.record(hashToken(tk.Token))
+		return err == nil
+	}
+	pass := func(at time.Duration) int {
+		t.Helper()
+		now = t0.Add(at)
+		n, err := a.tokens.expire(context.Background(), now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	ta, tb := mk(100), mk(200)
+	if n := pass(0); n != 0 {
+		t.Fatalf("first pass removed %d", n)
+	}
+	now = t0.Add(50 * time.Second)
+	if _, err := a.tokens.Renew(a.root, &pb.RenewTokenRequest{Token: ta.Token, IncrementSeconds: 300}); err != nil {
+		t.Fatal(err)
+	}
+	tc := mk(100) // made after the scan, at 50 s: due at 150 s
+	if n := pass(140 * time.Second); n != 0 || !live(ta) || !live(tb) || !live(tc) {
+		t.Fatalf("at 140 s: removed %d; renewed token live %v, 200 s token live %v", n, live(ta), live(tb))
+	}
+	if n := pass(250 * time.Second); n != 2 || live(tb) || live(tc) || !live(ta) {
+		t.Fatalf("at 250 s: removed %d (want the 200 s token and the one made after the scan); renewed token live %v", n, live(ta))
+	}
+	if n := pass(300 * time.Second); n != 0 || !live(ta) {
+		t.Fatalf("at 300 s: removed %d, renewed token (due at 350 s) live %v", n, live(ta))
+	}
+	a.tokens.expiry.invalidate()
+	if n := pass(400 * time.Second); n != 1 || live(ta) {
+		t.Fatalf("after a rescan at 400 s: removed %d, renewed token live %v", n, live(ta))
 	}
 }

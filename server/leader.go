@@ -54,6 +54,9 @@ func (s *Server) leaderDuties(ctx context.Context) {
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
 	migrated := false
+	// A new leadership scans the tokens once to index them by expiry: a
+	// former leader's writes are in the state, not in this node's queue.
+	s.tokenExpiry.invalidate()
 	var lastExpiry, lastTidy time.Time
 	salted := false
 	for {

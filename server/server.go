@@ -46,9 +46,11 @@ type Server struct {
 	tokens *tokenServer
 	logins *loginMethods
 	audit  *auditor
-	health *health.Server
-	grpc   *grpc.Server
-	lis    net.Listener
+	// tokenExpiry is the leader's index of tokens by expiry time.
+	tokenExpiry *expiryQueue
+	health      *health.Server
+	grpc        *grpc.Server
+	lis         net.Listener
 	// tls is the node's certificates, nil for a plaintext node.
 	tls *tlsutil.Reloader
 	// inflight is the node's request-byte budget.
@@ -124,11 +126,16 @@ func New(cfg Config) (*Server, error) {
 	s.life.serveErr = make(chan error, 1)
 	s.life.stopCtx, s.life.stopCancel = context.WithCancel(context.Background())
 	s.keys = &keys{seal: seal.New(seal.Options{}), logger: cfg.Logger, nudge: make(chan struct{}, 1)}
+	s.tokenExpiry = &expiryQueue{}
 	var err error
 	s.fsm, err = fsm.Open(filepath.Join(cfg.DataDir, "fsm.db"), fsm.Options{
 		Logger:            cfg.Logger.Named("fsm"),
 		IdempotencyWindow: cfg.IdempotencyWindow,
-		OnRestore:         s.keys.stateRestored,
+		OnRestore: func() {
+			s.keys.stateRestored()
+			// The tokens may be others now: the leader scans them again.
+			s.tokenExpiry.invalidate()
+		},
 	})
 	if err != nil {
 		return nil, fmt.Errorf("server: open state: %w", err)
@@ -232,7 +239,7 @@ func (s *Server) wire() {
 	reads := &readGate{nodeID: id, sealed: s.keys, raft: s.raft, state: s.fsm, index: s.link}
 	policies := &policyStore{state: s.fsm, keys: s.keys, logger: logger}
 	gw := &gateway{raft: s.raft, state: s.fsm, keys: s.keys, link: s.link, tls: s.tls != nil, policies: policies, exists: s.exists(policies), audit: s.audit, logger: logger}
-	s.tokens = &tokenServer{state: s.fsm, keys: s.keys, props: props, policies: policies, logger: logger, now: time.Now}
+	s.tokens = &tokenServer{state: s.fsm, keys: s.keys, props: props, policies: policies, logger: logger, now: time.Now, expiry: s.tokenExpiry}
 	gw.useToken = s.tokens.useToken
 	store := sealedJSON{state: s.fsm, keys: s.keys}
 	s.logins = &loginMethods{

@@ -97,6 +97,8 @@ type tokenServer struct {
 	policies *policyStore
 	logger   hclog.Logger
 	now      func() time.Time
+	// expiry indexes the service tokens by expiry time (leader).
+	expiry *expiryQueue
 	// mu makes the leader's changes of token records one at a time: a
 	// child is never written after its parent's revocation listed the
 	// children, and a renewal or a use never writes back a record a
@@ -321,6 +323,7 @@ func (s *tokenServer) mint(ctx context.Context, spec tokenSpec, use *credentialU
 	if err != nil {
 		return nil, err
 	}
+	s.expiry.push(rec.Hash, rec.Expire)
 	info := tokenInfo(rec, now)
 	info.Token, info.RaftIndex = token, res.Index
 	return info, nil
@@ -542,6 +545,7 @@ func (s *tokenServer) Renew(ctx context.Context, req *pb.RenewTokenRequest) (*pb
 	if err != nil {
 		return nil, err
 	}
+	s.expiry.push(next.Hash, next.Expire)
 	info := tokenInfo(next, now)
 	info.RaftIndex = res.Index
 	return info, nil
@@ -699,35 +703,57 @@ func (s *tokenServer) useToken(ctx context.Context, hash string) error {
 }
 
 // expire revokes the tokens whose time is over (with their children);
-// the leader runs it as a duty. It returns how many it removed.
+// the leader runs it as a duty. The first pass of a leadership scans every
+// token record and builds the expiry queue; later passes open only the
+// records the queue says are due. It returns how many it removed.
 func (s *tokenServer) expire(ctx context.Context, now time.Time) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st, keys, props := s.state, s.keys, s.props
-	names, err := st.SysList(sysTokenPref)
-	if err != nil {
-		return 0, err
-	}
 	var due []*tokenRecord
-	for _, k := range names {
-		raw, err := st.SysGet(k)
+	if !s.expiry.built() {
+		names, err := s.state.SysList(sysTokenPref)
 		if err != nil {
-			continue
+			return 0, err
 		}
-		rec, err := openTokenRecord(keys, k, raw)
-		if err != nil || !rec.expired(now) {
-			continue
+		var all []expiryEntry
+		for _, k := range names {
+			raw, err := s.state.SysGet(k)
+			if err != nil {
+				continue
+			}
+			rec, err := openTokenRecord(s.keys, k, raw)
+			if err != nil {
+				continue
+			}
+			if rec.expired(now) && len(due) < maxRevokeTree {
+				due = append(due, rec)
+			} else if rec.Expire != 0 {
+				all = append(all, expiryEntry{expire: rec.Expire, hash: rec.Hash})
+			}
 		}
-		due = append(due, rec)
-		if len(due) >= maxRevokeTree {
-			break
+		s.expiry.build(all)
+	} else {
+		for _, e := range s.expiry.due(now.Unix(), maxRevokeTree) {
+			rec, err := s.record(e.hash)
+			if err != nil {
+				continue // revoked meanwhile (or unreadable: the scan of the next leadership sees it)
+			}
+			if !rec.expired(now) {
+				s.expiry.push(rec.Hash, rec.Expire) // renewed since
+				continue
+			}
+			due = append(due, rec)
 		}
 	}
 	if len(due) == 0 {
 		return 0, nil
 	}
-	n, _, err := revokeTree(ctx, st, keys, props, due)
+	n, _, err := revokeTree(ctx, s.state, s.keys, s.props, due)
 	if err != nil {
+		// What was not removed is due again at the next pass.
+		for _, rec := range due {
+			s.expiry.push(rec.Hash, rec.Expire)
+		}
 		return n, fmt.Errorf("server: removing expired tokens: %w", err)
 	}
 	return n, nil
