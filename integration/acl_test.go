@@ -80,11 +80,7 @@ func list(prefix string) func(context.Context, *api.Client, string) error {
 // its policy says, through the leader and through a follower, and a
 // denial names the capability and the path.
 func TestPermissionMatrix(t *testing.T) {
-	c := NewCluster(t, 3, ClusterOptions{TLS: true})
-	c.Init(t, c.WaitForLeader(t))
-	c.UnsealAll(t)
-	leader := c.WaitForLeader(t)
-	root := c.Client(t, leader)
+	c, leader, root := unsealedCluster(t, ClusterOptions{TLS: true})
 	for _, p := range []string{"secret/payments/db", "secret/admin/key", "secret/team/db", "secret/team/secret", "secret/other/secret", "secret/other/x"} {
 		if _, err := root.Put(ctx(t), &pb.PutRequest{Path: p, Data: map[string]string{"v": "1"}}); err != nil {
 			t.Fatal(err)
@@ -220,11 +216,7 @@ func TestPermissionMatrix(t *testing.T) {
 // orphan of the same parent keeps working; an expired token is refused
 // everywhere and the leader removes it.
 func TestTokenRevokeStopsEveryNode(t *testing.T) {
-	c := NewCluster(t, 3, ClusterOptions{TLS: true})
-	c.Init(t, c.WaitForLeader(t))
-	c.UnsealAll(t)
-	leader := c.WaitForLeader(t)
-	root := c.Client(t, leader)
+	c, leader, root := unsealedCluster(t, ClusterOptions{TLS: true})
 	if _, err := root.Put(ctx(t), &pb.PutRequest{Path: "secret/app/db", Data: map[string]string{"v": "1"}}); err != nil {
 		t.Fatal(err)
 	}
@@ -326,11 +318,7 @@ func tokenClient(t *testing.T, c *Cluster, tok string, n *Node) *api.Client {
 // state and serves stale reads under their policies, and still refuses
 // expired and revoked tokens, forged batch tokens and denied paths.
 func TestTokensWithoutALeader(t *testing.T) {
-	c := NewCluster(t, 3, ClusterOptions{TLS: true})
-	c.Init(t, c.WaitForLeader(t))
-	c.UnsealAll(t)
-	leader := c.WaitForLeader(t)
-	root := c.Client(t, leader)
+	c, leader, root := unsealedCluster(t, ClusterOptions{TLS: true})
 	for _, p := range []string{"secret/app/db", "secret/other/db"} {
 		if _, err := root.Put(ctx(t), &pb.PutRequest{Path: p, Data: map[string]string{"v": "1"}}); err != nil {
 			t.Fatal(err)
@@ -427,11 +415,7 @@ func isBatch(tok string) bool { return len(tok) > 4 && tok[:4] == "cob." }
 // call takes one use on the leader before it is served, and the last use
 // revokes the token on every node.
 func TestTokenUsesAreCountedOnce(t *testing.T) {
-	c := NewCluster(t, 3, ClusterOptions{TLS: true})
-	c.Init(t, c.WaitForLeader(t))
-	c.UnsealAll(t)
-	leader := c.WaitForLeader(t)
-	root := c.Client(t, leader)
+	c, leader, root := unsealedCluster(t, ClusterOptions{TLS: true})
 	put, err := root.Put(ctx(t), &pb.PutRequest{Path: "secret/app/db", Data: map[string]string{"v": "1"}})
 	if err != nil {
 		t.Fatal(err)
@@ -491,11 +475,7 @@ func TestTokenUsesAreCountedOnce(t *testing.T) {
 // secret/apple (a longer name with the same prefix), and ends when the
 // token is revoked.
 func TestWatchShowsOnlyWhatTheTokenMayList(t *testing.T) {
-	c := NewCluster(t, 3, ClusterOptions{TLS: true})
-	c.Init(t, c.WaitForLeader(t))
-	c.UnsealAll(t)
-	leader := c.WaitForLeader(t)
-	root := c.Client(t, leader)
+	c, leader, root := unsealedCluster(t, ClusterOptions{TLS: true})
 	if _, err := root.WritePolicy(ctx(t), "watcher", `path "secret/metadata/app/*" { capabilities = ["list"] }`); err != nil {
 		t.Fatal(err)
 	}

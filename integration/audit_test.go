@@ -63,11 +63,7 @@ func readAudit(t *testing.T, path string) []auditLine {
 // file holds a secret value, a token or an unseal share in clear; and
 // `coffer audit hash` of a secret value finds it in the log.
 func TestAuditLogRecordsEveryCall(t *testing.T) {
-	c := NewCluster(t, 3, ClusterOptions{TLS: true, AuditFiles: true})
-	c.Init(t, c.WaitForLeader(t))
-	c.UnsealAll(t)
-	leader := c.WaitForLeader(t)
-	root := c.Client(t, leader)
+	c, _, root := unsealedCluster(t, ClusterOptions{TLS: true, AuditFiles: true})
 	if _, err := root.WritePolicy(ctx(t), "app", `path "secret/data/app/*" { capabilities = ["create", "read", "update"] }
 path "secret/metadata/app/*" { capabilities = ["list"] }`); err != nil {
 		t.Fatal(err)

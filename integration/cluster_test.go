@@ -79,6 +79,18 @@ func NewCluster(t testing.TB, size int, opts ...ClusterOptions) *Cluster {
 	})}
 }
 
+// unsealedCluster starts a three-node cluster with opts, initializes and
+// unseals it, and returns it with its leader and a root client of the
+// leader.
+func unsealedCluster(t testing.TB, opts ClusterOptions) (*Cluster, *Node, *api.Client) {
+	t.Helper()
+	c := NewCluster(t, 3, opts)
+	c.Init(t, c.WaitForLeader(t))
+	c.UnsealAll(t)
+	leader := c.WaitForLeader(t)
+	return c, leader, c.Client(t, leader)
+}
+
 // Client returns an api.Client over the given nodes' endpoints (all
 // running nodes when none are given) with c.Token. It is closed with the
 // test.

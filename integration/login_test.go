@@ -31,11 +31,7 @@ import (
 func loginCluster(t *testing.T, opts ClusterOptions) (*Cluster, *Node, *api.Client) {
 	t.Helper()
 	opts.TLS = true
-	c := NewCluster(t, 3, opts)
-	c.Init(t, c.WaitForLeader(t))
-	c.UnsealAll(t)
-	leader := c.WaitForLeader(t)
-	root := c.Client(t, leader)
+	c, leader, root := unsealedCluster(t, opts)
 	if _, err := root.Put(ctx(t), &pb.PutRequest{Path: "secret/app/db", Data: map[string]string{"v": "1"}}); err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/hashicorp/go-hclog"
 	"google.golang.org/grpc/metadata"
@@ -39,7 +40,6 @@ var errAudit = errors.New("server: this node cannot write its audit log, so it r
 // cluster's salt once the node is unsealed and the salt exists.
 type auditor struct {
 	broker *audit.Broker
-	nodeID string
 	state  sysStore
 	keys   interface {
 		Sealed() bool
@@ -47,15 +47,18 @@ type auditor struct {
 	}
 	logger hclog.Logger
 
+	// mu orders loading and dropping the salt; loaded says (without the
+	// lock, on every call) that hasher holds it — the broker's, when it
+	// has devices.
 	mu     sync.Mutex
-	loaded bool // the broker holds the cluster's salt
-	salt   []byte
+	loaded atomic.Bool
+	hasher *audit.Hasher
 }
 
 // openAudit opens the node's audit devices; a path that cannot be opened
 // stops the node from starting, with the reason.
 func openAudit(cfg Config, state sysStore, keys *keys) (*auditor, error) {
-	a := &auditor{nodeID: cfg.NodeID, state: state, keys: keys, logger: cfg.Logger.Named("audit")}
+	a := &auditor{state: state, keys: keys, logger: cfg.Logger.Named("audit")}
 	if len(cfg.AuditFiles) == 0 {
 		return a, nil
 	}
@@ -90,18 +93,26 @@ func (a *auditor) close() error {
 // on reports whether the node audits at all.
 func (a *auditor) on() bool { return a != nil && a.broker != nil }
 
-// audited: calls with a token, and the public calls that carry secrets
-// (init, unseal, generate-root). Health checks, status and node-to-node calls are not.
+// audited: calls with a token, logins, and the public calls that carry
+// secrets (init, unseal, generate-root). Health checks, status and
+// node-to-node calls are not.
 func audited(r route.Route) bool {
-	return r.Access == route.Token || r.Method == pb.Sys_Init_FullMethodName || r.Method == pb.Sys_Unseal_FullMethodName || r.Method == pb.Sys_GenerateRoot_FullMethodName
+	switch r.Access {
+	case route.Token, route.Login:
+		return true
+	}
+	return r.Method == pb.Sys_Init_FullMethodName || r.Method == pb.Sys_Unseal_FullMethodName || r.Method == pb.Sys_GenerateRoot_FullMethodName
 }
 
 // ensureSalt gives the broker the cluster's salt once the node can open
 // it; until then sensitive values are written redacted.
 func (a *auditor) ensureSalt() {
+	if a.loaded.Load() {
+		return
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if a.loaded || a.keys.Sealed() {
+	if a.loaded.Load() || a.keys.Sealed() {
 		return
 	}
 	raw, err := a.state.SysGet(sysAuditSaltKey)
@@ -113,15 +124,16 @@ func (a *auditor) ensureSalt() {
 		a.logger.Warn("the audit salt does not open with this node's keys: audit lines are redacted instead of hashed", "error", err)
 		return
 	}
-	h, err := audit.NewHasher(salt)
+	h, err := audit.NewHasher(salt) // it keeps a copy
+	clear(salt)
 	if err != nil {
-		clear(salt)
 		return
 	}
 	if a.broker != nil {
 		a.broker.SetHasher(h)
 	}
-	a.salt, a.loaded = salt, true
+	a.hasher = h
+	a.loaded.Store(true)
 }
 
 // forget drops the salt (the node seals).
@@ -131,11 +143,12 @@ func (a *auditor) forget() {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	a.loaded.Store(false)
 	if a.broker != nil {
-		a.broker.SetHasher(nil)
+		a.broker.SetHasher(nil) // destroys the hasher it held
 	}
-	clear(a.salt)
-	a.salt, a.loaded = nil, false
+	a.hasher.Destroy()
+	a.hasher = nil
 }
 
 // hash is `coffer audit hash`: value as the audit log writes it.
@@ -143,10 +156,10 @@ func (a *auditor) hash(value string) (string, error) {
 	a.ensureSalt()
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if !a.loaded {
+	if !a.loaded.Load() {
 		return "", withMessage(seal.ErrSealed, "the audit salt is not available on this node yet (sealed, or the leader has not made it): try again shortly")
 	}
-	return audit.HashForSearch(a.salt, value)
+	return a.hasher.HMAC(value), nil
 }
 
 // ensureClusterSalt makes the cluster's salt once (leader duty).

@@ -258,15 +258,10 @@ func (g *gateway) authenticate(ctx context.Context) (*tokenRecord, error) {
 		}
 		return rec, nil
 	}
-	raw, err := g.state.SysGet(sysTokenPref + h)
-	if errors.Is(err, fsm.ErrNotFound) && !g.raft.IsLeader() && !wasForwarded(ctx) {
-		// A token created a moment ago may not have reached this follower
-		// yet: a read-index round with the leader (which checks the token
-		// itself) brings this node up to date before it refuses.
-		if rerr := g.link.readIndex(ctx, false); rerr == nil {
-			raw, err = g.state.SysGet(sysTokenPref + h)
-		}
-	}
+	// A token created a moment ago may not have reached this follower
+	// yet (the read-index round goes to the leader, which checks the token
+	// itself).
+	raw, err := g.sysGetCaughtUp(ctx, sysTokenPref+h)
 	if errors.Is(err, fsm.ErrNotFound) {
 		return nil, ErrUnauthenticated
 	}
@@ -305,23 +300,13 @@ func (g *gateway) authenticateBatch(ctx context.Context, token string) (*tokenRe
 	gen := g.state.SysGeneration()
 	rec := g.tokens.get(gen, h)
 	if rec == nil {
-		b, err := decodeBatchToken(g.keys, token)
-		if err != nil {
-			return nil, ErrUnauthenticated
-		}
-		rec = &tokenRecord{Hash: h, Policies: b.Policies, Created: b.Created, Expire: b.Expire, Parent: b.Parent, DisplayName: b.DisplayName, BoundCIDRs: b.BoundCIDRs, batch: true}
-		if err := rec.parseCIDRs(); err != nil {
+		var err error
+		if rec, err = openBatchToken(g.keys, token); err != nil {
 			return nil, ErrUnauthenticated
 		}
 		if rec.Parent != "" {
-			_, err := g.state.SysGet(sysTokenPref + rec.Parent)
-			if errors.Is(err, fsm.ErrNotFound) && !g.raft.IsLeader() && !wasForwarded(ctx) {
-				// The parent may be younger than what this follower has
-				// applied: catch up before refusing.
-				if rerr := g.link.readIndex(ctx, false); rerr == nil {
-					_, err = g.state.SysGet(sysTokenPref + rec.Parent)
-				}
-			}
+			// The parent may be younger than what this follower applied.
+			_, err := g.sysGetCaughtUp(ctx, sysTokenPref+rec.Parent)
 			if errors.Is(err, fsm.ErrNotFound) {
 				// Revoked with its parent.
 				return nil, ErrUnauthenticated
@@ -339,6 +324,20 @@ func (g *gateway) authenticateBatch(ctx context.Context, token string) (*tokenRe
 		return nil, err
 	}
 	return rec, nil
+}
+
+// sysGetCaughtUp reads a system entry; on a follower that does not hold
+// it, after a read-index round with the leader brought the follower up to
+// date (a token or parent created a moment ago), before it says it is not
+// there.
+func (g *gateway) sysGetCaughtUp(ctx context.Context, key string) ([]byte, error) {
+	raw, err := g.state.SysGet(key)
+	if errors.Is(err, fsm.ErrNotFound) && !g.raft.IsLeader() && !wasForwarded(ctx) {
+		if rerr := g.link.readIndex(ctx, false); rerr == nil {
+			raw, err = g.state.SysGet(key)
+		}
+	}
+	return raw, err
 }
 
 // configReadIndexWait bounds how long a configuration read on a follower
@@ -360,7 +359,7 @@ func (g *gateway) authorize(ctx context.Context, r route.Route, req proto.Messag
 	if rec == nil {
 		return ErrUnauthenticated
 	}
-	if len(rec.Policies) == 1 && rec.Policies[0] == rootPolicy {
+	if rec.isRoot() {
 		return nil // root: every capability on every path
 	}
 	a, err := g.aclOf(rec)
@@ -368,6 +367,7 @@ func (g *gateway) authorize(ctx context.Context, r route.Route, req proto.Messag
 		return err
 	}
 	path, need := r.Policy(req)
+	have := a.Capabilities(path)
 	want := aclCapabilities(need &^ (route.Create | route.Update))
 	switch need & (route.Create | route.Update) {
 	case route.Create | route.Update:
@@ -376,7 +376,7 @@ func (g *gateway) authorize(ctx context.Context, r route.Route, req proto.Messag
 			// A follower may not have seen the thing created a moment ago;
 			// either capability passes here and the leader, which forwards
 			// nothing, decides.
-			if have := a.Capabilities(path); have&acl.Deny == 0 && have&(acl.Create|acl.Update) != 0 {
+			if have&acl.Deny == 0 && have&(acl.Create|acl.Update) != 0 {
 				want |= have & (acl.Create | acl.Update)
 			} else {
 				want |= acl.Create
@@ -391,7 +391,6 @@ func (g *gateway) authorize(ctx context.Context, r route.Route, req proto.Messag
 	case route.Update:
 		want |= acl.Update
 	}
-	have := a.Capabilities(path)
 	if have&acl.Deny == 0 && have&want == want {
 		return nil
 	}
@@ -493,10 +492,8 @@ func (g *gateway) admitSealed(ctx context.Context) error {
 // that change the cluster check it again, so that no path reaches them
 // unauthenticated.
 func requireCaller(ctx context.Context) error {
-	if rec, _ := ctx.Value(tokenCtxKey{}).(*tokenRecord); rec == nil {
-		return ErrUnauthenticated
-	}
-	return nil
+	_, err := caller(ctx)
+	return err
 }
 
 // admit looks the method up in the route table and admits the call: a
@@ -565,7 +562,7 @@ func (g *gateway) unaryInterceptor(ctx context.Context, req any, info *grpc.Unar
 	// The request is recorded before anything is served, refused calls
 	// too; a request no device could record is not served (fail closed).
 	var call *auditCall
-	if g.audit.on() && r.Method != "" && (audited(r) || r.Access == route.Login) {
+	if g.audit.on() && r.Method != "" && audited(r) {
 		rec, _ := actx.Value(tokenCtxKey{}).(*tokenRecord)
 		call = g.audit.begin(ctx, r, rec)
 		if aerr := call.request(ctx, r, msg); aerr != nil {
@@ -706,7 +703,7 @@ type streamGuardKey struct{}
 // batch token, its parent's) must still be in the state, checked again
 // whenever the system entries change.
 func (g *gateway) guard(rec *tokenRecord) *streamGuard {
-	isRoot := len(rec.Policies) == 1 && rec.Policies[0] == rootPolicy
+	isRoot := rec.isRoot()
 	var checkedGen atomic.Uint64
 	checkedGen.Store(g.state.SysGeneration())
 	return &streamGuard{

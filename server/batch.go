@@ -34,6 +34,23 @@ type batchRecord struct {
 	BoundCIDRs []string `json:"b,omitempty"`
 }
 
+// openBatchToken decodes a batch token into the record the gateway and
+// the token service work with.
+func openBatchToken(keys entryOpener, token string) (*tokenRecord, error) {
+	b, err := decodeBatchToken(keys, token)
+	if err != nil {
+		return nil, err
+	}
+	rec := &tokenRecord{
+		Hash: hashToken(token), Policies: b.Policies, Created: b.Created, Expire: b.Expire,
+		Parent: b.Parent, DisplayName: b.DisplayName, BoundCIDRs: b.BoundCIDRs, batch: true,
+	}
+	if err := rec.parseCIDRs(); err != nil {
+		return nil, err
+	}
+	return rec, nil
+}
+
 // isBatchToken reports whether token has the form of a batch token.
 func isBatchToken(token string) bool { return strings.HasPrefix(token, batchTokenPrefix) }
 

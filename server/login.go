@@ -23,7 +23,6 @@ import (
 	"coffer/api/route"
 	"coffer/fsm"
 	"coffer/fsm/fsmpb"
-	"coffer/server/acl"
 	"coffer/server/auth"
 )
 
@@ -267,21 +266,14 @@ func roleTokenOf(t *pb.RoleToken) (roleToken, error) {
 	if len(t.GetPolicies()) > maxTokenPolicies {
 		return out, invalidf("a role gives at most %d policies", maxTokenPolicies)
 	}
-	for _, p := range t.GetPolicies() {
-		p = strings.TrimSpace(p)
-		if p == "" {
-			continue
-		}
-		if p == rootPolicy {
-			return out, invalidf("a login never makes a root token: leave root out of token_policies")
-		}
-		if err := acl.ValidName(p); err != nil {
-			return out, invalidf("token_policies: %v", err)
-		}
-		out.Policies = append(out.Policies, p)
+	policies, err := policyNames(t.GetPolicies())
+	if err != nil {
+		return out, invalidf("token_policies: %v", err)
 	}
-	sort.Strings(out.Policies)
-	out.Policies = slices.Compact(out.Policies)
+	if slices.Contains(policies, rootPolicy) {
+		return out, invalidf("a login never makes a root token: leave root out of token_policies")
+	}
+	out.Policies = policies
 	switch {
 	case out.TTL < 0 || out.MaxTTL < 0:
 		return out, invalidf("token_ttl and token_max_ttl must not be negative")

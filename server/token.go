@@ -72,6 +72,10 @@ func (r *tokenRecord) clone() *tokenRecord {
 	}
 }
 
+// isRoot reports whether the token holds the root policy (every
+// capability on every path).
+func (r *tokenRecord) isRoot() bool { return slices.Contains(r.Policies, rootPolicy) }
+
 // tokenType is "batch" or "service".
 func (r *tokenRecord) tokenType() string {
 	if r.batch {
@@ -121,7 +125,7 @@ func (s *tokenServer) Create(ctx context.Context, req *pb.CreateTokenRequest) (*
 	if err != nil {
 		return nil, err
 	}
-	isRoot := slices.Contains(parent.Policies, rootPolicy)
+	isRoot := parent.isRoot()
 	batch := false
 	switch req.GetType() {
 	case "", "service":
@@ -355,21 +359,14 @@ func (s *tokenServer) childPolicies(parent *tokenRecord, req *pb.CreateTokenRequ
 	if len(asked) > maxTokenPolicies {
 		return nil, invalidf("a token has at most %d policies", maxTokenPolicies)
 	}
-	var out []string
-	for _, p := range asked {
-		p = strings.TrimSpace(p)
-		if p == "" {
-			continue
-		}
-		if p != rootPolicy {
-			if err := acl.ValidName(p); err != nil {
-				return nil, invalidf("%v", err)
-			}
-		}
+	out, err := policyNames(asked)
+	if err != nil {
+		return nil, invalidf("%v", err)
+	}
+	for _, p := range out {
 		if !isRoot && !slices.Contains(parent.Policies, p) {
 			return nil, withMessage(ErrPermissionDenied, "permission denied: a child token may only hold policies its parent holds, and %q is not among them", p)
 		}
-		out = append(out, p)
 	}
 	if len(asked) == 0 {
 		out = append(out, parent.Policies...)
@@ -385,6 +382,26 @@ func (s *tokenServer) childPolicies(parent *tokenRecord, req *pb.CreateTokenRequ
 	}
 	if req.GetNoDefaultPolicy() {
 		out = slices.DeleteFunc(out, func(p string) bool { return p == defaultPolicy })
+	}
+	sort.Strings(out)
+	return slices.Compact(out), nil
+}
+
+// policyNames trims names, drops empty ones, checks that each (root
+// aside) can name a policy, and returns them sorted without repeats.
+func policyNames(names []string) ([]string, error) {
+	var out []string
+	for _, p := range names {
+		p = strings.TrimSpace(p)
+		if p == "" {
+			continue
+		}
+		if p != rootPolicy {
+			if err := acl.ValidName(p); err != nil {
+				return nil, err
+			}
+		}
+		out = append(out, p)
 	}
 	sort.Strings(out)
 	return slices.Compact(out), nil
@@ -432,63 +449,59 @@ func (s *tokenServer) record(hash string) (*tokenRecord, error) {
 }
 
 // target finds the token a call names: by token, by accessor, or the
-// caller's own. self reports the last case.
-func (s *tokenServer) target(ctx context.Context, token, accessor string) (rec *tokenRecord, self bool, err error) {
+// caller's own.
+func (s *tokenServer) target(ctx context.Context, token, accessor string) (*tokenRecord, error) {
 	me, err := caller(ctx)
 	if err != nil {
-		return nil, false, err
+		return nil, err
 	}
 	var hash string
 	switch {
 	case token != "" && accessor != "":
-		return nil, false, invalidf("name a token or an accessor, not both")
+		return nil, invalidf("name a token or an accessor, not both")
 	case token != "" && isBatchToken(token):
-		b, err := decodeBatchToken(s.keys, token)
-		if err != nil || (&tokenRecord{Expire: b.Expire}).expired(s.now()) {
-			return nil, false, withMessage(fsm.ErrNotFound, "no such token (revoked, expired or never created)")
+		rec, err := openBatchToken(s.keys, token)
+		if err != nil || rec.expired(s.now()) {
+			return nil, withMessage(fsm.ErrNotFound, "no such token (revoked, expired or never created)")
 		}
-		rec := &tokenRecord{Hash: hashToken(token), Policies: b.Policies, Created: b.Created, Expire: b.Expire, Parent: b.Parent, DisplayName: b.DisplayName, BoundCIDRs: b.BoundCIDRs, batch: true}
-		if err := rec.parseCIDRs(); err != nil {
-			return nil, false, withMessage(fsm.ErrNotFound, "no such token (revoked, expired or never created)")
-		}
-		return rec, rec.Hash == me.Hash, nil
+		return rec, nil
 	case token != "":
 		hash = hashToken(token)
 	case accessor != "":
 		if len(accessor) > 128 {
-			return nil, false, withMessage(fsm.ErrNotFound, "no token has that accessor")
+			return nil, withMessage(fsm.ErrNotFound, "no token has that accessor")
 		}
 		raw, err := s.state.SysGet(sysAccessorPref + accessor)
 		if errors.Is(err, fsm.ErrNotFound) {
-			return nil, false, withMessage(fsm.ErrNotFound, "no token has that accessor")
+			return nil, withMessage(fsm.ErrNotFound, "no token has that accessor")
 		}
 		if err != nil {
-			return nil, false, err
+			return nil, err
 		}
 		pt, err := s.keys.OpenEntry(sysAccessorPref+accessor, raw)
 		if err != nil {
-			return nil, false, err
+			return nil, err
 		}
 		hash = string(pt)
 	default:
-		return me, true, nil
+		return me, nil
 	}
-	rec, err = s.record(hash)
+	rec, err := s.record(hash)
 	if errors.Is(err, fsm.ErrNotFound) {
-		return nil, false, withMessage(fsm.ErrNotFound, "no such token (revoked, expired or never created)")
+		return nil, withMessage(fsm.ErrNotFound, "no such token (revoked, expired or never created)")
 	}
 	if err != nil {
-		return nil, false, err
+		return nil, err
 	}
 	if rec.expired(s.now()) {
-		return nil, false, withMessage(fsm.ErrNotFound, "no such token (revoked, expired or never created)")
+		return nil, withMessage(fsm.ErrNotFound, "no such token (revoked, expired or never created)")
 	}
-	return rec, rec.Hash == me.Hash, nil
+	return rec, nil
 }
 
 // Lookup describes a token; the token itself only to its own holder.
 func (s *tokenServer) Lookup(ctx context.Context, req *pb.LookupTokenRequest) (*pb.TokenInfo, error) {
-	rec, _, err := s.target(ctx, req.GetToken(), req.GetAccessor())
+	rec, err := s.target(ctx, req.GetToken(), req.GetAccessor())
 	if err != nil {
 		return nil, err
 	}
@@ -505,7 +518,7 @@ func (s *tokenServer) Lookup(ctx context.Context, req *pb.LookupTokenRequest) (*
 func (s *tokenServer) Renew(ctx context.Context, req *pb.RenewTokenRequest) (*pb.TokenInfo, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	rec, _, err := s.target(ctx, req.GetToken(), req.GetAccessor())
+	rec, err := s.target(ctx, req.GetToken(), req.GetAccessor())
 	if err != nil {
 		return nil, err
 	}
@@ -555,7 +568,7 @@ func (s *tokenServer) Renew(ctx context.Context, req *pb.RenewTokenRequest) (*pb
 func (s *tokenServer) Revoke(ctx context.Context, req *pb.RevokeTokenRequest) (*pb.RevokeTokenResponse, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	rec, _, err := s.target(ctx, req.GetToken(), req.GetAccessor())
+	rec, err := s.target(ctx, req.GetToken(), req.GetAccessor())
 	if errors.Is(err, fsm.ErrNotFound) && req.GetToken() != "" {
 		// Revoking what is gone succeeds, as in Vault.
 		return &pb.RevokeTokenResponse{}, nil
@@ -566,7 +579,7 @@ func (s *tokenServer) Revoke(ctx context.Context, req *pb.RevokeTokenRequest) (*
 	if rec.batch {
 		return nil, invalidf("a batch token cannot be revoked: it ends at its expiry, or when its parent is revoked")
 	}
-	n, index, err := revokeTree(ctx, s.state, s.keys, s.props, []*tokenRecord{rec})
+	n, index, err := s.revokeTree(ctx, []*tokenRecord{rec})
 	if err != nil {
 		return nil, err
 	}
@@ -578,7 +591,7 @@ func (s *tokenServer) Revoke(ctx context.Context, req *pb.RevokeTokenRequest) (*
 // made without no_parent), with their index entries, in commands of at
 // most maxRevokeTree tokens, children first so that no child is ever left
 // without the index that leads to it. It returns how many it removed.
-func revokeTree(ctx context.Context, st sysLister, keys entryKeys, props proposer, roots []*tokenRecord) (int, uint64, error) {
+func (s *tokenServer) revokeTree(ctx context.Context, roots []*tokenRecord) (int, uint64, error) {
 	var order []*tokenRecord
 	seen := map[string]bool{}
 	queue := append([]*tokenRecord(nil), roots...)
@@ -590,22 +603,18 @@ func revokeTree(ctx context.Context, st sysLister, keys entryKeys, props propose
 		}
 		seen[rec.Hash] = true
 		order = append(order, rec)
-		kids, err := st.SysList(sysParentPref + rec.Hash + "/")
+		kids, err := s.state.SysList(sysParentPref + rec.Hash + "/")
 		if err != nil {
 			return 0, 0, err
 		}
 		for _, k := range kids {
 			h := strings.TrimPrefix(k, sysParentPref+rec.Hash+"/")
-			raw, err := st.SysGet(sysTokenPref + h)
+			child, err := s.record(h)
 			if errors.Is(err, fsm.ErrNotFound) {
 				// Its record is gone: drop the index entry with the parent.
 				order = append(order, &tokenRecord{Hash: h, Parent: rec.Hash, gone: true})
 				continue
 			}
-			if err != nil {
-				return 0, 0, err
-			}
-			child, err := openTokenRecord(keys, sysTokenPref+h, raw)
 			if err != nil {
 				return 0, 0, err
 			}
@@ -628,7 +637,7 @@ func revokeTree(ctx context.Context, st sysLister, keys entryKeys, props propose
 				del = append(del, sysParentPref+rec.Parent+"/"+rec.Hash)
 			}
 		}
-		res, err := props.propose(ctx, &fsmpb.Command{Op: fsmpb.Op_OP_SYS_DELETE, SysKeys: del})
+		res, err := s.props.propose(ctx, &fsmpb.Command{Op: fsmpb.Op_OP_SYS_DELETE, SysKeys: del})
 		if err != nil {
 			return removed, index, err
 		}
@@ -639,7 +648,7 @@ func revokeTree(ctx context.Context, st sysLister, keys entryKeys, props propose
 
 // Capabilities lists a token's capabilities on paths, in Vault's form.
 func (s *tokenServer) Capabilities(ctx context.Context, req *pb.CapabilitiesRequest) (*pb.CapabilitiesResponse, error) {
-	rec, _, err := s.target(ctx, req.GetToken(), "")
+	rec, err := s.target(ctx, req.GetToken(), "")
 	if err != nil {
 		return nil, err
 	}
@@ -650,7 +659,7 @@ func (s *tokenServer) Capabilities(ctx context.Context, req *pb.CapabilitiesRequ
 	if err != nil {
 		return nil, err
 	}
-	isRoot := slices.Contains(rec.Policies, rootPolicy)
+	isRoot := rec.isRoot()
 	out := &pb.CapabilitiesResponse{}
 	for _, p := range req.GetPaths() {
 		p = strings.TrimPrefix(p, "/")
@@ -689,7 +698,7 @@ func (s *tokenServer) useToken(ctx context.Context, hash string) error {
 	case rec.NumUses <= 0:
 		return nil
 	case rec.NumUses == 1:
-		_, _, err := revokeTree(ctx, s.state, s.keys, s.props, []*tokenRecord{rec})
+		_, _, err := s.revokeTree(ctx, []*tokenRecord{rec})
 		return err
 	}
 	next := rec.clone()
@@ -717,11 +726,7 @@ func (s *tokenServer) expire(ctx context.Context, now time.Time) (int, error) {
 		}
 		var all []expiryEntry
 		for _, k := range names {
-			raw, err := s.state.SysGet(k)
-			if err != nil {
-				continue
-			}
-			rec, err := openTokenRecord(s.keys, k, raw)
+			rec, err := s.record(strings.TrimPrefix(k, sysTokenPref))
 			if err != nil {
 				continue
 			}
@@ -748,7 +753,7 @@ func (s *tokenServer) expire(ctx context.Context, now time.Time) (int, error) {
 	if len(due) == 0 {
 		return 0, nil
 	}
-	n, _, err := revokeTree(ctx, s.state, s.keys, s.props, due)
+	n, _, err := s.revokeTree(ctx, due)
 	if err != nil {
 		// What was not removed is due again at the next pass.
 		for _, rec := range due {

@@ -61,11 +61,21 @@ the leader; a new leader starts without one.`).withClient()
 	if *decode != "" {
 		return decodeRoot(e, f, *decode, *otp)
 	}
+	c, err := f.client(e)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
 	req := &pb.GenerateRootRequest{Action: "status"}
 	switch {
 	case *initF:
 		if *otp == "" {
-			pad := make([]byte, rootOTPLen)
+			// The pad is as long as a token: the cluster says how long.
+			st, err := c.GenerateRoot(context.Background(), req)
+			if err != nil {
+				return callError(err, c.Endpoints(), 0)
+			}
+			pad := make([]byte, st.GetOtpLength())
 			rand.Read(pad)
 			*otp = base64.StdEncoding.EncodeToString(pad)
 		}
@@ -88,11 +98,6 @@ the leader; a new leader starts without one.`).withClient()
 		}
 		req = &pb.GenerateRootRequest{Action: "update", Nonce: *nonce, Key: key}
 	}
-	c, err := f.client(e)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
 	st, err := c.GenerateRoot(context.Background(), req)
 	if err != nil {
 		return callError(err, c.Endpoints(), 0)
@@ -122,9 +127,6 @@ the leader; a new leader starts without one.`).withClient()
 	printKV(e.stdout, rows)
 	return nil
 }
-
-// rootOTPLen is the length of the one-time pad, the length of a token.
-const rootOTPLen = 30
 
 // decodeRoot XORs an encoded root token with the OTP.
 func decodeRoot(e *env, f *cmdFlags, encoded, otp string) error {
