@@ -123,7 +123,7 @@ serves. Stop it with SIGINT or SIGTERM.`).withClient()
 		}
 	}
 
-	login, err := agentLogin(f, *authMethod, *roleIDFile, *secretIDFile, *jwtFile, *authRole, *listen, *useAgentToken, &o.warnings)
+	login, err := agentLogin(f, *authMethod, *roleIDFile, *secretIDFile, *jwtFile, *authRole, *listen, &o.warnings)
 	if err != nil {
 		return nil, err
 	}
@@ -239,7 +239,7 @@ func agentClientAddr(listen string) string {
 // agentLogin builds the agent's auto-auth from its flags: nil without
 // -auth-method. The credential files are read at every login, so a
 // rotated secret_id or a refreshed service-account token is picked up.
-func agentLogin(f *cmdFlags, method, roleIDFile, secretIDFile, jwtFile, role, listen string, useAgentToken bool, warnings *[]string) (agent.Login, error) {
+func agentLogin(f *cmdFlags, method, roleIDFile, secretIDFile, jwtFile, role, listen string, warnings *[]string) (agent.Login, error) {
 	read := func(flag, path string) (string, error) {
 		b, err := os.ReadFile(path)
 		if err != nil {
@@ -262,7 +262,6 @@ func agentLogin(f *cmdFlags, method, roleIDFile, secretIDFile, jwtFile, role, li
 	if _, ok := strings.CutPrefix(listen, "unix://"); !ok {
 		return nil, usageErrorf(f.name, "-auth-method lends the agent's token to its callers: it needs -listen=unix:///path (a socket whose mode says who may call)")
 	}
-	_ = useAgentToken // implied
 	switch method {
 	case "approle":
 		if roleIDFile == "" || secretIDFile == "" {
