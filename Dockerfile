@@ -3,6 +3,6 @@
 FROM scratch
 COPY bin/coffer /coffer
 VOLUME ["/data"]
-EXPOSE 8400 8401 8402 8402/udp
+EXPOSE 8200 8400 8401 8402 8402/udp
 ENTRYPOINT ["/coffer"]
-CMD ["server", "-dev", "-api-addr=0.0.0.0:8400"]
+CMD ["server", "-dev", "-api-addr=0.0.0.0:8400", "-http-addr=0.0.0.0:8200"]

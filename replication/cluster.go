@@ -31,7 +31,7 @@ func (n *Node) Members() []Member {
 // soloMeta is this node's metadata when there is no gossip.
 func (n *Node) soloMeta() MemberMeta {
 	return MemberMeta{
-		ID: n.cfg.NodeID, APIAddr: n.cfg.APIAdvertise, RaftAddr: n.Addr(), Sealed: n.sealed.Load(),
+		ID: n.cfg.NodeID, APIAddr: n.cfg.APIAdvertise, HTTPURL: n.cfg.HTTPAdvertise, RaftAddr: n.Addr(), Sealed: n.sealed.Load(),
 		ReadReplica: n.cfg.ReadReplica, HasRaftState: n.hasState.Load() || n.raft.LastIndex() > 0,
 		BootstrapExpect: n.cfg.BootstrapExpect, Version: n.cfg.Version,
 	}
@@ -59,6 +59,20 @@ func (n *Node) LeaderAPIAddr() string {
 		return ""
 	}
 	return m.APIAddr
+}
+
+// LeaderHTTPURL returns the URL of the current leader's HTTP API, taken
+// from its gossiped metadata, or "" when no leader or no URL is known.
+func (n *Node) LeaderHTTPURL() string {
+	id, _ := n.Leader()
+	if id == "" {
+		return ""
+	}
+	m, ok := n.MemberByID(id)
+	if !ok {
+		return ""
+	}
+	return m.HTTPURL
 }
 
 // GossipAddr returns the ip:port this node gossips on, or "" without gossip.

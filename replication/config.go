@@ -62,6 +62,9 @@ type Config struct {
 	// node's API; it is gossiped so that followers can find the leader's
 	// API. The server fills it in from its own listener.
 	APIAdvertise string `json:"-"`
+	// HTTPAdvertise is the URL of the node's Vault-compatible HTTP API
+	// (https://host:8200), empty when it serves none.
+	HTTPAdvertise string `json:"-"`
 	// Version is the coffer version, gossiped for operators.
 	Version string `json:"-"`
 	// Sealed is the sealed flag gossiped from the start (a node starts

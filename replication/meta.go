@@ -16,6 +16,9 @@ type MemberMeta struct {
 	ID string
 	// APIAddr is the host:port of the node's API.
 	APIAddr string
+	// HTTPURL is the URL of the node's Vault-compatible HTTP API, empty
+	// when it serves none.
+	HTTPURL string
 	// RaftAddr is the address of the node's Raft transport.
 	RaftAddr string
 	// Sealed reports that the node holds no keys right now.
@@ -58,6 +61,7 @@ type Member struct {
 type wireMeta struct {
 	ID      string `json:"id"`
 	API     string `json:"api,omitempty"`
+	HTTP    string `json:"http,omitempty"`
 	Raft    string `json:"raft,omitempty"`
 	Sealed  bool   `json:"s,omitempty"`
 	Replica bool   `json:"rr,omitempty"`
@@ -73,7 +77,7 @@ type wireMeta struct {
 // encodeMeta renders m (and the leave intent) for memberlist.
 func encodeMeta(m MemberMeta, leaving bool) []byte {
 	b, err := json.Marshal(wireMeta{
-		ID: m.ID, API: m.APIAddr, Raft: m.RaftAddr, Sealed: m.Sealed, Replica: m.ReadReplica,
+		ID: m.ID, API: m.APIAddr, HTTP: m.HTTPURL, Raft: m.RaftAddr, Sealed: m.Sealed, Replica: m.ReadReplica,
 		State: m.HasRaftState, Expect: m.BootstrapExpect, Version: m.Version, Leaving: leaving,
 	})
 	if err != nil { // cannot happen: only strings, bools and ints
@@ -92,7 +96,7 @@ func decodeMeta(b []byte) (MemberMeta, bool, error) {
 		return MemberMeta{}, false, fmt.Errorf("replication: member metadata has no node id")
 	}
 	return MemberMeta{
-		ID: w.ID, APIAddr: w.API, RaftAddr: w.Raft, Sealed: w.Sealed, ReadReplica: w.Replica,
+		ID: w.ID, APIAddr: w.API, HTTPURL: w.HTTP, RaftAddr: w.Raft, Sealed: w.Sealed, ReadReplica: w.Replica,
 		HasRaftState: w.State, BootstrapExpect: w.Expect, Version: w.Version,
 	}, w.Leaving, nil
 }
@@ -111,7 +115,7 @@ func (c Config) worstCaseMeta() MemberMeta {
 		raft[i] = 'x'
 	}
 	return MemberMeta{
-		ID: c.NodeID, APIAddr: c.APIAdvertise, RaftAddr: string(raft), Sealed: true, ReadReplica: true,
+		ID: c.NodeID, APIAddr: c.APIAdvertise, HTTPURL: c.HTTPAdvertise, RaftAddr: string(raft), Sealed: true, ReadReplica: true,
 		HasRaftState: true, BootstrapExpect: c.BootstrapExpect, Version: c.Version,
 	}
 }

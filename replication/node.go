@@ -179,7 +179,7 @@ func New(cfg Config, fsm raft.BatchingFSM) (*Node, error) {
 	var local MemberMeta
 	if cfg.Gossip != nil {
 		local = MemberMeta{
-			ID: cfg.NodeID, APIAddr: cfg.APIAdvertise, RaftAddr: n.Addr(), Sealed: cfg.Sealed, ReadReplica: cfg.ReadReplica,
+			ID: cfg.NodeID, APIAddr: cfg.APIAdvertise, HTTPURL: cfg.HTTPAdvertise, RaftAddr: n.Addr(), Sealed: cfg.Sealed, ReadReplica: cfg.ReadReplica,
 			HasRaftState: n.hasState.Load(), BootstrapExpect: cfg.BootstrapExpect, Version: cfg.Version,
 		}
 		worst := local

@@ -25,6 +25,10 @@ type Config struct {
 
 	// APIAddr is the gRPC listen address (host:port; port 0 picks one).
 	APIAddr string `json:"api_addr"`
+	// HTTPAddr is the listen address of the Vault-compatible HTTP API
+	// (host:port; port 0 picks one); empty: none. It serves TLS with the
+	// API's certificates.
+	HTTPAddr string `json:"http_addr,omitempty"`
 	// Advertise is the host peers and clients should use to reach this
 	// node when it listens on 0.0.0.0 or behind NAT (e.g. "coffer1"); each
 	// advertised address (API, Raft, gossip) keeps its listen port unless
@@ -101,6 +105,9 @@ func (c Config) Validate() error {
 	}
 	if _, _, err := net.SplitHostPort(c.APIAddr); err != nil {
 		return fmt.Errorf("server: -api-addr %q is not host:port: %w", c.APIAddr, err)
+	}
+	if _, _, err := net.SplitHostPort(c.HTTPAddr); c.HTTPAddr != "" && err != nil {
+		return fmt.Errorf("server: -http-addr %q is not host:port: %w", c.HTTPAddr, err)
 	}
 	if _, _, err := net.SplitHostPort(c.BindAddr); c.BindAddr != "" && err != nil {
 		return fmt.Errorf("server: -raft-addr %q is not host:port: %w", c.BindAddr, err)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -51,6 +52,11 @@ type Server struct {
 	health      *health.Server
 	grpc        *grpc.Server
 	lis         net.Listener
+	// httpLis and http serve the Vault-compatible HTTP API (nil: none);
+	// inproc is how its handlers call the services.
+	httpLis net.Listener
+	http    *http.Server
+	inproc  *inproc
 	// tls is the node's certificates, nil for a plaintext node.
 	tls *tlsutil.Reloader
 	// inflight is the node's request-byte budget.
@@ -149,6 +155,11 @@ func New(cfg Config) (*Server, error) {
 		s.fsm.Close()
 		return nil, fmt.Errorf("server: listen on %s: %w (is another coffer running? pick another -api-addr)", cfg.APIAddr, err)
 	}
+	if err := s.listenHTTP(); err != nil {
+		s.lis.Close()
+		s.fsm.Close()
+		return nil, err
+	}
 
 	rc := cfg.Config
 	if s.tls != nil {
@@ -158,6 +169,7 @@ func New(cfg Config) (*Server, error) {
 		rc.AdvertiseAddr = advertiseAddr(rc.BindAddr, cfg.Advertise)
 	}
 	rc.APIAdvertise = s.advertisedAPI()
+	rc.HTTPAdvertise = s.HTTPURL()
 	rc.Version = Version
 	rc.Sealed = true
 	if cfg.Clustered() {
@@ -176,6 +188,7 @@ func New(cfg Config) (*Server, error) {
 	s.raft, err = replication.New(rc, s.fsm)
 	if err != nil {
 		s.lis.Close()
+		s.stopHTTP(nil)
 		s.fsm.Close()
 		return nil, err
 	}
@@ -183,6 +196,7 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		s.raft.Shutdown()
 		s.lis.Close()
+		s.stopHTTP(nil)
 		s.fsm.Close()
 		return nil, err
 	}
@@ -282,16 +296,23 @@ func (s *Server) wire() {
 		grpc.InitialConnWindowSize(4<<20),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 	)
-	pb.RegisterSysServer(s.grpc, s.sys)
-	pb.RegisterKVServer(s.grpc, kv)
-	pb.RegisterClusterServer(s.grpc, cluster)
-	pb.RegisterOperatorServer(s.grpc, op)
-	pb.RegisterPolicyServer(s.grpc, pol)
-	pb.RegisterTokenServer(s.grpc, s.tokens)
-	pb.RegisterLoginServer(s.grpc, login)
-	pb.RegisterAppRoleAuthServer(s.grpc, s.logins.approle)
-	pb.RegisterJWTAuthServer(s.grpc, s.logins.jwt)
-	pb.RegisterCertAuthServer(s.grpc, s.logins.cert)
+	// The HTTP API calls the same services through the same interceptors.
+	s.inproc = &inproc{
+		methods: map[string]inprocMethod{},
+		chain:   chainUnary(grpcutil.RecoverUnary(logger, internalMessage), s.inflight.unary, gw.unaryInterceptor),
+		state:   s.fsm,
+	}
+	reg := registrar{grpc: s.grpc, in: s.inproc}
+	pb.RegisterSysServer(reg, s.sys)
+	pb.RegisterKVServer(reg, kv)
+	pb.RegisterClusterServer(reg, cluster)
+	pb.RegisterOperatorServer(reg, op)
+	pb.RegisterPolicyServer(reg, pol)
+	pb.RegisterTokenServer(reg, s.tokens)
+	pb.RegisterLoginServer(reg, login)
+	pb.RegisterAppRoleAuthServer(reg, s.logins.approle)
+	pb.RegisterJWTAuthServer(reg, s.logins.jwt)
+	pb.RegisterCertAuthServer(reg, s.logins.cert)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 }
@@ -331,6 +352,7 @@ func (s *Server) Start() error {
 		}
 	}
 	s.logger.Info("serving", "node_id", s.cfg.NodeID, "api_addr", s.lis.Addr().String(), "raft_addr", s.raft.Addr())
+	s.startHTTP()
 	s.life.bg.Add(1)
 	go func() {
 		defer s.life.bg.Done()
@@ -397,6 +419,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		// 1. Stop taking API calls; in-flight ones may finish.
 		stopped := make(chan struct{})
 		go func() { s.grpc.GracefulStop(); close(stopped) }()
+		hctx, hcancel := context.WithTimeout(ctx, s.cfg.ShutdownTimeout)
+		s.stopHTTP(hctx)
+		hcancel()
 		timer := time.NewTimer(s.cfg.ShutdownTimeout)
 		select {
 		case <-stopped:
@@ -441,6 +466,7 @@ func (s *Server) Kill() {
 		close(s.life.stop)
 		s.life.stopCancel()
 		s.grpc.Stop()
+		s.stopHTTP(nil)
 		s.health.Shutdown()
 		s.keys.seal.Seal()
 		s.audit.forget()

@@ -56,6 +56,7 @@ type sysRaft interface {
 	Term() uint64
 	CommitIndex() uint64
 	LastContact() time.Time
+	LeaderHTTPURL() string
 }
 
 // Default seal configuration of init, as in Vault.
@@ -203,6 +204,7 @@ func (y *sysServer) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.Status
 		Insecure:       y.insecure,
 	}
 	_, resp.LeaderAddress = y.link.leader()
+	resp.LeaderHttpAddress = y.raft.LeaderHTTPURL()
 	if stored == nil && !y.raft.IsLeader() && !wasForwarded(ctx) {
 		// This node may not have applied the init yet (it just joined, or
 		// it rebuilds its state): the leader knows whether the cluster is

@@ -287,9 +287,14 @@ type ReadOptions struct {
 	MaxStalenessMs int64 `protobuf:"varint,2,opt,name=max_staleness_ms,json=maxStalenessMs,proto3" json:"max_staleness_ms,omitempty"`
 	// min_index makes the node wait (bounded by the call's deadline) until it
 	// has applied at least this Raft index: read-your-writes across nodes.
-	MinIndex      uint64 `protobuf:"varint,3,opt,name=min_index,json=minIndex,proto3" json:"min_index,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	MinIndex uint64 `protobuf:"varint,3,opt,name=min_index,json=minIndex,proto3" json:"min_index,omitempty"`
+	// forward_to_leader makes a follower pass the read to the leader instead
+	// of answering from its own state (Vault's X-Vault-Inconsistent:
+	// forward-active-node, sent by the HTTP API when the node has not applied
+	// min_index yet).
+	ForwardToLeader bool `protobuf:"varint,4,opt,name=forward_to_leader,json=forwardToLeader,proto3" json:"forward_to_leader,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *ReadOptions) Reset() {
@@ -341,6 +346,13 @@ func (x *ReadOptions) GetMinIndex() uint64 {
 		return x.MinIndex
 	}
 	return 0
+}
+
+func (x *ReadOptions) GetForwardToLeader() bool {
+	if x != nil {
+		return x.ForwardToLeader
+	}
+	return false
 }
 
 // ReadMeta says who answered a read and how fresh the answer is.
@@ -427,11 +439,12 @@ var File_coffer_v1_common_proto protoreflect.FileDescriptor
 
 const file_coffer_v1_common_proto_rawDesc = "" +
 	"\n" +
-	"\x16coffer/v1/common.proto\x12\tcoffer.v1\"\x8e\x01\n" +
+	"\x16coffer/v1/common.proto\x12\tcoffer.v1\"\xba\x01\n" +
 	"\vReadOptions\x128\n" +
 	"\vconsistency\x18\x01 \x01(\x0e2\x16.coffer.v1.ConsistencyR\vconsistency\x12(\n" +
 	"\x10max_staleness_ms\x18\x02 \x01(\x03R\x0emaxStalenessMs\x12\x1b\n" +
-	"\tmin_index\x18\x03 \x01(\x04R\bminIndex\"\xa3\x01\n" +
+	"\tmin_index\x18\x03 \x01(\x04R\bminIndex\x12*\n" +
+	"\x11forward_to_leader\x18\x04 \x01(\bR\x0fforwardToLeader\"\xa3\x01\n" +
 	"\bReadMeta\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12#\n" +
 	"\rapplied_index\x18\x02 \x01(\x04R\fappliedIndex\x12\x1b\n" +

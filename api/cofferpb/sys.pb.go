@@ -21,6 +21,175 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type MountsRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// path, when set, asks for the mount this path is under only.
+	Path          string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MountsRequest) Reset() {
+	*x = MountsRequest{}
+	mi := &file_coffer_v1_sys_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MountsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MountsRequest) ProtoMessage() {}
+
+func (x *MountsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_sys_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MountsRequest.ProtoReflect.Descriptor instead.
+func (*MountsRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *MountsRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+type Mount struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// path is the mount's path with a trailing slash, e.g. "secret/".
+	Path string `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	// type is Vault's engine type: "kv", "system", "token", "approle", ...
+	Type string `protobuf:"bytes,2,opt,name=type,proto3" json:"type,omitempty"`
+	// version is the KV version ("2"), empty for other engines.
+	Version     string `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
+	Description string `protobuf:"bytes,4,opt,name=description,proto3" json:"description,omitempty"`
+	// auth is true for an auth method (auth/approle/).
+	Auth          bool `protobuf:"varint,5,opt,name=auth,proto3" json:"auth,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Mount) Reset() {
+	*x = Mount{}
+	mi := &file_coffer_v1_sys_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Mount) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Mount) ProtoMessage() {}
+
+func (x *Mount) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_sys_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Mount.ProtoReflect.Descriptor instead.
+func (*Mount) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Mount) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *Mount) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *Mount) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *Mount) GetDescription() string {
+	if x != nil {
+		return x.Description
+	}
+	return ""
+}
+
+func (x *Mount) GetAuth() bool {
+	if x != nil {
+		return x.Auth
+	}
+	return false
+}
+
+type MountsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Mounts        []*Mount               `protobuf:"bytes,1,rep,name=mounts,proto3" json:"mounts,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MountsResponse) Reset() {
+	*x = MountsResponse{}
+	mi := &file_coffer_v1_sys_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MountsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MountsResponse) ProtoMessage() {}
+
+func (x *MountsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_sys_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MountsResponse.ProtoReflect.Descriptor instead.
+func (*MountsResponse) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *MountsResponse) GetMounts() []*Mount {
+	if x != nil {
+		return x.Mounts
+	}
+	return nil
+}
+
 type GenerateRootRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// action is "status", "init", "update" or "cancel".
@@ -36,7 +205,7 @@ type GenerateRootRequest struct {
 
 func (x *GenerateRootRequest) Reset() {
 	*x = GenerateRootRequest{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[0]
+	mi := &file_coffer_v1_sys_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -48,7 +217,7 @@ func (x *GenerateRootRequest) String() string {
 func (*GenerateRootRequest) ProtoMessage() {}
 
 func (x *GenerateRootRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[0]
+	mi := &file_coffer_v1_sys_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -61,7 +230,7 @@ func (x *GenerateRootRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateRootRequest.ProtoReflect.Descriptor instead.
 func (*GenerateRootRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{0}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *GenerateRootRequest) GetAction() string {
@@ -109,7 +278,7 @@ type GenerateRootStatus struct {
 
 func (x *GenerateRootStatus) Reset() {
 	*x = GenerateRootStatus{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[1]
+	mi := &file_coffer_v1_sys_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -121,7 +290,7 @@ func (x *GenerateRootStatus) String() string {
 func (*GenerateRootStatus) ProtoMessage() {}
 
 func (x *GenerateRootStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[1]
+	mi := &file_coffer_v1_sys_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -134,7 +303,7 @@ func (x *GenerateRootStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateRootStatus.ProtoReflect.Descriptor instead.
 func (*GenerateRootStatus) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{1}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *GenerateRootStatus) GetStarted() bool {
@@ -195,7 +364,7 @@ type AuditHashRequest struct {
 
 func (x *AuditHashRequest) Reset() {
 	*x = AuditHashRequest{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[2]
+	mi := &file_coffer_v1_sys_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -207,7 +376,7 @@ func (x *AuditHashRequest) String() string {
 func (*AuditHashRequest) ProtoMessage() {}
 
 func (x *AuditHashRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[2]
+	mi := &file_coffer_v1_sys_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -220,7 +389,7 @@ func (x *AuditHashRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditHashRequest.ProtoReflect.Descriptor instead.
 func (*AuditHashRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{2}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *AuditHashRequest) GetInput() string {
@@ -239,7 +408,7 @@ type AuditHashResponse struct {
 
 func (x *AuditHashResponse) Reset() {
 	*x = AuditHashResponse{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[3]
+	mi := &file_coffer_v1_sys_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -251,7 +420,7 @@ func (x *AuditHashResponse) String() string {
 func (*AuditHashResponse) ProtoMessage() {}
 
 func (x *AuditHashResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[3]
+	mi := &file_coffer_v1_sys_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -264,7 +433,7 @@ func (x *AuditHashResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditHashResponse.ProtoReflect.Descriptor instead.
 func (*AuditHashResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{3}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *AuditHashResponse) GetHash() string {
@@ -287,7 +456,7 @@ type InitRequest struct {
 
 func (x *InitRequest) Reset() {
 	*x = InitRequest{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[4]
+	mi := &file_coffer_v1_sys_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -299,7 +468,7 @@ func (x *InitRequest) String() string {
 func (*InitRequest) ProtoMessage() {}
 
 func (x *InitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[4]
+	mi := &file_coffer_v1_sys_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -312,7 +481,7 @@ func (x *InitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InitRequest.ProtoReflect.Descriptor instead.
 func (*InitRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{4}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *InitRequest) GetSecretShares() uint32 {
@@ -346,7 +515,7 @@ type InitResponse struct {
 
 func (x *InitResponse) Reset() {
 	*x = InitResponse{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[5]
+	mi := &file_coffer_v1_sys_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -358,7 +527,7 @@ func (x *InitResponse) String() string {
 func (*InitResponse) ProtoMessage() {}
 
 func (x *InitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[5]
+	mi := &file_coffer_v1_sys_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -371,7 +540,7 @@ func (x *InitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InitResponse.ProtoReflect.Descriptor instead.
 func (*InitResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{5}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *InitResponse) GetKeys() [][]byte {
@@ -399,7 +568,7 @@ type UnsealRequest struct {
 
 func (x *UnsealRequest) Reset() {
 	*x = UnsealRequest{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[6]
+	mi := &file_coffer_v1_sys_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -411,7 +580,7 @@ func (x *UnsealRequest) String() string {
 func (*UnsealRequest) ProtoMessage() {}
 
 func (x *UnsealRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[6]
+	mi := &file_coffer_v1_sys_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -424,7 +593,7 @@ func (x *UnsealRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnsealRequest.ProtoReflect.Descriptor instead.
 func (*UnsealRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{6}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *UnsealRequest) GetKey() []byte {
@@ -449,7 +618,7 @@ type SealRequest struct {
 
 func (x *SealRequest) Reset() {
 	*x = SealRequest{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[7]
+	mi := &file_coffer_v1_sys_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -461,7 +630,7 @@ func (x *SealRequest) String() string {
 func (*SealRequest) ProtoMessage() {}
 
 func (x *SealRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[7]
+	mi := &file_coffer_v1_sys_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -474,7 +643,7 @@ func (x *SealRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SealRequest.ProtoReflect.Descriptor instead.
 func (*SealRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{7}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{10}
 }
 
 type SealStatus struct {
@@ -490,7 +659,7 @@ type SealStatus struct {
 
 func (x *SealStatus) Reset() {
 	*x = SealStatus{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[8]
+	mi := &file_coffer_v1_sys_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -502,7 +671,7 @@ func (x *SealStatus) String() string {
 func (*SealStatus) ProtoMessage() {}
 
 func (x *SealStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[8]
+	mi := &file_coffer_v1_sys_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -515,7 +684,7 @@ func (x *SealStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SealStatus.ProtoReflect.Descriptor instead.
 func (*SealStatus) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{8}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SealStatus) GetInitialized() bool {
@@ -561,7 +730,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[9]
+	mi := &file_coffer_v1_sys_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -573,7 +742,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[9]
+	mi := &file_coffer_v1_sys_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -586,7 +755,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{9}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{12}
 }
 
 type StatusResponse struct {
@@ -610,14 +779,17 @@ type StatusResponse struct {
 	MemoryRssBytes uint64 `protobuf:"varint,12,opt,name=memory_rss_bytes,json=memoryRssBytes,proto3" json:"memory_rss_bytes,omitempty"`
 	// insecure is true for a node that runs without TLS (-insecure or -dev):
 	// its traffic, tokens and shares travel in clear.
-	Insecure      bool `protobuf:"varint,13,opt,name=insecure,proto3" json:"insecure,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Insecure bool `protobuf:"varint,13,opt,name=insecure,proto3" json:"insecure,omitempty"`
+	// leader_http_address is the leader's Vault-compatible HTTP API
+	// (https://host:port), empty when unknown or when it serves none.
+	LeaderHttpAddress string `protobuf:"bytes,14,opt,name=leader_http_address,json=leaderHttpAddress,proto3" json:"leader_http_address,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[10]
+	mi := &file_coffer_v1_sys_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -629,7 +801,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[10]
+	mi := &file_coffer_v1_sys_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -642,7 +814,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{10}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StatusResponse) GetSeal() *SealStatus {
@@ -736,6 +908,13 @@ func (x *StatusResponse) GetInsecure() bool {
 	return false
 }
 
+func (x *StatusResponse) GetLeaderHttpAddress() string {
+	if x != nil {
+		return x.LeaderHttpAddress
+	}
+	return ""
+}
+
 type RotateRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -744,7 +923,7 @@ type RotateRequest struct {
 
 func (x *RotateRequest) Reset() {
 	*x = RotateRequest{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[11]
+	mi := &file_coffer_v1_sys_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -756,7 +935,7 @@ func (x *RotateRequest) String() string {
 func (*RotateRequest) ProtoMessage() {}
 
 func (x *RotateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[11]
+	mi := &file_coffer_v1_sys_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -769,7 +948,7 @@ func (x *RotateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateRequest.ProtoReflect.Descriptor instead.
 func (*RotateRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{11}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{14}
 }
 
 type RotateResponse struct {
@@ -782,7 +961,7 @@ type RotateResponse struct {
 
 func (x *RotateResponse) Reset() {
 	*x = RotateResponse{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[12]
+	mi := &file_coffer_v1_sys_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -794,7 +973,7 @@ func (x *RotateResponse) String() string {
 func (*RotateResponse) ProtoMessage() {}
 
 func (x *RotateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[12]
+	mi := &file_coffer_v1_sys_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -807,7 +986,7 @@ func (x *RotateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateResponse.ProtoReflect.Descriptor instead.
 func (*RotateResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{12}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RotateResponse) GetTerm() uint32 {
@@ -828,7 +1007,17 @@ var File_coffer_v1_sys_proto protoreflect.FileDescriptor
 
 const file_coffer_v1_sys_proto_rawDesc = "" +
 	"\n" +
-	"\x13coffer/v1/sys.proto\x12\tcoffer.v1\"g\n" +
+	"\x13coffer/v1/sys.proto\x12\tcoffer.v1\"#\n" +
+	"\rMountsRequest\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\"\x7f\n" +
+	"\x05Mount\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12\x12\n" +
+	"\x04type\x18\x02 \x01(\tR\x04type\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\tR\aversion\x12 \n" +
+	"\vdescription\x18\x04 \x01(\tR\vdescription\x12\x12\n" +
+	"\x04auth\x18\x05 \x01(\bR\x04auth\":\n" +
+	"\x0eMountsResponse\x12(\n" +
+	"\x06mounts\x18\x01 \x03(\v2\x10.coffer.v1.MountR\x06mounts\"g\n" +
 	"\x13GenerateRootRequest\x12\x16\n" +
 	"\x06action\x18\x01 \x01(\tR\x06action\x12\x10\n" +
 	"\x03otp\x18\x02 \x01(\tR\x03otp\x12\x14\n" +
@@ -867,7 +1056,7 @@ const file_coffer_v1_sys_proto_rawDesc = "" +
 	"\x06shares\x18\x03 \x01(\rR\x06shares\x12\x1c\n" +
 	"\tthreshold\x18\x04 \x01(\rR\tthreshold\x12\x1a\n" +
 	"\bprogress\x18\x05 \x01(\rR\bprogress\"\x0f\n" +
-	"\rStatusRequest\"\xb6\x03\n" +
+	"\rStatusRequest\"\xe6\x03\n" +
 	"\x0eStatusResponse\x12)\n" +
 	"\x04seal\x18\x01 \x01(\v2\x15.coffer.v1.SealStatusR\x04seal\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x1d\n" +
@@ -883,11 +1072,12 @@ const file_coffer_v1_sys_proto_rawDesc = "" +
 	" \x01(\rR\akeyTerm\x12&\n" +
 	"\x0flast_contact_ms\x18\v \x01(\x03R\rlastContactMs\x12(\n" +
 	"\x10memory_rss_bytes\x18\f \x01(\x04R\x0ememoryRssBytes\x12\x1a\n" +
-	"\binsecure\x18\r \x01(\bR\binsecure\"\x0f\n" +
+	"\binsecure\x18\r \x01(\bR\binsecure\x12.\n" +
+	"\x13leader_http_address\x18\x0e \x01(\tR\x11leaderHttpAddress\"\x0f\n" +
 	"\rRotateRequest\":\n" +
 	"\x0eRotateResponse\x12\x12\n" +
 	"\x04term\x18\x01 \x01(\rR\x04term\x12\x14\n" +
-	"\x05index\x18\x02 \x01(\x04R\x05index2\xc5\x03\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index2\x84\x04\n" +
 	"\x03Sys\x127\n" +
 	"\x04Init\x12\x16.coffer.v1.InitRequest\x1a\x17.coffer.v1.InitResponse\x129\n" +
 	"\x06Unseal\x12\x18.coffer.v1.UnsealRequest\x1a\x15.coffer.v1.SealStatus\x125\n" +
@@ -895,7 +1085,8 @@ const file_coffer_v1_sys_proto_rawDesc = "" +
 	"\x06Status\x12\x18.coffer.v1.StatusRequest\x1a\x19.coffer.v1.StatusResponse\x12=\n" +
 	"\x06Rotate\x12\x18.coffer.v1.RotateRequest\x1a\x19.coffer.v1.RotateResponse\x12F\n" +
 	"\tAuditHash\x12\x1b.coffer.v1.AuditHashRequest\x1a\x1c.coffer.v1.AuditHashResponse\x12M\n" +
-	"\fGenerateRoot\x12\x1e.coffer.v1.GenerateRootRequest\x1a\x1d.coffer.v1.GenerateRootStatusB\x1eZ\x1ccoffer/api/cofferpb;cofferpbb\x06proto3"
+	"\fGenerateRoot\x12\x1e.coffer.v1.GenerateRootRequest\x1a\x1d.coffer.v1.GenerateRootStatus\x12=\n" +
+	"\x06Mounts\x12\x18.coffer.v1.MountsRequest\x1a\x19.coffer.v1.MountsResponseB\x1eZ\x1ccoffer/api/cofferpb;cofferpbb\x06proto3"
 
 var (
 	file_coffer_v1_sys_proto_rawDescOnce sync.Once
@@ -909,43 +1100,49 @@ func file_coffer_v1_sys_proto_rawDescGZIP() []byte {
 	return file_coffer_v1_sys_proto_rawDescData
 }
 
-var file_coffer_v1_sys_proto_msgTypes = make([]protoimpl.MessageInfo, 13)
+var file_coffer_v1_sys_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_coffer_v1_sys_proto_goTypes = []any{
-	(*GenerateRootRequest)(nil), // 0: coffer.v1.GenerateRootRequest
-	(*GenerateRootStatus)(nil),  // 1: coffer.v1.GenerateRootStatus
-	(*AuditHashRequest)(nil),    // 2: coffer.v1.AuditHashRequest
-	(*AuditHashResponse)(nil),   // 3: coffer.v1.AuditHashResponse
-	(*InitRequest)(nil),         // 4: coffer.v1.InitRequest
-	(*InitResponse)(nil),        // 5: coffer.v1.InitResponse
-	(*UnsealRequest)(nil),       // 6: coffer.v1.UnsealRequest
-	(*SealRequest)(nil),         // 7: coffer.v1.SealRequest
-	(*SealStatus)(nil),          // 8: coffer.v1.SealStatus
-	(*StatusRequest)(nil),       // 9: coffer.v1.StatusRequest
-	(*StatusResponse)(nil),      // 10: coffer.v1.StatusResponse
-	(*RotateRequest)(nil),       // 11: coffer.v1.RotateRequest
-	(*RotateResponse)(nil),      // 12: coffer.v1.RotateResponse
+	(*MountsRequest)(nil),       // 0: coffer.v1.MountsRequest
+	(*Mount)(nil),               // 1: coffer.v1.Mount
+	(*MountsResponse)(nil),      // 2: coffer.v1.MountsResponse
+	(*GenerateRootRequest)(nil), // 3: coffer.v1.GenerateRootRequest
+	(*GenerateRootStatus)(nil),  // 4: coffer.v1.GenerateRootStatus
+	(*AuditHashRequest)(nil),    // 5: coffer.v1.AuditHashRequest
+	(*AuditHashResponse)(nil),   // 6: coffer.v1.AuditHashResponse
+	(*InitRequest)(nil),         // 7: coffer.v1.InitRequest
+	(*InitResponse)(nil),        // 8: coffer.v1.InitResponse
+	(*UnsealRequest)(nil),       // 9: coffer.v1.UnsealRequest
+	(*SealRequest)(nil),         // 10: coffer.v1.SealRequest
+	(*SealStatus)(nil),          // 11: coffer.v1.SealStatus
+	(*StatusRequest)(nil),       // 12: coffer.v1.StatusRequest
+	(*StatusResponse)(nil),      // 13: coffer.v1.StatusResponse
+	(*RotateRequest)(nil),       // 14: coffer.v1.RotateRequest
+	(*RotateResponse)(nil),      // 15: coffer.v1.RotateResponse
 }
 var file_coffer_v1_sys_proto_depIdxs = []int32{
-	8,  // 0: coffer.v1.StatusResponse.seal:type_name -> coffer.v1.SealStatus
-	4,  // 1: coffer.v1.Sys.Init:input_type -> coffer.v1.InitRequest
-	6,  // 2: coffer.v1.Sys.Unseal:input_type -> coffer.v1.UnsealRequest
-	7,  // 3: coffer.v1.Sys.Seal:input_type -> coffer.v1.SealRequest
-	9,  // 4: coffer.v1.Sys.Status:input_type -> coffer.v1.StatusRequest
-	11, // 5: coffer.v1.Sys.Rotate:input_type -> coffer.v1.RotateRequest
-	2,  // 6: coffer.v1.Sys.AuditHash:input_type -> coffer.v1.AuditHashRequest
-	0,  // 7: coffer.v1.Sys.GenerateRoot:input_type -> coffer.v1.GenerateRootRequest
-	5,  // 8: coffer.v1.Sys.Init:output_type -> coffer.v1.InitResponse
-	8,  // 9: coffer.v1.Sys.Unseal:output_type -> coffer.v1.SealStatus
-	8,  // 10: coffer.v1.Sys.Seal:output_type -> coffer.v1.SealStatus
-	10, // 11: coffer.v1.Sys.Status:output_type -> coffer.v1.StatusResponse
-	12, // 12: coffer.v1.Sys.Rotate:output_type -> coffer.v1.RotateResponse
-	3,  // 13: coffer.v1.Sys.AuditHash:output_type -> coffer.v1.AuditHashResponse
-	1,  // 14: coffer.v1.Sys.GenerateRoot:output_type -> coffer.v1.GenerateRootStatus
-	8,  // [8:15] is the sub-list for method output_type
-	1,  // [1:8] is the sub-list for method input_type
-	1,  // [1:1] is the sub-list for extension type_name
-	1,  // [1:1] is the sub-list for extension extendee
-	0,  // [0:1] is the sub-list for field type_name
+	1,  // 0: coffer.v1.MountsResponse.mounts:type_name -> coffer.v1.Mount
+	11, // 1: coffer.v1.StatusResponse.seal:type_name -> coffer.v1.SealStatus
+	7,  // 2: coffer.v1.Sys.Init:input_type -> coffer.v1.InitRequest
+	9,  // 3: coffer.v1.Sys.Unseal:input_type -> coffer.v1.UnsealRequest
+	10, // 4: coffer.v1.Sys.Seal:input_type -> coffer.v1.SealRequest
+	12, // 5: coffer.v1.Sys.Status:input_type -> coffer.v1.StatusRequest
+	14, // 6: coffer.v1.Sys.Rotate:input_type -> coffer.v1.RotateRequest
+	5,  // 7: coffer.v1.Sys.AuditHash:input_type -> coffer.v1.AuditHashRequest
+	3,  // 8: coffer.v1.Sys.GenerateRoot:input_type -> coffer.v1.GenerateRootRequest
+	0,  // 9: coffer.v1.Sys.Mounts:input_type -> coffer.v1.MountsRequest
+	8,  // 10: coffer.v1.Sys.Init:output_type -> coffer.v1.InitResponse
+	11, // 11: coffer.v1.Sys.Unseal:output_type -> coffer.v1.SealStatus
+	11, // 12: coffer.v1.Sys.Seal:output_type -> coffer.v1.SealStatus
+	13, // 13: coffer.v1.Sys.Status:output_type -> coffer.v1.StatusResponse
+	15, // 14: coffer.v1.Sys.Rotate:output_type -> coffer.v1.RotateResponse
+	6,  // 15: coffer.v1.Sys.AuditHash:output_type -> coffer.v1.AuditHashResponse
+	4,  // 16: coffer.v1.Sys.GenerateRoot:output_type -> coffer.v1.GenerateRootStatus
+	2,  // 17: coffer.v1.Sys.Mounts:output_type -> coffer.v1.MountsResponse
+	10, // [10:18] is the sub-list for method output_type
+	2,  // [2:10] is the sub-list for method input_type
+	2,  // [2:2] is the sub-list for extension type_name
+	2,  // [2:2] is the sub-list for extension extendee
+	0,  // [0:2] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_sys_proto_init() }
@@ -959,7 +1156,7 @@ func file_coffer_v1_sys_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coffer_v1_sys_proto_rawDesc), len(file_coffer_v1_sys_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   13,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -26,6 +26,7 @@ const (
 	Sys_Rotate_FullMethodName       = "/coffer.v1.Sys/Rotate"
 	Sys_AuditHash_FullMethodName    = "/coffer.v1.Sys/AuditHash"
 	Sys_GenerateRoot_FullMethodName = "/coffer.v1.Sys/GenerateRoot"
+	Sys_Mounts_FullMethodName       = "/coffer.v1.Sys/Mounts"
 )
 
 // SysClient is the client API for Sys service.
@@ -54,6 +55,10 @@ type SysClient interface {
 	// attempt with an OTP, submit shares with its nonce, decode the encoded
 	// token with the OTP. It runs on the leader; a follower forwards it.
 	GenerateRoot(ctx context.Context, in *GenerateRootRequest, opts ...grpc.CallOption) (*GenerateRootStatus, error)
+	// Mounts lists the secret and auth mounts (Vault's sys/mounts), or
+	// describes the one mount a path is under (sys/internal/ui/mounts/PATH,
+	// the vault CLI's preflight).
+	Mounts(ctx context.Context, in *MountsRequest, opts ...grpc.CallOption) (*MountsResponse, error)
 }
 
 type sysClient struct {
@@ -134,6 +139,16 @@ func (c *sysClient) GenerateRoot(ctx context.Context, in *GenerateRootRequest, o
 	return out, nil
 }
 
+func (c *sysClient) Mounts(ctx context.Context, in *MountsRequest, opts ...grpc.CallOption) (*MountsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MountsResponse)
+	err := c.cc.Invoke(ctx, Sys_Mounts_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SysServer is the server API for Sys service.
 // All implementations must embed UnimplementedSysServer
 // for forward compatibility.
@@ -160,6 +175,10 @@ type SysServer interface {
 	// attempt with an OTP, submit shares with its nonce, decode the encoded
 	// token with the OTP. It runs on the leader; a follower forwards it.
 	GenerateRoot(context.Context, *GenerateRootRequest) (*GenerateRootStatus, error)
+	// Mounts lists the secret and auth mounts (Vault's sys/mounts), or
+	// describes the one mount a path is under (sys/internal/ui/mounts/PATH,
+	// the vault CLI's preflight).
+	Mounts(context.Context, *MountsRequest) (*MountsResponse, error)
 	mustEmbedUnimplementedSysServer()
 }
 
@@ -190,6 +209,9 @@ func (UnimplementedSysServer) AuditHash(context.Context, *AuditHashRequest) (*Au
 }
 func (UnimplementedSysServer) GenerateRoot(context.Context, *GenerateRootRequest) (*GenerateRootStatus, error) {
 	return nil, status.Error(codes.Unimplemented, "method GenerateRoot not implemented")
+}
+func (UnimplementedSysServer) Mounts(context.Context, *MountsRequest) (*MountsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Mounts not implemented")
 }
 func (UnimplementedSysServer) mustEmbedUnimplementedSysServer() {}
 func (UnimplementedSysServer) testEmbeddedByValue()             {}
@@ -338,6 +360,24 @@ func _Sys_GenerateRoot_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Sys_Mounts_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MountsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SysServer).Mounts(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Sys_Mounts_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SysServer).Mounts(ctx, req.(*MountsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Sys_ServiceDesc is the grpc.ServiceDesc for Sys service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -372,6 +412,10 @@ var Sys_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GenerateRoot",
 			Handler:    _Sys_GenerateRoot_Handler,
+		},
+		{
+			MethodName: "Mounts",
+			Handler:    _Sys_Mounts_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -18,6 +18,8 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/reflect/protoregistry"
+
+	pb "coffer/api/cofferpb"
 )
 
 // Access says who may call a method.
@@ -121,7 +123,17 @@ type Route struct {
 
 // Forwarded reports whether a follower passes req to the leader.
 func (r Route) Forwarded(req proto.Message) bool {
-	return r.Leader && (r.Local == nil || !r.Local(req))
+	if r.Leader {
+		return r.Local == nil || !r.Local(req)
+	}
+	return asksLeader(req)
+}
+
+// asksLeader reports whether a read asks to be answered by the leader
+// (ReadOptions.forward_to_leader).
+func asksLeader(req proto.Message) bool {
+	r, ok := req.(interface{ GetRead() *pb.ReadOptions })
+	return ok && r.GetRead().GetForwardToLeader()
 }
 
 // Lookup returns the route of method.

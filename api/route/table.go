@@ -37,6 +37,7 @@ var table = []Route{
 	// Unauthenticated as in Vault (the shares are the credential), but on
 	// a node with TLS only for holders of a certificate of the CA.
 	{Method: pb.Sys_GenerateRoot_FullMethodName, Access: Public, Leader: true, ClientCert: true},
+	{Method: pb.Sys_Mounts_FullMethodName, Policy: mounts},
 
 	// Operator: membership and snapshots.
 	{Method: pb.Operator_Members_FullMethodName, Policy: fixed("sys/ha-status", Read|Sudo)},
@@ -211,6 +212,16 @@ func named(prefix, suffix string, need Capability) func(proto.Message) (string, 
 		}
 		return prefix + name + suffix, need
 	}
+}
+
+// mounts: the list of every mount is sys/mounts; the mount of one path
+// is sys/internal/ui/mounts/PATH (which the default policy grants, as
+// Vault answers it for any token).
+func mounts(req proto.Message) (string, Capability) {
+	if r, ok := req.(*pb.MountsRequest); ok && r.GetPath() != "" {
+		return "sys/internal/ui/mounts/" + r.GetPath(), Read
+	}
+	return "sys/mounts", Read
 }
 
 // fixed is a route on one path.

@@ -227,6 +227,10 @@ func launch(t *testing.T, env []string, apiAddr, raftAddr string, args []string)
 			p.url, p.clientEnv = apiAddr, []string{"COFFER_CACERT=" + filepath.Join(dir, "ca.crt")}
 		}
 	}
+	if !slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "-http-addr") }) {
+		// Several nodes share the machine: none takes Vault's port.
+		args = append(args, "-http-addr=127.0.0.1:0")
+	}
 	p.cmd = exec.Command(cofferBin, append([]string{"server"}, args...)...)
 	p.cmd.Env = append(baseEnv(), env...)
 	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr

@@ -18,12 +18,15 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"coffer/api"
+	"coffer/internal/ports"
 	"coffer/server"
 )
 
 // devBannerJSON is the JSON form of the dev-mode banner (-dev -format=json).
 type devBannerJSON struct {
 	APIAddress string `json:"api_address"`
+	// HTTPAddress is the Vault-compatible HTTP API's URL (VAULT_ADDR).
+	HTTPAddress string `json:"http_address,omitempty"`
 	// ClientAddr and CACert are what clients set as COFFER_ADDR and
 	// COFFER_CACERT (none without TLS).
 	ClientAddr   string `json:"client_addr"`
@@ -72,6 +75,7 @@ production.`)
 	nodeID := f.fs.String("node-id", "", "node id, stable across restarts (default: the hostname; \"dev\" with -dev)")
 	dataDir := f.fs.String("data-dir", "", "data directory (required unless -dev)")
 	apiAddr := f.fs.String("api-addr", def.APIAddr, "gRPC API listen address host:port")
+	httpAddr := f.fs.String("http-addr", ports.HTTPAddr, "Vault-compatible HTTP API listen address host:port (TLS with the API's certificates); empty: none")
 	raftAddr := f.fs.String("raft-addr", def.BindAddr, "Raft listen address host:port (with -dev: an ephemeral loopback port unless set)")
 	raftAdvertise := f.fs.String("raft-advertise", "", "Raft address peers dial (default: -raft-addr, or -advertise with its port)")
 	pprofAddr := f.fs.String("pprof-addr", "", "serve Go's pprof profiles on this host:port (e.g. 127.0.0.1:6060); off when empty")
@@ -123,6 +127,9 @@ production.`)
 	}
 	if set("api-addr") {
 		cfg.APIAddr = *apiAddr
+	}
+	if set("http-addr") || !fromFile["http_addr"] {
+		cfg.HTTPAddr = *httpAddr
 	}
 	if set("raft-addr") {
 		cfg.BindAddr = *raftAddr
@@ -256,7 +263,7 @@ func cmdServer(e *env, args []string) error {
 			shutdownServer(srv, cfg, logger)
 			return &cliError{code: 1, msg: fmt.Sprintf("dev mode: initializing and unsealing: %v", err)}
 		}
-		if err := printDevBanner(e, o.format, srv.APIAddr(), hint, cfg.DataDir, info); err != nil {
+		if err := printDevBanner(e, o.format, srv.APIAddr(), srv.HTTPURL(), hint, cfg.DataDir, info); err != nil {
 			shutdownServer(srv, cfg, logger)
 			return err
 		}
@@ -380,16 +387,21 @@ func (h clientHint) exports() string { return strings.Join(h.lines(), "; ") }
 
 // printDevBanner prints how to reach the dev node, its unseal key and its
 // root token.
-func printDevBanner(e *env, format, addr string, hint clientHint, dir string, info *server.DevInfo) error {
+func printDevBanner(e *env, format, addr, httpURL string, hint clientHint, dir string, info *server.DevInfo) error {
 	if info == nil {
 		return errors.New("dev mode: the server returned no unseal key")
 	}
 	key := base64.StdEncoding.EncodeToString(info.UnsealKey)
 	if format == formatJSON {
-		return printJSON(e.stdout, devBannerJSON{APIAddress: addr, ClientAddr: hint.addr, CACert: hint.caCert, UnsealKeyB64: key, RootToken: info.RootToken, DataDir: dir})
+		return printJSON(e.stdout, devBannerJSON{APIAddress: addr, HTTPAddress: httpURL, ClientAddr: hint.addr, CACert: hint.caCert, UnsealKeyB64: key, RootToken: info.RootToken, DataDir: dir})
 	}
 	var exports strings.Builder
-	for _, l := range append(hint.lines(), fmt.Sprintf("export %s='%s'", api.EnvToken, info.RootToken)) {
+	lines := append(hint.lines(), fmt.Sprintf("export %s='%s'", api.EnvToken, info.RootToken))
+	if httpURL != "" {
+		// The vault CLI and Vault's client libraries, over the HTTP API.
+		lines = append(lines, fmt.Sprintf("export VAULT_ADDR='%s'", httpURL), fmt.Sprintf("export VAULT_TOKEN='%s'", info.RootToken))
+	}
+	for _, l := range lines {
 		fmt.Fprintf(&exports, "    $ %s\n", l)
 	}
 	var b strings.Builder
@@ -404,11 +416,20 @@ The unseal key and root token are displayed below in case you want to
 seal/unseal the node or re-authenticate.
 
 API Address: %s
+HTTP Address: %s
 Unseal Key: %s
 Root Token: %s
 
 Development mode should NOT be used in production installations!
-`, exports.String(), addr, key, info.RootToken)
+`, exports.String(), addr, httpOrNone(httpURL), key, info.RootToken)
 	_, err := fmt.Fprint(e.stdout, b.String())
 	return err
+}
+
+// httpOrNone names the HTTP API's URL, or says there is none.
+func httpOrNone(url string) string {
+	if url == "" {
+		return "none (-http-addr is empty)"
+	}
+	return url
 }

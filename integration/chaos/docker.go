@@ -292,7 +292,7 @@ func (d *Docker) create(ctx context.Context, n *dockerNode, join string) error {
 	}
 	args = append(args, d.opts.Image,
 		"server", "-node-id="+n.name, "-data-dir=/data",
-		"-api-addr=0.0.0.0:8400", "-raft-addr=0.0.0.0:8401", "-gossip-addr=0.0.0.0:8402",
+		"-api-addr=0.0.0.0:8400", "-http-addr=0.0.0.0:8200", "-raft-addr=0.0.0.0:8401", "-gossip-addr=0.0.0.0:8402",
 		"-advertise="+n.name, "-bootstrap-expect=3", "-join="+join, security)
 	args = append(args, d.opts.Args...)
 	if _, err := docker(ctx, args...); err != nil {

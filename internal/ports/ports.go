@@ -17,4 +17,5 @@ const (
 	APIAddr    = "127.0.0.1:" + API
 	RaftAddr   = "127.0.0.1:" + Raft
 	GossipAddr = "127.0.0.1:" + Gossip
+	HTTPAddr   = "127.0.0.1:" + HTTP
 )

@@ -73,11 +73,27 @@ type Node struct {
 	certsDir                      string
 	readReplica                   bool
 	apiAddr, raftAddr, gossipAddr string
+	// httpAddr is the HTTP API's address (served with Options.HTTP).
+	httpAddr string
+	tlsOn    bool
 }
 
 // APIAddr returns the node's gRPC address (host:port), the same across
 // restarts.
 func (n *Node) APIAddr() string { return n.apiAddr }
+
+// HTTPAddr returns the node's HTTP API address (host:port), the same
+// across restarts; the node serves it only with Options.HTTP.
+func (n *Node) HTTPAddr() string { return n.httpAddr }
+
+// HTTPURL returns the URL of the node's HTTP API (https:// on a cluster
+// with TLS), for VAULT_ADDR.
+func (n *Node) HTTPURL() string {
+	if n.certsDir != "" || n.tlsOn {
+		return "https://" + n.httpAddr
+	}
+	return "http://" + n.httpAddr
+}
 
 // AuditFile is the node's audit file, <Dir>/audit.log; the node writes it
 // only when the cluster runs with Options.AuditFiles.
@@ -159,7 +175,7 @@ func (c *Cluster) newNode(id, dir string, readReplica bool) (*Node, error) {
 
 // pickAddrs gives n fresh addresses.
 func (c *Cluster) pickAddrs(n *Node) error {
-	var addrs [3]string
+	var addrs [4]string
 	for i := range addrs {
 		a, err := freeAddr()
 		if err != nil {
@@ -168,7 +184,8 @@ func (c *Cluster) pickAddrs(n *Node) error {
 		addrs[i] = a
 	}
 	c.mu.Lock()
-	n.apiAddr, n.raftAddr, n.gossipAddr = addrs[0], addrs[1], addrs[2]
+	n.apiAddr, n.raftAddr, n.gossipAddr, n.httpAddr = addrs[0], addrs[1], addrs[2], addrs[3]
+	n.tlsOn = c.opts.TLS
 	c.mu.Unlock()
 	return nil
 }
@@ -181,6 +198,9 @@ func (c *Cluster) config(n *Node, expect int, network *replication.Network) serv
 	cfg.NodeID, cfg.DataDir = n.ID, n.Dir
 	c.mu.Lock()
 	cfg.APIAddr, cfg.BindAddr = n.apiAddr, n.raftAddr
+	if c.opts.HTTP {
+		cfg.HTTPAddr = n.httpAddr
+	}
 	if !c.opts.Standalone {
 		g := fastGossip()
 		g.BindAddr = n.gossipAddr

@@ -48,6 +48,9 @@ type Options struct {
 	// (CertsDir): TLS on the API, mutual TLS between nodes. The harness's
 	// own connections present the client certificate "root".
 	TLS bool
+	// HTTP makes every node serve the Vault-compatible HTTP API too, on an
+	// address of its own (Node.HTTPAddr, Node.HTTPURL).
+	HTTP bool
 }
 
 // Defaults of Options.

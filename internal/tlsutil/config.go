@@ -177,6 +177,17 @@ func (r *Reloader) ServerConfig(requireClientCert bool) *tls.Config {
 	return r.serverConfig(auth, nil, "h2")
 }
 
+// HTTPServerConfig is the TLS of the node's Vault-compatible HTTP API:
+// the API's rules (client certificates verified when given, or required),
+// with HTTP/1.1 beside HTTP/2.
+func (r *Reloader) HTTPServerConfig(requireClientCert bool) *tls.Config {
+	auth := tls.VerifyClientCertIfGiven
+	if requireClientCert {
+		auth = tls.RequireAndVerifyClientCert
+	}
+	return r.serverConfig(auth, nil, "h2", "http/1.1")
+}
+
 // PeerServerConfig is the TLS of a node-to-node listener (Raft): mutual,
 // and the caller must present a node certificate of the CA.
 func (r *Reloader) PeerServerConfig() *tls.Config {

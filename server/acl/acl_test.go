@@ -275,13 +275,14 @@ func TestDefaultPolicy(t *testing.T) {
 	p := mustParse(t, DefaultPolicyName, DefaultPolicySource)
 	a := mustACL(t, p)
 	want := map[string]Capability{
-		"auth/token/lookup-self": Read,
-		"auth/token/renew-self":  Update,
-		"auth/token/revoke-self": Update,
-		"sys/capabilities-self":  Update,
-		"sys/leases/renew":       Update,
-		"sys/leases/lookup":      Update,
-		"sys/renew":              Update,
+		"auth/token/lookup-self":            Read,
+		"auth/token/renew-self":             Update,
+		"auth/token/revoke-self":            Update,
+		"sys/capabilities-self":             Update,
+		"sys/internal/ui/mounts/secret/app": Read,
+		"sys/leases/renew":                  Update,
+		"sys/leases/lookup":                 Update,
+		"sys/renew":                         Update,
 	}
 	if len(p.Rules()) != len(want) {
 		t.Fatalf("the default policy has %d rules, want %d: %v", len(p.Rules()), len(want), p.Rules())

@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"unicode"
 	"unicode/utf8"
@@ -279,6 +281,12 @@ func parseHCL(src []byte) (f *ast.File, err error) {
 	return hcl.ParseBytes(src)
 }
 
+// errAt finds "at LINE:COLUMN" in a parser error's text.
+var errAt = regexp.MustCompile(` at (\d+):(\d+)\b`)
+
+// errTwice is the parser's error for an argument given twice.
+var errTwice = regexp.MustCompile(`^The argument "([^"]{1,64})" at \d+:\d+ was already set`)
+
 // syntaxError turns a parser error into a ParseError with the parser's
 // line and column.
 func syntaxError(err error) *ParseError {
@@ -287,6 +295,15 @@ func syntaxError(err error) *ParseError {
 	var pe *hclparser.PosError
 	if errors.As(err, &pe) {
 		e.Line, e.Column, msg = pe.Pos.Line, pe.Pos.Column, pe.Err.Error()
+	} else if m := errAt.FindStringSubmatch(msg); m != nil {
+		// Some of the parser's errors name their position in the text
+		// ("The argument "capabilities" at 3:2 was already set").
+		e.Line, _ = strconv.Atoi(m[1])
+		e.Column, _ = strconv.Atoi(m[2])
+		if d := errTwice.FindStringSubmatch(msg); d != nil {
+			e.Msg = fmt.Sprintf("%s is given twice: give it once", d[1])
+			return e
+		}
 	}
 	e.Msg = fmt.Sprintf(`cannot parse the policy: %s: fix the syntax (path "PATTERN" { capabilities = ["read"] })`, clip(msg))
 	return e

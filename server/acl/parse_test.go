@@ -313,7 +313,7 @@ func TestParseRefusals(t *testing.T) {
 		{name: "capabilities not a list", src: `path "x" { capabilities = "read" }`, wantLine: 1, wantCol: 12,
 			want: []string{`capabilities must be a list of strings: write capabilities = ["read", "list"]`}},
 		{name: "capabilities twice", src: "path \"x\" {\n capabilities = [\"read\"]\n capabilities = [\"list\"]\n}", wantLine: 3, wantCol: 2,
-			want: []string{`capabilities is given twice for path "x": give one list`}},
+			want: []string{`capabilities is given twice: give it once`}},
 		{name: "empty capabilities", src: `path "x" { capabilities = [] }`, wantLine: 1, wantCol: 6,
 			want: []string{`path "x" grants nothing`}},
 		{name: "no capabilities", src: "path \"secret/data/x\" {\n}\n", wantLine: 1, wantCol: 6,

@@ -1,0 +1,4 @@
+package httpapi
+
+// authRoutes serves tokens, policies and logins.
+func (h *Handler) authRoutes() {}

@@ -1,0 +1,302 @@
+package httpapi
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"google.golang.org/protobuf/proto"
+
+	pb "coffer/api/cofferpb"
+	"coffer/internal/grpcutil"
+)
+
+// Caller is who made an HTTP request: the Backend turns it into what the
+// gateway reads of a gRPC call (the token, the TLS state with a verified
+// client certificate, the client's address).
+type Caller struct {
+	// Token is the X-Vault-Token (or Authorization: Bearer) header's value.
+	Token string
+	// TLS is the connection's TLS state, nil on a plaintext node.
+	TLS *tls.ConnectionState
+	// RemoteAddr is the client's host:port.
+	RemoteAddr string
+}
+
+// Backend runs a call of the node's gRPC services in process, through
+// the same gateway a call over the network goes through.
+type Backend interface {
+	// Invoke calls the gRPC method (a full name, "/coffer.v1.KV/Get") with
+	// req on behalf of c. Its errors are gRPC status errors with coffer's
+	// reasons.
+	Invoke(ctx context.Context, c Caller, method string, req proto.Message) (proto.Message, error)
+	// AppliedIndex is the index of the last entry this node applied.
+	AppliedIndex() uint64
+}
+
+// Config configures the handler.
+type Config struct {
+	Backend Backend
+	Logger  hclog.Logger
+	// NodeID names the node in X-Coffer-Node.
+	NodeID string
+	// URL is this node's HTTP API as a client reaches it
+	// (https://host:8200), for sys/leader.
+	URL string
+	// MaxBodyBytes bounds a request body (0: DefaultMaxBodyBytes); a
+	// larger one is refused with 413.
+	MaxBodyBytes int64
+	// Timeout bounds one request (0: DefaultTimeout).
+	Timeout time.Duration
+}
+
+// DefaultMaxBodyBytes is the largest request body by default: the gRPC
+// API's largest request (4 MiB) and room for JSON's quoting.
+const DefaultMaxBodyBytes = 8 << 20
+
+// DefaultTimeout bounds a request: a write's commit, a read's wait for its
+// index, a forward to the leader.
+const DefaultTimeout = 30 * time.Second
+
+// Handler serves Vault's HTTP API under /v1/.
+type Handler struct {
+	cfg       Config
+	endpoints []endpoint
+}
+
+// op is what a request asks, in Vault's terms: the HTTP method, with LIST
+// (or GET ?list=true) as its own.
+type op string
+
+const (
+	opGet    op = "GET"
+	opHead   op = "HEAD"
+	opPut    op = "PUT"
+	opPost   op = "POST"
+	opPatch  op = "PATCH"
+	opDelete op = "DELETE"
+	opList   op = "LIST"
+)
+
+// endpointFunc serves one operation on one endpoint.
+type endpointFunc func(ctx context.Context, rq *request) (*reply, error)
+
+// endpoint is a path (exact, or every path under a prefix ending in "/")
+// and the operations it serves.
+type endpoint struct {
+	path   string
+	prefix bool
+	ops    map[op]endpointFunc
+}
+
+// New returns the handler of Vault's HTTP API over b.
+func New(cfg Config) *Handler {
+	if cfg.Logger == nil {
+		cfg.Logger = hclog.NewNullLogger()
+	}
+	if cfg.MaxBodyBytes <= 0 {
+		cfg.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = DefaultTimeout
+	}
+	h := &Handler{cfg: cfg}
+	h.sysRoutes()
+	h.kvRoutes()
+	h.authRoutes()
+	return h
+}
+
+// handle adds an endpoint: path is exact, or with a trailing "*" every
+// path under that prefix.
+func (h *Handler) handle(path string, ops map[op]endpointFunc) {
+	e := endpoint{path: path, ops: ops}
+	if p, ok := strings.CutSuffix(path, "*"); ok {
+		e.path, e.prefix = p, true
+	}
+	h.endpoints = append(h.endpoints, e)
+}
+
+// match finds the endpoint of path: an exact one first, then the longest
+// prefix.
+func (h *Handler) match(path string) (*endpoint, string) {
+	var best *endpoint
+	for i := range h.endpoints {
+		e := &h.endpoints[i]
+		if !e.prefix && e.path == path {
+			return e, ""
+		}
+		if e.prefix && strings.HasPrefix(path, e.path) && (best == nil || len(e.path) > len(best.path)) {
+			best = e
+		}
+	}
+	if best == nil {
+		return nil, ""
+	}
+	return best, path[len(best.path):]
+}
+
+// request is one HTTP request on its way to a handler.
+type request struct {
+	r      *http.Request
+	op     op
+	path   string // after /v1/
+	rest   string // the part after the endpoint's prefix
+	caller Caller
+	read   *pb.ReadOptions
+	h      *Handler
+	// forward: X-Vault-Inconsistent: forward-active-node.
+	forward bool
+	id      string
+}
+
+// ServeHTTP serves one request of Vault's HTTP API.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rq := &request{r: r, h: h, id: newRequestID()}
+	w.Header().Set("Cache-Control", "no-store")
+	if h.cfg.NodeID != "" {
+		w.Header().Set(headerNode, h.cfg.NodeID)
+	}
+	rep, err := h.serve(rq, w)
+	if err != nil {
+		h.writeError(w, rq, err)
+		return
+	}
+	h.writeReply(w, rq, rep)
+}
+
+// serve checks the request's path, method, body and headers and runs its
+// endpoint.
+func (h *Handler) serve(rq *request, w http.ResponseWriter) (*reply, error) {
+	r := rq.r
+	path, ok := strings.CutPrefix(r.URL.Path, "/v1/")
+	if !ok {
+		return nil, notFound(r.URL.Path)
+	}
+	if err := checkPath(path); err != nil {
+		return nil, err
+	}
+	rq.path = path
+	if r.ContentLength > h.cfg.MaxBodyBytes {
+		return nil, tooLarge(h.cfg.MaxBodyBytes)
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, h.cfg.MaxBodyBytes)
+	o, err := opOf(r)
+	if err != nil {
+		return nil, err
+	}
+	rq.op = o
+	e, rest := h.match(path)
+	if e == nil {
+		return nil, notFound(path)
+	}
+	fn := e.ops[o]
+	if fn == nil && o == opHead {
+		fn = e.ops[opGet]
+	}
+	if fn == nil && o == opPost {
+		fn = e.ops[opPut] // Vault takes POST and PUT alike
+	}
+	if fn == nil && o == opPut {
+		fn = e.ops[opPost]
+	}
+	if fn == nil {
+		return nil, methodNotAllowed()
+	}
+	rq.rest = rest
+	rq.caller = Caller{Token: tokenOf(r), TLS: r.TLS, RemoteAddr: r.RemoteAddr}
+	if rq.read, rq.forward, err = readOptions(r.Header); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), h.cfg.Timeout)
+	defer cancel()
+	return fn(ctx, rq)
+}
+
+// opOf is the request's operation: LIST for the LIST method or a GET
+// with list=true.
+func opOf(r *http.Request) (op, error) {
+	switch m := op(r.Method); m {
+	case opGet:
+		if v := r.URL.Query().Get("list"); v == "true" || v == "1" {
+			return opList, nil
+		}
+		return m, nil
+	case opHead, opPut, opPost, opPatch, opDelete, opList:
+		return m, nil
+	}
+	return "", methodNotAllowed()
+}
+
+// checkPath refuses a path with an empty, "." or ".." segment, a NUL or
+// another control character: no path names a secret in two ways.
+func checkPath(path string) error {
+	if path == "" {
+		return notFound(path)
+	}
+	segs := strings.Split(path, "/")
+	for i, s := range segs {
+		if s == "" && i == len(segs)-1 {
+			continue // a trailing slash (LIST secret/metadata/app/)
+		}
+		if s == "" || s == "." || s == ".." {
+			return badRequest("invalid path %q: it has an empty, \".\" or \"..\" segment; name the path without them", path)
+		}
+	}
+	for _, c := range path {
+		if c < 0x20 || c == 0x7f {
+			return badRequest("invalid path: it has a control character (NUL or another); name the path without it")
+		}
+	}
+	return nil
+}
+
+// tokenOf is the client token: X-Vault-Token, or Authorization: Bearer.
+func tokenOf(r *http.Request) string {
+	if t := r.Header.Get("X-Vault-Token"); t != "" {
+		return t
+	}
+	if t, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
+		return strings.TrimSpace(t)
+	}
+	return ""
+}
+
+// call runs method with req for the request's caller.
+func (rq *request) call(ctx context.Context, method string, req proto.Message) (proto.Message, error) {
+	return rq.h.cfg.Backend.Invoke(ctx, rq.caller, method, req)
+}
+
+// newRequestID is a request_id of Vault's envelope (a UUID's form).
+func newRequestID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	b[6] = (b[6] & 0x0f) | 0x40
+	b[8] = (b[8] & 0x3f) | 0x80
+	s := hex.EncodeToString(b[:])
+	return s[:8] + "-" + s[8:12] + "-" + s[12:16] + "-" + s[16:20] + "-" + s[20:]
+}
+
+// reasonOf is the coffer reason of a gRPC status error.
+func reasonOf(err error) pb.ErrorReason {
+	st, ok := statusOf(err)
+	if !ok {
+		return pb.ErrorReason_ERROR_REASON_UNSPECIFIED
+	}
+	return grpcutil.ReasonOf(st)
+}
+
+// isReason reports whether err carries reason.
+func isReason(err error, reason pb.ErrorReason) bool {
+	var he *httpError
+	if errors.As(err, &he) {
+		return false
+	}
+	return reasonOf(err) == reason
+}

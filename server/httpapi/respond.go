@@ -1,0 +1,261 @@
+package httpapi
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "coffer/api/cofferpb"
+)
+
+// reply is what an endpoint answers.
+type reply struct {
+	// status is the HTTP status (0: 200 with a body, 204 without).
+	status int
+	// data goes in Vault's envelope ("data"); raw, when set, is the whole
+	// body instead (sys/health, sys/seal-status, sys/init answer bare).
+	data any
+	raw  any
+	// auth is the envelope's "auth" (a login's or a token's).
+	auth any
+	// leaseDuration and renewable fill the envelope's fields of the same
+	// names.
+	leaseDuration int64
+	renewable     bool
+	// mountType names the engine that answered ("kv", "token", ...).
+	mountType string
+	// meta describes the read (X-Coffer-* headers), index a write's Raft
+	// index (X-Vault-Index).
+	meta  *pb.ReadMeta
+	index uint64
+}
+
+// envelope is Vault's response body.
+type envelope struct {
+	RequestID     string   `json:"request_id"`
+	LeaseID       string   `json:"lease_id"`
+	Renewable     bool     `json:"renewable"`
+	LeaseDuration int64    `json:"lease_duration"`
+	Data          any      `json:"data"`
+	WrapInfo      any      `json:"wrap_info"`
+	Warnings      []string `json:"warnings"`
+	Auth          any      `json:"auth"`
+	MountType     string   `json:"mount_type"`
+}
+
+// noContent is the reply of a write that answers nothing (204).
+func noContent() *reply { return &reply{status: http.StatusNoContent} }
+
+func (h *Handler) writeReply(w http.ResponseWriter, rq *request, rep *reply) {
+	setConsistencyHeaders(w.Header(), rep)
+	status := rep.status
+	var body any
+	switch {
+	case rep.raw != nil:
+		body = rep.raw
+	case rep.data != nil || rep.auth != nil:
+		body = envelope{RequestID: rq.id, Data: rep.data, Auth: rep.auth, LeaseDuration: rep.leaseDuration, Renewable: rep.renewable, MountType: rep.mountType}
+	}
+	if body == nil {
+		if status == 0 {
+			status = http.StatusNoContent
+		}
+		w.WriteHeader(status)
+		return
+	}
+	if status == 0 {
+		status = http.StatusOK
+	}
+	writeJSON(w, status, body, rq.op == opHead)
+}
+
+func writeJSON(w http.ResponseWriter, status int, body any, head bool) {
+	buf, err := json.Marshal(body)
+	if err != nil {
+		status = http.StatusInternalServerError
+		buf = []byte(`{"errors":["internal error: the answer could not be encoded"]}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(buf)+1))
+	w.WriteHeader(status)
+	if !head {
+		_, _ = w.Write(append(buf, '\n'))
+	}
+}
+
+// httpError is an error the handler makes itself, with its status.
+type httpError struct {
+	status int
+	msgs   []string
+}
+
+func (e *httpError) Error() string { return strings.Join(e.msgs, "; ") }
+
+func badRequest(format string, args ...any) error {
+	return &httpError{status: http.StatusBadRequest, msgs: []string{fmt.Sprintf(format, args...)}}
+}
+
+func notFound(path string) error {
+	return &httpError{status: http.StatusNotFound, msgs: []string{fmt.Sprintf("no handler for route %q. route entry not found.", path)}}
+}
+
+// notFoundEmpty is Vault's answer to a read of nothing: 404 with no
+// message.
+func notFoundEmpty() error { return &httpError{status: http.StatusNotFound, msgs: []string{}} }
+
+func methodNotAllowed() error {
+	return &httpError{status: http.StatusMethodNotAllowed, msgs: []string{"1 error occurred:\n\t* unsupported operation\n\n"}}
+}
+
+func tooLarge(limit int64) error {
+	return &httpError{status: http.StatusRequestEntityTooLarge, msgs: []string{fmt.Sprintf("request body too large: the limit is %d bytes; send less (a secret's values in several secrets)", limit)}}
+}
+
+func (h *Handler) writeError(w http.ResponseWriter, rq *request, err error) {
+	status, msgs := h.errorOf(err)
+	if status == http.StatusMethodNotAllowed {
+		w.Header().Set("Allow", "GET, HEAD, PUT, POST, PATCH, DELETE, LIST")
+	}
+	writeJSON(w, status, struct {
+		Errors []string `json:"errors"`
+	}{msgs}, rq.op == opHead)
+}
+
+// statusOf finds the gRPC status in err.
+func statusOf(err error) (*status.Status, bool) {
+	var he *httpError
+	if errors.As(err, &he) {
+		return nil, false
+	}
+	return status.FromError(err)
+}
+
+// errorOf is the HTTP status and messages of err: Vault's status for the
+// same failure, coffer's message (which says what to do).
+func (h *Handler) errorOf(err error) (int, []string) {
+	var he *httpError
+	if errors.As(err, &he) {
+		return he.status, he.msgs
+	}
+	var mbe *http.MaxBytesError
+	if errors.As(err, &mbe) {
+		he := tooLarge(mbe.Limit).(*httpError)
+		return he.status, he.msgs
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		h.cfg.Logger.Error("an HTTP request failed with an error that is not a status", "error", err)
+		return http.StatusInternalServerError, []string{"internal error: see the node's log"}
+	}
+	msg := st.Message()
+	switch reasonOf(err) {
+	case pb.ErrorReason_UNAUTHENTICATED, pb.ErrorReason_PERMISSION_DENIED:
+		return http.StatusForbidden, []string{"1 error occurred:\n\t* permission denied\n\n", msg}
+	case pb.ErrorReason_NOT_FOUND, pb.ErrorReason_NO_ROUTE, pb.ErrorReason_PEER_NOT_FOUND:
+		return http.StatusNotFound, []string{msg}
+	case pb.ErrorReason_DELETED, pb.ErrorReason_DESTROYED:
+		return http.StatusNotFound, []string{}
+	case pb.ErrorReason_CAS_MISMATCH:
+		return http.StatusBadRequest, []string{"check-and-set parameter did not match the current version", msg}
+	case pb.ErrorReason_CAS_REQUIRED:
+		return http.StatusBadRequest, []string{"check-and-set parameter required for this call", msg}
+	case pb.ErrorReason_SEALED:
+		return http.StatusServiceUnavailable, []string{"Vault is sealed", msg}
+	case pb.ErrorReason_NOT_INITIALIZED:
+		return http.StatusServiceUnavailable, []string{"Vault is not initialized", msg}
+	case pb.ErrorReason_ALREADY_INITIALIZED:
+		return http.StatusBadRequest, []string{"Vault is already initialized", msg}
+	case pb.ErrorReason_MIN_INDEX_NOT_REACHED:
+		// Vault's answer to a node behind the client's X-Vault-Index: the
+		// client retries (here or elsewhere).
+		return http.StatusPreconditionFailed, []string{msg}
+	case pb.ErrorReason_TOO_LARGE:
+		return http.StatusRequestEntityTooLarge, []string{msg}
+	case pb.ErrorReason_RATE_LIMITED:
+		return http.StatusTooManyRequests, []string{msg}
+	case pb.ErrorReason_AUDIT_FAILED, pb.ErrorReason_INTERNAL, pb.ErrorReason_DATA_CORRUPT:
+		return http.StatusInternalServerError, []string{msg}
+	}
+	switch st.Code() {
+	case codes.InvalidArgument, codes.FailedPrecondition, codes.AlreadyExists, codes.OutOfRange:
+		return http.StatusBadRequest, []string{msg}
+	case codes.Unauthenticated, codes.PermissionDenied:
+		return http.StatusForbidden, []string{"1 error occurred:\n\t* permission denied\n\n", msg}
+	case codes.NotFound:
+		return http.StatusNotFound, []string{msg}
+	case codes.Unavailable, codes.ResourceExhausted, codes.Aborted:
+		return http.StatusServiceUnavailable, []string{msg}
+	case codes.DeadlineExceeded, codes.Canceled:
+		return http.StatusGatewayTimeout, []string{msg}
+	case codes.Unimplemented:
+		return http.StatusNotFound, []string{msg}
+	}
+	return http.StatusInternalServerError, []string{msg}
+}
+
+// decode reads the request's JSON body into v. An empty body leaves v as
+// it is. A body of another content type, one that is not JSON, or one
+// with data after the JSON value is refused with 400 (415 for the type).
+func (rq *request) decode(v any) error {
+	if ct := rq.r.Header.Get("Content-Type"); ct != "" {
+		mt, _, err := mime.ParseMediaType(ct)
+		if err != nil || !jsonType(mt) {
+			return &httpError{status: http.StatusUnsupportedMediaType, msgs: []string{fmt.Sprintf("unsupported content type %q: send JSON (application/json)", ct)}}
+		}
+	}
+	body, err := io.ReadAll(rq.r.Body)
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return tooLarge(mbe.Limit)
+		}
+		return badRequest("the request body could not be read: %v", err)
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		return nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber()
+	if err := dec.Decode(v); err != nil {
+		return badRequest("the request body is not valid JSON for this path: %s", jsonError(err))
+	}
+	if dec.More() {
+		return badRequest("the request body has data after its JSON value: send one JSON object")
+	}
+	return nil
+}
+
+// jsonType reports whether a media type is JSON (application/json,
+// application/merge-patch+json, ...). Vault's clients also send bodies
+// as text/plain or without a type.
+func jsonType(mt string) bool {
+	return mt == "application/json" || strings.HasSuffix(mt, "+json") || mt == "text/plain" || mt == "text/json"
+}
+
+// jsonError describes a decoding error in one line without echoing the
+// body.
+func jsonError(err error) string {
+	var se *json.SyntaxError
+	var te *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &se):
+		return fmt.Sprintf("syntax error at byte %d", se.Offset)
+	case errors.As(err, &te):
+		if te.Field != "" {
+			return fmt.Sprintf("field %q must be %s, not %s", te.Field, te.Type, te.Value)
+		}
+		return fmt.Sprintf("the body must be %s, not %s", te.Type, te.Value)
+	case errors.Is(err, io.ErrUnexpectedEOF):
+		return "it ends before the JSON value does"
+	}
+	return "it does not decode"
+}
