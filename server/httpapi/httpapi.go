@@ -207,7 +207,11 @@ func (h *Handler) serve(rq *request, w http.ResponseWriter) (*reply, error) {
 		fn = e.ops[opPost]
 	}
 	if fn == nil {
-		return nil, methodNotAllowed()
+		allowed := make([]op, 0, len(e.ops))
+		for o := range e.ops {
+			allowed = append(allowed, o)
+		}
+		return nil, methodNotAllowed(allowed...)
 	}
 	rq.rest = rest
 	rq.caller = Caller{Token: tokenOf(r), TLS: r.TLS, RemoteAddr: r.RemoteAddr}

@@ -8,6 +8,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -112,8 +113,19 @@ func notFound(path string) error {
 // message.
 func notFoundEmpty() error { return &httpError{status: http.StatusNotFound, msgs: []string{}} }
 
-func methodNotAllowed() error {
-	return &httpError{status: http.StatusMethodNotAllowed, msgs: []string{"1 error occurred:\n\t* unsupported operation\n\n"}}
+// methodNotAllowed refuses an operation the path does not serve, naming
+// those it does (none for an unknown method).
+func methodNotAllowed(allowed ...op) error {
+	msg := "unsupported operation"
+	if len(allowed) > 0 {
+		names := make([]string, len(allowed))
+		for i, o := range allowed {
+			names[i] = string(o)
+		}
+		slices.Sort(names)
+		msg += ": this path takes " + strings.Join(names, ", ")
+	}
+	return &httpError{status: http.StatusMethodNotAllowed, msgs: []string{msg}}
 }
 
 func tooLarge(limit int64) error {
@@ -122,9 +134,6 @@ func tooLarge(limit int64) error {
 
 func (h *Handler) writeError(w http.ResponseWriter, rq *request, err error) {
 	status, msgs := h.errorOf(err)
-	if status == http.StatusMethodNotAllowed {
-		w.Header().Set("Allow", "GET, HEAD, PUT, POST, PATCH, DELETE, LIST")
-	}
 	writeJSON(w, status, struct {
 		Errors []string `json:"errors"`
 	}{msgs}, rq.op == opHead)
@@ -156,24 +165,37 @@ func (h *Handler) errorOf(err error) (int, []string) {
 		h.cfg.Logger.Error("an HTTP request failed with an error that is not a status", "error", err)
 		return http.StatusInternalServerError, []string{"internal error: see the node's log"}
 	}
-	msg := st.Message()
+	msg := strings.TrimPrefix(st.Message(), "server: ")
+	// One message: Vault's words first (tools match on them), then
+	// coffer's, which say what to do.
+	say := func(vaultWords string) []string {
+		if msg == "" || strings.HasPrefix(msg, vaultWords) {
+			return []string{vaultWords + strings.TrimPrefix(msg, vaultWords)}
+		}
+		return []string{vaultWords + ": " + msg}
+	}
 	switch reasonOf(err) {
-	case pb.ErrorReason_UNAUTHENTICATED, pb.ErrorReason_PERMISSION_DENIED:
-		return http.StatusForbidden, []string{"1 error occurred:\n\t* permission denied\n\n", msg}
+	case pb.ErrorReason_UNAUTHENTICATED:
+		// The gRPC API's hint names its own variable; Vault's clients send
+		// the token in X-Vault-Token.
+		msg = strings.Replace(msg, "set COFFER_TOKEN or -token", "send it in X-Vault-Token (VAULT_TOKEN for the vault CLI)", 1)
+		return http.StatusForbidden, say("permission denied")
+	case pb.ErrorReason_PERMISSION_DENIED:
+		return http.StatusForbidden, say("permission denied")
 	case pb.ErrorReason_NOT_FOUND, pb.ErrorReason_NO_ROUTE, pb.ErrorReason_PEER_NOT_FOUND:
 		return http.StatusNotFound, []string{msg}
 	case pb.ErrorReason_DELETED, pb.ErrorReason_DESTROYED:
 		return http.StatusNotFound, []string{}
 	case pb.ErrorReason_CAS_MISMATCH:
-		return http.StatusBadRequest, []string{"check-and-set parameter did not match the current version", msg}
+		return http.StatusBadRequest, say("check-and-set parameter did not match the current version")
 	case pb.ErrorReason_CAS_REQUIRED:
-		return http.StatusBadRequest, []string{"check-and-set parameter required for this call", msg}
+		return http.StatusBadRequest, say("check-and-set parameter required for this call")
 	case pb.ErrorReason_SEALED:
-		return http.StatusServiceUnavailable, []string{"Vault is sealed", msg}
+		return http.StatusServiceUnavailable, say("Vault is sealed")
 	case pb.ErrorReason_NOT_INITIALIZED:
-		return http.StatusServiceUnavailable, []string{"Vault is not initialized", msg}
+		return http.StatusServiceUnavailable, say("Vault is not initialized")
 	case pb.ErrorReason_ALREADY_INITIALIZED:
-		return http.StatusBadRequest, []string{"Vault is already initialized", msg}
+		return http.StatusBadRequest, say("Vault is already initialized")
 	case pb.ErrorReason_MIN_INDEX_NOT_REACHED:
 		// Vault's answer to a node behind the client's X-Vault-Index: the
 		// client retries (here or elsewhere).
@@ -189,7 +211,7 @@ func (h *Handler) errorOf(err error) (int, []string) {
 	case codes.InvalidArgument, codes.FailedPrecondition, codes.AlreadyExists, codes.OutOfRange:
 		return http.StatusBadRequest, []string{msg}
 	case codes.Unauthenticated, codes.PermissionDenied:
-		return http.StatusForbidden, []string{"1 error occurred:\n\t* permission denied\n\n", msg}
+		return http.StatusForbidden, say("permission denied")
 	case codes.NotFound:
 		return http.StatusNotFound, []string{msg}
 	case codes.Unavailable, codes.ResourceExhausted, codes.Aborted:
