@@ -27,6 +27,7 @@ type inproc struct {
 	methods map[string]inprocMethod
 	chain   grpc.UnaryServerInterceptor
 	state   interface{ AppliedIndex() uint64 }
+	budget  *inflight
 }
 
 type inprocMethod struct {
@@ -97,6 +98,16 @@ func (p *inproc) Invoke(ctx context.Context, c httpapi.Caller, method string, re
 		return nil, toStatus(fmt.Errorf("server: %s answered %T, not a message", method, out))
 	}
 	return msg, nil
+}
+
+// Reserve implements httpapi.Backend: an HTTP body takes its bytes from
+// the node's request-byte budget, as a gRPC message does.
+func (p *inproc) Reserve(ctx context.Context, n int64) (context.Context, func(), error) {
+	g, err := p.budget.acquire(ctx, n)
+	if err != nil {
+		return ctx, nil, toStatus(err)
+	}
+	return context.WithValue(ctx, grantKey{}, g), g.release, nil
 }
 
 // AppliedIndex implements httpapi.Backend.

@@ -301,6 +301,7 @@ func (s *Server) wire() {
 		methods: map[string]inprocMethod{},
 		chain:   chainUnary(grpcutil.RecoverUnary(logger, internalMessage), s.inflight.unary, gw.unaryInterceptor),
 		state:   s.fsm,
+		budget:  s.inflight,
 	}
 	reg := registrar{grpc: s.grpc, in: s.inproc}
 	pb.RegisterSysServer(reg, s.sys)

@@ -3,6 +3,7 @@ package httpapi_test
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"coffer/internal/testcluster"
+	"coffer/server"
 )
 
 // rawClient sends hand-made requests to a node's HTTP API.
@@ -140,3 +142,43 @@ func TestBadInput(t *testing.T) {
 
 // jsonBody is a request body.
 func jsonBody(s string) io.Reader { return strings.NewReader(s) }
+
+// TestBodiesCountAgainstTheBudget: an HTTP body takes its bytes from the
+// node's request-byte budget before it is read, as a gRPC message does; a
+// body that cannot fit is refused with 503 instead of held in memory.
+func TestBodiesCountAgainstTheBudget(t *testing.T) {
+	c := testcluster.StartUnsealed(t, 1, testcluster.Options{Standalone: true, TLS: true, HTTP: true, MaxInflightBytes: server.MaxRequestSize})
+	n := c.WaitForLeader(t)
+	rc := newRawClient(t, c, n)
+
+	// A body without a length, sent slowly: it holds the whole budget.
+	pr, pw := io.Pipe()
+	first := make(chan answer, 1)
+	go func() { first <- rc.do("PUT", "/v1/secret/data/slow", pr, nil) }()
+	if _, err := pw.Write([]byte(`{"data": {"k": `)); err != nil {
+		t.Fatal(err)
+	}
+	testcluster.WaitFor(t, 10*time.Second, "the slow body's reservation", func() error {
+		if st := n.Srv.Inflight(); st.InUse < st.Limit {
+			return fmt.Errorf("in use %d of %d", st.InUse, st.Limit)
+		}
+		return nil
+	})
+	a := rc.do("PUT", "/v1/secret/data/other", jsonBody(`{"data": {"k": "v"}}`), nil)
+	if a.status != http.StatusServiceUnavailable || !strings.Contains(a.errors(t)[0], "max-inflight-bytes") {
+		t.Fatalf("a write while the budget is spent: %d %s", a.status, a.body)
+	}
+	if _, err := pw.Write([]byte(`"v"}}`)); err != nil {
+		t.Fatal(err)
+	}
+	pw.Close()
+	if a := <-first; a.status != http.StatusOK {
+		t.Fatalf("the slow write: %d %s", a.status, a.body)
+	}
+	if st := n.Srv.Inflight(); st.InUse != 0 || st.Refused == 0 {
+		t.Fatalf("after both: %+v", st)
+	}
+	if a := rc.do("PUT", "/v1/secret/data/other", jsonBody(`{"data": {"k": "v"}}`), nil); a.status != http.StatusOK {
+		t.Fatalf("a write once the budget is free: %d %s", a.status, a.body)
+	}
+}

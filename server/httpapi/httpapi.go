@@ -38,6 +38,11 @@ type Backend interface {
 	Invoke(ctx context.Context, c Caller, method string, req proto.Message) (proto.Message, error)
 	// AppliedIndex is the index of the last entry this node applied.
 	AppliedIndex() uint64
+	// Reserve takes n bytes of the node's request-byte budget for a
+	// request body, waiting a moment when it is spent, and refuses (a
+	// status error, OVERLOADED) when it stays spent. The calls made with
+	// the returned context count against this reservation, not again.
+	Reserve(ctx context.Context, n int64) (context.Context, func(), error)
 }
 
 // Config configures the handler.
@@ -220,6 +225,21 @@ func (h *Handler) serve(rq *request, w http.ResponseWriter) (*reply, error) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), h.cfg.Timeout)
 	defer cancel()
+	if r.ContentLength != 0 {
+		// The body counts against the node's budget before it is read,
+		// as a gRPC message does: a flood of large bodies is refused, not
+		// held in memory.
+		n := r.ContentLength
+		if n < 0 {
+			n = h.cfg.MaxBodyBytes
+		}
+		rctx, release, err := h.cfg.Backend.Reserve(ctx, n)
+		if err != nil {
+			return nil, err
+		}
+		defer release()
+		ctx = rctx
+	}
 	return fn(ctx, rq)
 }
 
