@@ -131,6 +131,11 @@ func TestBadInput(t *testing.T) {
 			}
 		})
 	}
+	// curl -d sends a form's content type: a JSON object is read as JSON,
+	// as Vault reads it.
+	if a := rc.do("PUT", "/v1/secret/data/curl", jsonBody(`{"data": {"k": "v"}}`), map[string]string{"Content-Type": "application/x-www-form-urlencoded"}); a.status != http.StatusOK {
+		t.Fatalf("a JSON body sent as a form: %d %s", a.status, a.body)
+	}
 	// Nothing was written under bad/.
 	if a := rc.do("LIST", "/v1/secret/metadata/bad/", nil, nil); a.status != http.StatusNotFound {
 		t.Fatalf("after the bad requests, LIST secret/metadata/bad/ answered %d: %s", a.status, a.body)

@@ -228,12 +228,6 @@ func (h *Handler) errorOf(err error) (int, []string) {
 // it is. A body of another content type, one that is not JSON, or one
 // with data after the JSON value is refused with 400 (415 for the type).
 func (rq *request) decode(v any) error {
-	if ct := rq.r.Header.Get("Content-Type"); ct != "" {
-		mt, _, err := mime.ParseMediaType(ct)
-		if err != nil || !jsonType(mt) {
-			return &httpError{status: http.StatusUnsupportedMediaType, msgs: []string{fmt.Sprintf("unsupported content type %q: send JSON (application/json)", ct)}}
-		}
-	}
 	body, err := io.ReadAll(rq.r.Body)
 	if err != nil {
 		var mbe *http.MaxBytesError
@@ -242,7 +236,16 @@ func (rq *request) decode(v any) error {
 		}
 		return badRequest("the request body could not be read: %v", err)
 	}
-	if len(bytes.TrimSpace(body)) == 0 {
+	trimmed := bytes.TrimSpace(body)
+	if ct := rq.r.Header.Get("Content-Type"); ct != "" {
+		mt, _, err := mime.ParseMediaType(ct)
+		// As Vault does, a body that starts as a JSON object is read as
+		// JSON whatever its type says (curl -d sends the type of a form).
+		if (err != nil || !jsonType(mt)) && !(len(trimmed) > 0 && trimmed[0] == '{') {
+			return &httpError{status: http.StatusUnsupportedMediaType, msgs: []string{fmt.Sprintf("unsupported content type %q: send a JSON object (application/json)", clip(ct))}}
+		}
+	}
+	if len(trimmed) == 0 {
 		return nil
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
@@ -280,4 +283,12 @@ func jsonError(err error) string {
 		return "it ends before the JSON value does"
 	}
 	return "it does not decode"
+}
+
+// clip shortens what a client sent before an error repeats it.
+func clip(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "…"
+	}
+	return s
 }
