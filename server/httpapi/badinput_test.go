@@ -94,7 +94,7 @@ func TestBadInput(t *testing.T) {
 		{"no data", "PUT", "/v1/secret/data/bad/d", strings.NewReader(`{"options": {}}`), nil, 400, "no data provided"},
 		{"an object value", "PUT", "/v1/secret/data/bad/e", strings.NewReader(`{"data": {"k": {"nested": 1}}}`), nil, 400, "coffer stores string values"},
 		{"a negative cas", "PUT", "/v1/secret/data/bad/f", strings.NewReader(`{"data": {"k": "v"}, "options": {"cas": -1}}`), nil, 400, "options.cas"},
-		{"form data", "PUT", "/v1/secret/data/bad/g", strings.NewReader(`data=1`), map[string]string{"Content-Type": "application/x-www-form-urlencoded"}, 415, "send JSON"},
+		{"form data", "PUT", "/v1/secret/data/bad/g", strings.NewReader(`data=1`), map[string]string{"Content-Type": "application/x-www-form-urlencoded"}, 415, "send a JSON object"},
 		{"a huge body", "PUT", "/v1/secret/data/bad/h", bytes.NewReader(huge), nil, 413, "request body too large"},
 		{"a huge body without a length", "PUT", "/v1/secret/data/bad/i", io.MultiReader(bytes.NewReader(huge)), nil, 413, "request body too large"},
 		{"an unknown path", "GET", "/v1/sys/nope", nil, nil, 404, `no handler for route "sys/nope"`},
