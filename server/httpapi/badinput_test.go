@@ -111,6 +111,8 @@ func TestBadInput(t *testing.T) {
 		{"a bad version", "GET", "/v1/secret/data/bad/a?version=two", nil, nil, 400, "version"},
 		{"a bad health code", "GET", "/v1/sys/health?standbycode=abc", nil, nil, 400, "standbycode"},
 		{"a bad unseal key", "PUT", "/v1/sys/unseal", strings.NewReader(`{"key": "%%%"}`), nil, 400, "hex or base64"},
+		{"a wrapped answer", "GET", "/v1/secret/data/bad/a", nil, map[string]string{"X-Vault-Wrap-TTL": "5m"}, 400, "response wrapping"},
+		{"a namespace", "GET", "/v1/secret/data/bad/a", nil, map[string]string{"X-Vault-Namespace": "team-a/"}, 400, "namespaces"},
 		{"a secret path without a name", "PUT", "/v1/secret/data/", strings.NewReader(`{"data": {"k": "v"}}`), nil, 400, "name a secret"},
 	}
 	for _, tc := range cases {

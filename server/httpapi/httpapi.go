@@ -218,6 +218,9 @@ func (h *Handler) serve(rq *request, w http.ResponseWriter) (*reply, error) {
 		}
 		return nil, methodNotAllowed(allowed...)
 	}
+	if err := checkUnsupported(r.Header); err != nil {
+		return nil, err
+	}
 	rq.rest = rest
 	rq.caller = Caller{Token: tokenOf(r), TLS: r.TLS, RemoteAddr: r.RemoteAddr}
 	if rq.read, rq.forward, err = readOptions(r.Header); err != nil {
@@ -277,6 +280,20 @@ func checkPath(path string) error {
 		if c < 0x20 || c == 0x7f {
 			return badRequest("invalid path: it has a control character (NUL or another); name the path without it")
 		}
+	}
+	return nil
+}
+
+// checkUnsupported refuses what a client asks of Vault that coffer does
+// not do, rather than answer as if it had: a response-wrapped answer would
+// otherwise come back unwrapped, and a namespace's request would reach the
+// root.
+func checkUnsupported(h http.Header) error {
+	if h.Get("X-Vault-Wrap-TTL") != "" {
+		return badRequest("response wrapping (X-Vault-Wrap-TTL) is not supported by coffer: send the request without it")
+	}
+	if ns := strings.Trim(h.Get("X-Vault-Namespace"), "/ "); ns != "" && ns != "root" {
+		return badRequest("namespaces are not supported by coffer: send the request without X-Vault-Namespace (%q)", clip(ns))
 	}
 	return nil
 }
