@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"coffer/api/route"
 	"coffer/replication"
@@ -167,6 +168,7 @@ func (l *leaderLink) forward(ctx context.Context, r route.Route, req proto.Messa
 				err = invoke(octx)
 			}
 			if err == nil {
+				l.awaitApplied(ctx, reply)
 				return reply, true, nil
 			}
 			if ctx.Err() != nil {
@@ -206,6 +208,43 @@ func (l *leaderLink) forward(ctx context.Context, r route.Route, req proto.Messa
 			return nil, true, withMessage(replication.ErrNoLeader, "no leader elected within %s: retry, or check that a quorum of nodes is up", forwardHold)
 		}
 	}
+}
+
+// forwardApplyWait bounds how long a follower waits to apply a write it
+// forwarded before it answers.
+const forwardApplyWait = 2 * time.Second
+
+// awaitApplied waits until this node has applied the write the leader
+// answered (its index or raft_index), so that the client's next call to
+// this node sees it: a token revoked through a follower no longer opens
+// it, a secret written through it reads back. A node that lags further
+// answers anyway: the client can still pass the index (min_index,
+// X-Vault-Index).
+func (l *leaderLink) awaitApplied(ctx context.Context, reply proto.Message) {
+	idx := replyIndex(reply)
+	if idx == 0 || l.state.AppliedIndex() >= idx {
+		return
+	}
+	wctx, cancel := context.WithTimeout(ctx, forwardApplyWait)
+	defer cancel()
+	if err := l.state.WaitApplied(wctx, idx); err != nil {
+		l.logger.Debug("answering a forwarded write before applying it", "index", idx, "applied", l.state.AppliedIndex())
+	}
+}
+
+// replyIndex is the Raft index a write's answer carries in its index or
+// raft_index field (0 when it has none).
+func replyIndex(m proto.Message) uint64 {
+	if m == nil {
+		return 0
+	}
+	r := m.ProtoReflect()
+	for _, name := range []protoreflect.Name{"index", "raft_index"} {
+		if fd := r.Descriptor().Fields().ByName(name); fd != nil && fd.Kind() == protoreflect.Uint64Kind {
+			return r.Get(fd).Uint()
+		}
+	}
+	return 0
 }
 
 // leaderError is the error of a call this node made to the leader at addr:
