@@ -3,10 +3,12 @@ package httpapi_test
 import (
 	"encoding/base64"
 	"encoding/hex"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	vault "github.com/hashicorp/vault/api"
 
@@ -21,61 +23,28 @@ func TestVaultGenerateRoot(t *testing.T) {
 	c.WaitForLeader(t)
 	ctx := testCtx(t)
 	for _, n := range c.Nodes() {
-		sys := vaultClient(t, c, n, "", true).Sys()
+		cl := vaultClient(t, c, n, "", true)
+		// No retries: a share the client sent again after a failed commit
+		// would count in the next round.
+		cl.SetMaxRetries(0)
+		sys := cl.Sys()
 		st, err := sys.GenerateRootStatusWithContext(ctx)
 		if err != nil {
 			t.Fatalf("%s status: %v", n.ID, err)
 		}
-		if st.Started || st.Required != 3 || st.OTPLength == 0 {
+		if st.Required != 3 || st.OTPLength == 0 {
 			t.Fatalf("%s status: %+v", n.ID, st)
 		}
-
-		// An attempt cancelled: none in progress after.
-		st, err = sys.GenerateRootInitWithContext(ctx, "", "")
-		if err != nil || !st.Started || st.Nonce == "" || len(st.OTP) != st.OTPLength {
-			t.Fatalf("%s init: %+v %v", n.ID, st, err)
-		}
-		if err := sys.GenerateRootCancelWithContext(ctx); err != nil {
-			t.Fatalf("%s cancel: %v", n.ID, err)
-		}
-		if st, err = sys.GenerateRootStatusWithContext(ctx); err != nil || st.Started {
-			t.Fatalf("%s status after cancel: %+v %v", n.ID, st, err)
-		}
-
-		// An attempt with the node's OTP and three shares.
-		st, err = sys.GenerateRootInitWithContext(ctx, "", "")
-		if err != nil {
-			t.Fatalf("%s init: %v", n.ID, err)
-		}
-		otp, nonce := st.OTP, st.Nonce
-		_, err = sys.GenerateRootUpdateWithContext(ctx, hex.EncodeToString(c.Shares[0]), "not-the-nonce")
-		wantStatus(t, n.ID+" wrong nonce", err, http.StatusBadRequest)
-		for i, share := range c.Shares[:3] {
-			key := hex.EncodeToString(share)
-			if i == 1 {
-				key = base64.StdEncoding.EncodeToString(share)
-			}
-			st, err = sys.GenerateRootUpdateWithContext(ctx, key, nonce)
-			if err != nil {
-				t.Fatalf("%s update %d: %v", n.ID, i, err)
-			}
-			if st.Progress != i+1 && !st.Complete {
-				t.Fatalf("%s update %d: %+v", n.ID, i, st)
-			}
-		}
-		if !st.Complete || st.EncodedToken == "" || st.EncodedRootToken != st.EncodedToken {
-			t.Fatalf("%s after the shares: %+v", n.ID, st)
-		}
-		// Vault's decoding: unpadded base64, XOR the OTP's characters.
-		enc, err := base64.RawStdEncoding.DecodeString(st.EncodedToken)
-		if err != nil || len(enc) != len(otp) {
-			t.Fatalf("%s encoded token %q: %v", n.ID, st.EncodedToken, err)
-		}
-		tok := make([]byte, len(enc))
-		for i := range enc {
-			tok[i] = enc[i] ^ otp[i]
-		}
-		self, err := vaultClient(t, c, n, string(tok), false).Auth().Token().LookupSelfWithContext(ctx)
+		// An attempt lives in the leader's memory (as in Vault): when an
+		// election under the test's load ends it, start again.
+		var tok string
+		testcluster.WaitFor(t, 30*time.Second, n.ID+" generate-root", func() error {
+			c.WaitForLeader(t)
+			_ = sys.GenerateRootCancelWithContext(ctx)
+			tok, err = generateRootOnce(t, c, sys)
+			return err
+		})
+		self, err := vaultClient(t, c, n, tok, false).Auth().Token().LookupSelfWithContext(ctx)
 		if err != nil {
 			t.Fatalf("%s the new root token: %v", n.ID, err)
 		}
@@ -88,6 +57,70 @@ func TestVaultGenerateRoot(t *testing.T) {
 	if statusOf(err) < 400 {
 		t.Fatalf("init without a client certificate: %v", err)
 	}
+}
+
+// generateRootOnce runs one generate-root round: an attempt cancelled,
+// then one with the node's OTP, a wrong nonce refused, three shares. It
+// fails the test on a wrong answer and returns an error when the attempt
+// was lost to an election (the caller starts again).
+func generateRootOnce(t *testing.T, c *testcluster.Cluster, sys *vault.Sys) (string, error) {
+	t.Helper()
+	lost := func(what string, err error) error {
+		if s := statusOf(err); s >= 500 || (s == http.StatusBadRequest && strings.Contains(err.Error(), "no generate-root attempt")) {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		t.Fatalf("%s: %v", what, err)
+		return nil
+	}
+	st, err := sys.GenerateRootInit("", "")
+	if err != nil {
+		return "", lost("init", err)
+	}
+	if !st.Started || st.Nonce == "" || len(st.OTP) != st.OTPLength || st.Progress != 0 {
+		t.Fatalf("init: %+v", st)
+	}
+	if err := sys.GenerateRootCancel(); err != nil {
+		return "", lost("cancel", err)
+	}
+	if st, err = sys.GenerateRootStatus(); err != nil || st.Started {
+		t.Fatalf("status after cancel: %+v %v", st, err)
+	}
+
+	st, err = sys.GenerateRootInit("", "")
+	if err != nil {
+		return "", lost("init", err)
+	}
+	otp, nonce := st.OTP, st.Nonce
+	_, err = sys.GenerateRootUpdate(hex.EncodeToString(c.Shares[0]), "not-the-nonce")
+	if statusOf(err) != http.StatusBadRequest || !strings.Contains(err.Error(), "nonce") {
+		return "", lost("a wrong nonce", err)
+	}
+	for i, share := range c.Shares[:3] {
+		key := hex.EncodeToString(share)
+		if i == 1 {
+			key = base64.StdEncoding.EncodeToString(share)
+		}
+		st, err = sys.GenerateRootUpdate(key, nonce)
+		if err != nil {
+			return "", lost(fmt.Sprintf("update %d", i), err)
+		}
+		if (i < 2 && (st.Progress != i+1 || st.Complete)) || (i == 2 && !st.Complete) {
+			t.Fatalf("update %d: %+v", i, st)
+		}
+	}
+	if st.EncodedToken == "" || st.EncodedRootToken != st.EncodedToken {
+		t.Fatalf("after the shares: %+v", st)
+	}
+	// Vault's decoding: unpadded base64, XOR the OTP's characters.
+	enc, err := base64.RawStdEncoding.DecodeString(st.EncodedToken)
+	if err != nil || len(enc) != len(otp) {
+		t.Fatalf("encoded token %q: %v", st.EncodedToken, err)
+	}
+	tok := make([]byte, len(enc))
+	for i := range enc {
+		tok[i] = enc[i] ^ otp[i]
+	}
+	return string(tok), nil
 }
 
 func TestVaultAuditHashRotate(t *testing.T) {
