@@ -163,8 +163,12 @@ func TestVaultTokens(t *testing.T) {
 			t.Fatalf("%s revoke: %v", n.ID, err)
 		}
 		_, err = tokens.LookupWithContext(ctx, m30.Auth.ClientToken)
-		if statusOf(err) < 400 {
-			t.Fatalf("%s lookup of a revoked token: %v", n.ID, err)
+		if re := wantStatus(t, n.ID+" lookup of a revoked token", err, http.StatusForbidden); re.Errors[0] != "bad token" {
+			t.Fatalf("%s lookup of a revoked token: %q", n.ID, re.Errors)
+		}
+		_, err = tokens.LookupAccessorWithContext(ctx, m30.Auth.Accessor)
+		if re := wantStatus(t, n.ID+" lookup of a revoked accessor", err, http.StatusBadRequest); re.Errors[0] != "invalid accessor" {
+			t.Fatalf("%s lookup of a revoked accessor: %q", n.ID, re.Errors)
 		}
 	}
 

@@ -2,6 +2,7 @@ package httpapi
 
 import (
 	"context"
+	"net/http"
 	"slices"
 	"strings"
 	"time"
@@ -176,7 +177,7 @@ func tokenLookup(t tokenTarget) endpointFunc {
 		}
 		out, err := rq.call(ctx, pb.Token_Lookup_FullMethodName, &pb.LookupTokenRequest{Token: b.Token, Accessor: b.Accessor})
 		if err != nil {
-			return nil, err
+			return nil, unknownToken(err, t, http.StatusForbidden, "bad token")
 		}
 		info := out.(*pb.TokenInfo)
 		id := ""
@@ -256,7 +257,7 @@ func tokenRenew(t tokenTarget) endpointFunc {
 		}
 		out, err := rq.call(ctx, pb.Token_Renew_FullMethodName, &pb.RenewTokenRequest{Token: b.Token, Accessor: b.Accessor, IncrementSeconds: inc})
 		if err != nil {
-			return nil, err
+			return nil, unknownToken(err, t, http.StatusBadRequest, "invalid token")
 		}
 		info := out.(*pb.TokenInfo)
 		if info.GetToken() == "" {
@@ -271,6 +272,21 @@ func tokenRenew(t tokenTarget) endpointFunc {
 	}
 }
 
+// unknownToken is Vault's answer when the token or accessor a request
+// names does not exist: for a token, status with msg ("bad token" 403 for
+// a lookup, "invalid token" 400 otherwise); for an accessor, 400 "invalid
+// accessor". Other errors pass unchanged.
+func unknownToken(err error, t tokenTarget, status int, msg string) error {
+	if t == lookupSelf || !isReason(err, pb.ErrorReason_NOT_FOUND) {
+		return err
+	}
+	st, _ := statusOf(err)
+	if t == lookupByAccessor {
+		return &httpError{status: http.StatusBadRequest, msgs: []string{"invalid accessor", st.Message()}}
+	}
+	return &httpError{status: status, msgs: []string{msg, st.Message()}}
+}
+
 // tokenRevoke revokes a token and its children: 204.
 func tokenRevoke(t tokenTarget) endpointFunc {
 	return func(ctx context.Context, rq *request) (*reply, error) {
@@ -280,7 +296,7 @@ func tokenRevoke(t tokenTarget) endpointFunc {
 		}
 		out, err := rq.call(ctx, pb.Token_Revoke_FullMethodName, &pb.RevokeTokenRequest{Token: b.Token, Accessor: b.Accessor})
 		if err != nil {
-			return nil, err
+			return nil, unknownToken(err, t, http.StatusBadRequest, "invalid token")
 		}
 		return indexed(out.(*pb.RevokeTokenResponse).GetRaftIndex()), nil
 	}
