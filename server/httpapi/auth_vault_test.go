@@ -204,6 +204,10 @@ func TestVaultPolicies(t *testing.T) {
 		if err != nil || !slices.Contains(legacy.Data["policies"].([]any), any(name)) {
 			t.Fatalf("%s GET sys/policy: %v %v", n.ID, legacy, err)
 		}
+		old, err := vaultClient(t, c, n, c.Token, false).Logical().ReadWithContext(ctx, "sys/policy/"+name)
+		if err != nil || old.Data["rules"] != text || old.Data["name"] != name {
+			t.Fatalf("%s GET sys/policy/%s: %v %v", n.ID, name, old, err)
+		}
 		err = sys.PutPolicyWithContext(ctx, "broken", `path "secret/*" { capabilities = [`)
 		wantStatus(t, n.ID+" broken policy", err, http.StatusBadRequest)
 
