@@ -134,10 +134,14 @@ func generateRootReply(st *pb.GenerateRootStatus, otp string) *reply {
 			enc = base64.RawStdEncoding.EncodeToString(b)
 		}
 	}
+	progress := st.GetProgress()
+	if st.GetComplete() {
+		progress = st.GetRequired() // Vault shows a finished round as full
+	}
 	return &reply{raw: map[string]any{
 		"started":            st.GetStarted(),
 		"nonce":              st.GetNonce(),
-		"progress":           st.GetProgress(),
+		"progress":           progress,
 		"required":           st.GetRequired(),
 		"complete":           st.GetComplete(),
 		"encoded_token":      enc,

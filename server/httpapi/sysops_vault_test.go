@@ -104,7 +104,7 @@ func generateRootOnce(t *testing.T, c *testcluster.Cluster, sys *vault.Sys) (str
 		if err != nil {
 			return "", lost(fmt.Sprintf("update %d", i), err)
 		}
-		if (i < 2 && (st.Progress != i+1 || st.Complete)) || (i == 2 && !st.Complete) {
+		if st.Progress != i+1 || st.Complete != (i == 2) {
 			t.Fatalf("update %d: %+v", i, st)
 		}
 	}
