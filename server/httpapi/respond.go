@@ -284,11 +284,3 @@ func jsonError(err error) string {
 	}
 	return "it does not decode"
 }
-
-// clip shortens what a client sent before an error repeats it.
-func clip(s string) string {
-	if len(s) > 64 {
-		return s[:64] + "…"
-	}
-	return s
-}

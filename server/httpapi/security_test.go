@@ -27,10 +27,24 @@ var strangerRequests = []struct{ method, path, body string }{
 	{"PUT", "/v1/sys/seal", ""},
 	{"PUT", "/v1/sys/step-down", ""},
 	{"GET", "/v1/sys/mounts", ""},
+	{"POST", "/v1/auth/token/create", `{"policies": ["root"]}`},
+	{"POST", "/v1/auth/token/create-orphan", `{"policies": ["default"]}`},
+	{"POST", "/v1/auth/token/lookup", `{"token": "hvs.someone-else"}`},
+	{"POST", "/v1/auth/token/revoke-accessor", `{"accessor": "someone-else"}`},
+	{"PUT", "/v1/sys/policies/acl/stolen", `{"policy": "path \"*\" { capabilities = [\"sudo\", \"read\"] }"}`},
+	{"DELETE", "/v1/sys/policies/acl/default", ""},
+	{"LIST", "/v1/sys/policies/acl", ""},
+	{"POST", "/v1/auth/approle/role/stolen", `{"token_policies": ["root"]}`},
+	{"POST", "/v1/auth/approle/role/stolen/secret-id", ""},
+	{"POST", "/v1/auth/jwt/config", `{"jwt_validation_pubkeys": ["x"]}`},
+	{"POST", "/v1/auth/cert/certs/stolen", `{"allowed_common_names": ["stolen"], "token_policies": ["root"]}`},
+	{"POST", "/v1/sys/rotate", ""},
+	{"POST", "/v1/sys/audit-hash/file", `{"input": "guess"}`},
+	{"POST", "/v1/sys/capabilities", `{"token": "hvs.someone-else", "paths": ["secret/data/guarded"]}`},
 }
 
-// TestHTTPStrangerGetsNothing: every HTTP endpoint goes through the
-// gateway: without a token, with a token that does not exist, and with a
+// TestHTTPStrangerGetsNothing: every HTTP endpoint that needs a token
+// goes through the gateway: without a token, with a token that does not exist, and with a
 // token of the default policy only, each call is refused with 403 and
 // nothing changes.
 func TestHTTPStrangerGetsNothing(t *testing.T) {
@@ -70,6 +84,12 @@ func TestHTTPStrangerGetsNothing(t *testing.T) {
 	a = root.do("GET", "/v1/secret/metadata/guarded", nil, nil)
 	if a.status != http.StatusOK || !strings.Contains(string(a.body), `"current_version":1,`) || strings.Contains(string(a.body), `"max_versions":1,`) {
 		t.Fatalf("the secret's metadata changed: %s", a.body)
+	}
+	if a := root.do("GET", "/v1/sys/policies/acl/stolen", nil, nil); a.status != http.StatusNotFound {
+		t.Fatalf("the stranger's policy exists: %d %s", a.status, a.body)
+	}
+	if a := root.do("GET", "/v1/auth/approle/role/stolen", nil, nil); a.status != http.StatusNotFound {
+		t.Fatalf("the stranger's role exists: %d %s", a.status, a.body)
 	}
 	if got := c.WaitForLeader(t); got != leader {
 		t.Fatalf("leadership moved from %s to %s", leader.ID, got.ID)
