@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/csv"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -454,6 +455,7 @@ func TestHAProxyLeaderKill(t *testing.T) {
 
 	killed := time.Now()
 	c.Kill(leader)
+	killDone := time.Now()
 	elected := watchElection(c, c.Followers(leader))
 	newLeader := c.WaitForNewLeader(t, leader)
 	wr.waitOK(t, "writes after the kill", killed, 20, 15*time.Second)
@@ -461,7 +463,25 @@ func TestHAProxyLeaderKill(t *testing.T) {
 	stop()
 	election := (<-elected).Sub(killed)
 
-	reads, failedReads := failedCalls(t, "reader", killed, rd)
+	// A read the kill cut between its answer's HTTP/2 HEADERS and DATA
+	// frames (Go's server flushes them apart) ends in an unexpected EOF
+	// while reading the body, which vault/api does not retry: it retries
+	// only when no answer came. A crash can do that to any client of any
+	// node, balanced or not; it is counted apart (docs/CHAOS.md). Every
+	// other failed read fails the test.
+	reads, failedReads, cut := 0, 0, 0
+	for _, ev := range rd.snapshot() {
+		reads++
+		switch {
+		case ev.Err == nil:
+		case errors.Is(ev.Err, io.ErrUnexpectedEOF) && ev.Start.Before(killDone):
+			cut++
+			t.Logf("read begun at %+dms cut by the kill: %v", ev.Start.Sub(killed).Milliseconds(), ev.Err)
+		default:
+			failedReads++
+			t.Errorf("read begun at %+dms failed after %s: %v", ev.Start.Sub(killed).Milliseconds(), ev.End.Sub(ev.Start).Round(time.Millisecond), ev.Err)
+		}
+	}
 	var acked []lbEvent
 	var failedWrites []lbEvent
 	for _, ev := range wr.snapshot() {
@@ -486,8 +506,8 @@ func TestHAProxyLeaderKill(t *testing.T) {
 	for _, ev := range rd.snapshot() {
 		slowest = max(slowest, ev.End.Sub(ev.Start))
 	}
-	t.Logf("HAPROXY LEADER KILL: killed %s, new leader %s elected after %s; write unavailability after the kill %s; longest write gap %s; %d writes acknowledged, %d failed; %d reads, %d failed, slowest %s",
-		leader.ID, newLeader.ID, election.Round(time.Millisecond), unavailable.Round(time.Millisecond), gap.Round(time.Millisecond), len(acked), len(failedWrites), reads, failedReads, slowest.Round(time.Millisecond))
+	t.Logf("HAPROXY LEADER KILL: killed %s, new leader %s elected after %s; write unavailability after the kill %s; longest write gap %s; %d writes acknowledged, %d failed; %d reads, %d failed, %d cut by the kill, slowest %s",
+		leader.ID, newLeader.ID, election.Round(time.Millisecond), unavailable.Round(time.Millisecond), gap.Round(time.Millisecond), len(acked), len(failedWrites), reads, failedReads, cut, slowest.Round(time.Millisecond))
 	for _, ev := range failedWrites {
 		t.Logf("  write %d begun at %+dms failed: %v", ev.Seq, ev.Start.Sub(killed).Milliseconds(), ev.Err)
 	}

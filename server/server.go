@@ -463,16 +463,10 @@ func (s *Server) Shutdown(ctx context.Context) error {
 func (s *Server) Kill() {
 	s.life.once.Do(func() {
 		s.cfg.Network.Isolate()
-		// The HTTP connections close before the requests in flight are
-		// cancelled, as a crash would cut them: a handler cancelled first
-		// would answer 503 on a connection about to close, and a close
-		// landing between that answer's HTTP/2 HEADERS and DATA frames
-		// leaves the client a truncated body, which Vault's client does
-		// not retry (it retries only when no answer came).
-		s.stopHTTP(nil)
 		close(s.life.stop)
 		s.life.stopCancel()
 		s.grpc.Stop()
+		s.stopHTTP(nil)
 		s.health.Shutdown()
 		s.keys.seal.Seal()
 		s.audit.forget()
