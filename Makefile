@@ -1,6 +1,6 @@
 # coffer — build, run and test targets. Everything the project needs is
-# installed from here (Go modules through the module proxy, protoc from
-# Debian's packages), never by hand.
+# installed from here (Go modules through the module proxy, protoc and
+# haproxy from Debian's packages), never by hand.
 
 GO        ?= go
 BIN       := bin/coffer
@@ -16,7 +16,7 @@ TEST_FLAGS ?= -race -count=1 -p 1 -timeout=20m
 API_PROTOS := $(wildcard api/proto/coffer/v1/*.proto)
 FSM_PROTOS := $(wildcard fsm/fsmpb/*.proto)
 
-.PHONY: all build run test bench bench-figures etcd-figures proto proto-check lint fmt tools clean
+.PHONY: all build run test test-deps bench bench-figures bench-protocols etcd-figures proto proto-check lint fmt tools clean
 
 all: build
 
@@ -29,10 +29,17 @@ run: build
 	./$(BIN) server -dev
 
 ## test: vet, gofmt check and every test with the race detector
-test:
+test: test-deps
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || { echo "gofmt needed on:"; gofmt -l .; exit 1; }
 	$(GO) vet ./...
 	$(GO) test $(TEST_FLAGS) ./...
+
+## test-deps: what the tests run besides Go: haproxy (Debian's package) for
+## integration/haproxy_test.go. Installed when missing; where it cannot be
+## (not root), those tests skip, except under CI=true, where this fails.
+test-deps:
+	@command -v haproxy >/dev/null || { apt-get update -qq && apt-get install -y -qq haproxy; } || \
+	  { test "$$CI" != true && echo "haproxy is not installed and could not be: the HAProxy tests will skip"; }
 
 ## bench: the Go benchmarks of the hot paths
 bench:
@@ -44,6 +51,13 @@ bench:
 bench-figures: build
 	GOBIN=$(TOOLS) $(GO) install github.com/bojand/ghz/cmd/ghz@$(GHZ_VERSION)
 	GHZ=$(TOOLS)/ghz scripts/bench-figures.sh
+
+## bench-protocols: the KV rows over gRPC and over the Vault-compatible HTTP
+## API side by side (coffer bench -protocol=http), through a follower and
+## the leader, 16 and 64 clients, on one local three-node TLS cluster
+## (about 5 minutes; needs jq; RUNS and DURATION as for bench-figures)
+bench-protocols: build
+	scripts/bench-protocols.sh
 
 ## etcd-figures: the same rows for etcd v3.7.1 on this machine, with etcd's
 ## own benchmark tool (builds etcd from the module proxy into .tools/etcd),

@@ -30,6 +30,9 @@ type ClusterOptions struct {
 	ProductionRaft bool
 	// TLS runs the cluster with certificates (testcluster.Options.TLS).
 	TLS bool
+	// HTTP makes every node serve the Vault-compatible HTTP API too
+	// (testcluster.Options.HTTP, Node.HTTPAddr).
+	HTTP bool
 	// Tap sees the bytes nodes write to each other (testcluster.Options.Tap).
 	Tap func(p []byte)
 	// MaxInflightBytes is each node's request-byte budget (0: the default).
@@ -72,6 +75,7 @@ func NewCluster(t testing.TB, size int, opts ...ClusterOptions) *Cluster {
 		DeadServerTimeout: o.DeadServerTimeout,
 		LogLevel:          hclog.Debug,
 		TLS:               o.TLS,
+		HTTP:              o.HTTP,
 		Tap:               o.Tap,
 		MaxInflightBytes:  o.MaxInflightBytes,
 		AuditFiles:        o.AuditFiles,

@@ -23,6 +23,10 @@
 //     removed; step-down; leadership churn under load.
 //   - snapshot_test.go: save and restore, foreign snapshots, disaster
 //     recovery into a new cluster.
+//   - haproxy_test.go: hashicorp/vault/api through a real HAProxy run with
+//     docs/haproxy.cfg in front of the nodes' HTTP API: a leader killed
+//     under reads and writes, a node sealed and unsealed. Skipped without
+//     haproxy, failed without it under CI=true.
 //
 // Waits poll a condition with a deadline (testcluster.WaitFor) or wait on
 // an event; none sleeps. -short skips the ten-kill figures test.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"runtime/pprof"
 	"slices"
@@ -26,6 +27,7 @@ import (
 // what scripts read.
 type benchResult struct {
 	Workload    string            `json:"workload"`
+	Protocol    string            `json:"protocol"`
 	Clients     int               `json:"clients"`
 	Consistency string            `json:"consistency"`
 	ValueSize   int               `json:"value_size"`
@@ -55,6 +57,10 @@ type benchOpts struct {
 	cpuProfile  string
 	// tokenType is the token type of the approle-login workload's role.
 	tokenType string
+	// protocol is the API the workers call: grpc, or http (the
+	// Vault-compatible HTTP API at httpAddrs).
+	protocol  string
+	httpAddrs string
 }
 
 func cmdBench(e *env, args []string) error {
@@ -65,7 +71,13 @@ first write the keys they read. approle-login first writes the AppRole role
 bench-<token type> (token_policies default) and a secret_id without a use
 limit, then logs in with them (-token-type=batch: any node serves it;
 service: the leader writes each token). Progress goes to stderr once a
-second.`).withClient()
+second.
+
+-protocol=http drives the same KV workloads through the Vault-compatible
+HTTP API instead (KV v2 at secret/data/…, X-Vault-Token): -http-addr or
+VAULT_ADDR names the nodes' HTTP addresses, the TLS and token settings are
+the gRPC ones. The HTTP workers use plain net/http, one keep-alive HTTP/1.1
+connection each, so that the figures are the server's.`).withClient()
 	o := benchOpts{}
 	f.fs.IntVar(&o.clients, "clients", 16, "concurrent clients")
 	f.fs.DurationVar(&o.duration, "duration", 10*time.Second, "how long to run")
@@ -76,6 +88,8 @@ second.`).withClient()
 	f.fs.StringVar(&o.prefix, "prefix", "secret/bench/", "path prefix of the secrets written")
 	f.fs.StringVar(&o.cpuProfile, "cpuprofile", "", "write a CPU profile of this load generator to this file (the nodes' profiles: coffer server -pprof-addr)")
 	f.fs.StringVar(&o.tokenType, "token-type", "batch", "approle-login: the type of the tokens, batch or service")
+	f.fs.StringVar(&o.protocol, "protocol", "grpc", "the API to load: grpc, or http (the Vault-compatible HTTP API)")
+	f.fs.StringVar(&o.httpAddrs, "http-addr", "", "with -protocol=http: the nodes' HTTP API, host:port[,host:port…] (default $VAULT_ADDR)")
 	args, err := f.parse(e, args)
 	if err != nil {
 		return err
@@ -88,6 +102,18 @@ second.`).withClient()
 	case "kv-write", "kv-read", "mixed", "approle-login":
 	default:
 		return usageErrorf(f.name, "unknown workload %q: want kv-write, kv-read, mixed or approle-login", o.workload)
+	}
+	switch o.protocol {
+	case "grpc":
+	case "http":
+		if o.workload == "approle-login" {
+			return usageErrorf(f.name, "-protocol=http runs kv-write, kv-read and mixed; approle-login is gRPC only")
+		}
+		if o.httpAddrs == "" {
+			o.httpAddrs = e.getenv("VAULT_ADDR")
+		}
+	default:
+		return usageErrorf(f.name, "-protocol=%q: want grpc or http", o.protocol)
 	}
 	if o.tokenType != "batch" && o.tokenType != "service" {
 		return usageErrorf(f.name, "-token-type=%q: want batch or service", o.tokenType)
@@ -160,6 +186,9 @@ func runBench(ctx context.Context, cfg api.Config, o benchOpts, progress io.Writ
 	}
 	val := string(value)
 	key := func(i int) string { return o.prefix + "k" + strconv.Itoa(i) }
+	if o.protocol == "http" {
+		return runHTTPBench(ctx, cfg, o, val, key, progress)
+	}
 
 	// One client per group of 8 workers, so that load spreads over several
 	// HTTP/2 connections as it would from several services.
@@ -193,6 +222,53 @@ func runBench(ctx context.Context, cfg api.Config, o benchOpts, progress io.Writ
 		}
 	}
 
+	res := runWorkers(ctx, o, progress, func(ctx context.Context, w int, k string, write bool) error {
+		c := clients[w/8]
+		var err error
+		switch {
+		case o.workload == "approle-login":
+			_, err = c.LoginAppRole(ctx, roleID, secretID)
+		case write:
+			_, err = c.Put(ctx, &pb.PutRequest{Path: k, Data: map[string]string{"v": val}})
+		default:
+			_, err = c.Get(ctx, &pb.GetRequest{Path: k, Read: &pb.ReadOptions{Consistency: o.consistency}})
+		}
+		return err
+	}, key)
+	res.NodeRSS = nodeRSS(ctx, cfg)
+	return res, nil
+}
+
+// runHTTPBench is runBench over the HTTP API (-protocol=http).
+func runHTTPBench(ctx context.Context, cfg api.Config, o benchOpts, val string, key func(int) string, progress io.Writer) (*benchResult, error) {
+	b, err := newHTTPBench(api.SplitEndpoints(o.httpAddrs), cfg.TLS, cfg.Token, o.consName, o.clients)
+	if err != nil {
+		return nil, err
+	}
+	defer b.close()
+	body, err := putBody(val)
+	if err != nil {
+		return nil, err
+	}
+	if o.workload != "kv-write" {
+		fmt.Fprintf(progress, "writing %d keys of %d bytes over HTTP…\n", o.keys, o.valueSize)
+		if err := b.prepopulate(ctx, o.keys, key, body); err != nil {
+			return nil, err
+		}
+	}
+	res := runWorkers(ctx, o, progress, func(ctx context.Context, w int, k string, write bool) error {
+		if write {
+			return b.put(ctx, w, k, body)
+		}
+		return b.get(ctx, w, k)
+	}, key)
+	res.NodeRSS = nodeRSS(ctx, cfg)
+	return res, nil
+}
+
+// runWorkers runs o.clients workers calling op for o.duration (each call
+// within 10s) and gathers the figures; the caller adds the nodes' RSS.
+func runWorkers(ctx context.Context, o benchOpts, progress io.Writer, op func(ctx context.Context, w int, key string, write bool) error, key func(int) string) *benchResult {
 	var ops atomic.Int64
 	var errMu sync.Mutex
 	errs := map[string]int64{}
@@ -207,7 +283,6 @@ func runBench(ctx context.Context, cfg api.Config, o benchOpts, progress io.Writ
 		wg.Add(1)
 		go func(w int) {
 			defer wg.Done()
-			c := clients[w/8]
 			rng := uint64(w)*0x9E3779B97F4A7C15 + 1
 			next := func() uint64 { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return rng }
 			local := make([]time.Duration, 0, 4096)
@@ -215,16 +290,8 @@ func runBench(ctx context.Context, cfg api.Config, o benchOpts, progress io.Writ
 				k := key(int(next() % uint64(o.keys)))
 				write := o.workload == "kv-write" || (o.workload == "mixed" && float64(next()%10000)/10000 < o.writeRatio)
 				t0 := time.Now()
-				var err error
 				cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-				switch {
-				case o.workload == "approle-login":
-					_, err = c.LoginAppRole(cctx, roleID, secretID)
-				case write:
-					_, err = c.Put(cctx, &pb.PutRequest{Path: k, Data: map[string]string{"v": val}})
-				default:
-					_, err = c.Get(cctx, &pb.GetRequest{Path: k, Read: &pb.ReadOptions{Consistency: o.consistency}})
-				}
+				err := op(cctx, w, k, write)
 				cancel()
 				if err != nil {
 					errMu.Lock()
@@ -252,15 +319,14 @@ func runBench(ctx context.Context, cfg api.Config, o benchOpts, progress io.Writ
 		workload += " (" + o.tokenType + ")"
 	}
 	res := &benchResult{
-		Workload: workload, Clients: o.clients, Consistency: o.consName, ValueSize: o.valueSize, Keys: o.keys,
+		Workload: workload, Protocol: o.protocol, Clients: o.clients, Consistency: o.consName, ValueSize: o.valueSize, Keys: o.keys,
 		DurationS: elapsed.Seconds(), Ops: int64(len(all)), OpsPerSec: float64(len(all)) / elapsed.Seconds(),
 		P50Ms: pct(all, 0.50), P90Ms: pct(all, 0.90), P99Ms: pct(all, 0.99), Errors: errs,
 	}
 	if len(all) > 0 {
 		res.MaxMs = ms(all[len(all)-1])
 	}
-	res.NodeRSS = nodeRSS(ctx, cfg)
-	return res, nil
+	return res
 }
 
 // prepareLogin writes the AppRole role of the approle-login workload and
@@ -336,10 +402,20 @@ func benchProgress(w io.Writer, ops *atomic.Int64, total time.Duration, done <-c
 	}
 }
 
-// errKind names an error by its gRPC code (and "timeout" for deadlines).
+// errKind names an error by its gRPC code ("timeout" for deadlines; "http
+// 503" and the like for answers of the HTTP API, "transport" for an HTTP
+// call that got none).
 func errKind(err error) string {
 	if errors.Is(err, context.DeadlineExceeded) {
 		return "timeout"
+	}
+	var he *httpStatusError
+	if errors.As(err, &he) {
+		return fmt.Sprintf("http %d", he.code)
+	}
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return "transport"
 	}
 	return strings.ToLower(status.Code(err).String())
 }
@@ -380,6 +456,7 @@ func pct(sorted []time.Duration, q float64) float64 {
 func printBench(w io.Writer, r *benchResult) {
 	rows := []row{
 		{"workload", r.Workload},
+		{"protocol", r.Protocol},
 		{"clients", strconv.Itoa(r.Clients)},
 		{"consistency", r.Consistency},
 		{"value size", strconv.Itoa(r.ValueSize) + " B"},

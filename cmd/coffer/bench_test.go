@@ -1,7 +1,10 @@
 package main
 
 import (
+	"fmt"
+	"strconv"
 	"testing"
+	"time"
 )
 
 // TestBenchCommand runs `coffer bench` briefly against a dev server and
@@ -31,4 +34,46 @@ func TestBenchCommand(t *testing.T) {
 	wantErr(t, r, 1, "-clients")
 	r = n.run(t, "bench", "kv-nothing")
 	wantErr(t, r, 1, "unknown workload")
+}
+
+// TestBenchHTTP runs `coffer bench -protocol=http` briefly against a dev
+// server's HTTP API: writes and reads succeed and are reported as HTTP;
+// wrong flags and a wrong address give clear errors.
+func TestBenchHTTP(t *testing.T) {
+	tmp := t.TempDir()
+	var httpAddr string
+	p := startServer(t, []string{"TMPDIR=" + tmp}, func(apiAddr, _ string) []string {
+		httpAddr = "127.0.0.1:" + strconv.Itoa(freePort(t))
+		return []string{"-dev", "-dev-root-token=" + devToken, "-api-addr=" + apiAddr, "-http-addr=" + httpAddr, "-log-level=warn"}
+	})
+	n := &devNode{serverProc: p, tmp: tmp}
+	if err := poll(60*time.Second, func() error {
+		if r := n.run(t, "status"); r.code != 0 {
+			return fmt.Errorf("status: %s", r)
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("dev server not unsealed: %v", err)
+	}
+	for _, w := range []string{"kv-write", "kv-read", "mixed"} {
+		r := n.mustRun(t, "bench", "-protocol=http", "-http-addr=http://"+httpAddr, "-clients=4", "-duration=300ms", "-keys=20", "-value-size=64", "-format=json", w)
+		m := hasKeys(t, r, "ops_per_sec", "p50_ms", "p99_ms", "errors", "protocol")
+		if m["protocol"] != "http" {
+			t.Fatalf("%s: protocol %v, want http", w, m["protocol"])
+		}
+		if ops, _ := m["ops_per_sec"].(float64); ops <= 0 {
+			t.Fatalf("%s: ops_per_sec %v: %s", w, m["ops_per_sec"], r)
+		}
+		if errs, _ := m["errors"].(map[string]any); len(errs) != 0 {
+			t.Fatalf("%s: errors %v", w, errs)
+		}
+	}
+	// A wrong token is counted as the HTTP API's 403, not hidden.
+	r := runCLI(t, []string{"COFFER_ADDR=" + n.url, "COFFER_TOKEN=nope"}, "", "bench", "-protocol=http", "-http-addr=http://"+httpAddr, "-clients=2", "-duration=200ms", "-format=json", "kv-write")
+	if m := hasKeys(t, r, "errors"); m["errors"].(map[string]any)["http 403"] == nil {
+		t.Fatalf("bench with a wrong token: errors %v, want http 403", m["errors"])
+	}
+	wantErr(t, n.run(t, "bench", "-protocol=http", "kv-write"), 1, "-http-addr")
+	wantErr(t, n.run(t, "bench", "-protocol=http", "-http-addr="+httpAddr, "approle-login"), 1, "gRPC only")
+	wantErr(t, n.run(t, "bench", "-protocol=smtp", "kv-write"), 1, "want grpc or http")
 }
