@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -170,6 +171,13 @@ func (s *Server) startHTTP() {
 		IdleTimeout:       2 * time.Minute,
 		MaxHeaderBytes:    1 << 20,
 		ErrorLog:          s.logger.Named("http").StandardLogger(nil),
+		// HTTP/1.1 only. Go's HTTP/2 server sends an answer's headers and
+		// body apart, so a node that dies between the two leaves its
+		// client a cut body, which vault/api does not retry; an HTTP/1.1
+		// answer (up to 4 KiB, most secrets) leaves in one write, so a
+		// dying node's client sees no answer at all and retries another
+		// node. Vault's clients speak HTTP/1.1 alike.
+		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
 	}
 	s.logger.Info("serving the Vault-compatible HTTP API", "address", s.HTTPURL())
 	s.life.bg.Add(1)

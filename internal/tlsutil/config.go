@@ -179,13 +179,13 @@ func (r *Reloader) ServerConfig(requireClientCert bool) *tls.Config {
 
 // HTTPServerConfig is the TLS of the node's Vault-compatible HTTP API:
 // the API's rules (client certificates verified when given, or required),
-// with HTTP/1.1 beside HTTP/2.
+// speaking HTTP/1.1 (see server/http.go for why not HTTP/2).
 func (r *Reloader) HTTPServerConfig(requireClientCert bool) *tls.Config {
 	auth := tls.VerifyClientCertIfGiven
 	if requireClientCert {
 		auth = tls.RequireAndVerifyClientCert
 	}
-	return r.serverConfig(auth, nil, "h2", "http/1.1")
+	return r.serverConfig(auth, nil, "http/1.1")
 }
 
 // PeerServerConfig is the TLS of a node-to-node listener (Raft): mutual,
