@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"sort"
 
 	"github.com/hashicorp/raft"
@@ -314,7 +315,7 @@ func (a *applier) exec(cmd *fsmpb.Command, index uint64) (Result, error) {
 	case fsmpb.Op_OP_DELETE_METADATA:
 		err = a.deleteMetadata(cmd, &res)
 	case fsmpb.Op_OP_PUT_METADATA:
-		err = a.putMetadata(cmd)
+		err = a.putMetadata(cmd, &res)
 	case fsmpb.Op_OP_SYS_PUT:
 		a.sysChanged = true
 		err = a.sysPut(cmd, &res)
@@ -365,7 +366,13 @@ func (a *applier) put(cmd *fsmpb.Command, res *Result) error {
 	version := current + 1
 	meta.CurrentVersion = version
 	meta.UpdatedUnixNano = now
-	meta.Versions = append(meta.Versions, &fsmpb.VersionMeta{Version: version, CreatedUnixNano: now})
+	vm := &fsmpb.VersionMeta{Version: version, CreatedUnixNano: now}
+	if dva := meta.GetDeleteVersionAfterNanos(); dva > 0 {
+		// Vault's delete_version_after: the version carries its deletion
+		// time from the start and counts as deleted once it has passed.
+		vm.DeletedUnixNano = addNanos(now, dva)
+	}
+	meta.Versions = append(meta.Versions, vm)
 	// The decoded command owns its ciphertext and outlives the transaction,
 	// as bbolt requires of a value passed to Put.
 	if err := a.data.Put(dataKey(path, version), cmd.GetCiphertext()); err != nil {
@@ -411,7 +418,7 @@ func (a *applier) changeVersions(cmd *fsmpb.Command, res *Result) error {
 		}
 		switch op {
 		case fsmpb.Op_OP_DELETE:
-			if vm.DeletedUnixNano == 0 && !vm.Destroyed {
+			if (vm.DeletedUnixNano == 0 || vm.DeletedUnixNano > now) && !vm.Destroyed {
 				vm.DeletedUnixNano = now
 			}
 		case fsmpb.Op_OP_UNDELETE:
@@ -450,22 +457,70 @@ func (a *applier) deleteMetadata(cmd *fsmpb.Command, res *Result) error {
 	return a.meta.Delete([]byte(path))
 }
 
-// putMetadata creates or updates max_versions and cas_required.
-func (a *applier) putMetadata(cmd *fsmpb.Command) error {
+// putMetadata creates or updates a secret's settings: those of
+// cmd.metadata when set, else max_versions (unless 0) and cas_required.
+func (a *applier) putMetadata(cmd *fsmpb.Command, res *Result) error {
 	path, now := cmd.GetPath(), cmd.GetLeaderTimeUnixNano()
 	meta, err := a.getMeta(path)
 	if err != nil {
 		return err
 	}
+	u := cmd.GetMetadata()
 	if meta == nil {
+		if u.GetMustExist() {
+			res.Err = newResultError(ErrNotFound, "no secret at %q", path)
+			return nil
+		}
 		meta = &fsmpb.SecretMeta{MaxVersions: a.f.opts.DefaultMaxVersions, CreatedUnixNano: now}
 	}
-	if mv := cmd.GetMaxVersions(); mv > 0 {
-		meta.MaxVersions = mv
+	if u == nil {
+		if mv := cmd.GetMaxVersions(); mv > 0 {
+			meta.MaxVersions = mv
+		}
+		meta.CasRequired = cmd.GetCasRequired()
+	} else {
+		if u.MaxVersions != nil {
+			meta.MaxVersions = u.GetMaxVersions()
+		}
+		if u.CasRequired != nil {
+			meta.CasRequired = u.GetCasRequired()
+		}
+		if u.DeleteVersionAfterNanos != nil {
+			meta.DeleteVersionAfterNanos = max(u.GetDeleteVersionAfterNanos(), 0)
+		}
+		custom := meta.GetCustomMetadata()
+		if u.GetClearCustomMetadata() {
+			custom = nil
+		}
+		for k, v := range u.GetCustomMetadata() {
+			if custom == nil {
+				custom = make(map[string]string, len(u.GetCustomMetadata()))
+			}
+			custom[k] = v
+		}
+		for _, k := range u.GetRemoveCustomMetadata() {
+			delete(custom, k)
+		}
+		if len(custom) > MaxCustomMetadataKeys {
+			res.Err = newResultError(ErrInvalidCommand, "custom_metadata of %q would hold %d keys, over the limit of %d", path, len(custom), MaxCustomMetadataKeys)
+			return nil
+		}
+		meta.CustomMetadata = custom
 	}
-	meta.CasRequired = cmd.GetCasRequired()
 	meta.UpdatedUnixNano = now
 	return a.trimAndPut(path, meta)
+}
+
+// MaxCustomMetadataKeys bounds the keys of a secret's custom metadata (as
+// Vault's KV v2 does); a change that would leave more writes nothing.
+const MaxCustomMetadataKeys = 64
+
+// addNanos is t+d, saturated at the largest time instead of wrapping.
+func addNanos(t, d int64) int64 {
+	if t > math.MaxInt64-d {
+		return math.MaxInt64
+	}
+	return t + d
 }
 
 // sysPut writes all entries, or none when sys_require_absent exists.
