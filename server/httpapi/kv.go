@@ -303,20 +303,64 @@ func kvVersions(method string) endpointFunc {
 			return nil, err
 		}
 		var body struct {
-			Versions []uint64 `json:"versions"`
+			Versions any `json:"versions"`
 		}
 		if err := rq.decode(&body); err != nil {
 			return nil, err
 		}
-		if len(body.Versions) == 0 {
+		versions, err := versionList(body.Versions)
+		if err != nil {
+			return nil, err
+		}
+		if len(versions) == 0 {
 			return nil, badRequest("no version number provided: send {\"versions\": [1, 2]}")
 		}
-		out, err := rq.call(ctx, method, &pb.VersionsRequest{Path: path, Versions: body.Versions, RequestId: rq.r.Header.Get(headerRequestID)})
+		out, err := rq.call(ctx, method, &pb.VersionsRequest{Path: path, Versions: versions, RequestId: rq.r.Header.Get(headerRequestID)})
 		if err != nil {
 			return nil, err
 		}
 		return &reply{status: http.StatusNoContent, index: out.(*pb.WriteResponse).GetIndex()}, nil
 	}
+}
+
+// versionList reads versions as Vault takes them: an array of numbers or
+// of numeric strings (vault/api sends strings), or one string "1,2".
+func versionList(v any) ([]uint64, error) {
+	var items []any
+	switch t := v.(type) {
+	case nil:
+		return nil, nil
+	case []any:
+		items = t
+	case string:
+		for _, s := range strings.Split(t, ",") {
+			if s = strings.TrimSpace(s); s != "" {
+				items = append(items, s)
+			}
+		}
+	case json.Number:
+		items = []any{t}
+	default:
+		return nil, badRequest("versions must be a list of version numbers such as [1, 2], not %s", jsonText(v))
+	}
+	out := make([]uint64, 0, len(items))
+	for _, it := range items {
+		var s string
+		switch t := it.(type) {
+		case json.Number:
+			s = t.String()
+		case string:
+			s = t
+		default:
+			return nil, badRequest("versions must be a list of version numbers such as [1, 2], not a list of %s", jsonText(it))
+		}
+		n, err := strconv.ParseUint(strings.TrimSpace(s), 10, 64)
+		if err != nil {
+			return nil, badRequest("version %q is not a number: give versions such as [1, 2]", s)
+		}
+		out = append(out, n)
+	}
+	return out, nil
 }
 
 func kvReadMetadata(ctx context.Context, rq *request) (*reply, error) {
