@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"sort"
+	"strings"
 
 	"github.com/hashicorp/raft"
 	bolt "go.etcd.io/bbolt"
@@ -325,6 +326,8 @@ func (a *applier) exec(cmd *fsmpb.Command, index uint64) (Result, error) {
 	case fsmpb.Op_OP_SYS_CAS:
 		a.sysChanged = true
 		err = a.sysCAS(cmd, &res)
+	case fsmpb.Op_OP_PUT_KV_CONFIG:
+		err = a.putKVConfig(cmd)
 	case fsmpb.Op_OP_NOOP:
 	default:
 		// DecodeCommand refuses unknown ops; keep the switch total anyway.
@@ -344,13 +347,17 @@ func (a *applier) put(cmd *fsmpb.Command, res *Result) error {
 	if err != nil {
 		return err
 	}
+	cfg, err := a.kvConfig(path)
+	if err != nil {
+		return err
+	}
 	var current uint64
 	if meta != nil {
 		current = meta.GetCurrentVersion()
-		if meta.GetCasRequired() && !cmd.GetHasCas() {
-			res.Err = newResultError(ErrCASRequired, "%q", path)
-			return nil
-		}
+	}
+	if (meta.GetCasRequired() || cfg.GetCasRequired()) && !cmd.GetHasCas() {
+		res.Err = newResultError(ErrCASRequired, "%q", path)
+		return nil
 	}
 	if cmd.GetHasCas() && cmd.GetCas() != current {
 		res.Err = newResultError(ErrCASMismatch, "%q is at version %d, cas was %d", path, current, cmd.GetCas())
@@ -361,13 +368,13 @@ func (a *applier) put(cmd *fsmpb.Command, res *Result) error {
 		return nil
 	}
 	if meta == nil {
-		meta = &fsmpb.SecretMeta{MaxVersions: a.f.opts.DefaultMaxVersions, CreatedUnixNano: now}
+		meta = a.newMeta(cfg, now)
 	}
 	version := current + 1
 	meta.CurrentVersion = version
 	meta.UpdatedUnixNano = now
 	vm := &fsmpb.VersionMeta{Version: version, CreatedUnixNano: now}
-	if dva := meta.GetDeleteVersionAfterNanos(); dva > 0 {
+	if dva := shorterDVA(meta.GetDeleteVersionAfterNanos(), cfg.GetDeleteVersionAfterNanos()); dva > 0 {
 		// Vault's delete_version_after: the version carries its deletion
 		// time from the start and counts as deleted once it has passed.
 		vm.DeletedUnixNano = addNanos(now, dva)
@@ -471,7 +478,11 @@ func (a *applier) putMetadata(cmd *fsmpb.Command, res *Result) error {
 			res.Err = newResultError(ErrNotFound, "no secret at %q", path)
 			return nil
 		}
-		meta = &fsmpb.SecretMeta{MaxVersions: a.f.opts.DefaultMaxVersions, CreatedUnixNano: now}
+		cfg, err := a.kvConfig(path)
+		if err != nil {
+			return err
+		}
+		meta = a.newMeta(cfg, now)
 	}
 	if u == nil {
 		if mv := cmd.GetMaxVersions(); mv > 0 {
@@ -509,6 +520,77 @@ func (a *applier) putMetadata(cmd *fsmpb.Command, res *Result) error {
 	}
 	meta.UpdatedUnixNano = now
 	return a.trimAndPut(path, meta)
+}
+
+// newMeta is the metadata of a secret created at now. Before its mount
+// has a configuration, a secret gets the default max_versions as its own
+// (as every secret did before mounts had one); after, it gets none, so
+// that the mount's setting applies to it, as in Vault.
+func (a *applier) newMeta(cfg *fsmpb.KVConfig, now int64) *fsmpb.SecretMeta {
+	meta := &fsmpb.SecretMeta{CreatedUnixNano: now}
+	if cfg == nil {
+		meta.MaxVersions = a.f.opts.DefaultMaxVersions
+	}
+	return meta
+}
+
+// shorterDVA is the shorter of two delete_version_after settings that are
+// set (0: neither is).
+func shorterDVA(a, b int64) int64 {
+	switch {
+	case a <= 0:
+		return max(b, 0)
+	case b <= 0:
+		return a
+	}
+	return min(a, b)
+}
+
+// kvConfig is the configuration of the mount of path, nil when it has
+// none.
+func (a *applier) kvConfig(path string) (*fsmpb.KVConfig, error) {
+	return loadKVConfig(a.stateMeta, path)
+}
+
+// loadKVConfig reads the configuration of the mount of path from the meta
+// bucket; nil when it has none.
+func loadKVConfig(b *bolt.Bucket, path string) (*fsmpb.KVConfig, error) {
+	mount, _, _ := strings.Cut(path, "/")
+	v := b.Get([]byte(keyKVConfigPrefix + mount + "/"))
+	if v == nil {
+		return nil, nil
+	}
+	cfg := new(fsmpb.KVConfig)
+	if err := proto.Unmarshal(v, cfg); err != nil {
+		return nil, fmt.Errorf("corrupt kv config of %q: %w", mount, err)
+	}
+	return cfg, nil
+}
+
+// putKVConfig sets the settings cmd.metadata holds of a mount.
+func (a *applier) putKVConfig(cmd *fsmpb.Command) error {
+	cfg, err := a.kvConfig(cmd.GetPath())
+	if err != nil {
+		return err
+	}
+	if cfg == nil {
+		cfg = &fsmpb.KVConfig{}
+	}
+	u := cmd.GetMetadata()
+	if u.MaxVersions != nil {
+		cfg.MaxVersions = u.GetMaxVersions()
+	}
+	if u.CasRequired != nil {
+		cfg.CasRequired = u.GetCasRequired()
+	}
+	if u.DeleteVersionAfterNanos != nil {
+		cfg.DeleteVersionAfterNanos = max(u.GetDeleteVersionAfterNanos(), 0)
+	}
+	b, err := marshalOpts.Marshal(cfg)
+	if err != nil {
+		return err
+	}
+	return a.stateMeta.Put([]byte(keyKVConfigPrefix+cmd.GetPath()), b)
 }
 
 // MaxCustomMetadataKeys bounds the keys of a secret's custom metadata (as
@@ -582,6 +664,13 @@ func (a *applier) sysDelete(cmd *fsmpb.Command) error {
 // metadata), updates OldestVersion and stores the metadata.
 func (a *applier) trimAndPut(path string, meta *fsmpb.SecretMeta) error {
 	limit := int(meta.GetMaxVersions())
+	if limit == 0 {
+		cfg, err := a.kvConfig(path)
+		if err != nil {
+			return err
+		}
+		limit = int(cfg.GetMaxVersions())
+	}
 	if limit == 0 {
 		limit = int(a.f.opts.DefaultMaxVersions)
 	}

@@ -175,3 +175,71 @@ func TestOldFormatStillApplies(t *testing.T) {
 		t.Fatal("patch of a missing secret succeeded")
 	}
 }
+
+// TestKVConfig: a mount's configuration gives its secrets their defaults:
+// max_versions for secrets without their own (those created after the
+// mount was configured), cas_required for every write, and the shorter of
+// the two delete_version_after settings; it survives a snapshot.
+func TestKVConfig(t *testing.T) {
+	h := newHarness(t, Options{})
+	h.mustOK(putCmd("secret/old", "v1"))
+	if cfg, err := h.f.KVConfig("secret/"); err != nil || *cfg != (KVConfig{}) {
+		t.Fatalf("unset config = %+v, %v", cfg, err)
+	}
+	h.mustOK(&fsmpb.Command{Op: fsmpb.Op_OP_PUT_KV_CONFIG, Path: "secret/", Metadata: &fsmpb.MetadataUpdate{
+		MaxVersions: u32(3), CasRequired: bptr(true), DeleteVersionAfterNanos: i64(int64(time.Hour)),
+	}})
+	// Only what an update holds changes.
+	h.mustOK(&fsmpb.Command{Op: fsmpb.Op_OP_PUT_KV_CONFIG, Path: "secret/", Metadata: &fsmpb.MetadataUpdate{MaxVersions: u32(2)}})
+	if cfg, _ := h.f.KVConfig("secret/"); *cfg != (KVConfig{MaxVersions: 2, CASRequired: true, DeleteVersionAfter: time.Hour}) {
+		t.Fatalf("config = %+v", cfg)
+	}
+	h.mustFail(putCmd("secret/new", "v1"), ErrCASRequired)
+	cas := func(path, v string, n uint64) *fsmpb.Command {
+		c := putCmd(path, v)
+		c.HasCas, c.Cas = true, n
+		return c
+	}
+	for i := range uint64(4) {
+		h.mustOK(cas("secret/new", "v", i))
+	}
+	md, _ := h.f.Metadata("secret/new")
+	if md.MaxVersions != 0 || len(md.Versions) != 2 || md.OldestVersion != 3 {
+		t.Fatalf("new secret under max_versions=2: %+v", md)
+	}
+	if d := md.Versions[1].DeletedTime.Sub(md.Versions[1].CreatedTime); d != time.Hour {
+		t.Fatalf("deletion after %v, want the mount's 1h", d)
+	}
+	// The secret created before keeps its own max_versions (10).
+	for i := range uint64(4) {
+		h.mustOK(cas("secret/old", "v", i+1))
+	}
+	if md, _ := h.f.Metadata("secret/old"); md.MaxVersions != DefaultMaxVersions || len(md.Versions) != 5 {
+		t.Fatalf("old secret: %+v", md)
+	}
+	// A secret's shorter delete_version_after wins; a longer one does not.
+	for _, tc := range []struct{ own, want time.Duration }{{30 * time.Minute, 30 * time.Minute}, {2 * time.Hour, time.Hour}} {
+		h.mustOK(metaCmd("secret/new", &fsmpb.MetadataUpdate{DeleteVersionAfterNanos: i64(int64(tc.own))}))
+		cur, _ := h.f.Metadata("secret/new")
+		h.mustOK(cas("secret/new", "v", cur.CurrentVersion))
+		v, _ := h.f.Get("secret/new", 0)
+		if d := v.DeletedTime.Sub(v.CreatedTime); d != tc.want {
+			t.Fatalf("own %v: deletion after %v, want %v", tc.own, d, tc.want)
+		}
+	}
+	// Another mount is not configured by it.
+	if cfg, _ := h.f.KVConfig("other/"); *cfg != (KVConfig{}) {
+		t.Fatalf("other mount: %+v", cfg)
+	}
+	if _, err := EncodeCommand(&fsmpb.Command{Op: fsmpb.Op_OP_PUT_KV_CONFIG, Path: "secret/app", LeaderTimeUnixNano: 1}); !errors.Is(err, ErrInvalidCommand) {
+		t.Fatalf("config of a path that is not a mount: %v", err)
+	}
+
+	fresh := newHarness(t, Options{})
+	if err := fresh.f.Restore(io.NopCloser(bytes.NewReader(snapshotBytes(t, h.f)))); err != nil {
+		t.Fatal(err)
+	}
+	if cfg, _ := fresh.f.KVConfig("secret/"); *cfg != (KVConfig{MaxVersions: 2, CASRequired: true, DeleteVersionAfter: time.Hour}) {
+		t.Fatalf("restored config = %+v", cfg)
+	}
+}

@@ -289,6 +289,37 @@ func (f *FSM) SysList(prefix string) ([]string, error) {
 	return out, nil
 }
 
+// KVConfig is a KV mount's configuration: the defaults of its secrets.
+type KVConfig struct {
+	// MaxVersions is the versions a secret without its own max_versions
+	// keeps (0: DefaultMaxVersions).
+	MaxVersions uint32
+	// CASRequired makes every write to the mount carry a check-and-set.
+	CASRequired bool
+	// DeleteVersionAfter deletes each new version this long after its
+	// creation (0: never; a secret's own shorter setting wins).
+	DeleteVersionAfter time.Duration
+}
+
+// KVConfig returns the configuration of mount ("secret/"); the zero
+// configuration when it has none.
+func (f *FSM) KVConfig(mount string) (*KVConfig, error) {
+	var cfg *fsmpb.KVConfig
+	err := f.view(func(tx *bolt.Tx) error {
+		var err error
+		cfg, err = loadKVConfig(tx.Bucket(bucketMeta), mount)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &KVConfig{
+		MaxVersions:        cfg.GetMaxVersions(),
+		CASRequired:        cfg.GetCasRequired(),
+		DeleteVersionAfter: time.Duration(cfg.GetDeleteVersionAfterNanos()),
+	}, nil
+}
+
 // unixTime converts stored leader time; 0 is the zero time.
 func unixTime(n int64) time.Time {
 	if n == 0 {

@@ -57,6 +57,11 @@ const (
 	// and fails with CAS_MISMATCH. The leader consumes a use of a login
 	// credential with it, so that two logins never spend the same use.
 	Op_OP_SYS_CAS Op = 10
+	// OP_PUT_KV_CONFIG sets the settings of the KV mount path names
+	// ("secret/"), from metadata's max_versions, cas_required and
+	// delete_version_after_nanos (the fields it holds; the others keep
+	// their values): the defaults of the mount's secrets.
+	Op_OP_PUT_KV_CONFIG Op = 11
 )
 
 // Enum value maps for Op.
@@ -73,6 +78,7 @@ var (
 		8:  "OP_SYS_DELETE",
 		9:  "OP_NOOP",
 		10: "OP_SYS_CAS",
+		11: "OP_PUT_KV_CONFIG",
 	}
 	Op_value = map[string]int32{
 		"OP_UNSPECIFIED":     0,
@@ -86,6 +92,7 @@ var (
 		"OP_SYS_DELETE":      8,
 		"OP_NOOP":            9,
 		"OP_SYS_CAS":         10,
+		"OP_PUT_KV_CONFIG":   11,
 	}
 )
 
@@ -520,6 +527,71 @@ func (x *MetadataUpdate) GetMustExist() bool {
 	return false
 }
 
+// KVConfig is the stored configuration of a KV mount (bucket meta, key
+// "kv_config/" + mount). A secret's own max_versions (when not 0) wins over
+// the mount's; cas_required applies when either requires it; a new
+// version's deletion time comes from the shorter non-zero
+// delete_version_after of the two (as in Vault).
+type KVConfig struct {
+	state                   protoimpl.MessageState `protogen:"open.v1"`
+	MaxVersions             uint32                 `protobuf:"varint,1,opt,name=max_versions,json=maxVersions,proto3" json:"max_versions,omitempty"`
+	CasRequired             bool                   `protobuf:"varint,2,opt,name=cas_required,json=casRequired,proto3" json:"cas_required,omitempty"`
+	DeleteVersionAfterNanos int64                  `protobuf:"varint,3,opt,name=delete_version_after_nanos,json=deleteVersionAfterNanos,proto3" json:"delete_version_after_nanos,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
+}
+
+func (x *KVConfig) Reset() {
+	*x = KVConfig{}
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KVConfig) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KVConfig) ProtoMessage() {}
+
+func (x *KVConfig) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KVConfig.ProtoReflect.Descriptor instead.
+func (*KVConfig) Descriptor() ([]byte, []int) {
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *KVConfig) GetMaxVersions() uint32 {
+	if x != nil {
+		return x.MaxVersions
+	}
+	return 0
+}
+
+func (x *KVConfig) GetCasRequired() bool {
+	if x != nil {
+		return x.CasRequired
+	}
+	return false
+}
+
+func (x *KVConfig) GetDeleteVersionAfterNanos() int64 {
+	if x != nil {
+		return x.DeleteVersionAfterNanos
+	}
+	return 0
+}
+
 // VersionMeta is the non-secret metadata of one stored version.
 type VersionMeta struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
@@ -536,7 +608,7 @@ type VersionMeta struct {
 
 func (x *VersionMeta) Reset() {
 	*x = VersionMeta{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[3]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -548,7 +620,7 @@ func (x *VersionMeta) String() string {
 func (*VersionMeta) ProtoMessage() {}
 
 func (x *VersionMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[3]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -561,7 +633,7 @@ func (x *VersionMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionMeta.ProtoReflect.Descriptor instead.
 func (*VersionMeta) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{3}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *VersionMeta) GetVersion() uint64 {
@@ -615,7 +687,7 @@ type SecretMeta struct {
 
 func (x *SecretMeta) Reset() {
 	*x = SecretMeta{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[4]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -627,7 +699,7 @@ func (x *SecretMeta) String() string {
 func (*SecretMeta) ProtoMessage() {}
 
 func (x *SecretMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[4]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -640,7 +712,7 @@ func (x *SecretMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretMeta.ProtoReflect.Descriptor instead.
 func (*SecretMeta) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{4}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SecretMeta) GetCurrentVersion() uint64 {
@@ -727,7 +799,7 @@ type IdempotencyRecord struct {
 
 func (x *IdempotencyRecord) Reset() {
 	*x = IdempotencyRecord{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[5]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -739,7 +811,7 @@ func (x *IdempotencyRecord) String() string {
 func (*IdempotencyRecord) ProtoMessage() {}
 
 func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[5]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -752,7 +824,7 @@ func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdempotencyRecord.ProtoReflect.Descriptor instead.
 func (*IdempotencyRecord) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{5}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *IdempotencyRecord) GetIndex() uint64 {
@@ -848,7 +920,11 @@ const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x0f\n" +
 	"\r_max_versionsB\x0f\n" +
 	"\r_cas_requiredB\x1d\n" +
-	"\x1b_delete_version_after_nanos\"\x9d\x01\n" +
+	"\x1b_delete_version_after_nanos\"\x8d\x01\n" +
+	"\bKVConfig\x12!\n" +
+	"\fmax_versions\x18\x01 \x01(\rR\vmaxVersions\x12!\n" +
+	"\fcas_required\x18\x02 \x01(\bR\vcasRequired\x12;\n" +
+	"\x1adelete_version_after_nanos\x18\x03 \x01(\x03R\x17deleteVersionAfterNanos\"\x9d\x01\n" +
 	"\vVersionMeta\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12*\n" +
 	"\x11created_unix_nano\x18\x02 \x01(\x03R\x0fcreatedUnixNano\x12*\n" +
@@ -875,7 +951,7 @@ const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\amessage\x18\x04 \x01(\tR\amessage\x121\n" +
 	"\x15leader_time_unix_nano\x18\x05 \x01(\x03R\x12leaderTimeUnixNano\x12!\n" +
 	"\x02op\x18\x06 \x01(\x0e2\x11.coffer.fsm.v1.OpR\x02op\x12\x12\n" +
-	"\x04path\x18\a \x01(\tR\x04path*\xc1\x01\n" +
+	"\x04path\x18\a \x01(\tR\x04path*\xd7\x01\n" +
 	"\x02Op\x12\x12\n" +
 	"\x0eOP_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +
@@ -892,7 +968,8 @@ const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\aOP_NOOP\x10\t\x12\x0e\n" +
 	"\n" +
 	"OP_SYS_CAS\x10\n" +
-	"*\xda\x01\n" +
+	"\x12\x14\n" +
+	"\x10OP_PUT_KV_CONFIG\x10\v*\xda\x01\n" +
 	"\n" +
 	"ResultCode\x12\x12\n" +
 	"\x0eRESULT_CODE_OK\x10\x00\x12\x19\n" +
@@ -916,34 +993,35 @@ func file_fsm_fsmpb_command_proto_rawDescGZIP() []byte {
 }
 
 var file_fsm_fsmpb_command_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_fsm_fsmpb_command_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_fsm_fsmpb_command_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_fsm_fsmpb_command_proto_goTypes = []any{
 	(Op)(0),                   // 0: coffer.fsm.v1.Op
 	(ResultCode)(0),           // 1: coffer.fsm.v1.ResultCode
 	(*SysEntry)(nil),          // 2: coffer.fsm.v1.SysEntry
 	(*Command)(nil),           // 3: coffer.fsm.v1.Command
 	(*MetadataUpdate)(nil),    // 4: coffer.fsm.v1.MetadataUpdate
-	(*VersionMeta)(nil),       // 5: coffer.fsm.v1.VersionMeta
-	(*SecretMeta)(nil),        // 6: coffer.fsm.v1.SecretMeta
-	(*IdempotencyRecord)(nil), // 7: coffer.fsm.v1.IdempotencyRecord
-	nil,                       // 8: coffer.fsm.v1.MetadataUpdate.CustomMetadataEntry
-	nil,                       // 9: coffer.fsm.v1.SecretMeta.CustomMetadataEntry
+	(*KVConfig)(nil),          // 5: coffer.fsm.v1.KVConfig
+	(*VersionMeta)(nil),       // 6: coffer.fsm.v1.VersionMeta
+	(*SecretMeta)(nil),        // 7: coffer.fsm.v1.SecretMeta
+	(*IdempotencyRecord)(nil), // 8: coffer.fsm.v1.IdempotencyRecord
+	nil,                       // 9: coffer.fsm.v1.MetadataUpdate.CustomMetadataEntry
+	nil,                       // 10: coffer.fsm.v1.SecretMeta.CustomMetadataEntry
 }
 var file_fsm_fsmpb_command_proto_depIdxs = []int32{
-	0, // 0: coffer.fsm.v1.Command.op:type_name -> coffer.fsm.v1.Op
-	2, // 1: coffer.fsm.v1.Command.sys:type_name -> coffer.fsm.v1.SysEntry
-	2, // 2: coffer.fsm.v1.Command.sys_expect:type_name -> coffer.fsm.v1.SysEntry
-	4, // 3: coffer.fsm.v1.Command.metadata:type_name -> coffer.fsm.v1.MetadataUpdate
-	8, // 4: coffer.fsm.v1.MetadataUpdate.custom_metadata:type_name -> coffer.fsm.v1.MetadataUpdate.CustomMetadataEntry
-	5, // 5: coffer.fsm.v1.SecretMeta.versions:type_name -> coffer.fsm.v1.VersionMeta
-	9, // 6: coffer.fsm.v1.SecretMeta.custom_metadata:type_name -> coffer.fsm.v1.SecretMeta.CustomMetadataEntry
-	1, // 7: coffer.fsm.v1.IdempotencyRecord.code:type_name -> coffer.fsm.v1.ResultCode
-	0, // 8: coffer.fsm.v1.IdempotencyRecord.op:type_name -> coffer.fsm.v1.Op
-	9, // [9:9] is the sub-list for method output_type
-	9, // [9:9] is the sub-list for method input_type
-	9, // [9:9] is the sub-list for extension type_name
-	9, // [9:9] is the sub-list for extension extendee
-	0, // [0:9] is the sub-list for field type_name
+	0,  // 0: coffer.fsm.v1.Command.op:type_name -> coffer.fsm.v1.Op
+	2,  // 1: coffer.fsm.v1.Command.sys:type_name -> coffer.fsm.v1.SysEntry
+	2,  // 2: coffer.fsm.v1.Command.sys_expect:type_name -> coffer.fsm.v1.SysEntry
+	4,  // 3: coffer.fsm.v1.Command.metadata:type_name -> coffer.fsm.v1.MetadataUpdate
+	9,  // 4: coffer.fsm.v1.MetadataUpdate.custom_metadata:type_name -> coffer.fsm.v1.MetadataUpdate.CustomMetadataEntry
+	6,  // 5: coffer.fsm.v1.SecretMeta.versions:type_name -> coffer.fsm.v1.VersionMeta
+	10, // 6: coffer.fsm.v1.SecretMeta.custom_metadata:type_name -> coffer.fsm.v1.SecretMeta.CustomMetadataEntry
+	1,  // 7: coffer.fsm.v1.IdempotencyRecord.code:type_name -> coffer.fsm.v1.ResultCode
+	0,  // 8: coffer.fsm.v1.IdempotencyRecord.op:type_name -> coffer.fsm.v1.Op
+	9,  // [9:9] is the sub-list for method output_type
+	9,  // [9:9] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_fsm_fsmpb_command_proto_init() }
@@ -958,7 +1036,7 @@ func file_fsm_fsmpb_command_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fsm_fsmpb_command_proto_rawDesc), len(file_fsm_fsmpb_command_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   8,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
