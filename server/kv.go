@@ -5,6 +5,7 @@ import (
 	"errors"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	pb "coffer/api/cofferpb"
@@ -39,6 +40,7 @@ type kvStore interface {
 	AppliedIndex() uint64
 	WaitApplied(ctx context.Context, index uint64) error
 	ChangesSince(from uint64, prefix string, max int) ([]fsm.Change, error)
+	KVConfig(mount string) (*fsm.KVConfig, error)
 }
 
 // proposer proposes a command through Raft and returns the state
@@ -192,7 +194,11 @@ func (k *kvServer) Patch(ctx context.Context, req *pb.PatchRequest) (*pb.PutResp
 		if err != nil {
 			return nil, err
 		}
-		if md.CASRequired && req.Cas == nil {
+		cfg, err := k.store.KVConfig(req.Path)
+		if err != nil {
+			return nil, err
+		}
+		if (md.CASRequired || cfg.CASRequired) && req.Cas == nil {
 			return nil, withMessage(fsm.ErrCASRequired, "check-and-set required: %s only accepts writes with -cas=<current version>", req.Path)
 		}
 		v, err := k.store.Get(req.Path, md.CurrentVersion)
@@ -515,6 +521,74 @@ func (k *kvServer) writeMetadata(ctx context.Context, cmd *fsmpb.Command) (*pb.W
 	r, err := k.props.propose(ctx, cmd)
 	if err != nil {
 		return nil, k.explainWrite(err, cmd.Path, nil)
+	}
+	return &pb.WriteResponse{Index: r.Index}, nil
+}
+
+// configMount checks a KV mount's name and returns it with its slash.
+func configMount(mount string) (string, error) {
+	if mount == "" {
+		return DefaultMount, nil
+	}
+	m := strings.TrimSuffix(mount, "/") + "/"
+	if !slices.Contains(mounts, m) {
+		return "", invalidf("mount %q is not a KV mount: the KV mounts are %s", printable(mount), strings.Join(mounts, ", "))
+	}
+	return m, nil
+}
+
+// ReadConfig returns a KV mount's configuration.
+func (k *kvServer) ReadConfig(ctx context.Context, req *pb.ReadConfigRequest) (*pb.KVConfig, error) {
+	mount, err := configMount(req.Mount)
+	if err != nil {
+		return nil, err
+	}
+	meta, err := k.reads.begin(ctx, req.Read)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := k.store.KVConfig(mount)
+	if err != nil {
+		return nil, err
+	}
+	return &pb.KVConfig{
+		MaxVersions:             cfg.MaxVersions,
+		CasRequired:             cfg.CASRequired,
+		DeleteVersionAfterNanos: int64(cfg.DeleteVersionAfter),
+		ReadMeta:                k.reads.finish(meta),
+	}, nil
+}
+
+// WriteConfig sets the settings req holds of a KV mount.
+func (k *kvServer) WriteConfig(ctx context.Context, req *pb.WriteConfigRequest) (*pb.WriteResponse, error) {
+	mount, err := configMount(req.Mount)
+	if err != nil {
+		return nil, err
+	}
+	if err := validateRequestID(req.RequestId); err != nil {
+		return nil, err
+	}
+	if req.GetMaxVersions() > MaxVersionsLimit {
+		return nil, invalidf("max_versions %d is over the limit of %d: keep fewer versions", req.GetMaxVersions(), MaxVersionsLimit)
+	}
+	if err := validateDeleteVersionAfter(req.GetDeleteVersionAfterNanos()); err != nil {
+		return nil, err
+	}
+	if err := k.beginWrite(); err != nil {
+		return nil, err
+	}
+	r, err := k.props.propose(ctx, &fsmpb.Command{
+		Op:        fsmpb.Op_OP_PUT_KV_CONFIG,
+		Path:      mount,
+		RequestId: req.RequestId,
+		Metadata: &fsmpb.MetadataUpdate{
+			MaxVersions:             req.MaxVersions,
+			CasRequired:             req.CasRequired,
+			DeleteVersionAfterNanos: req.DeleteVersionAfterNanos,
+		},
+	})
+	if err != nil {
+		return nil, err
 	}
 	return &pb.WriteResponse{Index: r.Index}, nil
 }

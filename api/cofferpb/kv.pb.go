@@ -72,7 +72,7 @@ func (x WatchEvent_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchEvent_Type.Descriptor instead.
 func (WatchEvent_Type) EnumDescriptor() ([]byte, []int) {
-	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{16, 0}
+	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{19, 0}
 }
 
 type PutRequest struct {
@@ -1223,6 +1223,208 @@ func (x *DeleteMetadataRequest) GetRequestId() string {
 	return ""
 }
 
+type ReadConfigRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// mount is the KV mount ("secret/").
+	Mount         string       `protobuf:"bytes,1,opt,name=mount,proto3" json:"mount,omitempty"`
+	Read          *ReadOptions `protobuf:"bytes,2,opt,name=read,proto3" json:"read,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadConfigRequest) Reset() {
+	*x = ReadConfigRequest{}
+	mi := &file_coffer_v1_kv_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadConfigRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadConfigRequest) ProtoMessage() {}
+
+func (x *ReadConfigRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_kv_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadConfigRequest.ProtoReflect.Descriptor instead.
+func (*ReadConfigRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ReadConfigRequest) GetMount() string {
+	if x != nil {
+		return x.Mount
+	}
+	return ""
+}
+
+func (x *ReadConfigRequest) GetRead() *ReadOptions {
+	if x != nil {
+		return x.Read
+	}
+	return nil
+}
+
+// KVConfig is a KV mount's configuration. A secret's own max_versions
+// (when not 0) wins over the mount's (0: 10 versions); cas_required
+// applies when either requires it; a new version's deletion time comes
+// from the shorter delete_version_after of the two that are set.
+type KVConfig struct {
+	state                   protoimpl.MessageState `protogen:"open.v1"`
+	MaxVersions             uint32                 `protobuf:"varint,1,opt,name=max_versions,json=maxVersions,proto3" json:"max_versions,omitempty"`
+	CasRequired             bool                   `protobuf:"varint,2,opt,name=cas_required,json=casRequired,proto3" json:"cas_required,omitempty"`
+	DeleteVersionAfterNanos int64                  `protobuf:"varint,3,opt,name=delete_version_after_nanos,json=deleteVersionAfterNanos,proto3" json:"delete_version_after_nanos,omitempty"`
+	ReadMeta                *ReadMeta              `protobuf:"bytes,4,opt,name=read_meta,json=readMeta,proto3" json:"read_meta,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
+}
+
+func (x *KVConfig) Reset() {
+	*x = KVConfig{}
+	mi := &file_coffer_v1_kv_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KVConfig) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KVConfig) ProtoMessage() {}
+
+func (x *KVConfig) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_kv_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KVConfig.ProtoReflect.Descriptor instead.
+func (*KVConfig) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *KVConfig) GetMaxVersions() uint32 {
+	if x != nil {
+		return x.MaxVersions
+	}
+	return 0
+}
+
+func (x *KVConfig) GetCasRequired() bool {
+	if x != nil {
+		return x.CasRequired
+	}
+	return false
+}
+
+func (x *KVConfig) GetDeleteVersionAfterNanos() int64 {
+	if x != nil {
+		return x.DeleteVersionAfterNanos
+	}
+	return 0
+}
+
+func (x *KVConfig) GetReadMeta() *ReadMeta {
+	if x != nil {
+		return x.ReadMeta
+	}
+	return nil
+}
+
+type WriteConfigRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Mount string                 `protobuf:"bytes,1,opt,name=mount,proto3" json:"mount,omitempty"`
+	// The settings set; those left unset keep their values.
+	MaxVersions             *uint32 `protobuf:"varint,2,opt,name=max_versions,json=maxVersions,proto3,oneof" json:"max_versions,omitempty"`
+	CasRequired             *bool   `protobuf:"varint,3,opt,name=cas_required,json=casRequired,proto3,oneof" json:"cas_required,omitempty"`
+	DeleteVersionAfterNanos *int64  `protobuf:"varint,4,opt,name=delete_version_after_nanos,json=deleteVersionAfterNanos,proto3,oneof" json:"delete_version_after_nanos,omitempty"`
+	RequestId               string  `protobuf:"bytes,5,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
+}
+
+func (x *WriteConfigRequest) Reset() {
+	*x = WriteConfigRequest{}
+	mi := &file_coffer_v1_kv_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WriteConfigRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WriteConfigRequest) ProtoMessage() {}
+
+func (x *WriteConfigRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_kv_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WriteConfigRequest.ProtoReflect.Descriptor instead.
+func (*WriteConfigRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *WriteConfigRequest) GetMount() string {
+	if x != nil {
+		return x.Mount
+	}
+	return ""
+}
+
+func (x *WriteConfigRequest) GetMaxVersions() uint32 {
+	if x != nil && x.MaxVersions != nil {
+		return *x.MaxVersions
+	}
+	return 0
+}
+
+func (x *WriteConfigRequest) GetCasRequired() bool {
+	if x != nil && x.CasRequired != nil {
+		return *x.CasRequired
+	}
+	return false
+}
+
+func (x *WriteConfigRequest) GetDeleteVersionAfterNanos() int64 {
+	if x != nil && x.DeleteVersionAfterNanos != nil {
+		return *x.DeleteVersionAfterNanos
+	}
+	return 0
+}
+
+func (x *WriteConfigRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
 type WatchRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// prefix selects the secrets to follow ("secret/" for all).
@@ -1236,7 +1438,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_coffer_v1_kv_proto_msgTypes[15]
+	mi := &file_coffer_v1_kv_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1248,7 +1450,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_kv_proto_msgTypes[15]
+	mi := &file_coffer_v1_kv_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1261,7 +1463,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{15}
+	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *WatchRequest) GetPrefix() string {
@@ -1295,7 +1497,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_coffer_v1_kv_proto_msgTypes[16]
+	mi := &file_coffer_v1_kv_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1307,7 +1509,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_kv_proto_msgTypes[16]
+	mi := &file_coffer_v1_kv_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1320,7 +1522,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{16}
+	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *WatchEvent) GetType() WatchEvent_Type {
@@ -1502,7 +1704,25 @@ const file_coffer_v1_kv_proto_rawDesc = "" +
 	"\x15DeleteMetadataRequest\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x02 \x01(\tR\trequestId\"E\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\"U\n" +
+	"\x11ReadConfigRequest\x12\x14\n" +
+	"\x05mount\x18\x01 \x01(\tR\x05mount\x12*\n" +
+	"\x04read\x18\x02 \x01(\v2\x16.coffer.v1.ReadOptionsR\x04read\"\xbf\x01\n" +
+	"\bKVConfig\x12!\n" +
+	"\fmax_versions\x18\x01 \x01(\rR\vmaxVersions\x12!\n" +
+	"\fcas_required\x18\x02 \x01(\bR\vcasRequired\x12;\n" +
+	"\x1adelete_version_after_nanos\x18\x03 \x01(\x03R\x17deleteVersionAfterNanos\x120\n" +
+	"\tread_meta\x18\x04 \x01(\v2\x13.coffer.v1.ReadMetaR\breadMeta\"\x9c\x02\n" +
+	"\x12WriteConfigRequest\x12\x14\n" +
+	"\x05mount\x18\x01 \x01(\tR\x05mount\x12&\n" +
+	"\fmax_versions\x18\x02 \x01(\rH\x00R\vmaxVersions\x88\x01\x01\x12&\n" +
+	"\fcas_required\x18\x03 \x01(\bH\x01R\vcasRequired\x88\x01\x01\x12@\n" +
+	"\x1adelete_version_after_nanos\x18\x04 \x01(\x03H\x02R\x17deleteVersionAfterNanos\x88\x01\x01\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x05 \x01(\tR\trequestIdB\x0f\n" +
+	"\r_max_versionsB\x0f\n" +
+	"\r_cas_requiredB\x1d\n" +
+	"\x1b_delete_version_after_nanos\"E\n" +
 	"\fWatchRequest\x12\x16\n" +
 	"\x06prefix\x18\x01 \x01(\tR\x06prefix\x12\x1d\n" +
 	"\n" +
@@ -1520,7 +1740,7 @@ const file_coffer_v1_kv_proto_rawDesc = "" +
 	"\n" +
 	"\x06CHANGE\x10\x00\x12\f\n" +
 	"\bPROGRESS\x10\x01\x12\r\n" +
-	"\tCOMPACTED\x10\x022\x98\x06\n" +
+	"\tCOMPACTED\x10\x022\xa1\a\n" +
 	"\x02KV\x124\n" +
 	"\x03Put\x12\x15.coffer.v1.PutRequest\x1a\x16.coffer.v1.PutResponse\x124\n" +
 	"\x03Get\x12\x15.coffer.v1.GetRequest\x1a\x16.coffer.v1.GetResponse\x128\n" +
@@ -1532,7 +1752,10 @@ const file_coffer_v1_kv_proto_rawDesc = "" +
 	"\fReadMetadata\x12\x1e.coffer.v1.ReadMetadataRequest\x1a\x1f.coffer.v1.ReadMetadataResponse\x12J\n" +
 	"\rWriteMetadata\x12\x1f.coffer.v1.WriteMetadataRequest\x1a\x18.coffer.v1.WriteResponse\x12J\n" +
 	"\rPatchMetadata\x12\x1f.coffer.v1.PatchMetadataRequest\x1a\x18.coffer.v1.WriteResponse\x12L\n" +
-	"\x0eDeleteMetadata\x12 .coffer.v1.DeleteMetadataRequest\x1a\x18.coffer.v1.WriteResponse\x129\n" +
+	"\x0eDeleteMetadata\x12 .coffer.v1.DeleteMetadataRequest\x1a\x18.coffer.v1.WriteResponse\x12?\n" +
+	"\n" +
+	"ReadConfig\x12\x1c.coffer.v1.ReadConfigRequest\x1a\x13.coffer.v1.KVConfig\x12F\n" +
+	"\vWriteConfig\x12\x1d.coffer.v1.WriteConfigRequest\x1a\x18.coffer.v1.WriteResponse\x129\n" +
 	"\x05Watch\x12\x17.coffer.v1.WatchRequest\x1a\x15.coffer.v1.WatchEvent0\x01B\x1eZ\x1ccoffer/api/cofferpb;cofferpbb\x06proto3"
 
 var (
@@ -1548,7 +1771,7 @@ func file_coffer_v1_kv_proto_rawDescGZIP() []byte {
 }
 
 var file_coffer_v1_kv_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_coffer_v1_kv_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_coffer_v1_kv_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_coffer_v1_kv_proto_goTypes = []any{
 	(WatchEvent_Type)(0),          // 0: coffer.v1.WatchEvent.Type
 	(*PutRequest)(nil),            // 1: coffer.v1.PutRequest
@@ -1566,66 +1789,75 @@ var file_coffer_v1_kv_proto_goTypes = []any{
 	(*WriteMetadataRequest)(nil),  // 13: coffer.v1.WriteMetadataRequest
 	(*PatchMetadataRequest)(nil),  // 14: coffer.v1.PatchMetadataRequest
 	(*DeleteMetadataRequest)(nil), // 15: coffer.v1.DeleteMetadataRequest
-	(*WatchRequest)(nil),          // 16: coffer.v1.WatchRequest
-	(*WatchEvent)(nil),            // 17: coffer.v1.WatchEvent
-	nil,                           // 18: coffer.v1.PutRequest.DataEntry
-	nil,                           // 19: coffer.v1.PutResponse.CustomMetadataEntry
-	nil,                           // 20: coffer.v1.PatchRequest.DataEntry
-	nil,                           // 21: coffer.v1.GetResponse.DataEntry
-	nil,                           // 22: coffer.v1.GetResponse.CustomMetadataEntry
-	nil,                           // 23: coffer.v1.ReadMetadataResponse.CustomMetadataEntry
-	nil,                           // 24: coffer.v1.WriteMetadataRequest.CustomMetadataEntry
-	nil,                           // 25: coffer.v1.PatchMetadataRequest.CustomMetadataEntry
-	(*ReadOptions)(nil),           // 26: coffer.v1.ReadOptions
-	(*ReadMeta)(nil),              // 27: coffer.v1.ReadMeta
+	(*ReadConfigRequest)(nil),     // 16: coffer.v1.ReadConfigRequest
+	(*KVConfig)(nil),              // 17: coffer.v1.KVConfig
+	(*WriteConfigRequest)(nil),    // 18: coffer.v1.WriteConfigRequest
+	(*WatchRequest)(nil),          // 19: coffer.v1.WatchRequest
+	(*WatchEvent)(nil),            // 20: coffer.v1.WatchEvent
+	nil,                           // 21: coffer.v1.PutRequest.DataEntry
+	nil,                           // 22: coffer.v1.PutResponse.CustomMetadataEntry
+	nil,                           // 23: coffer.v1.PatchRequest.DataEntry
+	nil,                           // 24: coffer.v1.GetResponse.DataEntry
+	nil,                           // 25: coffer.v1.GetResponse.CustomMetadataEntry
+	nil,                           // 26: coffer.v1.ReadMetadataResponse.CustomMetadataEntry
+	nil,                           // 27: coffer.v1.WriteMetadataRequest.CustomMetadataEntry
+	nil,                           // 28: coffer.v1.PatchMetadataRequest.CustomMetadataEntry
+	(*ReadOptions)(nil),           // 29: coffer.v1.ReadOptions
+	(*ReadMeta)(nil),              // 30: coffer.v1.ReadMeta
 }
 var file_coffer_v1_kv_proto_depIdxs = []int32{
-	18, // 0: coffer.v1.PutRequest.data:type_name -> coffer.v1.PutRequest.DataEntry
-	19, // 1: coffer.v1.PutResponse.custom_metadata:type_name -> coffer.v1.PutResponse.CustomMetadataEntry
-	20, // 2: coffer.v1.PatchRequest.data:type_name -> coffer.v1.PatchRequest.DataEntry
-	26, // 3: coffer.v1.GetRequest.read:type_name -> coffer.v1.ReadOptions
-	21, // 4: coffer.v1.GetResponse.data:type_name -> coffer.v1.GetResponse.DataEntry
+	21, // 0: coffer.v1.PutRequest.data:type_name -> coffer.v1.PutRequest.DataEntry
+	22, // 1: coffer.v1.PutResponse.custom_metadata:type_name -> coffer.v1.PutResponse.CustomMetadataEntry
+	23, // 2: coffer.v1.PatchRequest.data:type_name -> coffer.v1.PatchRequest.DataEntry
+	29, // 3: coffer.v1.GetRequest.read:type_name -> coffer.v1.ReadOptions
+	24, // 4: coffer.v1.GetResponse.data:type_name -> coffer.v1.GetResponse.DataEntry
 	4,  // 5: coffer.v1.GetResponse.metadata:type_name -> coffer.v1.VersionMetadata
-	27, // 6: coffer.v1.GetResponse.read_meta:type_name -> coffer.v1.ReadMeta
-	22, // 7: coffer.v1.GetResponse.custom_metadata:type_name -> coffer.v1.GetResponse.CustomMetadataEntry
-	26, // 8: coffer.v1.ListRequest.read:type_name -> coffer.v1.ReadOptions
-	27, // 9: coffer.v1.ListResponse.read_meta:type_name -> coffer.v1.ReadMeta
-	26, // 10: coffer.v1.ReadMetadataRequest.read:type_name -> coffer.v1.ReadOptions
+	30, // 6: coffer.v1.GetResponse.read_meta:type_name -> coffer.v1.ReadMeta
+	25, // 7: coffer.v1.GetResponse.custom_metadata:type_name -> coffer.v1.GetResponse.CustomMetadataEntry
+	29, // 8: coffer.v1.ListRequest.read:type_name -> coffer.v1.ReadOptions
+	30, // 9: coffer.v1.ListResponse.read_meta:type_name -> coffer.v1.ReadMeta
+	29, // 10: coffer.v1.ReadMetadataRequest.read:type_name -> coffer.v1.ReadOptions
 	4,  // 11: coffer.v1.ReadMetadataResponse.versions:type_name -> coffer.v1.VersionMetadata
-	27, // 12: coffer.v1.ReadMetadataResponse.read_meta:type_name -> coffer.v1.ReadMeta
-	23, // 13: coffer.v1.ReadMetadataResponse.custom_metadata:type_name -> coffer.v1.ReadMetadataResponse.CustomMetadataEntry
-	24, // 14: coffer.v1.WriteMetadataRequest.custom_metadata:type_name -> coffer.v1.WriteMetadataRequest.CustomMetadataEntry
-	25, // 15: coffer.v1.PatchMetadataRequest.custom_metadata:type_name -> coffer.v1.PatchMetadataRequest.CustomMetadataEntry
-	0,  // 16: coffer.v1.WatchEvent.type:type_name -> coffer.v1.WatchEvent.Type
-	1,  // 17: coffer.v1.KV.Put:input_type -> coffer.v1.PutRequest
-	5,  // 18: coffer.v1.KV.Get:input_type -> coffer.v1.GetRequest
-	3,  // 19: coffer.v1.KV.Patch:input_type -> coffer.v1.PatchRequest
-	7,  // 20: coffer.v1.KV.List:input_type -> coffer.v1.ListRequest
-	9,  // 21: coffer.v1.KV.Delete:input_type -> coffer.v1.VersionsRequest
-	9,  // 22: coffer.v1.KV.Undelete:input_type -> coffer.v1.VersionsRequest
-	9,  // 23: coffer.v1.KV.Destroy:input_type -> coffer.v1.VersionsRequest
-	11, // 24: coffer.v1.KV.ReadMetadata:input_type -> coffer.v1.ReadMetadataRequest
-	13, // 25: coffer.v1.KV.WriteMetadata:input_type -> coffer.v1.WriteMetadataRequest
-	14, // 26: coffer.v1.KV.PatchMetadata:input_type -> coffer.v1.PatchMetadataRequest
-	15, // 27: coffer.v1.KV.DeleteMetadata:input_type -> coffer.v1.DeleteMetadataRequest
-	16, // 28: coffer.v1.KV.Watch:input_type -> coffer.v1.WatchRequest
-	2,  // 29: coffer.v1.KV.Put:output_type -> coffer.v1.PutResponse
-	6,  // 30: coffer.v1.KV.Get:output_type -> coffer.v1.GetResponse
-	2,  // 31: coffer.v1.KV.Patch:output_type -> coffer.v1.PutResponse
-	8,  // 32: coffer.v1.KV.List:output_type -> coffer.v1.ListResponse
-	10, // 33: coffer.v1.KV.Delete:output_type -> coffer.v1.WriteResponse
-	10, // 34: coffer.v1.KV.Undelete:output_type -> coffer.v1.WriteResponse
-	10, // 35: coffer.v1.KV.Destroy:output_type -> coffer.v1.WriteResponse
-	12, // 36: coffer.v1.KV.ReadMetadata:output_type -> coffer.v1.ReadMetadataResponse
-	10, // 37: coffer.v1.KV.WriteMetadata:output_type -> coffer.v1.WriteResponse
-	10, // 38: coffer.v1.KV.PatchMetadata:output_type -> coffer.v1.WriteResponse
-	10, // 39: coffer.v1.KV.DeleteMetadata:output_type -> coffer.v1.WriteResponse
-	17, // 40: coffer.v1.KV.Watch:output_type -> coffer.v1.WatchEvent
-	29, // [29:41] is the sub-list for method output_type
-	17, // [17:29] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	30, // 12: coffer.v1.ReadMetadataResponse.read_meta:type_name -> coffer.v1.ReadMeta
+	26, // 13: coffer.v1.ReadMetadataResponse.custom_metadata:type_name -> coffer.v1.ReadMetadataResponse.CustomMetadataEntry
+	27, // 14: coffer.v1.WriteMetadataRequest.custom_metadata:type_name -> coffer.v1.WriteMetadataRequest.CustomMetadataEntry
+	28, // 15: coffer.v1.PatchMetadataRequest.custom_metadata:type_name -> coffer.v1.PatchMetadataRequest.CustomMetadataEntry
+	29, // 16: coffer.v1.ReadConfigRequest.read:type_name -> coffer.v1.ReadOptions
+	30, // 17: coffer.v1.KVConfig.read_meta:type_name -> coffer.v1.ReadMeta
+	0,  // 18: coffer.v1.WatchEvent.type:type_name -> coffer.v1.WatchEvent.Type
+	1,  // 19: coffer.v1.KV.Put:input_type -> coffer.v1.PutRequest
+	5,  // 20: coffer.v1.KV.Get:input_type -> coffer.v1.GetRequest
+	3,  // 21: coffer.v1.KV.Patch:input_type -> coffer.v1.PatchRequest
+	7,  // 22: coffer.v1.KV.List:input_type -> coffer.v1.ListRequest
+	9,  // 23: coffer.v1.KV.Delete:input_type -> coffer.v1.VersionsRequest
+	9,  // 24: coffer.v1.KV.Undelete:input_type -> coffer.v1.VersionsRequest
+	9,  // 25: coffer.v1.KV.Destroy:input_type -> coffer.v1.VersionsRequest
+	11, // 26: coffer.v1.KV.ReadMetadata:input_type -> coffer.v1.ReadMetadataRequest
+	13, // 27: coffer.v1.KV.WriteMetadata:input_type -> coffer.v1.WriteMetadataRequest
+	14, // 28: coffer.v1.KV.PatchMetadata:input_type -> coffer.v1.PatchMetadataRequest
+	15, // 29: coffer.v1.KV.DeleteMetadata:input_type -> coffer.v1.DeleteMetadataRequest
+	16, // 30: coffer.v1.KV.ReadConfig:input_type -> coffer.v1.ReadConfigRequest
+	18, // 31: coffer.v1.KV.WriteConfig:input_type -> coffer.v1.WriteConfigRequest
+	19, // 32: coffer.v1.KV.Watch:input_type -> coffer.v1.WatchRequest
+	2,  // 33: coffer.v1.KV.Put:output_type -> coffer.v1.PutResponse
+	6,  // 34: coffer.v1.KV.Get:output_type -> coffer.v1.GetResponse
+	2,  // 35: coffer.v1.KV.Patch:output_type -> coffer.v1.PutResponse
+	8,  // 36: coffer.v1.KV.List:output_type -> coffer.v1.ListResponse
+	10, // 37: coffer.v1.KV.Delete:output_type -> coffer.v1.WriteResponse
+	10, // 38: coffer.v1.KV.Undelete:output_type -> coffer.v1.WriteResponse
+	10, // 39: coffer.v1.KV.Destroy:output_type -> coffer.v1.WriteResponse
+	12, // 40: coffer.v1.KV.ReadMetadata:output_type -> coffer.v1.ReadMetadataResponse
+	10, // 41: coffer.v1.KV.WriteMetadata:output_type -> coffer.v1.WriteResponse
+	10, // 42: coffer.v1.KV.PatchMetadata:output_type -> coffer.v1.WriteResponse
+	10, // 43: coffer.v1.KV.DeleteMetadata:output_type -> coffer.v1.WriteResponse
+	17, // 44: coffer.v1.KV.ReadConfig:output_type -> coffer.v1.KVConfig
+	10, // 45: coffer.v1.KV.WriteConfig:output_type -> coffer.v1.WriteResponse
+	20, // 46: coffer.v1.KV.Watch:output_type -> coffer.v1.WatchEvent
+	33, // [33:47] is the sub-list for method output_type
+	19, // [19:33] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_kv_proto_init() }
@@ -1637,13 +1869,14 @@ func file_coffer_v1_kv_proto_init() {
 	file_coffer_v1_kv_proto_msgTypes[0].OneofWrappers = []any{}
 	file_coffer_v1_kv_proto_msgTypes[2].OneofWrappers = []any{}
 	file_coffer_v1_kv_proto_msgTypes[13].OneofWrappers = []any{}
+	file_coffer_v1_kv_proto_msgTypes[17].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coffer_v1_kv_proto_rawDesc), len(file_coffer_v1_kv_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   25,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

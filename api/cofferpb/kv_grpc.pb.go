@@ -30,6 +30,8 @@ const (
 	KV_WriteMetadata_FullMethodName  = "/coffer.v1.KV/WriteMetadata"
 	KV_PatchMetadata_FullMethodName  = "/coffer.v1.KV/PatchMetadata"
 	KV_DeleteMetadata_FullMethodName = "/coffer.v1.KV/DeleteMetadata"
+	KV_ReadConfig_FullMethodName     = "/coffer.v1.KV/ReadConfig"
+	KV_WriteConfig_FullMethodName    = "/coffer.v1.KV/WriteConfig"
 	KV_Watch_FullMethodName          = "/coffer.v1.KV/Watch"
 )
 
@@ -64,6 +66,10 @@ type KVClient interface {
 	PatchMetadata(ctx context.Context, in *PatchMetadataRequest, opts ...grpc.CallOption) (*WriteResponse, error)
 	// DeleteMetadata removes the secret with all its versions.
 	DeleteMetadata(ctx context.Context, in *DeleteMetadataRequest, opts ...grpc.CallOption) (*WriteResponse, error)
+	// ReadConfig returns a KV mount's configuration.
+	ReadConfig(ctx context.Context, in *ReadConfigRequest, opts ...grpc.CallOption) (*KVConfig, error)
+	// WriteConfig sets settings of a KV mount: the defaults of its secrets.
+	WriteConfig(ctx context.Context, in *WriteConfigRequest, opts ...grpc.CallOption) (*WriteResponse, error)
 	// Watch streams changes to secrets under a prefix, from an index on. It
 	// carries no secret data: read what changed.
 	Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEvent], error)
@@ -187,6 +193,26 @@ func (c *kVClient) DeleteMetadata(ctx context.Context, in *DeleteMetadataRequest
 	return out, nil
 }
 
+func (c *kVClient) ReadConfig(ctx context.Context, in *ReadConfigRequest, opts ...grpc.CallOption) (*KVConfig, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(KVConfig)
+	err := c.cc.Invoke(ctx, KV_ReadConfig_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *kVClient) WriteConfig(ctx context.Context, in *WriteConfigRequest, opts ...grpc.CallOption) (*WriteResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(WriteResponse)
+	err := c.cc.Invoke(ctx, KV_WriteConfig_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *kVClient) Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEvent], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &KV_ServiceDesc.Streams[0], KV_Watch_FullMethodName, cOpts...)
@@ -237,6 +263,10 @@ type KVServer interface {
 	PatchMetadata(context.Context, *PatchMetadataRequest) (*WriteResponse, error)
 	// DeleteMetadata removes the secret with all its versions.
 	DeleteMetadata(context.Context, *DeleteMetadataRequest) (*WriteResponse, error)
+	// ReadConfig returns a KV mount's configuration.
+	ReadConfig(context.Context, *ReadConfigRequest) (*KVConfig, error)
+	// WriteConfig sets settings of a KV mount: the defaults of its secrets.
+	WriteConfig(context.Context, *WriteConfigRequest) (*WriteResponse, error)
 	// Watch streams changes to secrets under a prefix, from an index on. It
 	// carries no secret data: read what changed.
 	Watch(*WatchRequest, grpc.ServerStreamingServer[WatchEvent]) error
@@ -282,6 +312,12 @@ func (UnimplementedKVServer) PatchMetadata(context.Context, *PatchMetadataReques
 }
 func (UnimplementedKVServer) DeleteMetadata(context.Context, *DeleteMetadataRequest) (*WriteResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteMetadata not implemented")
+}
+func (UnimplementedKVServer) ReadConfig(context.Context, *ReadConfigRequest) (*KVConfig, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReadConfig not implemented")
+}
+func (UnimplementedKVServer) WriteConfig(context.Context, *WriteConfigRequest) (*WriteResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method WriteConfig not implemented")
 }
 func (UnimplementedKVServer) Watch(*WatchRequest, grpc.ServerStreamingServer[WatchEvent]) error {
 	return status.Error(codes.Unimplemented, "method Watch not implemented")
@@ -505,6 +541,42 @@ func _KV_DeleteMetadata_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KV_ReadConfig_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReadConfigRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KVServer).ReadConfig(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KV_ReadConfig_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KVServer).ReadConfig(ctx, req.(*ReadConfigRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KV_WriteConfig_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(WriteConfigRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KVServer).WriteConfig(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KV_WriteConfig_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KVServer).WriteConfig(ctx, req.(*WriteConfigRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _KV_Watch_Handler(srv interface{}, stream grpc.ServerStream) error {
 	m := new(WatchRequest)
 	if err := stream.RecvMsg(m); err != nil {
@@ -566,6 +638,14 @@ var KV_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteMetadata",
 			Handler:    _KV_DeleteMetadata_Handler,
+		},
+		{
+			MethodName: "ReadConfig",
+			Handler:    _KV_ReadConfig_Handler,
+		},
+		{
+			MethodName: "WriteConfig",
+			Handler:    _KV_WriteConfig_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -28,6 +28,8 @@ var table = []Route{
 	{Method: pb.KV_PatchMetadata_FullMethodName, Leader: true, Idempotent: true, Policy: kv("metadata", Patch)},
 	{Method: pb.KV_DeleteMetadata_FullMethodName, Leader: true, Idempotent: true, Policy: kv("metadata", Delete)},
 	{Method: pb.KV_Watch_FullMethodName, Policy: kvList},
+	{Method: pb.KV_ReadConfig_FullMethodName, Policy: kvConfig(Read)},
+	{Method: pb.KV_WriteConfig_FullMethodName, Leader: true, Idempotent: true, Policy: kvConfig(Update)},
 
 	// Sys: seal, keys, status.
 	{Method: pb.Sys_Init_FullMethodName, Access: Public, Leader: true, ClientCert: true},
@@ -118,6 +120,21 @@ func kvGet(req proto.Message) (string, Capability) {
 		return KVPolicyPath(r.GetPath(), "subkeys"), Read
 	}
 	return KVPolicyPath(requestPath(req), "data"), Read
+}
+
+// kvConfig is a route on a KV mount's configuration, MOUNT/config.
+func kvConfig(need Capability) func(proto.Message) (string, Capability) {
+	return func(req proto.Message) (string, Capability) {
+		m, _ := req.(interface{ GetMount() string })
+		mount := ""
+		if m != nil {
+			mount = strings.TrimSuffix(m.GetMount(), "/")
+		}
+		if mount == "" {
+			mount = "secret"
+		}
+		return mount + "/config", need
+	}
 }
 
 // kvList: a list is on the folder's metadata path with a trailing slash,

@@ -24,6 +24,7 @@ func (h *Handler) kvRoutes() {
 	h.handle(kvMount+"subkeys/*", map[op]endpointFunc{opGet: kvSubkeys})
 	h.handle(kvMount+"metadata/*", map[op]endpointFunc{opGet: kvReadMetadata, opPut: kvWriteMetadata, opPatch: kvPatchMetadata, opDelete: kvDeleteMetadata, opList: kvList})
 	h.handle(kvMount+"metadata", map[op]endpointFunc{opList: kvList})
+	h.handle(kvMount+"config", map[op]endpointFunc{opGet: kvReadConfig, opPut: kvWriteConfig})
 	h.handle(kvMount+"delete/*", map[op]endpointFunc{opPut: kvVersions(pb.KV_Delete_FullMethodName)})
 	h.handle(kvMount+"undelete/*", map[op]endpointFunc{opPut: kvVersions(pb.KV_Undelete_FullMethodName)})
 	h.handle(kvMount+"destroy/*", map[op]endpointFunc{opPut: kvVersions(pb.KV_Destroy_FullMethodName)})
@@ -609,6 +610,47 @@ func kvPatchMetadata(ctx context.Context, rq *request) (*reply, error) {
 		if isReason(err, pb.ErrorReason_NOT_FOUND) {
 			return nil, notFoundEmpty()
 		}
+		return nil, err
+	}
+	return &reply{status: http.StatusNoContent, index: out.(*pb.WriteResponse).GetIndex()}, nil
+}
+
+// kvReadConfig serves GET secret/config: the mount's settings.
+func kvReadConfig(ctx context.Context, rq *request) (*reply, error) {
+	out, err := rq.call(ctx, pb.KV_ReadConfig_FullMethodName, &pb.ReadConfigRequest{Mount: kvMount, Read: rq.readOpts()})
+	if err != nil {
+		return nil, err
+	}
+	cfg := out.(*pb.KVConfig)
+	return &reply{data: map[string]any{
+		"cas_required":         cfg.GetCasRequired(),
+		"delete_version_after": time.Duration(cfg.GetDeleteVersionAfterNanos()).String(),
+		"max_versions":         cfg.GetMaxVersions(),
+	}, meta: cfg.GetReadMeta(), mountType: "kv"}, nil
+}
+
+// kvWriteConfig serves POST secret/config: the settings the body names
+// are set, the others keep their values.
+func kvWriteConfig(ctx context.Context, rq *request) (*reply, error) {
+	body, err := rq.metadataBody()
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := body["custom_metadata"]; ok {
+		return nil, badRequest("custom_metadata is a setting of a secret, not of the mount: set it at secret/metadata/PATH")
+	}
+	req := &pb.WriteConfigRequest{Mount: kvMount, RequestId: rq.r.Header.Get(headerRequestID)}
+	if req.MaxVersions, err = body.maxVersions(); err != nil {
+		return nil, err
+	}
+	if req.CasRequired, err = body.casRequired(); err != nil {
+		return nil, err
+	}
+	if req.DeleteVersionAfterNanos, err = body.deleteVersionAfter(); err != nil {
+		return nil, err
+	}
+	out, err := rq.call(ctx, pb.KV_WriteConfig_FullMethodName, req)
+	if err != nil {
 		return nil, err
 	}
 	return &reply{status: http.StatusNoContent, index: out.(*pb.WriteResponse).GetIndex()}, nil

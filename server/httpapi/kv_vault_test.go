@@ -473,3 +473,80 @@ func TestKVv2PatchRequests(t *testing.T) {
 		t.Fatalf("after refused patches: %+v, %v", got, err)
 	}
 }
+
+// TestKVv2MountConfig: secret/config sets the mount's defaults, read back
+// on every node and applied to the mount's secrets.
+func TestKVv2MountConfig(t *testing.T) {
+	c := testcluster.StartUnsealed(t, 3, testcluster.Options{TLS: true, HTTP: true})
+	leader := c.WaitForLeader(t)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cl := vaultClient(t, c, leader, c.Token, false)
+	if _, err := cl.KVv2("secret").Put(ctx, "cfg/before", map[string]any{"a": "b"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.Logical().WriteWithContext(ctx, "secret/config", map[string]any{"max_versions": 2, "cas_required": true, "delete_version_after": "1h"}); err != nil {
+		t.Fatalf("write config: %v", err)
+	}
+	// Only what a write names changes.
+	if _, err := cl.Logical().WriteWithContext(ctx, "secret/config", map[string]any{"max_versions": 3}); err != nil {
+		t.Fatalf("write config: %v", err)
+	}
+	for _, n := range c.Nodes() {
+		s, err := vaultClient(t, c, n, c.Token, false).Logical().ReadWithContext(ctx, "secret/config")
+		if err != nil || s == nil {
+			t.Fatalf("%s: read config: %v, %v", n.ID, s, err)
+		}
+		if got := fmt.Sprintf("%v %v %v", s.Data["max_versions"], s.Data["cas_required"], s.Data["delete_version_after"]); got != "3 true 1h0m0s" {
+			t.Fatalf("%s: config %v", n.ID, s.Data)
+		}
+	}
+	kv := cl.KVv2("secret")
+	_, err := kv.Put(ctx, "cfg/s", map[string]any{"a": "1"})
+	wantStatus(t, "put without cas under cas_required", err, http.StatusBadRequest)
+	if e := errorsOf(err); len(e) == 0 || e[0] != "check-and-set parameter required for this call" {
+		t.Fatalf("errors %q", e)
+	}
+	for i := range 5 {
+		s, err := kv.Put(ctx, "cfg/s", map[string]any{"a": fmt.Sprint(i)}, vault.WithCheckAndSet(i))
+		if err != nil {
+			t.Fatalf("put cas=%d: %v", i, err)
+		}
+		if d := s.VersionMetadata.DeletionTime.Sub(s.VersionMetadata.CreatedTime); d != time.Hour {
+			t.Fatalf("deletion after %v, want the mount's 1h", d)
+		}
+	}
+	versions, err := kv.GetVersionsAsList(ctx, "cfg/s")
+	if err != nil || len(versions) != 3 || versions[0].Version != 3 {
+		t.Fatalf("versions under max_versions=3: %+v, %v", versions, err)
+	}
+	_, err = kv.Patch(ctx, "cfg/s", map[string]any{"a": "p"})
+	wantStatus(t, "patch without cas under cas_required", err, http.StatusBadRequest)
+	if _, err := kv.Patch(ctx, "cfg/s", map[string]any{"a": "p"}, vault.WithCheckAndSet(5)); err != nil {
+		t.Fatalf("patch cas=5: %v", err)
+	}
+	// Bad input.
+	for _, body := range []map[string]any{{"max_versions": -1}, {"cas_required": "yes"}, {"delete_version_after": "soon"}, {"custom_metadata": map[string]any{"a": "b"}}, {"nope": 1}} {
+		_, err := cl.Logical().WriteWithContext(ctx, "secret/config", body)
+		wantStatus(t, fmt.Sprintf("config %v", body), err, http.StatusBadRequest)
+	}
+	// Writing it needs update on secret/config.
+	root, err := api.New(api.Config{Endpoints: []string{leader.APIAddr()}, Token: c.Token, TLS: c.ClientTLS()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer root.Close()
+	if _, err := root.WritePolicy(ctx, "cfg-reader", `path "secret/config" { capabilities = ["read"] }`); err != nil {
+		t.Fatal(err)
+	}
+	tk, err := root.CreateToken(ctx, &pb.CreateTokenRequest{Policies: []string{"cfg-reader"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reader := vaultClient(t, c, c.Followers(leader)[0], tk.GetToken(), false)
+	if _, err := reader.Logical().ReadWithContext(ctx, "secret/config"); err != nil {
+		t.Fatalf("reader reads config: %v", err)
+	}
+	_, err = reader.Logical().WriteWithContext(ctx, "secret/config", map[string]any{"cas_required": false})
+	wantStatus(t, "config write with read only", err, http.StatusForbidden)
+}
