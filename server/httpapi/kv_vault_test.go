@@ -583,7 +583,10 @@ func TestKVv2ConcurrentPatches(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := 1 + perNode*len(nodes); len(got.Data) != want || got.VersionMetadata.Version != want {
-		t.Fatalf("after %d patches: version %d with %d keys, want %d of each", perNode*len(nodes), got.VersionMetadata.Version, len(got.Data), want)
+	// Every key is there. The version may be past 1+patches: a client
+	// retries a patch that failed with a leader change after it had
+	// committed (vault/api retries 5xx answers), writing it twice.
+	if want := 1 + perNode*len(nodes); len(got.Data) != want || got.VersionMetadata.Version < want {
+		t.Fatalf("after %d patches: version %d with %d keys, want %d keys", perNode*len(nodes), got.VersionMetadata.Version, len(got.Data), want)
 	}
 }
