@@ -573,7 +573,7 @@ func (c *Cache) Stats() CacheStats {
 // cloneGet copies a Get answer, so that neither the cache nor its callers
 // see the other's changes.
 func cloneGet(r *pb.GetResponse) *pb.GetResponse {
-	out := &pb.GetResponse{Data: maps.Clone(r.Data)}
+	out := &pb.GetResponse{Data: maps.Clone(r.Data), CustomMetadata: maps.Clone(r.CustomMetadata)}
 	if m := r.Metadata; m != nil {
 		out.Metadata = &pb.VersionMetadata{
 			Version: m.Version, CreatedTimeUnixNano: m.CreatedTimeUnixNano,

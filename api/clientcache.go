@@ -80,11 +80,24 @@ func (c *Client) CacheStats() CacheStats {
 // adds with Put are served like the client's own.
 func (c *Client) Cache() *Cache { return c.cache }
 
+// expired reports whether a cached version has reached the deletion time
+// its secret's delete_version_after gave it: it is deleted now, which no
+// change event announces, so the cluster must answer.
+func expired(r *pb.GetResponse) bool {
+	d := r.GetMetadata().GetDeletionTimeUnixNano()
+	return d != 0 && d <= time.Now().UnixNano()
+}
+
 // getCached is Get with the client cache: a fresh entry answers without a
 // call (unless the read is linearizable, or names a min_index the entry
 // is not known to cover); a cluster answer is stored; when no endpoint
 // answers, an entry within max_stale answers, marked stale.
 func (c *Client) getCached(ctx context.Context, req *pb.GetRequest) (*pb.GetResponse, ReadInfo, error) {
+	if req.Subkeys || req.AllowDeleted {
+		// Other answers than a Get's (keys only, a deleted version's
+		// metadata), under other policies: never from or into the cache.
+		return c.getRemote(ctx, req)
+	}
 	_, hash := c.token(ctx)
 	key := CacheKey{TokenHash: hash, Path: req.Path, Version: req.Version}
 	cons := c.cfg.Consistency
@@ -92,7 +105,7 @@ func (c *Client) getCached(ctx context.Context, req *pb.GetRequest) (*pb.GetResp
 		cons = req.Read.Consistency
 	}
 	if cons != pb.Consistency_CONSISTENCY_LINEARIZABLE && c.tokenVouched(hash) {
-		if e := c.cache.Get(key); e.State == CacheFresh && c.covers(req.Path, e.Index, req.Read.GetMinIndex()) {
+		if e := c.cache.Get(key); e.State == CacheFresh && c.covers(req.Path, e.Index, req.Read.GetMinIndex()) && !expired(e.Response) {
 			return e.Response, ReadInfo{Cached: true, Age: e.Age, Stale: e.Response.GetReadMeta().GetStale()}, nil
 		}
 	}
@@ -127,6 +140,9 @@ func (c *Client) getCached(ctx context.Context, req *pb.GetRequest) (*pb.GetResp
 		return nil, info, err
 	}
 	e := c.cache.lookup(key, false)
+	if e.Response != nil && expired(e.Response) {
+		return nil, info, err
+	}
 	switch e.State {
 	case CacheFresh, CacheExpired:
 		c.cache.ServedStale()

@@ -5,7 +5,9 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"sort"
+	"strings"
 
 	"github.com/hashicorp/raft"
 	bolt "go.etcd.io/bbolt"
@@ -314,7 +316,7 @@ func (a *applier) exec(cmd *fsmpb.Command, index uint64) (Result, error) {
 	case fsmpb.Op_OP_DELETE_METADATA:
 		err = a.deleteMetadata(cmd, &res)
 	case fsmpb.Op_OP_PUT_METADATA:
-		err = a.putMetadata(cmd)
+		err = a.putMetadata(cmd, &res)
 	case fsmpb.Op_OP_SYS_PUT:
 		a.sysChanged = true
 		err = a.sysPut(cmd, &res)
@@ -324,6 +326,8 @@ func (a *applier) exec(cmd *fsmpb.Command, index uint64) (Result, error) {
 	case fsmpb.Op_OP_SYS_CAS:
 		a.sysChanged = true
 		err = a.sysCAS(cmd, &res)
+	case fsmpb.Op_OP_PUT_KV_CONFIG:
+		err = a.putKVConfig(cmd)
 	case fsmpb.Op_OP_NOOP:
 	default:
 		// DecodeCommand refuses unknown ops; keep the switch total anyway.
@@ -343,13 +347,17 @@ func (a *applier) put(cmd *fsmpb.Command, res *Result) error {
 	if err != nil {
 		return err
 	}
+	cfg, err := a.kvConfig(path)
+	if err != nil {
+		return err
+	}
 	var current uint64
 	if meta != nil {
 		current = meta.GetCurrentVersion()
-		if meta.GetCasRequired() && !cmd.GetHasCas() {
-			res.Err = newResultError(ErrCASRequired, "%q", path)
-			return nil
-		}
+	}
+	if (meta.GetCasRequired() || cfg.GetCasRequired()) && !cmd.GetHasCas() {
+		res.Err = newResultError(ErrCASRequired, "%q", path)
+		return nil
 	}
 	if cmd.GetHasCas() && cmd.GetCas() != current {
 		res.Err = newResultError(ErrCASMismatch, "%q is at version %d, cas was %d", path, current, cmd.GetCas())
@@ -360,12 +368,18 @@ func (a *applier) put(cmd *fsmpb.Command, res *Result) error {
 		return nil
 	}
 	if meta == nil {
-		meta = &fsmpb.SecretMeta{MaxVersions: a.f.opts.DefaultMaxVersions, CreatedUnixNano: now}
+		meta = a.newMeta(cfg, now)
 	}
 	version := current + 1
 	meta.CurrentVersion = version
 	meta.UpdatedUnixNano = now
-	meta.Versions = append(meta.Versions, &fsmpb.VersionMeta{Version: version, CreatedUnixNano: now})
+	vm := &fsmpb.VersionMeta{Version: version, CreatedUnixNano: now}
+	if dva := shorterDVA(meta.GetDeleteVersionAfterNanos(), cfg.GetDeleteVersionAfterNanos()); dva > 0 {
+		// Vault's delete_version_after: the version carries its deletion
+		// time from the start and counts as deleted once it has passed.
+		vm.DeletedUnixNano = addNanos(now, dva)
+	}
+	meta.Versions = append(meta.Versions, vm)
 	// The decoded command owns its ciphertext and outlives the transaction,
 	// as bbolt requires of a value passed to Put.
 	if err := a.data.Put(dataKey(path, version), cmd.GetCiphertext()); err != nil {
@@ -411,7 +425,7 @@ func (a *applier) changeVersions(cmd *fsmpb.Command, res *Result) error {
 		}
 		switch op {
 		case fsmpb.Op_OP_DELETE:
-			if vm.DeletedUnixNano == 0 && !vm.Destroyed {
+			if (vm.DeletedUnixNano == 0 || vm.DeletedUnixNano > now) && !vm.Destroyed {
 				vm.DeletedUnixNano = now
 			}
 		case fsmpb.Op_OP_UNDELETE:
@@ -450,22 +464,145 @@ func (a *applier) deleteMetadata(cmd *fsmpb.Command, res *Result) error {
 	return a.meta.Delete([]byte(path))
 }
 
-// putMetadata creates or updates max_versions and cas_required.
-func (a *applier) putMetadata(cmd *fsmpb.Command) error {
+// putMetadata creates or updates a secret's settings: those of
+// cmd.metadata when set, else max_versions (unless 0) and cas_required.
+func (a *applier) putMetadata(cmd *fsmpb.Command, res *Result) error {
 	path, now := cmd.GetPath(), cmd.GetLeaderTimeUnixNano()
 	meta, err := a.getMeta(path)
 	if err != nil {
 		return err
 	}
+	u := cmd.GetMetadata()
 	if meta == nil {
-		meta = &fsmpb.SecretMeta{MaxVersions: a.f.opts.DefaultMaxVersions, CreatedUnixNano: now}
+		if u.GetMustExist() {
+			res.Err = newResultError(ErrNotFound, "no secret at %q", path)
+			return nil
+		}
+		cfg, err := a.kvConfig(path)
+		if err != nil {
+			return err
+		}
+		meta = a.newMeta(cfg, now)
 	}
-	if mv := cmd.GetMaxVersions(); mv > 0 {
-		meta.MaxVersions = mv
+	if u == nil {
+		if mv := cmd.GetMaxVersions(); mv > 0 {
+			meta.MaxVersions = mv
+		}
+		meta.CasRequired = cmd.GetCasRequired()
+	} else {
+		if u.MaxVersions != nil {
+			meta.MaxVersions = u.GetMaxVersions()
+		}
+		if u.CasRequired != nil {
+			meta.CasRequired = u.GetCasRequired()
+		}
+		if u.DeleteVersionAfterNanos != nil {
+			meta.DeleteVersionAfterNanos = max(u.GetDeleteVersionAfterNanos(), 0)
+		}
+		custom := meta.GetCustomMetadata()
+		if u.GetClearCustomMetadata() {
+			custom = nil
+		}
+		for k, v := range u.GetCustomMetadata() {
+			if custom == nil {
+				custom = make(map[string]string, len(u.GetCustomMetadata()))
+			}
+			custom[k] = v
+		}
+		for _, k := range u.GetRemoveCustomMetadata() {
+			delete(custom, k)
+		}
+		if len(custom) > MaxCustomMetadataKeys {
+			res.Err = newResultError(ErrInvalidCommand, "custom_metadata of %q would hold %d keys, over the limit of %d", path, len(custom), MaxCustomMetadataKeys)
+			return nil
+		}
+		meta.CustomMetadata = custom
 	}
-	meta.CasRequired = cmd.GetCasRequired()
 	meta.UpdatedUnixNano = now
 	return a.trimAndPut(path, meta)
+}
+
+// newMeta is the metadata of a secret created at now. Before its mount
+// has a configuration, a secret gets the default max_versions as its own
+// (as every secret did before mounts had one); after, it gets none, so
+// that the mount's setting applies to it, as in Vault.
+func (a *applier) newMeta(cfg *fsmpb.KVConfig, now int64) *fsmpb.SecretMeta {
+	meta := &fsmpb.SecretMeta{CreatedUnixNano: now}
+	if cfg == nil {
+		meta.MaxVersions = a.f.opts.DefaultMaxVersions
+	}
+	return meta
+}
+
+// shorterDVA is the shorter of two delete_version_after settings that are
+// set (0: neither is).
+func shorterDVA(a, b int64) int64 {
+	switch {
+	case a <= 0:
+		return max(b, 0)
+	case b <= 0:
+		return a
+	}
+	return min(a, b)
+}
+
+// kvConfig is the configuration of the mount of path, nil when it has
+// none.
+func (a *applier) kvConfig(path string) (*fsmpb.KVConfig, error) {
+	return loadKVConfig(a.stateMeta, path)
+}
+
+// loadKVConfig reads the configuration of the mount of path from the meta
+// bucket; nil when it has none.
+func loadKVConfig(b *bolt.Bucket, path string) (*fsmpb.KVConfig, error) {
+	mount, _, _ := strings.Cut(path, "/")
+	v := b.Get([]byte(keyKVConfigPrefix + mount + "/"))
+	if v == nil {
+		return nil, nil
+	}
+	cfg := new(fsmpb.KVConfig)
+	if err := proto.Unmarshal(v, cfg); err != nil {
+		return nil, fmt.Errorf("corrupt kv config of %q: %w", mount, err)
+	}
+	return cfg, nil
+}
+
+// putKVConfig sets the settings cmd.metadata holds of a mount.
+func (a *applier) putKVConfig(cmd *fsmpb.Command) error {
+	cfg, err := a.kvConfig(cmd.GetPath())
+	if err != nil {
+		return err
+	}
+	if cfg == nil {
+		cfg = &fsmpb.KVConfig{}
+	}
+	u := cmd.GetMetadata()
+	if u.MaxVersions != nil {
+		cfg.MaxVersions = u.GetMaxVersions()
+	}
+	if u.CasRequired != nil {
+		cfg.CasRequired = u.GetCasRequired()
+	}
+	if u.DeleteVersionAfterNanos != nil {
+		cfg.DeleteVersionAfterNanos = max(u.GetDeleteVersionAfterNanos(), 0)
+	}
+	b, err := marshalOpts.Marshal(cfg)
+	if err != nil {
+		return err
+	}
+	return a.stateMeta.Put([]byte(keyKVConfigPrefix+cmd.GetPath()), b)
+}
+
+// MaxCustomMetadataKeys bounds the keys of a secret's custom metadata (as
+// Vault's KV v2 does); a change that would leave more writes nothing.
+const MaxCustomMetadataKeys = 64
+
+// addNanos is t+d, saturated at the largest time instead of wrapping.
+func addNanos(t, d int64) int64 {
+	if t > math.MaxInt64-d {
+		return math.MaxInt64
+	}
+	return t + d
 }
 
 // sysPut writes all entries, or none when sys_require_absent exists.
@@ -527,6 +664,13 @@ func (a *applier) sysDelete(cmd *fsmpb.Command) error {
 // metadata), updates OldestVersion and stores the metadata.
 func (a *applier) trimAndPut(path string, meta *fsmpb.SecretMeta) error {
 	limit := int(meta.GetMaxVersions())
+	if limit == 0 {
+		cfg, err := a.kvConfig(path)
+		if err != nil {
+			return err
+		}
+		limit = int(cfg.GetMaxVersions())
+	}
 	if limit == 0 {
 		limit = int(a.f.opts.DefaultMaxVersions)
 	}

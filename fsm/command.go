@@ -195,6 +195,10 @@ func validateCommand(c *fsmpb.Command) error {
 		if err := validateSysCAS(c); err != nil {
 			return err
 		}
+	case fsmpb.Op_OP_PUT_KV_CONFIG:
+		if m := c.GetPath(); len(m) < 2 || strings.IndexByte(m, '/') != len(m)-1 || strings.IndexByte(m, 0) >= 0 {
+			return invalid("kv config of %q: name a mount such as \"secret/\"", m)
+		}
 	case fsmpb.Op_OP_NOOP:
 	default:
 		return invalid("unknown op %d", int32(op))

@@ -52,6 +52,8 @@ var (
 	keyIdemCount    = []byte("idem_count")
 	keyFormat       = []byte("format")
 	keySealedSince  = []byte("sealed_since")
+	// keyKVConfigPrefix + mount holds a KV mount's fsmpb.KVConfig.
+	keyKVConfigPrefix = "kv_config/"
 )
 
 // Options configures an FSM. The zero value gives the defaults.

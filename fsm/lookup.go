@@ -11,6 +11,7 @@ import (
 const (
 	fieldSecretCurrentVersion = 1
 	fieldSecretVersions       = 7
+	fieldSecretCustomMetadata = 8
 
 	fieldVersionVersion   = 1
 	fieldVersionCreated   = 2
@@ -79,6 +80,43 @@ func currentVersion(raw []byte) (version uint64, err error) {
 		return skipField, nil
 	})
 	return version, err
+}
+
+// customMetadata reads custom_metadata from a secret's encoded
+// fsmpb.SecretMeta without decoding the rest; nil when it has none.
+func customMetadata(raw []byte) (map[string]string, error) {
+	var out map[string]string
+	err := eachField(raw, func(num protowire.Number, typ protowire.Type, b []byte) (int, error) {
+		if num != fieldSecretCustomMetadata || typ != protowire.BytesType {
+			return skipField, nil
+		}
+		entry, n := protowire.ConsumeBytes(b)
+		if n < 0 {
+			return n, nil
+		}
+		var k, v string
+		err := eachField(entry, func(num protowire.Number, typ protowire.Type, b []byte) (int, error) {
+			if typ != protowire.BytesType || (num != 1 && num != 2) {
+				return skipField, nil
+			}
+			s, n := protowire.ConsumeBytes(b)
+			if n >= 0 && num == 1 {
+				k = string(s)
+			} else if n >= 0 {
+				v = string(s)
+			}
+			return n, nil
+		})
+		if err != nil {
+			return 0, err
+		}
+		if out == nil {
+			out = make(map[string]string)
+		}
+		out[k] = v
+		return n, nil
+	})
+	return out, err
 }
 
 // parseVersionMeta decodes one encoded fsmpb.VersionMeta.

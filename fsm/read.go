@@ -25,6 +25,14 @@ type Version struct {
 	DeletedTime time.Time
 	// Destroyed is true when the ciphertext was destroyed.
 	Destroyed bool
+	// CustomMetadata is the secret's custom metadata (nil when none).
+	CustomMetadata map[string]string
+}
+
+// Deleted reports whether the version counts as deleted at now: soft
+// deleted, or past the deletion time delete_version_after gave it.
+func (v *Version) Deleted(now time.Time) bool {
+	return !v.DeletedTime.IsZero() && !v.DeletedTime.After(now)
 }
 
 // VersionMeta is the metadata of one retained version.
@@ -57,6 +65,11 @@ type Metadata struct {
 	UpdatedTime time.Time
 	// Versions lists the retained versions, ascending.
 	Versions []VersionMeta
+	// CustomMetadata is the user's own key/value pairs (nil when none).
+	CustomMetadata map[string]string
+	// DeleteVersionAfter is how long after its creation a new version
+	// counts as deleted; 0 means never.
+	DeleteVersionAfter time.Duration
 }
 
 // view runs fn in a read transaction of the current database.
@@ -95,6 +108,9 @@ func (f *FSM) Get(path string, version uint64) (*Version, error) {
 			CreatedTime: unixTime(vm.created),
 			DeletedTime: unixTime(vm.deleted),
 			Destroyed:   vm.destroyed,
+		}
+		if out.CustomMetadata, err = customMetadata(raw); err != nil {
+			return fmt.Errorf("%w: metadata of %q: %v", ErrCorrupt, path, err)
 		}
 		if !vm.destroyed {
 			data := tx.Bucket(bucketSecretData).Get(dataKey(path, v))
@@ -146,14 +162,16 @@ func (f *FSM) Metadata(path string) (*Metadata, error) {
 		return nil, fmt.Errorf("%w (no secret at %q)", ErrNotFound, path)
 	}
 	out := &Metadata{
-		Path:           path,
-		CurrentVersion: meta.GetCurrentVersion(),
-		OldestVersion:  meta.GetOldestVersion(),
-		MaxVersions:    meta.GetMaxVersions(),
-		CASRequired:    meta.GetCasRequired(),
-		CreatedTime:    unixTime(meta.GetCreatedUnixNano()),
-		UpdatedTime:    unixTime(meta.GetUpdatedUnixNano()),
-		Versions:       make([]VersionMeta, 0, len(meta.GetVersions())),
+		Path:               path,
+		CurrentVersion:     meta.GetCurrentVersion(),
+		OldestVersion:      meta.GetOldestVersion(),
+		MaxVersions:        meta.GetMaxVersions(),
+		CASRequired:        meta.GetCasRequired(),
+		CreatedTime:        unixTime(meta.GetCreatedUnixNano()),
+		UpdatedTime:        unixTime(meta.GetUpdatedUnixNano()),
+		Versions:           make([]VersionMeta, 0, len(meta.GetVersions())),
+		CustomMetadata:     meta.GetCustomMetadata(),
+		DeleteVersionAfter: time.Duration(meta.GetDeleteVersionAfterNanos()),
 	}
 	for _, vm := range meta.GetVersions() {
 		out.Versions = append(out.Versions, VersionMeta{
@@ -269,6 +287,37 @@ func (f *FSM) SysList(prefix string) ([]string, error) {
 		return nil, err
 	}
 	return out, nil
+}
+
+// KVConfig is a KV mount's configuration: the defaults of its secrets.
+type KVConfig struct {
+	// MaxVersions is the versions a secret without its own max_versions
+	// keeps (0: DefaultMaxVersions).
+	MaxVersions uint32
+	// CASRequired makes every write to the mount carry a check-and-set.
+	CASRequired bool
+	// DeleteVersionAfter deletes each new version this long after its
+	// creation (0: never; a secret's own shorter setting wins).
+	DeleteVersionAfter time.Duration
+}
+
+// KVConfig returns the configuration of mount ("secret/"); the zero
+// configuration when it has none.
+func (f *FSM) KVConfig(mount string) (*KVConfig, error) {
+	var cfg *fsmpb.KVConfig
+	err := f.view(func(tx *bolt.Tx) error {
+		var err error
+		cfg, err = loadKVConfig(tx.Bucket(bucketMeta), mount)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &KVConfig{
+		MaxVersions:        cfg.GetMaxVersions(),
+		CASRequired:        cfg.GetCasRequired(),
+		DeleteVersionAfter: time.Duration(cfg.GetDeleteVersionAfterNanos()),
+	}, nil
 }
 
 // unixTime converts stored leader time; 0 is the zero time.

@@ -422,7 +422,7 @@ func aclCapabilities(c route.Capability) acl.Capability {
 	for _, m := range []struct {
 		r route.Capability
 		a acl.Capability
-	}{{route.Read, acl.Read}, {route.Create, acl.Create}, {route.Update, acl.Update}, {route.Delete, acl.Delete}, {route.List, acl.List}, {route.Sudo, acl.Sudo}} {
+	}{{route.Read, acl.Read}, {route.Create, acl.Create}, {route.Update, acl.Update}, {route.Delete, acl.Delete}, {route.List, acl.List}, {route.Sudo, acl.Sudo}, {route.Patch, acl.Patch}} {
 		if c&m.r != 0 {
 			out |= m.a
 		}

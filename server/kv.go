@@ -3,6 +3,10 @@ package server
 import (
 	"context"
 	"errors"
+	"maps"
+	"slices"
+	"strings"
+	"time"
 
 	pb "coffer/api/cofferpb"
 	"coffer/fsm"
@@ -36,6 +40,7 @@ type kvStore interface {
 	AppliedIndex() uint64
 	WaitApplied(ctx context.Context, index uint64) error
 	ChangesSince(from uint64, prefix string, max int) ([]fsm.Change, error)
+	KVConfig(mount string) (*fsm.KVConfig, error)
 }
 
 // proposer proposes a command through Raft and returns the state
@@ -133,9 +138,122 @@ func (k *kvServer) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse
 		}
 		break
 	}
-	// The version was created at the leader time of the command that took
-	// effect (the first one, for a deduplicated retry): the result says.
-	return &pb.PutResponse{Version: r.Version, Index: r.Index, CreatedTimeUnixNano: r.LeaderTimeUnixNano}, nil
+	return k.putResponse(req.Path, r), nil
+}
+
+// putResponse describes the version a put or patch wrote: its creation
+// time is the leader time of the command that took effect (the first one,
+// for a deduplicated retry), and the secret's custom metadata and the
+// version's deletion time to come are read back from the applied state.
+func (k *kvServer) putResponse(path string, r *fsm.Result) *pb.PutResponse {
+	resp := &pb.PutResponse{Version: r.Version, Index: r.Index, CreatedTimeUnixNano: r.LeaderTimeUnixNano}
+	if md, err := k.store.Metadata(path); err == nil {
+		resp.CustomMetadata = md.CustomMetadata
+		for _, v := range md.Versions {
+			if v.Version == r.Version {
+				resp.DeletionTimeUnixNano = unixNano(v.DeletedTime)
+			}
+		}
+	}
+	return resp
+}
+
+// Patch merges req into the current version's data and writes the result
+// as the next version. It runs on the leader under the path's lock (no
+// other write of this leader to the path comes in between) and proposes
+// the put sealed for the version after the one it read: a version an
+// earlier leader committed meanwhile makes the state machine refuse it
+// (VERSION_CONFLICT, writing nothing), and Patch reads and merges again.
+// So no update is lost between the read and the write.
+func (k *kvServer) Patch(ctx context.Context, req *pb.PatchRequest) (*pb.PutResponse, error) {
+	if err := validatePath(req.Path); err != nil {
+		return nil, err
+	}
+	if err := validateRequestID(req.RequestId); err != nil {
+		return nil, err
+	}
+	if len(req.Data) == 0 && len(req.Remove) == 0 {
+		return nil, invalidf("patch of %s changes nothing: give keys to set or to remove", req.Path)
+	}
+	if len(req.Data) > MaxKeys || len(req.Remove) > MaxKeys {
+		return nil, tooLargef("patch has %d keys to set and %d to remove, over the limit of %d each: split the secret", len(req.Data), len(req.Remove), MaxKeys)
+	}
+	if err := k.beginWrite(); err != nil {
+		return nil, err
+	}
+	unlock, err := k.paths.lock(ctx, req.Path)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	for attempt := 1; ; attempt++ {
+		md, err := k.store.Metadata(req.Path)
+		if errors.Is(err, fsm.ErrNotFound) {
+			return nil, withMessage(err, "no secret at %s: patch changes an existing secret; write it first with put", req.Path)
+		}
+		if err != nil {
+			return nil, err
+		}
+		cfg, err := k.store.KVConfig(req.Path)
+		if err != nil {
+			return nil, err
+		}
+		if (md.CASRequired || cfg.CASRequired) && req.Cas == nil {
+			return nil, withMessage(fsm.ErrCASRequired, "check-and-set required: %s only accepts writes with -cas=<current version>", req.Path)
+		}
+		v, err := k.store.Get(req.Path, md.CurrentVersion)
+		if errors.Is(err, fsm.ErrNotFound) {
+			return nil, withMessage(err, "%s has no current version to patch: write it with put", req.Path)
+		}
+		if err != nil {
+			return nil, err
+		}
+		if v.Destroyed || v.Deleted(time.Now()) {
+			return nil, withMessage(fsm.ErrNotFound, "the current version %d of %s is deleted or destroyed: undelete it or write a new one with put", v.Version, req.Path)
+		}
+		if req.Cas != nil && *req.Cas != v.Version {
+			return nil, k.explainWrite(fsm.ErrCASMismatch, req.Path, req.Cas)
+		}
+		pt, err := k.keys.Decrypt(req.Path, v.Version, v.Ciphertext)
+		if err != nil {
+			return nil, err
+		}
+		data, err := decodeData(pt)
+		clear(pt)
+		if err != nil {
+			return nil, err
+		}
+		maps.Copy(data, req.Data)
+		for _, key := range req.Remove {
+			delete(data, key)
+		}
+		if err := validateData(data); err != nil {
+			return nil, err
+		}
+		pt = encodeData(data)
+		next := v.Version + 1
+		ct, err := k.keys.Encrypt(req.Path, next, pt)
+		clear(pt)
+		if err != nil {
+			return nil, err
+		}
+		r, err := k.props.propose(ctx, &fsmpb.Command{
+			Op:         fsmpb.Op_OP_PUT,
+			Path:       req.Path,
+			Ciphertext: ct,
+			Version:    next,
+			HasCas:     req.Cas != nil,
+			Cas:        req.GetCas(),
+			RequestId:  req.RequestId,
+		})
+		if errors.Is(err, fsm.ErrVersionConflict) && attempt < maxVersionConflicts {
+			continue
+		}
+		if err != nil {
+			return nil, k.explainWrite(err, req.Path, req.Cas)
+		}
+		return k.putResponse(req.Path, r), nil
+	}
 }
 
 // maxVersionConflicts bounds how often one put is sealed again after a
@@ -193,10 +311,19 @@ func (k *kvServer) Get(ctx context.Context, req *pb.GetRequest) (*pb.GetResponse
 	if err != nil {
 		return nil, err
 	}
+	md := &pb.VersionMetadata{
+		Version:              v.Version,
+		CreatedTimeUnixNano:  unixNano(v.CreatedTime),
+		DeletionTimeUnixNano: unixNano(v.DeletedTime),
+		Destroyed:            v.Destroyed,
+	}
+	if gone := v.Destroyed || v.Deleted(time.Now()); gone && req.AllowDeleted {
+		return &pb.GetResponse{Metadata: md, CustomMetadata: v.CustomMetadata, Deleted: true, ReadMeta: k.reads.finish(meta)}, nil
+	}
 	if v.Destroyed {
 		return nil, withMessage(ErrDestroyed, "version %d of %s is destroyed: its data is gone for good", v.Version, req.Path)
 	}
-	if !v.DeletedTime.IsZero() {
+	if v.Deleted(time.Now()) {
 		return nil, withMessage(ErrDeleted, "version %d of %s is deleted: restore it with `coffer kv undelete -versions=%d %s`", v.Version, req.Path, v.Version, req.Path)
 	}
 	pt, err := k.keys.Decrypt(req.Path, v.Version, v.Ciphertext)
@@ -208,14 +335,13 @@ func (k *kvServer) Get(ctx context.Context, req *pb.GetRequest) (*pb.GetResponse
 	if err != nil {
 		return nil, err
 	}
-	return &pb.GetResponse{
-		Data: data,
-		Metadata: &pb.VersionMetadata{
-			Version:             v.Version,
-			CreatedTimeUnixNano: unixNano(v.CreatedTime),
-		},
-		ReadMeta: k.reads.finish(meta),
-	}, nil
+	if req.Subkeys {
+		// The keys only: no value leaves the node on this path.
+		keys := slices.Sorted(maps.Keys(data))
+		clear(data)
+		return &pb.GetResponse{Subkeys: keys, Metadata: md, CustomMetadata: v.CustomMetadata, ReadMeta: k.reads.finish(meta)}, nil
+	}
+	return &pb.GetResponse{Data: data, Metadata: md, CustomMetadata: v.CustomMetadata, ReadMeta: k.reads.finish(meta)}, nil
 }
 
 // List returns the keys directly under a prefix.
@@ -295,14 +421,16 @@ func (k *kvServer) ReadMetadata(ctx context.Context, req *pb.ReadMetadataRequest
 		return nil, err
 	}
 	resp := &pb.ReadMetadataResponse{
-		Path:                md.Path,
-		CurrentVersion:      md.CurrentVersion,
-		OldestVersion:       md.OldestVersion,
-		MaxVersions:         md.MaxVersions,
-		CasRequired:         md.CASRequired,
-		CreatedTimeUnixNano: unixNano(md.CreatedTime),
-		UpdatedTimeUnixNano: unixNano(md.UpdatedTime),
-		ReadMeta:            k.reads.finish(meta),
+		Path:                    md.Path,
+		CurrentVersion:          md.CurrentVersion,
+		OldestVersion:           md.OldestVersion,
+		MaxVersions:             md.MaxVersions,
+		CasRequired:             md.CASRequired,
+		CreatedTimeUnixNano:     unixNano(md.CreatedTime),
+		UpdatedTimeUnixNano:     unixNano(md.UpdatedTime),
+		ReadMeta:                k.reads.finish(meta),
+		CustomMetadata:          md.CustomMetadata,
+		DeleteVersionAfterNanos: int64(md.DeleteVersionAfter),
 	}
 	for _, v := range md.Versions {
 		resp.Versions = append(resp.Versions, &pb.VersionMetadata{
@@ -315,29 +443,152 @@ func (k *kvServer) ReadMetadata(ctx context.Context, req *pb.ReadMetadataRequest
 	return resp, nil
 }
 
-// WriteMetadata sets max_versions and cas_required of a secret.
+// WriteMetadata sets a secret's settings: those req.Fields names, or
+// max_versions (unless 0) and cas_required when it names none.
 func (k *kvServer) WriteMetadata(ctx context.Context, req *pb.WriteMetadataRequest) (*pb.WriteResponse, error) {
-	if err := validatePath(req.Path); err != nil {
-		return nil, err
-	}
-	if err := validateRequestID(req.RequestId); err != nil {
-		return nil, err
-	}
-	if req.MaxVersions > MaxVersionsLimit {
-		return nil, invalidf("max_versions %d is over the limit of %d: keep fewer versions (older ones can be destroyed)", req.MaxVersions, MaxVersionsLimit)
-	}
-	if err := k.beginWrite(); err != nil {
-		return nil, err
-	}
-	r, err := k.props.propose(ctx, &fsmpb.Command{
+	cmd := &fsmpb.Command{
 		Op:          fsmpb.Op_OP_PUT_METADATA,
 		Path:        req.Path,
 		MaxVersions: req.MaxVersions,
 		CasRequired: req.CasRequired,
 		RequestId:   req.RequestId,
+	}
+	if req.OnlyFields || len(req.Fields) > 0 {
+		u := &fsmpb.MetadataUpdate{}
+		for _, f := range req.Fields {
+			switch f {
+			case "max_versions":
+				u.MaxVersions = &req.MaxVersions
+			case "cas_required":
+				u.CasRequired = &req.CasRequired
+			case "custom_metadata":
+				u.ClearCustomMetadata, u.CustomMetadata = true, req.CustomMetadata
+			case "delete_version_after":
+				u.DeleteVersionAfterNanos = &req.DeleteVersionAfterNanos
+			default:
+				return nil, invalidf("fields: %q is not a setting: give max_versions, cas_required, custom_metadata or delete_version_after", printable(f))
+			}
+		}
+		cmd.Metadata = u
+	} else if len(req.CustomMetadata) > 0 || req.DeleteVersionAfterNanos != 0 {
+		return nil, invalidf("custom_metadata and delete_version_after are set only when fields names them")
+	}
+	return k.writeMetadata(ctx, cmd)
+}
+
+// PatchMetadata changes the settings req holds of an existing secret.
+func (k *kvServer) PatchMetadata(ctx context.Context, req *pb.PatchMetadataRequest) (*pb.WriteResponse, error) {
+	return k.writeMetadata(ctx, &fsmpb.Command{
+		Op:        fsmpb.Op_OP_PUT_METADATA,
+		Path:      req.Path,
+		RequestId: req.RequestId,
+		Metadata: &fsmpb.MetadataUpdate{
+			MaxVersions:             req.MaxVersions,
+			CasRequired:             req.CasRequired,
+			DeleteVersionAfterNanos: req.DeleteVersionAfterNanos,
+			ClearCustomMetadata:     req.ClearCustomMetadata,
+			CustomMetadata:          req.CustomMetadata,
+			RemoveCustomMetadata:    req.RemoveCustomMetadata,
+			MustExist:               true,
+		},
+	})
+}
+
+// writeMetadata validates and proposes a metadata change.
+func (k *kvServer) writeMetadata(ctx context.Context, cmd *fsmpb.Command) (*pb.WriteResponse, error) {
+	if err := validatePath(cmd.Path); err != nil {
+		return nil, err
+	}
+	if err := validateRequestID(cmd.RequestId); err != nil {
+		return nil, err
+	}
+	mv := cmd.MaxVersions
+	if u := cmd.Metadata; u != nil {
+		mv = u.GetMaxVersions()
+		if err := validateCustomMetadata(u.CustomMetadata, u.RemoveCustomMetadata); err != nil {
+			return nil, err
+		}
+		if err := validateDeleteVersionAfter(u.GetDeleteVersionAfterNanos()); err != nil {
+			return nil, err
+		}
+	}
+	if mv > MaxVersionsLimit {
+		return nil, invalidf("max_versions %d is over the limit of %d: keep fewer versions (older ones can be destroyed)", mv, MaxVersionsLimit)
+	}
+	if err := k.beginWrite(); err != nil {
+		return nil, err
+	}
+	r, err := k.props.propose(ctx, cmd)
+	if err != nil {
+		return nil, k.explainWrite(err, cmd.Path, nil)
+	}
+	return &pb.WriteResponse{Index: r.Index}, nil
+}
+
+// configMount checks a KV mount's name and returns it with its slash.
+func configMount(mount string) (string, error) {
+	if mount == "" {
+		return DefaultMount, nil
+	}
+	m := strings.TrimSuffix(mount, "/") + "/"
+	if !slices.Contains(mounts, m) {
+		return "", invalidf("mount %q is not a KV mount: the KV mounts are %s", printable(mount), strings.Join(mounts, ", "))
+	}
+	return m, nil
+}
+
+// ReadConfig returns a KV mount's configuration.
+func (k *kvServer) ReadConfig(ctx context.Context, req *pb.ReadConfigRequest) (*pb.KVConfig, error) {
+	mount, err := configMount(req.Mount)
+	if err != nil {
+		return nil, err
+	}
+	meta, err := k.reads.begin(ctx, req.Read)
+	if err != nil {
+		return nil, err
+	}
+	cfg, err := k.store.KVConfig(mount)
+	if err != nil {
+		return nil, err
+	}
+	return &pb.KVConfig{
+		MaxVersions:             cfg.MaxVersions,
+		CasRequired:             cfg.CASRequired,
+		DeleteVersionAfterNanos: int64(cfg.DeleteVersionAfter),
+		ReadMeta:                k.reads.finish(meta),
+	}, nil
+}
+
+// WriteConfig sets the settings req holds of a KV mount.
+func (k *kvServer) WriteConfig(ctx context.Context, req *pb.WriteConfigRequest) (*pb.WriteResponse, error) {
+	mount, err := configMount(req.Mount)
+	if err != nil {
+		return nil, err
+	}
+	if err := validateRequestID(req.RequestId); err != nil {
+		return nil, err
+	}
+	if req.GetMaxVersions() > MaxVersionsLimit {
+		return nil, invalidf("max_versions %d is over the limit of %d: keep fewer versions", req.GetMaxVersions(), MaxVersionsLimit)
+	}
+	if err := validateDeleteVersionAfter(req.GetDeleteVersionAfterNanos()); err != nil {
+		return nil, err
+	}
+	if err := k.beginWrite(); err != nil {
+		return nil, err
+	}
+	r, err := k.props.propose(ctx, &fsmpb.Command{
+		Op:        fsmpb.Op_OP_PUT_KV_CONFIG,
+		Path:      mount,
+		RequestId: req.RequestId,
+		Metadata: &fsmpb.MetadataUpdate{
+			MaxVersions:             req.MaxVersions,
+			CasRequired:             req.CasRequired,
+			DeleteVersionAfterNanos: req.DeleteVersionAfterNanos,
+		},
 	})
 	if err != nil {
-		return nil, k.explainWrite(err, req.Path, nil)
+		return nil, err
 	}
 	return &pb.WriteResponse{Index: r.Index}, nil
 }

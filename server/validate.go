@@ -3,6 +3,7 @@ package server
 import (
 	"fmt"
 	"strings"
+	"time"
 	"unicode"
 	"unicode/utf8"
 
@@ -214,4 +215,77 @@ func invalidf(format string, args ...any) error {
 // tooLargef is an ErrTooLarge with its own message.
 func tooLargef(format string, args ...any) error {
 	return withMessage(ErrTooLarge, format, args...)
+}
+
+// Limits on a secret's custom metadata, Vault's: at most
+// fsm.MaxCustomMetadataKeys keys, each key 1 to 128 bytes and each value
+// at most 512 bytes, both printable.
+const (
+	MaxCustomMetadataKeyLen   = 128
+	MaxCustomMetadataValueLen = 512
+	// MaxDeleteVersionAfter bounds delete_version_after (a century), so
+	// that creation time plus it stays a time.
+	MaxDeleteVersionAfter = 100 * 365 * 24 * time.Hour
+)
+
+// validateCustomMetadata checks custom metadata keys and values against
+// Vault's limits; removed lists keys a patch removes (their names only).
+func validateCustomMetadata(custom map[string]string, removed []string) error {
+	const prefix = "custom_metadata validation failed"
+	if n := len(custom); n > fsm.MaxCustomMetadataKeys {
+		return invalidf("%s: payload must contain at most %d keys, provided %d", prefix, fsm.MaxCustomMetadataKeys, n)
+	}
+	if len(removed) > MaxKeys {
+		return invalidf("%s: %d keys removed at once, over the limit of %d", prefix, len(removed), MaxKeys)
+	}
+	check := func(k string) error {
+		if len(k) == 0 || len(k) > MaxCustomMetadataKeyLen {
+			return invalidf("%s: length of key %q is %d but must be 0 < len(key) <= %d", prefix, printable(k), len(k), MaxCustomMetadataKeyLen)
+		}
+		if !isPrintable(k) {
+			return invalidf("%s: key %q contains unprintable characters", prefix, printable(k))
+		}
+		return nil
+	}
+	for k, v := range custom {
+		if err := check(k); err != nil {
+			return err
+		}
+		if len(v) > MaxCustomMetadataValueLen {
+			return invalidf("%s: length of value for key %q is %d but must be <= %d", prefix, printable(k), len(v), MaxCustomMetadataValueLen)
+		}
+		if !isPrintable(v) {
+			return invalidf("%s: value for key %q contains unprintable characters", prefix, printable(k))
+		}
+	}
+	for _, k := range removed {
+		if err := check(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// isPrintable reports whether s is valid UTF-8 of printable characters.
+func isPrintable(s string) bool {
+	if !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		if !unicode.IsPrint(r) {
+			return false
+		}
+	}
+	return true
+}
+
+// validateDeleteVersionAfter checks a delete_version_after in nanoseconds.
+func validateDeleteVersionAfter(n int64) error {
+	if n < 0 {
+		return invalidf("delete_version_after %s is negative: give 0 (never) or a duration such as 720h", time.Duration(n))
+	}
+	if time.Duration(n) > MaxDeleteVersionAfter {
+		return invalidf("delete_version_after %s is over the limit of %s: give a shorter duration", time.Duration(n), MaxDeleteVersionAfter)
+	}
+	return nil
 }

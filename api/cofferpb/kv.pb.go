@@ -72,7 +72,7 @@ func (x WatchEvent_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use WatchEvent_Type.Descriptor instead.
 func (WatchEvent_Type) EnumDescriptor() ([]byte, []int) {
-	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{14, 0}
+	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{19, 0}
 }
 
 type PutRequest struct {
@@ -154,8 +154,13 @@ type PutResponse struct {
 	// own write on any node.
 	Index               uint64 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
 	CreatedTimeUnixNano int64  `protobuf:"varint,3,opt,name=created_time_unix_nano,json=createdTimeUnixNano,proto3" json:"created_time_unix_nano,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// custom_metadata is the secret's custom metadata.
+	CustomMetadata map[string]string `protobuf:"bytes,4,rep,name=custom_metadata,json=customMetadata,proto3" json:"custom_metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// deletion_time_unix_nano is set when the secret's delete_version_after
+	// gives the new version a deletion time to come.
+	DeletionTimeUnixNano int64 `protobuf:"varint,5,opt,name=deletion_time_unix_nano,json=deletionTimeUnixNano,proto3" json:"deletion_time_unix_nano,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *PutResponse) Reset() {
@@ -209,11 +214,104 @@ func (x *PutResponse) GetCreatedTimeUnixNano() int64 {
 	return 0
 }
 
+func (x *PutResponse) GetCustomMetadata() map[string]string {
+	if x != nil {
+		return x.CustomMetadata
+	}
+	return nil
+}
+
+func (x *PutResponse) GetDeletionTimeUnixNano() int64 {
+	if x != nil {
+		return x.DeletionTimeUnixNano
+	}
+	return 0
+}
+
+type PatchRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Path  string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	// data sets these keys, remove removes these (a JSON merge patch's null).
+	Data   map[string]string `protobuf:"bytes,2,rep,name=data,proto3" json:"data,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Remove []string          `protobuf:"bytes,3,rep,name=remove,proto3" json:"remove,omitempty"`
+	// cas, when set, patches only if the current version is cas.
+	Cas           *uint64 `protobuf:"varint,4,opt,name=cas,proto3,oneof" json:"cas,omitempty"`
+	RequestId     string  `protobuf:"bytes,5,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PatchRequest) Reset() {
+	*x = PatchRequest{}
+	mi := &file_coffer_v1_kv_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PatchRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PatchRequest) ProtoMessage() {}
+
+func (x *PatchRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_kv_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PatchRequest.ProtoReflect.Descriptor instead.
+func (*PatchRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *PatchRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *PatchRequest) GetData() map[string]string {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
+func (x *PatchRequest) GetRemove() []string {
+	if x != nil {
+		return x.Remove
+	}
+	return nil
+}
+
+func (x *PatchRequest) GetCas() uint64 {
+	if x != nil && x.Cas != nil {
+		return *x.Cas
+	}
+	return 0
+}
+
+func (x *PatchRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
 type VersionMetadata struct {
 	state               protoimpl.MessageState `protogen:"open.v1"`
 	Version             uint64                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
 	CreatedTimeUnixNano int64                  `protobuf:"varint,2,opt,name=created_time_unix_nano,json=createdTimeUnixNano,proto3" json:"created_time_unix_nano,omitempty"`
-	// deletion_time_unix_nano is 0 unless the version is soft-deleted.
+	// deletion_time_unix_nano is 0 unless the version is soft-deleted; a
+	// time to come is when delete_version_after deletes it.
 	DeletionTimeUnixNano int64 `protobuf:"varint,3,opt,name=deletion_time_unix_nano,json=deletionTimeUnixNano,proto3" json:"deletion_time_unix_nano,omitempty"`
 	Destroyed            bool  `protobuf:"varint,4,opt,name=destroyed,proto3" json:"destroyed,omitempty"`
 	unknownFields        protoimpl.UnknownFields
@@ -222,7 +320,7 @@ type VersionMetadata struct {
 
 func (x *VersionMetadata) Reset() {
 	*x = VersionMetadata{}
-	mi := &file_coffer_v1_kv_proto_msgTypes[2]
+	mi := &file_coffer_v1_kv_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -234,7 +332,7 @@ func (x *VersionMetadata) String() string {
 func (*VersionMetadata) ProtoMessage() {}
 
 func (x *VersionMetadata) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_kv_proto_msgTypes[2]
+	mi := &file_coffer_v1_kv_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -247,7 +345,7 @@ func (x *VersionMetadata) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionMetadata.ProtoReflect.Descriptor instead.
 func (*VersionMetadata) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{2}
+	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *VersionMetadata) GetVersion() uint64 {
@@ -282,15 +380,22 @@ type GetRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Path  string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
 	// version 0 means the current version.
-	Version       uint64       `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
-	Read          *ReadOptions `protobuf:"bytes,3,opt,name=read,proto3" json:"read,omitempty"`
+	Version uint64       `protobuf:"varint,2,opt,name=version,proto3" json:"version,omitempty"`
+	Read    *ReadOptions `protobuf:"bytes,3,opt,name=read,proto3" json:"read,omitempty"`
+	// subkeys asks for the version's keys without their values (the answer's
+	// subkeys, no data); it needs read on MOUNT/subkeys/rest instead of
+	// MOUNT/data/rest.
+	Subkeys bool `protobuf:"varint,4,opt,name=subkeys,proto3" json:"subkeys,omitempty"`
+	// allow_deleted answers a deleted or destroyed version with its metadata
+	// (deleted set, no data) instead of a DELETED or DESTROYED error.
+	AllowDeleted  bool `protobuf:"varint,5,opt,name=allow_deleted,json=allowDeleted,proto3" json:"allow_deleted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetRequest) Reset() {
 	*x = GetRequest{}
-	mi := &file_coffer_v1_kv_proto_msgTypes[3]
+	mi := &file_coffer_v1_kv_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -302,7 +407,7 @@ func (x *GetRequest) String() string {
 func (*GetRequest) ProtoMessage() {}
 
 func (x *GetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_kv_proto_msgTypes[3]
+	mi := &file_coffer_v1_kv_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -315,7 +420,7 @@ func (x *GetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetRequest.ProtoReflect.Descriptor instead.
 func (*GetRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{3}
+	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *GetRequest) GetPath() string {
@@ -339,18 +444,38 @@ func (x *GetRequest) GetRead() *ReadOptions {
 	return nil
 }
 
+func (x *GetRequest) GetSubkeys() bool {
+	if x != nil {
+		return x.Subkeys
+	}
+	return false
+}
+
+func (x *GetRequest) GetAllowDeleted() bool {
+	if x != nil {
+		return x.AllowDeleted
+	}
+	return false
+}
+
 type GetResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Data          map[string]string      `protobuf:"bytes,1,rep,name=data,proto3" json:"data,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Metadata      *VersionMetadata       `protobuf:"bytes,2,opt,name=metadata,proto3" json:"metadata,omitempty"`
-	ReadMeta      *ReadMeta              `protobuf:"bytes,3,opt,name=read_meta,json=readMeta,proto3" json:"read_meta,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Data     map[string]string      `protobuf:"bytes,1,rep,name=data,proto3" json:"data,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Metadata *VersionMetadata       `protobuf:"bytes,2,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	ReadMeta *ReadMeta              `protobuf:"bytes,3,opt,name=read_meta,json=readMeta,proto3" json:"read_meta,omitempty"`
+	// custom_metadata is the secret's custom metadata.
+	CustomMetadata map[string]string `protobuf:"bytes,4,rep,name=custom_metadata,json=customMetadata,proto3" json:"custom_metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// subkeys are the version's keys, sorted, for a subkeys request.
+	Subkeys []string `protobuf:"bytes,5,rep,name=subkeys,proto3" json:"subkeys,omitempty"`
+	// deleted: the version is deleted or destroyed (allow_deleted only).
+	Deleted       bool `protobuf:"varint,6,opt,name=deleted,proto3" json:"deleted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetResponse) Reset() {
 	*x = GetResponse{}
-	mi := &file_coffer_v1_kv_proto_msgTypes[4]
+	mi := &file_coffer_v1_kv_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -362,7 +487,7 @@ func (x *GetResponse) String() string {
 func (*GetResponse) ProtoMessage() {}
 
 func (x *GetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_kv_proto_msgTypes[4]
+	mi := &file_coffer_v1_kv_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -375,7 +500,7 @@ func (x *GetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetResponse.ProtoReflect.Descriptor instead.
 func (*GetResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{4}
+	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GetResponse) GetData() map[string]string {
@@ -399,6 +524,27 @@ func (x *GetResponse) GetReadMeta() *ReadMeta {
 	return nil
 }
 
+func (x *GetResponse) GetCustomMetadata() map[string]string {
+	if x != nil {
+		return x.CustomMetadata
+	}
+	return nil
+}
+
+func (x *GetResponse) GetSubkeys() []string {
+	if x != nil {
+		return x.Subkeys
+	}
+	return nil
+}
+
+func (x *GetResponse) GetDeleted() bool {
+	if x != nil {
+		return x.Deleted
+	}
+	return false
+}
+
 type ListRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Path  string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
@@ -414,7 +560,7 @@ type ListRequest struct {
 
 func (x *ListRequest) Reset() {
 	*x = ListRequest{}
-	mi := &file_coffer_v1_kv_proto_msgTypes[5]
+	mi := &file_coffer_v1_kv_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -426,7 +572,7 @@ func (x *ListRequest) String() string {
 func (*ListRequest) ProtoMessage() {}
 
 func (x *ListRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_kv_proto_msgTypes[5]
+	mi := &file_coffer_v1_kv_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -439,7 +585,7 @@ func (x *ListRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListRequest.ProtoReflect.Descriptor instead.
 func (*ListRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{5}
+	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ListRequest) GetPath() string {
@@ -483,7 +629,7 @@ type ListResponse struct {
 
 func (x *ListResponse) Reset() {
 	*x = ListResponse{}
-	mi := &file_coffer_v1_kv_proto_msgTypes[6]
+	mi := &file_coffer_v1_kv_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -495,7 +641,7 @@ func (x *ListResponse) String() string {
 func (*ListResponse) ProtoMessage() {}
 
 func (x *ListResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_kv_proto_msgTypes[6]
+	mi := &file_coffer_v1_kv_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -508,7 +654,7 @@ func (x *ListResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListResponse.ProtoReflect.Descriptor instead.
 func (*ListResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{6}
+	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ListResponse) GetKeys() []string {
@@ -543,7 +689,7 @@ type VersionsRequest struct {
 
 func (x *VersionsRequest) Reset() {
 	*x = VersionsRequest{}
-	mi := &file_coffer_v1_kv_proto_msgTypes[7]
+	mi := &file_coffer_v1_kv_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -555,7 +701,7 @@ func (x *VersionsRequest) String() string {
 func (*VersionsRequest) ProtoMessage() {}
 
 func (x *VersionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_kv_proto_msgTypes[7]
+	mi := &file_coffer_v1_kv_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -568,7 +714,7 @@ func (x *VersionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionsRequest.ProtoReflect.Descriptor instead.
 func (*VersionsRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{7}
+	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *VersionsRequest) GetPath() string {
@@ -601,7 +747,7 @@ type WriteResponse struct {
 
 func (x *WriteResponse) Reset() {
 	*x = WriteResponse{}
-	mi := &file_coffer_v1_kv_proto_msgTypes[8]
+	mi := &file_coffer_v1_kv_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -613,7 +759,7 @@ func (x *WriteResponse) String() string {
 func (*WriteResponse) ProtoMessage() {}
 
 func (x *WriteResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_kv_proto_msgTypes[8]
+	mi := &file_coffer_v1_kv_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -626,7 +772,7 @@ func (x *WriteResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteResponse.ProtoReflect.Descriptor instead.
 func (*WriteResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{8}
+	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *WriteResponse) GetIndex() uint64 {
@@ -646,7 +792,7 @@ type ReadMetadataRequest struct {
 
 func (x *ReadMetadataRequest) Reset() {
 	*x = ReadMetadataRequest{}
-	mi := &file_coffer_v1_kv_proto_msgTypes[9]
+	mi := &file_coffer_v1_kv_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -658,7 +804,7 @@ func (x *ReadMetadataRequest) String() string {
 func (*ReadMetadataRequest) ProtoMessage() {}
 
 func (x *ReadMetadataRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_kv_proto_msgTypes[9]
+	mi := &file_coffer_v1_kv_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -671,7 +817,7 @@ func (x *ReadMetadataRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadMetadataRequest.ProtoReflect.Descriptor instead.
 func (*ReadMetadataRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{9}
+	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ReadMetadataRequest) GetPath() string {
@@ -699,13 +845,17 @@ type ReadMetadataResponse struct {
 	UpdatedTimeUnixNano int64                  `protobuf:"varint,7,opt,name=updated_time_unix_nano,json=updatedTimeUnixNano,proto3" json:"updated_time_unix_nano,omitempty"`
 	Versions            []*VersionMetadata     `protobuf:"bytes,8,rep,name=versions,proto3" json:"versions,omitempty"`
 	ReadMeta            *ReadMeta              `protobuf:"bytes,9,opt,name=read_meta,json=readMeta,proto3" json:"read_meta,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	CustomMetadata      map[string]string      `protobuf:"bytes,10,rep,name=custom_metadata,json=customMetadata,proto3" json:"custom_metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// delete_version_after_nanos: each new version counts as deleted this
+	// long after its creation; 0 means never.
+	DeleteVersionAfterNanos int64 `protobuf:"varint,11,opt,name=delete_version_after_nanos,json=deleteVersionAfterNanos,proto3" json:"delete_version_after_nanos,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *ReadMetadataResponse) Reset() {
 	*x = ReadMetadataResponse{}
-	mi := &file_coffer_v1_kv_proto_msgTypes[10]
+	mi := &file_coffer_v1_kv_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -717,7 +867,7 @@ func (x *ReadMetadataResponse) String() string {
 func (*ReadMetadataResponse) ProtoMessage() {}
 
 func (x *ReadMetadataResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_kv_proto_msgTypes[10]
+	mi := &file_coffer_v1_kv_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -730,7 +880,7 @@ func (x *ReadMetadataResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadMetadataResponse.ProtoReflect.Descriptor instead.
 func (*ReadMetadataResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{10}
+	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ReadMetadataResponse) GetPath() string {
@@ -796,20 +946,46 @@ func (x *ReadMetadataResponse) GetReadMeta() *ReadMeta {
 	return nil
 }
 
+func (x *ReadMetadataResponse) GetCustomMetadata() map[string]string {
+	if x != nil {
+		return x.CustomMetadata
+	}
+	return nil
+}
+
+func (x *ReadMetadataResponse) GetDeleteVersionAfterNanos() int64 {
+	if x != nil {
+		return x.DeleteVersionAfterNanos
+	}
+	return 0
+}
+
 type WriteMetadataRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Path  string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
 	// max_versions 0 leaves the current setting.
-	MaxVersions   uint32 `protobuf:"varint,2,opt,name=max_versions,json=maxVersions,proto3" json:"max_versions,omitempty"`
-	CasRequired   bool   `protobuf:"varint,3,opt,name=cas_required,json=casRequired,proto3" json:"cas_required,omitempty"`
-	RequestId     string `protobuf:"bytes,4,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	MaxVersions uint32 `protobuf:"varint,2,opt,name=max_versions,json=maxVersions,proto3" json:"max_versions,omitempty"`
+	CasRequired bool   `protobuf:"varint,3,opt,name=cas_required,json=casRequired,proto3" json:"cas_required,omitempty"`
+	RequestId   string `protobuf:"bytes,4,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// custom_metadata: at most 64 keys of up to 128 bytes, values of up to
+	// 512 bytes.
+	CustomMetadata map[string]string `protobuf:"bytes,5,rep,name=custom_metadata,json=customMetadata,proto3" json:"custom_metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// delete_version_after_nanos: 0 means never.
+	DeleteVersionAfterNanos int64 `protobuf:"varint,6,opt,name=delete_version_after_nanos,json=deleteVersionAfterNanos,proto3" json:"delete_version_after_nanos,omitempty"`
+	// fields names the settings this write sets ("max_versions",
+	// "cas_required", "custom_metadata", "delete_version_after"); the others
+	// keep their values. Empty: max_versions (unless 0) and cas_required,
+	// unless only_fields is set (then no setting changes: the write only
+	// creates the secret's metadata when it has none).
+	Fields        []string `protobuf:"bytes,7,rep,name=fields,proto3" json:"fields,omitempty"`
+	OnlyFields    bool     `protobuf:"varint,8,opt,name=only_fields,json=onlyFields,proto3" json:"only_fields,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *WriteMetadataRequest) Reset() {
 	*x = WriteMetadataRequest{}
-	mi := &file_coffer_v1_kv_proto_msgTypes[11]
+	mi := &file_coffer_v1_kv_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -821,7 +997,7 @@ func (x *WriteMetadataRequest) String() string {
 func (*WriteMetadataRequest) ProtoMessage() {}
 
 func (x *WriteMetadataRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_kv_proto_msgTypes[11]
+	mi := &file_coffer_v1_kv_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -834,7 +1010,7 @@ func (x *WriteMetadataRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WriteMetadataRequest.ProtoReflect.Descriptor instead.
 func (*WriteMetadataRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{11}
+	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *WriteMetadataRequest) GetPath() string {
@@ -865,6 +1041,136 @@ func (x *WriteMetadataRequest) GetRequestId() string {
 	return ""
 }
 
+func (x *WriteMetadataRequest) GetCustomMetadata() map[string]string {
+	if x != nil {
+		return x.CustomMetadata
+	}
+	return nil
+}
+
+func (x *WriteMetadataRequest) GetDeleteVersionAfterNanos() int64 {
+	if x != nil {
+		return x.DeleteVersionAfterNanos
+	}
+	return 0
+}
+
+func (x *WriteMetadataRequest) GetFields() []string {
+	if x != nil {
+		return x.Fields
+	}
+	return nil
+}
+
+func (x *WriteMetadataRequest) GetOnlyFields() bool {
+	if x != nil {
+		return x.OnlyFields
+	}
+	return false
+}
+
+type PatchMetadataRequest struct {
+	state                   protoimpl.MessageState `protogen:"open.v1"`
+	Path                    string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
+	MaxVersions             *uint32                `protobuf:"varint,2,opt,name=max_versions,json=maxVersions,proto3,oneof" json:"max_versions,omitempty"`
+	CasRequired             *bool                  `protobuf:"varint,3,opt,name=cas_required,json=casRequired,proto3,oneof" json:"cas_required,omitempty"`
+	DeleteVersionAfterNanos *int64                 `protobuf:"varint,4,opt,name=delete_version_after_nanos,json=deleteVersionAfterNanos,proto3,oneof" json:"delete_version_after_nanos,omitempty"`
+	// custom_metadata sets these keys, remove_custom_metadata removes these;
+	// clear_custom_metadata first drops every key.
+	CustomMetadata       map[string]string `protobuf:"bytes,5,rep,name=custom_metadata,json=customMetadata,proto3" json:"custom_metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	RemoveCustomMetadata []string          `protobuf:"bytes,6,rep,name=remove_custom_metadata,json=removeCustomMetadata,proto3" json:"remove_custom_metadata,omitempty"`
+	ClearCustomMetadata  bool              `protobuf:"varint,7,opt,name=clear_custom_metadata,json=clearCustomMetadata,proto3" json:"clear_custom_metadata,omitempty"`
+	RequestId            string            `protobuf:"bytes,8,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
+}
+
+func (x *PatchMetadataRequest) Reset() {
+	*x = PatchMetadataRequest{}
+	mi := &file_coffer_v1_kv_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PatchMetadataRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PatchMetadataRequest) ProtoMessage() {}
+
+func (x *PatchMetadataRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_kv_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PatchMetadataRequest.ProtoReflect.Descriptor instead.
+func (*PatchMetadataRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *PatchMetadataRequest) GetPath() string {
+	if x != nil {
+		return x.Path
+	}
+	return ""
+}
+
+func (x *PatchMetadataRequest) GetMaxVersions() uint32 {
+	if x != nil && x.MaxVersions != nil {
+		return *x.MaxVersions
+	}
+	return 0
+}
+
+func (x *PatchMetadataRequest) GetCasRequired() bool {
+	if x != nil && x.CasRequired != nil {
+		return *x.CasRequired
+	}
+	return false
+}
+
+func (x *PatchMetadataRequest) GetDeleteVersionAfterNanos() int64 {
+	if x != nil && x.DeleteVersionAfterNanos != nil {
+		return *x.DeleteVersionAfterNanos
+	}
+	return 0
+}
+
+func (x *PatchMetadataRequest) GetCustomMetadata() map[string]string {
+	if x != nil {
+		return x.CustomMetadata
+	}
+	return nil
+}
+
+func (x *PatchMetadataRequest) GetRemoveCustomMetadata() []string {
+	if x != nil {
+		return x.RemoveCustomMetadata
+	}
+	return nil
+}
+
+func (x *PatchMetadataRequest) GetClearCustomMetadata() bool {
+	if x != nil {
+		return x.ClearCustomMetadata
+	}
+	return false
+}
+
+func (x *PatchMetadataRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
 type DeleteMetadataRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Path          string                 `protobuf:"bytes,1,opt,name=path,proto3" json:"path,omitempty"`
@@ -875,7 +1181,7 @@ type DeleteMetadataRequest struct {
 
 func (x *DeleteMetadataRequest) Reset() {
 	*x = DeleteMetadataRequest{}
-	mi := &file_coffer_v1_kv_proto_msgTypes[12]
+	mi := &file_coffer_v1_kv_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -887,7 +1193,7 @@ func (x *DeleteMetadataRequest) String() string {
 func (*DeleteMetadataRequest) ProtoMessage() {}
 
 func (x *DeleteMetadataRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_kv_proto_msgTypes[12]
+	mi := &file_coffer_v1_kv_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -900,7 +1206,7 @@ func (x *DeleteMetadataRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteMetadataRequest.ProtoReflect.Descriptor instead.
 func (*DeleteMetadataRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{12}
+	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DeleteMetadataRequest) GetPath() string {
@@ -911,6 +1217,208 @@ func (x *DeleteMetadataRequest) GetPath() string {
 }
 
 func (x *DeleteMetadataRequest) GetRequestId() string {
+	if x != nil {
+		return x.RequestId
+	}
+	return ""
+}
+
+type ReadConfigRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// mount is the KV mount ("secret/").
+	Mount         string       `protobuf:"bytes,1,opt,name=mount,proto3" json:"mount,omitempty"`
+	Read          *ReadOptions `protobuf:"bytes,2,opt,name=read,proto3" json:"read,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadConfigRequest) Reset() {
+	*x = ReadConfigRequest{}
+	mi := &file_coffer_v1_kv_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadConfigRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadConfigRequest) ProtoMessage() {}
+
+func (x *ReadConfigRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_kv_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadConfigRequest.ProtoReflect.Descriptor instead.
+func (*ReadConfigRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ReadConfigRequest) GetMount() string {
+	if x != nil {
+		return x.Mount
+	}
+	return ""
+}
+
+func (x *ReadConfigRequest) GetRead() *ReadOptions {
+	if x != nil {
+		return x.Read
+	}
+	return nil
+}
+
+// KVConfig is a KV mount's configuration. A secret's own max_versions
+// (when not 0) wins over the mount's (0: 10 versions); cas_required
+// applies when either requires it; a new version's deletion time comes
+// from the shorter delete_version_after of the two that are set.
+type KVConfig struct {
+	state                   protoimpl.MessageState `protogen:"open.v1"`
+	MaxVersions             uint32                 `protobuf:"varint,1,opt,name=max_versions,json=maxVersions,proto3" json:"max_versions,omitempty"`
+	CasRequired             bool                   `protobuf:"varint,2,opt,name=cas_required,json=casRequired,proto3" json:"cas_required,omitempty"`
+	DeleteVersionAfterNanos int64                  `protobuf:"varint,3,opt,name=delete_version_after_nanos,json=deleteVersionAfterNanos,proto3" json:"delete_version_after_nanos,omitempty"`
+	ReadMeta                *ReadMeta              `protobuf:"bytes,4,opt,name=read_meta,json=readMeta,proto3" json:"read_meta,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
+}
+
+func (x *KVConfig) Reset() {
+	*x = KVConfig{}
+	mi := &file_coffer_v1_kv_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KVConfig) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KVConfig) ProtoMessage() {}
+
+func (x *KVConfig) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_kv_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KVConfig.ProtoReflect.Descriptor instead.
+func (*KVConfig) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *KVConfig) GetMaxVersions() uint32 {
+	if x != nil {
+		return x.MaxVersions
+	}
+	return 0
+}
+
+func (x *KVConfig) GetCasRequired() bool {
+	if x != nil {
+		return x.CasRequired
+	}
+	return false
+}
+
+func (x *KVConfig) GetDeleteVersionAfterNanos() int64 {
+	if x != nil {
+		return x.DeleteVersionAfterNanos
+	}
+	return 0
+}
+
+func (x *KVConfig) GetReadMeta() *ReadMeta {
+	if x != nil {
+		return x.ReadMeta
+	}
+	return nil
+}
+
+type WriteConfigRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Mount string                 `protobuf:"bytes,1,opt,name=mount,proto3" json:"mount,omitempty"`
+	// The settings set; those left unset keep their values.
+	MaxVersions             *uint32 `protobuf:"varint,2,opt,name=max_versions,json=maxVersions,proto3,oneof" json:"max_versions,omitempty"`
+	CasRequired             *bool   `protobuf:"varint,3,opt,name=cas_required,json=casRequired,proto3,oneof" json:"cas_required,omitempty"`
+	DeleteVersionAfterNanos *int64  `protobuf:"varint,4,opt,name=delete_version_after_nanos,json=deleteVersionAfterNanos,proto3,oneof" json:"delete_version_after_nanos,omitempty"`
+	RequestId               string  `protobuf:"bytes,5,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
+}
+
+func (x *WriteConfigRequest) Reset() {
+	*x = WriteConfigRequest{}
+	mi := &file_coffer_v1_kv_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WriteConfigRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WriteConfigRequest) ProtoMessage() {}
+
+func (x *WriteConfigRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_kv_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WriteConfigRequest.ProtoReflect.Descriptor instead.
+func (*WriteConfigRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *WriteConfigRequest) GetMount() string {
+	if x != nil {
+		return x.Mount
+	}
+	return ""
+}
+
+func (x *WriteConfigRequest) GetMaxVersions() uint32 {
+	if x != nil && x.MaxVersions != nil {
+		return *x.MaxVersions
+	}
+	return 0
+}
+
+func (x *WriteConfigRequest) GetCasRequired() bool {
+	if x != nil && x.CasRequired != nil {
+		return *x.CasRequired
+	}
+	return false
+}
+
+func (x *WriteConfigRequest) GetDeleteVersionAfterNanos() int64 {
+	if x != nil && x.DeleteVersionAfterNanos != nil {
+		return *x.DeleteVersionAfterNanos
+	}
+	return 0
+}
+
+func (x *WriteConfigRequest) GetRequestId() string {
 	if x != nil {
 		return x.RequestId
 	}
@@ -930,7 +1438,7 @@ type WatchRequest struct {
 
 func (x *WatchRequest) Reset() {
 	*x = WatchRequest{}
-	mi := &file_coffer_v1_kv_proto_msgTypes[13]
+	mi := &file_coffer_v1_kv_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -942,7 +1450,7 @@ func (x *WatchRequest) String() string {
 func (*WatchRequest) ProtoMessage() {}
 
 func (x *WatchRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_kv_proto_msgTypes[13]
+	mi := &file_coffer_v1_kv_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -955,7 +1463,7 @@ func (x *WatchRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchRequest.ProtoReflect.Descriptor instead.
 func (*WatchRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{13}
+	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *WatchRequest) GetPrefix() string {
@@ -989,7 +1497,7 @@ type WatchEvent struct {
 
 func (x *WatchEvent) Reset() {
 	*x = WatchEvent{}
-	mi := &file_coffer_v1_kv_proto_msgTypes[14]
+	mi := &file_coffer_v1_kv_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1001,7 +1509,7 @@ func (x *WatchEvent) String() string {
 func (*WatchEvent) ProtoMessage() {}
 
 func (x *WatchEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_kv_proto_msgTypes[14]
+	mi := &file_coffer_v1_kv_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1014,7 +1522,7 @@ func (x *WatchEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchEvent.ProtoReflect.Descriptor instead.
 func (*WatchEvent) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{14}
+	return file_coffer_v1_kv_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *WatchEvent) GetType() WatchEvent_Type {
@@ -1081,26 +1589,50 @@ const file_coffer_v1_kv_proto_rawDesc = "" +
 	"\tDataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x06\n" +
-	"\x04_cas\"r\n" +
+	"\x04_cas\"\xc1\x02\n" +
 	"\vPutResponse\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12\x14\n" +
 	"\x05index\x18\x02 \x01(\x04R\x05index\x123\n" +
-	"\x16created_time_unix_nano\x18\x03 \x01(\x03R\x13createdTimeUnixNano\"\xb5\x01\n" +
+	"\x16created_time_unix_nano\x18\x03 \x01(\x03R\x13createdTimeUnixNano\x12S\n" +
+	"\x0fcustom_metadata\x18\x04 \x03(\v2*.coffer.v1.PutResponse.CustomMetadataEntryR\x0ecustomMetadata\x125\n" +
+	"\x17deletion_time_unix_nano\x18\x05 \x01(\x03R\x14deletionTimeUnixNano\x1aA\n" +
+	"\x13CustomMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe8\x01\n" +
+	"\fPatchRequest\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x125\n" +
+	"\x04data\x18\x02 \x03(\v2!.coffer.v1.PatchRequest.DataEntryR\x04data\x12\x16\n" +
+	"\x06remove\x18\x03 \x03(\tR\x06remove\x12\x15\n" +
+	"\x03cas\x18\x04 \x01(\x04H\x00R\x03cas\x88\x01\x01\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x05 \x01(\tR\trequestId\x1a7\n" +
+	"\tDataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x06\n" +
+	"\x04_cas\"\xb5\x01\n" +
 	"\x0fVersionMetadata\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x123\n" +
 	"\x16created_time_unix_nano\x18\x02 \x01(\x03R\x13createdTimeUnixNano\x125\n" +
 	"\x17deletion_time_unix_nano\x18\x03 \x01(\x03R\x14deletionTimeUnixNano\x12\x1c\n" +
-	"\tdestroyed\x18\x04 \x01(\bR\tdestroyed\"f\n" +
+	"\tdestroyed\x18\x04 \x01(\bR\tdestroyed\"\xa5\x01\n" +
 	"\n" +
 	"GetRequest\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\x12*\n" +
-	"\x04read\x18\x03 \x01(\v2\x16.coffer.v1.ReadOptionsR\x04read\"\xe6\x01\n" +
+	"\x04read\x18\x03 \x01(\v2\x16.coffer.v1.ReadOptionsR\x04read\x12\x18\n" +
+	"\asubkeys\x18\x04 \x01(\bR\asubkeys\x12#\n" +
+	"\rallow_deleted\x18\x05 \x01(\bR\fallowDeleted\"\xb2\x03\n" +
 	"\vGetResponse\x124\n" +
 	"\x04data\x18\x01 \x03(\v2 .coffer.v1.GetResponse.DataEntryR\x04data\x126\n" +
 	"\bmetadata\x18\x02 \x01(\v2\x1a.coffer.v1.VersionMetadataR\bmetadata\x120\n" +
-	"\tread_meta\x18\x03 \x01(\v2\x13.coffer.v1.ReadMetaR\breadMeta\x1a7\n" +
+	"\tread_meta\x18\x03 \x01(\v2\x13.coffer.v1.ReadMetaR\breadMeta\x12S\n" +
+	"\x0fcustom_metadata\x18\x04 \x03(\v2*.coffer.v1.GetResponse.CustomMetadataEntryR\x0ecustomMetadata\x12\x18\n" +
+	"\asubkeys\x18\x05 \x03(\tR\asubkeys\x12\x18\n" +
+	"\adeleted\x18\x06 \x01(\bR\adeleted\x1a7\n" +
 	"\tDataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1aA\n" +
+	"\x13CustomMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"y\n" +
 	"\vListRequest\x12\x12\n" +
@@ -1122,7 +1654,7 @@ const file_coffer_v1_kv_proto_rawDesc = "" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\"U\n" +
 	"\x13ReadMetadataRequest\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12*\n" +
-	"\x04read\x18\x02 \x01(\v2\x16.coffer.v1.ReadOptionsR\x04read\"\x94\x03\n" +
+	"\x04read\x18\x02 \x01(\v2\x16.coffer.v1.ReadOptionsR\x04read\"\xf2\x04\n" +
 	"\x14ReadMetadataResponse\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12'\n" +
 	"\x0fcurrent_version\x18\x02 \x01(\x04R\x0ecurrentVersion\x12%\n" +
@@ -1132,17 +1664,65 @@ const file_coffer_v1_kv_proto_rawDesc = "" +
 	"\x16created_time_unix_nano\x18\x06 \x01(\x03R\x13createdTimeUnixNano\x123\n" +
 	"\x16updated_time_unix_nano\x18\a \x01(\x03R\x13updatedTimeUnixNano\x126\n" +
 	"\bversions\x18\b \x03(\v2\x1a.coffer.v1.VersionMetadataR\bversions\x120\n" +
-	"\tread_meta\x18\t \x01(\v2\x13.coffer.v1.ReadMetaR\breadMeta\"\x8f\x01\n" +
+	"\tread_meta\x18\t \x01(\v2\x13.coffer.v1.ReadMetaR\breadMeta\x12\\\n" +
+	"\x0fcustom_metadata\x18\n" +
+	" \x03(\v23.coffer.v1.ReadMetadataResponse.CustomMetadataEntryR\x0ecustomMetadata\x12;\n" +
+	"\x1adelete_version_after_nanos\x18\v \x01(\x03R\x17deleteVersionAfterNanos\x1aA\n" +
+	"\x13CustomMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa6\x03\n" +
 	"\x14WriteMetadataRequest\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12!\n" +
 	"\fmax_versions\x18\x02 \x01(\rR\vmaxVersions\x12!\n" +
 	"\fcas_required\x18\x03 \x01(\bR\vcasRequired\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x04 \x01(\tR\trequestId\"J\n" +
+	"request_id\x18\x04 \x01(\tR\trequestId\x12\\\n" +
+	"\x0fcustom_metadata\x18\x05 \x03(\v23.coffer.v1.WriteMetadataRequest.CustomMetadataEntryR\x0ecustomMetadata\x12;\n" +
+	"\x1adelete_version_after_nanos\x18\x06 \x01(\x03R\x17deleteVersionAfterNanos\x12\x16\n" +
+	"\x06fields\x18\a \x03(\tR\x06fields\x12\x1f\n" +
+	"\vonly_fields\x18\b \x01(\bR\n" +
+	"onlyFields\x1aA\n" +
+	"\x13CustomMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xa7\x04\n" +
+	"\x14PatchMetadataRequest\x12\x12\n" +
+	"\x04path\x18\x01 \x01(\tR\x04path\x12&\n" +
+	"\fmax_versions\x18\x02 \x01(\rH\x00R\vmaxVersions\x88\x01\x01\x12&\n" +
+	"\fcas_required\x18\x03 \x01(\bH\x01R\vcasRequired\x88\x01\x01\x12@\n" +
+	"\x1adelete_version_after_nanos\x18\x04 \x01(\x03H\x02R\x17deleteVersionAfterNanos\x88\x01\x01\x12\\\n" +
+	"\x0fcustom_metadata\x18\x05 \x03(\v23.coffer.v1.PatchMetadataRequest.CustomMetadataEntryR\x0ecustomMetadata\x124\n" +
+	"\x16remove_custom_metadata\x18\x06 \x03(\tR\x14removeCustomMetadata\x122\n" +
+	"\x15clear_custom_metadata\x18\a \x01(\bR\x13clearCustomMetadata\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\b \x01(\tR\trequestId\x1aA\n" +
+	"\x13CustomMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x0f\n" +
+	"\r_max_versionsB\x0f\n" +
+	"\r_cas_requiredB\x1d\n" +
+	"\x1b_delete_version_after_nanos\"J\n" +
 	"\x15DeleteMetadataRequest\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\x12\x1d\n" +
 	"\n" +
-	"request_id\x18\x02 \x01(\tR\trequestId\"E\n" +
+	"request_id\x18\x02 \x01(\tR\trequestId\"U\n" +
+	"\x11ReadConfigRequest\x12\x14\n" +
+	"\x05mount\x18\x01 \x01(\tR\x05mount\x12*\n" +
+	"\x04read\x18\x02 \x01(\v2\x16.coffer.v1.ReadOptionsR\x04read\"\xbf\x01\n" +
+	"\bKVConfig\x12!\n" +
+	"\fmax_versions\x18\x01 \x01(\rR\vmaxVersions\x12!\n" +
+	"\fcas_required\x18\x02 \x01(\bR\vcasRequired\x12;\n" +
+	"\x1adelete_version_after_nanos\x18\x03 \x01(\x03R\x17deleteVersionAfterNanos\x120\n" +
+	"\tread_meta\x18\x04 \x01(\v2\x13.coffer.v1.ReadMetaR\breadMeta\"\x9c\x02\n" +
+	"\x12WriteConfigRequest\x12\x14\n" +
+	"\x05mount\x18\x01 \x01(\tR\x05mount\x12&\n" +
+	"\fmax_versions\x18\x02 \x01(\rH\x00R\vmaxVersions\x88\x01\x01\x12&\n" +
+	"\fcas_required\x18\x03 \x01(\bH\x01R\vcasRequired\x88\x01\x01\x12@\n" +
+	"\x1adelete_version_after_nanos\x18\x04 \x01(\x03H\x02R\x17deleteVersionAfterNanos\x88\x01\x01\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x05 \x01(\tR\trequestIdB\x0f\n" +
+	"\r_max_versionsB\x0f\n" +
+	"\r_cas_requiredB\x1d\n" +
+	"\x1b_delete_version_after_nanos\"E\n" +
 	"\fWatchRequest\x12\x16\n" +
 	"\x06prefix\x18\x01 \x01(\tR\x06prefix\x12\x1d\n" +
 	"\n" +
@@ -1160,17 +1740,22 @@ const file_coffer_v1_kv_proto_rawDesc = "" +
 	"\n" +
 	"\x06CHANGE\x10\x00\x12\f\n" +
 	"\bPROGRESS\x10\x01\x12\r\n" +
-	"\tCOMPACTED\x10\x022\x92\x05\n" +
+	"\tCOMPACTED\x10\x022\xa1\a\n" +
 	"\x02KV\x124\n" +
 	"\x03Put\x12\x15.coffer.v1.PutRequest\x1a\x16.coffer.v1.PutResponse\x124\n" +
-	"\x03Get\x12\x15.coffer.v1.GetRequest\x1a\x16.coffer.v1.GetResponse\x127\n" +
+	"\x03Get\x12\x15.coffer.v1.GetRequest\x1a\x16.coffer.v1.GetResponse\x128\n" +
+	"\x05Patch\x12\x17.coffer.v1.PatchRequest\x1a\x16.coffer.v1.PutResponse\x127\n" +
 	"\x04List\x12\x16.coffer.v1.ListRequest\x1a\x17.coffer.v1.ListResponse\x12>\n" +
 	"\x06Delete\x12\x1a.coffer.v1.VersionsRequest\x1a\x18.coffer.v1.WriteResponse\x12@\n" +
 	"\bUndelete\x12\x1a.coffer.v1.VersionsRequest\x1a\x18.coffer.v1.WriteResponse\x12?\n" +
 	"\aDestroy\x12\x1a.coffer.v1.VersionsRequest\x1a\x18.coffer.v1.WriteResponse\x12O\n" +
 	"\fReadMetadata\x12\x1e.coffer.v1.ReadMetadataRequest\x1a\x1f.coffer.v1.ReadMetadataResponse\x12J\n" +
-	"\rWriteMetadata\x12\x1f.coffer.v1.WriteMetadataRequest\x1a\x18.coffer.v1.WriteResponse\x12L\n" +
-	"\x0eDeleteMetadata\x12 .coffer.v1.DeleteMetadataRequest\x1a\x18.coffer.v1.WriteResponse\x129\n" +
+	"\rWriteMetadata\x12\x1f.coffer.v1.WriteMetadataRequest\x1a\x18.coffer.v1.WriteResponse\x12J\n" +
+	"\rPatchMetadata\x12\x1f.coffer.v1.PatchMetadataRequest\x1a\x18.coffer.v1.WriteResponse\x12L\n" +
+	"\x0eDeleteMetadata\x12 .coffer.v1.DeleteMetadataRequest\x1a\x18.coffer.v1.WriteResponse\x12?\n" +
+	"\n" +
+	"ReadConfig\x12\x1c.coffer.v1.ReadConfigRequest\x1a\x13.coffer.v1.KVConfig\x12F\n" +
+	"\vWriteConfig\x12\x1d.coffer.v1.WriteConfigRequest\x1a\x18.coffer.v1.WriteResponse\x129\n" +
 	"\x05Watch\x12\x17.coffer.v1.WatchRequest\x1a\x15.coffer.v1.WatchEvent0\x01B\x1eZ\x1ccoffer/api/cofferpb;cofferpbb\x06proto3"
 
 var (
@@ -1186,66 +1771,93 @@ func file_coffer_v1_kv_proto_rawDescGZIP() []byte {
 }
 
 var file_coffer_v1_kv_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_coffer_v1_kv_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_coffer_v1_kv_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_coffer_v1_kv_proto_goTypes = []any{
 	(WatchEvent_Type)(0),          // 0: coffer.v1.WatchEvent.Type
 	(*PutRequest)(nil),            // 1: coffer.v1.PutRequest
 	(*PutResponse)(nil),           // 2: coffer.v1.PutResponse
-	(*VersionMetadata)(nil),       // 3: coffer.v1.VersionMetadata
-	(*GetRequest)(nil),            // 4: coffer.v1.GetRequest
-	(*GetResponse)(nil),           // 5: coffer.v1.GetResponse
-	(*ListRequest)(nil),           // 6: coffer.v1.ListRequest
-	(*ListResponse)(nil),          // 7: coffer.v1.ListResponse
-	(*VersionsRequest)(nil),       // 8: coffer.v1.VersionsRequest
-	(*WriteResponse)(nil),         // 9: coffer.v1.WriteResponse
-	(*ReadMetadataRequest)(nil),   // 10: coffer.v1.ReadMetadataRequest
-	(*ReadMetadataResponse)(nil),  // 11: coffer.v1.ReadMetadataResponse
-	(*WriteMetadataRequest)(nil),  // 12: coffer.v1.WriteMetadataRequest
-	(*DeleteMetadataRequest)(nil), // 13: coffer.v1.DeleteMetadataRequest
-	(*WatchRequest)(nil),          // 14: coffer.v1.WatchRequest
-	(*WatchEvent)(nil),            // 15: coffer.v1.WatchEvent
-	nil,                           // 16: coffer.v1.PutRequest.DataEntry
-	nil,                           // 17: coffer.v1.GetResponse.DataEntry
-	(*ReadOptions)(nil),           // 18: coffer.v1.ReadOptions
-	(*ReadMeta)(nil),              // 19: coffer.v1.ReadMeta
+	(*PatchRequest)(nil),          // 3: coffer.v1.PatchRequest
+	(*VersionMetadata)(nil),       // 4: coffer.v1.VersionMetadata
+	(*GetRequest)(nil),            // 5: coffer.v1.GetRequest
+	(*GetResponse)(nil),           // 6: coffer.v1.GetResponse
+	(*ListRequest)(nil),           // 7: coffer.v1.ListRequest
+	(*ListResponse)(nil),          // 8: coffer.v1.ListResponse
+	(*VersionsRequest)(nil),       // 9: coffer.v1.VersionsRequest
+	(*WriteResponse)(nil),         // 10: coffer.v1.WriteResponse
+	(*ReadMetadataRequest)(nil),   // 11: coffer.v1.ReadMetadataRequest
+	(*ReadMetadataResponse)(nil),  // 12: coffer.v1.ReadMetadataResponse
+	(*WriteMetadataRequest)(nil),  // 13: coffer.v1.WriteMetadataRequest
+	(*PatchMetadataRequest)(nil),  // 14: coffer.v1.PatchMetadataRequest
+	(*DeleteMetadataRequest)(nil), // 15: coffer.v1.DeleteMetadataRequest
+	(*ReadConfigRequest)(nil),     // 16: coffer.v1.ReadConfigRequest
+	(*KVConfig)(nil),              // 17: coffer.v1.KVConfig
+	(*WriteConfigRequest)(nil),    // 18: coffer.v1.WriteConfigRequest
+	(*WatchRequest)(nil),          // 19: coffer.v1.WatchRequest
+	(*WatchEvent)(nil),            // 20: coffer.v1.WatchEvent
+	nil,                           // 21: coffer.v1.PutRequest.DataEntry
+	nil,                           // 22: coffer.v1.PutResponse.CustomMetadataEntry
+	nil,                           // 23: coffer.v1.PatchRequest.DataEntry
+	nil,                           // 24: coffer.v1.GetResponse.DataEntry
+	nil,                           // 25: coffer.v1.GetResponse.CustomMetadataEntry
+	nil,                           // 26: coffer.v1.ReadMetadataResponse.CustomMetadataEntry
+	nil,                           // 27: coffer.v1.WriteMetadataRequest.CustomMetadataEntry
+	nil,                           // 28: coffer.v1.PatchMetadataRequest.CustomMetadataEntry
+	(*ReadOptions)(nil),           // 29: coffer.v1.ReadOptions
+	(*ReadMeta)(nil),              // 30: coffer.v1.ReadMeta
 }
 var file_coffer_v1_kv_proto_depIdxs = []int32{
-	16, // 0: coffer.v1.PutRequest.data:type_name -> coffer.v1.PutRequest.DataEntry
-	18, // 1: coffer.v1.GetRequest.read:type_name -> coffer.v1.ReadOptions
-	17, // 2: coffer.v1.GetResponse.data:type_name -> coffer.v1.GetResponse.DataEntry
-	3,  // 3: coffer.v1.GetResponse.metadata:type_name -> coffer.v1.VersionMetadata
-	19, // 4: coffer.v1.GetResponse.read_meta:type_name -> coffer.v1.ReadMeta
-	18, // 5: coffer.v1.ListRequest.read:type_name -> coffer.v1.ReadOptions
-	19, // 6: coffer.v1.ListResponse.read_meta:type_name -> coffer.v1.ReadMeta
-	18, // 7: coffer.v1.ReadMetadataRequest.read:type_name -> coffer.v1.ReadOptions
-	3,  // 8: coffer.v1.ReadMetadataResponse.versions:type_name -> coffer.v1.VersionMetadata
-	19, // 9: coffer.v1.ReadMetadataResponse.read_meta:type_name -> coffer.v1.ReadMeta
-	0,  // 10: coffer.v1.WatchEvent.type:type_name -> coffer.v1.WatchEvent.Type
-	1,  // 11: coffer.v1.KV.Put:input_type -> coffer.v1.PutRequest
-	4,  // 12: coffer.v1.KV.Get:input_type -> coffer.v1.GetRequest
-	6,  // 13: coffer.v1.KV.List:input_type -> coffer.v1.ListRequest
-	8,  // 14: coffer.v1.KV.Delete:input_type -> coffer.v1.VersionsRequest
-	8,  // 15: coffer.v1.KV.Undelete:input_type -> coffer.v1.VersionsRequest
-	8,  // 16: coffer.v1.KV.Destroy:input_type -> coffer.v1.VersionsRequest
-	10, // 17: coffer.v1.KV.ReadMetadata:input_type -> coffer.v1.ReadMetadataRequest
-	12, // 18: coffer.v1.KV.WriteMetadata:input_type -> coffer.v1.WriteMetadataRequest
-	13, // 19: coffer.v1.KV.DeleteMetadata:input_type -> coffer.v1.DeleteMetadataRequest
-	14, // 20: coffer.v1.KV.Watch:input_type -> coffer.v1.WatchRequest
-	2,  // 21: coffer.v1.KV.Put:output_type -> coffer.v1.PutResponse
-	5,  // 22: coffer.v1.KV.Get:output_type -> coffer.v1.GetResponse
-	7,  // 23: coffer.v1.KV.List:output_type -> coffer.v1.ListResponse
-	9,  // 24: coffer.v1.KV.Delete:output_type -> coffer.v1.WriteResponse
-	9,  // 25: coffer.v1.KV.Undelete:output_type -> coffer.v1.WriteResponse
-	9,  // 26: coffer.v1.KV.Destroy:output_type -> coffer.v1.WriteResponse
-	11, // 27: coffer.v1.KV.ReadMetadata:output_type -> coffer.v1.ReadMetadataResponse
-	9,  // 28: coffer.v1.KV.WriteMetadata:output_type -> coffer.v1.WriteResponse
-	9,  // 29: coffer.v1.KV.DeleteMetadata:output_type -> coffer.v1.WriteResponse
-	15, // 30: coffer.v1.KV.Watch:output_type -> coffer.v1.WatchEvent
-	21, // [21:31] is the sub-list for method output_type
-	11, // [11:21] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	21, // 0: coffer.v1.PutRequest.data:type_name -> coffer.v1.PutRequest.DataEntry
+	22, // 1: coffer.v1.PutResponse.custom_metadata:type_name -> coffer.v1.PutResponse.CustomMetadataEntry
+	23, // 2: coffer.v1.PatchRequest.data:type_name -> coffer.v1.PatchRequest.DataEntry
+	29, // 3: coffer.v1.GetRequest.read:type_name -> coffer.v1.ReadOptions
+	24, // 4: coffer.v1.GetResponse.data:type_name -> coffer.v1.GetResponse.DataEntry
+	4,  // 5: coffer.v1.GetResponse.metadata:type_name -> coffer.v1.VersionMetadata
+	30, // 6: coffer.v1.GetResponse.read_meta:type_name -> coffer.v1.ReadMeta
+	25, // 7: coffer.v1.GetResponse.custom_metadata:type_name -> coffer.v1.GetResponse.CustomMetadataEntry
+	29, // 8: coffer.v1.ListRequest.read:type_name -> coffer.v1.ReadOptions
+	30, // 9: coffer.v1.ListResponse.read_meta:type_name -> coffer.v1.ReadMeta
+	29, // 10: coffer.v1.ReadMetadataRequest.read:type_name -> coffer.v1.ReadOptions
+	4,  // 11: coffer.v1.ReadMetadataResponse.versions:type_name -> coffer.v1.VersionMetadata
+	30, // 12: coffer.v1.ReadMetadataResponse.read_meta:type_name -> coffer.v1.ReadMeta
+	26, // 13: coffer.v1.ReadMetadataResponse.custom_metadata:type_name -> coffer.v1.ReadMetadataResponse.CustomMetadataEntry
+	27, // 14: coffer.v1.WriteMetadataRequest.custom_metadata:type_name -> coffer.v1.WriteMetadataRequest.CustomMetadataEntry
+	28, // 15: coffer.v1.PatchMetadataRequest.custom_metadata:type_name -> coffer.v1.PatchMetadataRequest.CustomMetadataEntry
+	29, // 16: coffer.v1.ReadConfigRequest.read:type_name -> coffer.v1.ReadOptions
+	30, // 17: coffer.v1.KVConfig.read_meta:type_name -> coffer.v1.ReadMeta
+	0,  // 18: coffer.v1.WatchEvent.type:type_name -> coffer.v1.WatchEvent.Type
+	1,  // 19: coffer.v1.KV.Put:input_type -> coffer.v1.PutRequest
+	5,  // 20: coffer.v1.KV.Get:input_type -> coffer.v1.GetRequest
+	3,  // 21: coffer.v1.KV.Patch:input_type -> coffer.v1.PatchRequest
+	7,  // 22: coffer.v1.KV.List:input_type -> coffer.v1.ListRequest
+	9,  // 23: coffer.v1.KV.Delete:input_type -> coffer.v1.VersionsRequest
+	9,  // 24: coffer.v1.KV.Undelete:input_type -> coffer.v1.VersionsRequest
+	9,  // 25: coffer.v1.KV.Destroy:input_type -> coffer.v1.VersionsRequest
+	11, // 26: coffer.v1.KV.ReadMetadata:input_type -> coffer.v1.ReadMetadataRequest
+	13, // 27: coffer.v1.KV.WriteMetadata:input_type -> coffer.v1.WriteMetadataRequest
+	14, // 28: coffer.v1.KV.PatchMetadata:input_type -> coffer.v1.PatchMetadataRequest
+	15, // 29: coffer.v1.KV.DeleteMetadata:input_type -> coffer.v1.DeleteMetadataRequest
+	16, // 30: coffer.v1.KV.ReadConfig:input_type -> coffer.v1.ReadConfigRequest
+	18, // 31: coffer.v1.KV.WriteConfig:input_type -> coffer.v1.WriteConfigRequest
+	19, // 32: coffer.v1.KV.Watch:input_type -> coffer.v1.WatchRequest
+	2,  // 33: coffer.v1.KV.Put:output_type -> coffer.v1.PutResponse
+	6,  // 34: coffer.v1.KV.Get:output_type -> coffer.v1.GetResponse
+	2,  // 35: coffer.v1.KV.Patch:output_type -> coffer.v1.PutResponse
+	8,  // 36: coffer.v1.KV.List:output_type -> coffer.v1.ListResponse
+	10, // 37: coffer.v1.KV.Delete:output_type -> coffer.v1.WriteResponse
+	10, // 38: coffer.v1.KV.Undelete:output_type -> coffer.v1.WriteResponse
+	10, // 39: coffer.v1.KV.Destroy:output_type -> coffer.v1.WriteResponse
+	12, // 40: coffer.v1.KV.ReadMetadata:output_type -> coffer.v1.ReadMetadataResponse
+	10, // 41: coffer.v1.KV.WriteMetadata:output_type -> coffer.v1.WriteResponse
+	10, // 42: coffer.v1.KV.PatchMetadata:output_type -> coffer.v1.WriteResponse
+	10, // 43: coffer.v1.KV.DeleteMetadata:output_type -> coffer.v1.WriteResponse
+	17, // 44: coffer.v1.KV.ReadConfig:output_type -> coffer.v1.KVConfig
+	10, // 45: coffer.v1.KV.WriteConfig:output_type -> coffer.v1.WriteResponse
+	20, // 46: coffer.v1.KV.Watch:output_type -> coffer.v1.WatchEvent
+	33, // [33:47] is the sub-list for method output_type
+	19, // [19:33] is the sub-list for method input_type
+	19, // [19:19] is the sub-list for extension type_name
+	19, // [19:19] is the sub-list for extension extendee
+	0,  // [0:19] is the sub-list for field type_name
 }
 
 func init() { file_coffer_v1_kv_proto_init() }
@@ -1255,13 +1867,16 @@ func file_coffer_v1_kv_proto_init() {
 	}
 	file_coffer_v1_common_proto_init()
 	file_coffer_v1_kv_proto_msgTypes[0].OneofWrappers = []any{}
+	file_coffer_v1_kv_proto_msgTypes[2].OneofWrappers = []any{}
+	file_coffer_v1_kv_proto_msgTypes[13].OneofWrappers = []any{}
+	file_coffer_v1_kv_proto_msgTypes[17].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coffer_v1_kv_proto_rawDesc), len(file_coffer_v1_kv_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   17,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -21,13 +21,17 @@ const _ = grpc.SupportPackageIsVersion9
 const (
 	KV_Put_FullMethodName            = "/coffer.v1.KV/Put"
 	KV_Get_FullMethodName            = "/coffer.v1.KV/Get"
+	KV_Patch_FullMethodName          = "/coffer.v1.KV/Patch"
 	KV_List_FullMethodName           = "/coffer.v1.KV/List"
 	KV_Delete_FullMethodName         = "/coffer.v1.KV/Delete"
 	KV_Undelete_FullMethodName       = "/coffer.v1.KV/Undelete"
 	KV_Destroy_FullMethodName        = "/coffer.v1.KV/Destroy"
 	KV_ReadMetadata_FullMethodName   = "/coffer.v1.KV/ReadMetadata"
 	KV_WriteMetadata_FullMethodName  = "/coffer.v1.KV/WriteMetadata"
+	KV_PatchMetadata_FullMethodName  = "/coffer.v1.KV/PatchMetadata"
 	KV_DeleteMetadata_FullMethodName = "/coffer.v1.KV/DeleteMetadata"
+	KV_ReadConfig_FullMethodName     = "/coffer.v1.KV/ReadConfig"
+	KV_WriteConfig_FullMethodName    = "/coffer.v1.KV/WriteConfig"
 	KV_Watch_FullMethodName          = "/coffer.v1.KV/Watch"
 )
 
@@ -42,6 +46,9 @@ type KVClient interface {
 	Put(ctx context.Context, in *PutRequest, opts ...grpc.CallOption) (*PutResponse, error)
 	// Get reads one version (the current one by default).
 	Get(ctx context.Context, in *GetRequest, opts ...grpc.CallOption) (*GetResponse, error)
+	// Patch merges changes into the current version's data and writes the
+	// result as a new version, atomically on the leader.
+	Patch(ctx context.Context, in *PatchRequest, opts ...grpc.CallOption) (*PutResponse, error)
 	// List returns the keys directly under a prefix ("dir/" for sub-folders).
 	List(ctx context.Context, in *ListRequest, opts ...grpc.CallOption) (*ListResponse, error)
 	// Delete soft-deletes versions (the current one by default).
@@ -52,10 +59,17 @@ type KVClient interface {
 	Destroy(ctx context.Context, in *VersionsRequest, opts ...grpc.CallOption) (*WriteResponse, error)
 	// ReadMetadata returns every version's times and states.
 	ReadMetadata(ctx context.Context, in *ReadMetadataRequest, opts ...grpc.CallOption) (*ReadMetadataResponse, error)
-	// WriteMetadata sets max_versions and cas_required for a secret.
+	// WriteMetadata sets max_versions, cas_required, custom_metadata and
+	// delete_version_after for a secret (creating it without versions).
 	WriteMetadata(ctx context.Context, in *WriteMetadataRequest, opts ...grpc.CallOption) (*WriteResponse, error)
+	// PatchMetadata changes some settings of an existing secret.
+	PatchMetadata(ctx context.Context, in *PatchMetadataRequest, opts ...grpc.CallOption) (*WriteResponse, error)
 	// DeleteMetadata removes the secret with all its versions.
 	DeleteMetadata(ctx context.Context, in *DeleteMetadataRequest, opts ...grpc.CallOption) (*WriteResponse, error)
+	// ReadConfig returns a KV mount's configuration.
+	ReadConfig(ctx context.Context, in *ReadConfigRequest, opts ...grpc.CallOption) (*KVConfig, error)
+	// WriteConfig sets settings of a KV mount: the defaults of its secrets.
+	WriteConfig(ctx context.Context, in *WriteConfigRequest, opts ...grpc.CallOption) (*WriteResponse, error)
 	// Watch streams changes to secrets under a prefix, from an index on. It
 	// carries no secret data: read what changed.
 	Watch(ctx context.Context, in *WatchRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchEvent], error)
@@ -83,6 +97,16 @@ func (c *kVClient) Get(ctx context.Context, in *GetRequest, opts ...grpc.CallOpt
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(GetResponse)
 	err := c.cc.Invoke(ctx, KV_Get_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *kVClient) Patch(ctx context.Context, in *PatchRequest, opts ...grpc.CallOption) (*PutResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PutResponse)
+	err := c.cc.Invoke(ctx, KV_Patch_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -149,10 +173,40 @@ func (c *kVClient) WriteMetadata(ctx context.Context, in *WriteMetadataRequest, 
 	return out, nil
 }
 
+func (c *kVClient) PatchMetadata(ctx context.Context, in *PatchMetadataRequest, opts ...grpc.CallOption) (*WriteResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(WriteResponse)
+	err := c.cc.Invoke(ctx, KV_PatchMetadata_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *kVClient) DeleteMetadata(ctx context.Context, in *DeleteMetadataRequest, opts ...grpc.CallOption) (*WriteResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(WriteResponse)
 	err := c.cc.Invoke(ctx, KV_DeleteMetadata_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *kVClient) ReadConfig(ctx context.Context, in *ReadConfigRequest, opts ...grpc.CallOption) (*KVConfig, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(KVConfig)
+	err := c.cc.Invoke(ctx, KV_ReadConfig_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *kVClient) WriteConfig(ctx context.Context, in *WriteConfigRequest, opts ...grpc.CallOption) (*WriteResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(WriteResponse)
+	err := c.cc.Invoke(ctx, KV_WriteConfig_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -189,6 +243,9 @@ type KVServer interface {
 	Put(context.Context, *PutRequest) (*PutResponse, error)
 	// Get reads one version (the current one by default).
 	Get(context.Context, *GetRequest) (*GetResponse, error)
+	// Patch merges changes into the current version's data and writes the
+	// result as a new version, atomically on the leader.
+	Patch(context.Context, *PatchRequest) (*PutResponse, error)
 	// List returns the keys directly under a prefix ("dir/" for sub-folders).
 	List(context.Context, *ListRequest) (*ListResponse, error)
 	// Delete soft-deletes versions (the current one by default).
@@ -199,10 +256,17 @@ type KVServer interface {
 	Destroy(context.Context, *VersionsRequest) (*WriteResponse, error)
 	// ReadMetadata returns every version's times and states.
 	ReadMetadata(context.Context, *ReadMetadataRequest) (*ReadMetadataResponse, error)
-	// WriteMetadata sets max_versions and cas_required for a secret.
+	// WriteMetadata sets max_versions, cas_required, custom_metadata and
+	// delete_version_after for a secret (creating it without versions).
 	WriteMetadata(context.Context, *WriteMetadataRequest) (*WriteResponse, error)
+	// PatchMetadata changes some settings of an existing secret.
+	PatchMetadata(context.Context, *PatchMetadataRequest) (*WriteResponse, error)
 	// DeleteMetadata removes the secret with all its versions.
 	DeleteMetadata(context.Context, *DeleteMetadataRequest) (*WriteResponse, error)
+	// ReadConfig returns a KV mount's configuration.
+	ReadConfig(context.Context, *ReadConfigRequest) (*KVConfig, error)
+	// WriteConfig sets settings of a KV mount: the defaults of its secrets.
+	WriteConfig(context.Context, *WriteConfigRequest) (*WriteResponse, error)
 	// Watch streams changes to secrets under a prefix, from an index on. It
 	// carries no secret data: read what changed.
 	Watch(*WatchRequest, grpc.ServerStreamingServer[WatchEvent]) error
@@ -222,6 +286,9 @@ func (UnimplementedKVServer) Put(context.Context, *PutRequest) (*PutResponse, er
 func (UnimplementedKVServer) Get(context.Context, *GetRequest) (*GetResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Get not implemented")
 }
+func (UnimplementedKVServer) Patch(context.Context, *PatchRequest) (*PutResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Patch not implemented")
+}
 func (UnimplementedKVServer) List(context.Context, *ListRequest) (*ListResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method List not implemented")
 }
@@ -240,8 +307,17 @@ func (UnimplementedKVServer) ReadMetadata(context.Context, *ReadMetadataRequest)
 func (UnimplementedKVServer) WriteMetadata(context.Context, *WriteMetadataRequest) (*WriteResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method WriteMetadata not implemented")
 }
+func (UnimplementedKVServer) PatchMetadata(context.Context, *PatchMetadataRequest) (*WriteResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PatchMetadata not implemented")
+}
 func (UnimplementedKVServer) DeleteMetadata(context.Context, *DeleteMetadataRequest) (*WriteResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteMetadata not implemented")
+}
+func (UnimplementedKVServer) ReadConfig(context.Context, *ReadConfigRequest) (*KVConfig, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReadConfig not implemented")
+}
+func (UnimplementedKVServer) WriteConfig(context.Context, *WriteConfigRequest) (*WriteResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method WriteConfig not implemented")
 }
 func (UnimplementedKVServer) Watch(*WatchRequest, grpc.ServerStreamingServer[WatchEvent]) error {
 	return status.Error(codes.Unimplemented, "method Watch not implemented")
@@ -299,6 +375,24 @@ func _KV_Get_Handler(srv interface{}, ctx context.Context, dec func(interface{})
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(KVServer).Get(ctx, req.(*GetRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KV_Patch_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PatchRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KVServer).Patch(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KV_Patch_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KVServer).Patch(ctx, req.(*PatchRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -411,6 +505,24 @@ func _KV_WriteMetadata_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KV_PatchMetadata_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PatchMetadataRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KVServer).PatchMetadata(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KV_PatchMetadata_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KVServer).PatchMetadata(ctx, req.(*PatchMetadataRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _KV_DeleteMetadata_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(DeleteMetadataRequest)
 	if err := dec(in); err != nil {
@@ -425,6 +537,42 @@ func _KV_DeleteMetadata_Handler(srv interface{}, ctx context.Context, dec func(i
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(KVServer).DeleteMetadata(ctx, req.(*DeleteMetadataRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KV_ReadConfig_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReadConfigRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KVServer).ReadConfig(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KV_ReadConfig_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KVServer).ReadConfig(ctx, req.(*ReadConfigRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KV_WriteConfig_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(WriteConfigRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KVServer).WriteConfig(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KV_WriteConfig_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KVServer).WriteConfig(ctx, req.(*WriteConfigRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -456,6 +604,10 @@ var KV_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _KV_Get_Handler,
 		},
 		{
+			MethodName: "Patch",
+			Handler:    _KV_Patch_Handler,
+		},
+		{
 			MethodName: "List",
 			Handler:    _KV_List_Handler,
 		},
@@ -480,8 +632,20 @@ var KV_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _KV_WriteMetadata_Handler,
 		},
 		{
+			MethodName: "PatchMetadata",
+			Handler:    _KV_PatchMetadata_Handler,
+		},
+		{
 			MethodName: "DeleteMetadata",
 			Handler:    _KV_DeleteMetadata_Handler,
+		},
+		{
+			MethodName: "ReadConfig",
+			Handler:    _KV_ReadConfig_Handler,
+		},
+		{
+			MethodName: "WriteConfig",
+			Handler:    _KV_WriteConfig_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

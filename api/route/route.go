@@ -67,6 +67,8 @@ const (
 	Delete
 	List
 	Sudo
+	// Patch is a partial update (HTTP PATCH).
+	Patch
 )
 
 // String lists the capabilities, e.g. "create|update".
@@ -75,7 +77,7 @@ func (c Capability) String() string {
 	for _, n := range []struct {
 		c    Capability
 		name string
-	}{{Read, "read"}, {Create, "create"}, {Update, "update"}, {Delete, "delete"}, {List, "list"}, {Sudo, "sudo"}} {
+	}{{Read, "read"}, {Create, "create"}, {Update, "update"}, {Delete, "delete"}, {List, "list"}, {Sudo, "sudo"}, {Patch, "patch"}} {
 		if c&n.c != 0 {
 			out = append(out, n.name)
 		}

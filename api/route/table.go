@@ -17,15 +17,19 @@ import (
 var table = []Route{
 	// KV: secrets of the KV version 2 mount.
 	{Method: pb.KV_Put_FullMethodName, Leader: true, Idempotent: true, Policy: kv("data", Create|Update)},
-	{Method: pb.KV_Get_FullMethodName, Policy: kv("data", Read)},
+	{Method: pb.KV_Get_FullMethodName, Policy: kvGet},
+	{Method: pb.KV_Patch_FullMethodName, Leader: true, Idempotent: true, Policy: kv("data", Patch)},
 	{Method: pb.KV_List_FullMethodName, Policy: kvList},
 	{Method: pb.KV_Delete_FullMethodName, Leader: true, Idempotent: true, Policy: kvDelete},
 	{Method: pb.KV_Undelete_FullMethodName, Leader: true, Idempotent: true, Policy: kv("undelete", Update)},
 	{Method: pb.KV_Destroy_FullMethodName, Leader: true, Idempotent: true, Policy: kv("destroy", Update)},
 	{Method: pb.KV_ReadMetadata_FullMethodName, Policy: kv("metadata", Read)},
 	{Method: pb.KV_WriteMetadata_FullMethodName, Leader: true, Idempotent: true, Policy: kv("metadata", Create|Update)},
+	{Method: pb.KV_PatchMetadata_FullMethodName, Leader: true, Idempotent: true, Policy: kv("metadata", Patch)},
 	{Method: pb.KV_DeleteMetadata_FullMethodName, Leader: true, Idempotent: true, Policy: kv("metadata", Delete)},
 	{Method: pb.KV_Watch_FullMethodName, Policy: kvList},
+	{Method: pb.KV_ReadConfig_FullMethodName, Policy: kvConfig(Read)},
+	{Method: pb.KV_WriteConfig_FullMethodName, Leader: true, Idempotent: true, Policy: kvConfig(Update)},
 
 	// Sys: seal, keys, status.
 	{Method: pb.Sys_Init_FullMethodName, Access: Public, Leader: true, ClientCert: true},
@@ -106,6 +110,30 @@ type prefixer interface{ GetPrefix() string }
 func kv(kind string, need Capability) func(proto.Message) (string, Capability) {
 	return func(req proto.Message) (string, Capability) {
 		return KVPolicyPath(requestPath(req), kind), need
+	}
+}
+
+// kvGet: a read of a version's keys without values is a read of
+// subkeys/ (Vault's KV v2), any other a read of data/.
+func kvGet(req proto.Message) (string, Capability) {
+	if r, ok := req.(*pb.GetRequest); ok && r.GetSubkeys() {
+		return KVPolicyPath(r.GetPath(), "subkeys"), Read
+	}
+	return KVPolicyPath(requestPath(req), "data"), Read
+}
+
+// kvConfig is a route on a KV mount's configuration, MOUNT/config.
+func kvConfig(need Capability) func(proto.Message) (string, Capability) {
+	return func(req proto.Message) (string, Capability) {
+		m, _ := req.(interface{ GetMount() string })
+		mount := ""
+		if m != nil {
+			mount = strings.TrimSuffix(m.GetMount(), "/")
+		}
+		if mount == "" {
+			mount = "secret"
+		}
+		return mount + "/config", need
 	}
 }
 

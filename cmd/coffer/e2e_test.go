@@ -301,6 +301,31 @@ func TestDevServer(t *testing.T) {
 		}
 	})
 
+	t.Run("metadata custom metadata and delete-version-after", func(t *testing.T) {
+		n.mustRun(t, "kv", "put", "secret/cm", "a=1")
+		n.mustRun(t, "kv", "metadata", "put", "-custom-metadata=owner=team a", "-custom-metadata=note=x=y,z", "-delete-version-after=1h", "secret/cm")
+		var md metadataJSON
+		decodeJSON(t, n.mustRun(t, "kv", "metadata", "get", "-format=json", "secret/cm"), &md)
+		if md.CustomMetadata["owner"] != "team a" || md.CustomMetadata["note"] != "x=y,z" || len(md.CustomMetadata) != 2 || md.DeleteVersionAfter != "1h0m0s" {
+			t.Fatalf("after metadata put: %+v", md)
+		}
+		// Other settings keep them; a new version gets its deletion time
+		// but reads as live until then.
+		n.mustRun(t, "kv", "metadata", "put", "-max-versions=5", "secret/cm")
+		n.mustRun(t, "kv", "put", "secret/cm", "a=2")
+		decodeJSON(t, n.mustRun(t, "kv", "metadata", "get", "-format=json", "secret/cm"), &md)
+		if md.MaxVersions != 5 || len(md.CustomMetadata) != 2 || md.DeleteVersionAfter != "1h0m0s" || len(md.Versions) != 2 || md.Versions[1].DeletionTime == "" || md.Versions[0].DeletionTime != "" {
+			t.Fatalf("after max-versions and a put: %+v", md)
+		}
+		if r := n.mustRun(t, "kv", "get", "-field=a", "secret/cm"); r.stdout != "2\n" {
+			t.Fatalf("get: %q", r.stdout)
+		}
+		wantErr(t, n.run(t, "kv", "metadata", "put", "-custom-metadata="+strings.Repeat("k", 129)+"=v", "secret/cm"), 1, "custom_metadata")
+		if r := n.mustRun(t, "kv", "metadata", "get", "secret/cm"); !strings.Contains(r.stdout, "map[note:x=y,z owner:team a]") {
+			t.Fatalf("metadata get: %s", r.stdout)
+		}
+	})
+
 	t.Run("bad input gets one clear line and the node keeps serving", func(t *testing.T) {
 		big := filepath.Join(t.TempDir(), "big")
 		if err := os.WriteFile(big, bytes.Repeat([]byte("x"), 1<<20+1), 0o600); err != nil {

@@ -7,6 +7,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"time"
 
 	"coffer/api"
 	pb "coffer/api/cofferpb"
@@ -223,7 +224,7 @@ func cmdKVGet(e *env, args []string) error {
 		Metadata: getMetaJSON{
 			Version:      md.GetVersion(),
 			CreatedTime:  fmtTime(md.GetCreatedTimeUnixNano()),
-			Deleted:      md.GetDeletionTimeUnixNano() != 0,
+			Deleted:      md.GetDeletionTimeUnixNano() != 0 && md.GetDeletionTimeUnixNano() <= time.Now().UnixNano(),
 			DeletionTime: fmtTime(md.GetDeletionTimeUnixNano()),
 			Destroyed:    md.GetDestroyed(),
 		},
@@ -430,8 +431,11 @@ type metadataJSON struct {
 	CasRequired    bool              `json:"cas_required"`
 	CreatedTime    string            `json:"created_time"`
 	UpdatedTime    string            `json:"updated_time"`
-	Versions       []metaVersionJSON `json:"versions"`
-	ReadMeta       *readMetaJSON     `json:"read_meta,omitempty"`
+	CustomMetadata map[string]string `json:"custom_metadata"`
+	// DeleteVersionAfter is a Go duration ("0s": never).
+	DeleteVersionAfter string            `json:"delete_version_after"`
+	Versions           []metaVersionJSON `json:"versions"`
+	ReadMeta           *readMetaJSON     `json:"read_meta,omitempty"`
 }
 
 // metaVersionJSON is one version in `kv metadata get`.
@@ -468,14 +472,16 @@ Show the secret at PATH with every version's times and states.`).withClient()
 		return callError(err, c.Endpoints(), 0)
 	}
 	out := metadataJSON{
-		CurrentVersion: resp.GetCurrentVersion(),
-		OldestVersion:  resp.GetOldestVersion(),
-		MaxVersions:    resp.GetMaxVersions(),
-		CasRequired:    resp.GetCasRequired(),
-		CreatedTime:    fmtTime(resp.GetCreatedTimeUnixNano()),
-		UpdatedTime:    fmtTime(resp.GetUpdatedTimeUnixNano()),
-		Versions:       []metaVersionJSON{},
-		ReadMeta:       toReadMeta(resp.GetReadMeta()),
+		CurrentVersion:     resp.GetCurrentVersion(),
+		OldestVersion:      resp.GetOldestVersion(),
+		MaxVersions:        resp.GetMaxVersions(),
+		CasRequired:        resp.GetCasRequired(),
+		CreatedTime:        fmtTime(resp.GetCreatedTimeUnixNano()),
+		UpdatedTime:        fmtTime(resp.GetUpdatedTimeUnixNano()),
+		CustomMetadata:     resp.GetCustomMetadata(),
+		DeleteVersionAfter: time.Duration(resp.GetDeleteVersionAfterNanos()).String(),
+		Versions:           []metaVersionJSON{},
+		ReadMeta:           toReadMeta(resp.GetReadMeta()),
 	}
 	for _, v := range resp.GetVersions() {
 		out.Versions = append(out.Versions, metaVersionJSON{
@@ -497,6 +503,8 @@ Show the secret at PATH with every version's times and states.`).withClient()
 		{"cas_required", fmt.Sprint(out.CasRequired)},
 		{"created_time", out.CreatedTime},
 		{"current_version", fmt.Sprint(out.CurrentVersion)},
+		{"custom_metadata", customText(out.CustomMetadata)},
+		{"delete_version_after", out.DeleteVersionAfter},
 		{"max_versions", fmt.Sprint(out.MaxVersions)},
 		{"oldest_version", fmt.Sprint(out.OldestVersion)},
 		{"updated_time", out.UpdatedTime},
@@ -513,13 +521,49 @@ Show the secret at PATH with every version's times and states.`).withClient()
 	return nil
 }
 
+// customText shows custom metadata as Vault's CLI does: map[k:v ...].
+func customText(m map[string]string) string {
+	if len(m) == 0 {
+		return "<nil>"
+	}
+	return fmt.Sprint(m)
+}
+
+// pairsFlag collects repeated key=value flags; a value may hold any
+// character, "=" and "," included.
+type pairsFlag map[string]string
+
+func (p pairsFlag) String() string {
+	out := make([]string, 0, len(p))
+	for k, v := range p {
+		out = append(out, k+"="+v)
+	}
+	sort.Strings(out)
+	return strings.Join(out, " ")
+}
+
+func (p pairsFlag) Set(s string) error {
+	k, v, ok := strings.Cut(s, "=")
+	if !ok || k == "" {
+		return fmt.Errorf("want key=value, got %q", s)
+	}
+	p[k] = v
+	return nil
+}
+
 func cmdKVMetadataPut(e *env, args []string) error {
 	f := newFlags("coffer kv metadata put", "[flags] PATH", `
 Configure the secret at PATH: -max-versions (how many versions are kept;
-0 leaves the setting unchanged) and -cas-required (every write must give
--cas). A setting not given keeps its current value.`).withClient()
-	maxVersions := f.fs.Uint("max-versions", 0, "number of versions to keep (0: leave unchanged)")
+0: the default), -cas-required (every write must give -cas),
+-delete-version-after (a new version counts as deleted this long after it
+is written; 0s: never) and -custom-metadata key=value (repeat it; the pairs
+given replace all the secret's custom metadata). A setting not given keeps
+its current value.`).withClient()
+	maxVersions := f.fs.Uint("max-versions", 0, "number of versions to keep (0: the default)")
 	casRequired := f.fs.Bool("cas-required", false, "require -cas on every write to this secret")
+	dva := f.fs.Duration("delete-version-after", 0, "delete each new version this long after it is written (0s: never)")
+	custom := pairsFlag{}
+	f.fs.Var(custom, "custom-metadata", "a key=value of custom metadata (repeatable; replaces all)")
 	args, err := f.parse(e, args)
 	if err != nil {
 		return err
@@ -530,23 +574,24 @@ Configure the secret at PATH: -max-versions (how many versions are kept;
 	if *maxVersions > 1<<32-1 {
 		return &cliError{code: 1, msg: fmt.Sprintf("invalid -max-versions %d: too large", *maxVersions)}
 	}
+	if *dva < 0 {
+		return &cliError{code: 1, msg: fmt.Sprintf("invalid -delete-version-after %s: give 0s (never) or a positive duration such as 720h", *dva)}
+	}
+	req := &pb.WriteMetadataRequest{
+		Path: args[0], MaxVersions: uint32(*maxVersions), CasRequired: *casRequired,
+		DeleteVersionAfterNanos: int64(*dva), CustomMetadata: custom, OnlyFields: true,
+	}
+	for flag, field := range map[string]string{"max-versions": "max_versions", "cas-required": "cas_required", "delete-version-after": "delete_version_after", "custom-metadata": "custom_metadata"} {
+		if f.isSet(flag) {
+			req.Fields = append(req.Fields, field)
+		}
+	}
+	sort.Strings(req.Fields)
 	c, err := f.client(e)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	req := &pb.WriteMetadataRequest{Path: args[0], MaxVersions: uint32(*maxVersions), CasRequired: *casRequired}
-	if !f.isSet("cas-required") {
-		// The wire form has no "unchanged" for cas_required: keep the
-		// current value rather than silently clearing it.
-		md, err := c.ReadMetadata(context.Background(), &pb.ReadMetadataRequest{Path: args[0]})
-		switch {
-		case err == nil:
-			req.CasRequired = md.GetCasRequired()
-		case !api.IsNotFound(err):
-			return callError(err, c.Endpoints(), 0)
-		}
-	}
 	resp, err := c.WriteMetadata(context.Background(), req)
 	if err != nil {
 		return callError(err, c.Endpoints(), 0)

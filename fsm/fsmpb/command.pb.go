@@ -57,6 +57,11 @@ const (
 	// and fails with CAS_MISMATCH. The leader consumes a use of a login
 	// credential with it, so that two logins never spend the same use.
 	Op_OP_SYS_CAS Op = 10
+	// OP_PUT_KV_CONFIG sets the settings of the KV mount path names
+	// ("secret/"), from metadata's max_versions, cas_required and
+	// delete_version_after_nanos (the fields it holds; the others keep
+	// their values): the defaults of the mount's secrets.
+	Op_OP_PUT_KV_CONFIG Op = 11
 )
 
 // Enum value maps for Op.
@@ -73,6 +78,7 @@ var (
 		8:  "OP_SYS_DELETE",
 		9:  "OP_NOOP",
 		10: "OP_SYS_CAS",
+		11: "OP_PUT_KV_CONFIG",
 	}
 	Op_value = map[string]int32{
 		"OP_UNSPECIFIED":     0,
@@ -86,6 +92,7 @@ var (
 		"OP_SYS_DELETE":      8,
 		"OP_NOOP":            9,
 		"OP_SYS_CAS":         10,
+		"OP_PUT_KV_CONFIG":   11,
 	}
 )
 
@@ -267,7 +274,12 @@ type Command struct {
 	Version uint64 `protobuf:"varint,14,opt,name=version,proto3" json:"version,omitempty"`
 	// sys_expect (OP_SYS_CAS): the values the keys must hold, byte for byte,
 	// for the command to take effect (a key that is absent never matches).
-	SysExpect     []*SysEntry `protobuf:"bytes,15,rep,name=sys_expect,json=sysExpect,proto3" json:"sys_expect,omitempty"`
+	SysExpect []*SysEntry `protobuf:"bytes,15,rep,name=sys_expect,json=sysExpect,proto3" json:"sys_expect,omitempty"`
+	// metadata (OP_PUT_METADATA), when set, says which of the secret's
+	// settings change and how; max_versions and cas_required above are then
+	// ignored. Absent (every entry written before it existed): max_versions
+	// (unless 0) and cas_required are set as above.
+	Metadata      *MetadataUpdate `protobuf:"bytes,16,opt,name=metadata,proto3" json:"metadata,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -407,12 +419,187 @@ func (x *Command) GetSysExpect() []*SysEntry {
 	return nil
 }
 
+func (x *Command) GetMetadata() *MetadataUpdate {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+// MetadataUpdate changes a secret's settings: a field left unset keeps its
+// value.
+type MetadataUpdate struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	MaxVersions *uint32                `protobuf:"varint,1,opt,name=max_versions,json=maxVersions,proto3,oneof" json:"max_versions,omitempty"`
+	CasRequired *bool                  `protobuf:"varint,2,opt,name=cas_required,json=casRequired,proto3,oneof" json:"cas_required,omitempty"`
+	// delete_version_after_nanos: each new version counts as deleted once
+	// this long after its creation; 0 means never.
+	DeleteVersionAfterNanos *int64 `protobuf:"varint,3,opt,name=delete_version_after_nanos,json=deleteVersionAfterNanos,proto3,oneof" json:"delete_version_after_nanos,omitempty"`
+	// custom_metadata: clear_custom_metadata drops every key first, then the
+	// keys of custom_metadata are set and those of remove_custom_metadata
+	// removed.
+	ClearCustomMetadata  bool              `protobuf:"varint,4,opt,name=clear_custom_metadata,json=clearCustomMetadata,proto3" json:"clear_custom_metadata,omitempty"`
+	CustomMetadata       map[string]string `protobuf:"bytes,5,rep,name=custom_metadata,json=customMetadata,proto3" json:"custom_metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	RemoveCustomMetadata []string          `protobuf:"bytes,6,rep,name=remove_custom_metadata,json=removeCustomMetadata,proto3" json:"remove_custom_metadata,omitempty"`
+	// must_exist refuses (NOT_FOUND) to create the secret: a patch changes
+	// only what exists.
+	MustExist     bool `protobuf:"varint,7,opt,name=must_exist,json=mustExist,proto3" json:"must_exist,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MetadataUpdate) Reset() {
+	*x = MetadataUpdate{}
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MetadataUpdate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MetadataUpdate) ProtoMessage() {}
+
+func (x *MetadataUpdate) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MetadataUpdate.ProtoReflect.Descriptor instead.
+func (*MetadataUpdate) Descriptor() ([]byte, []int) {
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *MetadataUpdate) GetMaxVersions() uint32 {
+	if x != nil && x.MaxVersions != nil {
+		return *x.MaxVersions
+	}
+	return 0
+}
+
+func (x *MetadataUpdate) GetCasRequired() bool {
+	if x != nil && x.CasRequired != nil {
+		return *x.CasRequired
+	}
+	return false
+}
+
+func (x *MetadataUpdate) GetDeleteVersionAfterNanos() int64 {
+	if x != nil && x.DeleteVersionAfterNanos != nil {
+		return *x.DeleteVersionAfterNanos
+	}
+	return 0
+}
+
+func (x *MetadataUpdate) GetClearCustomMetadata() bool {
+	if x != nil {
+		return x.ClearCustomMetadata
+	}
+	return false
+}
+
+func (x *MetadataUpdate) GetCustomMetadata() map[string]string {
+	if x != nil {
+		return x.CustomMetadata
+	}
+	return nil
+}
+
+func (x *MetadataUpdate) GetRemoveCustomMetadata() []string {
+	if x != nil {
+		return x.RemoveCustomMetadata
+	}
+	return nil
+}
+
+func (x *MetadataUpdate) GetMustExist() bool {
+	if x != nil {
+		return x.MustExist
+	}
+	return false
+}
+
+// KVConfig is the stored configuration of a KV mount (bucket meta, key
+// "kv_config/" + mount). A secret's own max_versions (when not 0) wins over
+// the mount's; cas_required applies when either requires it; a new
+// version's deletion time comes from the shorter non-zero
+// delete_version_after of the two (as in Vault).
+type KVConfig struct {
+	state                   protoimpl.MessageState `protogen:"open.v1"`
+	MaxVersions             uint32                 `protobuf:"varint,1,opt,name=max_versions,json=maxVersions,proto3" json:"max_versions,omitempty"`
+	CasRequired             bool                   `protobuf:"varint,2,opt,name=cas_required,json=casRequired,proto3" json:"cas_required,omitempty"`
+	DeleteVersionAfterNanos int64                  `protobuf:"varint,3,opt,name=delete_version_after_nanos,json=deleteVersionAfterNanos,proto3" json:"delete_version_after_nanos,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
+}
+
+func (x *KVConfig) Reset() {
+	*x = KVConfig{}
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KVConfig) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KVConfig) ProtoMessage() {}
+
+func (x *KVConfig) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KVConfig.ProtoReflect.Descriptor instead.
+func (*KVConfig) Descriptor() ([]byte, []int) {
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *KVConfig) GetMaxVersions() uint32 {
+	if x != nil {
+		return x.MaxVersions
+	}
+	return 0
+}
+
+func (x *KVConfig) GetCasRequired() bool {
+	if x != nil {
+		return x.CasRequired
+	}
+	return false
+}
+
+func (x *KVConfig) GetDeleteVersionAfterNanos() int64 {
+	if x != nil {
+		return x.DeleteVersionAfterNanos
+	}
+	return 0
+}
+
 // VersionMeta is the non-secret metadata of one stored version.
 type VersionMeta struct {
 	state           protoimpl.MessageState `protogen:"open.v1"`
 	Version         uint64                 `protobuf:"varint,1,opt,name=version,proto3" json:"version,omitempty"`
 	CreatedUnixNano int64                  `protobuf:"varint,2,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
-	// deleted_unix_nano is 0 when the version is not soft-deleted.
+	// deleted_unix_nano is 0 when the version is not soft-deleted; a time
+	// after now is a deletion to come (delete_version_after): the version
+	// counts as deleted from then on.
 	DeletedUnixNano int64 `protobuf:"varint,3,opt,name=deleted_unix_nano,json=deletedUnixNano,proto3" json:"deleted_unix_nano,omitempty"`
 	Destroyed       bool  `protobuf:"varint,4,opt,name=destroyed,proto3" json:"destroyed,omitempty"`
 	unknownFields   protoimpl.UnknownFields
@@ -421,7 +608,7 @@ type VersionMeta struct {
 
 func (x *VersionMeta) Reset() {
 	*x = VersionMeta{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[2]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -433,7 +620,7 @@ func (x *VersionMeta) String() string {
 func (*VersionMeta) ProtoMessage() {}
 
 func (x *VersionMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[2]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -446,7 +633,7 @@ func (x *VersionMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionMeta.ProtoReflect.Descriptor instead.
 func (*VersionMeta) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{2}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *VersionMeta) GetVersion() uint64 {
@@ -488,14 +675,19 @@ type SecretMeta struct {
 	CreatedUnixNano int64                  `protobuf:"varint,5,opt,name=created_unix_nano,json=createdUnixNano,proto3" json:"created_unix_nano,omitempty"`
 	UpdatedUnixNano int64                  `protobuf:"varint,6,opt,name=updated_unix_nano,json=updatedUnixNano,proto3" json:"updated_unix_nano,omitempty"`
 	// versions still retained, ascending.
-	Versions      []*VersionMeta `protobuf:"bytes,7,rep,name=versions,proto3" json:"versions,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Versions []*VersionMeta `protobuf:"bytes,7,rep,name=versions,proto3" json:"versions,omitempty"`
+	// custom_metadata: the user's own non-secret key/value pairs.
+	CustomMetadata map[string]string `protobuf:"bytes,8,rep,name=custom_metadata,json=customMetadata,proto3" json:"custom_metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// delete_version_after_nanos: a version written while it is set gets a
+	// deleted_unix_nano of its creation plus this (0: never).
+	DeleteVersionAfterNanos int64 `protobuf:"varint,9,opt,name=delete_version_after_nanos,json=deleteVersionAfterNanos,proto3" json:"delete_version_after_nanos,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *SecretMeta) Reset() {
 	*x = SecretMeta{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[3]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -507,7 +699,7 @@ func (x *SecretMeta) String() string {
 func (*SecretMeta) ProtoMessage() {}
 
 func (x *SecretMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[3]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -520,7 +712,7 @@ func (x *SecretMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretMeta.ProtoReflect.Descriptor instead.
 func (*SecretMeta) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{3}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SecretMeta) GetCurrentVersion() uint64 {
@@ -572,6 +764,20 @@ func (x *SecretMeta) GetVersions() []*VersionMeta {
 	return nil
 }
 
+func (x *SecretMeta) GetCustomMetadata() map[string]string {
+	if x != nil {
+		return x.CustomMetadata
+	}
+	return nil
+}
+
+func (x *SecretMeta) GetDeleteVersionAfterNanos() int64 {
+	if x != nil {
+		return x.DeleteVersionAfterNanos
+	}
+	return 0
+}
+
 // IdempotencyRecord is the first result of a command that carried a
 // request_id (bucket idem, keyed by request_id).
 type IdempotencyRecord struct {
@@ -593,7 +799,7 @@ type IdempotencyRecord struct {
 
 func (x *IdempotencyRecord) Reset() {
 	*x = IdempotencyRecord{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[4]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -605,7 +811,7 @@ func (x *IdempotencyRecord) String() string {
 func (*IdempotencyRecord) ProtoMessage() {}
 
 func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[4]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -618,7 +824,7 @@ func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdempotencyRecord.ProtoReflect.Descriptor instead.
 func (*IdempotencyRecord) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{4}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *IdempotencyRecord) GetIndex() uint64 {
@@ -677,7 +883,7 @@ const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\x17fsm/fsmpb/command.proto\x12\rcoffer.fsm.v1\"2\n" +
 	"\bSysEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\fR\x05value\"\x85\x04\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value\"\xc0\x04\n" +
 	"\aCommand\x12!\n" +
 	"\x02op\x18\x01 \x01(\x0e2\x11.coffer.fsm.v1.OpR\x02op\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x1e\n" +
@@ -698,12 +904,32 @@ const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\bsys_keys\x18\r \x03(\tR\asysKeys\x12\x18\n" +
 	"\aversion\x18\x0e \x01(\x04R\aversion\x126\n" +
 	"\n" +
-	"sys_expect\x18\x0f \x03(\v2\x17.coffer.fsm.v1.SysEntryR\tsysExpect\"\x9d\x01\n" +
+	"sys_expect\x18\x0f \x03(\v2\x17.coffer.fsm.v1.SysEntryR\tsysExpect\x129\n" +
+	"\bmetadata\x18\x10 \x01(\v2\x1d.coffer.fsm.v1.MetadataUpdateR\bmetadata\"\x8b\x04\n" +
+	"\x0eMetadataUpdate\x12&\n" +
+	"\fmax_versions\x18\x01 \x01(\rH\x00R\vmaxVersions\x88\x01\x01\x12&\n" +
+	"\fcas_required\x18\x02 \x01(\bH\x01R\vcasRequired\x88\x01\x01\x12@\n" +
+	"\x1adelete_version_after_nanos\x18\x03 \x01(\x03H\x02R\x17deleteVersionAfterNanos\x88\x01\x01\x122\n" +
+	"\x15clear_custom_metadata\x18\x04 \x01(\bR\x13clearCustomMetadata\x12Z\n" +
+	"\x0fcustom_metadata\x18\x05 \x03(\v21.coffer.fsm.v1.MetadataUpdate.CustomMetadataEntryR\x0ecustomMetadata\x124\n" +
+	"\x16remove_custom_metadata\x18\x06 \x03(\tR\x14removeCustomMetadata\x12\x1d\n" +
+	"\n" +
+	"must_exist\x18\a \x01(\bR\tmustExist\x1aA\n" +
+	"\x13CustomMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\x0f\n" +
+	"\r_max_versionsB\x0f\n" +
+	"\r_cas_requiredB\x1d\n" +
+	"\x1b_delete_version_after_nanos\"\x8d\x01\n" +
+	"\bKVConfig\x12!\n" +
+	"\fmax_versions\x18\x01 \x01(\rR\vmaxVersions\x12!\n" +
+	"\fcas_required\x18\x02 \x01(\bR\vcasRequired\x12;\n" +
+	"\x1adelete_version_after_nanos\x18\x03 \x01(\x03R\x17deleteVersionAfterNanos\"\x9d\x01\n" +
 	"\vVersionMeta\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12*\n" +
 	"\x11created_unix_nano\x18\x02 \x01(\x03R\x0fcreatedUnixNano\x12*\n" +
 	"\x11deleted_unix_nano\x18\x03 \x01(\x03R\x0fdeletedUnixNano\x12\x1c\n" +
-	"\tdestroyed\x18\x04 \x01(\bR\tdestroyed\"\xb2\x02\n" +
+	"\tdestroyed\x18\x04 \x01(\bR\tdestroyed\"\x8a\x04\n" +
 	"\n" +
 	"SecretMeta\x12'\n" +
 	"\x0fcurrent_version\x18\x01 \x01(\x04R\x0ecurrentVersion\x12%\n" +
@@ -712,7 +938,12 @@ const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\fcas_required\x18\x04 \x01(\bR\vcasRequired\x12*\n" +
 	"\x11created_unix_nano\x18\x05 \x01(\x03R\x0fcreatedUnixNano\x12*\n" +
 	"\x11updated_unix_nano\x18\x06 \x01(\x03R\x0fupdatedUnixNano\x126\n" +
-	"\bversions\x18\a \x03(\v2\x1a.coffer.fsm.v1.VersionMetaR\bversions\"\xf6\x01\n" +
+	"\bversions\x18\a \x03(\v2\x1a.coffer.fsm.v1.VersionMetaR\bversions\x12V\n" +
+	"\x0fcustom_metadata\x18\b \x03(\v2-.coffer.fsm.v1.SecretMeta.CustomMetadataEntryR\x0ecustomMetadata\x12;\n" +
+	"\x1adelete_version_after_nanos\x18\t \x01(\x03R\x17deleteVersionAfterNanos\x1aA\n" +
+	"\x13CustomMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xf6\x01\n" +
 	"\x11IdempotencyRecord\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\x04R\aversion\x12-\n" +
@@ -720,7 +951,7 @@ const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\amessage\x18\x04 \x01(\tR\amessage\x121\n" +
 	"\x15leader_time_unix_nano\x18\x05 \x01(\x03R\x12leaderTimeUnixNano\x12!\n" +
 	"\x02op\x18\x06 \x01(\x0e2\x11.coffer.fsm.v1.OpR\x02op\x12\x12\n" +
-	"\x04path\x18\a \x01(\tR\x04path*\xc1\x01\n" +
+	"\x04path\x18\a \x01(\tR\x04path*\xd7\x01\n" +
 	"\x02Op\x12\x12\n" +
 	"\x0eOP_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +
@@ -737,7 +968,8 @@ const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\aOP_NOOP\x10\t\x12\x0e\n" +
 	"\n" +
 	"OP_SYS_CAS\x10\n" +
-	"*\xda\x01\n" +
+	"\x12\x14\n" +
+	"\x10OP_PUT_KV_CONFIG\x10\v*\xda\x01\n" +
 	"\n" +
 	"ResultCode\x12\x12\n" +
 	"\x0eRESULT_CODE_OK\x10\x00\x12\x19\n" +
@@ -761,28 +993,35 @@ func file_fsm_fsmpb_command_proto_rawDescGZIP() []byte {
 }
 
 var file_fsm_fsmpb_command_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_fsm_fsmpb_command_proto_msgTypes = make([]protoimpl.MessageInfo, 5)
+var file_fsm_fsmpb_command_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
 var file_fsm_fsmpb_command_proto_goTypes = []any{
 	(Op)(0),                   // 0: coffer.fsm.v1.Op
 	(ResultCode)(0),           // 1: coffer.fsm.v1.ResultCode
 	(*SysEntry)(nil),          // 2: coffer.fsm.v1.SysEntry
 	(*Command)(nil),           // 3: coffer.fsm.v1.Command
-	(*VersionMeta)(nil),       // 4: coffer.fsm.v1.VersionMeta
-	(*SecretMeta)(nil),        // 5: coffer.fsm.v1.SecretMeta
-	(*IdempotencyRecord)(nil), // 6: coffer.fsm.v1.IdempotencyRecord
+	(*MetadataUpdate)(nil),    // 4: coffer.fsm.v1.MetadataUpdate
+	(*KVConfig)(nil),          // 5: coffer.fsm.v1.KVConfig
+	(*VersionMeta)(nil),       // 6: coffer.fsm.v1.VersionMeta
+	(*SecretMeta)(nil),        // 7: coffer.fsm.v1.SecretMeta
+	(*IdempotencyRecord)(nil), // 8: coffer.fsm.v1.IdempotencyRecord
+	nil,                       // 9: coffer.fsm.v1.MetadataUpdate.CustomMetadataEntry
+	nil,                       // 10: coffer.fsm.v1.SecretMeta.CustomMetadataEntry
 }
 var file_fsm_fsmpb_command_proto_depIdxs = []int32{
-	0, // 0: coffer.fsm.v1.Command.op:type_name -> coffer.fsm.v1.Op
-	2, // 1: coffer.fsm.v1.Command.sys:type_name -> coffer.fsm.v1.SysEntry
-	2, // 2: coffer.fsm.v1.Command.sys_expect:type_name -> coffer.fsm.v1.SysEntry
-	4, // 3: coffer.fsm.v1.SecretMeta.versions:type_name -> coffer.fsm.v1.VersionMeta
-	1, // 4: coffer.fsm.v1.IdempotencyRecord.code:type_name -> coffer.fsm.v1.ResultCode
-	0, // 5: coffer.fsm.v1.IdempotencyRecord.op:type_name -> coffer.fsm.v1.Op
-	6, // [6:6] is the sub-list for method output_type
-	6, // [6:6] is the sub-list for method input_type
-	6, // [6:6] is the sub-list for extension type_name
-	6, // [6:6] is the sub-list for extension extendee
-	0, // [0:6] is the sub-list for field type_name
+	0,  // 0: coffer.fsm.v1.Command.op:type_name -> coffer.fsm.v1.Op
+	2,  // 1: coffer.fsm.v1.Command.sys:type_name -> coffer.fsm.v1.SysEntry
+	2,  // 2: coffer.fsm.v1.Command.sys_expect:type_name -> coffer.fsm.v1.SysEntry
+	4,  // 3: coffer.fsm.v1.Command.metadata:type_name -> coffer.fsm.v1.MetadataUpdate
+	9,  // 4: coffer.fsm.v1.MetadataUpdate.custom_metadata:type_name -> coffer.fsm.v1.MetadataUpdate.CustomMetadataEntry
+	6,  // 5: coffer.fsm.v1.SecretMeta.versions:type_name -> coffer.fsm.v1.VersionMeta
+	10, // 6: coffer.fsm.v1.SecretMeta.custom_metadata:type_name -> coffer.fsm.v1.SecretMeta.CustomMetadataEntry
+	1,  // 7: coffer.fsm.v1.IdempotencyRecord.code:type_name -> coffer.fsm.v1.ResultCode
+	0,  // 8: coffer.fsm.v1.IdempotencyRecord.op:type_name -> coffer.fsm.v1.Op
+	9,  // [9:9] is the sub-list for method output_type
+	9,  // [9:9] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_fsm_fsmpb_command_proto_init() }
@@ -790,13 +1029,14 @@ func file_fsm_fsmpb_command_proto_init() {
 	if File_fsm_fsmpb_command_proto != nil {
 		return
 	}
+	file_fsm_fsmpb_command_proto_msgTypes[2].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fsm_fsmpb_command_proto_rawDesc), len(file_fsm_fsmpb_command_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   5,
+			NumMessages:   9,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
