@@ -26,14 +26,6 @@ func errorsOf(err error) []string {
 	return nil
 }
 
-// wantStatus fails unless err is an HTTP error with status.
-func wantStatus(t *testing.T, what string, err error, status int) {
-	t.Helper()
-	if got := statusOf(err); got != status {
-		t.Fatalf("%s: status %d (err %v), want %d", what, got, err, status)
-	}
-}
-
 // TestKVv2VaultClient drives every KVv2 method of vault/api against each
 // node, leader and followers, and checks the answers Vault gives.
 func TestKVv2VaultClient(t *testing.T) {
