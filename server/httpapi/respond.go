@@ -166,13 +166,13 @@ func (h *Handler) errorOf(err error) (int, []string) {
 		return http.StatusInternalServerError, []string{"internal error: see the node's log"}
 	}
 	msg := strings.TrimPrefix(st.Message(), "server: ")
-	// One message: Vault's words first (tools match on them), then
+	// Vault's exact words first (tools compare errors[0] with them), then
 	// coffer's, which say what to do.
 	say := func(vaultWords string) []string {
-		if msg == "" || strings.HasPrefix(msg, vaultWords) {
-			return []string{vaultWords + strings.TrimPrefix(msg, vaultWords)}
+		if msg == "" || msg == vaultWords {
+			return []string{vaultWords}
 		}
-		return []string{vaultWords + ": " + msg}
+		return []string{vaultWords, msg}
 	}
 	switch reasonOf(err) {
 	case pb.ErrorReason_UNAUTHENTICATED:
