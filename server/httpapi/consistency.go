@@ -106,18 +106,20 @@ func (rq *request) readOpts() *pb.ReadOptions {
 // setConsistencyHeaders says who answered and at which index: the read's
 // ReadMeta, or a write's index.
 func setConsistencyHeaders(h http.Header, rep *reply) {
+	// The names are canonical already: set without canonicalizing again
+	// (this runs for every read).
 	if m := rep.meta; m != nil {
-		h.Set(headerApplied, strconv.FormatUint(m.GetAppliedIndex(), 10))
-		h.Set(headerStale, strconv.FormatBool(m.GetStale()))
+		h[headerApplied] = []string{strconv.FormatUint(m.GetAppliedIndex(), 10)}
+		h[headerStale] = []string{strconv.FormatBool(m.GetStale())}
 		if m.GetNodeId() != "" {
-			h.Set(headerNode, m.GetNodeId())
+			h[headerNode] = []string{m.GetNodeId()}
 		}
 		if m.GetAppliedIndex() > 0 {
-			h.Set(headerIndex, encodeIndex(m.GetAppliedIndex()))
+			h[headerIndex] = []string{encodeIndex(m.GetAppliedIndex())}
 		}
 	}
 	if rep.index > 0 {
-		h.Set(headerIndex, encodeIndex(rep.index))
-		h.Set(headerApplied, strconv.FormatUint(rep.index, 10))
+		h[headerIndex] = []string{encodeIndex(rep.index)}
+		h[headerApplied] = []string{strconv.FormatUint(rep.index, 10)}
 	}
 }

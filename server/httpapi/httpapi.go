@@ -251,6 +251,9 @@ func (h *Handler) serve(rq *request, w http.ResponseWriter) (*reply, error) {
 func opOf(r *http.Request) (op, error) {
 	switch m := op(r.Method); m {
 	case opGet:
+		if r.URL.RawQuery == "" {
+			return m, nil
+		}
 		if v := r.URL.Query().Get("list"); v == "true" || v == "1" {
 			return opList, nil
 		}
@@ -307,6 +310,15 @@ func tokenOf(r *http.Request) string {
 		return strings.TrimSpace(t)
 	}
 	return ""
+}
+
+// query is a query parameter of the request ("" when absent), without
+// parsing a query the request does not have.
+func (rq *request) query(name string) string {
+	if rq.r.URL.RawQuery == "" {
+		return ""
+	}
+	return rq.r.URL.Query().Get(name)
 }
 
 // call runs method with req for the request's caller.

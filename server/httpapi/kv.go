@@ -48,14 +48,34 @@ func kvTime(unixNano int64) string {
 
 // versionMeta is a version's metadata as Vault's KV v2 shows it, with the
 // secret's custom metadata.
-func versionMeta(m *pb.VersionMetadata, custom map[string]string) map[string]any {
-	return map[string]any{
-		"created_time":    kvTime(m.GetCreatedTimeUnixNano()),
-		"custom_metadata": customMeta(custom),
-		"deletion_time":   kvTime(m.GetDeletionTimeUnixNano()),
-		"destroyed":       m.GetDestroyed(),
-		"version":         m.GetVersion(),
+func versionMeta(m *pb.VersionMetadata, custom map[string]string) kvVersionMeta {
+	if len(custom) == 0 {
+		custom = nil // null, as Vault shows none
 	}
+	return kvVersionMeta{
+		CreatedTime:    kvTime(m.GetCreatedTimeUnixNano()),
+		CustomMetadata: custom,
+		DeletionTime:   kvTime(m.GetDeletionTimeUnixNano()),
+		Destroyed:      m.GetDestroyed(),
+		Version:        m.GetVersion(),
+	}
+}
+
+// kvVersionMeta is a version's metadata in Vault's KV v2 answers (a
+// struct, not a map: the read path encodes it for every request).
+type kvVersionMeta struct {
+	CreatedTime    string            `json:"created_time"`
+	CustomMetadata map[string]string `json:"custom_metadata"`
+	DeletionTime   string            `json:"deletion_time"`
+	Destroyed      bool              `json:"destroyed"`
+	Version        uint64            `json:"version"`
+}
+
+// kvRead is the data of a KV v2 read: null data for a deleted or
+// destroyed version.
+type kvRead struct {
+	Data     map[string]string `json:"data"`
+	Metadata kvVersionMeta     `json:"metadata"`
 }
 
 // customMeta is custom metadata as Vault shows it: null when there is
@@ -75,7 +95,7 @@ func getVersion(ctx context.Context, rq *request, subkeys bool) (*pb.GetResponse
 		return nil, err
 	}
 	req := &pb.GetRequest{Path: path, Read: rq.readOpts(), Subkeys: subkeys, AllowDeleted: true}
-	if v := rq.r.URL.Query().Get("version"); v != "" {
+	if v := rq.query("version"); v != "" {
 		n, err := strconv.ParseUint(v, 10, 64)
 		if err != nil {
 			return nil, badRequest("version %q is not a number: give a version such as 3, or 0 for the current one", v)
@@ -101,13 +121,13 @@ func kvGet(ctx context.Context, rq *request) (*reply, error) {
 	}
 	meta := versionMeta(resp.GetMetadata(), resp.GetCustomMetadata())
 	if resp.GetDeleted() {
-		return &reply{status: http.StatusNotFound, data: map[string]any{"data": nil, "metadata": meta}, meta: resp.GetReadMeta(), mountType: "kv"}, nil
+		return &reply{status: http.StatusNotFound, data: kvRead{Metadata: meta}, meta: resp.GetReadMeta(), mountType: "kv"}, nil
 	}
-	data := make(map[string]any, len(resp.GetData()))
-	for k, v := range resp.GetData() {
-		data[k] = v
+	data := resp.GetData()
+	if data == nil {
+		data = map[string]string{} // a version with no keys is {}, not null
 	}
-	return &reply{data: map[string]any{"data": data, "metadata": meta}, meta: resp.GetReadMeta(), mountType: "kv"}, nil
+	return &reply{data: kvRead{Data: data, Metadata: meta}, meta: resp.GetReadMeta(), mountType: "kv"}, nil
 }
 
 // kvSubkeys answers secret/subkeys/PATH: the version's keys, each with a
