@@ -367,7 +367,7 @@ func (g *gateway) authorize(ctx context.Context, r route.Route, req proto.Messag
 		return err
 	}
 	path, need := r.Policy(req)
-	have := a.Capabilities(path)
+	have := capabilitiesFor(a, path, need&route.List != 0)
 	want := aclCapabilities(need &^ (route.Create | route.Update))
 	switch need & (route.Create | route.Update) {
 	case route.Create | route.Update:
@@ -399,6 +399,16 @@ func (g *gateway) authorize(ctx context.Context, r route.Route, req proto.Messag
 		missing = want &^ have
 	}
 	return withMessage(ErrPermissionDenied, "permission denied: %s on %s", strings.Join(missing.Names(), ", "), path)
+}
+
+// capabilitiesFor is what a's deciding rule grants on path; a list of a
+// folder ("…/") follows Vault's order for lists (acl.Decide: an exact rule
+// on the bare path, a deny there included, before the wildcards).
+func capabilitiesFor(a *acl.ACL, path string, list bool) acl.Capability {
+	if list && strings.HasSuffix(path, "/") {
+		return a.Decide(path, acl.List).Granted
+	}
+	return a.Capabilities(path)
 }
 
 // aclOf returns the ACL of rec's policies, kept on the record while the
@@ -716,7 +726,7 @@ func (g *gateway) guard(rec *tokenRecord) *streamGuard {
 				return false
 			}
 			may := func(p string, c acl.Capability) bool {
-				have := a.Capabilities(p)
+				have := capabilitiesFor(a, p, c&acl.List != 0)
 				return have&acl.Deny == 0 && have&c != 0
 			}
 			dir := path[:strings.LastIndex(path, "/")+1]

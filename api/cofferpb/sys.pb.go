@@ -356,8 +356,12 @@ func (x *GenerateRootStatus) GetOtpLength() uint32 {
 }
 
 type AuditHashRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Input         string                 `protobuf:"bytes,1,opt,name=input,proto3" json:"input,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Input string                 `protobuf:"bytes,1,opt,name=input,proto3" json:"input,omitempty"`
+	// device names the audit device, as Vault's sys/audit-hash/DEVICE (every
+	// device of a node hashes with the cluster's one salt); empty: "file".
+	// The policy path checked is sys/audit-hash/DEVICE.
+	Device        string `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -395,6 +399,13 @@ func (*AuditHashRequest) Descriptor() ([]byte, []int) {
 func (x *AuditHashRequest) GetInput() string {
 	if x != nil {
 		return x.Input
+	}
+	return ""
+}
+
+func (x *AuditHashRequest) GetDevice() string {
+	if x != nil {
+		return x.Device
 	}
 	return ""
 }
@@ -1031,9 +1042,10 @@ const file_coffer_v1_sys_proto_rawDesc = "" +
 	"\bcomplete\x18\x05 \x01(\bR\bcomplete\x12#\n" +
 	"\rencoded_token\x18\x06 \x01(\tR\fencodedToken\x12\x1d\n" +
 	"\n" +
-	"otp_length\x18\a \x01(\rR\totpLength\"(\n" +
+	"otp_length\x18\a \x01(\rR\totpLength\"@\n" +
 	"\x10AuditHashRequest\x12\x14\n" +
-	"\x05input\x18\x01 \x01(\tR\x05input\"'\n" +
+	"\x05input\x18\x01 \x01(\tR\x05input\x12\x16\n" +
+	"\x06device\x18\x02 \x01(\tR\x06device\"'\n" +
 	"\x11AuditHashResponse\x12\x12\n" +
 	"\x04hash\x18\x01 \x01(\tR\x04hash\"|\n" +
 	"\vInitRequest\x12#\n" +

@@ -37,7 +37,7 @@ var table = []Route{
 	{Method: pb.Sys_Status_FullMethodName, Access: Public},
 	{Method: pb.Sys_Seal_FullMethodName, Policy: fixed("sys/seal", Update|Sudo)},
 	{Method: pb.Sys_Rotate_FullMethodName, Leader: true, Policy: fixed("sys/rotate", Update|Sudo)},
-	{Method: pb.Sys_AuditHash_FullMethodName, Policy: fixed("sys/audit-hash", Update|Sudo)},
+	{Method: pb.Sys_AuditHash_FullMethodName, Policy: auditHash},
 	// Unauthenticated as in Vault (the shares are the credential), but on
 	// a node with TLS only for holders of a certificate of the CA.
 	{Method: pb.Sys_GenerateRoot_FullMethodName, Access: Public, Leader: true, ClientCert: true},
@@ -240,6 +240,16 @@ func named(prefix, suffix string, need Capability) func(proto.Message) (string, 
 		}
 		return prefix + name + suffix, need
 	}
+}
+
+// auditHash is Vault's sys/audit-hash/DEVICE ("file" when the request
+// names none).
+func auditHash(req proto.Message) (string, Capability) {
+	device := "file"
+	if r, ok := req.(*pb.AuditHashRequest); ok && r.GetDevice() != "" {
+		device = r.GetDevice()
+	}
+	return "sys/audit-hash/" + device, Update | Sudo
 }
 
 // mounts: the list of every mount is sys/mounts; the mount of one path

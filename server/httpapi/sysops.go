@@ -79,7 +79,7 @@ func sysAuditHash(ctx context.Context, rq *request) (*reply, error) {
 	if body.Input == nil {
 		return nil, badRequest("missing input: give the value to hash as \"input\"")
 	}
-	out, err := rq.call(ctx, pb.Sys_AuditHash_FullMethodName, &pb.AuditHashRequest{Input: *body.Input})
+	out, err := rq.call(ctx, pb.Sys_AuditHash_FullMethodName, &pb.AuditHashRequest{Input: *body.Input, Device: strings.Trim(rq.rest, "/")})
 	if err != nil {
 		return nil, err
 	}
