@@ -29,6 +29,7 @@ type inproc struct {
 	chain   grpc.UnaryServerInterceptor
 	state   interface{ AppliedIndex() uint64 }
 	budget  *inflight
+	gw      *gateway
 }
 
 type inprocMethod struct {
@@ -72,16 +73,7 @@ func (p *inproc) Invoke(ctx context.Context, c httpapi.Caller, method string, re
 	if !ok {
 		return nil, toStatus(withMessage(ErrNoRoute, "%s has no handler on this node", method))
 	}
-	md := metadata.MD{}
-	if c.Token != "" {
-		md.Set("authorization", "Bearer "+c.Token)
-	}
-	ctx = metadata.NewIncomingContext(ctx, md)
-	pr := &peer.Peer{Addr: tcpAddr(c.RemoteAddr)}
-	if c.TLS != nil {
-		pr.AuthInfo = credentials.TLSInfo{State: *c.TLS, CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity}}
-	}
-	ctx = peer.NewContext(ctx, pr)
+	ctx = callContext(ctx, c)
 	dec := func(v any) error {
 		dst, ok := v.(proto.Message)
 		if !ok {
@@ -101,14 +93,43 @@ func (p *inproc) Invoke(ctx context.Context, c httpapi.Caller, method string, re
 	return msg, nil
 }
 
+// callContext is what the gateway reads of a gRPC call, for an HTTP
+// caller: the token as metadata, the connection's address and TLS state
+// as the peer.
+func callContext(ctx context.Context, c httpapi.Caller) context.Context {
+	md := metadata.MD{}
+	if c.Token != "" {
+		md.Set("authorization", "Bearer "+c.Token)
+	}
+	ctx = metadata.NewIncomingContext(ctx, md)
+	pr := &peer.Peer{Addr: tcpAddr(c.RemoteAddr)}
+	if c.TLS != nil {
+		pr.AuthInfo = credentials.TLSInfo{State: *c.TLS, CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity}}
+	}
+	return peer.NewContext(ctx, pr)
+}
+
+// Authenticate implements httpapi.Backend: the gateway's own checks of a
+// call that needs a token (the node unsealed, the token valid), made
+// before an HTTP body is read, so that a stranger's body costs the node
+// nothing. The call is checked again, whole, when it runs.
+func (p *inproc) Authenticate(ctx context.Context, c httpapi.Caller) error {
+	ctx = callContext(ctx, c)
+	if err := p.gw.admitSealed(ctx); err != nil {
+		return p.gw.statusError("http", err)
+	}
+	_, err := p.gw.authenticate(ctx)
+	return p.gw.statusError("http", err)
+}
+
 // Reserve implements httpapi.Backend: an HTTP body takes its bytes from
-// the node's request-byte budget, as a gRPC message does.
-func (p *inproc) Reserve(ctx context.Context, n int64) (context.Context, func(), error) {
+// the node's request-byte budget as it is read, as a gRPC message does.
+func (p *inproc) Reserve(ctx context.Context, n int64) (func(), error) {
 	g, err := p.budget.acquire(ctx, n)
 	if err != nil {
-		return ctx, nil, toStatus(err)
+		return nil, toStatus(err)
 	}
-	return context.WithValue(ctx, grantKey{}, g), g.release, nil
+	return g.release, nil
 }
 
 // AppliedIndex implements httpapi.Backend.
@@ -164,7 +185,11 @@ func (s *Server) startHTTP() {
 	if s.httpLis == nil {
 		return
 	}
-	h := httpapi.New(httpapi.Config{Backend: s.inproc, Logger: s.logger.Named("http"), NodeID: s.cfg.NodeID, URL: s.HTTPURL()})
+	h := httpapi.New(httpapi.Config{
+		Backend: s.inproc, Logger: s.logger.Named("http"), NodeID: s.cfg.NodeID, URL: s.HTTPURL(),
+		// JSON's quoting of the largest request gRPC takes.
+		MaxBodyBytes: 2 * MaxRequestSize,
+	})
 	s.http = &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,

@@ -203,10 +203,6 @@ func (b *inflight) unary(ctx context.Context, req any, info *grpc.UnaryServerInf
 	if strings.HasPrefix(info.FullMethod, unmeteredPrefix) {
 		return handler(ctx, req)
 	}
-	if _, ok := ctx.Value(grantKey{}).(*grant); ok {
-		// An HTTP request whose body took its bytes already (inproc).
-		return handler(ctx, req)
-	}
 	var n int64
 	if m, ok := req.(proto.Message); ok {
 		n = int64(proto.Size(m))

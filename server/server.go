@@ -302,6 +302,7 @@ func (s *Server) wire() {
 		chain:   chainUnary(grpcutil.RecoverUnary(logger, internalMessage), s.inflight.unary, gw.unaryInterceptor),
 		state:   s.fsm,
 		budget:  s.inflight,
+		gw:      gw,
 	}
 	reg := registrar{grpc: s.grpc, in: s.inproc}
 	pb.RegisterSysServer(reg, s.sys)

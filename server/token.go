@@ -140,6 +140,9 @@ func (s *tokenServer) Create(ctx context.Context, req *pb.CreateTokenRequest) (*
 	if req.GetTtlSeconds() < 0 || req.GetExplicitMaxTtlSeconds() < 0 || req.GetPeriodSeconds() < 0 {
 		return nil, invalidf("ttl, explicit max ttl and period must not be negative")
 	}
+	if max(req.GetTtlSeconds(), req.GetExplicitMaxTtlSeconds(), req.GetPeriodSeconds()) > maxDurationSeconds {
+		return nil, invalidf("ttl, explicit max ttl and period must be at most 100 years (%d seconds)", maxDurationSeconds)
+	}
 	if len(req.GetDisplayName()) > maxDisplayName {
 		return nil, invalidf("display name is longer than %d bytes", maxDisplayName)
 	}
@@ -187,6 +190,10 @@ func (s *tokenServer) Create(ctx context.Context, req *pb.CreateTokenRequest) (*
 	}
 	return s.mint(ctx, spec, nil)
 }
+
+// maxDurationSeconds bounds every duration a token request names (100
+// years): past it, times in seconds since 1970 overflow when added.
+const maxDurationSeconds = 100 * 365 * 24 * 3600
 
 // tokenSpec is what a new token is made of: Token.Create and every login
 // describe the token they want, and mint applies the one set of lifetime
@@ -242,6 +249,11 @@ func (u *credentialUse) command(entries []*fsmpb.SysEntry) *fsmpb.Command {
 // out only once the use is spent. It is the one place where a token's
 // lifetime is decided.
 func (s *tokenServer) mint(ctx context.Context, spec tokenSpec, use *credentialUse) (*pb.TokenInfo, error) {
+	if spec.explicitMax > maxDurationSeconds || spec.period > maxDurationSeconds || spec.ttl < 0 {
+		// A role's settings are checked when written; this keeps the
+		// times below from overflowing whatever the source.
+		return nil, invalidf("a token's ttl, explicit max ttl and period must be at most 100 years")
+	}
 	now := s.now()
 	rec := &tokenRecord{
 		Policies:    spec.policies,
@@ -525,8 +537,8 @@ func (s *tokenServer) Renew(ctx context.Context, req *pb.RenewTokenRequest) (*pb
 	if !rec.renewable() {
 		return nil, invalidf("this token is not renewable")
 	}
-	if req.GetIncrementSeconds() < 0 {
-		return nil, invalidf("increment must not be negative")
+	if req.GetIncrementSeconds() < 0 || req.GetIncrementSeconds() > maxDurationSeconds {
+		return nil, invalidf("increment must be from 0 to 100 years (%d seconds)", maxDurationSeconds)
 	}
 	now := s.now()
 	inc := req.GetIncrementSeconds()

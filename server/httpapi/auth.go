@@ -25,6 +25,15 @@ func (h *Handler) authRoutes() {
 // number or digits in a string), or a Go duration ("1h", "30m", "90s"),
 // with "d" for days as well. nil and "" are 0.
 func parseTTL(field string, v any) (int64, error) {
+	n, err := parseSeconds(field, v)
+	if err == nil && n > maxTTLSeconds {
+		return 0, badRequest("%s is more than 100 years: give a shorter duration", field)
+	}
+	return n, err
+}
+
+// parseSeconds reads a duration in Vault's forms, in seconds.
+func parseSeconds(field string, v any) (int64, error) {
 	bad := func() error {
 		return badRequest("%s %s is not a duration: give seconds (3600) or a duration such as \"1h\" or \"30m\"", field, jsonKindOrValue(v))
 	}
@@ -67,6 +76,9 @@ func parseTTL(field string, v any) (int64, error) {
 	}
 	return int64(d / time.Second), nil
 }
+
+// maxTTLSeconds bounds a duration a request names (100 years).
+const maxTTLSeconds = 100 * 365 * 24 * 3600
 
 // jsonKindOrValue names a bad value in an error without echoing a long
 // one.

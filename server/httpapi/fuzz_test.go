@@ -46,7 +46,7 @@ func FuzzRequest(f *testing.F) {
 	tr := &http.Transport{TLSClientConfig: c.ClientTLS()}
 	f.Cleanup(tr.CloseIdleConnections)
 	hc := &http.Client{Transport: tr, Timeout: 30 * time.Second}
-	known := map[int]bool{200: true, 204: true, 400: true, 403: true, 404: true, 405: true, 412: true, 413: true, 415: true, 429: true, 501: true, 503: true}
+	known := map[int]bool{200: true, 204: true, 400: true, 403: true, 404: true, 405: true, 408: true, 412: true, 413: true, 415: true, 429: true, 501: true, 503: true}
 
 	f.Fuzz(func(t *testing.T, method, path, ctype, index string, body []byte) {
 		if _, err := url.ParseRequestURI(path); err != nil || len(path) == 0 || path[0] != '/' {

@@ -40,9 +40,11 @@ type Backend interface {
 	AppliedIndex() uint64
 	// Reserve takes n bytes of the node's request-byte budget for a
 	// request body, waiting a moment when it is spent, and refuses (a
-	// status error, OVERLOADED) when it stays spent. The calls made with
-	// the returned context count against this reservation, not again.
-	Reserve(ctx context.Context, n int64) (context.Context, func(), error)
+	// status error, OVERLOADED) when it stays spent.
+	Reserve(ctx context.Context, n int64) (release func(), err error)
+	// Authenticate makes the gateway's checks of a call that needs a
+	// token (the node unsealed, the token valid) before a body is read.
+	Authenticate(ctx context.Context, c Caller) error
 }
 
 // Config configures the handler.
@@ -61,9 +63,18 @@ type Config struct {
 	Timeout time.Duration
 }
 
-// DefaultMaxBodyBytes is the largest request body by default: the gRPC
-// API's largest request (4 MiB) and room for JSON's quoting.
-const DefaultMaxBodyBytes = 8 << 20
+// DefaultMaxBodyBytes is the largest request body by default (the server
+// sets twice its largest gRPC request: room for JSON's quoting).
+const DefaultMaxBodyBytes = 2 << 20
+
+// bodyStep is how much of the node's budget a body takes at a time as it
+// is read: a client that announces a large body and sends little holds
+// little.
+const bodyStep = 64 << 10
+
+// bodyReadTimeout bounds the reading of a body: a client that stops
+// sending is cut off.
+const bodyReadTimeout = 10 * time.Second
 
 // DefaultTimeout bounds a request: a write's commit, a read's wait for its
 // index, a forward to the leader.
@@ -98,6 +109,9 @@ type endpoint struct {
 	path   string
 	prefix bool
 	ops    map[op]endpointFunc
+	// open: its calls need no token (init, unseal, generate-root,
+	// logins), so its body is read before any token is checked.
+	open bool
 }
 
 // New returns the handler of Vault's HTTP API over b.
@@ -115,6 +129,8 @@ func New(cfg Config) *Handler {
 	h.sysRoutes()
 	h.kvRoutes()
 	h.authRoutes()
+	h.open("sys/init", "sys/unseal", "sys/generate-root/attempt", "sys/generate-root/update",
+		"auth/approle/login", "auth/jwt/login", "auth/kubernetes/login", "auth/cert/login")
 	return h
 }
 
@@ -126,6 +142,18 @@ func (h *Handler) handle(path string, ops map[op]endpointFunc) {
 		e.path, e.prefix = p, true
 	}
 	h.endpoints = append(h.endpoints, e)
+}
+
+// open marks endpoints whose calls need no token (their gRPC routes are
+// public or logins): their bodies are read without a token check first.
+func (h *Handler) open(paths ...string) {
+	for _, p := range paths {
+		for i := range h.endpoints {
+			if h.endpoints[i].path == strings.TrimSuffix(p, "*") {
+				h.endpoints[i].open = true
+			}
+		}
+	}
 }
 
 // match finds the endpoint of path: an exact one first, then the longest
@@ -150,6 +178,8 @@ func (h *Handler) match(path string) (*endpoint, string) {
 // request is one HTTP request on its way to a handler.
 type request struct {
 	r      *http.Request
+	w      http.ResponseWriter
+	e      *endpoint
 	op     op
 	path   string // after /v1/
 	rest   string // the part after the endpoint's prefix
@@ -159,11 +189,50 @@ type request struct {
 	// forward: X-Vault-Inconsistent: forward-active-node.
 	forward bool
 	id      string
+	// ctx is the request's context; releases give back the budget its
+	// body took.
+	ctx      context.Context
+	releases []func()
+}
+
+// releaseBody gives back the budget the body took.
+func (rq *request) releaseBody() {
+	for _, r := range rq.releases {
+		r()
+	}
+	rq.releases = nil
+}
+
+// meteredBody reads a request body taking the node's budget in steps
+// before the bytes are read.
+type meteredBody struct {
+	rq    *request
+	avail int64
+}
+
+func (m *meteredBody) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	if m.avail == 0 {
+		release, err := m.rq.h.cfg.Backend.Reserve(m.rq.ctx, bodyStep)
+		if err != nil {
+			return 0, err
+		}
+		m.rq.releases = append(m.rq.releases, release)
+		m.avail = bodyStep
+	}
+	if int64(len(p)) > m.avail {
+		p = p[:m.avail]
+	}
+	n, err := m.rq.r.Body.Read(p)
+	m.avail -= int64(n)
+	return n, err
 }
 
 // ServeHTTP serves one request of Vault's HTTP API.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	rq := &request{r: r, h: h, id: newRequestID()}
+	rq := &request{r: r, w: w, h: h, id: newRequestID()}
 	w.Header().Set("Cache-Control", "no-store")
 	if h.cfg.NodeID != "" {
 		w.Header().Set(headerNode, h.cfg.NodeID)
@@ -221,28 +290,15 @@ func (h *Handler) serve(rq *request, w http.ResponseWriter) (*reply, error) {
 	if err := checkUnsupported(r.Header); err != nil {
 		return nil, err
 	}
-	rq.rest = rest
+	rq.rest, rq.e = rest, e
 	rq.caller = Caller{Token: tokenOf(r), TLS: r.TLS, RemoteAddr: r.RemoteAddr}
 	if rq.read, rq.forward, err = readOptions(r.Header); err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), h.cfg.Timeout)
 	defer cancel()
-	if r.ContentLength != 0 {
-		// The body counts against the node's budget before it is read,
-		// as a gRPC message does: a flood of large bodies is refused, not
-		// held in memory.
-		n := r.ContentLength
-		if n < 0 {
-			n = h.cfg.MaxBodyBytes
-		}
-		rctx, release, err := h.cfg.Backend.Reserve(ctx, n)
-		if err != nil {
-			return nil, err
-		}
-		defer release()
-		ctx = rctx
-	}
+	rq.ctx = ctx
+	defer rq.releaseBody()
 	return fn(ctx, rq)
 }
 

@@ -723,6 +723,19 @@ func kvList(ctx context.Context, rq *request) (*reply, error) {
 			return nil, err
 		}
 		resp := out.(*pb.ListResponse)
+		// The keys gathered take the node's budget as a body does: many
+		// concurrent lists of large folders are refused, not held.
+		var size int64
+		for _, k := range resp.GetKeys() {
+			size += int64(len(k)) + 16
+		}
+		if size > 0 {
+			release, err := rq.h.cfg.Backend.Reserve(ctx, size)
+			if err != nil {
+				return nil, err
+			}
+			rq.releases = append(rq.releases, release)
+		}
 		keys = append(keys, resp.GetKeys()...)
 		if meta == nil {
 			meta = resp.GetReadMeta()

@@ -7,10 +7,12 @@ import (
 	"fmt"
 	"io"
 	"mime"
+	"net"
 	"net/http"
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -228,13 +230,9 @@ func (h *Handler) errorOf(err error) (int, []string) {
 // it is. A body of another content type, one that is not JSON, or one
 // with data after the JSON value is refused with 400 (415 for the type).
 func (rq *request) decode(v any) error {
-	body, err := io.ReadAll(rq.r.Body)
+	body, err := rq.readBody()
 	if err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			return tooLarge(mbe.Limit)
-		}
-		return badRequest("the request body could not be read: %v", err)
+		return err
 	}
 	trimmed := bytes.TrimSpace(body)
 	if ct := rq.r.Header.Get("Content-Type"); ct != "" {
@@ -257,6 +255,39 @@ func (rq *request) decode(v any) error {
 		return badRequest("the request body has data after its JSON value: send one JSON object")
 	}
 	return nil
+}
+
+// readBody reads the request's body: for a call that needs a token, only
+// once the token is known good (a stranger's body costs nothing); within
+// bodyReadTimeout; taking the node's budget as it is read.
+func (rq *request) readBody() ([]byte, error) {
+	if rq.r.ContentLength == 0 {
+		return nil, nil
+	}
+	if rq.e != nil && !rq.e.open {
+		if err := rq.h.cfg.Backend.Authenticate(rq.ctx, rq.caller); err != nil {
+			return nil, err
+		}
+	}
+	rc := http.NewResponseController(rq.w)
+	_ = rc.SetReadDeadline(time.Now().Add(bodyReadTimeout))
+	body, err := io.ReadAll(&meteredBody{rq: rq})
+	_ = rc.SetReadDeadline(time.Time{})
+	if err != nil {
+		var mbe *http.MaxBytesError
+		var ne net.Error
+		switch {
+		case errors.As(err, &mbe):
+			return nil, tooLarge(mbe.Limit)
+		case errors.As(err, &ne) && ne.Timeout():
+			return nil, &httpError{status: http.StatusRequestTimeout, msgs: []string{fmt.Sprintf("the request body did not arrive within %s: send it whole", bodyReadTimeout)}}
+		}
+		if _, ok := statusOf(err); ok {
+			return nil, err // the budget is spent: 503
+		}
+		return nil, badRequest("the request body could not be read: %v", err)
+	}
+	return body, nil
 }
 
 // jsonType reports whether a media type is JSON (application/json,
