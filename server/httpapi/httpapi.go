@@ -4,10 +4,12 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/tls"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -384,13 +386,34 @@ func (rq *request) call(ctx context.Context, method string, req proto.Message) (
 
 // newRequestID is a request_id of Vault's envelope (a UUID's form).
 func newRequestID() string {
+	// Unique, not secret: a random prefix per process and a counter, in
+	// a UUID's form (crypto/rand per request cost 1 % of a read).
 	var b [16]byte
-	_, _ = rand.Read(b[:])
+	copy(b[:8], idPrefix[:])
+	binary.BigEndian.PutUint64(b[8:], idCounter.Add(1))
 	b[6] = (b[6] & 0x0f) | 0x40
 	b[8] = (b[8] & 0x3f) | 0x80
-	s := hex.EncodeToString(b[:])
-	return s[:8] + "-" + s[8:12] + "-" + s[12:16] + "-" + s[16:20] + "-" + s[20:]
+	var s [36]byte
+	hex.Encode(s[0:8], b[0:4])
+	s[8] = '-'
+	hex.Encode(s[9:13], b[4:6])
+	s[13] = '-'
+	hex.Encode(s[14:18], b[6:8])
+	s[18] = '-'
+	hex.Encode(s[19:23], b[8:10])
+	s[23] = '-'
+	hex.Encode(s[24:36], b[10:16])
+	return string(s[:])
 }
+
+// idPrefix and idCounter make request ids.
+var (
+	idPrefix = func() (p [8]byte) {
+		_, _ = rand.Read(p[:])
+		return p
+	}()
+	idCounter atomic.Uint64
+)
 
 // reasonOf is the coffer reason of a gRPC status error.
 func reasonOf(err error) pb.ErrorReason {

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -82,18 +83,29 @@ func (h *Handler) writeReply(w http.ResponseWriter, rq *request, rep *reply) {
 }
 
 func writeJSON(w http.ResponseWriter, status int, body any, head bool) {
-	buf, err := json.Marshal(body)
-	if err != nil {
+	buf := bufPool.Get().(*bytes.Buffer)
+	defer func() {
+		if buf.Cap() <= 64<<10 { // a large answer's buffer is not kept
+			buf.Reset()
+			bufPool.Put(buf)
+		}
+	}()
+	if err := json.NewEncoder(buf).Encode(body); err != nil { // one line, with its newline
 		status = http.StatusInternalServerError
-		buf = []byte(`{"errors":["internal error: the answer could not be encoded"]}`)
+		buf.Reset()
+		buf.WriteString(`{"errors":["internal error: the answer could not be encoded"]}` + "\n")
 	}
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("Content-Length", strconv.Itoa(len(buf)+1))
+	h := w.Header()
+	h["Content-Type"] = []string{"application/json"}
+	h["Content-Length"] = []string{strconv.Itoa(buf.Len())}
 	w.WriteHeader(status)
 	if !head {
-		_, _ = w.Write(append(buf, '\n'))
+		_, _ = w.Write(buf.Bytes())
 	}
 }
+
+// bufPool keeps the buffers answers are encoded into.
+var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 
 // httpError is an error the handler makes itself, with its status.
 type httpError struct {
