@@ -49,30 +49,21 @@ func (n *Node) MemberByID(id string) (Member, bool) {
 
 // LeaderAPIAddr returns the API address of the current Raft leader, taken from
 // its gossiped metadata, or "" when no leader or no address is known.
-func (n *Node) LeaderAPIAddr() string {
-	id, _ := n.Leader()
-	if id == "" {
-		return ""
-	}
-	m, ok := n.MemberByID(id)
-	if !ok {
-		return ""
-	}
-	return m.APIAddr
-}
+func (n *Node) LeaderAPIAddr() string { return n.leaderMember().APIAddr }
 
 // LeaderHTTPURL returns the URL of the current leader's HTTP API, taken
 // from its gossiped metadata, or "" when no leader or no URL is known.
-func (n *Node) LeaderHTTPURL() string {
+func (n *Node) LeaderHTTPURL() string { return n.leaderMember().HTTPURL }
+
+// leaderMember is the current leader as gossip knows it (the zero Member
+// when no leader or no member is known).
+func (n *Node) leaderMember() Member {
 	id, _ := n.Leader()
 	if id == "" {
-		return ""
+		return Member{}
 	}
-	m, ok := n.MemberByID(id)
-	if !ok {
-		return ""
-	}
-	return m.HTTPURL
+	m, _ := n.MemberByID(id)
+	return m
 }
 
 // GossipAddr returns the ip:port this node gossips on, or "" without gossip.

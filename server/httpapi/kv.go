@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	pb "coffer/api/cofferpb"
 )
 
@@ -309,11 +311,7 @@ func kvDeleteLatest(ctx context.Context, rq *request) (*reply, error) {
 	if err != nil {
 		return nil, err
 	}
-	out, err := rq.call(ctx, pb.KV_Delete_FullMethodName, &pb.VersionsRequest{Path: path, RequestId: rq.r.Header.Get(headerRequestID)})
-	if err != nil {
-		return nil, err
-	}
-	return &reply{status: http.StatusNoContent, index: out.(*pb.WriteResponse).GetIndex()}, nil
+	return written(rq.call(ctx, pb.KV_Delete_FullMethodName, &pb.VersionsRequest{Path: path, RequestId: rq.r.Header.Get(headerRequestID)}))
 }
 
 // kvVersions serves secret/delete|undelete|destroy/PATH {versions: [...]}.
@@ -336,11 +334,7 @@ func kvVersions(method string) endpointFunc {
 		if len(versions) == 0 {
 			return nil, badRequest("no version number provided: send {\"versions\": [1, 2]}")
 		}
-		out, err := rq.call(ctx, method, &pb.VersionsRequest{Path: path, Versions: versions, RequestId: rq.r.Header.Get(headerRequestID)})
-		if err != nil {
-			return nil, err
-		}
-		return &reply{status: http.StatusNoContent, index: out.(*pb.WriteResponse).GetIndex()}, nil
+		return written(rq.call(ctx, method, &pb.VersionsRequest{Path: path, Versions: versions, RequestId: rq.r.Header.Get(headerRequestID)}))
 	}
 }
 
@@ -588,11 +582,7 @@ func kvWriteMetadata(ctx context.Context, rq *request) (*reply, error) {
 	if present {
 		req.CustomMetadata, req.Fields = set, append(req.Fields, "custom_metadata")
 	}
-	out, err := rq.call(ctx, pb.KV_WriteMetadata_FullMethodName, req)
-	if err != nil {
-		return nil, err
-	}
-	return &reply{status: http.StatusNoContent, index: out.(*pb.WriteResponse).GetIndex()}, nil
+	return written(rq.call(ctx, pb.KV_WriteMetadata_FullMethodName, req))
 }
 
 // kvPatchMetadata serves PATCH secret/metadata/PATH: a JSON merge patch of
@@ -669,11 +659,7 @@ func kvWriteConfig(ctx context.Context, rq *request) (*reply, error) {
 	if req.DeleteVersionAfterNanos, err = body.deleteVersionAfter(); err != nil {
 		return nil, err
 	}
-	out, err := rq.call(ctx, pb.KV_WriteConfig_FullMethodName, req)
-	if err != nil {
-		return nil, err
-	}
-	return &reply{status: http.StatusNoContent, index: out.(*pb.WriteResponse).GetIndex()}, nil
+	return written(rq.call(ctx, pb.KV_WriteConfig_FullMethodName, req))
 }
 
 func kvDeleteMetadata(ctx context.Context, rq *request) (*reply, error) {
@@ -681,11 +667,7 @@ func kvDeleteMetadata(ctx context.Context, rq *request) (*reply, error) {
 	if err != nil {
 		return nil, err
 	}
-	out, err := rq.call(ctx, pb.KV_DeleteMetadata_FullMethodName, &pb.DeleteMetadataRequest{Path: path, RequestId: rq.r.Header.Get(headerRequestID)})
-	if err != nil {
-		return nil, err
-	}
-	return &reply{status: http.StatusNoContent, index: out.(*pb.WriteResponse).GetIndex()}, nil
+	return written(rq.call(ctx, pb.KV_DeleteMetadata_FullMethodName, &pb.DeleteMetadataRequest{Path: path, RequestId: rq.r.Header.Get(headerRequestID)}))
 }
 
 // maxListKeys bounds the keys one LIST answers when the client asks for
@@ -761,4 +743,17 @@ func kvList(ctx context.Context, rq *request) (*reply, error) {
 	}
 	sort.Strings(keys)
 	return &reply{data: map[string]any{"keys": keys}, meta: meta, mountType: "kv"}, nil
+}
+
+// written answers a KV write that returns nothing but its index: 204 with
+// X-Vault-Index.
+func written(out proto.Message, err error) (*reply, error) {
+	if err != nil {
+		return nil, err
+	}
+	resp, ok := out.(*pb.WriteResponse)
+	if !ok {
+		return nil, fmt.Errorf("httpapi: a KV write answered %T", out)
+	}
+	return &reply{status: http.StatusNoContent, index: resp.GetIndex()}, nil
 }
