@@ -171,8 +171,14 @@ func (c *Client) tokenVouched(hash string) bool {
 	return ok && time.Since(at) < d
 }
 
-// vouch notes that the cluster just accepted the token with hash.
-func (c *Client) vouch(hash string) { c.tokenChecked.set(hash, time.Now(), c.cache.cfg.TokenRecheck) }
+// vouch notes that the cluster just accepted the token with hash (nothing
+// to note when tokens are never rechecked).
+func (c *Client) vouch(hash string) {
+	if c.cache.cfg.TokenRecheck < 0 {
+		return
+	}
+	c.tokenChecked.set(hash, time.Now(), c.cache.cfg.TokenRecheck)
+}
 
 // maxTokenChecks bounds the tokens a client remembers the cluster
 // accepted: past it, the ones accepted longer ago than the recheck go

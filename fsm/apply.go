@@ -386,7 +386,7 @@ func (a *applier) put(cmd *fsmpb.Command, res *Result) error {
 		return err
 	}
 	res.Version = version
-	return a.trimAndPut(path, meta)
+	return a.trimAndPut(path, meta, cfg)
 }
 
 // changeVersions soft-deletes, undeletes or destroys versions.
@@ -490,15 +490,7 @@ func (a *applier) putMetadata(cmd *fsmpb.Command, res *Result) error {
 		}
 		meta.CasRequired = cmd.GetCasRequired()
 	} else {
-		if u.MaxVersions != nil {
-			meta.MaxVersions = u.GetMaxVersions()
-		}
-		if u.CasRequired != nil {
-			meta.CasRequired = u.GetCasRequired()
-		}
-		if u.DeleteVersionAfterNanos != nil {
-			meta.DeleteVersionAfterNanos = max(u.GetDeleteVersionAfterNanos(), 0)
-		}
+		applySettings(u, &meta.MaxVersions, &meta.CasRequired, &meta.DeleteVersionAfterNanos)
 		custom := meta.GetCustomMetadata()
 		if u.GetClearCustomMetadata() {
 			custom = nil
@@ -519,7 +511,7 @@ func (a *applier) putMetadata(cmd *fsmpb.Command, res *Result) error {
 		meta.CustomMetadata = custom
 	}
 	meta.UpdatedUnixNano = now
-	return a.trimAndPut(path, meta)
+	return a.trimAndPut(path, meta, nil)
 }
 
 // newMeta is the metadata of a secret created at now. Before its mount
@@ -576,21 +568,26 @@ func (a *applier) putKVConfig(cmd *fsmpb.Command) error {
 	if cfg == nil {
 		cfg = &fsmpb.KVConfig{}
 	}
-	u := cmd.GetMetadata()
-	if u.MaxVersions != nil {
-		cfg.MaxVersions = u.GetMaxVersions()
-	}
-	if u.CasRequired != nil {
-		cfg.CasRequired = u.GetCasRequired()
-	}
-	if u.DeleteVersionAfterNanos != nil {
-		cfg.DeleteVersionAfterNanos = max(u.GetDeleteVersionAfterNanos(), 0)
-	}
+	applySettings(cmd.GetMetadata(), &cfg.MaxVersions, &cfg.CasRequired, &cfg.DeleteVersionAfterNanos)
 	b, err := marshalOpts.Marshal(cfg)
 	if err != nil {
 		return err
 	}
 	return a.stateMeta.Put([]byte(keyKVConfigPrefix+cmd.GetPath()), b)
+}
+
+// applySettings sets the settings u names, the others staying: a secret's
+// metadata and a mount's configuration take the same ones.
+func applySettings(u *fsmpb.MetadataUpdate, maxVersions *uint32, casRequired *bool, deleteAfterNanos *int64) {
+	if u.MaxVersions != nil {
+		*maxVersions = u.GetMaxVersions()
+	}
+	if u.CasRequired != nil {
+		*casRequired = u.GetCasRequired()
+	}
+	if u.DeleteVersionAfterNanos != nil {
+		*deleteAfterNanos = max(u.GetDeleteVersionAfterNanos(), 0)
+	}
 }
 
 // MaxCustomMetadataKeys bounds the keys of a secret's custom metadata (as
@@ -661,13 +658,17 @@ func (a *applier) sysDelete(cmd *fsmpb.Command) error {
 }
 
 // trimAndPut drops the oldest versions beyond max_versions (value and
-// metadata), updates OldestVersion and stores the metadata.
-func (a *applier) trimAndPut(path string, meta *fsmpb.SecretMeta) error {
+// metadata), updates OldestVersion and stores the metadata. cfg is the
+// mount's configuration when the caller read it already (nil: read here
+// when the secret takes its max_versions from it).
+func (a *applier) trimAndPut(path string, meta *fsmpb.SecretMeta, cfg *fsmpb.KVConfig) error {
 	limit := int(meta.GetMaxVersions())
 	if limit == 0 {
-		cfg, err := a.kvConfig(path)
-		if err != nil {
-			return err
+		if cfg == nil { // the caller had no reason to load it
+			var err error
+			if cfg, err = a.kvConfig(path); err != nil {
+				return err
+			}
 		}
 		limit = int(cfg.GetMaxVersions())
 	}

@@ -88,34 +88,14 @@ func (f *FSM) view(fn func(*bolt.Tx) error) error {
 func (f *FSM) Get(path string, version uint64) (*Version, error) {
 	var out *Version
 	err := f.view(func(tx *bolt.Tx) error {
-		raw := tx.Bucket(bucketSecretMeta).Get([]byte(path))
-		if raw == nil {
-			return fmt.Errorf("%w (no secret at %q)", ErrNotFound, path)
+		var err error
+		if out, err = versionOf(tx, path, version); err != nil {
+			return err
 		}
-		vm, found, err := lookupVersion(raw, version)
-		if err != nil {
-			return fmt.Errorf("%w: metadata of %q: %v", ErrCorrupt, path, err)
-		}
-		if !found {
-			if version == 0 {
-				return fmt.Errorf("%w (%q has no current version)", ErrNotFound, path)
-			}
-			return fmt.Errorf("%w (%q has no version %d)", ErrNotFound, path, version)
-		}
-		v := vm.version
-		out = &Version{
-			Version:     v,
-			CreatedTime: unixTime(vm.created),
-			DeletedTime: unixTime(vm.deleted),
-			Destroyed:   vm.destroyed,
-		}
-		if out.CustomMetadata, err = customMetadata(raw); err != nil {
-			return fmt.Errorf("%w: metadata of %q: %v", ErrCorrupt, path, err)
-		}
-		if !vm.destroyed {
-			data := tx.Bucket(bucketSecretData).Get(dataKey(path, v))
+		if !out.Destroyed {
+			data := tx.Bucket(bucketSecretData).Get(dataKey(path, out.Version))
 			if data == nil {
-				return fmt.Errorf("fsm: state inconsistent: %q version %d has metadata but no value", path, v)
+				return fmt.Errorf("fsm: state inconsistent: %q version %d has metadata but no value", path, out.Version)
 			}
 			out.Ciphertext = bytes.Clone(data)
 		}
@@ -123,6 +103,50 @@ func (f *FSM) Get(path string, version uint64) (*Version, error) {
 	})
 	if err != nil {
 		return nil, err
+	}
+	return out, nil
+}
+
+// VersionInfo is Get without the ciphertext: a version's times and state
+// and the secret's custom metadata (a put's answer reads them back).
+func (f *FSM) VersionInfo(path string, version uint64) (*Version, error) {
+	var out *Version
+	err := f.view(func(tx *bolt.Tx) error {
+		var err error
+		out, err = versionOf(tx, path, version)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// versionOf reads version (0: the current one) of the secret at path from
+// its metadata, without its value.
+func versionOf(tx *bolt.Tx, path string, version uint64) (*Version, error) {
+	raw := tx.Bucket(bucketSecretMeta).Get([]byte(path))
+	if raw == nil {
+		return nil, fmt.Errorf("%w (no secret at %q)", ErrNotFound, path)
+	}
+	vm, found, err := lookupVersion(raw, version)
+	if err != nil {
+		return nil, fmt.Errorf("%w: metadata of %q: %v", ErrCorrupt, path, err)
+	}
+	if !found {
+		if version == 0 {
+			return nil, fmt.Errorf("%w (%q has no current version)", ErrNotFound, path)
+		}
+		return nil, fmt.Errorf("%w (%q has no version %d)", ErrNotFound, path, version)
+	}
+	out := &Version{
+		Version:     vm.version,
+		CreatedTime: unixTime(vm.created),
+		DeletedTime: unixTime(vm.deleted),
+		Destroyed:   vm.destroyed,
+	}
+	if out.CustomMetadata, err = customMetadata(raw); err != nil {
+		return nil, fmt.Errorf("%w: metadata of %q: %v", ErrCorrupt, path, err)
 	}
 	return out, nil
 }

@@ -250,13 +250,7 @@ func (g *gateway) authenticate(ctx context.Context) (*tokenRecord, error) {
 	h := hashToken(token)
 	gen := g.state.SysGeneration()
 	if rec := g.tokens.get(gen, h); rec != nil {
-		if rec.expired(time.Now()) {
-			return nil, errTokenExpired
-		}
-		if err := g.checkBound(ctx, rec); err != nil {
-			return nil, err
-		}
-		return rec, nil
+		return g.live(ctx, rec)
 	}
 	// A token created a moment ago may not have reached this follower
 	// yet (the read-index round goes to the leader, which checks the token
@@ -281,12 +275,18 @@ func (g *gateway) authenticate(ctx context.Context) (*tokenRecord, error) {
 	if subtle.ConstantTimeCompare([]byte(rec.Hash), []byte(h)) != 1 {
 		return nil, ErrUnauthenticated
 	}
+	// An expired record is refused by live, here and from the cache, until
+	// the leader removes it (tokenServer.expire).
+	g.tokens.put(gen, h, rec)
+	return g.live(ctx, rec)
+}
+
+// live admits the record of the caller's token: not expired, and used
+// from an address it is bound to.
+func (g *gateway) live(ctx context.Context, rec *tokenRecord) (*tokenRecord, error) {
 	if rec.expired(time.Now()) {
-		// The leader removes it soon (tokenServer.expire); until then no node
-		// accepts it.
 		return nil, errTokenExpired
 	}
-	g.tokens.put(gen, h, rec)
 	if err := g.checkBound(ctx, rec); err != nil {
 		return nil, err
 	}
@@ -317,13 +317,7 @@ func (g *gateway) authenticateBatch(ctx context.Context, token string) (*tokenRe
 		}
 		g.tokens.put(gen, h, rec)
 	}
-	if rec.expired(time.Now()) {
-		return nil, errTokenExpired
-	}
-	if err := g.checkBound(ctx, rec); err != nil {
-		return nil, err
-	}
-	return rec, nil
+	return g.live(ctx, rec)
 }
 
 // sysGetCaughtUp reads a system entry; on a follower that does not hold
@@ -355,9 +349,9 @@ func (g *gateway) authorize(ctx context.Context, r route.Route, req proto.Messag
 	if r.Policy == nil || r.Access != route.Token {
 		return nil
 	}
-	rec, _ := ctx.Value(tokenCtxKey{}).(*tokenRecord)
-	if rec == nil {
-		return ErrUnauthenticated
+	rec, err := caller(ctx)
+	if err != nil {
+		return err
 	}
 	if rec.isRoot() {
 		return nil // root: every capability on every path

@@ -186,7 +186,7 @@ func (s *Server) startHTTP() {
 		return
 	}
 	h := httpapi.New(httpapi.Config{
-		Backend: s.inproc, Logger: s.logger.Named("http"), NodeID: s.cfg.NodeID, URL: s.HTTPURL(),
+		Backend: s.inproc, Logger: s.logger.Named("http"), NodeID: s.cfg.NodeID, Version: Version, URL: s.HTTPURL(),
 		// JSON's quoting of the largest request gRPC takes.
 		MaxBodyBytes: 2 * MaxRequestSize,
 	})

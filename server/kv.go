@@ -34,6 +34,7 @@ type kvServer struct {
 // kvStore reads the replicated KV state.
 type kvStore interface {
 	Get(path string, version uint64) (*fsm.Version, error)
+	VersionInfo(path string, version uint64) (*fsm.Version, error)
 	Metadata(path string) (*fsm.Metadata, error)
 	CurrentVersion(path string) (uint64, error)
 	ListPage(prefix, after string, limit int) ([]string, bool, error)
@@ -147,13 +148,9 @@ func (k *kvServer) Put(ctx context.Context, req *pb.PutRequest) (*pb.PutResponse
 // version's deletion time to come are read back from the applied state.
 func (k *kvServer) putResponse(path string, r *fsm.Result) *pb.PutResponse {
 	resp := &pb.PutResponse{Version: r.Version, Index: r.Index, CreatedTimeUnixNano: r.LeaderTimeUnixNano}
-	if md, err := k.store.Metadata(path); err == nil {
-		resp.CustomMetadata = md.CustomMetadata
-		for _, v := range md.Versions {
-			if v.Version == r.Version {
-				resp.DeletionTimeUnixNano = unixNano(v.DeletedTime)
-			}
-		}
+	if v, err := k.store.VersionInfo(path, r.Version); err == nil {
+		resp.CustomMetadata = v.CustomMetadata
+		resp.DeletionTimeUnixNano = unixNano(v.DeletedTime)
 	}
 	return resp
 }
@@ -199,7 +196,7 @@ func (k *kvServer) Patch(ctx context.Context, req *pb.PatchRequest) (*pb.PutResp
 			return nil, err
 		}
 		if (md.CASRequired || cfg.CASRequired) && req.Cas == nil {
-			return nil, withMessage(fsm.ErrCASRequired, "check-and-set required: %s only accepts writes with -cas=<current version>", req.Path)
+			return nil, k.explainWrite(fsm.ErrCASRequired, req.Path, nil)
 		}
 		v, err := k.store.Get(req.Path, md.CurrentVersion)
 		if errors.Is(err, fsm.ErrNotFound) {
@@ -317,13 +314,14 @@ func (k *kvServer) Get(ctx context.Context, req *pb.GetRequest) (*pb.GetResponse
 		DeletionTimeUnixNano: unixNano(v.DeletedTime),
 		Destroyed:            v.Destroyed,
 	}
-	if gone := v.Destroyed || v.Deleted(time.Now()); gone && req.AllowDeleted {
+	deleted := v.Deleted(time.Now())
+	if (v.Destroyed || deleted) && req.AllowDeleted {
 		return &pb.GetResponse{Metadata: md, CustomMetadata: v.CustomMetadata, Deleted: true, ReadMeta: k.reads.finish(meta)}, nil
 	}
 	if v.Destroyed {
 		return nil, withMessage(ErrDestroyed, "version %d of %s is destroyed: its data is gone for good", v.Version, req.Path)
 	}
-	if v.Deleted(time.Now()) {
+	if deleted {
 		return nil, withMessage(ErrDeleted, "version %d of %s is deleted: restore it with `coffer kv undelete -versions=%d %s`", v.Version, req.Path, v.Version, req.Path)
 	}
 	pt, err := k.keys.Decrypt(req.Path, v.Version, v.Ciphertext)

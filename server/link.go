@@ -12,7 +12,6 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/reflect/protoreflect"
 
 	"coffer/api/route"
 	"coffer/replication"
@@ -235,14 +234,11 @@ func (l *leaderLink) awaitApplied(ctx context.Context, reply proto.Message) {
 // replyIndex is the Raft index a write's answer carries in its index or
 // raft_index field (0 when it has none).
 func replyIndex(m proto.Message) uint64 {
-	if m == nil {
-		return 0
-	}
-	r := m.ProtoReflect()
-	for _, name := range []protoreflect.Name{"index", "raft_index"} {
-		if fd := r.Descriptor().Fields().ByName(name); fd != nil && fd.Kind() == protoreflect.Uint64Kind {
-			return r.Get(fd).Uint()
-		}
+	switch r := m.(type) {
+	case interface{ GetIndex() uint64 }:
+		return r.GetIndex()
+	case interface{ GetRaftIndex() uint64 }:
+		return r.GetRaftIndex()
 	}
 	return 0
 }

@@ -273,6 +273,8 @@ func (s *Server) wire() {
 	cluster := &clusterServer{nodeID: id, raft: s.raft, state: s.fsm, link: s.link}
 
 	s.inflight = newInflight(s.cfg.MaxInflightBytes)
+	// One chain for a call over gRPC and one made in process (the HTTP API).
+	unary := []grpc.UnaryServerInterceptor{grpcutil.RecoverUnary(logger, internalMessage), s.inflight.unary, gw.unaryInterceptor}
 
 	s.grpc = grpc.NewServer(
 		grpc.Creds(s.apiCreds()),
@@ -281,7 +283,7 @@ func (s *Server) wire() {
 		// calls that fail authentication (whose messages are in memory
 		// all the same).
 		grpc.InTapHandle(s.inflight.tap),
-		grpc.ChainUnaryInterceptor(grpcutil.RecoverUnary(logger, internalMessage), s.inflight.unary, gw.unaryInterceptor),
+		grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(grpcutil.RecoverStream(logger, internalMessage), s.inflight.stream, gw.streamInterceptor),
 		grpc.MaxRecvMsgSize(MaxRequestSize),
 		grpc.MaxConcurrentStreams(maxStreamsPerConn),
@@ -299,7 +301,7 @@ func (s *Server) wire() {
 	// The HTTP API calls the same services through the same interceptors.
 	s.inproc = &inproc{
 		methods: map[string]inprocMethod{},
-		chain:   chainUnary(grpcutil.RecoverUnary(logger, internalMessage), s.inflight.unary, gw.unaryInterceptor),
+		chain:   chainUnary(unary...),
 		state:   s.fsm,
 		budget:  s.inflight,
 		gw:      gw,

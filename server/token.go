@@ -119,6 +119,10 @@ func caller(ctx context.Context) (*tokenRecord, error) {
 	return rec, nil
 }
 
+// errNoSuchToken answers a lookup, renewal or revocation of a token that
+// is not there.
+var errNoSuchToken = withMessage(fsm.ErrNotFound, "no such token (revoked, expired or never created)")
+
 // Create makes a service token, a child of the caller's unless no_parent.
 func (s *tokenServer) Create(ctx context.Context, req *pb.CreateTokenRequest) (*pb.TokenInfo, error) {
 	parent, err := caller(ctx)
@@ -474,7 +478,7 @@ func (s *tokenServer) target(ctx context.Context, token, accessor string) (*toke
 	case token != "" && isBatchToken(token):
 		rec, err := openBatchToken(s.keys, token)
 		if err != nil || rec.expired(s.now()) {
-			return nil, withMessage(fsm.ErrNotFound, "no such token (revoked, expired or never created)")
+			return nil, errNoSuchToken
 		}
 		return rec, nil
 	case token != "":
@@ -500,13 +504,13 @@ func (s *tokenServer) target(ctx context.Context, token, accessor string) (*toke
 	}
 	rec, err := s.record(hash)
 	if errors.Is(err, fsm.ErrNotFound) {
-		return nil, withMessage(fsm.ErrNotFound, "no such token (revoked, expired or never created)")
+		return nil, errNoSuchToken
 	}
 	if err != nil {
 		return nil, err
 	}
 	if rec.expired(s.now()) {
-		return nil, withMessage(fsm.ErrNotFound, "no such token (revoked, expired or never created)")
+		return nil, errNoSuchToken
 	}
 	return rec, nil
 }

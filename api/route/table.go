@@ -52,10 +52,10 @@ var table = []Route{
 	{Method: pb.Operator_SnapshotRestore_FullMethodName, Policy: fixed("sys/storage/raft/snapshot", Update|Sudo)},
 
 	// Policy: ACL policies, at Vault's sys/policies/acl paths.
-	{Method: pb.Policy_Write_FullMethodName, Leader: true, Policy: policyPath(Create | Update)},
-	{Method: pb.Policy_Read_FullMethodName, Consistent: true, Policy: policyPath(Read)},
+	{Method: pb.Policy_Write_FullMethodName, Leader: true, Policy: named("sys/policies/acl/", "", Create|Update)},
+	{Method: pb.Policy_Read_FullMethodName, Consistent: true, Policy: named("sys/policies/acl/", "", Read)},
 	{Method: pb.Policy_List_FullMethodName, Consistent: true, Policy: fixed("sys/policies/acl", List)},
-	{Method: pb.Policy_Delete_FullMethodName, Leader: true, Policy: policyPath(Delete)},
+	{Method: pb.Policy_Delete_FullMethodName, Leader: true, Policy: named("sys/policies/acl/", "", Delete)},
 
 	// Token: at Vault's auth/token paths; a call about the caller's own
 	// token uses the -self path (which the default policy grants).
@@ -158,17 +158,6 @@ func kvDelete(req proto.Message) (string, Capability) {
 		return KVPolicyPath(r.GetPath(), "delete"), Update
 	}
 	return KVPolicyPath(requestPath(req), "data"), Delete
-}
-
-// policyPath is a route on sys/policies/acl/NAME.
-func policyPath(need Capability) func(proto.Message) (string, Capability) {
-	return func(req proto.Message) (string, Capability) {
-		name, _ := req.(interface{ GetName() string })
-		if name == nil {
-			return "sys/policies/acl", need
-		}
-		return "sys/policies/acl/" + name.GetName(), need
-	}
 }
 
 // tokenCreate: an orphan needs auth/token/create-orphan, and a periodic

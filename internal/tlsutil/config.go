@@ -170,22 +170,23 @@ func IsNode(c *x509.Certificate) bool {
 // certificates verified against the CA when given (required with
 // requireClientCert).
 func (r *Reloader) ServerConfig(requireClientCert bool) *tls.Config {
-	auth := tls.VerifyClientCertIfGiven
-	if requireClientCert {
-		auth = tls.RequireAndVerifyClientCert
+	return r.serverConfig(clientAuth(requireClientCert), nil, "h2")
+}
+
+// clientAuth is what the API asks of a caller's certificate: verified when
+// given, or required.
+func clientAuth(require bool) tls.ClientAuthType {
+	if require {
+		return tls.RequireAndVerifyClientCert
 	}
-	return r.serverConfig(auth, nil, "h2")
+	return tls.VerifyClientCertIfGiven
 }
 
 // HTTPServerConfig is the TLS of the node's Vault-compatible HTTP API:
 // the API's rules (client certificates verified when given, or required),
 // speaking HTTP/1.1 (see server/http.go for why not HTTP/2).
 func (r *Reloader) HTTPServerConfig(requireClientCert bool) *tls.Config {
-	auth := tls.VerifyClientCertIfGiven
-	if requireClientCert {
-		auth = tls.RequireAndVerifyClientCert
-	}
-	return r.serverConfig(auth, nil, "http/1.1")
+	return r.serverConfig(clientAuth(requireClientCert), nil, "http/1.1")
 }
 
 // PeerServerConfig is the TLS of a node-to-node listener (Raft): mutual,

@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"encoding/binary"
 	"encoding/hex"
-	"errors"
 	"net/http"
 	"strings"
 	"sync/atomic"
@@ -55,6 +54,8 @@ type Config struct {
 	Logger  hclog.Logger
 	// NodeID names the node in X-Coffer-Node.
 	NodeID string
+	// Version is the coffer version the node runs (seal status answers).
+	Version string
 	// URL is this node's HTTP API as a client reaches it
 	// (https://host:8200), for sys/leader.
 	URL string
@@ -425,10 +426,4 @@ func reasonOf(err error) pb.ErrorReason {
 }
 
 // isReason reports whether err carries reason.
-func isReason(err error, reason pb.ErrorReason) bool {
-	var he *httpError
-	if errors.As(err, &he) {
-		return false
-	}
-	return reasonOf(err) == reason
-}
+func isReason(err error, reason pb.ErrorReason) bool { return reasonOf(err) == reason }

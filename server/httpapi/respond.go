@@ -169,11 +169,6 @@ func (h *Handler) errorOf(err error) (int, []string) {
 	if errors.As(err, &he) {
 		return he.status, he.msgs
 	}
-	var mbe *http.MaxBytesError
-	if errors.As(err, &mbe) {
-		he := tooLarge(mbe.Limit).(*httpError)
-		return he.status, he.msgs
-	}
 	st, ok := status.FromError(err)
 	if !ok {
 		h.cfg.Logger.Error("an HTTP request failed with an error that is not a status", "error", err)

@@ -222,12 +222,7 @@ func sysUnseal(ctx context.Context, rq *request) (*reply, error) {
 	if err != nil {
 		return nil, err
 	}
-	st, err := rq.status(ctx)
-	version := ""
-	if err == nil {
-		version = st.GetVersion()
-	}
-	return &reply{raw: sealStatus(out.(*pb.SealStatus), version)}, nil
+	return &reply{raw: sealStatus(out.(*pb.SealStatus), rq.h.cfg.Version)}, nil
 }
 
 func sysSeal(ctx context.Context, rq *request) (*reply, error) {
