@@ -9,7 +9,7 @@ import (
 )
 
 // mountTable is what sys/mounts and the vault CLI's preflight see: the
-// KV version 2 mount, the system backend and the auth methods a node
+// KV version 2 mount, the database engine, the system backend and the auth methods a node
 // serves (auth/kubernetes/ is the JWT method under Kubernetes' name).
 func mountTable() []*pb.Mount {
 	out := make([]*pb.Mount, 0, len(mounts)+6)
@@ -17,6 +17,7 @@ func mountTable() []*pb.Mount {
 		out = append(out, &pb.Mount{Path: m, Type: "kv", Version: "2", Description: "key/value secret storage"})
 	}
 	return append(out,
+		&pb.Mount{Path: "database/", Type: "database", Description: "PostgreSQL credentials: dynamic users under leases, static roles"},
 		&pb.Mount{Path: "sys/", Type: "system", Description: "system endpoints used for control, policy and debugging"},
 		&pb.Mount{Path: "auth/token/", Type: "token", Description: "token based credentials", Auth: true},
 		&pb.Mount{Path: "auth/approle/", Type: "approle", Description: "AppRole logins", Auth: true},

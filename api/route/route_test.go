@@ -153,6 +153,44 @@ func TestLoginPolicyPaths(t *testing.T) {
 	}
 }
 
+// TestDatabasePolicyPaths: the database engine and leases map onto
+// Vault's database/ and sys/leases paths, so Vault policies for them work
+// unchanged (database/creds/app needs read; revoke-prefix needs sudo).
+func TestDatabasePolicyPaths(t *testing.T) {
+	cases := []struct {
+		method string
+		req    interface{ ProtoReflect() protoreflect.Message }
+		path   string
+		need   Capability
+		leader bool
+	}{
+		{pb.Database_WriteConfig_FullMethodName, &pb.DatabaseConfig{Name: "pg"}, "database/config/pg", Create | Update, true},
+		{pb.Database_ListConfigs_FullMethodName, &pb.DatabaseListRequest{}, "database/config", List, false},
+		{pb.Database_RotateRoot_FullMethodName, &pb.DatabaseNameRequest{Name: "pg"}, "database/rotate-root/pg", Update, true},
+		{pb.Database_WriteRole_FullMethodName, &pb.DatabaseRole{Name: "app"}, "database/roles/app", Create | Update, true},
+		{pb.Database_Creds_FullMethodName, &pb.DatabaseNameRequest{Name: "app"}, "database/creds/app", Read, true},
+		{pb.Database_StaticCreds_FullMethodName, &pb.DatabaseNameRequest{Name: "svc"}, "database/static-creds/svc", Read, true},
+		{pb.Database_RotateRole_FullMethodName, &pb.DatabaseNameRequest{Name: "svc"}, "database/rotate-role/svc", Update, true},
+		{pb.Lease_Lookup_FullMethodName, &pb.LeaseRequest{LeaseId: "database/creds/app/x"}, "sys/leases/lookup", Update, false},
+		{pb.Lease_Renew_FullMethodName, &pb.LeaseRenewRequest{}, "sys/leases/renew", Update, true},
+		{pb.Lease_RevokePrefix_FullMethodName, &pb.LeasePrefixRequest{Prefix: "database/creds/app"}, "sys/leases/revoke-prefix/database/creds/app", Update | Sudo, true},
+		{pb.Lease_List_FullMethodName, &pb.LeaseListRequest{Prefix: "database/creds/"}, "sys/leases/lookup/database/creds/", List | Sudo, false},
+	}
+	for _, c := range cases {
+		r, ok := Lookup(c.method)
+		if !ok {
+			t.Fatalf("no route for %s", c.method)
+		}
+		path, need := r.Policy(c.req.ProtoReflect().Interface())
+		if path != c.path || need != c.need {
+			t.Errorf("%s: %s needs %s, want %s needs %s", c.method, path, need, c.path, c.need)
+		}
+		if r.Leader != c.leader {
+			t.Errorf("%s: leader-only %v, want %v", c.method, r.Leader, c.leader)
+		}
+	}
+}
+
 // TestEnsureRequestID fills an empty request id once and keeps a given one.
 func TestEnsureRequestID(t *testing.T) {
 	req := &pb.PutRequest{Path: "secret/x"}

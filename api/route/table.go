@@ -89,6 +89,33 @@ var table = []Route{
 	{Method: pb.CertAuth_ListRoles_FullMethodName, Consistent: true, Policy: fixed("auth/cert/certs", List)},
 	{Method: pb.CertAuth_DeleteRole_FullMethodName, Leader: true, Policy: named("auth/cert/certs/", "", Delete)},
 
+	// Database: the PostgreSQL secrets engine, at Vault's database/ paths.
+	// Issuing and rotating write (intents, leases, passwords) and talk to
+	// the database: the leader does both.
+	{Method: pb.Database_WriteConfig_FullMethodName, Leader: true, Policy: named("database/config/", "", Create|Update)},
+	{Method: pb.Database_ReadConfig_FullMethodName, Consistent: true, Policy: named("database/config/", "", Read)},
+	{Method: pb.Database_ListConfigs_FullMethodName, Consistent: true, Policy: fixed("database/config", List)},
+	{Method: pb.Database_DeleteConfig_FullMethodName, Leader: true, Policy: named("database/config/", "", Delete)},
+	{Method: pb.Database_RotateRoot_FullMethodName, Leader: true, Policy: named("database/rotate-root/", "", Update)},
+	{Method: pb.Database_WriteRole_FullMethodName, Leader: true, Policy: named("database/roles/", "", Create|Update)},
+	{Method: pb.Database_ReadRole_FullMethodName, Consistent: true, Policy: named("database/roles/", "", Read)},
+	{Method: pb.Database_ListRoles_FullMethodName, Consistent: true, Policy: fixed("database/roles", List)},
+	{Method: pb.Database_DeleteRole_FullMethodName, Leader: true, Policy: named("database/roles/", "", Delete)},
+	{Method: pb.Database_Creds_FullMethodName, Leader: true, Policy: named("database/creds/", "", Read)},
+	{Method: pb.Database_WriteStaticRole_FullMethodName, Leader: true, Policy: named("database/static-roles/", "", Create|Update)},
+	{Method: pb.Database_ReadStaticRole_FullMethodName, Consistent: true, Policy: named("database/static-roles/", "", Read)},
+	{Method: pb.Database_ListStaticRoles_FullMethodName, Consistent: true, Policy: fixed("database/static-roles", List)},
+	{Method: pb.Database_DeleteStaticRole_FullMethodName, Leader: true, Policy: named("database/static-roles/", "", Delete)},
+	{Method: pb.Database_StaticCreds_FullMethodName, Leader: true, Policy: named("database/static-creds/", "", Read)},
+	{Method: pb.Database_RotateRole_FullMethodName, Leader: true, Policy: named("database/rotate-role/", "", Update)},
+
+	// Lease: the leases of dynamic secrets, at Vault's sys/leases paths.
+	{Method: pb.Lease_Lookup_FullMethodName, Consistent: true, Policy: fixed("sys/leases/lookup", Update)},
+	{Method: pb.Lease_Renew_FullMethodName, Leader: true, Policy: fixed("sys/leases/renew", Update)},
+	{Method: pb.Lease_Revoke_FullMethodName, Leader: true, Policy: fixed("sys/leases/revoke", Update)},
+	{Method: pb.Lease_RevokePrefix_FullMethodName, Leader: true, Policy: leasePrefix("sys/leases/revoke-prefix/", Update|Sudo)},
+	{Method: pb.Lease_List_FullMethodName, Consistent: true, Policy: leasePrefix("sys/leases/lookup/", List|Sudo)},
+
 	// Cluster: node to node.
 	{Method: pb.Cluster_ReadIndex_FullMethodName, Access: Peer},
 
@@ -252,6 +279,19 @@ func mounts(req proto.Message) (string, Capability) {
 }
 
 // fixed is a route on one path.
+// leasePrefix is Vault's path for an operation on the leases under a
+// prefix: sys/leases/lookup/<prefix> (LIST) and
+// sys/leases/revoke-prefix/<prefix>, both sudo in Vault.
+func leasePrefix(base string, need Capability) func(proto.Message) (string, Capability) {
+	return func(req proto.Message) (string, Capability) {
+		p := ""
+		if r, ok := req.(interface{ GetPrefix() string }); ok {
+			p = r.GetPrefix()
+		}
+		return base + p, need
+	}
+}
+
 func fixed(path string, need Capability) func(proto.Message) (string, Capability) {
 	return func(proto.Message) (string, Capability) { return path, need }
 }

@@ -31,6 +31,9 @@
 //	coffer jwt config [-jwks-file=F | -jwks-url=URL | -pubkeys-file=F] [-bound-issuer=I]
 //	coffer jwt role write|read|list|delete [flags] NAME
 //	coffer cert role write|read|list|delete [flags] NAME
+//	coffer database config|role|static-role write|read|list|delete [flags] NAME
+//	coffer database creds ROLE | static-creds NAME | rotate-role NAME | rotate-root NAME
+//	coffer lease lookup|renew|revoke|list [flags] [LEASE_ID]
 //	coffer version
 //
 // Flags are Go-style: one dash (two work too), and they come before the
@@ -89,6 +92,8 @@ Commands:
     login       Exchange credentials (AppRole, JWT, client certificate) for a token
     approle     AppRole roles, role_ids and secret_ids (run "coffer approle -h")
     jwt         JWT login: where the keys come from, and roles (run "coffer jwt -h")
+    database    PostgreSQL credentials: connections, dynamic and static roles (run "coffer database -h")
+    lease       Look up, renew, revoke and list the leases of dynamic credentials
     audit       Hash a value as the audit logs write it, to search them
     cert        Create the CA, node and client certificates; certificate login roles
                 (run "coffer cert -h")
@@ -214,6 +219,10 @@ func dispatch(e *env, args []string) error {
 		return cmdApprole(e, rest)
 	case "jwt":
 		return cmdJWT(e, rest)
+	case "database":
+		return cmdDatabase(e, rest)
+	case "lease":
+		return cmdLease(e, rest)
 	case "version", "-version", "--version":
 		return cmdVersion(e, rest)
 	case "help", "-h", "-help", "--help":

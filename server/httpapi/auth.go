@@ -19,6 +19,7 @@ func (h *Handler) authRoutes() {
 	h.policyRoutes()
 	h.loginRoutes()
 	h.sysOpsRoutes()
+	h.databaseRoutes()
 }
 
 // parseTTL reads a duration as Vault takes it: a number of seconds (JSON

@@ -35,6 +35,12 @@ type reply struct {
 	// names.
 	leaseDuration int64
 	renewable     bool
+	// leaseID is the envelope's lease_id (dynamic credentials); leaseOnly
+	// answers the envelope without data (a lease's renewal).
+	leaseID   string
+	leaseOnly bool
+	// warnings are the envelope's warnings.
+	warnings []string
 	// mountType names the engine that answered ("kv", "token", ...).
 	mountType string
 	// meta describes the read (X-Coffer-* headers), index a write's Raft
@@ -66,8 +72,9 @@ func (h *Handler) writeReply(w http.ResponseWriter, rq *request, rep *reply) {
 	switch {
 	case rep.raw != nil:
 		body = rep.raw
-	case rep.data != nil || rep.auth != nil:
-		body = envelope{RequestID: rq.id, Data: rep.data, Auth: rep.auth, LeaseDuration: rep.leaseDuration, Renewable: rep.renewable, MountType: rep.mountType}
+	case rep.data != nil || rep.auth != nil || rep.leaseOnly:
+		body = envelope{RequestID: rq.id, Data: rep.data, Auth: rep.auth, LeaseID: rep.leaseID, LeaseDuration: rep.leaseDuration,
+			Renewable: rep.renewable, MountType: rep.mountType, Warnings: rep.warnings}
 	}
 	if body == nil {
 		if status == 0 {
