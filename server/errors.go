@@ -68,6 +68,14 @@ var (
 	// the credentials (a JWT issuer's key set did not download): nothing
 	// is wrong with the credentials, and another node may have it.
 	ErrLoginUnavailable = errors.New("server: the login method's keys could not be fetched: retry, or check the method's configuration")
+	// ErrDatabaseUnreachable means the database of a connection could not
+	// be reached; the wrapping message names the connection.
+	ErrDatabaseUnreachable = errors.New("server: the database could not be reached: check that it runs and the connection's URL")
+	// ErrDatabaseError means the database refused a statement; the
+	// wrapping message carries its error.
+	ErrDatabaseError = errors.New("server: the database refused a statement: fix the role's statements")
+	// ErrQuotaExceeded means a lease quota is reached.
+	ErrQuotaExceeded = errors.New("server: the lease quota is reached: revoke leases or raise -max-leases or the role's max_leases")
 	// ErrStorage means the node's state machine failed to persist and the
 	// node stopped acknowledging writes.
 	ErrStorage = errors.New("server: this node cannot persist writes (disk full or I/O error): use another node and check its disk")
@@ -94,6 +102,9 @@ var codeTable = []struct {
 	{ErrLeaderUnreachable, codes.Unavailable, pb.ErrorReason_LEADER_UNREACHABLE},
 	{ErrStorage, codes.Unavailable, pb.ErrorReason_STORAGE_FAILED},
 	{ErrLoginUnavailable, codes.Unavailable, pb.ErrorReason_LOGIN_UNAVAILABLE},
+	{ErrDatabaseUnreachable, codes.Unavailable, pb.ErrorReason_DATABASE_UNREACHABLE},
+	{ErrDatabaseError, codes.FailedPrecondition, pb.ErrorReason_DATABASE_ERROR},
+	{ErrQuotaExceeded, codes.ResourceExhausted, pb.ErrorReason_QUOTA_EXCEEDED},
 	{errAudit, codes.Unavailable, pb.ErrorReason_AUDIT_FAILED},
 	{errShuttingDown, codes.Unavailable, pb.ErrorReason_SHUTTING_DOWN},
 	{ErrCatchingUp, codes.Unavailable, pb.ErrorReason_CATCHING_UP},

@@ -100,6 +100,7 @@ const (
 	ErrorReason_KEY_TERM_UNKNOWN      ErrorReason = 12 // the value uses a key term this node does not hold yet
 	ErrorReason_AUDIT_FAILED          ErrorReason = 13 // no audit device of this node could record the call: it was refused (fail closed)
 	ErrorReason_LOGIN_UNAVAILABLE     ErrorReason = 14 // a login method's keys could not be fetched (its JWKS URL): retry, here or on another node
+	ErrorReason_DATABASE_UNREACHABLE  ErrorReason = 15 // the database of a connection could not be reached (every node would reach the same one): not retried by the client
 	// FAILED_PRECONDITION: the state of the cluster or the secret refuses it.
 	ErrorReason_NOT_INITIALIZED     ErrorReason = 20 // the cluster has no keys: `coffer operator init`
 	ErrorReason_ALREADY_INITIALIZED ErrorReason = 21 // init was called on an initialized cluster
@@ -108,6 +109,7 @@ const (
 	ErrorReason_FOREIGN_SNAPSHOT    ErrorReason = 24 // the snapshot was made under other keys: -force
 	ErrorReason_NOT_A_NODE          ErrorReason = 25 // an agent was asked what only a node answers
 	ErrorReason_COMPACTED           ErrorReason = 26 // a watch asked for changes older than the node keeps: re-read, watch from now
+	ErrorReason_DATABASE_ERROR      ErrorReason = 27 // the database refused a statement: its message follows
 	// NOT_FOUND.
 	ErrorReason_NOT_FOUND      ErrorReason = 30 // no such secret or version
 	ErrorReason_DELETED        ErrorReason = 31 // the version is soft-deleted (undelete brings it back)
@@ -128,6 +130,7 @@ const (
 	ErrorReason_TERMS_EXHAUSTED ErrorReason = 51 // the keyring cannot be rotated any further
 	ErrorReason_RATE_LIMITED    ErrorReason = 52 // too many calls of this kind from this address: slow down
 	ErrorReason_OVERLOADED      ErrorReason = 53 // the node holds as many request bytes as its budget allows: retry after a back-off, here or on another node
+	ErrorReason_QUOTA_EXCEEDED  ErrorReason = 54 // a lease quota is reached (-max-leases, a role's max_leases): revoke leases or raise it
 	// UNAUTHENTICATED / PERMISSION_DENIED / UNIMPLEMENTED.
 	ErrorReason_UNAUTHENTICATED   ErrorReason = 60 // missing or unknown token
 	ErrorReason_PERMISSION_DENIED ErrorReason = 61 // the token may not make this call
@@ -163,6 +166,7 @@ var (
 		12: "KEY_TERM_UNKNOWN",
 		13: "AUDIT_FAILED",
 		14: "LOGIN_UNAVAILABLE",
+		15: "DATABASE_UNREACHABLE",
 		20: "NOT_INITIALIZED",
 		21: "ALREADY_INITIALIZED",
 		22: "CAS_MISMATCH",
@@ -170,6 +174,7 @@ var (
 		24: "FOREIGN_SNAPSHOT",
 		25: "NOT_A_NODE",
 		26: "COMPACTED",
+		27: "DATABASE_ERROR",
 		30: "NOT_FOUND",
 		31: "DELETED",
 		32: "DESTROYED",
@@ -186,6 +191,7 @@ var (
 		51: "TERMS_EXHAUSTED",
 		52: "RATE_LIMITED",
 		53: "OVERLOADED",
+		54: "QUOTA_EXCEEDED",
 		60: "UNAUTHENTICATED",
 		61: "PERMISSION_DENIED",
 		62: "NO_ROUTE",
@@ -214,6 +220,7 @@ var (
 		"KEY_TERM_UNKNOWN":         12,
 		"AUDIT_FAILED":             13,
 		"LOGIN_UNAVAILABLE":        14,
+		"DATABASE_UNREACHABLE":     15,
 		"NOT_INITIALIZED":          20,
 		"ALREADY_INITIALIZED":      21,
 		"CAS_MISMATCH":             22,
@@ -221,6 +228,7 @@ var (
 		"FOREIGN_SNAPSHOT":         24,
 		"NOT_A_NODE":               25,
 		"COMPACTED":                26,
+		"DATABASE_ERROR":           27,
 		"NOT_FOUND":                30,
 		"DELETED":                  31,
 		"DESTROYED":                32,
@@ -237,6 +245,7 @@ var (
 		"TERMS_EXHAUSTED":          51,
 		"RATE_LIMITED":             52,
 		"OVERLOADED":               53,
+		"QUOTA_EXCEEDED":           54,
 		"UNAUTHENTICATED":          60,
 		"PERMISSION_DENIED":        61,
 		"NO_ROUTE":                 62,
@@ -454,7 +463,7 @@ const file_coffer_v1_common_proto_rawDesc = "" +
 	"\vConsistency\x12\x17\n" +
 	"\x13CONSISTENCY_DEFAULT\x10\x00\x12\x15\n" +
 	"\x11CONSISTENCY_STALE\x10\x01\x12\x1c\n" +
-	"\x18CONSISTENCY_LINEARIZABLE\x10\x02*\xcf\a\n" +
+	"\x18CONSISTENCY_LINEARIZABLE\x10\x02*\x91\b\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +
@@ -473,7 +482,8 @@ const file_coffer_v1_common_proto_rawDesc = "" +
 	"\x0eSTORAGE_FAILED\x10\v\x12\x14\n" +
 	"\x10KEY_TERM_UNKNOWN\x10\f\x12\x10\n" +
 	"\fAUDIT_FAILED\x10\r\x12\x15\n" +
-	"\x11LOGIN_UNAVAILABLE\x10\x0e\x12\x13\n" +
+	"\x11LOGIN_UNAVAILABLE\x10\x0e\x12\x18\n" +
+	"\x14DATABASE_UNREACHABLE\x10\x0f\x12\x13\n" +
 	"\x0fNOT_INITIALIZED\x10\x14\x12\x17\n" +
 	"\x13ALREADY_INITIALIZED\x10\x15\x12\x10\n" +
 	"\fCAS_MISMATCH\x10\x16\x12\x10\n" +
@@ -481,7 +491,8 @@ const file_coffer_v1_common_proto_rawDesc = "" +
 	"\x10FOREIGN_SNAPSHOT\x10\x18\x12\x0e\n" +
 	"\n" +
 	"NOT_A_NODE\x10\x19\x12\r\n" +
-	"\tCOMPACTED\x10\x1a\x12\r\n" +
+	"\tCOMPACTED\x10\x1a\x12\x12\n" +
+	"\x0eDATABASE_ERROR\x10\x1b\x12\r\n" +
 	"\tNOT_FOUND\x10\x1e\x12\v\n" +
 	"\aDELETED\x10\x1f\x12\r\n" +
 	"\tDESTROYED\x10 \x12\x12\n" +
@@ -498,7 +509,8 @@ const file_coffer_v1_common_proto_rawDesc = "" +
 	"\x0fTERMS_EXHAUSTED\x103\x12\x10\n" +
 	"\fRATE_LIMITED\x104\x12\x0e\n" +
 	"\n" +
-	"OVERLOADED\x105\x12\x13\n" +
+	"OVERLOADED\x105\x12\x12\n" +
+	"\x0eQUOTA_EXCEEDED\x106\x12\x13\n" +
 	"\x0fUNAUTHENTICATED\x10<\x12\x15\n" +
 	"\x11PERMISSION_DENIED\x10=\x12\f\n" +
 	"\bNO_ROUTE\x10>\x12\x10\n" +

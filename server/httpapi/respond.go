@@ -218,8 +218,11 @@ func (h *Handler) errorOf(err error) (int, []string) {
 		return http.StatusPreconditionFailed, []string{msg}
 	case pb.ErrorReason_TOO_LARGE:
 		return http.StatusRequestEntityTooLarge, []string{msg}
-	case pb.ErrorReason_RATE_LIMITED:
+	case pb.ErrorReason_RATE_LIMITED, pb.ErrorReason_QUOTA_EXCEEDED:
 		return http.StatusTooManyRequests, []string{msg}
+	case pb.ErrorReason_DATABASE_ERROR:
+		// Vault answers a statement the database refused with 500.
+		return http.StatusInternalServerError, []string{msg}
 	case pb.ErrorReason_AUDIT_FAILED, pb.ErrorReason_INTERNAL, pb.ErrorReason_DATA_CORRUPT:
 		return http.StatusInternalServerError, []string{msg}
 	}
