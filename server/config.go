@@ -63,6 +63,11 @@ type Config struct {
 	// largest request, MaxRequestSize.
 	MaxInflightBytes int64 `json:"max_inflight_bytes,omitempty"`
 
+	// MaxLeases bounds the live leases of dynamic credentials in the whole
+	// cluster (the leader checks it when it issues; a role's max_leases
+	// bounds its own). Zero means DefaultMaxLeases; negative, no bound.
+	MaxLeases int64 `json:"max_leases,omitempty"`
+
 	// AuditFiles are the node's audit devices: one JSON line per request
 	// and per response in each file. A call no device can record is
 	// refused. Only the node's configuration names them, never the API.
@@ -84,10 +89,15 @@ func DefaultConfig() Config {
 		Config:            replication.DefaultConfig(),
 		APIAddr:           ports.APIAddr,
 		MaxInflightBytes:  DefaultMaxInflightBytes,
+		MaxLeases:         DefaultMaxLeases,
 		IdempotencyWindow: 10 * time.Minute,
 		ShutdownTimeout:   5 * time.Second,
 	}
 }
+
+// DefaultMaxLeases is the cluster's bound on live leases unless
+// -max-leases says otherwise.
+const DefaultMaxLeases = 1_000_000
 
 // DefaultGossip returns the gossip settings of a clustered node: the
 // default gossip address, memberlist's LAN timings.

@@ -56,8 +56,8 @@ Run a coffer node. It starts sealed: initialize the cluster once with
 "coffer operator init", then unseal every node with "coffer operator unseal".
 Settings come from -config (JSON with the keys node_id, data_dir, api_addr,
 raft_addr, raft_advertise, gossip_addr, advertise, join (a list),
-bootstrap_expect, read_replica, cluster_key, max_inflight_bytes and
-audit_files); flags
+bootstrap_expect, read_replica, cluster_key, max_inflight_bytes, max_leases
+and audit_files); flags
 given on the command line win over it.
 
 A cluster: start identical nodes with -bootstrap-expect=N and -join listing
@@ -79,6 +79,7 @@ production.`)
 	raftAddr := f.fs.String("raft-addr", def.BindAddr, "Raft listen address host:port (with -dev: an ephemeral loopback port unless set)")
 	raftAdvertise := f.fs.String("raft-advertise", "", "Raft address peers dial (default: -raft-addr, or -advertise with its port)")
 	pprofAddr := f.fs.String("pprof-addr", "", "serve Go's pprof profiles on this host:port (e.g. 127.0.0.1:6060); off when empty")
+	maxLeases := f.fs.Int64("max-leases", def.MaxLeases, "live leases of dynamic credentials the cluster holds at most (the leader refuses creds past it; -1: no bound)")
 	maxInflight := f.fs.Int64("max-inflight-bytes", def.MaxInflightBytes, fmt.Sprintf("request bytes the node holds at once; calls past it wait up to 500ms, then are refused as OVERLOADED (clients retry after a back-off); at least %d, the largest request", server.MaxRequestSize))
 	certsDir := f.fs.String("certs-dir", "", "certificates directory with ca.crt, node.crt and node.key (`coffer cert`): TLS on the API, mutual TLS between nodes")
 	tlsCert := f.fs.String("tls-cert-file", "", "the node certificate (overrides -certs-dir's node.crt)")
@@ -142,6 +143,9 @@ production.`)
 	}
 	if set("max-inflight-bytes") {
 		cfg.MaxInflightBytes = *maxInflight
+	}
+	if set("max-leases") {
+		cfg.MaxLeases = *maxLeases
 	}
 	if set("certs-dir") {
 		cfg.CertsDir = *certsDir

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"net/http"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -87,6 +88,11 @@ const DefaultTimeout = 30 * time.Second
 type Handler struct {
 	cfg       Config
 	endpoints []endpoint
+	// exact indexes the exact endpoints by path and prefixes holds the
+	// prefix endpoints longest first, both built once by New: a request
+	// finds its endpoint without walking the whole table.
+	exact    map[string]*endpoint
+	prefixes []*endpoint
 }
 
 // op is what a request asks, in Vault's terms: the HTTP method, with LIST
@@ -134,6 +140,15 @@ func New(cfg Config) *Handler {
 	h.authRoutes()
 	h.open("sys/init", "sys/unseal", "sys/generate-root/attempt", "sys/generate-root/update",
 		"auth/approle/login", "auth/jwt/login", "auth/kubernetes/login", "auth/cert/login")
+	h.exact = make(map[string]*endpoint, len(h.endpoints))
+	for i := range h.endpoints {
+		if e := &h.endpoints[i]; e.prefix {
+			h.prefixes = append(h.prefixes, e)
+		} else {
+			h.exact[e.path] = e
+		}
+	}
+	slices.SortStableFunc(h.prefixes, func(a, b *endpoint) int { return len(b.path) - len(a.path) })
 	return h
 }
 
@@ -162,20 +177,15 @@ func (h *Handler) open(paths ...string) {
 // match finds the endpoint of path: an exact one first, then the longest
 // prefix.
 func (h *Handler) match(path string) (*endpoint, string) {
-	var best *endpoint
-	for i := range h.endpoints {
-		e := &h.endpoints[i]
-		if !e.prefix && e.path == path {
-			return e, ""
-		}
-		if e.prefix && strings.HasPrefix(path, e.path) && (best == nil || len(e.path) > len(best.path)) {
-			best = e
+	if e := h.exact[path]; e != nil {
+		return e, ""
+	}
+	for _, e := range h.prefixes {
+		if strings.HasPrefix(path, e.path) {
+			return e, path[len(e.path):]
 		}
 	}
-	if best == nil {
-		return nil, ""
-	}
-	return best, path[len(best.path):]
+	return nil, ""
 }
 
 // request is one HTTP request on its way to a handler.
