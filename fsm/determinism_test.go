@@ -378,7 +378,7 @@ func FuzzLeaseDeterminism(f *testing.F) {
 		for _, l := range logs {
 			resA = append(resA, a.Apply(l))
 		}
-		resB := applyInBatches(b, logs, r, 1+int(data[0]%16))
+		resB := applyInBatches(b, logs, r, 1+int(seed%16))
 		if !reflect.DeepEqual(resA, resB) {
 			t.Fatal("results differ between one-at-a-time and batched apply")
 		}
