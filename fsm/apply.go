@@ -31,8 +31,9 @@ type Result struct {
 	LeaderTimeUnixNano int64
 	// Err is the deterministic outcome: nil, or an error wrapping
 	// ErrCASMismatch, ErrCASRequired, ErrNotFound, ErrAlreadyExists,
-	// ErrInvalidCommand or ErrRequestIDConflict. It wraps ErrStorage or
-	// ErrClosed when the node could not apply the command at all.
+	// ErrQuotaExceeded, ErrInvalidCommand or ErrRequestIDConflict. It
+	// wraps ErrStorage or ErrClosed when the node could not apply the
+	// command at all.
 	Err error
 	// Deduplicated is true when request_id matched an earlier command within
 	// the idempotency window: nothing changed and the fields above are a copy
@@ -147,6 +148,7 @@ func (f *FSM) failBatch(logs []*raft.Log, out []interface{}, applied uint64, err
 // applier applies commands inside one read-write transaction.
 type applier struct {
 	f      *FSM
+	tx     *bolt.Tx
 	meta   *bolt.Bucket
 	data   *bolt.Bucket
 	sys    *bolt.Bucket
@@ -171,6 +173,7 @@ type applier struct {
 func newApplier(tx *bolt.Tx, f *FSM) *applier {
 	a := &applier{
 		f:         f,
+		tx:        tx,
 		meta:      tx.Bucket(bucketSecretMeta),
 		data:      tx.Bucket(bucketSecretData),
 		sys:       tx.Bucket(bucketSys),
@@ -328,6 +331,10 @@ func (a *applier) exec(cmd *fsmpb.Command, index uint64) (Result, error) {
 		err = a.sysCAS(cmd, &res)
 	case fsmpb.Op_OP_PUT_KV_CONFIG:
 		err = a.putKVConfig(cmd)
+	case fsmpb.Op_OP_LEASE_PUT:
+		err = a.leasePut(cmd, index, &res)
+	case fsmpb.Op_OP_LEASE_DELETE:
+		err = a.leaseDelete(cmd, &res)
 	case fsmpb.Op_OP_NOOP:
 	default:
 		// DecodeCommand refuses unknown ops; keep the switch total anyway.

@@ -19,6 +19,13 @@ const (
 	MaxSysKeyLen = 1024
 	// MaxRequestIDLen is the longest request_id in bytes.
 	MaxRequestIDLen = 128
+	// MaxLeaseIDLen is the longest lease id in bytes.
+	MaxLeaseIDLen = 1024
+	// MaxLeaseGroupLen is the longest lease quota group in bytes.
+	MaxLeaseGroupLen = 256
+	// MaxLeaseOps is the most leases one OP_LEASE_PUT or OP_LEASE_DELETE
+	// may name.
+	MaxLeaseOps = 4096
 )
 
 // marshalOpts is the one encoding used for commands and stored records:
@@ -199,6 +206,14 @@ func validateCommand(c *fsmpb.Command) error {
 		if m := c.GetPath(); len(m) < 2 || strings.IndexByte(m, '/') != len(m)-1 || strings.IndexByte(m, 0) >= 0 {
 			return invalid("kv config of %q: name a mount such as \"secret/\"", m)
 		}
+	case fsmpb.Op_OP_LEASE_PUT:
+		if err := validateLeasePut(c); err != nil {
+			return err
+		}
+	case fsmpb.Op_OP_LEASE_DELETE:
+		if err := validateLeaseDelete(c); err != nil {
+			return err
+		}
 	case fsmpb.Op_OP_NOOP:
 	default:
 		return invalid("unknown op %d", int32(op))
@@ -249,6 +264,85 @@ func validateSysCAS(c *fsmpb.Command) error {
 		if _, both := written[k]; both {
 			return invalid("sys cas both writes and removes key %q", k)
 		}
+	}
+	return nil
+}
+
+// validateLeasePut checks a lease write command: 1..MaxLeaseOps writes on
+// distinct valid ids, each with a group within bounds, a due time that is
+// not negative (the due index orders keys as unsigned), a record laid out
+// as a bound barrier ciphertext (lease ops are newer than sealed values:
+// no log holds an unsealed one), and no create_only with an expect_index.
+func validateLeasePut(c *fsmpb.Command) error {
+	invalid := func(format string, args ...any) error {
+		return newResultError(ErrInvalidCommand, format, args...)
+	}
+	ws := c.GetLeaseWrites()
+	if len(ws) == 0 {
+		return invalid("lease put without writes")
+	}
+	if len(ws) > MaxLeaseOps {
+		return invalid("lease put of %d leases, over the limit of %d", len(ws), MaxLeaseOps)
+	}
+	seen := make(map[string]struct{}, len(ws))
+	for _, w := range ws {
+		id := w.GetId()
+		if err := validateLeaseID(id); err != nil {
+			return err
+		}
+		if _, dup := seen[id]; dup {
+			return invalid("lease put writes lease %q twice", id)
+		}
+		seen[id] = struct{}{}
+		if len(w.GetGroup()) > MaxLeaseGroupLen {
+			return invalid("lease %q: group longer than %d bytes", id, MaxLeaseGroupLen)
+		}
+		if w.GetDueUnixNano() < 0 {
+			return invalid("lease %q: negative due time %d", id, w.GetDueUnixNano())
+		}
+		if !IsSealedValue(w.GetRecord()) {
+			return invalid("lease %q: the record is not a bound barrier ciphertext", id)
+		}
+		if w.GetCreateOnly() && w.GetExpectIndex() != 0 {
+			return invalid("lease %q: create_only with expect_index %d can never hold", id, w.GetExpectIndex())
+		}
+	}
+	return nil
+}
+
+// validateLeaseDelete checks a lease delete command: 1..MaxLeaseOps
+// distinct valid ids.
+func validateLeaseDelete(c *fsmpb.Command) error {
+	invalid := func(format string, args ...any) error {
+		return newResultError(ErrInvalidCommand, format, args...)
+	}
+	ds := c.GetLeaseDeletes()
+	if len(ds) == 0 {
+		return invalid("lease delete without ids")
+	}
+	if len(ds) > MaxLeaseOps {
+		return invalid("lease delete of %d leases, over the limit of %d", len(ds), MaxLeaseOps)
+	}
+	seen := make(map[string]struct{}, len(ds))
+	for _, d := range ds {
+		if err := validateLeaseID(d.GetId()); err != nil {
+			return err
+		}
+		if _, dup := seen[d.GetId()]; dup {
+			return invalid("lease delete names lease %q twice", d.GetId())
+		}
+		seen[d.GetId()] = struct{}{}
+	}
+	return nil
+}
+
+// validateLeaseID accepts any non-empty id up to MaxLeaseIDLen bytes.
+func validateLeaseID(id string) error {
+	switch {
+	case id == "":
+		return newResultError(ErrInvalidCommand, "empty lease id")
+	case len(id) > MaxLeaseIDLen:
+		return newResultError(ErrInvalidCommand, "lease id longer than %d bytes", MaxLeaseIDLen)
 	}
 	return nil
 }

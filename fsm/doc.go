@@ -50,7 +50,12 @@
 // no ciphertext, so listing and metadata reads never touch values),
 // secret_data (path NUL version → ciphertext), sys (system key → value),
 // idem (request_id → IdempotencyRecord) and idem_time (leader time ‖
-// request_id, the pruning index).
+// request_id, the pruning index). The lease table (lease.go): lease (id →
+// LeaseEntry with the barrier-sealed record), lease_due (due time ‖ id, the
+// index a new leader walks instead of loading every lease), lease_group
+// (live leases per quota group) and meta's lease_total; OP_LEASE_PUT and
+// OP_LEASE_DELETE keep them consistent in their transaction and check the
+// quotas there, so concurrent creators can never exceed them.
 //
 // # Snapshots
 //

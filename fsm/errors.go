@@ -31,6 +31,9 @@ var (
 	// committed first, or a leader changed): nothing was written, and the
 	// leader seals the value again for the current version.
 	ErrVersionConflict = errors.New("fsm: version conflict: the value was sealed for another version than the next one; seal it again and retry")
+	// ErrQuotaExceeded means a lease write would create a lease beyond the
+	// live leases allowed in its group or in all; nothing was written.
+	ErrQuotaExceeded = errors.New("fsm: lease quota exceeded: revoke leases that are no longer needed, or raise the limit")
 	// ErrRequestIDConflict means a request_id was reused for a different
 	// command within the idempotency window; nothing was written.
 	ErrRequestIDConflict = errors.New("fsm: request_id already used by a different command: generate a fresh request_id per logical write")
@@ -80,6 +83,8 @@ func codeOf(err error) fsmpb.ResultCode {
 		return fsmpb.ResultCode_RESULT_CODE_ALREADY_EXISTS
 	case errors.Is(err, ErrVersionConflict):
 		return fsmpb.ResultCode_RESULT_CODE_VERSION_CONFLICT
+	case errors.Is(err, ErrQuotaExceeded):
+		return fsmpb.ResultCode_RESULT_CODE_QUOTA_EXCEEDED
 	default:
 		return fsmpb.ResultCode_RESULT_CODE_INVALID_COMMAND
 	}
@@ -101,6 +106,8 @@ func errorOf(code fsmpb.ResultCode, msg string) error {
 		base = ErrAlreadyExists
 	case fsmpb.ResultCode_RESULT_CODE_VERSION_CONFLICT:
 		base = ErrVersionConflict
+	case fsmpb.ResultCode_RESULT_CODE_QUOTA_EXCEEDED:
+		base = ErrQuotaExceeded
 	default:
 		base = ErrInvalidCommand
 	}

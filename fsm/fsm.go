@@ -47,11 +47,21 @@ var (
 
 	allBuckets = [][]byte{bucketMeta, bucketSecretMeta, bucketSecretData, bucketSys, bucketIdem, bucketIdemTime}
 
+	// The lease table's buckets (lease.go). A state written before leases
+	// existed lacks them: Open and Restore create them, so a snapshot
+	// without them still restores, and every node holds them alike.
+	bucketLease      = []byte("lease")
+	bucketLeaseDue   = []byte("lease_due")
+	bucketLeaseGroup = []byte("lease_group")
+
+	leaseBuckets = [][]byte{bucketLease, bucketLeaseDue, bucketLeaseGroup}
+
 	keyAppliedIndex = []byte("applied_index")
 	keyAppliedTerm  = []byte("applied_term")
 	keyIdemCount    = []byte("idem_count")
 	keyFormat       = []byte("format")
 	keySealedSince  = []byte("sealed_since")
+	keyLeaseTotal   = []byte("lease_total")
 	// keyKVConfigPrefix + mount holds a KV mount's fsmpb.KVConfig.
 	keyKVConfigPrefix = "kv_config/"
 )
@@ -225,6 +235,9 @@ func initBuckets(tx *bolt.Tx) error {
 		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
 			return err
 		}
+	}
+	if err := createLeaseBuckets(tx); err != nil {
+		return err
 	}
 	meta := tx.Bucket(bucketMeta)
 	switch v := meta.Get(keyFormat); {

@@ -25,6 +25,11 @@ func fuzzSeeds(t testing.TB) [][]byte {
 		{Op: fsmpb.Op_OP_SYS_PUT, Sys: []*fsmpb.SysEntry{{Key: "k", Value: ct("v")}}, SysRequireAbsent: "k", LeaderTimeUnixNano: now},
 		{Op: fsmpb.Op_OP_SYS_DELETE, SysKeys: []string{"k"}, LeaderTimeUnixNano: now},
 		{Op: fsmpb.Op_OP_SYS_CAS, SysExpect: []*fsmpb.SysEntry{{Key: "k", Value: ct("v")}}, Sys: []*fsmpb.SysEntry{{Key: "t", Value: ct("w")}}, SysKeys: []string{"k"}, LeaderTimeUnixNano: now},
+		{Op: fsmpb.Op_OP_LEASE_PUT, LeaseWrites: []*fsmpb.LeaseWrite{
+			{Id: "database/creds/app/1", Group: "app", DueUnixNano: now, Record: ct("r1"), CreateOnly: true, MaxInGroup: 2, MaxTotal: 3},
+			{Id: "database/creds/app/2", Group: "app", DueUnixNano: now + 1, Record: ct("r2"), ExpectIndex: 2},
+		}, LeaderTimeUnixNano: now},
+		{Op: fsmpb.Op_OP_LEASE_DELETE, LeaseDeletes: []*fsmpb.LeaseDelete{{Id: "database/creds/app/1", ExpectIndex: 1}, {Id: "x"}}, LeaderTimeUnixNano: now},
 		{Op: fsmpb.Op_OP_NOOP},
 	}
 	seeds := [][]byte{nil, {0xff}}

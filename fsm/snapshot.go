@@ -169,6 +169,11 @@ func (f *FSM) stageRestore(tmp string, r io.Reader) (db *bolt.DB, index, term ui
 		_ = db.Close()
 		return nil, 0, 0, fmt.Errorf("%w: %v", ErrInvalidSnapshot, err)
 	}
+	// A snapshot taken before leases existed lacks their buckets.
+	if err := db.Update(createLeaseBuckets); err != nil {
+		_ = db.Close()
+		return nil, 0, 0, fmt.Errorf("fsm: prepare restored state: %w", err)
+	}
 	return db, index, term, nil
 }
 
@@ -325,6 +330,15 @@ func walkRestored(db *bolt.DB) (index, term uint64, err error) {
 			}
 			c := b.Cursor()
 			for k, _ := c.First(); k != nil; k, _ = c.Next() {
+			}
+		}
+		// The lease buckets are walked when present (older states lack
+		// them).
+		for _, name := range leaseBuckets {
+			if b := tx.Bucket(name); b != nil {
+				c := b.Cursor()
+				for k, _ := c.First(); k != nil; k, _ = c.Next() {
+				}
 			}
 		}
 		var rerr error

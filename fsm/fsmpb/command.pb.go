@@ -62,6 +62,16 @@ const (
 	// delete_version_after_nanos (the fields it holds; the others keep
 	// their values): the defaults of the mount's secrets.
 	Op_OP_PUT_KV_CONFIG Op = 11
+	// OP_LEASE_PUT creates or updates the leases of lease_writes, all or
+	// none: each write's conditions (create_only, expect_index, the quotas
+	// of a write that creates) are checked against the state as the writes
+	// before it in the same command leave it; the first that fails fails the
+	// command and nothing is written.
+	Op_OP_LEASE_PUT Op = 12
+	// OP_LEASE_DELETE removes the leases of lease_deletes, all or none: an
+	// expect_index that does not match fails the command (CAS_MISMATCH);
+	// an id that is absent is not an error.
+	Op_OP_LEASE_DELETE Op = 13
 )
 
 // Enum value maps for Op.
@@ -79,6 +89,8 @@ var (
 		9:  "OP_NOOP",
 		10: "OP_SYS_CAS",
 		11: "OP_PUT_KV_CONFIG",
+		12: "OP_LEASE_PUT",
+		13: "OP_LEASE_DELETE",
 	}
 	Op_value = map[string]int32{
 		"OP_UNSPECIFIED":     0,
@@ -93,6 +105,8 @@ var (
 		"OP_NOOP":            9,
 		"OP_SYS_CAS":         10,
 		"OP_PUT_KV_CONFIG":   11,
+		"OP_LEASE_PUT":       12,
+		"OP_LEASE_DELETE":    13,
 	}
 )
 
@@ -134,6 +148,7 @@ const (
 	ResultCode_RESULT_CODE_ALREADY_EXISTS   ResultCode = 4
 	ResultCode_RESULT_CODE_INVALID_COMMAND  ResultCode = 5
 	ResultCode_RESULT_CODE_VERSION_CONFLICT ResultCode = 6
+	ResultCode_RESULT_CODE_QUOTA_EXCEEDED   ResultCode = 7
 )
 
 // Enum value maps for ResultCode.
@@ -146,6 +161,7 @@ var (
 		4: "RESULT_CODE_ALREADY_EXISTS",
 		5: "RESULT_CODE_INVALID_COMMAND",
 		6: "RESULT_CODE_VERSION_CONFLICT",
+		7: "RESULT_CODE_QUOTA_EXCEEDED",
 	}
 	ResultCode_value = map[string]int32{
 		"RESULT_CODE_OK":               0,
@@ -155,6 +171,7 @@ var (
 		"RESULT_CODE_ALREADY_EXISTS":   4,
 		"RESULT_CODE_INVALID_COMMAND":  5,
 		"RESULT_CODE_VERSION_CONFLICT": 6,
+		"RESULT_CODE_QUOTA_EXCEEDED":   7,
 	}
 )
 
@@ -279,7 +296,11 @@ type Command struct {
 	// settings change and how; max_versions and cas_required above are then
 	// ignored. Absent (every entry written before it existed): max_versions
 	// (unless 0) and cas_required are set as above.
-	Metadata      *MetadataUpdate `protobuf:"bytes,16,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	Metadata *MetadataUpdate `protobuf:"bytes,16,opt,name=metadata,proto3" json:"metadata,omitempty"`
+	// lease_writes (OP_LEASE_PUT), in order; an id appears at most once.
+	LeaseWrites []*LeaseWrite `protobuf:"bytes,17,rep,name=lease_writes,json=leaseWrites,proto3" json:"lease_writes,omitempty"`
+	// lease_deletes (OP_LEASE_DELETE); an id appears at most once.
+	LeaseDeletes  []*LeaseDelete `protobuf:"bytes,18,rep,name=lease_deletes,json=leaseDeletes,proto3" json:"lease_deletes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -426,6 +447,276 @@ func (x *Command) GetMetadata() *MetadataUpdate {
 	return nil
 }
 
+func (x *Command) GetLeaseWrites() []*LeaseWrite {
+	if x != nil {
+		return x.LeaseWrites
+	}
+	return nil
+}
+
+func (x *Command) GetLeaseDeletes() []*LeaseDelete {
+	if x != nil {
+		return x.LeaseDeletes
+	}
+	return nil
+}
+
+// LeaseWrite creates or replaces one lease (OP_LEASE_PUT).
+type LeaseWrite struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id is the lease id ("database/creds/app/2f8c…"): bucket lease's key.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// group is the quota group (a role). A lease keeps the group it was
+	// created with: a write naming another is refused (INVALID_COMMAND).
+	Group string `protobuf:"bytes,2,opt,name=group,proto3" json:"group,omitempty"`
+	// due_unix_nano is when the lease is next due for revocation, in leader
+	// time (the intent window's end, the expiry, or a retry): the key of the
+	// due index. Never negative.
+	DueUnixNano int64 `protobuf:"varint,3,opt,name=due_unix_nano,json=dueUnixNano,proto3" json:"due_unix_nano,omitempty"`
+	// record is the lease's record sealed by the barrier for "lease/" + id:
+	// opaque to the state machine, which only checks that it is laid out as
+	// a bound ciphertext.
+	Record []byte `protobuf:"bytes,4,opt,name=record,proto3" json:"record,omitempty"`
+	// create_only refuses (ALREADY_EXISTS) to overwrite a lease.
+	CreateOnly bool `protobuf:"varint,5,opt,name=create_only,json=createOnly,proto3" json:"create_only,omitempty"`
+	// expect_index, when not 0, is the index of the lease's last write: a
+	// lease absent or written since fails the command (CAS_MISMATCH).
+	ExpectIndex uint64 `protobuf:"varint,6,opt,name=expect_index,json=expectIndex,proto3" json:"expect_index,omitempty"`
+	// max_in_group and max_total (0: no limit) bound the live leases of the
+	// group and of the whole table once this write has created its lease
+	// (QUOTA_EXCEEDED beyond either); a write that replaces a lease is not
+	// counted.
+	MaxInGroup    uint64 `protobuf:"varint,7,opt,name=max_in_group,json=maxInGroup,proto3" json:"max_in_group,omitempty"`
+	MaxTotal      uint64 `protobuf:"varint,8,opt,name=max_total,json=maxTotal,proto3" json:"max_total,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseWrite) Reset() {
+	*x = LeaseWrite{}
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseWrite) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseWrite) ProtoMessage() {}
+
+func (x *LeaseWrite) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseWrite.ProtoReflect.Descriptor instead.
+func (*LeaseWrite) Descriptor() ([]byte, []int) {
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *LeaseWrite) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *LeaseWrite) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *LeaseWrite) GetDueUnixNano() int64 {
+	if x != nil {
+		return x.DueUnixNano
+	}
+	return 0
+}
+
+func (x *LeaseWrite) GetRecord() []byte {
+	if x != nil {
+		return x.Record
+	}
+	return nil
+}
+
+func (x *LeaseWrite) GetCreateOnly() bool {
+	if x != nil {
+		return x.CreateOnly
+	}
+	return false
+}
+
+func (x *LeaseWrite) GetExpectIndex() uint64 {
+	if x != nil {
+		return x.ExpectIndex
+	}
+	return 0
+}
+
+func (x *LeaseWrite) GetMaxInGroup() uint64 {
+	if x != nil {
+		return x.MaxInGroup
+	}
+	return 0
+}
+
+func (x *LeaseWrite) GetMaxTotal() uint64 {
+	if x != nil {
+		return x.MaxTotal
+	}
+	return 0
+}
+
+// LeaseDelete removes one lease (OP_LEASE_DELETE).
+type LeaseDelete struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// expect_index, when not 0, is the index of the lease's last write: a
+	// lease written since fails the command (CAS_MISMATCH). An absent lease
+	// is not a mismatch.
+	ExpectIndex   uint64 `protobuf:"varint,2,opt,name=expect_index,json=expectIndex,proto3" json:"expect_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseDelete) Reset() {
+	*x = LeaseDelete{}
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseDelete) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseDelete) ProtoMessage() {}
+
+func (x *LeaseDelete) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseDelete.ProtoReflect.Descriptor instead.
+func (*LeaseDelete) Descriptor() ([]byte, []int) {
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *LeaseDelete) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *LeaseDelete) GetExpectIndex() uint64 {
+	if x != nil {
+		return x.ExpectIndex
+	}
+	return 0
+}
+
+// LeaseEntry is one stored lease (bucket lease, keyed by id). Bucket
+// lease_due holds, for each, the key big-endian due time ‖ id with an empty
+// value; bucket lease_group the live leases of each group (8 bytes
+// big-endian) and meta key lease_total their sum.
+type LeaseEntry struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Group       string                 `protobuf:"bytes,1,opt,name=group,proto3" json:"group,omitempty"`
+	DueUnixNano int64                  `protobuf:"varint,2,opt,name=due_unix_nano,json=dueUnixNano,proto3" json:"due_unix_nano,omitempty"`
+	// record is the sealed lease record, as written.
+	Record []byte `protobuf:"bytes,3,opt,name=record,proto3" json:"record,omitempty"`
+	// index is the Raft index of the last write; created_index that of the
+	// write that created the lease.
+	Index         uint64 `protobuf:"varint,4,opt,name=index,proto3" json:"index,omitempty"`
+	CreatedIndex  uint64 `protobuf:"varint,5,opt,name=created_index,json=createdIndex,proto3" json:"created_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaseEntry) Reset() {
+	*x = LeaseEntry{}
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaseEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaseEntry) ProtoMessage() {}
+
+func (x *LeaseEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaseEntry.ProtoReflect.Descriptor instead.
+func (*LeaseEntry) Descriptor() ([]byte, []int) {
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *LeaseEntry) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+func (x *LeaseEntry) GetDueUnixNano() int64 {
+	if x != nil {
+		return x.DueUnixNano
+	}
+	return 0
+}
+
+func (x *LeaseEntry) GetRecord() []byte {
+	if x != nil {
+		return x.Record
+	}
+	return nil
+}
+
+func (x *LeaseEntry) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *LeaseEntry) GetCreatedIndex() uint64 {
+	if x != nil {
+		return x.CreatedIndex
+	}
+	return 0
+}
+
 // MetadataUpdate changes a secret's settings: a field left unset keeps its
 // value.
 type MetadataUpdate struct {
@@ -450,7 +741,7 @@ type MetadataUpdate struct {
 
 func (x *MetadataUpdate) Reset() {
 	*x = MetadataUpdate{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[2]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -462,7 +753,7 @@ func (x *MetadataUpdate) String() string {
 func (*MetadataUpdate) ProtoMessage() {}
 
 func (x *MetadataUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[2]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -475,7 +766,7 @@ func (x *MetadataUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetadataUpdate.ProtoReflect.Descriptor instead.
 func (*MetadataUpdate) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{2}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *MetadataUpdate) GetMaxVersions() uint32 {
@@ -543,7 +834,7 @@ type KVConfig struct {
 
 func (x *KVConfig) Reset() {
 	*x = KVConfig{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[3]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -555,7 +846,7 @@ func (x *KVConfig) String() string {
 func (*KVConfig) ProtoMessage() {}
 
 func (x *KVConfig) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[3]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -568,7 +859,7 @@ func (x *KVConfig) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KVConfig.ProtoReflect.Descriptor instead.
 func (*KVConfig) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{3}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *KVConfig) GetMaxVersions() uint32 {
@@ -608,7 +899,7 @@ type VersionMeta struct {
 
 func (x *VersionMeta) Reset() {
 	*x = VersionMeta{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[4]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -620,7 +911,7 @@ func (x *VersionMeta) String() string {
 func (*VersionMeta) ProtoMessage() {}
 
 func (x *VersionMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[4]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -633,7 +924,7 @@ func (x *VersionMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VersionMeta.ProtoReflect.Descriptor instead.
 func (*VersionMeta) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{4}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *VersionMeta) GetVersion() uint64 {
@@ -687,7 +978,7 @@ type SecretMeta struct {
 
 func (x *SecretMeta) Reset() {
 	*x = SecretMeta{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[5]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -699,7 +990,7 @@ func (x *SecretMeta) String() string {
 func (*SecretMeta) ProtoMessage() {}
 
 func (x *SecretMeta) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[5]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -712,7 +1003,7 @@ func (x *SecretMeta) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SecretMeta.ProtoReflect.Descriptor instead.
 func (*SecretMeta) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{5}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SecretMeta) GetCurrentVersion() uint64 {
@@ -799,7 +1090,7 @@ type IdempotencyRecord struct {
 
 func (x *IdempotencyRecord) Reset() {
 	*x = IdempotencyRecord{}
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[6]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -811,7 +1102,7 @@ func (x *IdempotencyRecord) String() string {
 func (*IdempotencyRecord) ProtoMessage() {}
 
 func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_fsm_fsmpb_command_proto_msgTypes[6]
+	mi := &file_fsm_fsmpb_command_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -824,7 +1115,7 @@ func (x *IdempotencyRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdempotencyRecord.ProtoReflect.Descriptor instead.
 func (*IdempotencyRecord) Descriptor() ([]byte, []int) {
-	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{6}
+	return file_fsm_fsmpb_command_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *IdempotencyRecord) GetIndex() uint64 {
@@ -883,7 +1174,7 @@ const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\x17fsm/fsmpb/command.proto\x12\rcoffer.fsm.v1\"2\n" +
 	"\bSysEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\fR\x05value\"\xc0\x04\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value\"\xbf\x05\n" +
 	"\aCommand\x12!\n" +
 	"\x02op\x18\x01 \x01(\x0e2\x11.coffer.fsm.v1.OpR\x02op\x12\x12\n" +
 	"\x04path\x18\x02 \x01(\tR\x04path\x12\x1e\n" +
@@ -905,7 +1196,31 @@ const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\aversion\x18\x0e \x01(\x04R\aversion\x126\n" +
 	"\n" +
 	"sys_expect\x18\x0f \x03(\v2\x17.coffer.fsm.v1.SysEntryR\tsysExpect\x129\n" +
-	"\bmetadata\x18\x10 \x01(\v2\x1d.coffer.fsm.v1.MetadataUpdateR\bmetadata\"\x8b\x04\n" +
+	"\bmetadata\x18\x10 \x01(\v2\x1d.coffer.fsm.v1.MetadataUpdateR\bmetadata\x12<\n" +
+	"\flease_writes\x18\x11 \x03(\v2\x19.coffer.fsm.v1.LeaseWriteR\vleaseWrites\x12?\n" +
+	"\rlease_deletes\x18\x12 \x03(\v2\x1a.coffer.fsm.v1.LeaseDeleteR\fleaseDeletes\"\xf1\x01\n" +
+	"\n" +
+	"LeaseWrite\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
+	"\x05group\x18\x02 \x01(\tR\x05group\x12\"\n" +
+	"\rdue_unix_nano\x18\x03 \x01(\x03R\vdueUnixNano\x12\x16\n" +
+	"\x06record\x18\x04 \x01(\fR\x06record\x12\x1f\n" +
+	"\vcreate_only\x18\x05 \x01(\bR\n" +
+	"createOnly\x12!\n" +
+	"\fexpect_index\x18\x06 \x01(\x04R\vexpectIndex\x12 \n" +
+	"\fmax_in_group\x18\a \x01(\x04R\n" +
+	"maxInGroup\x12\x1b\n" +
+	"\tmax_total\x18\b \x01(\x04R\bmaxTotal\"@\n" +
+	"\vLeaseDelete\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
+	"\fexpect_index\x18\x02 \x01(\x04R\vexpectIndex\"\x99\x01\n" +
+	"\n" +
+	"LeaseEntry\x12\x14\n" +
+	"\x05group\x18\x01 \x01(\tR\x05group\x12\"\n" +
+	"\rdue_unix_nano\x18\x02 \x01(\x03R\vdueUnixNano\x12\x16\n" +
+	"\x06record\x18\x03 \x01(\fR\x06record\x12\x14\n" +
+	"\x05index\x18\x04 \x01(\x04R\x05index\x12#\n" +
+	"\rcreated_index\x18\x05 \x01(\x04R\fcreatedIndex\"\x8b\x04\n" +
 	"\x0eMetadataUpdate\x12&\n" +
 	"\fmax_versions\x18\x01 \x01(\rH\x00R\vmaxVersions\x88\x01\x01\x12&\n" +
 	"\fcas_required\x18\x02 \x01(\bH\x01R\vcasRequired\x88\x01\x01\x12@\n" +
@@ -951,7 +1266,7 @@ const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\amessage\x18\x04 \x01(\tR\amessage\x121\n" +
 	"\x15leader_time_unix_nano\x18\x05 \x01(\x03R\x12leaderTimeUnixNano\x12!\n" +
 	"\x02op\x18\x06 \x01(\x0e2\x11.coffer.fsm.v1.OpR\x02op\x12\x12\n" +
-	"\x04path\x18\a \x01(\tR\x04path*\xd7\x01\n" +
+	"\x04path\x18\a \x01(\tR\x04path*\xfe\x01\n" +
 	"\x02Op\x12\x12\n" +
 	"\x0eOP_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +
@@ -969,7 +1284,9 @@ const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\n" +
 	"OP_SYS_CAS\x10\n" +
 	"\x12\x14\n" +
-	"\x10OP_PUT_KV_CONFIG\x10\v*\xda\x01\n" +
+	"\x10OP_PUT_KV_CONFIG\x10\v\x12\x10\n" +
+	"\fOP_LEASE_PUT\x10\f\x12\x13\n" +
+	"\x0fOP_LEASE_DELETE\x10\r*\xfa\x01\n" +
 	"\n" +
 	"ResultCode\x12\x12\n" +
 	"\x0eRESULT_CODE_OK\x10\x00\x12\x19\n" +
@@ -978,7 +1295,8 @@ const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\x18RESULT_CODE_CAS_REQUIRED\x10\x03\x12\x1e\n" +
 	"\x1aRESULT_CODE_ALREADY_EXISTS\x10\x04\x12\x1f\n" +
 	"\x1bRESULT_CODE_INVALID_COMMAND\x10\x05\x12 \n" +
-	"\x1cRESULT_CODE_VERSION_CONFLICT\x10\x06B\x18Z\x16coffer/fsm/fsmpb;fsmpbb\x06proto3"
+	"\x1cRESULT_CODE_VERSION_CONFLICT\x10\x06\x12\x1e\n" +
+	"\x1aRESULT_CODE_QUOTA_EXCEEDED\x10\aB\x18Z\x16coffer/fsm/fsmpb;fsmpbb\x06proto3"
 
 var (
 	file_fsm_fsmpb_command_proto_rawDescOnce sync.Once
@@ -993,35 +1311,40 @@ func file_fsm_fsmpb_command_proto_rawDescGZIP() []byte {
 }
 
 var file_fsm_fsmpb_command_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_fsm_fsmpb_command_proto_msgTypes = make([]protoimpl.MessageInfo, 9)
+var file_fsm_fsmpb_command_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_fsm_fsmpb_command_proto_goTypes = []any{
 	(Op)(0),                   // 0: coffer.fsm.v1.Op
 	(ResultCode)(0),           // 1: coffer.fsm.v1.ResultCode
 	(*SysEntry)(nil),          // 2: coffer.fsm.v1.SysEntry
 	(*Command)(nil),           // 3: coffer.fsm.v1.Command
-	(*MetadataUpdate)(nil),    // 4: coffer.fsm.v1.MetadataUpdate
-	(*KVConfig)(nil),          // 5: coffer.fsm.v1.KVConfig
-	(*VersionMeta)(nil),       // 6: coffer.fsm.v1.VersionMeta
-	(*SecretMeta)(nil),        // 7: coffer.fsm.v1.SecretMeta
-	(*IdempotencyRecord)(nil), // 8: coffer.fsm.v1.IdempotencyRecord
-	nil,                       // 9: coffer.fsm.v1.MetadataUpdate.CustomMetadataEntry
-	nil,                       // 10: coffer.fsm.v1.SecretMeta.CustomMetadataEntry
+	(*LeaseWrite)(nil),        // 4: coffer.fsm.v1.LeaseWrite
+	(*LeaseDelete)(nil),       // 5: coffer.fsm.v1.LeaseDelete
+	(*LeaseEntry)(nil),        // 6: coffer.fsm.v1.LeaseEntry
+	(*MetadataUpdate)(nil),    // 7: coffer.fsm.v1.MetadataUpdate
+	(*KVConfig)(nil),          // 8: coffer.fsm.v1.KVConfig
+	(*VersionMeta)(nil),       // 9: coffer.fsm.v1.VersionMeta
+	(*SecretMeta)(nil),        // 10: coffer.fsm.v1.SecretMeta
+	(*IdempotencyRecord)(nil), // 11: coffer.fsm.v1.IdempotencyRecord
+	nil,                       // 12: coffer.fsm.v1.MetadataUpdate.CustomMetadataEntry
+	nil,                       // 13: coffer.fsm.v1.SecretMeta.CustomMetadataEntry
 }
 var file_fsm_fsmpb_command_proto_depIdxs = []int32{
 	0,  // 0: coffer.fsm.v1.Command.op:type_name -> coffer.fsm.v1.Op
 	2,  // 1: coffer.fsm.v1.Command.sys:type_name -> coffer.fsm.v1.SysEntry
 	2,  // 2: coffer.fsm.v1.Command.sys_expect:type_name -> coffer.fsm.v1.SysEntry
-	4,  // 3: coffer.fsm.v1.Command.metadata:type_name -> coffer.fsm.v1.MetadataUpdate
-	9,  // 4: coffer.fsm.v1.MetadataUpdate.custom_metadata:type_name -> coffer.fsm.v1.MetadataUpdate.CustomMetadataEntry
-	6,  // 5: coffer.fsm.v1.SecretMeta.versions:type_name -> coffer.fsm.v1.VersionMeta
-	10, // 6: coffer.fsm.v1.SecretMeta.custom_metadata:type_name -> coffer.fsm.v1.SecretMeta.CustomMetadataEntry
-	1,  // 7: coffer.fsm.v1.IdempotencyRecord.code:type_name -> coffer.fsm.v1.ResultCode
-	0,  // 8: coffer.fsm.v1.IdempotencyRecord.op:type_name -> coffer.fsm.v1.Op
-	9,  // [9:9] is the sub-list for method output_type
-	9,  // [9:9] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	7,  // 3: coffer.fsm.v1.Command.metadata:type_name -> coffer.fsm.v1.MetadataUpdate
+	4,  // 4: coffer.fsm.v1.Command.lease_writes:type_name -> coffer.fsm.v1.LeaseWrite
+	5,  // 5: coffer.fsm.v1.Command.lease_deletes:type_name -> coffer.fsm.v1.LeaseDelete
+	12, // 6: coffer.fsm.v1.MetadataUpdate.custom_metadata:type_name -> coffer.fsm.v1.MetadataUpdate.CustomMetadataEntry
+	9,  // 7: coffer.fsm.v1.SecretMeta.versions:type_name -> coffer.fsm.v1.VersionMeta
+	13, // 8: coffer.fsm.v1.SecretMeta.custom_metadata:type_name -> coffer.fsm.v1.SecretMeta.CustomMetadataEntry
+	1,  // 9: coffer.fsm.v1.IdempotencyRecord.code:type_name -> coffer.fsm.v1.ResultCode
+	0,  // 10: coffer.fsm.v1.IdempotencyRecord.op:type_name -> coffer.fsm.v1.Op
+	11, // [11:11] is the sub-list for method output_type
+	11, // [11:11] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_fsm_fsmpb_command_proto_init() }
@@ -1029,14 +1352,14 @@ func file_fsm_fsmpb_command_proto_init() {
 	if File_fsm_fsmpb_command_proto != nil {
 		return
 	}
-	file_fsm_fsmpb_command_proto_msgTypes[2].OneofWrappers = []any{}
+	file_fsm_fsmpb_command_proto_msgTypes[5].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_fsm_fsmpb_command_proto_rawDesc), len(file_fsm_fsmpb_command_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   9,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
