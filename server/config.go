@@ -67,6 +67,10 @@ type Config struct {
 	// cluster (the leader checks it when it issues; a role's max_leases
 	// bounds its own). Zero means DefaultMaxLeases; negative, no bound.
 	MaxLeases int64 `json:"max_leases,omitempty"`
+	// LeaseIntentWindow is how long a lease may stay an unconfirmed
+	// intent (the database user is created within its first half) before
+	// the leader revokes it; 0: DefaultLeaseIntentWindow.
+	LeaseIntentWindow time.Duration `json:"-"`
 
 	// AuditFiles are the node's audit devices: one JSON line per request
 	// and per response in each file. A call no device can record is
@@ -98,6 +102,10 @@ func DefaultConfig() Config {
 // DefaultMaxLeases is the cluster's bound on live leases unless
 // -max-leases says otherwise.
 const DefaultMaxLeases = 1_000_000
+
+// DefaultLeaseIntentWindow is how long an unconfirmed lease intent waits
+// before the leader revokes it.
+const DefaultLeaseIntentWindow = 10 * time.Second
 
 // DefaultGossip returns the gossip settings of a clustered node: the
 // default gossip address, memberlist's LAN timings.

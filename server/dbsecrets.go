@@ -522,31 +522,35 @@ func (d *databaseServer) Creds(ctx context.Context, req *pb.DatabaseNameRequest)
 	if err != nil {
 		return nil, err
 	}
-	rec := &lease.Record{
+	pending, err := d.leases.CreatePending(ctx, &lease.Record{
 		ID: dbCredsPrefix + name + "/" + newLeaseSuffix(), Path: dbCredsPrefix + name, Group: sysDBRolePref + name,
-		Kind: dbLeaseKind, IssueTime: now, ExpireTime: now.Add(ttl), MaxExpireTime: now.Add(maxTTL), TTL: ttl,
-		Renewable: true, Data: data,
+		Kind: dbLeaseKind, TTL: ttl, MaxTTL: maxTTL, Renewable: true, Data: data, MaxInGroup: uint64(max(r.MaxLeases, 0)),
+		DisplayName: callerDisplayName(ctx),
+	})
+	if err != nil {
+		return nil, err
 	}
-	if err := d.leases.CreatePending(ctx, rec, r.MaxLeases); err != nil {
-		return nil, leaseError(err)
-	}
-	cctx, cancel := context.WithTimeout(ctx, d.leases.IntentWindow()/2)
-	err = d.engine.CreateUser(cctx, c.engineConfig(r.DBName, c.Password), database.Statements{Creation: r.Creation, Rollback: r.Rollback}, username, password, rec.ExpireTime)
+	// The user must exist well before the intent falls due: the worker
+	// revokes an intent that is still pending then.
+	cctx, cancel := context.WithDeadline(ctx, pending.Due.Add(-time.Until(pending.Due)/2))
+	err = d.engine.CreateUser(cctx, c.engineConfig(r.DBName, c.Password), r.Creation, username, password, pending.ExpireTime)
 	cancel()
 	if err != nil {
 		// The creation ran in one transaction that did not commit: there is
 		// no user, and the intent goes. Should removing it fail, it falls
 		// due and is revoked (a no-op) like any other.
-		if aerr := d.leases.Abandon(context.WithoutCancel(ctx), rec.ID); aerr != nil {
-			d.logger.Warn("removing the lease of a failed creation failed; it is revoked when due", "lease", rec.ID, "error", aerr)
+		if aerr := d.leases.Abandon(context.WithoutCancel(ctx), pending.ID); aerr != nil {
+			d.logger.Warn("removing the lease of a failed creation failed; it is revoked when due", "lease", pending.ID, "error", aerr)
 		}
 		return nil, dbError(err)
 	}
-	if err := d.leases.Confirm(ctx, rec.ID); err != nil {
-		// The user exists and the lease is pending: it is revoked when the
-		// intent window ends. The caller sees the failure and asks again.
-		return nil, leaseError(err)
+	if _, err := d.leases.Confirm(ctx, pending.ID, pending.Index); err != nil {
+		// The user exists and the lease is pending (or being revoked): the
+		// worker drops the user. The caller sees the failure and asks again.
+		return nil, err
 	}
+	ttl = pending.ExpireTime.Sub(pending.IssueTime)
+	rec := pending
 	return &pb.DatabaseCreds{Username: username, Password: password, LeaseId: rec.ID, LeaseDurationSeconds: int64(ttl / time.Second), Renewable: true}, nil
 }
 
@@ -843,4 +847,33 @@ func (d *databaseServer) rotateDue(ctx context.Context) (int, error) {
 		}
 	}
 	return n, firstErr
+}
+
+// rotationLoop runs rotateDue every staticRotationInterval while ctx
+// lasts (the leadership): static roles rotate on time, and rotations a
+// former leader cut are completed.
+func (d *databaseServer) rotationLoop(ctx context.Context, stop <-chan struct{}) {
+	tick := time.NewTicker(staticRotationInterval)
+	defer tick.Stop()
+	var lastErr string
+	var lastLog time.Time
+	for {
+		if n, err := d.rotateDue(ctx); err != nil && ctx.Err() == nil {
+			// A database that stays down is said once every half minute,
+			// not twice a second.
+			if msg := err.Error(); msg != lastErr || time.Since(lastLog) > 30*time.Second {
+				lastErr, lastLog = msg, time.Now()
+				d.logger.Warn("rotating database passwords failed; retrying", "error", err)
+			}
+		} else if n > 0 {
+			d.logger.Info("rotated static database roles", "count", n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-stop:
+			return
+		case <-tick.C:
+		}
+	}
 }

@@ -13,6 +13,7 @@ import (
 	"coffer/internal/grpcutil"
 	"coffer/replication"
 	"coffer/seal"
+	"coffer/server/lease"
 )
 
 // Errors of the server layer. Each message says what to do about it.
@@ -74,8 +75,6 @@ var (
 	// ErrDatabaseError means the database refused a statement; the
 	// wrapping message carries its error.
 	ErrDatabaseError = errors.New("server: the database refused a statement: fix the role's statements")
-	// ErrQuotaExceeded means a lease quota is reached.
-	ErrQuotaExceeded = errors.New("server: the lease quota is reached: revoke leases or raise -max-leases or the role's max_leases")
 	// ErrStorage means the node's state machine failed to persist and the
 	// node stopped acknowledging writes.
 	ErrStorage = errors.New("server: this node cannot persist writes (disk full or I/O error): use another node and check its disk")
@@ -104,7 +103,17 @@ var codeTable = []struct {
 	{ErrLoginUnavailable, codes.Unavailable, pb.ErrorReason_LOGIN_UNAVAILABLE},
 	{ErrDatabaseUnreachable, codes.Unavailable, pb.ErrorReason_DATABASE_UNREACHABLE},
 	{ErrDatabaseError, codes.FailedPrecondition, pb.ErrorReason_DATABASE_ERROR},
-	{ErrQuotaExceeded, codes.ResourceExhausted, pb.ErrorReason_QUOTA_EXCEEDED},
+	{fsm.ErrQuotaExceeded, codes.ResourceExhausted, pb.ErrorReason_QUOTA_EXCEEDED},
+	{lease.ErrQuotaExceeded, codes.ResourceExhausted, pb.ErrorReason_QUOTA_EXCEEDED},
+	// A lease's creation lost its intent (a failover, a revocation): the
+	// caller asks again.
+	{lease.ErrIntentLost, codes.Unavailable, pb.ErrorReason_LEADERSHIP_LOST},
+	{lease.ErrNotFound, codes.NotFound, pb.ErrorReason_NOT_FOUND},
+	{lease.ErrConflict, codes.FailedPrecondition, pb.ErrorReason_CAS_MISMATCH},
+	{lease.ErrInvalid, codes.InvalidArgument, pb.ErrorReason_INVALID_ARGUMENT},
+	{lease.ErrNotActive, codes.InvalidArgument, pb.ErrorReason_INVALID_ARGUMENT},
+	{lease.ErrNotRenewable, codes.InvalidArgument, pb.ErrorReason_INVALID_ARGUMENT},
+	{lease.ErrExpired, codes.InvalidArgument, pb.ErrorReason_INVALID_ARGUMENT},
 	{errAudit, codes.Unavailable, pb.ErrorReason_AUDIT_FAILED},
 	{errShuttingDown, codes.Unavailable, pb.ErrorReason_SHUTTING_DOWN},
 	{ErrCatchingUp, codes.Unavailable, pb.ErrorReason_CATCHING_UP},

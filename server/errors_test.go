@@ -19,6 +19,7 @@ import (
 	"coffer/internal/grpcutil"
 	"coffer/replication"
 	"coffer/seal"
+	"coffer/server/lease"
 )
 
 // sentinels is every sentinel error of the layers a request reaches, with
@@ -83,6 +84,11 @@ var sentinels = map[string]struct {
 	"server.ErrNotFoundPeer":         {ErrNotFoundPeer, codes.NotFound, pb.ErrorReason_PEER_NOT_FOUND},
 	"server.ErrStorage":              {ErrStorage, codes.Unavailable, pb.ErrorReason_STORAGE_FAILED},
 	"server.ErrLoginUnavailable":     {ErrLoginUnavailable, codes.Unavailable, pb.ErrorReason_LOGIN_UNAVAILABLE},
+	"server.ErrDatabaseUnreachable":  {ErrDatabaseUnreachable, codes.Unavailable, pb.ErrorReason_DATABASE_UNREACHABLE},
+	"server.ErrDatabaseError":        {ErrDatabaseError, codes.FailedPrecondition, pb.ErrorReason_DATABASE_ERROR},
+	"fsm.ErrQuotaExceeded":           {fsm.ErrQuotaExceeded, codes.ResourceExhausted, pb.ErrorReason_QUOTA_EXCEEDED},
+	"lease.ErrIntentLost":            {lease.ErrIntentLost, codes.Unavailable, pb.ErrorReason_LEADERSHIP_LOST},
+	"lease.ErrQuotaExceeded":         {lease.ErrQuotaExceeded, codes.ResourceExhausted, pb.ErrorReason_QUOTA_EXCEEDED},
 	"server.ErrForeignSnapshot":      {ErrForeignSnapshot, codes.FailedPrecondition, pb.ErrorReason_FOREIGN_SNAPSHOT},
 	"context.DeadlineExceeded":       {context.DeadlineExceeded, codes.DeadlineExceeded, pb.ErrorReason_DEADLINE_EXCEEDED},
 	"context.Canceled":               {context.Canceled, codes.Canceled, pb.ErrorReason_CANCELED},

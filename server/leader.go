@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"coffer/replication"
@@ -59,7 +60,22 @@ func (s *Server) leaderDuties(ctx context.Context) {
 	s.tokenExpiry.invalidate()
 	var lastExpiry, lastTidy time.Time
 	salted := false
+	// The lease worker and the database rotations run for the whole
+	// leadership once the node is unsealed: the worker starts from the due
+	// index, loading nothing.
+	var worker sync.WaitGroup
+	defer worker.Wait()
+	leasesStarted := false
 	for {
+		if !s.keys.Sealed() && !leasesStarted {
+			leasesStarted = true
+			worker.Go(func() {
+				if err := s.leaseWorker.Run(ctx); err != nil && ctx.Err() == nil {
+					s.logger.Error("the lease expiry worker stopped", "error", err)
+				}
+			})
+			worker.Go(func() { s.db.rotationLoop(ctx, s.life.stop) })
+		}
 		if s.keys.Sealed() {
 			s.handOffSealedLeadership(ctx)
 		} else if !migrated {

@@ -26,7 +26,19 @@ const (
 type leaseServer struct {
 	pb.UnimplementedLeaseServer
 	table *lease.Table
+	// renew extends what a lease of a kind stands for (the database
+	// user's VALID UNTIL) before the lease is extended.
+	renew map[string]lease.RenewHook
 	now   func() time.Time
+}
+
+// renewHook calls the renewal of the lease's kind (nothing for a kind
+// without one).
+func (l *leaseServer) renewHook(ctx context.Context, rec *lease.Record, expire time.Time) error {
+	if h := l.renew[rec.Kind]; h != nil {
+		return h(ctx, rec, expire)
+	}
+	return nil
 }
 
 // validLeaseID checks a lease id a request names.
@@ -83,7 +95,7 @@ func (l *leaseServer) Renew(ctx context.Context, req *pb.LeaseRenewRequest) (*pb
 	if req.GetIncrementSeconds() < 0 {
 		return nil, invalidf("increment must not be negative")
 	}
-	r, capped, err := l.table.Renew(ctx, req.GetLeaseId(), time.Duration(req.GetIncrementSeconds())*time.Second)
+	r, capped, err := l.table.Renew(ctx, req.GetLeaseId(), time.Duration(req.GetIncrementSeconds())*time.Second, l.renewHook)
 	if err != nil {
 		return nil, leaseError(err)
 	}
@@ -160,10 +172,10 @@ func leaseError(err error) error {
 	switch {
 	case err == nil:
 		return nil
-	case errors.Is(err, fsm.ErrQuotaExceeded):
-		return withMessage(ErrQuotaExceeded, "%s", strings.TrimPrefix(err.Error(), "fsm: "))
-	case errors.Is(err, lease.ErrNotRenewable), errors.Is(err, lease.ErrExpired):
-		return withMessage(ErrInvalidArgument, "%v", err)
+	case errors.Is(err, lease.ErrRevokeFailed):
+		// The revoker's own error decides: the database was down, or it
+		// refused the revocation.
+		return dbError(err)
 	}
 	return err
 }

@@ -49,6 +49,10 @@ type Server struct {
 	audit  *auditor
 	// tokenExpiry is the leader's index of tokens by expiry time.
 	tokenExpiry *expiryQueue
+	// db is the database engine's service; leaseWorker the leader's
+	// expiry worker over its lease table.
+	db          *databaseServer
+	leaseWorker *lease.Worker
 	health      *health.Server
 	grpc        *grpc.Server
 	lis         net.Listener
@@ -107,6 +111,12 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.MaxInflightBytes == 0 {
 		cfg.MaxInflightBytes = DefaultMaxInflightBytes
+	}
+	if cfg.MaxLeases == 0 {
+		cfg.MaxLeases = DefaultMaxLeases
+	}
+	if cfg.LeaseIntentWindow <= 0 {
+		cfg.LeaseIntentWindow = DefaultLeaseIntentWindow
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("server: create data directory %s: %w", cfg.DataDir, err)
@@ -205,7 +215,14 @@ func New(cfg Config) (*Server, error) {
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.health.SetServingStatus(kvHealthName, healthpb.HealthCheckResponse_NOT_SERVING)
 	s.keys.health, s.keys.gossip = s.health, s.raft
-	s.wire()
+	if err := s.wire(); err != nil {
+		s.raft.Shutdown()
+		s.lis.Close()
+		s.stopHTTP(nil)
+		s.fsm.Close()
+		s.audit.close()
+		return nil, fmt.Errorf("server: %w", err)
+	}
 	s.raft.OnReadyLeader(s.leaderDuties)
 	return s, nil
 }
@@ -243,7 +260,7 @@ type loginMethods struct {
 
 // wire builds the services over their narrow dependencies and registers
 // them with a gRPC server whose interceptors are the gateway's.
-func (s *Server) wire() {
+func (s *Server) wire() error {
 	id, logger := s.cfg.NodeID, s.logger
 	s.link = &leaderLink{
 		nodeID: id, self: s.advertisedAPI(), raft: s.raft, state: s.fsm,
@@ -265,6 +282,18 @@ func (s *Server) wire() {
 		methods: map[string]loginMethod{"approle": s.logins.approle, "jwt": s.logins.jwt, "cert": s.logins.cert},
 		tokens:  s.tokens, raft: s.raft, link: s.link, tls: s.tls != nil, logger: logger.Named("login"),
 	}
+	leases, err := lease.New(s.fsm, leaseProposer{props}, s.keys, lease.Options{
+		Logger: logger.Named("lease"),
+		Limits: lease.Limits{MaxTotal: leaseLimit(s.cfg.MaxLeases), IntentWindow: s.cfg.LeaseIntentWindow},
+	})
+	if err != nil {
+		return err
+	}
+	s.db = &databaseServer{store: store, props: props, locks: &keyLocks{}, engine: database.New(logger.Named("database")),
+		leases: leases, logger: logger.Named("database"), now: time.Now}
+	leases.RegisterRevoker(dbLeaseKind, lease.RevokerFunc(s.db.revokeLease))
+	leaseSvc := &leaseServer{table: leases, renew: map[string]lease.RenewHook{dbLeaseKind: s.db.renewLease}, now: time.Now}
+	s.leaseWorker = lease.NewWorker(leases, lease.WorkerOptions{})
 	pol := &policyServer{store: policies, keys: s.keys, props: props, logger: logger}
 	s.sys = &sysServer{nodeID: id, keys: s.keys, store: s.fsm, props: props, raft: s.raft, link: s.link, logger: logger, unseals: newUnsealLimiter(), insecure: s.tls == nil, audit: s.audit}
 	s.sys.rootGen.limit = newUnsealLimiter()
@@ -317,8 +346,27 @@ func (s *Server) wire() {
 	pb.RegisterAppRoleAuthServer(reg, s.logins.approle)
 	pb.RegisterJWTAuthServer(reg, s.logins.jwt)
 	pb.RegisterCertAuthServer(reg, s.logins.cert)
+	pb.RegisterDatabaseServer(reg, s.db)
+	pb.RegisterLeaseServer(reg, leaseSvc)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
+	return nil
+}
+
+// leaseProposer lets the lease table propose through the node's proposer.
+type leaseProposer struct{ p proposer }
+
+// Propose proposes cmd.
+func (l leaseProposer) Propose(ctx context.Context, cmd *fsmpb.Command) (*fsm.Result, error) {
+	return l.p.propose(ctx, cmd)
+}
+
+// leaseLimit is -max-leases as the lease table takes it (0: no bound).
+func leaseLimit(n int64) uint64 {
+	if n < 0 {
+		return 0
+	}
+	return uint64(n)
 }
 
 // apiCreds is the API's transport security: TLS with the node certificate
@@ -453,6 +501,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		s.link.conns.close()
 		s.logins.jwt.close()
 		errs := []error{s.raft.Shutdown(), s.fsm.Close(), s.audit.close()}
+		s.db.engine.CloseAll()
 		s.life.bg.Wait()
 		s.life.err = errors.Join(errs...)
 		s.logger.Info("stopped", "node_id", s.cfg.NodeID)
@@ -477,6 +526,7 @@ func (s *Server) Kill() {
 		s.link.conns.close()
 		s.logins.jwt.close()
 		errs := []error{s.raft.Shutdown(), s.fsm.Close(), s.audit.close()}
+		s.db.engine.CloseAll()
 		s.life.bg.Wait()
 		s.life.err = errors.Join(errs...)
 		s.logger.Info("killed", "node_id", s.cfg.NodeID)

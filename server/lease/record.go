@@ -78,6 +78,9 @@ type Record struct {
 	// sealed record.
 	Due   time.Time `json:"-"`
 	Index uint64    `json:"-"`
+	// MaxInGroup, when set, bounds the live leases of Group at this
+	// lease's creation below Limits.MaxPerGroup (a role's own max_leases).
+	MaxInGroup uint64 `json:"-"`
 }
 
 // Failed reports whether a revocation of the lease has failed (and is

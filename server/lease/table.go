@@ -281,6 +281,9 @@ func (t *Table) leaseWrite(rec *Record, due time.Time, expect uint64, create boo
 	}
 	if create {
 		w.MaxInGroup, w.MaxTotal = t.limits.MaxPerGroup, t.limits.MaxTotal
+		if rec.MaxInGroup > 0 && (w.MaxInGroup == 0 || rec.MaxInGroup < w.MaxInGroup) {
+			w.MaxInGroup = rec.MaxInGroup
+		}
 	}
 	return w, nil
 }
