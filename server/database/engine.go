@@ -9,6 +9,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -333,13 +334,16 @@ func (e *Engine) UserExists(ctx context.Context, cfg *Config, username string) (
 // exist (already dropped, or whose creation never happened) is success.
 //
 // With no stmts it does what Vault's PostgreSQL plugin means by
-// revocation, in fewer steps: it ends the user's sessions (best effort:
-// it needs the privilege to signal them), then in one transaction
-// REASSIGN OWNED BY the user TO the management user, DROP OWNED BY the
-// user (which also revokes every privilege granted to it in this
-// database) and DROP ROLE. Privileges in other databases of the server
-// are not seen from this one and make DROP ROLE fail with PostgreSQL's
-// message; give revocation statements for such roles.
+// revocation, in one transaction: it makes the management user a member
+// of the user's role when it is not one (a CREATEROLE user that is not a
+// superuser may not otherwise touch what the role owns), ends the user's
+// open sessions and waits for them to exit (best effort: that needs the
+// privilege to signal them), then REASSIGN OWNED BY the user TO the
+// management user, DROP OWNED BY the user (which also revokes every
+// privilege granted to it in this database) and DROP ROLE. Privileges in
+// other databases of the server are not seen from this one and make DROP
+// ROLE fail with PostgreSQL's message; give revocation statements for
+// such roles.
 //
 // With stmts, they run in one transaction in place of the above, once the
 // user is known to exist.
@@ -358,25 +362,12 @@ func (e *Engine) RevokeUser(ctx context.Context, cfg *Config, stmts Statements, 
 	if err != nil || !exists {
 		return err
 	}
-	if len(stmts) == 0 {
-		e.endSessions(ctx, cfg, username)
-	}
 	op := txOp{what: "revocation statement", hint: "fix the role's revocation statements or the management user's privileges"}
 	err = e.inTx(ctx, cfg, op, func(tx pgx.Tx) error {
 		if len(stmts) > 0 {
 			return execAll(ctx, tx, rendered)
 		}
-		ident := quoteIdent(username)
-		for _, s := range []string{
-			"REASSIGN OWNED BY " + ident + " TO CURRENT_USER",
-			"DROP OWNED BY " + ident,
-			"DROP ROLE IF EXISTS " + ident,
-		} {
-			if _, err := tx.Exec(ctx, s); err != nil {
-				return err
-			}
-		}
-		return nil
+		return e.dropUser(ctx, cfg, tx, username)
 	})
 	if err != nil && errors.Is(err, ErrStatement) {
 		// Another revocation may have dropped the user meanwhile.
@@ -387,21 +378,71 @@ func (e *Engine) RevokeUser(ctx context.Context, cfg *Config, stmts Statements, 
 	return err
 }
 
-// endSessions terminates username's open sessions, so that revoking a
-// credential also cuts the connections made with it. It needs superuser,
-// membership in the role or pg_signal_backend; without them it does
-// nothing (the role is dropped all the same, and its sessions end when
-// they close).
-func (e *Engine) endSessions(ctx context.Context, cfg *Config, username string) {
-	p, err := e.pool(cfg)
+// dropUser is RevokeUser's default, in tx.
+func (e *Engine) dropUser(ctx context.Context, cfg *Config, tx pgx.Tx, username string) error {
+	ident := quoteIdent(username)
+	var member bool
+	var sessions int
+	err := tx.QueryRow(ctx, `SELECT pg_has_role($1::name, 'USAGE'), (SELECT count(*) `+userSessions+`)`, username).Scan(&member, &sessions)
+	if err != nil {
+		return err
+	}
+	if !member {
+		if _, err := tx.Exec(ctx, "GRANT "+ident+" TO CURRENT_USER"); err != nil {
+			return err
+		}
+	}
+	if sessions > 0 {
+		e.endSessions(ctx, cfg, tx, username)
+	}
+	for _, s := range []string{
+		"REASSIGN OWNED BY " + ident + " TO CURRENT_USER",
+		"DROP OWNED BY " + ident,
+		"DROP ROLE IF EXISTS " + ident,
+	} {
+		if _, err := tx.Exec(ctx, s); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// endSessions terminates username's open sessions and waits (up to
+// sessionEndWait) until they are gone, so that revoking a credential also
+// cuts the connections made with it. It runs in a savepoint of tx: without
+// the privilege to signal the sessions (superuser, membership in the role,
+// or pg_signal_backend) it does nothing, and the role is dropped all the
+// same; its sessions then last until they close.
+func (e *Engine) endSessions(ctx context.Context, cfg *Config, tx pgx.Tx, username string) {
+	sp, err := tx.Begin(ctx)
 	if err != nil {
 		return
 	}
-	_, err = p.Exec(ctx, `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1 AND pid <> pg_backend_pid()`, username)
+	// pg_terminate_backend(pid, timeout) waits for the backend to exit
+	// (PostgreSQL 14 and later); before 14 only the one-argument form
+	// exists, which signals and returns.
+	_, err = sp.Exec(ctx, `SELECT pg_terminate_backend(pid, $2) `+userSessions, username, sessionEndWait.Milliseconds())
+	if pgErr := (*pgconn.PgError)(nil); errors.As(err, &pgErr) && pgErr.Code == "42883" {
+		_ = sp.Rollback(ctx)
+		if sp, err = tx.Begin(ctx); err != nil {
+			return
+		}
+		_, err = sp.Exec(ctx, `SELECT pg_terminate_backend(pid) `+userSessions, username)
+	}
 	if err != nil {
 		e.log.Debug("could not end a revoked user's sessions", "connection", cfg.Name, "user", username, "error", redact(err, cfg.Password))
+		_ = sp.Rollback(ctx)
+		return
 	}
+	_ = sp.Commit(ctx)
 }
+
+// userSessions selects the sessions of the user $1 but the caller's.
+const userSessions = `FROM pg_stat_activity WHERE usename = $1 AND pid <> pg_backend_pid()`
+
+// sessionEndWait bounds how long a revocation waits for the revoked
+// user's sessions to exit.
+const sessionEndWait = 2 * time.Second
 
 // quoteIdent quotes a name for SQL. Names reaching it passed
 // CheckUsername, which allows no quote; doubling them anyway costs

@@ -634,3 +634,47 @@ func pgError(err error) (*pgconn.PgError, bool) {
 	ok := errors.As(err, &pgErr)
 	return pgErr, ok
 }
+
+// TestNonSuperuserManagement runs the whole life of a user with a
+// management user that only has CREATEROLE (as operators are told to
+// configure it), not the superuser the other tests use.
+func TestNonSuperuserManagement(t *testing.T) {
+	pg, e, _ := setup(t)
+	ctx := ctxFor(t, 30*time.Second)
+	pg.Exec(t, `CREATE ROLE mgr WITH LOGIN CREATEROLE PASSWORD 'mgr-password';
+		GRANT CREATE, USAGE ON SCHEMA public TO mgr WITH GRANT OPTION;
+		CREATE TABLE items (x int); GRANT SELECT ON items TO mgr WITH GRANT OPTION`)
+	cfg := &Config{Name: "mgr", ConnectionURL: pg.URLTemplate(), Username: "mgr", Password: "mgr-password", AllowedRoles: []string{"*"}}
+	stmts := Statements{
+		`CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}';`,
+		`GRANT SELECT ON items TO "{{name}}"; GRANT CREATE, USAGE ON SCHEMA public TO "{{name}}";`,
+	}
+	user, pw := newCreds(t, "mgr")
+	if err := e.CreateUser(ctx, cfg, stmts, user, pw, time.Now().Add(time.Hour)); err != nil {
+		t.Fatalf("CreateUser: %v", err)
+	}
+	if err := e.RenewUser(ctx, cfg, nil, user, time.Now().Add(2*time.Hour)); err != nil {
+		t.Fatalf("RenewUser: %v", err)
+	}
+	conn := pg.Connect(t, user, pw)
+	if _, err := conn.Exec(ctx, `CREATE TABLE made_by_user (x int)`); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.RevokeUser(ctx, cfg, nil, user); err != nil {
+		t.Fatalf("RevokeUser by a CREATEROLE management user: %v", err)
+	}
+	if pg.RoleExists(t, user) {
+		t.Fatal("the user is still in pg_roles")
+	}
+	if err := conn.Ping(ctx); err == nil {
+		t.Fatal("the revoked user's open session still answers")
+	}
+	var owner string
+	if err := pg.Pool(t).QueryRow(ctx, `SELECT tableowner FROM pg_tables WHERE tablename = 'made_by_user'`).Scan(&owner); err != nil || owner != "mgr" {
+		t.Fatalf("the user's table belongs to %q (%v), want mgr", owner, err)
+	}
+	var members int
+	if err := pg.Pool(t).QueryRow(ctx, `SELECT count(*) FROM pg_auth_members m JOIN pg_roles r ON r.oid = m.member WHERE r.rolname = 'mgr'`).Scan(&members); err != nil || members != 0 {
+		t.Fatalf("mgr is left a member of %d roles (%v)", members, err)
+	}
+}
