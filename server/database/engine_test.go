@@ -409,6 +409,15 @@ func TestRotateRoot(t *testing.T) {
 	// The caller stores the new password; the engine goes on with it.
 	rotated := *cfg
 	rotated.Password = next
+	// After a crash between the rotation and that store, whoever takes
+	// over finds the password the database has with Verify: exactly one of
+	// the old and the pending one logs in.
+	if err := e.Verify(ctx, &rotated); err != nil {
+		t.Fatalf("Verify with the pending password: %v", err)
+	}
+	if err := e.Verify(ctx, cfg); !errors.Is(err, ErrLoginRefused) {
+		t.Fatalf("Verify with the old password: %v, want ErrLoginRefused", err)
+	}
 	user2, pw2 := newCreds(t, "after")
 	if err := e.CreateUser(ctx, &rotated, createSelect[:1], user2, pw2, time.Now().Add(time.Hour)); err != nil {
 		t.Fatalf("CreateUser after the rotation: %v", err)
