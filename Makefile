@@ -35,11 +35,16 @@ test: test-deps
 	$(GO) test $(TEST_FLAGS) ./...
 
 ## test-deps: what the tests run besides Go: haproxy (Debian's package) for
-## integration/haproxy_test.go. Installed when missing; where it cannot be
-## (not root), those tests skip, except under CI=true, where this fails.
+## integration/haproxy_test.go, and PostgreSQL (Debian's postgresql package)
+## for internal/pgtest's users (server/database). Installed when missing;
+## where they cannot be (not root), those tests skip, except under CI=true,
+## where this fails.
 test-deps:
 	@command -v haproxy >/dev/null || { apt-get update -qq && apt-get install -y -qq haproxy; } || \
 	  { test "$$CI" != true && echo "haproxy is not installed and could not be: the HAProxy tests will skip"; }
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } || \
+	  { test "$$CI" != true && echo "PostgreSQL is not installed and could not be: the PostgreSQL tests will skip"; }
 
 ## bench: the Go benchmarks of the hot paths
 bench:
