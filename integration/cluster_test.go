@@ -41,6 +41,10 @@ type ClusterOptions struct {
 	// AuditTimeout their -audit-timeout.
 	AuditFiles   bool
 	AuditTimeout time.Duration
+	// LeaseIntentWindow and MaxLeases are the nodes' lease settings (0:
+	// the server's defaults).
+	LeaseIntentWindow time.Duration
+	MaxLeases         int64
 }
 
 // NewCluster starts size nodes with bootstrap_expect = size and waits
@@ -80,6 +84,8 @@ func NewCluster(t testing.TB, size int, opts ...ClusterOptions) *Cluster {
 		MaxInflightBytes:  o.MaxInflightBytes,
 		AuditFiles:        o.AuditFiles,
 		AuditTimeout:      o.AuditTimeout,
+		LeaseIntentWindow: o.LeaseIntentWindow,
+		MaxLeases:         o.MaxLeases,
 	})}
 }
 

@@ -68,23 +68,18 @@ type dbConfigRecord struct {
 
 // engineConfig is the connection as the engine takes it, with password
 // as the management user's password.
-func (c *dbConfigRecord) engineConfig(name, password string) database.Config {
-	return database.Config{
+func (c *dbConfigRecord) engineConfig(name, password string) *database.Config {
+	return &database.Config{
 		Name: name, PluginName: c.PluginName, ConnectionURL: c.ConnectionURL, Username: c.Username, Password: password,
 		AllowedRoles: c.AllowedRoles, MaxOpenConnections: int(c.MaxOpen), MaxIdleConnections: int(c.MaxIdle),
-		MaxConnectionLifetime: time.Duration(c.MaxLifetime) * time.Second, PasswordPolicy: c.PasswordPolicy,
+		MaxConnLifetime: time.Duration(c.MaxLifetime) * time.Second, SkipVerify: !c.Verify, PasswordPolicy: c.PasswordPolicy,
 		RootRotationStatements: c.RootRotationStatements,
 	}
 }
 
-// allows reports whether the connection serves role.
+// allows reports whether the connection serves role (names or globs).
 func (c *dbConfigRecord) allows(role string) bool {
-	for _, r := range c.AllowedRoles {
-		if r == "*" || r == role {
-			return true
-		}
-	}
-	return false
+	return c.engineConfig("", "").AllowsRole(role)
 }
 
 // dbRoleRecord is a dynamic role as stored.
@@ -584,7 +579,7 @@ func (d *databaseServer) revokeLease(ctx context.Context, rec *lease.Record) err
 	}
 	rctx, cancel := context.WithTimeout(ctx, dbRevokeTimeout)
 	defer cancel()
-	return d.engine.RevokeUser(rctx, c.engineConfig(data.DB, c.Password), database.Statements{Revocation: data.Revocation}, data.Username)
+	return d.engine.RevokeUser(rctx, c.engineConfig(data.DB, c.Password), data.Revocation, data.Username)
 }
 
 // renewLease is the database kind's renewal: the user's VALID UNTIL moves
@@ -600,7 +595,7 @@ func (d *databaseServer) renewLease(ctx context.Context, rec *lease.Record, expi
 	}
 	rctx, cancel := context.WithTimeout(ctx, dbCallTimeout)
 	defer cancel()
-	if err := d.engine.RenewUser(rctx, c.engineConfig(data.DB, c.Password), database.Statements{Renew: data.Renew}, data.Username, expire); err != nil {
+	if err := d.engine.RenewUser(rctx, c.engineConfig(data.DB, c.Password), data.Renew, data.Username, expire); err != nil {
 		return dbError(err)
 	}
 	return nil
@@ -642,7 +637,7 @@ func (d *databaseServer) WriteStaticRole(ctx context.Context, req *pb.DatabaseSt
 	if period < minStaticRotation {
 		return nil, invalidf("database static role: rotation_period must be at least %s", minStaticRotation)
 	}
-	if err := database.ValidUsername(req.GetUsername()); err != nil {
+	if err := database.CheckUsername(req.GetUsername()); err != nil {
 		return nil, invalidf("database static role: username: %v", err)
 	}
 	c, err := d.config(req.GetDbName())
@@ -697,7 +692,7 @@ func (d *databaseServer) rotateStatic(ctx context.Context, name string, r *stati
 		}
 	}
 	sctx, cancel := context.WithTimeout(ctx, dbCallTimeout)
-	err = d.engine.SetPassword(sctx, c.engineConfig(r.DBName, c.Password), database.Statements{Rotation: r.Statements}, r.Username, r.Pending)
+	err = d.engine.SetPassword(sctx, c.engineConfig(r.DBName, c.Password), r.Statements, r.Username, r.Pending)
 	cancel()
 	if err != nil {
 		// The pending password stays and is set again by the next attempt:

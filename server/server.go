@@ -23,11 +23,14 @@ import (
 
 	pb "coffer/api/cofferpb"
 	"coffer/fsm"
+	"coffer/fsm/fsmpb"
 	"coffer/internal/grpcutil"
 	"coffer/internal/tlsutil"
 	"coffer/replication"
 	"coffer/seal"
 	"coffer/server/audit"
+	"coffer/server/database"
+	"coffer/server/lease"
 )
 
 // Version is the coffer version reported by Status.

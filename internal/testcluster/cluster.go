@@ -225,6 +225,12 @@ func (c *Cluster) config(n *Node, expect int, network *replication.Network) serv
 	if c.opts.MaxInflightBytes != 0 {
 		cfg.MaxInflightBytes = c.opts.MaxInflightBytes
 	}
+	if c.opts.LeaseIntentWindow != 0 {
+		cfg.LeaseIntentWindow = c.opts.LeaseIntentWindow
+	}
+	if c.opts.MaxLeases != 0 {
+		cfg.MaxLeases = c.opts.MaxLeases
+	}
 	if c.opts.AuditFiles {
 		cfg.AuditFiles = []string{n.AuditFile()}
 		cfg.AuditTimeout = c.opts.AuditTimeout

@@ -39,6 +39,10 @@ type Options struct {
 	// MaxInflightBytes is each node's request-byte budget
 	// (server.Config.MaxInflightBytes). Zero means the server's default.
 	MaxInflightBytes int64
+	// LeaseIntentWindow is each node's server.Config.LeaseIntentWindow
+	// and MaxLeases its -max-leases (zero: the server's defaults).
+	LeaseIntentWindow time.Duration
+	MaxLeases         int64
 	// AuditFiles gives each node an audit file, Node.AuditFile(), in its
 	// data directory (server.Config.AuditFiles); AuditTimeout is the
 	// nodes' -audit-timeout (zero: the server's default).
