@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -60,10 +61,11 @@ GRANT SELECT ON accounts TO "{{name}}";`},
 // database/creds/, read through the lease list and lookups.
 func (f *dbFixture) liveLeases(t *testing.T) []string {
 	t.Helper()
+	cl := f.c.Client(t)
 	var ids []string
 	after := ""
 	for {
-		resp, err := f.cl.ListLeases(ctx(t), &pb.LeaseListRequest{Prefix: "database/creds/", After: after})
+		resp, err := cl.ListLeases(ctx(t), &pb.LeaseListRequest{Prefix: "database/creds/", After: after})
 		if err != nil {
 			t.Fatalf("lease list: %v", err)
 		}
@@ -132,7 +134,7 @@ func TestDatabaseCredsLifecycle(t *testing.T) {
 	// The first user's lease ends after 2 s: the user is gone within a
 	// second of that.
 	expire := time.Unix(0, info.GetExpireTimeUnixNano())
-	testcluster.WaitFor(t, time.Until(expire)+time.Second, "the expired user dropped", func() bool {
+	waitUntil(t, time.Until(expire)+time.Second, "the expired user dropped", func() bool {
 		return !f.pg.RoleExists(t, creds.GetUsername())
 	})
 	if late := time.Since(expire); late > time.Second {
@@ -306,15 +308,15 @@ func TestDatabaseDownThenBack(t *testing.T) {
 		t.Fatalf("creds while the database is down: %v, want an error naming the connection", err)
 	}
 	// The lease falls due while the database is down: it fails and waits.
-	testcluster.WaitFor(t, 10*time.Second, "the lease listed as failed", func() bool {
+	waitUntil(t, 10*time.Second, "the lease listed as failed", func() bool {
 		resp, err := f.cl.ListLeases(ctx(t), &pb.LeaseListRequest{Prefix: "database/creds/", Failed: true})
 		return err == nil && len(resp.GetLeases()) == 1 && resp.GetLeases()[0].GetLastError() != ""
 	})
 	f.pg.Start(t)
-	testcluster.WaitFor(t, 30*time.Second, "the user dropped once the database is back", func() bool {
+	waitUntil(t, 30*time.Second, "the user dropped once the database is back", func() bool {
 		return !f.pg.RoleExists(t, cr.GetUsername())
 	})
-	testcluster.WaitFor(t, 10*time.Second, "the lease gone", func() bool {
+	waitUntil(t, 10*time.Second, "the lease gone", func() bool {
 		_, err := f.cl.LookupLease(ctx(t), cr.GetLeaseId())
 		return api.IsNotFound(err)
 	})
@@ -328,7 +330,8 @@ func TestDatabaseDownThenBack(t *testing.T) {
 func TestDatabaseLeaderKillDuringExpiry(t *testing.T) {
 	f := newDBFixture(t, ClusterOptions{})
 	f.pg.Exec(t, `CREATE TABLE revoked (name text PRIMARY KEY, at timestamptz NOT NULL)`)
-	revocation := `INSERT INTO revoked VALUES ('{{name}}', clock_timestamp()) ON CONFLICT DO NOTHING; DROP ROLE IF EXISTS "{{name}}";`
+	revocation := `INSERT INTO revoked VALUES ('{{name}}', clock_timestamp()) ON CONFLICT DO NOTHING;
+REVOKE ALL ON accounts FROM "{{name}}"; DROP ROLE IF EXISTS "{{name}}";`
 	const n = 200
 	// TTLs of 3, 4 and 5 s issued over about a second: due within ~3 s.
 	for ttl := 3; ttl <= 5; ttl++ {
@@ -338,18 +341,34 @@ func TestDatabaseLeaderKillDuringExpiry(t *testing.T) {
 		user   string
 		expire time.Time
 	}
-	var all []issued
+	all := make([]issued, n)
 	start := time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	sem := make(chan struct{}, 16)
 	for i := range n {
-		cr, err := f.cl.DatabaseCreds(ctx(t), fmt.Sprintf("r%d", 3+i%3))
-		if err != nil {
-			t.Fatalf("creds %d: %v", i, err)
-		}
-		info, err := f.cl.LookupLease(ctx(t), cr.GetLeaseId())
-		if err != nil {
-			t.Fatal(err)
-		}
-		all = append(all, issued{cr.GetUsername(), time.Unix(0, info.GetExpireTimeUnixNano())})
+		wg.Go(func() {
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			c, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			defer cancel()
+			cr, err := f.cl.DatabaseCreds(c, fmt.Sprintf("r%d", 3+i%3))
+			if err != nil {
+				errs <- fmt.Errorf("creds %d: %w", i, err)
+				return
+			}
+			info, err := f.cl.LookupLease(c, cr.GetLeaseId())
+			if err != nil {
+				errs <- err
+				return
+			}
+			all[i] = issued{cr.GetUsername(), time.Unix(0, info.GetExpireTimeUnixNano())}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
 	}
 	first, last := all[0].expire, all[0].expire
 	for _, l := range all {
@@ -365,7 +384,7 @@ func TestDatabaseLeaderKillDuringExpiry(t *testing.T) {
 	elected := time.Now()
 	t.Logf("leader %s killed; %s elected %v later", old.ID, newLeader.ID, elected.Sub(killed))
 
-	testcluster.WaitFor(t, time.Until(last)+15*time.Second, "every user dropped", func() bool {
+	waitUntil(t, time.Until(last)+15*time.Second, "every user dropped", func() bool {
 		return len(f.pg.Roles(t, userPrefix)) == 0
 	})
 	at := map[string]time.Time{}
@@ -440,20 +459,9 @@ func TestDatabaseLeaderKillDuringIssuance(t *testing.T) {
 			ok <- cr.GetUsername()
 		}()
 	}
-	// Two kills, each once some creds have been answered.
+	// Two kills, each once another 80 creds have been answered.
 	for kill := range 2 {
-		for range 40 {
-			select {
-			case u := <-ok:
-				ok <- u
-			case err := <-errs:
-				errs <- err
-			}
-			if len(ok)+len(errs) > (kill+1)*80 {
-				break
-			}
-		}
-		testcluster.WaitFor(t, 20*time.Second, "some creds answered", func() bool { return len(ok)+len(errs) >= (kill+1)*80 })
+		waitUntil(t, 20*time.Second, "some creds answered", func() bool { return len(ok)+len(errs) >= (kill+1)*80 })
 		old := f.c.WaitForLeader(t)
 		f.c.Kill(old)
 		f.c.WaitForNewLeader(t, old)
@@ -461,7 +469,7 @@ func TestDatabaseLeaderKillDuringIssuance(t *testing.T) {
 		f.c.Restart(t, old)
 		f.c.Unseal(t, old, 0)
 	}
-	testcluster.WaitFor(t, 60*time.Second, "every creds call answered", func() bool { return len(ok)+len(errs) == n })
+	waitUntil(t, 60*time.Second, "every creds call answered", func() bool { return len(ok)+len(errs) == n })
 	close(ok)
 	close(errs)
 	var failed []error
@@ -478,26 +486,17 @@ func TestDatabaseLeaderKillDuringIssuance(t *testing.T) {
 		}
 	}
 	// Pending intents of the killed leaders fall due and are revoked.
-	var users []string
-	testcluster.WaitFor(t, 3*window+10*time.Second, "no pending intent left", func() bool {
-		users = nil
+	waitUntil(t, 3*window+10*time.Second, "no pending intent left", func() bool {
+		cl := f.c.Client(t)
 		for _, id := range f.liveLeases(t) {
-			info, err := f.cl.LookupLease(ctx(t), id)
+			info, err := cl.LookupLease(ctx(t), id)
 			if err != nil || info.GetState() != "active" {
 				return false
 			}
 		}
 		return true
 	})
-	leases := f.liveLeases(t)
-	for _, id := range leases {
-		info, err := f.cl.LookupLease(ctx(t), id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		_ = info
-	}
-	users = f.leaseUsers(t)
+	users := f.leaseUsers(t)
 	roles := f.pg.Roles(t, userPrefix)
 	slices.Sort(users)
 	if !slices.Equal(users, roles) {
@@ -506,21 +505,37 @@ func TestDatabaseLeaderKillDuringIssuance(t *testing.T) {
 	t.Logf("%d live leases, %d users: equal", len(users), len(roles))
 }
 
-// leaseUsers returns the usernames of the live database leases, from the
-// nodes' own view: every leased user appears in creds answers, and a
-// lease's user is in its lookup only by name, so the test keeps the map
-// from the creds calls instead.
+// leaseUsers returns the database users of the live leases (their
+// subject).
 func (f *dbFixture) leaseUsers(t *testing.T) []string {
 	t.Helper()
+	cl := f.c.Client(t)
 	var out []string
-	for _, id := range f.liveLeases(t) {
-		u, err := f.c.LeaseUsername(id)
+	after := ""
+	for {
+		resp, err := cl.ListLeases(ctx(t), &pb.LeaseListRequest{Prefix: "database/creds/", After: after})
 		if err != nil {
-			t.Fatalf("lease %s: %v", id, err)
+			t.Fatalf("lease list: %v", err)
 		}
-		out = append(out, u)
+		for _, l := range resp.GetLeases() {
+			out = append(out, l.GetSubject())
+			after = l.GetId()
+		}
+		if !resp.GetMore() || len(resp.GetLeases()) == 0 {
+			return out
+		}
 	}
-	return out
+}
+
+// waitUntil polls cond until it holds, failing t after d.
+func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	testcluster.WaitFor(t, d, what, func() error {
+		if cond() {
+			return nil
+		}
+		return errors.New("not yet")
+	})
 }
 
 func head(s []string) []string {

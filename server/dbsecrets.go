@@ -520,7 +520,7 @@ func (d *databaseServer) Creds(ctx context.Context, req *pb.DatabaseNameRequest)
 	pending, err := d.leases.CreatePending(ctx, &lease.Record{
 		ID: dbCredsPrefix + name + "/" + newLeaseSuffix(), Path: dbCredsPrefix + name, Group: sysDBRolePref + name,
 		Kind: dbLeaseKind, TTL: ttl, MaxTTL: maxTTL, Renewable: true, Data: data, MaxInGroup: uint64(max(r.MaxLeases, 0)),
-		DisplayName: callerDisplayName(ctx),
+		DisplayName: callerDisplayName(ctx), Subject: username,
 	})
 	if err != nil {
 		return nil, err

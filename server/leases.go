@@ -62,6 +62,7 @@ func (l *leaseServer) info(r *lease.Record) *pb.LeaseInfo {
 		Id: r.ID, IssueTimeUnixNano: r.IssueTime.UnixNano(), ExpireTimeUnixNano: r.ExpireTime.UnixNano(),
 		Renewable: r.Renewable && r.State == lease.StateActive, TtlSeconds: ttl, State: string(r.State),
 		Attempts: int32(r.Attempts), LastError: r.LastError, MaxExpireTimeUnixNano: r.MaxExpireTime.UnixNano(),
+		Subject: r.Subject,
 	}
 	if !r.LastRenewal.IsZero() {
 		info.LastRenewalUnixNano = r.LastRenewal.UnixNano()

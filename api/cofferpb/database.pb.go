@@ -1053,7 +1053,10 @@ type LeaseInfo struct {
 	LastError             string `protobuf:"bytes,9,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
 	MaxExpireTimeUnixNano int64  `protobuf:"varint,10,opt,name=max_expire_time_unix_nano,json=maxExpireTimeUnixNano,proto3" json:"max_expire_time_unix_nano,omitempty"`
 	// warnings: a renewal capped by the max TTL says so.
-	Warnings      []string `protobuf:"bytes,11,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	Warnings []string `protobuf:"bytes,11,rep,name=warnings,proto3" json:"warnings,omitempty"`
+	// subject names what the lease stands for (the database user), so an
+	// operator knows what a failed revocation leaves behind.
+	Subject       string `protobuf:"bytes,12,opt,name=subject,proto3" json:"subject,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1165,6 +1168,13 @@ func (x *LeaseInfo) GetWarnings() []string {
 	return nil
 }
 
+func (x *LeaseInfo) GetSubject() string {
+	if x != nil {
+		return x.Subject
+	}
+	return ""
+}
+
 var File_coffer_v1_database_proto protoreflect.FileDescriptor
 
 const file_coffer_v1_database_proto_rawDesc = "" +
@@ -1246,7 +1256,7 @@ const file_coffer_v1_database_proto_rawDesc = "" +
 	"\x05limit\x18\x04 \x01(\x05R\x05limit\"U\n" +
 	"\x11LeaseListResponse\x12,\n" +
 	"\x06leases\x18\x01 \x03(\v2\x14.coffer.v1.LeaseInfoR\x06leases\x12\x12\n" +
-	"\x04more\x18\x02 \x01(\bR\x04more\"\x9a\x03\n" +
+	"\x04more\x18\x02 \x01(\bR\x04more\"\xb4\x03\n" +
 	"\tLeaseInfo\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12/\n" +
 	"\x14issue_time_unix_nano\x18\x02 \x01(\x03R\x11issueTimeUnixNano\x121\n" +
@@ -1261,7 +1271,8 @@ const file_coffer_v1_database_proto_rawDesc = "" +
 	"last_error\x18\t \x01(\tR\tlastError\x128\n" +
 	"\x19max_expire_time_unix_nano\x18\n" +
 	" \x01(\x03R\x15maxExpireTimeUnixNano\x12\x1a\n" +
-	"\bwarnings\x18\v \x03(\tR\bwarnings2\xed\t\n" +
+	"\bwarnings\x18\v \x03(\tR\bwarnings\x12\x18\n" +
+	"\asubject\x18\f \x01(\tR\asubject2\xed\t\n" +
 	"\bDatabase\x12J\n" +
 	"\vWriteConfig\x12\x19.coffer.v1.DatabaseConfig\x1a .coffer.v1.DatabaseWriteResponse\x12G\n" +
 	"\n" +

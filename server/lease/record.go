@@ -62,6 +62,9 @@ type Record struct {
 	// revocation statements), opaque to this package. It needs no
 	// password, and should hold none.
 	Data []byte `json:"data,omitempty"`
+	// Subject names what the lease stands for, for operators (the
+	// database user); it is no secret.
+	Subject string `json:"subject,omitempty"`
 	// DisplayName and TokenAccessor say who asked for the lease.
 	DisplayName   string `json:"display_name,omitempty"`
 	TokenAccessor string `json:"token_accessor,omitempty"`
