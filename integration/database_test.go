@@ -558,3 +558,63 @@ func maxTime(a, b time.Time) time.Time {
 	}
 	return b
 }
+
+// TestDatabaseStaticRotationAcrossFailover: a static role rotates every
+// 5 s for a minute and the leader is killed in between. A client that
+// logs in with what static-creds gave it, and after a failed login reads
+// static-creds again, always logs in with the password it reads next.
+func TestDatabaseStaticRotationAcrossFailover(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs for a minute")
+	}
+	f := newDBFixture(t, ClusterOptions{})
+	f.pg.Exec(t, `CREATE ROLE app_rotating LOGIN PASSWORD 'initial-Password-1'`)
+	if _, err := f.cl.WriteDatabaseStaticRole(ctx(t), &pb.DatabaseStaticRole{Name: "rot", DbName: "pg", Username: "app_rotating", RotationPeriodSeconds: 5}); err != nil {
+		t.Fatal(err)
+	}
+	cl := f.c.Client(t)
+	read := func() *pb.DatabaseStaticCreds {
+		t.Helper()
+		c, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		sc, err := cl.DatabaseStaticCreds(c, "rot")
+		if err != nil {
+			t.Fatalf("static-creds: %v", err)
+		}
+		return sc
+	}
+	const run = time.Minute
+	start := time.Now()
+	killAt := start.Add(run / 2)
+	killed := false
+	cur := read()
+	passwords := map[string]bool{cur.GetPassword(): true}
+	logins, refused := 0, 0
+	for time.Since(start) < run {
+		if !killed && time.Now().After(killAt) {
+			old := f.c.WaitForLeader(t)
+			f.c.Kill(old)
+			f.c.WaitForNewLeader(t, old)
+			f.c.Restart(t, old)
+			f.c.Unseal(t, old, 0)
+			killed = true
+			t.Logf("killed the leader %s at %v", old.ID, time.Since(start).Round(time.Millisecond))
+		}
+		if err := f.pg.CanLogin("app_rotating", cur.GetPassword()); err != nil {
+			refused++
+			next := read()
+			if err := f.pg.CanLogin("app_rotating", next.GetPassword()); err != nil {
+				t.Fatalf("after a refused login, static-creds gave a password that does not log in either (rotated at %v): %v",
+					time.Unix(0, next.GetLastVaultRotationUnixNano()), err)
+			}
+			cur = next
+			passwords[cur.GetPassword()] = true
+		}
+		logins++
+		time.Sleep(100 * time.Millisecond) // the client's pace, not a synchronisation
+	}
+	t.Logf("%d logins, %d refused and recovered by one re-read, %d passwords seen", logins, refused, len(passwords))
+	if len(passwords) < int(run/(5*time.Second))-3 {
+		t.Fatalf("only %d passwords in %v with a 5s rotation period", len(passwords), run)
+	}
+}

@@ -56,7 +56,7 @@ func validLeaseID(id string) error {
 func (l *leaseServer) info(r *lease.Record) *pb.LeaseInfo {
 	ttl := int64(0)
 	if r.State == lease.StateActive {
-		ttl = max(0, int64(r.ExpireTime.Sub(l.now())/time.Second))
+		ttl = max(0, int64(r.ExpireTime.Sub(l.now()).Round(time.Second)/time.Second))
 	}
 	info := &pb.LeaseInfo{
 		Id: r.ID, IssueTimeUnixNano: r.IssueTime.UnixNano(), ExpireTimeUnixNano: r.ExpireTime.UnixNano(),
@@ -101,6 +101,8 @@ func (l *leaseServer) Renew(ctx context.Context, req *pb.LeaseRenewRequest) (*pb
 		return nil, leaseError(err)
 	}
 	info := l.info(r)
+	// The renewal's answer is the TTL it gave, as Vault's.
+	info.TtlSeconds = int64(r.ExpireTime.Sub(r.LastRenewal).Round(time.Second) / time.Second)
 	if capped {
 		info.Warnings = append(info.Warnings, fmt.Sprintf("TTL of %q exceeded the lease's max TTL; it ends at %s", time.Duration(req.GetIncrementSeconds())*time.Second, r.MaxExpireTime.UTC().Format(time.RFC3339)))
 	}
