@@ -16,7 +16,7 @@ TEST_FLAGS ?= -race -count=1 -p 1 -timeout=20m
 API_PROTOS := $(wildcard api/proto/coffer/v1/*.proto)
 FSM_PROTOS := $(wildcard fsm/fsmpb/*.proto)
 
-.PHONY: all build run test test-deps bench bench-figures bench-protocols etcd-figures proto proto-check lint fmt tools clean
+.PHONY: all build run test test-deps bench bench-database bench-figures bench-protocols etcd-figures proto proto-check lint fmt tools clean
 
 all: build
 
@@ -49,6 +49,13 @@ test-deps:
 ## bench: the Go benchmarks of the hot paths
 bench:
 	$(GO) test -run='^$$' -bench=. -benchmem ./...
+
+## bench-database: the database engine's figures of docs/BENCHMARKS.md on a
+## three-node in-process cluster with a local PostgreSQL: creds and
+## revocations per second, and the first revocation after a leader kill with
+## 100,000 live leases (LEASES=N to change it; about 3 minutes)
+bench-database: test-deps
+	COFFER_DB_BENCH=1 COFFER_DB_BENCH_LEASES=$(or $(LEASES),100000) $(GO) test -run 'TestBenchDatabase' -count=1 -v -timeout 30m ./integration/ | grep -E 'FIGURE|^(---|ok|FAIL)'
 
 ## bench-figures: the table of docs/BENCHMARKS.md, measured on a local
 ## three-node TLS cluster with coffer bench and ghz (about 5 minutes; needs
