@@ -104,6 +104,16 @@ func IsUnreachable(err error) bool {
 // same call may succeed after a back-off.
 func IsOverloaded(err error) bool { return Reason(err) == pb.ErrorReason_OVERLOADED }
 
+// IsQuotaExceeded reports whether a lease quota refused the call
+// (-max-leases, a role's max_leases).
+func IsQuotaExceeded(err error) bool { return Reason(err) == pb.ErrorReason_QUOTA_EXCEEDED }
+
+// IsDatabaseUnreachable reports whether the database behind a
+// connection could not be reached (every node would reach the same one).
+func IsDatabaseUnreachable(err error) bool {
+	return Reason(err) == pb.ErrorReason_DATABASE_UNREACHABLE
+}
+
 // IsSealed reports whether the node answered that it is sealed.
 func IsSealed(err error) bool { return Reason(err) == pb.ErrorReason_SEALED }
 

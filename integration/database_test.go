@@ -161,7 +161,7 @@ func TestDatabaseCredsLifecycle(t *testing.T) {
 // a wrong password is refused at write; a role not allowed by its
 // connection is refused; a lease quota refuses beyond it.
 func TestDatabaseBadInput(t *testing.T) {
-	f := newDBFixture(t, ClusterOptions{})
+	f := newDBFixture(t, ClusterOptions{MaxLeases: 4})
 	c := ctx(t)
 	if _, err := f.cl.WriteDatabaseRole(c, &pb.DatabaseRole{Name: "broken", DbName: "pg", CreationStatements: []string{`CREAT ROLE "{{name}}"`}}); err != nil {
 		t.Fatal(err)
@@ -214,6 +214,23 @@ func TestDatabaseBadInput(t *testing.T) {
 		if i == 2 && (err == nil || !strings.Contains(err.Error(), "limit")) {
 			t.Fatalf("creds beyond max_leases: %v, want the quota's refusal", err)
 		}
+	}
+	// The cluster's -max-leases (4 here): two more, then refused.
+	if _, err := f.cl.WriteDatabaseRole(c, &pb.DatabaseRole{Name: "many", DbName: "pg",
+		CreationStatements: []string{`CREATE ROLE "{{name}}" LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'`}}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 3 {
+		_, err := f.cl.DatabaseCreds(c, "many")
+		if i < 2 && err != nil {
+			t.Fatalf("creds %d under the cluster's quota: %v", i, err)
+		}
+		if i == 2 && (err == nil || !api.IsQuotaExceeded(err)) {
+			t.Fatalf("creds beyond -max-leases: %v, want QUOTA_EXCEEDED", err)
+		}
+	}
+	if roles := f.pg.Roles(t, userPrefix); len(roles) != 4 {
+		t.Fatalf("%d users after the quotas refused, want the 4 leased ones", len(roles))
 	}
 }
 
@@ -304,8 +321,8 @@ func TestDatabaseDownThenBack(t *testing.T) {
 	}
 	f.pg.Stop(t)
 	_, err = f.cl.DatabaseCreds(ctx(t), "reader")
-	if err == nil || !strings.Contains(err.Error(), `"pg"`) {
-		t.Fatalf("creds while the database is down: %v, want an error naming the connection", err)
+	if err == nil || !strings.Contains(err.Error(), `"pg"`) || !api.IsDatabaseUnreachable(err) {
+		t.Fatalf("creds while the database is down: %v, want DATABASE_UNREACHABLE naming the connection", err)
 	}
 	// The lease falls due while the database is down: it fails and waits.
 	waitUntil(t, 10*time.Second, "the lease listed as failed", func() bool {
@@ -445,8 +462,9 @@ func TestDatabaseLeaderKillDuringIssuance(t *testing.T) {
 	ok := make(chan string, n)
 	cl := f.c.Client(t)
 	sem := make(chan struct{}, 32)
+	var wg sync.WaitGroup
 	for range n {
-		go func() {
+		wg.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -457,7 +475,7 @@ func TestDatabaseLeaderKillDuringIssuance(t *testing.T) {
 				return
 			}
 			ok <- cr.GetUsername()
-		}()
+		})
 	}
 	// Two kills, each once another 80 creds have been answered.
 	for kill := range 2 {
@@ -470,6 +488,7 @@ func TestDatabaseLeaderKillDuringIssuance(t *testing.T) {
 		f.c.Unseal(t, old, 0)
 	}
 	waitUntil(t, 60*time.Second, "every creds call answered", func() bool { return len(ok)+len(errs) == n })
+	wg.Wait()
 	close(ok)
 	close(errs)
 	var failed []error

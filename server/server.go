@@ -230,6 +230,12 @@ func New(cfg Config) (*Server, error) {
 	return s, nil
 }
 
+// sysExists reports whether the system entry key is stored.
+func (s *Server) sysExists(key string) bool {
+	_, err := s.fsm.SysGet(key)
+	return err == nil
+}
+
 // exists tells the gateway whether a write creates or updates what it
 // names (Vault asks create for the one, update for the other).
 func (s *Server) exists(policies *policyStore) func(proto.Message) bool {
@@ -247,6 +253,12 @@ func (s *Server) exists(policies *policyStore) func(proto.Message) bool {
 			return s.logins.approle.exists(r.GetName())
 		case *pb.JWTRole:
 			return s.logins.jwt.exists(r.GetName())
+		case *pb.DatabaseConfig:
+			return s.sysExists(sysDBConfigPref + r.GetName())
+		case *pb.DatabaseRole:
+			return s.sysExists(sysDBRolePref + r.GetName())
+		case *pb.DatabaseStaticRole:
+			return s.sysExists(sysDBStaticPref + r.GetName())
 		case *pb.CertRole:
 			return s.logins.cert.exists(r.GetName())
 		}

@@ -75,6 +75,29 @@ func TestVaultDatabaseEngine(t *testing.T) {
 	}
 	wantStatus(t, "config read with the app token", func() error { _, err := app.Logical().ReadWithContext(ctx, "database/config/pg"); return err }(), 403)
 
+	// update on an existing role is enough to change it; creating one
+	// asks create (Vault's distinction).
+	if err := root.Sys().PutPolicyWithContext(ctx, "role-editor", `path "database/roles/*" { capabilities = ["update"] }`); err != nil {
+		t.Fatal(err)
+	}
+	ed, err := root.Auth().Token().CreateWithContext(ctx, &vault.TokenCreateRequest{Policies: []string{"role-editor"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	editor := vaultClient(t, c, fol, ed.Auth.ClientToken, false).Logical()
+	role := map[string]any{"db_name": "pg", "creation_statements": `CREATE ROLE "{{name}}" LOGIN PASSWORD '{{password}}'`, "default_ttl": "30m"}
+	if _, err := editor.WriteWithContext(ctx, "database/roles/app", role); err != nil {
+		t.Fatalf("update of an existing role with update: %v", err)
+	}
+	wantStatus(t, "creating a role with update only", func() error { _, err := editor.WriteWithContext(ctx, "database/roles/new", role); return err }(), 403)
+	if _, err := lg.WriteWithContext(ctx, "database/roles/app", map[string]any{
+		"db_name":             "pg",
+		"creation_statements": `CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'; GRANT SELECT ON orders TO "{{name}}";`,
+		"default_ttl":         "1h", "max_ttl": "24h",
+	}); err != nil {
+		t.Fatal(err)
+	}
+
 	// The default policy renews and looks up leases.
 	renewed, err := app.Sys().RenewWithContext(ctx, s.LeaseID, 600)
 	if err != nil || renewed.LeaseID != s.LeaseID || renewed.LeaseDuration != 600 || !renewed.Renewable {
