@@ -67,7 +67,7 @@ func TestBenchDatabaseCredsAndRevocations(t *testing.T) {
 	// concurrent transactions collides on its catalog row.
 	f.pg.Exec(t, `CREATE TABLE stamp (name text PRIMARY KEY, at timestamptz NOT NULL); CREATE ROLE readers; GRANT SELECT ON accounts TO readers`)
 	if _, err := f.cl.WriteDatabaseRole(ctx(t), &pb.DatabaseRole{Name: "app", DbName: "pg",
-		CreationStatements: []string{`CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}' IN ROLE readers;`},
+		CreationStatements:   []string{`CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}' IN ROLE readers;`},
 		RevocationStatements: []string{`INSERT INTO stamp VALUES ('{{name}}', clock_timestamp()); DROP ROLE IF EXISTS "{{name}}";`},
 		DefaultTtlSeconds:    20, MaxTtlSeconds: 60}); err != nil {
 		t.Fatal(err)
