@@ -84,10 +84,16 @@ func checkExpiration(s string) error {
 }
 
 // formatExpiration writes t for {{expiration}}: in UTC, or "infinity" for
-// the zero time.
+// the zero time. The format has whole seconds: t is rounded up, so that
+// the user's VALID UNTIL is never before its lease ends (a user that
+// stopped logging in while its lease still ran would surprise its
+// service; the lease's revocation ends it on time either way).
 func formatExpiration(t time.Time) string {
 	if t.IsZero() {
 		return "infinity"
+	}
+	if r := t.Truncate(time.Second); r.Before(t) {
+		t = r.Add(time.Second)
 	}
 	return t.UTC().Format(ExpirationFormat)
 }

@@ -269,6 +269,11 @@ func TestFormatExpiration(t *testing.T) {
 	if got := formatExpiration(tm); got != "2030-01-02 01:04:05+0000" {
 		t.Fatalf("formatExpiration = %q", got)
 	}
+	// A fraction of a second rounds up: VALID UNTIL never ends before the
+	// lease.
+	if got := formatExpiration(tm.Add(time.Millisecond)); got != "2030-01-02 01:04:06+0000" {
+		t.Fatalf("formatExpiration of a time with a fraction = %q, want the next second", got)
+	}
 	if got := formatExpiration(time.Time{}); got != "infinity" {
 		t.Fatalf("formatExpiration(zero) = %q", got)
 	}
