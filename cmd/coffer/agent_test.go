@@ -46,6 +46,7 @@ func TestParseAgent(t *testing.T) {
 	c := o.cfg
 	if c.Listen != agent.DefaultListen || c.Cache.TTL != time.Minute || c.Cache.MaxStale != 24*time.Hour ||
 		c.Cache.MaxEntries != api.DefaultCacheEntries || c.CacheDir != "" || c.Upstream.Token != "env-token" ||
+		c.LeaseMargin != agent.DefaultLeaseMargin || c.MaxHeldLeases != agent.DefaultMaxHeldLeases ||
 		strings.Join(c.Upstream.Endpoints, ",") != "n1:8400,n2:8400" || len(o.warnings) != 0 {
 		t.Fatalf("defaults: %+v", c)
 	}
@@ -58,9 +59,10 @@ func TestParseAgent(t *testing.T) {
 	keyFile := writeKeyFile(t)
 	o = parseAgentT(t, map[string]string{"COFFER_TOKEN": "env-token"},
 		"-listen=127.0.0.1:9500", "-address=a:1", "-token-file="+tokenFile, "-cache-dir="+filepath.Join(dir, "c"),
-		"-cache-key-file="+keyFile, "-ttl=5s", "-max-stale=1h", "-cache-entries=10")
+		"-cache-key-file="+keyFile, "-ttl=5s", "-max-stale=1h", "-cache-entries=10", "-lease-margin=5s", "-max-held-leases=7")
 	c = o.cfg
 	if c.Listen != "127.0.0.1:9500" || c.Upstream.Token != "file-token" || c.Cache.TTL != 5*time.Second || c.Cache.MaxStale != time.Hour ||
+		c.LeaseMargin != 5*time.Second || c.MaxHeldLeases != 7 ||
 		c.Cache.MaxEntries != 10 || len(c.CacheKey) != 32 || c.CacheKeySource != "-cache-key-file "+keyFile {
 		t.Fatalf("flags: %+v", c)
 	}
@@ -95,6 +97,8 @@ func TestParseAgent(t *testing.T) {
 		{"missing token file", nil, []string{"-token-file=" + filepath.Join(dir, "nope")}, "-token-file"},
 		{"zero ttl", nil, []string{"-ttl=0s"}, "-ttl"},
 		{"negative max-stale", nil, []string{"-max-stale=-1s"}, "-max-stale"},
+		{"zero lease margin", nil, []string{"-lease-margin=0s"}, "-lease-margin"},
+		{"zero max held leases", nil, []string{"-max-held-leases=0"}, "-max-held-leases"},
 		{"bad listen", nil, []string{"-listen=nope"}, "-listen"},
 		{"own address upstream", map[string]string{"COFFER_ADDR": "127.0.0.1:8500"}, nil, "own -listen address"},
 		{"own address upstream, with its scheme", map[string]string{"COFFER_ADDR": "n1:8400,http://127.0.0.1:8500/"}, nil, "own -listen address"},
