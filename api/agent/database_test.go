@@ -355,17 +355,39 @@ func TestAgentDatabaseOutage(t *testing.T) {
 // TestAgentDatabaseTokenRevoked: once the cluster refuses a token, the
 // agent drops the credentials it holds for it (no longer served, no
 // longer renewed), as the KV cache drops its answers; another token's
-// stay.
+// stay. A token whose policy no longer lets it read the role's
+// credentials is refused them within the token recheck too.
 func TestAgentDatabaseTokenRevoked(t *testing.T) {
 	e := newDBEnv(t, 1)
 	e.role(t, "reader", 30*time.Second, time.Minute)
 	ag := startAgent(t, dbAgentConfig(t, e.c))
 	conn := dial(t, ag.Addr()).conn
 	doomed, kept := e.token(t), e.token(t)
+	if _, err := e.root.WritePolicy(tctx(t), "narrowed", `path "database/creds/*" { capabilities = ["read"] }`); err != nil {
+		t.Fatal(err)
+	}
+	tk, err := e.root.CreateToken(tctx(t), &pb.CreateTokenRequest{Policies: []string{"narrowed"}, TtlSeconds: 3600})
+	if err != nil {
+		t.Fatal(err)
+	}
+	narrowed := tk.GetToken()
 	d := creds(t, conn, doomed, "reader")
 	k := creds(t, conn, kept, "reader")
-	if d.err != nil || k.err != nil {
-		t.Fatal(d, k)
+	n := creds(t, conn, narrowed, "reader")
+	if d.err != nil || k.err != nil || n.err != nil {
+		t.Fatal(d, k, n)
+	}
+	if _, err := e.root.WritePolicy(tctx(t), "narrowed", `path "database/creds/other" { capabilities = ["read"] }`); err != nil {
+		t.Fatal(err)
+	}
+	testcluster.WaitFor(t, 10*time.Second, "the narrowed token refused", func() error {
+		if c := creds(t, conn, narrowed, "reader"); status.Code(c.err) != codes.PermissionDenied {
+			return fmt.Errorf("creds after the policy change: %s", c)
+		}
+		return nil
+	})
+	if !ag.heldExpire(narrowed, "reader").IsZero() {
+		t.Fatal("the agent still holds credentials the token may no longer read")
 	}
 	if _, err := e.root.RevokeToken(tctx(t), &pb.RevokeTokenRequest{Token: doomed}); err != nil {
 		t.Fatal(err)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	mrand "math/rand/v2"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -266,10 +267,10 @@ func (st *credsStore) creds(ctx context.Context, token, role string) (*pb.Databa
 			}
 			continue // the lease is gone: fetch new credentials
 		}
-		if s.fetch == nil {
-			st.startFetchLocked(s, token)
-		}
 		call := s.fetch
+		if call == nil {
+			call = st.startFetchLocked(s, token)
+		}
 		st.mu.Unlock()
 		select {
 		case <-call.done:
@@ -325,36 +326,74 @@ func (st *credsStore) adoptLocked(s *credsSlot, token string) {
 	}
 }
 
-// recheck asks the cluster about the lease of credentials the agent
-// holds, with the caller's token, once the token's recheck is due: a
-// refused token drops everything held for it; a lease gone or no longer
-// active ends the credentials (out and err nil: fetch new ones); an
-// answer vouches for the token; no answer leaves them served while their
-// lease lasts.
+// recheck asks the cluster, with the caller's token, whether credentials
+// the agent holds may still be handed out, once the token's recheck is
+// due: whether the token may still read the role's credentials (its
+// capabilities on database/creds/ROLE: a policy change counts within the
+// recheck, as for cached KV answers) and whether their lease still runs
+// (Lease.Lookup). A refused token drops everything held for it; a token
+// that may no longer read, or a lease revoked or no longer active, ends
+// the credentials (out and err nil: the caller asks the cluster again);
+// an answer vouches for the token; no answer leaves them served (marked
+// stale) while their lease lasts.
 func (st *credsStore) recheck(ctx context.Context, s *credsSlot, l *heldLease, id, token string) (*pb.DatabaseCreds, credsState, error) {
-	info, err := st.a.client.LookupLease(api.WithToken(ctx, token), id)
-	now := time.Now()
-	state := "hit"
-	switch {
-	case err == nil:
-		st.a.noteContact()
-	case api.IsUnauthenticated(err):
-		st.dropToken(s.key.tokenHash, "the cluster refused the token")
-		return nil, credsState{}, &upstreamError{err}
-	case api.IsPermissionDenied(err):
-		// The token is valid; it may not look leases up.
-		st.a.noteContact()
-	case api.IsNotFound(err):
+	tctx := api.WithToken(ctx, token)
+	end := func(why string) (*pb.DatabaseCreds, credsState, error) {
 		st.a.noteContact()
 		st.mu.Lock()
 		if s.cur == l {
-			st.endLocked(s, "its lease was revoked", true)
+			st.endLocked(s, why, true)
 		}
 		st.mu.Unlock()
 		return nil, credsState{}, nil
-	case ctx.Err() != nil:
-		return nil, credsState{}, ctx.Err()
+	}
+	// refused handles the errors both calls share; done is false when the
+	// cluster could not answer.
+	refused := func(err error) (done bool, rerr error) {
+		switch {
+		case api.IsUnauthenticated(err):
+			st.dropToken(s.key.tokenHash, "the cluster refused the token")
+			return true, &upstreamError{err}
+		case ctx.Err() != nil:
+			return true, ctx.Err()
+		}
+		return false, nil
+	}
+	var info *pb.LeaseInfo
+	vouched := false
+	caps, err := st.a.client.Capabilities(tctx, "", "database/creds/"+s.key.role)
+	switch {
+	case err == nil:
+		vouched = true
+		if !mayRead(caps) {
+			return end("the token may no longer read the role's credentials")
+		}
+	case api.IsPermissionDenied(err):
+		// Its policies leave out sys/capabilities-self: the lookup vouches.
 	default:
+		if done, rerr := refused(err); done {
+			return nil, credsState{}, rerr
+		}
+	}
+	if err == nil || api.IsPermissionDenied(err) {
+		info, err = st.a.client.LookupLease(tctx, id)
+		switch {
+		case err == nil, api.IsPermissionDenied(err):
+			vouched = true // valid; a PermissionDenied token may not look leases up
+		case api.IsNotFound(err):
+			return end("its lease was revoked")
+		default:
+			if done, rerr := refused(err); done {
+				return nil, credsState{}, rerr
+			}
+		}
+	}
+	now := time.Now()
+	state := "hit"
+	if vouched {
+		st.a.noteContact()
+	}
+	if err != nil && !api.IsPermissionDenied(err) {
 		// The cluster could not answer: the lease still runs.
 		state = "stale"
 		st.a.logger.Debug("could not check a token's held database credentials with the cluster; serving them while their lease lasts", "role", s.key.role, "error", err)
@@ -364,10 +403,10 @@ func (st *credsStore) recheck(ctx context.Context, s *credsSlot, l *heldLease, i
 	if s.cur != l {
 		return nil, credsState{}, nil
 	}
-	if err == nil || api.IsPermissionDenied(err) {
+	if state == "hit" {
 		s.vouched = now
 	}
-	if err == nil {
+	if info != nil && err == nil {
 		if info.GetState() != "active" {
 			st.endLocked(s, "its lease is "+info.GetState(), true)
 			return nil, credsState{}, nil
@@ -380,6 +419,19 @@ func (st *credsStore) recheck(ctx context.Context, s *credsSlot, l *heldLease, i
 		return nil, credsState{}, nil
 	}
 	return st.handOutLocked(s, now), credsState{state, now.Sub(l.fetched)}, nil
+}
+
+// mayRead reports whether capabilities allow reading every path asked.
+func mayRead(caps *pb.CapabilitiesResponse) bool {
+	if len(caps.GetPaths()) == 0 {
+		return false
+	}
+	for _, p := range caps.GetPaths() {
+		if !slices.Contains(p.GetCapabilities(), "read") && !slices.Contains(p.GetCapabilities(), "root") {
+			return false
+		}
+	}
+	return true
 }
 
 // slotLocked returns the slot of key, creating it; past MaxHeldLeases
@@ -406,23 +458,24 @@ func (st *credsStore) slotLocked(key credsKey) (*credsSlot, error) {
 	return s, nil
 }
 
-// startFetchLocked starts the slot's Creds call with token. It runs on
+// startFetchLocked starts the slot's Creds call with token and returns
+// it (done at once, failed, once the agent is shutting down). It runs on
 // the agent's context, not a caller's: credentials issued for a caller
 // that gave up are held for the next.
-func (st *credsStore) startFetchLocked(s *credsSlot, token string) {
+func (st *credsStore) startFetchLocked(s *credsSlot, token string) *fetchCall {
 	call := &fetchCall{done: make(chan struct{})}
-	s.fetch = call
 	if st.closed {
 		call.err = ErrShuttingDown
-		s.fetch = nil
 		close(call.done)
-		return
+		return call
 	}
+	s.fetch = call
 	st.a.bg.Add(1)
 	go func() {
 		defer st.a.bg.Done()
 		st.runFetch(s, token, call)
 	}()
+	return call
 }
 
 // runFetch makes the slot's Creds call and installs its answer.
@@ -488,12 +541,14 @@ func (st *credsStore) fetchError(s *credsSlot, err error) error {
 	return unreachableError(err, fmt.Sprintf("the agent holds no database credentials of role %q for this token", s.key.role))
 }
 
-// unreachableError is the agent's Unavailable answer when no upstream
-// node could answer and it holds nothing to answer with instead.
+// unreachableError is the agent's answer when no upstream node could
+// answer and it holds nothing to answer with instead: the cluster's
+// Unavailable, said from the agent's side.
 func unreachableError(err error, why string) error {
 	st := status.Convert(err)
 	msg := fmt.Sprintf("coffer agent: no upstream node could answer, and %s: %s", why, st.Message())
 	if api.IsUnreachable(err) {
+		// The caller reached the agent; the agent reached no node.
 		return api.StatusError(codes.Unavailable, pb.ErrorReason_UPSTREAM_UNREACHABLE, msg)
 	}
 	return restate(st, msg)
@@ -676,6 +731,9 @@ func (st *credsStore) run(s *credsSlot) {
 func (st *credsStore) renew(s *credsSlot, l *heldLease, id, token string) {
 	info, err := st.a.client.RenewLease(api.WithToken(st.a.stopCtx, token), id, 0)
 	now := time.Now()
+	if st.a.stopCtx.Err() != nil {
+		return // shutting down: the lease stays as it is
+	}
 	if err != nil && api.IsUnauthenticated(err) {
 		st.dropToken(s.key.tokenHash, "the cluster refused the token when the agent renewed a lease")
 		return
@@ -725,14 +783,17 @@ func (st *credsStore) switchCreds(s *credsSlot, l *heldLease, token string) {
 		st.mu.Unlock()
 		return
 	}
-	if s.fetch == nil {
-		st.startFetchLocked(s, token)
-	}
 	call := s.fetch
+	if call == nil {
+		call = st.startFetchLocked(s, token)
+	}
 	st.mu.Unlock()
 	select {
 	case <-call.done:
 	case <-st.a.stopCtx.Done():
+		return
+	}
+	if st.a.stopCtx.Err() != nil {
 		return
 	}
 	st.mu.Lock()
