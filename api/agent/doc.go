@@ -95,13 +95,16 @@
 // time). Credentials are handed out only while at least
 // Config.LeaseMargin (-lease-margin, 2 s) of their lease is left.
 //
-// Before handing held credentials out, the agent asks the cluster about
-// their lease (Lease.Lookup with the caller's token) when the token was
-// last accepted more than Cache.TokenRecheck ago: a lease revoked meanwhile
-// means new credentials, and a refused token drops everything held for it
-// (as does any call through the agent that the cluster refuses as
-// Unauthenticated, and a refused renewal), so those credentials are
-// neither served nor renewed again. The agent holds at most
+// Before handing held credentials out, when the cluster last accepted the
+// token more than Cache.TokenRecheck ago, the agent asks it, with the
+// caller's token, whether the token may still read database/creds/ROLE
+// (Token.Capabilities; a policy change counts within the recheck, as for
+// cached KV answers) and whether the lease still runs (Lease.Lookup). A
+// token that may no longer read, or a lease revoked meanwhile, ends the
+// held credentials (the call then goes to the cluster); a refused token
+// drops everything held for it (as does any call through the agent that
+// the cluster refuses as Unauthenticated, and a refused renewal), so those
+// credentials are neither served nor renewed again. The agent holds at most
 // Config.MaxHeldLeases credentials (a caller beyond is refused with
 // ResourceExhausted).
 //
