@@ -27,8 +27,12 @@ import (
 	"coffer/internal/grpcutil"
 )
 
-// kvService is the health service name of the KV API.
-const kvService = "coffer.v1.KV"
+// The health service names of the APIs the agent serves.
+const (
+	kvService       = "coffer.v1.KV"
+	databaseService = "coffer.v1.Database"
+	leaseService    = "coffer.v1.Lease"
+)
 
 // Agent is a running coffer agent. Create it with New, start it with Start
 // and stop it with Shutdown.
@@ -42,7 +46,8 @@ type Agent struct {
 	authed    chan struct{}
 	authReady sync.Once
 	cache     *api.Cache
-	file      *cacheFile // nil without CacheDir
+	held      *credsStore // the database credentials the agent holds
+	file      *cacheFile  // nil without CacheDir
 
 	lis    net.Listener
 	grpc   *grpc.Server
@@ -79,7 +84,7 @@ func New(cfg Config) (*Agent, error) {
 	a := &Agent{cfg: cfg, logger: cfg.Logger, started: time.Now(), authed: make(chan struct{})}
 	a.stopCtx, a.stopFunc = context.WithCancel(context.Background())
 
-	var restored []api.CacheRecord
+	var restored cacheContents
 	if cfg.CacheDir != "" {
 		keys, err := deriveKeys(cfg.CacheKey)
 		if err != nil {
@@ -93,16 +98,17 @@ func New(cfg Config) (*Agent, error) {
 		for _, n := range notes {
 			a.logger.Info("cache directory: " + n)
 		}
-		recs, written, err := a.file.load()
+		contents, written, err := a.file.load()
 		switch {
 		case errors.Is(err, ErrCorruptCacheFile):
 			a.logger.Warn("ignoring the cache file: starting with an empty cache", "file", a.file.path(), "error", err)
 		case err != nil:
 			return nil, err
 		default:
-			restored = recs
-			if len(recs) > 0 {
-				a.logger.Info("read the cache file", "file", a.file.path(), "entries", len(recs), "written", written.Format(time.RFC3339))
+			restored = contents
+			if n := len(contents.Records) + len(contents.Leases) + len(contents.Static); n > 0 {
+				a.logger.Info("read the cache file", "file", a.file.path(), "entries", len(contents.Records),
+					"database_credentials", len(contents.Leases), "static_passwords", len(contents.Static), "written", written.Format(time.RFC3339))
 			}
 		}
 	}
@@ -115,16 +121,22 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	a.client, a.cache = client, client.Cache()
-	if len(restored) > 0 {
+	a.held = newCredsStore(a)
+	if recs := restored.Records; len(recs) > 0 {
 		// A restored entry may have missed changes while the agent was
 		// down: it counts as expired, served only while no upstream node
 		// answers.
 		now := time.Now()
-		for i := range restored {
-			restored[i].Expires = minTime(restored[i].Expires, now)
+		for i := range recs {
+			recs[i].Expires = minTime(recs[i].Expires, now)
 		}
-		n := a.cache.Restore(restored)
-		a.logger.Info("restored cached answers (served only while the cluster is unreachable, until refreshed)", "entries", n, "dropped_past_max_stale", len(restored)-n)
+		n := a.cache.Restore(recs)
+		a.logger.Info("restored cached answers (served only while the cluster is unreachable, until refreshed)", "entries", n, "dropped_past_max_stale", len(recs)-n)
+	}
+	if len(restored.Leases)+len(restored.Static) > 0 {
+		nh, ns := a.held.restore(restored.Leases, restored.Static)
+		a.logger.Info("restored database credentials whose lease is still valid (checked with the cluster at their token's first call)",
+			"credentials", nh, "static_passwords", ns, "dropped_ended", len(restored.Leases)+len(restored.Static)-nh-ns)
 	}
 
 	a.lis, err = listen(cfg.Listen)
@@ -134,7 +146,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a.health = health.NewServer()
 	a.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	a.health.SetServingStatus(kvService, healthpb.HealthCheckResponse_SERVING)
+	for _, svc := range []string{kvService, databaseService, leaseService} {
+		a.health.SetServingStatus(svc, healthpb.HealthCheckResponse_SERVING)
+	}
 	a.grpc = grpc.NewServer(
 		grpc.ChainUnaryInterceptor(grpcutil.RecoverUnary(a.logger, agentInternal), a.unaryInterceptor),
 		grpc.ChainStreamInterceptor(grpcutil.RecoverStream(a.logger, agentInternal), a.streamInterceptor),
@@ -142,6 +156,8 @@ func New(cfg Config) (*Agent, error) {
 	)
 	pb.RegisterKVServer(a.grpc, &kvServer{a: a})
 	pb.RegisterSysServer(a.grpc, &sysServer{a: a})
+	pb.RegisterDatabaseServer(a.grpc, &dbServer{a: a})
+	pb.RegisterLeaseServer(a.grpc, &leaseServer{a: a})
 	healthpb.RegisterHealthServer(a.grpc, a.health)
 	reflection.Register(a.grpc)
 	return a, nil
@@ -180,6 +196,7 @@ func (a *Agent) Start() {
 		a.bg.Add(1)
 		go a.autoAuth()
 	}
+	a.held.start()
 }
 
 // listen opens the agent's listener: TCP, or a unix socket that only the
@@ -231,6 +248,7 @@ func (a *Agent) Shutdown(ctx context.Context) error {
 		a.stopFunc()
 		serving := a.serving
 		a.mu.Unlock()
+		a.held.close()
 		a.health.Shutdown()
 		if serving {
 			stopped := make(chan struct{})
@@ -270,11 +288,12 @@ func (a *Agent) Persist() error {
 	}
 	a.persistMu.Lock()
 	defer a.persistMu.Unlock()
-	recs := a.cache.Records()
-	if err := a.file.save(recs, time.Now()); err != nil {
+	c := cacheContents{Records: a.cache.Records()}
+	c.Leases, c.Static = a.held.records()
+	if err := a.file.save(c, time.Now()); err != nil {
 		return err
 	}
-	a.logger.Debug("wrote the cache file", "entries", len(recs))
+	a.logger.Debug("wrote the cache file", "entries", len(c.Records), "database_credentials", len(c.Leases), "static_passwords", len(c.Static))
 	return nil
 }
 
@@ -288,6 +307,7 @@ func (a *Agent) persistLoop() {
 		case <-a.stopCtx.Done():
 			return
 		case <-changed:
+		case <-a.held.changed:
 		}
 		t := time.NewTimer(a.cfg.PersistDelay)
 		select {
@@ -299,6 +319,10 @@ func (a *Agent) persistLoop() {
 		// Ask for the next change before taking the records, so that no
 		// change falls between them.
 		changed = a.cache.Changed()
+		select {
+		case <-a.held.changed:
+		default:
+		}
 		if err := a.Persist(); err != nil {
 			a.logger.Warn("writing the cache file failed: the previous copy stays", "error", err)
 		}
@@ -320,16 +344,30 @@ func (a *Agent) callerContext(ctx context.Context) (context.Context, error) {
 		if !a.cfg.UseAgentToken {
 			return nil, ErrNoToken
 		}
-		return api.WithToken(ctx, a.ownToken()), nil // the agent's own token
+		return withCallerToken(ctx, a.ownToken()), nil // the agent's own token
 	case 1:
 		token, ok := strings.CutPrefix(vals[0], "Bearer ")
 		if !ok || token == "" {
 			return nil, ErrBadAuthorization
 		}
-		return api.WithToken(ctx, token), nil
+		return withCallerToken(ctx, token), nil
 	default:
 		return nil, ErrBadAuthorization
 	}
+}
+
+type callerTokenKey struct{}
+
+// withCallerToken returns ctx whose upstream calls carry token
+// (api.WithToken) and from which callerToken reads it.
+func withCallerToken(ctx context.Context, token string) context.Context {
+	return context.WithValue(api.WithToken(ctx, token), callerTokenKey{}, token)
+}
+
+// callerToken is the token of the call in ctx ("" for a public call).
+func callerToken(ctx context.Context) string {
+	t, _ := ctx.Value(callerTokenKey{}).(string)
+	return t
 }
 
 // agentInternal is what a caller learns of a call that failed inside the
@@ -358,6 +396,13 @@ func (a *Agent) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryS
 		return nil, a.toStatus(info.FullMethod, err)
 	}
 	resp, err := handler(ctx, req)
+	if err != nil && api.IsUnauthenticated(err) {
+		if token := callerToken(ctx); token != "" {
+			// The cluster refused the token: nothing held for it may be
+			// served again.
+			a.held.dropToken(api.TokenHash(token), "the cluster refused the token")
+		}
+	}
 	if err != nil {
 		err = a.toStatus(info.FullMethod, err)
 		a.logger.Debug("call failed", "method", info.FullMethod, "code", status.Code(err))

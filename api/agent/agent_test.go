@@ -208,9 +208,9 @@ func TestAgentOutage(t *testing.T) {
 	}
 	// The cache file follows the cache (debounced) and holds no plaintext.
 	testcluster.WaitFor(t, 10*time.Second, "the cache file", func() error {
-		recs, _, err := ag.file.load()
-		if err != nil || len(recs) != 1 { // one token (the agent's is the root token too), one path
-			return fmt.Errorf("%d records, %v", len(recs), err)
+		c, _, err := ag.file.load()
+		if err != nil || len(c.Records) != 1 { // one token (the agent's is the root token too), one path
+			return fmt.Errorf("%d records, %v", len(c.Records), err)
 		}
 		return nil
 	})

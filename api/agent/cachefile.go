@@ -36,10 +36,45 @@ const (
 	aadLabel   = "coffer agent cache v1: cache file"
 )
 
-// fileBody is the plaintext inside the box.
+// fileBody is the plaintext inside the box. Leases and Static came after
+// the first files: a file without them holds none.
 type fileBody struct {
-	Written time.Time   `json:"written"`
-	Entries []fileEntry `json:"entries"`
+	Written time.Time    `json:"written"`
+	Entries []fileEntry  `json:"entries"`
+	Leases  []fileLease  `json:"leases,omitempty"`
+	Static  []fileStatic `json:"static_creds,omitempty"`
+}
+
+// cacheContents is what the cache file keeps: the cached KV answers, the
+// database credentials the agent holds, and the static-role passwords it
+// keeps for outages.
+type cacheContents struct {
+	Records []api.CacheRecord
+	Leases  []heldRecord
+	Static  []staticRecord
+}
+
+// fileLease is one heldRecord; Creds is the protobuf DatabaseCreds.
+type fileLease struct {
+	TokenHash string    `json:"token_hash"`
+	Role      string    `json:"role"`
+	Creds     []byte    `json:"creds"`
+	Anchor    time.Time `json:"anchor"`
+	Fetched   time.Time `json:"fetched"`
+	Expire    time.Time `json:"expire"`
+	MaxExpire time.Time `json:"max_expire"`
+	Renewable bool      `json:"renewable,omitempty"`
+	AtMax     bool      `json:"at_max,omitempty"`
+}
+
+// fileStatic is one staticRecord; Creds is the protobuf
+// DatabaseStaticCreds.
+type fileStatic struct {
+	TokenHash string    `json:"token_hash"`
+	Name      string    `json:"name"`
+	Creds     []byte    `json:"creds"`
+	Fetched   time.Time `json:"fetched"`
+	Until     time.Time `json:"until"`
 }
 
 // fileEntry is one api.CacheRecord; Response is the protobuf GetResponse.
@@ -88,10 +123,10 @@ func aad(header []byte) []byte {
 	return append([]byte(aadLabel), header...)
 }
 
-// encodeCacheFile seals recs into the cache file's bytes.
-func encodeCacheFile(keys *fileKeys, recs []api.CacheRecord, now time.Time) ([]byte, error) {
-	body := fileBody{Written: now.UTC(), Entries: make([]fileEntry, 0, len(recs))}
-	for _, r := range recs {
+// encodeCacheFile seals c into the cache file's bytes.
+func encodeCacheFile(keys *fileKeys, c cacheContents, now time.Time) ([]byte, error) {
+	body := fileBody{Written: now.UTC(), Entries: make([]fileEntry, 0, len(c.Records))}
+	for _, r := range c.Records {
 		resp, err := proto.Marshal(r.Response)
 		if err != nil {
 			return nil, fmt.Errorf("agent: encoding a cache entry: %w", err)
@@ -100,6 +135,24 @@ func encodeCacheFile(keys *fileKeys, recs []api.CacheRecord, now time.Time) ([]b
 			TokenHash: r.Key.TokenHash, Path: r.Key.Path, Version: r.Key.Version,
 			Index: r.Index, Fetched: r.Fetched, Expires: r.Expires, Response: resp,
 		})
+	}
+	for _, l := range c.Leases {
+		cr, err := proto.Marshal(l.Creds)
+		if err != nil {
+			return nil, fmt.Errorf("agent: encoding held credentials: %w", err)
+		}
+		body.Leases = append(body.Leases, fileLease{
+			TokenHash: l.Key.tokenHash, Role: l.Key.role, Creds: cr,
+			Anchor: l.Anchor, Fetched: l.Fetched, Expire: l.Expire, MaxExpire: l.MaxExpire,
+			Renewable: l.Renewable, AtMax: l.AtMax,
+		})
+	}
+	for _, r := range c.Static {
+		cr, err := proto.Marshal(r.Creds)
+		if err != nil {
+			return nil, fmt.Errorf("agent: encoding a static password: %w", err)
+		}
+		body.Static = append(body.Static, fileStatic{TokenHash: r.Key.tokenHash, Name: r.Key.role, Creds: cr, Fetched: r.Fetched, Until: r.Until})
 	}
 	plain, err := json.Marshal(body)
 	if err != nil {
@@ -122,52 +175,88 @@ func encodeCacheFile(keys *fileKeys, recs []api.CacheRecord, now time.Time) ([]b
 // decodeCacheFile opens the cache file's bytes. It fails with
 // ErrWrongCacheKey when the file was written with another key, and with
 // ErrCorruptCacheFile when it does not decode.
-func decodeCacheFile(keys *fileKeys, b []byte) ([]api.CacheRecord, time.Time, error) {
+func decodeCacheFile(keys *fileKeys, b []byte) (cacheContents, time.Time, error) {
+	var none cacheContents
 	corrupt := func(format string, args ...any) error {
 		return fmt.Errorf("%w: %s", ErrCorruptCacheFile, fmt.Sprintf(format, args...))
 	}
 	if len(b) < headerSize+keys.aead.Overhead() {
-		return nil, time.Time{}, corrupt("%d bytes, shorter than a header", len(b))
+		return none, time.Time{}, corrupt("%d bytes, shorter than a header", len(b))
 	}
 	if string(b[:len(fileMagic)]) != fileMagic {
-		return nil, time.Time{}, corrupt("not a coffer agent cache file")
+		return none, time.Time{}, corrupt("not a coffer agent cache file")
 	}
 	if v := b[len(fileMagic)]; v != fileVersion {
-		return nil, time.Time{}, corrupt("version %d, this agent reads version %d", v, fileVersion)
+		return none, time.Time{}, corrupt("version %d, this agent reads version %d", v, fileVersion)
 	}
 	check := b[len(fileMagic)+1 : len(fileMagic)+1+checkSize]
 	if subtle.ConstantTimeCompare(check, keys.check) != 1 {
-		return nil, time.Time{}, ErrWrongCacheKey
+		return none, time.Time{}, ErrWrongCacheKey
 	}
 	header := b[:headerSize]
 	nonce := header[headerSize-nonceSize:]
 	plain, err := keys.aead.Open(nil, nonce, b[headerSize:], aad(header))
 	if err != nil {
-		return nil, time.Time{}, corrupt("authentication failed (the file was altered or truncated)")
+		return none, time.Time{}, corrupt("authentication failed (the file was altered or truncated)")
 	}
 	defer clear(plain)
 	var body fileBody
 	if err := json.Unmarshal(plain, &body); err != nil {
-		return nil, time.Time{}, corrupt("%v", err)
+		return none, time.Time{}, corrupt("%v", err)
 	}
 	recs := make([]api.CacheRecord, 0, len(body.Entries))
 	for i, e := range body.Entries {
-		if _, err := hex.DecodeString(e.TokenHash); err != nil || len(e.TokenHash) != 2*sha256.Size {
-			return nil, time.Time{}, corrupt("entry %d: bad token hash", i)
+		if !validTokenHash(e.TokenHash) {
+			return none, time.Time{}, corrupt("entry %d: bad token hash", i)
 		}
 		if e.Path == "" {
-			return nil, time.Time{}, corrupt("entry %d: no path", i)
+			return none, time.Time{}, corrupt("entry %d: no path", i)
 		}
 		resp := new(pb.GetResponse)
 		if err := proto.Unmarshal(e.Response, resp); err != nil {
-			return nil, time.Time{}, corrupt("entry %d: %v", i, err)
+			return none, time.Time{}, corrupt("entry %d: %v", i, err)
 		}
 		recs = append(recs, api.CacheRecord{
 			Key:      api.CacheKey{TokenHash: e.TokenHash, Path: e.Path, Version: e.Version},
 			Response: resp, Index: e.Index, Fetched: e.Fetched, Expires: e.Expires,
 		})
 	}
-	return recs, body.Written, nil
+	c := cacheContents{Records: recs}
+	for i, e := range body.Leases {
+		cr := new(pb.DatabaseCreds)
+		switch {
+		case !validTokenHash(e.TokenHash):
+			return none, time.Time{}, corrupt("held credentials %d: bad token hash", i)
+		case e.Role == "":
+			return none, time.Time{}, corrupt("held credentials %d: no role", i)
+		case proto.Unmarshal(e.Creds, cr) != nil || cr.GetLeaseId() == "":
+			return none, time.Time{}, corrupt("held credentials %d: bad credentials", i)
+		}
+		c.Leases = append(c.Leases, heldRecord{
+			Key: credsKey{tokenHash: e.TokenHash, role: e.Role}, Creds: cr,
+			Anchor: e.Anchor, Fetched: e.Fetched, Expire: e.Expire, MaxExpire: e.MaxExpire,
+			Renewable: e.Renewable, AtMax: e.AtMax,
+		})
+	}
+	for i, e := range body.Static {
+		cr := new(pb.DatabaseStaticCreds)
+		switch {
+		case !validTokenHash(e.TokenHash):
+			return none, time.Time{}, corrupt("static password %d: bad token hash", i)
+		case e.Name == "":
+			return none, time.Time{}, corrupt("static password %d: no name", i)
+		case proto.Unmarshal(e.Creds, cr) != nil:
+			return none, time.Time{}, corrupt("static password %d: bad answer", i)
+		}
+		c.Static = append(c.Static, staticRecord{Key: credsKey{tokenHash: e.TokenHash, role: e.Name}, Creds: cr, Fetched: e.Fetched, Until: e.Until})
+	}
+	return c, body.Written, nil
+}
+
+// validTokenHash reports whether h is a token hash (hex SHA-256).
+func validTokenHash(h string) bool {
+	_, err := hex.DecodeString(h)
+	return err == nil && len(h) == 2*sha256.Size
 }
 
 // cacheFile is the cache file of one cache directory.
@@ -210,26 +299,26 @@ func (f *cacheFile) prepare() (notes []string, err error) {
 }
 
 // load reads the file. A missing file is an empty cache.
-func (f *cacheFile) load() ([]api.CacheRecord, time.Time, error) {
+func (f *cacheFile) load() (cacheContents, time.Time, error) {
 	b, err := os.ReadFile(f.path())
 	if errors.Is(err, fs.ErrNotExist) {
-		return nil, time.Time{}, nil
+		return cacheContents{}, time.Time{}, nil
 	}
 	if err != nil {
-		return nil, time.Time{}, fmt.Errorf("agent: reading the cache file: %w", err)
+		return cacheContents{}, time.Time{}, fmt.Errorf("agent: reading the cache file: %w", err)
 	}
-	recs, written, err := decodeCacheFile(f.keys, b)
+	c, written, err := decodeCacheFile(f.keys, b)
 	if errors.Is(err, ErrWrongCacheKey) {
-		return nil, time.Time{}, fmt.Errorf("%w: %s was not written with the key from %s: give the key it was written with, or remove the file to start with an empty cache",
+		return cacheContents{}, time.Time{}, fmt.Errorf("%w: %s was not written with the key from %s: give the key it was written with, or remove the file to start with an empty cache",
 			ErrWrongCacheKey, f.path(), f.source)
 	}
-	return recs, written, err
+	return c, written, err
 }
 
-// save writes recs atomically: a temporary file (mode 0600) in the same
+// save writes c atomically: a temporary file (mode 0600) in the same
 // directory, fsync, rename over the file, fsync of the directory.
-func (f *cacheFile) save(recs []api.CacheRecord, now time.Time) error {
-	b, err := encodeCacheFile(f.keys, recs, now)
+func (f *cacheFile) save(c cacheContents, now time.Time) error {
+	b, err := encodeCacheFile(f.keys, c, now)
 	if err != nil {
 		return err
 	}

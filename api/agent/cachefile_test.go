@@ -49,7 +49,7 @@ func TestCacheFileRoundTrip(t *testing.T) {
 	marker := "file-marker-4f9a"
 	recs := testRecords(marker, now)
 	keys := mustKeys(t, newKey())
-	b, err := encodeCacheFile(keys, recs, now)
+	b, err := encodeCacheFile(keys, cacheContents{Records: recs}, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,10 +61,11 @@ func TestCacheFileRoundTrip(t *testing.T) {
 	if !bytes.HasPrefix(b, []byte(fileMagic+"\x01")) {
 		t.Fatalf("header: %q", b[:9])
 	}
-	got, written, err := decodeCacheFile(keys, b)
+	c, written, err := decodeCacheFile(keys, b)
 	if err != nil {
 		t.Fatal(err)
 	}
+	got := c.Records
 	if !written.Equal(now) || len(got) != len(recs) {
 		t.Fatalf("written %v, %d records", written, len(got))
 	}
@@ -75,7 +76,7 @@ func TestCacheFileRoundTrip(t *testing.T) {
 		}
 	}
 	// Two writes of the same records differ (fresh nonce).
-	b2, _ := encodeCacheFile(keys, recs, now)
+	b2, _ := encodeCacheFile(keys, cacheContents{Records: recs}, now)
 	if bytes.Equal(b, b2) {
 		t.Fatal("two encodings are identical: nonce reused")
 	}
@@ -84,7 +85,7 @@ func TestCacheFileRoundTrip(t *testing.T) {
 func TestCacheFileWrongKeyAndCorruption(t *testing.T) {
 	now := time.Now()
 	keys := mustKeys(t, newKey())
-	b, err := encodeCacheFile(keys, testRecords("m", now), now)
+	b, err := encodeCacheFile(keys, cacheContents{Records: testRecords("m", now)}, now)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -116,7 +117,7 @@ func TestCacheFileWrongKeyAndCorruption(t *testing.T) {
 		t.Errorf("altered key check: %v", err)
 	}
 	// A box that authenticates but holds a bad entry is corrupt too.
-	bad, _ := encodeCacheFile(keys, []api.CacheRecord{{Key: api.CacheKey{TokenHash: "token-in-clear", Path: "secret/x"}, Response: &pb.GetResponse{}}}, now)
+	bad, _ := encodeCacheFile(keys, cacheContents{Records: []api.CacheRecord{{Key: api.CacheKey{TokenHash: "token-in-clear", Path: "secret/x"}, Response: &pb.GetResponse{}}}}, now)
 	if _, _, err := decodeCacheFile(keys, bad); !errors.Is(err, ErrCorruptCacheFile) {
 		t.Errorf("bad token hash: %v", err)
 	}
@@ -128,21 +129,24 @@ func FuzzDecodeCacheFile(f *testing.F) {
 	key := bytes.Repeat([]byte{7}, KeySize)
 	keys, _ := deriveKeys(key)
 	now := time.Unix(1_800_000_000, 0)
-	good, _ := encodeCacheFile(keys, testRecords("m", now), now)
-	empty, _ := encodeCacheFile(keys, nil, now)
+	good, _ := encodeCacheFile(keys, cacheContents{Records: testRecords("m", now)}, now)
+	empty, _ := encodeCacheFile(keys, cacheContents{}, now)
+	held, statics := testHeld("m", now)
+	withHeld, _ := encodeCacheFile(keys, cacheContents{Records: testRecords("m", now), Leases: held, Static: statics}, now)
 	f.Add(good)
 	f.Add(empty)
+	f.Add(withHeld)
 	f.Add([]byte(fileMagic))
 	f.Add(good[:headerSize])
 	f.Fuzz(func(t *testing.T, b []byte) {
-		recs, _, err := decodeCacheFile(keys, b)
+		c, _, err := decodeCacheFile(keys, b)
 		if err != nil {
 			if !errors.Is(err, ErrCorruptCacheFile) && !errors.Is(err, ErrWrongCacheKey) {
 				t.Fatalf("unexpected error: %v", err)
 			}
 			return
 		}
-		if _, err := encodeCacheFile(keys, recs, now); err != nil {
+		if _, err := encodeCacheFile(keys, c, now); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -171,12 +175,12 @@ func TestCacheFileSave(t *testing.T) {
 	if _, err := os.Stat(leftover); !os.IsNotExist(err) {
 		t.Fatalf("leftover temporary file: %v", err)
 	}
-	if recs, _, err := f.load(); err != nil || recs != nil {
-		t.Fatalf("load without a file: %v %v", recs, err)
+	if c, _, err := f.load(); err != nil || c.Records != nil || c.Leases != nil || c.Static != nil {
+		t.Fatalf("load without a file: %v %v", c, err)
 	}
 	now := time.Now()
 	for i := range 3 {
-		if err := f.save(testRecords("save-marker", now.Add(time.Duration(i))), now); err != nil {
+		if err := f.save(cacheContents{Records: testRecords("save-marker", now.Add(time.Duration(i)))}, now); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -188,8 +192,8 @@ func TestCacheFileSave(t *testing.T) {
 		t.Fatalf("file mode %s", info.Mode().Perm())
 	}
 	grepDir(t, dir, "save-marker")
-	if recs, _, err := f.load(); err != nil || len(recs) != 2 {
-		t.Fatalf("load: %d %v", len(recs), err)
+	if c, _, err := f.load(); err != nil || len(c.Records) != 2 {
+		t.Fatalf("load: %d %v", len(c.Records), err)
 	}
 }
 
@@ -239,7 +243,7 @@ func TestAgentCacheFileAtStart(t *testing.T) {
 	// A good file: its entries come back, as expired.
 	now := time.Now()
 	f := &cacheFile{dir: dir, keys: mustKeys(t, key)}
-	if err := f.save(testRecords("restored", now), now); err != nil {
+	if err := f.save(cacheContents{Records: testRecords("restored", now)}, now); err != nil {
 		t.Fatal(err)
 	}
 	a, err = New(cfg)

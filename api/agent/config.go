@@ -32,6 +32,12 @@ const (
 	DefaultNodeID = "agent"
 	// DefaultShutdownTimeout bounds the graceful stop of the gRPC server.
 	DefaultShutdownTimeout = 5 * time.Second
+	// DefaultLeaseMargin is how much of a lease must be left for the agent
+	// to hand its database credentials out.
+	DefaultLeaseMargin = 2 * time.Second
+	// DefaultMaxHeldLeases bounds the database credentials the agent holds
+	// (one per token and role) and the static-role answers it keeps.
+	DefaultMaxHeldLeases = 1024
 
 	// EnvCacheKey holds the base64 cache key when no key file is given.
 	EnvCacheKey = "COFFER_AGENT_CACHE_KEY"
@@ -77,6 +83,15 @@ type Config struct {
 	// PersistDelay is how long changes are gathered before the cache file
 	// is written. Default 1s.
 	PersistDelay time.Duration
+	// LeaseMargin is how much of a lease must be left for the agent to
+	// hand its database credentials out (and of a static role's password
+	// before its next rotation, during an outage): the caller must have
+	// time to log in with them. Default 2s.
+	LeaseMargin time.Duration
+	// MaxHeldLeases bounds the database credentials the agent holds, one
+	// per token and dynamic role (a caller beyond it is refused), and the
+	// static-role answers it keeps for outages. Default 1024.
+	MaxHeldLeases int
 	// NodeID is the node id Sys.Status reports. Default "agent".
 	NodeID string
 	// Version is the version Sys.Status reports.
@@ -95,6 +110,8 @@ func DefaultConfig() Config {
 		Listen:          DefaultListen,
 		Cache:           api.CacheConfig{TTL: DefaultTTL, MaxStale: DefaultMaxStale},
 		PersistDelay:    DefaultPersistDelay,
+		LeaseMargin:     DefaultLeaseMargin,
+		MaxHeldLeases:   DefaultMaxHeldLeases,
 		NodeID:          DefaultNodeID,
 		ShutdownTimeout: DefaultShutdownTimeout,
 	}
@@ -135,6 +152,12 @@ func (c Config) Validate() error {
 	if c.ShutdownTimeout < 0 {
 		return fmt.Errorf("%w: ShutdownTimeout is negative (%s): use 0 for the default", ErrInvalidConfig, c.ShutdownTimeout)
 	}
+	if c.LeaseMargin < 0 {
+		return fmt.Errorf("%w: -lease-margin is negative (%s): use 0 for the default", ErrInvalidConfig, c.LeaseMargin)
+	}
+	if c.MaxHeldLeases < 0 {
+		return fmt.Errorf("%w: -max-held-leases is negative (%d): use 0 for the default", ErrInvalidConfig, c.MaxHeldLeases)
+	}
 	switch {
 	case c.CacheDir != "" && len(c.CacheKey) == 0:
 		return ErrNoCacheKey
@@ -171,6 +194,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if c.LeaseMargin == 0 {
+		c.LeaseMargin = DefaultLeaseMargin
+	}
+	if c.MaxHeldLeases == 0 {
+		c.MaxHeldLeases = DefaultMaxHeldLeases
 	}
 	if c.Logger == nil {
 		c.Logger = hclog.NewNullLogger()

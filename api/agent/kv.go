@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strconv"
 
 	"google.golang.org/grpc"
@@ -71,13 +70,7 @@ func (a *Agent) getError(path string, err error) error {
 	if a.cfg.Cache.MaxStale < 0 {
 		why = "the agent serves no stale answers (-max-stale=0)"
 	}
-	st := status.Convert(err)
-	msg := fmt.Sprintf("coffer agent: no upstream node could answer, and %s: %s", why, st.Message())
-	if api.IsUnreachable(err) {
-		// The caller reached the agent; the agent reached no node.
-		return api.StatusError(codes.Unavailable, pb.ErrorReason_UPSTREAM_UNREACHABLE, msg)
-	}
-	return restate(st, msg)
+	return unreachableError(err, why)
 }
 
 // List lists keys through the cluster (not cached).

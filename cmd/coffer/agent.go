@@ -52,8 +52,19 @@ answers, cached values are served, marked stale with their age, up to
 -max-stale past their -ttl; then reads fail with a clear error. During such
 a full outage the agent cannot learn of a revocation: by design, a revoked
 token's values stay servable within -max-stale.
--cache-dir keeps an encrypted copy of the cache on disk (AES-256-GCM; key:
-32 bytes, raw or base64, from -cache-key-file or base64 in
+
+Database credentials (coffer database creds ROLE through the agent) are
+fetched once per token and role and handed to every caller with that token
+while their lease runs; the agent renews the lease at two thirds of its
+remaining TTL and fetches new credentials before its max TTL (when 10-20 %
+of its life is left). When no node answers, the credentials it holds are
+served only while at least -lease-margin of their lease is left, never
+after; a static role's password (database static-creds) until the role's
+next rotation.
+
+-cache-dir keeps an encrypted copy of the cache, and of the database
+credentials the agent holds while their lease runs, on disk (AES-256-GCM;
+key: 32 bytes, raw or base64, from -cache-key-file or base64 in
 $`+agent.EnvCacheKey+`), so an agent restarted during an outage still
 serves. Stop it with SIGINT or SIGTERM.`).withClient()
 	listen := f.fs.String("listen", agent.DefaultListen, "gRPC listen address of the agent: host:port, or unix:///path for a unix socket (mode 0600)")
@@ -65,6 +76,8 @@ serves. Stop it with SIGINT or SIGTERM.`).withClient()
 	ttl := f.fs.Duration("ttl", agent.DefaultTTL, "serve a cached value this long without asking the cluster")
 	recheck := f.fs.Duration("token-recheck", api.DefaultTokenRecheck, "serve a token's cached values this long after the cluster last accepted the token; then ask again, and drop them all when it refuses (revoked, expired)")
 	entries := f.fs.Int("cache-entries", api.DefaultCacheEntries, "most cached answers kept (least recently used dropped first)")
+	leaseMargin := f.fs.Duration("lease-margin", agent.DefaultLeaseMargin, "hand database credentials out only while at least this much of their lease is left (of a static password, before its next rotation)")
+	maxHeld := f.fs.Int("max-held-leases", agent.DefaultMaxHeldLeases, "most database credentials held (one per token and role); a caller beyond it is refused")
 	authMethod := f.fs.String("auth-method", "", "log in for the service and lend that token on the unix socket: approle, jwt or cert (renewed, or logged in again, before it expires)")
 	roleIDFile := f.fs.String("role-id-file", "", "with -auth-method=approle: file holding the role_id")
 	secretIDFile := f.fs.String("secret-id-file", "", "with -auth-method=approle: file holding the secret_id")
@@ -93,6 +106,12 @@ serves. Stop it with SIGINT or SIGTERM.`).withClient()
 	}
 	if *entries <= 0 {
 		return nil, usageErrorf(f.name, "-cache-entries=%d: want a positive number", *entries)
+	}
+	if *leaseMargin <= 0 {
+		return nil, usageErrorf(f.name, "-lease-margin=%s: want a positive duration such as 2s", *leaseMargin)
+	}
+	if *maxHeld <= 0 {
+		return nil, usageErrorf(f.name, "-max-held-leases=%d: want a positive number", *maxHeld)
 	}
 	if _, _, err := net.SplitHostPort(*listen); err != nil {
 		return nil, usageErrorf(f.name, "-listen %q is not host:port", *listen)
@@ -136,6 +155,7 @@ serves. Stop it with SIGINT or SIGTERM.`).withClient()
 	if *maxStale == 0 {
 		cfg.Cache.MaxStale = -1 // off: the api's zero means its default
 	}
+	cfg.LeaseMargin, cfg.MaxHeldLeases = *leaseMargin, *maxHeld
 	cfg.Version = version
 	switch {
 	case *cacheDir != "" && f.isSet("cache-key-file"):

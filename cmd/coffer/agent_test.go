@@ -14,6 +14,7 @@ import (
 
 	"coffer/api"
 	"coffer/api/agent"
+	"coffer/internal/pgtest"
 )
 
 // parseAgentT parses a `coffer agent` command line with the given
@@ -46,6 +47,7 @@ func TestParseAgent(t *testing.T) {
 	c := o.cfg
 	if c.Listen != agent.DefaultListen || c.Cache.TTL != time.Minute || c.Cache.MaxStale != 24*time.Hour ||
 		c.Cache.MaxEntries != api.DefaultCacheEntries || c.CacheDir != "" || c.Upstream.Token != "env-token" ||
+		c.LeaseMargin != agent.DefaultLeaseMargin || c.MaxHeldLeases != agent.DefaultMaxHeldLeases ||
 		strings.Join(c.Upstream.Endpoints, ",") != "n1:8400,n2:8400" || len(o.warnings) != 0 {
 		t.Fatalf("defaults: %+v", c)
 	}
@@ -58,9 +60,10 @@ func TestParseAgent(t *testing.T) {
 	keyFile := writeKeyFile(t)
 	o = parseAgentT(t, map[string]string{"COFFER_TOKEN": "env-token"},
 		"-listen=127.0.0.1:9500", "-address=a:1", "-token-file="+tokenFile, "-cache-dir="+filepath.Join(dir, "c"),
-		"-cache-key-file="+keyFile, "-ttl=5s", "-max-stale=1h", "-cache-entries=10")
+		"-cache-key-file="+keyFile, "-ttl=5s", "-max-stale=1h", "-cache-entries=10", "-lease-margin=5s", "-max-held-leases=7")
 	c = o.cfg
 	if c.Listen != "127.0.0.1:9500" || c.Upstream.Token != "file-token" || c.Cache.TTL != 5*time.Second || c.Cache.MaxStale != time.Hour ||
+		c.LeaseMargin != 5*time.Second || c.MaxHeldLeases != 7 ||
 		c.Cache.MaxEntries != 10 || len(c.CacheKey) != 32 || c.CacheKeySource != "-cache-key-file "+keyFile {
 		t.Fatalf("flags: %+v", c)
 	}
@@ -95,6 +98,8 @@ func TestParseAgent(t *testing.T) {
 		{"missing token file", nil, []string{"-token-file=" + filepath.Join(dir, "nope")}, "-token-file"},
 		{"zero ttl", nil, []string{"-ttl=0s"}, "-ttl"},
 		{"negative max-stale", nil, []string{"-max-stale=-1s"}, "-max-stale"},
+		{"zero lease margin", nil, []string{"-lease-margin=0s"}, "-lease-margin"},
+		{"zero max held leases", nil, []string{"-max-held-leases=0"}, "-max-held-leases"},
 		{"bad listen", nil, []string{"-listen=nope"}, "-listen"},
 		{"own address upstream", map[string]string{"COFFER_ADDR": "127.0.0.1:8500"}, nil, "own -listen address"},
 		{"own address upstream, with its scheme", map[string]string{"COFFER_ADDR": "n1:8400,http://127.0.0.1:8500/"}, nil, "own -listen address"},
@@ -275,5 +280,51 @@ func TestAgentEndToEnd(t *testing.T) {
 		if strings.Contains(p.stderr.String(), devToken) {
 			t.Fatalf("the agent logged a token:\n%s", p.stderr.String())
 		}
+	}
+}
+
+// TestAgentDatabaseCredsEndToEnd: `coffer database creds` pointed at the
+// agent twice with one token prints one database user, which logs in;
+// `coffer lease lookup` passes through; with the server killed, the agent
+// still prints the user while its lease runs.
+func TestAgentDatabaseCredsEndToEnd(t *testing.T) {
+	t.Parallel()
+	pg := pgtest.Start(t)
+	n := startDev(t)
+	n.mustRun(t, "database", "config", "write", "-connection-url="+pg.URLTemplate(), "-username="+pg.User, "-password="+pg.Password, "-allowed-roles=*", "pg")
+	n.mustRun(t, "database", "role", "write", "-db=pg", `-creation-statements=CREATE ROLE "{{name}}" LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'`,
+		"-default-ttl=1m", "-max-ttl=10m", "reader")
+	ag := startAgentProc(t, []string{"COFFER_ADDR=" + n.url, "COFFER_TOKEN=" + devToken}, "", nil)
+	viaAgent := func(args ...string) result {
+		t.Helper()
+		return runCLI(t, []string{"COFFER_ADDR=" + ag.url, "COFFER_TOKEN=" + devToken}, "", args...)
+	}
+	get := func() credsJSON {
+		t.Helper()
+		var c credsJSON
+		r := viaAgent("database", "creds", "-format=json", "reader")
+		decodeJSON(t, r, &c)
+		if r.code != 0 || c.Data["username"] == "" || c.LeaseID == "" || c.LeaseDuration <= 0 {
+			t.Fatalf("database creds through the agent: %s", r)
+		}
+		return c
+	}
+	first, second := get(), get()
+	if first.Data["username"] != second.Data["username"] || first.LeaseID != second.LeaseID {
+		t.Fatalf("two creds through the agent with one token: %v, %v", first.Data["username"], second.Data["username"])
+	}
+	if err := pg.CanLogin(first.Data["username"], first.Data["password"]); err != nil {
+		t.Fatalf("logging in with the agent's credentials: %v", err)
+	}
+	if r := viaAgent("lease", "lookup", first.LeaseID); r.code != 0 || !strings.Contains(r.stdout, first.LeaseID) {
+		t.Fatalf("lease lookup through the agent: %s", r)
+	}
+	n.kill()
+	if c := get(); c.Data["username"] != first.Data["username"] {
+		t.Fatalf("creds through the agent, server down: %v", c.Data["username"])
+	}
+	ag.stop(t)
+	if strings.Contains(ag.stderr.String(), first.Data["password"]) || strings.Contains(ag.stderr.String(), devToken) {
+		t.Fatalf("the agent logged a secret:\n%s", ag.stderr.String())
 	}
 }
