@@ -57,12 +57,12 @@ GRANT SELECT ON accounts TO "{{name}}";`},
 	}
 }
 
-// liveLeaseUsers lists the usernames behind the live leases under
-// database/creds/, read through the lease list and lookups.
-func (f *dbFixture) liveLeases(t *testing.T) []string {
+// leases lists the live leases under database/creds/, page by page,
+// from any running node.
+func (f *dbFixture) leases(t *testing.T) []*pb.LeaseInfo {
 	t.Helper()
 	cl := f.c.Client(t)
-	var ids []string
+	var out []*pb.LeaseInfo
 	after := ""
 	for {
 		resp, err := cl.ListLeases(ctx(t), &pb.LeaseListRequest{Prefix: "database/creds/", After: after})
@@ -70,13 +70,34 @@ func (f *dbFixture) liveLeases(t *testing.T) []string {
 			t.Fatalf("lease list: %v", err)
 		}
 		for _, l := range resp.GetLeases() {
-			ids = append(ids, l.GetId())
+			out = append(out, l)
 			after = l.GetId()
 		}
 		if !resp.GetMore() || len(resp.GetLeases()) == 0 {
-			return ids
+			return out
 		}
 	}
+}
+
+// liveLeases lists the ids of the live leases.
+func (f *dbFixture) liveLeases(t *testing.T) []string {
+	t.Helper()
+	var ids []string
+	for _, l := range f.leases(t) {
+		ids = append(ids, l.GetId())
+	}
+	return ids
+}
+
+// leaseUsers returns the database users of the live leases (their
+// subject).
+func (f *dbFixture) leaseUsers(t *testing.T) []string {
+	t.Helper()
+	var users []string
+	for _, l := range f.leases(t) {
+		users = append(users, l.GetSubject())
+	}
+	return users
 }
 
 // TestDatabaseCredsLifecycle: `creds` makes a user that logs in and may
@@ -509,10 +530,8 @@ func TestDatabaseLeaderKillDuringIssuance(t *testing.T) {
 	}
 	// Pending intents of the killed leaders fall due and are revoked.
 	waitUntil(t, 3*window+10*time.Second, "no pending intent left", func() bool {
-		cl := f.c.Client(t)
-		for _, id := range f.liveLeases(t) {
-			info, err := cl.LookupLease(ctx(t), id)
-			if err != nil || info.GetState() != "active" {
+		for _, l := range f.leases(t) {
+			if l.GetState() != "active" {
 				return false
 			}
 		}
@@ -525,28 +544,6 @@ func TestDatabaseLeaderKillDuringIssuance(t *testing.T) {
 		t.Fatalf("live leases' users and coffer's users in pg_roles differ:\nleases %d: %v\nroles  %d: %v", len(users), head(users), len(roles), head(roles))
 	}
 	t.Logf("%d live leases, %d users: equal", len(users), len(roles))
-}
-
-// leaseUsers returns the database users of the live leases (their
-// subject).
-func (f *dbFixture) leaseUsers(t *testing.T) []string {
-	t.Helper()
-	cl := f.c.Client(t)
-	var out []string
-	after := ""
-	for {
-		resp, err := cl.ListLeases(ctx(t), &pb.LeaseListRequest{Prefix: "database/creds/", After: after})
-		if err != nil {
-			t.Fatalf("lease list: %v", err)
-		}
-		for _, l := range resp.GetLeases() {
-			out = append(out, l.GetSubject())
-			after = l.GetId()
-		}
-		if !resp.GetMore() || len(resp.GetLeases()) == 0 {
-			return out
-		}
-	}
 }
 
 // waitUntil polls cond until it holds, failing t after d.
