@@ -1,0 +1,244 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	pb "coffer/api/cofferpb"
+	"coffer/fsm"
+	"coffer/fsm/fsmpb"
+	"coffer/internal/pgtest"
+	"coffer/server/database"
+	"coffer/server/lease"
+)
+
+// Attacks on the database engine and its leases, performed against a real
+// PostgreSQL: each test does what an attacker would and then shows that
+// nothing changed in the database.
+
+// mgrUser and mgrPassword are the management user of the fixture's
+// connection "pg" (a superuser other than postgres, so that both can be
+// named as targets).
+const (
+	mgrUser     = "coffer_mgr"
+	mgrPassword = "Mgr-password-0123456789"
+)
+
+// dbServerFixture is a databaseServer over a real state machine, a real
+// barrier, a lease table with its expiry worker running, and a real
+// PostgreSQL with the connection "pg" configured.
+type dbServerFixture struct {
+	*kvFixture
+	pg     *pgtest.Server
+	db     *databaseServer
+	leases *lease.Table
+	worker *lease.Worker
+	opens  *countingSealer
+	caller context.Context
+}
+
+// countingSealer is the barrier, counting the opens of each key.
+type countingSealer struct {
+	lease.Sealer
+	mu    sync.Mutex
+	opens map[string]int
+}
+
+func (c *countingSealer) OpenEntry(key string, ct []byte) ([]byte, error) {
+	c.mu.Lock()
+	c.opens[key]++
+	c.mu.Unlock()
+	return c.Sealer.OpenEntry(key, ct)
+}
+
+func (c *countingSealer) opened(key string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.opens[key]
+}
+
+func newDBServerFixture(t *testing.T, window time.Duration) *dbServerFixture {
+	t.Helper()
+	x := newKVFixture(t)
+	pg := pgtest.Start(t)
+	pg.Exec(t, `CREATE ROLE `+mgrUser+` LOGIN SUPERUSER PASSWORD '`+mgrPassword+`';
+CREATE ROLE app_owner LOGIN PASSWORD 'Owner-password-1';
+CREATE TABLE accounts (id int PRIMARY KEY, owner text);`)
+	opens := &countingSealer{Sealer: x.keys, opens: map[string]int{}}
+	props := x.kv.props
+	tbl, err := lease.New(x.f, leaseProposer{props}, opens, lease.Options{
+		Logger:  hclog.NewNullLogger(),
+		Limits:  lease.Limits{IntentWindow: window},
+		Backoff: lease.Backoff{Base: 100 * time.Millisecond, Max: time.Second},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := &databaseServer{store: sealedJSON{state: x.f, keys: x.keys}, props: props, locks: &keyLocks{},
+		engine: database.New(nil), leases: tbl, logger: hclog.NewNullLogger(), now: time.Now}
+	t.Cleanup(db.engine.CloseAll)
+	tbl.RegisterRevoker(dbLeaseKind, lease.RevokerFunc(db.revokeLease))
+	w := lease.NewWorker(tbl, lease.WorkerOptions{})
+	runCtx, stop := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = w.Run(runCtx)
+	}()
+	t.Cleanup(func() { stop(); <-done })
+	caller := context.WithValue(context.Background(), tokenCtxKey{}, &tokenRecord{DisplayName: "attacker", Policies: []string{rootPolicy}})
+	f := &dbServerFixture{kvFixture: x, pg: pg, db: db, leases: tbl, worker: w, opens: opens, caller: caller}
+	if _, err := db.WriteConfig(caller, &pb.DatabaseConfig{Name: "pg", ConnectionUrl: pg.URLTemplate(), Username: mgrUser,
+		Password: mgrPassword, AllowedRoles: []string{"*"}}); err != nil {
+		t.Fatalf("config write: %v", err)
+	}
+	return f
+}
+
+// role writes a dynamic role with the given creation statements.
+func (f *dbServerFixture) role(t *testing.T, name string, ttl time.Duration, creation ...string) {
+	t.Helper()
+	if len(creation) == 0 {
+		creation = []string{`CREATE ROLE "{{name}}" LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'`}
+	}
+	if _, err := f.db.WriteRole(f.caller, &pb.DatabaseRole{Name: name, DbName: "pg", CreationStatements: creation,
+		DefaultTtlSeconds: int64(ttl / time.Second), MaxTtlSeconds: int64(time.Hour / time.Second)}); err != nil {
+		t.Fatalf("role write: %v", err)
+	}
+}
+
+// liveLeaseUsers returns the users of every lease in the table, sorted.
+func (f *dbServerFixture) liveLeaseUsers(t *testing.T) []string {
+	t.Helper()
+	recs, _, err := f.leases.List("database/creds/", "", 0, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var users []string
+	for _, r := range recs {
+		users = append(users, r.Subject)
+	}
+	slices.Sort(users)
+	return users
+}
+
+// waitFor polls cond until it holds, failing t after d.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(20 * time.Millisecond) // polling a condition with a deadline
+	}
+}
+
+// TestForgedLeasesDropNoDatabaseUser: a peer with a node certificate
+// appends OP_LEASE_PUT entries due at once whose records name the
+// management user, the superuser postgres, an ordinary user and a live
+// lease's user. A plaintext record is refused by the state machine; a
+// record copied from a real lease, one sealed for another lease's key and
+// random bytes are stored but do not open at their id, so the expiry
+// worker — which does look at them — drops nobody. Every user is still
+// there and still logs in.
+func TestForgedLeasesDropNoDatabaseUser(t *testing.T) {
+	f := newDBServerFixture(t, 10*time.Second)
+	f.role(t, "app", time.Hour)
+	f.role(t, "short", time.Second)
+	real, err := f.db.Creds(f.caller, &pb.DatabaseNameRequest{Name: "app"})
+	if err != nil {
+		t.Fatalf("creds: %v", err)
+	}
+	realEntry, err := f.f.LeaseGet(real.GetLeaseId())
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	const forgedID = "database/creds/app/forged"
+	record := func(id, username string) []byte {
+		data, _ := json.Marshal(dbLeaseData{DB: "pg", Role: "app", Username: username})
+		b, _ := json.Marshal(lease.Record{ID: id, Path: "database/creds/app", Group: "database/roles/app", Kind: dbLeaseKind,
+			State: lease.StateActive, Data: data, Subject: username})
+		return b
+	}
+	forgeLease := func(id string, rec []byte) fsm.Result {
+		return forge(t, f.kvFixture, &fsmpb.Command{Op: fsmpb.Op_OP_LEASE_PUT, LeaseWrites: []*fsmpb.LeaseWrite{
+			{Id: id, Group: "database/roles/app", DueUnixNano: 0, Record: rec}}})
+	}
+	targets := []string{mgrUser, "postgres", "app_owner", real.GetUsername()}
+	var stored []string
+	for i, target := range targets {
+		id := forgedID + string(rune('a'+i))
+		if res := forgeLease(id+"-plain", record(id+"-plain", target)); !errors.Is(res.Err, fsm.ErrInvalidCommand) {
+			t.Errorf("a plaintext lease record naming %q was stored (%v)", target, res.Err)
+		}
+		// Sealed for another lease's key, then random bytes laid out as
+		// sealed, then a real lease's record copied.
+		other := mustSealEntry(t, f.keys, "lease/database/creds/app/other", record("database/creds/app/other", target))
+		random := append([]byte{0x80, 0, 0, 1}, make([]byte, 80)...)
+		for j, rec := range [][]byte{other, random, realEntry.Record} {
+			fid := id + string(rune('0'+j))
+			if res := forgeLease(fid, rec); res.Err != nil {
+				t.Fatalf("the state machine refused a sealed-looking record it cannot check: %v", res.Err)
+			}
+			stored = append(stored, fid)
+		}
+	}
+
+	// The worker looks at every forged lease (it opens each at its key),
+	// and a real lease due after them is revoked: it has been through
+	// them.
+	short, err := f.db.Creds(f.caller, &pb.DatabaseNameRequest{Name: "short"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.worker.Wake()
+	waitFor(t, 10*time.Second, "the worker to look at every forged lease and revoke the due real one", func() bool {
+		for _, id := range stored {
+			if f.opens.opened("lease/"+id) == 0 {
+				return false
+			}
+		}
+		_, err := f.f.LeaseGet(short.GetLeaseId())
+		return errors.Is(err, fsm.ErrNotFound) && !f.pg.RoleExists(t, short.GetUsername())
+	})
+
+	for _, user := range targets {
+		if !f.pg.RoleExists(t, user) {
+			t.Errorf("the user %q was dropped by a forged lease", user)
+		}
+	}
+	for user, pw := range map[string]string{mgrUser: mgrPassword, "app_owner": "Owner-password-1", real.GetUsername(): real.GetPassword()} {
+		if err := f.pg.CanLogin(user, pw); err != nil {
+			t.Errorf("%q no longer logs in after the forged leases: %v", user, err)
+		}
+	}
+	// The forged leases are still there, shown as failing (the record
+	// does not open), and the real one is intact.
+	failed, _, err := f.leases.List("database/creds/app/forged", "", 0, true)
+	if err != nil || len(failed) != len(stored) {
+		t.Fatalf("forged leases listed as failed: %d of %d (%v)", len(failed), len(stored), err)
+	}
+	if rec, err := f.leases.Get(real.GetLeaseId()); err != nil || rec.State != lease.StateActive || rec.Subject != real.GetUsername() {
+		t.Fatalf("the real lease after the forgeries: %+v, %v", rec, err)
+	}
+}
+
+// hasSecret reports whether s holds any of secrets.
+func hasSecret(s string, secrets ...string) bool {
+	for _, sec := range secrets {
+		if sec != "" && strings.Contains(s, sec) {
+			return true
+		}
+	}
+	return false
+}
