@@ -233,6 +233,46 @@ func TestForgedLeasesDropNoDatabaseUser(t *testing.T) {
 	}
 }
 
+// TestCredsOfUnknownOutcomeLeaveNoOrphan: the creation's COMMIT reaches
+// PostgreSQL but its answer does not come back before the creation's
+// deadline: the transaction waits for a synchronous standby that is down,
+// and the cancel the client sends when it gives up leaves it committed
+// locally (PostgreSQL warns "The transaction has already committed
+// locally"). The user exists though the call failed, so the intent must
+// not be abandoned: the worker revokes it when it falls due, and no user
+// is left that no lease names.
+func TestCredsOfUnknownOutcomeLeaveNoOrphan(t *testing.T) {
+	const window = 4 * time.Second // the creation's deadline: half of it
+	f := newDBServerFixture(t, window)
+	// Only the creation asks for a synchronous commit, so the revocation
+	// does not wait for the missing standby.
+	f.pg.Exec(t, `ALTER SYSTEM SET synchronous_standby_names = 'standby_that_is_down'`)
+	f.pg.Exec(t, `SELECT pg_reload_conf()`)
+	waitFor(t, 5*time.Second, "the configuration reloaded", func() bool {
+		var v string
+		err := f.pg.Pool(t).QueryRow(context.Background(), `SELECT current_setting('synchronous_standby_names')`).Scan(&v)
+		return err == nil && v == "standby_that_is_down"
+	})
+	f.role(t, "sync", time.Hour,
+		`CREATE ROLE "{{name}}" LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'; SET LOCAL synchronous_commit = on;`)
+
+	_, err := f.db.Creds(f.caller, &pb.DatabaseNameRequest{Name: "sync"})
+	if err == nil {
+		t.Fatal("creds answered though the commit did not come back in time")
+	}
+	t.Logf("creds: %v", err)
+	// The user exists: the commit landed though the caller gave up on it.
+	waitFor(t, 5*time.Second, "the cancelled commit to show", func() bool { return len(f.pg.Roles(t, "v-")) == 1 })
+	waitFor(t, 3*window, "every user gone or named by a lease", func() bool {
+		roles := f.pg.Roles(t, "v-")
+		return len(roles) == 0 || slices.Equal(roles, f.liveLeaseUsers(t))
+	})
+	waitFor(t, 3*window, "no lease left", func() bool { return len(f.liveLeaseUsers(t)) == 0 })
+	if roles := f.pg.Roles(t, "v-"); len(roles) != 0 {
+		t.Fatalf("users no lease names (orphans): %v", roles)
+	}
+}
+
 // hasSecret reports whether s holds any of secrets.
 func hasSecret(s string, secrets ...string) bool {
 	for _, sec := range secrets {

@@ -531,6 +531,13 @@ func (d *databaseServer) Creds(ctx context.Context, req *pb.DatabaseNameRequest)
 	err = d.engine.CreateUser(cctx, c.engineConfig(r.DBName, c.Password), r.Creation, username, password, pending.ExpireTime)
 	cancel()
 	if err != nil {
+		if database.MayHaveCommitted(err) {
+			// The commit was sent and its answer lost: the user may exist.
+			// The intent stays, and the worker revokes it when it falls due
+			// (DROP ROLE IF EXISTS), so that no user outlives its lease.
+			d.logger.Warn("the creation's commit was not confirmed; its intent is revoked when due", "lease", pending.ID, "error", err)
+			return nil, dbError(err)
+		}
 		// The creation ran in one transaction that did not commit: there is
 		// no user, and the intent goes. Should removing it fail, it falls
 		// due and is revoked (a no-op) like any other.

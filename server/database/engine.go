@@ -213,7 +213,15 @@ func (e *Engine) runTx(ctx context.Context, cfg *Config, p *pgxpool.Pool, op txO
 		return statementError(cfg.Name, op, err, secrets)
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return statementError(cfg.Name, txOp{what: "commit", hint: op.hint}, err, secrets)
+		serr := statementError(cfg.Name, txOp{what: "commit", hint: op.hint}, err, secrets)
+		// PostgreSQL's own refusal (or pgx's report that the commit rolled
+		// back) means nothing was committed; anything else leaves the
+		// outcome unknown.
+		var pgErr *pgconn.PgError
+		if engErr := (*Error)(nil); !errors.As(err, &pgErr) && !errors.Is(err, pgx.ErrTxCommitRollback) && errors.As(serr, &engErr) {
+			engErr.MaybeCommitted = true
+		}
+		return serr
 	}
 	return nil
 }

@@ -313,6 +313,60 @@ func TestCreationSyntaxErrorLeavesNothing(t *testing.T) {
 	}
 }
 
+// TestCommitOfUnknownOutcome: a COMMIT whose answer never comes (it
+// waits for a synchronous standby that is down, and the client gives up at
+// its deadline) may have committed — here it did, locally — and says so
+// with MayHaveCommitted; a statement PostgreSQL refused, or a deadline
+// passed before the COMMIT was sent, does not.
+func TestCommitOfUnknownOutcome(t *testing.T) {
+	pg, e, cfg := setup(t)
+	pg.Exec(t, `ALTER SYSTEM SET synchronous_standby_names = 'standby_that_is_down'`)
+	pg.Exec(t, `SELECT pg_reload_conf()`)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var v string
+		err := pg.Pool(t).QueryRow(context.Background(), `SELECT current_setting('synchronous_standby_names')`).Scan(&v)
+		if err == nil && v == "standby_that_is_down" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the configuration did not reload: %q, %v", v, err)
+		}
+		time.Sleep(20 * time.Millisecond) // polling a condition with a deadline
+	}
+	user, pw := newCreds(t, "sync")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	err := e.CreateUser(ctx, cfg, Statements{`CREATE ROLE "{{name}}" LOGIN PASSWORD '{{password}}'; SET LOCAL synchronous_commit = on;`},
+		user, pw, time.Time{})
+	if err == nil || !MayHaveCommitted(err) {
+		t.Fatalf("a commit that never answered: %v; MayHaveCommitted = %v, want true", err, MayHaveCommitted(err))
+	}
+	if strings.Contains(err.Error(), pw) || strings.Contains(err.Error(), cfg.Password) {
+		t.Fatalf("the error holds a password: %v", err)
+	}
+	if !pg.RoleExists(t, user) {
+		t.Fatal("the commit did not land: this test no longer shows an outcome that is unknown to the client")
+	}
+
+	other, pw2 := newCreds(t, "refused")
+	err = e.CreateUser(ctxFor(t, 10*time.Second), cfg, Statements{`CREATE ROLE "{{name}}" LOGIN PASSWORD '{{password}}'; SELEKT 1;`},
+		other, pw2, time.Time{})
+	if err == nil || MayHaveCommitted(err) {
+		t.Fatalf("a statement PostgreSQL refused: %v; MayHaveCommitted = %v, want false", err, MayHaveCommitted(err))
+	}
+	slow, cancelSlow := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancelSlow()
+	err = e.CreateUser(slow, cfg, Statements{`CREATE ROLE "{{name}}" LOGIN PASSWORD '{{password}}'; SELECT pg_sleep(2);`},
+		other, pw2, time.Time{})
+	if err == nil || MayHaveCommitted(err) {
+		t.Fatalf("a deadline before the commit: %v; MayHaveCommitted = %v, want false", err, MayHaveCommitted(err))
+	}
+	if pg.RoleExists(t, other) {
+		t.Fatal("a creation that never committed left its user")
+	}
+}
+
 func TestHostileUsernameRefused(t *testing.T) {
 	pg, e, cfg := setup(t)
 	pg.Exec(t, `CREATE ROLE admin`)
