@@ -282,3 +282,45 @@ func hasSecret(s string, secrets ...string) bool {
 	}
 	return false
 }
+
+// TestStaticRoleCannotTakeTheManagementUser: a static role on the
+// connection's own management user would rotate the password coffer logs
+// in with and break every call on the connection (a Vault user's
+// report). It is refused when the role is written, and a rotation is
+// refused when the connection's user became the static role's since;
+// the management password still logs in and creds still work.
+func TestStaticRoleCannotTakeTheManagementUser(t *testing.T) {
+	f := newDBServerFixture(t, 10*time.Second)
+	f.role(t, "app", time.Hour)
+	_, err := f.db.WriteStaticRole(f.caller, &pb.DatabaseStaticRole{Name: "mgr", DbName: "pg", Username: mgrUser, RotationPeriodSeconds: 3600})
+	if !errors.Is(err, ErrInvalidArgument) || !strings.Contains(err.Error(), "management user") {
+		t.Fatalf("a static role on the management user: %v, want a refusal naming the management user", err)
+	}
+	if err := f.pg.CanLogin(mgrUser, mgrPassword); err != nil {
+		t.Fatalf("the management password after the refused static role: %v", err)
+	}
+
+	// The other order: a static role first, then the connection is
+	// rewritten to log in as that very user.
+	if _, err := f.db.WriteStaticRole(f.caller, &pb.DatabaseStaticRole{Name: "owner", DbName: "pg", Username: "app_owner", RotationPeriodSeconds: 3600}); err != nil {
+		t.Fatal(err)
+	}
+	sc, err := f.db.StaticCreds(f.caller, &pb.DatabaseNameRequest{Name: "owner"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.pg.Exec(t, `ALTER ROLE app_owner SUPERUSER`)
+	if _, err := f.db.WriteConfig(f.caller, &pb.DatabaseConfig{Name: "pg", ConnectionUrl: f.pg.URLTemplate(), Username: "app_owner",
+		Password: sc.GetPassword(), AllowedRoles: []string{"*"}}); err != nil {
+		t.Fatalf("config write as app_owner: %v", err)
+	}
+	if _, err := f.db.RotateRole(f.caller, &pb.DatabaseNameRequest{Name: "owner"}); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("rotating the static role that is now the management user: %v, want a refusal", err)
+	}
+	if err := f.pg.CanLogin("app_owner", sc.GetPassword()); err != nil {
+		t.Fatalf("the management password after the refused rotation: %v", err)
+	}
+	if _, err := f.db.Creds(f.caller, &pb.DatabaseNameRequest{Name: "app"}); err != nil {
+		t.Fatalf("creds after the refused rotation: %v", err)
+	}
+}

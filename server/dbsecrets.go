@@ -654,6 +654,9 @@ func (d *databaseServer) WriteStaticRole(ctx context.Context, req *pb.DatabaseSt
 	if !c.allows(name) {
 		return nil, invalidf("database static role: connection %q does not allow role %q: add it to the connection's allowed_roles", req.GetDbName(), name)
 	}
+	if err := notManagementUser(req.GetDbName(), c, req.GetUsername()); err != nil {
+		return nil, err
+	}
 	defer d.locks.lock(sysDBStaticPref + name)()
 	r := &staticRoleRecord{DBName: req.GetDbName(), Username: req.GetUsername(), RotationPeriod: int64(period / time.Second), Statements: stmts}
 	old, err := d.staticRole(name)
@@ -686,6 +689,9 @@ func (d *databaseServer) rotateStatic(ctx context.Context, name string, r *stati
 	if err != nil {
 		return 0, err
 	}
+	if err := notManagementUser(r.DBName, c, r.Username); err != nil {
+		return 0, err
+	}
 	if r.Pending == "" {
 		policy, err := database.ParsePasswordPolicy(c.PasswordPolicy)
 		if err != nil {
@@ -709,6 +715,16 @@ func (d *databaseServer) rotateStatic(ctx context.Context, name string, r *stati
 	}
 	r.Password, r.Pending, r.LastRotation = r.Pending, "", d.now().UnixNano()
 	return d.put(ctx, sysDBStaticPref+name, r)
+}
+
+// notManagementUser refuses a static role on the user the connection
+// logs in as: rotating it would change the password coffer manages the
+// database with, and break every call on the connection.
+func notManagementUser(conn string, c *dbConfigRecord, username string) error {
+	if c.Username != "" && username == c.Username {
+		return invalidf("database static role: %q is the management user of connection %q, which coffer logs in with: rotate its password with `coffer database rotate-root %s`, or give the static role another user", username, conn, conn)
+	}
+	return nil
 }
 
 // ReadStaticRole returns a static role without its password.
