@@ -324,3 +324,34 @@ func TestStaticRoleCannotTakeTheManagementUser(t *testing.T) {
 		t.Fatalf("creds after the refused rotation: %v", err)
 	}
 }
+
+// TestRoleStatementsCheckedAtWrite: a dynamic role whose statements can
+// never render (an unquoted {{name}}, which the generated names' '-'
+// makes a minus, or a string left open) is refused when it is written.
+// Accepted, it would issue credentials whose revocation fails at every
+// attempt: the statements are frozen into each lease, so fixing the role
+// later would not save them.
+func TestRoleStatementsCheckedAtWrite(t *testing.T) {
+	f := newDBServerFixture(t, 10*time.Second)
+	good := `CREATE ROLE "{{name}}" LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'`
+	for name, r := range map[string]*pb.DatabaseRole{
+		"unquoted name in revocation": {RevocationStatements: []string{`DROP ROLE {{name}}`}},
+		"open string in creation":     {CreationStatements: []string{`CREATE ROLE "{{name}}" PASSWORD '{{password}}`}},
+		"unquoted password":           {CreationStatements: []string{`CREATE ROLE "{{name}}" PASSWORD {{password}}`}},
+		"open name in renewal":        {RenewStatements: []string{`ALTER ROLE "{{name}} VALID UNTIL '{{expiration}}'`}},
+	} {
+		r.Name, r.DbName = "bad", "pg"
+		if len(r.CreationStatements) == 0 {
+			r.CreationStatements = []string{good}
+		}
+		if _, err := f.db.WriteRole(f.caller, r); !errors.Is(err, ErrInvalidArgument) {
+			t.Errorf("%s: written (%v), want a refusal", name, err)
+		}
+		if _, err := f.db.ReadRole(f.caller, &pb.DatabaseNameRequest{Name: "bad"}); !errors.Is(err, fsm.ErrNotFound) {
+			t.Fatalf("%s: the refused role was stored (%v)", name, err)
+		}
+	}
+	if roles := f.pg.Roles(t, "v-"); len(roles) != 0 {
+		t.Fatalf("users made: %v", roles)
+	}
+}

@@ -428,6 +428,14 @@ func (d *databaseServer) WriteRole(ctx context.Context, req *pb.DatabaseRole) (*
 		if *s.out, err = statementsOf(s.field, s.in); err != nil {
 			return nil, err
 		}
+		// Every placeholder quoted and every string closed, now rather
+		// than at the first credential or, worse, at a revocation: each
+		// lease keeps the revocation statements it was issued with.
+		if s.field != "rollback_statements" {
+			if err := database.CheckStatements(*s.out); err != nil {
+				return nil, invalidf("database role: %s: %v", s.field, err)
+			}
+		}
 	}
 	if len(r.Creation) == 0 {
 		return nil, invalidf("database role: creation_statements are empty: give the statements that create the user")
