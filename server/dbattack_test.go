@@ -355,3 +355,62 @@ func TestRoleStatementsCheckedAtWrite(t *testing.T) {
 		t.Fatalf("users made: %v", roles)
 	}
 }
+
+// TestHugeDurationsAreRefused: a role whose TTL reaches past the year
+// 2262 would put the lease's due time beyond what Unix nanoseconds hold
+// (it wrapped around to the past, and the lease fell due at once); a
+// renewal increment past 100 years wrapped the same way. Over gRPC, as
+// over HTTP, a duration past 100 years is refused, nothing is written and
+// no user is made.
+func TestHugeDurationsAreRefused(t *testing.T) {
+	f := newDBServerFixture(t, 10*time.Second)
+	const years250 = 250 * 365 * 24 * 3600
+	good := []string{`CREATE ROLE "{{name}}" LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'`}
+	for name, r := range map[string]*pb.DatabaseRole{
+		"default_ttl": {DefaultTtlSeconds: years250, MaxTtlSeconds: years250},
+		"max_ttl":     {MaxTtlSeconds: years250},
+	} {
+		r.Name, r.DbName, r.CreationStatements = "forever", "pg", good
+		if _, err := f.db.WriteRole(f.caller, r); !errors.Is(err, ErrInvalidArgument) {
+			t.Errorf("%s of 250 years: written (%v), want a refusal", name, err)
+		}
+	}
+	if _, err := f.db.ReadRole(f.caller, &pb.DatabaseNameRequest{Name: "forever"}); !errors.Is(err, fsm.ErrNotFound) {
+		t.Fatalf("a refused role was stored (%v)", err)
+	}
+	if _, err := f.db.WriteStaticRole(f.caller, &pb.DatabaseStaticRole{Name: "st", DbName: "pg", Username: "app_owner", RotationPeriodSeconds: years250}); !errors.Is(err, ErrInvalidArgument) {
+		t.Errorf("a rotation period of 250 years: %v, want a refusal", err)
+	}
+	if err := f.pg.CanLogin("app_owner", "Owner-password-1"); err != nil {
+		t.Errorf("a refused static role rotated its user: %v", err)
+	}
+	if _, err := f.db.WriteConfig(f.caller, &pb.DatabaseConfig{Name: "pg2", ConnectionUrl: f.pg.URLTemplate(), Username: mgrUser,
+		Password: mgrPassword, AllowedRoles: []string{"*"}, MaxConnectionLifetimeSeconds: years250}); !errors.Is(err, ErrInvalidArgument) {
+		t.Errorf("a connection lifetime of 250 years: %v, want a refusal", err)
+	}
+
+	// A real lease and a renewal by 250 years: refused, the lease as it was.
+	if _, err := f.db.WriteRole(f.caller, &pb.DatabaseRole{Name: "app", DbName: "pg", CreationStatements: good, DefaultTtlSeconds: 3600,
+		MaxTtlSeconds: 100 * 365 * 24 * 3600}); err != nil {
+		t.Fatal(err)
+	}
+	cr, err := f.db.Creds(f.caller, &pb.DatabaseNameRequest{Name: "app"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := f.leases.Get(cr.GetLeaseId())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ls := &leaseServer{table: f.leases, renew: map[string]lease.RenewHook{dbLeaseKind: f.db.renewLease}, now: time.Now}
+	if _, err := ls.Renew(f.caller, &pb.LeaseRenewRequest{LeaseId: cr.GetLeaseId(), IncrementSeconds: years250 * 2}); !errors.Is(err, ErrInvalidArgument) {
+		t.Errorf("a renewal by 500 years: %v, want a refusal", err)
+	}
+	after, err := f.leases.Get(cr.GetLeaseId())
+	if err != nil || after.Index != before.Index || !after.Due.Equal(before.Due) {
+		t.Fatalf("the lease changed after a refused renewal: %+v → %+v (%v)", before, after, err)
+	}
+	if !f.pg.RoleExists(t, cr.GetUsername()) {
+		t.Fatal("the lease's user is gone")
+	}
+}

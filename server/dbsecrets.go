@@ -233,6 +233,9 @@ func (d *databaseServer) WriteConfig(ctx context.Context, req *pb.DatabaseConfig
 	if err := validDBName("connection", name); err != nil {
 		return nil, err
 	}
+	if l := req.GetMaxConnectionLifetimeSeconds(); l < 0 || l > maxDurationSeconds {
+		return nil, invalidf("max_connection_lifetime must be from 0 (no limit) to 100 years (%d seconds)", maxDurationSeconds)
+	}
 	if len(req.GetAllowedRoles()) > maxDBAllowedRoles {
 		return nil, invalidf("allowed_roles: at most %d roles", maxDBAllowedRoles)
 	}
@@ -443,6 +446,9 @@ func (d *databaseServer) WriteRole(ctx context.Context, req *pb.DatabaseRole) (*
 	if r.DefaultTTL < 0 || r.MaxTTL < 0 || r.MaxLeases < 0 {
 		return nil, invalidf("database role: default_ttl, max_ttl and max_leases must not be negative")
 	}
+	if max(r.DefaultTTL, r.MaxTTL) > maxDurationSeconds {
+		return nil, invalidf("database role: default_ttl and max_ttl must be at most 100 years (%d seconds)", maxDurationSeconds)
+	}
 	if r.MaxTTL > 0 && r.DefaultTTL > r.MaxTTL {
 		return nil, invalidf("database role: default_ttl (%ds) is longer than max_ttl (%ds)", r.DefaultTTL, r.MaxTTL)
 	}
@@ -644,6 +650,9 @@ func (d *databaseServer) WriteStaticRole(ctx context.Context, req *pb.DatabaseSt
 	stmts, err := statementsOf("rotation_statements", req.GetRotationStatements())
 	if err != nil {
 		return nil, err
+	}
+	if req.GetRotationPeriodSeconds() < 0 || req.GetRotationPeriodSeconds() > maxDurationSeconds {
+		return nil, invalidf("database static role: rotation_period must be from 0 (the default, a day) to 100 years (%d seconds)", maxDurationSeconds)
 	}
 	period := time.Duration(req.GetRotationPeriodSeconds()) * time.Second
 	if period == 0 {

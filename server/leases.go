@@ -93,8 +93,8 @@ func (l *leaseServer) Renew(ctx context.Context, req *pb.LeaseRenewRequest) (*pb
 	if err := validLeaseID(req.GetLeaseId()); err != nil {
 		return nil, err
 	}
-	if req.GetIncrementSeconds() < 0 {
-		return nil, invalidf("increment must not be negative")
+	if req.GetIncrementSeconds() < 0 || req.GetIncrementSeconds() > maxDurationSeconds {
+		return nil, invalidf("increment must be from 0 (the lease's TTL) to 100 years (%d seconds)", maxDurationSeconds)
 	}
 	r, capped, err := l.table.Renew(ctx, req.GetLeaseId(), time.Duration(req.GetIncrementSeconds())*time.Second, l.renewHook)
 	if err != nil {
