@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net"
 	"slices"
 	"strings"
 	"sync"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-hclog"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	pb "coffer/api/cofferpb"
 	"coffer/fsm"
@@ -412,5 +414,140 @@ func TestHugeDurationsAreRefused(t *testing.T) {
 	}
 	if !f.pg.RoleExists(t, cr.GetUsername()) {
 		t.Fatal("the lease's user is gone")
+	}
+}
+
+// passwordCatcher is a server that speaks PostgreSQL's protocol far enough
+// to ask a client for its password in clear text, as a hostile server can:
+// it records every password it is sent.
+type passwordCatcher struct {
+	ln   net.Listener
+	mu   sync.Mutex
+	got  []string
+	done chan struct{}
+}
+
+func newPasswordCatcher(t *testing.T) *passwordCatcher {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &passwordCatcher{ln: ln, done: make(chan struct{})}
+	var conns sync.WaitGroup
+	go func() {
+		defer close(c.done)
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				conns.Wait()
+				return
+			}
+			conns.Go(func() { c.serve(conn) })
+		}
+	}()
+	t.Cleanup(func() { ln.Close(); <-c.done })
+	return c
+}
+
+func (c *passwordCatcher) serve(conn net.Conn) {
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(5 * time.Second))
+	be := pgproto3.NewBackend(conn, conn)
+	for {
+		msg, err := be.ReceiveStartupMessage()
+		if err != nil {
+			return
+		}
+		if _, ok := msg.(*pgproto3.SSLRequest); ok {
+			if _, err := conn.Write([]byte("N")); err != nil {
+				return
+			}
+			continue
+		}
+		break
+	}
+	be.Send(&pgproto3.AuthenticationCleartextPassword{})
+	if err := be.Flush(); err != nil {
+		return
+	}
+	if err := be.SetAuthType(pgproto3.AuthTypeCleartextPassword); err != nil {
+		return
+	}
+	msg, err := be.Receive()
+	if err != nil {
+		return
+	}
+	if pw, ok := msg.(*pgproto3.PasswordMessage); ok {
+		c.mu.Lock()
+		c.got = append(c.got, pw.Password)
+		c.mu.Unlock()
+	}
+	be.Send(&pgproto3.ErrorResponse{Severity: "FATAL", Code: "28P01", Message: "password authentication failed"})
+	_ = be.Flush()
+}
+
+func (c *passwordCatcher) passwords() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.got)
+}
+
+func (c *passwordCatcher) urlTemplate() string {
+	return "postgresql://{{username}}:{{password}}@" + c.ln.Addr().String() + "/postgres?sslmode=disable"
+}
+
+// TestConfigWriteCannotSendThePasswordElsewhere: after rotate-root only
+// coffer knows the management password. A caller who may write the
+// connection but does not know it points connection_url at a server of
+// its own and leaves the password out, counting on coffer to keep the
+// stored one (as it does for a write that changes nothing else) and to
+// log in there with it; that server asks for the password in clear text.
+// The write is refused, with and without the login check: a stored
+// password goes only where it was given for. Nothing reaches the hostile
+// server, the connection is as it was and creds still work.
+func TestConfigWriteCannotSendThePasswordElsewhere(t *testing.T) {
+	f := newDBServerFixture(t, 10*time.Second)
+	f.role(t, "app", time.Hour)
+	if _, err := f.db.RotateRoot(f.caller, &pb.DatabaseNameRequest{Name: "pg"}); err != nil {
+		t.Fatalf("rotate-root: %v", err)
+	}
+	var stored dbConfigRecord
+	if _, err := f.db.store.get(sysDBConfigPref+"pg", &stored); err != nil {
+		t.Fatal(err)
+	}
+	evil := newPasswordCatcher(t)
+	no := false
+	for name, req := range map[string]*pb.DatabaseConfig{
+		"another host":                   {ConnectionUrl: evil.urlTemplate(), Username: mgrUser},
+		"another host, no login check":   {ConnectionUrl: evil.urlTemplate(), Username: mgrUser, VerifyConnection: &no},
+		"the same host, another user":    {ConnectionUrl: f.pg.URLTemplate(), Username: "app_owner", VerifyConnection: &no},
+		"the same host, other parameter": {ConnectionUrl: f.pg.URLTemplate() + "&host=" + evil.ln.Addr().String(), Username: mgrUser, VerifyConnection: &no},
+	} {
+		req.Name, req.AllowedRoles = "pg", []string{"*"}
+		if _, err := f.db.WriteConfig(f.caller, req); !errors.Is(err, ErrInvalidArgument) || !strings.Contains(err.Error(), "password") {
+			t.Errorf("%s without the password: %v, want a refusal asking for the password", name, err)
+		}
+	}
+	if got := evil.passwords(); len(got) != 0 {
+		t.Fatalf("the hostile server was sent %d password(s); the stored one among them: %v", len(got), slices.Contains(got, stored.Password))
+	}
+	var after dbConfigRecord
+	if _, err := f.db.store.get(sysDBConfigPref+"pg", &after); err != nil {
+		t.Fatal(err)
+	}
+	if after.ConnectionURL != stored.ConnectionURL || after.Username != stored.Username || after.Password != stored.Password {
+		t.Fatalf("the connection changed: %s as %s", after.ConnectionURL, after.Username)
+	}
+	if _, err := f.db.Creds(f.caller, &pb.DatabaseNameRequest{Name: "app"}); err != nil {
+		t.Fatalf("creds after the refused writes: %v", err)
+	}
+	// A write that keeps the destination keeps the stored password, as in
+	// Vault: allowed_roles changed, the password left out.
+	if _, err := f.db.WriteConfig(f.caller, &pb.DatabaseConfig{Name: "pg", ConnectionUrl: f.pg.URLTemplate(), Username: mgrUser, AllowedRoles: []string{"app"}}); err != nil {
+		t.Fatalf("a write that keeps the destination: %v", err)
+	}
+	if _, err := f.db.Creds(f.caller, &pb.DatabaseNameRequest{Name: "app"}); err != nil {
+		t.Fatalf("creds after a write that kept the password: %v", err)
 	}
 }

@@ -257,8 +257,17 @@ func (d *databaseServer) WriteConfig(ctx context.Context, req *pb.DatabaseConfig
 	var warnings []string
 	if old, err := d.config(name); err == nil && rec.Password == "" {
 		// Vault keeps the password a write leaves out (after rotate-root
-		// only coffer knows it).
-		rec.Password, rec.RootRotated = old.Password, old.RootRotated
+		// only coffer knows it) — but only for the destination it was
+		// given for: a caller who may write the connection must not learn
+		// it by pointing connection_url at a server of its own, which can
+		// ask for it in clear text.
+		if old.ConnectionURL != rec.ConnectionURL || old.Username != rec.Username {
+			if strings.Contains(rec.ConnectionURL, "{{password}}") {
+				return nil, invalidf("database connection %q: connection_url or username changed, so give the password again: the stored one is only ever sent where it was given for", name)
+			}
+		} else {
+			rec.Password, rec.RootRotated = old.Password, old.RootRotated
+		}
 	} else if err != nil && !errors.Is(err, fsm.ErrNotFound) {
 		return nil, err
 	}
