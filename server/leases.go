@@ -8,6 +8,7 @@ import (
 	"time"
 
 	pb "coffer/api/cofferpb"
+	"coffer/api/route"
 	"coffer/fsm"
 	"coffer/server/database"
 	"coffer/server/lease"
@@ -159,7 +160,9 @@ func (l *leaseServer) List(ctx context.Context, req *pb.LeaseListRequest) (*pb.L
 	case limit > maxLeasePage:
 		limit = maxLeasePage
 	}
-	recs, more, err := l.table.List(req.GetPrefix(), req.GetAfter(), limit, req.GetFailed())
+	// The folder the route's policy path names: "database/creds/app"
+	// covers app's leases, not app2's.
+	recs, more, err := l.table.List(route.LeaseListPrefix(req.GetPrefix()), req.GetAfter(), limit, req.GetFailed())
 	if err != nil {
 		return nil, leaseError(err)
 	}

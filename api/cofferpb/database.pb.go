@@ -918,9 +918,12 @@ func (x *LeaseRevokeResponse) GetWarnings() []string {
 }
 
 type LeaseListRequest struct {
-	state  protoimpl.MessageState `protogen:"open.v1"`
-	Prefix string                 `protobuf:"bytes,1,opt,name=prefix,proto3" json:"prefix,omitempty"`
-	Failed bool                   `protobuf:"varint,2,opt,name=failed,proto3" json:"failed,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// prefix is a folder, as in Vault's LIST sys/leases/lookup/<prefix>/: a
+	// trailing slash is added when it has none ("database/creds/app" lists
+	// app's leases, not app2's); empty lists every lease.
+	Prefix string `protobuf:"bytes,1,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	Failed bool   `protobuf:"varint,2,opt,name=failed,proto3" json:"failed,omitempty"`
 	// after and limit page through a long list (limit 0: the server's
 	// page size).
 	After         string `protobuf:"bytes,3,opt,name=after,proto3" json:"after,omitempty"`
