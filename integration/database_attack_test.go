@@ -370,3 +370,62 @@ CREATE TABLE root_passwords (pw text)`)
 	}
 	t.Logf("%d passwords looked for in %d bytes of logs and %d errors", len(secrets), len(text), len(errs))
 }
+
+// TestDatabaseQuotasHoldUnderConcurrentCreds: 40 creds requests at once,
+// spread over the three nodes, against a role with max_leases 5 and then
+// against a role without one on a cluster run with -max-leases 8. Exactly
+// the quota is issued (the state machine checks it, one command at a
+// time), every other request is refused with QUOTA_EXCEEDED, and the
+// users in PostgreSQL are exactly those of the leases.
+func TestDatabaseQuotasHoldUnderConcurrentCreds(t *testing.T) {
+	f := newDBFixture(t, ClusterOptions{MaxLeases: 8})
+	create := []string{`CREATE ROLE "{{name}}" LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'`}
+	if _, err := f.cl.WriteDatabaseRole(ctx(t), &pb.DatabaseRole{Name: "five", DbName: "pg", CreationStatements: create, MaxLeases: 5}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.cl.WriteDatabaseRole(ctx(t), &pb.DatabaseRole{Name: "open", DbName: "pg", CreationStatements: create}); err != nil {
+		t.Fatal(err)
+	}
+	var clients []*api.Client
+	for _, n := range f.c.Nodes() {
+		clients = append(clients, f.c.Client(t, n))
+	}
+	storm := func(role string) (ok int) {
+		const n = 40
+		var wg sync.WaitGroup
+		results := make(chan error, n)
+		start := make(chan struct{})
+		for i := range n {
+			wg.Go(func() {
+				<-start
+				c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				defer cancel()
+				_, err := clients[i%len(clients)].DatabaseCreds(c, role)
+				results <- err
+			})
+		}
+		close(start)
+		wg.Wait()
+		close(results)
+		for err := range results {
+			switch {
+			case err == nil:
+				ok++
+			case api.Reason(err) != pb.ErrorReason_QUOTA_EXCEEDED:
+				t.Errorf("%s: a refusal other than the quota's: %v", role, err)
+			}
+		}
+		return ok
+	}
+	if ok := storm("five"); ok != 5 {
+		t.Fatalf("role with max_leases 5: %d creds issued", ok)
+	}
+	if ok := storm("open"); ok != 3 {
+		t.Fatalf("-max-leases 8 with 5 live: %d more creds issued, want 3", ok)
+	}
+	users := f.leaseUsers(t)
+	slices.Sort(users)
+	if roles := f.pg.Roles(t, userPrefix); len(users) != 8 || !slices.Equal(users, roles) {
+		t.Fatalf("leases' users %v, users in PostgreSQL %v", users, roles)
+	}
+}
