@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -84,7 +85,7 @@ CREATE TABLE accounts (id int PRIMARY KEY, owner text);`)
 	if err != nil {
 		t.Fatal(err)
 	}
-	db := &databaseServer{store: sealedJSON{state: x.f, keys: x.keys}, props: props, locks: &keyLocks{},
+	db := &databaseServer{store: sealedJSON{state: x.f, keys: x.keys}, props: props, locks: &keyLocks{}, conns: &connLocks{},
 		engine: database.New(nil), leases: tbl, logger: hclog.NewNullLogger(), now: time.Now}
 	t.Cleanup(db.engine.CloseAll)
 	tbl.RegisterRevoker(dbLeaseKind, lease.RevokerFunc(db.revokeLease))
@@ -549,5 +550,58 @@ func TestConfigWriteCannotSendThePasswordElsewhere(t *testing.T) {
 	}
 	if _, err := f.db.Creds(f.caller, &pb.DatabaseNameRequest{Name: "app"}); err != nil {
 		t.Fatalf("creds after a write that kept the password: %v", err)
+	}
+}
+
+// TestCallsDuringRotateRootAndConfigWrites: creds are issued without a
+// pause while the connection is written again and its root password
+// rotated, over and over. No call fails: a call holds the pool it uses
+// (none finds it closed under it), and calls wait for a rotate-root, so
+// none logs in with the password the rotation is replacing.
+func TestCallsDuringRotateRootAndConfigWrites(t *testing.T) {
+	f := newDBServerFixture(t, 10*time.Second)
+	f.role(t, "app", time.Hour)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var issued, failed atomic.Int64
+	for range 4 {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := f.db.Creds(f.caller, &pb.DatabaseNameRequest{Name: "app"}); err != nil {
+					if failed.Add(1) <= 5 {
+						t.Errorf("creds during rotations: %v", err)
+					}
+				} else {
+					issued.Add(1)
+				}
+			}
+		})
+	}
+	for i := range 30 {
+		var err error
+		if i%2 == 0 {
+			_, err = f.db.RotateRoot(f.caller, &pb.DatabaseNameRequest{Name: "pg"})
+		} else {
+			_, err = f.db.WriteConfig(f.caller, &pb.DatabaseConfig{Name: "pg", ConnectionUrl: f.pg.URLTemplate(), Username: mgrUser, AllowedRoles: []string{"*"}})
+		}
+		if err != nil {
+			t.Fatalf("rotation or write %d: %v", i, err)
+		}
+	}
+	close(stop)
+	wg.Wait()
+	t.Logf("%d creds issued during 15 rotations and 15 writes, %d failed", issued.Load(), failed.Load())
+	if issued.Load() == 0 {
+		t.Fatal("no creds were issued")
+	}
+	// Every user issued belongs to a lease.
+	users := f.liveLeaseUsers(t)
+	if roles := f.pg.Roles(t, "v-"); !slices.Equal(users, roles) {
+		t.Fatalf("%d leases, %d users", len(users), len(roles))
 	}
 }

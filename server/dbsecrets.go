@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -141,13 +142,61 @@ type dbLeaseData struct {
 // databases.
 type databaseServer struct {
 	pb.UnimplementedDatabaseServer
-	store  sealedJSON
-	props  proposer
-	locks  *keyLocks
+	store sealedJSON
+	props proposer
+	locks *keyLocks
+	// conns orders the calls on a connection's database against its
+	// rotate-roots: a call reads the connection and runs under a read
+	// lock, a rotate-root under the write lock, so that no call logs in
+	// with the password being replaced (nil: no ordering, for tests).
+	conns  *connLocks
 	engine *database.Engine
 	leases *lease.Table
 	logger hclog.Logger
 	now    func() time.Time
+}
+
+// connLocks is a read/write lock per connection name.
+type connLocks struct {
+	mu sync.Mutex
+	m  map[string]*sync.RWMutex
+}
+
+func (l *connLocks) get(name string) *sync.RWMutex {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.m == nil {
+		l.m = make(map[string]*sync.RWMutex)
+	}
+	m := l.m[name]
+	if m == nil {
+		m = &sync.RWMutex{}
+		l.m[name] = m
+	}
+	return m
+}
+
+// useConn takes the connection's read lock (calls that use its database)
+// and returns its release, which may be called more than once.
+func (d *databaseServer) useConn(name string) func() {
+	if d.conns == nil {
+		return func() {}
+	}
+	m := d.conns.get(name)
+	m.RLock()
+	var once sync.Once
+	return func() { once.Do(m.RUnlock) }
+}
+
+// rotatingConn takes the connection's write lock (a rotate-root) and
+// returns its release.
+func (d *databaseServer) rotatingConn(name string) func() {
+	if d.conns == nil {
+		return func() {}
+	}
+	m := d.conns.get(name)
+	m.Lock()
+	return m.Unlock
 }
 
 // config reads a connection.
@@ -340,6 +389,7 @@ func (d *databaseServer) RotateRoot(ctx context.Context, req *pb.DatabaseNameReq
 	}
 	name := req.GetName()
 	defer d.locks.lock(sysDBConfigPref + name)()
+	defer d.rotatingConn(name)()
 	c, err := d.config(name)
 	if err != nil {
 		return nil, err
@@ -383,7 +433,8 @@ func (d *databaseServer) RotateRoot(ctx context.Context, req *pb.DatabaseNameReq
 
 // settleRoot ends a rotate-root a leader did not finish: when the pending
 // password logs in it becomes the password, otherwise the old one still
-// works and the pending one is dropped. The caller holds the lock.
+// works and the pending one is dropped. The caller holds the lock and the
+// connection's write lock (rotatingConn).
 func (d *databaseServer) settleRoot(ctx context.Context, name string, c *dbConfigRecord) error {
 	vctx, cancel := context.WithTimeout(ctx, dbCallTimeout)
 	defer cancel()
@@ -518,6 +569,11 @@ func (d *databaseServer) Creds(ctx context.Context, req *pb.DatabaseNameRequest)
 	if err != nil {
 		return nil, err
 	}
+	if err := validDBName("connection", r.DBName); err != nil {
+		return nil, err
+	}
+	release := d.useConn(r.DBName)
+	defer release()
 	c, err := d.config(r.DBName)
 	if err != nil {
 		return nil, err
@@ -553,6 +609,7 @@ func (d *databaseServer) Creds(ctx context.Context, req *pb.DatabaseNameRequest)
 	cctx, cancel := context.WithDeadline(ctx, pending.Due.Add(-time.Until(pending.Due)/2))
 	err = d.engine.CreateUser(cctx, c.engineConfig(r.DBName, c.Password), r.Creation, username, password, pending.ExpireTime)
 	cancel()
+	release()
 	if err != nil {
 		if database.MayHaveCommitted(err) {
 			// The commit was sent and its answer lost: the user may exist.
@@ -603,6 +660,10 @@ func (d *databaseServer) revokeLease(ctx context.Context, rec *lease.Record) err
 	if err := json.Unmarshal(rec.Data, &data); err != nil {
 		return fmt.Errorf("the lease's data does not decode: %v", err)
 	}
+	if err := validDBName("connection", data.DB); err != nil {
+		return err
+	}
+	defer d.useConn(data.DB)()
 	c, err := d.config(data.DB)
 	if err != nil {
 		return fmt.Errorf("connection %q: %v", data.DB, err)
@@ -619,6 +680,10 @@ func (d *databaseServer) renewLease(ctx context.Context, rec *lease.Record, expi
 	if err := json.Unmarshal(rec.Data, &data); err != nil {
 		return fmt.Errorf("the lease's data does not decode: %v", err)
 	}
+	if err := validDBName("connection", data.DB); err != nil {
+		return err
+	}
+	defer d.useConn(data.DB)()
 	c, err := d.config(data.DB)
 	if err != nil {
 		return err
@@ -711,6 +776,11 @@ func (d *databaseServer) WriteStaticRole(ctx context.Context, req *pb.DatabaseSt
 // rotation already recorded it completes that one instead. The caller
 // holds the role's lock.
 func (d *databaseServer) rotateStatic(ctx context.Context, name string, r *staticRoleRecord) (uint64, error) {
+	if err := validDBName("connection", r.DBName); err != nil {
+		return 0, err
+	}
+	release := d.useConn(r.DBName)
+	defer release()
 	c, err := d.config(r.DBName)
 	if err != nil {
 		return 0, err
@@ -882,6 +952,10 @@ func (d *databaseServer) rotateDue(ctx context.Context) (int, error) {
 			defer d.locks.lock(sysDBConfigPref + name)()
 			c, err := d.config(name)
 			if err != nil || c.PendingRootPassword == "" {
+				return err
+			}
+			defer d.rotatingConn(name)()
+			if c, err = d.config(name); err != nil || c.PendingRootPassword == "" {
 				return err
 			}
 			return d.settleRoot(ctx, name, c)
