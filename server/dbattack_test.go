@@ -605,3 +605,44 @@ func TestCallsDuringRotateRootAndConfigWrites(t *testing.T) {
 		t.Fatalf("%d leases, %d users", len(users), len(roles))
 	}
 }
+
+// TestLeasesOfADeletedConnection: a connection deleted while its leases
+// live cannot revoke them: when they fall due they are listed as failed,
+// with an error that names the connection and says what to do, and they
+// are kept (their users still exist). Once the connection is written
+// again, they are revoked and their users dropped.
+func TestLeasesOfADeletedConnection(t *testing.T) {
+	f := newDBServerFixture(t, 10*time.Second)
+	f.role(t, "app", time.Second)
+	cr, err := f.db.Creds(f.caller, &pb.DatabaseNameRequest{Name: "app"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.db.DeleteConfig(f.caller, &pb.DatabaseNameRequest{Name: "pg"}); err != nil {
+		t.Fatal(err)
+	}
+	var last string
+	waitFor(t, 10*time.Second, "the lease listed as failed", func() bool {
+		recs, _, err := f.leases.List("database/creds/", "", 0, true)
+		if err != nil || len(recs) != 1 {
+			return false
+		}
+		last = recs[0].LastError
+		return true
+	})
+	t.Logf("last error: %s", last)
+	if !strings.Contains(last, `"pg"`) || !strings.Contains(last, "deleted") || !strings.Contains(last, "write it again") {
+		t.Errorf("the failed lease's error %q does not say that connection \"pg\" was deleted and what to do", last)
+	}
+	if !f.pg.RoleExists(t, cr.GetUsername()) {
+		t.Fatal("the user is gone though its connection is not there")
+	}
+	if _, err := f.db.WriteConfig(f.caller, &pb.DatabaseConfig{Name: "pg", ConnectionUrl: f.pg.URLTemplate(), Username: mgrUser,
+		Password: mgrPassword, AllowedRoles: []string{"*"}}); err != nil {
+		t.Fatal(err)
+	}
+	f.worker.Wake()
+	waitFor(t, 15*time.Second, "the user dropped once the connection is back", func() bool {
+		return !f.pg.RoleExists(t, cr.GetUsername()) && len(f.liveLeaseUsers(t)) == 0
+	})
+}

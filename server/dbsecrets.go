@@ -665,6 +665,9 @@ func (d *databaseServer) revokeLease(ctx context.Context, rec *lease.Record) err
 	}
 	defer d.useConn(data.DB)()
 	c, err := d.config(data.DB)
+	if errors.Is(err, fsm.ErrNotFound) {
+		return fmt.Errorf("the database connection %q was deleted: write it again (coffer database config write %s) so that its user %q can be dropped; retried until then", data.DB, data.DB, data.Username)
+	}
 	if err != nil {
 		return fmt.Errorf("connection %q: %v", data.DB, err)
 	}
