@@ -646,3 +646,33 @@ func TestLeasesOfADeletedConnection(t *testing.T) {
 		return !f.pg.RoleExists(t, cr.GetUsername()) && len(f.liveLeaseUsers(t)) == 0
 	})
 }
+
+// TestRevokePrefixDuringCredsLeavesNoOrphan: revoke-prefix reaches an
+// intent whose user is being created (its creation is slow). The worker
+// drops the user at once — a no-op, the role does not exist yet — and
+// removes the lease; then the creation commits and its Confirm finds the
+// intent gone. The creator must undo its creation (ErrIntentLost says
+// so): afterwards no user is left that no lease names.
+func TestRevokePrefixDuringCredsLeavesNoOrphan(t *testing.T) {
+	f := newDBServerFixture(t, 10*time.Second)
+	f.role(t, "slow", time.Hour,
+		`CREATE ROLE "{{name}}" LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'; SELECT pg_sleep(1.5);`)
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.db.Creds(f.caller, &pb.DatabaseNameRequest{Name: "slow"})
+		done <- err
+	}()
+	waitFor(t, 5*time.Second, "the intent recorded", func() bool { return len(f.liveLeaseUsers(t)) == 1 })
+	if n, err := f.leases.RevokePrefix(context.Background(), "database/creds/slow"); err != nil || n != 1 {
+		t.Fatalf("revoke-prefix: %d, %v", n, err)
+	}
+	err := <-done
+	if err == nil {
+		t.Fatal("creds answered for a lease revoked while its user was created")
+	}
+	t.Logf("creds: %v", err)
+	waitFor(t, 10*time.Second, "no lease left", func() bool { return len(f.liveLeaseUsers(t)) == 0 })
+	if roles := f.pg.Roles(t, "v-"); len(roles) != 0 {
+		t.Fatalf("users no lease names (orphans): %v", roles)
+	}
+}

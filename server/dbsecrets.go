@@ -627,8 +627,22 @@ func (d *databaseServer) Creds(ctx context.Context, req *pb.DatabaseNameRequest)
 		return nil, dbError(err)
 	}
 	if _, err := d.leases.Confirm(ctx, pending.ID, pending.Index); err != nil {
-		// The user exists and the lease is pending (or being revoked): the
-		// worker drops the user. The caller sees the failure and asks again.
+		if errors.Is(err, lease.ErrIntentLost) {
+			// The intent was taken for revocation (revoke, revoke-prefix,
+			// or its window passed) and may be revoked already — before
+			// the user existed, so that drop did nothing. The creator
+			// undoes its creation, as the lease table asks.
+			uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), dbRevokeTimeout)
+			uerr := d.revokeLease(uctx, &lease.Record{ID: pending.ID, Data: data})
+			cancel()
+			if uerr != nil {
+				d.logger.Error("a user whose lease was revoked while it was created could not be dropped: drop it by hand",
+					"lease", pending.ID, "connection", r.DBName, "user", username, "error", uerr)
+			}
+			return nil, err
+		}
+		// The user exists and the lease is pending: the worker drops the
+		// user when it falls due. The caller sees the failure and asks again.
 		return nil, err
 	}
 	ttl = pending.ExpireTime.Sub(pending.IssueTime)
