@@ -676,3 +676,45 @@ func TestRevokePrefixDuringCredsLeavesNoOrphan(t *testing.T) {
 		t.Fatalf("users no lease names (orphans): %v", roles)
 	}
 }
+
+// TestFailedStaticRoleWriteLeavesNothing: a static role for a user that
+// does not exist (or whose rotation statements fail) is refused, as in
+// Vault, and leaves nothing behind: no role that the rotation loop would
+// retry for ever, and a role it was to replace is as it was — its user,
+// its password and static-creds unchanged.
+func TestFailedStaticRoleWriteLeavesNothing(t *testing.T) {
+	f := newDBServerFixture(t, 10*time.Second)
+	if _, err := f.db.WriteStaticRole(f.caller, &pb.DatabaseStaticRole{Name: "ghost", DbName: "pg", Username: "no_such_user", RotationPeriodSeconds: 3600}); err == nil {
+		t.Fatal("a static role for a user that does not exist was written")
+	}
+	if r, err := f.db.ReadStaticRole(f.caller, &pb.DatabaseNameRequest{Name: "ghost"}); !errors.Is(err, fsm.ErrNotFound) {
+		t.Fatalf("the refused static role was stored: %v, %v", r, err)
+	}
+	if n, err := f.db.rotateDue(f.caller); n != 0 || err != nil {
+		t.Fatalf("the rotation loop after a refused static role: %d rotated, %v", n, err)
+	}
+
+	if _, err := f.db.WriteStaticRole(f.caller, &pb.DatabaseStaticRole{Name: "owner", DbName: "pg", Username: "app_owner", RotationPeriodSeconds: 3600}); err != nil {
+		t.Fatal(err)
+	}
+	before, err := f.db.StaticCreds(f.caller, &pb.DatabaseNameRequest{Name: "owner"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, req := range map[string]*pb.DatabaseStaticRole{
+		"a user that does not exist": {Username: "no_such_user"},
+		"a failing statement":        {Username: "postgres", RotationStatements: []string{`ALTER ROLE "{{name}}" WITH PASWORD '{{password}}'`}},
+	} {
+		req.Name, req.DbName, req.RotationPeriodSeconds = "owner", "pg", 3600
+		if _, err := f.db.WriteStaticRole(f.caller, req); err == nil {
+			t.Fatalf("%s: written", name)
+		}
+		after, err := f.db.StaticCreds(f.caller, &pb.DatabaseNameRequest{Name: "owner"})
+		if err != nil || after.GetUsername() != "app_owner" || after.GetPassword() != before.GetPassword() {
+			t.Fatalf("%s: the role it was to replace changed: %v, %v", name, after.GetUsername(), err)
+		}
+	}
+	if err := f.pg.CanLogin("app_owner", before.GetPassword()); err != nil {
+		t.Fatalf("the static password: %v", err)
+	}
+}

@@ -782,6 +782,12 @@ func (d *databaseServer) WriteStaticRole(ctx context.Context, req *pb.DatabaseSt
 	}
 	index, err := d.rotateStatic(ctx, name, r)
 	if err != nil {
+		if errors.Is(err, errPasswordUnchanged) {
+			// The database kept the user's password: the role goes back
+			// to what it was (none), as in Vault, rather than staying for
+			// the rotation loop to retry for ever.
+			d.restoreStatic(ctx, name, old)
+		}
 		return nil, err
 	}
 	d.logger.Info("database static role written and rotated", "role", name)
@@ -824,10 +830,40 @@ func (d *databaseServer) rotateStatic(ctx context.Context, name string, r *stati
 		// The pending password stays and is set again by the next attempt:
 		// setting a password twice is harmless, and static-creds never
 		// answers while a rotation is pending.
+		if !database.MayHaveCommitted(err) {
+			return 0, &unchangedError{err: dbError(err)}
+		}
 		return 0, dbError(err)
 	}
 	r.Password, r.Pending, r.LastRotation = r.Pending, "", d.now().UnixNano()
 	return d.put(ctx, sysDBStaticPref+name, r)
+}
+
+// errPasswordUnchanged marks a static rotation that certainly left the
+// user's password as it was in the database (the statements failed, or
+// never ran).
+var errPasswordUnchanged = errors.New("the password was not changed")
+
+// unchangedError is a rotation's error that also matches
+// errPasswordUnchanged.
+type unchangedError struct{ err error }
+
+func (e *unchangedError) Error() string   { return e.err.Error() }
+func (e *unchangedError) Unwrap() []error { return []error{e.err, errPasswordUnchanged} }
+
+// restoreStatic puts back the static role a failed write replaced (nil:
+// removes the one it created). The caller holds the role's lock.
+func (d *databaseServer) restoreStatic(ctx context.Context, name string, old *staticRoleRecord) {
+	ctx = context.WithoutCancel(ctx)
+	var err error
+	if old == nil {
+		_, err = deleteKeys(ctx, d.props, []string{sysDBStaticPref + name})
+	} else {
+		_, err = d.put(ctx, sysDBStaticPref+name, old)
+	}
+	if err != nil {
+		d.logger.Warn("a static role whose first rotation failed could not be put back", "role", name, "error", err)
+	}
 }
 
 // notManagementUser refuses a static role on the user the connection
