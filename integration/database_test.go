@@ -445,8 +445,9 @@ func TestDatabaseLeaderKillDuringIssuance(t *testing.T) {
 	ok := make(chan string, n)
 	cl := f.c.Client(t)
 	sem := make(chan struct{}, 32)
+	var calls sync.WaitGroup
 	for range n {
-		go func() {
+		calls.Go(func() {
 			sem <- struct{}{}
 			defer func() { <-sem }()
 			c, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -457,7 +458,7 @@ func TestDatabaseLeaderKillDuringIssuance(t *testing.T) {
 				return
 			}
 			ok <- cr.GetUsername()
-		}()
+		})
 	}
 	// Two kills, each once another 80 creds have been answered.
 	for kill := range 2 {
@@ -470,6 +471,7 @@ func TestDatabaseLeaderKillDuringIssuance(t *testing.T) {
 		f.c.Unseal(t, old, 0)
 	}
 	waitUntil(t, 60*time.Second, "every creds call answered", func() bool { return len(ok)+len(errs) == n })
+	calls.Wait() // the sends happen before the closes
 	close(ok)
 	close(errs)
 	var failed []error
