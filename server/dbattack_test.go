@@ -718,3 +718,62 @@ func TestFailedStaticRoleWriteLeavesNothing(t *testing.T) {
 		t.Fatalf("the static password: %v", err)
 	}
 }
+
+// TestCutRotateRootIsSettledAfterItsCall: a former leader recorded a new
+// root password as pending and is still running its ALTER USER when the
+// new leader's rotation loop looks (the old leader lost Raft, not the
+// database; its statement waits on a lock). The new leader must not
+// decide yet — the old password still works, but the pending one is about
+// to — or it drops the pending password just before the database takes
+// it, and the connection is lost for good. It settles once the former
+// leader's call has timed out: then the pending password logs in and
+// becomes the connection's.
+func TestCutRotateRootIsSettledAfterItsCall(t *testing.T) {
+	f := newDBServerFixture(t, 10*time.Second)
+	f.role(t, "app", time.Hour)
+	f.db.rootSettleGrace = 2 * time.Second
+	pending, err := database.PasswordPolicy{}.Generate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// What the former leader left: the pending password, recorded now.
+	var c dbConfigRecord
+	if _, err := f.db.store.get(sysDBConfigPref+"pg", &c); err != nil {
+		t.Fatal(err)
+	}
+	c.PendingRootPassword, c.PendingRootSince = pending, time.Now().UnixNano()
+	if _, err := f.db.put(f.caller, sysDBConfigPref+"pg", &c); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.db.rotateDue(f.caller); err != nil {
+		t.Fatalf("rotation loop: %v", err)
+	}
+	var kept dbConfigRecord
+	if _, err := f.db.store.get(sysDBConfigPref+"pg", &kept); err != nil || kept.PendingRootPassword != pending {
+		t.Fatalf("the new leader settled a rotate-root that may still be running (pending kept: %v, %v)", kept.PendingRootPassword == pending, err)
+	}
+	if _, err := f.db.RotateRoot(f.caller, &pb.DatabaseNameRequest{Name: "pg"}); !errors.Is(err, fsm.ErrCASMismatch) {
+		t.Fatalf("rotate-root while a cut one may still run: %v, want a refusal to retry later", err)
+	}
+	// The former leader's ALTER USER lands.
+	f.pg.Exec(t, `ALTER USER `+mgrUser+` WITH PASSWORD '`+pending+`'`)
+	waitFor(t, 10*time.Second, "the cut rotation settled", func() bool {
+		if _, err := f.db.rotateDue(f.caller); err != nil {
+			t.Fatalf("rotation loop: %v", err)
+		}
+		c = dbConfigRecord{} // a record decoded afresh: no field left over
+		if _, err := f.db.store.get(sysDBConfigPref+"pg", &c); err != nil {
+			t.Fatal(err)
+		}
+		return c.PendingRootPassword == ""
+	})
+	if c.Password != pending {
+		t.Fatal("the settled password is not the one the database has")
+	}
+	if _, err := f.db.Creds(f.caller, &pb.DatabaseNameRequest{Name: "app"}); err != nil {
+		t.Fatalf("creds after the cut rotation settled: %v", err)
+	}
+	if _, err := f.db.RotateRoot(f.caller, &pb.DatabaseNameRequest{Name: "pg"}); err != nil {
+		t.Fatalf("rotate-root once settled: %v", err)
+	}
+}

@@ -63,8 +63,10 @@ type dbConfigRecord struct {
 	RootRotated            int64    `json:"root_rotated,omitempty"`
 	// PendingRootPassword is a rotate-root in progress: recorded before
 	// the database changes the password, cleared once it has (or once the
-	// old one is found to still work).
+	// old one is found to still work). PendingRootSince is when it was
+	// recorded (leader time, Unix nanoseconds).
 	PendingRootPassword string `json:"pending_root_password,omitempty"`
+	PendingRootSince    int64  `json:"pending_root_since,omitempty"`
 }
 
 // engineConfig is the connection as the engine takes it, with password
@@ -154,6 +156,28 @@ type databaseServer struct {
 	leases *lease.Table
 	logger hclog.Logger
 	now    func() time.Time
+	// rootSettleGrace is how long a pending rotate-root is left alone
+	// (0: defaultRootSettleGrace).
+	rootSettleGrace time.Duration
+}
+
+// defaultRootSettleGrace is how long a rotate-root's pending password is
+// left to the leader that recorded it: past its call's deadline (and a
+// margin for the cancel to land), that leader's ALTER USER can no longer
+// change the password, and whoever finds it pending may decide.
+const defaultRootSettleGrace = 2 * dbCallTimeout
+
+// rootSettleable reports whether c's pending rotate-root may be settled
+// now, and how long to wait otherwise: a former leader may still be
+// running it (it lost Raft, not the database), and settling it before its
+// ALTER USER lands would drop the password the database is about to have.
+func (d *databaseServer) rootSettleable(c *dbConfigRecord) (bool, time.Duration) {
+	grace := d.rootSettleGrace
+	if grace <= 0 {
+		grace = defaultRootSettleGrace
+	}
+	left := time.Unix(0, c.PendingRootSince).Add(grace).Sub(d.now())
+	return left <= 0, left
 }
 
 // connLocks is a read/write lock per connection name.
@@ -315,7 +339,9 @@ func (d *databaseServer) WriteConfig(ctx context.Context, req *pb.DatabaseConfig
 				return nil, invalidf("database connection %q: connection_url or username changed, so give the password again: the stored one is only ever sent where it was given for", name)
 			}
 		} else {
+			// A rotate-root still pending stays, to be settled.
 			rec.Password, rec.RootRotated = old.Password, old.RootRotated
+			rec.PendingRootPassword, rec.PendingRootSince = old.PendingRootPassword, old.PendingRootSince
 		}
 	} else if err != nil && !errors.Is(err, fsm.ErrNotFound) {
 		return nil, err
@@ -395,6 +421,10 @@ func (d *databaseServer) RotateRoot(ctx context.Context, req *pb.DatabaseNameReq
 		return nil, err
 	}
 	if c.PendingRootPassword != "" {
+		if ok, left := d.rootSettleable(c); !ok {
+			return nil, withMessage(fsm.ErrCASMismatch, "database connection %q: a rotate-root that began %s ago may still be running on a former leader: retry in %s",
+				name, d.now().Sub(time.Unix(0, c.PendingRootSince)).Round(time.Second), left.Round(time.Second))
+		}
 		if err := d.settleRoot(ctx, name, c); err != nil {
 			return nil, err
 		}
@@ -410,7 +440,7 @@ func (d *databaseServer) RotateRoot(ctx context.Context, req *pb.DatabaseNameReq
 	if err != nil {
 		return nil, err
 	}
-	c.PendingRootPassword = pw
+	c.PendingRootPassword, c.PendingRootSince = pw, d.now().UnixNano()
 	if _, err := d.put(ctx, sysDBConfigPref+name, c); err != nil {
 		return nil, err
 	}
@@ -421,7 +451,7 @@ func (d *databaseServer) RotateRoot(ctx context.Context, req *pb.DatabaseNameReq
 		// The pending password stays: settleRoot finds which one works.
 		return nil, dbError(err)
 	}
-	c.Password, c.PendingRootPassword, c.RootRotated = pw, "", d.now().UnixNano()
+	c.Password, c.PendingRootPassword, c.PendingRootSince, c.RootRotated = pw, "", 0, d.now().UnixNano()
 	index, err := d.put(ctx, sysDBConfigPref+name, c)
 	if err != nil {
 		return nil, err
@@ -443,7 +473,7 @@ func (d *databaseServer) settleRoot(ctx context.Context, name string, c *dbConfi
 	} else if err := d.engine.Verify(vctx, c.engineConfig(name, c.Password)); err != nil {
 		return dbError(err)
 	}
-	c.PendingRootPassword = ""
+	c.PendingRootPassword, c.PendingRootSince = "", 0
 	_, err := d.put(ctx, sysDBConfigPref+name, c)
 	d.engine.Close(name)
 	return err
@@ -1006,6 +1036,9 @@ func (d *databaseServer) rotateDue(ctx context.Context) (int, error) {
 			c, err := d.config(name)
 			if err != nil || c.PendingRootPassword == "" {
 				return err
+			}
+			if ok, _ := d.rootSettleable(c); !ok {
+				return nil // its leader may still be at it
 			}
 			defer d.rotatingConn(name)()
 			if c, err = d.config(name); err != nil || c.PendingRootPassword == "" {
