@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"io"
 	"sort"
 	"testing"
 	"time"
@@ -45,6 +46,8 @@ type ClusterOptions struct {
 	// the server's defaults).
 	LeaseIntentWindow time.Duration
 	MaxLeases         int64
+	// LogTap also receives the nodes' log lines (testcluster.Options.LogTap).
+	LogTap io.Writer
 }
 
 // NewCluster starts size nodes with bootstrap_expect = size and waits
@@ -86,6 +89,7 @@ func NewCluster(t testing.TB, size int, opts ...ClusterOptions) *Cluster {
 		AuditTimeout:      o.AuditTimeout,
 		LeaseIntentWindow: o.LeaseIntentWindow,
 		MaxLeases:         o.MaxLeases,
+		LogTap:            o.LogTap,
 	})}
 }
 

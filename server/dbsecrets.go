@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -62,8 +63,10 @@ type dbConfigRecord struct {
 	RootRotated            int64    `json:"root_rotated,omitempty"`
 	// PendingRootPassword is a rotate-root in progress: recorded before
 	// the database changes the password, cleared once it has (or once the
-	// old one is found to still work).
+	// old one is found to still work). PendingRootSince is when it was
+	// recorded (leader time, Unix nanoseconds).
 	PendingRootPassword string `json:"pending_root_password,omitempty"`
+	PendingRootSince    int64  `json:"pending_root_since,omitempty"`
 }
 
 // engineConfig is the connection as the engine takes it, with password
@@ -141,13 +144,83 @@ type dbLeaseData struct {
 // databases.
 type databaseServer struct {
 	pb.UnimplementedDatabaseServer
-	store  sealedJSON
-	props  proposer
-	locks  *keyLocks
+	store sealedJSON
+	props proposer
+	locks *keyLocks
+	// conns orders the calls on a connection's database against its
+	// rotate-roots: a call reads the connection and runs under a read
+	// lock, a rotate-root under the write lock, so that no call logs in
+	// with the password being replaced (nil: no ordering, for tests).
+	conns  *connLocks
 	engine *database.Engine
 	leases *lease.Table
 	logger hclog.Logger
 	now    func() time.Time
+	// rootSettleGrace is how long a pending rotate-root is left alone
+	// (0: defaultRootSettleGrace).
+	rootSettleGrace time.Duration
+}
+
+// defaultRootSettleGrace is how long a rotate-root's pending password is
+// left to the leader that recorded it: past its call's deadline (and a
+// margin for the cancel to land), that leader's ALTER USER can no longer
+// change the password, and whoever finds it pending may decide.
+const defaultRootSettleGrace = 2 * dbCallTimeout
+
+// rootSettleable reports whether c's pending rotate-root may be settled
+// now, and how long to wait otherwise: a former leader may still be
+// running it (it lost Raft, not the database), and settling it before its
+// ALTER USER lands would drop the password the database is about to have.
+func (d *databaseServer) rootSettleable(c *dbConfigRecord) (bool, time.Duration) {
+	grace := d.rootSettleGrace
+	if grace <= 0 {
+		grace = defaultRootSettleGrace
+	}
+	left := time.Unix(0, c.PendingRootSince).Add(grace).Sub(d.now())
+	return left <= 0, left
+}
+
+// connLocks is a read/write lock per connection name.
+type connLocks struct {
+	mu sync.Mutex
+	m  map[string]*sync.RWMutex
+}
+
+func (l *connLocks) get(name string) *sync.RWMutex {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.m == nil {
+		l.m = make(map[string]*sync.RWMutex)
+	}
+	m := l.m[name]
+	if m == nil {
+		m = &sync.RWMutex{}
+		l.m[name] = m
+	}
+	return m
+}
+
+// useConn takes the connection's read lock (calls that use its database)
+// and returns its release, which may be called more than once.
+func (d *databaseServer) useConn(name string) func() {
+	if d.conns == nil {
+		return func() {}
+	}
+	m := d.conns.get(name)
+	m.RLock()
+	var once sync.Once
+	return func() { once.Do(m.RUnlock) }
+}
+
+// rotatingConn takes the connection's write lock (a rotate-root) and
+// returns its release.
+func (d *databaseServer) rotatingConn(name string) func() {
+	if d.conns == nil {
+		return func() {}
+	}
+	m := d.conns.get(name)
+	m.Lock()
+	return m.Unlock
 }
 
 // config reads a connection.
@@ -233,6 +306,9 @@ func (d *databaseServer) WriteConfig(ctx context.Context, req *pb.DatabaseConfig
 	if err := validDBName("connection", name); err != nil {
 		return nil, err
 	}
+	if l := req.GetMaxConnectionLifetimeSeconds(); l < 0 || l > maxDurationSeconds {
+		return nil, invalidf("max_connection_lifetime must be from 0 (no limit) to 100 years (%d seconds)", maxDurationSeconds)
+	}
 	if len(req.GetAllowedRoles()) > maxDBAllowedRoles {
 		return nil, invalidf("allowed_roles: at most %d roles", maxDBAllowedRoles)
 	}
@@ -254,8 +330,19 @@ func (d *databaseServer) WriteConfig(ctx context.Context, req *pb.DatabaseConfig
 	var warnings []string
 	if old, err := d.config(name); err == nil && rec.Password == "" {
 		// Vault keeps the password a write leaves out (after rotate-root
-		// only coffer knows it).
-		rec.Password, rec.RootRotated = old.Password, old.RootRotated
+		// only coffer knows it) — but only for the destination it was
+		// given for: a caller who may write the connection must not learn
+		// it by pointing connection_url at a server of its own, which can
+		// ask for it in clear text.
+		if old.ConnectionURL != rec.ConnectionURL || old.Username != rec.Username {
+			if strings.Contains(rec.ConnectionURL, "{{password}}") {
+				return nil, invalidf("database connection %q: connection_url or username changed, so give the password again: the stored one is only ever sent where it was given for", name)
+			}
+		} else {
+			// A rotate-root still pending stays, to be settled.
+			rec.Password, rec.RootRotated = old.Password, old.RootRotated
+			rec.PendingRootPassword, rec.PendingRootSince = old.PendingRootPassword, old.PendingRootSince
+		}
 	} else if err != nil && !errors.Is(err, fsm.ErrNotFound) {
 		return nil, err
 	}
@@ -328,11 +415,16 @@ func (d *databaseServer) RotateRoot(ctx context.Context, req *pb.DatabaseNameReq
 	}
 	name := req.GetName()
 	defer d.locks.lock(sysDBConfigPref + name)()
+	defer d.rotatingConn(name)()
 	c, err := d.config(name)
 	if err != nil {
 		return nil, err
 	}
 	if c.PendingRootPassword != "" {
+		if ok, left := d.rootSettleable(c); !ok {
+			return nil, withMessage(fsm.ErrCASMismatch, "database connection %q: a rotate-root that began %s ago may still be running on a former leader: retry in %s",
+				name, d.now().Sub(time.Unix(0, c.PendingRootSince)).Round(time.Second), left.Round(time.Second))
+		}
 		if err := d.settleRoot(ctx, name, c); err != nil {
 			return nil, err
 		}
@@ -348,7 +440,7 @@ func (d *databaseServer) RotateRoot(ctx context.Context, req *pb.DatabaseNameReq
 	if err != nil {
 		return nil, err
 	}
-	c.PendingRootPassword = pw
+	c.PendingRootPassword, c.PendingRootSince = pw, d.now().UnixNano()
 	if _, err := d.put(ctx, sysDBConfigPref+name, c); err != nil {
 		return nil, err
 	}
@@ -359,7 +451,7 @@ func (d *databaseServer) RotateRoot(ctx context.Context, req *pb.DatabaseNameReq
 		// The pending password stays: settleRoot finds which one works.
 		return nil, dbError(err)
 	}
-	c.Password, c.PendingRootPassword, c.RootRotated = pw, "", d.now().UnixNano()
+	c.Password, c.PendingRootPassword, c.PendingRootSince, c.RootRotated = pw, "", 0, d.now().UnixNano()
 	index, err := d.put(ctx, sysDBConfigPref+name, c)
 	if err != nil {
 		return nil, err
@@ -371,7 +463,8 @@ func (d *databaseServer) RotateRoot(ctx context.Context, req *pb.DatabaseNameReq
 
 // settleRoot ends a rotate-root a leader did not finish: when the pending
 // password logs in it becomes the password, otherwise the old one still
-// works and the pending one is dropped. The caller holds the lock.
+// works and the pending one is dropped. The caller holds the lock and the
+// connection's write lock (rotatingConn).
 func (d *databaseServer) settleRoot(ctx context.Context, name string, c *dbConfigRecord) error {
 	vctx, cancel := context.WithTimeout(ctx, dbCallTimeout)
 	defer cancel()
@@ -380,7 +473,7 @@ func (d *databaseServer) settleRoot(ctx context.Context, name string, c *dbConfi
 	} else if err := d.engine.Verify(vctx, c.engineConfig(name, c.Password)); err != nil {
 		return dbError(err)
 	}
-	c.PendingRootPassword = ""
+	c.PendingRootPassword, c.PendingRootSince = "", 0
 	_, err := d.put(ctx, sysDBConfigPref+name, c)
 	d.engine.Close(name)
 	return err
@@ -428,12 +521,23 @@ func (d *databaseServer) WriteRole(ctx context.Context, req *pb.DatabaseRole) (*
 		if *s.out, err = statementsOf(s.field, s.in); err != nil {
 			return nil, err
 		}
+		// Every placeholder quoted and every string closed, now rather
+		// than at the first credential or, worse, at a revocation: each
+		// lease keeps the revocation statements it was issued with.
+		if s.field != "rollback_statements" {
+			if err := database.CheckStatements(*s.out); err != nil {
+				return nil, invalidf("database role: %s: %v", s.field, err)
+			}
+		}
 	}
 	if len(r.Creation) == 0 {
 		return nil, invalidf("database role: creation_statements are empty: give the statements that create the user")
 	}
 	if r.DefaultTTL < 0 || r.MaxTTL < 0 || r.MaxLeases < 0 {
 		return nil, invalidf("database role: default_ttl, max_ttl and max_leases must not be negative")
+	}
+	if max(r.DefaultTTL, r.MaxTTL) > maxDurationSeconds {
+		return nil, invalidf("database role: default_ttl and max_ttl must be at most 100 years (%d seconds)", maxDurationSeconds)
 	}
 	if r.MaxTTL > 0 && r.DefaultTTL > r.MaxTTL {
 		return nil, invalidf("database role: default_ttl (%ds) is longer than max_ttl (%ds)", r.DefaultTTL, r.MaxTTL)
@@ -495,6 +599,11 @@ func (d *databaseServer) Creds(ctx context.Context, req *pb.DatabaseNameRequest)
 	if err != nil {
 		return nil, err
 	}
+	if err := validDBName("connection", r.DBName); err != nil {
+		return nil, err
+	}
+	release := d.useConn(r.DBName)
+	defer release()
 	c, err := d.config(r.DBName)
 	if err != nil {
 		return nil, err
@@ -530,7 +639,15 @@ func (d *databaseServer) Creds(ctx context.Context, req *pb.DatabaseNameRequest)
 	cctx, cancel := context.WithDeadline(ctx, pending.Due.Add(-time.Until(pending.Due)/2))
 	err = d.engine.CreateUser(cctx, c.engineConfig(r.DBName, c.Password), r.Creation, username, password, pending.ExpireTime)
 	cancel()
+	release()
 	if err != nil {
+		if database.MayHaveCommitted(err) {
+			// The commit was sent and its answer lost: the user may exist.
+			// The intent stays, and the worker revokes it when it falls due
+			// (DROP ROLE IF EXISTS), so that no user outlives its lease.
+			d.logger.Warn("the creation's commit was not confirmed; its intent is revoked when due", "lease", pending.ID, "error", err)
+			return nil, dbError(err)
+		}
 		// The creation ran in one transaction that did not commit: there is
 		// no user, and the intent goes. Should removing it fail, it falls
 		// due and is revoked (a no-op) like any other.
@@ -540,8 +657,22 @@ func (d *databaseServer) Creds(ctx context.Context, req *pb.DatabaseNameRequest)
 		return nil, dbError(err)
 	}
 	if _, err := d.leases.Confirm(ctx, pending.ID, pending.Index); err != nil {
-		// The user exists and the lease is pending (or being revoked): the
-		// worker drops the user. The caller sees the failure and asks again.
+		if errors.Is(err, lease.ErrIntentLost) {
+			// The intent was taken for revocation (revoke, revoke-prefix,
+			// or its window passed) and may be revoked already — before
+			// the user existed, so that drop did nothing. The creator
+			// undoes its creation, as the lease table asks.
+			uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), dbRevokeTimeout)
+			uerr := d.revokeLease(uctx, &lease.Record{ID: pending.ID, Data: data})
+			cancel()
+			if uerr != nil {
+				d.logger.Error("a user whose lease was revoked while it was created could not be dropped: drop it by hand",
+					"lease", pending.ID, "connection", r.DBName, "user", username, "error", uerr)
+			}
+			return nil, err
+		}
+		// The user exists and the lease is pending: the worker drops the
+		// user when it falls due. The caller sees the failure and asks again.
 		return nil, err
 	}
 	ttl = pending.ExpireTime.Sub(pending.IssueTime)
@@ -573,7 +704,14 @@ func (d *databaseServer) revokeLease(ctx context.Context, rec *lease.Record) err
 	if err := json.Unmarshal(rec.Data, &data); err != nil {
 		return fmt.Errorf("the lease's data does not decode: %v", err)
 	}
+	if err := validDBName("connection", data.DB); err != nil {
+		return err
+	}
+	defer d.useConn(data.DB)()
 	c, err := d.config(data.DB)
+	if errors.Is(err, fsm.ErrNotFound) {
+		return fmt.Errorf("the database connection %q was deleted: write it again (coffer database config write %s) so that its user %q can be dropped; retried until then", data.DB, data.DB, data.Username)
+	}
 	if err != nil {
 		return fmt.Errorf("connection %q: %v", data.DB, err)
 	}
@@ -589,6 +727,10 @@ func (d *databaseServer) renewLease(ctx context.Context, rec *lease.Record, expi
 	if err := json.Unmarshal(rec.Data, &data); err != nil {
 		return fmt.Errorf("the lease's data does not decode: %v", err)
 	}
+	if err := validDBName("connection", data.DB); err != nil {
+		return err
+	}
+	defer d.useConn(data.DB)()
 	c, err := d.config(data.DB)
 	if err != nil {
 		return err
@@ -630,6 +772,9 @@ func (d *databaseServer) WriteStaticRole(ctx context.Context, req *pb.DatabaseSt
 	if err != nil {
 		return nil, err
 	}
+	if req.GetRotationPeriodSeconds() < 0 || req.GetRotationPeriodSeconds() > maxDurationSeconds {
+		return nil, invalidf("database static role: rotation_period must be from 0 (the default, a day) to 100 years (%d seconds)", maxDurationSeconds)
+	}
 	period := time.Duration(req.GetRotationPeriodSeconds()) * time.Second
 	if period == 0 {
 		period = defaultStaticRotation
@@ -646,6 +791,9 @@ func (d *databaseServer) WriteStaticRole(ctx context.Context, req *pb.DatabaseSt
 	}
 	if !c.allows(name) {
 		return nil, invalidf("database static role: connection %q does not allow role %q: add it to the connection's allowed_roles", req.GetDbName(), name)
+	}
+	if err := notManagementUser(req.GetDbName(), c, req.GetUsername()); err != nil {
+		return nil, err
 	}
 	defer d.locks.lock(sysDBStaticPref + name)()
 	r := &staticRoleRecord{DBName: req.GetDbName(), Username: req.GetUsername(), RotationPeriod: int64(period / time.Second), Statements: stmts}
@@ -664,6 +812,12 @@ func (d *databaseServer) WriteStaticRole(ctx context.Context, req *pb.DatabaseSt
 	}
 	index, err := d.rotateStatic(ctx, name, r)
 	if err != nil {
+		if errors.Is(err, errPasswordUnchanged) {
+			// The database kept the user's password: the role goes back
+			// to what it was (none), as in Vault, rather than staying for
+			// the rotation loop to retry for ever.
+			d.restoreStatic(ctx, name, old)
+		}
 		return nil, err
 	}
 	d.logger.Info("database static role written and rotated", "role", name)
@@ -675,8 +829,16 @@ func (d *databaseServer) WriteStaticRole(ctx context.Context, req *pb.DatabaseSt
 // rotation already recorded it completes that one instead. The caller
 // holds the role's lock.
 func (d *databaseServer) rotateStatic(ctx context.Context, name string, r *staticRoleRecord) (uint64, error) {
+	if err := validDBName("connection", r.DBName); err != nil {
+		return 0, err
+	}
+	release := d.useConn(r.DBName)
+	defer release()
 	c, err := d.config(r.DBName)
 	if err != nil {
+		return 0, err
+	}
+	if err := notManagementUser(r.DBName, c, r.Username); err != nil {
 		return 0, err
 	}
 	if r.Pending == "" {
@@ -698,10 +860,50 @@ func (d *databaseServer) rotateStatic(ctx context.Context, name string, r *stati
 		// The pending password stays and is set again by the next attempt:
 		// setting a password twice is harmless, and static-creds never
 		// answers while a rotation is pending.
+		if !database.MayHaveCommitted(err) {
+			return 0, &unchangedError{err: dbError(err)}
+		}
 		return 0, dbError(err)
 	}
 	r.Password, r.Pending, r.LastRotation = r.Pending, "", d.now().UnixNano()
 	return d.put(ctx, sysDBStaticPref+name, r)
+}
+
+// errPasswordUnchanged marks a static rotation that certainly left the
+// user's password as it was in the database (the statements failed, or
+// never ran).
+var errPasswordUnchanged = errors.New("the password was not changed")
+
+// unchangedError is a rotation's error that also matches
+// errPasswordUnchanged.
+type unchangedError struct{ err error }
+
+func (e *unchangedError) Error() string   { return e.err.Error() }
+func (e *unchangedError) Unwrap() []error { return []error{e.err, errPasswordUnchanged} }
+
+// restoreStatic puts back the static role a failed write replaced (nil:
+// removes the one it created). The caller holds the role's lock.
+func (d *databaseServer) restoreStatic(ctx context.Context, name string, old *staticRoleRecord) {
+	ctx = context.WithoutCancel(ctx)
+	var err error
+	if old == nil {
+		_, err = deleteKeys(ctx, d.props, []string{sysDBStaticPref + name})
+	} else {
+		_, err = d.put(ctx, sysDBStaticPref+name, old)
+	}
+	if err != nil {
+		d.logger.Warn("a static role whose first rotation failed could not be put back", "role", name, "error", err)
+	}
+}
+
+// notManagementUser refuses a static role on the user the connection
+// logs in as: rotating it would change the password coffer manages the
+// database with, and break every call on the connection.
+func notManagementUser(conn string, c *dbConfigRecord, username string) error {
+	if c.Username != "" && username == c.Username {
+		return invalidf("database static role: %q is the management user of connection %q, which coffer logs in with: rotate its password with `coffer database rotate-root %s`, or give the static role another user", username, conn, conn)
+	}
+	return nil
 }
 
 // ReadStaticRole returns a static role without its password.
@@ -833,6 +1035,13 @@ func (d *databaseServer) rotateDue(ctx context.Context) (int, error) {
 			defer d.locks.lock(sysDBConfigPref + name)()
 			c, err := d.config(name)
 			if err != nil || c.PendingRootPassword == "" {
+				return err
+			}
+			if ok, _ := d.rootSettleable(c); !ok {
+				return nil // its leader may still be at it
+			}
+			defer d.rotatingConn(name)()
+			if c, err = d.config(name); err != nil || c.PendingRootPassword == "" {
 				return err
 			}
 			return d.settleRoot(ctx, name, c)

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	pb "coffer/api/cofferpb"
+	"coffer/api/route"
 	"coffer/fsm"
 	"coffer/server/database"
 	"coffer/server/lease"
@@ -93,8 +94,8 @@ func (l *leaseServer) Renew(ctx context.Context, req *pb.LeaseRenewRequest) (*pb
 	if err := validLeaseID(req.GetLeaseId()); err != nil {
 		return nil, err
 	}
-	if req.GetIncrementSeconds() < 0 {
-		return nil, invalidf("increment must not be negative")
+	if req.GetIncrementSeconds() < 0 || req.GetIncrementSeconds() > maxDurationSeconds {
+		return nil, invalidf("increment must be from 0 (the lease's TTL) to 100 years (%d seconds)", maxDurationSeconds)
 	}
 	r, capped, err := l.table.Renew(ctx, req.GetLeaseId(), time.Duration(req.GetIncrementSeconds())*time.Second, l.renewHook)
 	if err != nil {
@@ -159,7 +160,9 @@ func (l *leaseServer) List(ctx context.Context, req *pb.LeaseListRequest) (*pb.L
 	case limit > maxLeasePage:
 		limit = maxLeasePage
 	}
-	recs, more, err := l.table.List(req.GetPrefix(), req.GetAfter(), limit, req.GetFailed())
+	// The folder the route's policy path names: "database/creds/app"
+	// covers app's leases, not app2's.
+	recs, more, err := l.table.List(route.LeaseListPrefix(req.GetPrefix()), req.GetAfter(), limit, req.GetFailed())
 	if err != nil {
 		return nil, leaseError(err)
 	}

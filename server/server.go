@@ -304,7 +304,7 @@ func (s *Server) wire() error {
 	if err != nil {
 		return err
 	}
-	s.db = &databaseServer{store: store, props: props, locks: &keyLocks{}, engine: database.New(logger.Named("database")),
+	s.db = &databaseServer{store: store, props: props, locks: &keyLocks{}, conns: &connLocks{}, engine: database.New(logger.Named("database")),
 		leases: leases, logger: logger.Named("database"), now: time.Now}
 	leases.RegisterRevoker(dbLeaseKind, lease.RevokerFunc(s.db.revokeLease))
 	leaseSvc := &leaseServer{table: leases, renew: map[string]lease.RenewHook{dbLeaseKind: s.db.renewLease}, now: time.Now}

@@ -210,7 +210,9 @@ type DatabaseConfig struct {
 	// replaced by username and password.
 	ConnectionUrl string `protobuf:"bytes,3,opt,name=connection_url,json=connectionUrl,proto3" json:"connection_url,omitempty"`
 	Username      string `protobuf:"bytes,4,opt,name=username,proto3" json:"username,omitempty"`
-	// password is accepted on write and never returned.
+	// password is accepted on write and never returned. A write that leaves
+	// it out keeps the stored one only when connection_url and username are
+	// unchanged: a stored password is never sent anywhere else.
 	Password string `protobuf:"bytes,5,opt,name=password,proto3" json:"password,omitempty"`
 	// allowed_roles: the roles that may use this connection ("*": all).
 	AllowedRoles                 []string `protobuf:"bytes,6,rep,name=allowed_roles,json=allowedRoles,proto3" json:"allowed_roles,omitempty"`
@@ -916,9 +918,12 @@ func (x *LeaseRevokeResponse) GetWarnings() []string {
 }
 
 type LeaseListRequest struct {
-	state  protoimpl.MessageState `protogen:"open.v1"`
-	Prefix string                 `protobuf:"bytes,1,opt,name=prefix,proto3" json:"prefix,omitempty"`
-	Failed bool                   `protobuf:"varint,2,opt,name=failed,proto3" json:"failed,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// prefix is a folder, as in Vault's LIST sys/leases/lookup/<prefix>/: a
+	// trailing slash is added when it has none ("database/creds/app" lists
+	// app's leases, not app2's); empty lists every lease.
+	Prefix string `protobuf:"bytes,1,opt,name=prefix,proto3" json:"prefix,omitempty"`
+	Failed bool   `protobuf:"varint,2,opt,name=failed,proto3" json:"failed,omitempty"`
 	// after and limit page through a long list (limit 0: the server's
 	// page size).
 	After         string `protobuf:"bytes,3,opt,name=after,proto3" json:"after,omitempty"`

@@ -175,6 +175,9 @@ func TestDatabasePolicyPaths(t *testing.T) {
 		{pb.Lease_Renew_FullMethodName, &pb.LeaseRenewRequest{}, "sys/leases/renew", Update, true},
 		{pb.Lease_RevokePrefix_FullMethodName, &pb.LeasePrefixRequest{Prefix: "database/creds/app"}, "sys/leases/revoke-prefix/database/creds/app", Update | Sudo, true},
 		{pb.Lease_List_FullMethodName, &pb.LeaseListRequest{Prefix: "database/creds/"}, "sys/leases/lookup/database/creds/", List | Sudo, false},
+		// A prefix is a folder, as Vault's LIST path: app's leases, not app2's.
+		{pb.Lease_List_FullMethodName, &pb.LeaseListRequest{Prefix: "database/creds/app"}, "sys/leases/lookup/database/creds/app/", List | Sudo, false},
+		{pb.Lease_List_FullMethodName, &pb.LeaseListRequest{}, "sys/leases/lookup/", List | Sudo, false},
 	}
 	for _, c := range cases {
 		r, ok := Lookup(c.method)

@@ -114,7 +114,7 @@ var table = []Route{
 	{Method: pb.Lease_Renew_FullMethodName, Leader: true, Policy: fixed("sys/leases/renew", Update)},
 	{Method: pb.Lease_Revoke_FullMethodName, Leader: true, Policy: fixed("sys/leases/revoke", Update)},
 	{Method: pb.Lease_RevokePrefix_FullMethodName, Leader: true, Policy: leasePrefix("sys/leases/revoke-prefix/", Update|Sudo)},
-	{Method: pb.Lease_List_FullMethodName, Consistent: true, Policy: leasePrefix("sys/leases/lookup/", List|Sudo)},
+	{Method: pb.Lease_List_FullMethodName, Consistent: true, Policy: leaseList},
 
 	// Cluster: node to node.
 	{Method: pb.Cluster_ReadIndex_FullMethodName, Access: Peer},
@@ -278,10 +278,9 @@ func mounts(req proto.Message) (string, Capability) {
 	return "sys/mounts", Read
 }
 
-// fixed is a route on one path.
 // leasePrefix is Vault's path for an operation on the leases under a
-// prefix: sys/leases/lookup/<prefix> (LIST) and
-// sys/leases/revoke-prefix/<prefix>, both sudo in Vault.
+// prefix: sys/leases/revoke-prefix/<prefix>, sudo in Vault (the lease
+// table adds the trailing slash, as Vault's RevokePrefix does).
 func leasePrefix(base string, need Capability) func(proto.Message) (string, Capability) {
 	return func(req proto.Message) (string, Capability) {
 		p := ""
@@ -292,6 +291,29 @@ func leasePrefix(base string, need Capability) func(proto.Message) (string, Capa
 	}
 }
 
+// LeaseListPrefix is the prefix a lease list covers: a folder, as in
+// Vault's LIST sys/leases/lookup/<prefix>/ — a prefix without a trailing
+// slash gets one, so that "database/creds/app" lists neither
+// "database/creds/app2/…" nor "database/creds/app-admin/…". The server
+// lists what the policy path names, both from this.
+func LeaseListPrefix(p string) string {
+	if p != "" && !strings.HasSuffix(p, "/") {
+		return p + "/"
+	}
+	return p
+}
+
+// leaseList is the policy path of a lease list: Vault's LIST path
+// sys/leases/lookup/<prefix>/, sudo.
+func leaseList(req proto.Message) (string, Capability) {
+	p := ""
+	if r, ok := req.(interface{ GetPrefix() string }); ok {
+		p = r.GetPrefix()
+	}
+	return "sys/leases/lookup/" + LeaseListPrefix(p), List | Sudo
+}
+
+// fixed is a route on one path.
 func fixed(path string, need Capability) func(proto.Message) (string, Capability) {
 	return func(proto.Message) (string, Capability) { return path, need }
 }

@@ -86,7 +86,10 @@ func cmdDatabaseConfigWrite(e *env, args []string) error {
 Create or replace the PostgreSQL connection NAME. The connection URL is a
 template: {{username}} and {{password}} are replaced by -username and
 -password. The leader connects before saving and refuses a configuration
-that does not log in (-verify-connection=false skips that).`).withClient()
+that does not log in (-verify-connection=false skips that). Without
+-password the stored password is kept, but only when -connection-url and
+-username are unchanged (after rotate-root only coffer knows it, and it is
+never sent to another server).`).withClient()
 	url := f.fs.String("connection-url", "", "postgresql://{{username}}:{{password}}@HOST:5432/DB?sslmode=…")
 	user := f.fs.String("username", "", "the management user")
 	password := f.fs.String("password", "", "its password (@FILE reads it from FILE)")

@@ -115,8 +115,8 @@ past its max TTL (a renewal that is capped says so).`).withClient()
 func cmdLeaseRevoke(e *env, args []string) error {
 	f := newFlags("coffer lease revoke", "[flags] LEASE_ID | -prefix PREFIX", `
 Revoke the lease LEASE_ID now (its database user is dropped). With
--prefix, every lease whose id starts with PREFIX is made due and the
-leader revokes them all.`).withClient()
+-prefix, every lease under the folder PREFIX (database/creds/app: app's
+leases, not app2's) is made due and the leader revokes them all.`).withClient()
 	prefix := f.fs.Bool("prefix", false, "revoke every lease under the argument")
 	args, c, err := f.clientFor(e, args, "LEASE_ID")
 	if err != nil {
@@ -148,7 +148,8 @@ leader revokes them all.`).withClient()
 
 func cmdLeaseList(e *env, args []string) error {
 	f := newFlags("coffer lease list", "[flags]", `
-List the leases whose id starts with -prefix, page by page. -failed lists
+List the leases under the folder -prefix (database/creds/app: app's
+leases, not app2's), page by page. -failed lists
 only leases whose revocation has failed, with the last error: coffer keeps
 retrying them.`).withClient()
 	prefix := f.fs.String("prefix", "", "only leases under this prefix")

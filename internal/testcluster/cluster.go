@@ -236,7 +236,7 @@ func (c *Cluster) config(n *Node, expect int, network *replication.Network) serv
 		cfg.AuditTimeout = c.opts.AuditTimeout
 	}
 	cfg.ShutdownTimeout = shutdownTimeout
-	cfg.Logger = newLogger(c.logs, n.ID, c.opts.LogLevel)
+	cfg.Logger = newLoggerTap(c.logs, c.opts.LogTap, n.ID, c.opts.LogLevel)
 	return cfg
 }
 

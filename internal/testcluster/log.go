@@ -1,6 +1,7 @@
 package testcluster
 
 import (
+	"io"
 	"strings"
 	"sync"
 	"testing"
@@ -16,7 +17,16 @@ func Logger(t testing.TB, name string, level hclog.Level) hclog.Logger {
 }
 
 func newLogger(g *logGate, name string, level hclog.Level) hclog.Logger {
-	return hclog.New(&hclog.LoggerOptions{Name: name, Level: level, Output: g})
+	return newLoggerTap(g, nil, name, level)
+}
+
+// newLoggerTap is newLogger whose lines also go to tap (when not nil).
+func newLoggerTap(g *logGate, tap io.Writer, name string, level hclog.Level) hclog.Logger {
+	var out io.Writer = g
+	if tap != nil {
+		out = io.MultiWriter(g, tap)
+	}
+	return hclog.New(&hclog.LoggerOptions{Name: name, Level: level, Output: out})
 }
 
 // logGate is an io.Writer that passes each write to t.Log as one line

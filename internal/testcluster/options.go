@@ -2,6 +2,7 @@ package testcluster
 
 import (
 	"errors"
+	"io"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -55,6 +56,11 @@ type Options struct {
 	// HTTP makes every node serve the Vault-compatible HTTP API too, on an
 	// address of its own (Node.HTTPAddr, Node.HTTPURL).
 	HTTP bool
+	// LogTap, when set, also receives every line the nodes log (at
+	// LogLevel and above), also after the test's end; it must be safe for
+	// concurrent use. Tests that look for what must never be logged read
+	// it.
+	LogTap io.Writer
 }
 
 // Defaults of Options.

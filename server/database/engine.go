@@ -23,14 +23,19 @@ type Engine struct {
 	mu     sync.Mutex
 	pools  map[string]*poolEntry
 	closed bool
-	// closing counts pools being closed in the background: a replaced
-	// pool is closed once the calls that hold its connections are done.
+	// closing counts the retired pools not yet closed: a replaced pool is
+	// closed once the calls that use it are done.
 	closing sync.WaitGroup
 }
 
 type poolEntry struct {
 	fp   [32]byte
 	pool *pgxpool.Pool
+	// users counts the calls using the pool now; a retired pool (replaced,
+	// or its connection closed) is closed once none does. Both are guarded
+	// by Engine.mu.
+	users   int
+	retired bool
 }
 
 // errEngineClosed is returned by calls after CloseAll.
@@ -44,32 +49,52 @@ func New(log hclog.Logger) *Engine {
 	return &Engine{log: log, pools: make(map[string]*poolEntry)}
 }
 
-// pool returns the pool of cfg, building it when there is none or cfg
-// differs from the one it was built from.
-func (e *Engine) pool(cfg *Config) (*pgxpool.Pool, error) {
+// use returns the pool of cfg for one call, building it when there is
+// none or cfg differs from the one it was built from, and the release the
+// call must make when it is done with the pool. A pool replaced or closed
+// while calls use it stays open until they have released it: a call never
+// finds its pool closed under it.
+func (e *Engine) use(cfg *Config) (*pgxpool.Pool, func(), error) {
 	fp := cfg.fingerprint()
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
-		return nil, &Error{Connection: cfg.Name, Kind: ErrUnreachable, Err: errEngineClosed, Hint: "the node is shutting down"}
+		return nil, nil, &Error{Connection: cfg.Name, Kind: ErrUnreachable, Err: errEngineClosed, Hint: "the node is shutting down"}
 	}
 	if ent, ok := e.pools[cfg.Name]; ok && ent.fp == fp {
-		return ent.pool, nil
+		ent.users++
+		return ent.pool, e.releaser(ent), nil
 	}
 	pc, err := cfg.poolConfig()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	p, err := pgxpool.NewWithConfig(context.Background(), pc)
 	if err != nil {
-		return nil, &Error{Connection: cfg.Name, Kind: ErrInvalidConfig, Err: redact(err, cfg.Password)}
+		return nil, nil, &Error{Connection: cfg.Name, Kind: ErrInvalidConfig, Err: redact(err, cfg.Password)}
 	}
 	if old, ok := e.pools[cfg.Name]; ok {
-		e.closeLocked(old.pool)
+		e.retireLocked(old)
 		e.log.Debug("connection pool rebuilt for a changed configuration", "connection", cfg.Name)
 	}
-	e.pools[cfg.Name] = &poolEntry{fp: fp, pool: p}
-	return p, nil
+	ent := &poolEntry{fp: fp, pool: p, users: 1}
+	e.pools[cfg.Name] = ent
+	return p, e.releaser(ent), nil
+}
+
+// releaser is the release of one use of ent (idempotent).
+func (e *Engine) releaser(ent *poolEntry) func() {
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			e.mu.Lock()
+			defer e.mu.Unlock()
+			ent.users--
+			if ent.retired && ent.users == 0 {
+				e.closeInBackground(ent.pool)
+			}
+		})
+	}
 }
 
 // replacePool makes p the pool of cfg (a pool known to work with cfg).
@@ -77,48 +102,61 @@ func (e *Engine) replacePool(cfg *Config, p *pgxpool.Pool) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {
-		e.closeLocked(p)
+		e.closing.Add(1)
+		e.closeInBackground(p)
 		return
 	}
 	if old, ok := e.pools[cfg.Name]; ok && old.pool != p {
-		e.closeLocked(old.pool)
+		e.retireLocked(old)
 	}
 	e.pools[cfg.Name] = &poolEntry{fp: cfg.fingerprint(), pool: p}
 }
 
-// closeLocked closes p in the background: Close waits for the connections
-// that calls still hold.
-func (e *Engine) closeLocked(p *pgxpool.Pool) {
+// retireLocked marks ent as no longer its connection's pool: it is closed
+// now when no call uses it, else by the last call's release. e.closing
+// counts it until it is closed.
+func (e *Engine) retireLocked(ent *poolEntry) {
+	if ent.retired {
+		return
+	}
+	ent.retired = true
 	e.closing.Add(1)
+	if ent.users == 0 {
+		e.closeInBackground(ent.pool)
+	}
+}
+
+// closeInBackground closes p and marks one retired pool closed
+// (e.closing): Close waits for the connections still checked out.
+func (e *Engine) closeInBackground(p *pgxpool.Pool) {
 	go func() {
 		defer e.closing.Done()
 		p.Close()
 	}()
 }
 
-// Close closes the pool of the connection name (deleted or no longer
-// used). Calls that hold its connections finish first.
+// Close retires the pool of the connection name (deleted, or written
+// again): calls using it finish on it, then it is closed; the next call
+// builds a new one.
 func (e *Engine) Close(name string) {
 	e.mu.Lock()
-	ent, ok := e.pools[name]
-	delete(e.pools, name)
-	e.mu.Unlock()
-	if ok {
-		ent.pool.Close()
+	defer e.mu.Unlock()
+	if ent, ok := e.pools[name]; ok {
+		delete(e.pools, name)
+		e.retireLocked(ent)
 	}
 }
 
-// CloseAll closes every pool and waits until they are closed; later calls
-// fail. It is idempotent.
+// CloseAll closes every pool and waits until they are closed (the calls
+// using them done); later calls fail. It is idempotent.
 func (e *Engine) CloseAll() {
 	e.mu.Lock()
 	e.closed = true
-	pools := e.pools
-	e.pools = make(map[string]*poolEntry)
-	e.mu.Unlock()
-	for _, ent := range pools {
-		ent.pool.Close()
+	for name, ent := range e.pools {
+		delete(e.pools, name)
+		e.retireLocked(ent)
 	}
+	e.mu.Unlock()
 	e.closing.Wait()
 }
 
@@ -162,10 +200,11 @@ type txOp struct {
 // nothing has run yet. A failure of fn rolls everything back.
 func (e *Engine) inTx(ctx context.Context, cfg *Config, op txOp, fn func(pgx.Tx) error) error {
 	secrets := append([]string{cfg.Password}, op.secrets...)
-	p, err := e.pool(cfg)
+	p, release, err := e.use(cfg)
 	if err != nil {
 		return err
 	}
+	defer release()
 	for conflicts := 0; ; conflicts++ {
 		err := e.runTx(ctx, cfg, p, op, fn, secrets)
 		if err == nil || !isConflict(err) || conflicts == maxConflictRetries {
@@ -213,7 +252,15 @@ func (e *Engine) runTx(ctx context.Context, cfg *Config, p *pgxpool.Pool, op txO
 		return statementError(cfg.Name, op, err, secrets)
 	}
 	if err := tx.Commit(ctx); err != nil {
-		return statementError(cfg.Name, txOp{what: "commit", hint: op.hint}, err, secrets)
+		serr := statementError(cfg.Name, txOp{what: "commit", hint: op.hint}, err, secrets)
+		// PostgreSQL's own refusal (or pgx's report that the commit rolled
+		// back) means nothing was committed; anything else leaves the
+		// outcome unknown.
+		var pgErr *pgconn.PgError
+		if engErr := (*Error)(nil); !errors.As(err, &pgErr) && !errors.Is(err, pgx.ErrTxCommitRollback) && errors.As(serr, &engErr) {
+			engErr.MaybeCommitted = true
+		}
+		return serr
 	}
 	return nil
 }
@@ -308,10 +355,11 @@ func (e *Engine) userMustExist(ctx context.Context, cfg *Config, username string
 // UserExists reports whether pg_roles holds username (a parameterised
 // query).
 func (e *Engine) UserExists(ctx context.Context, cfg *Config, username string) (bool, error) {
-	p, err := e.pool(cfg)
+	p, release, err := e.use(cfg)
 	if err != nil {
 		return false, err
 	}
+	defer release()
 	var exists bool
 	query := func() error {
 		return p.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)`, username).Scan(&exists)

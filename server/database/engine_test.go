@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -313,6 +314,65 @@ func TestCreationSyntaxErrorLeavesNothing(t *testing.T) {
 	}
 }
 
+// TestCommitOfUnknownOutcome: a COMMIT whose answer never comes (it
+// waits for a synchronous standby that is down, and the client gives up at
+// its deadline) may have committed — here it did, locally — and says so
+// with MayHaveCommitted; a statement PostgreSQL refused, or a deadline
+// passed before the COMMIT was sent, does not.
+func TestCommitOfUnknownOutcome(t *testing.T) {
+	pg, e, cfg := setup(t)
+	pg.Exec(t, `ALTER SYSTEM SET synchronous_standby_names = 'standby_that_is_down'`)
+	pg.Exec(t, `SELECT pg_reload_conf()`)
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var v string
+		err := pg.Pool(t).QueryRow(context.Background(), `SELECT current_setting('synchronous_standby_names')`).Scan(&v)
+		if err == nil && v == "standby_that_is_down" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the configuration did not reload: %q, %v", v, err)
+		}
+		time.Sleep(20 * time.Millisecond) // polling a condition with a deadline
+	}
+	user, pw := newCreds(t, "sync")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	err := e.CreateUser(ctx, cfg, Statements{`CREATE ROLE "{{name}}" LOGIN PASSWORD '{{password}}'; SET LOCAL synchronous_commit = on;`},
+		user, pw, time.Time{})
+	if err == nil || !MayHaveCommitted(err) {
+		t.Fatalf("a commit that never answered: %v; MayHaveCommitted = %v, want true", err, MayHaveCommitted(err))
+	}
+	if strings.Contains(err.Error(), pw) || strings.Contains(err.Error(), cfg.Password) {
+		t.Fatalf("the error holds a password: %v", err)
+	}
+	// The cancel the client sends as it gives up ends the wait for the
+	// standby: the commit, local already, shows.
+	for !pg.RoleExists(t, user) {
+		if time.Now().After(deadline.Add(10 * time.Second)) {
+			t.Fatal("the commit did not land: this test no longer shows an outcome that is unknown to the client")
+		}
+		time.Sleep(20 * time.Millisecond) // polling a condition with a deadline
+	}
+
+	other, pw2 := newCreds(t, "refused")
+	err = e.CreateUser(ctxFor(t, 10*time.Second), cfg, Statements{`CREATE ROLE "{{name}}" LOGIN PASSWORD '{{password}}'; SELEKT 1;`},
+		other, pw2, time.Time{})
+	if err == nil || MayHaveCommitted(err) {
+		t.Fatalf("a statement PostgreSQL refused: %v; MayHaveCommitted = %v, want false", err, MayHaveCommitted(err))
+	}
+	slow, cancelSlow := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancelSlow()
+	err = e.CreateUser(slow, cfg, Statements{`CREATE ROLE "{{name}}" LOGIN PASSWORD '{{password}}'; SELECT pg_sleep(2);`},
+		other, pw2, time.Time{})
+	if err == nil || MayHaveCommitted(err) {
+		t.Fatalf("a deadline before the commit: %v; MayHaveCommitted = %v, want false", err, MayHaveCommitted(err))
+	}
+	if pg.RoleExists(t, other) {
+		t.Fatal("a creation that never committed left its user")
+	}
+}
+
 func TestHostileUsernameRefused(t *testing.T) {
 	pg, e, cfg := setup(t)
 	pg.Exec(t, `CREATE ROLE admin`)
@@ -606,19 +666,24 @@ func TestConcurrentCreateUser(t *testing.T) {
 func TestPoolFollowsConfig(t *testing.T) {
 	pg, e, cfg := setup(t)
 	ctx := ctxFor(t, 30*time.Second)
-	p1, err := e.pool(cfg)
+	p1, release, err := e.use(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p2, _ := e.pool(cfg); p2 != p1 {
+	release()
+	release() // twice is once
+	if p2, release, _ := e.use(cfg); p2 != p1 {
 		t.Fatal("the same configuration got a new pool")
+	} else {
+		release()
 	}
 	changed := *cfg
 	changed.MaxOpenConnections = 7
-	p3, err := e.pool(&changed)
+	p3, release, err := e.use(&changed)
 	if err != nil {
 		t.Fatal(err)
 	}
+	release()
 	if p3 == p1 || p3.Config().MaxConns != 7 {
 		t.Fatalf("a changed configuration kept its pool (max conns %d)", p3.Config().MaxConns)
 	}
@@ -635,6 +700,71 @@ func TestPoolFollowsConfig(t *testing.T) {
 		t.Fatalf("a call after CloseAll: %v", err)
 	}
 	e.CloseAll()
+}
+
+// TestCallsOutliveAPoolTheyHold: calls in flight while the connection's
+// pool is closed (a connection deleted or written again) or rebuilt (its
+// configuration changed) finish on the pool they hold; none fails with a
+// closed pool. Once they are done, no old pool keeps a connection.
+func TestCallsOutliveAPoolTheyHold(t *testing.T) {
+	pg, e, cfg := setup(t)
+	ctx := ctxFor(t, 60*time.Second)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var calls atomic.Int64
+	errs := make(chan error, 1000)
+	for w := range 6 {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				user, pw := newCreds(t, fmt.Sprintf("p%d", w))
+				err := e.CreateUser(ctx, cfg, createSelect, user, pw, time.Now().Add(time.Hour))
+				if err == nil {
+					err = e.RevokeUser(ctx, cfg, nil, user)
+				}
+				calls.Add(1)
+				if err != nil {
+					errs <- err
+				}
+			}
+		})
+	}
+	for i := range 40 {
+		if i%2 == 0 {
+			e.Close("pg")
+		} else {
+			changed := *cfg
+			changed.MaxOpenConnections = 5 + i%3
+			if _, err := e.UserExists(ctx, &changed, pg.User); err != nil {
+				t.Error(err)
+			}
+		}
+		for n := calls.Load(); calls.Load() < n+3; {
+			runtime.Gosched() // let calls run on the new pool
+		}
+	}
+	close(stop)
+	wg.Wait()
+	close(errs)
+	n := 0
+	for err := range errs {
+		if n++; n <= 5 {
+			t.Errorf("a call failed while its pool was replaced: %v", err)
+		}
+	}
+	t.Logf("%d calls, %d failed", calls.Load(), n)
+	e.CloseAll()
+	var conns int
+	if err := pg.Pool(t).QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity WHERE application_name = 'coffer'`).Scan(&conns); err != nil {
+		t.Fatal(err)
+	}
+	if conns != 0 {
+		t.Fatalf("%d connections left after CloseAll", conns)
+	}
 }
 
 // pgError returns err's PostgreSQL error, if it carries one.

@@ -50,6 +50,20 @@ type Error struct {
 	Err error
 	// Hint says what to do.
 	Hint string
+	// MaybeCommitted is set when a transaction's COMMIT was sent and no
+	// answer came back (the connection was lost, or the request's deadline
+	// passed): what it did may be in the database (see MayHaveCommitted).
+	MaybeCommitted bool
+}
+
+// MayHaveCommitted reports whether err leaves a transaction's outcome
+// unknown: its COMMIT was sent but PostgreSQL's answer never came, so
+// what it did may have been committed (a cancel after a commit that waits
+// for a synchronous standby leaves it committed locally). Any other error
+// of the engine means nothing was committed.
+func MayHaveCommitted(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && e.MaybeCommitted
 }
 
 // Error implements error.

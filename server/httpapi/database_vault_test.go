@@ -169,3 +169,60 @@ func TestVaultDatabaseEngine(t *testing.T) {
 type errUserLeft string
 
 func (e errUserLeft) Error() string { return "user " + string(e) + " still exists" }
+
+// TestVaultDatabaseBadDurations: negative and huge durations and counts
+// in database and lease requests are refused with 400 and change nothing:
+// no role is written, the lease keeps its expiry.
+func TestVaultDatabaseBadDurations(t *testing.T) {
+	pg := pgtest.Start(t)
+	c := testcluster.StartUnsealed(t, 1, testcluster.Options{HTTP: true, Standalone: true})
+	root := vaultClient(t, c, c.WaitForLeader(t), c.Token, false)
+	lg := root.Logical()
+	ctx := testCtx(t)
+	if _, err := lg.WriteWithContext(ctx, "database/config/pg", map[string]any{
+		"connection_url": pg.URLTemplate(), "username": pg.User, "password": pg.Password, "allowed_roles": "*",
+	}); err != nil {
+		t.Fatal(err)
+	}
+	create := `CREATE ROLE "{{name}}" WITH LOGIN PASSWORD '{{password}}' VALID UNTIL '{{expiration}}'`
+	for name, body := range map[string]map[string]any{
+		"negative default_ttl":       {"default_ttl": "-1"},
+		"negative max_ttl":           {"max_ttl": "-1h"},
+		"default_ttl of 110 years":   {"default_ttl": "40000d"},
+		"max_ttl of 10^12 seconds":   {"max_ttl": "1e12"},
+		"negative max_leases":        {"max_leases": -1},
+		"default_ttl over max_ttl":   {"default_ttl": "2h", "max_ttl": "1h"},
+		"max_ttl past int64 seconds": {"max_ttl": "9223372036854775807"},
+	} {
+		body["db_name"], body["creation_statements"] = "pg", create
+		_, err := lg.WriteWithContext(ctx, "database/roles/bad", body)
+		wantStatus(t, name, err, 400)
+	}
+	if r, err := lg.ReadWithContext(ctx, "database/roles/bad"); err != nil || r != nil {
+		t.Fatalf("a refused role was stored: %v, %v", r, err)
+	}
+	for name, period := range map[string]string{"negative": "-5", "110 years": "40000d"} {
+		_, err := lg.WriteWithContext(ctx, "database/static-roles/bad", map[string]any{"db_name": "pg", "username": pg.User, "rotation_period": period})
+		wantStatus(t, "rotation_period "+name, err, 400)
+	}
+
+	if _, err := lg.WriteWithContext(ctx, "database/roles/app", map[string]any{"db_name": "pg", "creation_statements": create, "default_ttl": "1h", "max_ttl": "2h"}); err != nil {
+		t.Fatal(err)
+	}
+	s, err := lg.ReadWithContext(ctx, "database/creds/app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	before, err := lg.WriteWithContext(ctx, "sys/leases/lookup", map[string]any{"lease_id": s.LeaseID})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, inc := range map[string]any{"negative": -5, "10^12 seconds": "1e12", "110 years": "40000d"} {
+		_, err := lg.WriteWithContext(ctx, "sys/leases/renew", map[string]any{"lease_id": s.LeaseID, "increment": inc})
+		wantStatus(t, "renew increment "+name, err, 400)
+	}
+	after, err := lg.WriteWithContext(ctx, "sys/leases/lookup", map[string]any{"lease_id": s.LeaseID})
+	if err != nil || after.Data["expire_time"] != before.Data["expire_time"] || after.Data["last_renewal"] != nil {
+		t.Fatalf("the lease changed after refused renewals: %v → %v (%v)", before.Data, after.Data, err)
+	}
+}

@@ -82,6 +82,10 @@ const (
 	// DefaultBackoffJitter spreads each delay by ±20 %, so that leases
 	// that failed together do not retry together.
 	DefaultBackoffJitter = 0.2
+	// MaxTTLLimit is the longest MaxTTL a lease may have (100 years): a
+	// due time much further away no longer fits in Unix nanoseconds (past
+	// the year 2262), and would wrap around to the past.
+	MaxTTLLimit = 100 * 365 * 24 * time.Hour
 	// MaxListPage is the most records List returns at once.
 	MaxListPage = 1000
 	// writeBatch is how many leases one Raft command of RevokePrefix (and
@@ -353,6 +357,8 @@ func (t *Table) CreatePending(ctx context.Context, rec *Record) (*Record, error)
 		return nil, errorf(ErrInvalid, "lease %q: the TTL must be positive, not %v", r.ID, r.TTL)
 	case r.MaxTTL < 0:
 		return nil, errorf(ErrInvalid, "lease %q: the max TTL must not be negative", r.ID)
+	case r.MaxTTL > MaxTTLLimit:
+		return nil, errorf(ErrInvalid, "lease %q: the max TTL %v is longer than 100 years", r.ID, r.MaxTTL)
 	}
 	if r.MaxTTL == 0 {
 		r.MaxTTL = DefaultMaxTTL

@@ -130,6 +130,9 @@ func TestNotRenewableAndValidation(t *testing.T) {
 		"no ttl":          {Path: "a", Kind: "k"},
 		"foreign id":      {ID: "b/1", Path: "a", Kind: "k", TTL: time.Second},
 		"negative maxttl": {Path: "a", Kind: "k", TTL: time.Second, MaxTTL: -1},
+		// Due past the year 2262: the due index's nanoseconds would wrap
+		// to the past, and the lease would fall due at once.
+		"maxttl of 250 years": {Path: "a", Kind: "k", TTL: 250 * 365 * 24 * time.Hour, MaxTTL: 250 * 365 * 24 * time.Hour},
 	} {
 		if _, err := x.t.CreatePending(ctx, r); !errors.Is(err, ErrInvalid) {
 			t.Errorf("%s: %v", name, err)
