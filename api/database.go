@@ -184,6 +184,14 @@ func (c *Client) RevokeLeasePrefix(ctx context.Context, prefix string) (*pb.Leas
 	})
 }
 
+// RevokeLeaseForce removes every lease under prefix without revoking what
+// it stands for (Vault's revoke-force).
+func (c *Client) RevokeLeaseForce(ctx context.Context, prefix string) (*pb.LeaseRevokeResponse, error) {
+	return lease(ctx, c, func(ctx context.Context, l pb.LeaseClient) (*pb.LeaseRevokeResponse, error) {
+		return l.RevokeForce(ctx, &pb.LeasePrefixRequest{Prefix: prefix})
+	})
+}
+
 // ListLeases returns one page of the leases under req.Prefix.
 func (c *Client) ListLeases(ctx context.Context, req *pb.LeaseListRequest) (*pb.LeaseListResponse, error) {
 	return lease(ctx, c, func(ctx context.Context, l pb.LeaseClient) (*pb.LeaseListResponse, error) {

@@ -146,6 +146,28 @@ func (l *leaseServer) RevokePrefix(ctx context.Context, req *pb.LeasePrefixReque
 	return &pb.LeaseRevokeResponse{Count: int64(n)}, nil
 }
 
+// RevokeForce removes every lease under a prefix without revoking what it
+// stands for (Vault's revoke-force): the way out for revocations that can
+// never succeed. The answer warns that the users stay.
+func (l *leaseServer) RevokeForce(ctx context.Context, req *pb.LeasePrefixRequest) (*pb.LeaseRevokeResponse, error) {
+	if err := requireCaller(ctx); err != nil {
+		return nil, err
+	}
+	p := req.GetPrefix()
+	if strings.TrimSpace(p) == "" {
+		return nil, invalidf("prefix is empty: name the leases to forget (database/creds/ROLE/)")
+	}
+	n, err := l.table.ForgetPrefix(ctx, p)
+	if err != nil {
+		return nil, leaseError(err)
+	}
+	resp := &pb.LeaseRevokeResponse{Count: int64(n)}
+	if n > 0 {
+		resp.Warnings = []string{fmt.Sprintf("%d lease(s) removed WITHOUT revocation: what they stood for (database users) still exists; drop it by hand", n)}
+	}
+	return resp, nil
+}
+
 // List returns one page of the leases under a prefix.
 func (l *leaseServer) List(ctx context.Context, req *pb.LeaseListRequest) (*pb.LeaseListResponse, error) {
 	if err := requireCaller(ctx); err != nil {

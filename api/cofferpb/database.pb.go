@@ -1298,12 +1298,13 @@ const file_coffer_v1_database_proto_rawDesc = "" +
 	"\x10DeleteStaticRole\x12\x1e.coffer.v1.DatabaseNameRequest\x1a .coffer.v1.DatabaseWriteResponse\x12M\n" +
 	"\vStaticCreds\x12\x1e.coffer.v1.DatabaseNameRequest\x1a\x1e.coffer.v1.DatabaseStaticCreds\x12N\n" +
 	"\n" +
-	"RotateRole\x12\x1e.coffer.v1.DatabaseNameRequest\x1a .coffer.v1.DatabaseWriteResponse2\xd2\x02\n" +
+	"RotateRole\x12\x1e.coffer.v1.DatabaseNameRequest\x1a .coffer.v1.DatabaseWriteResponse2\xa0\x03\n" +
 	"\x05Lease\x127\n" +
 	"\x06Lookup\x12\x17.coffer.v1.LeaseRequest\x1a\x14.coffer.v1.LeaseInfo\x12;\n" +
 	"\x05Renew\x12\x1c.coffer.v1.LeaseRenewRequest\x1a\x14.coffer.v1.LeaseInfo\x12A\n" +
 	"\x06Revoke\x12\x17.coffer.v1.LeaseRequest\x1a\x1e.coffer.v1.LeaseRevokeResponse\x12M\n" +
-	"\fRevokePrefix\x12\x1d.coffer.v1.LeasePrefixRequest\x1a\x1e.coffer.v1.LeaseRevokeResponse\x12A\n" +
+	"\fRevokePrefix\x12\x1d.coffer.v1.LeasePrefixRequest\x1a\x1e.coffer.v1.LeaseRevokeResponse\x12L\n" +
+	"\vRevokeForce\x12\x1d.coffer.v1.LeasePrefixRequest\x1a\x1e.coffer.v1.LeaseRevokeResponse\x12A\n" +
 	"\x04List\x12\x1b.coffer.v1.LeaseListRequest\x1a\x1c.coffer.v1.LeaseListResponseB\x1eZ\x1ccoffer/api/cofferpb;cofferpbb\x06proto3"
 
 var (
@@ -1359,30 +1360,32 @@ var file_coffer_v1_database_proto_depIdxs = []int32{
 	10, // 18: coffer.v1.Lease.Renew:input_type -> coffer.v1.LeaseRenewRequest
 	9,  // 19: coffer.v1.Lease.Revoke:input_type -> coffer.v1.LeaseRequest
 	11, // 20: coffer.v1.Lease.RevokePrefix:input_type -> coffer.v1.LeasePrefixRequest
-	13, // 21: coffer.v1.Lease.List:input_type -> coffer.v1.LeaseListRequest
-	3,  // 22: coffer.v1.Database.WriteConfig:output_type -> coffer.v1.DatabaseWriteResponse
-	4,  // 23: coffer.v1.Database.ReadConfig:output_type -> coffer.v1.DatabaseConfig
-	2,  // 24: coffer.v1.Database.ListConfigs:output_type -> coffer.v1.DatabaseListResponse
-	3,  // 25: coffer.v1.Database.DeleteConfig:output_type -> coffer.v1.DatabaseWriteResponse
-	3,  // 26: coffer.v1.Database.RotateRoot:output_type -> coffer.v1.DatabaseWriteResponse
-	3,  // 27: coffer.v1.Database.WriteRole:output_type -> coffer.v1.DatabaseWriteResponse
-	5,  // 28: coffer.v1.Database.ReadRole:output_type -> coffer.v1.DatabaseRole
-	2,  // 29: coffer.v1.Database.ListRoles:output_type -> coffer.v1.DatabaseListResponse
-	3,  // 30: coffer.v1.Database.DeleteRole:output_type -> coffer.v1.DatabaseWriteResponse
-	6,  // 31: coffer.v1.Database.Creds:output_type -> coffer.v1.DatabaseCreds
-	3,  // 32: coffer.v1.Database.WriteStaticRole:output_type -> coffer.v1.DatabaseWriteResponse
-	7,  // 33: coffer.v1.Database.ReadStaticRole:output_type -> coffer.v1.DatabaseStaticRole
-	2,  // 34: coffer.v1.Database.ListStaticRoles:output_type -> coffer.v1.DatabaseListResponse
-	3,  // 35: coffer.v1.Database.DeleteStaticRole:output_type -> coffer.v1.DatabaseWriteResponse
-	8,  // 36: coffer.v1.Database.StaticCreds:output_type -> coffer.v1.DatabaseStaticCreds
-	3,  // 37: coffer.v1.Database.RotateRole:output_type -> coffer.v1.DatabaseWriteResponse
-	15, // 38: coffer.v1.Lease.Lookup:output_type -> coffer.v1.LeaseInfo
-	15, // 39: coffer.v1.Lease.Renew:output_type -> coffer.v1.LeaseInfo
-	12, // 40: coffer.v1.Lease.Revoke:output_type -> coffer.v1.LeaseRevokeResponse
-	12, // 41: coffer.v1.Lease.RevokePrefix:output_type -> coffer.v1.LeaseRevokeResponse
-	14, // 42: coffer.v1.Lease.List:output_type -> coffer.v1.LeaseListResponse
-	22, // [22:43] is the sub-list for method output_type
-	1,  // [1:22] is the sub-list for method input_type
+	11, // 21: coffer.v1.Lease.RevokeForce:input_type -> coffer.v1.LeasePrefixRequest
+	13, // 22: coffer.v1.Lease.List:input_type -> coffer.v1.LeaseListRequest
+	3,  // 23: coffer.v1.Database.WriteConfig:output_type -> coffer.v1.DatabaseWriteResponse
+	4,  // 24: coffer.v1.Database.ReadConfig:output_type -> coffer.v1.DatabaseConfig
+	2,  // 25: coffer.v1.Database.ListConfigs:output_type -> coffer.v1.DatabaseListResponse
+	3,  // 26: coffer.v1.Database.DeleteConfig:output_type -> coffer.v1.DatabaseWriteResponse
+	3,  // 27: coffer.v1.Database.RotateRoot:output_type -> coffer.v1.DatabaseWriteResponse
+	3,  // 28: coffer.v1.Database.WriteRole:output_type -> coffer.v1.DatabaseWriteResponse
+	5,  // 29: coffer.v1.Database.ReadRole:output_type -> coffer.v1.DatabaseRole
+	2,  // 30: coffer.v1.Database.ListRoles:output_type -> coffer.v1.DatabaseListResponse
+	3,  // 31: coffer.v1.Database.DeleteRole:output_type -> coffer.v1.DatabaseWriteResponse
+	6,  // 32: coffer.v1.Database.Creds:output_type -> coffer.v1.DatabaseCreds
+	3,  // 33: coffer.v1.Database.WriteStaticRole:output_type -> coffer.v1.DatabaseWriteResponse
+	7,  // 34: coffer.v1.Database.ReadStaticRole:output_type -> coffer.v1.DatabaseStaticRole
+	2,  // 35: coffer.v1.Database.ListStaticRoles:output_type -> coffer.v1.DatabaseListResponse
+	3,  // 36: coffer.v1.Database.DeleteStaticRole:output_type -> coffer.v1.DatabaseWriteResponse
+	8,  // 37: coffer.v1.Database.StaticCreds:output_type -> coffer.v1.DatabaseStaticCreds
+	3,  // 38: coffer.v1.Database.RotateRole:output_type -> coffer.v1.DatabaseWriteResponse
+	15, // 39: coffer.v1.Lease.Lookup:output_type -> coffer.v1.LeaseInfo
+	15, // 40: coffer.v1.Lease.Renew:output_type -> coffer.v1.LeaseInfo
+	12, // 41: coffer.v1.Lease.Revoke:output_type -> coffer.v1.LeaseRevokeResponse
+	12, // 42: coffer.v1.Lease.RevokePrefix:output_type -> coffer.v1.LeaseRevokeResponse
+	12, // 43: coffer.v1.Lease.RevokeForce:output_type -> coffer.v1.LeaseRevokeResponse
+	14, // 44: coffer.v1.Lease.List:output_type -> coffer.v1.LeaseListResponse
+	23, // [23:45] is the sub-list for method output_type
+	1,  // [1:23] is the sub-list for method input_type
 	1,  // [1:1] is the sub-list for extension type_name
 	1,  // [1:1] is the sub-list for extension extendee
 	0,  // [0:1] is the sub-list for field type_name

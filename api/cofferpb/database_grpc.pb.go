@@ -739,6 +739,7 @@ const (
 	Lease_Renew_FullMethodName        = "/coffer.v1.Lease/Renew"
 	Lease_Revoke_FullMethodName       = "/coffer.v1.Lease/Revoke"
 	Lease_RevokePrefix_FullMethodName = "/coffer.v1.Lease/RevokePrefix"
+	Lease_RevokeForce_FullMethodName  = "/coffer.v1.Lease/RevokeForce"
 	Lease_List_FullMethodName         = "/coffer.v1.Lease/List"
 )
 
@@ -760,6 +761,10 @@ type LeaseClient interface {
 	// RevokePrefix makes every lease under prefix due now: the leader's
 	// expiry worker revokes them.
 	RevokePrefix(ctx context.Context, in *LeasePrefixRequest, opts ...grpc.CallOption) (*LeaseRevokeResponse, error)
+	// RevokeForce removes every lease under prefix WITHOUT revoking what it
+	// stands for (Vault's revoke-force): for revocations that can never
+	// succeed. The database users stay; drop them by hand.
+	RevokeForce(ctx context.Context, in *LeasePrefixRequest, opts ...grpc.CallOption) (*LeaseRevokeResponse, error)
 	// List lists lease ids under prefix, page by page; failed lists only
 	// leases whose revocation has failed, with their last error.
 	List(ctx context.Context, in *LeaseListRequest, opts ...grpc.CallOption) (*LeaseListResponse, error)
@@ -813,6 +818,16 @@ func (c *leaseClient) RevokePrefix(ctx context.Context, in *LeasePrefixRequest, 
 	return out, nil
 }
 
+func (c *leaseClient) RevokeForce(ctx context.Context, in *LeasePrefixRequest, opts ...grpc.CallOption) (*LeaseRevokeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(LeaseRevokeResponse)
+	err := c.cc.Invoke(ctx, Lease_RevokeForce_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *leaseClient) List(ctx context.Context, in *LeaseListRequest, opts ...grpc.CallOption) (*LeaseListResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(LeaseListResponse)
@@ -841,6 +856,10 @@ type LeaseServer interface {
 	// RevokePrefix makes every lease under prefix due now: the leader's
 	// expiry worker revokes them.
 	RevokePrefix(context.Context, *LeasePrefixRequest) (*LeaseRevokeResponse, error)
+	// RevokeForce removes every lease under prefix WITHOUT revoking what it
+	// stands for (Vault's revoke-force): for revocations that can never
+	// succeed. The database users stay; drop them by hand.
+	RevokeForce(context.Context, *LeasePrefixRequest) (*LeaseRevokeResponse, error)
 	// List lists lease ids under prefix, page by page; failed lists only
 	// leases whose revocation has failed, with their last error.
 	List(context.Context, *LeaseListRequest) (*LeaseListResponse, error)
@@ -865,6 +884,9 @@ func (UnimplementedLeaseServer) Revoke(context.Context, *LeaseRequest) (*LeaseRe
 }
 func (UnimplementedLeaseServer) RevokePrefix(context.Context, *LeasePrefixRequest) (*LeaseRevokeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RevokePrefix not implemented")
+}
+func (UnimplementedLeaseServer) RevokeForce(context.Context, *LeasePrefixRequest) (*LeaseRevokeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeForce not implemented")
 }
 func (UnimplementedLeaseServer) List(context.Context, *LeaseListRequest) (*LeaseListResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method List not implemented")
@@ -962,6 +984,24 @@ func _Lease_RevokePrefix_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Lease_RevokeForce_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(LeasePrefixRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(LeaseServer).RevokeForce(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Lease_RevokeForce_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(LeaseServer).RevokeForce(ctx, req.(*LeasePrefixRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Lease_List_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(LeaseListRequest)
 	if err := dec(in); err != nil {
@@ -1002,6 +1042,10 @@ var Lease_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RevokePrefix",
 			Handler:    _Lease_RevokePrefix_Handler,
+		},
+		{
+			MethodName: "RevokeForce",
+			Handler:    _Lease_RevokeForce_Handler,
 		},
 		{
 			MethodName: "List",

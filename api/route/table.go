@@ -113,6 +113,7 @@ var table = []Route{
 	{Method: pb.Lease_Lookup_FullMethodName, Consistent: true, Policy: fixed("sys/leases/lookup", Update)},
 	{Method: pb.Lease_Renew_FullMethodName, Leader: true, Policy: fixed("sys/leases/renew", Update)},
 	{Method: pb.Lease_Revoke_FullMethodName, Leader: true, Policy: fixed("sys/leases/revoke", Update)},
+	{Method: pb.Lease_RevokeForce_FullMethodName, Leader: true, Policy: leasePrefix("sys/leases/revoke-force/", Update|Sudo)},
 	{Method: pb.Lease_RevokePrefix_FullMethodName, Leader: true, Policy: leasePrefix("sys/leases/revoke-prefix/", Update|Sudo)},
 	{Method: pb.Lease_List_FullMethodName, Consistent: true, Policy: leaseList},
 

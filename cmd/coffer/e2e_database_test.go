@@ -106,4 +106,16 @@ GRANT SELECT ON items TO "{{name}}";
 		t.Fatalf("the refused password is in the error: %s", r)
 	}
 	wantErr(t, n.run(t, "lease", "lookup", "database/creds/app/nope"), 2, "lease")
+
+	// revoke-force forgets the lease and says the user stays.
+	kept := hasKeys(t, n.mustRun(t, "database", "creds", "-format=json", "app"), "lease_id", "data")
+	wantErr(t, n.run(t, "lease", "revoke", "-force", kept["lease_id"].(string)), 1, "-force works with -prefix only")
+	r = n.mustRun(t, "lease", "revoke", "-force", "-prefix", "database/creds/app")
+	if !strings.Contains(r.stdout, "Forgot 1 lease") || !strings.Contains(r.stderr, "WITHOUT revocation") {
+		t.Fatalf("revoke -force: %s", r)
+	}
+	if !pg.RoleExists(t, kept["data"].(map[string]any)["username"].(string)) {
+		t.Fatal("revoke -force dropped the user")
+	}
+	wantErr(t, n.run(t, "lease", "lookup", kept["lease_id"].(string)), 2, "lease")
 }

@@ -19,6 +19,7 @@ Commands:
     lookup    Print a lease: LEASE_ID
     renew     Extend a lease: [-increment=D] LEASE_ID
     revoke    Revoke a lease now: LEASE_ID, or every lease under a prefix: -prefix PREFIX
+              (-force -prefix forgets leases whose revocation can never succeed)
     list      List leases: [-prefix=P] [-failed]
 
 Run "coffer lease <command> -h" for its flags.
@@ -116,15 +117,24 @@ func cmdLeaseRevoke(e *env, args []string) error {
 	f := newFlags("coffer lease revoke", "[flags] LEASE_ID | -prefix PREFIX", `
 Revoke the lease LEASE_ID now (its database user is dropped). With
 -prefix, every lease under the folder PREFIX (database/creds/app: app's
-leases, not app2's) is made due and the leader revokes them all.`).withClient()
+leases, not app2's) is made due and the leader revokes them all. With
+-force -prefix, the leases under PREFIX are removed WITHOUT revoking
+(Vault's revoke-force): only for revocations that can never succeed; their
+database users stay.`).withClient()
 	prefix := f.fs.Bool("prefix", false, "revoke every lease under the argument")
+	force := f.fs.Bool("force", false, "with -prefix: remove the leases without revoking them")
 	args, c, err := f.clientFor(e, args, "LEASE_ID")
 	if err != nil {
 		return err
 	}
 	defer c.Close()
+	if *force && !*prefix {
+		return &cliError{code: 1, msg: "-force works with -prefix only: give -force -prefix PREFIX"}
+	}
 	var resp *pb.LeaseRevokeResponse
-	if *prefix {
+	if *force {
+		resp, err = c.RevokeLeaseForce(context.Background(), args[0])
+	} else if *prefix {
 		resp, err = c.RevokeLeasePrefix(context.Background(), args[0])
 	} else {
 		resp, err = c.RevokeLease(context.Background(), args[0])
@@ -138,7 +148,9 @@ leases, not app2's) is made due and the leader revokes them all.`).withClient()
 	for _, w := range resp.GetWarnings() {
 		fmt.Fprintln(e.stderr, "WARNING! "+w)
 	}
-	if *prefix {
+	if *force {
+		fmt.Fprintf(e.stdout, "Success! Forgot %d lease(s) under %s without revoking them\n", resp.GetCount(), args[0])
+	} else if *prefix {
 		fmt.Fprintf(e.stdout, "Success! Revoking %d lease(s) under %s\n", resp.GetCount(), args[0])
 	} else {
 		fmt.Fprintf(e.stdout, "Success! Revoked lease: %s\n", args[0])

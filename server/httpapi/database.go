@@ -41,7 +41,8 @@ func (h *Handler) databaseRoutes() {
 	h.handle("sys/leases/renew/*", map[op]endpointFunc{opPost: leaseRenew})
 	h.handle("sys/leases/revoke", map[op]endpointFunc{opPost: leaseRevoke})
 	h.handle("sys/leases/revoke/*", map[op]endpointFunc{opPost: leaseRevoke})
-	h.handle("sys/leases/revoke-prefix/*", map[op]endpointFunc{opPost: leaseRevokePrefix})
+	h.handle("sys/leases/revoke-prefix/*", map[op]endpointFunc{opPost: leaseRevokePrefix(pb.Lease_RevokePrefix_FullMethodName)})
+	h.handle("sys/leases/revoke-force/*", map[op]endpointFunc{opPost: leaseRevokePrefix(pb.Lease_RevokeForce_FullMethodName)})
 }
 
 // dbList answers the names of connections or roles (data.keys).
@@ -429,19 +430,23 @@ func leaseRevoke(ctx context.Context, rq *request) (*reply, error) {
 	return noContent(), nil
 }
 
-func leaseRevokePrefix(ctx context.Context, rq *request) (*reply, error) {
-	prefix := rq.rest
-	if prefix == "" {
-		return nil, badRequest("name a prefix: sys/leases/revoke-prefix/PREFIX")
+// leaseRevokePrefix serves revoke-prefix and revoke-force (method): 204,
+// or 200 with the warnings.
+func leaseRevokePrefix(method string) endpointFunc {
+	return func(ctx context.Context, rq *request) (*reply, error) {
+		prefix := rq.rest
+		if prefix == "" {
+			return nil, badRequest("name a prefix: %sPREFIX", strings.TrimSuffix(rq.path, rq.rest))
+		}
+		out, err := rq.call(ctx, method, &pb.LeasePrefixRequest{Prefix: prefix})
+		if err != nil {
+			return nil, err
+		}
+		if w := out.(*pb.LeaseRevokeResponse).GetWarnings(); len(w) > 0 {
+			return &reply{data: map[string]any{}, warnings: w}, nil
+		}
+		return noContent(), nil
 	}
-	out, err := rq.call(ctx, pb.Lease_RevokePrefix_FullMethodName, &pb.LeasePrefixRequest{Prefix: prefix})
-	if err != nil {
-		return nil, err
-	}
-	if w := out.(*pb.LeaseRevokeResponse).GetWarnings(); len(w) > 0 {
-		return &reply{data: map[string]any{}, warnings: w}, nil
-	}
-	return noContent(), nil
 }
 
 // leaseList answers, as Vault, the next path element of every lease under

@@ -669,6 +669,43 @@ func (t *Table) RevokePrefix(ctx context.Context, prefix string) (int, error) {
 	}
 }
 
+// ForgetPrefix removes every lease under prefix (a folder, as for
+// RevokePrefix) without revoking what it stands for: Vault's revoke-force,
+// for leases whose revocation can never succeed (a database that is gone,
+// statements that fail for good). Whatever they stood for stays; the
+// caller says so. It returns the leases removed.
+func (t *Table) ForgetPrefix(ctx context.Context, prefix string) (int, error) {
+	if strings.Trim(prefix, "/") == "" {
+		return 0, errorf(ErrInvalid, "name a prefix to forget (an empty one would forget every lease)")
+	}
+	if !strings.HasSuffix(prefix, "/") {
+		prefix += "/"
+	}
+	count := 0
+	for {
+		// Each page is deleted, so the next one starts from the prefix again.
+		page, more, err := t.reader.LeaseList(prefix, "", writeBatch)
+		if err != nil {
+			return count, err
+		}
+		if len(page) == 0 {
+			return count, nil
+		}
+		dels := make([]*fsmpb.LeaseDelete, 0, len(page))
+		for _, e := range page {
+			dels = append(dels, &fsmpb.LeaseDelete{Id: e.ID})
+		}
+		if _, err := t.propose(ctx, &fsmpb.Command{Op: fsmpb.Op_OP_LEASE_DELETE, LeaseDeletes: dels}); err != nil {
+			return count, err
+		}
+		count += len(page)
+		t.logger.Warn("leases forgotten without revocation", "prefix", prefix, "count", len(page))
+		if !more {
+			return count, nil
+		}
+	}
+}
+
 // revokeEach makes each lease of recs revoking and due at now, reading
 // it again when it changed; a lease that is gone is done.
 func (t *Table) revokeEach(ctx context.Context, recs []*Record, now time.Time) error {

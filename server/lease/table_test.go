@@ -326,3 +326,38 @@ func TestListPages(t *testing.T) {
 		t.Fatalf("failed list %v, want %v", failed, failing)
 	}
 }
+
+// TestForgetPrefix: revoke-force removes the leases under the folder
+// prefix, more than one write batch of them, without calling any
+// revoker, and leaves the neighbouring folder alone; an empty prefix is
+// refused.
+func TestForgetPrefix(t *testing.T) {
+	x := newFixture(t, Options{})
+	rv := newRecorder(nil)
+	x.t.RegisterRevoker("test", rv)
+	const n = writeBatch + 7
+	for range n {
+		x.create(t, "database/creds/app", time.Hour, 0, true)
+	}
+	keep := x.create(t, "database/creds/app2", time.Hour, 0, true)
+	ctx := context.Background()
+	if _, err := x.t.ForgetPrefix(ctx, "/"); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("ForgetPrefix(/) = %v, want ErrInvalid", err)
+	}
+	count, err := x.t.ForgetPrefix(ctx, "database/creds/app")
+	if err != nil || count != n {
+		t.Fatalf("ForgetPrefix = %d, %v; want %d", count, err, n)
+	}
+	if recs, _, err := x.t.List("database/creds/app/", "", 0, false); err != nil || len(recs) != 0 {
+		t.Fatalf("leases left under the prefix: %d, %v", len(recs), err)
+	}
+	if _, err := x.t.Get(keep.ID); err != nil {
+		t.Fatalf("the neighbouring folder's lease: %v", err)
+	}
+	if len(rv.calls) != 0 {
+		t.Fatalf("ForgetPrefix called the revoker %d times", len(rv.calls))
+	}
+	if _, total, err := x.t.Count(""); err != nil || total != 1 {
+		t.Fatalf("live leases after ForgetPrefix: %d, %v; want 1", total, err)
+	}
+}
