@@ -48,6 +48,8 @@ type ClusterOptions struct {
 	MaxLeases         int64
 	// LogTap also receives the nodes' log lines (testcluster.Options.LogTap).
 	LogTap io.Writer
+	// Metrics serves each node's /metrics (Node.MetricsURL).
+	Metrics bool
 }
 
 // NewCluster starts size nodes with bootstrap_expect = size and waits
@@ -89,6 +91,7 @@ func NewCluster(t testing.TB, size int, opts ...ClusterOptions) *Cluster {
 		AuditTimeout:      o.AuditTimeout,
 		LeaseIntentWindow: o.LeaseIntentWindow,
 		MaxLeases:         o.MaxLeases,
+		Metrics:           o.Metrics,
 		LogTap:            o.LogTap,
 	})}
 }

@@ -61,7 +61,7 @@ else
 fi
 for i in 1 2 3; do
   "$BIN" server -node-id=n$i -data-dir="$dir/n$i" -api-addr=127.0.0.1:85${i}0 \
-    -raft-addr=127.0.0.1:85${i}1 -gossip-addr=127.0.0.1:85${i}2 -pprof-addr=127.0.0.1:85${i}3 -http-addr=127.0.0.1:85${i}4 \
+    -raft-addr=127.0.0.1:85${i}1 -gossip-addr=127.0.0.1:85${i}2 -pprof-addr=127.0.0.1:85${i}3 -http-addr=127.0.0.1:85${i}4 -metrics-addr=127.0.0.1:85${i}5 \
     -bootstrap-expect=3 -join=127.0.0.1:8512,127.0.0.1:8522,127.0.0.1:8532 \
     -log-level=warn "${security[@]}" ${SERVER_FLAGS:-} >"$dir/n$i.log" 2>&1 &
   echo $! >"$dir/n$i.pid"

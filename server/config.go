@@ -37,6 +37,10 @@ type Config struct {
 	// PprofAddr, when set, serves Go's pprof profiles over HTTP on this
 	// address (keep it on loopback: profiles show memory contents' shape).
 	PprofAddr string `json:"pprof_addr,omitempty"`
+	// MetricsAddr, when set, serves the node's Prometheus metrics at
+	// /metrics on this address, without authentication (an operator's
+	// listener: keep it private). The CLI's default is 127.0.0.1:8405.
+	MetricsAddr string `json:"metrics_addr,omitempty"`
 
 	// CertsDir holds ca.crt, node.crt and node.key (`coffer cert`). With
 	// it, or the three files below, the API serves TLS and every

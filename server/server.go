@@ -52,6 +52,10 @@ type Server struct {
 	audit  *auditor
 	// tokenExpiry is the leader's index of tokens by expiry time.
 	tokenExpiry *expiryQueue
+	// metrics are the node's Prometheus metrics; metricsAddr the address
+	// of their listener ("" when off).
+	metrics     *nodeMetrics
+	metricsAddr string
 	// db is the database engine's service; leaseWorker the leader's
 	// expiry worker over its lease table.
 	db          *databaseServer
@@ -318,7 +322,8 @@ func (s *Server) wire() error {
 
 	s.inflight = newInflight(s.cfg.MaxInflightBytes)
 	// One chain for a call over gRPC and one made in process (the HTTP API).
-	unary := []grpc.UnaryServerInterceptor{grpcutil.RecoverUnary(logger, internalMessage), s.inflight.unary, gw.unaryInterceptor}
+	s.metrics = newNodeMetrics(s)
+	unary := []grpc.UnaryServerInterceptor{grpcutil.RecoverUnary(logger, internalMessage), s.metrics.unary, s.inflight.unary, gw.unaryInterceptor}
 
 	s.grpc = grpc.NewServer(
 		grpc.Creds(s.apiCreds()),
@@ -418,6 +423,16 @@ func (s *Server) Start() error {
 			return err
 		}
 	}
+	if s.cfg.MetricsAddr != "" {
+		if err := s.startMetrics(); err != nil {
+			return err
+		}
+	}
+	s.life.bg.Add(1)
+	go func() {
+		defer s.life.bg.Done()
+		s.metrics.watchLeader(s)
+	}()
 	s.logger.Info("serving", "node_id", s.cfg.NodeID, "api_addr", s.lis.Addr().String(), "raft_addr", s.raft.Addr())
 	s.startHTTP()
 	s.life.bg.Add(1)

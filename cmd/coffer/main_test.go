@@ -231,6 +231,9 @@ func launch(t *testing.T, env []string, apiAddr, raftAddr string, args []string)
 		// Several nodes share the machine: none takes Vault's port.
 		args = append(args, "-http-addr=127.0.0.1:0")
 	}
+	if !slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "-metrics-addr") }) {
+		args = append(args, "-metrics-addr=127.0.0.1:0") // nor the metrics port
+	}
 	p.cmd = exec.Command(cofferBin, append([]string{"server"}, args...)...)
 	p.cmd.Env = append(baseEnv(), env...)
 	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr

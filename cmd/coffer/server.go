@@ -78,6 +78,7 @@ production.`)
 	httpAddr := f.fs.String("http-addr", ports.HTTPAddr, "Vault-compatible HTTP API listen address host:port (TLS with the API's certificates); empty: none")
 	raftAddr := f.fs.String("raft-addr", def.BindAddr, "Raft listen address host:port (with -dev: an ephemeral loopback port unless set)")
 	raftAdvertise := f.fs.String("raft-advertise", "", "Raft address peers dial (default: -raft-addr, or -advertise with its port)")
+	metricsAddr := f.fs.String("metrics-addr", ports.MetricsAddr, "serve this node's Prometheus metrics at /metrics on host:port, without authentication (keep it private); empty: off")
 	pprofAddr := f.fs.String("pprof-addr", "", "serve Go's pprof profiles on this host:port (e.g. 127.0.0.1:6060); off when empty")
 	maxLeases := f.fs.Int64("max-leases", def.MaxLeases, "live leases of dynamic credentials the cluster holds at most (the leader refuses creds past it; -1: no bound)")
 	maxInflight := f.fs.Int64("max-inflight-bytes", def.MaxInflightBytes, fmt.Sprintf("request bytes the node holds at once; calls past it wait up to 500ms, then are refused as OVERLOADED (clients retry after a back-off); at least %d, the largest request", server.MaxRequestSize))
@@ -137,6 +138,9 @@ production.`)
 	}
 	if set("raft-advertise") {
 		cfg.AdvertiseAddr = *raftAdvertise
+	}
+	if set("metrics-addr") || !fromFile["metrics_addr"] {
+		cfg.MetricsAddr = *metricsAddr
 	}
 	if set("pprof-addr") {
 		cfg.PprofAddr = *pprofAddr

@@ -14,8 +14,9 @@ const (
 // Default addresses: each port on loopback, so that a node is reachable
 // from elsewhere only when an operator says so.
 const (
-	APIAddr    = "127.0.0.1:" + API
-	RaftAddr   = "127.0.0.1:" + Raft
-	GossipAddr = "127.0.0.1:" + Gossip
-	HTTPAddr   = "127.0.0.1:" + HTTP
+	APIAddr     = "127.0.0.1:" + API
+	RaftAddr    = "127.0.0.1:" + Raft
+	GossipAddr  = "127.0.0.1:" + Gossip
+	HTTPAddr    = "127.0.0.1:" + HTTP
+	MetricsAddr = "127.0.0.1:" + Metrics
 )

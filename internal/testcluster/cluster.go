@@ -95,6 +95,15 @@ func (n *Node) HTTPURL() string {
 	return "http://" + n.httpAddr
 }
 
+// MetricsURL is the URL of the running node's /metrics ("" when the
+// cluster has no Options.Metrics or the node is stopped).
+func (n *Node) MetricsURL() string {
+	if n.Srv == nil || n.Srv.MetricsAddr() == "" {
+		return ""
+	}
+	return "http://" + n.Srv.MetricsAddr() + "/metrics"
+}
+
 // AuditFile is the node's audit file, <Dir>/audit.log; the node writes it
 // only when the cluster runs with Options.AuditFiles.
 func (n *Node) AuditFile() string { return filepath.Join(n.Dir, "audit.log") }
@@ -224,6 +233,9 @@ func (c *Cluster) config(n *Node, expect int, network *replication.Network) serv
 	cfg.Network = network
 	if c.opts.MaxInflightBytes != 0 {
 		cfg.MaxInflightBytes = c.opts.MaxInflightBytes
+	}
+	if c.opts.Metrics {
+		cfg.MetricsAddr = "127.0.0.1:0"
 	}
 	if c.opts.LeaseIntentWindow != 0 {
 		cfg.LeaseIntentWindow = c.opts.LeaseIntentWindow

@@ -44,6 +44,9 @@ type Options struct {
 	// and MaxLeases its -max-leases (zero: the server's defaults).
 	LeaseIntentWindow time.Duration
 	MaxLeases         int64
+	// Metrics serves each node's Prometheus metrics on a free loopback
+	// port (Node.MetricsURL).
+	Metrics bool
 	// AuditFiles gives each node an audit file, Node.AuditFile(), in its
 	// data directory (server.Config.AuditFiles); AuditTimeout is the
 	// nodes' -audit-timeout (zero: the server's default).

@@ -1,0 +1,127 @@
+package integration
+
+import (
+	"bufio"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	pb "coffer/api/cofferpb"
+)
+
+// scrape is one /metrics answer: each family's type, and each sample's
+// value by its line's name and labels ("name{a=\"b\"}").
+type scrape struct {
+	types   map[string]string
+	samples map[string]float64
+}
+
+func scrapeMetrics(t *testing.T, url string) scrape {
+	t.Helper()
+	if url == "" {
+		t.Fatal("the node serves no metrics")
+	}
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/plain") {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("GET %s: %s %s", url, resp.Status, b)
+	}
+	s := scrape{types: map[string]string{}, samples: map[string]float64{}}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if rest, ok := strings.CutPrefix(line, "# TYPE "); ok {
+			name, typ, _ := strings.Cut(rest, " ")
+			s.types[name] = typ
+			continue
+		}
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			t.Fatalf("sample %q: %v", line, err)
+		}
+		s.samples[line[:i]] = v
+	}
+	if err := sc.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// value is a sample that must be there.
+func (s scrape) value(t *testing.T, key string) float64 {
+	t.Helper()
+	v, ok := s.samples[key]
+	if !ok {
+		t.Fatalf("no sample %s", key)
+	}
+	return v
+}
+
+// TestMetricsOnEveryNode: the leader, a follower and a sealed node each
+// serve their own metrics, unauthenticated, with Prometheus' types; the
+// request counters count calls by method and code; the leader-change
+// counter moves after a step-down.
+func TestMetricsOnEveryNode(t *testing.T) {
+	c, leader, cl := unsealedCluster(t, ClusterOptions{Metrics: true})
+	if _, err := cl.Put(ctx(t), &pb.PutRequest{Path: "secret/metrics/a", Data: map[string]string{"k": "v"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cl.Get(ctx(t), &pb.GetRequest{Path: "secret/metrics/a"}); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		"coffer_sealed": "gauge", "coffer_raft_leader": "gauge", "coffer_raft_state_info": "gauge", "coffer_raft_term": "gauge",
+		"coffer_raft_commit_index": "gauge", "coffer_raft_applied_index": "gauge", "coffer_raft_last_contact_seconds": "gauge",
+		"coffer_raft_leader_changes_total": "counter", "coffer_requests_total": "counter", "coffer_request_duration_seconds": "histogram",
+		"coffer_leases_live": "gauge", "coffer_lease_revocations_total": "counter", "coffer_lease_revocation_failures_total": "counter",
+		"coffer_fsm_db_size_bytes": "gauge", "go_goroutines": "gauge", "process_resident_memory_bytes": "gauge",
+	}
+	ls := scrapeMetrics(t, leader.MetricsURL())
+	for name, typ := range want {
+		if ls.types[name] != typ {
+			t.Errorf("leader: %s has type %q, want %q", name, ls.types[name], typ)
+		}
+	}
+	if ls.value(t, "coffer_sealed") != 0 || ls.value(t, "coffer_raft_leader") != 1 || ls.value(t, `coffer_raft_state_info{state="leader"}`) != 1 {
+		t.Fatalf("leader: sealed %v, leader %v", ls.samples["coffer_sealed"], ls.samples["coffer_raft_leader"])
+	}
+	if ls.value(t, `coffer_requests_total{code="OK",method="/coffer.v1.KV/Put"}`) < 1 {
+		t.Fatal("the leader counted no KV put")
+	}
+	if ls.value(t, `coffer_request_duration_seconds_count{method="/coffer.v1.KV/Put"}`) < 1 || ls.value(t, "coffer_raft_applied_index") < 1 {
+		t.Fatal("the leader timed no KV put, or applied nothing")
+	}
+	fol := c.Followers(leader)[0]
+	fs := scrapeMetrics(t, fol.MetricsURL())
+	if fs.value(t, "coffer_raft_leader") != 0 || fs.value(t, `coffer_raft_state_info{state="follower"}`) != 1 || fs.value(t, "coffer_raft_term") != ls.value(t, "coffer_raft_term") {
+		t.Fatalf("follower: %v", fs.samples)
+	}
+	// A step-down: every node's leader-change counter moves.
+	before := fs.value(t, "coffer_raft_leader_changes_total")
+	if _, err := cl.StepDown(ctx(t)); err != nil {
+		t.Fatalf("step-down: %v", err)
+	}
+	c.WaitForNewLeader(t, leader)
+	waitUntil(t, 10*time.Second, "the follower's leader-change counter moved", func() bool {
+		return scrapeMetrics(t, fol.MetricsURL()).value(t, "coffer_raft_leader_changes_total") > before
+	})
+	// A restarted node is sealed, and says so in its own metrics.
+	c.Kill(fol)
+	c.Restart(t, fol)
+	ss := scrapeMetrics(t, fol.MetricsURL())
+	if ss.value(t, "coffer_sealed") != 1 {
+		t.Fatalf("a restarted node: coffer_sealed = %v, want 1", ss.samples["coffer_sealed"])
+	}
+	t.Logf("%d samples on the sealed node", len(ss.samples))
+}
