@@ -73,7 +73,7 @@ func (s scrape) value(t *testing.T, key string) float64 {
 // request counters count calls by method and code; the leader-change
 // counter moves after a step-down.
 func TestMetricsOnEveryNode(t *testing.T) {
-	c, leader, cl := unsealedCluster(t, ClusterOptions{Metrics: true})
+	c, leader, cl := unsealedCluster(t, ClusterOptions{Metrics: true, HTTP: true})
 	if _, err := cl.Put(ctx(t), &pb.PutRequest{Path: "secret/metrics/a", Data: map[string]string{"k": "v"}}); err != nil {
 		t.Fatal(err)
 	}
@@ -107,6 +107,33 @@ func TestMetricsOnEveryNode(t *testing.T) {
 	if fs.value(t, "coffer_raft_leader") != 0 || fs.value(t, `coffer_raft_state_info{state="follower"}`) != 1 || fs.value(t, "coffer_raft_term") != ls.value(t, "coffer_raft_term") {
 		t.Fatalf("follower: %v", fs.samples)
 	}
+	// Vault's sys/metrics: the node's own, for a token with read on it.
+	get := func(n *Node, query, token string) (int, string) {
+		req, err := http.NewRequest(http.MethodGet, n.HTTPURL()+"/v1/sys/metrics"+query, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if token != "" {
+			req.Header.Set("X-Vault-Token", token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := get(fol, "?format=prometheus", c.Token); code != 200 || !strings.Contains(body, "coffer_raft_leader 0") {
+		t.Fatalf("sys/metrics on a follower: %d %.200s", code, body)
+	}
+	if code, _ := get(fol, "?format=prometheus", ""); code != 403 {
+		t.Fatalf("sys/metrics without a token: %d, want 403", code)
+	}
+	if code, body := get(fol, "", c.Token); code != 400 || !strings.Contains(body, "format=prometheus") {
+		t.Fatalf("sys/metrics without format: %d %s", code, body)
+	}
+
 	// A step-down: every node's leader-change counter moves.
 	before := fs.value(t, "coffer_raft_leader_changes_total")
 	if _, err := cl.StepDown(ctx(t)); err != nil {

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 )
@@ -109,6 +111,22 @@ func (m *nodeMetrics) gatherer(s *Server) prometheus.Gatherer {
 		m.state.WithLabelValues(s.raft.State()).Set(1)
 		return m.reg.Gather()
 	})
+}
+
+// text is the node's metrics in Prometheus' text exposition format.
+func (m *nodeMetrics) text(s *Server) ([]byte, error) {
+	families, err := m.gatherer(s).Gather()
+	if err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	enc := expfmt.NewEncoder(&buf, expfmt.NewFormat(expfmt.TypeTextPlain))
+	for _, f := range families {
+		if err := enc.Encode(f); err != nil {
+			return nil, err
+		}
+	}
+	return buf.Bytes(), nil
 }
 
 // unary counts and times each API call (the last of the chain's

@@ -44,3 +44,16 @@ func (s *sysServer) Mounts(ctx context.Context, req *pb.MountsRequest) (*pb.Moun
 	}
 	return nil, withMessage(fsm.ErrNotFound, "no mount at %q: paths start with %s", p, strings.Join(mounts, " or "))
 }
+
+// Metrics returns this node's own metrics in Prometheus' text format
+// (Vault's sys/metrics?format=prometheus); the route never forwards it.
+func (s *sysServer) Metrics(ctx context.Context, _ *pb.MetricsRequest) (*pb.MetricsResponse, error) {
+	if err := requireCaller(ctx); err != nil {
+		return nil, err
+	}
+	text, err := s.metrics()
+	if err != nil {
+		return nil, err
+	}
+	return &pb.MetricsResponse{Text: text}, nil
+}

@@ -323,6 +323,7 @@ func (s *Server) wire() error {
 	s.inflight = newInflight(s.cfg.MaxInflightBytes)
 	// One chain for a call over gRPC and one made in process (the HTTP API).
 	s.metrics = newNodeMetrics(s)
+	s.sys.metrics = func() ([]byte, error) { return s.metrics.text(s) }
 	unary := []grpc.UnaryServerInterceptor{grpcutil.RecoverUnary(logger, internalMessage), s.metrics.unary, s.inflight.unary, gw.unaryInterceptor}
 
 	s.grpc = grpc.NewServer(

@@ -21,6 +21,8 @@ import (
 type sysServer struct {
 	pb.UnimplementedSysServer
 	nodeID string
+	// metrics renders this node's metrics (sys/metrics).
+	metrics func() ([]byte, error)
 	keys   *keys
 	store  sysState
 	props  proposer

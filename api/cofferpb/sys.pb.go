@@ -21,6 +21,87 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type MetricsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MetricsRequest) Reset() {
+	*x = MetricsRequest{}
+	mi := &file_coffer_v1_sys_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MetricsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MetricsRequest) ProtoMessage() {}
+
+func (x *MetricsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_sys_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MetricsRequest.ProtoReflect.Descriptor instead.
+func (*MetricsRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{0}
+}
+
+type MetricsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// text is the Prometheus text exposition format (version 0.0.4).
+	Text          []byte `protobuf:"bytes,1,opt,name=text,proto3" json:"text,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MetricsResponse) Reset() {
+	*x = MetricsResponse{}
+	mi := &file_coffer_v1_sys_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MetricsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MetricsResponse) ProtoMessage() {}
+
+func (x *MetricsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_sys_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MetricsResponse.ProtoReflect.Descriptor instead.
+func (*MetricsResponse) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *MetricsResponse) GetText() []byte {
+	if x != nil {
+		return x.Text
+	}
+	return nil
+}
+
 type MountsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// path, when set, asks for the mount this path is under only.
@@ -31,7 +112,7 @@ type MountsRequest struct {
 
 func (x *MountsRequest) Reset() {
 	*x = MountsRequest{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[0]
+	mi := &file_coffer_v1_sys_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -43,7 +124,7 @@ func (x *MountsRequest) String() string {
 func (*MountsRequest) ProtoMessage() {}
 
 func (x *MountsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[0]
+	mi := &file_coffer_v1_sys_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -56,7 +137,7 @@ func (x *MountsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MountsRequest.ProtoReflect.Descriptor instead.
 func (*MountsRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{0}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *MountsRequest) GetPath() string {
@@ -83,7 +164,7 @@ type Mount struct {
 
 func (x *Mount) Reset() {
 	*x = Mount{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[1]
+	mi := &file_coffer_v1_sys_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -95,7 +176,7 @@ func (x *Mount) String() string {
 func (*Mount) ProtoMessage() {}
 
 func (x *Mount) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[1]
+	mi := &file_coffer_v1_sys_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -108,7 +189,7 @@ func (x *Mount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mount.ProtoReflect.Descriptor instead.
 func (*Mount) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{1}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Mount) GetPath() string {
@@ -155,7 +236,7 @@ type MountsResponse struct {
 
 func (x *MountsResponse) Reset() {
 	*x = MountsResponse{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[2]
+	mi := &file_coffer_v1_sys_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -167,7 +248,7 @@ func (x *MountsResponse) String() string {
 func (*MountsResponse) ProtoMessage() {}
 
 func (x *MountsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[2]
+	mi := &file_coffer_v1_sys_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -180,7 +261,7 @@ func (x *MountsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MountsResponse.ProtoReflect.Descriptor instead.
 func (*MountsResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{2}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *MountsResponse) GetMounts() []*Mount {
@@ -205,7 +286,7 @@ type GenerateRootRequest struct {
 
 func (x *GenerateRootRequest) Reset() {
 	*x = GenerateRootRequest{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[3]
+	mi := &file_coffer_v1_sys_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -217,7 +298,7 @@ func (x *GenerateRootRequest) String() string {
 func (*GenerateRootRequest) ProtoMessage() {}
 
 func (x *GenerateRootRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[3]
+	mi := &file_coffer_v1_sys_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -230,7 +311,7 @@ func (x *GenerateRootRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateRootRequest.ProtoReflect.Descriptor instead.
 func (*GenerateRootRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{3}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *GenerateRootRequest) GetAction() string {
@@ -278,7 +359,7 @@ type GenerateRootStatus struct {
 
 func (x *GenerateRootStatus) Reset() {
 	*x = GenerateRootStatus{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[4]
+	mi := &file_coffer_v1_sys_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -290,7 +371,7 @@ func (x *GenerateRootStatus) String() string {
 func (*GenerateRootStatus) ProtoMessage() {}
 
 func (x *GenerateRootStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[4]
+	mi := &file_coffer_v1_sys_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -303,7 +384,7 @@ func (x *GenerateRootStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateRootStatus.ProtoReflect.Descriptor instead.
 func (*GenerateRootStatus) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{4}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *GenerateRootStatus) GetStarted() bool {
@@ -368,7 +449,7 @@ type AuditHashRequest struct {
 
 func (x *AuditHashRequest) Reset() {
 	*x = AuditHashRequest{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[5]
+	mi := &file_coffer_v1_sys_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -380,7 +461,7 @@ func (x *AuditHashRequest) String() string {
 func (*AuditHashRequest) ProtoMessage() {}
 
 func (x *AuditHashRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[5]
+	mi := &file_coffer_v1_sys_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -393,7 +474,7 @@ func (x *AuditHashRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditHashRequest.ProtoReflect.Descriptor instead.
 func (*AuditHashRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{5}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *AuditHashRequest) GetInput() string {
@@ -419,7 +500,7 @@ type AuditHashResponse struct {
 
 func (x *AuditHashResponse) Reset() {
 	*x = AuditHashResponse{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[6]
+	mi := &file_coffer_v1_sys_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -431,7 +512,7 @@ func (x *AuditHashResponse) String() string {
 func (*AuditHashResponse) ProtoMessage() {}
 
 func (x *AuditHashResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[6]
+	mi := &file_coffer_v1_sys_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -444,7 +525,7 @@ func (x *AuditHashResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditHashResponse.ProtoReflect.Descriptor instead.
 func (*AuditHashResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{6}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *AuditHashResponse) GetHash() string {
@@ -467,7 +548,7 @@ type InitRequest struct {
 
 func (x *InitRequest) Reset() {
 	*x = InitRequest{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[7]
+	mi := &file_coffer_v1_sys_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -479,7 +560,7 @@ func (x *InitRequest) String() string {
 func (*InitRequest) ProtoMessage() {}
 
 func (x *InitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[7]
+	mi := &file_coffer_v1_sys_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -492,7 +573,7 @@ func (x *InitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InitRequest.ProtoReflect.Descriptor instead.
 func (*InitRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{7}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *InitRequest) GetSecretShares() uint32 {
@@ -526,7 +607,7 @@ type InitResponse struct {
 
 func (x *InitResponse) Reset() {
 	*x = InitResponse{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[8]
+	mi := &file_coffer_v1_sys_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -538,7 +619,7 @@ func (x *InitResponse) String() string {
 func (*InitResponse) ProtoMessage() {}
 
 func (x *InitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[8]
+	mi := &file_coffer_v1_sys_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -551,7 +632,7 @@ func (x *InitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InitResponse.ProtoReflect.Descriptor instead.
 func (*InitResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{8}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *InitResponse) GetKeys() [][]byte {
@@ -579,7 +660,7 @@ type UnsealRequest struct {
 
 func (x *UnsealRequest) Reset() {
 	*x = UnsealRequest{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[9]
+	mi := &file_coffer_v1_sys_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -591,7 +672,7 @@ func (x *UnsealRequest) String() string {
 func (*UnsealRequest) ProtoMessage() {}
 
 func (x *UnsealRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[9]
+	mi := &file_coffer_v1_sys_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -604,7 +685,7 @@ func (x *UnsealRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnsealRequest.ProtoReflect.Descriptor instead.
 func (*UnsealRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{9}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *UnsealRequest) GetKey() []byte {
@@ -629,7 +710,7 @@ type SealRequest struct {
 
 func (x *SealRequest) Reset() {
 	*x = SealRequest{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[10]
+	mi := &file_coffer_v1_sys_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -641,7 +722,7 @@ func (x *SealRequest) String() string {
 func (*SealRequest) ProtoMessage() {}
 
 func (x *SealRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[10]
+	mi := &file_coffer_v1_sys_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -654,7 +735,7 @@ func (x *SealRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SealRequest.ProtoReflect.Descriptor instead.
 func (*SealRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{10}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{12}
 }
 
 type SealStatus struct {
@@ -670,7 +751,7 @@ type SealStatus struct {
 
 func (x *SealStatus) Reset() {
 	*x = SealStatus{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[11]
+	mi := &file_coffer_v1_sys_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -682,7 +763,7 @@ func (x *SealStatus) String() string {
 func (*SealStatus) ProtoMessage() {}
 
 func (x *SealStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[11]
+	mi := &file_coffer_v1_sys_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -695,7 +776,7 @@ func (x *SealStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SealStatus.ProtoReflect.Descriptor instead.
 func (*SealStatus) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{11}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *SealStatus) GetInitialized() bool {
@@ -741,7 +822,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[12]
+	mi := &file_coffer_v1_sys_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -753,7 +834,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[12]
+	mi := &file_coffer_v1_sys_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -766,7 +847,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{12}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{14}
 }
 
 type StatusResponse struct {
@@ -800,7 +881,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[13]
+	mi := &file_coffer_v1_sys_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -812,7 +893,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[13]
+	mi := &file_coffer_v1_sys_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -825,7 +906,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{13}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *StatusResponse) GetSeal() *SealStatus {
@@ -934,7 +1015,7 @@ type RotateRequest struct {
 
 func (x *RotateRequest) Reset() {
 	*x = RotateRequest{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[14]
+	mi := &file_coffer_v1_sys_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -946,7 +1027,7 @@ func (x *RotateRequest) String() string {
 func (*RotateRequest) ProtoMessage() {}
 
 func (x *RotateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[14]
+	mi := &file_coffer_v1_sys_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -959,7 +1040,7 @@ func (x *RotateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateRequest.ProtoReflect.Descriptor instead.
 func (*RotateRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{14}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{16}
 }
 
 type RotateResponse struct {
@@ -972,7 +1053,7 @@ type RotateResponse struct {
 
 func (x *RotateResponse) Reset() {
 	*x = RotateResponse{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[15]
+	mi := &file_coffer_v1_sys_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -984,7 +1065,7 @@ func (x *RotateResponse) String() string {
 func (*RotateResponse) ProtoMessage() {}
 
 func (x *RotateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[15]
+	mi := &file_coffer_v1_sys_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -997,7 +1078,7 @@ func (x *RotateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateResponse.ProtoReflect.Descriptor instead.
 func (*RotateResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{15}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *RotateResponse) GetTerm() uint32 {
@@ -1018,7 +1099,10 @@ var File_coffer_v1_sys_proto protoreflect.FileDescriptor
 
 const file_coffer_v1_sys_proto_rawDesc = "" +
 	"\n" +
-	"\x13coffer/v1/sys.proto\x12\tcoffer.v1\"#\n" +
+	"\x13coffer/v1/sys.proto\x12\tcoffer.v1\"\x10\n" +
+	"\x0eMetricsRequest\"%\n" +
+	"\x0fMetricsResponse\x12\x12\n" +
+	"\x04text\x18\x01 \x01(\fR\x04text\"#\n" +
 	"\rMountsRequest\x12\x12\n" +
 	"\x04path\x18\x01 \x01(\tR\x04path\"\x7f\n" +
 	"\x05Mount\x12\x12\n" +
@@ -1089,7 +1173,7 @@ const file_coffer_v1_sys_proto_rawDesc = "" +
 	"\rRotateRequest\":\n" +
 	"\x0eRotateResponse\x12\x12\n" +
 	"\x04term\x18\x01 \x01(\rR\x04term\x12\x14\n" +
-	"\x05index\x18\x02 \x01(\x04R\x05index2\x84\x04\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index2\xc6\x04\n" +
 	"\x03Sys\x127\n" +
 	"\x04Init\x12\x16.coffer.v1.InitRequest\x1a\x17.coffer.v1.InitResponse\x129\n" +
 	"\x06Unseal\x12\x18.coffer.v1.UnsealRequest\x1a\x15.coffer.v1.SealStatus\x125\n" +
@@ -1098,7 +1182,8 @@ const file_coffer_v1_sys_proto_rawDesc = "" +
 	"\x06Rotate\x12\x18.coffer.v1.RotateRequest\x1a\x19.coffer.v1.RotateResponse\x12F\n" +
 	"\tAuditHash\x12\x1b.coffer.v1.AuditHashRequest\x1a\x1c.coffer.v1.AuditHashResponse\x12M\n" +
 	"\fGenerateRoot\x12\x1e.coffer.v1.GenerateRootRequest\x1a\x1d.coffer.v1.GenerateRootStatus\x12=\n" +
-	"\x06Mounts\x12\x18.coffer.v1.MountsRequest\x1a\x19.coffer.v1.MountsResponseB\x1eZ\x1ccoffer/api/cofferpb;cofferpbb\x06proto3"
+	"\x06Mounts\x12\x18.coffer.v1.MountsRequest\x1a\x19.coffer.v1.MountsResponse\x12@\n" +
+	"\aMetrics\x12\x19.coffer.v1.MetricsRequest\x1a\x1a.coffer.v1.MetricsResponseB\x1eZ\x1ccoffer/api/cofferpb;cofferpbb\x06proto3"
 
 var (
 	file_coffer_v1_sys_proto_rawDescOnce sync.Once
@@ -1112,46 +1197,50 @@ func file_coffer_v1_sys_proto_rawDescGZIP() []byte {
 	return file_coffer_v1_sys_proto_rawDescData
 }
 
-var file_coffer_v1_sys_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_coffer_v1_sys_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_coffer_v1_sys_proto_goTypes = []any{
-	(*MountsRequest)(nil),       // 0: coffer.v1.MountsRequest
-	(*Mount)(nil),               // 1: coffer.v1.Mount
-	(*MountsResponse)(nil),      // 2: coffer.v1.MountsResponse
-	(*GenerateRootRequest)(nil), // 3: coffer.v1.GenerateRootRequest
-	(*GenerateRootStatus)(nil),  // 4: coffer.v1.GenerateRootStatus
-	(*AuditHashRequest)(nil),    // 5: coffer.v1.AuditHashRequest
-	(*AuditHashResponse)(nil),   // 6: coffer.v1.AuditHashResponse
-	(*InitRequest)(nil),         // 7: coffer.v1.InitRequest
-	(*InitResponse)(nil),        // 8: coffer.v1.InitResponse
-	(*UnsealRequest)(nil),       // 9: coffer.v1.UnsealRequest
-	(*SealRequest)(nil),         // 10: coffer.v1.SealRequest
-	(*SealStatus)(nil),          // 11: coffer.v1.SealStatus
-	(*StatusRequest)(nil),       // 12: coffer.v1.StatusRequest
-	(*StatusResponse)(nil),      // 13: coffer.v1.StatusResponse
-	(*RotateRequest)(nil),       // 14: coffer.v1.RotateRequest
-	(*RotateResponse)(nil),      // 15: coffer.v1.RotateResponse
+	(*MetricsRequest)(nil),      // 0: coffer.v1.MetricsRequest
+	(*MetricsResponse)(nil),     // 1: coffer.v1.MetricsResponse
+	(*MountsRequest)(nil),       // 2: coffer.v1.MountsRequest
+	(*Mount)(nil),               // 3: coffer.v1.Mount
+	(*MountsResponse)(nil),      // 4: coffer.v1.MountsResponse
+	(*GenerateRootRequest)(nil), // 5: coffer.v1.GenerateRootRequest
+	(*GenerateRootStatus)(nil),  // 6: coffer.v1.GenerateRootStatus
+	(*AuditHashRequest)(nil),    // 7: coffer.v1.AuditHashRequest
+	(*AuditHashResponse)(nil),   // 8: coffer.v1.AuditHashResponse
+	(*InitRequest)(nil),         // 9: coffer.v1.InitRequest
+	(*InitResponse)(nil),        // 10: coffer.v1.InitResponse
+	(*UnsealRequest)(nil),       // 11: coffer.v1.UnsealRequest
+	(*SealRequest)(nil),         // 12: coffer.v1.SealRequest
+	(*SealStatus)(nil),          // 13: coffer.v1.SealStatus
+	(*StatusRequest)(nil),       // 14: coffer.v1.StatusRequest
+	(*StatusResponse)(nil),      // 15: coffer.v1.StatusResponse
+	(*RotateRequest)(nil),       // 16: coffer.v1.RotateRequest
+	(*RotateResponse)(nil),      // 17: coffer.v1.RotateResponse
 }
 var file_coffer_v1_sys_proto_depIdxs = []int32{
-	1,  // 0: coffer.v1.MountsResponse.mounts:type_name -> coffer.v1.Mount
-	11, // 1: coffer.v1.StatusResponse.seal:type_name -> coffer.v1.SealStatus
-	7,  // 2: coffer.v1.Sys.Init:input_type -> coffer.v1.InitRequest
-	9,  // 3: coffer.v1.Sys.Unseal:input_type -> coffer.v1.UnsealRequest
-	10, // 4: coffer.v1.Sys.Seal:input_type -> coffer.v1.SealRequest
-	12, // 5: coffer.v1.Sys.Status:input_type -> coffer.v1.StatusRequest
-	14, // 6: coffer.v1.Sys.Rotate:input_type -> coffer.v1.RotateRequest
-	5,  // 7: coffer.v1.Sys.AuditHash:input_type -> coffer.v1.AuditHashRequest
-	3,  // 8: coffer.v1.Sys.GenerateRoot:input_type -> coffer.v1.GenerateRootRequest
-	0,  // 9: coffer.v1.Sys.Mounts:input_type -> coffer.v1.MountsRequest
-	8,  // 10: coffer.v1.Sys.Init:output_type -> coffer.v1.InitResponse
-	11, // 11: coffer.v1.Sys.Unseal:output_type -> coffer.v1.SealStatus
-	11, // 12: coffer.v1.Sys.Seal:output_type -> coffer.v1.SealStatus
-	13, // 13: coffer.v1.Sys.Status:output_type -> coffer.v1.StatusResponse
-	15, // 14: coffer.v1.Sys.Rotate:output_type -> coffer.v1.RotateResponse
-	6,  // 15: coffer.v1.Sys.AuditHash:output_type -> coffer.v1.AuditHashResponse
-	4,  // 16: coffer.v1.Sys.GenerateRoot:output_type -> coffer.v1.GenerateRootStatus
-	2,  // 17: coffer.v1.Sys.Mounts:output_type -> coffer.v1.MountsResponse
-	10, // [10:18] is the sub-list for method output_type
-	2,  // [2:10] is the sub-list for method input_type
+	3,  // 0: coffer.v1.MountsResponse.mounts:type_name -> coffer.v1.Mount
+	13, // 1: coffer.v1.StatusResponse.seal:type_name -> coffer.v1.SealStatus
+	9,  // 2: coffer.v1.Sys.Init:input_type -> coffer.v1.InitRequest
+	11, // 3: coffer.v1.Sys.Unseal:input_type -> coffer.v1.UnsealRequest
+	12, // 4: coffer.v1.Sys.Seal:input_type -> coffer.v1.SealRequest
+	14, // 5: coffer.v1.Sys.Status:input_type -> coffer.v1.StatusRequest
+	16, // 6: coffer.v1.Sys.Rotate:input_type -> coffer.v1.RotateRequest
+	7,  // 7: coffer.v1.Sys.AuditHash:input_type -> coffer.v1.AuditHashRequest
+	5,  // 8: coffer.v1.Sys.GenerateRoot:input_type -> coffer.v1.GenerateRootRequest
+	2,  // 9: coffer.v1.Sys.Mounts:input_type -> coffer.v1.MountsRequest
+	0,  // 10: coffer.v1.Sys.Metrics:input_type -> coffer.v1.MetricsRequest
+	10, // 11: coffer.v1.Sys.Init:output_type -> coffer.v1.InitResponse
+	13, // 12: coffer.v1.Sys.Unseal:output_type -> coffer.v1.SealStatus
+	13, // 13: coffer.v1.Sys.Seal:output_type -> coffer.v1.SealStatus
+	15, // 14: coffer.v1.Sys.Status:output_type -> coffer.v1.StatusResponse
+	17, // 15: coffer.v1.Sys.Rotate:output_type -> coffer.v1.RotateResponse
+	8,  // 16: coffer.v1.Sys.AuditHash:output_type -> coffer.v1.AuditHashResponse
+	6,  // 17: coffer.v1.Sys.GenerateRoot:output_type -> coffer.v1.GenerateRootStatus
+	4,  // 18: coffer.v1.Sys.Mounts:output_type -> coffer.v1.MountsResponse
+	1,  // 19: coffer.v1.Sys.Metrics:output_type -> coffer.v1.MetricsResponse
+	11, // [11:20] is the sub-list for method output_type
+	2,  // [2:11] is the sub-list for method input_type
 	2,  // [2:2] is the sub-list for extension type_name
 	2,  // [2:2] is the sub-list for extension extendee
 	0,  // [0:2] is the sub-list for field type_name
@@ -1168,7 +1257,7 @@ func file_coffer_v1_sys_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coffer_v1_sys_proto_rawDesc), len(file_coffer_v1_sys_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   16,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -27,6 +27,7 @@ const (
 	Sys_AuditHash_FullMethodName    = "/coffer.v1.Sys/AuditHash"
 	Sys_GenerateRoot_FullMethodName = "/coffer.v1.Sys/GenerateRoot"
 	Sys_Mounts_FullMethodName       = "/coffer.v1.Sys/Mounts"
+	Sys_Metrics_FullMethodName      = "/coffer.v1.Sys/Metrics"
 )
 
 // SysClient is the client API for Sys service.
@@ -59,6 +60,9 @@ type SysClient interface {
 	// describes the one mount a path is under (sys/internal/ui/mounts/PATH,
 	// the vault CLI's preflight).
 	Mounts(ctx context.Context, in *MountsRequest, opts ...grpc.CallOption) (*MountsResponse, error)
+	// Metrics returns this node's own Prometheus metrics in the text
+	// exposition format; never forwarded (Vault's sys/metrics, read).
+	Metrics(ctx context.Context, in *MetricsRequest, opts ...grpc.CallOption) (*MetricsResponse, error)
 }
 
 type sysClient struct {
@@ -149,6 +153,16 @@ func (c *sysClient) Mounts(ctx context.Context, in *MountsRequest, opts ...grpc.
 	return out, nil
 }
 
+func (c *sysClient) Metrics(ctx context.Context, in *MetricsRequest, opts ...grpc.CallOption) (*MetricsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MetricsResponse)
+	err := c.cc.Invoke(ctx, Sys_Metrics_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SysServer is the server API for Sys service.
 // All implementations must embed UnimplementedSysServer
 // for forward compatibility.
@@ -179,6 +193,9 @@ type SysServer interface {
 	// describes the one mount a path is under (sys/internal/ui/mounts/PATH,
 	// the vault CLI's preflight).
 	Mounts(context.Context, *MountsRequest) (*MountsResponse, error)
+	// Metrics returns this node's own Prometheus metrics in the text
+	// exposition format; never forwarded (Vault's sys/metrics, read).
+	Metrics(context.Context, *MetricsRequest) (*MetricsResponse, error)
 	mustEmbedUnimplementedSysServer()
 }
 
@@ -212,6 +229,9 @@ func (UnimplementedSysServer) GenerateRoot(context.Context, *GenerateRootRequest
 }
 func (UnimplementedSysServer) Mounts(context.Context, *MountsRequest) (*MountsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Mounts not implemented")
+}
+func (UnimplementedSysServer) Metrics(context.Context, *MetricsRequest) (*MetricsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Metrics not implemented")
 }
 func (UnimplementedSysServer) mustEmbedUnimplementedSysServer() {}
 func (UnimplementedSysServer) testEmbeddedByValue()             {}
@@ -378,6 +398,24 @@ func _Sys_Mounts_Handler(srv interface{}, ctx context.Context, dec func(interfac
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Sys_Metrics_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MetricsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SysServer).Metrics(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Sys_Metrics_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SysServer).Metrics(ctx, req.(*MetricsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Sys_ServiceDesc is the grpc.ServiceDesc for Sys service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -416,6 +454,10 @@ var Sys_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Mounts",
 			Handler:    _Sys_Mounts_Handler,
+		},
+		{
+			MethodName: "Metrics",
+			Handler:    _Sys_Metrics_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

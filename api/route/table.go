@@ -42,6 +42,8 @@ var table = []Route{
 	// a node with TLS only for holders of a certificate of the CA.
 	{Method: pb.Sys_GenerateRoot_FullMethodName, Access: Public, Leader: true, ClientCert: true},
 	{Method: pb.Sys_Mounts_FullMethodName, Policy: mounts},
+	// Every node answers its own metrics, sealed or not: never forwarded.
+	{Method: pb.Sys_Metrics_FullMethodName, Policy: fixed("sys/metrics", Read)},
 
 	// Operator: membership and snapshots.
 	{Method: pb.Operator_Members_FullMethodName, Policy: fixed("sys/ha-status", Read|Sudo)},

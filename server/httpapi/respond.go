@@ -41,6 +41,9 @@ type reply struct {
 	leaseOnly bool
 	// warnings are the envelope's warnings.
 	warnings []string
+	// text, when set, is the whole body as is, of contentType (metrics).
+	text        []byte
+	contentType string
 	// mountType names the engine that answered ("kv", "token", ...).
 	mountType string
 	// meta describes the read (X-Coffer-* headers), index a write's Raft
@@ -68,6 +71,16 @@ func noContent() *reply { return &reply{status: http.StatusNoContent} }
 func (h *Handler) writeReply(w http.ResponseWriter, rq *request, rep *reply) {
 	setConsistencyHeaders(w.Header(), rep)
 	status := rep.status
+	if rep.text != nil {
+		h := w.Header()
+		h["Content-Type"] = []string{rep.contentType}
+		h["Content-Length"] = []string{strconv.Itoa(len(rep.text))}
+		w.WriteHeader(http.StatusOK)
+		if rq.op != opHead {
+			_, _ = w.Write(rep.text)
+		}
+		return
+	}
 	var body any
 	switch {
 	case rep.raw != nil:

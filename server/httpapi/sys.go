@@ -23,6 +23,22 @@ func (h *Handler) sysRoutes() {
 	h.handle("sys/leader", map[op]endpointFunc{opGet: sysLeader})
 	h.handle("sys/mounts", map[op]endpointFunc{opGet: sysMounts})
 	h.handle("sys/internal/ui/mounts/*", map[op]endpointFunc{opGet: sysMountOf})
+	h.handle("sys/metrics", map[op]endpointFunc{opGet: sysMetrics})
+}
+
+// sysMetrics is Vault's sys/metrics in Prometheus' format: this node's own
+// metrics (a token with read on sys/metrics). The JSON form Vault also
+// has is not served: ask for ?format=prometheus (or scrape the node's
+// -metrics-addr, which needs no token).
+func sysMetrics(ctx context.Context, rq *request) (*reply, error) {
+	if f := rq.r.URL.Query().Get("format"); f != "prometheus" {
+		return nil, badRequest("coffer serves metrics in Prometheus' format only: GET /v1/sys/metrics?format=prometheus")
+	}
+	out, err := rq.call(ctx, pb.Sys_Metrics_FullMethodName, &pb.MetricsRequest{})
+	if err != nil {
+		return nil, err
+	}
+	return &reply{text: out.(*pb.MetricsResponse).GetText(), contentType: "text/plain; version=0.0.4; charset=utf-8"}, nil
 }
 
 // healthStaleAfter: a follower that has not heard from a leader for this
