@@ -23,12 +23,12 @@ type sysServer struct {
 	nodeID string
 	// metrics renders this node's metrics (sys/metrics).
 	metrics func() ([]byte, error)
-	keys   *keys
-	store  sysState
-	props  proposer
-	raft   sysRaft
-	link   *leaderLink
-	logger hclog.Logger
+	keys    *keys
+	store   sysState
+	props   proposer
+	raft    sysRaft
+	link    *leaderLink
+	logger  hclog.Logger
 
 	initMu   sync.Mutex
 	rotateMu sync.Mutex
