@@ -2,8 +2,6 @@ package server
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -225,17 +223,26 @@ func (d *databaseServer) rotatingConn(name string) func() {
 
 // config reads a connection.
 func (d *databaseServer) config(name string) (*dbConfigRecord, error) {
-	if err := validDBName("connection", name); err != nil {
+	return dbRecord[dbConfigRecord](d, "connection", sysDBConfigPref, name, func() error {
+		return withMessage(fsm.ErrNotFound, "database: no connection named %q: list them with `coffer database config list`", clipName(name))
+	})
+}
+
+// dbRecord reads the sealed record prefix+name (a connection, a role or a
+// static role) after checking the name; notFound is the error when there
+// is none.
+func dbRecord[T any](d *databaseServer, kind, prefix, name string, notFound func() error) (*T, error) {
+	if err := validDBName(kind, name); err != nil {
 		return nil, err
 	}
-	var c dbConfigRecord
-	if _, err := d.store.get(sysDBConfigPref+name, &c); err != nil {
+	var v T
+	if _, err := d.store.get(prefix+name, &v); err != nil {
 		if errors.Is(err, fsm.ErrNotFound) {
-			return nil, withMessage(fsm.ErrNotFound, "database: no connection named %q: list them with `coffer database config list`", clipName(name))
+			return nil, notFound()
 		}
 		return nil, err
 	}
-	return &c, nil
+	return &v, nil
 }
 
 // validDBName checks a connection's or role's name (one path segment).
@@ -481,17 +488,9 @@ func (d *databaseServer) settleRoot(ctx context.Context, name string, c *dbConfi
 
 // role reads a dynamic role.
 func (d *databaseServer) role(name string) (*dbRoleRecord, error) {
-	if err := validDBName("role", name); err != nil {
-		return nil, err
-	}
-	var r dbRoleRecord
-	if _, err := d.store.get(sysDBRolePref+name, &r); err != nil {
-		if errors.Is(err, fsm.ErrNotFound) {
-			return nil, roleNotFound("database", name, "coffer database role list")
-		}
-		return nil, err
-	}
-	return &r, nil
+	return dbRecord[dbRoleRecord](d, "role", sysDBRolePref, name, func() error {
+		return roleNotFound("database", name, "coffer database role list")
+	})
 }
 
 // WriteRole creates or replaces a dynamic role.
@@ -627,7 +626,7 @@ func (d *databaseServer) Creds(ctx context.Context, req *pb.DatabaseNameRequest)
 		return nil, err
 	}
 	pending, err := d.leases.CreatePending(ctx, &lease.Record{
-		ID: dbCredsPrefix + name + "/" + newLeaseSuffix(), Path: dbCredsPrefix + name, Group: sysDBRolePref + name,
+		Path: dbCredsPrefix + name, Group: sysDBRolePref + name,
 		Kind: dbLeaseKind, TTL: ttl, MaxTTL: maxTTL, Renewable: true, Data: data, MaxInGroup: uint64(max(r.MaxLeases, 0)),
 		DisplayName: callerDisplayName(ctx), Subject: username,
 	})
@@ -678,13 +677,6 @@ func (d *databaseServer) Creds(ctx context.Context, req *pb.DatabaseNameRequest)
 	ttl = pending.ExpireTime.Sub(pending.IssueTime)
 	rec := pending
 	return &pb.DatabaseCreds{Username: username, Password: password, LeaseId: rec.ID, LeaseDurationSeconds: int64(ttl / time.Second), Renewable: true}, nil
-}
-
-// newLeaseSuffix is the random part of a lease id (128 bits).
-func newLeaseSuffix() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
 }
 
 // callerDisplayName is the calling token's display name ("token" when it
@@ -745,17 +737,9 @@ func (d *databaseServer) renewLease(ctx context.Context, rec *lease.Record, expi
 
 // staticRole reads a static role.
 func (d *databaseServer) staticRole(name string) (*staticRoleRecord, error) {
-	if err := validDBName("static role", name); err != nil {
-		return nil, err
-	}
-	var r staticRoleRecord
-	if _, err := d.store.get(sysDBStaticPref+name, &r); err != nil {
-		if errors.Is(err, fsm.ErrNotFound) {
-			return nil, roleNotFound("database static", name, "coffer database static-role list")
-		}
-		return nil, err
-	}
-	return &r, nil
+	return dbRecord[staticRoleRecord](d, "static role", sysDBStaticPref, name, func() error {
+		return roleNotFound("database static", name, "coffer database static-role list")
+	})
 }
 
 // WriteStaticRole creates or replaces a static role and rotates its

@@ -3,9 +3,7 @@ package server
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -162,29 +160,13 @@ func (m *nodeMetrics) watchLeader(s *Server) {
 // operator's listener: keep it on a private address), until the node
 // stops.
 func (s *Server) startMetrics() error {
-	lis, err := net.Listen("tcp", s.cfg.MetricsAddr)
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(s.metrics.gatherer(s), promhttp.HandlerOpts{}))
+	addr, err := s.serveOps("metrics", s.cfg.MetricsAddr, mux)
 	if err != nil {
 		return fmt.Errorf("server: -metrics-addr %s: %w (pick another address, or -metrics-addr= to turn it off)", s.cfg.MetricsAddr, err)
 	}
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(s.metrics.gatherer(s), promhttp.HandlerOpts{}))
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-	s.metricsAddr = lis.Addr().String()
-	s.logger.Info("serving metrics", "address", s.metricsAddr)
-	s.life.bg.Add(2)
-	go func() {
-		defer s.life.bg.Done()
-		if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			s.logger.Warn("metrics server stopped", "error", err)
-		}
-	}()
-	go func() {
-		defer s.life.bg.Done()
-		<-s.life.stop
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		defer cancel()
-		_ = srv.Shutdown(ctx)
-	}()
+	s.metricsAddr = addr
 	return nil
 }
 

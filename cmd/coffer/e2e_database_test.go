@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"coffer/internal/pgtest"
+	"coffer/internal/testcluster"
 )
 
 // TestDatabaseCommands: the database engine and the leases driven with
@@ -73,13 +75,12 @@ GRANT SELECT ON items TO "{{name}}";
 	// A two-second lease: the user is gone soon after.
 	n.mustRun(t, "database", "role", "write", "-db=pg", "-creation-statements=@"+create, "-default-ttl=2s", "short")
 	short := hasKeys(t, n.mustRun(t, "database", "creds", "-format=json", "short"), "data")["data"].(map[string]any)["username"].(string)
-	deadline := time.Now().Add(10 * time.Second)
-	for pg.RoleExists(t, short) {
-		if time.Now().After(deadline) {
-			t.Fatal("the user of a 2s lease still exists after 10s")
+	testcluster.WaitFor(t, 10*time.Second, "the user of a 2s lease dropped", func() error {
+		if pg.RoleExists(t, short) {
+			return errors.New("it still exists")
 		}
-		time.Sleep(50 * time.Millisecond) // polling the database, not a synchronisation
-	}
+		return nil
+	})
 
 	// Static role.
 	n.mustRun(t, "database", "static-role", "write", "-db=pg", "-username=app_static", "-rotation-period=1h", "static")

@@ -121,6 +121,16 @@ func anyList(l []string) []any {
 	return out
 }
 
+// dbRead reads the connection or role the path names (404 with no
+// message when there is none, as Vault).
+func dbRead(ctx context.Context, rq *request, method string) (proto.Message, error) {
+	name, err := rq.roleName()
+	if err != nil {
+		return nil, err
+	}
+	return readRole(ctx, rq, method, &pb.DatabaseNameRequest{Name: name})
+}
+
 // Connections.
 
 func dbConfigWrite(ctx context.Context, rq *request) (*reply, error) {
@@ -168,11 +178,7 @@ func dbConfigWrite(ctx context.Context, rq *request) (*reply, error) {
 }
 
 func dbConfigRead(ctx context.Context, rq *request) (*reply, error) {
-	name, err := rq.roleName()
-	if err != nil {
-		return nil, err
-	}
-	out, err := readRole(ctx, rq, pb.Database_ReadConfig_FullMethodName, &pb.DatabaseNameRequest{Name: name})
+	out, err := dbRead(ctx, rq, pb.Database_ReadConfig_FullMethodName)
 	if err != nil {
 		return nil, err
 	}
@@ -227,11 +233,7 @@ func dbRoleWrite(ctx context.Context, rq *request) (*reply, error) {
 }
 
 func dbRoleRead(ctx context.Context, rq *request) (*reply, error) {
-	name, err := rq.roleName()
-	if err != nil {
-		return nil, err
-	}
-	out, err := readRole(ctx, rq, pb.Database_ReadRole_FullMethodName, &pb.DatabaseNameRequest{Name: name})
+	out, err := dbRead(ctx, rq, pb.Database_ReadRole_FullMethodName)
 	if err != nil {
 		return nil, err
 	}
@@ -297,11 +299,7 @@ func dbStaticRoleWrite(ctx context.Context, rq *request) (*reply, error) {
 }
 
 func dbStaticRoleRead(ctx context.Context, rq *request) (*reply, error) {
-	name, err := rq.roleName()
-	if err != nil {
-		return nil, err
-	}
-	out, err := readRole(ctx, rq, pb.Database_ReadStaticRole_FullMethodName, &pb.DatabaseNameRequest{Name: name})
+	out, err := dbRead(ctx, rq, pb.Database_ReadStaticRole_FullMethodName)
 	if err != nil {
 		return nil, err
 	}
