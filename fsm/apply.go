@@ -8,6 +8,7 @@ import (
 	"math"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/hashicorp/raft"
 	bolt "go.etcd.io/bbolt"
@@ -81,6 +82,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	var lastIndex uint64
 	var changes []Change
 	sysChanged := false
+	began := time.Now()
 	err := f.db.Update(func(tx *bolt.Tx) error {
 		a := newApplier(tx, f)
 		changes = nil
@@ -132,6 +134,9 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	}
 	f.changes.add(changes)
 	f.publishApplied(lastIndex)
+	if f.opts.OnApply != nil {
+		f.opts.OnApply(len(logs), time.Since(began))
+	}
 	return out
 }
 

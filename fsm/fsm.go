@@ -91,6 +91,13 @@ type Options struct {
 	// OnRestore, when set, is called after a snapshot has been installed
 	// (on Raft's FSM goroutine; it must not block on Raft).
 	OnRestore func()
+	// OnApply, when set, is told how many logs each committed batch
+	// applied and how long its transaction took (for the node's metrics;
+	// it must be cheap and must not block).
+	OnApply func(logs int, took time.Duration)
+	// OnSnapshot, when set, is told how long each snapshot took to persist
+	// and whether it failed (for the node's metrics).
+	OnSnapshot func(took time.Duration, err error)
 	// NoSync skips fsync on commit and never marks the database as having
 	// unsynced commits. For tests and benchmarks only; never in production:
 	// a crash of the machine can then leave a torn database that is

@@ -313,6 +313,42 @@ func (f *FSM) SysList(prefix string) ([]string, error) {
 	return out, nil
 }
 
+// SysCount returns how many system keys start with prefix, without
+// copying them.
+func (f *FSM) SysCount(prefix string) (int, error) {
+	p := []byte(prefix)
+	n := 0
+	err := f.view(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketSys).Cursor()
+		for k, _ := c.Seek(p); k != nil && bytes.HasPrefix(k, p); k, _ = c.Next() {
+			n++
+		}
+		return nil
+	})
+	return n, err
+}
+
+// DBStats are the state machine database's page counts, for the node's
+// metrics.
+type DBStats struct {
+	// FreePages are pages bbolt can reuse; PendingPages are freed pages an
+	// open read transaction still holds.
+	FreePages, PendingPages int
+	// FreeBytes is the size of the free and pending pages.
+	FreeBytes int
+}
+
+// DBStats returns the database's free page counts.
+func (f *FSM) DBStats() DBStats {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	if f.closed {
+		return DBStats{}
+	}
+	st := f.db.Stats()
+	return DBStats{FreePages: st.FreePageN, PendingPages: st.PendingPageN, FreeBytes: st.FreeAlloc}
+}
+
 // KVConfig is a KV mount's configuration: the defaults of its secrets.
 type KVConfig struct {
 	// MaxVersions is the versions a secret without its own max_versions

@@ -17,8 +17,9 @@ import (
 // snapshot is a consistent view of the database: a bbolt read transaction
 // begun by FSM.Snapshot, streamed by Persist while Apply continues.
 type snapshot struct {
-	tx   *bolt.Tx
-	once sync.Once
+	tx      *bolt.Tx
+	once    sync.Once
+	observe func(time.Duration, error)
 }
 
 var _ raft.FSMSnapshot = (*snapshot)(nil)
@@ -41,12 +42,16 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fsm: begin snapshot: %w", err)
 	}
-	return &snapshot{tx: tx}, nil
+	return &snapshot{tx: tx, observe: f.opts.OnSnapshot}, nil
 }
 
 // Persist writes the database file as of the snapshot to sink and closes it,
 // or cancels it on error.
-func (s *snapshot) Persist(sink raft.SnapshotSink) error {
+func (s *snapshot) Persist(sink raft.SnapshotSink) (err error) {
+	if s.observe != nil {
+		began := time.Now()
+		defer func() { s.observe(time.Since(began), err) }()
+	}
 	if _, err := s.tx.WriteTo(sink); err != nil {
 		_ = sink.Cancel()
 		return fmt.Errorf("fsm: write snapshot: %w", err)

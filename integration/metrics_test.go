@@ -86,6 +86,11 @@ func TestMetricsOnEveryNode(t *testing.T) {
 		"coffer_raft_leader_changes_total": "counter", "coffer_requests_total": "counter", "coffer_request_duration_seconds": "histogram",
 		"coffer_leases_live": "gauge", "coffer_lease_revocations_total": "counter", "coffer_lease_revocation_failures_total": "counter",
 		"coffer_fsm_db_size_bytes": "gauge", "go_goroutines": "gauge", "process_resident_memory_bytes": "gauge",
+		"coffer_raft_apply_duration_seconds": "histogram", "coffer_fsm_apply_duration_seconds": "histogram",
+		"coffer_fsm_applied_entries_total": "counter", "coffer_raft_apply_lag_entries": "gauge",
+		"coffer_reads_total": "counter", "coffer_tokens_live": "gauge", "coffer_fsm_db_free_pages": "gauge",
+		"coffer_fsm_db_free_bytes": "gauge", "coffer_gossip_members": "gauge", "coffer_raft_snapshot_age_seconds": "gauge",
+		"coffer_raft_snapshot_duration_seconds": "histogram", "coffer_raft_snapshot_failures_total": "counter",
 	}
 	ls := scrapeMetrics(t, leader.MetricsURL())
 	for name, typ := range want {
@@ -102,8 +107,37 @@ func TestMetricsOnEveryNode(t *testing.T) {
 	if ls.value(t, `coffer_request_duration_seconds_count{method="/coffer.v1.KV/Put"}`) < 1 || ls.value(t, "coffer_raft_applied_index") < 1 {
 		t.Fatal("the leader timed no KV put, or applied nothing")
 	}
+	if ls.value(t, "coffer_raft_apply_duration_seconds_count") < 1 || ls.value(t, "coffer_fsm_applied_entries_total") < 1 {
+		t.Fatal("the leader timed no Raft apply")
+	}
+	waitUntil(t, 10*time.Second, "the leader's gossip counts three alive members and no dead one", func() bool {
+		g := scrapeMetrics(t, leader.MetricsURL())
+		return g.value(t, `coffer_gossip_members{state="alive"}`) == 3 && g.value(t, `coffer_gossip_members{state="dead"}`) == 0
+	})
+	if ls.value(t, "coffer_tokens_live") < 1 {
+		t.Fatal("no live token counted: the root token is one")
+	}
 	fol := c.Followers(leader)[0]
+	// Through a follower: a write is forwarded, a default read runs a
+	// read-index round, a stale read is marked stale.
+	fc := c.Client(t, fol)
+	if _, err := fc.Put(ctx(t), &pb.PutRequest{Path: "secret/metrics/b", Data: map[string]string{"k": "v"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fc.Get(ctx(t), &pb.GetRequest{Path: "secret/metrics/b"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fc.Get(ctx(t), &pb.GetRequest{Path: "secret/metrics/b", Read: &pb.ReadOptions{Consistency: pb.Consistency_CONSISTENCY_STALE}}); err != nil {
+		t.Fatal(err)
+	}
 	fs := scrapeMetrics(t, fol.MetricsURL())
+	if fs.value(t, `coffer_forwarded_calls_total{method="/coffer.v1.KV/Put",result="ok"}`) != 1 {
+		t.Fatalf("the follower counted no forwarded put: %v", fs.samples)
+	}
+	if fs.value(t, `coffer_read_index_rounds_total{result="ok"}`) < 1 || fs.value(t, `coffer_reads_total{consistency="default",stale="false"}`) < 1 ||
+		fs.value(t, `coffer_reads_total{consistency="stale",stale="true"}`) != 1 {
+		t.Fatalf("the follower's reads: %v", fs.samples)
+	}
 	if fs.value(t, "coffer_raft_leader") != 0 || fs.value(t, `coffer_raft_state_info{state="follower"}`) != 1 || fs.value(t, "coffer_raft_term") != ls.value(t, "coffer_raft_term") {
 		t.Fatalf("follower: %v", fs.samples)
 	}

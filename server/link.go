@@ -32,6 +32,8 @@ type leaderLink struct {
 	logger hclog.Logger
 	// stopCtx ends when the node stops.
 	stopCtx context.Context
+	// metrics counts forwarded calls and read-index rounds.
+	metrics *nodeMetrics
 }
 
 // IsLeader reports whether this node leads.
@@ -122,6 +124,11 @@ func (l *leaderLink) forward(ctx context.Context, r route.Route, req proto.Messa
 		// One hop only: the node that sent it believed we lead.
 		return nil, true, l.notLeaderError()
 	}
+	defer func() {
+		if done {
+			l.metrics.forwardedCall(r.Method, err)
+		}
+	}()
 	if r.Idempotent {
 		// The follower's own resends must not write twice.
 		route.EnsureRequestID(req)
@@ -364,7 +371,9 @@ func (l *leaderLink) runReadRounds(key roundKey) {
 		if r == nil {
 			return
 		}
+		began := time.Now()
 		r.index, r.err = l.askReadIndex(key)
+		l.metrics.readRound(time.Since(began), r.err)
 		close(r.done)
 	}
 }

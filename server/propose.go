@@ -14,9 +14,10 @@ import (
 // raftProposer proposes commands through the Raft node: the one place a
 // command gets its leader time and is encoded.
 type raftProposer struct {
-	raft   applier
-	state  storageHealth
-	logger hclog.Logger
+	raft    applier
+	state   storageHealth
+	logger  hclog.Logger
+	metrics *nodeMetrics
 }
 
 // applier proposes encoded commands (the Raft node).
@@ -43,10 +44,12 @@ func (p *raftProposer) propose(ctx context.Context, cmd *fsmpb.Command) (*fsm.Re
 		return nil, err
 	}
 	// The call's bytes stay counted until Raft lets go of the command.
+	began := time.Now()
 	resp, _, err := p.raft.Apply(holdGrant(ctx), data)
 	if err != nil {
 		return nil, err
 	}
+	p.metrics.applied(time.Since(began))
 	var r *fsm.Result
 	switch v := resp.(type) {
 	case fsm.Result:

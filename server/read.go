@@ -17,6 +17,8 @@ type readGate struct {
 	raft   readRaft
 	state  appliedState
 	index  readIndexer
+	// metrics counts the reads admitted.
+	metrics *nodeMetrics
 }
 
 // readRaft is what a read needs of the Raft node.
@@ -107,7 +109,9 @@ func (g *readGate) begin(ctx context.Context, opts *pb.ReadOptions) (*pb.ReadMet
 	// A stale read is stale unless this node is a leader that has applied
 	// every earlier term's entry (a new leader may still miss writes its
 	// predecessor acknowledged).
-	return g.readMeta(opts.Consistency == pb.Consistency_CONSISTENCY_STALE && !(leader && g.raft.ReadyLeader())), nil
+	stale := opts.Consistency == pb.Consistency_CONSISTENCY_STALE && !(leader && g.raft.ReadyLeader())
+	g.metrics.readAdmitted(opts.Consistency, stale)
+	return g.readMeta(stale), nil
 }
 
 // readMeta describes this node for a read response.

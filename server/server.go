@@ -150,10 +150,13 @@ func New(cfg Config) (*Server, error) {
 	s.life.stopCtx, s.life.stopCancel = context.WithCancel(context.Background())
 	s.keys = &keys{seal: seal.New(seal.Options{}), logger: cfg.Logger, nudge: make(chan struct{}, 1)}
 	s.tokenExpiry = &expiryQueue{}
+	s.metrics = newNodeMetrics()
 	var err error
 	s.fsm, err = fsm.Open(filepath.Join(cfg.DataDir, "fsm.db"), fsm.Options{
 		Logger:            cfg.Logger.Named("fsm"),
 		IdempotencyWindow: cfg.IdempotencyWindow,
+		OnApply:           s.metrics.fsmApplied,
+		OnSnapshot:        s.metrics.snapshotPersisted,
 		OnRestore: func() {
 			s.keys.stateRestored()
 			// The tokens may be others now: the leader scans them again.
@@ -284,9 +287,10 @@ func (s *Server) wire() error {
 	s.link = &leaderLink{
 		nodeID: id, self: s.advertisedAPI(), raft: s.raft, state: s.fsm,
 		conns: peerConns{dial: s.cfg.Network.DialContext, creds: s.peerCreds()}, logger: logger, stopCtx: s.life.stopCtx,
+		metrics: s.metrics,
 	}
-	props := &raftProposer{raft: s.raft, state: s.fsm, logger: logger}
-	reads := &readGate{nodeID: id, sealed: s.keys, raft: s.raft, state: s.fsm, index: s.link}
+	props := &raftProposer{raft: s.raft, state: s.fsm, logger: logger, metrics: s.metrics}
+	reads := &readGate{nodeID: id, sealed: s.keys, raft: s.raft, state: s.fsm, index: s.link, metrics: s.metrics}
 	policies := &policyStore{state: s.fsm, keys: s.keys, logger: logger}
 	gw := &gateway{raft: s.raft, state: s.fsm, keys: s.keys, link: s.link, tls: s.tls != nil, policies: policies, exists: s.exists(policies), audit: s.audit, logger: logger}
 	s.tokens = &tokenServer{state: s.fsm, keys: s.keys, props: props, policies: policies, logger: logger, now: time.Now, expiry: s.tokenExpiry}
@@ -322,7 +326,7 @@ func (s *Server) wire() error {
 
 	s.inflight = newInflight(s.cfg.MaxInflightBytes)
 	// One chain for a call over gRPC and one made in process (the HTTP API).
-	s.metrics = newNodeMetrics(s)
+	s.metrics.observeNode(s)
 	s.sys.metrics = func() ([]byte, error) { return s.metrics.text(s) }
 	unary := []grpc.UnaryServerInterceptor{grpcutil.RecoverUnary(logger, internalMessage), s.metrics.unary, s.inflight.unary, gw.unaryInterceptor}
 

@@ -49,9 +49,12 @@ type Agent struct {
 	held      *credsStore // the database credentials the agent holds
 	file      *cacheFile  // nil without CacheDir
 
-	lis    net.Listener
-	grpc   *grpc.Server
-	health *health.Server
+	lis net.Listener
+	// metricsLis serves /metrics (nil when Config.MetricsAddr is empty).
+	metricsLis net.Listener
+	metrics    *agentMetrics
+	grpc       *grpc.Server
+	health     *health.Server
 
 	started time.Time
 	// lastContact is when an upstream node last answered (unix nanos; 0:
@@ -144,6 +147,14 @@ func New(cfg Config) (*Agent, error) {
 		client.Close()
 		return nil, fmt.Errorf("agent: listen on %s: %w (is another agent running? pick another -listen)", cfg.Listen, err)
 	}
+	a.metrics = newAgentMetrics(a.cache)
+	if cfg.MetricsAddr != "" {
+		if a.metricsLis, err = net.Listen("tcp", cfg.MetricsAddr); err != nil {
+			client.Close()
+			a.lis.Close()
+			return nil, fmt.Errorf("agent: -metrics-addr %s: %w (pick another address, or leave it empty to turn it off)", cfg.MetricsAddr, err)
+		}
+	}
 	a.health = health.NewServer()
 	a.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	for _, svc := range []string{kvService, databaseService, leaseService} {
@@ -191,6 +202,9 @@ func (a *Agent) Start() {
 	if a.file != nil {
 		a.bg.Add(1)
 		go a.persistLoop()
+	}
+	if a.metricsLis != nil {
+		a.serveMetrics()
 	}
 	if a.cfg.Login != nil {
 		a.bg.Add(1)
@@ -266,6 +280,9 @@ func (a *Agent) Shutdown(ctx context.Context) error {
 		} else {
 			a.grpc.Stop()
 			a.lis.Close()
+			if a.metricsLis != nil {
+				a.metricsLis.Close()
+			}
 		}
 		a.bg.Wait()
 		var errs []error

@@ -1,12 +1,14 @@
 package agent
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -184,6 +186,7 @@ func TestAgentOutage(t *testing.T) {
 	cfg := testConfig(t, c.APIAddrs(), c.Token)
 	cfg.Cache = api.CacheConfig{TTL: ttl, MaxStale: maxStale, Jitter: -1}
 	cfg.CacheDir, cfg.CacheKey, cfg.CacheKeySource = dir, key, "the test key"
+	cfg.MetricsAddr = "127.0.0.1:0"
 	ag := startAgent(t, cfg)
 	ac := dial(t, ag.Addr())
 
@@ -236,6 +239,16 @@ func TestAgentOutage(t *testing.T) {
 	}
 	if age := time.Duration(g.ageMs) * time.Millisecond; age > time.Since(begin) {
 		t.Fatalf("age %s is older than the test's first read (%s ago)", age, time.Since(begin))
+	}
+	// The agent's metrics saw it: a hit, a miss, a stale serve, and the
+	// age of the oldest answer served.
+	m := scrapeAgent(t, ag)
+	if m[`coffer_agent_reads_total{source="upstream"}`] != 1 || m[`coffer_agent_reads_total{source="cache"}`] < 1 ||
+		m[`coffer_agent_reads_total{source="cache_stale"}`] < 1 || m["coffer_agent_cache_stale_served_total"] < 1 || m["coffer_agent_cache_hits_total"] < 1 {
+		t.Fatalf("agent metrics: %v", m)
+	}
+	if oldest := m["coffer_agent_cache_oldest_served_age_seconds"]; oldest < ttl.Seconds() || oldest > time.Since(begin).Seconds() {
+		t.Fatalf("oldest served age %vs: want at least the TTL and at most the test's age", oldest)
 	}
 	// Another token gets no cached value during the outage either.
 	if g := ac.get(t, bogus, path); status.Code(g.err) != codes.Unavailable || g.resp != nil {
@@ -605,4 +618,33 @@ func TestAgentLendsItsTokenOnlyOnAUnixSocket(t *testing.T) {
 	if g := ac.get(t, "", path); g.err != nil || g.resp.Data["v"] != "1" {
 		t.Fatalf("get without a token over the socket: %s", g)
 	}
+}
+
+// scrapeAgent reads the agent's /metrics: sample (name with labels) →
+// value.
+func scrapeAgent(t testing.TB, a *Agent) map[string]float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + a.MetricsAddr() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	out := map[string]float64{}
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			t.Fatalf("sample %q: %v", line, err)
+		}
+		out[line[:i]] = v
+	}
+	if resp.StatusCode != http.StatusOK || sc.Err() != nil {
+		t.Fatalf("GET /metrics: %s %v", resp.Status, sc.Err())
+	}
+	return out
 }

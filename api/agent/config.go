@@ -57,6 +57,10 @@ type Config struct {
 	// unix:///path for a unix socket (created mode 0600). Default
 	// 127.0.0.1:8500.
 	Listen string
+	// MetricsAddr, when set, serves the agent's Prometheus metrics at
+	// /metrics on this host:port (unauthenticated: keep it private).
+	// Default off: two agents on one host would otherwise clash.
+	MetricsAddr string
 	// UseAgentToken lends the agent's own token (Upstream.Token) to
 	// callers that send none, as Vault Agent's use_auto_auth_token does.
 	// Only on a unix socket, whose file mode says who may call; otherwise

@@ -37,6 +37,7 @@ type kvServer struct {
 // when no upstream node answers.
 func (k *kvServer) Get(ctx context.Context, req *pb.GetRequest) (*pb.GetResponse, error) {
 	resp, info, err := k.a.client.GetWithInfo(ctx, req)
+	k.a.metrics.read(info, err)
 	if err != nil {
 		return nil, k.a.getError(req.Path, err)
 	}

@@ -68,6 +68,7 @@ key: 32 bytes, raw or base64, from -cache-key-file or base64 in
 $`+agent.EnvCacheKey+`), so an agent restarted during an outage still
 serves. Stop it with SIGINT or SIGTERM.`).withClient()
 	listen := f.fs.String("listen", agent.DefaultListen, "gRPC listen address of the agent: host:port, or unix:///path for a unix socket (mode 0600)")
+	metricsAddr := f.fs.String("metrics-addr", "", "serve the agent's Prometheus metrics at /metrics on this host:port (unauthenticated: keep it private; default off)")
 	useAgentToken := f.fs.Bool("use-agent-token", false, "lend the agent's own token to callers that send none (needs -listen=unix:///path)")
 	tokenFile := f.fs.String("token-file", "", "read the agent's own token from this file (instead of -token or $"+api.EnvToken+")")
 	cacheDir := f.fs.String("cache-dir", "", "keep an encrypted copy of the cache in this directory (needs a key)")
@@ -151,6 +152,7 @@ serves. Stop it with SIGINT or SIGTERM.`).withClient()
 	cfg.Upstream = up
 	cfg.Login = login
 	cfg.Listen = *listen
+	cfg.MetricsAddr = *metricsAddr
 	cfg.Cache = api.CacheConfig{TTL: *ttl, MaxStale: *maxStale, MaxEntries: *entries, TokenRecheck: *recheck}
 	if *maxStale == 0 {
 		cfg.Cache.MaxStale = -1 // off: the api's zero means its default
