@@ -2,8 +2,12 @@ package integration
 
 import (
 	"bufio"
+	"encoding/json"
 	"io"
+	"maps"
 	"net/http"
+	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -73,7 +77,7 @@ func (s scrape) value(t *testing.T, key string) float64 {
 // request counters count calls by method and code; the leader-change
 // counter moves after a step-down.
 func TestMetricsOnEveryNode(t *testing.T) {
-	c, leader, cl := unsealedCluster(t, ClusterOptions{Metrics: true, HTTP: true})
+	c, leader, cl := unsealedCluster(t, ClusterOptions{Metrics: true, HTTP: true, TLS: true, AuditFiles: true})
 	if _, err := cl.Put(ctx(t), &pb.PutRequest{Path: "secret/metrics/a", Data: map[string]string{"k": "v"}}); err != nil {
 		t.Fatal(err)
 	}
@@ -114,6 +118,12 @@ func TestMetricsOnEveryNode(t *testing.T) {
 		g := scrapeMetrics(t, leader.MetricsURL())
 		return g.value(t, `coffer_gossip_members{state="alive"}`) == 3 && g.value(t, `coffer_gossip_members{state="dead"}`) == 0
 	})
+	if exp := ls.value(t, `coffer_tls_cert_expiry_timestamp_seconds{cert="node"}`); exp < float64(time.Now().Add(24*time.Hour).Unix()) {
+		t.Fatalf("node certificate expiry %v: want a day or more ahead", exp)
+	}
+	if ls.value(t, `coffer_audit_records_total{result="audited"}`) < 2 || ls.value(t, `coffer_audit_records_total{result="refused"}`) != 0 {
+		t.Fatalf("audit records: %v", ls.samples)
+	}
 	if ls.value(t, "coffer_tokens_live") < 1 {
 		t.Fatal("no live token counted: the root token is one")
 	}
@@ -131,6 +141,10 @@ func TestMetricsOnEveryNode(t *testing.T) {
 		t.Fatal(err)
 	}
 	fs := scrapeMetrics(t, fol.MetricsURL())
+	all := map[string]string{}
+	maps.Copy(all, ls.types)
+	maps.Copy(all, fs.types)
+	checkMetricDocs(t, all)
 	if fs.value(t, `coffer_forwarded_calls_total{method="/coffer.v1.KV/Put",result="ok"}`) != 1 {
 		t.Fatalf("the follower counted no forwarded put: %v", fs.samples)
 	}
@@ -150,7 +164,8 @@ func TestMetricsOnEveryNode(t *testing.T) {
 		if token != "" {
 			req.Header.Set("X-Vault-Token", token)
 		}
-		resp, err := http.DefaultClient.Do(req)
+		hc := &http.Client{Transport: &http.Transport{TLSClientConfig: c.ClientTLS()}}
+		resp, err := hc.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -185,4 +200,47 @@ func TestMetricsOnEveryNode(t *testing.T) {
 		t.Fatalf("a restarted node: coffer_sealed = %v, want 1", ss.samples["coffer_sealed"])
 	}
 	t.Logf("%d samples on the sealed node", len(ss.samples))
+}
+
+// checkMetricDocs keeps docs/OPERATIONS.md and the Grafana dashboard true:
+// every coffer_ metric a node exports is documented, and every coffer_
+// metric either of them names is exported by a node (or, coffer_agent_,
+// by the agent, whose test checks its own).
+func checkMetricDocs(t *testing.T, exported map[string]string) {
+	t.Helper()
+	ops, err := os.ReadFile("../docs/OPERATIONS.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dash, err := os.ReadFile("../docs/grafana-dashboard.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var parsed map[string]any
+	if err := json.Unmarshal(dash, &parsed); err != nil {
+		t.Fatalf("docs/grafana-dashboard.json: %v", err)
+	}
+	for name := range exported {
+		if strings.HasPrefix(name, "coffer_") && !strings.Contains(string(ops), name) {
+			t.Errorf("docs/OPERATIONS.md does not list %s", name)
+		}
+	}
+	name := regexp.MustCompile(`coffer_[a-z_]+`)
+	for _, doc := range []struct {
+		file string
+		text []byte
+	}{{"docs/OPERATIONS.md", ops}, {"docs/grafana-dashboard.json", dash}} {
+		for _, m := range name.FindAllString(string(doc.text), -1) {
+			base := m
+			for _, suf := range []string{"_bucket", "_count", "_sum"} {
+				base = strings.TrimSuffix(base, suf)
+			}
+			if strings.HasPrefix(base, "coffer_agent_") || strings.HasSuffix(base, "_") {
+				continue // the agent's; a prefix in prose ("coffer_…_total")
+			}
+			if _, ok := exported[base]; !ok {
+				t.Errorf("%s names %s, which no node exports", doc.file, m)
+			}
+		}
+	}
 }
