@@ -10,6 +10,8 @@
 # The clusters run with TLS (both builds need `coffer cert`); INSECURE=1
 # runs them -insecure, and INSECURE_A=1 or INSECURE_B=1 only one side (the
 # same build twice, with and without TLS, measures what TLS costs).
+# SCRAPE=1 scrapes every node's /metrics once a second during the runs of
+# a build that serves them, as a Prometheus would (what metrics cost).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 A=${A:?set A to the first build}
@@ -34,6 +36,12 @@ for round in $(seq "$ROUNDS"); do
     follower=$(jq -r '[.[] | select(.leader | not)][0].id' <<<"$peers")
     faddr="${COFFER_BENCH_SCHEME}127.0.0.1:85${follower#n}0"
     line="round $round $name:"
+    scraper=
+    if [ -n "${SCRAPE:-}" ] && curl -sf -o /dev/null http://127.0.0.1:8515/metrics; then
+      ( while :; do for i in 1 2 3; do curl -sf -o /dev/null "http://127.0.0.1:85${i}5/metrics"; done; sleep 1; done ) &
+      scraper=$!
+      line+=" (scraped)"
+    fi
     for row in $ROWS; do
       case $row in
         w16) args=(-clients=16 kv-write) ;;
@@ -46,6 +54,7 @@ for round in $(seq "$ROUNDS"); do
       ops=$("$BIN" bench -format=json -duration="$DURATION" "${args[@]}" 2>/dev/null | jq -r '.ops_per_sec|floor')
       line+=" $row $ops"
     done
+    [ -n "$scraper" ] && kill "$scraper"
     echo "$line"
     scripts/bench-cluster.sh stop "$dir" >/dev/null 2>&1
   done

@@ -59,9 +59,15 @@ else
   # certificate on a TLS node.
   client=(-certs-dir="$certs")
 fi
+# Builds older than the metrics (issue 15) have no -metrics-addr: the A/B
+# of what metrics cost runs one of them.
+has_metrics=
+"$BIN" server -h 2>&1 | grep -q -- -metrics-addr && has_metrics=1
 for i in 1 2 3; do
+  metrics_flag=()
+  [ -n "$has_metrics" ] && metrics_flag=(-metrics-addr=127.0.0.1:85${i}5)
   "$BIN" server -node-id=n$i -data-dir="$dir/n$i" -api-addr=127.0.0.1:85${i}0 \
-    -raft-addr=127.0.0.1:85${i}1 -gossip-addr=127.0.0.1:85${i}2 -pprof-addr=127.0.0.1:85${i}3 -http-addr=127.0.0.1:85${i}4 -metrics-addr=127.0.0.1:85${i}5 \
+    -raft-addr=127.0.0.1:85${i}1 -gossip-addr=127.0.0.1:85${i}2 -pprof-addr=127.0.0.1:85${i}3 -http-addr=127.0.0.1:85${i}4 "${metrics_flag[@]}" \
     -bootstrap-expect=3 -join=127.0.0.1:8512,127.0.0.1:8522,127.0.0.1:8532 \
     -log-level=warn "${security[@]}" ${SERVER_FLAGS:-} >"$dir/n$i.log" 2>&1 &
   echo $! >"$dir/n$i.pid"
