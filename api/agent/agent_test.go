@@ -192,8 +192,17 @@ func TestAgentOutage(t *testing.T) {
 
 	// Through the agent: a miss, then a hit, for the root token.
 	begin := time.Now() // no answer the agent caches is older
-	g := ac.get(t, c.Token, path)
-	if g.err != nil || g.resp.Data["password"] != marker || g.cache != "miss" || g.resp.ReadMeta.GetStale() {
+	// On a loaded machine a fresh cluster's first default read can fall
+	// back to a stale one (a pass over every node timed out); that answer
+	// is not cached for hits, so ask until the cluster answers fresh.
+	var g got
+	testcluster.WaitFor(t, 10*time.Second, "a fresh first answer through the agent", func() error {
+		if g = ac.get(t, c.Token, path); g.err != nil || g.resp.ReadMeta.GetStale() {
+			return fmt.Errorf("%s", g)
+		}
+		return nil
+	})
+	if g.resp.Data["password"] != marker || g.cache != "miss" {
 		t.Fatalf("first get through the agent: %s", g)
 	}
 	if g = ac.get(t, c.Token, path); g.err != nil || g.resp.Data["password"] != marker || g.cache != "hit" {
@@ -243,7 +252,7 @@ func TestAgentOutage(t *testing.T) {
 	// The agent's metrics saw it: a hit, a miss, a stale serve, and the
 	// age of the oldest answer served.
 	m := scrapeAgent(t, ag)
-	if m[`coffer_agent_reads_total{source="upstream"}`] != 1 || m[`coffer_agent_reads_total{source="cache"}`] < 1 ||
+	if m[`coffer_agent_reads_total{source="upstream"}`] < 1 || m[`coffer_agent_reads_total{source="cache"}`] < 1 ||
 		m[`coffer_agent_reads_total{source="cache_stale"}`] < 1 || m["coffer_agent_cache_stale_served_total"] < 1 || m["coffer_agent_cache_hits_total"] < 1 {
 		t.Fatalf("agent metrics: %v", m)
 	}
