@@ -152,7 +152,7 @@ func New(cfg Config) (*Server, error) {
 	s.tokenExpiry = &expiryQueue{}
 	var err error
 	s.fsm, err = fsm.Open(filepath.Join(cfg.DataDir, "fsm.db"), fsm.Options{
-		Logger:            cfg.Logger.Named("fsm"),
+		Logger:            cfg.Logger, // the fsm names its logger
 		IdempotencyWindow: cfg.IdempotencyWindow,
 		OnRestore: func() {
 			s.keys.stateRestored()
