@@ -302,7 +302,7 @@ func (s *Server) wire() error {
 		tokens:  s.tokens, raft: s.raft, link: s.link, tls: s.tls != nil, logger: logger.Named("login"),
 	}
 	leases, err := lease.New(s.fsm, leaseProposer{props}, s.keys, lease.Options{
-		Logger: logger.Named("lease"),
+		Logger: logger, // the lease table names its logger
 		Limits: lease.Limits{MaxTotal: leaseLimit(s.cfg.MaxLeases), IntentWindow: s.cfg.LeaseIntentWindow},
 	})
 	if err != nil {
