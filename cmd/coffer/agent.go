@@ -200,13 +200,14 @@ func isLoopback(host string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-func cmdAgent(e *env, args []string) error {
+func cmdAgent(e *env, args []string) (err error) {
 	o, err := parseAgent(e, args)
 	if err != nil {
 		return err
 	}
 	logger := o.logs.newLogger(e.stderr)
 	captureGlobalLogs(e, logger)
+	defer func() { err = o.logs.endInLog(logger, err) }()
 	for _, w := range o.warnings {
 		logger.Warn(w)
 	}

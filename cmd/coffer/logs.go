@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -75,6 +76,27 @@ func (s logSettings) newLogger(out io.Writer, fields ...any) hclog.Logger {
 		l = l.With(fields...)
 	}
 	return l
+}
+
+// endInLog returns err as the last line of a JSON log: logged at error
+// level and returned as a silent exit with err's code, so that a JSON log
+// stays one JSON object per line to its end. A text log keeps the usual
+// one-line "Error: ..." on stderr.
+func (s logSettings) endInLog(logger hclog.Logger, err error) error {
+	if err == nil || !s.json {
+		return err
+	}
+	var se silentExit
+	if errors.As(err, &se) {
+		return err
+	}
+	code := 1
+	var ce *cliError
+	if errors.As(err, &ce) && ce.code != 0 {
+		code = ce.code
+	}
+	logger.Error("exiting", "error", oneLine(err.Error()))
+	return silentExit(code)
 }
 
 // captureOnce guards the process-global loggers captureGlobalLogs sets.

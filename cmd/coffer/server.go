@@ -209,7 +209,7 @@ production.`)
 	return o, nil
 }
 
-func cmdServer(e *env, args []string) error {
+func cmdServer(e *env, args []string) (err error) {
 	o, err := parseServer(e, args)
 	if err != nil {
 		return err
@@ -221,6 +221,7 @@ func cmdServer(e *env, args []string) error {
 	// the FSM, the HTTP API, audit...) derives from this one.
 	logger := o.logs.newLogger(e.stderr, "node", cfg.NodeID)
 	captureGlobalLogs(e, logger)
+	defer func() { err = o.logs.endInLog(logger, err) }()
 	cfg.Logger = logger
 
 	if o.dev {
