@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -92,4 +93,29 @@ func TestJSONLogEndsInJSON(t *testing.T) {
 		t.Fatalf("exit %d, want 1", code)
 	}
 	assertOneLineError(t, errb.String(), "needs the gossip key")
+}
+
+// TestTextLogCarriesNodeID: in the default text format, every line of a
+// real node's stderr, from start to a clean stop, has a timestamp, a
+// level, a module and node=<id>.
+func TestTextLogCarriesNodeID(t *testing.T) {
+	t.Parallel()
+	p := startServer(t, nil, func(apiAddr, raftAddr string) []string {
+		return []string{"-node-id=t1", "-data-dir=" + t.TempDir(), "-api-addr=" + apiAddr, "-raft-addr=" + raftAddr, "-log-level=debug"}
+	})
+	p.stop(t)
+	line := regexp.MustCompile(`^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \[(TRACE|DEBUG|INFO|WARN|ERROR)\] +coffer[a-z.]*: .* node=t1( |$)`)
+	lines := strings.Split(strings.TrimSpace(p.stderr.String()), "\n")
+	debug := 0
+	for _, l := range lines {
+		if !line.MatchString(l) {
+			t.Errorf("line %q: want a timestamp, a level, a module and node=t1", l)
+		}
+		if strings.Contains(l, "[DEBUG]") {
+			debug++
+		}
+	}
+	if len(lines) < 10 || debug == 0 {
+		t.Fatalf("%d lines, %d at debug: want a debug log\n%s", len(lines), debug, p.stderr.String())
+	}
 }
