@@ -34,7 +34,9 @@ func (s *Server) serveOps(what, addr string, h http.Handler) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	// ErrorLog: net/http's own lines (a bad request, a failed accept)
+	// go through the node's logger, not the process's standard logger.
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ErrorLog: s.logger.Named(what).StandardLogger(nil)}
 	s.logger.Info("serving "+what, "address", lis.Addr().String())
 	s.life.bg.Add(2)
 	go func() {

@@ -153,7 +153,7 @@ func New(cfg Config) (*Server, error) {
 	s.metrics = newNodeMetrics()
 	var err error
 	s.fsm, err = fsm.Open(filepath.Join(cfg.DataDir, "fsm.db"), fsm.Options{
-		Logger:            cfg.Logger.Named("fsm"),
+		Logger:            cfg.Logger, // the fsm names its logger
 		IdempotencyWindow: cfg.IdempotencyWindow,
 		OnApply:           s.metrics.fsmApplied,
 		OnSnapshot:        s.metrics.snapshotPersisted,
@@ -306,7 +306,7 @@ func (s *Server) wire() error {
 		tokens:  s.tokens, raft: s.raft, link: s.link, tls: s.tls != nil, logger: logger.Named("login"),
 	}
 	leases, err := lease.New(s.fsm, leaseProposer{props}, s.keys, lease.Options{
-		Logger: logger.Named("lease"),
+		Logger: logger, // the lease table names its logger
 		Limits: lease.Limits{MaxTotal: leaseLimit(s.cfg.MaxLeases), IntentWindow: s.cfg.LeaseIntentWindow},
 	})
 	if err != nil {

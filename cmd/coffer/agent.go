@@ -10,8 +10,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/hashicorp/go-hclog"
-
 	"coffer/api"
 	"coffer/api/agent"
 	pb "coffer/api/cofferpb"
@@ -19,8 +17,8 @@ import (
 
 // agentOpts is a parsed `coffer agent` command line.
 type agentOpts struct {
-	cfg   agent.Config // without Logger
-	level hclog.Level
+	cfg  agent.Config // without Logger
+	logs logSettings
 	// warnings are logged once the logger exists.
 	warnings []string
 }
@@ -84,7 +82,7 @@ serves. Stop it with SIGINT or SIGTERM.`).withClient()
 	secretIDFile := f.fs.String("secret-id-file", "", "with -auth-method=approle: file holding the secret_id")
 	jwtFile := f.fs.String("jwt-file", "", "with -auth-method=jwt: file holding the JWT, read at every login (e.g. /var/run/secrets/kubernetes.io/serviceaccount/token)")
 	authRole := f.fs.String("auth-role", "", "with -auth-method=jwt: the JWT role; with -auth-method=cert: the certificate role (default: the first that matches)")
-	logLevel := f.fs.String("log-level", "info", "log level: trace, debug, info, warn or error")
+	lf := addLogFlags(f)
 	args, err := f.parse(e, args)
 	if err != nil {
 		return nil, err
@@ -92,9 +90,9 @@ serves. Stop it with SIGINT or SIGTERM.`).withClient()
 	if err := f.wantArgs(args); err != nil {
 		return nil, err
 	}
-	level := hclog.LevelFromString(*logLevel)
-	if level == hclog.NoLevel {
-		return nil, &cliError{code: 1, msg: fmt.Sprintf("invalid -log-level %q: want trace, debug, info, warn or error", *logLevel)}
+	logs, err := parseLogSettings(lf.level, "-log-level", lf.format, "-log-format")
+	if err != nil {
+		return nil, err
 	}
 	if *ttl <= 0 {
 		return nil, usageErrorf(f.name, "-ttl=%s: want a positive duration such as 1m", *ttl)
@@ -122,7 +120,7 @@ serves. Stop it with SIGINT or SIGTERM.`).withClient()
 	if err != nil {
 		return nil, err
 	}
-	o := &agentOpts{level: level}
+	o := &agentOpts{logs: logs}
 	if f.isSet("token-file") {
 		if f.isSet("token") {
 			return nil, usageErrorf(f.name, "give -token or -token-file, not both")
@@ -204,12 +202,14 @@ func isLoopback(host string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-func cmdAgent(e *env, args []string) error {
+func cmdAgent(e *env, args []string) (err error) {
 	o, err := parseAgent(e, args)
 	if err != nil {
 		return err
 	}
-	logger := hclog.New(&hclog.LoggerOptions{Name: "coffer", Level: o.level, Output: e.stderr})
+	logger := o.logs.newLogger(e.stderr)
+	captureGlobalLogs(e, logger)
+	defer func() { err = o.logs.endInLog(logger, err) }()
 	for _, w := range o.warnings {
 		logger.Warn(w)
 	}

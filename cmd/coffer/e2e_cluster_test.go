@@ -20,6 +20,8 @@ import (
 type clusterNode struct {
 	*serverProc
 	id, gossipAddr string
+	// args and env started the node; restart starts it again with them.
+	args, env []string
 }
 
 // testCluster is three real coffer processes on loopback that bootstrap
@@ -38,6 +40,13 @@ var clusterRaftFlags = []string{"-raft-heartbeat-timeout=300ms", "-raft-election
 // first node gets the cluster key by flag, the others by environment. A
 // port taken meanwhile restarts the attempt on fresh ports.
 func startCluster(t *testing.T) *testCluster {
+	t.Helper()
+	return startClusterWith(t, func(string) []string { return []string{"-log-level=warn"} })
+}
+
+// startClusterWith is startCluster with the flags extra returns for each
+// node id added to every node's command line.
+func startClusterWith(t *testing.T, extra func(id string) []string) *testCluster {
 	t.Helper()
 	key := base64.StdEncoding.EncodeToString([]byte(rand.Text() + rand.Text())[:32])
 	for attempt := 0; ; attempt++ {
@@ -61,14 +70,15 @@ func startCluster(t *testing.T) *testCluster {
 				"-node-id=" + n.id, "-data-dir=" + t.TempDir(),
 				"-api-addr=" + api, "-raft-addr=" + raft, "-gossip-addr=" + n.gossipAddr,
 				"-bootstrap-expect=3", "-join=" + strings.Join(join, ","),
-				"-log-level=warn",
 			}, clusterRaftFlags...)
+			args = append(args, extra(n.id)...)
 			var env []string
 			if i == 0 {
 				args = append(args, "-cluster-key="+key)
 			} else {
 				env = []string{"COFFER_CLUSTER_KEY=" + key}
 			}
+			n.args, n.env = args, env
 			n.serverProc = launch(t, env, api, raft, args)
 		}
 		var err error
@@ -202,8 +212,9 @@ func (c *testCluster) others(n *clusterNode) []*clusterNode {
 // threshold 3) and keeps the root token; then it unseals each node with
 // its own 3 of the 5 shares right away, as a script would (a follower that
 // has not applied the init yet must still take them), and waits until
-// every node answers `coffer status` unsealed.
-func (c *testCluster) initAndUnseal(t *testing.T, via *clusterNode) {
+// every node answers `coffer status` unsealed. It returns what init
+// printed.
+func (c *testCluster) initAndUnseal(t *testing.T, via *clusterNode) initJSON {
 	t.Helper()
 	r := c.on(t, via, "operator", "init", "-key-shares=5", "-key-threshold=3", "-format=json")
 	if r.code != 0 {
@@ -232,6 +243,7 @@ func (c *testCluster) initAndUnseal(t *testing.T, via *clusterNode) {
 			t.Fatalf("node not unsealed: %v\n%s", err, c.logs())
 		}
 	}
+	return ini
 }
 
 // jsonUnmarshalStrict decodes s into v, refusing unknown fields; it

@@ -63,10 +63,11 @@ import (
 
 func main() {
 	os.Exit(run(os.Args[1:], &env{
-		stdin:  os.Stdin,
-		stdout: os.Stdout,
-		stderr: os.Stderr,
-		getenv: os.Getenv,
+		stdin:   os.Stdin,
+		stdout:  os.Stdout,
+		stderr:  os.Stderr,
+		getenv:  os.Getenv,
+		process: true,
 	}))
 }
 
@@ -76,6 +77,10 @@ type env struct {
 	stdout io.Writer
 	stderr io.Writer
 	getenv func(string) string
+	// process means the command owns the process: a long-running command
+	// may then route the process's global loggers (the standard library's,
+	// gRPC's) into its own. Tests running commands in-process leave it off.
+	process bool
 }
 
 const topUsage = `Usage: coffer <command> [flags] [args]

@@ -388,7 +388,7 @@ func TestLoadConfigFile(t *testing.T) {
 		return p
 	}
 	cfg := server.DefaultConfig()
-	set, g, err := loadConfigFile(write(`{"node_id": "n7", "raft_addr": "10.1.1.1:9401"}`), &cfg)
+	set, g, _, err := loadConfigFile(write(`{"node_id": "n7", "raft_addr": "10.1.1.1:9401"}`), &cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -404,7 +404,7 @@ func TestLoadConfigFile(t *testing.T) {
 		`not json`:              "invalid character",
 	} {
 		cfg := server.DefaultConfig()
-		if _, _, err := loadConfigFile(write(body), &cfg); err == nil || !strings.Contains(err.Error(), want) {
+		if _, _, _, err := loadConfigFile(write(body), &cfg); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: err = %v, want %q", body, err, want)
 		}
 	}

@@ -39,7 +39,7 @@ type devBannerJSON struct {
 // serverOpts is a parsed `coffer server` command line.
 type serverOpts struct {
 	cfg          server.Config // without Logger and, with -dev, DataDir
-	level        hclog.Level
+	logs         logSettings
 	format       string
 	dev          bool
 	devRootToken string
@@ -56,8 +56,8 @@ Run a coffer node. It starts sealed: initialize the cluster once with
 "coffer operator init", then unseal every node with "coffer operator unseal".
 Settings come from -config (JSON with the keys node_id, data_dir, api_addr,
 raft_addr, raft_advertise, gossip_addr, advertise, join (a list),
-bootstrap_expect, read_replica, cluster_key, max_inflight_bytes, max_leases
-and audit_files); flags
+bootstrap_expect, read_replica, cluster_key, max_inflight_bytes, max_leases,
+audit_files, log_level and log_format); flags
 given on the command line win over it.
 
 A cluster: start identical nodes with -bootstrap-expect=N and -join listing
@@ -92,7 +92,7 @@ production.`)
 	f.fs.Var(&auditFiles, "audit-file", "audit log file: one JSON line per request and response, secrets HMACed (repeatable; a call no file can record is refused; SIGHUP reopens them)")
 	auditTimeout := f.fs.Duration("audit-timeout", 0, "how long an audit file may take to record a line before it counts as failed (default 2s)")
 	configFile := f.fs.String("config", "", "JSON config file; flags given on the command line win over it")
-	logLevel := f.fs.String("log-level", "info", "log level: trace, debug, info, warn or error")
+	lf := addLogFlags(f)
 	dev := f.fs.Bool("dev", false, "run a throw-away, self-unsealed development node (NOT for production)")
 	devRootToken := f.fs.String("dev-root-token", "", "with -dev: use this root token instead of a random one")
 	cf := addClusterFlags(f, def)
@@ -103,10 +103,6 @@ production.`)
 	if err := f.wantArgs(args); err != nil {
 		return nil, err
 	}
-	level := hclog.LevelFromString(*logLevel)
-	if level == hclog.NoLevel {
-		return nil, &cliError{code: 1, msg: fmt.Sprintf("invalid -log-level %q: want trace, debug, info, warn or error", *logLevel)}
-	}
 	if f.isSet("dev-root-token") && !*dev {
 		return nil, usageErrorf(f.name, "-dev-root-token needs -dev")
 	}
@@ -114,10 +110,15 @@ production.`)
 	cfg := def
 	fromFile := map[string]bool{}
 	var fileG fileGossip
+	var fileLog fileLogging
 	if *configFile != "" {
-		if fromFile, fileG, err = loadConfigFile(*configFile, &cfg); err != nil {
+		if fromFile, fileG, fileLog, err = loadConfigFile(*configFile, &cfg); err != nil {
 			return nil, err
 		}
+	}
+	logs, err := resolveLogSettings(f, lf, fileLog)
+	if err != nil {
+		return nil, err
 	}
 	// Flags given explicitly win over the file.
 	set := func(name string) bool { return f.isSet(name) }
@@ -178,7 +179,7 @@ production.`)
 	if err := cf.apply(f, e, &cfg, fileG); err != nil {
 		return nil, err
 	}
-	o := &serverOpts{cfg: cfg, level: level, format: f.format, dev: *dev, devRootToken: *devRootToken,
+	o := &serverOpts{cfg: cfg, logs: logs, format: f.format, dev: *dev, devRootToken: *devRootToken,
 		raftAddrSet: set("raft-addr") || fromFile["raft_addr"]}
 
 	if *dev {
@@ -208,14 +209,19 @@ production.`)
 	return o, nil
 }
 
-func cmdServer(e *env, args []string) error {
+func cmdServer(e *env, args []string) (err error) {
 	o, err := parseServer(e, args)
 	if err != nil {
 		return err
 	}
 	cfg := o.cfg
 	tuneGC()
-	logger := hclog.New(&hclog.LoggerOptions{Name: "coffer", Level: o.level, Output: e.stderr})
+	// The node id is a field of the root logger, so that every line of
+	// the process carries it: every component's logger (Raft, memberlist,
+	// the FSM, the HTTP API, audit...) derives from this one.
+	logger := o.logs.newLogger(e.stderr, "node", cfg.NodeID)
+	captureGlobalLogs(e, logger)
+	defer func() { err = o.logs.endInLog(logger, err) }()
 	cfg.Logger = logger
 
 	if o.dev {
@@ -237,7 +243,7 @@ func cmdServer(e *env, args []string) error {
 		shutdownServer(srv, cfg, logger)
 		return &cliError{code: 1, msg: err.Error()}
 	}
-	logger.Info("coffer server started", "node_id", cfg.NodeID, "api_addr", srv.APIAddr(), "data_dir", cfg.DataDir, "dev", o.dev, "tls", cfg.TLSEnabled())
+	logger.Info("coffer server started", "api_addr", srv.APIAddr(), "data_dir", cfg.DataDir, "dev", o.dev, "tls", cfg.TLSEnabled())
 	hint := newClientHint(cfg, srv.APIAddr())
 	if !o.dev {
 		logger.Info("clients reach this node with: " + hint.exports())
@@ -320,26 +326,47 @@ type configFile struct {
 	GossipAddr *string  `json:"gossip_addr"`
 	Join       []string `json:"join"`
 	ClusterKey string   `json:"cluster_key"`
+	LogLevel   *string  `json:"log_level"`
+	LogFormat  *string  `json:"log_format"`
+}
+
+// fileLogging is what the config file says about logging; nil: not set.
+type fileLogging struct {
+	level, format *string
+}
+
+// resolveLogSettings picks the log level and format: the flag when given,
+// else the config file, else the flag's default; and checks them.
+func resolveLogSettings(f *cmdFlags, lf *logFlags, file fileLogging) (logSettings, error) {
+	level, levelSrc := lf.level, "-log-level"
+	if !f.isSet("log-level") && file.level != nil {
+		level, levelSrc = *file.level, "log_level in -config"
+	}
+	format, formatSrc := lf.format, "-log-format"
+	if !f.isSet("log-format") && file.format != nil {
+		format, formatSrc = *file.format, "log_format in -config"
+	}
+	return parseLogSettings(level, levelSrc, format, formatSrc)
 }
 
 // loadConfigFile fills cfg from the JSON file at path and reports which
-// keys the file set, and the file's base64 cluster key (decoded later, so
-// that the flag and the environment can override it). Unknown keys are an
+// keys the file set, the file's base64 cluster key (decoded later, so
+// that the flag and the environment can override it) and its log settings. Unknown keys are an
 // error, so typos do not pass silently.
-func loadConfigFile(path string, cfg *server.Config) (map[string]bool, fileGossip, error) {
+func loadConfigFile(path string, cfg *server.Config) (map[string]bool, fileGossip, fileLogging, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fileGossip{}, &cliError{code: 1, msg: fmt.Sprintf("reading -config: %v", err)}
+		return nil, fileGossip{}, fileLogging{}, &cliError{code: 1, msg: fmt.Sprintf("reading -config: %v", err)}
 	}
 	fc := configFile{Config: cfg}
 	dec := json.NewDecoder(bytes.NewReader(b))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&fc); err != nil {
-		return nil, fileGossip{}, &cliError{code: 1, msg: fmt.Sprintf("-config %s: %v", path, err)}
+		return nil, fileGossip{}, fileLogging{}, &cliError{code: 1, msg: fmt.Sprintf("-config %s: %v", path, err)}
 	}
 	var keys map[string]json.RawMessage
 	if err := json.Unmarshal(b, &keys); err != nil {
-		return nil, fileGossip{}, &cliError{code: 1, msg: fmt.Sprintf("-config %s: %v", path, err)}
+		return nil, fileGossip{}, fileLogging{}, &cliError{code: 1, msg: fmt.Sprintf("-config %s: %v", path, err)}
 	}
 	set := make(map[string]bool, len(keys))
 	for k := range keys {
@@ -349,7 +376,7 @@ func loadConfigFile(path string, cfg *server.Config) (map[string]bool, fileGossi
 	if fc.GossipAddr != nil {
 		g.addr, g.addrSet = *fc.GossipAddr, true
 	}
-	return set, g, nil
+	return set, g, fileLogging{level: fc.LogLevel, format: fc.LogFormat}, nil
 }
 
 // clientHint is what a client sets to reach a node: COFFER_ADDR, with
