@@ -173,17 +173,19 @@ func (s *snapshotScheduler) takeOne(ctx context.Context) {
 		s.logger.Error("scheduled snapshot failed; older snapshots are kept: "+snapshotFailureHint(err, dir), "dir", dir, "error", err)
 		return
 	}
-	took := s.now().Sub(start)
-	s.duration.Observe(took.Seconds())
-	s.lastSuccess.Set(float64(start.UnixNano()) / 1e9)
-	s.logger.Info("took a scheduled snapshot", "file", e.Name, "applied_index", e.AppliedIndex, "bytes", e.Size, "duration", took)
-	removed, err := snapshotfile.Prune(dir, s.cfg.Retain)
-	if err != nil {
-		s.logger.Warn("removing snapshots beyond -snapshot-retain failed", "dir", dir, "retain", s.cfg.Retain, "error", err)
+	removed, perr := snapshotfile.Prune(dir, s.cfg.Retain)
+	if perr != nil {
+		s.logger.Warn("removing snapshots beyond -snapshot-retain failed", "dir", dir, "retain", s.cfg.Retain, "error", perr)
 	}
 	if len(removed) > 0 {
 		s.logger.Debug("removed snapshots beyond -snapshot-retain", "files", removed)
 	}
+	// Counted once the directory is pruned: a scrape that sees the count
+	// sees the directory as retention leaves it.
+	took := s.now().Sub(start)
+	s.duration.Observe(took.Seconds())
+	s.lastSuccess.Set(float64(start.UnixNano()) / 1e9)
+	s.logger.Info("took a scheduled snapshot", "file", e.Name, "applied_index", e.AppliedIndex, "bytes", e.Size, "duration", took)
 }
 
 // snapshotFailureHint says what to do about a failed snapshot.
