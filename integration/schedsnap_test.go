@@ -9,6 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	pb "coffer/api/cofferpb"
 	"coffer/internal/testcluster"
 	"coffer/server/snapshotfile"
@@ -112,13 +115,23 @@ func TestScheduledSnapshots(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The original cluster is lost.
+	c.Shutdown()
 	fresh := NewCluster(t, 3)
 	fresh.Init(t, fresh.WaitForLeader(t))
 	fresh.UnsealAll(t)
 	// Another cluster's keys: the MAC does not authenticate, so -force.
-	if err := restoreSnapshot(fresh.Client(t), snap, true); err != nil {
-		t.Fatalf("restoring %s: %v", newest.Name, err)
-	}
+	// A loaded machine may move the fresh cluster's leadership: a restore
+	// refused as Unavailable (no leader, a sealed one) did nothing and is
+	// tried again.
+	fcl := fresh.Client(t)
+	testcluster.WaitFor(t, 30*time.Second, "the restore of "+newest.Name, func() error {
+		err := restoreSnapshot(fcl, snap, true)
+		if err != nil && status.Code(err) != codes.Unavailable {
+			t.Fatalf("restoring %s: %v", newest.Name, err)
+		}
+		return err
+	})
 	for _, n := range fresh.Running() {
 		testcluster.WaitFor(t, 10*time.Second, n.ID+" sealed after the restore", func() error {
 			if !fresh.Status(t, n).Seal.GetSealed() {

@@ -121,8 +121,8 @@ const MinSnapshotInterval = time.Second
 // Enabled reports whether snapshots are scheduled.
 func (s SnapshotSchedule) Enabled() bool { return s.Interval > 0 && s.Dir != "" }
 
-// validate reports the first scheduled-snapshot setting that cannot work.
-func (s SnapshotSchedule) validate() error {
+// Validate reports the first scheduled-snapshot setting that cannot work.
+func (s SnapshotSchedule) Validate() error {
 	switch {
 	case s.Interval < 0:
 		return fmt.Errorf("server: -snapshot-interval=%s: want a positive duration (e.g. 1h), or 0 for no scheduled snapshots", s.Interval)
@@ -215,7 +215,7 @@ func (c Config) Validate() error {
 			return errors.New("server: an -audit-file is empty: give the path of a file")
 		}
 	}
-	if err := c.Snapshots.validate(); err != nil {
+	if err := c.Snapshots.Validate(); err != nil {
 		return err
 	}
 	if c.BootstrapExpect < 0 {

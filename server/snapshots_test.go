@@ -133,11 +133,11 @@ func TestSnapshotScheduleValidate(t *testing.T) {
 		{SnapshotSchedule{Interval: time.Millisecond, Dir: "x"}, "below"},
 		{SnapshotSchedule{Interval: time.Hour, Dir: "x", Retain: -1}, "-snapshot-retain"},
 	} {
-		if err := tc.s.validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+		if err := tc.s.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%+v: %v, want %q", tc.s, err, tc.want)
 		}
 	}
-	if err := (SnapshotSchedule{Interval: time.Hour, Dir: "x"}).validate(); err != nil {
+	if err := (SnapshotSchedule{Interval: time.Hour, Dir: "x"}).Validate(); err != nil {
 		t.Errorf("valid schedule: %v", err)
 	}
 }

@@ -55,8 +55,9 @@ type Entry struct {
 	// Size is the file's size in bytes.
 	Size int64
 	// NameErr is set for a file whose name starts like a scheduled
-	// snapshot's but does not follow the pattern (the fields above, but
-	// Name, Path and Size, are then empty).
+	// snapshot's but does not follow the pattern, or that is not a
+	// regular file (the fields above, but Name, Path and Size, are then
+	// empty).
 	NameErr error
 }
 
@@ -196,21 +197,19 @@ func List(dir string) ([]Entry, error) {
 			continue
 		}
 		path := filepath.Join(dir, name)
-		e, perr := ParseName(name)
-		if perr != nil {
-			bad = append(bad, Entry{Name: name, Path: path, NameErr: perr})
-			continue
-		}
-		e.Path = path
 		fi, err := de.Info()
 		if err != nil {
 			continue // removed meanwhile
 		}
-		if !fi.Mode().IsRegular() {
-			bad = append(bad, Entry{Name: name, Path: path, NameErr: errors.New("not a regular file")})
+		e, perr := ParseName(name)
+		if perr == nil && !fi.Mode().IsRegular() {
+			perr = errors.New("not a regular file")
+		}
+		if perr != nil {
+			bad = append(bad, Entry{Name: name, Path: path, Size: fi.Size(), NameErr: perr})
 			continue
 		}
-		e.Size = fi.Size()
+		e.Path, e.Size = path, fi.Size()
 		good = append(good, e)
 	}
 	slices.SortFunc(good, newestFirst)
