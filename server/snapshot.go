@@ -99,6 +99,9 @@ func (o *operatorServer) SnapshotSave(_ *pb.SnapshotSaveRequest, stream pb.Opera
 // through the API or scheduled (snapshots.go). It needs the keys (the
 // MAC): it fails with seal.ErrSealed on a sealed node.
 func (o *operatorServer) writeSnapshot(w io.Writer, now time.Time) (snapshotfile.Header, error) {
+	// Read before the snapshot begins: the state it holds is at least at
+	// this index (read after, it could name entries the copy lacks).
+	applied := o.state.AppliedIndex()
 	snap, err := o.state.Snapshot()
 	if err != nil {
 		return snapshotfile.Header{}, err
@@ -111,7 +114,7 @@ func (o *operatorServer) writeSnapshot(w io.Writer, now time.Time) (snapshotfile
 	hdr := snapshotfile.Header{
 		Format:          snapshotfile.Format,
 		NodeID:          o.nodeID,
-		AppliedIndex:    o.state.AppliedIndex(),
+		AppliedIndex:    applied,
 		CreatedUnix:     now.Unix(),
 		SealFingerprint: o.sealFingerprint(),
 	}
