@@ -54,6 +54,8 @@ type ClusterOptions struct {
 	// node, into Node.SnapshotDir() (testcluster.Options).
 	SnapshotInterval time.Duration
 	SnapshotRetain   int
+	// SnapshotSharedDir makes every node write its snapshots there.
+	SnapshotSharedDir string
 }
 
 // NewCluster starts size nodes with bootstrap_expect = size and waits
@@ -99,6 +101,7 @@ func NewCluster(t testing.TB, size int, opts ...ClusterOptions) *Cluster {
 		LogTap:            o.LogTap,
 		SnapshotInterval:  o.SnapshotInterval,
 		SnapshotRetain:    o.SnapshotRetain,
+		SnapshotSharedDir: o.SnapshotSharedDir,
 	})}
 }
 

@@ -151,40 +151,85 @@ func TestScheduledSnapshots(t *testing.T) {
 }
 
 // TestScheduledSnapshotsLeaderChange: the leader is killed; the new
-// leader goes on with the schedule, writing into its own directory.
+// leader goes on with the schedule. With a directory per node it writes
+// into its own; with one directory shared by every node (supported, see
+// docs/OPERATIONS.md), retention keeps the newest three of all nodes'
+// files.
 func TestScheduledSnapshotsLeaderChange(t *testing.T) {
-	c := NewCluster(t, 3, ClusterOptions{SnapshotInterval: 2 * time.Second, SnapshotRetain: 3})
-	c.Init(t, c.WaitForLeader(t))
-	c.UnsealAll(t)
-	old := c.WaitForLeader(t)
-	testcluster.WaitFor(t, 20*time.Second, "a snapshot by the first leader", func() error {
-		for _, e := range listSnapshots(t, old) {
-			if e.NodeID == old.ID {
+	for _, shared := range []bool{false, true} {
+		t.Run(fmt.Sprintf("shared=%v", shared), func(t *testing.T) {
+			opts := ClusterOptions{SnapshotInterval: 2 * time.Second, SnapshotRetain: 3}
+			if shared {
+				opts.SnapshotSharedDir = t.TempDir()
+			}
+			dirOf := func(n *Node) string {
+				if shared {
+					return opts.SnapshotSharedDir
+				}
+				return n.SnapshotDir()
+			}
+			list := func(n *Node) []snapshotfile.Entry {
+				t.Helper()
+				l, err := snapshotfile.List(dirOf(n))
+				if err != nil && !os.IsNotExist(err) {
+					t.Fatal(err)
+				}
+				return l
+			}
+			c := NewCluster(t, 3, opts)
+			c.Init(t, c.WaitForLeader(t))
+			c.UnsealAll(t)
+			old := c.WaitForLeader(t)
+			testcluster.WaitFor(t, 20*time.Second, "a snapshot by the first leader", func() error {
+				for _, e := range list(old) {
+					if e.NodeID == old.ID {
+						return nil
+					}
+				}
+				return fmt.Errorf("none by %s in %s", old.ID, dirOf(old))
+			})
+			killed := time.Now()
+			c.Kill(old)
+			leader := c.WaitForNewLeader(t, old)
+			if _, err := c.Client(t).Put(ctx(t), &pb.PutRequest{Path: "secret/after-kill", Data: map[string]string{"v": "x"}}); err != nil {
+				t.Fatal(err)
+			}
+			testcluster.WaitFor(t, 20*time.Second, "a snapshot by the new leader "+leader.ID, func() error {
+				for _, e := range list(leader) {
+					if e.NodeID != leader.ID || !e.Time.After(killed) {
+						continue
+					}
+					h, err := snapshotfile.Verify(e)
+					if err != nil {
+						return err
+					}
+					if h.NodeID != leader.ID {
+						return fmt.Errorf("%s: header names %s", e.Name, h.NodeID)
+					}
+					return nil
+				}
+				return fmt.Errorf("none after the kill in %s", dirOf(leader))
+			})
+			if !shared {
+				return
+			}
+			// Three more by the new leader: retention left exactly the
+			// three newest of the shared directory, all its.
+			testcluster.WaitFor(t, 30*time.Second, "three snapshots by "+leader.ID+" and nothing else", func() error {
+				l := list(leader)
+				if len(l) != 3 {
+					return fmt.Errorf("%d files", len(l))
+				}
+				for _, e := range l {
+					if e.NodeID != leader.ID || !e.Time.After(killed) {
+						return fmt.Errorf("%s is kept", e.Name)
+					}
+					if _, err := snapshotfile.Verify(e); err != nil {
+						return err
+					}
+				}
 				return nil
-			}
-		}
-		return fmt.Errorf("none in %s", old.SnapshotDir())
-	})
-	killed := time.Now()
-	c.Kill(old)
-	leader := c.WaitForNewLeader(t, old)
-	if _, err := c.Client(t).Put(ctx(t), &pb.PutRequest{Path: "secret/after-kill", Data: map[string]string{"v": "x"}}); err != nil {
-		t.Fatal(err)
+			})
+		})
 	}
-	testcluster.WaitFor(t, 20*time.Second, "a snapshot by the new leader "+leader.ID, func() error {
-		for _, e := range listSnapshots(t, leader) {
-			if e.NodeID != leader.ID || !e.Time.After(killed) {
-				continue
-			}
-			h, err := snapshotfile.Verify(e)
-			if err != nil {
-				return err
-			}
-			if h.NodeID != leader.ID {
-				return fmt.Errorf("%s: header names %s", e.Name, h.NodeID)
-			}
-			return nil
-		}
-		return fmt.Errorf("none after the kill in %s", leader.SnapshotDir())
-	})
 }

@@ -109,7 +109,8 @@ func (n *Node) MetricsURL() string {
 func (n *Node) AuditFile() string { return filepath.Join(n.Dir, "audit.log") }
 
 // SnapshotDir is where the node writes scheduled snapshots,
-// <Dir>/snapshots (with Options.SnapshotInterval).
+// <Dir>/snapshots (with Options.SnapshotInterval and no
+// SnapshotSharedDir).
 func (n *Node) SnapshotDir() string { return filepath.Join(n.Dir, "snapshots") }
 
 // Init shares: the cluster is initialized with 5 key shares, 3 of which
@@ -253,6 +254,9 @@ func (c *Cluster) config(n *Node, expect int, network *replication.Network) serv
 	}
 	if c.opts.SnapshotInterval != 0 {
 		cfg.Snapshots = server.SnapshotSchedule{Interval: c.opts.SnapshotInterval, Dir: n.SnapshotDir(), Retain: c.opts.SnapshotRetain}
+		if c.opts.SnapshotSharedDir != "" {
+			cfg.Snapshots.Dir = c.opts.SnapshotSharedDir
+		}
 	}
 	cfg.ShutdownTimeout = shutdownTimeout
 	cfg.Logger = newLoggerTap(c.logs, c.opts.LogTap, n.ID, c.opts.LogLevel)

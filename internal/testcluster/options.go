@@ -69,6 +69,9 @@ type Options struct {
 	// keeping SnapshotRetain (zero: the server's default).
 	SnapshotInterval time.Duration
 	SnapshotRetain   int
+	// SnapshotSharedDir, when set, is the one snapshot directory of every
+	// node instead of their own.
+	SnapshotSharedDir string
 }
 
 // Defaults of Options.

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -225,4 +226,42 @@ func mustHex(t *testing.T, s string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestSharedDirConcurrentPrune: two nodes saving and pruning in one
+// directory at once leave exactly the newest keep files of all.
+func TestSharedDirConcurrentPrune(t *testing.T) {
+	dir := t.TempDir()
+	base := time.Date(2026, 12, 7, 3, 0, 0, 0, time.UTC)
+	const keep, each = 3, 20
+	var wg sync.WaitGroup
+	for node := range 2 {
+		wg.Go(func() {
+			for i := range each {
+				at := base.Add(time.Duration(2*i+node) * time.Millisecond)
+				if _, err := Save(dir, fmt.Sprint("n", node), at, func(w io.Writer) (Header, error) {
+					h := Header{Format: Format, NodeID: fmt.Sprint("n", node), AppliedIndex: uint64(i)}
+					return h, Write(w, h, hmac.New(sha256.New, nil), func(io.Writer) error { return nil })
+				}); err != nil {
+					t.Error(err)
+					return
+				}
+				if _, err := Prune(dir, keep); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	list, err := List(dir)
+	if err != nil || len(list) != keep {
+		t.Fatalf("List: %d files, %v", len(list), err)
+	}
+	for i, e := range list {
+		// The newest: the last of n1 (2*19+1 ms), n0 (38 ms), n1 (37 ms).
+		want := base.Add(time.Duration(2*each-1-i) * time.Millisecond)
+		if !e.Time.Equal(want) {
+			t.Errorf("kept %d is of %v, want %v", i, e.Time, want)
+		}
+	}
 }
