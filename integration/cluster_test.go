@@ -50,6 +50,12 @@ type ClusterOptions struct {
 	LogTap io.Writer
 	// Metrics serves each node's /metrics (Node.MetricsURL).
 	Metrics bool
+	// SnapshotInterval and SnapshotRetain schedule snapshots on every
+	// node, into Node.SnapshotDir() (testcluster.Options).
+	SnapshotInterval time.Duration
+	SnapshotRetain   int
+	// SnapshotSharedDir makes every node write its snapshots there.
+	SnapshotSharedDir string
 }
 
 // NewCluster starts size nodes with bootstrap_expect = size and waits
@@ -93,6 +99,9 @@ func NewCluster(t testing.TB, size int, opts ...ClusterOptions) *Cluster {
 		MaxLeases:         o.MaxLeases,
 		Metrics:           o.Metrics,
 		LogTap:            o.LogTap,
+		SnapshotInterval:  o.SnapshotInterval,
+		SnapshotRetain:    o.SnapshotRetain,
+		SnapshotSharedDir: o.SnapshotSharedDir,
 	})}
 }
 

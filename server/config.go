@@ -84,10 +84,58 @@ type Config struct {
 	// it counts as failed (0: audit.DefaultTimeout, 2 s).
 	AuditTimeout time.Duration `json:"-"`
 
+	// Snapshots schedules snapshot files written by whichever node leads
+	// (-snapshot-interval, -snapshot-dir, -snapshot-retain); off unless
+	// Interval and Dir are set. See snapshots.go.
+	Snapshots SnapshotSchedule `json:"-"`
+
 	// IdempotencyWindow is how long a write's request id is remembered.
 	IdempotencyWindow time.Duration `json:"-"`
 	// ShutdownTimeout bounds the graceful stop of the gRPC server.
 	ShutdownTimeout time.Duration `json:"-"`
+}
+
+// SnapshotSchedule configures scheduled snapshots. Give it to every
+// voter: only the leader takes them, so a new leader continues the
+// schedule.
+type SnapshotSchedule struct {
+	// Interval is the time between two snapshots; 0: none.
+	Interval time.Duration
+	// Dir is where this node writes them (created 0700 at start when
+	// missing). Nodes may share it (e.g. a network file system): names
+	// carry the node id, each node cleans up only its own temporary
+	// files, and retention keeps the newest Retain of all.
+	Dir string
+	// Retain is how many snapshots Dir keeps (the newest); 0 means
+	// DefaultSnapshotRetain.
+	Retain int
+}
+
+// DefaultSnapshotRetain is how many scheduled snapshots a directory keeps
+// unless -snapshot-retain says otherwise.
+const DefaultSnapshotRetain = 24
+
+// MinSnapshotInterval is the shortest -snapshot-interval.
+const MinSnapshotInterval = time.Second
+
+// Enabled reports whether snapshots are scheduled.
+func (s SnapshotSchedule) Enabled() bool { return s.Interval > 0 && s.Dir != "" }
+
+// Validate reports the first scheduled-snapshot setting that cannot work.
+func (s SnapshotSchedule) Validate() error {
+	switch {
+	case s.Interval < 0:
+		return fmt.Errorf("server: -snapshot-interval=%s: want a positive duration (e.g. 1h), or 0 for no scheduled snapshots", s.Interval)
+	case s.Interval > 0 && s.Interval < MinSnapshotInterval:
+		return fmt.Errorf("server: -snapshot-interval=%s is below %s: take them less often", s.Interval, MinSnapshotInterval)
+	case s.Interval > 0 && s.Dir == "":
+		return errors.New("server: -snapshot-interval needs -snapshot-dir=DIR, where the leader writes them")
+	case s.Interval == 0 && s.Dir != "":
+		return errors.New("server: -snapshot-dir needs -snapshot-interval=D (e.g. 1h), how often the leader takes one")
+	case s.Retain < 0:
+		return fmt.Errorf("server: -snapshot-retain=%d: want how many snapshots to keep (at least 1), or 0 for the default (%d)", s.Retain, DefaultSnapshotRetain)
+	}
+	return nil
 }
 
 // DefaultConfig returns a node listening on the default ports of
@@ -166,6 +214,9 @@ func (c Config) Validate() error {
 		if f == "" {
 			return errors.New("server: an -audit-file is empty: give the path of a file")
 		}
+	}
+	if err := c.Snapshots.Validate(); err != nil {
+		return err
 	}
 	if c.BootstrapExpect < 0 {
 		return fmt.Errorf("server: -bootstrap-expect=%d: want a positive number of nodes", c.BootstrapExpect)

@@ -61,7 +61,14 @@ func startNode(t testing.TB, dir string) *testNode {
 	if dir == "" {
 		dir = t.TempDir()
 	}
-	srv, err := New(testConfig(t, dir))
+	return startNodeConfig(t, testConfig(t, dir))
+}
+
+// startNodeConfig starts a node of cfg and waits until it leads.
+func startNodeConfig(t testing.TB, cfg Config) *testNode {
+	t.Helper()
+	dir := cfg.DataDir
+	srv, err := New(cfg)
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}

@@ -43,7 +43,8 @@ func (s *Server) caughtUp(ctx context.Context, m replication.Member) bool {
 // writes use the newest term (a node that cannot open it seals itself).
 // Then its duties: a sealed node must not stay leader while an unsealed
 // voter exists, since a sealed leader can neither encrypt writes nor
-// decrypt reads; once unsealed, it seals token records an older version
+// decrypt reads; scheduled snapshots are taken (skipped while sealed);
+// once unsealed, it seals token records an older version
 // stored in plaintext (once per leadership).
 func (s *Server) leaderDuties(ctx context.Context) {
 	if !s.keys.Sealed() {
@@ -65,6 +66,9 @@ func (s *Server) leaderDuties(ctx context.Context) {
 	// index, loading nothing.
 	var worker sync.WaitGroup
 	defer worker.Wait()
+	if s.snapshots != nil {
+		worker.Go(func() { s.snapshots.run(ctx, s.life.stop) })
+	}
 	leasesStarted := false
 	for {
 		if !s.keys.Sealed() && !leasesStarted {

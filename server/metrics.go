@@ -54,10 +54,6 @@ type nodeMetrics struct {
 // from a cached read (0.1 ms) to a write waiting out an election (5 s).
 var requestBuckets = []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5}
 
-// snapshotBuckets are the snapshot duration histogram's bounds, in
-// seconds: from a small state (10 ms) to a large one on a slow disk.
-var snapshotBuckets = []float64{0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300}
-
 // newNodeMetrics makes the node's instruments and registers them; the
 // metrics read from the node's state are added by observeNode once the
 // node is wired.

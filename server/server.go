@@ -60,9 +60,12 @@ type Server struct {
 	// expiry worker over its lease table.
 	db          *databaseServer
 	leaseWorker *lease.Worker
-	health      *health.Server
-	grpc        *grpc.Server
-	lis         net.Listener
+	// snapshots takes the scheduled snapshots while this node leads (nil
+	// when none are scheduled).
+	snapshots *snapshotScheduler
+	health    *health.Server
+	grpc      *grpc.Server
+	lis       net.Listener
 	// httpLis and http serve the Vault-compatible HTTP API (nil: none);
 	// inproc is how its handlers call the services.
 	httpLis net.Listener
@@ -328,6 +331,11 @@ func (s *Server) wire() error {
 	// One chain for a call over gRPC and one made in process (the HTTP API).
 	s.metrics.observeNode(s)
 	s.sys.metrics = func() ([]byte, error) { return s.metrics.text(s) }
+	if s.cfg.Snapshots.Enabled() {
+		s.snapshots = newSnapshotScheduler(s.cfg.Snapshots, id, op.writeSnapshot, s.keys.Sealed, logger.Named("snapshots"))
+		s.metrics.reg.MustRegister(s.snapshots.collectors()...)
+		s.snapshots.prepare()
+	}
 	unary := []grpc.UnaryServerInterceptor{grpcutil.RecoverUnary(logger, internalMessage), s.metrics.unary, s.inflight.unary, gw.unaryInterceptor}
 
 	s.grpc = grpc.NewServer(

@@ -1,12 +1,9 @@
 package server
 
 import (
-	"bytes"
 	"crypto/hmac"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -17,34 +14,19 @@ import (
 
 	pb "coffer/api/cofferpb"
 	"coffer/fsm"
+	"coffer/server/snapshotfile"
 )
 
-// A snapshot file is snapshotMagic, a 4-byte big-endian header length, the
-// JSON snapshotHeader, the state machine's own snapshot (a copy of its
-// bbolt database, ciphertext only), and (format 2) a 32-byte HMAC-SHA256 of
-// everything before it, keyed from the cluster's root key
+// Snapshot files are in the format of package snapshotfile: magic, JSON
+// header, the state machine's bbolt copy (ciphertext only) and an
+// HMAC-SHA256 trailer keyed from the cluster's root key
 // (seal.SnapshotMAC): a restore checks it before anything parses the
 // state, so a truncated, corrupt, edited or foreign file is refused whole.
 // Format 1 files (no MAC, older builds) restore only with -force.
 const (
-	snapshotMagic     = "COFFER-SNAPSHOT\n"
-	maxSnapshotHeader = 64 << 10
-	snapshotChunk     = 256 << 10
-	// snapshotFormat is the format this build writes.
-	snapshotFormat = 2
-	macSize        = sha256.Size
+	snapshotChunk = 256 << 10
+	macSize       = snapshotfile.MACSize
 )
-
-// snapshotHeader describes a snapshot file.
-type snapshotHeader struct {
-	Format       int    `json:"format"`
-	NodeID       string `json:"node_id"`
-	AppliedIndex uint64 `json:"applied_index"`
-	CreatedUnix  int64  `json:"created_unix"`
-	// SealFingerprint identifies the keys the data is encrypted under
-	// (a hash of the replicated seal record, which holds no secret).
-	SealFingerprint string `json:"seal_fingerprint"`
-}
 
 // ErrForeignSnapshot means a snapshot was made under other keys.
 var ErrForeignSnapshot = errors.New("server: the snapshot was made under other keys (another cluster, or before a re-init): this cluster's shares could not read it; pass -force to restore it anyway")
@@ -105,69 +87,60 @@ func (o *operatorServer) SnapshotSave(_ *pb.SnapshotSaveRequest, stream pb.Opera
 	if err := requireCaller(stream.Context()); err != nil {
 		return err
 	}
-	snap, err := o.state.Snapshot()
-	if err != nil {
-		return err
-	}
-	defer snap.Release()
-	mac, err := o.keys.seal.SnapshotMAC()
-	if err != nil {
-		return err
-	}
-	hdr, _ := json.Marshal(snapshotHeader{
-		Format:          snapshotFormat,
-		NodeID:          o.nodeID,
-		AppliedIndex:    o.state.AppliedIndex(),
-		CreatedUnix:     time.Now().Unix(),
-		SealFingerprint: o.sealFingerprint(),
-	})
 	cw := &chunkWriter{send: stream.Send, buf: make([]byte, 0, snapshotChunk)}
-	// Everything before the trailer goes through the MAC.
-	w := io.MultiWriter(cw, mac)
-	var lenBuf [4]byte
-	binary.BigEndian.PutUint32(lenBuf[:], uint32(len(hdr)))
-	for _, part := range [][]byte{[]byte(snapshotMagic), lenBuf[:], hdr} {
-		if _, err := w.Write(part); err != nil {
-			return err
-		}
-	}
-	sink := &streamSink{Writer: w}
-	if err := snap.Persist(sink); err != nil {
-		return err
-	}
-	if sink.cancelled {
-		return fmt.Errorf("server: snapshot failed while streaming")
-	}
-	if _, err := cw.Write(mac.Sum(nil)); err != nil {
+	if _, err := o.writeSnapshot(cw, time.Now()); err != nil {
 		return err
 	}
 	return cw.flush()
 }
 
+// writeSnapshot writes a snapshot file of this node's state, as of now,
+// to w, and returns its header. It is the one writer of snapshots: saved
+// through the API or scheduled (snapshots.go). It needs the keys (the
+// MAC): it fails with seal.ErrSealed on a sealed node.
+func (o *operatorServer) writeSnapshot(w io.Writer, now time.Time) (snapshotfile.Header, error) {
+	// Read before the snapshot begins: the state it holds is at least at
+	// this index (read after, it could name entries the copy lacks).
+	applied := o.state.AppliedIndex()
+	snap, err := o.state.Snapshot()
+	if err != nil {
+		return snapshotfile.Header{}, err
+	}
+	defer snap.Release()
+	mac, err := o.keys.seal.SnapshotMAC()
+	if err != nil {
+		return snapshotfile.Header{}, err
+	}
+	hdr := snapshotfile.Header{
+		Format:          snapshotfile.Format,
+		NodeID:          o.nodeID,
+		AppliedIndex:    applied,
+		CreatedUnix:     now.Unix(),
+		SealFingerprint: o.sealFingerprint(),
+	}
+	return hdr, snapshotfile.Write(w, hdr, mac, func(w io.Writer) error {
+		sink := &streamSink{Writer: w}
+		if err := snap.Persist(sink); err != nil {
+			return err
+		}
+		if sink.cancelled {
+			return fmt.Errorf("server: snapshot failed while streaming")
+		}
+		return nil
+	})
+}
+
 // readSnapshotHeader checks the magic and reads the header of a snapshot;
 // it returns the header and the number of bytes it took.
-func readSnapshotHeader(r io.Reader) (*snapshotHeader, int64, error) {
-	magic := make([]byte, len(snapshotMagic))
-	if _, err := io.ReadFull(r, magic); err != nil || !bytes.Equal(magic, []byte(snapshotMagic)) {
+func readSnapshotHeader(r io.Reader) (*snapshotfile.Header, int64, error) {
+	h, n, err := snapshotfile.ReadHeader(r)
+	switch {
+	case errors.Is(err, snapshotfile.ErrNotSnapshot):
 		return nil, 0, invalidf("not a coffer snapshot file (save one with `coffer operator raft snapshot save FILE`)")
+	case err != nil:
+		return nil, 0, invalidf("%v", err)
 	}
-	var lenBuf [4]byte
-	if _, err := io.ReadFull(r, lenBuf[:]); err != nil {
-		return nil, 0, invalidf("snapshot header is truncated")
-	}
-	n := binary.BigEndian.Uint32(lenBuf[:])
-	if n == 0 || n > maxSnapshotHeader {
-		return nil, 0, invalidf("snapshot header length %d is invalid", n)
-	}
-	raw := make([]byte, n)
-	if _, err := io.ReadFull(r, raw); err != nil {
-		return nil, 0, invalidf("snapshot header is truncated")
-	}
-	var h snapshotHeader
-	if err := json.Unmarshal(raw, &h); err != nil || (h.Format != 1 && h.Format != 2) {
-		return nil, 0, invalidf("snapshot header is unreadable or of an unknown format")
-	}
-	return &h, int64(len(snapshotMagic)) + 4 + int64(n), nil
+	return h, n, nil
 }
 
 // SnapshotRestore replaces the cluster's state with an uploaded snapshot.

@@ -25,16 +25,17 @@ const operatorRaftUsage = `Usage: coffer operator raft <command> [flags] [args]
 Commands:
     list-peers     List the Raft configuration: voters, the leader, applied index and lag
     remove-peer    Remove a server from the Raft configuration: ID
-    snapshot       Save or restore a snapshot of the cluster's state (run "coffer operator raft snapshot -h")
+    snapshot       Save, restore or list snapshots of the cluster's state (run "coffer operator raft snapshot -h")
 
 Run "coffer operator raft <command> -h" for its flags.
 `
 
-const operatorSnapshotUsage = `Usage: coffer operator raft snapshot <command> [flags] FILE
+const operatorSnapshotUsage = `Usage: coffer operator raft snapshot <command> [flags] [FILE]
 
 Commands:
     save       Save a snapshot of the cluster's state (ciphertext only) to FILE
     restore    Replace the cluster's state with the snapshot in FILE
+    list       List the scheduled snapshots in -dir=DIR and check their checksums
 `
 
 // snapshotTimeout bounds snapshot save and restore, which move the whole

@@ -14,6 +14,7 @@
 //	coffer operator raft remove-peer ID
 //	coffer operator raft snapshot save FILE
 //	coffer operator raft snapshot restore [-force] FILE
+//	coffer operator raft snapshot list -dir=DIR
 //	coffer kv put [-cas=N] PATH KEY=VALUE [KEY=@FILE] [KEY=-] …
 //	coffer kv get [-version=N] [-field=KEY] PATH
 //	coffer kv delete [-versions=1,2] PATH
@@ -177,6 +178,7 @@ func dispatch(e *env, args []string) error {
 						return dispatchSub(e, "coffer operator raft snapshot", operatorSnapshotUsage, args, map[string]func(*env, []string) error{
 							"save":    cmdOperatorSnapshotSave,
 							"restore": cmdOperatorSnapshotRestore,
+							"list":    cmdOperatorSnapshotList,
 						})
 					},
 				})

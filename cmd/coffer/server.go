@@ -57,7 +57,8 @@ Run a coffer node. It starts sealed: initialize the cluster once with
 Settings come from -config (JSON with the keys node_id, data_dir, api_addr,
 raft_addr, raft_advertise, gossip_addr, advertise, join (a list),
 bootstrap_expect, read_replica, cluster_key, max_inflight_bytes, max_leases,
-audit_files, log_level and log_format); flags
+audit_files, log_level, log_format, snapshot_interval (e.g. "1h"),
+snapshot_dir and snapshot_retain); flags
 given on the command line win over it.
 
 A cluster: start identical nodes with -bootstrap-expect=N and -join listing
@@ -96,6 +97,7 @@ production.`)
 	dev := f.fs.Bool("dev", false, "run a throw-away, self-unsealed development node (NOT for production)")
 	devRootToken := f.fs.String("dev-root-token", "", "with -dev: use this root token instead of a random one")
 	cf := addClusterFlags(f, def)
+	sf := addSnapshotFlags(f)
 	args, err := f.parse(e, args)
 	if err != nil {
 		return nil, err
@@ -177,6 +179,9 @@ production.`)
 		cfg.Insecure = *insecureFlag
 	}
 	if err := cf.apply(f, e, &cfg, fileG); err != nil {
+		return nil, err
+	}
+	if err := sf.apply(f, &cfg); err != nil {
 		return nil, err
 	}
 	o := &serverOpts{cfg: cfg, logs: logs, format: f.format, dev: *dev, devRootToken: *devRootToken,
@@ -328,6 +333,7 @@ type configFile struct {
 	ClusterKey string   `json:"cluster_key"`
 	LogLevel   *string  `json:"log_level"`
 	LogFormat  *string  `json:"log_format"`
+	fileSnapshots
 }
 
 // fileLogging is what the config file says about logging; nil: not set.
@@ -367,6 +373,9 @@ func loadConfigFile(path string, cfg *server.Config) (map[string]bool, fileGossi
 	var keys map[string]json.RawMessage
 	if err := json.Unmarshal(b, &keys); err != nil {
 		return nil, fileGossip{}, fileLogging{}, &cliError{code: 1, msg: fmt.Sprintf("-config %s: %v", path, err)}
+	}
+	if err := fc.fileSnapshots.apply(path, cfg); err != nil {
+		return nil, fileGossip{}, fileLogging{}, err
 	}
 	set := make(map[string]bool, len(keys))
 	for k := range keys {

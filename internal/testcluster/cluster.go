@@ -108,6 +108,11 @@ func (n *Node) MetricsURL() string {
 // only when the cluster runs with Options.AuditFiles.
 func (n *Node) AuditFile() string { return filepath.Join(n.Dir, "audit.log") }
 
+// SnapshotDir is where the node writes scheduled snapshots,
+// <Dir>/snapshots (with Options.SnapshotInterval and no
+// SnapshotSharedDir).
+func (n *Node) SnapshotDir() string { return filepath.Join(n.Dir, "snapshots") }
+
 // Init shares: the cluster is initialized with 5 key shares, 3 of which
 // unseal a node.
 const (
@@ -246,6 +251,12 @@ func (c *Cluster) config(n *Node, expect int, network *replication.Network) serv
 	if c.opts.AuditFiles {
 		cfg.AuditFiles = []string{n.AuditFile()}
 		cfg.AuditTimeout = c.opts.AuditTimeout
+	}
+	if c.opts.SnapshotInterval != 0 {
+		cfg.Snapshots = server.SnapshotSchedule{Interval: c.opts.SnapshotInterval, Dir: n.SnapshotDir(), Retain: c.opts.SnapshotRetain}
+		if c.opts.SnapshotSharedDir != "" {
+			cfg.Snapshots.Dir = c.opts.SnapshotSharedDir
+		}
 	}
 	cfg.ShutdownTimeout = shutdownTimeout
 	cfg.Logger = newLoggerTap(c.logs, c.opts.LogTap, n.ID, c.opts.LogLevel)

@@ -64,6 +64,14 @@ type Options struct {
 	// concurrent use. Tests that look for what must never be logged read
 	// it.
 	LogTap io.Writer
+	// SnapshotInterval schedules snapshots on every node
+	// (server.Config.Snapshots), each into its own Node.SnapshotDir(),
+	// keeping SnapshotRetain (zero: the server's default).
+	SnapshotInterval time.Duration
+	SnapshotRetain   int
+	// SnapshotSharedDir, when set, is the one snapshot directory of every
+	// node instead of their own.
+	SnapshotSharedDir string
 }
 
 // Defaults of Options.

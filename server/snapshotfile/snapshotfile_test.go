@@ -1,0 +1,267 @@
+package snapshotfile
+
+import (
+	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// writeSnap saves a snapshot of body into dir at t with index idx.
+func writeSnap(t *testing.T, dir, node string, at time.Time, idx uint64, body string) Entry {
+	t.Helper()
+	e, err := Save(dir, node, at, func(w io.Writer) (Header, error) {
+		h := Header{Format: Format, NodeID: node, AppliedIndex: idx, CreatedUnix: at.Unix()}
+		return h, Write(w, h, hmac.New(sha256.New, []byte("k")), func(w io.Writer) error {
+			_, err := io.WriteString(w, body)
+			return err
+		})
+	})
+	if err != nil {
+		t.Fatalf("Save: %v", err)
+	}
+	return e
+}
+
+func TestWriteReadHeaderMAC(t *testing.T) {
+	var buf bytes.Buffer
+	h := Header{Format: Format, NodeID: "n1", AppliedIndex: 42, CreatedUnix: 7, SealFingerprint: "fp"}
+	key := []byte("key")
+	if err := Write(&buf, h, hmac.New(sha256.New, key), func(w io.Writer) error {
+		_, err := io.WriteString(w, "state")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	got, n, err := ReadHeader(bytes.NewReader(buf.Bytes()))
+	if err != nil || *got != h {
+		t.Fatalf("ReadHeader: %+v %v", got, err)
+	}
+	b := buf.Bytes()
+	if string(b[n:len(b)-MACSize]) != "state" {
+		t.Fatalf("body %q", b[n:len(b)-MACSize])
+	}
+	mac := hmac.New(sha256.New, key)
+	mac.Write(b[:len(b)-MACSize])
+	if !hmac.Equal(mac.Sum(nil), b[len(b)-MACSize:]) {
+		t.Fatal("the trailer is not the MAC of what precedes it")
+	}
+	for _, bad := range [][]byte{nil, []byte("nope"), b[:len(Magic)+2], append([]byte(Magic), 0, 0, 0, 0)} {
+		if _, _, err := ReadHeader(bytes.NewReader(bad)); err == nil {
+			t.Errorf("ReadHeader(%q) accepted", bad)
+		}
+	}
+}
+
+func TestSaveListVerifyPrune(t *testing.T) {
+	dir := t.TempDir()
+	base := time.Date(2026, 12, 7, 2, 0, 0, 0, time.UTC)
+	var saved []Entry
+	for i := range 5 {
+		saved = append(saved, writeSnap(t, dir, "node-1/x", base.Add(time.Duration(i)*time.Second), uint64(10+i), fmt.Sprint("body", i)))
+	}
+	// Files of others are never listed nor pruned.
+	other := filepath.Join(dir, "notes.txt")
+	if err := os.WriteFile(other, []byte("mine"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range saved {
+		fi, err := os.Stat(e.Path)
+		if err != nil || fi.Mode().Perm() != 0o600 || fi.Size() != e.Size {
+			t.Fatalf("%s: %v %v (size %d)", e.Name, fi, err, e.Size)
+		}
+		if e.NodeID != "node-1_x" {
+			t.Fatalf("node in the name: %q", e.NodeID)
+		}
+	}
+	list, err := List(dir)
+	if err != nil || len(list) != 5 {
+		t.Fatalf("List: %d %v", len(list), err)
+	}
+	for i, e := range list {
+		if e.Name != saved[4-i].Name {
+			t.Fatalf("List[%d] = %s, want %s (newest first)", i, e.Name, saved[4-i].Name)
+		}
+		h, err := Verify(e)
+		if err != nil || h.AppliedIndex != e.AppliedIndex || h.NodeID != "node-1/x" {
+			t.Fatalf("Verify %s: %+v %v", e.Name, h, err)
+		}
+	}
+
+	// A flipped byte, a truncation: BAD without any key.
+	b, _ := os.ReadFile(list[0].Path)
+	b[len(b)/2] ^= 1
+	if err := os.WriteFile(list[0].Path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Verify(list[0]); !errors.Is(err, ErrChecksum) {
+		t.Fatalf("Verify of a corrupt file: %v", err)
+	}
+	if err := os.Truncate(list[1].Path, 10); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Verify(list[1]); !errors.Is(err, ErrChecksum) {
+		t.Fatalf("Verify of a truncated file: %v", err)
+	}
+
+	removed, err := Prune(dir, 3)
+	if err != nil || len(removed) != 2 || removed[0] != saved[1].Name || removed[1] != saved[0].Name {
+		t.Fatalf("Prune: %v %v", removed, err)
+	}
+	if _, err := os.Stat(other); err != nil {
+		t.Fatalf("Prune touched another file: %v", err)
+	}
+	if list, _ := List(dir); len(list) != 3 {
+		t.Fatalf("after Prune: %d snapshots", len(list))
+	}
+}
+
+func TestSaveFailureLeavesNothing(t *testing.T) {
+	dir := t.TempDir()
+	boom := errors.New("boom")
+	_, err := Save(dir, "n1", time.Now(), func(w io.Writer) (Header, error) {
+		io.WriteString(w, "partial")
+		return Header{}, boom
+	})
+	if !errors.Is(err, boom) {
+		t.Fatalf("Save: %v", err)
+	}
+	des, _ := os.ReadDir(dir)
+	if len(des) != 0 {
+		t.Fatalf("a failed Save left %v", des)
+	}
+	if _, err := Save(filepath.Join(dir, "missing"), "n1", time.Now(), nil); err == nil {
+		t.Fatal("Save into a missing directory succeeded")
+	}
+}
+
+func TestCleanTempOnlyOwn(t *testing.T) {
+	dir := t.TempDir()
+	names := map[string]bool{
+		".coffer-snapshot-n1-123.tmp":   true,  // n1's
+		".coffer-snapshot-n1-x-456.tmp": false, // node n1-x's
+		".coffer-snapshot-n2-789.tmp":   false,
+		"coffer-snapshot-n1-1.tmp":      false,
+	}
+	for n := range names {
+		if err := os.WriteFile(filepath.Join(dir, n), nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	removed, err := CleanTemp(dir, "n1")
+	if err != nil || len(removed) != 1 || removed[0] != ".coffer-snapshot-n1-123.tmp" {
+		t.Fatalf("CleanTemp: %v %v", removed, err)
+	}
+	for n, gone := range names {
+		if _, err := os.Stat(filepath.Join(dir, n)); (err != nil) != gone {
+			t.Errorf("%s: stat %v, want removed=%v", n, err, gone)
+		}
+	}
+}
+
+func TestListMalformedNames(t *testing.T) {
+	dir := t.TempDir()
+	for _, n := range []string{"coffer-snapshot-garbage.snap", "coffer-snapshot-20261207T020000.000Z-1-n1-" + strings.Repeat("z", 64) + ".snap"} {
+		if err := os.WriteFile(filepath.Join(dir, n), []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	list, err := List(dir)
+	if err != nil || len(list) != 2 {
+		t.Fatalf("List: %v %v", list, err)
+	}
+	for _, e := range list {
+		if e.NameErr == nil {
+			t.Errorf("%s parsed", e.Name)
+		}
+		if _, err := Verify(e); err == nil {
+			t.Errorf("%s verified", e.Name)
+		}
+	}
+	if removed, err := Prune(dir, 0); err != nil || len(removed) != 0 {
+		t.Fatalf("Prune removed malformed names: %v %v", removed, err)
+	}
+}
+
+func FuzzReadHeader(f *testing.F) {
+	var buf bytes.Buffer
+	_ = Write(&buf, Header{Format: Format, NodeID: "n1"}, hmac.New(sha256.New, nil), func(io.Writer) error { return nil })
+	f.Add(buf.Bytes())
+	f.Add([]byte(Magic + "\x00\x00\x00\x02{}"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		h, n, err := ReadHeader(bytes.NewReader(b))
+		if err == nil && (h == nil || n > int64(len(b))) {
+			t.Fatalf("header %v, %d of %d bytes", h, n, len(b))
+		}
+	})
+}
+
+func FuzzParseName(f *testing.F) {
+	f.Add(Name(time.Now(), Header{AppliedIndex: 9, NodeID: "a-b"}, make([]byte, 32)))
+	f.Add("coffer-snapshot-x.snap")
+	f.Fuzz(func(t *testing.T, name string) {
+		e, err := ParseName(name)
+		if err != nil {
+			return
+		}
+		again := Name(e.Time, Header{AppliedIndex: e.AppliedIndex, NodeID: e.NodeID}, mustHex(t, e.SHA256))
+		if again != name {
+			t.Fatalf("ParseName(%q) round-trips to %q", name, again)
+		}
+	})
+}
+
+func mustHex(t *testing.T, s string) []byte {
+	b, err := hex.DecodeString(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// TestSharedDirConcurrentPrune: two nodes saving and pruning in one
+// directory at once leave exactly the newest keep files of all.
+func TestSharedDirConcurrentPrune(t *testing.T) {
+	dir := t.TempDir()
+	base := time.Date(2026, 12, 7, 3, 0, 0, 0, time.UTC)
+	const keep, each = 3, 20
+	var wg sync.WaitGroup
+	for node := range 2 {
+		wg.Go(func() {
+			for i := range each {
+				at := base.Add(time.Duration(2*i+node) * time.Millisecond)
+				if _, err := Save(dir, fmt.Sprint("n", node), at, func(w io.Writer) (Header, error) {
+					h := Header{Format: Format, NodeID: fmt.Sprint("n", node), AppliedIndex: uint64(i)}
+					return h, Write(w, h, hmac.New(sha256.New, nil), func(io.Writer) error { return nil })
+				}); err != nil {
+					t.Error(err)
+					return
+				}
+				if _, err := Prune(dir, keep); err != nil {
+					t.Error(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	list, err := List(dir)
+	if err != nil || len(list) != keep {
+		t.Fatalf("List: %d files, %v", len(list), err)
+	}
+	for i, e := range list {
+		// The newest: the last of n1 (2*19+1 ms), n0 (38 ms), n1 (37 ms).
+		want := base.Add(time.Duration(2*each-1-i) * time.Millisecond)
+		if !e.Time.Equal(want) {
+			t.Errorf("kept %d is of %v, want %v", i, e.Time, want)
+		}
+	}
+}

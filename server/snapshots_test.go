@@ -1,0 +1,143 @@
+package server
+
+import (
+	"bytes"
+	"crypto/rand"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+
+	pb "coffer/api/cofferpb"
+	"coffer/server/snapshotfile"
+)
+
+// snapshotsTaken is how many scheduled snapshots the node wrote (the
+// count of coffer_snapshot_duration_seconds).
+func snapshotsTaken(s *snapshotScheduler) uint64 {
+	var m dto.Metric
+	if err := s.duration.(prometheus.Metric).Write(&m); err != nil {
+		return 0
+	}
+	return m.GetHistogram().GetSampleCount()
+}
+
+// counterValue is a counter's value.
+func counterValue(c prometheus.Counter) float64 {
+	var m dto.Metric
+	if err := c.Write(&m); err != nil {
+		return -1
+	}
+	return m.GetCounter().GetValue()
+}
+
+// TestScheduledSnapshotsOneNode: a one-node cluster with a 1s schedule
+// and retain 2 removes the temporary file a crash left, takes snapshots
+// that keep two files, hold no plaintext and verify; a missing directory
+// fails a snapshot with a count and removes nothing; a sealed leader
+// skips with a count.
+func TestScheduledSnapshotsOneNode(t *testing.T) {
+	dir := t.TempDir()
+	snapDir := filepath.Join(dir, "snapshots")
+	if err := os.Mkdir(snapDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	crashed := filepath.Join(snapDir, ".coffer-snapshot-n1-12345.tmp")
+	if err := os.WriteFile(crashed, []byte("half a snapshot"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(t, filepath.Join(dir, "data"))
+	cfg.Snapshots = SnapshotSchedule{Interval: time.Second, Dir: snapDir, Retain: 2}
+	n := startNodeConfig(t, cfg)
+	srv := n.srv
+	if _, err := os.Stat(crashed); !os.IsNotExist(err) {
+		t.Fatalf("the crash's temporary file is still there: %v", err)
+	}
+	_, token := n.initUnseal(1, 1)
+	marker := "snapshot-marker-" + rand.Text()
+	if _, err := n.kv.Put(authed(t, token), &pb.PutRequest{Path: "secret/a", Data: map[string]string{"v": marker}}); err != nil {
+		t.Fatal(err)
+	}
+	sched := srv.snapshots
+	waitFor(t, 20*time.Second, "three scheduled snapshots", func() bool { return snapshotsTaken(sched) >= 3 })
+	list, err := snapshotfile.List(snapDir)
+	if err != nil || len(list) != 2 {
+		t.Fatalf("snapshot dir: %d files, %v; want 2 (retain)", len(list), err)
+	}
+	for _, e := range list {
+		if _, err := snapshotfile.Verify(e); err != nil {
+			t.Errorf("%s: %v", e.Name, err)
+		}
+		b, err := os.ReadFile(e.Path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Contains(b, []byte(marker)) {
+			t.Fatalf("%s holds the plaintext marker", e.Name)
+		}
+		if fi, _ := os.Stat(e.Path); fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s has mode %v", e.Name, fi.Mode().Perm())
+		}
+	}
+	if fi, _ := os.Stat(snapDir); fi.Mode().Perm() != 0o700 {
+		t.Errorf("snapshot dir mode %v", fi.Mode().Perm())
+	}
+
+	// The directory goes away (an unmounted disk): snapshots fail, are
+	// counted, and the node does not recreate it.
+	moved := filepath.Join(dir, "moved")
+	if err := os.Rename(snapDir, moved); err != nil {
+		t.Fatal(err)
+	}
+	failed := counterValue(sched.failures)
+	waitFor(t, 10*time.Second, "a failed snapshot", func() bool { return counterValue(sched.failures) > failed })
+	if _, err := os.Stat(snapDir); !os.IsNotExist(err) {
+		t.Fatalf("the node recreated the missing snapshot directory: %v", err)
+	}
+	if err := os.Rename(moved, snapDir); err != nil {
+		t.Fatal(err)
+	}
+	if after, _ := snapshotfile.List(snapDir); len(after) != 2 || after[0].Name != list[0].Name {
+		t.Fatalf("the failures touched the older snapshots: %v", after)
+	}
+
+	// Sealed, the leader skips them.
+	if _, err := n.sys.Seal(authed(t, token), &pb.SealRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	skipped := counterValue(sched.skipped)
+	waitFor(t, 10*time.Second, "a skipped snapshot", func() bool { return counterValue(sched.skipped) > skipped })
+	text, err := srv.metrics.text(srv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"coffer_snapshot_last_success_timestamp_seconds", "coffer_snapshot_duration_seconds_count", "coffer_snapshot_failures_total", "coffer_snapshot_skipped_total", "coffer_snapshot_age_seconds"} {
+		if !strings.Contains(string(text), "\n"+name+" ") {
+			t.Errorf("metrics lack %s", name)
+		}
+	}
+}
+
+// TestSnapshotScheduleValidate: the settings name their flags.
+func TestSnapshotScheduleValidate(t *testing.T) {
+	for _, tc := range []struct {
+		s    SnapshotSchedule
+		want string
+	}{
+		{SnapshotSchedule{Interval: time.Hour}, "-snapshot-dir"},
+		{SnapshotSchedule{Dir: "x"}, "-snapshot-interval"},
+		{SnapshotSchedule{Interval: time.Millisecond, Dir: "x"}, "below"},
+		{SnapshotSchedule{Interval: time.Hour, Dir: "x", Retain: -1}, "-snapshot-retain"},
+	} {
+		if err := tc.s.Validate(); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: %v, want %q", tc.s, err, tc.want)
+		}
+	}
+	if err := (SnapshotSchedule{Interval: time.Hour, Dir: "x"}).Validate(); err != nil {
+		t.Errorf("valid schedule: %v", err)
+	}
+}
