@@ -77,7 +77,7 @@ func (s scrape) value(t *testing.T, key string) float64 {
 // request counters count calls by method and code; the leader-change
 // counter moves after a step-down.
 func TestMetricsOnEveryNode(t *testing.T) {
-	c, leader, cl := unsealedCluster(t, ClusterOptions{Metrics: true, HTTP: true, TLS: true, AuditFiles: true})
+	c, leader, cl := unsealedCluster(t, ClusterOptions{Metrics: true, HTTP: true, TLS: true, AuditFiles: true, SnapshotInterval: time.Hour})
 	if _, err := cl.Put(ctx(t), &pb.PutRequest{Path: "secret/metrics/a", Data: map[string]string{"k": "v"}}); err != nil {
 		t.Fatal(err)
 	}
