@@ -290,10 +290,10 @@ func (s Series) Render(out io.Writer, width, height int) error {
 		}
 	}
 	if startLine != nil {
-		legend.Add("fault starts", startLine)
+		legend.Add("fault injected", startLine)
 	}
 	if endLine != nil {
-		legend.Add("fault ends", endLine)
+		legend.Add("fault removed", endLine)
 	}
 
 	const dpi = 96
