@@ -163,8 +163,10 @@ compose-init: build
 
 ## chaos: the docker chaos suite (leader kill, pause, partition, quorum loss) against coffer:dev
 chaos: docker
+	rm -f bin/chaos-*.png
 	COFFER_CHAOS=1 COFFER_CHAOS_OUT=$(CURDIR)/bin/chaos-figures.json $(GO) test -race -count=1 -timeout=20m -run '^TestDocker' ./integration/chaos/
 	@cat bin/chaos-figures.json
+	@ls -l bin/chaos-*.png
 
 ## compose-down: stop and remove the containers, the network and the volumes
 compose-down:

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/url"
 	"os"
+	"path/filepath"
 	"runtime/pprof"
 	"slices"
 	"strconv"
@@ -21,6 +22,7 @@ import (
 
 	"coffer/api"
 	pb "coffer/api/cofferpb"
+	"coffer/internal/timeline"
 )
 
 // benchResult is the outcome of one `coffer bench` run; its JSON form is
@@ -41,6 +43,8 @@ type benchResult struct {
 	MaxMs       float64           `json:"max_ms"`
 	Errors      map[string]int64  `json:"errors"`
 	NodeRSS     map[string]uint64 `json:"node_rss_bytes,omitempty"`
+	// Timeline is the picture -timeline wrote.
+	Timeline string `json:"timeline,omitempty"`
 }
 
 // benchOpts are the flags of `coffer bench`.
@@ -61,6 +65,8 @@ type benchOpts struct {
 	// Vault-compatible HTTP API at httpAddrs).
 	protocol  string
 	httpAddrs string
+	// timeline is the PNG file of -timeline ("": none).
+	timeline string
 }
 
 func cmdBench(e *env, args []string) error {
@@ -77,7 +83,12 @@ second.
 HTTP API instead (KV v2 at secret/data/…, X-Vault-Token): -http-addr or
 VAULT_ADDR names the nodes' HTTP addresses, the TLS and token settings are
 the gRPC ones. The HTTP workers use plain net/http, one keep-alive HTTP/1.1
-connection each, so that the figures are the server's.`).withClient()
+connection each, so that the figures are the server's.
+
+-timeline=FILE.png draws the run over time: writes/s and reads/s in 100 ms
+buckets, failed calls and reads answered staler than asked marked (as the
+chaos suite's pictures; logins count as writes with service tokens, reads
+with batch tokens).`).withClient()
 	o := benchOpts{}
 	f.fs.IntVar(&o.clients, "clients", 16, "concurrent clients")
 	f.fs.DurationVar(&o.duration, "duration", 10*time.Second, "how long to run")
@@ -90,6 +101,7 @@ connection each, so that the figures are the server's.`).withClient()
 	f.fs.StringVar(&o.tokenType, "token-type", "batch", "approle-login: the type of the tokens, batch or service")
 	f.fs.StringVar(&o.protocol, "protocol", "grpc", "the API to load: grpc, or http (the Vault-compatible HTTP API)")
 	f.fs.StringVar(&o.httpAddrs, "http-addr", "", "with -protocol=http: the nodes' HTTP API, host:port[,host:port…] (default $VAULT_ADDR)")
+	f.fs.StringVar(&o.timeline, "timeline", "", "draw the operations per second over time into this PNG file")
 	args, err := f.parse(e, args)
 	if err != nil {
 		return err
@@ -134,6 +146,8 @@ connection each, so that the figures are the server's.`).withClient()
 		return usageErrorf(f.name, "-write-ratio must be between 0 and 1")
 	case !strings.HasSuffix(o.prefix, "/"):
 		return usageErrorf(f.name, "-prefix must end with /")
+	case o.timeline != "" && !strings.EqualFold(filepath.Ext(o.timeline), ".png"):
+		return usageErrorf(f.name, "-timeline=%q: the picture is a PNG: name the file *.png", o.timeline)
 	}
 	cfg, err := f.clientConfig(e)
 	if err != nil {
@@ -152,8 +166,23 @@ connection each, so that the figures are the server's.`).withClient()
 		}
 		defer pprof.StopCPUProfile()
 	}
-	res, err := runBench(context.Background(), cfg, o, e.stderr)
+	// A -timeline file that cannot be written fails before the load.
+	var picture *os.File
+	if o.timeline != "" {
+		if picture, err = os.Create(o.timeline); err != nil {
+			return &cliError{code: 1, msg: fmt.Sprintf("-timeline: %v", err)}
+		}
+		defer picture.Close()
+	}
+	res, events, err := runBench(context.Background(), cfg, o, e.stderr)
+	if err == nil && picture != nil {
+		err = writeTimeline(picture, o, res, events)
+	}
 	if err != nil {
+		if picture != nil {
+			picture.Close()
+			os.Remove(o.timeline)
+		}
 		return err
 	}
 	if f.format == formatJSON {
@@ -176,9 +205,25 @@ func parseConsistency(s string) (pb.Consistency, error) {
 	return 0, &cliError{code: 1, msg: fmt.Sprintf("invalid -consistency %q: want stale, default or linearizable", s)}
 }
 
+// writeTimeline draws the events of a run into f and names it in res.
+func writeTimeline(f *os.File, o benchOpts, res *benchResult, events []timeline.Event) error {
+	s := timeline.Series{
+		Title:  fmt.Sprintf("coffer bench %s: %d clients, %s, %s reads", res.Workload, o.clients, o.protocol, o.consName),
+		Events: events,
+	}
+	if err := s.Render(f, 0, 0); err != nil {
+		return &cliError{code: 1, msg: fmt.Sprintf("-timeline: %v", err)}
+	}
+	if err := f.Close(); err != nil {
+		return &cliError{code: 1, msg: fmt.Sprintf("-timeline: %v", err)}
+	}
+	res.Timeline = o.timeline
+	return nil
+}
+
 // runBench prepares the keys, runs the clients for the duration and
-// gathers the figures.
-func runBench(ctx context.Context, cfg api.Config, o benchOpts, progress io.Writer) (*benchResult, error) {
+// gathers the figures, and with -timeline every call's end and outcome.
+func runBench(ctx context.Context, cfg api.Config, o benchOpts, progress io.Writer) (*benchResult, []timeline.Event, error) {
 	value := make([]byte, o.valueSize)
 	rand.Read(value)
 	for i := range value {
@@ -204,7 +249,7 @@ func runBench(ctx context.Context, cfg api.Config, o benchOpts, progress io.Writ
 		}
 		c, err := api.New(ccfg)
 		if err != nil {
-			return nil, &cliError{code: 1, msg: err.Error()}
+			return nil, nil, &cliError{code: 1, msg: err.Error()}
 		}
 		defer c.Close()
 		clients[i] = c
@@ -213,16 +258,16 @@ func runBench(ctx context.Context, cfg api.Config, o benchOpts, progress io.Writ
 	if o.workload == "approle-login" {
 		var err error
 		if roleID, secretID, err = prepareLogin(ctx, clients[0], o.tokenType); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	} else if o.workload != "kv-write" {
 		fmt.Fprintf(progress, "writing %d keys of %d bytes…\n", o.keys, o.valueSize)
 		if err := prepopulate(ctx, clients, o.keys, key, val); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
 
-	res := runWorkers(ctx, o, progress, func(ctx context.Context, w int, k string, write bool) error {
+	res, events := runWorkers(ctx, o, progress, func(ctx context.Context, w int, k string, write bool) (bool, error) {
 		c := clients[w/8]
 		var err error
 		switch {
@@ -231,48 +276,60 @@ func runBench(ctx context.Context, cfg api.Config, o benchOpts, progress io.Writ
 		case write:
 			_, err = c.Put(ctx, &pb.PutRequest{Path: k, Data: map[string]string{"v": val}})
 		default:
-			_, err = c.Get(ctx, &pb.GetRequest{Path: k, Read: &pb.ReadOptions{Consistency: o.consistency}})
+			var info api.ReadInfo
+			_, info, err = c.GetWithInfo(ctx, &pb.GetRequest{Path: k, Read: &pb.ReadOptions{Consistency: o.consistency}})
+			// Staler than asked: a fallback, or marked stale when the
+			// read did not ask for a stale answer.
+			return info.Fallback || info.Stale && o.consistency != pb.Consistency_CONSISTENCY_STALE, err
 		}
-		return err
+		return false, err
 	}, key)
 	res.NodeRSS = nodeRSS(ctx, cfg)
-	return res, nil
+	return res, events, nil
 }
 
 // runHTTPBench is runBench over the HTTP API (-protocol=http).
-func runHTTPBench(ctx context.Context, cfg api.Config, o benchOpts, val string, key func(int) string, progress io.Writer) (*benchResult, error) {
+func runHTTPBench(ctx context.Context, cfg api.Config, o benchOpts, val string, key func(int) string, progress io.Writer) (*benchResult, []timeline.Event, error) {
 	b, err := newHTTPBench(api.SplitEndpoints(o.httpAddrs), cfg.TLS, cfg.Token, o.consName, o.clients)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer b.close()
 	body, err := putBody(val)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if o.workload != "kv-write" {
 		fmt.Fprintf(progress, "writing %d keys of %d bytes over HTTP…\n", o.keys, o.valueSize)
 		if err := b.prepopulate(ctx, o.keys, key, body); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	}
-	res := runWorkers(ctx, o, progress, func(ctx context.Context, w int, k string, write bool) error {
+	res, events := runWorkers(ctx, o, progress, func(ctx context.Context, w int, k string, write bool) (bool, error) {
 		if write {
-			return b.put(ctx, w, k, body)
+			return false, b.put(ctx, w, k, body)
 		}
-		return b.get(ctx, w, k)
+		return false, b.get(ctx, w, k)
 	}, key)
 	res.NodeRSS = nodeRSS(ctx, cfg)
-	return res, nil
+	return res, events, nil
 }
 
 // runWorkers runs o.clients workers calling op for o.duration (each call
-// within 10s) and gathers the figures; the caller adds the nodes' RSS.
-func runWorkers(ctx context.Context, o benchOpts, progress io.Writer, op func(ctx context.Context, w int, key string, write bool) error, key func(int) string) *benchResult {
+// within 10s) and gathers the figures; the caller adds the nodes' RSS. op
+// reports whether a read was answered staler than it asked. With
+// -timeline it also returns every call's end and outcome.
+func runWorkers(ctx context.Context, o benchOpts, progress io.Writer, op func(ctx context.Context, w int, key string, write bool) (stale bool, err error), key func(int) string) (*benchResult, []timeline.Event) {
 	var ops atomic.Int64
 	var errMu sync.Mutex
 	errs := map[string]int64{}
 	lat := make([][]time.Duration, o.clients)
+	evs := make([][]timeline.Event, o.clients)
+	// A login writes a token with service tokens only.
+	loginKind := timeline.Read
+	if o.tokenType == "service" {
+		loginKind = timeline.Write
+	}
 	deadline := time.Now().Add(o.duration)
 	done := make(chan struct{})
 	go benchProgress(progress, &ops, o.duration, done)
@@ -286,23 +343,41 @@ func runWorkers(ctx context.Context, o benchOpts, progress io.Writer, op func(ct
 			rng := uint64(w)*0x9E3779B97F4A7C15 + 1
 			next := func() uint64 { rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17; return rng }
 			local := make([]time.Duration, 0, 4096)
+			var events []timeline.Event
 			for time.Now().Before(deadline) {
 				k := key(int(next() % uint64(o.keys)))
 				write := o.workload == "kv-write" || (o.workload == "mixed" && float64(next()%10000)/10000 < o.writeRatio)
 				t0 := time.Now()
 				cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-				err := op(cctx, w, k, write)
+				stale, err := op(cctx, w, k, write)
 				cancel()
+				t1 := time.Now()
+				if o.timeline != "" {
+					e := timeline.Event{At: t1, Kind: timeline.Read}
+					switch {
+					case o.workload == "approle-login":
+						e.Kind = loginKind
+					case write:
+						e.Kind = timeline.Write
+					}
+					switch {
+					case err != nil:
+						e.Outcome = timeline.Failed
+					case stale:
+						e.Outcome = timeline.Stale
+					}
+					events = append(events, e)
+				}
 				if err != nil {
 					errMu.Lock()
 					errs[errKind(err)]++
 					errMu.Unlock()
 					continue
 				}
-				local = append(local, time.Since(t0))
+				local = append(local, t1.Sub(t0))
 				ops.Add(1)
 			}
-			lat[w] = local
+			lat[w], evs[w] = local, events
 		}(w)
 	}
 	wg.Wait()
@@ -326,7 +401,11 @@ func runWorkers(ctx context.Context, o benchOpts, progress io.Writer, op func(ct
 	if len(all) > 0 {
 		res.MaxMs = ms(all[len(all)-1])
 	}
-	return res
+	var events []timeline.Event
+	for _, e := range evs {
+		events = append(events, e...)
+	}
+	return res, events
 }
 
 // prepareLogin writes the AppRole role of the approle-login workload and
@@ -486,6 +565,9 @@ func printBench(w io.Writer, r *benchResult) {
 	slices.Sort(ids)
 	for _, id := range ids {
 		rows = append(rows, row{"rss " + id, fmt.Sprintf("%.1f MiB", float64(r.NodeRSS[id])/(1<<20))})
+	}
+	if r.Timeline != "" {
+		rows = append(rows, row{"timeline", r.Timeline})
 	}
 	printKV(w, rows)
 }

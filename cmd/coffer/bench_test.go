@@ -2,9 +2,15 @@ package main
 
 import (
 	"fmt"
+	"image/png"
+	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
+
+	"coffer/internal/timeline"
 )
 
 // TestBenchCommand runs `coffer bench` briefly against a dev server and
@@ -32,8 +38,38 @@ func TestBenchCommand(t *testing.T) {
 	}
 	r := n.run(t, "bench", "-clients=0", "kv-write")
 	wantErr(t, r, 1, "-clients")
+	wantErr(t, n.run(t, "bench", "-timeline="+filepath.Join(t.TempDir(), "x.jpg"), "kv-write"), 1, "name the file *.png")
+	wantErr(t, n.run(t, "bench", "-duration=100ms", "-timeline="+filepath.Join(t.TempDir(), "no", "x.png"), "kv-write"), 1, "-timeline")
 	r = n.run(t, "bench", "kv-nothing")
 	wantErr(t, r, 1, "unknown workload")
+}
+
+// TestBenchTimeline runs `coffer bench -timeline` against a dev server:
+// the picture is written, named in the result, and decodes as a PNG of
+// the default size.
+func TestBenchTimeline(t *testing.T) {
+	n := startDev(t)
+	path := filepath.Join(t.TempDir(), "x.png")
+	r := n.mustRun(t, "bench", "-clients=4", "-duration=500ms", "-keys=20", "-value-size=64", "-timeline="+path, "-format=json", "mixed")
+	if m := hasKeys(t, r, "timeline", "ops"); m["timeline"] != path {
+		t.Fatalf("timeline %v, want %s", m["timeline"], path)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	cfg, err := png.DecodeConfig(f)
+	if err != nil {
+		t.Fatalf("%s does not decode as a PNG: %v", path, err)
+	}
+	if cfg.Width != timeline.DefaultWidth || cfg.Height != timeline.DefaultHeight {
+		t.Errorf("%s is %dx%d, want %dx%d", path, cfg.Width, cfg.Height, timeline.DefaultWidth, timeline.DefaultHeight)
+	}
+	r = n.mustRun(t, "bench", "-clients=2", "-duration=200ms", "-timeline="+path, "kv-write")
+	if !strings.Contains(r.stdout, "timeline") || !strings.Contains(r.stdout, path) {
+		t.Errorf("the table does not name the picture:\n%s", r.stdout)
+	}
 }
 
 // TestBenchHTTP runs `coffer bench -protocol=http` briefly against a dev

@@ -156,14 +156,16 @@ func runDocker(t *testing.T, s Scenario) *Result {
 	}
 	t.Cleanup(c.Close)
 	res, err := Execute(ctx, c, s, Options{
-		Load:  LoadConfig{Writers: 3, Readers: 3, Interval: 10 * time.Millisecond, LinearizableEvery: 3},
-		Wait:  60 * time.Second,
-		Check: CheckOptions{VisualizeDir: visualizeDir()},
-		Logf:  t.Logf,
+		Load:    LoadConfig{Writers: 3, Readers: 3, Interval: 10 * time.Millisecond, LinearizableEvery: 3},
+		Wait:    60 * time.Second,
+		Check:   CheckOptions{VisualizeDir: visualizeDir()},
+		Logf:    t.Logf,
+		Picture: PicturePath(d.Name(), s.Name),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
+	wantPicture(t, res)
 	report(t, res)
 	return res
 }

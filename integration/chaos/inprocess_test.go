@@ -3,6 +3,7 @@ package chaos
 import (
 	"context"
 	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -56,15 +57,22 @@ func runInProcessWith(t *testing.T, s Scenario, opts InProcessOptions) *Result {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
+	// The picture goes next to the figures, or is drawn and checked only.
+	picture := PicturePath(d.Name(), s.Name)
+	if picture == "" {
+		picture = filepath.Join(t.TempDir(), s.Name+".png")
+	}
 	res, err := Execute(ctx, c, s, Options{
-		Load:  LoadConfig{Writers: 3, Readers: 3, Interval: 10 * time.Millisecond, LinearizableEvery: 3},
-		Wait:  30 * time.Second,
-		Check: CheckOptions{VisualizeDir: visualizeDir()},
-		Logf:  t.Logf,
+		Load:    LoadConfig{Writers: 3, Readers: 3, Interval: 10 * time.Millisecond, LinearizableEvery: 3},
+		Wait:    30 * time.Second,
+		Check:   CheckOptions{VisualizeDir: visualizeDir()},
+		Logf:    t.Logf,
+		Picture: picture,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
+	wantPicture(t, res)
 	report(t, res)
 	return res
 }

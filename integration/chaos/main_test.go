@@ -2,6 +2,7 @@ package chaos
 
 import (
 	"fmt"
+	"image/png"
 	"os"
 	"runtime"
 	"slices"
@@ -10,6 +11,8 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"coffer/internal/timeline"
 )
 
 func TestMain(m *testing.M) {
@@ -98,6 +101,28 @@ func wantNoFailedWrites(t *testing.T, res *Result) {
 			}
 		}
 	})
+}
+
+// wantPicture fails the test unless the run's picture, when it asked for
+// one, is a PNG of the default size.
+func wantPicture(t *testing.T, res *Result) {
+	t.Helper()
+	if res.Picture == "" {
+		return
+	}
+	f, err := os.Open(res.Picture)
+	if err != nil {
+		t.Fatalf("the picture: %v", err)
+	}
+	defer f.Close()
+	cfg, err := png.DecodeConfig(f)
+	if err != nil {
+		t.Fatalf("the picture %s is no PNG: %v", res.Picture, err)
+	}
+	if cfg.Width != timeline.DefaultWidth || cfg.Height != timeline.DefaultHeight {
+		t.Errorf("the picture %s is %dx%d, want %dx%d", res.Picture, cfg.Width, cfg.Height, timeline.DefaultWidth, timeline.DefaultHeight)
+	}
+	t.Logf("picture: %s", res.Picture)
 }
 
 // visualizeDir is where porcupine's views of non-linearizable keys go:

@@ -151,6 +151,8 @@ type Result struct {
 	Check  Report    `json:"check"`
 	// DurationMs is the run's wall time, cluster start-up excluded.
 	DurationMs float64 `json:"duration_ms"`
+	// Picture is the file the run's timeline was drawn into, if any.
+	Picture string `json:"picture,omitempty"`
 }
 
 // Summary aggregates the figures of the faults of one kind on one driver.

@@ -38,6 +38,9 @@ type Options struct {
 	Check CheckOptions
 	// Logf receives progress lines (t.Logf in tests).
 	Logf func(format string, args ...any)
+	// Picture, when set, is the file the run's timeline goes to, as a
+	// PNG (see Picture).
+	Picture string
 }
 
 // Run is a scenario in progress: the cluster, the load, and the faults
@@ -230,10 +233,18 @@ func Execute(ctx context.Context, c *Cluster, s Scenario, opts Options) (*Result
 		return nil, err
 	}
 	res := &Result{Scenario: s.Name, Driver: c.D.Name(), TLS: c.D.ClientTLS() != nil, Check: Check(ops, final, opts.Check)}
+	var faults []Fault
 	for _, f := range r.faults {
 		fig := Measure(ops, *f)
 		fig.Scenario, fig.Driver = s.Name, c.D.Name()
 		res.Faults = append(res.Faults, fig)
+		faults = append(faults, *f)
+	}
+	if opts.Picture != "" {
+		if err := Picture(res.Driver, s.Name, ops, faults, res.Faults).WriteFile(opts.Picture, 0, 0); err != nil {
+			return nil, fmt.Errorf("chaos: %s: the picture: %w", s.Name, err)
+		}
+		res.Picture = opts.Picture
 	}
 	res.DurationMs = ms(time.Since(begin))
 	return res, nil
