@@ -215,6 +215,22 @@ func (c *Client) ready(ctx context.Context, ep *endpoint) error {
 	}
 }
 
+// unreachableFor is the time since an endpoint was last found down: the
+// youngest down period among the endpoints that are down (0 when none is).
+func (c *Client) unreachableFor() time.Duration {
+	now := time.Now()
+	youngest := time.Duration(-1)
+	for _, ep := range c.endpoints() {
+		ep.mu.Lock()
+		down, since := ep.down, ep.downSince
+		ep.mu.Unlock()
+		if down && (youngest < 0 || now.Sub(since) < youngest) {
+			youngest = now.Sub(since)
+		}
+	}
+	return max(youngest, 0)
+}
+
 // markDown takes ep out of rotation for its back-off period and makes sure
 // the prober will try it again. The back-off doubles only when a probe
 // fails: calls that try a down endpoint (because every endpoint is down)

@@ -19,6 +19,16 @@ const (
 	maxPassBackoff = time.Second
 )
 
+// unreachableGrace is how long after an endpoint was last found down a call
+// that reaches no node keeps trying (within RetryBudget) rather than
+// failing at once. When the node a client used dies, the others may be
+// marked down from earlier failures (a node restarted a moment ago, not
+// probed since) or their connections may still be in gRPC's reconnect
+// back-off (at most 1 s): they are tried again until this has passed. A
+// cluster dead for longer fails calls at once, so a cached answer can
+// serve.
+const unreachableGrace = 2 * time.Second
+
 // attemptFunc is one attempt of a call on one endpoint; stale is true for
 // the stale-fallback attempts of a read.
 type attemptFunc func(ctx context.Context, ep *endpoint, stale bool) error
@@ -36,9 +46,11 @@ type attemptFunc func(ctx context.Context, ep *endpoint, stale bool) error
 // caller's context ends or RetryBudget has passed since the call began (no
 // attempt starts after it, except in the first pass, which tries every
 // endpoint whatever it costs). A pass that reached no node at all ends the
-// call: at once when every endpoint was already down when it started,
-// after a second pass otherwise. Waiting does not bring a dead cluster
-// back within one call, and a cached value may answer instead.
+// call — at once when every endpoint was already down when it started,
+// after a second pass otherwise — once no endpoint was found down within
+// unreachableGrace: waiting does not bring a dead cluster back within one
+// call, and a cached value may answer instead; but the moment a node dies,
+// the others may be about to be reachable again.
 //
 // fellBack reports that the answer came from a stale-fallback attempt.
 func (c *Client) run(ctx context.Context, p policy, fn attemptFunc) (fellBack bool, err error) {
@@ -131,7 +143,7 @@ func (c *Client) run(ctx context.Context, p policy, fn attemptFunc) (fellBack bo
 				}
 			}
 		}
-		if !answered && (allDown || pass >= 1) {
+		if !answered && (allDown || pass >= 1) && c.unreachableFor() >= unreachableGrace {
 			return fail()
 		}
 		if !time.Now().Before(deadline) {
