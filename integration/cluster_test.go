@@ -50,6 +50,9 @@ type ClusterOptions struct {
 	LogTap io.Writer
 	// Metrics serves each node's /metrics (Node.MetricsURL).
 	Metrics bool
+	// StaticSeal runs the nodes under the static seal
+	// (testcluster.Options.StaticSeal).
+	StaticSeal bool
 }
 
 // NewCluster starts size nodes with bootstrap_expect = size and waits
@@ -93,6 +96,7 @@ func NewCluster(t testing.TB, size int, opts ...ClusterOptions) *Cluster {
 		MaxLeases:         o.MaxLeases,
 		Metrics:           o.Metrics,
 		LogTap:            o.LogTap,
+		StaticSeal:        o.StaticSeal,
 	})}
 }
 

@@ -5,7 +5,6 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -41,22 +40,24 @@ type snapshotHeader struct {
 	NodeID       string `json:"node_id"`
 	AppliedIndex uint64 `json:"applied_index"`
 	CreatedUnix  int64  `json:"created_unix"`
-	// SealFingerprint identifies the keys the data is encrypted under
-	// (a hash of the replicated seal record, which holds no secret).
+	// SealFingerprint identifies the keys the data is encrypted under:
+	// derived from the root key (seal.Seal.Fingerprint), so it stays the
+	// same across rekeys and seal migrations. Older files hold a hash of
+	// the seal record instead; the restore never trusts it (the MAC
+	// decides).
 	SealFingerprint string `json:"seal_fingerprint"`
 }
 
 // ErrForeignSnapshot means a snapshot was made under other keys.
 var ErrForeignSnapshot = errors.New("server: the snapshot was made under other keys (another cluster, or before a re-init): this cluster's shares could not read it; pass -force to restore it anyway")
 
-// sealFingerprint hashes the replicated seal record ("" before init).
+// sealFingerprint names the cluster's root key ("" while sealed).
 func (o *operatorServer) sealFingerprint() string {
-	raw, err := o.state.SysGet(sysSealKey)
+	fp, err := o.keys.seal.Fingerprint()
 	if err != nil {
 		return ""
 	}
-	sum := sha256.Sum256(raw)
-	return hex.EncodeToString(sum[:])
+	return fp
 }
 
 // chunkWriter sends what is written as SnapshotChunk messages.

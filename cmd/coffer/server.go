@@ -56,8 +56,8 @@ Run a coffer node. It starts sealed: initialize the cluster once with
 "coffer operator init", then unseal every node with "coffer operator unseal".
 Settings come from -config (JSON with the keys node_id, data_dir, api_addr,
 raft_addr, raft_advertise, gossip_addr, advertise, join (a list),
-bootstrap_expect, read_replica, cluster_key, max_inflight_bytes, max_leases
-and audit_files); flags
+bootstrap_expect, read_replica, cluster_key, max_inflight_bytes, max_leases,
+audit_files, seal and seal_key_file); flags
 given on the command line win over it.
 
 A cluster: start identical nodes with -bootstrap-expect=N and -join listing
@@ -66,6 +66,12 @@ N are seen. A node given neither -join nor -bootstrap-expect is a one-node
 cluster. -cluster-key (or $COFFER_CLUSTER_KEY, or cluster_key in -config;
 in that order of precedence) encrypts gossip: every node needs the same key.
 Prefer the environment or the config file: a flag shows in the process list.
+
+-seal=static -seal-key-file=PATH makes the node unseal itself at start
+with a static seal key (the same on every node; or $COFFER_SEAL_KEY): init
+then prints recovery shares instead of unseal shares. A missing or wrong key
+leaves the node sealed with a message saying why. To move a running cluster
+between the seals, see "coffer operator unseal -migrate".
 
 -dev runs a throw-away node for development: its data lives in a temporary
 directory removed on exit, it initializes itself with a single unseal key,
@@ -96,6 +102,7 @@ production.`)
 	dev := f.fs.Bool("dev", false, "run a throw-away, self-unsealed development node (NOT for production)")
 	devRootToken := f.fs.String("dev-root-token", "", "with -dev: use this root token instead of a random one")
 	cf := addClusterFlags(f, def)
+	sf := addSealFlags(f)
 	args, err := f.parse(e, args)
 	if err != nil {
 		return nil, err
@@ -178,12 +185,16 @@ production.`)
 	if err := cf.apply(f, e, &cfg, fileG); err != nil {
 		return nil, err
 	}
+	sf.apply(f, e, &cfg)
 	o := &serverOpts{cfg: cfg, level: level, format: f.format, dev: *dev, devRootToken: *devRootToken,
 		raftAddrSet: set("raft-addr") || fromFile["raft_addr"]}
 
 	if *dev {
 		if cfg.DataDir != "" {
 			return nil, usageErrorf(f.name, "-dev keeps its data in a temporary directory: drop -data-dir (and data_dir from -config)")
+		}
+		if o.cfg.Seal == server.SealStatic {
+			return nil, usageErrorf(f.name, "-dev unseals itself with its single unseal key: drop -seal=static")
 		}
 		if o.cfg.NodeID == "" {
 			o.cfg.NodeID = "dev"

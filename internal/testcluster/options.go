@@ -64,6 +64,10 @@ type Options struct {
 	// concurrent use. Tests that look for what must never be logged read
 	// it.
 	LogTap io.Writer
+	// StaticSeal runs every node under the static seal with one random
+	// key (Cluster.SealKey): the nodes unseal themselves, and Init keeps
+	// the recovery shares in Cluster.Shares.
+	StaticSeal bool
 }
 
 // Defaults of Options.
