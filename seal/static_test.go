@@ -211,3 +211,48 @@ func TestRekey(t *testing.T) {
 		})
 	}
 }
+
+// TestForgedRecordsOpenNothing: a peer that can write the replicated seal
+// record (a compromised node) forges one, to let its own shares or its
+// own static key in. The keyring is sealed by the real root key, so a
+// forged operator key or static key opens only a forged root key, and no
+// node unseals with it: the attacker's shares (or key) get nowhere, and a
+// node with the real static key refuses the forged copy too.
+func TestForgedRecordsOpenNothing(t *testing.T) {
+	key := staticKey(t)
+	real, err := InitializeStatic(DefaultConfig(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	evil, err := InitializeStatic(DefaultConfig(), staticKey(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The attacker's operator key in the real record: its shares open the
+	// attacker's root key, which does not open the real keyring.
+	forged := real.Stored.Clone()
+	forged.WrappedRootKey = evil.Stored.WrappedRootKey
+	s := New(Options{})
+	var uerr error
+	for _, sh := range evil.Shares[:3] {
+		if _, uerr = s.Unseal(forged, real.WrappedKeyring, sh); uerr != nil {
+			break
+		}
+	}
+	if !errors.Is(uerr, ErrInvalidKeyring) || !s.Sealed() {
+		t.Fatalf("attacker's shares on a forged record: %v, sealed %v", uerr, s.Sealed())
+	}
+	// The attacker's static copy in the real record: the real static key
+	// does not open it, nor does the attacker's own key open the keyring.
+	forged = real.Stored.Clone()
+	forged.StaticWrappedRootKey = evil.Stored.StaticWrappedRootKey
+	if _, err := New(Options{}).UnsealStatic(forged, real.WrappedKeyring, key); !errors.Is(err, ErrWrongStaticKey) {
+		t.Fatalf("real key on a forged static copy: %v", err)
+	}
+	// A Shamir record turned static with the attacker's copy: same.
+	shamir := mustInit(t, DefaultConfig())
+	forged = shamir.Stored.WithStatic(evil.Stored.StaticWrappedRootKey)
+	if _, err := New(Options{}).UnsealStatic(forged, shamir.WrappedKeyring, key); !errors.Is(err, ErrWrongStaticKey) {
+		t.Fatalf("forged migration: %v", err)
+	}
+}
