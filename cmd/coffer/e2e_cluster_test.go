@@ -20,6 +20,8 @@ import (
 type clusterNode struct {
 	*serverProc
 	id, gossipAddr string
+	// env and args start the node again (restart).
+	env, args []string
 }
 
 // testCluster is three real coffer processes on loopback that bootstrap
@@ -35,9 +37,10 @@ var clusterRaftFlags = []string{"-raft-heartbeat-timeout=300ms", "-raft-election
 
 // startCluster starts three nodes with -bootstrap-expect=3, each joining
 // the other two, and waits until every one answers `coffer status`. The
-// first node gets the cluster key by flag, the others by environment. A
-// port taken meanwhile restarts the attempt on fresh ports.
-func startCluster(t *testing.T) *testCluster {
+// first node gets the cluster key by flag, the others by environment;
+// every node gets the extra flags. A port taken meanwhile restarts the
+// attempt on fresh ports.
+func startCluster(t *testing.T, extra ...string) *testCluster {
 	t.Helper()
 	key := base64.StdEncoding.EncodeToString([]byte(rand.Text() + rand.Text())[:32])
 	for attempt := 0; ; attempt++ {
@@ -63,12 +66,14 @@ func startCluster(t *testing.T) *testCluster {
 				"-bootstrap-expect=3", "-join=" + strings.Join(join, ","),
 				"-log-level=warn",
 			}, clusterRaftFlags...)
+			args = append(args, extra...)
 			var env []string
 			if i == 0 {
 				args = append(args, "-cluster-key="+key)
 			} else {
 				env = []string{"COFFER_CLUSTER_KEY=" + key}
 			}
+			n.env, n.args = env, args
 			n.serverProc = launch(t, env, api, raft, args)
 		}
 		var err error
