@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"os"
+	"strings"
 	"testing"
 	"time"
 
@@ -83,7 +85,8 @@ func rekeyAll(t testing.TB, cl *api.Client, current [][]byte, shares, threshold 
 // the way: a validation error, a wrong nonce, a cancelled attempt, and a
 // wrong share that resets the progress.
 func TestRekeyWithANodeDown(t *testing.T) {
-	c, leader, root := unsealedCluster(t, ClusterOptions{})
+	logs := &syncLog{}
+	c, leader, root := unsealedCluster(t, ClusterOptions{AuditFiles: true, LogTap: logs})
 	for i := range 5 {
 		if _, err := root.Put(ctx(t), &pb.PutRequest{Path: fmt.Sprintf("secret/rekey/%d", i), Data: map[string]string{"v": fmt.Sprint(i)}}); err != nil {
 			t.Fatal(err)
@@ -180,6 +183,24 @@ func TestRekeyWithANodeDown(t *testing.T) {
 	refusesShares(t, c, down, old[1:4])
 	if err := unsealWith(t, down, fresh[1:3]); err != nil {
 		t.Fatalf("%s with the new shares: %v", down.ID, err)
+	}
+	// No share, old or new, is in a log line or an audit record (the
+	// rekey's calls are audited, their shares HMACed).
+	for _, n := range []*Node{leader, via} {
+		audit, err := os.ReadFile(n.AuditFile())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Contains(audit, []byte("Rekey")) {
+			t.Fatalf("%s audited no rekey call", n.ID)
+		}
+		for _, sh := range append(append([][]byte{}, old...), fresh...) {
+			for _, form := range keyForms(sh) {
+				if bytes.Contains(audit, []byte(form)) || strings.Contains(logs.String(), form) {
+					t.Fatalf("a share is in %s's audit file or the logs", n.ID)
+				}
+			}
+		}
 	}
 	dl := c.Client(t, down)
 	for i := range 5 {
