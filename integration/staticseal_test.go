@@ -96,9 +96,12 @@ func TestStaticSeal(t *testing.T) {
 	c.RestartAll(t)
 	c.WaitForLeader(t)
 	waitUnsealed(t, c, c.Nodes()...)
+	// Default reads: each node catches up with the leader before it
+	// answers (a follower may not have applied the last writes before the
+	// kill).
 	for _, n := range c.Nodes() {
 		for i := range 5 {
-			g, err := n.KV.Get(c.Auth(t), &pb.GetRequest{Path: fmt.Sprintf("secret/static/%d", i), Read: &pb.ReadOptions{Consistency: pb.Consistency_CONSISTENCY_STALE}})
+			g, err := n.KV.Get(c.Auth(t), &pb.GetRequest{Path: fmt.Sprintf("secret/static/%d", i)})
 			if err != nil || g.Data["v"] != fmt.Sprint(i) {
 				t.Fatalf("%s secret/static/%d after the restart: %v, %v", n.ID, i, g, err)
 			}
@@ -305,21 +308,26 @@ func migrate(t *testing.T, c *Cluster, key []byte, to string) {
 	if key != nil {
 		waitUnsealed(t, c, leader)
 	} else {
-		if s := c.Status(t, leader).Seal; !s.Sealed || s.Migration {
-			t.Fatalf("%s under the Shamir seal again: %+v", leader.ID, s)
-		}
+		// It catches up with the migrated record from the leader (it may
+		// have stopped before applying it).
+		testcluster.WaitFor(t, 10*time.Second, leader.ID+" under the Shamir seal again", func() error {
+			if s := c.Status(t, leader).Seal; !s.Sealed || s.Migration {
+				return fmt.Errorf("%+v", s)
+			}
+			return nil
+		})
 		c.Unseal(t, leader, 0)
 	}
 	c.WaitForLeader(t)
 }
 
-// checkSecrets reads every secret on every node (stale reads, so each
-// node answers from its own state).
+// checkSecrets reads every secret on every node (default reads: each node
+// answers from its own state once it has caught up with the leader).
 func checkSecrets(t *testing.T, c *Cluster, secrets int) {
 	t.Helper()
 	for _, n := range c.Running() {
 		for i := range secrets {
-			g, err := n.KV.Get(c.Auth(t), &pb.GetRequest{Path: fmt.Sprintf("secret/mig/%d", i), Read: &pb.ReadOptions{Consistency: pb.Consistency_CONSISTENCY_STALE}})
+			g, err := n.KV.Get(c.Auth(t), &pb.GetRequest{Path: fmt.Sprintf("secret/mig/%d", i)})
 			if err != nil || g.Data["v"] != fmt.Sprint(i) {
 				t.Fatalf("%s secret/mig/%d: %v, %v", n.ID, i, g, err)
 			}
