@@ -208,6 +208,9 @@ func (y *sysServer) unsealReady(stored *seal.Stored, migrate bool) error {
 	n := y.nseal
 	pending := n.pending(stored)
 	switch {
+	case pending && migrate && n.static() && n.keyProblem() != "":
+		// A migration to the static seal needs the key it wraps with.
+		return withMessage(ErrAutoUnseal, "%s", n.keyProblem())
 	case pending && !migrate:
 		return withMessage(ErrSealMigration, "%s", y.sealMessage(stored))
 	case !pending && migrate:

@@ -2,8 +2,10 @@ package httpapi_test
 
 import (
 	"encoding/hex"
+	"fmt"
 	"net/http"
 	"testing"
+	"time"
 
 	vault "github.com/hashicorp/vault/api"
 
@@ -97,5 +99,53 @@ func TestVaultRekey(t *testing.T) {
 	}
 	if last.Sealed || last.Type != "shamir" || last.T != 2 || last.N != 3 {
 		t.Fatalf("unseal with the new shares: %+v", last)
+	}
+}
+
+// TestVaultStaticSeal initializes a cluster under the static seal with
+// Vault's client: recovery_shares and recovery_threshold give recovery
+// keys (no unseal keys), every node unseals itself, and seal-status says
+// type static with recovery_seal. A rekey over HTTP takes the recovery
+// keys.
+func TestVaultStaticSeal(t *testing.T) {
+	c := testcluster.Start(t, 3, testcluster.Options{HTTP: true, StaticSeal: true})
+	leader := c.WaitForLeader(t)
+	ctx := testCtx(t)
+	sys := vaultClient(t, c, leader, "", false).Sys()
+	st, err := sys.SealStatusWithContext(ctx)
+	if err != nil || st.Type != "static" || !st.RecoverySeal || st.Initialized || !st.Sealed {
+		t.Fatalf("before init: %+v, %v", st, err)
+	}
+	init, err := sys.InitWithContext(ctx, &vault.InitRequest{RecoveryShares: 3, RecoveryThreshold: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(init.RecoveryKeys) != 3 || len(init.RecoveryKeysB64) != 3 || len(init.Keys) != 0 || init.RootToken == "" {
+		t.Fatalf("init: %+v", init)
+	}
+	for _, n := range c.Nodes() {
+		testcluster.WaitFor(t, 15*time.Second, n.ID+" unsealed", func() error {
+			st, err := vaultClient(t, c, n, "", false).Sys().SealStatusWithContext(ctx)
+			if err != nil {
+				return err
+			}
+			if st.Sealed || st.Type != "static" || !st.RecoverySeal || st.Migration || st.T != 2 || st.N != 3 {
+				return fmt.Errorf("%s: %+v", n.ID, st)
+			}
+			return nil
+		})
+	}
+	rk, err := sys.RekeyInitWithContext(ctx, &vault.RekeyInitRequest{SecretShares: 2, SecretThreshold: 2})
+	if err != nil || rk.Required != 2 {
+		t.Fatalf("rekey init: %+v, %v", rk, err)
+	}
+	var up *vault.RekeyUpdateResponse
+	for _, k := range init.RecoveryKeysB64[1:] {
+		if up, err = sys.RekeyUpdateWithContext(ctx, k, rk.Nonce); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !up.Complete || len(up.KeysB64) != 2 {
+		t.Fatalf("rekey with recovery keys: %+v", up)
 	}
 }
