@@ -91,7 +91,8 @@ type Config struct {
 	Seal string `json:"seal,omitempty"`
 	// SealKeyFile (SealStatic) is the file holding the static seal key:
 	// 32 raw bytes, or their base64 or hex text. SealKey, when set, is the
-	// key's text itself ($COFFER_SEAL_KEY) and wins over the file. A file
+	// key's text itself ($COFFER_SEAL_KEY) and wins over the file; New
+	// zeroes it once it has read it. A file
 	// that is missing or does not hold the cluster's key leaves the node
 	// sealed, saying so in one log line and in its status.
 	SealKeyFile string `json:"seal_key_file,omitempty"`

@@ -318,6 +318,9 @@ func (s *Server) wire() error {
 	s.sys.rootGen.limit = newUnsealLimiter()
 	s.sys.rekey.limit = newUnsealLimiter()
 	s.sys.nseal = newNodeSeal(s.cfg)
+	// The key's text is in nseal now (parsed); no second copy stays.
+	clear(s.cfg.SealKey)
+	s.cfg.SealKey = nil
 	kv := &kvServer{nodeID: id, store: s.fsm, props: props, keys: s.keys, reads: reads, leader: s.link, stopCtx: s.life.stopCtx}
 	op := &operatorServer{nodeID: id, dataDir: s.cfg.DataDir, raft: s.raft, state: s.fsm, keys: s.keys, link: s.link, logger: logger}
 	cluster := &clusterServer{nodeID: id, raft: s.raft, state: s.fsm, link: s.link}

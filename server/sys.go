@@ -216,7 +216,7 @@ func (y *sysServer) Unseal(ctx context.Context, req *pb.UnsealRequest) (*pb.Seal
 }
 
 // unsealCatchUpTimeout bounds how long an unseal looks for a leader and
-// then waits to apply its commit index.
+// then waits to apply what the leader has applied.
 const unsealCatchUpTimeout = 5 * time.Second
 
 // catchUpWithLeader waits until this node has applied what the leader
