@@ -25,6 +25,12 @@ func (c *Client) Unseal(ctx context.Context, key []byte) (*pb.SealStatus, error)
 	return c.unseal(ctx, &pb.UnsealRequest{Key: key})
 }
 
+// UnsealMigrate submits one key share to the first endpoint's node for a
+// seal migration (`coffer operator unseal -migrate`).
+func (c *Client) UnsealMigrate(ctx context.Context, key []byte) (*pb.SealStatus, error) {
+	return c.unseal(ctx, &pb.UnsealRequest{Key: key, Migrate: true})
+}
+
 // UnsealReset discards the shares the first endpoint's node holds so far.
 func (c *Client) UnsealReset(ctx context.Context) (*pb.SealStatus, error) {
 	return c.unseal(ctx, &pb.UnsealRequest{Reset_: true})
@@ -103,6 +109,19 @@ func (c *Client) GenerateRoot(ctx context.Context, req *pb.GenerateRootRequest) 
 	var resp *pb.GenerateRootStatus
 	err := c.callNode(ctx, func(ctx context.Context, cc *grpc.ClientConn) (err error) {
 		resp, err = pb.NewSysClient(cc).GenerateRoot(ctx, req)
+		return err
+	})
+	return resp, err
+}
+
+// Rekey runs one step of a rekey (req.Action: status, init, update,
+// cancel) on the leader. It is sent at most once: a share sent twice
+// would be refused as a duplicate, and the last share's answer carries
+// the new shares, which are never shown again.
+func (c *Client) Rekey(ctx context.Context, req *pb.RekeyRequest) (*pb.RekeyStatus, error) {
+	var resp *pb.RekeyStatus
+	err := c.callNode(ctx, func(ctx context.Context, cc *grpc.ClientConn) (err error) {
+		resp, err = pb.NewSysClient(cc).Rekey(ctx, req)
 		return err
 	})
 	return resp, err

@@ -56,6 +56,9 @@ type ClusterOptions struct {
 	SnapshotRetain   int
 	// SnapshotSharedDir makes every node write its snapshots there.
 	SnapshotSharedDir string
+	// StaticSeal runs the nodes under the static seal
+	// (testcluster.Options.StaticSeal).
+	StaticSeal bool
 }
 
 // NewCluster starts size nodes with bootstrap_expect = size and waits
@@ -102,6 +105,7 @@ func NewCluster(t testing.TB, size int, opts ...ClusterOptions) *Cluster {
 		SnapshotInterval:  o.SnapshotInterval,
 		SnapshotRetain:    o.SnapshotRetain,
 		SnapshotSharedDir: o.SnapshotSharedDir,
+		StaticSeal:        o.StaticSeal,
 	})}
 }
 

@@ -213,8 +213,9 @@ func appendLegacyAAD(dst []byte, term uint32, path string) []byte {
 // Labels binding wrapped keys to their role, so a wrapped keyring can never
 // be unwrapped as a root key or the reverse.
 const (
-	aadRootKey = "coffer/root-key"
-	aadKeyring = "coffer/keyring"
+	aadRootKey       = "coffer/root-key"
+	aadStaticRootKey = "coffer/static-root-key"
+	aadKeyring       = "coffer/keyring"
 )
 
 // wrappedKeySize is the size of a wrapped KeySize-byte key.

@@ -52,4 +52,12 @@ var (
 	// ErrTermsExhausted is returned by Rotate when no further key term can be
 	// numbered.
 	ErrTermsExhausted = errors.New("seal: key terms exhausted: this keyring cannot be rotated any further")
+
+	// ErrInvalidStaticKey is returned for a static seal key that is not
+	// 32 bytes (raw, or base64 or hex text).
+	ErrInvalidStaticKey = errors.New("seal: invalid static seal key: give 32 random bytes, raw or as base64 or hex text (e.g. from `head -c 32 /dev/urandom | base64`)")
+
+	// ErrWrongStaticKey is returned when the static seal key does not open
+	// the root key the record holds for it.
+	ErrWrongStaticKey = errors.New("seal: the static seal key does not open this cluster's root key: give the node the key the cluster's other nodes use and restart it")
 )

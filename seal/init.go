@@ -1,6 +1,7 @@
 package seal
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 )
@@ -39,22 +40,85 @@ func (c Config) shareSize() int {
 	return KeySize + 1
 }
 
+// Seal types: how a node gets the key that opens the root key when it
+// starts.
+const (
+	// TypeShamir: the operator key's shares unseal a node (the default).
+	TypeShamir = "shamir"
+	// TypeStatic: a static key every node holds (-seal-key-file) opens a
+	// second copy of the root key, so nodes unseal themselves; the
+	// operator key's shares are recovery shares.
+	TypeStatic = "static"
+)
+
 // Stored is what the cluster stores about the seal, replicated through Raft.
 // It holds no secret in clear.
+//
+// WrappedRootKey is the root key sealed by the operator key, whose shares
+// are the unseal shares (Shamir seal) or the recovery shares (static
+// seal): one key, so that rekey, generate-root and the migrations between
+// the seals work alike in both. Under the static seal the record also
+// holds the root key sealed by the static key.
 type Stored struct {
 	Shares, Threshold int
-	WrappedRootKey    []byte // root key sealed by the unseal key (AES-GCM)
+	WrappedRootKey    []byte // root key sealed by the operator key (AES-GCM)
+	// Type is TypeShamir or TypeStatic; "" (records written before the
+	// static seal existed) means TypeShamir.
+	Type string
+	// StaticWrappedRootKey (TypeStatic only) is the root key sealed by
+	// the static seal key.
+	StaticWrappedRootKey []byte
 }
 
-// storedVersion is the version of Stored's encoding.
-const storedVersion = 1
+// Encoding versions of Stored: 1 is the Shamir record (byte for byte what
+// builds before the static seal wrote, so they still read it), 2 a record
+// with a seal type.
+const (
+	storedVersion      = 1
+	storedVersionTyped = 2
+)
 
 // storedJSON is Stored's encoding.
 type storedJSON struct {
-	Version        int    `json:"version"`
-	Shares         int    `json:"shares"`
-	Threshold      int    `json:"threshold"`
-	WrappedRootKey []byte `json:"wrapped_root_key"`
+	Version              int    `json:"version"`
+	Shares               int    `json:"shares"`
+	Threshold            int    `json:"threshold"`
+	WrappedRootKey       []byte `json:"wrapped_root_key"`
+	Type                 string `json:"type,omitempty"`
+	StaticWrappedRootKey []byte `json:"static_wrapped_root_key,omitempty"`
+}
+
+// SealType is s's seal type, TypeShamir for a record without one.
+func (s *Stored) SealType() string {
+	if s.Type == "" {
+		return TypeShamir
+	}
+	return s.Type
+}
+
+// Clone returns a deep copy of s.
+func (s *Stored) Clone() *Stored {
+	c := *s
+	c.WrappedRootKey = bytes.Clone(s.WrappedRootKey)
+	c.StaticWrappedRootKey = bytes.Clone(s.StaticWrappedRootKey)
+	return &c
+}
+
+// WithStatic returns a copy of s under the static seal, with the root key
+// sealed by the static key (from Seal.WrapRootKeyStatic): the migration
+// from the Shamir seal, whose unseal shares become recovery shares.
+func (s *Stored) WithStatic(staticWrapped []byte) *Stored {
+	c := s.Clone()
+	c.Type, c.StaticWrappedRootKey = TypeStatic, bytes.Clone(staticWrapped)
+	return c
+}
+
+// WithoutStatic returns a copy of s under the Shamir seal: the migration
+// from the static seal, whose recovery shares become unseal shares.
+func (s *Stored) WithoutStatic() *Stored {
+	c := s.Clone()
+	c.Type, c.StaticWrappedRootKey = "", nil
+	return c
 }
 
 // config returns the seal configuration s records.
@@ -68,19 +132,36 @@ func (s *Stored) validate() error {
 	if len(s.WrappedRootKey) != wrappedKeySize {
 		return fmt.Errorf("%w: wrapped root key is %d bytes, want %d", ErrInvalidStored, len(s.WrappedRootKey), wrappedKeySize)
 	}
+	switch s.Type {
+	case "", TypeShamir:
+		if len(s.StaticWrappedRootKey) != 0 {
+			return fmt.Errorf("%w: a Shamir seal record holds a static-wrapped root key", ErrInvalidStored)
+		}
+	case TypeStatic:
+		if len(s.StaticWrappedRootKey) != wrappedKeySize {
+			return fmt.Errorf("%w: static-wrapped root key is %d bytes, want %d", ErrInvalidStored, len(s.StaticWrappedRootKey), wrappedKeySize)
+		}
+	default:
+		return fmt.Errorf("%w: unknown seal type %q", ErrInvalidStored, s.Type)
+	}
 	return nil
 }
 
 // Marshal encodes s as JSON with a version field. The encoding is stable:
-// the same Stored always gives the same bytes.
+// the same Stored always gives the same bytes, and a Shamir record the
+// bytes of encoding version 1.
 func (s *Stored) Marshal() []byte {
-	b, err := json.Marshal(storedJSON{
+	j := storedJSON{
 		Version:        storedVersion,
 		Shares:         s.Shares,
 		Threshold:      s.Threshold,
 		WrappedRootKey: s.WrappedRootKey,
-	})
-	if err != nil { // ints and a byte slice always encode
+	}
+	if s.SealType() != TypeShamir {
+		j.Version, j.Type, j.StaticWrappedRootKey = storedVersionTyped, s.Type, s.StaticWrappedRootKey
+	}
+	b, err := json.Marshal(j)
+	if err != nil { // ints, strings and byte slices always encode
 		panic("seal: internal error: encoding the seal configuration: " + err.Error())
 	}
 	return b
@@ -94,10 +175,15 @@ func UnmarshalStored(b []byte) (*Stored, error) {
 	if err := json.Unmarshal(b, &j); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrInvalidStored, err)
 	}
-	if j.Version != storedVersion {
+	switch {
+	case j.Version == storedVersion && (j.Type != "" || len(j.StaticWrappedRootKey) != 0):
+		return nil, fmt.Errorf("%w: a version 1 record has no seal type", ErrInvalidStored)
+	case j.Version == storedVersionTyped && (j.Type == "" || j.Type == TypeShamir):
+		return nil, fmt.Errorf("%w: a version 2 record names a seal type other than Shamir", ErrInvalidStored)
+	case j.Version != storedVersion && j.Version != storedVersionTyped:
 		return nil, fmt.Errorf("%w: unknown encoding version %d", ErrInvalidStored, j.Version)
 	}
-	s := &Stored{Shares: j.Shares, Threshold: j.Threshold, WrappedRootKey: j.WrappedRootKey}
+	s := &Stored{Shares: j.Shares, Threshold: j.Threshold, WrappedRootKey: j.WrappedRootKey, Type: j.Type, StaticWrappedRootKey: j.StaticWrappedRootKey}
 	if err := s.validate(); err != nil {
 		return nil, err
 	}
@@ -121,6 +207,21 @@ type InitResult struct {
 // root key. The unseal key, root key and keyring are zeroed before it
 // returns. Invalid configurations give an error wrapping ErrInvalidConfig.
 func Initialize(cfg Config) (*InitResult, error) {
+	return initialize(cfg, nil)
+}
+
+// InitializeStatic is Initialize under the static seal: the record also
+// holds the root key sealed by staticKey (see ParseStaticKey), and the
+// shares are recovery shares, needed for generate-root, rekey and a
+// migration back to the Shamir seal, but not to unseal.
+func InitializeStatic(cfg Config, staticKey []byte) (*InitResult, error) {
+	if len(staticKey) != KeySize {
+		return nil, ErrInvalidStaticKey
+	}
+	return initialize(cfg, staticKey)
+}
+
+func initialize(cfg Config, staticKey []byte) (*InitResult, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -151,6 +252,14 @@ func Initialize(cfg Config) (*InitResult, error) {
 	if err != nil {
 		return nil, err
 	}
+	stored := &Stored{Shares: cfg.Shares, Threshold: cfg.Threshold, WrappedRootKey: wrappedRootKey}
+	if staticKey != nil {
+		sw, err := wrap(staticKey, rootKey, aadStaticRootKey)
+		if err != nil {
+			return nil, err
+		}
+		stored = stored.WithStatic(sw)
+	}
 
 	var shares [][]byte
 	if cfg.Shares == 1 {
@@ -159,7 +268,7 @@ func Initialize(cfg Config) (*InitResult, error) {
 		return nil, err
 	}
 	return &InitResult{
-		Stored:         &Stored{Shares: cfg.Shares, Threshold: cfg.Threshold, WrappedRootKey: wrappedRootKey},
+		Stored:         stored,
 		WrappedKeyring: wrappedKeyring,
 		Shares:         shares,
 		Barrier:        barrier,

@@ -6,6 +6,7 @@ import (
 	"crypto/hmac"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"fmt"
 	"hash"
 	"sync"
@@ -21,6 +22,9 @@ type Status struct {
 	Initialized, Sealed         bool
 	Shares, Threshold, Progress int
 	Term                        uint32 // active data-key term when unsealed, else 0
+	// Type is the cluster's seal type (TypeShamir or TypeStatic; "" before
+	// init).
+	Type string
 }
 
 // Options configures a Seal. The zero value gives the defaults.
@@ -93,6 +97,7 @@ func (s *Seal) statusLocked(stored *Stored) Status {
 		Sealed:      s.barrier == nil,
 		Shares:      stored.Shares,
 		Threshold:   stored.Threshold,
+		Type:        stored.SealType(),
 	}
 	if s.barrier != nil {
 		st.Term = s.barrier.ActiveTerm()
@@ -483,6 +488,24 @@ func (s *Seal) SnapshotMAC() (hash.Hash, error) {
 	}
 	defer clear(key)
 	return hmac.New(sha256.New, key), nil
+}
+
+// Fingerprint names the cluster's keys without revealing them: the hex of
+// 16 bytes derived from the root key (HKDF-SHA256 with its own label).
+// The root key survives rekeys, seal migrations and data-key rotations,
+// so the fingerprint does too; another cluster's (or a re-initialized
+// one's) differs. ErrSealed when the node holds no keys.
+func (s *Seal) Fingerprint() (string, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.barrier == nil {
+		return "", ErrSealed
+	}
+	fp, err := hkdf.Key(sha256.New, s.rootKey, nil, "coffer cluster fingerprint v1", 16)
+	if err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(fp), nil
 }
 
 // installKeyring is InstallKeyring.

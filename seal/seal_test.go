@@ -70,7 +70,7 @@ func checkUnsealed(t *testing.T, s *Seal, term uint32) {
 func TestUnsealProgress(t *testing.T) {
 	res := mustInit(t, Config{5, 3})
 	s := New(Options{})
-	want := Status{Initialized: true, Sealed: true, Shares: 5, Threshold: 3}
+	want := Status{Initialized: true, Sealed: true, Shares: 5, Threshold: 3, Type: TypeShamir}
 	if st := s.Status(res.Stored); st != want {
 		t.Fatalf("initial status %+v, want %+v", st, want)
 	}
@@ -80,7 +80,7 @@ func TestUnsealProgress(t *testing.T) {
 		t.Fatalf("after 2 shares: %+v, want %+v", st, want)
 	}
 	st = submit(t, s, res, res.Shares[2])
-	want = Status{Initialized: true, Shares: 5, Threshold: 3, Term: 1}
+	want = Status{Initialized: true, Shares: 5, Threshold: 3, Term: 1, Type: TypeShamir}
 	if st != want || s.Status(res.Stored) != want {
 		t.Fatalf("after 3 shares: %+v, want %+v", st, want)
 	}
@@ -446,7 +446,7 @@ func TestDevOneOfOne(t *testing.T) {
 		t.Fatalf("wrong key: %v, want ErrWrongShares", err)
 	}
 	st := submit(t, s, res, res.Shares[0])
-	if st != (Status{Initialized: true, Shares: 1, Threshold: 1, Term: 1}) {
+	if st != (Status{Initialized: true, Shares: 1, Threshold: 1, Term: 1, Type: TypeShamir}) {
 		t.Fatalf("status %+v", st)
 	}
 	checkUnsealed(t, s, 1)

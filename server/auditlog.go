@@ -94,14 +94,15 @@ func (a *auditor) close() error {
 func (a *auditor) on() bool { return a != nil && a.broker != nil }
 
 // audited: calls with a token, logins, and the public calls that carry
-// secrets (init, unseal, generate-root). Health checks, status and
+// secrets (init, unseal, generate-root, rekey). Health checks, status and
 // node-to-node calls are not.
 func audited(r route.Route) bool {
 	switch r.Access {
 	case route.Token, route.Login:
 		return true
 	}
-	return r.Method == pb.Sys_Init_FullMethodName || r.Method == pb.Sys_Unseal_FullMethodName || r.Method == pb.Sys_GenerateRoot_FullMethodName
+	return r.Method == pb.Sys_Init_FullMethodName || r.Method == pb.Sys_Unseal_FullMethodName || r.Method == pb.Sys_GenerateRoot_FullMethodName ||
+		r.Method == pb.Sys_Rekey_FullMethodName
 }
 
 // ensureSalt gives the broker the cluster's salt once the node can open

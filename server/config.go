@@ -9,6 +9,7 @@ import (
 	"coffer/internal/ports"
 	"coffer/internal/tlsutil"
 	"coffer/replication"
+	"coffer/seal"
 )
 
 // Config configures one coffer node: one tree, filled by flags, the
@@ -88,6 +89,18 @@ type Config struct {
 	// (-snapshot-interval, -snapshot-dir, -snapshot-retain); off unless
 	// Interval and Dir are set. See snapshots.go.
 	Snapshots SnapshotSchedule `json:"-"`
+	// Seal is how the node gets the key that opens the root key when it
+	// starts: SealShamir ("" too), from a threshold of unseal shares, or
+	// SealStatic, from the static seal key, by itself (auto-unseal).
+	Seal string `json:"seal,omitempty"`
+	// SealKeyFile (SealStatic) is the file holding the static seal key:
+	// 32 raw bytes, or their base64 or hex text. SealKey, when set, is the
+	// key's text itself ($COFFER_SEAL_KEY) and wins over the file; New
+	// zeroes it once it has read it. A file
+	// that is missing or does not hold the cluster's key leaves the node
+	// sealed, saying so in one log line and in its status.
+	SealKeyFile string `json:"seal_key_file,omitempty"`
+	SealKey     []byte `json:"-"`
 
 	// IdempotencyWindow is how long a write's request id is remembered.
 	IdempotencyWindow time.Duration `json:"-"`
@@ -150,6 +163,12 @@ func DefaultConfig() Config {
 		ShutdownTimeout:   5 * time.Second,
 	}
 }
+
+// Seal types of Config.Seal.
+const (
+	SealShamir = seal.TypeShamir
+	SealStatic = seal.TypeStatic
+)
 
 // DefaultMaxLeases is the cluster's bound on live leases unless
 // -max-leases says otherwise.
@@ -217,6 +236,18 @@ func (c Config) Validate() error {
 	}
 	if err := c.Snapshots.Validate(); err != nil {
 		return err
+	}
+	switch c.Seal {
+	case "", SealShamir:
+		if c.SealKeyFile != "" || len(c.SealKey) > 0 {
+			return errors.New("server: a static seal key is set but the seal is Shamir: pass -seal=static to unseal with it, or drop -seal-key-file (and $COFFER_SEAL_KEY)")
+		}
+	case SealStatic:
+		if c.SealKeyFile == "" && len(c.SealKey) == 0 {
+			return errors.New("server: -seal=static needs the static seal key: set -seal-key-file=PATH (32 random bytes, raw or base64 or hex) or $COFFER_SEAL_KEY")
+		}
+	default:
+		return fmt.Errorf("server: -seal=%q is unknown: want shamir or static", c.Seal)
 	}
 	if c.BootstrapExpect < 0 {
 		return fmt.Errorf("server: -bootstrap-expect=%d: want a positive number of nodes", c.BootstrapExpect)

@@ -75,6 +75,13 @@ var (
 	// ErrDatabaseError means the database refused a statement; the
 	// wrapping message carries its error.
 	ErrDatabaseError = errors.New("server: the database refused a statement: fix the role's statements")
+	// ErrSealMigration means an unseal's -migrate does not match the
+	// node: a migration is pending and the share came without it, or none
+	// is and it came with it. The wrapping message says which.
+	ErrSealMigration = errors.New("server: seal migration: the node's seal and the cluster's seal record differ: unseal with `coffer operator unseal -migrate`")
+	// ErrAutoUnseal means shares were sent to unseal a node that unseals
+	// itself with its static seal key.
+	ErrAutoUnseal = errors.New("server: this node unseals itself with its static seal key: shares do not unseal it (recovery shares serve generate-root, rekey and `coffer operator unseal -migrate`)")
 	// ErrStorage means the node's state machine failed to persist and the
 	// node stopped acknowledging writes.
 	ErrStorage = errors.New("server: this node cannot persist writes (disk full or I/O error): use another node and check its disk")
@@ -142,6 +149,10 @@ var codeTable = []struct {
 	{seal.ErrInvalidShare, codes.InvalidArgument, pb.ErrorReason_INVALID_SHARE},
 	{seal.ErrDuplicateShare, codes.InvalidArgument, pb.ErrorReason_DUPLICATE_SHARE},
 	{seal.ErrWrongShares, codes.InvalidArgument, pb.ErrorReason_WRONG_SHARES},
+	{seal.ErrInvalidStaticKey, codes.FailedPrecondition, pb.ErrorReason_STATIC_SEAL_KEY},
+	{seal.ErrWrongStaticKey, codes.FailedPrecondition, pb.ErrorReason_STATIC_SEAL_KEY},
+	{ErrSealMigration, codes.FailedPrecondition, pb.ErrorReason_SEAL_MIGRATION},
+	{ErrAutoUnseal, codes.FailedPrecondition, pb.ErrorReason_STATIC_SEAL_KEY},
 	{seal.ErrInvalidConfig, codes.InvalidArgument, pb.ErrorReason_INVALID_SEAL_CONFIG},
 	{seal.ErrInvalidSplit, codes.InvalidArgument, pb.ErrorReason_INVALID_SEAL_CONFIG},
 	{seal.ErrTermsExhausted, codes.ResourceExhausted, pb.ErrorReason_TERMS_EXHAUSTED},

@@ -99,6 +99,11 @@ func (k *keys) sealNode() {
 	}
 	k.health.SetServingStatus(kvHealthName, healthpb.HealthCheckResponse_NOT_SERVING)
 	k.gossip.SetSealed(true)
+	k.nudgeDuties()
+}
+
+// nudgeDuties wakes the leader duties (when this node leads).
+func (k *keys) nudgeDuties() {
 	select {
 	case k.nudge <- struct{}{}:
 	default:

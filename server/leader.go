@@ -116,6 +116,11 @@ func (s *Server) leaderDuties(ctx context.Context) {
 				s.logger.Info("removed expired secret_ids", "count", n)
 			}
 		}
+		if !s.keys.Sealed() {
+			if err := s.sys.migrateRecord(ctx); err != nil && ctx.Err() == nil {
+				s.logger.Warn("writing the migrated seal record failed; retrying", "error", err)
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return

@@ -323,6 +323,11 @@ func (s *Server) wire() error {
 	pol := &policyServer{store: policies, keys: s.keys, props: props, logger: logger}
 	s.sys = &sysServer{nodeID: id, keys: s.keys, store: s.fsm, props: props, raft: s.raft, link: s.link, logger: logger, unseals: newUnsealLimiter(), insecure: s.tls == nil, audit: s.audit}
 	s.sys.rootGen.limit = newUnsealLimiter()
+	s.sys.rekey.limit = newUnsealLimiter()
+	s.sys.nseal = newNodeSeal(s.cfg)
+	// The key's text is in nseal now (parsed); no second copy stays.
+	clear(s.cfg.SealKey)
+	s.cfg.SealKey = nil
 	kv := &kvServer{nodeID: id, store: s.fsm, props: props, keys: s.keys, reads: reads, leader: s.link, stopCtx: s.life.stopCtx}
 	op := &operatorServer{nodeID: id, dataDir: s.cfg.DataDir, raft: s.raft, state: s.fsm, keys: s.keys, link: s.link, logger: logger}
 	cluster := &clusterServer{nodeID: id, raft: s.raft, state: s.fsm, link: s.link}
@@ -446,7 +451,17 @@ func (s *Server) Start() error {
 		defer s.life.bg.Done()
 		s.metrics.watchLeader(s)
 	}()
-	s.logger.Info("serving", "node_id", s.cfg.NodeID, "api_addr", s.lis.Addr().String(), "raft_addr", s.raft.Addr())
+	s.logger.Info("serving", "node_id", s.cfg.NodeID, "api_addr", s.lis.Addr().String(), "raft_addr", s.raft.Addr(), "seal", s.sys.nseal.typ)
+	if s.sys.nseal.static() {
+		if p := s.sys.nseal.keyProblem(); p != "" {
+			s.sys.note(p)
+		}
+		s.life.bg.Add(1)
+		go func() {
+			defer s.life.bg.Done()
+			s.sys.autoUnseal(s.life.stopCtx)
+		}()
+	}
 	s.startHTTP()
 	s.life.bg.Add(1)
 	go func() {
@@ -540,6 +555,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		// 3. Drop the keys, 4. leave gossip and stop Raft, 5. close bbolt.
 		s.keys.seal.Seal()
+		s.sys.nseal.zero()
 		s.audit.forget()
 		s.link.conns.close()
 		s.logins.jwt.close()
@@ -565,6 +581,7 @@ func (s *Server) Kill() {
 		s.stopHTTP(nil)
 		s.health.Shutdown()
 		s.keys.seal.Seal()
+		s.sys.nseal.zero()
 		s.audit.forget()
 		s.link.conns.close()
 		s.logins.jwt.close()

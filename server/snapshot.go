@@ -2,8 +2,6 @@ package server
 
 import (
 	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -31,14 +29,13 @@ const (
 // ErrForeignSnapshot means a snapshot was made under other keys.
 var ErrForeignSnapshot = errors.New("server: the snapshot was made under other keys (another cluster, or before a re-init): this cluster's shares could not read it; pass -force to restore it anyway")
 
-// sealFingerprint hashes the replicated seal record ("" before init).
+// sealFingerprint names the cluster's root key ("" while sealed).
 func (o *operatorServer) sealFingerprint() string {
-	raw, err := o.state.SysGet(sysSealKey)
+	fp, err := o.keys.seal.Fingerprint()
 	if err != nil {
 		return ""
 	}
-	sum := sha256.Sum256(raw)
-	return hex.EncodeToString(sum[:])
+	return fp
 }
 
 // chunkWriter sends what is written as SnapshotChunk messages.

@@ -40,6 +40,10 @@ type sysServer struct {
 	audit *auditor
 	// rootGen is the generate-root attempt in progress (leader).
 	rootGen rootGeneration
+	// rekey is the rekey attempt in progress (leader).
+	rekey rekeying
+	// nseal is this node's seal (Shamir or static) and its migration.
+	nseal *nodeSeal
 }
 
 // sysState reads the replicated sys table and the applied index.
@@ -74,6 +78,9 @@ func (y *sysServer) Init(ctx context.Context, req *pb.InitRequest) (*pb.InitResp
 	y.initMu.Lock()
 	defer y.initMu.Unlock()
 	cfg := seal.Config{Shares: int(req.SecretShares), Threshold: int(req.SecretThreshold)}
+	if y.nseal.static() && (req.RecoveryShares != 0 || req.RecoveryThreshold != 0) {
+		cfg = seal.Config{Shares: int(req.RecoveryShares), Threshold: int(req.RecoveryThreshold)}
+	}
 	if cfg.Shares == 0 && cfg.Threshold == 0 {
 		cfg = seal.Config{Shares: defaultShares, Threshold: defaultThreshold}
 	}
@@ -89,7 +96,21 @@ func (y *sysServer) Init(ctx context.Context, req *pb.InitRequest) (*pb.InitResp
 	if _, err := y.store.SysGet(sysSealKey); err == nil {
 		return nil, ErrAlreadyInitialized
 	}
-	res, err := seal.Initialize(cfg)
+	var res *seal.InitResult
+	var err error
+	if y.nseal.static() {
+		// The node that runs init (the leader) decides the seal: under the
+		// static seal the record also holds the root key sealed by its
+		// static key, and the shares are recovery shares.
+		if p := y.nseal.keyProblem(); p != "" {
+			return nil, withMessage(ErrAutoUnseal, "cannot initialize under the static seal: %s", p)
+		}
+		y.nseal.mu.Lock()
+		res, err = seal.InitializeStatic(cfg, y.nseal.key)
+		y.nseal.mu.Unlock()
+	} else {
+		res, err = seal.Initialize(cfg)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -113,7 +134,10 @@ func (y *sysServer) Init(ctx context.Context, req *pb.InitRequest) (*pb.InitResp
 	if err != nil {
 		return nil, err
 	}
-	y.logger.Info("initialized", "shares", cfg.Shares, "threshold", cfg.Threshold)
+	y.logger.Info("initialized", "shares", cfg.Shares, "threshold", cfg.Threshold, "seal", res.Stored.SealType())
+	if y.nseal.static() {
+		return &pb.InitResponse{RecoveryKeys: res.Shares, RootToken: token}, nil
+	}
 	return &pb.InitResponse{Keys: res.Shares, RootToken: token}, nil
 }
 
@@ -129,18 +153,31 @@ func (y *sysServer) storedSeal() (*seal.Stored, error) {
 	return seal.UnmarshalStored(raw)
 }
 
-// Unseal adds one key share to this node's progress, or resets it.
+// Unseal adds one key share to this node's progress, or resets it. Before
+// it takes the share, a node that hears from a leader catches up with it
+// (bounded), so that a node that was down during a rekey refuses the old
+// shares as every other node does; with no leader in reach it uses the
+// record it holds.
 func (y *sysServer) Unseal(ctx context.Context, req *pb.UnsealRequest) (*pb.SealStatus, error) {
 	if !req.Reset_ && y.unseals != nil && !y.unseals.allow(ctx) {
 		return nil, ErrRateLimited
 	}
+	if req.Reset_ {
+		stored, err := y.storedSeal()
+		if err != nil {
+			return nil, err
+		}
+		y.keys.seal.ResetProgress()
+		return y.sealStatusPB(y.keys.seal.Status(stored), stored), nil
+	}
+	if y.keys.Sealed() {
+		if err := y.catchUpWithLeader(ctx); err != nil {
+			return nil, err
+		}
+	}
 	stored, err := y.storedSeal()
 	if err != nil {
 		return nil, err
-	}
-	if req.Reset_ {
-		y.keys.seal.ResetProgress()
-		return sealStatusPB(y.keys.seal.Status(stored)), nil
 	}
 	if stored == nil {
 		// This node may not have applied the init yet.
@@ -152,21 +189,72 @@ func (y *sysServer) Unseal(ctx context.Context, req *pb.UnsealRequest) (*pb.Seal
 	if stored == nil {
 		return nil, ErrNotInitialized
 	}
+	wasSealed := y.keys.seal.Sealed()
+	if !wasSealed {
+		return y.sealStatusPB(y.keys.seal.Status(stored), stored), nil
+	}
+	if err := y.unsealReady(stored, req.Migrate); err != nil {
+		return nil, err
+	}
 	wrapped, err := y.store.SysGet(sysKeyringKey)
 	if err != nil {
 		return nil, fmt.Errorf("server: read keyring: %w", err)
 	}
-	wasSealed := y.keys.seal.Sealed()
 	st, err := y.keys.seal.Unseal(stored, wrapped, req.Key)
 	if err != nil {
 		y.logger.Warn("unseal share rejected", "error", err)
 		return nil, err
 	}
-	if wasSealed && !st.Sealed {
-		y.logger.Info("unsealed", "key_term", st.Term)
+	if !st.Sealed {
+		y.logger.Info("unsealed", "key_term", st.Term, "migrate", req.Migrate)
+		if req.Migrate {
+			y.unsealedForMigration()
+		}
 		y.keys.unsealedNode()
 	}
-	return sealStatusPB(st), nil
+	return y.sealStatusPB(st, stored), nil
+}
+
+// unsealCatchUpTimeout bounds how long an unseal looks for a leader and
+// then waits to apply what the leader has applied.
+const unsealCatchUpTimeout = 5 * time.Second
+
+// catchUpWithLeader waits until this node has applied what the leader
+// has applied, so that it unseals against the cluster's current seal record (a
+// rekey or migration it missed while down). A leader has nothing to
+// catch up with once ready. When no leader answers within the bound, the
+// node goes on with its own record (quorum lost: the record cannot have
+// changed without one, unless this node is the one cut off). A leader
+// that answers but whose index is not reached in time fails the unseal
+// with ErrCatchingUp: retry shortly.
+func (y *sysServer) catchUpWithLeader(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, unsealCatchUpTimeout)
+	defer cancel()
+	var st *pb.StatusResponse
+	err := y.link.untilLeaderAnswers(ctx, func() (err error) {
+		if y.raft.IsLeader() {
+			st = nil
+			return y.raft.WaitReadyLeader(ctx)
+		}
+		st, err = y.link.leaderStatus(ctx)
+		return err
+	})
+	if err != nil {
+		y.logger.Warn("unseal: no leader answered; unsealing against this node's own seal record, which may miss a rekey made while it was cut off", "error", err)
+		return nil
+	}
+	if st == nil {
+		return nil
+	}
+	// The leader's applied index, not its commit index: entries that are
+	// not commands (Raft's configuration changes, no-ops) never move a
+	// state machine's applied index, and a seal record the leader wrote
+	// is applied there before its write answered.
+	target := st.AppliedIndex
+	if err := y.store.WaitApplied(ctx, target); err != nil {
+		return withMessage(ErrCatchingUp, "node %s is still catching up with the leader (applied %d of %d) and may not hold the cluster's current seal record yet: retry the unseal shortly", y.nodeID, y.store.AppliedIndex(), target)
+	}
+	return nil
 }
 
 // Seal drops this node's keys. The node keeps replicating and voting.
@@ -174,13 +262,18 @@ func (y *sysServer) Seal(ctx context.Context, _ *pb.SealRequest) (*pb.SealStatus
 	if err := requireCaller(ctx); err != nil {
 		return nil, err
 	}
+	if y.nseal.static() {
+		y.nseal.mu.Lock()
+		y.nseal.sealedByRequest = true
+		y.nseal.mu.Unlock()
+	}
 	y.keys.sealNode()
 	y.logger.Info("sealed by request")
 	stored, err := y.storedSeal()
 	if err != nil {
 		return nil, err
 	}
-	return sealStatusPB(y.keys.seal.Status(stored)), nil
+	return y.sealStatusPB(y.keys.seal.Status(stored), stored), nil
 }
 
 // Status reports the seal and Raft state of this node.
@@ -192,7 +285,7 @@ func (y *sysServer) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.Status
 	st := y.keys.seal.Status(stored)
 	leaderID, _ := y.raft.Leader()
 	resp := &pb.StatusResponse{
-		Seal:           sealStatusPB(st),
+		Seal:           y.sealStatusPB(st, stored),
 		NodeId:         y.nodeID,
 		RaftState:      y.raft.State(),
 		LeaderId:       leaderID,
@@ -247,14 +340,24 @@ func (y *sysServer) Rotate(ctx context.Context, _ *pb.RotateRequest) (*pb.Rotate
 	return &pb.RotateResponse{Term: term, Index: r.Index}, nil
 }
 
-func sealStatusPB(st seal.Status) *pb.SealStatus {
-	return &pb.SealStatus{
-		Initialized: st.Initialized,
-		Sealed:      st.Sealed,
-		Shares:      uint32(st.Shares),
-		Threshold:   uint32(st.Threshold),
-		Progress:    uint32(st.Progress),
+// sealStatusPB is the node's seal status: its seal type (Vault's type and
+// recovery_seal), whether a migration is pending, and why a sealed node
+// stays sealed when shares would not help.
+func (y *sysServer) sealStatusPB(st seal.Status, stored *seal.Stored) *pb.SealStatus {
+	out := &pb.SealStatus{
+		Initialized:  st.Initialized,
+		Sealed:       st.Sealed,
+		Shares:       uint32(st.Shares),
+		Threshold:    uint32(st.Threshold),
+		Progress:     uint32(st.Progress),
+		Type:         y.nseal.typ,
+		RecoverySeal: y.nseal.static(),
+		Migration:    y.nseal.pending(stored),
 	}
+	if st.Sealed {
+		out.Message = y.sealMessage(stored)
+	}
+	return out
 }
 
 // awaitInit gives a follower the chance to apply an init its leader has

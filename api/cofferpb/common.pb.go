@@ -125,6 +125,8 @@ const (
 	ErrorReason_INVALID_SEAL_CONFIG ErrorReason = 44 // key shares / threshold out of range
 	ErrorReason_REQUEST_ID_CONFLICT ErrorReason = 45 // the request id was used for a different write
 	ErrorReason_INVALID_SNAPSHOT    ErrorReason = 46 // the uploaded snapshot is not a coffer snapshot
+	ErrorReason_SEAL_MIGRATION      ErrorReason = 47 // the node's seal and the cluster's differ (or not): unseal with (or without) -migrate
+	ErrorReason_STATIC_SEAL_KEY     ErrorReason = 48 // the node's static seal key is missing or does not open the cluster's root key
 	// RESOURCE_EXHAUSTED.
 	ErrorReason_TOO_LARGE       ErrorReason = 50 // a value, a secret or a request exceeds a limit
 	ErrorReason_TERMS_EXHAUSTED ErrorReason = 51 // the keyring cannot be rotated any further
@@ -187,6 +189,8 @@ var (
 		44: "INVALID_SEAL_CONFIG",
 		45: "REQUEST_ID_CONFLICT",
 		46: "INVALID_SNAPSHOT",
+		47: "SEAL_MIGRATION",
+		48: "STATIC_SEAL_KEY",
 		50: "TOO_LARGE",
 		51: "TERMS_EXHAUSTED",
 		52: "RATE_LIMITED",
@@ -241,6 +245,8 @@ var (
 		"INVALID_SEAL_CONFIG":      44,
 		"REQUEST_ID_CONFLICT":      45,
 		"INVALID_SNAPSHOT":         46,
+		"SEAL_MIGRATION":           47,
+		"STATIC_SEAL_KEY":          48,
 		"TOO_LARGE":                50,
 		"TERMS_EXHAUSTED":          51,
 		"RATE_LIMITED":             52,
@@ -463,7 +469,7 @@ const file_coffer_v1_common_proto_rawDesc = "" +
 	"\vConsistency\x12\x17\n" +
 	"\x13CONSISTENCY_DEFAULT\x10\x00\x12\x15\n" +
 	"\x11CONSISTENCY_STALE\x10\x01\x12\x1c\n" +
-	"\x18CONSISTENCY_LINEARIZABLE\x10\x02*\x91\b\n" +
+	"\x18CONSISTENCY_LINEARIZABLE\x10\x02*\xba\b\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +
@@ -504,7 +510,9 @@ const file_coffer_v1_common_proto_rawDesc = "" +
 	"\fWRONG_SHARES\x10+\x12\x17\n" +
 	"\x13INVALID_SEAL_CONFIG\x10,\x12\x17\n" +
 	"\x13REQUEST_ID_CONFLICT\x10-\x12\x14\n" +
-	"\x10INVALID_SNAPSHOT\x10.\x12\r\n" +
+	"\x10INVALID_SNAPSHOT\x10.\x12\x12\n" +
+	"\x0eSEAL_MIGRATION\x10/\x12\x13\n" +
+	"\x0fSTATIC_SEAL_KEY\x100\x12\r\n" +
 	"\tTOO_LARGE\x102\x12\x13\n" +
 	"\x0fTERMS_EXHAUSTED\x103\x12\x10\n" +
 	"\fRATE_LIMITED\x104\x12\x0e\n" +

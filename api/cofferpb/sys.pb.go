@@ -21,6 +21,207 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type RekeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// action is "status", "init", "update" or "cancel".
+	Action string `protobuf:"bytes,1,opt,name=action,proto3" json:"action,omitempty"`
+	// secret_shares and secret_threshold (init): the new configuration.
+	SecretShares    uint32 `protobuf:"varint,2,opt,name=secret_shares,json=secretShares,proto3" json:"secret_shares,omitempty"`
+	SecretThreshold uint32 `protobuf:"varint,3,opt,name=secret_threshold,json=secretThreshold,proto3" json:"secret_threshold,omitempty"`
+	// nonce (update, cancel): the attempt's nonce; key (update): one current
+	// share.
+	Nonce         string `protobuf:"bytes,4,opt,name=nonce,proto3" json:"nonce,omitempty"`
+	Key           []byte `protobuf:"bytes,5,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RekeyRequest) Reset() {
+	*x = RekeyRequest{}
+	mi := &file_coffer_v1_sys_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RekeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RekeyRequest) ProtoMessage() {}
+
+func (x *RekeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_sys_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RekeyRequest.ProtoReflect.Descriptor instead.
+func (*RekeyRequest) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *RekeyRequest) GetAction() string {
+	if x != nil {
+		return x.Action
+	}
+	return ""
+}
+
+func (x *RekeyRequest) GetSecretShares() uint32 {
+	if x != nil {
+		return x.SecretShares
+	}
+	return 0
+}
+
+func (x *RekeyRequest) GetSecretThreshold() uint32 {
+	if x != nil {
+		return x.SecretThreshold
+	}
+	return 0
+}
+
+func (x *RekeyRequest) GetNonce() string {
+	if x != nil {
+		return x.Nonce
+	}
+	return ""
+}
+
+func (x *RekeyRequest) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+type RekeyStatus struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Started bool                   `protobuf:"varint,1,opt,name=started,proto3" json:"started,omitempty"`
+	Nonce   string                 `protobuf:"bytes,2,opt,name=nonce,proto3" json:"nonce,omitempty"`
+	// progress and required: current shares submitted and needed.
+	Progress uint32 `protobuf:"varint,3,opt,name=progress,proto3" json:"progress,omitempty"`
+	Required uint32 `protobuf:"varint,4,opt,name=required,proto3" json:"required,omitempty"`
+	// t and n: the new threshold and share count of the attempt.
+	T        uint32 `protobuf:"varint,5,opt,name=t,proto3" json:"t,omitempty"`
+	N        uint32 `protobuf:"varint,6,opt,name=n,proto3" json:"n,omitempty"`
+	Complete bool   `protobuf:"varint,7,opt,name=complete,proto3" json:"complete,omitempty"`
+	// keys (once complete): the new shares, returned this once.
+	Keys [][]byte `protobuf:"bytes,8,rep,name=keys,proto3" json:"keys,omitempty"`
+	// recovery: the shares are recovery shares (static seal).
+	Recovery bool `protobuf:"varint,9,opt,name=recovery,proto3" json:"recovery,omitempty"`
+	// index (once complete): the Raft index of the new seal record.
+	Index         uint64 `protobuf:"varint,10,opt,name=index,proto3" json:"index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RekeyStatus) Reset() {
+	*x = RekeyStatus{}
+	mi := &file_coffer_v1_sys_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RekeyStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RekeyStatus) ProtoMessage() {}
+
+func (x *RekeyStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_coffer_v1_sys_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RekeyStatus.ProtoReflect.Descriptor instead.
+func (*RekeyStatus) Descriptor() ([]byte, []int) {
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *RekeyStatus) GetStarted() bool {
+	if x != nil {
+		return x.Started
+	}
+	return false
+}
+
+func (x *RekeyStatus) GetNonce() string {
+	if x != nil {
+		return x.Nonce
+	}
+	return ""
+}
+
+func (x *RekeyStatus) GetProgress() uint32 {
+	if x != nil {
+		return x.Progress
+	}
+	return 0
+}
+
+func (x *RekeyStatus) GetRequired() uint32 {
+	if x != nil {
+		return x.Required
+	}
+	return 0
+}
+
+func (x *RekeyStatus) GetT() uint32 {
+	if x != nil {
+		return x.T
+	}
+	return 0
+}
+
+func (x *RekeyStatus) GetN() uint32 {
+	if x != nil {
+		return x.N
+	}
+	return 0
+}
+
+func (x *RekeyStatus) GetComplete() bool {
+	if x != nil {
+		return x.Complete
+	}
+	return false
+}
+
+func (x *RekeyStatus) GetKeys() [][]byte {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *RekeyStatus) GetRecovery() bool {
+	if x != nil {
+		return x.Recovery
+	}
+	return false
+}
+
+func (x *RekeyStatus) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
 type MetricsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -29,7 +230,7 @@ type MetricsRequest struct {
 
 func (x *MetricsRequest) Reset() {
 	*x = MetricsRequest{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[0]
+	mi := &file_coffer_v1_sys_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -41,7 +242,7 @@ func (x *MetricsRequest) String() string {
 func (*MetricsRequest) ProtoMessage() {}
 
 func (x *MetricsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[0]
+	mi := &file_coffer_v1_sys_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -54,7 +255,7 @@ func (x *MetricsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetricsRequest.ProtoReflect.Descriptor instead.
 func (*MetricsRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{0}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{2}
 }
 
 type MetricsResponse struct {
@@ -67,7 +268,7 @@ type MetricsResponse struct {
 
 func (x *MetricsResponse) Reset() {
 	*x = MetricsResponse{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[1]
+	mi := &file_coffer_v1_sys_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -79,7 +280,7 @@ func (x *MetricsResponse) String() string {
 func (*MetricsResponse) ProtoMessage() {}
 
 func (x *MetricsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[1]
+	mi := &file_coffer_v1_sys_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -92,7 +293,7 @@ func (x *MetricsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MetricsResponse.ProtoReflect.Descriptor instead.
 func (*MetricsResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{1}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *MetricsResponse) GetText() []byte {
@@ -112,7 +313,7 @@ type MountsRequest struct {
 
 func (x *MountsRequest) Reset() {
 	*x = MountsRequest{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[2]
+	mi := &file_coffer_v1_sys_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -124,7 +325,7 @@ func (x *MountsRequest) String() string {
 func (*MountsRequest) ProtoMessage() {}
 
 func (x *MountsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[2]
+	mi := &file_coffer_v1_sys_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -137,7 +338,7 @@ func (x *MountsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MountsRequest.ProtoReflect.Descriptor instead.
 func (*MountsRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{2}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *MountsRequest) GetPath() string {
@@ -164,7 +365,7 @@ type Mount struct {
 
 func (x *Mount) Reset() {
 	*x = Mount{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[3]
+	mi := &file_coffer_v1_sys_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -176,7 +377,7 @@ func (x *Mount) String() string {
 func (*Mount) ProtoMessage() {}
 
 func (x *Mount) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[3]
+	mi := &file_coffer_v1_sys_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -189,7 +390,7 @@ func (x *Mount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Mount.ProtoReflect.Descriptor instead.
 func (*Mount) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{3}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Mount) GetPath() string {
@@ -236,7 +437,7 @@ type MountsResponse struct {
 
 func (x *MountsResponse) Reset() {
 	*x = MountsResponse{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[4]
+	mi := &file_coffer_v1_sys_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -248,7 +449,7 @@ func (x *MountsResponse) String() string {
 func (*MountsResponse) ProtoMessage() {}
 
 func (x *MountsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[4]
+	mi := &file_coffer_v1_sys_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -261,7 +462,7 @@ func (x *MountsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MountsResponse.ProtoReflect.Descriptor instead.
 func (*MountsResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{4}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *MountsResponse) GetMounts() []*Mount {
@@ -286,7 +487,7 @@ type GenerateRootRequest struct {
 
 func (x *GenerateRootRequest) Reset() {
 	*x = GenerateRootRequest{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[5]
+	mi := &file_coffer_v1_sys_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -298,7 +499,7 @@ func (x *GenerateRootRequest) String() string {
 func (*GenerateRootRequest) ProtoMessage() {}
 
 func (x *GenerateRootRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[5]
+	mi := &file_coffer_v1_sys_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -311,7 +512,7 @@ func (x *GenerateRootRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateRootRequest.ProtoReflect.Descriptor instead.
 func (*GenerateRootRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{5}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *GenerateRootRequest) GetAction() string {
@@ -359,7 +560,7 @@ type GenerateRootStatus struct {
 
 func (x *GenerateRootStatus) Reset() {
 	*x = GenerateRootStatus{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[6]
+	mi := &file_coffer_v1_sys_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -371,7 +572,7 @@ func (x *GenerateRootStatus) String() string {
 func (*GenerateRootStatus) ProtoMessage() {}
 
 func (x *GenerateRootStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[6]
+	mi := &file_coffer_v1_sys_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -384,7 +585,7 @@ func (x *GenerateRootStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateRootStatus.ProtoReflect.Descriptor instead.
 func (*GenerateRootStatus) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{6}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GenerateRootStatus) GetStarted() bool {
@@ -449,7 +650,7 @@ type AuditHashRequest struct {
 
 func (x *AuditHashRequest) Reset() {
 	*x = AuditHashRequest{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[7]
+	mi := &file_coffer_v1_sys_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -461,7 +662,7 @@ func (x *AuditHashRequest) String() string {
 func (*AuditHashRequest) ProtoMessage() {}
 
 func (x *AuditHashRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[7]
+	mi := &file_coffer_v1_sys_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -474,7 +675,7 @@ func (x *AuditHashRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditHashRequest.ProtoReflect.Descriptor instead.
 func (*AuditHashRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{7}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *AuditHashRequest) GetInput() string {
@@ -500,7 +701,7 @@ type AuditHashResponse struct {
 
 func (x *AuditHashResponse) Reset() {
 	*x = AuditHashResponse{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[8]
+	mi := &file_coffer_v1_sys_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -512,7 +713,7 @@ func (x *AuditHashResponse) String() string {
 func (*AuditHashResponse) ProtoMessage() {}
 
 func (x *AuditHashResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[8]
+	mi := &file_coffer_v1_sys_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -525,7 +726,7 @@ func (x *AuditHashResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AuditHashResponse.ProtoReflect.Descriptor instead.
 func (*AuditHashResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{8}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *AuditHashResponse) GetHash() string {
@@ -541,14 +742,19 @@ type InitRequest struct {
 	SecretThreshold uint32                 `protobuf:"varint,2,opt,name=secret_threshold,json=secretThreshold,proto3" json:"secret_threshold,omitempty"`
 	// root_token, when set, is used as the root token instead of a random one
 	// (dev mode only).
-	RootToken     string `protobuf:"bytes,3,opt,name=root_token,json=rootToken,proto3" json:"root_token,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	RootToken string `protobuf:"bytes,3,opt,name=root_token,json=rootToken,proto3" json:"root_token,omitempty"`
+	// recovery_shares and recovery_threshold: the recovery shares' count
+	// and threshold on a cluster initialized under the static seal (Vault's
+	// names; secret_shares and secret_threshold are taken when these are 0).
+	RecoveryShares    uint32 `protobuf:"varint,4,opt,name=recovery_shares,json=recoveryShares,proto3" json:"recovery_shares,omitempty"`
+	RecoveryThreshold uint32 `protobuf:"varint,5,opt,name=recovery_threshold,json=recoveryThreshold,proto3" json:"recovery_threshold,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *InitRequest) Reset() {
 	*x = InitRequest{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[9]
+	mi := &file_coffer_v1_sys_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -560,7 +766,7 @@ func (x *InitRequest) String() string {
 func (*InitRequest) ProtoMessage() {}
 
 func (x *InitRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[9]
+	mi := &file_coffer_v1_sys_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -573,7 +779,7 @@ func (x *InitRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InitRequest.ProtoReflect.Descriptor instead.
 func (*InitRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{9}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *InitRequest) GetSecretShares() uint32 {
@@ -597,17 +803,34 @@ func (x *InitRequest) GetRootToken() string {
 	return ""
 }
 
+func (x *InitRequest) GetRecoveryShares() uint32 {
+	if x != nil {
+		return x.RecoveryShares
+	}
+	return 0
+}
+
+func (x *InitRequest) GetRecoveryThreshold() uint32 {
+	if x != nil {
+		return x.RecoveryThreshold
+	}
+	return 0
+}
+
 type InitResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Keys          [][]byte               `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
-	RootToken     string                 `protobuf:"bytes,2,opt,name=root_token,json=rootToken,proto3" json:"root_token,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// keys: the unseal key shares (Shamir seal).
+	Keys      [][]byte `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
+	RootToken string   `protobuf:"bytes,2,opt,name=root_token,json=rootToken,proto3" json:"root_token,omitempty"`
+	// recovery_keys: the recovery shares (static seal), instead of keys.
+	RecoveryKeys  [][]byte `protobuf:"bytes,3,rep,name=recovery_keys,json=recoveryKeys,proto3" json:"recovery_keys,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *InitResponse) Reset() {
 	*x = InitResponse{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[10]
+	mi := &file_coffer_v1_sys_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -619,7 +842,7 @@ func (x *InitResponse) String() string {
 func (*InitResponse) ProtoMessage() {}
 
 func (x *InitResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[10]
+	mi := &file_coffer_v1_sys_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -632,7 +855,7 @@ func (x *InitResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use InitResponse.ProtoReflect.Descriptor instead.
 func (*InitResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{10}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *InitResponse) GetKeys() [][]byte {
@@ -649,18 +872,29 @@ func (x *InitResponse) GetRootToken() string {
 	return ""
 }
 
+func (x *InitResponse) GetRecoveryKeys() [][]byte {
+	if x != nil {
+		return x.RecoveryKeys
+	}
+	return nil
+}
+
 type UnsealRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Key   []byte                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
 	// reset discards the shares submitted so far instead of adding key.
-	Reset_        bool `protobuf:"varint,2,opt,name=reset,proto3" json:"reset,omitempty"`
+	Reset_ bool `protobuf:"varint,2,opt,name=reset,proto3" json:"reset,omitempty"`
+	// migrate submits the share for a seal migration: the node is
+	// configured with another seal than the cluster's record, and once
+	// unsealed it writes the migrated record when it leads.
+	Migrate       bool `protobuf:"varint,3,opt,name=migrate,proto3" json:"migrate,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *UnsealRequest) Reset() {
 	*x = UnsealRequest{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[11]
+	mi := &file_coffer_v1_sys_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -672,7 +906,7 @@ func (x *UnsealRequest) String() string {
 func (*UnsealRequest) ProtoMessage() {}
 
 func (x *UnsealRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[11]
+	mi := &file_coffer_v1_sys_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -685,7 +919,7 @@ func (x *UnsealRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnsealRequest.ProtoReflect.Descriptor instead.
 func (*UnsealRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{11}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *UnsealRequest) GetKey() []byte {
@@ -702,6 +936,13 @@ func (x *UnsealRequest) GetReset_() bool {
 	return false
 }
 
+func (x *UnsealRequest) GetMigrate() bool {
+	if x != nil {
+		return x.Migrate
+	}
+	return false
+}
+
 type SealRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -710,7 +951,7 @@ type SealRequest struct {
 
 func (x *SealRequest) Reset() {
 	*x = SealRequest{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[12]
+	mi := &file_coffer_v1_sys_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -722,7 +963,7 @@ func (x *SealRequest) String() string {
 func (*SealRequest) ProtoMessage() {}
 
 func (x *SealRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[12]
+	mi := &file_coffer_v1_sys_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -735,23 +976,35 @@ func (x *SealRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SealRequest.ProtoReflect.Descriptor instead.
 func (*SealRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{12}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{14}
 }
 
 type SealStatus struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Initialized   bool                   `protobuf:"varint,1,opt,name=initialized,proto3" json:"initialized,omitempty"`
-	Sealed        bool                   `protobuf:"varint,2,opt,name=sealed,proto3" json:"sealed,omitempty"`
-	Shares        uint32                 `protobuf:"varint,3,opt,name=shares,proto3" json:"shares,omitempty"`
-	Threshold     uint32                 `protobuf:"varint,4,opt,name=threshold,proto3" json:"threshold,omitempty"`
-	Progress      uint32                 `protobuf:"varint,5,opt,name=progress,proto3" json:"progress,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Initialized bool                   `protobuf:"varint,1,opt,name=initialized,proto3" json:"initialized,omitempty"`
+	Sealed      bool                   `protobuf:"varint,2,opt,name=sealed,proto3" json:"sealed,omitempty"`
+	Shares      uint32                 `protobuf:"varint,3,opt,name=shares,proto3" json:"shares,omitempty"`
+	Threshold   uint32                 `protobuf:"varint,4,opt,name=threshold,proto3" json:"threshold,omitempty"`
+	Progress    uint32                 `protobuf:"varint,5,opt,name=progress,proto3" json:"progress,omitempty"`
+	// type is this node's seal: "shamir" or "static".
+	Type string `protobuf:"bytes,6,opt,name=type,proto3" json:"type,omitempty"`
+	// recovery_seal: the node unseals itself; the shares are recovery
+	// shares.
+	RecoverySeal bool `protobuf:"varint,7,opt,name=recovery_seal,json=recoverySeal,proto3" json:"recovery_seal,omitempty"`
+	// migration: the node's seal differs from the cluster's record; unseal
+	// it with `coffer operator unseal -migrate`.
+	Migration bool `protobuf:"varint,8,opt,name=migration,proto3" json:"migration,omitempty"`
+	// message says why a sealed node stays sealed when it is not for want
+	// of shares (a static seal key that is missing or does not fit), and
+	// what to do; never a key.
+	Message       string `protobuf:"bytes,9,opt,name=message,proto3" json:"message,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SealStatus) Reset() {
 	*x = SealStatus{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[13]
+	mi := &file_coffer_v1_sys_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -763,7 +1016,7 @@ func (x *SealStatus) String() string {
 func (*SealStatus) ProtoMessage() {}
 
 func (x *SealStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[13]
+	mi := &file_coffer_v1_sys_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -776,7 +1029,7 @@ func (x *SealStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SealStatus.ProtoReflect.Descriptor instead.
 func (*SealStatus) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{13}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SealStatus) GetInitialized() bool {
@@ -814,6 +1067,34 @@ func (x *SealStatus) GetProgress() uint32 {
 	return 0
 }
 
+func (x *SealStatus) GetType() string {
+	if x != nil {
+		return x.Type
+	}
+	return ""
+}
+
+func (x *SealStatus) GetRecoverySeal() bool {
+	if x != nil {
+		return x.RecoverySeal
+	}
+	return false
+}
+
+func (x *SealStatus) GetMigration() bool {
+	if x != nil {
+		return x.Migration
+	}
+	return false
+}
+
+func (x *SealStatus) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 type StatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -822,7 +1103,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[14]
+	mi := &file_coffer_v1_sys_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -834,7 +1115,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[14]
+	mi := &file_coffer_v1_sys_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -847,7 +1128,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{14}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{16}
 }
 
 type StatusResponse struct {
@@ -881,7 +1162,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[15]
+	mi := &file_coffer_v1_sys_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -893,7 +1174,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[15]
+	mi := &file_coffer_v1_sys_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -906,7 +1187,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{15}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *StatusResponse) GetSeal() *SealStatus {
@@ -1015,7 +1296,7 @@ type RotateRequest struct {
 
 func (x *RotateRequest) Reset() {
 	*x = RotateRequest{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[16]
+	mi := &file_coffer_v1_sys_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1027,7 +1308,7 @@ func (x *RotateRequest) String() string {
 func (*RotateRequest) ProtoMessage() {}
 
 func (x *RotateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[16]
+	mi := &file_coffer_v1_sys_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1040,7 +1321,7 @@ func (x *RotateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateRequest.ProtoReflect.Descriptor instead.
 func (*RotateRequest) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{16}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{18}
 }
 
 type RotateResponse struct {
@@ -1053,7 +1334,7 @@ type RotateResponse struct {
 
 func (x *RotateResponse) Reset() {
 	*x = RotateResponse{}
-	mi := &file_coffer_v1_sys_proto_msgTypes[17]
+	mi := &file_coffer_v1_sys_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1065,7 +1346,7 @@ func (x *RotateResponse) String() string {
 func (*RotateResponse) ProtoMessage() {}
 
 func (x *RotateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coffer_v1_sys_proto_msgTypes[17]
+	mi := &file_coffer_v1_sys_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1078,7 +1359,7 @@ func (x *RotateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateResponse.ProtoReflect.Descriptor instead.
 func (*RotateResponse) Descriptor() ([]byte, []int) {
-	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{17}
+	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *RotateResponse) GetTerm() uint32 {
@@ -1099,7 +1380,25 @@ var File_coffer_v1_sys_proto protoreflect.FileDescriptor
 
 const file_coffer_v1_sys_proto_rawDesc = "" +
 	"\n" +
-	"\x13coffer/v1/sys.proto\x12\tcoffer.v1\"\x10\n" +
+	"\x13coffer/v1/sys.proto\x12\tcoffer.v1\"\x9e\x01\n" +
+	"\fRekeyRequest\x12\x16\n" +
+	"\x06action\x18\x01 \x01(\tR\x06action\x12#\n" +
+	"\rsecret_shares\x18\x02 \x01(\rR\fsecretShares\x12)\n" +
+	"\x10secret_threshold\x18\x03 \x01(\rR\x0fsecretThreshold\x12\x14\n" +
+	"\x05nonce\x18\x04 \x01(\tR\x05nonce\x12\x10\n" +
+	"\x03key\x18\x05 \x01(\fR\x03key\"\xf3\x01\n" +
+	"\vRekeyStatus\x12\x18\n" +
+	"\astarted\x18\x01 \x01(\bR\astarted\x12\x14\n" +
+	"\x05nonce\x18\x02 \x01(\tR\x05nonce\x12\x1a\n" +
+	"\bprogress\x18\x03 \x01(\rR\bprogress\x12\x1a\n" +
+	"\brequired\x18\x04 \x01(\rR\brequired\x12\f\n" +
+	"\x01t\x18\x05 \x01(\rR\x01t\x12\f\n" +
+	"\x01n\x18\x06 \x01(\rR\x01n\x12\x1a\n" +
+	"\bcomplete\x18\a \x01(\bR\bcomplete\x12\x12\n" +
+	"\x04keys\x18\b \x03(\fR\x04keys\x12\x1a\n" +
+	"\brecovery\x18\t \x01(\bR\brecovery\x12\x14\n" +
+	"\x05index\x18\n" +
+	" \x01(\x04R\x05index\"\x10\n" +
 	"\x0eMetricsRequest\"%\n" +
 	"\x0fMetricsResponse\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\fR\x04text\"#\n" +
@@ -1131,27 +1430,35 @@ const file_coffer_v1_sys_proto_rawDesc = "" +
 	"\x05input\x18\x01 \x01(\tR\x05input\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\"'\n" +
 	"\x11AuditHashResponse\x12\x12\n" +
-	"\x04hash\x18\x01 \x01(\tR\x04hash\"|\n" +
+	"\x04hash\x18\x01 \x01(\tR\x04hash\"\xd4\x01\n" +
 	"\vInitRequest\x12#\n" +
 	"\rsecret_shares\x18\x01 \x01(\rR\fsecretShares\x12)\n" +
 	"\x10secret_threshold\x18\x02 \x01(\rR\x0fsecretThreshold\x12\x1d\n" +
 	"\n" +
-	"root_token\x18\x03 \x01(\tR\trootToken\"A\n" +
+	"root_token\x18\x03 \x01(\tR\trootToken\x12'\n" +
+	"\x0frecovery_shares\x18\x04 \x01(\rR\x0erecoveryShares\x12-\n" +
+	"\x12recovery_threshold\x18\x05 \x01(\rR\x11recoveryThreshold\"f\n" +
 	"\fInitResponse\x12\x12\n" +
 	"\x04keys\x18\x01 \x03(\fR\x04keys\x12\x1d\n" +
 	"\n" +
-	"root_token\x18\x02 \x01(\tR\trootToken\"7\n" +
+	"root_token\x18\x02 \x01(\tR\trootToken\x12#\n" +
+	"\rrecovery_keys\x18\x03 \x03(\fR\frecoveryKeys\"Q\n" +
 	"\rUnsealRequest\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x14\n" +
-	"\x05reset\x18\x02 \x01(\bR\x05reset\"\r\n" +
-	"\vSealRequest\"\x98\x01\n" +
+	"\x05reset\x18\x02 \x01(\bR\x05reset\x12\x18\n" +
+	"\amigrate\x18\x03 \x01(\bR\amigrate\"\r\n" +
+	"\vSealRequest\"\x89\x02\n" +
 	"\n" +
 	"SealStatus\x12 \n" +
 	"\vinitialized\x18\x01 \x01(\bR\vinitialized\x12\x16\n" +
 	"\x06sealed\x18\x02 \x01(\bR\x06sealed\x12\x16\n" +
 	"\x06shares\x18\x03 \x01(\rR\x06shares\x12\x1c\n" +
 	"\tthreshold\x18\x04 \x01(\rR\tthreshold\x12\x1a\n" +
-	"\bprogress\x18\x05 \x01(\rR\bprogress\"\x0f\n" +
+	"\bprogress\x18\x05 \x01(\rR\bprogress\x12\x12\n" +
+	"\x04type\x18\x06 \x01(\tR\x04type\x12#\n" +
+	"\rrecovery_seal\x18\a \x01(\bR\frecoverySeal\x12\x1c\n" +
+	"\tmigration\x18\b \x01(\bR\tmigration\x12\x18\n" +
+	"\amessage\x18\t \x01(\tR\amessage\"\x0f\n" +
 	"\rStatusRequest\"\xe6\x03\n" +
 	"\x0eStatusResponse\x12)\n" +
 	"\x04seal\x18\x01 \x01(\v2\x15.coffer.v1.SealStatusR\x04seal\x12\x17\n" +
@@ -1173,7 +1480,7 @@ const file_coffer_v1_sys_proto_rawDesc = "" +
 	"\rRotateRequest\":\n" +
 	"\x0eRotateResponse\x12\x12\n" +
 	"\x04term\x18\x01 \x01(\rR\x04term\x12\x14\n" +
-	"\x05index\x18\x02 \x01(\x04R\x05index2\xc6\x04\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index2\x80\x05\n" +
 	"\x03Sys\x127\n" +
 	"\x04Init\x12\x16.coffer.v1.InitRequest\x1a\x17.coffer.v1.InitResponse\x129\n" +
 	"\x06Unseal\x12\x18.coffer.v1.UnsealRequest\x1a\x15.coffer.v1.SealStatus\x125\n" +
@@ -1183,7 +1490,8 @@ const file_coffer_v1_sys_proto_rawDesc = "" +
 	"\tAuditHash\x12\x1b.coffer.v1.AuditHashRequest\x1a\x1c.coffer.v1.AuditHashResponse\x12M\n" +
 	"\fGenerateRoot\x12\x1e.coffer.v1.GenerateRootRequest\x1a\x1d.coffer.v1.GenerateRootStatus\x12=\n" +
 	"\x06Mounts\x12\x18.coffer.v1.MountsRequest\x1a\x19.coffer.v1.MountsResponse\x12@\n" +
-	"\aMetrics\x12\x19.coffer.v1.MetricsRequest\x1a\x1a.coffer.v1.MetricsResponseB\x1eZ\x1ccoffer/api/cofferpb;cofferpbb\x06proto3"
+	"\aMetrics\x12\x19.coffer.v1.MetricsRequest\x1a\x1a.coffer.v1.MetricsResponse\x128\n" +
+	"\x05Rekey\x12\x17.coffer.v1.RekeyRequest\x1a\x16.coffer.v1.RekeyStatusB\x1eZ\x1ccoffer/api/cofferpb;cofferpbb\x06proto3"
 
 var (
 	file_coffer_v1_sys_proto_rawDescOnce sync.Once
@@ -1197,50 +1505,54 @@ func file_coffer_v1_sys_proto_rawDescGZIP() []byte {
 	return file_coffer_v1_sys_proto_rawDescData
 }
 
-var file_coffer_v1_sys_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_coffer_v1_sys_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_coffer_v1_sys_proto_goTypes = []any{
-	(*MetricsRequest)(nil),      // 0: coffer.v1.MetricsRequest
-	(*MetricsResponse)(nil),     // 1: coffer.v1.MetricsResponse
-	(*MountsRequest)(nil),       // 2: coffer.v1.MountsRequest
-	(*Mount)(nil),               // 3: coffer.v1.Mount
-	(*MountsResponse)(nil),      // 4: coffer.v1.MountsResponse
-	(*GenerateRootRequest)(nil), // 5: coffer.v1.GenerateRootRequest
-	(*GenerateRootStatus)(nil),  // 6: coffer.v1.GenerateRootStatus
-	(*AuditHashRequest)(nil),    // 7: coffer.v1.AuditHashRequest
-	(*AuditHashResponse)(nil),   // 8: coffer.v1.AuditHashResponse
-	(*InitRequest)(nil),         // 9: coffer.v1.InitRequest
-	(*InitResponse)(nil),        // 10: coffer.v1.InitResponse
-	(*UnsealRequest)(nil),       // 11: coffer.v1.UnsealRequest
-	(*SealRequest)(nil),         // 12: coffer.v1.SealRequest
-	(*SealStatus)(nil),          // 13: coffer.v1.SealStatus
-	(*StatusRequest)(nil),       // 14: coffer.v1.StatusRequest
-	(*StatusResponse)(nil),      // 15: coffer.v1.StatusResponse
-	(*RotateRequest)(nil),       // 16: coffer.v1.RotateRequest
-	(*RotateResponse)(nil),      // 17: coffer.v1.RotateResponse
+	(*RekeyRequest)(nil),        // 0: coffer.v1.RekeyRequest
+	(*RekeyStatus)(nil),         // 1: coffer.v1.RekeyStatus
+	(*MetricsRequest)(nil),      // 2: coffer.v1.MetricsRequest
+	(*MetricsResponse)(nil),     // 3: coffer.v1.MetricsResponse
+	(*MountsRequest)(nil),       // 4: coffer.v1.MountsRequest
+	(*Mount)(nil),               // 5: coffer.v1.Mount
+	(*MountsResponse)(nil),      // 6: coffer.v1.MountsResponse
+	(*GenerateRootRequest)(nil), // 7: coffer.v1.GenerateRootRequest
+	(*GenerateRootStatus)(nil),  // 8: coffer.v1.GenerateRootStatus
+	(*AuditHashRequest)(nil),    // 9: coffer.v1.AuditHashRequest
+	(*AuditHashResponse)(nil),   // 10: coffer.v1.AuditHashResponse
+	(*InitRequest)(nil),         // 11: coffer.v1.InitRequest
+	(*InitResponse)(nil),        // 12: coffer.v1.InitResponse
+	(*UnsealRequest)(nil),       // 13: coffer.v1.UnsealRequest
+	(*SealRequest)(nil),         // 14: coffer.v1.SealRequest
+	(*SealStatus)(nil),          // 15: coffer.v1.SealStatus
+	(*StatusRequest)(nil),       // 16: coffer.v1.StatusRequest
+	(*StatusResponse)(nil),      // 17: coffer.v1.StatusResponse
+	(*RotateRequest)(nil),       // 18: coffer.v1.RotateRequest
+	(*RotateResponse)(nil),      // 19: coffer.v1.RotateResponse
 }
 var file_coffer_v1_sys_proto_depIdxs = []int32{
-	3,  // 0: coffer.v1.MountsResponse.mounts:type_name -> coffer.v1.Mount
-	13, // 1: coffer.v1.StatusResponse.seal:type_name -> coffer.v1.SealStatus
-	9,  // 2: coffer.v1.Sys.Init:input_type -> coffer.v1.InitRequest
-	11, // 3: coffer.v1.Sys.Unseal:input_type -> coffer.v1.UnsealRequest
-	12, // 4: coffer.v1.Sys.Seal:input_type -> coffer.v1.SealRequest
-	14, // 5: coffer.v1.Sys.Status:input_type -> coffer.v1.StatusRequest
-	16, // 6: coffer.v1.Sys.Rotate:input_type -> coffer.v1.RotateRequest
-	7,  // 7: coffer.v1.Sys.AuditHash:input_type -> coffer.v1.AuditHashRequest
-	5,  // 8: coffer.v1.Sys.GenerateRoot:input_type -> coffer.v1.GenerateRootRequest
-	2,  // 9: coffer.v1.Sys.Mounts:input_type -> coffer.v1.MountsRequest
-	0,  // 10: coffer.v1.Sys.Metrics:input_type -> coffer.v1.MetricsRequest
-	10, // 11: coffer.v1.Sys.Init:output_type -> coffer.v1.InitResponse
-	13, // 12: coffer.v1.Sys.Unseal:output_type -> coffer.v1.SealStatus
-	13, // 13: coffer.v1.Sys.Seal:output_type -> coffer.v1.SealStatus
-	15, // 14: coffer.v1.Sys.Status:output_type -> coffer.v1.StatusResponse
-	17, // 15: coffer.v1.Sys.Rotate:output_type -> coffer.v1.RotateResponse
-	8,  // 16: coffer.v1.Sys.AuditHash:output_type -> coffer.v1.AuditHashResponse
-	6,  // 17: coffer.v1.Sys.GenerateRoot:output_type -> coffer.v1.GenerateRootStatus
-	4,  // 18: coffer.v1.Sys.Mounts:output_type -> coffer.v1.MountsResponse
-	1,  // 19: coffer.v1.Sys.Metrics:output_type -> coffer.v1.MetricsResponse
-	11, // [11:20] is the sub-list for method output_type
-	2,  // [2:11] is the sub-list for method input_type
+	5,  // 0: coffer.v1.MountsResponse.mounts:type_name -> coffer.v1.Mount
+	15, // 1: coffer.v1.StatusResponse.seal:type_name -> coffer.v1.SealStatus
+	11, // 2: coffer.v1.Sys.Init:input_type -> coffer.v1.InitRequest
+	13, // 3: coffer.v1.Sys.Unseal:input_type -> coffer.v1.UnsealRequest
+	14, // 4: coffer.v1.Sys.Seal:input_type -> coffer.v1.SealRequest
+	16, // 5: coffer.v1.Sys.Status:input_type -> coffer.v1.StatusRequest
+	18, // 6: coffer.v1.Sys.Rotate:input_type -> coffer.v1.RotateRequest
+	9,  // 7: coffer.v1.Sys.AuditHash:input_type -> coffer.v1.AuditHashRequest
+	7,  // 8: coffer.v1.Sys.GenerateRoot:input_type -> coffer.v1.GenerateRootRequest
+	4,  // 9: coffer.v1.Sys.Mounts:input_type -> coffer.v1.MountsRequest
+	2,  // 10: coffer.v1.Sys.Metrics:input_type -> coffer.v1.MetricsRequest
+	0,  // 11: coffer.v1.Sys.Rekey:input_type -> coffer.v1.RekeyRequest
+	12, // 12: coffer.v1.Sys.Init:output_type -> coffer.v1.InitResponse
+	15, // 13: coffer.v1.Sys.Unseal:output_type -> coffer.v1.SealStatus
+	15, // 14: coffer.v1.Sys.Seal:output_type -> coffer.v1.SealStatus
+	17, // 15: coffer.v1.Sys.Status:output_type -> coffer.v1.StatusResponse
+	19, // 16: coffer.v1.Sys.Rotate:output_type -> coffer.v1.RotateResponse
+	10, // 17: coffer.v1.Sys.AuditHash:output_type -> coffer.v1.AuditHashResponse
+	8,  // 18: coffer.v1.Sys.GenerateRoot:output_type -> coffer.v1.GenerateRootStatus
+	6,  // 19: coffer.v1.Sys.Mounts:output_type -> coffer.v1.MountsResponse
+	3,  // 20: coffer.v1.Sys.Metrics:output_type -> coffer.v1.MetricsResponse
+	1,  // 21: coffer.v1.Sys.Rekey:output_type -> coffer.v1.RekeyStatus
+	12, // [12:22] is the sub-list for method output_type
+	2,  // [2:12] is the sub-list for method input_type
 	2,  // [2:2] is the sub-list for extension type_name
 	2,  // [2:2] is the sub-list for extension extendee
 	0,  // [0:2] is the sub-list for field type_name
@@ -1257,7 +1569,7 @@ func file_coffer_v1_sys_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coffer_v1_sys_proto_rawDesc), len(file_coffer_v1_sys_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

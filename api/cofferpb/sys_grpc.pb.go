@@ -28,6 +28,7 @@ const (
 	Sys_GenerateRoot_FullMethodName = "/coffer.v1.Sys/GenerateRoot"
 	Sys_Mounts_FullMethodName       = "/coffer.v1.Sys/Mounts"
 	Sys_Metrics_FullMethodName      = "/coffer.v1.Sys/Metrics"
+	Sys_Rekey_FullMethodName        = "/coffer.v1.Sys/Rekey"
 )
 
 // SysClient is the client API for Sys service.
@@ -63,6 +64,13 @@ type SysClient interface {
 	// Metrics returns this node's own Prometheus metrics in the text
 	// exposition format; never forwarded (Vault's sys/metrics, read).
 	Metrics(ctx context.Context, in *MetricsRequest, opts ...grpc.CallOption) (*MetricsResponse, error)
+	// Rekey replaces the operator key (Vault's rekey): start an attempt with
+	// the new share count and threshold, submit a threshold of the current
+	// unseal (or, under the static seal, recovery) shares with its nonce,
+	// and the new shares come back once. The root key, and so every value,
+	// stays; the old shares open nothing afterwards. It runs on the leader;
+	// a follower forwards it.
+	Rekey(ctx context.Context, in *RekeyRequest, opts ...grpc.CallOption) (*RekeyStatus, error)
 }
 
 type sysClient struct {
@@ -163,6 +171,16 @@ func (c *sysClient) Metrics(ctx context.Context, in *MetricsRequest, opts ...grp
 	return out, nil
 }
 
+func (c *sysClient) Rekey(ctx context.Context, in *RekeyRequest, opts ...grpc.CallOption) (*RekeyStatus, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RekeyStatus)
+	err := c.cc.Invoke(ctx, Sys_Rekey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SysServer is the server API for Sys service.
 // All implementations must embed UnimplementedSysServer
 // for forward compatibility.
@@ -196,6 +214,13 @@ type SysServer interface {
 	// Metrics returns this node's own Prometheus metrics in the text
 	// exposition format; never forwarded (Vault's sys/metrics, read).
 	Metrics(context.Context, *MetricsRequest) (*MetricsResponse, error)
+	// Rekey replaces the operator key (Vault's rekey): start an attempt with
+	// the new share count and threshold, submit a threshold of the current
+	// unseal (or, under the static seal, recovery) shares with its nonce,
+	// and the new shares come back once. The root key, and so every value,
+	// stays; the old shares open nothing afterwards. It runs on the leader;
+	// a follower forwards it.
+	Rekey(context.Context, *RekeyRequest) (*RekeyStatus, error)
 	mustEmbedUnimplementedSysServer()
 }
 
@@ -232,6 +257,9 @@ func (UnimplementedSysServer) Mounts(context.Context, *MountsRequest) (*MountsRe
 }
 func (UnimplementedSysServer) Metrics(context.Context, *MetricsRequest) (*MetricsResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Metrics not implemented")
+}
+func (UnimplementedSysServer) Rekey(context.Context, *RekeyRequest) (*RekeyStatus, error) {
+	return nil, status.Error(codes.Unimplemented, "method Rekey not implemented")
 }
 func (UnimplementedSysServer) mustEmbedUnimplementedSysServer() {}
 func (UnimplementedSysServer) testEmbeddedByValue()             {}
@@ -416,6 +444,24 @@ func _Sys_Metrics_Handler(srv interface{}, ctx context.Context, dec func(interfa
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Sys_Rekey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RekeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SysServer).Rekey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Sys_Rekey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SysServer).Rekey(ctx, req.(*RekeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Sys_ServiceDesc is the grpc.ServiceDesc for Sys service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -458,6 +504,10 @@ var Sys_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Metrics",
 			Handler:    _Sys_Metrics_Handler,
+		},
+		{
+			MethodName: "Rekey",
+			Handler:    _Sys_Rekey_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -41,6 +41,8 @@ var table = []Route{
 	// Unauthenticated as in Vault (the shares are the credential), but on
 	// a node with TLS only for holders of a certificate of the CA.
 	{Method: pb.Sys_GenerateRoot_FullMethodName, Access: Public, Leader: true, ClientCert: true},
+	// Rekey likewise: the current shares are the credential.
+	{Method: pb.Sys_Rekey_FullMethodName, Access: Public, Leader: true, ClientCert: true},
 	{Method: pb.Sys_Mounts_FullMethodName, Policy: mounts},
 	// Every node answers its own metrics, sealed or not: never forwarded.
 	{Method: pb.Sys_Metrics_FullMethodName, Policy: fixed("sys/metrics", Read)},

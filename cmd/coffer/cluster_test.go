@@ -383,6 +383,15 @@ func TestOperatorUsageErrors(t *testing.T) {
 		{args: []string{"operator", "raft", "snapshot", "restore", dir}, code: 1, wantErr: "is not a regular file"},
 		{args: []string{"operator", "raft", "snapshot", "restore", "x.snap", "-force"}, code: 1, wantErr: "flag -force must come before the arguments"},
 		{args: []string{"operator", "-h"}, wantOut: "step-down"},
+		{args: []string{"operator", "-h"}, wantOut: "rekey"},
+		{args: []string{"operator", "unseal", "-reset", "-migrate"}, code: 1, wantErr: "-reset and -migrate exclude each other"},
+		{args: []string{"operator", "unseal", "-h"}, wantOut: "-migrate"},
+		{args: []string{"operator", "rekey"}, code: 1, wantErr: "give one of -init, -nonce, -status or -cancel"},
+		{args: []string{"operator", "rekey", "-init", "-status"}, code: 1, wantErr: "give one of"},
+		{args: []string{"operator", "rekey", "-status", "AAAA"}, code: 1, wantErr: "a SHARE goes with -nonce"},
+		{args: []string{"operator", "rekey", "-init", "-key-shares=300"}, code: 1, wantErr: "at most 255"},
+		{args: []string{"operator", "init", "-recovery-shares=256"}, code: 1, wantErr: "at most 255"},
+		{args: []string{"server", "-h"}, wantOut: "-seal-key-file"},
 		{args: []string{"server", "-h"}, wantOut: "-bootstrap-expect"},
 	}
 	for _, tt := range tests {

@@ -37,11 +37,12 @@ var clusterRaftFlags = []string{"-raft-heartbeat-timeout=300ms", "-raft-election
 
 // startCluster starts three nodes with -bootstrap-expect=3, each joining
 // the other two, and waits until every one answers `coffer status`. The
-// first node gets the cluster key by flag, the others by environment. A
-// port taken meanwhile restarts the attempt on fresh ports.
-func startCluster(t *testing.T) *testCluster {
+// first node gets the cluster key by flag, the others by environment;
+// every node gets the extra flags. A port taken meanwhile restarts the
+// attempt on fresh ports.
+func startCluster(t *testing.T, extra ...string) *testCluster {
 	t.Helper()
-	return startClusterWith(t, func(string) []string { return []string{"-log-level=warn"} })
+	return startClusterWith(t, func(string) []string { return append([]string{"-log-level=warn"}, extra...) })
 }
 
 // startClusterWith is startCluster with the flags extra returns for each

@@ -168,6 +168,7 @@ func dispatch(e *env, args []string) error {
 			"seal":          cmdOperatorSeal,
 			"rotate":        cmdOperatorRotate,
 			"generate-root": cmdOperatorGenerateRoot,
+			"rekey":         cmdOperatorRekey,
 			"members":       cmdOperatorMembers,
 			"step-down":     cmdOperatorStepDown,
 			"raft": func(e *env, args []string) error {

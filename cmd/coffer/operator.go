@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -24,6 +25,7 @@ Commands:
     seal         Seal a node: drop its keys from memory
     rotate       Start a new data-key term (old terms stay readable)
     generate-root  Make a new root token from a threshold of unseal key shares
+    rekey        Replace the key shares (a threshold of current holders approve)
     members      List the cluster's members as gossip sees them
     step-down    Make the leader hand leadership to another voter
     raft         Raft peers and snapshots (run "coffer operator raft -h")
@@ -110,7 +112,13 @@ type initJSON struct {
 	UnsealKeysB64   []string `json:"unseal_keys_b64"`
 	UnsealShares    uint32   `json:"unseal_shares"`
 	UnsealThreshold uint32   `json:"unseal_threshold"`
-	RootToken       string   `json:"root_token"`
+	// The recovery shares of a cluster under the static seal (Vault's
+	// fields), instead of unseal shares.
+	RecoveryKeysB64   []string `json:"recovery_keys_b64"`
+	RecoveryKeysHex   []string `json:"recovery_keys_hex"`
+	RecoveryShares    uint32   `json:"recovery_keys_shares"`
+	RecoveryThreshold uint32   `json:"recovery_keys_threshold"`
+	RootToken         string   `json:"root_token"`
 }
 
 func cmdOperatorInit(e *env, args []string) error {
@@ -118,9 +126,17 @@ func cmdOperatorInit(e *env, args []string) error {
 Initialize a new cluster, through the node at the first endpoint. It creates
 the root key and splits the unseal key into -key-shares Shamir shares, any
 -key-threshold of which unseal a node. The shares and the root token are
-printed once and never stored: keep them safe and apart.`).withClient()
+printed once and never stored: keep them safe and apart.
+
+On a cluster under the static seal (nodes started with -seal=static) the
+nodes unseal themselves, and init prints -recovery-shares recovery shares
+instead (threshold -recovery-threshold): they are needed for generate-root,
+rekey and a migration back to the Shamir seal, which turns them into unseal
+shares. They are as powerful as unseal shares: keep them as safe.`).withClient()
 	shares := f.fs.Uint("key-shares", 5, "number of unseal key shares to create")
 	threshold := f.fs.Uint("key-threshold", 3, "number of shares needed to unseal")
+	recShares := f.fs.Uint("recovery-shares", 5, "under the static seal: number of recovery shares to create")
+	recThreshold := f.fs.Uint("recovery-threshold", 3, "under the static seal: number of recovery shares needed")
 	args, err := f.parse(e, args)
 	if err != nil {
 		return err
@@ -128,15 +144,18 @@ printed once and never stored: keep them safe and apart.`).withClient()
 	if err := f.wantArgs(args); err != nil {
 		return err
 	}
-	if *shares > 255 || *threshold > 255 {
-		return &cliError{code: 1, msg: fmt.Sprintf("invalid -key-shares=%d -key-threshold=%d: both must be at most 255", *shares, *threshold)}
+	if *shares > 255 || *threshold > 255 || *recShares > 255 || *recThreshold > 255 {
+		return &cliError{code: 1, msg: fmt.Sprintf("invalid -key-shares=%d -key-threshold=%d -recovery-shares=%d -recovery-threshold=%d: each must be at most 255", *shares, *threshold, *recShares, *recThreshold)}
 	}
 	c, err := f.client(e)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	resp, err := c.Init(context.Background(), &pb.InitRequest{SecretShares: uint32(*shares), SecretThreshold: uint32(*threshold)})
+	resp, err := c.Init(context.Background(), &pb.InitRequest{
+		SecretShares: uint32(*shares), SecretThreshold: uint32(*threshold),
+		RecoveryShares: uint32(*recShares), RecoveryThreshold: uint32(*recThreshold),
+	})
 	if err != nil {
 		return callError(err, c.Endpoints()[:1], 0)
 	}
@@ -144,11 +163,16 @@ printed once and never stored: keep them safe and apart.`).withClient()
 	for i, k := range resp.GetKeys() {
 		keys[i] = base64.StdEncoding.EncodeToString(k)
 	}
+	if rec := resp.GetRecoveryKeys(); len(rec) > 0 {
+		return printRecoveryInit(e, f.format, rec, uint32(*recThreshold), resp.GetRootToken())
+	}
 	if f.format == formatJSON {
 		return printJSON(e.stdout, initJSON{
 			UnsealKeysB64:   keys,
 			UnsealShares:    uint32(*shares),
 			UnsealThreshold: uint32(*threshold),
+			RecoveryKeysB64: []string{},
+			RecoveryKeysHex: []string{},
 			RootToken:       resp.GetRootToken(),
 		})
 	}
@@ -168,6 +192,36 @@ is lost for good.
 	return nil
 }
 
+// printRecoveryInit prints init's answer under the static seal.
+func printRecoveryInit(e *env, format string, rec [][]byte, threshold uint32, token string) error {
+	b64 := make([]string, len(rec))
+	hx := make([]string, len(rec))
+	for i, k := range rec {
+		b64[i], hx[i] = base64.StdEncoding.EncodeToString(k), hex.EncodeToString(k)
+	}
+	if format == formatJSON {
+		return printJSON(e.stdout, initJSON{
+			UnsealKeysB64:     []string{},
+			RecoveryKeysB64:   b64,
+			RecoveryKeysHex:   hx,
+			RecoveryShares:    uint32(len(rec)),
+			RecoveryThreshold: threshold,
+			RootToken:         token,
+		})
+	}
+	for i, k := range b64 {
+		fmt.Fprintf(e.stdout, "Recovery Key %d: %s\n", i+1, k)
+	}
+	fmt.Fprintf(e.stdout, "\nInitial Root Token: %s\n\n", token)
+	fmt.Fprintf(e.stdout, `Coffer initialized with %d recovery key shares and a recovery threshold of %d.
+The nodes unseal themselves with the static seal key. The recovery shares
+are needed for generate-root, rekey and a migration back to the Shamir seal
+(where they become unseal shares): they are as powerful as unseal shares.
+They are shown this once: keep them safe and apart.
+`, len(rec), threshold)
+	return nil
+}
+
 func cmdOperatorUnseal(e *env, args []string) error {
 	f := newFlags("coffer operator unseal", "[flags] [SHARE]", `
 Submit one unseal key share (base64, as printed by "coffer operator init")
@@ -177,6 +231,7 @@ one line from stdin when it is not a terminal. Never pass shares on the
 command line of a shared machine: they end up in the process list and shell
 history. -reset discards the shares submitted so far.`).withClient()
 	reset := f.fs.Bool("reset", false, "discard the shares submitted so far instead of adding one")
+	migrate := f.fs.Bool("migrate", false, "submit the share for a seal migration: the node was restarted with another -seal than the cluster's (Shamir ↔ static); see docs/OPERATIONS.md")
 	args, err := f.parse(e, args)
 	if err != nil {
 		return err
@@ -186,6 +241,9 @@ history. -reset discards the shares submitted so far.`).withClient()
 	}
 	if *reset && len(args) > 0 {
 		return usageErrorf(f.name, "-reset takes no SHARE")
+	}
+	if *reset && *migrate {
+		return usageErrorf(f.name, "-reset and -migrate exclude each other")
 	}
 	var key []byte
 	if !*reset {
@@ -207,6 +265,8 @@ history. -reset discards the shares submitted so far.`).withClient()
 	var st *pb.SealStatus
 	if *reset {
 		st, err = c.UnsealReset(context.Background())
+	} else if *migrate {
+		st, err = c.UnsealMigrate(context.Background(), key)
 	} else {
 		st, err = c.Unseal(context.Background(), key)
 	}

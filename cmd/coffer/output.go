@@ -98,27 +98,55 @@ type sealStatusJSON struct {
 	Shares      uint32 `json:"shares"`
 	Threshold   uint32 `json:"threshold"`
 	Progress    uint32 `json:"progress"`
+	// Type, RecoverySeal and Migration are Vault's seal-status fields;
+	// Message says why a sealed node stays sealed when shares would not
+	// help.
+	Type         string `json:"type"`
+	RecoverySeal bool   `json:"recovery_seal"`
+	Migration    bool   `json:"migration"`
+	Message      string `json:"message,omitempty"`
 }
 
 func toSealStatus(s *pb.SealStatus) sealStatusJSON {
+	typ := s.GetType()
+	if typ == "" {
+		typ = "shamir" // a node older than the static seal
+	}
 	return sealStatusJSON{
-		Initialized: s.GetInitialized(),
-		Sealed:      s.GetSealed(),
-		Shares:      s.GetShares(),
-		Threshold:   s.GetThreshold(),
-		Progress:    s.GetProgress(),
+		Initialized:  s.GetInitialized(),
+		Sealed:       s.GetSealed(),
+		Shares:       s.GetShares(),
+		Threshold:    s.GetThreshold(),
+		Progress:     s.GetProgress(),
+		Type:         typ,
+		RecoverySeal: s.GetRecoverySeal(),
+		Migration:    s.GetMigration(),
+		Message:      s.GetMessage(),
 	}
 }
 
 func sealRows(s *pb.SealStatus) []row {
+	j := toSealStatus(s)
+	shares, threshold := "Total Shares", "Threshold"
+	if j.RecoverySeal {
+		shares, threshold = "Total Recovery Shares", "Recovery Threshold"
+	}
 	rows := []row{
+		{"Seal Type", j.Type},
+		{"Recovery Seal", fmt.Sprint(j.RecoverySeal)},
 		{"Initialized", fmt.Sprint(s.GetInitialized())},
 		{"Sealed", fmt.Sprint(s.GetSealed())},
-		{"Total Shares", fmt.Sprint(s.GetShares())},
-		{"Threshold", fmt.Sprint(s.GetThreshold())},
+		{shares, fmt.Sprint(s.GetShares())},
+		{threshold, fmt.Sprint(s.GetThreshold())},
 	}
-	if s.GetSealed() && s.GetInitialized() {
+	if s.GetSealed() && s.GetInitialized() && !j.RecoverySeal || j.Migration {
 		rows = append(rows, row{"Unseal Progress", fmt.Sprintf("%d/%d", s.GetProgress(), s.GetThreshold())})
+	}
+	if j.Migration {
+		rows = append(rows, row{"Seal Migration in Progress", "true"})
+	}
+	if j.Message != "" {
+		rows = append(rows, row{"Seal Message", j.Message})
 	}
 	return rows
 }

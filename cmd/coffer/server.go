@@ -57,8 +57,8 @@ Run a coffer node. It starts sealed: initialize the cluster once with
 Settings come from -config (JSON with the keys node_id, data_dir, api_addr,
 raft_addr, raft_advertise, gossip_addr, advertise, join (a list),
 bootstrap_expect, read_replica, cluster_key, max_inflight_bytes, max_leases,
-audit_files, log_level, log_format, snapshot_interval (e.g. "1h"),
-snapshot_dir and snapshot_retain); flags
+audit_files, log_level, log_format, seal, seal_key_file,
+snapshot_interval (e.g. "1h"), snapshot_dir and snapshot_retain); flags
 given on the command line win over it.
 
 A cluster: start identical nodes with -bootstrap-expect=N and -join listing
@@ -67,6 +67,12 @@ N are seen. A node given neither -join nor -bootstrap-expect is a one-node
 cluster. -cluster-key (or $COFFER_CLUSTER_KEY, or cluster_key in -config;
 in that order of precedence) encrypts gossip: every node needs the same key.
 Prefer the environment or the config file: a flag shows in the process list.
+
+-seal=static -seal-key-file=PATH makes the node unseal itself at start
+with a static seal key (the same on every node; or $COFFER_SEAL_KEY): init
+then prints recovery shares instead of unseal shares. A missing or wrong key
+leaves the node sealed with a message saying why. To move a running cluster
+between the seals, see "coffer operator unseal -migrate".
 
 -dev runs a throw-away node for development: its data lives in a temporary
 directory removed on exit, it initializes itself with a single unseal key,
@@ -97,7 +103,8 @@ production.`)
 	dev := f.fs.Bool("dev", false, "run a throw-away, self-unsealed development node (NOT for production)")
 	devRootToken := f.fs.String("dev-root-token", "", "with -dev: use this root token instead of a random one")
 	cf := addClusterFlags(f, def)
-	sf := addSnapshotFlags(f)
+	snapf := addSnapshotFlags(f)
+	sealf := addSealFlags(f)
 	args, err := f.parse(e, args)
 	if err != nil {
 		return nil, err
@@ -181,15 +188,19 @@ production.`)
 	if err := cf.apply(f, e, &cfg, fileG); err != nil {
 		return nil, err
 	}
-	if err := sf.apply(f, &cfg); err != nil {
+	if err := snapf.apply(f, &cfg); err != nil {
 		return nil, err
 	}
+	sealf.apply(f, e, &cfg)
 	o := &serverOpts{cfg: cfg, logs: logs, format: f.format, dev: *dev, devRootToken: *devRootToken,
 		raftAddrSet: set("raft-addr") || fromFile["raft_addr"]}
 
 	if *dev {
 		if cfg.DataDir != "" {
 			return nil, usageErrorf(f.name, "-dev keeps its data in a temporary directory: drop -data-dir (and data_dir from -config)")
+		}
+		if o.cfg.Seal == server.SealStatic {
+			return nil, usageErrorf(f.name, "-dev unseals itself with its single unseal key: drop -seal=static")
 		}
 		if o.cfg.NodeID == "" {
 			o.cfg.NodeID = "dev"

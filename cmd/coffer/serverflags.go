@@ -14,6 +14,41 @@ import (
 // EnvClusterKey holds the base64 cluster key when -cluster-key is not given.
 const EnvClusterKey = "COFFER_CLUSTER_KEY"
 
+// EnvSealKey holds the static seal key (its base64 or hex text) when the
+// node runs -seal=static; it wins over -seal-key-file.
+const EnvSealKey = "COFFER_SEAL_KEY"
+
+// sealFlags are the `coffer server` flags of the seal.
+type sealFlags struct {
+	typ     string
+	keyFile string
+}
+
+// addSealFlags defines -seal and -seal-key-file on f.
+func addSealFlags(f *cmdFlags) *sealFlags {
+	s := &sealFlags{}
+	f.fs.StringVar(&s.typ, "seal", "shamir", "how the node unseals: shamir (a threshold of unseal shares) or static (by itself, with the static seal key)")
+	f.fs.StringVar(&s.keyFile, "seal-key-file", "", "with -seal=static: file holding the static seal key, 32 random bytes raw or as base64 or hex text, the same on every node ($"+EnvSealKey+" holds the text instead and wins)")
+	return s
+}
+
+// apply copies the seal flags given on the command line into cfg (they
+// win over the config file's seal and seal_key_file) and takes the key's
+// text from $COFFER_SEAL_KEY under the static seal. The key is read and
+// checked by the server, which stays sealed and says why when it cannot
+// use it.
+func (s *sealFlags) apply(f *cmdFlags, e *env, cfg *server.Config) {
+	if f.isSet("seal") {
+		cfg.Seal = s.typ
+	}
+	if f.isSet("seal-key-file") {
+		cfg.SealKeyFile = s.keyFile
+	}
+	if v := e.getenv(EnvSealKey); v != "" && cfg.Seal == server.SealStatic {
+		cfg.SealKey = []byte(v)
+	}
+}
+
 // clusterFlags are the `coffer server` flags for clustering and Raft
 // timings.
 type clusterFlags struct {

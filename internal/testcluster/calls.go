@@ -17,7 +17,8 @@ import (
 const callTimeout = 10 * time.Second
 
 // Init initializes the cluster through node n (5 shares, threshold 3) and
-// keeps the shares and the root token in c. While there is no leader for
+// keeps the shares (the recovery shares under the static seal) and the
+// root token in c. While there is no leader for
 // a moment (Unavailable) it tries again for up to 10s; a retry that finds
 // the cluster initialized fails the test, since the first answer's shares
 // are lost.
@@ -43,6 +44,9 @@ func (c *Cluster) Init(t testing.TB, n *Node) {
 		return nil
 	})
 	c.Shares, c.Token = res.Keys, res.RootToken
+	if len(res.RecoveryKeys) > 0 {
+		c.Shares = res.RecoveryKeys // the static seal's recovery shares
+	}
 }
 
 // Unseal unseals n with three of c.Shares, starting at offset.

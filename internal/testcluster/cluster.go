@@ -44,6 +44,9 @@ type Cluster struct {
 	clientTLS       *tls.Config
 	// clusterKey encrypts the nodes' gossip.
 	clusterKey []byte
+	// SealKey is the static seal key of a cluster started with
+	// Options.StaticSeal (the nodes' Node.SealKey).
+	SealKey []byte
 }
 
 // Node is one member of a Cluster. Its id, addresses and data directory
@@ -76,6 +79,18 @@ type Node struct {
 	// httpAddr is the HTTP API's address (served with Options.HTTP).
 	httpAddr string
 	tlsOn    bool
+	// sealKey is the node's static seal key (nil: the Shamir seal).
+	sealKey []byte
+}
+
+// SetSealKey sets the static seal key n starts with from its next start
+// (nil: the Shamir seal), as an operator edits -seal and -seal-key-file
+// before restarting a node for a seal migration. n must not be running.
+func (n *Node) SetSealKey(key []byte) {
+	n.sealKey = append([]byte(nil), key...)
+	if key == nil {
+		n.sealKey = nil
+	}
 }
 
 // APIAddr returns the node's gRPC address (host:port), the same across
@@ -133,6 +148,12 @@ func New(t testing.TB, size int, opts Options) (*Cluster, error) {
 	if _, err := rand.Read(c.clusterKey); err != nil {
 		return nil, err
 	}
+	if opts.StaticSeal {
+		c.SealKey = make([]byte, 32)
+		if _, err := rand.Read(c.SealKey); err != nil {
+			return nil, err
+		}
+	}
 	if opts.TLS {
 		if err := c.makeCerts(t); err != nil {
 			return nil, err
@@ -147,6 +168,9 @@ func New(t testing.TB, size int, opts Options) (*Cluster, error) {
 		n, err := c.newNode(fmt.Sprintf("n%d", i), t.TempDir(), false)
 		if err != nil {
 			return nil, err
+		}
+		if c.SealKey != nil {
+			n.SetSealKey(c.SealKey)
 		}
 		c.nodes = append(c.nodes, n)
 		c.seeds = append(c.seeds, n.gossipAddr)
@@ -257,6 +281,9 @@ func (c *Cluster) config(n *Node, expect int, network *replication.Network) serv
 		if c.opts.SnapshotSharedDir != "" {
 			cfg.Snapshots.Dir = c.opts.SnapshotSharedDir
 		}
+	}
+	if n.sealKey != nil {
+		cfg.Seal, cfg.SealKey = server.SealStatic, append([]byte(nil), n.sealKey...)
 	}
 	cfg.ShutdownTimeout = shutdownTimeout
 	cfg.Logger = newLoggerTap(c.logs, c.opts.LogTap, n.ID, c.opts.LogLevel)

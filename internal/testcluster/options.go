@@ -72,6 +72,10 @@ type Options struct {
 	// SnapshotSharedDir, when set, is the one snapshot directory of every
 	// node instead of their own.
 	SnapshotSharedDir string
+	// StaticSeal runs every node under the static seal with one random
+	// key (Cluster.SealKey): the nodes unseal themselves, and Init keeps
+	// the recovery shares in Cluster.Shares.
+	StaticSeal bool
 }
 
 // Defaults of Options.

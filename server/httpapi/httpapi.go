@@ -139,6 +139,7 @@ func New(cfg Config) *Handler {
 	h.kvRoutes()
 	h.authRoutes()
 	h.open("sys/init", "sys/unseal", "sys/generate-root/attempt", "sys/generate-root/update",
+		"sys/rekey/init", "sys/rekey/update",
 		"auth/approle/login", "auth/jwt/login", "auth/kubernetes/login", "auth/cert/login")
 	h.exact = make(map[string]*endpoint, len(h.endpoints))
 	for i := range h.endpoints {

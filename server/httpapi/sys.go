@@ -131,8 +131,12 @@ func sysHealth(ctx context.Context, rq *request) (*reply, error) {
 
 // sealStatus is Vault's seal-status body.
 func sealStatus(st *pb.SealStatus, version string) map[string]any {
+	typ := st.GetType()
+	if typ == "" {
+		typ = "shamir"
+	}
 	return map[string]any{
-		"type":          "shamir",
+		"type":          typ,
 		"initialized":   st.GetInitialized(),
 		"sealed":        st.GetSealed(),
 		"t":             st.GetThreshold(),
@@ -141,9 +145,9 @@ func sealStatus(st *pb.SealStatus, version string) map[string]any {
 		"nonce":         "",
 		"version":       version,
 		"build_date":    "",
-		"migration":     false,
+		"migration":     st.GetMigration(),
 		"cluster_name":  "coffer",
-		"recovery_seal": false,
+		"recovery_seal": st.GetRecoverySeal(),
 		"storage_type":  "raft",
 	}
 }
@@ -181,21 +185,33 @@ func sysInit(ctx context.Context, rq *request) (*reply, error) {
 	if len(body.PGPKeys) > 0 || body.RootTokenPGPKey != "" {
 		return nil, badRequest("coffer does not encrypt key shares or the root token with PGP keys: leave pgp_keys and root_token_pgp_key out, and hand each share to its holder over a secure channel")
 	}
-	if body.RecoveryShares > 0 || body.RecoveryThreshold > 0 {
-		return nil, badRequest("recovery_shares and recovery_threshold are for an auto-unseal, which this node does not use: give secret_shares and secret_threshold")
-	}
-	out, err := rq.call(ctx, pb.Sys_Init_FullMethodName, &pb.InitRequest{SecretShares: body.SecretShares, SecretThreshold: body.SecretThreshold})
+	// recovery_shares and recovery_threshold count on a cluster under the
+	// static seal (the node that runs init decides), as in Vault.
+	out, err := rq.call(ctx, pb.Sys_Init_FullMethodName, &pb.InitRequest{
+		SecretShares: body.SecretShares, SecretThreshold: body.SecretThreshold,
+		RecoveryShares: body.RecoveryShares, RecoveryThreshold: body.RecoveryThreshold,
+	})
 	if err != nil {
 		return nil, err
 	}
 	resp := out.(*pb.InitResponse)
-	hexKeys := make([]string, 0, len(resp.GetKeys()))
-	b64Keys := make([]string, 0, len(resp.GetKeys()))
-	for _, k := range resp.GetKeys() {
+	hexKeys, b64Keys := encodeShares(resp.GetKeys())
+	recHex, recB64 := encodeShares(resp.GetRecoveryKeys())
+	return &reply{raw: map[string]any{
+		"keys": hexKeys, "keys_base64": b64Keys,
+		"recovery_keys": recHex, "recovery_keys_base64": recB64,
+		"root_token": resp.GetRootToken(),
+	}}, nil
+}
+
+// encodeShares gives shares in hex and in base64, as Vault answers them.
+func encodeShares(shares [][]byte) (hexKeys, b64Keys []string) {
+	hexKeys, b64Keys = make([]string, 0, len(shares)), make([]string, 0, len(shares))
+	for _, k := range shares {
 		hexKeys = append(hexKeys, hex.EncodeToString(k))
 		b64Keys = append(b64Keys, base64.StdEncoding.EncodeToString(k))
 	}
-	return &reply{raw: map[string]any{"keys": hexKeys, "keys_base64": b64Keys, "root_token": resp.GetRootToken()}}, nil
+	return hexKeys, b64Keys
 }
 
 // decodeShare reads an unseal key share as Vault takes it: hex, or
@@ -220,10 +236,10 @@ func sysUnseal(ctx context.Context, rq *request) (*reply, error) {
 	if err := rq.decode(&body); err != nil {
 		return nil, err
 	}
-	if body.Migrate {
-		return nil, badRequest("this node has no seal to migrate from: unseal without migrate")
+	if body.Migrate && body.Reset {
+		return nil, badRequest("'reset' and 'migrate' exclude each other")
 	}
-	req := &pb.UnsealRequest{Reset_: body.Reset}
+	req := &pb.UnsealRequest{Reset_: body.Reset, Migrate: body.Migrate}
 	if !body.Reset {
 		if body.Key == "" {
 			return nil, badRequest("'key' must be specified in request body as JSON, or 'reset' set to true")

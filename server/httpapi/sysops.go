@@ -10,7 +10,7 @@ import (
 )
 
 // sysOpsRoutes serves the sys/ endpoints of tokens and keys:
-// capabilities, audit-hash, rotate and generate-root.
+// capabilities, audit-hash, rotate, generate-root and rekey.
 func (h *Handler) sysOpsRoutes() {
 	h.handle("sys/capabilities-self", map[op]endpointFunc{opPost: sysCapabilities(true)})
 	h.handle("sys/capabilities", map[op]endpointFunc{opPost: sysCapabilities(false)})
@@ -18,6 +18,8 @@ func (h *Handler) sysOpsRoutes() {
 	h.handle("sys/rotate", map[op]endpointFunc{opPost: sysRotate})
 	h.handle("sys/generate-root/attempt", map[op]endpointFunc{opGet: generateRootStatus, opPost: generateRootInit, opDelete: generateRootCancel})
 	h.handle("sys/generate-root/update", map[op]endpointFunc{opPost: generateRootUpdate})
+	h.handle("sys/rekey/init", map[op]endpointFunc{opGet: rekeyStatus, opPut: rekeyInit, opDelete: rekeyCancel})
+	h.handle("sys/rekey/update", map[op]endpointFunc{opPut: rekeyUpdate})
 }
 
 // sysCapabilities answers what a token (self: the caller's own) may do on
@@ -258,4 +260,127 @@ func generateRootUpdate(ctx context.Context, rq *request) (*reply, error) {
 		return nil, err
 	}
 	return generateRootReply(st, ""), nil
+}
+
+// Rekey, in Vault's form (sys/rekey/init and sys/rekey/update). The
+// shares (new ones in the last answer) are in hex and base64, as Vault
+// gives them; PGP encryption and the verification round are not served.
+
+// rekeyReply is Vault's rekey status body, with the new shares once
+// complete.
+func rekeyReply(st *pb.RekeyStatus) *reply {
+	hexKeys, b64Keys := encodeShares(st.GetKeys())
+	progress := st.GetProgress()
+	if st.GetComplete() {
+		progress = st.GetRequired()
+	}
+	body := map[string]any{
+		"nonce":                 st.GetNonce(),
+		"started":               st.GetStarted(),
+		"t":                     st.GetT(),
+		"n":                     st.GetN(),
+		"progress":              progress,
+		"required":              st.GetRequired(),
+		"complete":              st.GetComplete(),
+		"pgp_fingerprints":      nil,
+		"backup":                false,
+		"verification_required": false,
+		"verification_nonce":    "",
+	}
+	if st.GetComplete() {
+		body["keys"], body["keys_base64"] = hexKeys, b64Keys
+	}
+	return &reply{raw: body}
+}
+
+func rekey(ctx context.Context, rq *request, req *pb.RekeyRequest) (*pb.RekeyStatus, error) {
+	out, err := rq.call(ctx, pb.Sys_Rekey_FullMethodName, req)
+	if err != nil {
+		return nil, err
+	}
+	return out.(*pb.RekeyStatus), nil
+}
+
+func rekeyStatus(ctx context.Context, rq *request) (*reply, error) {
+	st, err := rekey(ctx, rq, &pb.RekeyRequest{Action: "status"})
+	if err != nil {
+		return nil, err
+	}
+	return rekeyReply(st), nil
+}
+
+// rekeyInit starts a rekey to secret_shares and secret_threshold.
+func rekeyInit(ctx context.Context, rq *request) (*reply, error) {
+	var body struct {
+		SecretShares        uint32   `json:"secret_shares"`
+		SecretThreshold     uint32   `json:"secret_threshold"`
+		PGPKeys             []string `json:"pgp_keys"`
+		Backup              bool     `json:"backup"`
+		RequireVerification bool     `json:"require_verification"`
+	}
+	if err := rq.decode(&body); err != nil {
+		return nil, err
+	}
+	if len(body.PGPKeys) > 0 || body.Backup {
+		return nil, badRequest("coffer does not encrypt the new shares with PGP keys nor back them up: leave pgp_keys and backup out, and hand each share to its holder over a secure channel")
+	}
+	if body.RequireVerification {
+		return nil, badRequest("coffer has no rekey verification round: leave require_verification out (the new shares take effect when the last current share is given)")
+	}
+	st, err := rekey(ctx, rq, &pb.RekeyRequest{Action: "init", SecretShares: body.SecretShares, SecretThreshold: body.SecretThreshold})
+	if err != nil {
+		return nil, err
+	}
+	return rekeyReply(st), nil
+}
+
+// rekeyCancel cancels the rekey in progress. Vault's DELETE carries no
+// nonce: the handler cancels the attempt the status names (a nonce in
+// the body is used instead when given).
+func rekeyCancel(ctx context.Context, rq *request) (*reply, error) {
+	var body struct {
+		Nonce string `json:"nonce"`
+	}
+	if err := rq.decode(&body); err != nil {
+		return nil, err
+	}
+	if body.Nonce == "" {
+		st, err := rekey(ctx, rq, &pb.RekeyRequest{Action: "status"})
+		if err != nil {
+			return nil, err
+		}
+		body.Nonce = st.GetNonce()
+	}
+	if _, err := rekey(ctx, rq, &pb.RekeyRequest{Action: "cancel", Nonce: body.Nonce}); err != nil {
+		return nil, err
+	}
+	return noContent(), nil
+}
+
+// rekeyUpdate submits one current share (hex or base64) with the
+// attempt's nonce; the last one answers the new shares.
+func rekeyUpdate(ctx context.Context, rq *request) (*reply, error) {
+	var body struct {
+		Key   string `json:"key"`
+		Nonce string `json:"nonce"`
+	}
+	if err := rq.decode(&body); err != nil {
+		return nil, err
+	}
+	if body.Key == "" {
+		return nil, badRequest("'key' must be specified in request body as JSON")
+	}
+	if body.Nonce == "" {
+		return nil, badRequest("'nonce' must be specified in request body as JSON: the nonce of the rekey (GET sys/rekey/init)")
+	}
+	key, ok := decodeShare(body.Key)
+	if !ok {
+		return nil, badRequest("'key' must be a valid hex or base64 string")
+	}
+	st, err := rekey(ctx, rq, &pb.RekeyRequest{Action: "update", Nonce: body.Nonce, Key: key})
+	clear(key)
+	if err != nil {
+		return nil, err
+	}
+	return rekeyReply(st), nil
 }

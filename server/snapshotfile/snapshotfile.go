@@ -43,8 +43,11 @@ type Header struct {
 	NodeID       string `json:"node_id"`
 	AppliedIndex uint64 `json:"applied_index"`
 	CreatedUnix  int64  `json:"created_unix"`
-	// SealFingerprint identifies the keys the data is encrypted under
-	// (a hash of the replicated seal record, which holds no secret).
+	// SealFingerprint identifies the keys the data is encrypted under:
+	// derived from the root key (seal.Seal.Fingerprint), so it stays the
+	// same across rekeys and seal migrations. Older files hold a hash of
+	// the seal record instead; a restore never trusts it (the MAC
+	// decides).
 	SealFingerprint string `json:"seal_fingerprint"`
 }
 
