@@ -3,7 +3,9 @@ package server
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"errors"
 	"sync"
 	"time"
@@ -82,7 +84,18 @@ func (y *sysServer) rekeyStatus(r *rekeying) *pb.RekeyStatus {
 		st.Required = uint32(stored.Threshold)
 		st.Recovery = stored.SealType() == seal.TypeStatic
 	}
+	if stored, err := y.storedSeal(); err == nil && stored != nil {
+		st.KeyId = shareKeyID(stored)
+	}
 	return st
+}
+
+// shareKeyID names the operator key of a seal record without revealing
+// it: a hash of the root key it wraps (ciphertext), so the holders of a
+// set of shares can tell whether the cluster's record is theirs.
+func shareKeyID(s *seal.Stored) string {
+	sum := sha256.Sum256(s.WrappedRootKey)
+	return hex.EncodeToString(sum[:8])
 }
 
 func (y *sysServer) rekeyInit(r *rekeying, req *pb.RekeyRequest) (*pb.RekeyStatus, error) {
@@ -156,20 +169,28 @@ func (y *sysServer) rekeyUpdate(ctx context.Context, r *rekeying, req *pb.RekeyR
 		return nil, withMessage(fsm.ErrCASMismatch, "the seal record changed while the rekey ran (another rekey or a seal migration won): the old shares still hold; start the rekey again")
 	}
 	var index uint64
+	unknown := false
 	if err == nil {
 		index = out.Index
 	} else if index = y.awaitRecord(ctx, next); index == 0 {
-		return nil, withMessage(ErrCatchingUp, "the new seal record was not stored (%v): the current shares still hold; start the rekey again", err)
+		// The entry may still commit (a new leader keeps what a quorum
+		// holds): dropping the new shares now could leave nobody able to
+		// unseal. They go back to the caller with the outcome unknown.
+		unknown = true
+		y.logger.Warn("rekey: the new seal record's outcome is unknown; the new shares were returned with a warning: keep the old ones too", "error", err)
 	}
 	cfg := a.rekey.Config()
 	st := &pb.RekeyStatus{
-		Started: true, Nonce: a.nonce, Complete: true, Progress: uint32(a.rekey.Required()), Required: uint32(a.rekey.Required()),
+		Started: true, Nonce: a.nonce, Complete: !unknown, Progress: uint32(a.rekey.Required()), Required: uint32(a.rekey.Required()),
 		T: uint32(cfg.Threshold), N: uint32(cfg.Shares), Recovery: a.recovery, Index: index,
+		OutcomeUnknown: unknown, KeyId: shareKeyID(res.Stored),
 	}
 	for _, sh := range res.Shares {
 		st.Keys = append(st.Keys, append([]byte(nil), sh...))
 	}
-	y.logger.Info("rekeyed: the old shares no longer open the root key", "shares", cfg.Shares, "threshold", cfg.Threshold, "index", index)
+	if !unknown {
+		y.logger.Info("rekeyed: the old shares no longer open the root key", "shares", cfg.Shares, "threshold", cfg.Threshold, "index", index)
+	}
 	return st, nil
 }
 

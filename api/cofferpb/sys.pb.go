@@ -117,7 +117,17 @@ type RekeyStatus struct {
 	// recovery: the shares are recovery shares (static seal).
 	Recovery bool `protobuf:"varint,9,opt,name=recovery,proto3" json:"recovery,omitempty"`
 	// index (once complete): the Raft index of the new seal record.
-	Index         uint64 `protobuf:"varint,10,opt,name=index,proto3" json:"index,omitempty"`
+	Index uint64 `protobuf:"varint,10,opt,name=index,proto3" json:"index,omitempty"`
+	// outcome_unknown: the new seal record was proposed but whether it was
+	// stored could not be learnt (a leader change while it committed). keys
+	// holds the new shares all the same, so that they are not lost if it
+	// was: keep the old shares too, and compare key_id with the one a later
+	// status reports.
+	OutcomeUnknown bool `protobuf:"varint,11,opt,name=outcome_unknown,json=outcomeUnknown,proto3" json:"outcome_unknown,omitempty"`
+	// key_id names the shares' key without revealing it (a hash of the
+	// wrapped root key): of the new shares when keys is set, else of the
+	// cluster's current shares.
+	KeyId         string `protobuf:"bytes,12,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -220,6 +230,20 @@ func (x *RekeyStatus) GetIndex() uint64 {
 		return x.Index
 	}
 	return 0
+}
+
+func (x *RekeyStatus) GetOutcomeUnknown() bool {
+	if x != nil {
+		return x.OutcomeUnknown
+	}
+	return false
+}
+
+func (x *RekeyStatus) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
 }
 
 type MetricsRequest struct {
@@ -1386,7 +1410,7 @@ const file_coffer_v1_sys_proto_rawDesc = "" +
 	"\rsecret_shares\x18\x02 \x01(\rR\fsecretShares\x12)\n" +
 	"\x10secret_threshold\x18\x03 \x01(\rR\x0fsecretThreshold\x12\x14\n" +
 	"\x05nonce\x18\x04 \x01(\tR\x05nonce\x12\x10\n" +
-	"\x03key\x18\x05 \x01(\fR\x03key\"\xf3\x01\n" +
+	"\x03key\x18\x05 \x01(\fR\x03key\"\xb3\x02\n" +
 	"\vRekeyStatus\x12\x18\n" +
 	"\astarted\x18\x01 \x01(\bR\astarted\x12\x14\n" +
 	"\x05nonce\x18\x02 \x01(\tR\x05nonce\x12\x1a\n" +
@@ -1398,7 +1422,9 @@ const file_coffer_v1_sys_proto_rawDesc = "" +
 	"\x04keys\x18\b \x03(\fR\x04keys\x12\x1a\n" +
 	"\brecovery\x18\t \x01(\bR\brecovery\x12\x14\n" +
 	"\x05index\x18\n" +
-	" \x01(\x04R\x05index\"\x10\n" +
+	" \x01(\x04R\x05index\x12'\n" +
+	"\x0foutcome_unknown\x18\v \x01(\bR\x0eoutcomeUnknown\x12\x15\n" +
+	"\x06key_id\x18\f \x01(\tR\x05keyId\"\x10\n" +
 	"\x0eMetricsRequest\"%\n" +
 	"\x0fMetricsResponse\x12\x12\n" +
 	"\x04text\x18\x01 \x01(\fR\x04text\"#\n" +

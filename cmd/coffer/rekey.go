@@ -24,6 +24,11 @@ type rekeyJSON struct {
 	PGPFingerprints      []string `json:"pgp_fingerprints"`
 	Backup               bool     `json:"backup"`
 	VerificationRequired bool     `json:"verification_required"`
+	// OutcomeUnknown: the new shares came back but whether the cluster
+	// stored them is unknown; KeyID names them (and, in a status, the
+	// cluster's current shares) so the two can be compared.
+	OutcomeUnknown bool   `json:"outcome_unknown,omitempty"`
+	KeyID          string `json:"key_id,omitempty"`
 }
 
 func cmdOperatorRekey(e *env, args []string) error {
@@ -114,7 +119,7 @@ on the leader; a new leader starts without one.`).withClient()
 	out := rekeyJSON{
 		Nonce: st.GetNonce(), Started: st.GetStarted(), T: st.GetT(), N: st.GetN(),
 		Progress: st.GetProgress(), Required: st.GetRequired(), Complete: st.GetComplete(),
-		PGPFingerprints: nil,
+		PGPFingerprints: nil, OutcomeUnknown: st.GetOutcomeUnknown(), KeyID: st.GetKeyId(),
 	}
 	for _, k := range st.GetKeys() {
 		out.Keys = append(out.Keys, hex.EncodeToString(k))
@@ -126,6 +131,18 @@ on the leader; a new leader starts without one.`).withClient()
 	word := "Key"
 	if st.GetRecovery() {
 		word = "Recovery Key"
+	}
+	if out.OutcomeUnknown {
+		for i, k := range out.KeysB64 {
+			fmt.Fprintf(e.stdout, "%s %d: %s\n", word, i+1, k)
+		}
+		fmt.Fprintf(e.stdout, `
+WARNING: the leader changed while the new seal record was being stored, and
+whether it was stored is unknown. Keep BOTH the old shares and the new ones
+printed above (Key ID %s). Run "coffer operator rekey -status": when its
+Key ID is %s the new shares are in force, otherwise the old ones still are.
+`, out.KeyID, out.KeyID)
+		return nil
 	}
 	if out.Complete {
 		for i, k := range out.KeysB64 {
@@ -146,6 +163,7 @@ shares no longer open anything: destroy them.
 		{"Nonce", orNA(out.Nonce)},
 		{"Started", fmt.Sprint(out.Started)},
 		{"Rekey Progress", fmt.Sprintf("%d/%d", out.Progress, out.Required)},
+		{"Key ID", orNA(out.KeyID)},
 	}
 	if out.Started {
 		rows = append(rows, row{"New Shares", fmt.Sprint(out.N)}, row{"New Threshold", fmt.Sprint(out.T)})

@@ -287,8 +287,12 @@ func rekeyReply(st *pb.RekeyStatus) *reply {
 		"verification_required": false,
 		"verification_nonce":    "",
 	}
-	if st.GetComplete() {
+	if st.GetComplete() || st.GetOutcomeUnknown() {
 		body["keys"], body["keys_base64"] = hexKeys, b64Keys
+	}
+	if st.GetOutcomeUnknown() {
+		// Not Vault's: the new shares may or may not be in force.
+		body["outcome_unknown"], body["key_id"] = true, st.GetKeyId()
 	}
 	return &reply{raw: body}
 }
