@@ -2,13 +2,18 @@ package server
 
 import (
 	"bytes"
+	"context"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
@@ -139,5 +144,52 @@ func TestSnapshotScheduleValidate(t *testing.T) {
 	}
 	if err := (SnapshotSchedule{Interval: time.Hour, Dir: "x"}).Validate(); err != nil {
 		t.Errorf("valid schedule: %v", err)
+	}
+}
+
+// TestSnapshotScheduleFutureDatedNames: snapshot names dated a year ahead
+// in the directory (a leader whose clock was ahead, or planted files) must
+// neither postpone the schedule until then, nor make retention remove the
+// snapshots this node takes, nor hold the age metric below zero.
+func TestSnapshotScheduleFutureDatedNames(t *testing.T) {
+	dir := t.TempDir()
+	now := time.Now()
+	fake := func(w io.Writer, at time.Time) (snapshotfile.Header, error) {
+		h := snapshotfile.Header{Format: snapshotfile.Format, NodeID: "n1", AppliedIndex: uint64(at.UnixNano()), CreatedUnix: at.Unix()}
+		return h, snapshotfile.Write(w, h, hmac.New(sha256.New, nil), func(io.Writer) error { return nil })
+	}
+	for i := range 3 {
+		at := now.AddDate(1, 0, i)
+		if _, err := snapshotfile.Save(dir, "ahead", at, func(w io.Writer) (snapshotfile.Header, error) { return fake(w, at) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := newSnapshotScheduler(SnapshotSchedule{Interval: time.Hour, Dir: dir, Retain: 3}, "n1", fake, func() bool { return false }, hclog.NewNullLogger())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); s.run(ctx, nil) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, 10*time.Second, "the first snapshot (due at once: no snapshot dated up to now)", func() bool { return snapshotsTaken(s) >= 1 })
+	cancel()
+	<-done
+	list, err := snapshotfile.List(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var own int
+	for _, e := range list {
+		if e.Time.Before(now.AddDate(0, 1, 0)) {
+			own++
+		}
+	}
+	if own != 1 || len(list) != 3 {
+		t.Fatalf("the snapshot this node took was pruned (%d of its own left): %v", own, list)
+	}
+	var m dto.Metric
+	if err := s.collectors()[4].(prometheus.Metric).Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	if age := m.GetGauge().GetValue(); age < 0 || age > 60 {
+		t.Fatalf("coffer_snapshot_age_seconds = %v, want the age of the snapshot just taken", age)
 	}
 }

@@ -258,15 +258,50 @@ func Verify(e Entry) (*Header, error) {
 	return h, nil
 }
 
+// MaxClockSkew is how far ahead of a node's clock a snapshot's name may
+// be dated and still count as taken in the past (the clocks of the nodes
+// sharing a directory differ a little).
+const MaxClockSkew = time.Minute
+
+// inFuture reports whether e is dated after now, beyond MaxClockSkew: its
+// time is not to be trusted (a clock that was ahead when it was taken, a
+// clock stepped back since, or a planted file).
+func inFuture(e Entry, now time.Time) bool { return e.Time.After(now.Add(MaxClockSkew)) }
+
+// Newest returns the newest of entries (as List returns them) dated no
+// later than now (within MaxClockSkew): a name dated in the future must
+// not postpone the schedule nor make the newest snapshot look fresh.
+func Newest(entries []Entry, now time.Time) (Entry, bool) {
+	for _, e := range entries {
+		if e.NameErr == nil && !inFuture(e, now) {
+			return e, true
+		}
+	}
+	return Entry{}, false
+}
+
 // Prune removes the scheduled snapshots of dir beyond the keep newest
 // (files named otherwise are never touched) and returns the names it
-// removed. It goes on past a file it cannot remove and reports the
-// failures together.
-func Prune(dir string, keep int) ([]string, error) {
+// removed. Snapshots dated in the future of now (see Newest) rank below
+// every other: the snapshot a node has just taken holds the newest state
+// whatever the clocks say, and must not be the one retention removes. It
+// goes on past a file it cannot remove and reports the failures together.
+func Prune(dir string, keep int, now time.Time) ([]string, error) {
 	entries, err := List(dir)
 	if err != nil {
 		return nil, err
 	}
+	// Stable: newest first within the trusted and the future-dated.
+	slices.SortStableFunc(entries, func(a, b Entry) int {
+		af, bf := inFuture(a, now), inFuture(b, now)
+		switch {
+		case af == bf:
+			return 0
+		case af:
+			return 1
+		}
+		return -1
+	})
 	var removed []string
 	var errs []error
 	kept := 0

@@ -113,7 +113,7 @@ func TestSaveListVerifyPrune(t *testing.T) {
 		t.Fatalf("Verify of a truncated file: %v", err)
 	}
 
-	removed, err := Prune(dir, 3)
+	removed, err := Prune(dir, 3, base.Add(time.Hour))
 	if err != nil || len(removed) != 2 || removed[0] != saved[1].Name || removed[1] != saved[0].Name {
 		t.Fatalf("Prune: %v %v", removed, err)
 	}
@@ -187,7 +187,7 @@ func TestListMalformedNames(t *testing.T) {
 			t.Errorf("%s verified", e.Name)
 		}
 	}
-	if removed, err := Prune(dir, 0); err != nil || len(removed) != 0 {
+	if removed, err := Prune(dir, 0, time.Now()); err != nil || len(removed) != 0 {
 		t.Fatalf("Prune removed malformed names: %v %v", removed, err)
 	}
 }
@@ -246,7 +246,7 @@ func TestSharedDirConcurrentPrune(t *testing.T) {
 					t.Error(err)
 					return
 				}
-				if _, err := Prune(dir, keep); err != nil {
+				if _, err := Prune(dir, keep, at); err != nil {
 					t.Error(err)
 				}
 			}
@@ -263,5 +263,57 @@ func TestSharedDirConcurrentPrune(t *testing.T) {
 		if !e.Time.Equal(want) {
 			t.Errorf("kept %d is of %v, want %v", i, e.Time, want)
 		}
+	}
+}
+
+// TestPruneKeepsTheSnapshotJustTaken: names dated in the future (a node
+// whose clock was ahead, a clock stepped back since, or files planted in
+// the directory) must not outrank the snapshot a node has just taken:
+// before, retention removed every new snapshot right after it was
+// written, and kept the future-dated ones forever.
+func TestPruneKeepsTheSnapshotJustTaken(t *testing.T) {
+	dir := t.TempDir()
+	now := time.Date(2026, 12, 7, 3, 0, 0, 0, time.UTC)
+	var future []Entry
+	for i := range 3 {
+		future = append(future, writeSnap(t, dir, "ahead", now.AddDate(1, 0, i), uint64(i+1), "old state"))
+	}
+	var fresh []Entry
+	for i := range 3 {
+		at := now.Add(time.Duration(i) * time.Minute)
+		fresh = append(fresh, writeSnap(t, dir, "n1", at, uint64(100+i), fmt.Sprint("new state ", i)))
+		removed, err := Prune(dir, 3, at)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, name := range removed {
+			for _, f := range fresh {
+				if name == f.Name {
+					t.Fatalf("Prune removed %s, a snapshot dated up to now, and kept future-dated ones", name)
+				}
+			}
+		}
+	}
+	list, err := List(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := map[string]bool{}
+	for _, e := range list {
+		kept[e.Name] = true
+	}
+	if len(list) != 3 {
+		t.Fatalf("%d files kept, want 3", len(list))
+	}
+	for _, f := range fresh {
+		if !kept[f.Name] {
+			t.Errorf("the fresh snapshot %s was removed", f.Name)
+		}
+	}
+	if e, ok := Newest(list, now.Add(2*time.Minute)); !ok || e.Name != fresh[2].Name {
+		t.Errorf("Newest = %s %v, want the newest not dated in the future, %s", e.Name, ok, fresh[2].Name)
+	}
+	if _, ok := Newest([]Entry{future[0]}, now); ok {
+		t.Error("Newest returned a snapshot dated in the future")
 	}
 }
