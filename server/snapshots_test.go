@@ -193,3 +193,35 @@ func TestSnapshotScheduleFutureDatedNames(t *testing.T) {
 		t.Fatalf("coffer_snapshot_age_seconds = %v, want the age of the snapshot just taken", age)
 	}
 }
+
+// TestSnapshotFilesAreNotRaftSnapshots: writing snapshot files (scheduled
+// or `snapshot save`) is not Raft persisting a snapshot of its own, so it
+// must not move coffer_raft_snapshot_*: a node whose Raft log is never
+// compacted would otherwise look healthy as long as backups run.
+func TestSnapshotFilesAreNotRaftSnapshots(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(t, filepath.Join(dir, "data"))
+	cfg.Snapshots = SnapshotSchedule{Interval: time.Hour, Dir: filepath.Join(dir, "snapshots"), Retain: 2}
+	n := startNodeConfig(t, cfg)
+	srv := n.srv
+	n.initUnseal(1, 1)
+	raftSnaps := func() uint64 {
+		var m dto.Metric
+		if err := srv.metrics.snapDuration.(prometheus.Metric).Write(&m); err != nil {
+			t.Fatal(err)
+		}
+		return m.GetHistogram().GetSampleCount()
+	}
+	before, lastBefore := raftSnaps(), srv.metrics.lastSnapshot.Load()
+	for range 3 {
+		if _, err := srv.snapshots.write(io.Discard, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if after := raftSnaps(); after != before {
+		t.Errorf("coffer_raft_snapshot_duration_seconds counted %d snapshot files as Raft snapshots", after-before)
+	}
+	if last := srv.metrics.lastSnapshot.Load(); last != lastBefore {
+		t.Errorf("coffer_raft_snapshot_age_seconds was reset by a snapshot file")
+	}
+}
