@@ -40,6 +40,10 @@ const (
 // id may hold dashes; the checksum, which ends the name, holds none.
 var nameRE = regexp.MustCompile(`^` + Prefix + `(\d{8}T\d{6}\.\d{3}Z)-(0|[1-9]\d{0,19})-([A-Za-z0-9_-][A-Za-z0-9._-]*)-([0-9a-f]{64})` + regexp.QuoteMeta(Ext) + `$`)
 
+// ErrRenamed means a file's name does not match its header: it was
+// renamed (its time, index or node are not what its name says).
+var ErrRenamed = errors.New("its name does not match its header: the file was renamed; restore it only if you know which state it holds")
+
 // ErrChecksum means a file's bytes do not hash to the SHA-256 in its name.
 var ErrChecksum = errors.New("its SHA-256 is not the one in its name: the file is corrupt or truncated; do not restore it")
 
@@ -232,8 +236,8 @@ func newestFirst(a, b Entry) int {
 }
 
 // Verify reads the whole file of e and checks that it hashes to the
-// SHA-256 in its name and starts with a snapshot header; it returns the
-// header. It needs no key: the MAC is checked at restore.
+// SHA-256 in its name and starts with a snapshot header whose applied
+// index, node and time are those of its name; it returns the header. It needs no key: the MAC is checked at restore.
 func Verify(e Entry) (*Header, error) {
 	if e.NameErr != nil {
 		return nil, e.NameErr
@@ -254,6 +258,11 @@ func Verify(e Entry) (*Header, error) {
 	}
 	if herr != nil {
 		return nil, herr
+	}
+	// The checksum covers the bytes, not the name: a file renamed to a
+	// newer time or index would pass as the newest.
+	if h.AppliedIndex != e.AppliedIndex || safeNodeID(h.NodeID) != e.NodeID || h.CreatedUnix != e.Time.Unix() {
+		return nil, fmt.Errorf("%w (its header: applied index %d, node %s, taken %s)", ErrRenamed, h.AppliedIndex, safeNodeID(h.NodeID), time.Unix(h.CreatedUnix, 0).UTC().Format(time.RFC3339))
 	}
 	return h, nil
 }

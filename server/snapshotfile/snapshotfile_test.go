@@ -317,3 +317,37 @@ func TestPruneKeepsTheSnapshotJustTaken(t *testing.T) {
 		t.Error("Newest returned a snapshot dated in the future")
 	}
 }
+
+// TestVerifyRefusesARenamedSnapshot: the SHA-256 in a name covers the
+// file's bytes, not its name: an old snapshot renamed with a newer time
+// and index keeps a matching checksum. Verify must compare the name with
+// the header, or `snapshot list` shows the old state as the newest OK one
+// and the restore drill ("pick the newest OK file") restores it.
+func TestVerifyRefusesARenamedSnapshot(t *testing.T) {
+	dir := t.TempDir()
+	at := time.Date(2026, 12, 7, 3, 0, 0, 0, time.UTC)
+	old := writeSnap(t, dir, "n1", at, 10, "old state")
+	for what, name := range map[string]string{
+		"newer time and index": fmt.Sprintf("%s%s-%d-%s-%s%s", Prefix, at.Add(time.Hour).Format(timeLayout), 99, "n1", old.SHA256, Ext),
+		"newer index":          fmt.Sprintf("%s%s-%d-%s-%s%s", Prefix, at.Format(timeLayout), 99, "n1", old.SHA256, Ext),
+		"newer time":           fmt.Sprintf("%s%s-%d-%s-%s%s", Prefix, at.Add(time.Hour).Format(timeLayout), 10, "n1", old.SHA256, Ext),
+		"another node":         fmt.Sprintf("%s%s-%d-%s-%s%s", Prefix, at.Format(timeLayout), 10, "n2", old.SHA256, Ext),
+	} {
+		path := filepath.Join(dir, name)
+		if err := os.Link(old.Path, path); err != nil {
+			t.Fatal(err)
+		}
+		e, err := ParseName(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.Path = path
+		if _, err := Verify(e); err == nil {
+			t.Errorf("%s: a renamed snapshot verified", what)
+		}
+		os.Remove(path)
+	}
+	if _, err := Verify(old); err != nil {
+		t.Fatalf("the snapshot under its own name: %v", err)
+	}
+}
