@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -242,11 +243,18 @@ func Verify(e Entry) (*Header, error) {
 	if e.NameErr != nil {
 		return nil, e.NameErr
 	}
-	f, err := os.Open(e.Path)
+	// Non-blocking, then checked: what List saw as a regular file may be
+	// a named pipe by now, which a plain open would wait on forever.
+	f, err := os.OpenFile(e.Path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
+	if fi, err := f.Stat(); err != nil {
+		return nil, err
+	} else if !fi.Mode().IsRegular() {
+		return nil, errors.New("not a regular file")
+	}
 	sum := sha256.New()
 	tr := io.TeeReader(bufio.NewReaderSize(f, 256<<10), sum)
 	h, _, herr := ReadHeader(tr)

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -349,5 +350,35 @@ func TestVerifyRefusesARenamedSnapshot(t *testing.T) {
 	}
 	if _, err := Verify(old); err != nil {
 		t.Fatalf("the snapshot under its own name: %v", err)
+	}
+}
+
+// TestVerifyDoesNotOpenAFIFO: a named pipe put under a snapshot's name
+// between List and Verify (List saw a regular file) must be refused at
+// once: opened for reading it would block `snapshot list` until someone
+// writes into it.
+func TestVerifyDoesNotOpenAFIFO(t *testing.T) {
+	dir := t.TempDir()
+	good := writeSnap(t, dir, "n1", time.Date(2026, 12, 7, 3, 0, 0, 0, time.UTC), 10, "state")
+	if err := os.Remove(good.Path); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(good.Path, 0o600); err != nil {
+		t.Skipf("no FIFOs here: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := Verify(good); done <- err }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("a FIFO verified")
+		}
+	case <-time.After(10 * time.Second):
+		// Unblock the reader so that the test ends without a leak.
+		if f, err := os.OpenFile(good.Path, os.O_WRONLY, 0); err == nil {
+			f.Close()
+		}
+		<-done
+		t.Fatal("Verify blocked opening a FIFO")
 	}
 }
