@@ -352,8 +352,8 @@ func (m *nodeMetrics) text(s *Server) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// unary counts and times each API call (the last of the chain's
-// interceptors to see it).
+// unary counts and times each API call (the first of the chain's
+// interceptors: it sees the code the caller gets, Internal for a panic).
 func (m *nodeMetrics) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	start := time.Now()
 	resp, err := handler(ctx, req)
