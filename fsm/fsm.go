@@ -95,8 +95,9 @@ type Options struct {
 	// applied and how long its transaction took (for the node's metrics;
 	// it must be cheap and must not block).
 	OnApply func(logs int, took time.Duration)
-	// OnSnapshot, when set, is told how long each snapshot took to persist
-	// and whether it failed (for the node's metrics).
+	// OnSnapshot, when set, is told how long each snapshot Raft persists
+	// took and whether it failed (for the node's metrics); copies written
+	// through the snapshot's WriteTo are not reported.
 	OnSnapshot func(took time.Duration, err error)
 	// NoSync skips fsync on commit and never marks the database as having
 	// unsynced commits. For tests and benchmarks only; never in production:

@@ -62,6 +62,17 @@ func (s *snapshot) Persist(sink raft.SnapshotSink) (err error) {
 	return nil
 }
 
+// WriteTo writes the database file as of the snapshot to w, like Persist
+// but for a copy that is not Raft's own snapshot (a snapshot file): it is
+// not reported to Options.OnSnapshot, which counts Raft's.
+func (s *snapshot) WriteTo(w io.Writer) (int64, error) {
+	n, err := s.tx.WriteTo(w)
+	if err != nil {
+		return n, fmt.Errorf("fsm: write snapshot: %w", err)
+	}
+	return n, nil
+}
+
 // Release ends the snapshot's read transaction. It is idempotent.
 func (s *snapshot) Release() {
 	s.once.Do(func() { _ = s.tx.Rollback() })

@@ -13,7 +13,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
@@ -34,7 +33,6 @@ type nodeMetrics struct {
 	requests      *prometheus.CounterVec
 	duration      *prometheus.HistogramVec
 	leaderChanges prometheus.Counter
-	state         *prometheus.GaugeVec
 
 	applyDuration prometheus.Histogram
 	fsmApply      prometheus.Histogram
@@ -69,9 +67,6 @@ func newNodeMetrics() *nodeMetrics {
 		leaderChanges: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "coffer_raft_leader_changes_total", Help: "Times the leader this node knows changed (to another node or to none).",
 		}),
-		state: prometheus.NewGaugeVec(prometheus.GaugeOpts{
-			Name: "coffer_raft_state_info", Help: "This node's Raft state: 1 on the series of its state.",
-		}, []string{"state"}),
 		applyDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: "coffer_raft_apply_duration_seconds", Buckets: requestBuckets,
 			Help: "On the leader: time from proposing a command to its result, i.e. Raft commit (a quorum's fsync) plus the state machine's apply.",
@@ -105,7 +100,7 @@ func newNodeMetrics() *nodeMetrics {
 		}),
 	}
 	m.reg.MustRegister(
-		m.requests, m.duration, m.leaderChanges, m.state,
+		m.requests, m.duration, m.leaderChanges,
 		m.applyDuration, m.fsmApply, m.fsmLogs, m.forwarded, m.reads, m.readRounds, m.readRoundTime, m.snapDuration, m.snapFailures,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
@@ -185,6 +180,11 @@ func (m *nodeMetrics) observeNode(s *Server) {
 			return float64(st.FreePages + st.PendingPages)
 		}),
 		gauge("coffer_fsm_db_free_bytes", "Bytes of fsm.db in free and pending pages.", func() float64 { return float64(s.fsm.DBStats().FreeBytes) }),
+		// Made at each scrape from the state read then (not a gauge vector
+		// reset and set by each scrape: a concurrent one saw it empty).
+		collectorFunc(func(ch chan<- prometheus.Metric) {
+			ch <- prometheus.MustNewConstMetric(raftStateDesc, prometheus.GaugeValue, 1, s.raft.State())
+		}),
 		collectorFunc(func(ch chan<- prometheus.Metric) { collectGossip(ch, s.raft.Members()) }),
 		collectorFunc(func(ch chan<- prometheus.Metric) { collectAudit(ch, s.audit) }),
 		collectorFunc(func(ch chan<- prometheus.Metric) {
@@ -199,10 +199,11 @@ func (m *nodeMetrics) observeNode(s *Server) {
 }
 
 var (
-	gossipDesc = prometheus.NewDesc("coffer_gossip_members", "Cluster members this node's gossip knows, by state (alive, suspect, dead, left).", []string{"state"}, nil)
-	auditDesc  = prometheus.NewDesc("coffer_audit_records_total", "Audit records of this node, by result: audited (at least one device recorded it) or refused (none did, and the call failed).", []string{"result"}, nil)
-	auditDev   = prometheus.NewDesc("coffer_audit_device_failures_total", "Records an audit device did not confirm in time.", []string{"device"}, nil)
-	auditStall = prometheus.NewDesc("coffer_audit_device_stalled", "1 while an audit device has been stuck in one write for longer than its timeout.", []string{"device"}, nil)
+	raftStateDesc = prometheus.NewDesc("coffer_raft_state_info", "This node's Raft state: 1 on the series of its state.", []string{"state"}, nil)
+	gossipDesc    = prometheus.NewDesc("coffer_gossip_members", "Cluster members this node's gossip knows, by state (alive, suspect, dead, left).", []string{"state"}, nil)
+	auditDesc     = prometheus.NewDesc("coffer_audit_records_total", "Audit records of this node, by result: audited (at least one device recorded it) or refused (none did, and the call failed).", []string{"result"}, nil)
+	auditDev      = prometheus.NewDesc("coffer_audit_device_failures_total", "Records an audit device did not confirm in time.", []string{"device"}, nil)
+	auditStall    = prometheus.NewDesc("coffer_audit_device_stalled", "1 while an audit device has been stuck in one write for longer than its timeout.", []string{"device"}, nil)
 	// certExpiryDesc is the node certificate's end of validity.
 	certExpiryDesc = prometheus.NewDesc("coffer_tls_cert_expiry_timestamp_seconds", "When this node's TLS certificate expires (Unix seconds).", []string{"cert"}, nil)
 )
@@ -332,14 +333,8 @@ func resultLabel(err error) string {
 	return "ok"
 }
 
-// gatherer refreshes coffer_raft_state_info before each scrape.
-func (m *nodeMetrics) gatherer(s *Server) prometheus.Gatherer {
-	return prometheus.GathererFunc(func() ([]*dto.MetricFamily, error) {
-		m.state.Reset()
-		m.state.WithLabelValues(s.raft.State()).Set(1)
-		return m.reg.Gather()
-	})
-}
+// gatherer is what a scrape of the node gathers.
+func (m *nodeMetrics) gatherer(*Server) prometheus.Gatherer { return m.reg }
 
 // text is the node's metrics in Prometheus' text exposition format.
 func (m *nodeMetrics) text(s *Server) ([]byte, error) {
@@ -357,8 +352,8 @@ func (m *nodeMetrics) text(s *Server) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// unary counts and times each API call (the last of the chain's
-// interceptors to see it).
+// unary counts and times each API call (the first of the chain's
+// interceptors: it sees the code the caller gets, Internal for a panic).
 func (m *nodeMetrics) unary(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	start := time.Now()
 	resp, err := handler(ctx, req)

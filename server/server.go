@@ -341,7 +341,9 @@ func (s *Server) wire() error {
 		s.metrics.reg.MustRegister(s.snapshots.collectors()...)
 		s.snapshots.prepare()
 	}
-	unary := []grpc.UnaryServerInterceptor{grpcutil.RecoverUnary(logger, internalMessage), s.metrics.unary, s.inflight.unary, gw.unaryInterceptor}
+	// The metrics are outermost, so that a call whose handler panicked is
+	// counted with the Internal code the recovery answers it with.
+	unary := []grpc.UnaryServerInterceptor{s.metrics.unary, grpcutil.RecoverUnary(logger, internalMessage), s.inflight.unary, gw.unaryInterceptor}
 
 	s.grpc = grpc.NewServer(
 		grpc.Creds(s.apiCreds()),

@@ -82,13 +82,17 @@ func (s *snapshotScheduler) collectors() []prometheus.Collector {
 	return []prometheus.Collector{s.lastSuccess, s.duration, s.failures, s.skipped, age}
 }
 
-// newest is the time of the newest scheduled snapshot in the directory.
+// newest is the time of the newest scheduled snapshot in the directory,
+// of those not dated in the future (snapshotfile.Newest): a name dated a
+// year ahead would otherwise postpone the schedule by a year and keep the
+// age metric negative.
 func (s *snapshotScheduler) newest() (time.Time, bool) {
 	entries, err := snapshotfile.List(s.cfg.Dir)
-	if err != nil || len(entries) == 0 || entries[0].NameErr != nil {
+	if err != nil {
 		return time.Time{}, false
 	}
-	return entries[0].Time, true
+	e, ok := snapshotfile.Newest(entries, s.now())
+	return e.Time, ok
 }
 
 // prepare runs when the node starts: it creates the directory (0700) when
@@ -173,7 +177,13 @@ func (s *snapshotScheduler) takeOne(ctx context.Context) {
 		s.logger.Error("scheduled snapshot failed; older snapshots are kept: "+snapshotFailureHint(err, dir), "dir", dir, "error", err)
 		return
 	}
-	removed, perr := snapshotfile.Prune(dir, s.cfg.Retain)
+	// Pruned as of no earlier than the snapshot's own time (a clock
+	// stepped back meanwhile must not make it look future-dated).
+	pruneAt := s.now()
+	if pruneAt.Before(start) {
+		pruneAt = start
+	}
+	removed, perr := snapshotfile.Prune(dir, s.cfg.Retain, pruneAt)
 	if perr != nil {
 		s.logger.Warn("removing snapshots beyond -snapshot-retain failed", "dir", dir, "retain", s.cfg.Retain, "error", perr)
 	}

@@ -2,13 +2,18 @@ package server
 
 import (
 	"bytes"
+	"context"
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
@@ -139,5 +144,84 @@ func TestSnapshotScheduleValidate(t *testing.T) {
 	}
 	if err := (SnapshotSchedule{Interval: time.Hour, Dir: "x"}).Validate(); err != nil {
 		t.Errorf("valid schedule: %v", err)
+	}
+}
+
+// TestSnapshotScheduleFutureDatedNames: snapshot names dated a year ahead
+// in the directory (a leader whose clock was ahead, or planted files) must
+// neither postpone the schedule until then, nor make retention remove the
+// snapshots this node takes, nor hold the age metric below zero.
+func TestSnapshotScheduleFutureDatedNames(t *testing.T) {
+	dir := t.TempDir()
+	now := time.Now()
+	fake := func(w io.Writer, at time.Time) (snapshotfile.Header, error) {
+		h := snapshotfile.Header{Format: snapshotfile.Format, NodeID: "n1", AppliedIndex: uint64(at.UnixNano()), CreatedUnix: at.Unix()}
+		return h, snapshotfile.Write(w, h, hmac.New(sha256.New, nil), func(io.Writer) error { return nil })
+	}
+	for i := range 3 {
+		at := now.AddDate(1, 0, i)
+		if _, err := snapshotfile.Save(dir, "ahead", at, func(w io.Writer) (snapshotfile.Header, error) { return fake(w, at) }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := newSnapshotScheduler(SnapshotSchedule{Interval: time.Hour, Dir: dir, Retain: 3}, "n1", fake, func() bool { return false }, hclog.NewNullLogger())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); s.run(ctx, nil) }()
+	defer func() { cancel(); <-done }()
+	waitFor(t, 10*time.Second, "the first snapshot (due at once: no snapshot dated up to now)", func() bool { return snapshotsTaken(s) >= 1 })
+	cancel()
+	<-done
+	list, err := snapshotfile.List(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var own int
+	for _, e := range list {
+		if e.Time.Before(now.AddDate(0, 1, 0)) {
+			own++
+		}
+	}
+	if own != 1 || len(list) != 3 {
+		t.Fatalf("the snapshot this node took was pruned (%d of its own left): %v", own, list)
+	}
+	var m dto.Metric
+	if err := s.collectors()[4].(prometheus.Metric).Write(&m); err != nil {
+		t.Fatal(err)
+	}
+	if age := m.GetGauge().GetValue(); age < 0 || age > 60 {
+		t.Fatalf("coffer_snapshot_age_seconds = %v, want the age of the snapshot just taken", age)
+	}
+}
+
+// TestSnapshotFilesAreNotRaftSnapshots: writing snapshot files (scheduled
+// or `snapshot save`) is not Raft persisting a snapshot of its own, so it
+// must not move coffer_raft_snapshot_*: a node whose Raft log is never
+// compacted would otherwise look healthy as long as backups run.
+func TestSnapshotFilesAreNotRaftSnapshots(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(t, filepath.Join(dir, "data"))
+	cfg.Snapshots = SnapshotSchedule{Interval: time.Hour, Dir: filepath.Join(dir, "snapshots"), Retain: 2}
+	n := startNodeConfig(t, cfg)
+	srv := n.srv
+	n.initUnseal(1, 1)
+	raftSnaps := func() uint64 {
+		var m dto.Metric
+		if err := srv.metrics.snapDuration.(prometheus.Metric).Write(&m); err != nil {
+			t.Fatal(err)
+		}
+		return m.GetHistogram().GetSampleCount()
+	}
+	before, lastBefore := raftSnaps(), srv.metrics.lastSnapshot.Load()
+	for range 3 {
+		if _, err := srv.snapshots.write(io.Discard, time.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if after := raftSnaps(); after != before {
+		t.Errorf("coffer_raft_snapshot_duration_seconds counted %d snapshot files as Raft snapshots", after-before)
+	}
+	if last := srv.metrics.lastSnapshot.Load(); last != lastBefore {
+		t.Errorf("coffer_raft_snapshot_age_seconds was reset by a snapshot file")
 	}
 }

@@ -17,7 +17,8 @@ import (
 )
 
 // TestLogsJSONAndNoSecrets runs a three-node cluster of real processes at
-// -log-level=debug -log-format=json through a full life: init, unseal,
+// -log-level=trace (the most verbose: debug plus gRPC's own info lines)
+// -log-format=json through a full life: init, unseal,
 // secrets written, a policy, a token, an AppRole login, generate-root, a
 // database credentials from a real PostgreSQL, the leader killed and
 // re-elected, a node sealed and unsealed, a clean stop.
@@ -33,7 +34,7 @@ func TestLogsJSONAndNoSecrets(t *testing.T) {
 		audits[id] = filepath.Join(dir, id+"-audit.log")
 	}
 	c := startClusterWith(t, func(id string) []string {
-		return []string{"-log-level=debug", "-log-format=json", "-audit-file=" + audits[id]}
+		return []string{"-log-level=trace", "-log-format=json", "-audit-file=" + audits[id]}
 	})
 	// Every process a node ran: a restarted node's earlier logs count too.
 	type proc struct {

@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"text/tabwriter"
 	"time"
+	"unicode"
 
 	"coffer/server"
 	"coffer/server/snapshotfile"
@@ -140,7 +142,7 @@ Restore one with "coffer operator raft snapshot restore FILE".`)
 		fmt.Fprintln(tw, "TIME\tAPPLIED INDEX\tSIZE\tCHECKSUM\tNODE\tFILE")
 		for _, j := range out {
 			if j.Time == "" {
-				fmt.Fprintf(tw, "-\t-\t%d\t%s\t-\t%s\n", j.Size, j.Checksum, j.File)
+				fmt.Fprintf(tw, "-\t-\t%d\t%s\t-\t%s\n", j.Size, j.Checksum, displayName(j.File))
 				continue
 			}
 			fmt.Fprintf(tw, "%s\t%d\t%d\t%s\t%s\t%s\n", j.Time, j.AppliedIndex, j.Size, j.Checksum, j.NodeID, j.File)
@@ -148,7 +150,7 @@ Restore one with "coffer operator raft snapshot restore FILE".`)
 		tw.Flush()
 		for _, j := range out {
 			if j.Error != "" {
-				fmt.Fprintf(e.stdout, "BAD %s: %s\n", j.File, j.Error)
+				fmt.Fprintf(e.stdout, "BAD %s: %s\n", displayName(j.File), j.Error)
 			}
 		}
 	}
@@ -156,4 +158,17 @@ Restore one with "coffer operator raft snapshot restore FILE".`)
 		return &cliError{code: 1, msg: fmt.Sprintf("%d of %d snapshot files in %s are BAD: do not restore them", bad, len(out), *dir)}
 	}
 	return nil
+}
+
+// displayName is a file name as the text listing shows it: quoted when it
+// holds anything but printable characters (a name with terminal control
+// sequences, from anyone who can write the directory, would otherwise
+// rewrite what the operator sees). Names of snapshots never need it.
+func displayName(name string) string {
+	for _, r := range name {
+		if !unicode.IsPrint(r) {
+			return strconv.Quote(name)
+		}
+	}
+	return name
 }

@@ -169,3 +169,27 @@ func TestSnapshotList(t *testing.T) {
 		t.Fatalf("empty dir: %s", r)
 	}
 }
+
+// TestSnapshotListEscapesNames: a file named like a snapshot but holding
+// terminal control sequences (anyone who can write the directory) is
+// listed quoted: printed raw, it could clear the screen or rewrite the
+// BAD line the operator relies on.
+func TestSnapshotListEscapesNames(t *testing.T) {
+	dir := t.TempDir()
+	name := "coffer-snapshot-\x1b[2J\x1b[1A\rall OK"
+	if err := os.WriteFile(filepath.Join(dir, name), []byte("x"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := runCLI(t, nil, "", "operator", "raft", "snapshot", "list", "-dir="+dir)
+	if r.code != 1 {
+		t.Fatalf("list of a BAD file: %s", r)
+	}
+	for _, out := range []string{r.stdout, r.stderr} {
+		if strings.ContainsAny(out, "\x1b\r") {
+			t.Fatalf("list printed a control character: %q", out)
+		}
+	}
+	if !strings.Contains(r.stdout, `\x1b[2J`) {
+		t.Fatalf("the name is not shown escaped: %q", r.stdout)
+	}
+}

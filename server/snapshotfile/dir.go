@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -39,6 +40,10 @@ const (
 // nameRE parses a snapshot's name: time, index, node, checksum. The node
 // id may hold dashes; the checksum, which ends the name, holds none.
 var nameRE = regexp.MustCompile(`^` + Prefix + `(\d{8}T\d{6}\.\d{3}Z)-(0|[1-9]\d{0,19})-([A-Za-z0-9_-][A-Za-z0-9._-]*)-([0-9a-f]{64})` + regexp.QuoteMeta(Ext) + `$`)
+
+// ErrRenamed means a file's name does not match its header: it was
+// renamed (its time, index or node are not what its name says).
+var ErrRenamed = errors.New("its name does not match its header: the file was renamed; restore it only if you know which state it holds")
 
 // ErrChecksum means a file's bytes do not hash to the SHA-256 in its name.
 var ErrChecksum = errors.New("its SHA-256 is not the one in its name: the file is corrupt or truncated; do not restore it")
@@ -232,17 +237,24 @@ func newestFirst(a, b Entry) int {
 }
 
 // Verify reads the whole file of e and checks that it hashes to the
-// SHA-256 in its name and starts with a snapshot header; it returns the
-// header. It needs no key: the MAC is checked at restore.
+// SHA-256 in its name and starts with a snapshot header whose applied
+// index, node and time are those of its name; it returns the header. It needs no key: the MAC is checked at restore.
 func Verify(e Entry) (*Header, error) {
 	if e.NameErr != nil {
 		return nil, e.NameErr
 	}
-	f, err := os.Open(e.Path)
+	// Non-blocking, then checked: what List saw as a regular file may be
+	// a named pipe by now, which a plain open would wait on forever.
+	f, err := os.OpenFile(e.Path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
+	if fi, err := f.Stat(); err != nil {
+		return nil, err
+	} else if !fi.Mode().IsRegular() {
+		return nil, errors.New("not a regular file")
+	}
 	sum := sha256.New()
 	tr := io.TeeReader(bufio.NewReaderSize(f, 256<<10), sum)
 	h, _, herr := ReadHeader(tr)
@@ -255,18 +267,58 @@ func Verify(e Entry) (*Header, error) {
 	if herr != nil {
 		return nil, herr
 	}
+	// The checksum covers the bytes, not the name: a file renamed to a
+	// newer time or index would pass as the newest.
+	if h.AppliedIndex != e.AppliedIndex || safeNodeID(h.NodeID) != e.NodeID || h.CreatedUnix != e.Time.Unix() {
+		return nil, fmt.Errorf("%w (its header: applied index %d, node %s, taken %s)", ErrRenamed, h.AppliedIndex, safeNodeID(h.NodeID), time.Unix(h.CreatedUnix, 0).UTC().Format(time.RFC3339))
+	}
 	return h, nil
+}
+
+// MaxClockSkew is how far ahead of a node's clock a snapshot's name may
+// be dated and still count as taken in the past (the clocks of the nodes
+// sharing a directory differ a little).
+const MaxClockSkew = time.Minute
+
+// inFuture reports whether e is dated after now, beyond MaxClockSkew: its
+// time is not to be trusted (a clock that was ahead when it was taken, a
+// clock stepped back since, or a planted file).
+func inFuture(e Entry, now time.Time) bool { return e.Time.After(now.Add(MaxClockSkew)) }
+
+// Newest returns the newest of entries (as List returns them) dated no
+// later than now (within MaxClockSkew): a name dated in the future must
+// not postpone the schedule nor make the newest snapshot look fresh.
+func Newest(entries []Entry, now time.Time) (Entry, bool) {
+	for _, e := range entries {
+		if e.NameErr == nil && !inFuture(e, now) {
+			return e, true
+		}
+	}
+	return Entry{}, false
 }
 
 // Prune removes the scheduled snapshots of dir beyond the keep newest
 // (files named otherwise are never touched) and returns the names it
-// removed. It goes on past a file it cannot remove and reports the
-// failures together.
-func Prune(dir string, keep int) ([]string, error) {
+// removed. Snapshots dated in the future of now (see Newest) rank below
+// every other: the snapshot a node has just taken holds the newest state
+// whatever the clocks say, and must not be the one retention removes. It
+// goes on past a file it cannot remove and reports the failures together.
+func Prune(dir string, keep int, now time.Time) ([]string, error) {
 	entries, err := List(dir)
 	if err != nil {
 		return nil, err
 	}
+	// Stable: newest first within the trusted and the future-dated.
+	slices.SortStableFunc(entries, func(a, b Entry) int {
+		af, bf := inFuture(a, now), inFuture(b, now)
+		switch {
+		case af == bf:
+			return 0
+		case af:
+			return 1
+		}
+		return -1
+	})
 	var removed []string
 	var errs []error
 	kept := 0

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -113,7 +114,7 @@ func TestSaveListVerifyPrune(t *testing.T) {
 		t.Fatalf("Verify of a truncated file: %v", err)
 	}
 
-	removed, err := Prune(dir, 3)
+	removed, err := Prune(dir, 3, base.Add(time.Hour))
 	if err != nil || len(removed) != 2 || removed[0] != saved[1].Name || removed[1] != saved[0].Name {
 		t.Fatalf("Prune: %v %v", removed, err)
 	}
@@ -187,7 +188,7 @@ func TestListMalformedNames(t *testing.T) {
 			t.Errorf("%s verified", e.Name)
 		}
 	}
-	if removed, err := Prune(dir, 0); err != nil || len(removed) != 0 {
+	if removed, err := Prune(dir, 0, time.Now()); err != nil || len(removed) != 0 {
 		t.Fatalf("Prune removed malformed names: %v %v", removed, err)
 	}
 }
@@ -246,7 +247,7 @@ func TestSharedDirConcurrentPrune(t *testing.T) {
 					t.Error(err)
 					return
 				}
-				if _, err := Prune(dir, keep); err != nil {
+				if _, err := Prune(dir, keep, at); err != nil {
 					t.Error(err)
 				}
 			}
@@ -263,5 +264,121 @@ func TestSharedDirConcurrentPrune(t *testing.T) {
 		if !e.Time.Equal(want) {
 			t.Errorf("kept %d is of %v, want %v", i, e.Time, want)
 		}
+	}
+}
+
+// TestPruneKeepsTheSnapshotJustTaken: names dated in the future (a node
+// whose clock was ahead, a clock stepped back since, or files planted in
+// the directory) must not outrank the snapshot a node has just taken:
+// before, retention removed every new snapshot right after it was
+// written, and kept the future-dated ones forever.
+func TestPruneKeepsTheSnapshotJustTaken(t *testing.T) {
+	dir := t.TempDir()
+	now := time.Date(2026, 12, 7, 3, 0, 0, 0, time.UTC)
+	var future []Entry
+	for i := range 3 {
+		future = append(future, writeSnap(t, dir, "ahead", now.AddDate(1, 0, i), uint64(i+1), "old state"))
+	}
+	var fresh []Entry
+	for i := range 3 {
+		at := now.Add(time.Duration(i) * time.Minute)
+		fresh = append(fresh, writeSnap(t, dir, "n1", at, uint64(100+i), fmt.Sprint("new state ", i)))
+		removed, err := Prune(dir, 3, at)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, name := range removed {
+			for _, f := range fresh {
+				if name == f.Name {
+					t.Fatalf("Prune removed %s, a snapshot dated up to now, and kept future-dated ones", name)
+				}
+			}
+		}
+	}
+	list, err := List(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := map[string]bool{}
+	for _, e := range list {
+		kept[e.Name] = true
+	}
+	if len(list) != 3 {
+		t.Fatalf("%d files kept, want 3", len(list))
+	}
+	for _, f := range fresh {
+		if !kept[f.Name] {
+			t.Errorf("the fresh snapshot %s was removed", f.Name)
+		}
+	}
+	if e, ok := Newest(list, now.Add(2*time.Minute)); !ok || e.Name != fresh[2].Name {
+		t.Errorf("Newest = %s %v, want the newest not dated in the future, %s", e.Name, ok, fresh[2].Name)
+	}
+	if _, ok := Newest([]Entry{future[0]}, now); ok {
+		t.Error("Newest returned a snapshot dated in the future")
+	}
+}
+
+// TestVerifyRefusesARenamedSnapshot: the SHA-256 in a name covers the
+// file's bytes, not its name: an old snapshot renamed with a newer time
+// and index keeps a matching checksum. Verify must compare the name with
+// the header, or `snapshot list` shows the old state as the newest OK one
+// and the restore drill ("pick the newest OK file") restores it.
+func TestVerifyRefusesARenamedSnapshot(t *testing.T) {
+	dir := t.TempDir()
+	at := time.Date(2026, 12, 7, 3, 0, 0, 0, time.UTC)
+	old := writeSnap(t, dir, "n1", at, 10, "old state")
+	for what, name := range map[string]string{
+		"newer time and index": fmt.Sprintf("%s%s-%d-%s-%s%s", Prefix, at.Add(time.Hour).Format(timeLayout), 99, "n1", old.SHA256, Ext),
+		"newer index":          fmt.Sprintf("%s%s-%d-%s-%s%s", Prefix, at.Format(timeLayout), 99, "n1", old.SHA256, Ext),
+		"newer time":           fmt.Sprintf("%s%s-%d-%s-%s%s", Prefix, at.Add(time.Hour).Format(timeLayout), 10, "n1", old.SHA256, Ext),
+		"another node":         fmt.Sprintf("%s%s-%d-%s-%s%s", Prefix, at.Format(timeLayout), 10, "n2", old.SHA256, Ext),
+	} {
+		path := filepath.Join(dir, name)
+		if err := os.Link(old.Path, path); err != nil {
+			t.Fatal(err)
+		}
+		e, err := ParseName(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.Path = path
+		if _, err := Verify(e); err == nil {
+			t.Errorf("%s: a renamed snapshot verified", what)
+		}
+		os.Remove(path)
+	}
+	if _, err := Verify(old); err != nil {
+		t.Fatalf("the snapshot under its own name: %v", err)
+	}
+}
+
+// TestVerifyDoesNotOpenAFIFO: a named pipe put under a snapshot's name
+// between List and Verify (List saw a regular file) must be refused at
+// once: opened for reading it would block `snapshot list` until someone
+// writes into it.
+func TestVerifyDoesNotOpenAFIFO(t *testing.T) {
+	dir := t.TempDir()
+	good := writeSnap(t, dir, "n1", time.Date(2026, 12, 7, 3, 0, 0, 0, time.UTC), 10, "state")
+	if err := os.Remove(good.Path); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mkfifo(good.Path, 0o600); err != nil {
+		t.Skipf("no FIFOs here: %v", err)
+	}
+	done := make(chan error, 1)
+	go func() { _, err := Verify(good); done <- err }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("a FIFO verified")
+		}
+	case <-time.After(10 * time.Second):
+		// Unblock the reader so that the test ends without a leak.
+		if f, err := os.OpenFile(good.Path, os.O_WRONLY, 0); err == nil {
+			f.Close()
+		}
+		<-done
+		t.Fatal("Verify blocked opening a FIFO")
 	}
 }
