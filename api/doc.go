@@ -39,7 +39,9 @@
 // Config.AttemptTimeout). After a failed pass over every endpoint it backs
 // off (jittered, 50ms doubling to 1s) and tries again, within the caller's
 // deadline and Config.RetryBudget. A pass that reaches no node at all ends
-// the call early: a dead cluster does not come back within one call. Writes
+// the call early — a dead cluster does not come back within one call —
+// unless an endpoint was found down within the last 2 s: the others may be
+// nodes the client wrote off earlier that are reachable again. Writes
 // carry a request id (filled in when empty) on every attempt, which the
 // cluster deduplicates, so a retried write makes exactly one version.
 //
