@@ -126,9 +126,21 @@ type grpcLogger struct{ l hclog.Logger }
 
 var _ grpclog.LoggerV2 = grpcLogger{}
 
-func (g grpcLogger) Info(args ...any)                 { g.l.Trace(fmt.Sprint(args...)) }
-func (g grpcLogger) Infoln(args ...any)               { g.l.Trace(strings.TrimSuffix(fmt.Sprintln(args...), "\n")) }
-func (g grpcLogger) Infof(format string, args ...any) { g.l.Trace(fmt.Sprintf(format, args...)) }
+func (g grpcLogger) Info(args ...any) {
+	if g.l.IsTrace() {
+		g.l.Trace(fmt.Sprint(args...))
+	}
+}
+func (g grpcLogger) Infoln(args ...any) {
+	if g.l.IsTrace() {
+		g.l.Trace(strings.TrimSuffix(fmt.Sprintln(args...), "\n"))
+	}
+}
+func (g grpcLogger) Infof(format string, args ...any) {
+	if g.l.IsTrace() {
+		g.l.Trace(fmt.Sprintf(format, args...))
+	}
+}
 func (g grpcLogger) Warning(args ...any)              { g.l.Warn(fmt.Sprint(args...)) }
 func (g grpcLogger) Warningln(args ...any) {
 	g.l.Warn(strings.TrimSuffix(fmt.Sprintln(args...), "\n"))
