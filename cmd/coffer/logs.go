@@ -141,7 +141,7 @@ func (g grpcLogger) Infof(format string, args ...any) {
 		g.l.Trace(fmt.Sprintf(format, args...))
 	}
 }
-func (g grpcLogger) Warning(args ...any)              { g.l.Warn(fmt.Sprint(args...)) }
+func (g grpcLogger) Warning(args ...any) { g.l.Warn(fmt.Sprint(args...)) }
 func (g grpcLogger) Warningln(args ...any) {
 	g.l.Warn(strings.TrimSuffix(fmt.Sprintln(args...), "\n"))
 }
