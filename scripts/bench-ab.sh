@@ -12,6 +12,9 @@
 # same build twice, with and without TLS, measures what TLS costs).
 # SCRAPE=1 scrapes every node's /metrics once a second during the runs of
 # a build that serves them, as a Prometheus would (what metrics cost).
+# CPU=1 adds, after each row's ops/s, the CPU the three nodes used per
+# operation in µs (from /proc: user + system): steadier than ops/s on a
+# shared machine, whose throughput drifts with whatever else runs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 A=${A:?set A to the first build}
@@ -20,6 +23,15 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-15s}
 ROWS=${ROWS:-w16 w64 s16 l64}
 command -v jq >/dev/null || { echo "bench-ab.sh needs jq (apt-get install jq)" >&2; exit 1; }
+# node_cpu_ticks DIR: user + system clock ticks of the cluster's three nodes.
+node_cpu_ticks() {
+  local t=0 i
+  for i in 1 2 3; do
+    read -r -a st <"/proc/$(cat "$1/n$i.pid")/stat"
+    t=$(( t + st[13] + st[14] ))
+  done
+  echo "$t"
+}
 for round in $(seq "$ROUNDS"); do
   for name in A B; do
     BIN=${!name}
@@ -51,8 +63,15 @@ for round in $(seq "$ROUNDS"); do
         l64) args=(-clients=64 -consistency=linearizable -address="$faddr" kv-read) ;;
         *) echo "unknown row $row" >&2; exit 1 ;;
       esac
-      ops=$("$BIN" bench -format=json -duration="$DURATION" "${args[@]}" 2>/dev/null | jq -r '.ops_per_sec|floor')
+      cpu0=$(node_cpu_ticks "$dir")
+      out=$("$BIN" bench -format=json -duration="$DURATION" "${args[@]}" 2>/dev/null)
+      cpu1=$(node_cpu_ticks "$dir")
+      ops=$(jq -r '.ops_per_sec|floor' <<<"$out")
       line+=" $row $ops"
+      if [ -n "${CPU:-}" ]; then
+        total=$(jq -r '.ops' <<<"$out")
+        line+=" ($(( (cpu1 - cpu0) * 1000000 / $(getconf CLK_TCK) / (total > 0 ? total : 1) ))µs)"
+      fi
     done
     [ -n "$scraper" ] && kill "$scraper"
     echo "$line"
