@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -510,14 +511,16 @@ func TestRaftAttackDoesNotSlowWrites(t *testing.T) {
 	// Windows in the order off, on, on, off, … (ABBA), so that a drift of
 	// the machine's speed during the run weighs on both sides alike (with
 	// off, on, off, on, … a run that slows down counts against the attack).
-	const rounds, window = 6, time.Second
+	const rounds, window = 10, time.Second
 	var done [2]int64 // writes in the windows without (0) and with (1) the attack
 	var spent [2]time.Duration
+	ratios := make([]float64, 0, rounds) // per round: the attacked window's rate over the quiet one's
 	for r := range rounds {
 		order := []bool{false, true}
 		if r%2 == 1 {
 			order = []bool{true, false}
 		}
+		var rate [2]float64
 		for _, on := range order {
 			i := 0
 			if on {
@@ -526,14 +529,20 @@ func TestRaftAttackDoesNotSlowWrites(t *testing.T) {
 			intruder.set(t, on)
 			n0, t0 := writes.Load(), time.Now()
 			<-time.After(window) // a measurement window, not a wait for an event
-			done[i] += writes.Load() - n0
-			spent[i] += time.Since(t0)
+			n, d := writes.Load()-n0, time.Since(t0)
+			done[i] += n
+			spent[i] += d
+			rate[i] = float64(n) / d.Seconds()
+		}
+		if rate[0] > 0 {
+			ratios = append(ratios, rate[1]/rate[0])
 		}
 	}
 	sent, answered := intruder.finish(t)
 	quiet := float64(done[0]) / spent[0].Seconds()
 	attacked := float64(done[1]) / spent[1].Seconds()
-	t.Logf("writes/s without the attack %.0f, under it %.0f (%.1f %%); %d forged messages sent", quiet, attacked, 100*attacked/quiet, sent)
+	slices.Sort(ratios)
+	t.Logf("writes/s without the attack %.0f, under it %.0f (%.1f %%); per round %.2f; %d forged messages sent", quiet, attacked, 100*attacked/quiet, ratios, sent)
 	if answered != 0 {
 		t.Errorf("%d forged Raft messages got an answer", answered)
 	}
@@ -551,9 +560,17 @@ func TestRaftAttackDoesNotSlowWrites(t *testing.T) {
 	// binary loading both cores one run measured 83 %. The floor asserted
 	// leaves that room; below it the attack costs the nodes for certain
 	// (the review's attack stopped writes for 26 s).
+	// The median over ten rounds of each round's ratio: a moment when the
+	// machine stalls (another process, the disk) costs one window, and
+	// moved the totals' ratio of six rounds below the floor once (79 % in
+	// CI). Measured 2026-12-07 on a quiet machine, -race: medians 0.86-0.93
+	// over 8 runs, single rounds 0.69-1.33.
 	const floor = 0.8
-	if attacked < floor*quiet {
-		t.Errorf("the attack cut the write rate from %.0f/s to %.0f/s (%.1f %%, below %.0f %%)", quiet, attacked, 100*attacked/quiet, 100*floor)
+	if len(ratios) < rounds {
+		t.Fatalf("only %d of %d rounds had writes in their quiet window", len(ratios), rounds)
+	}
+	if med := (ratios[rounds/2-1] + ratios[rounds/2]) / 2; med < floor {
+		t.Errorf("the attack cut the write rate: median ratio over the rounds %.1f %% (below %.0f %%); totals %.0f/s → %.0f/s", 100*med, 100*floor, quiet, attacked)
 	}
 	for _, n := range nodes {
 		st := c.Status(t, n)

@@ -230,15 +230,7 @@ const unsealCatchUpTimeout = 5 * time.Second
 func (y *sysServer) catchUpWithLeader(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, unsealCatchUpTimeout)
 	defer cancel()
-	var st *pb.StatusResponse
-	err := y.link.untilLeaderAnswers(ctx, func() (err error) {
-		if y.raft.IsLeader() {
-			st = nil
-			return y.raft.WaitReadyLeader(ctx)
-		}
-		st, err = y.link.leaderStatus(ctx)
-		return err
-	})
+	st, err := y.readyLeaderStatus(ctx)
 	if err != nil {
 		y.logger.Warn("unseal: no leader answered; unsealing against this node's own seal record, which may miss a rekey made while it was cut off", "error", err)
 		return nil
@@ -360,6 +352,22 @@ func (y *sysServer) sealStatusPB(st seal.Status, stored *seal.Stored) *pb.SealSt
 	return out
 }
 
+// readyLeaderStatus waits, within ctx, until a leader answers: the
+// leader's status, or nil when this node is the leader and ready (a ready
+// leader has applied every earlier entry: its own state is the answer).
+func (y *sysServer) readyLeaderStatus(ctx context.Context) (*pb.StatusResponse, error) {
+	var st *pb.StatusResponse
+	err := y.link.untilLeaderAnswers(ctx, func() (err error) {
+		if y.raft.IsLeader() {
+			st = nil
+			return y.raft.WaitReadyLeader(ctx)
+		}
+		st, err = y.link.leaderStatus(ctx)
+		return err
+	})
+	return st, err
+}
+
 // awaitInit gives a follower the chance to apply an init its leader has
 // committed but it has not applied yet (just after init, when it joined,
 // or while it rebuilds its state after a machine crash): it waits for a
@@ -370,17 +378,7 @@ func (y *sysServer) sealStatusPB(st seal.Status, stored *seal.Stored) *pb.SealSt
 func (y *sysServer) awaitInit(ctx context.Context) (*seal.Stored, error) {
 	ctx, cancel := context.WithTimeout(ctx, awaitInitTimeout)
 	defer cancel()
-	var st *pb.StatusResponse
-	err := y.link.untilLeaderAnswers(ctx, func() (err error) {
-		if y.raft.IsLeader() {
-			// A ready leader has applied every earlier entry: its own
-			// state is the answer.
-			st = nil
-			return y.raft.WaitReadyLeader(ctx)
-		}
-		st, err = y.link.leaderStatus(ctx)
-		return err
-	})
+	st, err := y.readyLeaderStatus(ctx)
 	if err != nil {
 		return nil, withMessage(ErrCatchingUp, "node %s has no seal configuration yet and could not ask a leader whether the cluster is initialized (%v): retry once a leader is elected", y.nodeID, err)
 	}

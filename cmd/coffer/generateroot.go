@@ -86,13 +86,7 @@ the leader; a new leader starts without one.`).withClient()
 		if len(args) > 1 {
 			return usageErrorf(f.name, "too many arguments: want at most one SHARE")
 		}
-		raw := ""
-		if len(args) == 1 && args[0] != "-" {
-			raw = args[0]
-		} else if raw, err = readShare(e); err != nil {
-			return err
-		}
-		key, err := decodeShare(raw)
+		key, err := shareArg(e, args)
 		if err != nil {
 			return err
 		}

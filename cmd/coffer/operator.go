@@ -247,13 +247,7 @@ history. -reset discards the shares submitted so far.`).withClient()
 	}
 	var key []byte
 	if !*reset {
-		raw := ""
-		if len(args) == 1 && args[0] != "-" {
-			raw = args[0]
-		} else if raw, err = readShare(e); err != nil {
-			return err
-		}
-		if key, err = decodeShare(raw); err != nil {
+		if key, err = shareArg(e, args); err != nil {
 			return err
 		}
 	}
@@ -282,6 +276,21 @@ func printSealStatus(e *env, format string, st *pb.SealStatus) error {
 	}
 	printKV(e.stdout, sealRows(st))
 	return nil
+}
+
+// shareArg is the share a command was given: its one argument, or (none,
+// or "-") a line read from stdin, hidden on a terminal; decoded.
+func shareArg(e *env, args []string) ([]byte, error) {
+	raw := ""
+	if len(args) == 1 && args[0] != "-" {
+		raw = args[0]
+	} else {
+		var err error
+		if raw, err = readShare(e); err != nil {
+			return nil, err
+		}
+	}
+	return decodeShare(raw)
 }
 
 // readShare reads one share from the terminal without echo, or one line

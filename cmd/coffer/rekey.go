@@ -86,13 +86,7 @@ on the leader; a new leader starts without one.`).withClient()
 	case *cancel:
 		req = &pb.RekeyRequest{Action: "cancel", Nonce: *nonce}
 	default:
-		raw := ""
-		if len(args) == 1 && args[0] != "-" {
-			raw = args[0]
-		} else if raw, err = readShare(e); err != nil {
-			return err
-		}
-		key, err := decodeShare(raw)
+		key, err := shareArg(e, args)
 		if err != nil {
 			return err
 		}

@@ -215,6 +215,19 @@ func generateRootInit(ctx context.Context, rq *request) (*reply, error) {
 // cancels the attempt the status names (a nonce in the body is used
 // instead when given).
 func generateRootCancel(ctx context.Context, rq *request) (*reply, error) {
+	return cancelAttempt(rq, func() (string, error) {
+		st, err := generateRoot(ctx, rq, &pb.GenerateRootRequest{Action: "status"})
+		return st.GetNonce(), err
+	}, func(nonce string) error {
+		_, err := generateRoot(ctx, rq, &pb.GenerateRootRequest{Action: "cancel", Nonce: nonce})
+		return err
+	})
+}
+
+// cancelAttempt is the DELETE of generate-root and rekey: Vault's carries
+// no nonce, so the attempt the status names is cancelled (a nonce in the
+// body is used instead when given).
+func cancelAttempt(rq *request, current func() (string, error), cancel func(nonce string) error) (*reply, error) {
 	var body struct {
 		Nonce string `json:"nonce"`
 	}
@@ -222,39 +235,50 @@ func generateRootCancel(ctx context.Context, rq *request) (*reply, error) {
 		return nil, err
 	}
 	if body.Nonce == "" {
-		st, err := generateRoot(ctx, rq, &pb.GenerateRootRequest{Action: "status"})
+		nonce, err := current()
 		if err != nil {
 			return nil, err
 		}
-		body.Nonce = st.GetNonce()
+		body.Nonce = nonce
 	}
-	if _, err := generateRoot(ctx, rq, &pb.GenerateRootRequest{Action: "cancel", Nonce: body.Nonce}); err != nil {
+	if err := cancel(body.Nonce); err != nil {
 		return nil, err
 	}
 	return noContent(), nil
 }
 
-// generateRootUpdate submits one unseal key share (hex or base64) with
-// the attempt's nonce.
-func generateRootUpdate(ctx context.Context, rq *request) (*reply, error) {
+// shareUpdate decodes the body of a generate-root or rekey update: one
+// share (hex or base64) and the attempt's nonce, which statusPath names.
+// The caller clears the share.
+func shareUpdate(rq *request, statusPath string) (key []byte, nonce string, err error) {
 	var body struct {
 		Key   string `json:"key"`
 		Nonce string `json:"nonce"`
 	}
 	if err := rq.decode(&body); err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	if body.Key == "" {
-		return nil, badRequest("'key' must be specified in request body as JSON")
+		return nil, "", badRequest("'key' must be specified in request body as JSON")
 	}
 	if body.Nonce == "" {
-		return nil, badRequest("'nonce' must be specified in request body as JSON: the nonce of the attempt (GET sys/generate-root/attempt)")
+		return nil, "", badRequest("'nonce' must be specified in request body as JSON: the nonce of the attempt (GET %s)", statusPath)
 	}
 	key, ok := decodeShare(body.Key)
 	if !ok {
-		return nil, badRequest("'key' must be a valid hex or base64 string")
+		return nil, "", badRequest("'key' must be a valid hex or base64 string")
 	}
-	st, err := generateRoot(ctx, rq, &pb.GenerateRootRequest{Action: "update", Nonce: body.Nonce, Key: key})
+	return key, body.Nonce, nil
+}
+
+// generateRootUpdate submits one unseal key share (hex or base64) with
+// the attempt's nonce.
+func generateRootUpdate(ctx context.Context, rq *request) (*reply, error) {
+	key, nonce, err := shareUpdate(rq, "sys/generate-root/attempt")
+	if err != nil {
+		return nil, err
+	}
+	st, err := generateRoot(ctx, rq, &pb.GenerateRootRequest{Action: "update", Nonce: nonce, Key: key})
 	clear(key)
 	if err != nil {
 		return nil, err
@@ -342,46 +366,23 @@ func rekeyInit(ctx context.Context, rq *request) (*reply, error) {
 // nonce: the handler cancels the attempt the status names (a nonce in
 // the body is used instead when given).
 func rekeyCancel(ctx context.Context, rq *request) (*reply, error) {
-	var body struct {
-		Nonce string `json:"nonce"`
-	}
-	if err := rq.decode(&body); err != nil {
-		return nil, err
-	}
-	if body.Nonce == "" {
+	return cancelAttempt(rq, func() (string, error) {
 		st, err := rekey(ctx, rq, &pb.RekeyRequest{Action: "status"})
-		if err != nil {
-			return nil, err
-		}
-		body.Nonce = st.GetNonce()
-	}
-	if _, err := rekey(ctx, rq, &pb.RekeyRequest{Action: "cancel", Nonce: body.Nonce}); err != nil {
-		return nil, err
-	}
-	return noContent(), nil
+		return st.GetNonce(), err
+	}, func(nonce string) error {
+		_, err := rekey(ctx, rq, &pb.RekeyRequest{Action: "cancel", Nonce: nonce})
+		return err
+	})
 }
 
 // rekeyUpdate submits one current share (hex or base64) with the
 // attempt's nonce; the last one answers the new shares.
 func rekeyUpdate(ctx context.Context, rq *request) (*reply, error) {
-	var body struct {
-		Key   string `json:"key"`
-		Nonce string `json:"nonce"`
-	}
-	if err := rq.decode(&body); err != nil {
+	key, nonce, err := shareUpdate(rq, "sys/rekey/init")
+	if err != nil {
 		return nil, err
 	}
-	if body.Key == "" {
-		return nil, badRequest("'key' must be specified in request body as JSON")
-	}
-	if body.Nonce == "" {
-		return nil, badRequest("'nonce' must be specified in request body as JSON: the nonce of the rekey (GET sys/rekey/init)")
-	}
-	key, ok := decodeShare(body.Key)
-	if !ok {
-		return nil, badRequest("'key' must be a valid hex or base64 string")
-	}
-	st, err := rekey(ctx, rq, &pb.RekeyRequest{Action: "update", Nonce: body.Nonce, Key: key})
+	st, err := rekey(ctx, rq, &pb.RekeyRequest{Action: "update", Nonce: nonce, Key: key})
 	clear(key)
 	if err != nil {
 		return nil, err
