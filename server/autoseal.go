@@ -140,12 +140,23 @@ func shareWord(stored *seal.Stored) string {
 // autoUnseal runs on a node under the static seal until ctx ends: while
 // the node is sealed (and was not sealed by request) it unseals it with
 // the static key whenever the record allows, at start, right after the
-// init is applied, and after a migration to the static seal. It waits for
-// applied entries, not for time.
+// init is applied, and after a migration to the static seal. While sealed
+// it waits for applied entries, not for time; while unsealed, for the node
+// to seal again (a restored snapshot under other keys), so that it costs
+// the apply path nothing.
 func (y *sysServer) autoUnseal(ctx context.Context) {
 	for {
-		if y.keys.Sealed() {
-			y.tryAutoUnseal()
+		if !y.keys.Sealed() {
+			select {
+			case <-ctx.Done():
+				return
+			case <-y.keys.resealed:
+			}
+			continue
+		}
+		y.tryAutoUnseal()
+		if !y.keys.Sealed() {
+			continue
 		}
 		idx := y.store.AppliedIndex()
 		if err := y.store.WaitApplied(ctx, idx+1); err != nil {

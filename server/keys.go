@@ -37,6 +37,9 @@ type keys struct {
 	logger hclog.Logger
 	// nudge wakes the leader duties (a sealed leader hands over).
 	nudge chan struct{}
+	// resealed is signalled when the node seals (the static seal's
+	// auto-unseal waits on it while the node is unsealed).
+	resealed chan struct{}
 	// onSeal runs when the node seals (the audit log drops its salt).
 	onSeal func()
 	// restoring is set while this node runs an operator's restore: the
@@ -100,6 +103,10 @@ func (k *keys) sealNode() {
 	k.health.SetServingStatus(kvHealthName, healthpb.HealthCheckResponse_NOT_SERVING)
 	k.gossip.SetSealed(true)
 	k.nudgeDuties()
+	select {
+	case k.resealed <- struct{}{}:
+	default:
+	}
 }
 
 // nudgeDuties wakes the leader duties (when this node leads).

@@ -151,7 +151,7 @@ func New(cfg Config) (*Server, error) {
 	s.life.stop = make(chan struct{})
 	s.life.serveErr = make(chan error, 1)
 	s.life.stopCtx, s.life.stopCancel = context.WithCancel(context.Background())
-	s.keys = &keys{seal: seal.New(seal.Options{}), logger: cfg.Logger, nudge: make(chan struct{}, 1)}
+	s.keys = &keys{seal: seal.New(seal.Options{}), logger: cfg.Logger, nudge: make(chan struct{}, 1), resealed: make(chan struct{}, 1)}
 	s.tokenExpiry = &expiryQueue{}
 	s.metrics = newNodeMetrics()
 	var err error
