@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -46,6 +47,40 @@ type nodeMetrics struct {
 	// lastSnapshot is when this node last persisted a Raft snapshot
 	// (Unix nanoseconds; 0: none since it started and none on disk).
 	lastSnapshot atomic.Int64
+	// tokens is the last count of live tokens: counting walks every token
+	// record, too much for each scrape of a node holding millions.
+	tokens countCache
+}
+
+// countRefresh is how long a count read by a scan is served before the
+// next scrape scans again (only when the system table changed).
+const countRefresh = 10 * time.Second
+
+// countCache keeps a count that costs a scan, recounted only when the
+// state it counts changed (its generation) and countRefresh has passed.
+type countCache struct {
+	mu      sync.Mutex
+	counted bool
+	gen     uint64
+	at      time.Time
+	n       float64
+}
+
+// get returns the cached count, or count's result when the generation
+// moved and the last count is older than countRefresh; -1 when counting
+// failed.
+func (c *countCache) get(gen uint64, count func() (int, error)) float64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.counted && (gen == c.gen || time.Since(c.at) < countRefresh) {
+		return c.n
+	}
+	n, err := count()
+	if err != nil {
+		return -1
+	}
+	c.counted, c.gen, c.at, c.n = true, gen, time.Now(), float64(n)
+	return c.n
 }
 
 // requestBuckets are the request latency histogram's bounds, in seconds:
@@ -150,12 +185,8 @@ func (m *nodeMetrics) observeNode(s *Server) {
 			}
 			return time.Since(time.Unix(0, last)).Seconds()
 		}),
-		gauge("coffer_tokens_live", "Service tokens in this node's state (batch tokens are not stored).", func() float64 {
-			n, err := s.fsm.SysCount(sysTokenPref)
-			if err != nil {
-				return -1
-			}
-			return float64(n)
+		gauge("coffer_tokens_live", "Service tokens in this node's state (batch tokens are not stored); recounted at most every 10 s.", func() float64 {
+			return m.tokens.get(s.fsm.SysGeneration(), func() (int, error) { return s.fsm.SysCount(sysTokenPref) })
 		}),
 		gauge("coffer_leases_live", "Live leases of dynamic credentials in this node's state.", func() float64 {
 			_, total, err := s.fsm.LeaseCount("")

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -117,5 +118,38 @@ func TestPanickingCallIsCounted(t *testing.T) {
 	}
 	if got := internal(); got != before+1 {
 		t.Fatalf("coffer_requests_total{code=Internal} went from %v to %v, want one more", before, got)
+	}
+}
+
+// TestCountCacheRecountsOnlyWhenChangedAndDue: a scan-backed gauge scans
+// once per change of the state it counts, and no more than once per
+// countRefresh however often it is scraped.
+func TestCountCacheRecountsOnlyWhenChangedAndDue(t *testing.T) {
+	var c countCache
+	scans := 0
+	count := func(n int) func() (int, error) {
+		return func() (int, error) { scans++; return n, nil }
+	}
+	if got := c.get(1, count(5)); got != 5 || scans != 1 {
+		t.Fatalf("first scrape = %v after %d scans, want 5 after 1", got, scans)
+	}
+	for range 100 {
+		if got := c.get(1, count(9)); got != 5 {
+			t.Fatalf("unchanged state answered %v, want the cached 5", got)
+		}
+	}
+	if got := c.get(2, count(6)); got != 5 || scans != 1 {
+		t.Fatalf("a change within countRefresh = %v after %d scans, want the cached 5 after 1", got, scans)
+	}
+	c.at = c.at.Add(-countRefresh) // the last count is now due
+	if got := c.get(2, count(6)); got != 6 || scans != 2 {
+		t.Fatalf("a due change = %v after %d scans, want 6 after 2", got, scans)
+	}
+	c.at = c.at.Add(-countRefresh)
+	if got := c.get(2, func() (int, error) { scans++; return 0, errors.New("disk") }); got != 6 || scans != 2 {
+		t.Fatalf("unchanged generation rescanned: %v after %d scans", got, scans)
+	}
+	if got := c.get(3, func() (int, error) { return 0, errors.New("disk") }); got != -1 {
+		t.Fatalf("a failed count = %v, want -1", got)
 	}
 }
