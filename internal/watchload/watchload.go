@@ -50,18 +50,25 @@ type Result struct {
 	// failed (their changes are not counted either way).
 	Writes, WriteErrors int
 	// Expected is the deliveries the acknowledged writes owe the
-	// watchers, Delivered those that arrived; Duplicates, OutOfOrder and
-	// Foreign count events a watcher saw twice, before a lower index, or
-	// outside its prefix. Failed counts streams that ended with an error.
-	Expected, Delivered          int64
-	Duplicates, OutOfOrder       int64
-	Foreign, Failed, Compacted   int64
-	Short                        int // streams that missed any change
+	// watchers, Delivered those that arrived (Unacknowledged counts the
+	// deliveries of writes that failed yet were applied); Duplicates,
+	// OutOfOrder and Foreign count events a watcher saw twice, before a
+	// lower index, or outside its prefix; Failed counts streams that
+	// ended with an error. Short counts the acknowledged writes that did
+	// not reach every watcher of their prefix: with no duplicates and none
+	// foreign, 0 means every watcher saw each of its changes exactly once.
+	Expected, Delivered, Unacknowledged int64
+	Duplicates, OutOfOrder              int64
+	Foreign, Failed, Compacted          int64
+	Short                               int
+	// P50, P99 and Max are the delivery latencies from each write's
+	// start; AckP50, AckP99 and AckMax from its acknowledgement (0 for an
+	// event that arrived before it): what the watch adds to the write.
 	P50, P99, Max                time.Duration
+	AckP50, AckP99, AckMax       time.Duration
 	OpenTime                     time.Duration
 	ClientBytesPerStream         float64
 	FirstError                   string
-	perStream                    []int64
 	writeP50, writeP99, writeMax time.Duration
 }
 
@@ -116,16 +123,17 @@ func (h *histogram) quantile(q float64) time.Duration {
 // write is one write of the run: when it started, and its index once
 // acknowledged (0 while in flight, or after a failure).
 type write struct {
-	start atomic.Int64
-	index atomic.Uint64
-	group int
+	start     atomic.Int64
+	ack       atomic.Int64 // when the write was acknowledged (0: not yet)
+	index     atomic.Uint64
+	delivered atomic.Int64 // to how many watchers
+	group     int
 }
 
 type watcher struct {
-	group     int // -1: the whole prefix
-	last      uint64
-	delivered atomic.Int64
-	failed    atomic.Bool
+	group  int // -1: the whole prefix
+	last   uint64
+	failed atomic.Bool
 }
 
 // Run opens the streams, writes for cfg.Duration, waits for the deliveries
@@ -145,7 +153,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	for i := range writes {
 		writes[i].group = i % cfg.Groups
 	}
-	lat := newHistogram()
+	lat, afterAck := newHistogram(), newHistogram()
 	res := &Result{Streams: cfg.Streams}
 	var mu sync.Mutex // guards res.FirstError
 	fail := func(err error) {
@@ -227,7 +235,12 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 						continue
 					}
 					lat.add(now.Sub(time.Unix(0, writes[seq].start.Load())))
-					w.delivered.Add(1)
+					if ack := writes[seq].ack.Load(); ack != 0 {
+						afterAck.add(now.Sub(time.Unix(0, ack)))
+					} else {
+						afterAck.add(0) // before the writer heard of it
+					}
+					writes[seq].delivered.Add(1)
 					delivered.Add(1)
 				}
 			}
@@ -286,50 +299,64 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 				fail(fmt.Errorf("write %s: %w", path, err))
 				return
 			}
-			wlat.add(time.Since(t0))
+			t1 := time.Now()
+			w.ack.Store(t1.UnixNano())
+			wlat.add(t1.Sub(t0))
 			w.index.Store(resp.Index)
 		}()
 	}
 	writers.Wait()
 
-	// What the acknowledged writes owe each watcher.
-	perGroup := make([]int64, cfg.Groups)
+	// What the acknowledged writes owe the watchers.
+	watchersOf := make([]int64, cfg.Groups)
+	var whole int64
+	for _, w := range watchers {
+		if w.group < 0 {
+			whole++
+		} else {
+			watchersOf[w.group]++
+		}
+	}
+	owed := func(wr *write) int64 { return watchersOf[wr.group] + whole }
 	for i := range writes {
 		if writes[i].index.Load() != 0 {
-			perGroup[writes[i].group]++
 			res.Writes++
+			res.Expected += owed(&writes[i])
 		}
 	}
 	res.WriteErrors = int(werr.Load())
-	owed := func(w *watcher) int64 {
-		if w.group < 0 {
-			return int64(res.Writes)
-		}
-		return perGroup[w.group]
-	}
-	for _, w := range watchers {
-		res.Expected += owed(w)
-	}
 	deadline := time.Now().Add(cfg.Drain)
 	poll := time.NewTicker(10 * time.Millisecond)
-	for delivered.Load() < res.Expected && time.Now().Before(deadline) && ctx.Err() == nil {
+	acked := func() (n int64) {
+		for i := range writes {
+			if writes[i].index.Load() != 0 {
+				n += writes[i].delivered.Load()
+			}
+		}
+		return n
+	}
+	for acked() < res.Expected && time.Now().Before(deadline) && ctx.Err() == nil {
 		<-poll.C
 	}
 	poll.Stop()
 	cancel()
 	wg.Wait()
 
-	res.Delivered = delivered.Load()
-	res.Duplicates, res.OutOfOrder, res.Foreign = dups.Load(), order.Load(), foreign.Load()
-	res.Failed, res.Compacted = failed.Load(), compacted.Load()
-	res.perStream = make([]int64, len(watchers))
-	for i, w := range watchers {
-		res.perStream[i] = w.delivered.Load()
-		if res.perStream[i] != owed(w) {
+	for i := range writes {
+		n := writes[i].delivered.Load()
+		if writes[i].index.Load() == 0 {
+			res.Unacknowledged += n
+			continue
+		}
+		res.Delivered += n
+		if n != owed(&writes[i]) {
 			res.Short++
 		}
 	}
+	res.Duplicates, res.OutOfOrder, res.Foreign = dups.Load(), order.Load(), foreign.Load()
+	res.Failed, res.Compacted = failed.Load(), compacted.Load()
 	res.P50, res.P99, res.Max = lat.quantile(0.50), lat.quantile(0.99), time.Duration(lat.max.Load())
+	res.AckP50, res.AckP99, res.AckMax = afterAck.quantile(0.50), afterAck.quantile(0.99), time.Duration(afterAck.max.Load())
 	res.writeP50, res.writeP99, res.writeMax = wlat.quantile(0.50), wlat.quantile(0.99), time.Duration(wlat.max.Load())
 	return res, nil
 }
