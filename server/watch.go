@@ -66,7 +66,10 @@ func (k *kvServer) Watch(req *pb.WatchRequest, stream pb.KV_WatchServer) error {
 			sent, err = w.send(changes)
 			w.from = max(w.from, seen)
 		}
-		buf = changes
+		buf = nil
+		if cap(changes) <= 16 {
+			buf = changes // reused; a burst's larger array is let go
+		}
 		if errors.Is(err, errWatchCompacted) {
 			return nil // the client resumes from the COMPACTED event's index
 		}

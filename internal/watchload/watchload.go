@@ -36,8 +36,8 @@ type Config struct {
 	Rate     float64
 	Duration time.Duration
 	// Drain bounds the wait for the last deliveries after the writes
-	// (default 10s).
-	Drain time.Duration
+	// (default 10s), WriteTimeout each write (default 10s).
+	Drain, WriteTimeout time.Duration
 	// Opened, when set, is called once every stream is open, before the
 	// first write (to take the nodes' memory).
 	Opened func()
@@ -144,6 +144,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	if cfg.Drain <= 0 {
 		cfg.Drain = 10 * time.Second
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = 10 * time.Second
 	}
 	if len(cfg.Clients) == 0 || cfg.Writer == nil || cfg.Streams < 1 || cfg.Rate <= 0 || !strings.HasSuffix(cfg.Prefix, "/") {
 		return nil, errors.New("watchload: want clients, a writer, streams, a rate and a prefix ending in /")
@@ -291,7 +294,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			path := cfg.Prefix + "g" + strconv.Itoa(w.group) + "/" + strconv.Itoa(seq)
 			t0 := time.Now()
 			w.start.Store(t0.UnixNano())
-			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			cctx, cancel := context.WithTimeout(ctx, cfg.WriteTimeout)
 			resp, err := cfg.Writer.Put(cctx, &pb.PutRequest{Path: path, Data: map[string]string{"v": "x"}})
 			cancel()
 			if err != nil {
