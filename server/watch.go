@@ -15,9 +15,6 @@ import (
 // that the client can resume close to the present after a reconnect.
 const watchProgressEvery = 5 * time.Second
 
-// errWatchCompacted ends a stream that was sent a COMPACTED event.
-var errWatchCompacted = errors.New("server: watch compacted")
-
 // Watch streams changes under a prefix as this node applies them.
 func (k *kvServer) Watch(req *pb.WatchRequest, stream pb.KV_WatchServer) error {
 	prefix := req.Prefix
@@ -58,10 +55,10 @@ func (k *kvServer) Watch(req *pb.WatchRequest, stream pb.KV_WatchServer) error {
 		// take, or take says to catch up from the ring.
 		seen := feed.index.Load()
 		changes, lagging := sub.take(buf)
-		sent := 0
+		sent, compacted := 0, false
 		var err error
 		if lagging {
-			sent, err = w.catchUp()
+			sent, compacted, err = w.catchUp()
 		} else {
 			sent, err = w.send(changes)
 			w.from = max(w.from, seen)
@@ -70,11 +67,11 @@ func (k *kvServer) Watch(req *pb.WatchRequest, stream pb.KV_WatchServer) error {
 		if cap(changes) <= 16 {
 			buf = changes // reused; a burst's larger array is let go
 		}
-		if errors.Is(err, errWatchCompacted) {
-			return nil // the client resumes from the COMPACTED event's index
-		}
 		if err != nil {
 			return err
+		}
+		if compacted {
+			return nil // the client resumes from the COMPACTED event's index
 		}
 		now := time.Now()
 		if sent > 0 {
@@ -126,32 +123,28 @@ type watchStream struct {
 }
 
 // catchUp sends the changes after w.from from the ring, as a stream that
-// resumes does; a ring that no longer holds them ends the stream with a
-// COMPACTED event.
-func (w *watchStream) catchUp() (int, error) {
-	total := 0
+// resumes does. A ring that no longer holds them gets the client a
+// COMPACTED event, after which the stream ends (compacted).
+func (w *watchStream) catchUp() (sent int, compacted bool, err error) {
 	for {
 		applied := w.k.store.AppliedIndex()
 		changes, err := w.k.store.ChangesSince(w.from, w.prefix, 256)
 		if errors.Is(err, fsm.ErrCompacted) {
-			if err := w.stream.Send(&pb.WatchEvent{Type: pb.WatchEvent_COMPACTED, Index: applied, NodeId: w.k.nodeID}); err != nil {
-				return total, err
-			}
-			return total, errWatchCompacted
+			return sent, true, w.stream.Send(&pb.WatchEvent{Type: pb.WatchEvent_COMPACTED, Index: applied, NodeId: w.k.nodeID})
 		}
 		if err != nil {
-			return total, err
+			return sent, false, err
 		}
 		n, err := w.send(changes)
-		total += n
-		if err != nil || len(changes) == 256 {
-			if err != nil {
-				return total, err
-			}
+		sent += n
+		if err != nil {
+			return sent, false, err
+		}
+		if len(changes) == 256 {
 			continue // more to send
 		}
 		w.from = max(w.from, applied)
-		return total, nil
+		return sent, false, nil
 	}
 }
 
