@@ -6,6 +6,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	pb "coffer/api/cofferpb"
@@ -29,6 +30,9 @@ type kvServer struct {
 	paths pathLocks
 	// stopCtx ends when the node stops (ends watches).
 	stopCtx context.Context
+	// feed is the node's change feed for watches (see watchFeed).
+	feedOnce sync.Once
+	feed     *watchFeed
 }
 
 // kvStore reads the replicated KV state.

@@ -70,7 +70,10 @@ type benchOpts struct {
 }
 
 func cmdBench(e *env, args []string) error {
-	f := newFlags("coffer bench", "[flags] kv-write|kv-read|mixed|approle-login", `
+	if len(args) > 0 && args[0] == "watch" {
+		return cmdBenchWatch(e, args[1:]) // its own flags: benchwatch.go
+	}
+	f := newFlags("coffer bench", "[flags] kv-write|kv-read|mixed|approle-login (or: coffer bench watch [flags])", `
 Load a cluster (COFFER_ADDR, or one node with -address) and report ops/s,
 latency percentiles, errors by kind and the nodes' memory. kv-read and mixed
 first write the keys they read. approle-login first writes the AppRole role

@@ -113,3 +113,29 @@ func TestBenchHTTP(t *testing.T) {
 	wantErr(t, n.run(t, "bench", "-protocol=http", "-http-addr="+httpAddr, "approle-login"), 1, "gRPC only")
 	wantErr(t, n.run(t, "bench", "-protocol=smtp", "kv-write"), 1, "want grpc or http")
 }
+
+// TestBenchWatchCommand runs `coffer bench watch` briefly against a dev
+// server: every change reaches every stream of its prefix, and the
+// figures scripts read are there; bad flags get one line that names them.
+func TestBenchWatchCommand(t *testing.T) {
+	n := startDev(t)
+	r := n.mustRun(t, "bench", "watch", "-streams=40", "-rate=20", "-duration=500ms", "-prefixes=3", "-format=json")
+	m := hasKeys(t, r, "expected", "delivered", "delivery_p50_ms", "delivery_p99_ms", "delivery_after_ack_p99_ms",
+		"node_rss_before_bytes", "node_rss_open_bytes", "node_bytes_per_stream", "client_bytes_per_stream")
+	exp, _ := m["expected"].(float64)
+	got, _ := m["delivered"].(float64)
+	if exp <= 0 || got != exp {
+		t.Fatalf("delivered %v of %v: %s", got, exp, r)
+	}
+	for _, k := range []string{"duplicates", "out_of_order", "foreign", "failed_streams", "short_writes", "write_errors"} {
+		if v, _ := m[k].(float64); v != 0 {
+			t.Fatalf("%s = %v: %s", k, v, r)
+		}
+	}
+	if rss, _ := m["node_rss_open_bytes"].(map[string]any); len(rss) != 1 {
+		t.Fatalf("node_rss_open_bytes %v, want the dev node's", m["node_rss_open_bytes"])
+	}
+	wantErr(t, n.run(t, "bench", "watch", "-streams=0"), 1, "-streams")
+	wantErr(t, n.run(t, "bench", "watch", "-streams=5000", "-connections=2"), 1, "-connections")
+	wantErr(t, n.run(t, "bench", "watch", "-rate=0"), 1, "-rate")
+}
