@@ -613,7 +613,16 @@ func writeCompareMarkdown(w io.Writer, f *compareFigures) {
 		for n := range r.CPUPerOpUs {
 			nodes = append(nodes, n)
 		}
-		slices.Sort(nodes)
+		// The leader first, then the followers by name.
+		slices.SortFunc(nodes, func(a, b string) int {
+			if la, lb := strings.HasPrefix(a, "leader"), strings.HasPrefix(b, "leader"); la != lb {
+				if la {
+					return -1
+				}
+				return 1
+			}
+			return strings.Compare(a, b)
+		})
 		for _, n := range nodes {
 			role, node, _ := strings.Cut(n, " ")
 			fs := "not measured"
