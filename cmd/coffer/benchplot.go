@@ -89,9 +89,9 @@ func renderScale(w io.Writer, points []scalePoint) error {
 	p.Y.Label.Text = "operations per second"
 	p.X.Scale = plot.LogScale{}
 	p.X.Tick.Marker = plot.LogTicks{Prec: -1}
-	p.Y.Min, p.Y.Max = 0, math.Max(top*1.1, 10)
+	p.Y.Min, p.Y.Max = 0, math.Max(top*1.35, 10) // room for the legend above the lines
 	p.Add(plotter.NewGrid())
-	p.Legend.Top, p.Legend.Left = false, true
+	p.Legend.Top, p.Legend.Left = true, true
 	keys := make([]series, 0, len(lines))
 	for s := range lines {
 		keys = append(keys, s)
