@@ -16,7 +16,7 @@ TEST_FLAGS ?= -race -count=1 -p 1 -timeout=20m
 API_PROTOS := $(wildcard api/proto/coffer/v1/*.proto)
 FSM_PROTOS := $(wildcard fsm/fsmpb/*.proto)
 
-.PHONY: all build run test test-deps bench bench-database bench-figures bench-protocols etcd-figures proto proto-check lint fmt tools clean
+.PHONY: all build run test test-deps bench bench-database bench-figures bench-protocols etcd-figures compare-figures proto proto-check lint fmt tools clean
 
 all: build
 
@@ -77,6 +77,16 @@ bench-protocols: build
 etcd-figures: build
 	test -x $(TOOLS)/etcd/bin/benchmark || scripts/etcd-build.sh
 	RUNS=$${RUNS:-3} scripts/etcd-figures.sh
+
+## compare-figures: coffer and etcd v3.7.1 in one run, both with TLS on
+## client and peer traffic: the goal rows of issue 16, the scale rows at
+## SIZES keys stored (default "1000 100000 1000000"), restart and join
+## times, snapshot sizes, RSS, CPU, bytes and fsyncs per write; medians of
+## RUNS (3) runs of DURATION (15) s. Writes bin/compare-figures.json, .md
+## and bin/scale.png (needs jq; strace for the fsyncs; about 35 minutes)
+compare-figures: build
+	test -x $(TOOLS)/etcd/bin/benchmark || scripts/etcd-build.sh
+	scripts/compare-figures.sh
 
 ## lint: gofmt and go vet
 lint:

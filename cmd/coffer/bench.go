@@ -67,16 +67,48 @@ type benchOpts struct {
 	httpAddrs string
 	// timeline is the PNG file of -timeline ("": none).
 	timeline string
+	// noPrepopulate reads keys written before (coffer bench preload)
+	// instead of writing them first.
+	noPrepopulate bool
 }
 
-func cmdBench(e *env, args []string) error {
-	if len(args) > 0 && args[0] == "watch" {
-		return cmdBenchWatch(e, args[1:]) // its own flags: benchwatch.go
+// benchValue is a value of size printable bytes (values are strings).
+func benchValue(size int) string {
+	value := make([]byte, size)
+	rand.Read(value)
+	for i := range value {
+		value[i] = 'a' + value[i]%26
 	}
-	f := newFlags("coffer bench", "[flags] kv-write|kv-read|mixed|approle-login (or: coffer bench watch [flags])", `
+	return string(value)
+}
+
+// benchKey names the keys of the workloads and of the preload: prefix +
+// "k" + index.
+func benchKey(prefix string) func(int) string {
+	return func(i int) string { return prefix + "k" + strconv.Itoa(i) }
+}
+
+// validPrefix reports whether a -prefix names a folder.
+func validPrefix(p string) bool { return strings.HasSuffix(p, "/") }
+
+func cmdBench(e *env, args []string) error {
+	if len(args) > 0 {
+		switch args[0] {
+		case "preload":
+			return cmdBenchPreload(e, args[1:])
+		case "report":
+			return cmdBenchReport(e, args[1:])
+		case "plot":
+			return cmdBenchPlot(e, args[1:])
+		case "watch":
+			return cmdBenchWatch(e, args[1:]) // its own flags: benchwatch.go
+		}
+	}
+	f := newFlags("coffer bench", "[flags] kv-write|kv-read|mixed|approle-login  (or: coffer bench preload|report|plot|watch -h)", `
 Load a cluster (COFFER_ADDR, or one node with -address) and report ops/s,
 latency percentiles, errors by kind and the nodes' memory. kv-read and mixed
-first write the keys they read. approle-login first writes the AppRole role
+first write the keys they read (-no-prepopulate: they were written before,
+by coffer bench preload). approle-login first writes the AppRole role
 bench-<token type> (token_policies default) and a secret_id without a use
 limit, then logs in with them (-token-type=batch: any node serves it;
 service: the leader writes each token). Progress goes to stderr once a
@@ -105,6 +137,7 @@ with batch tokens).`).withClient()
 	f.fs.StringVar(&o.protocol, "protocol", "grpc", "the API to load: grpc, or http (the Vault-compatible HTTP API)")
 	f.fs.StringVar(&o.httpAddrs, "http-addr", "", "with -protocol=http: the nodes' HTTP API, host:port[,host:port…] (default $VAULT_ADDR)")
 	f.fs.StringVar(&o.timeline, "timeline", "", "draw the operations per second over time into this PNG file")
+	f.fs.BoolVar(&o.noPrepopulate, "no-prepopulate", false, "kv-read and mixed: read the keys a coffer bench preload wrote (same -keys and -prefix) instead of writing them first")
 	args, err := f.parse(e, args)
 	if err != nil {
 		return err
@@ -147,7 +180,7 @@ with batch tokens).`).withClient()
 		return usageErrorf(f.name, "-keys must be at least 1")
 	case o.writeRatio < 0 || o.writeRatio > 1:
 		return usageErrorf(f.name, "-write-ratio must be between 0 and 1")
-	case !strings.HasSuffix(o.prefix, "/"):
+	case !validPrefix(o.prefix):
 		return usageErrorf(f.name, "-prefix must end with /")
 	case o.timeline != "" && !strings.EqualFold(filepath.Ext(o.timeline), ".png"):
 		return usageErrorf(f.name, "-timeline=%q: the picture is a PNG: name the file *.png", o.timeline)
@@ -227,13 +260,7 @@ func writeTimeline(f *os.File, o benchOpts, res *benchResult, events []timeline.
 // runBench prepares the keys, runs the clients for the duration and
 // gathers the figures, and with -timeline every call's end and outcome.
 func runBench(ctx context.Context, cfg api.Config, o benchOpts, progress io.Writer) (*benchResult, []timeline.Event, error) {
-	value := make([]byte, o.valueSize)
-	rand.Read(value)
-	for i := range value {
-		value[i] = 'a' + value[i]%26 // printable: values are strings
-	}
-	val := string(value)
-	key := func(i int) string { return o.prefix + "k" + strconv.Itoa(i) }
+	val, key := benchValue(o.valueSize), benchKey(o.prefix)
 	if o.protocol == "http" {
 		return runHTTPBench(ctx, cfg, o, val, key, progress)
 	}
@@ -263,7 +290,7 @@ func runBench(ctx context.Context, cfg api.Config, o benchOpts, progress io.Writ
 		if roleID, secretID, err = prepareLogin(ctx, clients[0], o.tokenType); err != nil {
 			return nil, nil, err
 		}
-	} else if o.workload != "kv-write" {
+	} else if o.workload != "kv-write" && !o.noPrepopulate {
 		fmt.Fprintf(progress, "writing %d keys of %d bytes…\n", o.keys, o.valueSize)
 		if err := prepopulate(ctx, clients, o.keys, key, val); err != nil {
 			return nil, nil, err
@@ -302,7 +329,7 @@ func runHTTPBench(ctx context.Context, cfg api.Config, o benchOpts, val string, 
 	if err != nil {
 		return nil, nil, err
 	}
-	if o.workload != "kv-write" {
+	if o.workload != "kv-write" && !o.noPrepopulate {
 		fmt.Fprintf(progress, "writing %d keys of %d bytes over HTTP…\n", o.keys, o.valueSize)
 		if err := b.prepopulate(ctx, o.keys, key, body); err != nil {
 			return nil, nil, err

@@ -204,8 +204,8 @@ func printBenchWatch(w io.Writer, r *benchWatchResult) {
 	}
 	slices.Sort(ids)
 	for _, id := range ids {
-		rows = append(rows, row{"rss " + id, fmt.Sprintf("%.1f → %.1f MiB (streams open) → %.1f MiB (after)",
-			mib(r.NodeRSSBefore[id]), mib(r.NodeRSSOpen[id]), mib(r.NodeRSSAfter[id]))})
+		rows = append(rows, row{"rss " + id, fmt.Sprintf("%s → %s (streams open) → %s (after)",
+			mib(float64(r.NodeRSSBefore[id])), mib(float64(r.NodeRSSOpen[id])), mib(float64(r.NodeRSSAfter[id])))})
 	}
 	rows = append(rows,
 		row{"node memory per stream", fmt.Sprintf("%.1f KiB (RSS growth of the nodes / streams)", r.NodeBytesPerStream/1024)},
@@ -215,5 +215,3 @@ func printBenchWatch(w io.Writer, r *benchWatchResult) {
 	}
 	printKV(w, rows)
 }
-
-func mib(b uint64) float64 { return float64(b) / (1 << 20) }
