@@ -208,6 +208,7 @@ func splitHostPort(hp string) (string, int, error) {
 func DefaultConfig() Config {
 	return Config{
 		BindAddr:           ports.RaftAddr,
+		RaftLogStore:       DefaultLogStore,
 		HeartbeatTimeout:   300 * time.Millisecond,
 		ElectionTimeout:    300 * time.Millisecond,
 		LeaderLeaseTimeout: 300 * time.Millisecond,
@@ -288,7 +289,7 @@ func (c Config) Validate() error {
 		return errors.New("replication: node id is empty: set -node-id")
 	case c.DataDir == "":
 		return errors.New("replication: data directory is empty: set -data-dir")
-	case !validLogStore(c.RaftLogStore):
+	case !ValidLogStore(c.RaftLogStore):
 		return fmt.Errorf("replication: raft log store %q is not one of %s, %s: set -raft-log-store to one of them", c.RaftLogStore, LogStoreWAL, LogStoreBoltDB)
 	case c.LeaderLeaseTimeout > c.HeartbeatTimeout:
 		return fmt.Errorf("replication: leader lease timeout %s exceeds heartbeat timeout %s: lower it", c.LeaderLeaseTimeout, c.HeartbeatTimeout)

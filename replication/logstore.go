@@ -50,9 +50,9 @@ const (
 	walOldDir = "wal.old"
 )
 
-// validLogStore reports whether s names a log store; empty means the
+// ValidLogStore reports whether s names a log store; empty means the
 // default.
-func validLogStore(s string) bool {
+func ValidLogStore(s string) bool {
 	return s == "" || s == LogStoreBoltDB || s == LogStoreWAL
 }
 
