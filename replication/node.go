@@ -88,7 +88,7 @@ func New(cfg Config, fsm raft.BatchingFSM) (*Node, error) {
 		BoltOptions: &bolt.Options{Timeout: time.Second, FreelistType: bolt.FreelistMapType, NoFreelistSync: true},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("replication: open raft log %s: %w", filepath.Join(dir, "raft.db"), err)
+		return nil, fmt.Errorf("replication: open raft store %s: %w", filepath.Join(dir, "raft.db"), err)
 	}
 	logStore, logCloser, err := openLogStore(dir, cfg.RaftLogStore, store, logger)
 	if err != nil {
