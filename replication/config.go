@@ -110,6 +110,9 @@ type Config struct {
 	// onReconcile, when set (tests only), receives the outcome of every
 	// reconciliation round.
 	onReconcile func(reconcileReport)
+	// walSegmentSize (tests only) replaces defaultWALSegmentSize, so that
+	// a few entries fill a segment.
+	walSegmentSize int
 }
 
 // GossipConfig configures memberlist gossip. The zero value of every timing

@@ -35,7 +35,7 @@ const DefaultLogStore = LogStoreBoltDB
 // entries), so the log on disk stays within a few segments, where raft-wal's
 // 64 MiB default would keep 64 MiB per node preallocated for a log of a
 // few MiB.
-const walSegmentSize = 16 << 20
+const defaultWALSegmentSize = 16 << 20
 
 // migrateBatchBytes bounds one append while logs move between stores.
 const migrateBatchBytes = 1 << 20
@@ -62,7 +62,12 @@ func ValidLogStore(s string) bool {
 // other store has it moved across first (moveLogs), so switching
 // -raft-log-store keeps the log; a move that a crash interrupted is
 // finished or undone at the next start.
-func openLogStore(dir, kind string, bolt *raftboltdb.BoltStore, logger hclog.Logger) (raft.LogStore, io.Closer, error) {
+//
+// segmentSize is the WAL's segment size; 0 means defaultWALSegmentSize.
+func openLogStore(dir, kind string, segmentSize int, bolt *raftboltdb.BoltStore, logger hclog.Logger) (raft.LogStore, io.Closer, error) {
+	if segmentSize == 0 {
+		segmentSize = defaultWALSegmentSize
+	}
 	for _, leftover := range []string{walTmpDir, walOldDir} {
 		if err := os.RemoveAll(filepath.Join(dir, leftover)); err != nil {
 			return nil, nil, fmt.Errorf("replication: remove %s: %w", filepath.Join(dir, leftover), err)
@@ -82,19 +87,19 @@ func openLogStore(dir, kind string, bolt *raftboltdb.BoltStore, logger hclog.Log
 		if walPath == "" {
 			return bolt, nil, nil
 		}
-		if err := moveWALToBolt(dir, bolt, logger); err != nil {
+		if err := moveWALToBolt(dir, segmentSize, bolt, logger); err != nil {
 			return nil, nil, err
 		}
 		return bolt, nil, nil
 	}
 
 	if walPath == "" {
-		if err := moveBoltToWAL(dir, bolt, logger); err != nil {
+		if err := moveBoltToWAL(dir, segmentSize, bolt, logger); err != nil {
 			return nil, nil, err
 		}
 		walPath = filepath.Join(dir, walDir)
 	}
-	w, err := openWAL(walPath, logger)
+	w, err := openWAL(walPath, segmentSize, logger)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -125,12 +130,12 @@ var _ raft.MonotonicLogStore = (*walStore)(nil)
 // openWAL opens (or creates) the raft-wal log in path. raft-wal's metrics
 // stay off (its no-op collector), as Raft's own go-metrics are: coffer's
 // Prometheus metrics do not carry either.
-func openWAL(path string, logger hclog.Logger) (*walStore, error) {
+func openWAL(path string, segmentSize int, logger hclog.Logger) (*walStore, error) {
 	if err := os.MkdirAll(path, 0o700); err != nil {
 		return nil, fmt.Errorf("replication: create %s: %w", path, err)
 	}
 	meta := &metadb.BoltMetaDB{}
-	w, err := wal.Open(path, wal.WithSegmentSize(walSegmentSize), wal.WithLogger(logger.Named("wal")), wal.WithMetaStore(meta))
+	w, err := wal.Open(path, wal.WithSegmentSize(segmentSize), wal.WithLogger(logger.Named("wal")), wal.WithMetaStore(meta))
 	if err != nil {
 		meta.Close()
 		return nil, fmt.Errorf("replication: open raft log %s: %w", path, err)
@@ -142,7 +147,7 @@ func openWAL(path string, logger hclog.Logger) (*walStore, error) {
 // it copies them into walTmpDir (every append fsynced), renames that to
 // walDir (the commit), then deletes them from raft.db. With no entries it
 // creates nothing: openWAL creates an empty WAL.
-func moveBoltToWAL(dir string, bolt *raftboltdb.BoltStore, logger hclog.Logger) error {
+func moveBoltToWAL(dir string, segmentSize int, bolt *raftboltdb.BoltStore, logger hclog.Logger) error {
 	last, err := bolt.LastIndex()
 	if err != nil {
 		return fmt.Errorf("replication: read raft.db: %w", err)
@@ -151,7 +156,7 @@ func moveBoltToWAL(dir string, bolt *raftboltdb.BoltStore, logger hclog.Logger) 
 		return nil
 	}
 	tmp := filepath.Join(dir, walTmpDir)
-	w, err := openWAL(tmp, logger)
+	w, err := openWAL(tmp, segmentSize, logger)
 	if err != nil {
 		return err
 	}
@@ -179,9 +184,9 @@ func moveBoltToWAL(dir string, bolt *raftboltdb.BoltStore, logger hclog.Logger) 
 // it drops whatever raft.db holds (left over from an interrupted move),
 // copies the entries (every bbolt commit fsynced), renames walDir to
 // walOldDir (the commit) and deletes it.
-func moveWALToBolt(dir string, bolt *raftboltdb.BoltStore, logger hclog.Logger) error {
+func moveWALToBolt(dir string, segmentSize int, bolt *raftboltdb.BoltStore, logger hclog.Logger) error {
 	path := filepath.Join(dir, walDir)
-	w, err := openWAL(path, logger)
+	w, err := openWAL(path, segmentSize, logger)
 	if err != nil {
 		return err
 	}

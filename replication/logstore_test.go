@@ -16,6 +16,7 @@ import (
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 
 	"coffer/fsm"
+	"coffer/fsm/fsmpb"
 )
 
 // openStoreNode starts a one-node cluster in dir with the given log store
@@ -97,7 +98,7 @@ func readContents(t *testing.T, dataDir string) storeContents {
 	walPath := filepath.Join(dataDir, "raft", walDir)
 	if _, err := os.Stat(walPath); err == nil {
 		c.walExists = true
-		w, err := openWAL(walPath, hclog.NewNullLogger())
+		w, err := openWAL(walPath, 0, hclog.NewNullLogger())
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -303,7 +304,7 @@ func TestOpenLogStoreFinishesInterruptedMoves(t *testing.T) {
 					t.Fatal(err)
 				}
 				if l.dirName != "" {
-					w, err := openWAL(filepath.Join(dir, l.dirName), hclog.NewNullLogger())
+					w, err := openWAL(filepath.Join(dir, l.dirName), 0, hclog.NewNullLogger())
 					if err != nil {
 						t.Fatal(err)
 					}
@@ -312,7 +313,7 @@ func TestOpenLogStoreFinishesInterruptedMoves(t *testing.T) {
 					}
 					w.Close()
 				}
-				logs, closer, err := openLogStore(dir, kind, b, hclog.NewNullLogger())
+				logs, closer, err := openLogStore(dir, kind, 0, b, hclog.NewNullLogger())
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -373,7 +374,7 @@ func BenchmarkLogStoreAppend(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer bolt.Close()
-			logs, closer, err := openLogStore(dir, kind, bolt, hclog.NewNullLogger())
+			logs, closer, err := openLogStore(dir, kind, 0, bolt, hclog.NewNullLogger())
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -389,4 +390,108 @@ func BenchmarkLogStoreAppend(b *testing.B) {
 			}
 		})
 	}
+}
+
+// TestWALFollowerInstallsSnapshot: a follower on the WAL that was down while
+// the others snapshotted and truncated their logs past it catches up from a
+// snapshot: Raft empties its WAL (a head truncation past the end, since the
+// WAL is monotonic) and appends after the snapshot's index, and it goes on
+// applying new entries, also after another restart.
+func TestWALFollowerInstallsSnapshot(t *testing.T) {
+	logs := newLogSink(t)
+	nodes := startExpectCluster(t, logs, 3, func(c *Config) {
+		c.RaftLogStore = LogStoreWAL
+		c.TrailingLogs = 2
+		c.SnapshotInterval, c.SnapshotThreshold = time.Hour, 1<<20
+		c.Gossip.DeadServerTimeout = time.Minute // nobody is removed meanwhile
+		// Segments of a few entries: raft-wal frees (and stops serving)
+		// compacted entries only once their segment is no longer the tail.
+		c.walSegmentSize = 2 << 10
+	})
+	f := nodes[0]
+	if f == waitForLeader(t, nodes) {
+		f = nodes[1]
+	}
+	var live []*tnode
+	for _, n := range nodes {
+		if n != f {
+			live = append(live, n)
+		}
+	}
+	write := func(path string) uint64 {
+		t.Helper()
+		var idx uint64
+		waitUntil(t, testWait, "write "+path, func() error {
+			for _, n := range live {
+				if n.IsLeader() {
+					data, err := fsm.EncodeCommand(&fsmpb.Command{Op: fsmpb.Op_OP_PUT, Path: path, Ciphertext: sealedLike("ct"), LeaderTimeUnixNano: time.Now().UnixNano()})
+					if err != nil {
+						t.Fatal(err)
+					}
+					ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+					defer cancel()
+					_, idx, err = n.Apply(ctx, data)
+					return err // a leadership lost meanwhile: again
+				}
+			}
+			return errors.New("no leader among the live nodes")
+		})
+		return idx
+	}
+	catchUp := func(what string, idx uint64) {
+		t.Helper()
+		waitUntil(t, testWait, what, func() error {
+			if got := f.fsm.AppliedIndex(); got < idx {
+				return fmt.Errorf("applied %d of %d", got, idx)
+			}
+			return nil
+		})
+	}
+	catchUp("follower applies the first write", write("secret/a"))
+	applied := f.fsm.AppliedIndex()
+	cfg := f.cfg
+	cfg.BindAddr, cfg.Gossip = f.Addr(), &GossipConfig{}
+	*cfg.Gossip = *f.cfg.Gossip
+	cfg.Gossip.BindAddr, cfg.Gossip.Join = f.GossipAddr(), []string{live[0].GossipAddr()}
+	f.crash()
+
+	var idx uint64
+	for i := range 30 {
+		idx = write(fmt.Sprintf("secret/k%d", i))
+	}
+	// Whichever node leads next must lack the entries the follower misses.
+	for _, n := range live {
+		waitUntil(t, testWait, "snapshot on "+n.ID(), func() error {
+			if got := n.fsm.AppliedIndex(); got < idx {
+				return fmt.Errorf("applied %d of %d", got, idx)
+			}
+			return n.Snapshot(ctxWait(t))
+		})
+		if first, err := n.logStore.FirstIndex(); err != nil || first <= applied+1 {
+			t.Fatalf("%s's log starts at %d (%v): the follower, at %d, could catch up from it", n.ID(), first, err, applied)
+		}
+	}
+
+	f = startNode(t, cfg)
+	catchUp("follower catches up from a snapshot", idx)
+	// The FSM is restored before Raft empties the log: wait for both.
+	waitUntil(t, testWait, "follower drops its log from before the snapshot", func() error {
+		if first, err := f.logStore.FirstIndex(); err != nil || (first != 0 && first <= applied+1) {
+			return fmt.Errorf("follower's log starts at %d (%v)", first, err)
+		}
+		return nil
+	})
+	idx = write("secret/after")
+	catchUp("follower applies a write after the snapshot", idx)
+	var l raft.Log
+	if err := f.logStore.GetLog(idx, &l); err != nil || l.Index != idx {
+		t.Fatalf("follower's WAL has no entry %d: %v", idx, err)
+	}
+	last := f.LastIndex()
+	f.stop()
+	f = startNode(t, cfg)
+	if got := f.LastIndex(); got < last {
+		t.Fatalf("follower's last index after a restart %d, want %d", got, last)
+	}
+	catchUp("follower applies after a restart", write("secret/after2"))
 }
