@@ -28,7 +28,7 @@ const (
 // DefaultLogStore is the log store of a Config that names none.
 const DefaultLogStore = LogStoreBoltDB
 
-// walSegmentSize is the size of one raft-wal segment file, preallocated
+// defaultWALSegmentSize is the size of one raft-wal segment file, preallocated
 // when it is created. raft-wal frees log space only a whole segment at a
 // time, once every entry in it is behind a snapshot; with coffer's entries
 // of a few hundred bytes, 16 MiB holds several snapshot thresholds (8192
@@ -59,7 +59,7 @@ func ValidLogStore(s string) bool {
 // openLogStore returns the log store kind under dir, whose stable store
 // (and, with boltdb, log store) is bolt. closer releases what it opened
 // beyond bolt; nil when nothing. A data directory whose log is in the
-// other store has it moved across first (moveLogs), so switching
+// other store has it moved across first (moveBoltToWAL, moveWALToBolt), so switching
 // -raft-log-store keeps the log; a move that a crash interrupted is
 // finished or undone at the next start.
 //
@@ -133,6 +133,11 @@ var _ raft.MonotonicLogStore = (*walStore)(nil)
 func openWAL(path string, segmentSize int, logger hclog.Logger) (*walStore, error) {
 	if err := os.MkdirAll(path, 0o700); err != nil {
 		return nil, fmt.Errorf("replication: create %s: %w", path, err)
+	}
+	// raft-wal fsyncs path after creating files in it, not path's own
+	// entry in its parent: a machine crash must not lose the directory.
+	if err := syncDir(filepath.Dir(path)); err != nil {
+		return nil, fmt.Errorf("replication: sync %s: %w", filepath.Dir(path), err)
 	}
 	meta := &metadb.BoltMetaDB{}
 	w, err := wal.Open(path, wal.WithSegmentSize(segmentSize), wal.WithLogger(logger.Named("wal")), wal.WithMetaStore(meta))
