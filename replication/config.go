@@ -18,9 +18,14 @@ import (
 type Config struct {
 	// NodeID is this node's Raft server id; it must be stable across restarts.
 	NodeID string `json:"node_id"`
-	// DataDir is the node's data directory; Raft keeps raft/raft.db (log and
-	// stable store) and raft/snapshots/ under it.
+	// DataDir is the node's data directory; Raft keeps raft/raft.db (stable
+	// store, and the log with boltdb), raft/wal/ (the log with wal) and
+	// raft/snapshots/ under it.
 	DataDir string `json:"data_dir"`
+	// RaftLogStore is where the Raft log is kept: LogStoreBoltDB or
+	// LogStoreWAL; empty means DefaultLogStore. A data directory whose log
+	// is in the other store has it moved across at start.
+	RaftLogStore string `json:"raft_log_store,omitempty"`
 	// BindAddr is the host:port the Raft transport listens on. Port 0 picks a
 	// free port (tests).
 	BindAddr string `json:"raft_addr"`
@@ -105,6 +110,9 @@ type Config struct {
 	// onReconcile, when set (tests only), receives the outcome of every
 	// reconciliation round.
 	onReconcile func(reconcileReport)
+	// walSegmentSize (tests only) replaces defaultWALSegmentSize, so that
+	// a few entries fill a segment.
+	walSegmentSize int
 }
 
 // GossipConfig configures memberlist gossip. The zero value of every timing
@@ -203,6 +211,7 @@ func splitHostPort(hp string) (string, int, error) {
 func DefaultConfig() Config {
 	return Config{
 		BindAddr:           ports.RaftAddr,
+		RaftLogStore:       DefaultLogStore,
 		HeartbeatTimeout:   300 * time.Millisecond,
 		ElectionTimeout:    300 * time.Millisecond,
 		LeaderLeaseTimeout: 300 * time.Millisecond,
@@ -256,6 +265,9 @@ func (c Config) withDefaults() Config {
 	if c.SnapshotsRetained == 0 {
 		c.SnapshotsRetained = d.SnapshotsRetained
 	}
+	if c.RaftLogStore == "" {
+		c.RaftLogStore = DefaultLogStore
+	}
 	if c.Logger == nil {
 		c.Logger = hclog.NewNullLogger()
 	}
@@ -280,6 +292,8 @@ func (c Config) Validate() error {
 		return errors.New("replication: node id is empty: set -node-id")
 	case c.DataDir == "":
 		return errors.New("replication: data directory is empty: set -data-dir")
+	case !ValidLogStore(c.RaftLogStore):
+		return fmt.Errorf("replication: raft log store %q is not one of %s, %s: set -raft-log-store to one of them", c.RaftLogStore, LogStoreWAL, LogStoreBoltDB)
 	case c.LeaderLeaseTimeout > c.HeartbeatTimeout:
 		return fmt.Errorf("replication: leader lease timeout %s exceeds heartbeat timeout %s: lower it", c.LeaderLeaseTimeout, c.HeartbeatTimeout)
 	case c.ElectionTimeout < c.HeartbeatTimeout:

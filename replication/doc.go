@@ -1,5 +1,6 @@
 // Package replication owns the Raft node of a coffer server: the
-// hashicorp/raft instance, its raft-boltdb/v2 log and stable store, the file
+// hashicorp/raft instance, its raft-boltdb/v2 stable store and its log store
+// (the same raft-boltdb/v2 file, or hashicorp/raft-wal segments), the file
 // snapshot store and the TCP transport; memberlist gossip for discovery and
 // failure detection; bootstrap_expect; and, on the leader, the reconciliation
 // of gossip into Raft membership (add as non-voter, promote, remove).

@@ -3,6 +3,7 @@ package replication
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -72,6 +73,10 @@ func (s *logSink) logger(name string) hclog.Logger {
 	return hclog.New(&hclog.LoggerOptions{Name: name, Level: hclog.Debug, Output: s})
 }
 
+// testLogStore is the Raft log store of the package's test nodes:
+// COFFER_TEST_RAFT_LOG_STORE (wal or boltdb), or the default when unset.
+func testLogStore() string { return os.Getenv("COFFER_TEST_RAFT_LOG_STORE") }
+
 // Test timings: Raft heartbeat/election 200 ms, gossip probes every 100 ms.
 const (
 	testPromoteAfter = 300 * time.Millisecond
@@ -83,6 +88,7 @@ func clusterConfig(t *testing.T, logs *logSink, id string) Config {
 	return Config{
 		NodeID:             id,
 		DataDir:            t.TempDir(),
+		RaftLogStore:       testLogStore(),
 		BindAddr:           "127.0.0.1:0",
 		Logger:             logs.logger(id),
 		HeartbeatTimeout:   200 * time.Millisecond,

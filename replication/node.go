@@ -24,7 +24,9 @@ type Node struct {
 	logger    hclog.Logger
 	raft      *raft.Raft
 	transport *raft.NetworkTransport
-	store     *raftboltdb.BoltStore
+	store     *raftboltdb.BoltStore // the stable store, and the log store with boltdb
+	logStore  raft.LogStore         // store or the WAL
+	logCloser io.Closer             // the WAL; nil with boltdb
 	snapshots raft.SnapshotStore
 
 	gossip        *gossip      // nil without gossip
@@ -86,10 +88,16 @@ func New(cfg Config, fsm raft.BatchingFSM) (*Node, error) {
 		BoltOptions: &bolt.Options{Timeout: time.Second, FreelistType: bolt.FreelistMapType, NoFreelistSync: true},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("replication: open raft log %s: %w", filepath.Join(dir, "raft.db"), err)
+		return nil, fmt.Errorf("replication: open raft store %s: %w", filepath.Join(dir, "raft.db"), err)
 	}
+	logStore, logCloser, err := openLogStore(dir, cfg.RaftLogStore, cfg.walSegmentSize, store, logger)
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	logger.Info("raft log store", "store", cfg.RaftLogStore)
 	n := &Node{
-		cfg: cfg, logger: logger, clog: cfg.Logger.Named("cluster"), store: store, started: time.Now(),
+		cfg: cfg, logger: logger, clog: cfg.Logger.Named("cluster"), store: store, logStore: logStore, logCloser: logCloser, started: time.Now(),
 		notifyCh: make(chan bool, 16), reconcileCh: make(chan struct{}, 1), done: make(chan struct{}),
 		follow: newFollowing(""), lchanged: make(chan struct{}),
 	}
@@ -143,7 +151,7 @@ func New(cfg Config, fsm raft.BatchingFSM) (*Node, error) {
 	rc.NotifyCh = n.notifyCh
 	rc.NoLegacyTelemetry = true
 
-	has, err := raft.HasExistingState(store, store, n.snapshots)
+	has, err := raft.HasExistingState(logStore, store, n.snapshots)
 	if err != nil {
 		return nil, fmt.Errorf("replication: inspect raft state: %w", err)
 	}
@@ -156,7 +164,7 @@ func New(cfg Config, fsm raft.BatchingFSM) (*Node, error) {
 				ID:       rc.LocalID,
 				Address:  n.transport.LocalAddr(),
 			}}}
-			if err := raft.BootstrapCluster(rc, store, store, n.snapshots, n.transport, conf); err != nil {
+			if err := raft.BootstrapCluster(rc, logStore, store, n.snapshots, n.transport, conf); err != nil {
 				return nil, fmt.Errorf("replication: bootstrap: %w", err)
 			}
 			n.hasState.Store(true)
@@ -190,7 +198,7 @@ func New(cfg Config, fsm raft.BatchingFSM) (*Node, error) {
 	}
 
 	// The newest entries stay in memory (logcache.go).
-	logs := newLogCache(store, logCacheEntries, LogCacheBytes)
+	logs := newLogCache(logStore, logCacheEntries, LogCacheBytes)
 	n.raft, err = raft.NewRaft(rc, fsm, logs, store, n.snapshots, noPipeline{n.transport})
 	if err != nil {
 		return nil, fmt.Errorf("replication: start raft: %w", err)
@@ -512,6 +520,9 @@ func (n *Node) closeResources() error {
 		// of those connections exit only when they see them close.
 		n.transport.CloseStreams()
 		errs = append(errs, n.transport.Close())
+	}
+	if n.logCloser != nil {
+		errs = append(errs, n.logCloser.Close())
 	}
 	if n.store != nil {
 		errs = append(errs, n.store.Close())

@@ -19,6 +19,7 @@ func testNodeConfig(t *testing.T, dir string) Config {
 	return Config{
 		NodeID:             "n1",
 		DataDir:            dir,
+		RaftLogStore:       testLogStore(),
 		BindAddr:           "127.0.0.1:0",
 		Bootstrap:          true,
 		Logger:             newLogSink(t).logger("n1"),

@@ -201,6 +201,9 @@ func (c Config) Validate() error {
 	if _, _, err := net.SplitHostPort(c.BindAddr); c.BindAddr != "" && err != nil {
 		return fmt.Errorf("server: -raft-addr %q is not host:port: %w", c.BindAddr, err)
 	}
+	if !replication.ValidLogStore(c.RaftLogStore) {
+		return fmt.Errorf("server: -raft-log-store=%q is not a log store: want %s or %s", c.RaftLogStore, replication.LogStoreWAL, replication.LogStoreBoltDB)
+	}
 	if g := c.Gossip; g != nil {
 		if _, _, err := net.SplitHostPort(g.BindAddr); err != nil {
 			return fmt.Errorf("server: -gossip-addr %q is not host:port: %w", g.BindAddr, err)

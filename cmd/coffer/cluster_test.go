@@ -235,6 +235,30 @@ func TestServerClusterFlags(t *testing.T) {
 		}
 	})
 
+	t.Run("raft log store", func(t *testing.T) {
+		if cfg := parseServerT(t, nil, base...); cfg.RaftLogStore != replication.LogStoreBoltDB {
+			t.Fatalf("default log store %q, want boltdb", cfg.RaftLogStore)
+		}
+		if cfg := parseServerT(t, nil, append(base, "-raft-log-store=wal")...); cfg.RaftLogStore != replication.LogStoreWAL {
+			t.Fatalf("-raft-log-store=wal gave %q", cfg.RaftLogStore)
+		}
+		file := writeConfig(t, `{"node_id": "n1", "data_dir": "`+t.TempDir()+`", "raft_log_store": "wal"}`)
+		if cfg := parseServerT(t, nil, "-config="+file); cfg.RaftLogStore != replication.LogStoreWAL {
+			t.Fatalf("raft_log_store from the file gave %q", cfg.RaftLogStore)
+		}
+		if cfg := parseServerT(t, nil, "-config="+file, "-raft-log-store=boltdb"); cfg.RaftLogStore != replication.LogStoreBoltDB {
+			t.Fatalf("the flag does not win over the file: %q", cfg.RaftLogStore)
+		}
+		bad := writeConfig(t, `{"node_id": "n1", "data_dir": "`+t.TempDir()+`", "raft_log_store": "rocksdb"}`)
+		for _, args := range [][]string{append(base, "-raft-log-store=rocksdb"), {"-config=" + bad}} {
+			e, _, errb := testEnv("", nil)
+			if code := run(append([]string{"server"}, args...), e); code != 1 {
+				t.Fatalf("%v: exit %d", args, code)
+			}
+			assertOneLineError(t, errb.String(), `invalid -raft-log-store="rocksdb" (or raft_log_store in -config): want wal or boltdb`)
+		}
+	})
+
 	t.Run("usage errors", func(t *testing.T) {
 		for _, c := range []struct {
 			args []string

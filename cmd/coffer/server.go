@@ -58,7 +58,8 @@ Settings come from -config (JSON with the keys node_id, data_dir, api_addr,
 raft_addr, raft_advertise, gossip_addr, advertise, join (a list),
 bootstrap_expect, read_replica, cluster_key, max_inflight_bytes, max_leases,
 audit_files, log_level, log_format, seal, seal_key_file,
-snapshot_interval (e.g. "1h"), snapshot_dir and snapshot_retain); flags
+snapshot_interval (e.g. "1h"), snapshot_dir, snapshot_retain and
+raft_log_store); flags
 given on the command line win over it.
 
 A cluster: start identical nodes with -bootstrap-expect=N and -join listing

@@ -65,6 +65,7 @@ type clusterFlags struct {
 	snapshotInterval  time.Duration
 	snapshotThreshold uint64
 	trailingLogs      uint64
+	raftLogStore      string
 }
 
 // addClusterFlags defines the clustering flags on f, with def's defaults.
@@ -83,6 +84,7 @@ func addClusterFlags(f *cmdFlags, def server.Config) *clusterFlags {
 	f.fs.DurationVar(&c.snapshotInterval, "raft-snapshot-interval", 0, "how often (randomised up to twice this) Raft checks whether -raft-snapshot-threshold entries piled up and snapshots; longer means fewer snapshots under a heavy write load but a larger log and more memory; 0 means the default ("+def.SnapshotInterval.String()+")")
 	f.fs.Uint64Var(&c.snapshotThreshold, "raft-snapshot-threshold", 0, fmt.Sprintf("log entries since the last snapshot that make Raft snapshot; 0 means the default (%d)", def.SnapshotThreshold))
 	f.fs.Uint64Var(&c.trailingLogs, "raft-trailing-logs", 0, fmt.Sprintf("log entries kept behind a snapshot, so that a follower that lags by fewer catches up from the log instead of a snapshot; 0 means the default (%d)", def.TrailingLogs))
+	f.fs.StringVar(&c.raftLogStore, "raft-log-store", def.RaftLogStore, "where Raft keeps its log: "+replication.LogStoreBoltDB+" (raft/raft.db) or "+replication.LogStoreWAL+" (segment files in raft/wal/, one fsync per append); a data directory written with the other has its log moved across at start")
 	return c
 }
 
@@ -172,6 +174,12 @@ func (c *clusterFlags) applyRaftTimings(set func(string) bool, cfg *server.Confi
 		}
 	}
 	r := &cfg.Config
+	if set("raft-log-store") {
+		r.RaftLogStore = c.raftLogStore
+	}
+	if !replication.ValidLogStore(r.RaftLogStore) {
+		return &cliError{code: 1, msg: fmt.Sprintf("invalid -raft-log-store=%q (or raft_log_store in -config): want %s or %s", r.RaftLogStore, replication.LogStoreWAL, replication.LogStoreBoltDB)}
+	}
 	if c.snapshotInterval > 0 {
 		r.SnapshotInterval = c.snapshotInterval
 	}

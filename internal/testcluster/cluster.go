@@ -234,6 +234,9 @@ func (c *Cluster) config(n *Node, expect int, network *replication.Network) serv
 	// The Raft timings of the options; the identity and addresses below.
 	cfg.Config = c.opts.Raft
 	cfg.NodeID, cfg.DataDir = n.ID, n.Dir
+	if c.opts.RaftLogStore != "" {
+		cfg.RaftLogStore = c.opts.RaftLogStore
+	}
 	c.mu.Lock()
 	cfg.APIAddr, cfg.BindAddr = n.apiAddr, n.raftAddr
 	if c.opts.HTTP {

@@ -2,7 +2,9 @@ package testcluster
 
 import (
 	"errors"
+	"fmt"
 	"io"
+	"os"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -76,7 +78,16 @@ type Options struct {
 	// key (Cluster.SealKey): the nodes unseal themselves, and Init keeps
 	// the recovery shares in Cluster.Shares.
 	StaticSeal bool
+	// RaftLogStore is the nodes' Raft log store (replication.LogStoreWAL
+	// or LogStoreBoltDB). Empty means Raft.RaftLogStore, and when that is
+	// empty too, $COFFER_TEST_RAFT_LOG_STORE, so that a whole suite runs
+	// on either store; unset, the server's default.
+	RaftLogStore string
 }
+
+// EnvRaftLogStore names the Raft log store of every cluster whose Options
+// name none: wal or boltdb.
+const EnvRaftLogStore = "COFFER_TEST_RAFT_LOG_STORE"
 
 // Defaults of Options.
 const (
@@ -120,6 +131,18 @@ func (o Options) withDefaults(size int) (Options, error) {
 	}
 	if o.Standalone && size != 1 {
 		return o, errors.New("testcluster: Standalone needs a size of 1")
+	}
+	if o.RaftLogStore == "" {
+		o.RaftLogStore = o.Raft.RaftLogStore
+	}
+	if o.RaftLogStore == "" {
+		o.RaftLogStore = os.Getenv(EnvRaftLogStore)
+		if !replication.ValidLogStore(o.RaftLogStore) {
+			return o, fmt.Errorf("testcluster: $%s=%q: want %s or %s", EnvRaftLogStore, o.RaftLogStore, replication.LogStoreWAL, replication.LogStoreBoltDB)
+		}
+	}
+	if !replication.ValidLogStore(o.RaftLogStore) {
+		return o, fmt.Errorf("testcluster: RaftLogStore %q: want %s or %s", o.RaftLogStore, replication.LogStoreWAL, replication.LogStoreBoltDB)
 	}
 	if o.Raft.HeartbeatTimeout == 0 {
 		o.Raft = FastRaft()

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -14,6 +16,7 @@ import (
 	"go.uber.org/goleak"
 
 	pb "coffer/api/cofferpb"
+	"coffer/replication"
 )
 
 func TestMain(m *testing.M) {
@@ -161,4 +164,40 @@ func (r *recordingTB) lines() []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return append([]string(nil), r.logs...)
+}
+
+// TestRaftLogStoreOption: Options.RaftLogStore puts the nodes' log in the
+// store named, which keeps a write over a kill and a restart; a bad name in
+// the options or the environment is refused before any node starts.
+func TestRaftLogStoreOption(t *testing.T) {
+	for _, kind := range []string{replication.LogStoreBoltDB, replication.LogStoreWAL} {
+		t.Run(kind, func(t *testing.T) {
+			c := StartUnsealed(t, 1, Options{Standalone: true, LogLevel: hclog.Warn, RaftLogStore: kind})
+			n := c.Nodes()[0]
+			put, err := n.KV.Put(c.Auth(t), &pb.PutRequest{Path: "secret/s/k", Data: map[string]string{"v": kind}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c.WaitForApplied(t, put.Index)
+			_, err = os.Stat(filepath.Join(n.Dir, "raft", "wal"))
+			if hasWAL := err == nil; hasWAL != (kind == replication.LogStoreWAL) {
+				t.Fatalf("store %s: raft/wal present: %v", kind, hasWAL)
+			}
+			c.Kill(n)
+			c.Restart(t, n)
+			c.Unseal(t, n, 2)
+			c.WaitForLeader(t)
+			g, err := n.KV.Get(c.Auth(t), &pb.GetRequest{Path: "secret/s/k"})
+			if err != nil || g.Data["v"] != kind || g.GetMetadata().GetVersion() != put.GetVersion() {
+				t.Fatalf("read after restart: %v %v, want version %d", g, err, put.GetVersion())
+			}
+		})
+	}
+	if _, err := New(t, 1, Options{Standalone: true, RaftLogStore: "rocksdb"}); err == nil || !strings.Contains(err.Error(), "want wal or boltdb") {
+		t.Fatalf("RaftLogStore rocksdb: %v", err)
+	}
+	t.Setenv(EnvRaftLogStore, "rocksdb")
+	if _, err := New(t, 1, Options{Standalone: true}); err == nil || !strings.Contains(err.Error(), EnvRaftLogStore) {
+		t.Fatalf("$%s=rocksdb: %v", EnvRaftLogStore, err)
+	}
 }
