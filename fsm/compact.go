@@ -36,6 +36,7 @@ const compactCommitBytes = 8 << 20
 // commit as often as a few large ones of the same memory.
 const compactEntryOverhead = 64
 
+
 // compactTempPrefix names the temporary copies next to the database
 // (fsm.db.compact-…); Open removes those a crash left.
 func compactTempPrefix(path string) string { return filepath.Base(path) + ".compact-" }
@@ -103,13 +104,17 @@ func withCompacted(src *bolt.Tx, path string, fn func(*bolt.DB) error) (err erro
 		}
 	}()
 	// A temporary copy: never fsynced (a crash leaves a file Open
-	// removes), and no freelist to write on commit.
+	// removes), and no freelist to write on commit. The copy is no larger
+	// than the source's pages: mapping that much up front (address space
+	// only) spares the remaps that would copy every pending node of the
+	// open transaction as the copy grows.
 	db, err := bolt.Open(name, 0o600, &bolt.Options{
-		Timeout:        time.Second,
-		NoSync:         true,
-		NoGrowSync:     true,
-		NoFreelistSync: true,
-		FreelistType:   bolt.FreelistMapType,
+		Timeout:         time.Second,
+		NoSync:          true,
+		NoGrowSync:      true,
+		NoFreelistSync:  true,
+		FreelistType:    bolt.FreelistMapType,
+		InitialMmapSize: int(min(src.Size(), initialMmapSize)),
 	})
 	if err != nil {
 		return fmt.Errorf("fsm: open compaction file: %w", err)
