@@ -36,7 +36,6 @@ const compactCommitBytes = 8 << 20
 // commit as often as a few large ones of the same memory.
 const compactEntryOverhead = 64
 
-
 // compactTempPrefix names the temporary copies next to the database
 // (fsm.db.compact-…); Open removes those a crash left.
 func compactTempPrefix(path string) string { return filepath.Base(path) + ".compact-" }
