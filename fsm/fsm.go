@@ -202,6 +202,9 @@ func Open(path string, opts Options) (*FSM, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("fsm: remove stale compaction files: %w", err)
 	}
+	if db, err = compactAtOpen(path, db, opts.NoSync || unsynced, opts.Logger.Named("fsm")); err != nil {
+		return nil, err
+	}
 	if err := db.Update(initBuckets); err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("fsm: initialise %s: %w", path, err)
