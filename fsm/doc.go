@@ -59,8 +59,10 @@
 //
 // # Snapshots
 //
-// Snapshot captures a bbolt read transaction and Persist streams the database
-// file (tx.WriteTo) while Apply continues. Restore writes the stream to a
-// temporary file next to the database, checks it, renames it over the
-// database and takes the applied index from it.
+// Snapshot captures a bbolt read transaction and Persist streams a compacted
+// copy of it (compact.go: a fresh bbolt file without free pages, built next
+// to the database and removed) while Apply continues. Restore writes the
+// stream to a temporary file next to the database, checks it, renames it
+// over the database and takes the applied index from it. Open compacts a
+// large database that is mostly free pages.
 package fsm

@@ -195,6 +195,16 @@ func Open(path string, opts Options) (*FSM, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A snapshot's compacted copy interrupted by a crash leaves its
+	// temporary file behind. Removed now that the lock is held: another
+	// process's copies are never touched.
+	if err := removeCompactLeftovers(path); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("fsm: remove stale compaction files: %w", err)
+	}
+	if db, err = compactAtOpen(path, db, opts.NoSync || unsynced, opts.Logger.Named("fsm")); err != nil {
+		return nil, err
+	}
 	if err := db.Update(initBuckets); err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("fsm: initialise %s: %w", path, err)

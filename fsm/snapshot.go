@@ -15,9 +15,11 @@ import (
 )
 
 // snapshot is a consistent view of the database: a bbolt read transaction
-// begun by FSM.Snapshot, streamed by Persist while Apply continues.
+// begun by FSM.Snapshot, copied compacted (compact.go) and streamed by
+// Persist while Apply continues.
 type snapshot struct {
 	tx      *bolt.Tx
+	path    string // the database's: its compacted copies are made beside it
 	once    sync.Once
 	observe func(time.Duration, error)
 }
@@ -42,17 +44,19 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 	if err != nil {
 		return nil, fmt.Errorf("fsm: begin snapshot: %w", err)
 	}
-	return &snapshot{tx: tx, observe: f.opts.OnSnapshot}, nil
+	return &snapshot{tx: tx, path: f.path, observe: f.opts.OnSnapshot}, nil
 }
 
-// Persist writes the database file as of the snapshot to sink and closes it,
-// or cancels it on error.
+// Persist writes a compacted copy of the database as of the snapshot (a
+// bbolt file without free pages) to sink and closes it, or cancels it on
+// error. The copy is built in a temporary file next to the database,
+// removed before Persist returns.
 func (s *snapshot) Persist(sink raft.SnapshotSink) (err error) {
 	if s.observe != nil {
 		began := time.Now()
 		defer func() { s.observe(time.Since(began), err) }()
 	}
-	if _, err := s.tx.WriteTo(sink); err != nil {
+	if _, err := writeCompacted(s.tx, s.path, sink); err != nil {
 		_ = sink.Cancel()
 		return fmt.Errorf("fsm: write snapshot: %w", err)
 	}
@@ -62,11 +66,12 @@ func (s *snapshot) Persist(sink raft.SnapshotSink) (err error) {
 	return nil
 }
 
-// WriteTo writes the database file as of the snapshot to w, like Persist
-// but for a copy that is not Raft's own snapshot (a snapshot file): it is
-// not reported to Options.OnSnapshot, which counts Raft's.
+// WriteTo writes the compacted copy of the database as of the snapshot to
+// w, like Persist but for a copy that is not Raft's own snapshot (a
+// snapshot file): it is not reported to Options.OnSnapshot, which counts
+// Raft's.
 func (s *snapshot) WriteTo(w io.Writer) (int64, error) {
-	n, err := s.tx.WriteTo(w)
+	n, err := writeCompacted(s.tx, s.path, w)
 	if err != nil {
 		return n, fmt.Errorf("fsm: write snapshot: %w", err)
 	}

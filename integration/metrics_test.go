@@ -95,6 +95,7 @@ func TestMetricsOnEveryNode(t *testing.T) {
 		"coffer_reads_total": "counter", "coffer_tokens_live": "gauge", "coffer_fsm_db_free_pages": "gauge",
 		"coffer_fsm_db_free_bytes": "gauge", "coffer_gossip_members": "gauge", "coffer_raft_snapshot_age_seconds": "gauge",
 		"coffer_raft_snapshot_duration_seconds": "histogram", "coffer_raft_snapshot_failures_total": "counter",
+		"coffer_raft_snapshot_restores_total": "counter",
 	}
 	ls := scrapeMetrics(t, leader.MetricsURL())
 	for name, typ := range want {

@@ -44,6 +44,7 @@ type nodeMetrics struct {
 	readRoundTime prometheus.Histogram
 	snapDuration  prometheus.Histogram
 	snapFailures  prometheus.Counter
+	snapRestores  prometheus.Counter
 	// lastSnapshot is when this node last persisted a Raft snapshot
 	// (Unix nanoseconds; 0: none since it started and none on disk).
 	lastSnapshot atomic.Int64
@@ -133,10 +134,13 @@ func newNodeMetrics() *nodeMetrics {
 		snapFailures: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "coffer_raft_snapshot_failures_total", Help: "Raft snapshots this node failed to persist.",
 		}),
+		snapRestores: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "coffer_raft_snapshot_restores_total", Help: "Snapshots this node's state machine installed: the leader's, sent to a follower too far behind for the log, or an operator's restore.",
+		}),
 	}
 	m.reg.MustRegister(
 		m.requests, m.duration, m.leaderChanges,
-		m.applyDuration, m.fsmApply, m.fsmLogs, m.forwarded, m.reads, m.readRounds, m.readRoundTime, m.snapDuration, m.snapFailures,
+		m.applyDuration, m.fsmApply, m.fsmLogs, m.forwarded, m.reads, m.readRounds, m.readRoundTime, m.snapDuration, m.snapFailures, m.snapRestores,
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
 	)
@@ -320,6 +324,13 @@ func (m *nodeMetrics) snapshotPersisted(took time.Duration, err error) {
 	}
 	m.snapDuration.Observe(took.Seconds())
 	m.lastSnapshot.Store(time.Now().UnixNano())
+}
+
+// snapshotRestored records one snapshot installed in the state machine.
+func (m *nodeMetrics) snapshotRestored() {
+	if m != nil {
+		m.snapRestores.Inc()
+	}
 }
 
 // forwardedCall records a call forwarded to the leader.

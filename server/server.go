@@ -161,6 +161,7 @@ func New(cfg Config) (*Server, error) {
 		OnApply:           s.metrics.fsmApplied,
 		OnSnapshot:        s.metrics.snapshotPersisted,
 		OnRestore: func() {
+			s.metrics.snapshotRestored()
 			s.keys.stateRestored()
 			// The tokens may be others now: the leader scans them again.
 			s.tokenExpiry.invalidate()
