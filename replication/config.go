@@ -62,6 +62,11 @@ type Config struct {
 	MaxAppendEntries int `json:"-"`
 	// SnapshotsRetained is how many snapshots stay on disk.
 	SnapshotsRetained int `json:"-"`
+	// SnapshotBytesPerEntry grows the snapshot threshold with the state:
+	// Raft snapshots after max(SnapshotThreshold, last snapshot's size /
+	// SnapshotBytesPerEntry) entries (snapthreshold.go); negative keeps
+	// SnapshotThreshold fixed.
+	SnapshotBytesPerEntry int `json:"-"`
 
 	// APIAdvertise is the host:port clients and other nodes use for this
 	// node's API; it is gossiped so that followers can find the leader's
@@ -224,11 +229,12 @@ func DefaultConfig() Config {
 		// a second of writes catch up from the log; one that missed more
 		// gets the snapshot, a few MiB. 10240 kept 3-6 MiB more of
 		// raft.db mapped per node for no measured gain.
-		SnapshotInterval:  2 * time.Second,
-		SnapshotThreshold: 8192,
-		TrailingLogs:      4096,
-		MaxAppendEntries:  256,
-		SnapshotsRetained: 2,
+		SnapshotInterval:      2 * time.Second,
+		SnapshotThreshold:     8192,
+		TrailingLogs:          4096,
+		MaxAppendEntries:      256,
+		SnapshotsRetained:     2,
+		SnapshotBytesPerEntry: DefaultSnapshotBytesPerEntry,
 	}
 }
 
@@ -252,6 +258,13 @@ func (c Config) withDefaults() Config {
 	}
 	if c.SnapshotInterval == 0 {
 		c.SnapshotInterval = d.SnapshotInterval
+	}
+	if c.SnapshotBytesPerEntry == 0 {
+		// A threshold set on purpose (tests, an operator) stays fixed.
+		c.SnapshotBytesPerEntry = d.SnapshotBytesPerEntry
+		if c.SnapshotThreshold != 0 {
+			c.SnapshotBytesPerEntry = -1
+		}
 	}
 	if c.SnapshotThreshold == 0 {
 		c.SnapshotThreshold = d.SnapshotThreshold

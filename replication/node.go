@@ -28,6 +28,9 @@ type Node struct {
 	logStore  raft.LogStore         // store or the WAL
 	logCloser io.Closer             // the WAL; nil with boltdb
 	snapshots raft.SnapshotStore
+	// raftPtr is raft once New has it, for the snapshot store's callback,
+	// which may run before New returns.
+	raftPtr atomic.Pointer[raft.Raft]
 
 	gossip        *gossip      // nil without gossip
 	clog          hclog.Logger // cluster membership and leader duties
@@ -108,10 +111,11 @@ func New(cfg Config, fsm raft.BatchingFSM) (*Node, error) {
 		}
 	}()
 
-	n.snapshots, err = raft.NewFileSnapshotStoreWithLogger(dir, cfg.SnapshotsRetained, logger.Named("snapshots"))
+	files, err := raft.NewFileSnapshotStoreWithLogger(dir, cfg.SnapshotsRetained, logger.Named("snapshots"))
 	if err != nil {
 		return nil, fmt.Errorf("replication: open snapshot store: %w", err)
 	}
+	n.snapshots = &sizingSnapshotStore{SnapshotStore: files, done: n.resizeSnapshots}
 
 	network := cfg.Network
 	if network == nil {
@@ -203,6 +207,8 @@ func New(cfg Config, fsm raft.BatchingFSM) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("replication: start raft: %w", err)
 	}
+	n.raftPtr.Store(n.raft)
+	n.resizeSnapshots(newestSnapshotSize(files))
 	if cfg.Gossip != nil {
 		n.gossip, err = newGossip(*cfg.Gossip, local, cfg.Logger.Named("gossip"))
 		if err != nil {
