@@ -12,6 +12,9 @@
 # same build twice, with and without TLS, measures what TLS costs).
 # SCRAPE=1 scrapes every node's /metrics once a second during the runs of
 # a build that serves them, as a Prometheus would (what metrics cost).
+# SERVER_FLAGS_A and SERVER_FLAGS_B add flags to one side's nodes (the same
+# build with two settings: B=bin/coffer A=bin/coffer
+# SERVER_FLAGS_B=-raft-log-store=wal), SERVER_FLAGS to both.
 # CPU=1 adds, after each row's ops/s, the CPU the three nodes used per
 # operation in µs (from /proc: user + system): steadier than ops/s on a
 # shared machine, whose throughput drifts with whatever else runs.
@@ -41,7 +44,9 @@ for round in $(seq "$ROUNDS"); do
     # The other side's settings must not leak into this one (a TLS side's
     # client certificate on a plaintext side is refused).
     unset COFFER_ADDR COFFER_TOKEN COFFER_CACERT COFFER_CLIENT_CERT COFFER_CLIENT_KEY COFFER_BENCH_SCHEME
-    BIN=$BIN INSECURE=$insecure scripts/bench-cluster.sh "$dir" >/dev/null 2>&1
+    flags_var=SERVER_FLAGS_$name
+    flags=${!flags_var:-${SERVER_FLAGS:-}}
+    BIN=$BIN INSECURE=$insecure SERVER_FLAGS=$flags scripts/bench-cluster.sh "$dir" >/dev/null 2>&1
     # shellcheck disable=SC1091
     source "$dir/env"
     peers=$("$BIN" operator raft list-peers -format=json)
