@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -43,31 +44,24 @@ func compactTempPrefix(path string) string { return filepath.Base(path) + ".comp
 
 // removeCompactLeftovers removes the temporary copies of snapshots and
 // compactions a crash left next to the database. It runs with the database
-// open, so its lock is held and no other process's copies are removed.
+// open, so its lock is held and no other process's copies are removed. It
+// lists the directory rather than globbing it: the directory's name is the
+// operator's and may hold characters a pattern treats specially.
 func removeCompactLeftovers(path string) error {
-	matches, err := filepath.Glob(filepath.Join(filepath.Dir(path), globEscape(compactTempPrefix(path))+"*"))
+	dir, prefix := filepath.Dir(path), compactTempPrefix(path)
+	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return err
 	}
-	for _, m := range matches {
-		if err := os.Remove(m); err != nil && !errors.Is(err, os.ErrNotExist) {
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), prefix) || e.IsDir() {
+			continue
+		}
+		if err := os.Remove(filepath.Join(dir, e.Name())); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return err
 		}
 	}
 	return nil
-}
-
-// globEscape quotes the characters filepath.Match treats specially.
-func globEscape(s string) string {
-	out := make([]byte, 0, len(s))
-	for i := 0; i < len(s); i++ {
-		switch s[i] {
-		case '*', '?', '[', '\\':
-			out = append(out, '\\')
-		}
-		out = append(out, s[i])
-	}
-	return string(out)
 }
 
 // writeCompacted writes a compacted copy of the state src reads to w: a

@@ -475,3 +475,43 @@ func TestListPageIsBoundedByItsLimit(t *testing.T) {
 		}
 	}
 }
+
+// TestCompactionLeftoversInDirWithGlobCharacters: the data directory's name
+// is the operator's (-data-dir) and may hold characters a glob pattern
+// treats specially: Open still starts, removes its own leftover copies and
+// no file of a directory whose name the pattern would also match.
+func TestCompactionLeftoversInDirWithGlobCharacters(t *testing.T) {
+	root := t.TempDir()
+	for _, name := range []string{"node[1]", "node[", "node*"} {
+		dir := filepath.Join(root, name)
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(dir, "fsm.db")
+		stale := path + ".compact-123"
+		if err := os.WriteFile(stale, []byte("half a copy"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		// A directory the unescaped pattern node[1] or node* matches.
+		other := filepath.Join(root, "node1", "fsm.db.compact-9")
+		if err := os.MkdirAll(filepath.Dir(other), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(other, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		f, err := Open(path, Options{Logger: testLogger(t)})
+		if err != nil {
+			t.Fatalf("Open in %q: %v", name, err)
+		}
+		if err := f.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Stat(stale); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("Open in %q kept its stale compaction file (%v)", name, err)
+		}
+		if _, err := os.Stat(other); err != nil {
+			t.Errorf("Open in %q removed another directory's file: %v", name, err)
+		}
+	}
+}
