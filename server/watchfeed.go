@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -49,11 +50,15 @@ type watchFeed struct {
 	mu      sync.Mutex
 	started bool
 	subs    map[string]map[*subscriber]struct{} // by prefix
-	longest int                                 // the longest prefix ever subscribed
+	// lens are the lengths of the prefixes in subs, ascending, each once,
+	// and byLen how many prefixes have each: publish looks a path up at
+	// those lengths only.
+	lens  []int
+	byLen map[int]int
 }
 
 func newWatchFeed(store feedStore, stop context.Context, sealed func() bool) *watchFeed {
-	return &watchFeed{store: store, stop: stop, sealed: sealed, closed: make(chan struct{}), subs: map[string]map[*subscriber]struct{}{}}
+	return &watchFeed{store: store, stop: stop, sealed: sealed, closed: make(chan struct{}), subs: map[string]map[*subscriber]struct{}{}, byLen: map[int]int{}}
 }
 
 // subscriber is one watch stream's place in the feed.
@@ -85,9 +90,12 @@ func (f *watchFeed) subscribe(prefix string) *subscriber {
 	if set == nil {
 		set = map[*subscriber]struct{}{}
 		f.subs[prefix] = set
+		if f.byLen[len(prefix)]++; f.byLen[len(prefix)] == 1 {
+			i, _ := slices.BinarySearch(f.lens, len(prefix))
+			f.lens = slices.Insert(f.lens, i, len(prefix))
+		}
 	}
 	set[s] = struct{}{}
-	f.longest = max(f.longest, len(prefix))
 	return s
 }
 
@@ -95,10 +103,18 @@ func (f *watchFeed) subscribe(prefix string) *subscriber {
 func (f *watchFeed) unsubscribe(s *subscriber) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	set := f.subs[s.prefix]
+	set, ok := f.subs[s.prefix]
+	if !ok {
+		return
+	}
 	delete(set, s)
 	if len(set) == 0 {
 		delete(f.subs, s.prefix)
+		if f.byLen[len(s.prefix)]--; f.byLen[len(s.prefix)] == 0 {
+			delete(f.byLen, len(s.prefix))
+			i, _ := slices.BinarySearch(f.lens, len(s.prefix))
+			f.lens = slices.Delete(f.lens, i, i+1)
+		}
 	}
 }
 
@@ -140,13 +156,17 @@ func (f *watchFeed) run() {
 	}
 }
 
-// publish hands each change to the subscribers of every prefix of its path.
+// publish hands each change to the subscribers of every prefix of its
+// path, looking up only the lengths some stream watches.
 func (f *watchFeed) publish(changes []fsm.Change) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for i := range changes {
 		c := &changes[i]
-		for n := 1; n <= min(len(c.Path), f.longest); n++ {
+		for _, n := range f.lens {
+			if n > len(c.Path) {
+				break
+			}
 			for s := range f.subs[c.Path[:n]] {
 				s.push(c)
 			}

@@ -3,13 +3,16 @@ package server
 import (
 	"context"
 	"errors"
+	"slices"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"google.golang.org/grpc"
 
 	pb "coffer/api/cofferpb"
+	"coffer/fsm"
 )
 
 // gatedStream is the server side of a watch whose client reads only once
@@ -116,5 +119,54 @@ func TestWatchSlowStreamCatchesUp(t *testing.T) {
 	cancel()
 	if err := <-done; !errors.Is(err, context.Canceled) {
 		t.Fatalf("the watch ended with %v, want its context's cancellation", err)
+	}
+}
+
+// TestWatchFeedMatchesSubscribedPrefixesOnly: a change reaches the
+// subscribers of every prefix of its path and no others, and the lengths
+// the feed looks up follow subscriptions and their ends.
+func TestWatchFeedMatchesSubscribedPrefixesOnly(t *testing.T) {
+	f := newWatchFeed(nil, context.Background(), func() bool { return false })
+	f.started = true // no run loop: publish is called directly
+	subs := map[string]*subscriber{}
+	for _, p := range []string{"secret/", "secret/a/", "secret/a/b", "secret/ab", "secret/z/", "kv/"} {
+		subs[p] = f.subscribe(p)
+		subs[p].lagging = false
+	}
+	extra := f.subscribe("secret/a/") // a second stream on one prefix
+	extra.lagging = false
+	if want := []int{3, 7, 9, 10}; !slices.Equal(f.lens, want) {
+		t.Fatalf("lengths %v, want %v", f.lens, want)
+	}
+	f.publish([]fsm.Change{{Index: 7, Path: "secret/a/b/c", Op: "put"}})
+	got := func(s *subscriber) bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return len(s.pending) == 1 && s.pending[0].Index == 7
+	}
+	for p, s := range subs {
+		want := strings.HasPrefix("secret/a/b/c", p)
+		if got(s) != want {
+			t.Errorf("subscriber of %q received it: %v, want %v", p, got(s), want)
+		}
+	}
+	if !got(extra) {
+		t.Error("the second stream on secret/a/ did not receive it")
+	}
+	for _, p := range []string{"secret/ab", "kv/"} {
+		f.unsubscribe(subs[p])
+	}
+	f.unsubscribe(subs["secret/a/"]) // extra still watches it
+	if want := []int{7, 9, 10}; !slices.Equal(f.lens, want) {
+		t.Fatalf("lengths after unsubscribing %v, want %v", f.lens, want)
+	}
+	f.unsubscribe(extra)
+	f.unsubscribe(extra) // twice: no effect
+	if want := []int{7, 9, 10}; !slices.Equal(f.lens, want) || f.byLen[9] != 1 {
+		t.Fatalf("lengths after the last stream of secret/a/ %v (%v), want %v with one prefix of 9 (secret/z/)", f.lens, f.byLen, want)
+	}
+	f.unsubscribe(subs["secret/z/"])
+	if want := []int{7, 10}; !slices.Equal(f.lens, want) || len(f.byLen) != 2 {
+		t.Fatalf("lengths after secret/z/ %v (%v), want %v", f.lens, f.byLen, want)
 	}
 }
