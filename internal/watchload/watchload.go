@@ -284,7 +284,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			}
 		}
 		if ctx.Err() != nil {
-			writes = writes[:seq]
+			// The writes not issued stay unacknowledged (index 0) and
+			// are owed to no one; the slice is not cut, since the
+			// watchers read it.
 			break
 		}
 		writers.Add(1)
