@@ -113,6 +113,13 @@ func compactTempFile(path string) (string, error) {
 // compactInto compacts src into the empty file name and calls fn with the
 // copy open, then closes it.
 func compactInto(src *bolt.Tx, name string, fn func(*bolt.DB) error) (err error) {
+	// bbolt panics on a damaged page, and the copy reads every page: the
+	// snapshot or the compaction fails instead of the node.
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("fsm: the state database is damaged (%v): restore this node from a snapshot, or remove its data and let it rejoin", r)
+		}
+	}()
 	// A temporary copy: not fsynced as it is written (a crash leaves a
 	// file Open removes; fn syncs what must last), and no freelist to
 	// write on commit. The copy is no larger

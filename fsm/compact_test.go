@@ -515,3 +515,64 @@ func TestCompactionLeftoversInDirWithGlobCharacters(t *testing.T) {
 		}
 	}
 }
+
+// TestCompactDamagedPageFailsCleanly: a database with a damaged page (its
+// page type overwritten on disk) makes the compacted copy fail with an
+// error, where bbolt panics: a snapshot or the compaction at Open fails,
+// not the node.
+func TestCompactDamagedPageFailsCleanly(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "src.db")
+	src, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := src.Update(func(tx *bolt.Tx) error {
+		b, err := tx.CreateBucket([]byte("a"))
+		if err != nil {
+			return err
+		}
+		for i := 0; i < 2000; i++ {
+			if err := b.Put([]byte(fmt.Sprintf("k%05d", i)), bytes.Repeat([]byte("v"), 100)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	pageSize := src.Info().PageSize
+	src.Close()
+
+	// Every page but the two meta pages and the freelist gets an invalid
+	// page type (the flags at offset 8 of its header).
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	freelist := binary.LittleEndian.Uint64(raw[16+4*4+16:]) // meta: magic, version, page size, flags, root bucket, freelist
+	for id := 2; (id+1)*pageSize <= len(raw); id++ {
+		if uint64(id) == freelist {
+			continue
+		}
+		binary.LittleEndian.PutUint16(raw[id*pageSize+8:], 0xdead)
+	}
+	if err := os.WriteFile(path, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	src, err = bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatalf("the damaged file should still open (only its data pages are damaged): %v", err)
+	}
+	defer src.Close()
+	tx, err := src.Begin(false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	name := filepath.Join(dir, "copy.db")
+	err = compactInto(tx, name, func(*bolt.DB) error { return nil })
+	if err == nil || !strings.Contains(err.Error(), "damaged") {
+		t.Fatalf("compacting a damaged database: %v, want an error saying it is damaged", err)
+	}
+}
