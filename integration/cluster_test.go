@@ -29,6 +29,8 @@ type ClusterOptions struct {
 	// (the tuned production defaults) instead of the fast test timings;
 	// gossip and reconciliation keep their fast test settings.
 	ProductionRaft bool
+	// WALSegmentSize is the nodes' raft-wal segment size (default 16 MiB).
+	WALSegmentSize int
 	// TLS runs the cluster with certificates (testcluster.Options.TLS).
 	TLS bool
 	// HTTP makes every node serve the Vault-compatible HTTP API too
@@ -81,6 +83,7 @@ func NewCluster(t testing.TB, size int, opts ...ClusterOptions) *Cluster {
 	raft.HeartbeatTimeout = 200 * time.Millisecond
 	raft.ElectionTimeout = 200 * time.Millisecond
 	raft.LeaderLeaseTimeout = 200 * time.Millisecond
+	raft.WALSegmentSize = o.WALSegmentSize
 	if o.ProductionRaft {
 		d := replication.DefaultConfig()
 		raft.HeartbeatTimeout = d.HeartbeatTimeout

@@ -41,7 +41,11 @@ func scaleKey(i int) string { return fmt.Sprintf("secret/scale/k%05d", i) }
 // replicating each of them to two followers costs under -race, where it
 // made the test take minutes.
 func TestScale(t *testing.T) {
-	c := NewCluster(t, 1, ClusterOptions{Metrics: true})
+	// 1 MiB raft-wal segments: with the default 16 MiB, the leader's WAL
+	// would still hold (and serve) every entry of this test, compacted or
+	// not, and a new node could replay them instead of the snapshot; a
+	// million secrets fill many segments.
+	c := NewCluster(t, 1, ClusterOptions{Metrics: true, WALSegmentSize: 1 << 20})
 	leader := c.WaitForLeader(t)
 	c.Init(t, leader)
 	c.UnsealAll(t)

@@ -60,6 +60,11 @@ type Config struct {
 	TrailingLogs      uint64        `json:"-"`
 	// MaxAppendEntries bounds one replication batch (and one FSM batch).
 	MaxAppendEntries int `json:"-"`
+	// WALSegmentSize is the size of a raft-wal segment file with the wal
+	// log store; 0 means 16 MiB. raft-wal frees compacted entries a whole
+	// segment at a time and serves them until then, so tests that need a
+	// follower to install a snapshot make it small.
+	WALSegmentSize int `json:"-"`
 	// SnapshotsRetained is how many snapshots stay on disk.
 	SnapshotsRetained int `json:"-"`
 	// SnapshotBytesPerEntry grows the snapshot threshold with the state:
@@ -115,9 +120,6 @@ type Config struct {
 	// onReconcile, when set (tests only), receives the outcome of every
 	// reconciliation round.
 	onReconcile func(reconcileReport)
-	// walSegmentSize (tests only) replaces defaultWALSegmentSize, so that
-	// a few entries fill a segment.
-	walSegmentSize int
 }
 
 // GossipConfig configures memberlist gossip. The zero value of every timing

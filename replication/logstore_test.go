@@ -406,7 +406,7 @@ func TestWALFollowerInstallsSnapshot(t *testing.T) {
 		c.Gossip.DeadServerTimeout = time.Minute // nobody is removed meanwhile
 		// Segments of a few entries: raft-wal frees (and stops serving)
 		// compacted entries only once their segment is no longer the tail.
-		c.walSegmentSize = 2 << 10
+		c.WALSegmentSize = 2 << 10
 	})
 	f := nodes[0]
 	if f == waitForLeader(t, nodes) {

@@ -93,7 +93,7 @@ func New(cfg Config, fsm raft.BatchingFSM) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("replication: open raft store %s: %w", filepath.Join(dir, "raft.db"), err)
 	}
-	logStore, logCloser, err := openLogStore(dir, cfg.RaftLogStore, cfg.walSegmentSize, store, logger)
+	logStore, logCloser, err := openLogStore(dir, cfg.RaftLogStore, cfg.WALSegmentSize, store, logger)
 	if err != nil {
 		store.Close()
 		return nil, err
