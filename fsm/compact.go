@@ -11,6 +11,8 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 	bolt "go.etcd.io/bbolt"
+
+	"coffer/internal/fsutil"
 )
 
 // Why snapshots are compacted copies.
@@ -343,7 +345,7 @@ func compactAtOpen(path string, db *bolt.DB, noSync bool, logger hclog.Logger) (
 	}
 	// From here fsm.db is the compacted copy, whole on disk; the old
 	// handle reads the replaced file until it closes.
-	if err := syncDir(filepath.Dir(path)); err != nil {
+	if err := fsutil.SyncDir(filepath.Dir(path)); err != nil {
 		logger.Warn("could not sync the state directory after compacting", "error", err)
 	}
 	if err := db.Close(); err != nil {

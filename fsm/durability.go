@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/hashicorp/go-hclog"
+
+	"coffer/internal/fsutil"
 )
 
 // Why the state database may skip fsync.
@@ -89,7 +91,7 @@ func finishUnsynced(path string) error {
 	if err := os.Remove(unsyncedMarker(path)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
-	return syncDir(filepath.Dir(path))
+	return fsutil.SyncDir(filepath.Dir(path))
 }
 
 // writeSynced writes data to path (mode 0600) and makes it and its
@@ -109,5 +111,5 @@ func writeSynced(path string, data []byte) error {
 	if err != nil {
 		return err
 	}
-	return syncDir(filepath.Dir(path))
+	return fsutil.SyncDir(filepath.Dir(path))
 }

@@ -12,6 +12,8 @@ import (
 
 	"github.com/hashicorp/raft"
 	bolt "go.etcd.io/bbolt"
+
+	"coffer/internal/fsutil"
 )
 
 // snapshot is a consistent view of the database: a bbolt read transaction
@@ -129,7 +131,7 @@ func (f *FSM) Restore(rc io.ReadCloser) error {
 		_ = os.Remove(tmp)
 		return fmt.Errorf("fsm: install snapshot: %w", err)
 	}
-	if err := syncDir(filepath.Dir(f.path)); err != nil {
+	if err := fsutil.SyncDir(filepath.Dir(f.path)); err != nil {
 		// The rename happened; the state is the new one even if the
 		// directory entry is not yet durable.
 		f.logger.Warn("could not sync the state directory after restore", "error", err)
@@ -227,19 +229,6 @@ func checkRestored(db *bolt.DB) (index, term uint64, err error) {
 		return rerr
 	})
 	return index, term, err
-}
-
-// syncDir makes a rename in dir durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 // SnapshotInfo is what InspectSnapshot finds in a snapshot file.

@@ -12,6 +12,8 @@ import (
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	wal "github.com/hashicorp/raft-wal"
 	"github.com/hashicorp/raft-wal/metadb"
+
+	"coffer/internal/fsutil"
 )
 
 // The Raft log stores a node can keep its log in (Config.RaftLogStore).
@@ -136,7 +138,7 @@ func openWAL(path string, segmentSize int, logger hclog.Logger) (*walStore, erro
 	}
 	// raft-wal fsyncs path after creating files in it, not path's own
 	// entry in its parent: a machine crash must not lose the directory.
-	if err := syncDir(filepath.Dir(path)); err != nil {
+	if err := fsutil.SyncDir(filepath.Dir(path)); err != nil {
 		return nil, fmt.Errorf("replication: sync %s: %w", filepath.Dir(path), err)
 	}
 	meta := &metadb.BoltMetaDB{}
@@ -170,13 +172,13 @@ func moveBoltToWAL(dir string, segmentSize int, bolt *raftboltdb.BoltStore, logg
 		err = cerr
 	}
 	if err == nil {
-		err = syncDir(tmp)
+		err = fsutil.SyncDir(tmp)
 	}
 	if err == nil {
 		err = os.Rename(tmp, filepath.Join(dir, walDir))
 	}
 	if err == nil {
-		err = syncDir(dir)
+		err = fsutil.SyncDir(dir)
 	}
 	if err != nil {
 		return fmt.Errorf("replication: move the raft log from raft.db to %s: %w", filepath.Join(dir, walDir), err)
@@ -208,7 +210,7 @@ func moveWALToBolt(dir string, segmentSize int, bolt *raftboltdb.BoltStore, logg
 		err = os.Rename(path, old)
 	}
 	if err == nil {
-		err = syncDir(dir)
+		err = fsutil.SyncDir(dir)
 	}
 	if err == nil {
 		err = os.RemoveAll(old)
@@ -280,18 +282,4 @@ func dropLogs(bolt *raftboltdb.BoltStore) error {
 		return err
 	}
 	return bolt.DeleteRange(first, last)
-}
-
-// syncDir fsyncs directory path, so that the entries created or renamed in
-// it survive a crash.
-func syncDir(path string) error {
-	d, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }

@@ -33,21 +33,7 @@ func testNodeConfig(t *testing.T, dir string) Config {
 // openNode starts a node over a real FSM in dir and waits for it to lead.
 func openNode(t *testing.T, dir string) (*Node, *fsm.FSM) {
 	t.Helper()
-	f, err := fsm.Open(filepath.Join(dir, "fsm.db"), fsm.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	n, err := New(testNodeConfig(t, dir), f)
-	if err != nil {
-		f.Close()
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := n.WaitForLeader(ctx); err != nil {
-		t.Fatal(err)
-	}
-	return n, f
+	return openStoreNode(t, dir, testLogStore(), nil)
 }
 
 // sealedLike returns ct behind a 32-byte header laid out as a bound

@@ -3,7 +3,6 @@ package replication
 import (
 	"context"
 	"fmt"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -36,24 +35,10 @@ func TestAdaptiveThreshold(t *testing.T) {
 // and a restarted node starts from the newest snapshot's size.
 func TestSnapshotThresholdGrowsWithTheState(t *testing.T) {
 	dir := t.TempDir()
-	cfg := testNodeConfig(t, dir)
-	cfg.SnapshotBytesPerEntry = 64 // so that a test-sized state moves it
 	open := func() (*Node, *fsm.FSM) {
-		f, err := fsm.Open(filepath.Join(dir, "fsm.db"), fsm.Options{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		n, err := New(cfg, f)
-		if err != nil {
-			f.Close()
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := n.WaitForLeader(ctx); err != nil {
-			t.Fatal(err)
-		}
-		return n, f
+		return openStoreNode(t, dir, testLogStore(), func(c *Config) {
+			c.SnapshotBytesPerEntry = 64 // so that a test-sized state moves it
+		})
 	}
 	n, f := open()
 	base := n.Raft().ReloadableConfig().SnapshotThreshold

@@ -15,6 +15,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"coffer/internal/fsutil"
 )
 
 // A scheduled snapshot is named
@@ -150,7 +152,7 @@ func Save(dir, nodeID string, now time.Time, write func(io.Writer) (Header, erro
 		return Entry{}, err
 	}
 	done = true
-	if err := syncDir(dir); err != nil {
+	if err := fsutil.SyncDir(dir); err != nil {
 		return Entry{}, fmt.Errorf("the snapshot %s is written, but syncing its directory failed: %w", name, err)
 	}
 	e, err := ParseName(name)
@@ -171,19 +173,6 @@ func (c *countWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.n += int64(n)
 	return n, err
-}
-
-// syncDir makes a rename in dir durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	return err
 }
 
 // List returns the scheduled snapshots in dir, newest first (by the time
