@@ -139,6 +139,9 @@ CLK_TCK=$(getconf CLK_TCK)
 proc_cpu() { awk -v t="$CLK_TCK" '{sub(/^.*\) /,""); printf "%.4f", ($12+$13)/t}' "/proc/$1/stat"; }
 proc_wbytes() { awk '/^write_bytes:/{print $2}' "/proc/$1/io"; }
 proc_rss() { awk '/^VmRSS:/{print $2*1024}' "/proc/$1/status"; }
+# proc_rss_anon PID: the anonymous part of its RSS (heap, stacks), the rest
+# being mapped files the kernel can drop.
+proc_rss_anon() { awk '/^RssAnon:/{print $2*1024}' "/proc/$1/status"; }
 
 # ---- the coffer cluster ---------------------------------------------------------
 COFFER_CLUSTER_KEY=$(head -c 32 /dev/urandom | base64)
@@ -383,7 +386,7 @@ for keys in "${sizes[@]}"; do
   fi
   for tool in coffer etcd; do
     while read -r n r p; do
-      record "$(jq -nc --arg tool "$tool" --arg n "$n" --arg r "$r" --argjson keys "$keys" --argjson b "$(proc_rss "$p")" '{kind:"rss", tool:$tool, keys:$keys, node:$n, role:$r, bytes:$b}')"
+      record "$(jq -nc --arg tool "$tool" --arg n "$n" --arg r "$r" --argjson keys "$keys" --argjson b "$(proc_rss "$p")" --argjson a "$(proc_rss_anon "$p")" '{kind:"rss", tool:$tool, keys:$keys, node:$n, role:$r, bytes:$b, anon_bytes:$a}')"
     done < <(node_costs "$tool")
   done
 done

@@ -30,7 +30,8 @@ const compareRaw = `{"kind":"meta","meta":{"measured":"2026-12-07T05:00Z","cores
 {"kind":"row","tool":"etcd","row":"s64","keys":1000000,"run":1,"ops_per_sec":5900,"p99_ms":31,"ops":17700}
 {"kind":"snapshot","tool":"coffer","keys":1000000,"bytes":500000000,"live_bytes":256000000}
 {"kind":"snapshot","tool":"etcd","keys":1000000,"bytes":300000000,"live_bytes":256000000}
-{"kind":"rss","tool":"coffer","keys":1000000,"node":"n1","role":"leader","bytes":400000000}
+{"kind":"rss","tool":"coffer","keys":1000000,"node":"n1","role":"leader","bytes":400000000,"anon_bytes":104857600}
+{"kind":"rss","tool":"coffer","keys":1000000,"node":"n2","role":"follower","bytes":300000000,"anon_bytes":209715200}
 {"kind":"rss","tool":"etcd","keys":1000000,"node":"e1","role":"leader","bytes":500000000}
 {"kind":"restart","tool":"coffer","keys":1000000,"run":1,"seconds":3}
 {"kind":"restart","tool":"coffer","keys":1000000,"run":2,"seconds":9}
@@ -101,7 +102,7 @@ func TestBenchReportAndPlot(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, s := range []string{"| workload | coffer | etcd v3.7.1 | ratio | goal | met? |", "| 1,000,000 |", "CPU µs per write", "| coffer | writes, 16 clients, 1,000 keys | n1 (leader) | 250 | 1000 | 0.10 |"} {
+	for _, s := range []string{"| workload | coffer | etcd v3.7.1 | ratio | goal | met? |", "| 1,000,000 |", "CPU µs per write", "| coffer | writes, 16 clients, 1,000 keys | n1 (leader) | 250 | 1000 | 0.10 |", "381.5 MiB (anonymous 100.0 MiB)"} {
 		if !strings.Contains(string(mdText), s) {
 			t.Errorf("the markdown lacks %q:\n%s", s, mdText)
 		}
