@@ -1,11 +1,6 @@
 package replication
 
-import (
-	"io"
-	"sync/atomic"
-
-	"github.com/hashicorp/raft"
-)
+import "github.com/hashicorp/raft"
 
 // DefaultSnapshotBytesPerEntry sizes the snapshot threshold to the state:
 // Raft snapshots after max(SnapshotThreshold, last snapshot's bytes / this)
@@ -50,17 +45,17 @@ func (s *sizingSnapshotStore) Create(version raft.SnapshotVersion, index, term u
 	return &sizingSink{SnapshotSink: sink, done: s.done}, nil
 }
 
-// sizingSink counts the bytes of a snapshot and reports them when it is
-// closed whole.
+// sizingSink counts the bytes of a snapshot (written by one goroutine, as
+// Raft does) and reports them when it is closed whole.
 type sizingSink struct {
 	raft.SnapshotSink
-	n    atomic.Int64
+	n    int64
 	done func(size int64)
 }
 
 func (s *sizingSink) Write(p []byte) (int, error) {
 	n, err := s.SnapshotSink.Write(p)
-	s.n.Add(int64(n))
+	s.n += int64(n)
 	return n, err
 }
 
@@ -68,11 +63,9 @@ func (s *sizingSink) Close() error {
 	if err := s.SnapshotSink.Close(); err != nil {
 		return err
 	}
-	s.done(s.n.Load())
+	s.done(s.n)
 	return nil
 }
-
-var _ io.Writer = (*sizingSink)(nil)
 
 // newestSnapshotSize is the size of the newest snapshot in store (0: none).
 func newestSnapshotSize(store raft.SnapshotStore) int64 {

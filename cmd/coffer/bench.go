@@ -462,36 +462,17 @@ func prepareLogin(ctx context.Context, c *api.Client, tokenType string) (roleID,
 	return roleID, s.GetSecretId(), nil
 }
 
-// prepopulate writes every key once, spread over the clients.
+// prepopulate writes every key once, spread over the clients, from 16
+// workers (preloadKeys, without its progress lines).
 func prepopulate(ctx context.Context, clients []*api.Client, keys int, key func(int) string, val string) error {
-	var wg sync.WaitGroup
-	errc := make(chan error, 1)
-	const workers = 16
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func(w int) {
-			defer wg.Done()
-			for i := w; i < keys; i += workers {
-				cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-				_, err := clients[w%len(clients)].Put(cctx, &pb.PutRequest{Path: key(i), Data: map[string]string{"v": val}})
-				cancel()
-				if err != nil {
-					select {
-					case errc <- fmt.Errorf("writing the keys to read: %s", status.Convert(err).Message()):
-					default:
-					}
-					return
-				}
-			}
-		}(w)
+	_, err := preloadKeys(ctx, 0, keys, 16, io.Discard, func(ctx context.Context, w, i int) error {
+		_, err := clients[w%len(clients)].Put(ctx, &pb.PutRequest{Path: key(i), Data: map[string]string{"v": val}})
+		return err
+	})
+	if err != nil {
+		return &cliError{code: 1, msg: fmt.Sprintf("writing the keys to read: %v", err)}
 	}
-	wg.Wait()
-	select {
-	case err := <-errc:
-		return &cliError{code: 1, msg: err.Error()}
-	default:
-		return nil
-	}
+	return nil
 }
 
 // benchProgress prints the running rate once a second until done closes.

@@ -9,7 +9,6 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 )
 
@@ -125,32 +124,14 @@ func (b *httpBench) do(ctx context.Context, w int, method, path string, body []b
 	return err
 }
 
-// prepopulate writes every key once, from 16 workers.
+// prepopulate writes every key once, from 16 workers (preloadKeys,
+// without its progress lines).
 func (b *httpBench) prepopulate(ctx context.Context, keys int, key func(int) string, body []byte) error {
-	var wg sync.WaitGroup
-	errc := make(chan error, 1)
-	const workers = 16
-	for w := range workers {
-		wg.Go(func() {
-			for i := w; i < keys; i += workers {
-				cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-				err := b.put(cctx, w%(len(b.clients)*8), key(i), body)
-				cancel()
-				if err != nil {
-					select {
-					case errc <- err:
-					default:
-					}
-					return
-				}
-			}
-		})
-	}
-	wg.Wait()
-	select {
-	case err := <-errc:
+	_, err := preloadKeys(ctx, 0, keys, 16, io.Discard, func(ctx context.Context, w, i int) error {
+		return b.put(ctx, w%(len(b.clients)*8), key(i), body)
+	})
+	if err != nil {
 		return &cliError{code: 1, msg: fmt.Sprintf("writing the keys to read over HTTP: %v", err)}
-	default:
-		return nil
 	}
+	return nil
 }

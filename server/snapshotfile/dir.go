@@ -132,8 +132,7 @@ func Save(dir, nodeID string, now time.Time, write func(io.Writer) (Header, erro
 	}()
 	sum := sha256.New()
 	bw := bufio.NewWriterSize(io.MultiWriter(f, sum), 256<<10)
-	cw := &countWriter{w: bw}
-	h, err := write(cw)
+	h, err := write(bw)
 	if err != nil {
 		return Entry{}, err
 	}
@@ -141,6 +140,10 @@ func Save(dir, nodeID string, now time.Time, write func(io.Writer) (Header, erro
 		return Entry{}, err
 	}
 	if err := f.Sync(); err != nil {
+		return Entry{}, err
+	}
+	info, err := f.Stat()
+	if err != nil {
 		return Entry{}, err
 	}
 	if err := f.Close(); err != nil {
@@ -159,20 +162,8 @@ func Save(dir, nodeID string, now time.Time, write func(io.Writer) (Header, erro
 	if err != nil {
 		return Entry{}, err
 	}
-	e.Path, e.Size = path, cw.n
+	e.Path, e.Size = path, info.Size()
 	return e, nil
-}
-
-// countWriter counts the bytes written through it.
-type countWriter struct {
-	w io.Writer
-	n int64
-}
-
-func (c *countWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n += int64(n)
-	return n, err
 }
 
 // List returns the scheduled snapshots in dir, newest first (by the time
