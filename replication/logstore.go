@@ -28,7 +28,7 @@ const (
 )
 
 // DefaultLogStore is the log store of a Config that names none.
-const DefaultLogStore = LogStoreWAL
+const DefaultLogStore = LogStoreBoltDB
 
 // defaultWALSegmentSize is the size of one raft-wal segment file, preallocated
 // when it is created. raft-wal frees log space only a whole segment at a
