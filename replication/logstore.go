@@ -11,7 +11,10 @@ import (
 	"github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 	wal "github.com/hashicorp/raft-wal"
+	"github.com/hashicorp/raft-wal/fs"
 	"github.com/hashicorp/raft-wal/metadb"
+	"github.com/hashicorp/raft-wal/segment"
+	"github.com/hashicorp/raft-wal/types"
 
 	"coffer/internal/fsutil"
 )
@@ -142,12 +145,57 @@ func openWAL(path string, segmentSize int, logger hclog.Logger) (*walStore, erro
 		return nil, fmt.Errorf("replication: sync %s: %w", filepath.Dir(path), err)
 	}
 	meta := &metadb.BoltMetaDB{}
-	w, err := wal.Open(path, wal.WithSegmentSize(segmentSize), wal.WithLogger(logger.Named("wal")), wal.WithMetaStore(meta))
+	w, err := wal.Open(path, wal.WithSegmentSize(segmentSize), wal.WithLogger(logger.Named("wal")), wal.WithMetaStore(meta),
+		wal.WithSegmentFiler(indexlessSealFiler{segment.NewFiler(path, fs.New())}))
 	if err != nil {
 		meta.Close()
 		return nil, fmt.Errorf("replication: open raft log %s: %w", path, err)
 	}
 	return &walStore{WAL: w, meta: meta}, nil
+}
+
+// indexlessSealFiler works around a bug of raft-wal v0.4.0 (its issue 31,
+// fixed after the last release). When Raft deletes a conflicting suffix of
+// the log, raft-wal marks the tail segment sealed in its metadata without
+// writing the segment's index block; every read of that segment after the
+// next open then fails ("sealed segment has no index block") and
+// raft.NewRaft panics. Such a segment is opened instead the way raft-wal
+// recovers an unsealed tail, by reading its frames (which writes nothing),
+// and reads of it stop at the index the truncation kept.
+type indexlessSealFiler struct {
+	types.SegmentFiler
+}
+
+// Open opens a sealed segment for reading.
+func (f indexlessSealFiler) Open(info types.SegmentInfo) (types.SegmentReader, error) {
+	if info.SealTime.IsZero() || info.IndexStart != 0 {
+		return f.SegmentFiler.Open(info)
+	}
+	w, err := f.SegmentFiler.RecoverTail(info)
+	if err != nil {
+		return nil, fmt.Errorf("replication: read raft log segment %d (sealed by a suffix truncation, without an index): %w", info.ID, err)
+	}
+	if info.MaxIndex > 0 && w.LastIndex() < info.MaxIndex {
+		last := w.LastIndex()
+		w.Close()
+		return nil, fmt.Errorf("%w: raft log segment %d ends at index %d, its metadata says %d", types.ErrCorrupt, info.ID, last, info.MaxIndex)
+	}
+	return cutSegment{SegmentReader: w, max: info.MaxIndex}, nil
+}
+
+// cutSegment reads a segment up to max: the entries after it were deleted
+// by a suffix truncation but are still in the file.
+type cutSegment struct {
+	types.SegmentReader
+	max uint64
+}
+
+// GetLog returns the raw entry at idx, or types.ErrNotFound past max.
+func (s cutSegment) GetLog(idx uint64) (*types.PooledBuffer, error) {
+	if s.max > 0 && idx > s.max {
+		return nil, types.ErrNotFound
+	}
+	return s.SegmentReader.GetLog(idx)
 }
 
 // moveBoltToWAL moves the log entries in raft.db to a new WAL under dir:

@@ -495,3 +495,96 @@ func TestWALFollowerInstallsSnapshot(t *testing.T) {
 	}
 	catchUp("follower applies after a restart", write("secret/after2"))
 }
+
+// TestWALSuffixTruncationSurvivesRestart: Raft deletes a conflicting
+// suffix of a follower's log (DeleteRange up to the last index). raft-wal
+// v0.4.0 then marks the tail segment sealed without writing its index
+// block (raft-wal issue 31), and before the fix every read of that
+// segment after a restart failed, which panicked raft.NewRaft. The log
+// must reopen with every entry before the cut, none after it, and take
+// new entries at the cut, across more than one restart.
+func TestWALSuffixTruncationSurvivesRestart(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "wal")
+	logger := hclog.NewNullLogger()
+	entry := func(i, term uint64) *raft.Log {
+		return &raft.Log{Index: i, Term: term, Type: raft.LogCommand, Data: []byte(fmt.Sprintf("entry %d term %d", i, term))}
+	}
+	store := func(w raft.LogStore, from, to, term uint64) {
+		t.Helper()
+		var logs []*raft.Log
+		for i := from; i <= to; i++ {
+			logs = append(logs, entry(i, term))
+		}
+		if err := w.StoreLogs(logs); err != nil {
+			t.Fatalf("store %d-%d: %v", from, to, err)
+		}
+	}
+	// check reads every index in [1, last] and wants the term terms(i),
+	// and nothing after last.
+	check := func(w raft.LogStore, last uint64, terms func(uint64) uint64) {
+		t.Helper()
+		if got, err := w.LastIndex(); err != nil || got != last {
+			t.Fatalf("LastIndex = %d, %v; want %d", got, err, last)
+		}
+		for i := uint64(1); i <= last; i++ {
+			var l raft.Log
+			if err := w.GetLog(i, &l); err != nil {
+				t.Fatalf("GetLog(%d): %v", i, err)
+			}
+			if want := entry(i, terms(i)); l.Term != want.Term || !bytes.Equal(l.Data, want.Data) {
+				t.Fatalf("GetLog(%d) = term %d %q, want term %d %q", i, l.Term, l.Data, want.Term, want.Data)
+			}
+		}
+		var l raft.Log
+		if err := w.GetLog(last+1, &l); !errors.Is(err, raft.ErrLogNotFound) {
+			t.Fatalf("GetLog(%d) after the last index: %v, want not found", last+1, err)
+		}
+	}
+
+	w, err := openWAL(path, defaultWALSegmentSize, logger)
+	if err != nil {
+		t.Fatal(err)
+	}
+	store(w, 1, 10, 1)
+	if err := w.DeleteRange(8, 10); err != nil { // a conflicting suffix
+		t.Fatal(err)
+	}
+	term1 := func(uint64) uint64 { return 1 }
+	check(w, 7, term1)
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	w, err = openWAL(path, defaultWALSegmentSize, logger)
+	if err != nil {
+		t.Fatalf("reopen after a suffix truncation: %v", err)
+	}
+	check(w, 7, term1)
+	store(w, 8, 12, 2) // the new leader's entries
+	if err := w.DeleteRange(11, 12); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	w, err = openWAL(path, defaultWALSegmentSize, logger)
+	if err != nil {
+		t.Fatalf("reopen after a second suffix truncation: %v", err)
+	}
+	defer w.Close()
+	terms := func(i uint64) uint64 {
+		if i <= 7 {
+			return 1
+		}
+		return 2
+	}
+	check(w, 10, terms)
+	// A snapshot's head truncation drops the segments the cuts sealed.
+	if err := w.DeleteRange(1, 9); err != nil {
+		t.Fatal(err)
+	}
+	if first, err := w.FirstIndex(); err != nil || first != 10 {
+		t.Fatalf("FirstIndex after a head truncation = %d, %v; want 10", first, err)
+	}
+}
