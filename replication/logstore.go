@@ -31,7 +31,7 @@ const (
 )
 
 // DefaultLogStore is the log store of a Config that names none.
-const DefaultLogStore = LogStoreBoltDB
+const DefaultLogStore = LogStoreWAL
 
 // defaultWALSegmentSize is the size of one raft-wal segment file, preallocated
 // when it is created. raft-wal frees log space only a whole segment at a

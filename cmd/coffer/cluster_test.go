@@ -236,17 +236,17 @@ func TestServerClusterFlags(t *testing.T) {
 	})
 
 	t.Run("raft log store", func(t *testing.T) {
-		if cfg := parseServerT(t, nil, base...); cfg.RaftLogStore != replication.LogStoreBoltDB {
-			t.Fatalf("default log store %q, want boltdb", cfg.RaftLogStore)
+		if cfg := parseServerT(t, nil, base...); cfg.RaftLogStore != replication.LogStoreWAL {
+			t.Fatalf("default log store %q, want wal", cfg.RaftLogStore)
 		}
-		if cfg := parseServerT(t, nil, append(base, "-raft-log-store=wal")...); cfg.RaftLogStore != replication.LogStoreWAL {
-			t.Fatalf("-raft-log-store=wal gave %q", cfg.RaftLogStore)
+		if cfg := parseServerT(t, nil, append(base, "-raft-log-store=boltdb")...); cfg.RaftLogStore != replication.LogStoreBoltDB {
+			t.Fatalf("-raft-log-store=boltdb gave %q", cfg.RaftLogStore)
 		}
-		file := writeConfig(t, `{"node_id": "n1", "data_dir": "`+t.TempDir()+`", "raft_log_store": "wal"}`)
-		if cfg := parseServerT(t, nil, "-config="+file); cfg.RaftLogStore != replication.LogStoreWAL {
+		file := writeConfig(t, `{"node_id": "n1", "data_dir": "`+t.TempDir()+`", "raft_log_store": "boltdb"}`)
+		if cfg := parseServerT(t, nil, "-config="+file); cfg.RaftLogStore != replication.LogStoreBoltDB {
 			t.Fatalf("raft_log_store from the file gave %q", cfg.RaftLogStore)
 		}
-		if cfg := parseServerT(t, nil, "-config="+file, "-raft-log-store=boltdb"); cfg.RaftLogStore != replication.LogStoreBoltDB {
+		if cfg := parseServerT(t, nil, "-config="+file, "-raft-log-store=wal"); cfg.RaftLogStore != replication.LogStoreWAL {
 			t.Fatalf("the flag does not win over the file: %q", cfg.RaftLogStore)
 		}
 		bad := writeConfig(t, `{"node_id": "n1", "data_dir": "`+t.TempDir()+`", "raft_log_store": "rocksdb"}`)
