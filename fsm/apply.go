@@ -108,6 +108,8 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 		if err := a.saveIdemCount(); err != nil {
 			return err
 		}
+		a.metaPuts.settle()
+		a.dataPuts.settle()
 		meta := tx.Bucket(bucketMeta)
 		if err := meta.Put(keyAppliedIndex, encodeUint64(cur)); err != nil {
 			return err
@@ -173,6 +175,9 @@ type applier struct {
 	// not yet), loaded on first use.
 	sealedSince      uint64
 	sealedSinceKnown bool
+
+	// metaPuts and dataPuts watch the puts into meta and data.
+	metaPuts, dataPuts appendWatch
 }
 
 func newApplier(tx *bolt.Tx, f *FSM) *applier {
@@ -190,6 +195,8 @@ func newApplier(tx *bolt.Tx, f *FSM) *applier {
 	// the time): full pages instead of bbolt's half-full splits halve them.
 	a.idem.FillPercent = 0.95
 	a.idemTs.FillPercent = 0.95
+	a.metaPuts.b = a.meta
+	a.dataPuts.b = a.data
 	return a
 }
 
@@ -394,7 +401,7 @@ func (a *applier) put(cmd *fsmpb.Command, res *Result) error {
 	meta.Versions = append(meta.Versions, vm)
 	// The decoded command owns its ciphertext and outlives the transaction,
 	// as bbolt requires of a value passed to Put.
-	if err := a.data.Put(dataKey(path, version), cmd.GetCiphertext()); err != nil {
+	if err := a.dataPuts.put(dataKey(path, version), cmd.GetCiphertext()); err != nil {
 		return err
 	}
 	res.Version = version
@@ -711,7 +718,54 @@ func (a *applier) putMeta(path string, meta *fsmpb.SecretMeta) error {
 	if err != nil {
 		return err
 	}
-	return a.meta.Put([]byte(path), b)
+	return a.metaPuts.put([]byte(path), b)
+}
+
+// appendFillPercent is how full bbolt fills the pages of a bucket that a
+// transaction only appended to (see appendWatch).
+const appendFillPercent = 0.95
+
+// appendWatch watches the puts of one transaction into a secrets bucket.
+// bbolt splits an overfull page at its bucket's FillPercent, half by
+// default: right for inserts in random order (pages then average about
+// two thirds full), but a load in key order (an import, a bench preload,
+// names with a counter) leaves every page half full for good, twice the
+// file and twice the mapped memory. Measured on 200,000 secrets: in key
+// order, half-full splits leave the pages 48 % used and 0.95 leaves them
+// about 90 %; in random order 0.95 would leave them 40 %, against 68 %.
+// So a transaction whose every put into the bucket went past its last
+// key splits the bucket's pages at appendFillPercent; any other keeps
+// bbolt's default. The choice changes pages only, never the contents, so
+// nodes may differ in it.
+type appendWatch struct {
+	b        *bolt.Bucket
+	last     []byte // the bucket's last key so far; nil while empty
+	watching bool   // last is loaded
+	appends  bool   // every put so far went past last
+	puts     int
+}
+
+// put stores k = v in the bucket, noting whether k is past its last key.
+func (w *appendWatch) put(k, v []byte) error {
+	if !w.watching {
+		last, _ := w.b.Cursor().Last()
+		w.last = bytes.Clone(last)
+		w.watching, w.appends = true, true
+	}
+	if w.last != nil && bytes.Compare(k, w.last) <= 0 {
+		w.appends = false
+	} else {
+		w.last = k
+	}
+	w.puts++
+	return w.b.Put(k, v)
+}
+
+// settle sets the bucket's FillPercent for the commit's page splits.
+func (w *appendWatch) settle() {
+	if w.puts > 0 && w.appends {
+		w.b.FillPercent = appendFillPercent
+	}
 }
 
 // loadMeta reads a secret's metadata; nil when absent.
