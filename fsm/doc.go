@@ -64,5 +64,8 @@
 // to the database and removed) while Apply continues. Restore writes the
 // stream to a temporary file next to the database, checks it, renames it
 // over the database and takes the applied index from it. Open compacts a
-// large database that is mostly free pages.
+// large database that is mostly free pages. InspectSnapshot (a restore's
+// check) and Inspect (`coffer operator raft snapshot inspect`) read a
+// snapshot file that is not trusted: boltcheck.go checks its page
+// structure before bbolt maps it.
 package fsm

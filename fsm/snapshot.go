@@ -244,38 +244,21 @@ type SnapshotInfo struct {
 const maxSnapshotIndex = 1 << 62
 
 // InspectSnapshot checks a state snapshot file without installing
-// anything: no meta page may claim more pages than the file has, it must
-// open as a bbolt database whose every bucket and key can be walked, with
-// coffer's buckets and format and a plausible applied index. It returns
-// that index. Failures wrap
-// ErrInvalidSnapshot. It walks the file in the calling goroutine, where a
-// bbolt assertion on a corrupt page is recovered (bbolt's own Check runs
-// in a goroutine of its own, where it is not); a deliberately malformed
-// file that points bbolt past its mapping can still fault the process,
-// which is why a restore authenticates the file first and parses an
-// unauthenticated one only when forced.
-func InspectSnapshot(path string) (info SnapshotInfo, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("%w: corrupt database: %v", ErrInvalidSnapshot, r)
-		}
-	}()
-	if err := checkFileBounds(path); err != nil {
-		return info, fmt.Errorf("%w: %v", ErrInvalidSnapshot, err)
-	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: time.Second, ReadOnly: true})
+// anything: no meta page may claim more pages than the file has, its page
+// structure must be sound (checkBoltTree: every page bbolt would follow is
+// within the file, of the right type and reached once), it must open as a
+// bbolt database whose every bucket and key can be walked, with coffer's
+// buckets and format and a plausible applied index. It returns that
+// index. Failures wrap ErrInvalidSnapshot. The file is never trusted: the
+// structure is checked before bbolt maps it, and bbolt's walk runs in the
+// calling goroutine with faults turned into panics, which are recovered.
+// Inspect does the same and reports what the file holds.
+func InspectSnapshot(path string) (SnapshotInfo, error) {
+	ins, err := inspect(path, false)
 	if err != nil {
-		return info, fmt.Errorf("%w: %v", ErrInvalidSnapshot, err)
+		return SnapshotInfo{}, err
 	}
-	defer db.Close()
-	index, term, err := walkRestored(db)
-	if err != nil {
-		return info, fmt.Errorf("%w: %v", ErrInvalidSnapshot, err)
-	}
-	if index >= maxSnapshotIndex {
-		return info, fmt.Errorf("%w: its applied index %d is not plausible", ErrInvalidSnapshot, index)
-	}
-	return SnapshotInfo{AppliedIndex: index, AppliedTerm: term}, nil
+	return SnapshotInfo{AppliedIndex: ins.AppliedIndex, AppliedTerm: ins.AppliedTerm}, nil
 }
 
 // bboltMagic starts the meta page of a bbolt database.
@@ -328,34 +311,29 @@ func checkFileBounds(path string) error {
 	return nil
 }
 
-// walkRestored reads every bucket and key of a staged database in this
+// walkState reads every bucket and key of a staged state in this
 // goroutine and checks coffer's layout; it returns the applied index and
 // term.
-func walkRestored(db *bolt.DB) (index, term uint64, err error) {
-	err = db.View(func(tx *bolt.Tx) error {
-		for _, name := range allBuckets {
-			b := tx.Bucket(name)
-			if b == nil {
-				return fmt.Errorf("bucket %s missing", name)
-			}
+func walkState(tx *bolt.Tx) (index, term uint64, err error) {
+	for _, name := range allBuckets {
+		b := tx.Bucket(name)
+		if b == nil {
+			return 0, 0, fmt.Errorf("bucket %s missing", name)
+		}
+		c := b.Cursor()
+		for k, _ := c.First(); k != nil; k, _ = c.Next() {
+		}
+	}
+	// The lease buckets are walked when present (older states lack
+	// them).
+	for _, name := range leaseBuckets {
+		if b := tx.Bucket(name); b != nil {
 			c := b.Cursor()
 			for k, _ := c.First(); k != nil; k, _ = c.Next() {
 			}
 		}
-		// The lease buckets are walked when present (older states lack
-		// them).
-		for _, name := range leaseBuckets {
-			if b := tx.Bucket(name); b != nil {
-				c := b.Cursor()
-				for k, _ := c.First(); k != nil; k, _ = c.Next() {
-				}
-			}
-		}
-		var rerr error
-		index, term, rerr = checkFormat(tx)
-		return rerr
-	})
-	return index, term, err
+	}
+	return checkFormat(tx)
 }
 
 // checkFormat checks a staged database's format and returns its applied
