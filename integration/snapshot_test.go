@@ -322,7 +322,14 @@ func TestCraftedSnapshotsAreRefused(t *testing.T) {
 	for i := bodyAt + 8192; i < bodyAt+16384 && i < len(corrupt); i++ {
 		corrupt[i] = 0xff
 	}
+	// Every page of the state but its meta pages gets an invalid type.
+	pageTypes := bytes.Clone(snap[:len(snap)-32])
+	for i := bodyAt + 2*4096; i+4096 <= len(pageTypes); i += 4096 {
+		binary.LittleEndian.PutUint16(pageTypes[i+8:], 0xdead)
+	}
+	pageTypes = append(pageTypes, make([]byte, 32)...)
 	crafted := map[string][]byte{
+		"damaged page types":             pageTypes,
 		"truncated":                      snap[:bodyAt+(len(snap)-bodyAt)/2],
 		"header only":                    snap[:bodyAt],
 		"corrupt pages":                  corrupt,
@@ -341,9 +348,13 @@ func TestCraftedSnapshotsAreRefused(t *testing.T) {
 		}
 		t.Logf("%s: %v", name, err)
 	}
-	// The truncated one is refused even with -force.
-	if err := restoreSnapshot(c.Client(t, leader), crafted["truncated"], true); !api.IsInvalidArgument(err) {
-		t.Fatalf("truncated with -force: %v", err)
+	// The truncated one and the damaged pages are refused even with
+	// -force (fsm.InspectSnapshot checks the page structure before bbolt
+	// maps the state).
+	for _, name := range []string{"truncated", "damaged page types"} {
+		if err := restoreSnapshot(c.Client(t, leader), crafted[name], true); !api.IsInvalidArgument(err) {
+			t.Fatalf("%s with -force: %v", name, err)
+		}
 	}
 	after := c.Status(t, leader)
 	if after.LeaderId != before.LeaderId || after.Term != before.Term || after.Seal.Sealed {

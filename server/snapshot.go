@@ -117,17 +117,20 @@ func (o *operatorServer) writeSnapshot(w io.Writer, now time.Time) (snapshotfile
 	})
 }
 
-// readSnapshotHeader checks the magic and reads the header of a snapshot;
-// it returns the header and the number of bytes it took.
-func readSnapshotHeader(r io.Reader) (*snapshotfile.Header, int64, error) {
-	h, n, err := snapshotfile.ReadHeader(r)
+// readSnapshotLayout checks the magic and header of a size-byte snapshot
+// and locates its body (snapshotfile.ReadLayout), with errors for the
+// caller.
+func readSnapshotLayout(r io.ReaderAt, size int64) (snapshotfile.Layout, error) {
+	l, err := snapshotfile.ReadLayout(r, size)
 	switch {
 	case errors.Is(err, snapshotfile.ErrNotSnapshot):
-		return nil, 0, invalidf("not a coffer snapshot file (save one with `coffer operator raft snapshot save FILE`)")
+		return l, invalidf("not a coffer snapshot file (save one with `coffer operator raft snapshot save FILE`)")
+	case errors.Is(err, snapshotfile.ErrTruncated):
+		return l, invalidf("the snapshot is truncated: save it again with `coffer operator raft snapshot save`")
 	case err != nil:
-		return nil, 0, invalidf("%v", err)
+		return l, invalidf("%v", err)
 	}
-	return h, n, nil
+	return l, nil
 }
 
 // SnapshotRestore replaces the cluster's state with an uploaded snapshot.
@@ -165,16 +168,12 @@ func (o *operatorServer) SnapshotRestore(stream pb.Operator_SnapshotRestoreServe
 	if err != nil {
 		return err
 	}
-	hdr, hdrLen, err := readSnapshotHeader(io.NewSectionReader(tmp, 0, size))
+	lay, err := readSnapshotLayout(tmp, size)
 	if err != nil {
 		return err
 	}
-	bodyEnd := size
-	if hdr.Format >= 2 {
-		if size < hdrLen+macSize {
-			return invalidf("the snapshot is truncated: save it again with `coffer operator raft snapshot save`")
-		}
-		bodyEnd = size - macSize
+	hdr, hdrLen, bodyEnd := lay.Header, lay.BodyOffset, lay.BodyOffset+lay.BodyLen
+	if lay.MAC {
 		if err := o.authenticate(tmp, bodyEnd); err != nil && !force {
 			return err
 		}

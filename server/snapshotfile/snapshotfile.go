@@ -60,6 +60,8 @@ var (
 	// ErrBadHeader means the header's length or content is invalid, or
 	// of a format this build does not know.
 	ErrBadHeader = errors.New("snapshot header is unreadable or of an unknown format")
+	// ErrTruncated means a Format 2 file ends before its MAC trailer.
+	ErrTruncated = errors.New("the snapshot is truncated: it ends before its MAC trailer")
 )
 
 // Write writes a snapshot to w: the header h, what body writes (the state
@@ -109,4 +111,34 @@ func ReadHeader(r io.Reader) (*Header, int64, error) {
 		return nil, 0, ErrBadHeader
 	}
 	return &h, int64(len(Magic)) + 4 + int64(n), nil
+}
+
+// Layout is where the parts of a snapshot file lie.
+type Layout struct {
+	Header Header
+	// BodyOffset and BodyLen delimit the state machine's snapshot.
+	BodyOffset, BodyLen int64
+	// MAC is set when the file ends in a MAC trailer (Format 2); it is
+	// the MACSize bytes after the body.
+	MAC bool
+}
+
+// ReadLayout reads the header of the size-byte snapshot r holds and
+// locates its body and MAC trailer. It checks the magic, the header and
+// that a Format 2 file is long enough for its trailer; it needs no key
+// (the MAC is checked at restore).
+func ReadLayout(r io.ReaderAt, size int64) (Layout, error) {
+	h, n, err := ReadHeader(io.NewSectionReader(r, 0, size))
+	if err != nil {
+		return Layout{}, err
+	}
+	l := Layout{Header: *h, BodyOffset: n, BodyLen: size - n}
+	if h.Format >= 2 {
+		if l.BodyLen < MACSize {
+			return Layout{}, ErrTruncated
+		}
+		l.BodyLen -= MACSize
+		l.MAC = true
+	}
+	return l, nil
 }

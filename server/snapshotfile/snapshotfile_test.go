@@ -382,3 +382,61 @@ func TestVerifyDoesNotOpenAFIFO(t *testing.T) {
 		t.Fatal("Verify blocked opening a FIFO")
 	}
 }
+
+// TestReadLayout: the body of a Format 2 file lies between the header and
+// the MAC, that of a Format 1 file runs to the end; a Format 2 file too
+// short for its MAC, or without the magic, is refused.
+func TestReadLayout(t *testing.T) {
+	var buf bytes.Buffer
+	body := "the state's bytes"
+	h := Header{Format: Format, NodeID: "n1", AppliedIndex: 7}
+	if err := Write(&buf, h, hmac.New(sha256.New, []byte("k")), func(w io.Writer) error {
+		_, err := io.WriteString(w, body)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	b := buf.Bytes()
+	l, err := ReadLayout(bytes.NewReader(b), int64(len(b)))
+	if err != nil || !l.MAC || l.Header != h || string(b[l.BodyOffset:l.BodyOffset+l.BodyLen]) != body || l.BodyOffset+l.BodyLen+MACSize != int64(len(b)) {
+		t.Fatalf("format 2: %+v, %v", l, err)
+	}
+	old := bytes.Replace(b[:len(b)-MACSize], []byte(`"format":2`), []byte(`"format":1`), 1)
+	l, err = ReadLayout(bytes.NewReader(old), int64(len(old)))
+	if err != nil || l.MAC || string(old[l.BodyOffset:]) != body || l.BodyLen != int64(len(body)) {
+		t.Fatalf("format 1: %+v, %v", l, err)
+	}
+	short := b[:l.BodyOffset+MACSize-1]
+	if _, err := ReadLayout(bytes.NewReader(short), int64(len(short))); !errors.Is(err, ErrTruncated) {
+		t.Fatalf("a file shorter than its MAC: %v", err)
+	}
+	if _, err := ReadLayout(bytes.NewReader(b[1:]), int64(len(b)-1)); !errors.Is(err, ErrNotSnapshot) {
+		t.Fatalf("no magic: %v", err)
+	}
+}
+
+// FuzzReadLayout: whatever the bytes, a layout that is read lies within
+// them.
+func FuzzReadLayout(f *testing.F) {
+	var buf bytes.Buffer
+	_ = Write(&buf, Header{Format: Format, NodeID: "n1"}, hmac.New(sha256.New, nil), func(w io.Writer) error {
+		_, err := w.Write(bytes.Repeat([]byte{1}, 100))
+		return err
+	})
+	f.Add(buf.Bytes())
+	f.Add(buf.Bytes()[:buf.Len()-40])
+	f.Add([]byte(Magic + "\x00\x00\x00\x0c{\"format\":1}"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		l, err := ReadLayout(bytes.NewReader(b), int64(len(b)))
+		if err != nil {
+			return
+		}
+		end := l.BodyOffset + l.BodyLen
+		if l.MAC {
+			end += MACSize
+		}
+		if l.BodyOffset <= 0 || l.BodyLen < 0 || end != int64(len(b)) {
+			t.Fatalf("layout %+v of %d bytes", l, len(b))
+		}
+	})
+}
