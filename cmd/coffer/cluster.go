@@ -36,6 +36,7 @@ Commands:
     save       Save a snapshot of the cluster's state (ciphertext only) to FILE
     restore    Replace the cluster's state with the snapshot in FILE
     list       List the scheduled snapshots in -dir=DIR and check their checksums
+    inspect    Check the snapshot in FILE and show what it holds (offline, no key)
 `
 
 // snapshotTimeout bounds snapshot save and restore, which move the whole

@@ -15,6 +15,7 @@
 //	coffer operator raft snapshot save FILE
 //	coffer operator raft snapshot restore [-force] FILE
 //	coffer operator raft snapshot list -dir=DIR
+//	coffer operator raft snapshot inspect FILE
 //	coffer kv put [-cas=N] PATH KEY=VALUE [KEY=@FILE] [KEY=-] …
 //	coffer kv get [-version=N] [-field=KEY] PATH
 //	coffer kv delete [-versions=1,2] PATH
@@ -180,6 +181,7 @@ func dispatch(e *env, args []string) error {
 							"save":    cmdOperatorSnapshotSave,
 							"restore": cmdOperatorSnapshotRestore,
 							"list":    cmdOperatorSnapshotList,
+							"inspect": cmdOperatorSnapshotInspect,
 						})
 					},
 				})

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strconv"
 	"text/tabwriter"
@@ -171,4 +172,171 @@ func displayName(name string) string {
 		}
 	}
 	return name
+}
+
+// snapshotInspectJSON is the JSON output of `coffer operator raft
+// snapshot inspect`.
+type snapshotInspectJSON struct {
+	File string `json:"file"`
+	Size int64  `json:"size"`
+	// Format is the file's format; MAC says whether it ends in a MAC
+	// ("present, not checked": only a restore, with the keys, can) and
+	// Checksum whether its name's SHA-256 was checked ("OK", or "none"
+	// when the name carries none).
+	Format             int    `json:"format"`
+	MAC                string `json:"mac"`
+	Checksum           string `json:"checksum"`
+	NodeID             string `json:"node_id"`
+	Created            string `json:"created"`
+	HeaderAppliedIndex uint64 `json:"header_applied_index"`
+	// Index and Term are the state's applied index and term, which a
+	// restore goes by.
+	Index       uint64 `json:"index"`
+	Term        uint64 `json:"term"`
+	StateFormat uint64 `json:"state_format"`
+	// StateBytes is the state database's size within the file, in
+	// PageSize pages: UsedPages hold data, FreePages nothing.
+	StateBytes int64  `json:"state_bytes"`
+	PageSize   int64  `json:"page_size"`
+	Pages      uint64 `json:"pages"`
+	UsedPages  uint64 `json:"used_pages"`
+	FreePages  uint64 `json:"free_pages"`
+	// StoredBytes is the bytes of every key and value the state holds.
+	StoredBytes       int64                `json:"stored_bytes"`
+	Secrets           int64                `json:"secrets"`
+	Versions          int64                `json:"versions"`
+	DestroyedVersions int64                `json:"destroyed_versions"`
+	Buckets           []snapshotBucketJSON `json:"buckets"`
+}
+
+// snapshotBucketJSON is one bucket of the state in snapshotInspectJSON.
+type snapshotBucketJSON struct {
+	Name       string `json:"name"`
+	Unexpected bool   `json:"unexpected,omitempty"`
+	Keys       int64  `json:"keys"`
+	Buckets    int64  `json:"buckets,omitempty"`
+	KeyBytes   int64  `json:"key_bytes"`
+	ValueBytes int64  `json:"value_bytes"`
+	Bytes      int64  `json:"bytes"`
+}
+
+func cmdOperatorSnapshotInspect(e *env, args []string) error {
+	f := newFlags("coffer operator raft snapshot inspect", "[flags] FILE", `
+Check the snapshot in FILE and show what it holds, offline: no server and
+no key is needed, and no secret, key or share is shown. It checks the file
+as far as it can without the cluster's keys: its header, the SHA-256 in a
+scheduled snapshot's name (as "snapshot list" does), that it is long
+enough for its MAC, and the state as a restore does (its structure,
+coffer's buckets and format). The MAC itself needs the keys: a restore
+checks it. It shows the Raft index and term of the state, the file's
+format, size and node, the secrets and versions, and per bucket of the
+state the keys and the bytes of keys and values, whose total ("stored
+bytes") against the file's size is the room indexes, page overhead and
+free pages take. The state is copied to a temporary file in $TMPDIR while
+it is read. Exits 1 when the file is damaged or not a snapshot.`)
+	args, err := f.parse(e, args)
+	if err != nil {
+		return err
+	}
+	if err := f.wantArgs(args, "FILE"); err != nil {
+		return err
+	}
+	path := args[0]
+	if path == "" {
+		return usageErrorf(f.name, "empty FILE: give the path of a snapshot")
+	}
+	rep, err := server.InspectSnapshotFile(path, "")
+	if err != nil {
+		var pe *os.PathError
+		if errors.As(err, &pe) && pe.Path == path {
+			return &cliError{code: 1, msg: fmt.Sprintf("reading the snapshot: %v", err)}
+		}
+		return &cliError{code: 1, msg: fmt.Sprintf("%s: %v", displayName(path), err)}
+	}
+	j := inspectJSON(path, rep)
+	if f.format == formatJSON {
+		return printJSON(e.stdout, j)
+	}
+	printInspect(e.stdout, j)
+	return nil
+}
+
+// inspectJSON turns a report into the command's output.
+func inspectJSON(path string, rep *server.SnapshotFileReport) snapshotInspectJSON {
+	h, st := rep.Layout.Header, rep.State
+	j := snapshotInspectJSON{
+		File: path, Size: rep.Size, Format: h.Format, MAC: "none", Checksum: "none",
+		NodeID: h.NodeID, HeaderAppliedIndex: h.AppliedIndex,
+		Index: st.AppliedIndex, Term: st.AppliedTerm, StateFormat: st.Format,
+		StateBytes: st.FileBytes, PageSize: st.PageSize, Pages: st.Pages, UsedPages: st.UsedPages, FreePages: st.FreePages,
+		StoredBytes: st.StoredBytes, Secrets: st.Secrets, Versions: st.Versions, DestroyedVersions: st.DestroyedVersions,
+		Buckets: make([]snapshotBucketJSON, 0, len(st.Buckets)),
+	}
+	if h.CreatedUnix != 0 {
+		j.Created = time.Unix(h.CreatedUnix, 0).UTC().Format(time.RFC3339)
+	}
+	if rep.Layout.MAC {
+		j.MAC = "present, not checked"
+	}
+	if rep.Checksum {
+		j.Checksum = "OK"
+	}
+	for _, b := range st.Buckets {
+		j.Buckets = append(j.Buckets, snapshotBucketJSON{Name: b.Name, Unexpected: b.Unexpected, Keys: b.Keys, Buckets: b.Buckets,
+			KeyBytes: b.KeyBytes, ValueBytes: b.ValueBytes, Bytes: b.KeyBytes + b.ValueBytes})
+	}
+	return j
+}
+
+// printInspect writes the table output of snapshot inspect.
+func printInspect(w io.Writer, j snapshotInspectJSON) {
+	mac := "none (an older format: a restore needs -force)"
+	if j.MAC != "none" {
+		mac = "present, not checked (it needs the cluster's keys: a restore checks it)"
+	}
+	sum := "none in the file's name (only a scheduled snapshot's name carries one)"
+	if j.Checksum == "OK" {
+		sum = "OK (the SHA-256 in the file's name)"
+	}
+	pct := func(part, whole int64) string {
+		if whole <= 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.1f %%", 100*float64(part)/float64(whole))
+	}
+	stored := fmt.Sprintf("%d (keys and values)", j.StoredBytes)
+	if j.StoredBytes > 0 {
+		stored = fmt.Sprintf("%d (keys and values: %s of the file, which is %.2f× them)", j.StoredBytes, pct(j.StoredBytes, j.Size), float64(j.Size)/float64(j.StoredBytes))
+	}
+	printKV(w, []row{
+		{"File", displayName(j.File)},
+		{"Size", fmt.Sprintf("%d bytes", j.Size)},
+		{"Format", strconv.Itoa(j.Format)},
+		{"MAC", mac},
+		{"Checksum", sum},
+		{"Node", displayName(j.NodeID)},
+		{"Created", orNA(j.Created)},
+		{"Index", strconv.FormatUint(j.Index, 10)},
+		{"Term", strconv.FormatUint(j.Term, 10)},
+		{"State format", strconv.FormatUint(j.StateFormat, 10)},
+		{"Secrets", strconv.FormatInt(j.Secrets, 10)},
+		{"Versions", fmt.Sprintf("%d (%d destroyed)", j.Versions, j.DestroyedVersions)},
+		{"State size", fmt.Sprintf("%d bytes: %d pages of %d bytes, %d in use, %d free", j.StateBytes, j.Pages, j.PageSize, j.UsedPages, j.FreePages)},
+		{"Stored bytes", stored},
+	})
+	fmt.Fprintln(w)
+	tw := tabwriter.NewWriter(w, 0, 4, 4, ' ', 0)
+	fmt.Fprintln(tw, "Bucket\tKeys\tKey bytes\tValue bytes\tBytes")
+	fmt.Fprintln(tw, "------\t----\t---------\t-----------\t-----")
+	var keys, keyBytes, valueBytes int64
+	for _, b := range j.Buckets {
+		name := b.Name
+		if b.Unexpected {
+			name += " (unexpected)"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%d\n", displayName(name), b.Keys, b.KeyBytes, b.ValueBytes, b.Bytes)
+		keys, keyBytes, valueBytes = keys+b.Keys, keyBytes+b.KeyBytes, valueBytes+b.ValueBytes
+	}
+	fmt.Fprintf(tw, "Total\t%d\t%d\t%d\t%d\n", keys, keyBytes, valueBytes, j.StoredBytes)
+	tw.Flush()
 }
