@@ -15,7 +15,9 @@
 #     of VALUE_SIZE bytes (coffer bench preload from the previous size on;
 #     etcd's benchmark put --sequential-keys, then compact so that etcd
 #     holds just the keys' last revisions), save a snapshot of each (its size
-#     against the live data, keys x VALUE_SIZE), then the rows RUNS times,
+#     against the live data, keys x VALUE_SIZE; coffer's also against the
+#     keys and values its state stores, from coffer operator raft snapshot
+#     inspect: etcd's snapshot status has no such figure), then the rows RUNS times,
 #     coffer and etcd alternately: at the first size the goal rows (writes
 #     16 and 64 clients to the leader, stale/serializable follower reads 16
 #     and 64, linearizable follower reads 64), at the others writes and
@@ -368,7 +370,12 @@ for keys in "${sizes[@]}"; do
 
   live=$((keys * VALUE_SIZE))
   "$BIN" operator raft snapshot save "$WORK/coffer.snap" >/dev/null 2>"$WORK/snap.err" || die "coffer snapshot save failed: $(tail -n 1 "$WORK/snap.err")"
-  record "$(jq -nc --argjson keys "$keys" --argjson b "$(stat -c %s "$WORK/coffer.snap")" --argjson l "$live" '{kind:"snapshot", tool:"coffer", keys:$keys, bytes:$b, live_bytes:$l}')"
+  # stored_bytes: every key and value coffer's state holds (metadata,
+  # versions, indexes), against live_bytes, the values alone. inspect
+  # copies the state into TMPDIR while it reads it: the data disk here.
+  stored=$(TMPDIR=$WORK "$BIN" operator raft snapshot inspect -format=json "$WORK/coffer.snap" 2>"$WORK/snap.err" | jq -e .stored_bytes) ||
+    die "coffer snapshot inspect failed: $(tail -n 1 "$WORK/snap.err")"
+  record "$(jq -nc --argjson keys "$keys" --argjson b "$(stat -c %s "$WORK/coffer.snap")" --argjson l "$live" --argjson s "$stored" '{kind:"snapshot", tool:"coffer", keys:$keys, bytes:$b, live_bytes:$l, stored_bytes:$s}')"
   ctl --endpoints="$(eep "$ELEADER")" snapshot save "$WORK/etcd.snap" >/dev/null 2>"$WORK/snap.err" || die "etcdctl snapshot save failed: $(tail -n 1 "$WORK/snap.err")"
   record "$(jq -nc --argjson keys "$keys" --argjson b "$(stat -c %s "$WORK/etcd.snap")" --argjson l "$live" '{kind:"snapshot", tool:"etcd", keys:$keys, bytes:$b, live_bytes:$l}')"
   rm -f "$WORK/coffer.snap" "$WORK/etcd.snap"
