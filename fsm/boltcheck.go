@@ -308,10 +308,7 @@ func (w *boltWalker) walk(id uint64, depth, nest int) error {
 		}
 		return nil
 	case boltLeafPage:
-		if err := w.leaf(p, h.count, depth, nest, false); err != nil {
-			return fmt.Errorf("leaf page %d: %w", id, err)
-		}
-		return nil
+		return w.leaf(p, h.count, fmt.Sprintf("leaf page %d", id), depth, nest, false)
 	}
 	return fmt.Errorf("page %d is neither a branch nor a leaf page (flags %#x)", id, h.flags)
 }
@@ -340,11 +337,11 @@ func checkElements(p []byte, count uint16, leaf bool) error {
 	return nil
 }
 
-// leaf checks the leaf page (or inline bucket) p and walks the buckets
-// its elements hold.
-func (w *boltWalker) leaf(p []byte, count uint16, depth, nest int, inline bool) error {
+// leaf checks the leaf page (or inline bucket) p, named where in errors,
+// and walks the buckets its elements hold.
+func (w *boltWalker) leaf(p []byte, count uint16, where string, depth, nest int, inline bool) error {
 	if err := checkElements(p, count, true); err != nil {
-		return err
+		return fmt.Errorf("%s: %w", where, err)
 	}
 	le := binary.LittleEndian
 	for i := range uint64(count) {
@@ -352,16 +349,16 @@ func (w *boltWalker) leaf(p []byte, count uint16, depth, nest int, inline bool) 
 		if le.Uint32(p[off:])&boltBucketLeaf == 0 {
 			continue
 		}
-		if inline {
-			return fmt.Errorf("element %d: an inline bucket holds a bucket", i)
-		}
-		if nest+1 > maxBoltBucketDepth {
-			return fmt.Errorf("element %d: buckets nested %d deep", i, nest+1)
+		switch {
+		case inline:
+			return fmt.Errorf("%s, element %d: an inline bucket holds a bucket", where, i)
+		case nest+1 > maxBoltBucketDepth:
+			return fmt.Errorf("%s, element %d: buckets nested %d deep", where, i, nest+1)
 		}
 		start := off + uint64(le.Uint32(p[off+4:])) + uint64(le.Uint32(p[off+8:]))
 		v := p[start : start+uint64(le.Uint32(p[off+12:]))]
 		if len(v) < boltBucketHeader {
-			return fmt.Errorf("element %d: a bucket value of %d bytes", i, len(v))
+			return fmt.Errorf("%s, element %d: a bucket value of %d bytes", where, i, len(v))
 		}
 		root := le.Uint64(v)
 		if root != 0 {
@@ -373,13 +370,13 @@ func (w *boltWalker) leaf(p []byte, count uint16, depth, nest int, inline bool) 
 		// An inline bucket: a leaf page inside the value.
 		in := v[boltBucketHeader:]
 		if len(in) < boltPageHeader {
-			return fmt.Errorf("element %d: an inline bucket of %d bytes", i, len(in))
+			return fmt.Errorf("%s, element %d: an inline bucket of %d bytes", where, i, len(in))
 		}
 		if flags := le.Uint16(in[8:]); flags != boltLeafPage {
-			return fmt.Errorf("element %d: an inline bucket that is not a leaf (flags %#x)", i, flags)
+			return fmt.Errorf("%s, element %d: an inline bucket that is not a leaf (flags %#x)", where, i, flags)
 		}
-		if err := w.leaf(in, le.Uint16(in[10:]), depth, nest+1, true); err != nil {
-			return fmt.Errorf("element %d: inline bucket: %w", i, err)
+		if err := w.leaf(in, le.Uint16(in[10:]), fmt.Sprintf("%s, element %d, inline bucket", where, i), depth, nest+1, true); err != nil {
+			return err
 		}
 	}
 	return nil
