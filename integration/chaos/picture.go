@@ -76,8 +76,9 @@ func Picture(driver, scenario string, ops []Op, faults []Fault, figs []Figures) 
 	return s
 }
 
-// titleWidth is about the characters one line of a picture's title holds.
-const titleWidth = 90
+// titleWidth is about the characters one line of a picture's title holds
+// (800 pixels wide, about 6 pixels a character).
+const titleWidth = 115
 
 // wrapNames joins the faults' names with ", then " into lines of at most
 // width characters (a longer name gets a line of its own), so that the
