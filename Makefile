@@ -171,7 +171,8 @@ compose-init: build
 	done
 	@echo "root token: the root_token field of .coffer-init.json"
 
-## chaos: the docker chaos suite (leader kill, pause, partition, quorum loss) against coffer:dev
+## chaos: the docker chaos suite (leader kill, pause, partition, quorum loss,
+## graceful and rolling restarts) against coffer:dev
 chaos: docker
 	rm -f bin/chaos-*.png
 	COFFER_CHAOS=1 COFFER_CHAOS_OUT=$(CURDIR)/bin/chaos-figures.json $(GO) test -race -count=1 -timeout=20m -run '^TestDocker' ./integration/chaos/

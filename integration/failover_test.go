@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"testing"
@@ -372,4 +373,77 @@ func TestGracefulLeaderShutdown(t *testing.T) {
 		t.Errorf("write %s failed at +%s: %v", f.Path, f.At.Sub(stopStart).Round(time.Millisecond), f.Err)
 	}
 	readAll(t, cl, acked)
+}
+
+// TestGracefulLeaderShutdownHandsOverFirst: a call still in flight on the
+// leader (a read waiting for an index the cluster has not reached, which
+// holds it for up to 5 s) must not hold the cluster's writes back while
+// the leader shuts down. The leader hands leadership over before its API
+// waits for its calls, so a write through a follower is acknowledged while
+// the old leader's read is still in flight. (When it waited for its calls
+// first, no write could commit until its shutdown timeout ended them.)
+func TestGracefulLeaderShutdownHandsOverFirst(t *testing.T) {
+	c := NewCluster(t, 3)
+	leader := c.WaitForLeader(t)
+	c.Init(t, leader)
+	c.UnsealAll(t)
+	follower := c.Followers(leader)[0]
+
+	// The read in flight on the leader, over a connection of its own
+	// (StopNode closes the node's).
+	conn, err := grpc.NewClient(leader.APIAddr(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	target := c.Status(t, leader).AppliedIndex + 1_000_000
+	rctx, rcancel := c.Authed(context.Background(), 30*time.Second)
+	defer rcancel()
+	readDone := make(chan error, 1)
+	go func() {
+		_, err := pb.NewKVClient(conn).Get(rctx, &pb.GetRequest{Path: "secret/held", Read: &pb.ReadOptions{MinIndex: target}})
+		readDone <- err
+	}()
+	testcluster.WaitFor(t, 10*time.Second, "the read in flight on the leader", func() error {
+		if leader.Srv.Inflight().InUse == 0 {
+			return errors.New("no call in flight on the leader")
+		}
+		return nil
+	})
+
+	stopStart := time.Now()
+	stopped := make(chan error, 1)
+	go func() {
+		sctx, scancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer scancel()
+		stopped <- c.StopNode(sctx, leader)
+	}()
+
+	// Writes through the follower, one after the other, until one is
+	// acknowledged.
+	var acked time.Time
+	testcluster.WaitFor(t, 20*time.Second, "a write through "+follower.ID, func() error {
+		wctx, wcancel := c.Authed(context.Background(), 2*time.Second)
+		defer wcancel()
+		_, err := follower.KV.Put(wctx, &pb.PutRequest{Path: "secret/after-stop", Data: map[string]string{"v": "1"}})
+		if err == nil {
+			acked = time.Now()
+		}
+		return err
+	})
+	var readErr error
+	select {
+	case readErr = <-readDone:
+		t.Errorf("the leader's in-flight read ended (%v) before a write was acknowledged %s after its shutdown began: leadership was not handed over while the call was in flight",
+			readErr, acked.Sub(stopStart).Round(time.Millisecond))
+	default:
+		t.Logf("write acknowledged %s after the leader's shutdown began, its read still in flight", acked.Sub(stopStart).Round(time.Millisecond))
+		readErr = <-readDone
+	}
+	if readErr == nil {
+		t.Errorf("the read of index %d, never reached, succeeded", target)
+	}
+	if err := <-stopped; err != nil {
+		t.Errorf("shutdown of %s: %v", leader.ID, err)
+	}
 }

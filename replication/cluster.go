@@ -147,7 +147,7 @@ func (n *Node) TransferLeadership(ctx context.Context) error {
 	if !n.IsLeader() {
 		return ErrNotLeader
 	}
-	return n.wait(ctx, n.raft.LeadershipTransfer())
+	return n.transfer(ctx, n.raft.LeadershipTransfer)
 }
 
 // TransferLeadershipTo hands leadership to the voter id and returns once this
@@ -163,10 +163,42 @@ func (n *Node) TransferLeadershipTo(ctx context.Context, id string) error {
 	}
 	for _, p := range peers {
 		if p.ID == id && p.Voter && id != n.cfg.NodeID {
-			return n.wait(ctx, n.raft.LeadershipTransferToServer(raft.ServerID(p.ID), raft.ServerAddress(p.Address)))
+			return n.transfer(ctx, func() raft.Future {
+				return n.raft.LeadershipTransferToServer(raft.ServerID(p.ID), raft.ServerAddress(p.Address))
+			})
 		}
 	}
 	return fmt.Errorf("%w: %q", ErrUnknownServer, id)
+}
+
+// transfer runs the leadership transfer start begins and waits for it
+// like wait. From before it begins until Raft has answered it (even when
+// ctx ended first), ReadyLeader is false: the target is elected without
+// waiting for an election timeout and may commit writes before this node
+// hears of its term, so a read answered meanwhile from this node's own
+// state, or a read index it handed a follower, could miss them. Readers
+// are told to retry (no ready leader) instead.
+func (n *Node) transfer(ctx context.Context, start func() raft.Future) error {
+	n.handingOver.Add(1)
+	f := start()
+	errCh := make(chan error, 1)
+	go func() {
+		err := f.Error()
+		n.handingOver.Add(-1)
+		// Wake WaitReadyLeader: a failed transfer leaves a ready leader.
+		n.lmu.Lock()
+		n.signalLocked()
+		n.lmu.Unlock()
+		errCh <- err
+	}()
+	select {
+	case err := <-errCh:
+		return translate(err)
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-n.done:
+		return ErrShutdown
+	}
 }
 
 // raftTimeout is how long a Raft call may wait to be enqueued, from ctx.

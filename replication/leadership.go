@@ -127,10 +127,14 @@ func (n *Node) OnReadyLeader(f func(ctx context.Context)) {
 	n.mu.Unlock()
 }
 
-// ReadyLeader reports whether this node is the leader and has applied
-// every entry of earlier terms (its barrier succeeded): only then may it
-// answer reads from its own state as leader.
+// ReadyLeader reports whether this node is the leader, has applied every
+// entry of earlier terms (its barrier succeeded) and is not handing
+// leadership over (TransferLeadership, TransferLeadershipTo): only then
+// may it answer reads from its own state as leader.
 func (n *Node) ReadyLeader() bool {
+	if n.handingOver.Load() > 0 {
+		return false
+	}
 	_, ok := n.LeaderContext()
 	return ok
 }

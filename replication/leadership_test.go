@@ -3,6 +3,7 @@ package replication
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 )
@@ -123,5 +124,65 @@ func TestWaitReadyLeaderHonoursContext(t *testing.T) {
 	defer cancel()
 	if err := n.WaitReadyLeader(ctx); !errors.Is(err, ErrNoLeader) || !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("WaitReadyLeader = %v, want no leader and the deadline", err)
+	}
+}
+
+// TestNoReadyLeaderWhileHandingOver: while a leadership transfer runs the
+// leader is no ready leader (its target may be elected and commit writes
+// before it hears of the new term, so reads from its own state could miss
+// them), and a transfer that failed leaves it a ready leader again.
+func TestNoReadyLeaderWhileHandingOver(t *testing.T) {
+	logs := newLogSink(t)
+	nets := map[string]*Network{}
+	nodes := startExpectCluster(t, logs, 3, func(c *Config) {
+		c.Network = &Network{}
+		nets[c.NodeID] = c.Network
+		c.Gossip.DeadServerTimeout = time.Minute
+	})
+	leader := waitForLeader(t, nodes)
+	if err := leader.WaitReadyLeader(ctxWait(t)); err != nil {
+		t.Fatalf("the leader never became ready: %v", err)
+	}
+	var target *tnode
+	for _, n := range nodes {
+		if n != leader {
+			target = n
+			break
+		}
+	}
+	// The target is cut off and misses entries: the transfer waits to
+	// catch it up until Raft gives up (an election timeout).
+	nets[target.ID()].Isolate()
+	for i := range 3 {
+		put(t, leader.Node, fmt.Sprintf("secret/p%d", i), "v")
+	}
+	done := make(chan error, 1)
+	go func() { done <- leader.TransferLeadershipTo(ctxWait(t), target.ID()) }()
+	handingOver := false
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	var transferErr error
+wait:
+	for {
+		select {
+		case transferErr = <-done:
+			break wait
+		case <-tick.C:
+			if leader.IsLeader() && !leader.ReadyLeader() {
+				handingOver = true
+			}
+		}
+	}
+	if transferErr == nil {
+		t.Fatalf("leadership went to %s, which is cut off", target.ID())
+	}
+	if !handingOver {
+		t.Error("the leader stayed a ready leader while it handed leadership over")
+	}
+	nets[target.ID()].Heal()
+	ctx, cancel := context.WithTimeout(context.Background(), testWait)
+	defer cancel()
+	if err := leader.WaitReadyLeader(ctx); err != nil {
+		t.Fatalf("after the failed transfer (%v) %s is no ready leader: %v", transferErr, leader.ID(), err)
 	}
 }

@@ -43,8 +43,11 @@ type Node struct {
 
 	notifyCh chan bool
 	leader   atomic.Bool // true while this node is leader per NotifyCh
-	done     chan struct{}
-	wg       sync.WaitGroup
+	// handingOver counts the leadership transfers in flight (transfer):
+	// while one runs this node is no ready leader.
+	handingOver atomic.Int32
+	done        chan struct{}
+	wg          sync.WaitGroup
 
 	// lmu guards the leadership state (leadership.go).
 	lmu      sync.Mutex

@@ -521,15 +521,33 @@ func (s *Server) RaftAddr() string { return s.raft.Addr() }
 // NodeID is the node's id.
 func (s *Server) NodeID() string { return s.cfg.NodeID }
 
-// Shutdown stops the node: the API stops taking calls (in-flight ones may
-// finish within the shutdown timeout or ctx), the keys are dropped, then
-// Raft and the state database close. It is idempotent.
+// Shutdown stops the node: a leader hands leadership to another voter,
+// the API stops taking calls (in-flight ones may finish within the
+// shutdown timeout or ctx), the keys are dropped, then Raft and the state
+// database close. It is idempotent.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.life.once.Do(func() {
 		close(s.life.stop)
 		s.life.stopCancel()
 		s.health.Shutdown()
-		// 1. Stop taking API calls; in-flight ones may finish.
+		// 1. Hand leadership over first, so that writes go on without
+		// waiting for an election, nor for this node's calls in flight
+		// (step 2 may wait for them up to ShutdownTimeout, and a leader
+		// whose API is closed commits nothing: no write could commit
+		// meanwhile). The API still answers while the transfer runs: a
+		// write then fails with LEADERSHIP_LOST, which clients and
+		// forwarding followers retry with its request id, and afterwards
+		// this node forwards to the new leader like any follower.
+		if s.raft.IsLeader() && s.cfg.Clustered() {
+			tctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			if err := s.raft.TransferLeadership(tctx); err != nil {
+				s.logger.Warn("leadership transfer before shutdown failed", "error", err)
+			} else {
+				s.logger.Info("transferred leadership before shutdown")
+			}
+			cancel()
+		}
+		// 2. Stop taking API calls; in-flight ones may finish.
 		stopped := make(chan struct{})
 		go func() { s.grpc.GracefulStop(); close(stopped) }()
 		hctx, hcancel := context.WithTimeout(ctx, s.cfg.ShutdownTimeout)
@@ -545,17 +563,6 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		}
 		timer.Stop()
 		<-stopped
-		// 2. Hand leadership over so that writes go on without waiting
-		// for an election.
-		if s.raft.IsLeader() && s.cfg.Clustered() {
-			tctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-			if err := s.raft.TransferLeadership(tctx); err != nil {
-				s.logger.Warn("leadership transfer before shutdown failed", "error", err)
-			} else {
-				s.logger.Info("transferred leadership before shutdown")
-			}
-			cancel()
-		}
 		// 3. Drop the keys, 4. leave gossip and stop Raft, 5. close bbolt.
 		s.keys.seal.Seal()
 		s.sys.nseal.zero()

@@ -265,6 +265,37 @@ func (c *Cluster) WaitApplied(ctx context.Context, index uint64) error {
 	return nil
 }
 
+// WaitCaughtUp waits until node id has applied every entry the leader
+// had applied when the wait began.
+func (c *Cluster) WaitCaughtUp(ctx context.Context, id string) error {
+	var target uint64
+	err := poll(ctx, "the leader's applied index", func() error {
+		leader, err := c.agreedLeader(ctx)
+		if err != nil {
+			return err
+		}
+		st, err := c.Status(ctx, leader)
+		if err != nil {
+			return err
+		}
+		target = st.AppliedIndex
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return poll(ctx, id+" caught up", func() error {
+		st, err := c.Status(ctx, id)
+		if err != nil {
+			return err
+		}
+		if st.AppliedIndex < target {
+			return fmt.Errorf("%s at %d, want %d", id, st.AppliedIndex, target)
+		}
+		return nil
+	})
+}
+
 // maxHealthyLag is the replication lag (in Raft entries) under which a
 // peer counts as caught up.
 const maxHealthyLag = 256

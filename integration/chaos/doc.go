@@ -1,6 +1,7 @@
 // Package chaos runs coffer clusters under a steady client load while it
 // injects faults (leader kill, pause, partition, follower restart, quorum
-// loss, graceful leader restart), records every client operation in a
+// loss, graceful leader restart, rolling restart of every node, graceful
+// and hard), records every client operation in a
 // history and checks the history afterwards:
 //
 //   - no acknowledged write is lost: its value is in its key's version

@@ -66,8 +66,15 @@ type DockerOptions struct {
 	// Image is the coffer image (default coffer:dev, built by make docker).
 	Image string
 	// Prefix names the containers (Prefix-1 … Prefix-3), their volumes,
-	// and the cluster network (Prefix). Default coffer-chaos.
+	// and the cluster network (Prefix), and labels them
+	// (coffer-chaos=Prefix): runs with different prefixes may share a
+	// Docker engine. Default coffer-chaos.
 	Prefix string
+	// FirstPort, when set, publishes node i's API on 127.0.0.1 at
+	// FirstPort+i-1, so that concurrent runs can keep to port ranges of
+	// their own; by default each node gets a free port below the
+	// ephemeral range.
+	FirstPort int
 	// Args are extra `coffer server` flags for every node (e.g.
 	// -raft-heartbeat-timeout=300ms).
 	Args []string
@@ -159,7 +166,15 @@ func NewDocker(ctx context.Context, opts DockerOptions) (*Docker, error) {
 			return d, err
 		}
 	}
-	for _, n := range d.nodes {
+	for i, n := range d.nodes {
+		n.port = opts.FirstPort + i
+		if opts.FirstPort == 0 {
+			port, err := testcluster.FreePort()
+			if err != nil {
+				return d, err
+			}
+			n.port = port
+		}
 		if err := d.create(ctx, n, strings.Join(join, ",")); err != nil {
 			return d, err
 		}
@@ -239,7 +254,7 @@ func (d *Docker) createNetwork(ctx context.Context) error {
 			continue
 		}
 		used[d.subnet+".0/24"] = true
-		_, err = docker(ctx, "network", "create", "--driver", "bridge", "--label", "coffer-chaos=1",
+		_, err = docker(ctx, "network", "create", "--driver", "bridge", "--label", d.label(),
 			"--subnet", d.subnet+".0/24", d.opts.Prefix)
 		if tries++; err == nil || tries == 5 {
 			return err
@@ -272,15 +287,14 @@ func (d *Docker) subnetsInUse(ctx context.Context) (map[string]bool, error) {
 	return used, nil
 }
 
-// create creates node n's container on the default bridge (its published
-// API port) and connects it to the cluster network at its address.
+// label is the label on this cluster's containers and network.
+func (d *Docker) label() string { return "coffer-chaos=" + d.opts.Prefix }
+
+// create creates node n's container on the default bridge (its API
+// published at n.port) and connects it to the cluster network at its
+// address.
 func (d *Docker) create(ctx context.Context, n *dockerNode, join string) error {
-	port, err := testcluster.FreePort()
-	if err != nil {
-		return err
-	}
-	n.port = port
-	args := []string{"create", "--name", n.name, "--label", "coffer-chaos=1",
+	args := []string{"create", "--name", n.name, "--label", d.label(),
 		"-e", "COFFER_CLUSTER_KEY=" + d.key,
 		"-p", fmt.Sprintf("127.0.0.1:%d:8400", n.port),
 		"-v", n.name + ":/data",
@@ -298,7 +312,7 @@ func (d *Docker) create(ctx context.Context, n *dockerNode, join string) error {
 	if _, err := docker(ctx, args...); err != nil {
 		return err
 	}
-	_, err = docker(ctx, "network", "connect", "--ip", n.ip, "--alias", n.name, d.opts.Prefix, n.name)
+	_, err := docker(ctx, "network", "connect", "--ip", n.ip, "--alias", n.name, d.opts.Prefix, n.name)
 	return err
 }
 
@@ -332,7 +346,7 @@ func (d *Docker) Close() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	d.removeAll(ctx)
-	out, err := docker(ctx, "ps", "-a", "-q", "--filter", "label=coffer-chaos=1")
+	out, err := docker(ctx, "ps", "-a", "-q", "--filter", "label="+d.label())
 	if err == nil && out != "" {
 		return fmt.Errorf("chaos: containers left after cleanup: %s", out)
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -30,6 +31,16 @@ func TestDockerQuorumLoss(t *testing.T) { runDocker(t, QuorumLoss()) }
 func TestDockerGracefulLeaderRestart(t *testing.T) {
 	if res := runDocker(t, GracefulLeaderRestart()); res != nil {
 		wantNoFailedWrites(t, res)
+	}
+}
+
+// TestDockerRollingRestart restarts the three containers one after the
+// other, followers first: docker stop (SIGTERM), then docker kill. The
+// graceful round must cost the clients no call; the hard round's figures
+// meet the leader kill's goals in TestDockerSummary.
+func TestDockerRollingRestart(t *testing.T) {
+	if res := runDocker(t, RollingRestart()); res != nil {
+		wantNoFailedCalls(t, res, KindRollingGracefulFollower, KindRollingGracefulLeader)
 	}
 }
 
@@ -78,6 +89,25 @@ func goals(s Summary) []goal {
 		}
 	case "graceful-leader-restart":
 		return []goal{{"graceful leader restart: 0 failed writes", s.FailedWrites == 0, fmt.Sprint(s.FailedWrites)}}
+	case KindRollingGracefulFollower, KindRollingGracefulLeader:
+		return []goal{
+			{s.Kind + ": 0 failed writes", s.FailedWrites == 0, fmt.Sprint(s.FailedWrites)},
+			{s.Kind + ": 0 failed reads", s.FailedReads+s.FailedLinearizableReads == 0, fmt.Sprint(s.FailedReads + s.FailedLinearizableReads)},
+		}
+	case KindRollingHardLeader:
+		// The leader kill's goals. A rolling restart kills the leader
+		// once: the median is a goal from three of them on (-count=3 or
+		// more in one binary), below that only the worst is.
+		gs := []goal{
+			{"rolling hard restart of the leader → first write: worst < 2000ms", s.WorstWriteUnavailableMs < 2000, fmt.Sprintf("%.0fms", s.WorstWriteUnavailableMs)},
+			{"rolling hard restart of the leader: failed reads 0", s.FailedReads == 0, fmt.Sprint(s.FailedReads)},
+		}
+		if s.Count >= 3 {
+			gs = append(gs, goal{"rolling hard restart of the leader → first write: median < 1000ms", s.MedianWriteUnavailableMs < 1000, fmt.Sprintf("%.0fms over %d", s.MedianWriteUnavailableMs, s.Count)})
+		}
+		return gs
+	case KindRollingHardFollower:
+		return []goal{{"rolling hard restart of a follower: failed reads 0", s.FailedReads == 0, fmt.Sprint(s.FailedReads)}}
 	}
 	return nil
 }
@@ -89,6 +119,12 @@ func TestGoals(t *testing.T) {
 			t.Errorf("%+v: goal %s reported missed", met, g.name)
 		}
 	}
+	// One hard restart of the leader: its figure is no median.
+	for _, g := range goals(Summary{Kind: KindRollingHardLeader, Count: 1, MedianWriteUnavailableMs: 1200, WorstWriteUnavailableMs: 1200}) {
+		if !g.met {
+			t.Errorf("one rolling hard restart of the leader in 1200ms: goal %s reported missed", g.name)
+		}
+	}
 	for _, c := range []struct {
 		s    Summary
 		want string
@@ -97,6 +133,11 @@ func TestGoals(t *testing.T) {
 		{Summary{Kind: "leader-kill", WorstWriteUnavailableMs: 2500}, "leader kill → first write: worst < 2000ms"},
 		{Summary{Kind: "leader-kill", FailedReads: 1}, "leader kill: failed reads 0"},
 		{Summary{Kind: "graceful-leader-restart", FailedWrites: 2}, "graceful leader restart: 0 failed writes"},
+		{Summary{Kind: KindRollingGracefulLeader, FailedWrites: 1}, "rolling-graceful-leader: 0 failed writes"},
+		{Summary{Kind: KindRollingGracefulFollower, FailedLinearizableReads: 1}, "rolling-graceful-follower: 0 failed reads"},
+		{Summary{Kind: KindRollingHardLeader, Count: 3, MedianWriteUnavailableMs: 1200, WorstWriteUnavailableMs: 1200}, "rolling hard restart of the leader → first write: median < 1000ms"},
+		{Summary{Kind: KindRollingHardLeader, Count: 1, WorstWriteUnavailableMs: 2100}, "rolling hard restart of the leader → first write: worst < 2000ms"},
+		{Summary{Kind: KindRollingHardFollower, FailedReads: 3}, "rolling hard restart of a follower: failed reads 0"},
 	} {
 		var missed []string
 		for _, g := range goals(c.s) {
@@ -126,17 +167,44 @@ func serverArgs() []string {
 	return strings.Fields(os.Getenv("COFFER_CHAOS_SERVER_ARGS"))
 }
 
+// dockerOptions are the clusters' options from the environment:
+// $COFFER_CHAOS_IMAGE (default coffer:dev), $COFFER_CHAOS_PREFIX (default
+// coffer-chaos), $COFFER_CHAOS_PORTS (the first of the three host ports
+// the nodes' APIs are published on; default free ones),
+// $COFFER_CHAOS_SERVER_ARGS and $COFFER_CHAOS_INSECURE=1.
+func dockerOptions() (DockerOptions, error) {
+	opts := DockerOptions{
+		Image:    os.Getenv("COFFER_CHAOS_IMAGE"),
+		Prefix:   os.Getenv("COFFER_CHAOS_PREFIX"),
+		Args:     serverArgs(),
+		Insecure: os.Getenv("COFFER_CHAOS_INSECURE") == "1",
+	}
+	if p := os.Getenv("COFFER_CHAOS_PORTS"); p != "" {
+		port, err := strconv.Atoi(p)
+		if err != nil || port < 1024 || port > 65533 {
+			return opts, fmt.Errorf("COFFER_CHAOS_PORTS=%q: want the first of three free ports, 1024 to 65533", p)
+		}
+		opts.FirstPort = port
+	}
+	return opts, nil
+}
+
 func runDocker(t *testing.T, s Scenario) *Result {
 	t.Helper()
 	if os.Getenv("COFFER_CHAOS") != "1" {
-		t.Skip("the docker chaos suite runs with COFFER_CHAOS=1 and the coffer:dev image: use `make chaos`")
+		t.Skip("the docker chaos suite runs with COFFER_CHAOS=1 and the coffer:dev image ($COFFER_CHAOS_IMAGE): use `make chaos`")
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	if err := DockerAvailable(ctx); err != nil {
 		t.Skipf("no Docker engine answers, skipping the docker chaos suite: %v", err)
 	}
-	d, err := NewDocker(ctx, DockerOptions{Logf: t.Logf, Args: serverArgs(), Insecure: os.Getenv("COFFER_CHAOS_INSECURE") == "1"})
+	opts, err := dockerOptions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts.Logf = t.Logf
+	d, err := NewDocker(ctx, opts)
 	t.Cleanup(func() {
 		if t.Failed() {
 			lctx, lcancel := context.WithTimeout(context.Background(), 30*time.Second)

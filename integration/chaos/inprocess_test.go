@@ -36,6 +36,14 @@ func TestInProcessGracefulLeaderRestart(t *testing.T) {
 	}
 }
 
+// TestInProcessRollingRestart restarts the three nodes one after the
+// other, followers first: Server.Shutdown, then Server.Kill.
+func TestInProcessRollingRestart(t *testing.T) {
+	if res := runInProcess(t, RollingRestart()); res != nil {
+		wantNoFailedCalls(t, res, KindRollingGracefulFollower, KindRollingGracefulLeader)
+	}
+}
+
 func runInProcess(t *testing.T, s Scenario) *Result {
 	t.Helper()
 	return runInProcessWith(t, s, InProcessOptions{})

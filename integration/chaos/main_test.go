@@ -103,6 +103,29 @@ func wantNoFailedWrites(t *testing.T, res *Result) {
 	})
 }
 
+// wantNoFailedCalls fails the subtest no-failed-calls when a write or a
+// read (linearizable ones included) failed during a fault of one of kinds:
+// a graceful restart must cost a retrying client nothing.
+func wantNoFailedCalls(t *testing.T, res *Result, kinds ...string) {
+	t.Helper()
+	t.Run("no-failed-calls", func(t *testing.T) {
+		n := 0
+		for _, f := range res.Faults {
+			if !slices.Contains(kinds, f.Kind) {
+				continue
+			}
+			n++
+			if f.FailedWrites > 0 || f.FailedReads > 0 || f.FailedLinearizableReads > 0 {
+				t.Errorf("%s: %d writes, %d reads and %d linearizable reads failed; the goal is 0 with a retrying client",
+					f.Fault, f.FailedWrites, f.FailedReads, f.FailedLinearizableReads)
+			}
+		}
+		if n == 0 {
+			t.Errorf("no fault of kinds %v in the run", kinds)
+		}
+	})
+}
+
 // wantPicture fails the test unless the run's picture, when it asked for
 // one, is a PNG of the default size.
 func wantPicture(t *testing.T, res *Result) {

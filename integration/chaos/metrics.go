@@ -14,7 +14,8 @@ import (
 // Fault is one injected fault and the window it is measured over.
 type Fault struct {
 	// Kind names the fault: leader-kill, leader-pause, leader-partition,
-	// follower-restart, quorum-loss, all-down, graceful-leader-restart.
+	// follower-restart, quorum-loss, all-down, graceful-leader-restart,
+	// and a rolling restart's four (KindRollingGracefulFollower …).
 	Kind string `json:"kind"`
 	// Name describes it ("kill leader n2 (3/10)").
 	Name string `json:"name"`

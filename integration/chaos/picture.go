@@ -53,7 +53,7 @@ func Picture(driver, scenario string, ops []Op, faults []Fault, figs []Figures) 
 	i := representative(faults, figs)
 	if i < 0 {
 		if len(names) > 0 {
-			s.Title += "\n" + strings.Join(names, ", then ")
+			s.Title += "\n" + wrapNames(names, titleWidth)
 		}
 		return s
 	}
@@ -74,6 +74,33 @@ func Picture(driver, scenario string, ops []Op, faults []Fault, figs []Figures) 
 	}
 	s.Title = fmt.Sprintf("%s %s: %s\nthe median of %d by write unavailability (%.0f ms)", driver, scenario, f.Name, len(faults), figs[i].WriteUnavailableMs)
 	return s
+}
+
+// titleWidth is about the characters one line of a picture's title holds
+// (800 pixels wide, about 6 pixels a character).
+const titleWidth = 115
+
+// wrapNames joins the faults' names with ", then " into lines of at most
+// width characters (a longer name gets a line of its own), so that the
+// title of a long run (six restarts) stays in the picture.
+func wrapNames(names []string, width int) string {
+	var lines []string
+	line := ""
+	for i, n := range names {
+		if i < len(names)-1 {
+			n += ", then"
+		}
+		switch {
+		case line == "":
+			line = n
+		case len(line)+1+len(n) <= width:
+			line += " " + n
+		default:
+			lines = append(lines, line)
+			line = n
+		}
+	}
+	return strings.Join(append(lines, line), "\n")
 }
 
 // representative returns the index of the fault with the median write

@@ -1,6 +1,7 @@
 package chaos
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -100,6 +101,31 @@ func TestPicture(t *testing.T) {
 	}
 	if n := len(s.Buckets()); n != 200 {
 		t.Errorf("whole run: %d buckets, want 200 (40ms to 20001ms)", n)
+	}
+}
+
+// TestWrapNames: a long run's fault names are split into lines that fit
+// the picture, none lost, in order.
+func TestWrapNames(t *testing.T) {
+	var names []string
+	for i := 1; i <= 6; i++ {
+		names = append(names, fmt.Sprintf("graceful restart of follower coffer-chaos-%d (%d/3)", i, i))
+	}
+	got := wrapNames(names, titleWidth)
+	lines := strings.Split(got, "\n")
+	if len(lines) < 3 {
+		t.Errorf("six names of 50 characters on %d lines: %q", len(lines), got)
+	}
+	for _, l := range lines {
+		if len(l) > titleWidth {
+			t.Errorf("line of %d characters, over %d: %q", len(l), titleWidth, l)
+		}
+	}
+	if joined := strings.ReplaceAll(got, "\n", " "); joined != strings.Join(names, ", then ") {
+		t.Errorf("wrapped %q, unwrapped %q, want %q", got, joined, strings.Join(names, ", then "))
+	}
+	if got := wrapNames([]string{"kill two", "kill the last"}, titleWidth); got != "kill two, then kill the last" {
+		t.Errorf("two short names: %q", got)
 	}
 }
 

@@ -402,6 +402,87 @@ func GracefulLeaderRestart() Scenario {
 	}}
 }
 
+// The kinds of a rolling restart's faults: how the node was stopped and
+// what it was when it went.
+const (
+	KindRollingGracefulFollower = "rolling-graceful-follower"
+	KindRollingGracefulLeader   = "rolling-graceful-leader"
+	KindRollingHardFollower     = "rolling-hard-follower"
+	KindRollingHardLeader       = "rolling-hard-leader"
+)
+
+// RollingRestart restarts every node in turn, as an operator applying a
+// new configuration or binary would: the followers first, the leader last.
+// The first round stops each node gracefully (Stop: SIGTERM, a leader
+// hands leadership over first), the second kills it (Kill: SIGKILL); then
+// the node is started, unsealed (it comes back sealed) and caught up (it
+// has applied what the leader had applied once it was unsealed), and the
+// cluster is healthy and taking writes, before the next node goes.
+func RollingRestart() Scenario {
+	return Scenario{Name: "rolling-restart", Body: func(r *Run) error {
+		for _, hard := range []bool{false, true} {
+			if err := rollingRound(r, hard); err != nil {
+				return err
+			}
+		}
+		return nil
+	}}
+}
+
+// rollingRound restarts the three nodes once, one after the other, each
+// follower before the leader: gracefully or, when hard, with a kill.
+func rollingRound(r *Run, hard bool) error {
+	how, stop := "graceful", r.C.D.Stop
+	kinds := map[string]string{"follower": KindRollingGracefulFollower, "leader": KindRollingGracefulLeader}
+	if hard {
+		how, stop = "hard", r.C.D.Kill
+		kinds = map[string]string{"follower": KindRollingHardFollower, "leader": KindRollingHardLeader}
+	}
+	done := map[string]bool{}
+	for step := 1; step <= len(r.C.D.Nodes()); step++ {
+		leader, err := r.Leader()
+		if err != nil {
+			return err
+		}
+		// A follower not yet restarted if one is left, else the leader.
+		// Leadership stays put while a follower restarts, so the leader
+		// goes last; should it have moved, the node left goes as what it
+		// is.
+		id, role := "", "leader"
+		for _, f := range r.C.Followers(leader) {
+			if !done[f] {
+				id, role = f, "follower"
+				break
+			}
+		}
+		if id == "" {
+			id = leader
+		}
+		done[id] = true
+		f := r.Begin(kinds[role], []string{id}, "%s restart of %s %s (%d/%d)", how, role, id, step, len(r.C.D.Nodes()))
+		ctx, cancel := r.waitCtx()
+		err = stop(ctx, id)
+		if err == nil {
+			err = r.C.D.Start(ctx, id)
+		}
+		if err == nil {
+			err = r.C.Unseal(ctx, id)
+		}
+		if err == nil {
+			err = r.C.WaitCaughtUp(ctx, id)
+		}
+		cancel()
+		if err != nil {
+			return err
+		}
+		r.Healed(f)
+		if err := r.Recover(f); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // HostInfo describes this machine for the figures; loadStart is the load
 // average when the run began.
 func HostInfo(cpus int, goVersion, loadStart string) Host {
