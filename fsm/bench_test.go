@@ -2,7 +2,6 @@ package fsm
 
 import (
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -157,7 +156,8 @@ func BenchmarkApplyWrites(b *testing.B) {
 // `coffer bench preload -keys=N`, seen from one node's state machine. Each
 // write puts a 300-byte ciphertext (a 256-byte value sealed) to a random
 // one of the N stored paths with a time-ordered request id, in batches of
-// 32 (a Raft batch under 64 clients), commits not fsynced. Besides ns/op it
+// 20 (a Raft batch under 64 clients: 23,338 writes in 972 batches on a
+// follower; COFFER_BENCH_BATCH lists others), commits not fsynced. Besides ns/op it
 // reports the bytes of pages each write commits (page-B/op), the page
 // writes (writes/op), and the CPU time the process spent per write
 // (cpu-ns/op: user and system, garbage collection included), which a
@@ -180,7 +180,7 @@ func BenchmarkApplyWritesScale(b *testing.B) {
 			sizes = append(sizes, n)
 		}
 	}
-	batches := []int{32}
+	batches := []int{20}
 	if s := os.Getenv("COFFER_BENCH_BATCH"); s != "" {
 		batches = nil
 		for _, f := range strings.Fields(s) {
@@ -358,20 +358,27 @@ func scaleTemplate(b *testing.B, keys int, value []byte) string {
 	return path
 }
 
-// copyFile copies src to a new file dst.
+// copyFile copies src to a new file dst, a page (4 KiB) per write, as
+// bbolt writes: a larger write (io.Copy's, or copy_file_range) leaves the
+// copy in large page-cache folios, into which ext4 (Linux 6.x) takes a
+// 4 KiB write at a cost that grows with the folio (25 µs instead of 4 for a
+// page of a 540 MB file copied by 1 MiB writes), which no node of a cluster
+// sees: its fsm.db comes into the cache by bbolt's page writes or by page
+// faults.
 func copyFile(src, dst string) error {
-	in, err := os.Open(src)
+	data, err := os.ReadFile(src)
 	if err != nil {
 		return err
 	}
-	defer in.Close()
 	out, err := os.OpenFile(dst, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
 		return err
 	}
-	if _, err := io.Copy(out, in); err != nil {
-		_ = out.Close()
-		return err
+	for off := 0; off < len(data); off += 4096 {
+		if _, err := out.Write(data[off:min(off+4096, len(data))]); err != nil {
+			_ = out.Close()
+			return err
+		}
 	}
 	return out.Close()
 }
