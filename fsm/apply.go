@@ -109,7 +109,6 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 			return err
 		}
 		a.metaPuts.settle()
-		a.dataPuts.settle()
 		meta := tx.Bucket(bucketMeta)
 		if err := meta.Put(keyAppliedIndex, encodeUint64(cur)); err != nil {
 			return err
@@ -157,7 +156,8 @@ type applier struct {
 	f      *FSM
 	tx     *bolt.Tx
 	meta   *bolt.Bucket
-	data   *bolt.Bucket
+	data   *bolt.Bucket // format 1's values, read and deleted only
+	values *bolt.Bucket // values by the index of their put (valueKey)
 	sys    *bolt.Bucket
 	idem   *bolt.Bucket
 	idemTs *bolt.Bucket
@@ -176,8 +176,8 @@ type applier struct {
 	sealedSince      uint64
 	sealedSinceKnown bool
 
-	// metaPuts and dataPuts watch the puts into meta and data.
-	metaPuts, dataPuts appendWatch
+	// metaPuts watches the puts into meta.
+	metaPuts appendWatch
 }
 
 func newApplier(tx *bolt.Tx, f *FSM) *applier {
@@ -186,17 +186,19 @@ func newApplier(tx *bolt.Tx, f *FSM) *applier {
 		tx:        tx,
 		meta:      tx.Bucket(bucketSecretMeta),
 		data:      tx.Bucket(bucketSecretData),
+		values:    tx.Bucket(bucketSecretValues),
 		sys:       tx.Bucket(bucketSys),
 		idem:      tx.Bucket(bucketIdem),
 		idemTs:    tx.Bucket(bucketIdemTime),
 		stateMeta: tx.Bucket(bucketMeta),
 	}
-	// Both idempotency buckets grow at their end (request ids start with
-	// the time): full pages instead of bbolt's half-full splits halve them.
+	// The idempotency buckets and the values grow at their end (request
+	// ids start with the time, values are keyed by Raft index): full pages
+	// instead of bbolt's half-full splits halve them.
 	a.idem.FillPercent = 0.95
 	a.idemTs.FillPercent = 0.95
+	a.values.FillPercent = 0.95
 	a.metaPuts.b = a.meta
-	a.dataPuts.b = a.data
 	return a
 }
 
@@ -361,7 +363,7 @@ func (a *applier) exec(cmd *fsmpb.Command, index uint64) (Result, error) {
 
 // put writes version current+1 after the check-and-set checks.
 func (a *applier) put(cmd *fsmpb.Command, res *Result) error {
-	path, now := cmd.GetPath(), cmd.GetLeaderTimeUnixNano()
+	path, now, index := cmd.GetPath(), cmd.GetLeaderTimeUnixNano(), res.Index
 	meta, err := a.getMeta(path)
 	if err != nil {
 		return err
@@ -392,7 +394,7 @@ func (a *applier) put(cmd *fsmpb.Command, res *Result) error {
 	version := current + 1
 	meta.CurrentVersion = version
 	meta.UpdatedUnixNano = now
-	vm := &fsmpb.VersionMeta{Version: version, CreatedUnixNano: now}
+	vm := &fsmpb.VersionMeta{Version: version, CreatedUnixNano: now, ValueIndex: index}
 	if dva := shorterDVA(meta.GetDeleteVersionAfterNanos(), cfg.GetDeleteVersionAfterNanos()); dva > 0 {
 		// Vault's delete_version_after: the version carries its deletion
 		// time from the start and counts as deleted once it has passed.
@@ -401,7 +403,7 @@ func (a *applier) put(cmd *fsmpb.Command, res *Result) error {
 	meta.Versions = append(meta.Versions, vm)
 	// The decoded command owns its ciphertext and outlives the transaction,
 	// as bbolt requires of a value passed to Put.
-	if err := a.dataPuts.put(dataKey(path, version), cmd.GetCiphertext()); err != nil {
+	if err := a.values.Put(valueKey(index), cmd.GetCiphertext()); err != nil {
 		return err
 	}
 	res.Version = version
@@ -453,7 +455,7 @@ func (a *applier) changeVersions(cmd *fsmpb.Command, res *Result) error {
 			}
 		case fsmpb.Op_OP_DESTROY:
 			if !vm.Destroyed {
-				if err := a.data.Delete(dataKey(path, v)); err != nil {
+				if err := a.deleteValue(path, vm); err != nil {
 					return err
 				}
 				vm.Destroyed = true
@@ -476,7 +478,7 @@ func (a *applier) deleteMetadata(cmd *fsmpb.Command, res *Result) error {
 		return nil
 	}
 	for _, vm := range meta.GetVersions() {
-		if err := a.data.Delete(dataKey(path, vm.GetVersion())); err != nil {
+		if err := a.deleteValue(path, vm); err != nil {
 			return err
 		}
 	}
@@ -696,7 +698,7 @@ func (a *applier) trimAndPut(path string, meta *fsmpb.SecretMeta, cfg *fsmpb.KVC
 	}
 	if excess := len(meta.Versions) - limit; excess > 0 {
 		for _, vm := range meta.Versions[:excess] {
-			if err := a.data.Delete(dataKey(path, vm.GetVersion())); err != nil {
+			if err := a.deleteValue(path, vm); err != nil {
 				return err
 			}
 		}
@@ -791,8 +793,36 @@ func findVersion(meta *fsmpb.SecretMeta, v uint64) *fsmpb.VersionMeta {
 	return nil
 }
 
-// dataKey is path NUL big-endian version; paths never contain NUL, so the
-// versions of one path are contiguous and ordered.
+// deleteValue removes the value of a version of the secret at path
+// (nothing when it was destroyed already).
+func (a *applier) deleteValue(path string, vm *fsmpb.VersionMeta) error {
+	if i := vm.GetValueIndex(); i != 0 {
+		return a.values.Delete(valueKey(i))
+	}
+	return a.data.Delete(dataKey(path, vm.GetVersion()))
+}
+
+// valueKey is the key of a value in secret_values: the big-endian Raft
+// index of the put that wrote it. Puts come in index order, so values are
+// appended: a put dirties the last page of secret_values, which the other
+// puts of its batch share, where a key by path (format 1's secret_data)
+// dirtied a page, and its branch, of its own at random among all secrets'.
+func valueKey(index uint64) []byte {
+	return encodeUint64(index)
+}
+
+// valueKeyOf is where the value of a version of the secret at path is:
+// its bucket and key.
+func valueKeyOf(tx *bolt.Tx, path string, version, valueIndex uint64) (*bolt.Bucket, []byte) {
+	if valueIndex != 0 {
+		return tx.Bucket(bucketSecretValues), valueKey(valueIndex)
+	}
+	return tx.Bucket(bucketSecretData), dataKey(path, version)
+}
+
+// dataKey is format 1's key of a value in secret_data: path NUL big-endian
+// version; paths never contain NUL, so the versions of one path are
+// contiguous and ordered.
 func dataKey(path string, version uint64) []byte {
 	k := make([]byte, len(path)+1+8)
 	copy(k, path)
@@ -821,30 +851,39 @@ func (a *applier) pruneIdempotency(now int64) error {
 
 // pruneOldest removes idempotency records, oldest first, while drop says
 // so of the next one's time index key.
+//
+// It finds them in one walk and deletes them after: re-seeking the first
+// record after each deletion walked every leaf emptied so far (bbolt
+// drops empty pages only at commit), so the first write after an idle
+// window, which prunes the whole table, took seconds on every node
+// (BenchmarkPruneAfterIdle). Deleting under the cursor is no option
+// either: a bbolt cursor may skip an element when Next follows Delete.
 func (a *applier) pruneOldest(drop func(timeKey []byte) bool) error {
 	if err := a.loadIdemCount(); err != nil {
 		return err
 	}
+	var doomed [][]byte
 	c := a.idemTs.Cursor()
-	// Re-seek after each delete: bbolt cursors may skip an element when
-	// Next follows Delete.
-	for k, _ := c.First(); k != nil; k, _ = c.First() {
+	for k, _ := c.First(); k != nil; k, _ = c.Next() {
 		if len(k) < 8 {
 			return fmt.Errorf("corrupt idempotency index key %x", k)
 		}
 		if !drop(k) {
-			return nil
+			break
 		}
-		if err := a.idem.Delete(k[8:]); err != nil {
-			return err
-		}
-		if err := c.Delete(); err != nil {
-			return err
-		}
+		doomed = append(doomed, bytes.Clone(k))
 		if a.idemCount > 0 {
 			a.idemCount--
 		}
 		a.idemCountDirty = true
+	}
+	for _, k := range doomed {
+		if err := a.idem.Delete(k[8:]); err != nil {
+			return err
+		}
+		if err := a.idemTs.Delete(k); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -127,8 +127,8 @@ func TestMaxVersionsTrimming(t *testing.T) {
 			t.Fatalf("trimmed version %d: err = %v", v, err)
 		}
 	}
-	if n := bucketLen(t, h.f, bucketSecretData); n != 3 {
-		t.Fatalf("secret_data holds %d values, want 3", n)
+	if n := bucketLen(t, h.f, bucketSecretValues); n != 3 {
+		t.Fatalf("secret_values holds %d values, want 3", n)
 	}
 	// Lowering max_versions trims at once; max_versions 0 leaves it alone.
 	h.mustOK(&fsmpb.Command{Op: fsmpb.Op_OP_PUT_METADATA, Path: "s", MaxVersions: 1})
@@ -136,8 +136,8 @@ func TestMaxVersionsTrimming(t *testing.T) {
 	if md.OldestVersion != 5 || len(md.Versions) != 1 || md.MaxVersions != 1 {
 		t.Fatalf("after lowering: %+v", md)
 	}
-	if n := bucketLen(t, h.f, bucketSecretData); n != 1 {
-		t.Fatalf("secret_data holds %d values, want 1", n)
+	if n := bucketLen(t, h.f, bucketSecretValues); n != 1 {
+		t.Fatalf("secret_values holds %d values, want 1", n)
 	}
 	h.mustOK(&fsmpb.Command{Op: fsmpb.Op_OP_PUT_METADATA, Path: "s", MaxVersions: 0})
 	h.mustOK(putCmd("s", "z"))
@@ -187,8 +187,8 @@ func TestDeleteUndeleteDestroy(t *testing.T) {
 			t.Fatalf("destroyed v%d = %+v, %v", v, got, err)
 		}
 	}
-	if n := bucketLen(t, h.f, bucketSecretData); n != 1 {
-		t.Fatalf("secret_data holds %d values after destroy, want 1", n)
+	if n := bucketLen(t, h.f, bucketSecretValues); n != 1 {
+		t.Fatalf("secret_values holds %d values after destroy, want 1", n)
 	}
 	h.mustOK(versionsCmd(fsmpb.Op_OP_UNDELETE, "s", 1, 2))
 	if v1, _ := h.f.Get("s", 1); !v1.Destroyed || v1.Ciphertext != nil || v1.DeletedTime.IsZero() {
@@ -245,8 +245,8 @@ func TestDeleteMetadata(t *testing.T) {
 	if _, err := h.f.Get("s", 2); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Get after delete: %v", err)
 	}
-	if n := bucketLen(t, h.f, bucketSecretData); n != 1 {
-		t.Fatalf("secret_data holds %d values, want only the other secret's", n)
+	if n := bucketLen(t, h.f, bucketSecretValues); n != 1 {
+		t.Fatalf("secret_values holds %d values, want only the other secret's", n)
 	}
 	h.mustFail(&fsmpb.Command{Op: fsmpb.Op_OP_DELETE_METADATA, Path: "s"}, ErrNotFound)
 	if res := h.mustOK(putCmd("s", "c")); res.Version != 1 {

@@ -48,7 +48,9 @@
 //
 // Buckets: meta (applied index, term, format), secret_meta (path → SecretMeta,
 // no ciphertext, so listing and metadata reads never touch values),
-// secret_data (path NUL version → ciphertext), sys (system key → value),
+// secret_values (big-endian Raft index of the put → ciphertext; each
+// VersionMeta names its index), secret_data (format 1's path NUL version →
+// ciphertext: read and deleted, never written), sys (system key → value),
 // idem (request_id → IdempotencyRecord) and idem_time (leader time ‖
 // request_id, the pruning index). The lease table (lease.go): lease (id →
 // LeaseEntry with the barrier-sealed record), lease_due (due time ‖ id, the
@@ -56,6 +58,14 @@
 // (live leases per quota group) and meta's lease_total; OP_LEASE_PUT and
 // OP_LEASE_DELETE keep them consistent in their transaction and check the
 // quotas there, so concurrent creators can never exceed them.
+//
+// Values are keyed by index, not by path, so that puts append: a batch of
+// puts to random secrets among a million dirtied a page of secret_data
+// and its branch page each, besides their metadata's; now they share the
+// last page of secret_values, and a put dirties about three pages instead
+// of six (BenchmarkApplyWritesScale). Format 2 (formatVersion) is this
+// layout; a state of format 1 is read as it is and stamped 2 by Open and
+// Restore.
 //
 // # Snapshots
 //

@@ -58,7 +58,7 @@ func TestPagesFillWithTheLoadOrder(t *testing.T) {
 				}
 			}
 			if err := f.view(func(tx *bolt.Tx) error {
-				for _, name := range [][]byte{bucketSecretData, bucketSecretMeta} {
+				for _, name := range [][]byte{bucketSecretValues, bucketSecretMeta} {
 					st := tx.Bucket(name).Stats()
 					if st.KeyN != n {
 						t.Fatalf("%s holds %d keys, want %d", name, st.KeyN, n)

@@ -29,8 +29,18 @@ const (
 	DefaultMaxVersions uint32 = 10
 )
 
-// formatVersion is the layout version stored in the meta bucket.
-const formatVersion = 1
+// formatVersion is the layout version stored in the meta bucket. Format
+// 2 keys a secret's values by the Raft index of the put that wrote them
+// (bucket secret_values) instead of by path and version (secret_data,
+// format 1). A state of format 1 is read as it is and stamped 2 when
+// opened or restored: the versions it holds keep their values in
+// secret_data (VersionMeta.value_index 0), new ones go to secret_values.
+// A binary that reads only format 1 refuses a state of format 2 instead of
+// missing its newer values.
+const (
+	formatVersion    = 2
+	minFormatVersion = 1
+)
 
 // initialMmapSize is mapped up front so that the database rarely has to be
 // remapped; a remap waits for every read transaction, including a snapshot
@@ -41,9 +51,12 @@ var (
 	bucketMeta       = []byte("meta")
 	bucketSecretMeta = []byte("secret_meta")
 	bucketSecretData = []byte("secret_data")
-	bucketSys        = []byte("sys")
-	bucketIdem       = []byte("idem")
-	bucketIdemTime   = []byte("idem_time")
+	// bucketSecretValues holds the values of format 2 (see formatVersion).
+	// A state written by format 1 lacks it: Open and Restore create it.
+	bucketSecretValues = []byte("secret_values")
+	bucketSys          = []byte("sys")
+	bucketIdem         = []byte("idem")
+	bucketIdemTime     = []byte("idem_time")
 
 	allBuckets = [][]byte{bucketMeta, bucketSecretMeta, bucketSecretData, bucketSys, bucketIdem, bucketIdemTime}
 
@@ -254,17 +267,47 @@ func initBuckets(tx *bolt.Tx) error {
 			return err
 		}
 	}
+	meta := tx.Bucket(bucketMeta)
+	v := meta.Get(keyFormat)
+	if v == nil {
+		if err := meta.Put(keyFormat, encodeUint64(formatVersion)); err != nil {
+			return err
+		}
+	} else if _, err := checkFormatValue(v); err != nil {
+		return err
+	}
+	return upgradeState(tx)
+}
+
+// checkFormatValue decodes a stored format and refuses one this binary
+// cannot read.
+func checkFormatValue(v []byte) (uint64, error) {
+	if len(v) != 8 {
+		return 0, fmt.Errorf("unsupported state format %x: this binary reads formats %d to %d", v, minFormatVersion, formatVersion)
+	}
+	f := binary.BigEndian.Uint64(v)
+	if f < minFormatVersion || f > formatVersion {
+		return 0, fmt.Errorf("unsupported state format %d: this binary reads formats %d to %d", f, minFormatVersion, formatVersion)
+	}
+	return f, nil
+}
+
+// upgradeState brings a state of a format this binary reads to the
+// current one: it creates the buckets an older state lacks (the lease
+// table's, secret_values) and stamps the current format. Every node does
+// the same to the same state, at Open and after a Restore.
+func upgradeState(tx *bolt.Tx) error {
 	if err := createLeaseBuckets(tx); err != nil {
 		return err
 	}
-	meta := tx.Bucket(bucketMeta)
-	switch v := meta.Get(keyFormat); {
-	case v == nil:
-		return meta.Put(keyFormat, encodeUint64(formatVersion))
-	case len(v) != 8 || binary.BigEndian.Uint64(v) != formatVersion:
-		return fmt.Errorf("unsupported state format %x: this binary reads format %d", v, formatVersion)
+	if _, err := tx.CreateBucketIfNotExists(bucketSecretValues); err != nil {
+		return err
 	}
-	return nil
+	meta := tx.Bucket(bucketMeta)
+	if f, err := decodeUint64(meta.Get(keyFormat)); err == nil && f == formatVersion {
+		return nil
+	}
+	return meta.Put(keyFormat, encodeUint64(formatVersion))
 }
 
 // readApplied returns the persisted applied index and term.

@@ -2,10 +2,12 @@ package fsm
 
 import (
 	"errors"
+	"fmt"
 	"reflect"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
 	bolt "go.etcd.io/bbolt"
 
 	"coffer/fsm/fsmpb"
@@ -139,5 +141,58 @@ func TestIdempotencyRecordBound(t *testing.T) {
 	}
 	if res := put("r4", "r4"); res.Deduplicated {
 		t.Fatalf("r4 should have been dropped: %+v", res)
+	}
+}
+
+// TestIdempotencyPruneMany: one command prunes records spread over many
+// pages, by time and then by count, and leaves the table and its count
+// exact (pruneOldest finds them in one walk, then deletes them).
+func TestIdempotencyPruneMany(t *testing.T) {
+	const n = 3000
+	h := newHarness(t, Options{IdempotencyWindow: time.Minute, MaxIdempotencyRecords: 2 * n})
+	logs := make([]*raft.Log, 0, n)
+	for i := range n {
+		h.idx++
+		data, err := EncodeCommand(&fsmpb.Command{Op: fsmpb.Op_OP_NOOP, RequestId: fmt.Sprintf("old-%05d", i),
+			LeaderTimeUnixNano: h.now.Add(time.Duration(i) * time.Millisecond).UnixNano()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		logs = append(logs, &raft.Log{Index: h.idx, Term: 1, Type: raft.LogCommand, Data: data})
+	}
+	h.f.ApplyBatch(logs)
+	if got := bucketLen(t, h.f, bucketIdem); got != n {
+		t.Fatalf("idem holds %d records, want %d", got, n)
+	}
+	// Past the window of the first half only: the older half goes.
+	h.now = h.now.Add(time.Minute + n/2*time.Millisecond)
+	h.mustOK(&fsmpb.Command{Op: fsmpb.Op_OP_NOOP, RequestId: "new", LeaderTimeUnixNano: h.now.UnixNano()})
+	if got, ts := bucketLen(t, h.f, bucketIdem), bucketLen(t, h.f, bucketIdemTime); got != n/2+1 || ts != n/2+1 {
+		t.Fatalf("after the window: idem %d, idem_time %d records, want %d", got, ts, n/2+1)
+	}
+	if res := h.mustOK(&fsmpb.Command{Op: fsmpb.Op_OP_NOOP, RequestId: fmt.Sprintf("old-%05d", n/2-1), LeaderTimeUnixNano: h.now.UnixNano()}); res.Deduplicated {
+		t.Fatalf("a pruned request_id was remembered: %+v", res)
+	}
+	if res := h.mustOK(&fsmpb.Command{Op: fsmpb.Op_OP_NOOP, RequestId: fmt.Sprintf("old-%05d", n/2), LeaderTimeUnixNano: h.now.UnixNano()}); !res.Deduplicated {
+		t.Fatalf("a request_id within the window was forgotten: %+v", res)
+	}
+	// A smaller bound after a restart: the next record drops all but the
+	// newest 10 by count, and the count stays exact.
+	h.opts.MaxIdempotencyRecords = 10
+	h.reopen()
+	h.mustOK(&fsmpb.Command{Op: fsmpb.Op_OP_NOOP, RequestId: "newest", LeaderTimeUnixNano: h.now.UnixNano()})
+	if got, ts := bucketLen(t, h.f, bucketIdem), bucketLen(t, h.f, bucketIdemTime); got != 10 || ts != 10 {
+		t.Fatalf("after the bound shrank: idem %d, idem_time %d records, want 10", got, ts)
+	}
+	if err := h.f.view(func(tx *bolt.Tx) error {
+		if c, err := decodeUint64(tx.Bucket(bucketMeta).Get(keyIdemCount)); err != nil || c != 10 {
+			return fmt.Errorf("idem_count = %d (%v), want 10", c, err)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if res := h.mustOK(&fsmpb.Command{Op: fsmpb.Op_OP_NOOP, RequestId: "newest", LeaderTimeUnixNano: h.now.UnixNano()}); !res.Deduplicated {
+		t.Fatalf("the newest request_id was dropped: %+v", res)
 	}
 }

@@ -41,7 +41,8 @@ type Inspection struct {
 	StoredBytes int64
 	// Secrets is the number of secrets (secret_meta keys); Versions the
 	// versions their metadata retains, of which DestroyedVersions were
-	// destroyed (their values are gone; secret_data holds the others').
+	// destroyed (their values are gone; secret_values, or secret_data for
+	// those written by format 1, holds the others').
 	Secrets           int64
 	Versions          int64
 	DestroyedVersions int64
@@ -170,7 +171,7 @@ func (ins *Inspection) collect(tx *bolt.Tx) error {
 }
 
 // knownBuckets are the top-level buckets of coffer's layout.
-var knownBuckets = append(slices.Clone(allBuckets), leaseBuckets...)
+var knownBuckets = append(append(slices.Clone(allBuckets), leaseBuckets...), bucketSecretValues)
 
 // countBucket adds the keys, values and nested buckets of b to st.
 func countBucket(b *bolt.Bucket, st *BucketStats) {

@@ -85,9 +85,9 @@ func TestInspectReportsState(t *testing.T) {
 	if ins.FileBytes != int64(len(fx.snap)) {
 		t.Fatalf("FileBytes %d, want %d", ins.FileBytes, len(fx.snap))
 	}
-	data := bucketByName(ins, "secret_data")
+	data := bucketByName(ins, "secret_values")
 	if data == nil || data.Keys != fx.dataKeys || data.ValueBytes != fx.dataValueBytes {
-		t.Fatalf("secret_data %+v, want %d keys and %d value bytes", data, fx.dataKeys, fx.dataValueBytes)
+		t.Fatalf("secret_values %+v, want %d keys and %d value bytes", data, fx.dataKeys, fx.dataValueBytes)
 	}
 	for name, want := range map[string]int64{"secret_meta": fx.secrets, "sys": fx.sysKeys, "lease": fx.leaseKeys} {
 		if b := bucketByName(ins, name); b == nil || b.Keys != want {

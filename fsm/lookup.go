@@ -17,6 +17,7 @@ const (
 	fieldVersionCreated   = 2
 	fieldVersionDeleted   = 3
 	fieldVersionDestroyed = 4
+	fieldVersionValueIdx  = 5
 )
 
 var errCorruptMeta = errors.New("malformed protobuf")
@@ -30,6 +31,9 @@ type versionInfo struct {
 	created   int64
 	deleted   int64
 	destroyed bool
+	// valueIndex locates the value (see valueKeyOf); 0 for a version
+	// written by a state of format 1.
+	valueIndex uint64
 }
 
 // lookupVersion finds in a secret's encoded fsmpb.SecretMeta the version a
@@ -123,7 +127,7 @@ func customMetadata(raw []byte) (map[string]string, error) {
 func parseVersionMeta(msg []byte) (versionInfo, error) {
 	var vi versionInfo
 	err := eachField(msg, func(num protowire.Number, typ protowire.Type, b []byte) (int, error) {
-		if typ != protowire.VarintType || num < fieldVersionVersion || num > fieldVersionDestroyed {
+		if typ != protowire.VarintType || num < fieldVersionVersion || num > fieldVersionValueIdx {
 			return skipField, nil
 		}
 		v, n := protowire.ConsumeVarint(b)
@@ -136,6 +140,8 @@ func parseVersionMeta(msg []byte) (versionInfo, error) {
 			vi.deleted = int64(v)
 		case fieldVersionDestroyed:
 			vi.destroyed = v != 0
+		case fieldVersionValueIdx:
+			vi.valueIndex = v
 		}
 		return n, nil
 	})

@@ -21,7 +21,7 @@ func viaProto(raw []byte, version uint64) (versionInfo, bool, error) {
 	if vm == nil {
 		return versionInfo{}, false, nil
 	}
-	return versionInfo{vm.GetVersion(), vm.GetCreatedUnixNano(), vm.GetDeletedUnixNano(), vm.GetDestroyed()}, true, nil
+	return versionInfo{vm.GetVersion(), vm.GetCreatedUnixNano(), vm.GetDeletedUnixNano(), vm.GetDestroyed(), vm.GetValueIndex()}, true, nil
 }
 
 // ascending reports whether the decoded versions are strictly ascending,
@@ -44,6 +44,9 @@ func TestLookupVersionMatchesProto(t *testing.T) {
 	meta := &fsmpb.SecretMeta{CurrentVersion: 14, OldestVersion: 5, MaxVersions: 10, CreatedUnixNano: 1, UpdatedUnixNano: 2}
 	for v := uint64(5); v <= 14; v++ {
 		vm := &fsmpb.VersionMeta{Version: v, CreatedUnixNano: int64(v) * 1000}
+		if v > 8 { // written after format 2: its value is keyed by index
+			vm.ValueIndex = 1<<40 + v
+		}
 		switch v % 3 {
 		case 1:
 			vm.DeletedUnixNano = -int64(v) // negative varints take ten bytes
@@ -76,7 +79,7 @@ func TestLookupVersionMatchesProto(t *testing.T) {
 // decode does.
 func FuzzLookupVersion(f *testing.F) {
 	seed := &fsmpb.SecretMeta{CurrentVersion: 3, Versions: []*fsmpb.VersionMeta{
-		{Version: 2, CreatedUnixNano: 7}, {Version: 3, DeletedUnixNano: 9, Destroyed: true},
+		{Version: 2, CreatedUnixNano: 7}, {Version: 3, DeletedUnixNano: 9, Destroyed: true, ValueIndex: 12},
 	}}
 	raw, err := proto.Marshal(seed)
 	if err != nil {

@@ -89,11 +89,13 @@ func (f *FSM) Get(path string, version uint64) (*Version, error) {
 	var out *Version
 	err := f.view(func(tx *bolt.Tx) error {
 		var err error
-		if out, err = versionOf(tx, path, version); err != nil {
+		var valueIndex uint64
+		if out, valueIndex, err = versionOf(tx, path, version); err != nil {
 			return err
 		}
 		if !out.Destroyed {
-			data := tx.Bucket(bucketSecretData).Get(dataKey(path, out.Version))
+			b, key := valueKeyOf(tx, path, out.Version, valueIndex)
+			data := b.Get(key)
 			if data == nil {
 				return fmt.Errorf("fsm: state inconsistent: %q version %d has metadata but no value", path, out.Version)
 			}
@@ -113,7 +115,7 @@ func (f *FSM) VersionInfo(path string, version uint64) (*Version, error) {
 	var out *Version
 	err := f.view(func(tx *bolt.Tx) error {
 		var err error
-		out, err = versionOf(tx, path, version)
+		out, _, err = versionOf(tx, path, version)
 		return err
 	})
 	if err != nil {
@@ -123,21 +125,21 @@ func (f *FSM) VersionInfo(path string, version uint64) (*Version, error) {
 }
 
 // versionOf reads version (0: the current one) of the secret at path from
-// its metadata, without its value.
-func versionOf(tx *bolt.Tx, path string, version uint64) (*Version, error) {
+// its metadata, without its value, and where its value is (valueKeyOf).
+func versionOf(tx *bolt.Tx, path string, version uint64) (*Version, uint64, error) {
 	raw := tx.Bucket(bucketSecretMeta).Get([]byte(path))
 	if raw == nil {
-		return nil, fmt.Errorf("%w (no secret at %q)", ErrNotFound, path)
+		return nil, 0, fmt.Errorf("%w (no secret at %q)", ErrNotFound, path)
 	}
 	vm, found, err := lookupVersion(raw, version)
 	if err != nil {
-		return nil, fmt.Errorf("%w: metadata of %q: %v", ErrCorrupt, path, err)
+		return nil, 0, fmt.Errorf("%w: metadata of %q: %v", ErrCorrupt, path, err)
 	}
 	if !found {
 		if version == 0 {
-			return nil, fmt.Errorf("%w (%q has no current version)", ErrNotFound, path)
+			return nil, 0, fmt.Errorf("%w (%q has no current version)", ErrNotFound, path)
 		}
-		return nil, fmt.Errorf("%w (%q has no version %d)", ErrNotFound, path, version)
+		return nil, 0, fmt.Errorf("%w (%q has no version %d)", ErrNotFound, path, version)
 	}
 	out := &Version{
 		Version:     vm.version,
@@ -146,9 +148,9 @@ func versionOf(tx *bolt.Tx, path string, version uint64) (*Version, error) {
 		Destroyed:   vm.destroyed,
 	}
 	if out.CustomMetadata, err = customMetadata(raw); err != nil {
-		return nil, fmt.Errorf("%w: metadata of %q: %v", ErrCorrupt, path, err)
+		return nil, 0, fmt.Errorf("%w: metadata of %q: %v", ErrCorrupt, path, err)
 	}
-	return out, nil
+	return out, vm.valueIndex, nil
 }
 
 // CurrentVersion returns the current version of the secret at path (0

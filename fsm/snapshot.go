@@ -192,8 +192,9 @@ func (f *FSM) stageRestore(tmp string, r io.Reader) (db *bolt.DB, index, term ui
 		_ = db.Close()
 		return nil, 0, 0, fmt.Errorf("%w: %v", ErrInvalidSnapshot, err)
 	}
-	// A snapshot taken before leases existed lacks their buckets.
-	if err := db.Update(createLeaseBuckets); err != nil {
+	// A snapshot of an older format lacks buckets (the lease table's,
+	// secret_values) and is stamped with the current format.
+	if err := db.Update(upgradeState); err != nil {
 		_ = db.Close()
 		return nil, 0, 0, fmt.Errorf("fsm: prepare restored state: %w", err)
 	}
@@ -324,9 +325,9 @@ func walkState(tx *bolt.Tx) (index, term uint64, err error) {
 		for k, _ := c.First(); k != nil; k, _ = c.Next() {
 		}
 	}
-	// The lease buckets are walked when present (older states lack
-	// them).
-	for _, name := range leaseBuckets {
+	// The lease buckets and secret_values are walked when present (older
+	// states lack them).
+	for _, name := range append(leaseBuckets[:len(leaseBuckets):len(leaseBuckets)], bucketSecretValues) {
 		if b := tx.Bucket(name); b != nil {
 			c := b.Cursor()
 			for k, _ := c.First(); k != nil; k, _ = c.Next() {
@@ -339,9 +340,8 @@ func walkState(tx *bolt.Tx) (index, term uint64, err error) {
 // checkFormat checks a staged database's format and returns its applied
 // index and term.
 func checkFormat(tx *bolt.Tx) (index, term uint64, err error) {
-	v, derr := decodeUint64(tx.Bucket(bucketMeta).Get(keyFormat))
-	if derr != nil || v != formatVersion {
-		return 0, 0, fmt.Errorf("format %d, want %d", v, formatVersion)
+	if _, err := checkFormatValue(tx.Bucket(bucketMeta).Get(keyFormat)); err != nil {
+		return 0, 0, err
 	}
 	return readApplied(tx)
 }

@@ -18,6 +18,14 @@
 # CPU=1 adds, after each row's ops/s, the CPU the three nodes used per
 # operation in µs (from /proc: user + system): steadier than ops/s on a
 # shared machine, whose throughput drifts with whatever else runs.
+# PORTS moves the clusters' ports (scripts/bench-cluster.sh). KEYS=N runs
+# every row over N keys (default 1000). FROM_A and FROM_B start each
+# round's cluster on a copy of a kept, preloaded cluster (bench-cluster.sh
+# FROM, made on the same PORTS) instead of a fresh one, and the reads then
+# read the preloaded keys (-no-prepopulate): rows with a million secrets
+# stored without writing them every round. WARMUP=10s writes for that long
+# before the rows, unmeasured (a cluster started on a copy snapshots its
+# log and faults its pages in first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 A=${A:?set A to the first build}
@@ -25,6 +33,8 @@ B=${B:?set B to the second build}
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-15s}
 ROWS=${ROWS:-w16 w64 s16 l64}
+P=${PORTS:-85}
+KEYS=${KEYS:-1000}
 command -v jq >/dev/null || { echo "bench-ab.sh needs jq (apt-get install jq)" >&2; exit 1; }
 # node_cpu_ticks DIR: user + system clock ticks of the cluster's three nodes.
 node_cpu_ticks() {
@@ -46,18 +56,25 @@ for round in $(seq "$ROUNDS"); do
     unset COFFER_ADDR COFFER_TOKEN COFFER_CACERT COFFER_CLIENT_CERT COFFER_CLIENT_KEY COFFER_BENCH_SCHEME
     flags_var=SERVER_FLAGS_$name
     flags=${!flags_var:-${SERVER_FLAGS:-}}
-    BIN=$BIN INSECURE=$insecure SERVER_FLAGS=$flags scripts/bench-cluster.sh "$dir" >/dev/null 2>&1
+    from_var=FROM_$name
+    from=${!from_var:-}
+    keyargs=(-keys="$KEYS")
+    [ -n "$from" ] && keyargs+=(-no-prepopulate)
+    BIN=$BIN INSECURE=$insecure SERVER_FLAGS=$flags PORTS=$P FROM=$from scripts/bench-cluster.sh "$dir" >/dev/null 2>&1
     # shellcheck disable=SC1091
     source "$dir/env"
     peers=$("$BIN" operator raft list-peers -format=json)
     follower=$(jq -r '[.[] | select(.leader | not)][0].id' <<<"$peers")
-    faddr="${COFFER_BENCH_SCHEME}127.0.0.1:85${follower#n}0"
+    faddr="${COFFER_BENCH_SCHEME}127.0.0.1:$P${follower#n}0"
     line="round $round $name:"
     scraper=
-    if [ -n "${SCRAPE:-}" ] && curl -sf -o /dev/null http://127.0.0.1:8515/metrics; then
-      ( while :; do for i in 1 2 3; do curl -sf -o /dev/null "http://127.0.0.1:85${i}5/metrics"; done; sleep 1; done ) &
+    if [ -n "${SCRAPE:-}" ] && curl -sf -o /dev/null "http://127.0.0.1:${P}15/metrics"; then
+      ( while :; do for i in 1 2 3; do curl -sf -o /dev/null "http://127.0.0.1:$P${i}5/metrics"; done; sleep 1; done ) &
       scraper=$!
       line+=" (scraped)"
+    fi
+    if [ -n "${WARMUP:-}" ]; then
+      "$BIN" bench -duration="$WARMUP" "${keyargs[@]}" -clients=64 kv-write >/dev/null 2>&1 || true
     fi
     for row in $ROWS; do
       case $row in
@@ -69,7 +86,7 @@ for round in $(seq "$ROUNDS"); do
         *) echo "unknown row $row" >&2; exit 1 ;;
       esac
       cpu0=$(node_cpu_ticks "$dir")
-      out=$("$BIN" bench -format=json -duration="$DURATION" "${args[@]}" 2>/dev/null)
+      out=$("$BIN" bench -format=json -duration="$DURATION" "${keyargs[@]}" "${args[@]}" 2>/dev/null)
       cpu1=$(node_cpu_ticks "$dir")
       ops=$(jq -r '.ops_per_sec|floor' <<<"$out")
       line+=" $row $ops"

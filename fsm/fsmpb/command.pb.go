@@ -893,8 +893,13 @@ type VersionMeta struct {
 	// counts as deleted from then on.
 	DeletedUnixNano int64 `protobuf:"varint,3,opt,name=deleted_unix_nano,json=deletedUnixNano,proto3" json:"deleted_unix_nano,omitempty"`
 	Destroyed       bool  `protobuf:"varint,4,opt,name=destroyed,proto3" json:"destroyed,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// value_index is the Raft index of the put that wrote this version: its
+	// value is in bucket secret_values under that index (big-endian). 0: the
+	// version was written by a state of format 1, and its value is in bucket
+	// secret_data under path NUL version.
+	ValueIndex    uint64 `protobuf:"varint,5,opt,name=value_index,json=valueIndex,proto3" json:"value_index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *VersionMeta) Reset() {
@@ -953,6 +958,13 @@ func (x *VersionMeta) GetDestroyed() bool {
 		return x.Destroyed
 	}
 	return false
+}
+
+func (x *VersionMeta) GetValueIndex() uint64 {
+	if x != nil {
+		return x.ValueIndex
+	}
+	return 0
 }
 
 // SecretMeta is the stored metadata of one secret (bucket secret_meta, keyed
@@ -1239,12 +1251,14 @@ const file_fsm_fsmpb_command_proto_rawDesc = "" +
 	"\bKVConfig\x12!\n" +
 	"\fmax_versions\x18\x01 \x01(\rR\vmaxVersions\x12!\n" +
 	"\fcas_required\x18\x02 \x01(\bR\vcasRequired\x12;\n" +
-	"\x1adelete_version_after_nanos\x18\x03 \x01(\x03R\x17deleteVersionAfterNanos\"\x9d\x01\n" +
+	"\x1adelete_version_after_nanos\x18\x03 \x01(\x03R\x17deleteVersionAfterNanos\"\xbe\x01\n" +
 	"\vVersionMeta\x12\x18\n" +
 	"\aversion\x18\x01 \x01(\x04R\aversion\x12*\n" +
 	"\x11created_unix_nano\x18\x02 \x01(\x03R\x0fcreatedUnixNano\x12*\n" +
 	"\x11deleted_unix_nano\x18\x03 \x01(\x03R\x0fdeletedUnixNano\x12\x1c\n" +
-	"\tdestroyed\x18\x04 \x01(\bR\tdestroyed\"\x8a\x04\n" +
+	"\tdestroyed\x18\x04 \x01(\bR\tdestroyed\x12\x1f\n" +
+	"\vvalue_index\x18\x05 \x01(\x04R\n" +
+	"valueIndex\"\x8a\x04\n" +
 	"\n" +
 	"SecretMeta\x12'\n" +
 	"\x0fcurrent_version\x18\x01 \x01(\x04R\x0ecurrentVersion\x12%\n" +
