@@ -248,7 +248,7 @@ func TestSnapshotInspect(t *testing.T) {
 		t.Fatal(err)
 	}
 	if j.Size != fi.Size() || j.Format != 2 || j.MAC != "present, not checked" || j.Checksum != "none" || j.NodeID != "dev" ||
-		j.Index == 0 || j.Index > status.AppliedIndex || j.Index < j.HeaderAppliedIndex || j.Term == 0 || j.StateFormat != 1 {
+		j.Index == 0 || j.Index > status.AppliedIndex || j.Index < j.HeaderAppliedIndex || j.Term == 0 || j.StateFormat != 2 {
 		t.Fatalf("inspect: %+v (node's applied index %d)", j, status.AppliedIndex)
 	}
 	checkTime(t, "created", j.Created)
@@ -265,12 +265,12 @@ func TestSnapshotInspect(t *testing.T) {
 		}
 	}
 	if sum != j.StoredBytes || j.StoredBytes > j.Size || j.StoredBytes < keys*256 || seen["secret_meta"].Keys != j.Secrets ||
-		seen["secret_data"].Keys != j.Versions-j.DestroyedVersions || j.UsedPages+j.FreePages != j.Pages || j.StateBytes > j.Size {
+		seen["secret_values"].Keys != j.Versions-j.DestroyedVersions || j.UsedPages+j.FreePages != j.Pages || j.StateBytes > j.Size {
 		t.Fatalf("figures do not add up: %s", r.stdout)
 	}
 	text := runCLI(t, nil, "", "operator", "raft", "snapshot", "inspect", file)
 	if text.code != 0 || !strings.Contains(text.stdout, fmt.Sprintf("Stored bytes    %d (keys and values", j.StoredBytes)) ||
-		!strings.Contains(text.stdout, "secret_data") || !strings.Contains(text.stdout, fmt.Sprintf("Secrets         %d", keys+1)) {
+		!strings.Contains(text.stdout, "secret_values") || !strings.Contains(text.stdout, fmt.Sprintf("Secrets         %d", keys+1)) {
 		t.Fatalf("table: %s", text)
 	}
 	for _, out := range []string{r.stdout, text.stdout} {
