@@ -186,24 +186,9 @@ func (l *leaderLink) forward(ctx context.Context, r route.Route, req proto.Messa
 			}
 			l.logger.Debug("forward to leader failed, retrying", "method", method, "leader", addr, "error", err)
 		}
-		// Wait for the next leader (an event from Raft), within the hold
-		// time. While a leader is known but could not take the call, or
-		// gossip has not brought its address yet, try it again after a
-		// short jittered pause (10-120 ms) too.
-		var again <-chan time.Time
-		var t *time.Timer
-		if id != "" {
-			t = time.NewTimer(time.Duration(10+mrand.IntN(20)) * time.Millisecond << min(attempt, 2))
-			again = t.C
-		}
-		select {
-		case <-hold.Done():
-		case <-changed:
-		case <-again:
-		}
-		if t != nil {
-			t.Stop()
-		}
+		// Wait for the next leader (an event from Raft) or a short
+		// pause, within the hold time.
+		nextTry(hold, changed, attempt)
 		if hold.Err() != nil {
 			if ctx.Err() != nil {
 				return nil, true, ctx.Err()
@@ -327,40 +312,75 @@ func (l *leaderLink) readIndex(ctx context.Context, linearizable bool) error {
 // readIndexTimeout bounds one read-index request to the leader.
 const readIndexTimeout = 3 * time.Second
 
-// askReadIndex sends one read-index request to the leader.
+// askReadIndex asks the leader for a read index. An answer that proves
+// the node asked could not give one now (it no longer leads, is sealed or
+// stopping, or could not be reached) is not final: it asks again, at the
+// next leader or after a short pause, within readIndexTimeout. A node
+// that has just restarted, or lived through an election, hears the new
+// leader's heartbeats before gossip brings its address, and a default
+// read there should wait a moment rather than fail.
 func (l *leaderLink) askReadIndex(key roundKey) (uint64, error) {
-	id, addr := l.leader()
-	if addr == "" || id == l.nodeID {
-		return 0, l.notLeaderError()
-	}
-	conn, err := l.conns.conn(addr)
-	if err != nil {
-		return 0, err
-	}
-	out := metadata.Pairs(forwardedKey, l.nodeID)
-	if key.auth != "" {
-		out.Set("authorization", key.auth)
-	}
 	// Not the node's stop context: a graceful stop lets the reads in
 	// flight finish, and they may be waiting for this round.
 	ctx, cancel := context.WithTimeout(context.Background(), readIndexTimeout)
 	defer cancel()
-	var resp *pb.ReadIndexResponse
-	err = l.whileLeader(metadata.NewOutgoingContext(ctx, out), id, func(cctx context.Context) error {
-		var err error
-		resp, err = pb.NewClusterClient(conn).ReadIndex(cctx, &pb.ReadIndexRequest{Linearizable: key.linearizable})
-		return err
-	})
-	if err != nil {
-		if l.stopCtx.Err() != nil {
-			return 0, errShuttingDown // its connections are closing
-		}
-		if code := status.Code(err); code == codes.Canceled || code == codes.DeadlineExceeded {
-			return 0, withMessage(ErrLeaderUnreachable, "the leader did not answer a read-index request within %s: retry, or read with -consistency=stale", readIndexTimeout)
-		}
-		return 0, leaderError(addr, err)
+	out := metadata.Pairs(forwardedKey, l.nodeID)
+	if key.auth != "" {
+		out.Set("authorization", key.auth)
 	}
-	return resp.Index, nil
+	octx := metadata.NewOutgoingContext(ctx, out)
+	var lastErr error
+	for attempt := 0; ; attempt++ {
+		id, addr := l.leader()
+		_, changed := l.raft.Following()
+		if id == l.nodeID {
+			return 0, l.notLeaderError() // it leads now: the caller asks again
+		}
+		if addr != "" {
+			conn, err := l.conns.conn(addr)
+			if err != nil {
+				return 0, err
+			}
+			var resp *pb.ReadIndexResponse
+			err = l.whileLeader(octx, id, func(cctx context.Context) error {
+				var err error
+				resp, err = pb.NewClusterClient(conn).ReadIndex(cctx, &pb.ReadIndexRequest{Linearizable: key.linearizable})
+				return err
+			})
+			switch {
+			case err == nil:
+				return resp.Index, nil
+			case l.stopCtx.Err() != nil:
+				return 0, errShuttingDown // its connections are closing
+			case ctx.Err() != nil:
+				return 0, withMessage(ErrLeaderUnreachable, "the leader did not answer a read-index request within %s: retry, or read with -consistency=stale", readIndexTimeout)
+			}
+			if lastErr = leaderError(addr, err); !unavailable(lastErr) {
+				return 0, lastErr
+			}
+		}
+		nextTry(ctx, changed, attempt)
+		if ctx.Err() != nil {
+			if lastErr != nil {
+				return 0, lastErr
+			}
+			return 0, l.notLeaderError()
+		}
+	}
+}
+
+// nextTry waits before another try at the leader: until this node follows
+// another leader (changed), a short jittered pause passes (10-120 ms,
+// longer with each attempt: gossip brings a leader's address, and a
+// leader its readiness, without an event to wait on), or ctx ends.
+func nextTry(ctx context.Context, changed <-chan struct{}, attempt int) {
+	t := time.NewTimer(time.Duration(10+mrand.IntN(20)) * time.Millisecond << min(attempt, 2))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-changed:
+	case <-t.C:
+	}
 }
 
 // runReadRounds sends the rounds of one key to the leader, one after the
