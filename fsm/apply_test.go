@@ -565,7 +565,8 @@ func TestOpenLockedAndOptions(t *testing.T) {
 }
 
 func TestStorageFailure(t *testing.T) {
-	h := newHarness(t, Options{})
+	var told []error
+	h := newHarness(t, Options{OnFailure: func(err error) { told = append(told, err) }})
 	h.mustOK(putCmd("s", "v1"))
 	// Pull the database out from under the FSM: every commit now fails, as
 	// it would on a full or failing disk.
@@ -584,6 +585,9 @@ func TestStorageFailure(t *testing.T) {
 	}
 	if !errors.Is(h.f.Err(), ErrStorage) {
 		t.Fatalf("Err() = %v", h.f.Err())
+	}
+	if len(told) != 1 || !errors.Is(told[0], ErrStorage) {
+		t.Fatalf("OnFailure was told %v, want the storage failure once", told)
 	}
 	if h.f.AppliedIndex() != 1 {
 		t.Fatalf("AppliedIndex advanced to %d on a failed commit", h.f.AppliedIndex())

@@ -99,6 +99,14 @@ type Config struct {
 	// to Raft but never promotes it. It needs Gossip.
 	ReadReplica bool `json:"read_replica,omitempty"`
 
+	// OnStorageFailure, when set, is told when the Raft log store cannot
+	// write (disk full, I/O error). Raft refuses the entries (a leader
+	// steps down, a follower does not acknowledge them), but would try
+	// again and again, and a node with a full disk may win the next
+	// election: the node should stop. It is called on Raft's goroutines
+	// and must not block on Raft.
+	OnStorageFailure func(error) `json:"-"`
+
 	// CaughtUp, when set, tells the leader whether a non-voter has caught
 	// up with the log and may be promoted to voter (the server asks that
 	// node's API for its applied index). It must honour ctx. Nil means a

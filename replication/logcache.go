@@ -27,6 +27,8 @@ type logCache struct {
 	store      raft.LogStore
 	maxEntries int
 	maxBytes   int
+	// failed, when set, is told of every entry the store could not write.
+	failed func(error)
 
 	mu sync.RWMutex
 	// logs holds the cached entries by index; order their indexes, oldest
@@ -66,7 +68,11 @@ func (c *logCache) StoreLog(log *raft.Log) error {
 // dropping the oldest ones past the bounds.
 func (c *logCache) StoreLogs(logs []*raft.Log) error {
 	if err := c.store.StoreLogs(logs); err != nil {
-		return fmt.Errorf("replication: store log entries: %w", err)
+		err = fmt.Errorf("replication: store log entries: %w", err)
+		if c.failed != nil {
+			c.failed(err)
+		}
+		return err
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()

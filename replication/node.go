@@ -206,6 +206,7 @@ func New(cfg Config, fsm raft.BatchingFSM) (*Node, error) {
 
 	// The newest entries stay in memory (logcache.go).
 	logs := newLogCache(logStore, logCacheEntries, LogCacheBytes)
+	logs.failed = cfg.OnStorageFailure
 	n.raft, err = raft.NewRaft(rc, fsm, logs, store, n.snapshots, noPipeline{n.transport})
 	if err != nil {
 		return nil, fmt.Errorf("replication: start raft: %w", err)

@@ -90,6 +90,11 @@ type lifecycle struct {
 	serveErr   chan error
 	once       sync.Once
 	err        error
+	// failed is closed, and failure set, when the node stopped itself
+	// because its disk failed (storageFailed).
+	failOnce sync.Once
+	failed   chan struct{}
+	failure  error
 }
 
 // streamWorkers is how many goroutines serve gRPC calls (more calls in
@@ -150,6 +155,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.life.stop = make(chan struct{})
 	s.life.serveErr = make(chan error, 1)
+	s.life.failed = make(chan struct{})
 	s.life.stopCtx, s.life.stopCancel = context.WithCancel(context.Background())
 	s.keys = &keys{seal: seal.New(seal.Options{}), logger: cfg.Logger, nudge: make(chan struct{}, 1), resealed: make(chan struct{}, 1)}
 	s.tokenExpiry = &expiryQueue{}
@@ -159,6 +165,7 @@ func New(cfg Config) (*Server, error) {
 		Logger:            cfg.Logger, // the fsm names its logger
 		IdempotencyWindow: cfg.IdempotencyWindow,
 		OnApply:           s.metrics.fsmApplied,
+		OnFailure:         func(err error) { s.storageFailed("the state database", err) },
 		OnSnapshot:        s.metrics.snapshotPersisted,
 		OnRestore: func() {
 			s.metrics.snapshotRestored()
@@ -196,6 +203,11 @@ func New(cfg Config) (*Server, error) {
 	rc.HTTPAdvertise = s.HTTPURL()
 	rc.Version = Version
 	rc.Sealed = true
+	if next := rc.OnStorageFailure; next != nil {
+		rc.OnStorageFailure = func(err error) { s.storageFailed("the Raft log", err); next(err) }
+	} else {
+		rc.OnStorageFailure = func(err error) { s.storageFailed("the Raft log", err) }
+	}
 	if cfg.Clustered() {
 		g := *cfg.Gossip
 		if g.AdvertiseAddr == "" && cfg.Advertise != "" {
@@ -601,6 +613,45 @@ func (s *Server) Kill() {
 		s.life.err = errors.Join(errs...)
 		s.logger.Info("killed", "node_id", s.cfg.NodeID)
 	})
+}
+
+// storageFailed stops the node because what could not be written to its
+// disk (full, or failing). A node that cannot persist must acknowledge
+// nothing, and must not lead: Raft refuses the entries it cannot store,
+// and the state machine every command after a failed commit, but the node
+// would stay a member that takes calls, and a leader whose state machine
+// failed would refuse every write of the cluster. So it stops the way a
+// shutdown does (a leader hands over first), and its caller (the coffer
+// command) exits with the error. Every file stays as it was last
+// committed: once space is freed, the node starts again and catches up
+// from the others. Called on Raft's goroutines, it must not block.
+func (s *Server) storageFailed(what string, err error) {
+	s.life.failOnce.Do(func() {
+		s.life.failure = fmt.Errorf("server: %s could not be written (%v): node %s stopped so that it acknowledges nothing it did not persist; free space or fix the disk under %s, then start it again (it catches up from the other nodes)", what, err, s.cfg.NodeID, s.cfg.DataDir)
+		s.logger.Error("storage failure: stopping the node", "what", what, "data_dir", s.cfg.DataDir, "error", err)
+		close(s.life.failed)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), s.cfg.ShutdownTimeout+10*time.Second)
+			defer cancel()
+			s.Shutdown(ctx)
+		}()
+	})
+}
+
+// Failed is closed when the node stopped itself because its disk could
+// not be written (Failure says why); Shutdown then returns once it has
+// stopped.
+func (s *Server) Failed() <-chan struct{} { return s.life.failed }
+
+// Failure is why the node stopped itself, once Failed is closed; nil
+// before.
+func (s *Server) Failure() error {
+	select {
+	case <-s.life.failed:
+		return s.life.failure
+	default:
+		return nil
+	}
 }
 
 // WaitLeaderReady blocks until this node is a leader ready to serve (see

@@ -300,7 +300,14 @@ func cmdServer(e *env, args []string) (err error) {
 		}
 	}
 
-	<-ctx.Done()
+	select {
+	case <-ctx.Done():
+	case <-srv.Failed():
+		// The node stops itself (its disk could not be written): wait
+		// for it, and exit with why.
+		shutdownServer(srv, cfg, logger)
+		return &cliError{code: 1, msg: srv.Failure().Error()}
+	}
 	stop()
 	logger.Info("shutting down; press Ctrl-C again to exit at once")
 	done := make(chan error, 1)
