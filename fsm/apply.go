@@ -125,7 +125,7 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 		f.logger.Error("could not commit applied logs; refusing all further commands until restart",
 			"first_index", logs[0].Index, "last_index", logs[len(logs)-1].Index, "error", err)
 		if f.opts.OnFailure != nil {
-			f.opts.OnFailure(failure)
+			f.opts.OnFailure(err)
 		}
 		for i := range out {
 			out[i] = nil

@@ -112,9 +112,9 @@ type Options struct {
 	// took and whether it failed (for the node's metrics); copies written
 	// through the snapshot's WriteTo are not reported.
 	OnSnapshot func(took time.Duration, err error)
-	// OnFailure, when set, is told once that a batch could not be
-	// committed (disk full, I/O error) and the FSM refuses every later
-	// command (see Err). It is called on Raft's FSM goroutine and must not
+	// OnFailure, when set, is told once, with bbolt's error, that a batch
+	// could not be committed (disk full, I/O error) and the FSM refuses
+	// every later command (see Err). It is called on Raft's FSM goroutine and must not
 	// block on Raft: the node should stop, and start again once its disk
 	// is fixed.
 	OnFailure func(error)

@@ -1,10 +1,12 @@
 package replication
 
 import (
+	"errors"
 	"fmt"
 	"sync"
 
 	"github.com/hashicorp/raft"
+	wal "github.com/hashicorp/raft-wal"
 )
 
 // The newest log entries stay in memory, so that the leader replicates
@@ -68,7 +70,13 @@ func (c *logCache) StoreLog(log *raft.Log) error {
 // dropping the oldest ones past the bounds.
 func (c *logCache) StoreLogs(logs []*raft.Log) error {
 	if err := c.store.StoreLogs(logs); err != nil {
-		err = fmt.Errorf("replication: store log entries: %w", err)
+		if errors.Is(err, wal.ErrSealed) {
+			// raft-wal starts its next segment in the background and
+			// only logs why it could not; the appends after say this.
+			err = fmt.Errorf("replication: store log entries: the WAL could not start its next segment (usually a full disk; the log line \"rotate error\" says why): %w", err)
+		} else {
+			err = fmt.Errorf("replication: store log entries: %w", err)
+		}
 		if c.failed != nil {
 			c.failed(err)
 		}

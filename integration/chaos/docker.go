@@ -49,6 +49,8 @@ type Docker struct {
 	// is the clients' configuration. Both are empty with Insecure.
 	certs string
 	tls   *tls.Config
+	// dataDir holds the nodes' data tmpfs mounts with TmpfsData.
+	dataDir string
 
 	mu      sync.Mutex
 	created bool
@@ -58,6 +60,8 @@ type dockerNode struct {
 	name string
 	ip   string
 	port int // API port published on 127.0.0.1
+	// data is the host tmpfs mounted at /data with TmpfsData.
+	data string
 }
 
 // DockerOptions configure a Docker cluster. The zero value of each field
@@ -86,6 +90,10 @@ type DockerOptions struct {
 	// Insecure runs the nodes -insecure (plaintext everywhere), for a
 	// comparison with the default TLS run.
 	Insecure bool
+	// TmpfsData puts each node's /data on a tmpfs of its own mounted on
+	// the host (needs root) instead of a Docker volume, so that the
+	// disk-full scenario can limit its size (LimitDisk).
+	TmpfsData bool
 }
 
 // DockerAvailable reports why Docker cannot be used, or nil.
@@ -164,6 +172,18 @@ func NewDocker(ctx context.Context, opts DockerOptions) (*Docker, error) {
 	if !opts.Insecure {
 		if err := d.makeCerts(); err != nil {
 			return d, err
+		}
+	}
+	if opts.TmpfsData {
+		dir, err := os.MkdirTemp("", "coffer-chaos-data-")
+		if err != nil {
+			return d, err
+		}
+		d.dataDir = dir
+		for _, n := range d.nodes {
+			if err := d.mountData(n); err != nil {
+				return d, err
+			}
 		}
 	}
 	for i, n := range d.nodes {
@@ -297,7 +317,11 @@ func (d *Docker) create(ctx context.Context, n *dockerNode, join string) error {
 	args := []string{"create", "--name", n.name, "--label", d.label(),
 		"-e", "COFFER_CLUSTER_KEY=" + d.key,
 		"-p", fmt.Sprintf("127.0.0.1:%d:8400", n.port),
-		"-v", n.name + ":/data",
+	}
+	if n.data != "" {
+		args = append(args, "-v", n.data+":/data")
+	} else {
+		args = append(args, "-v", n.name+":/data")
 	}
 	security := "-insecure"
 	if d.certs != "" {
@@ -350,7 +374,7 @@ func (d *Docker) Close() error {
 	if err == nil && out != "" {
 		return fmt.Errorf("chaos: containers left after cleanup: %s", out)
 	}
-	return nil
+	return d.unmountData()
 }
 
 // Logs returns the last lines of every node's log, for a failed test.
