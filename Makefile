@@ -126,11 +126,21 @@ COMPOSE_ADDRS := 127.0.0.1:8400 127.0.0.1:8410 127.0.0.1:8420
 CERTS  := .coffer/certs
 CA_KEY := .coffer/ca.key
 
-.PHONY: docker compose-certs compose-up compose-init compose-down chaos
+.PHONY: docker docker-upgrade-from compose-certs compose-up compose-init compose-down chaos
 
 ## docker: the coffer:dev image, FROM scratch around the static binary
 docker: build
 	docker build -q -t coffer:dev .
+
+## UPGRADE_FROM: the oldest commit upgrades are promised from (docs/OPERATIONS.md)
+UPGRADE_FROM ?= e65a302
+
+## docker-upgrade-from: the image of UPGRADE_FROM (coffer:upgrade-from), built
+## in a temporary git worktree, for the rolling upgrade of make chaos-long
+docker-upgrade-from:
+	@tree=$$(mktemp -d) && rmdir $$tree && git worktree add -q --detach $$tree $(UPGRADE_FROM) && \
+	  $(MAKE) -C $$tree build && docker build -q -t coffer:upgrade-from $$tree; \
+	  rc=$$?; git worktree remove --force $$tree; exit $$rc
 
 ## compose-certs: the compose cluster's CA, a node certificate per node (its
 ## service name, localhost, 127.0.0.1) and the client certificate root, in

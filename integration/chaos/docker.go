@@ -62,6 +62,9 @@ type dockerNode struct {
 	port int // API port published on 127.0.0.1
 	// data is the host tmpfs mounted at /data with TmpfsData.
 	data string
+	// image is the image the container runs when not DockerOptions.Image
+	// (after an Upgrade).
+	image string
 }
 
 // DockerOptions configure a Docker cluster. The zero value of each field
@@ -162,10 +165,6 @@ func NewDocker(ctx context.Context, opts DockerOptions) (*Docker, error) {
 	if err := d.createNetwork(ctx); err != nil {
 		return d, err
 	}
-	var join []string
-	for _, n := range d.nodes {
-		join = append(join, n.name+":8402")
-	}
 	for i, n := range d.nodes {
 		n.ip = fmt.Sprintf("%s.%d", d.subnet, 10+i)
 	}
@@ -195,7 +194,7 @@ func NewDocker(ctx context.Context, opts DockerOptions) (*Docker, error) {
 			}
 			n.port = port
 		}
-		if err := d.create(ctx, n, strings.Join(join, ",")); err != nil {
+		if err := d.create(ctx, n, d.join()); err != nil {
 			return d, err
 		}
 	}
@@ -328,7 +327,11 @@ func (d *Docker) create(ctx context.Context, n *dockerNode, join string) error {
 		args = append(args, "-v", filepath.Join(d.certs, "node")+":/certs:ro")
 		security = "-certs-dir=/certs"
 	}
-	args = append(args, d.opts.Image,
+	image := d.opts.Image
+	if n.image != "" {
+		image = n.image
+	}
+	args = append(args, image,
 		"server", "-node-id="+n.name, "-data-dir=/data",
 		"-api-addr=0.0.0.0:8400", "-http-addr=0.0.0.0:8200", "-raft-addr=0.0.0.0:8401", "-gossip-addr=0.0.0.0:8402",
 		"-advertise="+n.name, "-bootstrap-expect=3", "-join="+join, security)
@@ -338,6 +341,15 @@ func (d *Docker) create(ctx context.Context, n *dockerNode, join string) error {
 	}
 	_, err := docker(ctx, "network", "connect", "--ip", n.ip, "--alias", n.name, d.opts.Prefix, n.name)
 	return err
+}
+
+// join is every node's gossip address, for -join.
+func (d *Docker) join() string {
+	var join []string
+	for _, n := range d.nodes {
+		join = append(join, n.name+":8402")
+	}
+	return strings.Join(join, ",")
 }
 
 // removeAll removes the containers (with their volumes), the network and

@@ -55,6 +55,37 @@ func TestDockerDiskFull(t *testing.T) {
 	runDockerWith(t, DiskFull(), func(o *DockerOptions) { o.TmpfsData = true })
 }
 
+// TestDockerRollingUpgrade starts the cluster on the image of the oldest
+// commit upgrades are promised from ($COFFER_CHAOS_UPGRADE_FROM_IMAGE,
+// default coffer:upgrade-from, built by `make docker-upgrade-from`; see
+// docs/OPERATIONS.md) and upgrades it node by node to the image under
+// test, under load. It runs with COFFER_CHAOS_LONG=1 (make chaos-long).
+func TestDockerRollingUpgrade(t *testing.T) {
+	if os.Getenv("COFFER_CHAOS_LONG") != "1" {
+		t.Skip("the rolling upgrade runs in the long suite: make chaos-long (COFFER_CHAOS_LONG=1)")
+	}
+	from := os.Getenv("COFFER_CHAOS_UPGRADE_FROM_IMAGE")
+	if from == "" {
+		from = "coffer:upgrade-from"
+	}
+	opts, err := dockerOptions()
+	if err != nil {
+		t.Fatal(err)
+	}
+	to := opts.Image
+	if to == "" {
+		to = "coffer:dev"
+	}
+	if os.Getenv("COFFER_CHAOS") == "1" {
+		if _, err := docker(t.Context(), "image", "inspect", "--format", "{{.Id}}", from); err != nil {
+			t.Fatalf("the image to upgrade from, %s, is missing: build it with `make docker-upgrade-from`: %v", from, err)
+		}
+	}
+	if res := runDockerWith(t, RollingUpgrade(to), func(o *DockerOptions) { o.Image = from }); res != nil {
+		wantNoFailedCalls(t, res, KindUpgradeFollower, KindUpgradeLeader)
+	}
+}
+
 // TestDockerSummary logs the figures of the docker scenarios that ran in
 // this binary, next to the failover goals of issue 5, and fails on every
 // goal missed.

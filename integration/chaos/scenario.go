@@ -420,24 +420,21 @@ const (
 // cluster is healthy and taking writes, before the next node goes.
 func RollingRestart() Scenario {
 	return Scenario{Name: "rolling-restart", Body: func(r *Run) error {
-		for _, hard := range []bool{false, true} {
-			if err := rollingRound(r, hard); err != nil {
-				return err
-			}
+		graceful := map[string]string{"follower": KindRollingGracefulFollower, "leader": KindRollingGracefulLeader}
+		if err := rollingRound(r, "graceful restart", graceful, r.C.D.Stop, r.C.D.Start); err != nil {
+			return err
 		}
-		return nil
+		hard := map[string]string{"follower": KindRollingHardFollower, "leader": KindRollingHardLeader}
+		return rollingRound(r, "hard restart", hard, r.C.D.Kill, r.C.D.Start)
 	}}
 }
 
-// rollingRound restarts the three nodes once, one after the other, each
-// follower before the leader: gracefully or, when hard, with a kill.
-func rollingRound(r *Run, hard bool) error {
-	how, stop := "graceful", r.C.D.Stop
-	kinds := map[string]string{"follower": KindRollingGracefulFollower, "leader": KindRollingGracefulLeader}
-	if hard {
-		how, stop = "hard", r.C.D.Kill
-		kinds = map[string]string{"follower": KindRollingHardFollower, "leader": KindRollingHardLeader}
-	}
+// rollingRound takes every node down and up again once, one after the
+// other, each follower before the leader: stop, then start (which may
+// start another build, for an upgrade), unseal and catch up. kinds names
+// the faults by the role of the node ("follower", "leader"); how names
+// the step in the log.
+func rollingRound(r *Run, how string, kinds map[string]string, stop, start func(context.Context, string) error) error {
 	done := map[string]bool{}
 	for step := 1; step <= len(r.C.D.Nodes()); step++ {
 		leader, err := r.Leader()
@@ -459,11 +456,11 @@ func rollingRound(r *Run, hard bool) error {
 			id = leader
 		}
 		done[id] = true
-		f := r.Begin(kinds[role], []string{id}, "%s restart of %s %s (%d/%d)", how, role, id, step, len(r.C.D.Nodes()))
+		f := r.Begin(kinds[role], []string{id}, "%s of %s %s (%d/%d)", how, role, id, step, len(r.C.D.Nodes()))
 		ctx, cancel := r.waitCtx()
 		err = stop(ctx, id)
 		if err == nil {
-			err = r.C.D.Start(ctx, id)
+			err = start(ctx, id)
 		}
 		if err == nil {
 			err = r.C.Unseal(ctx, id)
