@@ -13,6 +13,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"coffer/api"
 	pb "coffer/api/cofferpb"
 	"coffer/internal/testcluster"
@@ -322,15 +325,24 @@ func migrate(t *testing.T, c *Cluster, key []byte, to string) {
 }
 
 // checkSecrets reads every secret on every node (default reads: each node
-// answers from its own state once it has caught up with the leader).
+// answers from its own state once it has caught up with the leader). A
+// node may answer Unavailable for a moment (an election on a loaded
+// machine): it is asked again; a wrong value fails at once.
 func checkSecrets(t *testing.T, c *Cluster, secrets int) {
 	t.Helper()
 	for _, n := range c.Running() {
 		for i := range secrets {
-			g, err := n.KV.Get(c.Auth(t), &pb.GetRequest{Path: fmt.Sprintf("secret/mig/%d", i)})
-			if err != nil || g.Data["v"] != fmt.Sprint(i) {
-				t.Fatalf("%s secret/mig/%d: %v, %v", n.ID, i, g, err)
-			}
+			path := fmt.Sprintf("secret/mig/%d", i)
+			testcluster.WaitFor(t, 10*time.Second, n.ID+" reads "+path, func() error {
+				g, err := n.KV.Get(c.Auth(t), &pb.GetRequest{Path: path})
+				if status.Code(err) == codes.Unavailable {
+					return err
+				}
+				if err != nil || g.Data["v"] != fmt.Sprint(i) {
+					t.Fatalf("%s %s: %v, %v", n.ID, path, g, err)
+				}
+				return nil
+			})
 		}
 	}
 }

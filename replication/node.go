@@ -306,6 +306,9 @@ func (n *Node) Apply(ctx context.Context, cmd []byte) (any, uint64, error) {
 		}
 	}
 	f := n.raft.Apply(cmd, timeout)
+	// Raft answers every command but one it committed and had not yet
+	// handed to the FSM when it shut down: the goroutine waiting for that
+	// one stays (testcluster.LeakOptions), while Apply returns ErrShutdown.
 	errCh := make(chan error, 1)
 	go func() {
 		err := f.Error()

@@ -259,6 +259,12 @@ func resendable(r route.Route, err error) bool {
 	if r.Idempotent {
 		return unavailable(err)
 	}
+	return notActedOn(err)
+}
+
+// notActedOn reports whether err is an answer that proves the node did
+// not act on the call: it was not the leader, or sealed, or stopping.
+func notActedOn(err error) bool {
 	switch reasonOf(toStatus(err)) {
 	case pb.ErrorReason_NOT_LEADER, pb.ErrorReason_NO_LEADER, pb.ErrorReason_SEALED, pb.ErrorReason_SHUTTING_DOWN:
 		return true
@@ -312,13 +318,14 @@ func (l *leaderLink) readIndex(ctx context.Context, linearizable bool) error {
 // readIndexTimeout bounds one read-index request to the leader.
 const readIndexTimeout = 3 * time.Second
 
-// askReadIndex asks the leader for a read index. An answer that proves
-// the node asked could not give one now (it no longer leads, is sealed or
-// stopping, or could not be reached) is not final: it asks again, at the
-// next leader or after a short pause, within readIndexTimeout. A node
-// that has just restarted, or lived through an election, hears the new
-// leader's heartbeats before gossip brings its address, and a default
-// read there should wait a moment rather than fail.
+// askReadIndex asks the leader for a read index. Two moments of a leader
+// change are waited out, within readIndexTimeout, rather than answered
+// with an error: a leader Raft knows whose address gossip has not brought
+// yet (a node that has just restarted hears the leader's heartbeats
+// first), and an answer that proves the node asked no longer leads (or is
+// sealed or stopping): it asks again at the next leader. With no leader
+// known, or one that cannot be reached, it answers at once, so that the
+// client asks another node.
 func (l *leaderLink) askReadIndex(key roundKey) (uint64, error) {
 	// Not the node's stop context: a graceful stop lets the reads in
 	// flight finish, and they may be waiting for this round.
@@ -336,7 +343,11 @@ func (l *leaderLink) askReadIndex(key roundKey) (uint64, error) {
 		if id == l.nodeID {
 			return 0, l.notLeaderError() // it leads now: the caller asks again
 		}
-		if addr != "" {
+		if addr == "" {
+			if known, _ := l.raft.Leader(); known == "" || known == l.nodeID {
+				return 0, l.notLeaderError()
+			}
+		} else {
 			conn, err := l.conns.conn(addr)
 			if err != nil {
 				return 0, err
@@ -355,7 +366,7 @@ func (l *leaderLink) askReadIndex(key roundKey) (uint64, error) {
 			case ctx.Err() != nil:
 				return 0, withMessage(ErrLeaderUnreachable, "the leader did not answer a read-index request within %s: retry, or read with -consistency=stale", readIndexTimeout)
 			}
-			if lastErr = leaderError(addr, err); !unavailable(lastErr) {
+			if lastErr = leaderError(addr, err); !notActedOn(lastErr) {
 				return 0, lastErr
 			}
 		}

@@ -86,6 +86,29 @@ func TestDockerRollingUpgrade(t *testing.T) {
 	}
 }
 
+// TestDockerSchedule runs a seeded schedule of 24 faults in the long
+// suite (COFFER_CHAOS_LONG=1): a random seed unless $COFFER_CHAOS_SEED
+// names one; the seed is logged, and a failure names it.
+func TestDockerSchedule(t *testing.T) {
+	if os.Getenv("COFFER_CHAOS_LONG") != "1" {
+		t.Skip("the docker schedule runs in the long suite: make chaos-long (COFFER_CHAOS_LONG=1)")
+	}
+	seed, err := ParseSeed(envOr("COFFER_CHAOS_SEED", "random"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("schedule seed %d (replay: COFFER_CHAOS_SEED=%d COFFER_CHAOS_LONG=1 make chaos-long)", seed, seed)
+	runDocker(t, Schedule(seed, 24))
+}
+
+// envOr is $key, or def when it is empty.
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
 // TestDockerSummary logs the figures of the docker scenarios that ran in
 // this binary, next to the failover goals of issue 5, and fails on every
 // goal missed.

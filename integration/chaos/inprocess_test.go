@@ -44,6 +44,20 @@ func TestInProcessRollingRestart(t *testing.T) {
 	}
 }
 
+// TestInProcessSchedule runs a seeded schedule of eight faults (kill,
+// graceful stop, pause, partition; of the leader or a follower; drawn by
+// NewSchedule): $COFFER_CHAOS_SEED, or "random", replays or draws one; by
+// default the seed is fixed, so that make test runs the same faults every
+// time. A failure names the seed.
+func TestInProcessSchedule(t *testing.T) {
+	seed, err := ParseSeed(os.Getenv("COFFER_CHAOS_SEED"), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("schedule seed %d (replay: COFFER_CHAOS_SEED=%d go test -race -run TestInProcessSchedule ./integration/chaos/)", seed, seed)
+	runInProcess(t, Schedule(seed, 8))
+}
+
 func runInProcess(t *testing.T, s Scenario) *Result {
 	t.Helper()
 	return runInProcessWith(t, s, InProcessOptions{})

@@ -12,11 +12,12 @@ import (
 
 	"go.uber.org/goleak"
 
+	"coffer/internal/testcluster"
 	"coffer/internal/timeline"
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(withResults{m})
+	goleak.VerifyTestMain(withResults{m}, testcluster.LeakOptions()...)
 }
 
 // withResults runs the tests, then writes the figures of every scenario
