@@ -240,6 +240,9 @@ func cmdServer(e *env, args []string) (err error) {
 	captureGlobalLogs(e, logger)
 	defer func() { err = o.logs.endInLog(logger, err) }()
 	cfg.Logger = logger
+	if soft := tuneMemoryLimit(); soft > 0 {
+		logger.Info("memory limit of the container: Go's soft memory limit set to 80% of it (set $GOMEMLIMIT to choose another)", "soft_limit_mib", soft>>20)
+	}
 
 	if o.dev {
 		dir, err := os.MkdirTemp("", "coffer-dev-*")

@@ -93,6 +93,9 @@ type DockerOptions struct {
 	// Insecure runs the nodes -insecure (plaintext everywhere), for a
 	// comparison with the default TLS run.
 	Insecure bool
+	// Memory, when set, is every container's memory limit in bytes (swap
+	// included): docker run --memory.
+	Memory int64
 	// TmpfsData puts each node's /data on a tmpfs of its own mounted on
 	// the host (needs root) instead of a Docker volume, so that the
 	// disk-full scenario can limit its size (LimitDisk).
@@ -316,6 +319,9 @@ func (d *Docker) create(ctx context.Context, n *dockerNode, join string) error {
 	args := []string{"create", "--name", n.name, "--label", d.label(),
 		"-e", "COFFER_CLUSTER_KEY=" + d.key,
 		"-p", fmt.Sprintf("127.0.0.1:%d:8400", n.port),
+	}
+	if d.opts.Memory > 0 {
+		args = append(args, fmt.Sprintf("--memory=%d", d.opts.Memory), fmt.Sprintf("--memory-swap=%d", d.opts.Memory))
 	}
 	if n.data != "" {
 		args = append(args, "-v", n.data+":/data")

@@ -109,6 +109,25 @@ func envOr(key, def string) string {
 	return def
 }
 
+// TestDockerMemoryLimit runs the nodes under a memory limit of 256 MiB
+// and storms a follower with 1 MiB writes from 48 clients: its request
+// budget must keep it alive; then lowers its limit to 64 MiB and storms
+// it until the kernel kills it, and brings it back. The nodes' request
+// budget is 16 MiB (-max-inflight-bytes). Long suite only.
+func TestDockerMemoryLimit(t *testing.T) {
+	if os.Getenv("COFFER_CHAOS_LONG") != "1" {
+		t.Skip("the memory-limit scenario (about 90 s) runs in the long suite: make chaos-long (COFFER_CHAOS_LONG=1)")
+	}
+	runDockerWith(t, MemoryLimit(256<<20, 64<<20), func(o *DockerOptions) {
+		o.Memory = 256 << 20
+		o.Args = append(o.Args, "-max-inflight-bytes="+strconv.Itoa(memoryBudget))
+	})
+}
+
+// memoryBudget is the nodes' request budget (-max-inflight-bytes) in
+// TestDockerMemoryLimit.
+const memoryBudget = 16 << 20
+
 // TestDockerSummary logs the figures of the docker scenarios that ran in
 // this binary, next to the failover goals of issue 5, and fails on every
 // goal missed.
