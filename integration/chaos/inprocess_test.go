@@ -44,6 +44,16 @@ func TestInProcessRollingRestart(t *testing.T) {
 	}
 }
 
+func TestInProcessFiveLoseTwo(t *testing.T) { runInProcess(t, FiveLoseTwo()) }
+
+// TestInProcessReplicaQuorumLoss: quorum lost for QuorumLossOutage,
+// while the read replica's clients keep reading.
+func TestInProcessReplicaQuorumLoss(t *testing.T) {
+	if res := runInProcess(t, ReplicaQuorumLoss(QuorumLossOutage)); res != nil {
+		wantReplicaReads(t, res)
+	}
+}
+
 func runInProcess(t *testing.T, s Scenario) *Result {
 	t.Helper()
 	return runInProcessWith(t, s, InProcessOptions{})
@@ -56,6 +66,7 @@ func runInProcessWith(t *testing.T, s Scenario, opts InProcessOptions) *Result {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	opts.LogLevel = hclog.LevelFromString(os.Getenv("COFFER_CHAOS_LOG"))
+	opts.Nodes, opts.ReadReplica = s.voters(), s.ReadReplica
 	d, err := NewInProcess(t, opts)
 	if err != nil {
 		t.Fatal(err)
