@@ -176,6 +176,24 @@ func (c *Cluster) Status(ctx context.Context, id string) (*pb.StatusResponse, er
 	return c.sys(id).Status(cctx, &pb.StatusRequest{})
 }
 
+// WantSealed waits until node id answers, and fails when it answers
+// unsealed: a node started again must come back sealed.
+func (c *Cluster) WantSealed(ctx context.Context, id string) error {
+	var st *pb.StatusResponse
+	err := poll(ctx, id+" to answer", func() error {
+		var err error
+		st, err = c.Status(ctx, id)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if !st.GetSeal().GetSealed() {
+		return fmt.Errorf("chaos: %s came back unsealed: a node that starts again must be sealed", id)
+	}
+	return nil
+}
+
 // Unseal waits until node id answers and unseals it with three shares.
 func (c *Cluster) Unseal(ctx context.Context, id string) error {
 	return poll(ctx, "unseal "+id, func() error {

@@ -312,7 +312,13 @@ func (l *Load) get(cl *api.Client, client int, key, consistency string) {
 	op.Stale, op.Fallback, op.Cached = info.Stale, info.Fallback, info.Cached
 	switch {
 	case status.Code(err) == codes.NotFound:
-		// The key does not exist (yet): a read of the empty register.
+		// The key does not exist (yet): a read of the empty register. No
+		// ReadMeta says how fresh that is: a read asked stale, or a stale
+		// fallback, may have been answered by a node that has not applied
+		// the key's first write yet (a read replica just joined does
+		// that), so it counts as stale, still held to never going back
+		// in time.
+		op.Stale = op.Stale || op.Fallback || consistency == ConsistencyStale
 	case err != nil:
 		op.Err = errString(err)
 	default:

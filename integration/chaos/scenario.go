@@ -151,10 +151,14 @@ func (r *Run) WaitLinearizableRead(t time.Time) error {
 	})
 }
 
-// StartNodes starts the nodes ids (in parallel) and unseals them.
+// StartNodes starts the nodes ids (in parallel), checks that each comes
+// back sealed, and unseals them.
 func (r *Run) StartNodes(ids ...string) error {
 	return r.parallel(ids, func(ctx context.Context, id string) error {
 		if err := r.C.D.Start(ctx, id); err != nil {
+			return err
+		}
+		if err := r.C.WantSealed(ctx, id); err != nil {
 			return err
 		}
 		return r.C.Unseal(ctx, id)
@@ -397,7 +401,8 @@ func holdFault(r *Run, kind, verb string, inject, remove func(context.Context, s
 	return err
 }
 
-// FollowerRestart restarts a follower gracefully and unseals it.
+// FollowerRestart restarts a follower gracefully and unseals it (it
+// comes back sealed).
 func FollowerRestart() Scenario {
 	return Scenario{Name: "follower-restart", Body: func(r *Run) error {
 		leader, err := r.Leader()
@@ -409,6 +414,9 @@ func FollowerRestart() Scenario {
 		ctx, cancel := r.waitCtx()
 		defer cancel()
 		if err := r.C.D.Restart(ctx, follower); err != nil {
+			return err
+		}
+		if err := r.C.WantSealed(ctx, follower); err != nil {
 			return err
 		}
 		if err := r.C.Unseal(ctx, follower); err != nil {
@@ -531,7 +539,11 @@ func (r *Run) down(ctx context.Context, id string) error {
 // Unavailable, and one did at least; the replica's clients read.
 func (r *Run) checkQuorumLoss(f *Fault, down, back time.Time) {
 	var failed, replicaReads int
+	var firstAck time.Time // the first write acknowledged after back
 	for _, op := range r.Load.History().Ops() {
+		if op.Kind == OpWrite && op.OK() && op.End.After(back) && (firstAck.IsZero() || op.End.Before(firstAck)) {
+			firstAck = op.End
+		}
 		switch {
 		case op.Kind == OpWrite && op.OK() && !op.Start.Before(down) && op.End.Before(back):
 			r.Violate("acked-without-quorum", "%s acknowledged at %s, while quorum was lost (%s to %s)",
@@ -545,7 +557,8 @@ func (r *Run) checkQuorumLoss(f *Fault, down, back time.Time) {
 			replicaReads++
 		}
 	}
-	r.Logf("while quorum was lost (%s): %d writes failed, %d reads served by the read replica", back.Sub(down).Round(time.Millisecond), failed, replicaReads)
+	r.Logf("while quorum was lost (%s): %d writes failed, %d reads served by the read replica; the first write acknowledged %s after the restart began",
+		back.Sub(down).Round(time.Millisecond), failed, replicaReads, firstAck.Sub(back).Round(time.Millisecond))
 	if failed == 0 {
 		r.Violate("no-write-failed", "no write failed while quorum was lost (%s): the outage is shorter than a write's retries", back.Sub(down).Round(time.Millisecond))
 	}
@@ -658,6 +671,9 @@ func rollingRound(r *Run, hard bool) error {
 		err = stop(ctx, id)
 		if err == nil {
 			err = r.C.D.Start(ctx, id)
+		}
+		if err == nil {
+			err = r.C.WantSealed(ctx, id)
 		}
 		if err == nil {
 			err = r.C.Unseal(ctx, id)
