@@ -15,7 +15,8 @@ import (
 type Fault struct {
 	// Kind names the fault: leader-kill, leader-pause, leader-partition,
 	// follower-restart, quorum-loss, all-down, graceful-leader-restart,
-	// and a rolling restart's four (KindRollingGracefulFollower …).
+	// a rolling restart's four (KindRollingGracefulFollower …),
+	// KindLoseTwo and KindReplicaQuorumLoss.
 	Kind string `json:"kind"`
 	// Name describes it ("kill leader n2 (3/10)").
 	Name string `json:"name"`
