@@ -81,7 +81,9 @@ func ReadFinal(ctx context.Context, cfg api.Config, keys []string) (Final, error
 type Violation struct {
 	// Check names the property: lost-write, wrong-version, duplicate,
 	// phantom, not-linearizable, linearizability-unknown,
-	// linearizable-downgraded, went-back, bad-read, failed-read.
+	// linearizable-downgraded, went-back, bad-read, failed-read; and a
+	// scenario's own (Run.Violate): acked-without-quorum,
+	// write-error-unclear, no-write-failed, replica-silent.
 	Check  string `json:"check"`
 	Detail string `json:"detail"`
 }

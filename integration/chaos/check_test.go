@@ -1,6 +1,7 @@
 package chaos
 
 import (
+	"fmt"
 	"math"
 	"strings"
 	"testing"
@@ -263,5 +264,75 @@ func TestLoadConsistencyMix(t *testing.T) {
 		if got := l.linearizableReads(); got != c.want {
 			t.Errorf("StaleEvery %d, LinearizableEvery %d: linearizable reads %v, want %v", c.stale, c.lin, got, c.want)
 		}
+	}
+}
+
+func TestMeasureReplicaReads(t *testing.T) {
+	f := Fault{Kind: KindReplicaQuorumLoss, Start: at(100), Healed: at(900), End: at(1000)}
+	replica := staleRead(8, k, "a", 2, 200, 201)
+	replica.Replica = true
+	failed := Op{Client: 9, Kind: OpRead, Key: k, Consistency: ConsistencyStale, Replica: true, Start: at(300), End: at(301), Err: "Unavailable"}
+	fig := Measure([]Op{replica, failed, staleRead(6, k, "a", 2, 200, 201)}, f)
+	if fig.ReplicaReads != 2 || fig.FailedReplicaReads != 1 || fig.Reads != 3 || fig.FailedReads != 1 {
+		t.Errorf("replica read counts: %+v", fig)
+	}
+	if tab := Table([]Figures{fig}); !strings.Contains(tab, "failed replica r") {
+		t.Errorf("a table of replica reads has no replica columns:\n%s", tab)
+	}
+	if tab := Table([]Figures{{Kind: "leader-kill"}}); strings.Contains(tab, "replica") {
+		t.Errorf("a table without replica reads has replica columns:\n%s", tab)
+	}
+}
+
+// TestCheckQuorumLoss: ReplicaQuorumLoss's own promises on hand-made
+// outages (the kill at 100, both nodes down at 150, back at 1000).
+func TestCheckQuorumLoss(t *testing.T) {
+	replicaRead := func(start int) Op {
+		op := staleRead(8, k, "a", 2, start, start+1)
+		op.Replica = true
+		return op
+	}
+	unclear := failedWrite(2, k, "u", 200, 900)
+	unclear.Err = "DeadlineExceeded: context deadline exceeded"
+	for _, c := range []struct {
+		name string
+		ops  []Op
+		want string
+	}{
+		{"kept", []Op{
+			write(1, k, "a", 2, 90, 160),    // committed before the kill, acknowledged after down
+			failedWrite(2, k, "b", 95, 700), // in flight at the kill
+			write(3, k, "c", 3, 400, 1100),  // begun in the outage, acknowledged after it
+			replicaRead(500),
+		}, ""},
+		{"acknowledged without quorum", []Op{write(1, k, "a", 2, 200, 300), failedWrite(2, k, "b", 95, 700), replicaRead(500)}, "acked-without-quorum"},
+		{"unclear error", []Op{unclear, replicaRead(500)}, "write-error-unclear"},
+		{"no write failed", []Op{failedWrite(2, k, "b", 95, 1200), replicaRead(500)}, "no-write-failed"},
+		{"replica silent", []Op{failedWrite(2, k, "b", 95, 700), replicaRead(50), replicaRead(1000)}, "replica-silent"},
+	} {
+		r := &Run{Load: &Load{history: &History{}}, opts: Options{Logf: t.Logf}}
+		for _, op := range c.ops {
+			r.Load.history.Add(op)
+		}
+		r.checkQuorumLoss(&Fault{Start: at(100)}, at(150), at(1000))
+		if got := checks(Report{Violations: r.violations}); got != c.want {
+			t.Errorf("%s: violations %q, want %q", c.name, got, c.want)
+		}
+	}
+}
+
+func TestLoadReplicaReaders(t *testing.T) {
+	if c := (LoadConfig{ReplicaReaders: 3}).withDefaults(); c.ReplicaReaders != 0 {
+		t.Errorf("replica readers without replica endpoints: %d", c.ReplicaReaders)
+	}
+	l := &Load{cfg: LoadConfig{ReplicaEndpoints: []string{"r1:8400"}}.withDefaults()}
+	var readers []int
+	for w := 1; w <= l.cfg.Writers+l.cfg.Readers+l.cfg.ReplicaReaders; w++ {
+		if l.replicaReader(w) {
+			readers = append(readers, w)
+		}
+	}
+	if fmt.Sprint(readers) != "[7 8]" {
+		t.Errorf("replica readers %v, want the two workers after three writers and three readers", readers)
 	}
 }

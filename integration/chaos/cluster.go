@@ -18,15 +18,20 @@ import (
 	pb "coffer/api/cofferpb"
 )
 
-// Driver runs the nodes of a three-node cluster and injects faults into
-// them. Node ids are the ids the nodes report in Status. Every method
-// returns once the action is done (a killed node is gone, a started node's
-// process runs); none waits for the cluster to react.
+// Driver runs the nodes of a cluster (three voters unless told
+// otherwise, and optionally read replicas) and injects faults into them.
+// Node ids are the ids the nodes report in Status. Every method returns
+// once the action is done (a killed node is gone, a started node's process
+// runs); none waits for the cluster to react. The methods that take an id
+// take a read replica's as they take a voter's.
 type Driver interface {
 	// Name names the driver in figures ("in-process", "docker").
 	Name() string
-	// Nodes returns the node ids, in a fixed order.
+	// Nodes returns the voters' ids, in a fixed order.
 	Nodes() []string
+	// Replicas returns the read replicas' ids (non-voters that serve
+	// stale reads and never vote), in a fixed order; none by default.
+	Replicas() []string
 	// Endpoint returns a node's API address as this process reaches it;
 	// it stays the same across restarts.
 	Endpoint(id string) string
@@ -67,16 +72,18 @@ type Cluster struct {
 	conns map[string]*grpc.ClientConn
 }
 
-// NewCluster connects to d's nodes (over TLS when d.ClientTLS is set),
-// waits for a leader, initializes the cluster (5 shares, threshold 3) and
-// unseals every node. logf receives progress lines.
+// NewCluster connects to d's nodes and read replicas (over TLS when
+// d.ClientTLS is set), waits for a leader, initializes the cluster (5
+// shares, threshold 3) and unseals every node, the replicas last (they
+// learn the seal configuration through Raft). logf receives progress
+// lines.
 func NewCluster(ctx context.Context, d Driver, logf func(format string, args ...any)) (*Cluster, error) {
 	c := &Cluster{D: d, logf: logf, conns: map[string]*grpc.ClientConn{}}
 	creds := insecure.NewCredentials()
 	if cfg := d.ClientTLS(); cfg != nil {
 		creds = credentials.NewTLS(cfg)
 	}
-	for _, id := range d.Nodes() {
+	for _, id := range c.all() {
 		conn, err := grpc.NewClient(d.Endpoint(id),
 			grpc.WithTransportCredentials(creds),
 			// Reconnect quickly to a node that comes back.
@@ -107,7 +114,7 @@ func NewCluster(ctx context.Context, d Driver, logf func(format string, args ...
 		return nil, err
 	}
 	c.Shares, c.Token = res.Keys, res.RootToken
-	for _, id := range d.Nodes() {
+	for _, id := range c.all() {
 		if err := c.Unseal(ctx, id); err != nil {
 			c.Close()
 			return nil, err
@@ -130,13 +137,23 @@ func (c *Cluster) Close() {
 	c.conns = nil
 }
 
-// Endpoints returns every node's API address.
-func (c *Cluster) Endpoints() []string {
+// Endpoints returns every voter's API address.
+func (c *Cluster) Endpoints() []string { return c.endpoints(c.D.Nodes()) }
+
+// ReplicaEndpoints returns every read replica's API address.
+func (c *Cluster) ReplicaEndpoints() []string { return c.endpoints(c.D.Replicas()) }
+
+func (c *Cluster) endpoints(ids []string) []string {
 	var out []string
-	for _, id := range c.D.Nodes() {
+	for _, id := range ids {
 		out = append(out, c.D.Endpoint(id))
 	}
 	return out
+}
+
+// all returns the voters' ids, then the read replicas'.
+func (c *Cluster) all() []string {
+	return append(append([]string(nil), c.D.Nodes()...), c.D.Replicas()...)
 }
 
 func (c *Cluster) conn(id string) *grpc.ClientConn {
@@ -157,6 +174,24 @@ func (c *Cluster) Status(ctx context.Context, id string) (*pb.StatusResponse, er
 	cctx, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	return c.sys(id).Status(cctx, &pb.StatusRequest{})
+}
+
+// WantSealed waits until node id answers, and fails when it answers
+// unsealed: a node started again must come back sealed.
+func (c *Cluster) WantSealed(ctx context.Context, id string) error {
+	var st *pb.StatusResponse
+	err := poll(ctx, id+" to answer", func() error {
+		var err error
+		st, err = c.Status(ctx, id)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if !st.GetSeal().GetSealed() {
+		return fmt.Errorf("chaos: %s came back unsealed: a node that starts again must be sealed", id)
+	}
+	return nil
 }
 
 // Unseal waits until node id answers and unseals it with three shares.
@@ -188,7 +223,7 @@ func (c *Cluster) Unseal(ctx context.Context, id string) error {
 }
 
 func (c *Cluster) index(id string) int {
-	for i, n := range c.D.Nodes() {
+	for i, n := range c.all() {
 		if n == id {
 			return i
 		}
@@ -245,9 +280,10 @@ func (c *Cluster) Followers(leader string) []string {
 	return out
 }
 
-// WaitApplied waits until every node has applied index.
+// WaitApplied waits until every node, read replicas included, has
+// applied index.
 func (c *Cluster) WaitApplied(ctx context.Context, index uint64) error {
-	for _, id := range c.D.Nodes() {
+	for _, id := range c.all() {
 		err := poll(ctx, id+" applied index", func() error {
 			st, err := c.Status(ctx, id)
 			if err != nil {
@@ -301,10 +337,15 @@ func (c *Cluster) WaitCaughtUp(ctx context.Context, id string) error {
 const maxHealthyLag = 256
 
 // WaitHealthy waits until every node answers unsealed, all agree on one
-// leader, and the leader lists every node as a reachable, caught-up voter.
+// leader, and the leader lists every node as a reachable, caught-up peer:
+// a voter, or a non-voter for a read replica.
 func (c *Cluster) WaitHealthy(ctx context.Context) error {
+	replica := map[string]bool{}
+	for _, id := range c.D.Replicas() {
+		replica[id] = true
+	}
 	return poll(ctx, "a healthy cluster", func() error {
-		for _, id := range c.D.Nodes() {
+		for _, id := range c.all() {
 			st, err := c.Status(ctx, id)
 			if err != nil {
 				return fmt.Errorf("%s: %w", id, err)
@@ -325,13 +366,13 @@ func (c *Cluster) WaitHealthy(ctx context.Context) error {
 		}
 		var ids []string
 		for _, p := range peers.Peers {
-			if !p.Voter || !p.Reachable || p.Lag > maxHealthyLag {
-				return fmt.Errorf("peer %s: voter %v, reachable %v, lag %d", p.Id, p.Voter, p.Reachable, p.Lag)
+			if p.Voter == replica[p.Id] || !p.Reachable || p.Lag > maxHealthyLag {
+				return fmt.Errorf("peer %s: voter %v (read replica %v), reachable %v, lag %d", p.Id, p.Voter, replica[p.Id], p.Reachable, p.Lag)
 			}
 			ids = append(ids, p.Id)
 		}
 		sort.Strings(ids)
-		want := append([]string(nil), c.D.Nodes()...)
+		want := c.all()
 		sort.Strings(want)
 		if fmt.Sprint(ids) != fmt.Sprint(want) {
 			return fmt.Errorf("raft peers %v, want %v", ids, want)

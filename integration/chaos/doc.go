@@ -1,7 +1,8 @@
 // Package chaos runs coffer clusters under a steady client load while it
 // injects faults (leader kill, pause, partition, follower restart, quorum
 // loss, graceful leader restart, rolling restart of every node, graceful
-// and hard), records every client operation in a
+// and hard, two of five voters killed at once, quorum lost beside a read
+// replica), records every client operation in a
 // history and checks the history afterwards:
 //
 //   - no acknowledged write is lost: its value is in its key's version
@@ -22,10 +23,13 @@
 // first acknowledged write after the outage), the failed reads and writes,
 // and the p99 latencies while the fault lasted.
 //
-// The same scenarios run against two drivers: InProcess (three
-// server.Server in this process on loopback, faults injected through each
-// node's replication.Network) and Docker (three coffer:dev containers
-// driven with the docker CLI). The tests of this package run the
+// The same scenarios run against two drivers: InProcess (server.Server
+// in this process on loopback, faults injected through each node's
+// replication.Network) and Docker (coffer:dev containers driven with the
+// docker CLI). A cluster has three voters, or as many as the scenario asks
+// for (five for FiveLoseTwo), and a read replica when the scenario needs
+// one (ReplicaQuorumLoss): clients that know only the replica then join
+// the load, and the scenario checks what it promises while quorum is lost. The tests of this package run the
 // in-process scenarios always and the docker ones when COFFER_CHAOS=1 and a
 // Docker engine answers; docs/CHAOS.md describes both and their figures.
 package chaos

@@ -22,7 +22,9 @@ import (
 	"coffer/internal/tlsutil"
 )
 
-// Docker runs three coffer containers on a network of their own and
+// Docker runs coffer containers (three voters unless DockerOptions.Nodes
+// says otherwise, and a read replica with DockerOptions.ReadReplica) on a
+// network of their own and
 // injects faults with the docker CLI only: docker kill, start, stop,
 // restart, pause, unpause, network disconnect and connect. Nothing leaves
 // this machine and no host network setting is touched.
@@ -57,9 +59,10 @@ type Docker struct {
 }
 
 type dockerNode struct {
-	name string
-	ip   string
-	port int // API port published on 127.0.0.1
+	name    string
+	ip      string
+	port    int  // API port published on 127.0.0.1
+	replica bool // a read replica: -read-replica, no -bootstrap-expect
 	// data is the host tmpfs mounted at /data with TmpfsData.
 	data string
 	// image is the image the container runs when not DockerOptions.Image
@@ -72,15 +75,22 @@ type dockerNode struct {
 type DockerOptions struct {
 	// Image is the coffer image (default coffer:dev, built by make docker).
 	Image string
-	// Prefix names the containers (Prefix-1 … Prefix-3), their volumes,
-	// and the cluster network (Prefix), and labels them
-	// (coffer-chaos=Prefix): runs with different prefixes may share a
-	// Docker engine. Default coffer-chaos.
+	// Prefix names the containers (Prefix-1 … Prefix-<Nodes>, and
+	// Prefix-r1 for the read replica), their volumes, and the cluster
+	// network (Prefix), and labels them (coffer-chaos=Prefix): runs with
+	// different prefixes may share a Docker engine. Default coffer-chaos.
 	Prefix string
+	// Nodes is the number of voters, started with -bootstrap-expect=Nodes
+	// (default 3).
+	Nodes int
+	// ReadReplica adds a read replica: a node started with -read-replica
+	// that joins the voters, is added to Raft as a non-voter, and serves
+	// stale reads (Driver.Replicas).
+	ReadReplica bool
 	// FirstPort, when set, publishes node i's API on 127.0.0.1 at
-	// FirstPort+i-1, so that concurrent runs can keep to port ranges of
-	// their own; by default each node gets a free port below the
-	// ephemeral range.
+	// FirstPort+i-1 (the read replica's after the voters'), so that
+	// concurrent runs can keep to port ranges of their own; by default
+	// each node gets a free port below the ephemeral range.
 	FirstPort int
 	// Args are extra `coffer server` flags for every node (e.g.
 	// -raft-heartbeat-timeout=300ms).
@@ -134,7 +144,7 @@ func redact(args []string) []string {
 }
 
 // NewDocker removes what an earlier run may have left under the same
-// names, creates the network, the volumes and the three containers, and
+// names, creates the network, the volumes and the containers, and
 // starts them. They come up sealed and uninitialized; NewCluster
 // initializes them. Call Close (even when NewDocker fails) to remove
 // everything.
@@ -148,6 +158,9 @@ func NewDocker(ctx context.Context, opts DockerOptions) (*Docker, error) {
 	if opts.Hold == 0 {
 		opts.Hold = 2 * time.Second
 	}
+	if opts.Nodes == 0 {
+		opts.Nodes = 3
+	}
 	if opts.Logf == nil {
 		opts.Logf = func(string, ...any) {}
 	}
@@ -158,8 +171,11 @@ func NewDocker(ctx context.Context, opts DockerOptions) (*Docker, error) {
 	key := make([]byte, 32)
 	rand.Read(key)
 	d.key = base64.StdEncoding.EncodeToString(key)
-	for i := 1; i <= 3; i++ {
+	for i := 1; i <= opts.Nodes; i++ {
 		d.nodes = append(d.nodes, &dockerNode{name: fmt.Sprintf("%s-%d", opts.Prefix, i)})
+	}
+	if opts.ReadReplica {
+		d.nodes = append(d.nodes, &dockerNode{name: opts.Prefix + "-r1", replica: true})
 	}
 	d.removeAll(ctx)
 	d.mu.Lock()
@@ -333,6 +349,10 @@ func (d *Docker) create(ctx context.Context, n *dockerNode, join string) error {
 		args = append(args, "-v", filepath.Join(d.certs, "node")+":/certs:ro")
 		security = "-certs-dir=/certs"
 	}
+	role := fmt.Sprintf("-bootstrap-expect=%d", d.opts.Nodes)
+	if n.replica {
+		role = "-read-replica"
+	}
 	image := d.opts.Image
 	if n.image != "" {
 		image = n.image
@@ -340,7 +360,7 @@ func (d *Docker) create(ctx context.Context, n *dockerNode, join string) error {
 	args = append(args, image,
 		"server", "-node-id="+n.name, "-data-dir=/data",
 		"-api-addr=0.0.0.0:8400", "-http-addr=0.0.0.0:8200", "-raft-addr=0.0.0.0:8401", "-gossip-addr=0.0.0.0:8402",
-		"-advertise="+n.name, "-bootstrap-expect=3", "-join="+join, security)
+		"-advertise="+n.name, role, "-join="+join, security)
 	args = append(args, d.opts.Args...)
 	if _, err := docker(ctx, args...); err != nil {
 		return err
@@ -349,11 +369,13 @@ func (d *Docker) create(ctx context.Context, n *dockerNode, join string) error {
 	return err
 }
 
-// join is every node's gossip address, for -join.
+// join is every voter's gossip address, for -join.
 func (d *Docker) join() string {
 	var join []string
 	for _, n := range d.nodes {
-		join = append(join, n.name+":8402")
+		if !n.replica {
+			join = append(join, n.name+":8402")
+		}
 	}
 	return strings.Join(join, ",")
 }
@@ -427,10 +449,18 @@ func (d *Docker) node(id string) (*dockerNode, error) {
 func (d *Docker) Name() string { return "docker" }
 
 // Nodes implements Driver.
-func (d *Docker) Nodes() []string {
+func (d *Docker) Nodes() []string { return d.names(false) }
+
+// Replicas implements Driver.
+func (d *Docker) Replicas() []string { return d.names(true) }
+
+// names returns the voters' names, or the read replicas'.
+func (d *Docker) names(replicas bool) []string {
 	var out []string
 	for _, n := range d.nodes {
-		out = append(out, n.name)
+		if n.replica == replicas {
+			out = append(out, n.name)
+		}
 	}
 	return out
 }

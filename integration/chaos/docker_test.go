@@ -44,6 +44,19 @@ func TestDockerRollingRestart(t *testing.T) {
 	}
 }
 
+// TestDockerFiveLoseTwo kills the leader and a follower of five
+// containers with two concurrent docker kills; the leader kill's goals
+// apply to its figures (TestDockerSummary).
+func TestDockerFiveLoseTwo(t *testing.T) { runDocker(t, FiveLoseTwo()) }
+
+// TestDockerReplicaQuorumLoss kills two of three voters for
+// QuorumLossOutage while a read replica's clients keep reading.
+func TestDockerReplicaQuorumLoss(t *testing.T) {
+	if res := runDocker(t, ReplicaQuorumLoss(QuorumLossOutage)); res != nil {
+		wantReplicaReads(t, res)
+	}
+}
+
 // TestDockerDiskFull fills a follower's disk and then the leader's (their
 // data on tmpfs mounts of the host with a size limit): the node exits
 // with status 1 and says why, the others serve, and it comes back once
@@ -171,6 +184,16 @@ func goals(s Summary) []goal {
 			{"leader kill → first write: worst < 2000ms", s.WorstWriteUnavailableMs < 2000, fmt.Sprintf("%.0fms", s.WorstWriteUnavailableMs)},
 			{"leader kill: failed reads 0", s.FailedReads == 0, fmt.Sprint(s.FailedReads)},
 		}
+	case KindLoseTwo:
+		// Losing two of five costs what losing the leader of three does.
+		gs := []goal{
+			{"lose two of five → first write: worst < 2000ms", s.WorstWriteUnavailableMs < 2000, fmt.Sprintf("%.0fms", s.WorstWriteUnavailableMs)},
+			{"lose two of five: failed reads 0", s.FailedReads == 0, fmt.Sprint(s.FailedReads)},
+		}
+		if s.Count >= 3 {
+			gs = append(gs, goal{"lose two of five → first write: median < 1000ms", s.MedianWriteUnavailableMs < 1000, fmt.Sprintf("%.0fms over %d", s.MedianWriteUnavailableMs, s.Count)})
+		}
+		return gs
 	case "graceful-leader-restart":
 		return []goal{{"graceful leader restart: 0 failed writes", s.FailedWrites == 0, fmt.Sprint(s.FailedWrites)}}
 	case KindRollingGracefulFollower, KindRollingGracefulLeader:
@@ -234,6 +257,8 @@ func TestGoals(t *testing.T) {
 		{Summary{Kind: KindRollingHardLeader, Count: 3, MedianWriteUnavailableMs: 1200, WorstWriteUnavailableMs: 1200}, "rolling hard restart of the leader → first write: median < 1000ms"},
 		{Summary{Kind: KindRollingHardLeader, Count: 1, WorstWriteUnavailableMs: 2100}, "rolling hard restart of the leader → first write: worst < 2000ms"},
 		{Summary{Kind: KindRollingHardFollower, FailedReads: 3}, "rolling hard restart of a follower: failed reads 0"},
+		{Summary{Kind: KindLoseTwo, Count: 1, WorstWriteUnavailableMs: 2100}, "lose two of five → first write: worst < 2000ms"},
+		{Summary{Kind: KindLoseTwo, Count: 3, MedianWriteUnavailableMs: 1100, WorstWriteUnavailableMs: 1100}, "lose two of five → first write: median < 1000ms"},
 	} {
 		var missed []string
 		for _, g := range goals(c.s) {
@@ -265,8 +290,9 @@ func serverArgs() []string {
 
 // dockerOptions are the clusters' options from the environment:
 // $COFFER_CHAOS_IMAGE (default coffer:dev), $COFFER_CHAOS_PREFIX (default
-// coffer-chaos), $COFFER_CHAOS_PORTS (the first of the three host ports
-// the nodes' APIs are published on; default free ones),
+// coffer-chaos), $COFFER_CHAOS_PORTS (the first of the consecutive host
+// ports the nodes' APIs are published on, one per node: up to six, five
+// voters and a read replica; default free ones),
 // $COFFER_CHAOS_SERVER_ARGS and $COFFER_CHAOS_INSECURE=1.
 func dockerOptions() (DockerOptions, error) {
 	opts := DockerOptions{
@@ -277,8 +303,8 @@ func dockerOptions() (DockerOptions, error) {
 	}
 	if p := os.Getenv("COFFER_CHAOS_PORTS"); p != "" {
 		port, err := strconv.Atoi(p)
-		if err != nil || port < 1024 || port > 65533 {
-			return opts, fmt.Errorf("COFFER_CHAOS_PORTS=%q: want the first of three free ports, 1024 to 65533", p)
+		if err != nil || port < 1024 || port > 65530 {
+			return opts, fmt.Errorf("COFFER_CHAOS_PORTS=%q: want the first of six free consecutive ports, 1024 to 65530", p)
 		}
 		opts.FirstPort = port
 	}
@@ -307,6 +333,7 @@ func runDockerWith(t *testing.T, s Scenario, tune func(*DockerOptions)) *Result 
 		t.Fatal(err)
 	}
 	opts.Logf = t.Logf
+	opts.Nodes, opts.ReadReplica = s.voters(), s.ReadReplica
 	if tune != nil {
 		tune(&opts)
 	}

@@ -50,6 +50,9 @@ type Op struct {
 	Fallback bool   `json:"fallback,omitempty"`
 	Cached   bool   `json:"cached,omitempty"`
 	Node     string `json:"node,omitempty"`
+	// Replica marks a read of a client that knows only the read
+	// replicas (LoadConfig.ReplicaEndpoints).
+	Replica bool `json:"replica,omitempty"`
 }
 
 // The consistencies a read asks for, as Op.Consistency names them.
@@ -100,6 +103,9 @@ func (o Op) String() string {
 	}
 	if o.Kind == OpRead {
 		s += " (" + o.Consistency
+		if o.Replica {
+			s += " via the read replica"
+		}
 		if o.Node != "" {
 			s += " from " + o.Node
 		}

@@ -13,13 +13,18 @@ import (
 	"coffer/replication"
 )
 
-// InProcess runs three coffer nodes in this process on loopback (real
-// TCP, gRPC and bbolt in temporary directories), with internal/testcluster.
+// InProcess runs coffer nodes (three voters unless InProcessOptions.Nodes
+// says otherwise, and a read replica with InProcessOptions.ReadReplica) in
+// this process on loopback (real TCP, gRPC and bbolt in temporary
+// directories), with internal/testcluster.
 // A kill cuts the node's replication.Network and stops it without a
 // goodbye; a partition and a pause both cut its Network (its Raft traffic
 // and its calls to peers), while clients still reach its API.
 type InProcess struct {
 	c *testcluster.Cluster
+	// voters and replicas are the node ids (n1 … n<Nodes>, then the read
+	// replica's).
+	voters, replicas []string
 }
 
 // InProcessOptions tune an in-process cluster.
@@ -34,10 +39,17 @@ type InProcessOptions struct {
 	// TLS runs the nodes with certificates of a CA made for the cluster:
 	// TLS on the API, mutual TLS between nodes (testcluster's Options.TLS).
 	TLS bool
+	// Nodes is the number of voters (default 3).
+	Nodes int
+	// ReadReplica adds a read replica (n<Nodes+1>): it joins the voters
+	// through gossip, is added to Raft as a non-voter, and serves stale
+	// reads (Driver.Replicas).
+	ReadReplica bool
 }
 
-// NewInProcess starts three nodes with bootstrap_expect 3 and registers
-// their shutdown with t.Cleanup. They come up sealed and uninitialized
+// NewInProcess starts the voters with bootstrap_expect set to their
+// number, then the read replica if asked for, and registers their
+// shutdown with t.Cleanup. They come up sealed and uninitialized
 // (NewCluster initializes them).
 func NewInProcess(t testing.TB, opts InProcessOptions) (*InProcess, error) {
 	raft := testcluster.FastRaft()
@@ -49,11 +61,22 @@ func NewInProcess(t testing.TB, opts InProcessOptions) (*InProcess, error) {
 	if level == hclog.NoLevel {
 		level = hclog.Off
 	}
-	c, err := testcluster.New(t, 3, testcluster.Options{Raft: raft, LogLevel: level, TLS: opts.TLS})
+	size := opts.Nodes
+	if size == 0 {
+		size = 3
+	}
+	c, err := testcluster.New(t, size, testcluster.Options{Raft: raft, LogLevel: level, TLS: opts.TLS})
 	if err != nil {
 		return nil, fmt.Errorf("chaos: %w", err)
 	}
-	return &InProcess{c: c}, nil
+	p := &InProcess{c: c}
+	for _, n := range c.Nodes() {
+		p.voters = append(p.voters, n.ID)
+	}
+	if opts.ReadReplica {
+		p.replicas = append(p.replicas, c.AddNode(t, true).ID)
+	}
+	return p, nil
 }
 
 // node returns the node with the given id.
@@ -81,7 +104,10 @@ func (p *InProcess) running(id string) (*testcluster.Node, error) {
 func (p *InProcess) Name() string { return "in-process" }
 
 // Nodes implements Driver.
-func (p *InProcess) Nodes() []string { return []string{"n1", "n2", "n3"} }
+func (p *InProcess) Nodes() []string { return append([]string(nil), p.voters...) }
+
+// Replicas implements Driver.
+func (p *InProcess) Replicas() []string { return append([]string(nil), p.replicas...) }
 
 // Endpoint implements Driver.
 func (p *InProcess) Endpoint(id string) string {

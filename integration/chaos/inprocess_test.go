@@ -58,6 +58,16 @@ func TestInProcessSchedule(t *testing.T) {
 	runInProcess(t, Schedule(seed, 8))
 }
 
+func TestInProcessFiveLoseTwo(t *testing.T) { runInProcess(t, FiveLoseTwo()) }
+
+// TestInProcessReplicaQuorumLoss: quorum lost for QuorumLossOutage,
+// while the read replica's clients keep reading.
+func TestInProcessReplicaQuorumLoss(t *testing.T) {
+	if res := runInProcess(t, ReplicaQuorumLoss(QuorumLossOutage)); res != nil {
+		wantReplicaReads(t, res)
+	}
+}
+
 func runInProcess(t *testing.T, s Scenario) *Result {
 	t.Helper()
 	return runInProcessWith(t, s, InProcessOptions{})
@@ -70,6 +80,7 @@ func runInProcessWith(t *testing.T, s Scenario, opts InProcessOptions) *Result {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	opts.LogLevel = hclog.LevelFromString(os.Getenv("COFFER_CHAOS_LOG"))
+	opts.Nodes, opts.ReadReplica = s.voters(), s.ReadReplica
 	d, err := NewInProcess(t, opts)
 	if err != nil {
 		t.Fatal(err)

@@ -32,6 +32,11 @@ type LoadConfig struct {
 	// has its own api.Client (a client of its own, as separate services
 	// would). Defaults 3 and 3.
 	Writers, Readers int
+	// ReplicaEndpoints, when set, are the API addresses of read replicas:
+	// ReplicaReaders more readers (default 2) read through clients that
+	// know only them, every read a stale one (Op.Replica marks them).
+	ReplicaEndpoints []string
+	ReplicaReaders   int
 	// Interval is the pause of a worker between two operations (it shapes
 	// the load; it synchronises nothing). Default 10ms.
 	Interval time.Duration
@@ -68,6 +73,11 @@ func (c LoadConfig) withDefaults() LoadConfig {
 	def(&c.StaleEvery, 4)
 	def(&c.LinearizableEvery, 3)
 	def(&c.MaxOps, 100000)
+	if len(c.ReplicaEndpoints) == 0 {
+		c.ReplicaReaders = 0
+	} else {
+		def(&c.ReplicaReaders, 2)
+	}
 	if c.Interval == 0 {
 		c.Interval = 10 * time.Millisecond
 	}
@@ -127,9 +137,12 @@ func StartLoad(ctx context.Context, cfg LoadConfig) (*Load, error) {
 		}
 	}
 	clientCfg := api.Config{Endpoints: cfg.Endpoints, Token: cfg.Token, TLS: cfg.TLS}
-	for w := 1; w <= cfg.Writers+cfg.Readers; w++ {
+	for w := 1; w <= cfg.Writers+cfg.Readers+cfg.ReplicaReaders; w++ {
 		cc := clientCfg
-		if w > cfg.Writers {
+		switch {
+		case l.replicaReader(w):
+			cc.Endpoints = cfg.ReplicaEndpoints
+		case w > cfg.Writers:
 			cc.Cache = cfg.Cache
 		}
 		cl, err := api.New(cc)
@@ -146,6 +159,12 @@ func StartLoad(ctx context.Context, cfg LoadConfig) (*Load, error) {
 		}
 	}
 	return l, nil
+}
+
+// replicaReader reports whether worker client reads from the read
+// replicas: the last ReplicaReaders workers do.
+func (l *Load) replicaReader(client int) bool {
+	return client > l.cfg.Writers+l.cfg.Readers
 }
 
 // Keys returns the keys of the load.
@@ -232,7 +251,11 @@ func (l *Load) writer(client int, cl *api.Client) {
 func (l *Load) reader(client int, cl *api.Client) {
 	l.loop(func(seq int) {
 		key := l.keys[(seq+client)%len(l.keys)]
-		l.get(cl, client, key, l.consistency(seq))
+		consistency := l.consistency(seq)
+		if l.replicaReader(client) {
+			consistency = ConsistencyStale
+		}
+		l.get(cl, client, key, consistency)
 	})
 }
 
@@ -280,7 +303,7 @@ func (l *Load) get(cl *api.Client, client int, key, consistency string) {
 	case ConsistencyLinearizable:
 		req.Read = &pb.ReadOptions{Consistency: pb.Consistency_CONSISTENCY_LINEARIZABLE}
 	}
-	op := Op{Client: client, Kind: OpRead, Key: key, Consistency: consistency}
+	op := Op{Client: client, Kind: OpRead, Key: key, Consistency: consistency, Replica: l.replicaReader(client)}
 	op.Start = time.Now()
 	cctx, cancel := context.WithTimeout(context.Background(), l.cfg.OpTimeout)
 	resp, info, err := cl.GetWithInfo(cctx, req)
@@ -289,7 +312,13 @@ func (l *Load) get(cl *api.Client, client int, key, consistency string) {
 	op.Stale, op.Fallback, op.Cached = info.Stale, info.Fallback, info.Cached
 	switch {
 	case status.Code(err) == codes.NotFound:
-		// The key does not exist (yet): a read of the empty register.
+		// The key does not exist (yet): a read of the empty register. No
+		// ReadMeta says how fresh that is: a read asked stale, or a stale
+		// fallback, may have been answered by a node that has not applied
+		// the key's first write yet (a read replica just joined does
+		// that), so it counts as stale, still held to never going back
+		// in time.
+		op.Stale = op.Stale || op.Fallback || consistency == ConsistencyStale
 	case err != nil:
 		op.Err = errString(err)
 	default:

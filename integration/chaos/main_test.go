@@ -61,6 +61,10 @@ var checkGroups = []struct {
 	{"no-reads-back-in-time", []string{"went-back"}},
 	{"reads-return-written-values", []string{"bad-read"}},
 	{"reads-succeed", []string{"failed-read"}},
+	// ReplicaQuorumLoss's own promises (Run.Violate).
+	{"no-write-acknowledged-without-quorum", []string{"acked-without-quorum"}},
+	{"writes-fail-cleanly-without-quorum", []string{"no-write-failed", "write-error-unclear"}},
+	{"replica-serves-without-quorum", []string{"replica-silent"}},
 }
 
 // report logs a scenario's figures and check counts, keeps the result for
@@ -123,6 +127,20 @@ func wantNoFailedCalls(t *testing.T, res *Result, kinds ...string) {
 		}
 		if n == 0 {
 			t.Errorf("no fault of kinds %v in the run", kinds)
+		}
+	})
+}
+
+// wantReplicaReads fails the subtest replica-reads unless the read
+// replica's clients read during the run's faults, and none of those reads
+// failed.
+func wantReplicaReads(t *testing.T, res *Result) {
+	t.Helper()
+	t.Run("replica-reads", func(t *testing.T) {
+		for _, f := range res.Faults {
+			if f.ReplicaReads == 0 || f.FailedReplicaReads > 0 {
+				t.Errorf("%s: %d reads through the read replica, %d failed; want some, none failed", f.Fault, f.ReplicaReads, f.FailedReplicaReads)
+			}
 		}
 	})
 }

@@ -15,7 +15,8 @@ import (
 type Fault struct {
 	// Kind names the fault: leader-kill, leader-pause, leader-partition,
 	// follower-restart, quorum-loss, all-down, graceful-leader-restart,
-	// and a rolling restart's four (KindRollingGracefulFollower …).
+	// a rolling restart's four (KindRollingGracefulFollower …),
+	// KindLoseTwo and KindReplicaQuorumLoss.
 	Kind string `json:"kind"`
 	// Name describes it ("kill leader n2 (3/10)").
 	Name string `json:"name"`
@@ -64,6 +65,11 @@ type Figures struct {
 	CachedReads             int `json:"cached_reads"`
 	LinearizableReads       int `json:"linearizable_reads"`
 	FailedLinearizableReads int `json:"failed_linearizable_reads"`
+	// ReplicaReads are the reads of the clients that know only the read
+	// replicas (Op.Replica), FailedReplicaReads those that failed (in
+	// FailedReads too).
+	ReplicaReads       int `json:"replica_reads,omitempty"`
+	FailedReplicaReads int `json:"failed_replica_reads,omitempty"`
 	// p99 latencies of the calls started while the fault lasted (Start to
 	// Healed), failed ones included.
 	ReadP99Ms  float64 `json:"read_p99_ms"`
@@ -97,6 +103,12 @@ func Measure(ops []Op, f Fault) Figures {
 			fig.Reads++
 			if op.Linearizable() {
 				fig.LinearizableReads++
+			}
+			if op.Replica {
+				fig.ReplicaReads++
+				if !op.OK() {
+					fig.FailedReplicaReads++
+				}
 			}
 			switch {
 			case !op.OK() && op.Linearizable():
@@ -209,15 +221,25 @@ func Summarize(figs []Figures) []Summary {
 	return out
 }
 
-// Table renders figures as an aligned text table, one row per fault.
+// Table renders figures as an aligned text table, one row per fault; the
+// read replicas' columns are there when a fault saw replica reads.
 func Table(figs []Figures) string {
+	replicas := slices.ContainsFunc(figs, func(f Figures) bool { return f.ReplicaReads > 0 })
 	var b strings.Builder
 	w := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "driver\tscenario\tfault\twrite unavail ms\tfault ms\twrites\tfailed w\treads\tfailed r\tstale r\tcached r\tlin r\tfailed lin r\tread p99 ms\twrite p99 ms\t")
+	head := "driver\tscenario\tfault\twrite unavail ms\tfault ms\twrites\tfailed w\treads\tfailed r\tstale r\tcached r\tlin r\tfailed lin r\tread p99 ms\twrite p99 ms\t"
+	if replicas {
+		head += "replica r\tfailed replica r\t"
+	}
+	fmt.Fprintln(w, head)
 	for _, f := range figs {
-		fmt.Fprintf(w, "%s\t%s\t%s\t%.0f\t%.0f\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%.1f\t%.1f\t\n",
+		fmt.Fprintf(w, "%s\t%s\t%s\t%.0f\t%.0f\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t%.1f\t%.1f\t",
 			f.Driver, f.Scenario, f.Fault, f.WriteUnavailableMs, f.FaultMs, f.Writes, f.FailedWrites, f.Reads, f.FailedReads, f.StaleReads, f.CachedReads,
 			f.LinearizableReads, f.FailedLinearizableReads, f.ReadP99Ms, f.WriteP99Ms)
+		if replicas {
+			fmt.Fprintf(w, "%d\t%d\t", f.ReplicaReads, f.FailedReplicaReads)
+		}
+		fmt.Fprintln(w)
 	}
 	w.Flush()
 	return b.String()

@@ -4,8 +4,11 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"time"
+
+	"google.golang.org/grpc/codes"
 
 	"coffer/api"
 )
@@ -17,9 +20,23 @@ type Scenario struct {
 	// Cache gives the readers' clients a cache (for the outage of every
 	// node).
 	Cache bool
+	// Voters is the number of voters the scenario needs (default 3);
+	// ReadReplica says it needs a read replica too, whose readers join
+	// the load (LoadConfig.ReplicaEndpoints). The runners build the
+	// cluster to match; Execute refuses a cluster that does not.
+	Voters      int
+	ReadReplica bool
 	// Body injects the faults. It returns when the cluster is healthy
 	// again after the last one.
 	Body func(r *Run) error
+}
+
+// voters is the number of voters s needs.
+func (s Scenario) voters() int {
+	if s.Voters == 0 {
+		return 3
+	}
+	return s.Voters
 }
 
 // Options tune a scenario run. The zero value of each field means its
@@ -51,8 +68,20 @@ type Run struct {
 	Load *Load
 	opts Options
 
-	mu     sync.Mutex
-	faults []*Fault
+	mu         sync.Mutex
+	faults     []*Fault
+	violations []Violation
+}
+
+// Violate records a promise of the scenario itself that the run broke
+// (check names it, as Violation.Check); the run goes on, and the
+// violation joins the history checks' in the Result.
+func (r *Run) Violate(check, format string, args ...any) {
+	v := Violation{Check: check, Detail: fmt.Sprintf(format, args...)}
+	r.mu.Lock()
+	r.violations = append(r.violations, v)
+	r.mu.Unlock()
+	r.Logf("violation: %s: %s", v.Check, v.Detail)
 }
 
 // Logf logs a progress line.
@@ -122,10 +151,14 @@ func (r *Run) WaitLinearizableRead(t time.Time) error {
 	})
 }
 
-// StartNodes starts the nodes ids (in parallel) and unseals them.
+// StartNodes starts the nodes ids (in parallel), checks that each comes
+// back sealed, and unseals them.
 func (r *Run) StartNodes(ids ...string) error {
 	return r.parallel(ids, func(ctx context.Context, id string) error {
 		if err := r.C.D.Start(ctx, id); err != nil {
+			return err
+		}
+		if err := r.C.WantSealed(ctx, id); err != nil {
 			return err
 		}
 		return r.C.Unseal(ctx, id)
@@ -200,8 +233,17 @@ func Execute(ctx context.Context, c *Cluster, s Scenario, opts Options) (*Result
 	if opts.Logf == nil {
 		opts.Logf = func(string, ...any) {}
 	}
+	if want, got := s.voters(), len(c.D.Nodes()); got != want {
+		return nil, fmt.Errorf("chaos: %s needs %d voters, the cluster has %d", s.Name, want, got)
+	}
+	if s.ReadReplica && len(c.D.Replicas()) == 0 {
+		return nil, fmt.Errorf("chaos: %s needs a read replica, the cluster has none", s.Name)
+	}
 	lc := opts.Load
 	lc.Endpoints, lc.Token, lc.TLS = c.Endpoints(), c.Token, c.D.ClientTLS()
+	if s.ReadReplica {
+		lc.ReplicaEndpoints = c.ReplicaEndpoints()
+	}
 	lc.Prefix = "secret/chaos/" + s.Name
 	if s.Cache {
 		// Short-lived entries, so that most reads still reach the cluster
@@ -233,6 +275,7 @@ func Execute(ctx context.Context, c *Cluster, s Scenario, opts Options) (*Result
 		return nil, err
 	}
 	res := &Result{Scenario: s.Name, Driver: c.D.Name(), TLS: c.D.ClientTLS() != nil, Check: Check(ops, final, opts.Check)}
+	res.Check.Violations = append(res.Check.Violations, r.violations...)
 	var faults []Fault
 	for _, f := range r.faults {
 		fig := Measure(ops, *f)
@@ -255,7 +298,7 @@ func Execute(ctx context.Context, c *Cluster, s Scenario, opts Options) (*Result
 
 // LeaderKill kills the leader n times in a row; each time it waits for
 // the new leader's first write and a linearizable read begun after the
-// kill, then starts and unseals the old one.
+// kill, then starts and unseals the old one (crash).
 func LeaderKill(n int) Scenario {
 	return Scenario{Name: "leader-kill", Body: func(r *Run) error {
 		for i := 1; i <= n; i++ {
@@ -263,26 +306,59 @@ func LeaderKill(n int) Scenario {
 			if err != nil {
 				return err
 			}
-			f := r.Begin("leader-kill", []string{leader}, "kill leader %s (%d/%d)", leader, i, n)
-			if err := r.C.D.Kill(r.Ctx, leader); err != nil {
-				return err
-			}
-			if err := r.WaitTakeover(leader); err != nil {
-				return err
-			}
-			if err := r.WaitLinearizableRead(f.Start); err != nil {
-				return err
-			}
-			if err := r.StartNodes(leader); err != nil {
-				return err
-			}
-			r.Healed(f)
-			if err := r.Recover(f); err != nil {
+			if err := crash(r, "leader-kill", leader, []string{leader}, "kill leader %s (%d/%d)", leader, i, n); err != nil {
 				return err
 			}
 		}
 		return nil
 	}}
+}
+
+// The kinds of the faults of FiveLoseTwo and ReplicaQuorumLoss.
+const (
+	KindLoseTwo           = "lose-two"
+	KindReplicaQuorumLoss = "replica-quorum-loss"
+)
+
+// FiveLoseTwo kills the leader and a follower of five voters at the same
+// moment: the three left hold a quorum, elect a leader and take writes;
+// then the two are started, unsealed and caught up (crash).
+func FiveLoseTwo() Scenario {
+	return Scenario{Name: "five-lose-two", Voters: 5, Body: func(r *Run) error {
+		leader, err := r.Leader()
+		if err != nil {
+			return err
+		}
+		follower := r.C.Followers(leader)[0]
+		return crash(r, KindLoseTwo, leader, []string{leader, follower}, "kill leader %s and follower %s at once", leader, follower)
+	}}
+}
+
+// crash kills nodes, leader among them, at once (a fault of kind); waits
+// until the nodes left agree on another leader that acknowledges a write,
+// and for a linearizable read begun after the kill; starts and unseals
+// the nodes, which come back sealed; waits for a healthy cluster taking
+// writes (the fault's window ends there), and until each of the nodes has
+// applied what the leader had.
+func crash(r *Run, kind, leader string, nodes []string, format string, args ...any) error {
+	f := r.Begin(kind, nodes, format, args...)
+	if err := r.parallel(nodes, r.C.D.Kill); err != nil {
+		return err
+	}
+	if err := r.WaitTakeover(leader); err != nil {
+		return err
+	}
+	if err := r.WaitLinearizableRead(f.Start); err != nil {
+		return err
+	}
+	if err := r.StartNodes(nodes...); err != nil {
+		return err
+	}
+	r.Healed(f)
+	if err := r.Recover(f); err != nil {
+		return err
+	}
+	return r.parallel(nodes, r.C.WaitCaughtUp)
 }
 
 // LeaderPause freezes the leader for the driver's Hold (longer than the
@@ -325,7 +401,8 @@ func holdFault(r *Run, kind, verb string, inject, remove func(context.Context, s
 	return err
 }
 
-// FollowerRestart restarts a follower gracefully and unseals it.
+// FollowerRestart restarts a follower gracefully and unseals it (it
+// comes back sealed).
 func FollowerRestart() Scenario {
 	return Scenario{Name: "follower-restart", Body: func(r *Run) error {
 		leader, err := r.Leader()
@@ -337,6 +414,9 @@ func FollowerRestart() Scenario {
 		ctx, cancel := r.waitCtx()
 		defer cancel()
 		if err := r.C.D.Restart(ctx, follower); err != nil {
+			return err
+		}
+		if err := r.C.WantSealed(ctx, follower); err != nil {
 			return err
 		}
 		if err := r.C.Unseal(ctx, follower); err != nil {
@@ -378,6 +458,133 @@ func QuorumLoss() Scenario {
 		r.Healed(f, all)
 		return r.Recover(f, all)
 	}}
+}
+
+// QuorumLossOutage is how long ReplicaQuorumLoss keeps quorum lost:
+// longer than a write's retries last without a leader (the client's 5s
+// retry budget, the last attempt it starts within it, which the node left
+// holds up to 3s waiting for a leader, and the pass in between), so that
+// the writes begun early in the outage fail rather than outlast it.
+const QuorumLossOutage = 10 * time.Second
+
+// ReplicaQuorumLoss kills the leader and a follower of three voters at
+// once, while a read replica and the clients that know only it go on:
+// quorum is lost for outage. Then it starts and unseals the two. The run
+// breaks the scenario's promises (Run.Violate) when
+//
+//   - a write begun after both were down was acknowledged before they
+//     came back (acked-without-quorum);
+//   - no write failed in the outage (no-write-failed: it was too short to
+//     show anything), or one failed without a clear Unavailable error
+//     (write-error-unclear): those in flight at the kill fail once the
+//     client's retries run out;
+//   - the replica's clients made no successful read in the outage
+//     (replica-silent; a failed read breaks reads-succeed already).
+//
+// It ends once a replica read has seen the index of a write acknowledged
+// after the recovery: the replica caught up.
+//
+// The other readers have a cache, as in QuorumLoss: a reader that saw the
+// last entry the dead leader committed may find the node left without it
+// (its follower that acknowledged the entry died too), and that node
+// cannot answer it without going back in time (min_index); the cache can.
+func ReplicaQuorumLoss(outage time.Duration) Scenario {
+	return Scenario{Name: "replica-quorum-loss", ReadReplica: true, Cache: true, Body: func(r *Run) error {
+		leader, err := r.Leader()
+		if err != nil {
+			return err
+		}
+		two := []string{leader, r.C.Followers(leader)[0]}
+		f := r.Begin(KindReplicaQuorumLoss, two, "kill leader %s and follower %s for %s", two[0], two[1], outage)
+		if err := r.parallel(two, r.C.D.Kill); err != nil {
+			return err
+		}
+		// From here no write can commit: Kill returns when the signal is
+		// sent, this once the two no longer answer.
+		if err := r.parallel(two, r.down); err != nil {
+			return err
+		}
+		down := time.Now()
+		if err := r.Hold(outage); err != nil {
+			return err
+		}
+		back := time.Now()
+		if err := r.StartNodes(two...); err != nil {
+			return err
+		}
+		r.Healed(f)
+		if err := r.Recover(f); err != nil {
+			return err
+		}
+		r.checkQuorumLoss(f, down, back)
+		return r.waitReplicaCaughtUp(back)
+	}}
+}
+
+// down waits until node id no longer answers.
+func (r *Run) down(ctx context.Context, id string) error {
+	return poll(ctx, id+" down", func() error {
+		if _, err := r.C.Status(ctx, id); err == nil {
+			return fmt.Errorf("%s still answers", id)
+		}
+		return nil
+	})
+}
+
+// checkQuorumLoss checks the operations of the outage of fault f, from
+// down (both nodes gone) to back (their restart), against
+// ReplicaQuorumLoss's promises: no write begun after down was
+// acknowledged before back; every write that failed after the kill and
+// before back (those in flight at the kill among them) failed
+// Unavailable, and one did at least; the replica's clients read.
+func (r *Run) checkQuorumLoss(f *Fault, down, back time.Time) {
+	var failed, replicaReads int
+	var firstAck time.Time // the first write acknowledged after back
+	for _, op := range r.Load.History().Ops() {
+		if op.Kind == OpWrite && op.OK() && op.End.After(back) && (firstAck.IsZero() || op.End.Before(firstAck)) {
+			firstAck = op.End
+		}
+		switch {
+		case op.Kind == OpWrite && op.OK() && !op.Start.Before(down) && op.End.Before(back):
+			r.Violate("acked-without-quorum", "%s acknowledged at %s, while quorum was lost (%s to %s)",
+				op, op.End.Format("15:04:05.000"), down.Format("15:04:05.000"), back.Format("15:04:05.000"))
+		case op.Kind == OpWrite && !op.OK() && op.End.After(f.Start) && op.End.Before(back):
+			failed++
+			if !strings.HasPrefix(op.Err, codes.Unavailable.String()+": ") {
+				r.Violate("write-error-unclear", "%s at %s: a write without quorum fails Unavailable, saying why", op, op.Start.Format("15:04:05.000"))
+			}
+		case op.Replica && op.OK() && !op.Start.Before(down) && op.Start.Before(back):
+			replicaReads++
+		}
+	}
+	r.Logf("while quorum was lost (%s): %d writes failed, %d reads served by the read replica; the first write acknowledged %s after the restart began",
+		back.Sub(down).Round(time.Millisecond), failed, replicaReads, firstAck.Sub(back).Round(time.Millisecond))
+	if failed == 0 {
+		r.Violate("no-write-failed", "no write failed while quorum was lost (%s): the outage is shorter than a write's retries", back.Sub(down).Round(time.Millisecond))
+	}
+	if replicaReads == 0 {
+		r.Violate("replica-silent", "the read replica's clients made no successful read while quorum was lost")
+	}
+}
+
+// waitReplicaCaughtUp waits until a read through the read replicas has
+// seen the index of a write acknowledged after back (the replica applied
+// a write made after the recovery).
+func (r *Run) waitReplicaCaughtUp(back time.Time) error {
+	var index uint64
+	for _, op := range r.Load.History().Ops() {
+		if op.Kind == OpWrite && op.OK() && op.Start.After(back) {
+			index = max(index, op.Index)
+		}
+	}
+	if index == 0 {
+		return fmt.Errorf("chaos: no write acknowledged since %s", back.Format("15:04:05.000"))
+	}
+	ctx, cancel := r.waitCtx()
+	defer cancel()
+	return r.Load.WaitOps(ctx, 1, fmt.Sprintf("reads through the read replica at index %d or later", index), func(op Op) bool {
+		return op.Replica && op.OK() && op.Index >= index
+	})
 }
 
 // GracefulLeaderRestart stops the leader gracefully (it hands leadership
@@ -461,6 +668,9 @@ func rollingRound(r *Run, how string, kinds map[string]string, stop, start func(
 		err = stop(ctx, id)
 		if err == nil {
 			err = start(ctx, id)
+		}
+		if err == nil {
+			err = r.C.WantSealed(ctx, id)
 		}
 		if err == nil {
 			err = r.C.Unseal(ctx, id)
