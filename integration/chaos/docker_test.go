@@ -18,7 +18,15 @@ import (
 // comparison. Each test builds its own cluster and removes it, containers,
 // network, volumes and certificates, even when it fails.
 
-func TestDockerLeaderKill(t *testing.T) { runDocker(t, LeaderKill(10)) }
+// TestDockerLeaderKill kills the leader 10 times in a row, 100 times in
+// the long suite (COFFER_CHAOS_LONG=1).
+func TestDockerLeaderKill(t *testing.T) {
+	n := 10
+	if os.Getenv("COFFER_CHAOS_LONG") == "1" {
+		n = 100
+	}
+	runDocker(t, LeaderKill(n))
+}
 
 func TestDockerLeaderPause(t *testing.T) { runDocker(t, LeaderPause()) }
 
@@ -99,9 +107,10 @@ func TestDockerRollingUpgrade(t *testing.T) {
 	}
 }
 
-// TestDockerSchedule runs a seeded schedule of 24 faults in the long
-// suite (COFFER_CHAOS_LONG=1): a random seed unless $COFFER_CHAOS_SEED
-// names one; the seed is logged, and a failure names it.
+// TestDockerSchedule runs a seeded schedule of 80 faults in the long
+// suite (COFFER_CHAOS_LONG=1), 20 of each of kill, graceful stop, pause
+// and partition: a random seed unless $COFFER_CHAOS_SEED names one; the
+// seed is logged, and a failure names it.
 func TestDockerSchedule(t *testing.T) {
 	if os.Getenv("COFFER_CHAOS_LONG") != "1" {
 		t.Skip("the docker schedule runs in the long suite: make chaos-long (COFFER_CHAOS_LONG=1)")
@@ -111,7 +120,7 @@ func TestDockerSchedule(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("schedule seed %d (replay: COFFER_CHAOS_SEED=%d COFFER_CHAOS_LONG=1 make chaos-long)", seed, seed)
-	runDocker(t, Schedule(seed, 24))
+	runDocker(t, Schedule(seed, 80))
 }
 
 // envOr is $key, or def when it is empty.
@@ -323,7 +332,11 @@ func runDockerWith(t *testing.T, s Scenario, tune func(*DockerOptions)) *Result 
 	if os.Getenv("COFFER_CHAOS") != "1" {
 		t.Skip("the docker chaos suite runs with COFFER_CHAOS=1 and the coffer:dev image ($COFFER_CHAOS_IMAGE): use `make chaos`")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	bound := 5 * time.Minute
+	if os.Getenv("COFFER_CHAOS_LONG") == "1" {
+		bound = time.Hour // 100 leader kills, 80 scheduled faults
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), bound)
 	defer cancel()
 	if err := DockerAvailable(ctx); err != nil {
 		t.Skipf("no Docker engine answers, skipping the docker chaos suite: %v", err)

@@ -39,13 +39,21 @@ func (s Step) String() string {
 var ScheduleFaults = []string{"kill", "stop", "pause", "partition"}
 
 // NewSchedule draws n steps from seed: the same seed gives the same steps,
-// on every machine and run. hold is the driver's Hold; a step's hold is
-// drawn between half and twice it.
+// on every machine and run. Each run of len(ScheduleFaults) steps has
+// every fault once, in a drawn order, so that a long schedule has as many
+// of each. hold is the driver's Hold; a step's hold is drawn between half
+// and twice it.
 func NewSchedule(seed uint64, n int, hold time.Duration) []Step {
 	rng := mrand.New(mrand.NewPCG(seed, 0x636f66666572)) // "coffer"
 	steps := make([]Step, n)
+	var order []int
 	for i := range steps {
-		s := Step{Fault: ScheduleFaults[rng.IntN(len(ScheduleFaults))], Role: "follower", Follower: rng.IntN(8)}
+		if len(order) == 0 {
+			order = rng.Perm(len(ScheduleFaults))
+		}
+		fault := ScheduleFaults[order[0]]
+		order = order[1:]
+		s := Step{Fault: fault, Role: "follower", Follower: rng.IntN(8)}
 		if rng.IntN(2) == 0 {
 			s.Role, s.Follower = "leader", 0
 		}
