@@ -2,8 +2,6 @@ package chaos
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"os"
@@ -14,7 +12,6 @@ import (
 	"time"
 
 	"coffer/api"
-	pb "coffer/api/cofferpb"
 )
 
 // DiskDriver is a driver whose nodes' data can be given a size limit:
@@ -151,11 +148,8 @@ func DiskFull() Scenario {
 		}
 		ctx, cancel := r.waitCtx()
 		defer cancel()
-		for path, v := range acked {
-			g, err := cl.Get(ctx, &pb.GetRequest{Path: path, Read: &pb.ReadOptions{Consistency: pb.Consistency_CONSISTENCY_LINEARIZABLE}})
-			if err != nil || g.Data["v"] != v {
-				return fmt.Errorf("%s, acknowledged during a full disk, reads back wrong (err %v)", path, err)
-			}
+		if err := readBack(ctx, cl, acked, "during a full disk"); err != nil {
+			return err
 		}
 		r.Logf("the %d large writes acknowledged while disks filled all read back", len(acked))
 		return nil
@@ -183,34 +177,15 @@ func diskFull(r *Run, dd DiskDriver, cl *api.Client, role, victim string, acked 
 		defer close(exited)
 		code, logs, exitErr = dd.Exited(ctx, victim)
 	}()
-	stormDone := make(chan error, 1)
-	go func() {
-		for i := 0; ; i++ {
-			select {
-			case <-exited:
-				stormDone <- nil
-				return
-			default:
-			}
-			if i >= 400 {
-				stormDone <- fmt.Errorf("%s took %d writes of 256 KiB with %d MiB free and did not stop", victim, i, diskSpare>>20)
-				return
-			}
-			b := make([]byte, 192<<10)
-			rand.Read(b)
-			path, v := fmt.Sprintf("secret/chaos/disk-full/%s/%d", role, i), base64.StdEncoding.EncodeToString(b)
-			wctx, wcancel := context.WithTimeout(ctx, 15*time.Second)
-			_, err := cl.Put(wctx, &pb.PutRequest{Path: path, Data: map[string]string{"v": v}})
-			wcancel()
-			if err == nil {
-				acked[path] = v // read once the storm is done
-			}
-		}
-	}()
-	if err := <-stormDone; err != nil {
-		return err
+	res := storm(ctx, cl, "secret/chaos/disk-full/"+role, 1, 256<<10, 400, exited)
+	select {
+	case <-exited:
+	default:
+		return fmt.Errorf("%s took %d writes of 256 KiB with %d MiB free and did not stop", victim, res.writes, diskSpare>>20)
 	}
-	<-exited
+	for path, v := range res.acked {
+		acked[path] = v
+	}
 	if exitErr != nil {
 		return exitErr
 	}
