@@ -20,7 +20,22 @@ import (
 
 func TestDockerLeaderKill(t *testing.T) { runDocker(t, LeaderKill(10)) }
 
-func TestDockerLeaderPause(t *testing.T) { runDocker(t, LeaderPause()) }
+// TestDockerLeaderPause freezes the leader (docker pause) for 2 s and for
+// 5 s, five times each; with COFFER_CHAOS_LONG=1 (make chaos-long) ten
+// times each for 2, 5 and 20 s. Writes must come back on the new leader
+// while the old one is still frozen, within 1 s at the median
+// (TestDockerSummary).
+func TestDockerLeaderPause(t *testing.T) {
+	if long() {
+		runDocker(t, LeaderPauses(10, 2*time.Second, 5*time.Second, 20*time.Second))
+		return
+	}
+	runDocker(t, LeaderPauses(5, 2*time.Second, 5*time.Second))
+}
+
+// long reports whether the long chaos run was asked for
+// (COFFER_CHAOS_LONG=1, make chaos-long).
+func long() bool { return os.Getenv("COFFER_CHAOS_LONG") == "1" }
 
 func TestDockerLeaderPartition(t *testing.T) { runDocker(t, LeaderPartition()) }
 
@@ -87,6 +102,8 @@ func goals(s Summary) []goal {
 			{"leader kill → first write: worst < 2000ms", s.WorstWriteUnavailableMs < 2000, fmt.Sprintf("%.0fms", s.WorstWriteUnavailableMs)},
 			{"leader kill: failed reads 0", s.FailedReads == 0, fmt.Sprint(s.FailedReads)},
 		}
+	case PauseKind(2 * time.Second), PauseKind(5 * time.Second), PauseKind(20 * time.Second):
+		return []goal{{s.Kind + " → writes back: median < 1000ms", s.MedianWriteUnavailableMs < 1000, fmt.Sprintf("%.0fms over %d", s.MedianWriteUnavailableMs, s.Count)}}
 	case "graceful-leader-restart":
 		return []goal{{"graceful leader restart: 0 failed writes", s.FailedWrites == 0, fmt.Sprint(s.FailedWrites)}}
 	case KindRollingGracefulFollower, KindRollingGracefulLeader:
@@ -133,6 +150,7 @@ func TestGoals(t *testing.T) {
 		{Summary{Kind: "leader-kill", WorstWriteUnavailableMs: 2500}, "leader kill → first write: worst < 2000ms"},
 		{Summary{Kind: "leader-kill", FailedReads: 1}, "leader kill: failed reads 0"},
 		{Summary{Kind: "graceful-leader-restart", FailedWrites: 2}, "graceful leader restart: 0 failed writes"},
+		{Summary{Kind: PauseKind(2 * time.Second), Count: 5, MedianWriteUnavailableMs: 2000}, "leader-pause-2s → writes back: median < 1000ms"},
 		{Summary{Kind: KindRollingGracefulLeader, FailedWrites: 1}, "rolling-graceful-leader: 0 failed writes"},
 		{Summary{Kind: KindRollingGracefulFollower, FailedLinearizableReads: 1}, "rolling-graceful-follower: 0 failed reads"},
 		{Summary{Kind: KindRollingHardLeader, Count: 3, MedianWriteUnavailableMs: 1200, WorstWriteUnavailableMs: 1200}, "rolling hard restart of the leader → first write: median < 1000ms"},
@@ -194,7 +212,11 @@ func runDocker(t *testing.T, s Scenario) *Result {
 	if os.Getenv("COFFER_CHAOS") != "1" {
 		t.Skip("the docker chaos suite runs with COFFER_CHAOS=1 and the coffer:dev image ($COFFER_CHAOS_IMAGE): use `make chaos`")
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	limit := 5 * time.Minute
+	if long() {
+		limit = 40 * time.Minute
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	if err := DockerAvailable(ctx); err != nil {
 		t.Skipf("no Docker engine answers, skipping the docker chaos suite: %v", err)
