@@ -189,7 +189,9 @@ func serverArgs() []string {
 // $COFFER_CHAOS_IMAGE (default coffer:dev), $COFFER_CHAOS_PREFIX (default
 // coffer-chaos), $COFFER_CHAOS_PORTS (the first of the three host ports
 // the nodes' APIs are published on; default free ones),
-// $COFFER_CHAOS_SERVER_ARGS and $COFFER_CHAOS_INSECURE=1.
+// $COFFER_CHAOS_SERVER_ARGS and $COFFER_CHAOS_INSECURE=1 (and
+// $COFFER_CHAOS_NO_LEADER_CHECK=1, read by runDocker: the load's clients
+// without their leader check, to measure it).
 func dockerOptions() (DockerOptions, error) {
 	opts := DockerOptions{
 		Image:    os.Getenv("COFFER_CHAOS_IMAGE"),
@@ -246,7 +248,7 @@ func runDocker(t *testing.T, s Scenario) *Result {
 	}
 	t.Cleanup(c.Close)
 	res, err := Execute(ctx, c, s, Options{
-		Load:    LoadConfig{Writers: 3, Readers: 3, Interval: 10 * time.Millisecond, LinearizableEvery: 3},
+		Load:    LoadConfig{Writers: 3, Readers: 3, Interval: 10 * time.Millisecond, LinearizableEvery: 3, DisableLeaderCheck: os.Getenv("COFFER_CHAOS_NO_LEADER_CHECK") == "1"},
 		Wait:    60 * time.Second,
 		Check:   CheckOptions{VisualizeDir: visualizeDir()},
 		Logf:    t.Logf,

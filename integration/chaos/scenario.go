@@ -332,15 +332,18 @@ func pauseLeader(r *Run, hold time.Duration, i, n int) error {
 	if err := r.C.D.Pause(r.Ctx, leader); err != nil {
 		return err
 	}
+	// The leader is frozen once the pause command returned: a write begun
+	// after that and acknowledged was taken by its successor.
+	paused := time.Now()
 	ctx, cancel := context.WithDeadline(r.Ctx, f.Start.Add(hold))
 	err = r.Load.WaitOps(ctx, 1, "writes begun after the pause acknowledged", func(op Op) bool {
-		return op.Kind == OpWrite && op.OK() && op.Start.After(f.Start)
+		return op.Kind == OpWrite && op.OK() && op.Start.After(paused)
 	})
 	cancel()
 	if r.Ctx.Err() != nil {
 		return r.Ctx.Err()
 	}
-	back := time.Since(f.Start)
+	back := time.Since(paused)
 	if err != nil {
 		// Resume it all the same: the cluster must be left healthy.
 		if rerr := r.C.D.Resume(r.Ctx, leader); rerr != nil {
@@ -348,7 +351,7 @@ func pauseLeader(r *Run, hold time.Duration, i, n int) error {
 		}
 		return fmt.Errorf("leader %s paused for %s: no write begun after the pause was acknowledged while it lasted: %w", leader, hold, err)
 	}
-	r.Logf("leader %s paused: a write begun after the pause was acknowledged %s in", leader, back.Round(time.Millisecond))
+	r.Logf("leader %s paused (in %s): a write begun after that was acknowledged %s later", leader, paused.Sub(f.Start).Round(time.Millisecond), back.Round(time.Millisecond))
 	if err := r.Hold(time.Until(f.Start.Add(hold))); err != nil {
 		return err
 	}
