@@ -247,8 +247,14 @@ func runDocker(t *testing.T, s Scenario) *Result {
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
+	load := LoadConfig{Writers: 3, Readers: 3, Interval: 10 * time.Millisecond, LinearizableEvery: 3, DisableLeaderCheck: os.Getenv("COFFER_CHAOS_NO_LEADER_CHECK") == "1"}
+	if long() {
+		// Six minutes of writes would pass MaxVersions on 4 keys (about
+		// 12,000 each), and the final check must see every version.
+		load.Keys = 16
+	}
 	res, err := Execute(ctx, c, s, Options{
-		Load:    LoadConfig{Writers: 3, Readers: 3, Interval: 10 * time.Millisecond, LinearizableEvery: 3, DisableLeaderCheck: os.Getenv("COFFER_CHAOS_NO_LEADER_CHECK") == "1"},
+		Load:    load,
 		Wait:    60 * time.Second,
 		Check:   CheckOptions{VisualizeDir: visualizeDir()},
 		Logf:    t.Logf,
