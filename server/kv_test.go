@@ -70,6 +70,7 @@ func (r *fakeRaft) ConfirmLeader(ctx context.Context) error {
 	return nil
 }
 func (r *fakeRaft) ReadIndex() uint64 { return r.readIndex }
+func (r *fakeRaft) LeaseHeld() bool   { return r.leader && !r.leaseLost }
 func (r *fakeRaft) Leader() (string, string) {
 	if r.leader {
 		return "n1", "n1:8401"
@@ -278,7 +279,13 @@ func TestReadConsistencyWithoutRaft(t *testing.T) {
 	if r, err := get(def, 0); err != nil || r.ReadMeta.Stale {
 		t.Fatalf("default read on a leader that confirmed its leadership: %+v %v", r, err)
 	}
+	if r, err := get(stale, 0); err != nil || !r.ReadMeta.Stale {
+		t.Fatalf("stale read on a leader without its lease: %+v %v (want an answer marked stale)", r, err)
+	}
 	x.raft.leaseLost = false
+	if r, err := get(stale, 0); err != nil || r.ReadMeta.Stale {
+		t.Fatalf("stale read on a leader holding its lease: %+v %v (want it not marked stale)", r, err)
+	}
 	// A committed index the leader's state has not applied yet holds the
 	// read back: followers may already have served those entries.
 	x.raft.readIndex = x.f.AppliedIndex() + 1

@@ -27,6 +27,7 @@ type readRaft interface {
 	ReadyLeader() bool
 	VerifyLeader(ctx context.Context) error
 	ConfirmLeader(ctx context.Context) error
+	LeaseHeld() bool
 	ReadIndex() uint64
 	Leader() (id, addr string)
 	LastContact() time.Time
@@ -106,8 +107,9 @@ func (g *readGate) begin(ctx context.Context, opts *pb.ReadOptions) (*pb.ReadMet
 	}
 	// A stale read is stale unless this node is a leader that has applied
 	// every earlier term's entry (a new leader may still miss writes its
-	// predecessor acknowledged).
-	stale := opts.Consistency == pb.Consistency_CONSISTENCY_STALE && !(leader && g.raft.ReadyLeader())
+	// predecessor acknowledged) and holds its read lease (a leader woken
+	// from a freeze may have a successor already).
+	stale := opts.Consistency == pb.Consistency_CONSISTENCY_STALE && !(leader && g.raft.ReadyLeader() && g.raft.LeaseHeld())
 	g.metrics.readAdmitted(opts.Consistency, stale)
 	return g.readMeta(stale), nil
 }
