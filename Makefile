@@ -126,11 +126,14 @@ COMPOSE_ADDRS := 127.0.0.1:8400 127.0.0.1:8410 127.0.0.1:8420
 CERTS  := .coffer/certs
 CA_KEY := .coffer/ca.key
 
-.PHONY: docker docker-upgrade-from compose-certs compose-up compose-init compose-down chaos
+.PHONY: docker docker-upgrade-from compose-certs compose-up compose-init compose-down chaos chaos-long
 
-## docker: the coffer:dev image, FROM scratch around the static binary
+## IMAGE: the tag `make docker` builds and the chaos suite runs
+IMAGE ?= coffer:dev
+
+## docker: the $(IMAGE) image, FROM scratch around the static binary
 docker: build
-	docker build -q -t coffer:dev .
+	docker build -q -t $(IMAGE) .
 
 ## UPGRADE_FROM: the oldest commit upgrades are promised from (docs/OPERATIONS.md)
 UPGRADE_FROM ?= e65a302
@@ -182,12 +185,21 @@ compose-init: build
 	@echo "root token: the root_token field of .coffer-init.json"
 
 ## chaos: the docker chaos suite (leader kill, pause, partition, quorum loss,
-## graceful and rolling restarts) against coffer:dev
+## graceful and rolling restarts) against $(IMAGE)
 chaos: docker
 	rm -f bin/chaos-*.png
-	COFFER_CHAOS=1 COFFER_CHAOS_OUT=$(CURDIR)/bin/chaos-figures.json $(GO) test -race -count=1 -timeout=20m -run '^TestDocker' ./integration/chaos/
+	COFFER_CHAOS=1 COFFER_CHAOS_IMAGE=$(IMAGE) COFFER_CHAOS_OUT=$(CURDIR)/bin/chaos-figures.json $(GO) test -race -count=1 -timeout=20m -run '^TestDocker' ./integration/chaos/
 	@cat bin/chaos-figures.json
 	@ls -l bin/chaos-*.png
+
+## chaos-long: the docker chaos suite with its long runs (COFFER_CHAOS_LONG=1:
+## 100 leader kills, ten leader pauses each of 2, 5 and 20 s, a seeded
+## schedule of 80 faults, the memory limit, the rolling upgrade from
+## UPGRADE_FROM), for the record in docs/CHAOS.md
+chaos-long: docker docker-upgrade-from
+	rm -f bin/chaos-*.png
+	COFFER_CHAOS=1 COFFER_CHAOS_LONG=1 COFFER_CHAOS_IMAGE=$(IMAGE) COFFER_CHAOS_OUT=$(CURDIR)/bin/chaos-figures-long.json $(GO) test -race -count=1 -timeout=90m -run '^TestDocker' ./integration/chaos/
+	@cat bin/chaos-figures-long.json
 
 ## compose-down: stop and remove the containers, the network and the volumes
 compose-down:

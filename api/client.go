@@ -99,6 +99,17 @@ type Config struct {
 	// which covers a follower's 3s wait for a new leader and a node's 5s
 	// wait for a read's min_index.
 	AttemptTimeout time.Duration
+	// LeaderCheck is how long a write to the leader may be outstanding
+	// before the client asks the other nodes, every LeaderCheck, whether
+	// they follow a new leader; once one does, the attempt is abandoned
+	// (LEADER_UNRESPONSIVE) and the write is sent to the new leader with
+	// the same request id. It bounds what a frozen leader (docker pause, a
+	// stalled VM) costs a write: about the election time, instead of
+	// AttemptTimeout. Default 200ms (DefaultLeaderCheck).
+	LeaderCheck time.Duration
+	// DisableLeaderCheck turns the leader check off: a write waits for
+	// the leader's answer up to AttemptTimeout.
+	DisableLeaderCheck bool
 	// DialTimeout bounds how long an attempt waits for a connection to an
 	// endpoint before it moves on. Default 1s.
 	DialTimeout time.Duration
@@ -216,7 +227,7 @@ func (c Config) Validate() error {
 	for name, d := range map[string]time.Duration{
 		"Timeout": c.Timeout, "AttemptTimeout": c.AttemptTimeout, "DialTimeout": c.DialTimeout,
 		"RetryBudget": c.RetryBudget, "DownBackoff": c.DownBackoff, "MaxDownBackoff": c.MaxDownBackoff,
-		"MaxStaleness": c.MaxStaleness, "SyncEndpoints": c.SyncEndpoints,
+		"MaxStaleness": c.MaxStaleness, "SyncEndpoints": c.SyncEndpoints, "LeaderCheck": c.LeaderCheck,
 	} {
 		if d < 0 {
 			return fmt.Errorf("%w: %s is negative (%s): use 0 for the default", ErrInvalidConfig, name, d)
@@ -245,6 +256,7 @@ func (c Config) withDefaults() Config {
 	}
 	def(&c.Timeout, DefaultTimeout)
 	def(&c.AttemptTimeout, DefaultAttemptTimeout)
+	def(&c.LeaderCheck, DefaultLeaderCheck)
 	def(&c.DialTimeout, DefaultDialTimeout)
 	def(&c.RetryBudget, DefaultRetryBudget)
 	def(&c.DownBackoff, DefaultDownBackoff)
@@ -296,7 +308,9 @@ type Client struct {
 	proberRunning bool
 	needLeader    bool
 	lastLeaderAsk time.Time
-	cacheWatches  map[string]*cacheWatch
+	// round is the latest leader check (leadercheck.go).
+	round        *leaderRound
+	cacheWatches map[string]*cacheWatch
 	// tokenChecked: when the cluster last accepted each token (by hash)
 	// whose answers the cache holds (CacheConfig.TokenRecheck); bounded.
 	tokenChecked tokenChecks

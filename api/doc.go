@@ -45,6 +45,16 @@
 // carry a request id (filled in when empty) on every attempt, which the
 // cluster deduplicates, so a retried write makes exactly one version.
 //
+// A write outstanding on the leader for longer than Config.LeaderCheck
+// (200ms) makes the client ask the other nodes, every LeaderCheck, which
+// leader they follow; once one names another leader, the attempt is
+// abandoned (LEADER_UNRESPONSIVE) and the write goes to the new leader
+// with the same request id. A leader that is frozen (docker pause, a
+// stalled VM) keeps its connections open and answers nothing: without the
+// check a write would wait out AttemptTimeout there; with it, it waits
+// about the election time. A slow leader the others still follow is not
+// abandoned. Config.DisableLeaderCheck turns it off.
+//
 // # Consistency
 //
 // Reads use Config.Consistency and Config.MaxStaleness unless the request

@@ -63,6 +63,7 @@ var retryableReasons = map[pb.ErrorReason]bool{
 	pb.ErrorReason_LOGIN_UNAVAILABLE:     true,
 	pb.ErrorReason_ENDPOINT_UNREACHABLE:  true,
 	pb.ErrorReason_ATTEMPT_TIMEOUT:       true,
+	pb.ErrorReason_LEADER_UNRESPONSIVE:   true,
 	pb.ErrorReason_CACHE_TOO_STALE:       true,
 	pb.ErrorReason_UPSTREAM_UNREACHABLE:  true,
 }

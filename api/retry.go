@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	mrand "math/rand/v2"
 	"time"
@@ -98,7 +99,7 @@ func (c *Client) run(ctx context.Context, p policy, fn attemptFunc) (fellBack bo
 				if pass > 0 && !time.Now().Before(deadline) {
 					return fail()
 				}
-				err := c.attempt(ctx, ep, func(actx context.Context) error { return fn(actx, ep, stale) })
+				err := c.attempt(ctx, ep, p.write, func(actx context.Context) error { return fn(actx, ep, stale) })
 				if err == nil {
 					if ep.isDown() {
 						c.markUp(ep)
@@ -166,16 +167,26 @@ func (c *Client) run(ctx context.Context, p policy, fn attemptFunc) (fellBack bo
 }
 
 // attempt runs fn on one endpoint, bounded by DialTimeout for the
-// connection and AttemptTimeout for the call. An attempt that runs out of
+// connection and AttemptTimeout for the call; a write to the leader also
+// by the leader check (leadercheck.go). An attempt that runs out of
 // its own time (not the caller's) is reported as Unavailable, so that the
 // call moves on.
-func (c *Client) attempt(ctx context.Context, ep *endpoint, fn func(ctx context.Context) error) error {
+func (c *Client) attempt(ctx context.Context, ep *endpoint, write bool, fn func(ctx context.Context) error) error {
 	if err := c.ready(ctx, ep); err != nil {
 		return err
 	}
 	actx, cancel := context.WithTimeout(ctx, c.cfg.AttemptTimeout)
 	defer cancel()
+	if write {
+		var stop func()
+		actx, stop = c.watchLeader(actx, ep)
+		defer stop()
+	}
+	began := time.Now()
 	err := c.explain(ctx, ep, fn(actx))
+	if err != nil && ctx.Err() == nil && errors.Is(context.Cause(actx), errLeaderMoved) {
+		return leaderMovedError(ep, time.Since(began))
+	}
 	// The node may notice the attempt's deadline (sent along with the
 	// call) a moment before this side does.
 	if err != nil && ctx.Err() == nil && (actx.Err() != nil || status.Code(err) == codes.DeadlineExceeded) {

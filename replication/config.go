@@ -49,6 +49,9 @@ type Config struct {
 	HeartbeatTimeout   time.Duration `json:"-"`
 	ElectionTimeout    time.Duration `json:"-"`
 	LeaderLeaseTimeout time.Duration `json:"-"`
+	// readLease overrides how long a leader's read lease lasts (tests: a
+	// node whose own Raft timers are slow, among peers that elect fast).
+	readLease time.Duration
 	// CommitTimeout bounds how long a follower waits before it learns the
 	// commit index without new entries.
 	CommitTimeout time.Duration `json:"-"`

@@ -163,6 +163,13 @@ func (tn *tnode) crash() {
 // they form one cluster.
 func startExpectCluster(t *testing.T, logs *logSink, size int, mut func(c *Config)) []*tnode {
 	t.Helper()
+	return startExpectClusterWith(t, logs, size, mut, startNode)
+}
+
+// startExpectClusterWith is startExpectCluster with start starting each
+// node.
+func startExpectClusterWith(t *testing.T, logs *logSink, size int, mut func(c *Config), start func(*testing.T, Config) *tnode) []*tnode {
+	t.Helper()
 	nodes := make([]*tnode, 0, size)
 	var seeds []string
 	// Start in reverse id order: the bootstrap configuration is sorted by id
@@ -174,7 +181,7 @@ func startExpectCluster(t *testing.T, logs *logSink, size int, mut func(c *Confi
 		if mut != nil {
 			mut(&c)
 		}
-		n := startNode(t, c)
+		n := start(t, c)
 		nodes = append([]*tnode{n}, nodes...)
 		seeds = append(seeds, n.GossipAddr())
 	}

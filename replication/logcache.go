@@ -130,6 +130,36 @@ func (c *logCache) IsMonotonic() bool {
 	return ok && m.IsMonotonic()
 }
 
+// lastFSMIndex returns the newest index at or below idx whose entry the
+// state machine is handed (a command or a configuration change): Raft
+// keeps noop and barrier entries to itself. The entries looked at are
+// normally in memory (a leader's commit index is among its newest
+// entries); any other is read from the store. An entry that cannot be read
+// counts as one the state machine is handed, which only makes a reader
+// wait longer.
+func (c *logCache) lastFSMIndex(idx uint64) uint64 {
+	for ; idx > 0; idx-- {
+		c.mu.RLock()
+		l, ok := c.logs[idx]
+		var typ raft.LogType
+		if ok {
+			typ = l.Type
+		}
+		c.mu.RUnlock()
+		if !ok {
+			var stored raft.Log
+			if err := c.store.GetLog(idx, &stored); err != nil {
+				return idx
+			}
+			typ = stored.Type
+		}
+		if typ == raft.LogCommand || typ == raft.LogConfiguration {
+			return idx
+		}
+	}
+	return 0
+}
+
 // cached reports the entries and bytes in memory (for tests).
 func (c *logCache) cached() (entries, bytes int) {
 	c.mu.RLock()

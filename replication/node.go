@@ -27,6 +27,8 @@ type Node struct {
 	store     *raftboltdb.BoltStore // the stable store, and the log store with boltdb
 	logStore  raft.LogStore         // store or the WAL
 	logCloser io.Closer             // the WAL; nil with boltdb
+	logs      *logCache             // the newest entries of logStore, in memory
+	lease     readLease             // this leader's read lease (lease.go)
 	snapshots raft.SnapshotStore
 	// raftPtr is raft once New has it, for the snapshot store's callback,
 	// which may run before New returns.
@@ -205,9 +207,9 @@ func New(cfg Config, fsm raft.BatchingFSM) (*Node, error) {
 	}
 
 	// The newest entries stay in memory (logcache.go).
-	logs := newLogCache(logStore, logCacheEntries, LogCacheBytes)
-	logs.failed = cfg.OnStorageFailure
-	n.raft, err = raft.NewRaft(rc, fsm, logs, store, n.snapshots, noPipeline{n.transport})
+	n.logs = newLogCache(logStore, logCacheEntries, LogCacheBytes)
+	n.logs.failed = cfg.OnStorageFailure
+	n.raft, err = raft.NewRaft(rc, fsm, n.logs, store, n.snapshots, leaseTransport{noPipeline{n.transport}, &n.lease})
 	if err != nil {
 		return nil, fmt.Errorf("replication: start raft: %w", err)
 	}

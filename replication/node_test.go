@@ -43,9 +43,14 @@ func sealedLike(ct string) []byte {
 	return append(append([]byte{0x80, 0, 0, 1}, make([]byte, 28)...), ct...)
 }
 
+// putCommand writes ct at path.
+func putCommand(path, ct string) *fsmpb.Command {
+	return &fsmpb.Command{Op: fsmpb.Op_OP_PUT, Path: path, Ciphertext: sealedLike(ct), LeaderTimeUnixNano: time.Now().UnixNano()}
+}
+
 func put(t *testing.T, n *Node, path string, ct string) (fsm.Result, uint64) {
 	t.Helper()
-	data, err := fsm.EncodeCommand(&fsmpb.Command{Op: fsmpb.Op_OP_PUT, Path: path, Ciphertext: sealedLike(ct), LeaderTimeUnixNano: time.Now().UnixNano()})
+	data, err := fsm.EncodeCommand(putCommand(path, ct))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -51,11 +51,26 @@ type fakeRaft struct {
 	ready       bool
 	verifyErr   error
 	lastContact time.Time
+	// leaseLost makes ConfirmLeader ask VerifyLeader (the leader's read
+	// lease lapsed); readIndex is the committed index ReadIndex reports.
+	leaseLost bool
+	readIndex uint64
 }
 
 func (r *fakeRaft) IsLeader() bool                     { return r.leader }
 func (r *fakeRaft) ReadyLeader() bool                  { return r.leader && r.ready }
 func (r *fakeRaft) VerifyLeader(context.Context) error { return r.verifyErr }
+func (r *fakeRaft) ConfirmLeader(ctx context.Context) error {
+	if !r.leader {
+		return replication.ErrNotLeader
+	}
+	if r.leaseLost {
+		return r.VerifyLeader(ctx)
+	}
+	return nil
+}
+func (r *fakeRaft) ReadIndex() uint64 { return r.readIndex }
+func (r *fakeRaft) LeaseHeld() bool   { return r.leader && !r.leaseLost }
 func (r *fakeRaft) Leader() (string, string) {
 	if r.leader {
 		return "n1", "n1:8401"
@@ -254,7 +269,33 @@ func TestReadConsistencyWithoutRaft(t *testing.T) {
 	if r, err := get(def, 0); err != nil || r.ReadMeta.Stale {
 		t.Fatalf("default read on a ready leader: %+v %v", r, err)
 	}
+	// A leader whose read lease lapsed (it was frozen or cut off) answers
+	// a default read only once a quorum confirms it.
+	x.raft.leaseLost = true
+	if _, err := get(def, 0); !errors.Is(err, replication.ErrNotLeader) {
+		t.Fatalf("default read on a leader without its lease when VerifyLeader fails: %v", err)
+	}
 	x.raft.verifyErr = nil
+	if r, err := get(def, 0); err != nil || r.ReadMeta.Stale {
+		t.Fatalf("default read on a leader that confirmed its leadership: %+v %v", r, err)
+	}
+	if r, err := get(stale, 0); err != nil || !r.ReadMeta.Stale {
+		t.Fatalf("stale read on a leader without its lease: %+v %v (want an answer marked stale)", r, err)
+	}
+	x.raft.leaseLost = false
+	if r, err := get(stale, 0); err != nil || r.ReadMeta.Stale {
+		t.Fatalf("stale read on a leader holding its lease: %+v %v (want it not marked stale)", r, err)
+	}
+	// A committed index the leader's state has not applied yet holds the
+	// read back: followers may already have served those entries.
+	x.raft.readIndex = x.f.AppliedIndex() + 1
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	_, err := x.kv.Get(short, &pb.GetRequest{Path: "secret/r", Read: &pb.ReadOptions{Consistency: def}})
+	cancel()
+	if !errors.Is(err, ErrCatchingUp) {
+		t.Fatalf("default read on a leader behind its committed index: %v", err)
+	}
+	x.raft.readIndex = 0
 
 	// Follower.
 	x.raft.leader = false
@@ -276,7 +317,7 @@ func TestReadConsistencyWithoutRaft(t *testing.T) {
 		t.Fatalf("stale read past max_staleness: %v", err)
 	}
 	// min_index ahead of the node: refused with its own reason.
-	_, err := x.kv.Get(ctx, &pb.GetRequest{Path: "secret/r", Read: &pb.ReadOptions{Consistency: stale, MinIndex: 99}})
+	_, err = x.kv.Get(ctx, &pb.GetRequest{Path: "secret/r", Read: &pb.ReadOptions{Consistency: stale, MinIndex: 99}})
 	if !errors.Is(err, ErrMinIndex) {
 		t.Fatalf("read with an unreached min_index: %v", err)
 	}

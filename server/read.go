@@ -26,6 +26,9 @@ type readRaft interface {
 	IsLeader() bool
 	ReadyLeader() bool
 	VerifyLeader(ctx context.Context) error
+	ConfirmLeader(ctx context.Context) error
+	LeaseHeld() bool
+	ReadIndex() uint64
 	Leader() (id, addr string)
 	LastContact() time.Time
 }
@@ -83,8 +86,11 @@ func (g *readGate) begin(ctx context.Context, opts *pb.ReadOptions) (*pb.ReadMet
 			}
 			break
 		}
-		if !g.raft.ReadyLeader() {
-			return nil, withMessage(replication.ErrNoLeader, "node %s became leader and is still applying earlier entries: retry shortly", g.nodeID)
+		// The leader answers from its own state while it holds its read
+		// lease; once the lease lapsed (it was frozen, cut off, or its
+		// quorum is slow) it first confirms its leadership with a quorum.
+		if err := g.leaderRead(ctx, g.raft.ConfirmLeader); err != nil {
+			return nil, err
 		}
 	case pb.Consistency_CONSISTENCY_LINEARIZABLE:
 		if !leader {
@@ -93,14 +99,7 @@ func (g *readGate) begin(ctx context.Context, opts *pb.ReadOptions) (*pb.ReadMet
 			}
 			break
 		}
-		if !g.raft.ReadyLeader() {
-			return nil, withMessage(replication.ErrNoLeader, "node %s became leader and is still applying earlier entries: retry shortly", g.nodeID)
-		}
-		// Once the leader is ready (its barrier applied every earlier
-		// term's entry) every write it acknowledged is in its FSM, so
-		// confirming leadership with a quorum is all a linearizable read
-		// needs.
-		if err := g.raft.VerifyLeader(ctx); err != nil {
+		if err := g.leaderRead(ctx, g.raft.VerifyLeader); err != nil {
 			return nil, err
 		}
 	default:
@@ -108,10 +107,40 @@ func (g *readGate) begin(ctx context.Context, opts *pb.ReadOptions) (*pb.ReadMet
 	}
 	// A stale read is stale unless this node is a leader that has applied
 	// every earlier term's entry (a new leader may still miss writes its
-	// predecessor acknowledged).
-	stale := opts.Consistency == pb.Consistency_CONSISTENCY_STALE && !(leader && g.raft.ReadyLeader())
+	// predecessor acknowledged) and holds its read lease (a leader woken
+	// from a freeze may have a successor already).
+	stale := opts.Consistency == pb.Consistency_CONSISTENCY_STALE && !(leader && g.raft.ReadyLeader() && g.raft.LeaseHeld())
 	g.metrics.readAdmitted(opts.Consistency, stale)
 	return g.readMeta(stale), nil
+}
+
+// leaderReadWait bounds how long a read on the leader waits for its own
+// state machine to apply the read index.
+const leaderReadWait = 5 * time.Second
+
+// leaderRead admits a read on the leader: once it is ready (its barrier
+// applied every earlier term's entry), it takes the read index (the
+// committed index, which may be ahead of its own applied index: followers
+// may already have applied and served those entries), confirms its
+// leadership with confirm, and waits until its state machine applied the
+// read index.
+func (g *readGate) leaderRead(ctx context.Context, confirm func(context.Context) error) error {
+	if !g.raft.ReadyLeader() {
+		return withMessage(replication.ErrNoLeader, "node %s became leader and is still applying earlier entries: retry shortly", g.nodeID)
+	}
+	idx := g.raft.ReadIndex()
+	if err := confirm(ctx); err != nil {
+		return err
+	}
+	if g.state.AppliedIndex() >= idx {
+		return nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, leaderReadWait)
+	defer cancel()
+	if err := g.state.WaitApplied(wctx, idx); err != nil {
+		return withMessage(ErrCatchingUp, "leader %s has not applied its committed index %d yet (at %d): retry", g.nodeID, idx, g.state.AppliedIndex())
+	}
+	return nil
 }
 
 // readMeta describes this node for a read response.

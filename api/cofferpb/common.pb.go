@@ -148,6 +148,7 @@ const (
 	ErrorReason_ATTEMPT_TIMEOUT      ErrorReason = 91 // UNAVAILABLE: the endpoint did not answer within the attempt timeout
 	ErrorReason_CACHE_TOO_STALE      ErrorReason = 92 // UNAVAILABLE: no node answered and the cached value is past its stale budget
 	ErrorReason_UPSTREAM_UNREACHABLE ErrorReason = 93 // UNAVAILABLE: an agent could not reach any node of its cluster
+	ErrorReason_LEADER_UNRESPONSIVE  ErrorReason = 94 // UNAVAILABLE: the leader a write was sent to did not answer, and another node names a new leader
 )
 
 // Enum value maps for ErrorReason.
@@ -207,6 +208,7 @@ var (
 		91: "ATTEMPT_TIMEOUT",
 		92: "CACHE_TOO_STALE",
 		93: "UPSTREAM_UNREACHABLE",
+		94: "LEADER_UNRESPONSIVE",
 	}
 	ErrorReason_value = map[string]int32{
 		"ERROR_REASON_UNSPECIFIED": 0,
@@ -263,6 +265,7 @@ var (
 		"ATTEMPT_TIMEOUT":          91,
 		"CACHE_TOO_STALE":          92,
 		"UPSTREAM_UNREACHABLE":     93,
+		"LEADER_UNRESPONSIVE":      94,
 	}
 )
 
@@ -469,7 +472,7 @@ const file_coffer_v1_common_proto_rawDesc = "" +
 	"\vConsistency\x12\x17\n" +
 	"\x13CONSISTENCY_DEFAULT\x10\x00\x12\x15\n" +
 	"\x11CONSISTENCY_STALE\x10\x01\x12\x1c\n" +
-	"\x18CONSISTENCY_LINEARIZABLE\x10\x02*\xba\b\n" +
+	"\x18CONSISTENCY_LINEARIZABLE\x10\x02*\xd3\b\n" +
 	"\vErrorReason\x12\x1c\n" +
 	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +
@@ -529,7 +532,8 @@ const file_coffer_v1_common_proto_rawDesc = "" +
 	"\x14ENDPOINT_UNREACHABLE\x10Z\x12\x13\n" +
 	"\x0fATTEMPT_TIMEOUT\x10[\x12\x13\n" +
 	"\x0fCACHE_TOO_STALE\x10\\\x12\x18\n" +
-	"\x14UPSTREAM_UNREACHABLE\x10]B\x1eZ\x1ccoffer/api/cofferpb;cofferpbb\x06proto3"
+	"\x14UPSTREAM_UNREACHABLE\x10]\x12\x17\n" +
+	"\x13LEADER_UNRESPONSIVE\x10^B\x1eZ\x1ccoffer/api/cofferpb;cofferpbb\x06proto3"
 
 var (
 	file_coffer_v1_common_proto_rawDescOnce sync.Once

@@ -22,13 +22,28 @@ import (
 // the long suite (COFFER_CHAOS_LONG=1).
 func TestDockerLeaderKill(t *testing.T) {
 	n := 10
-	if os.Getenv("COFFER_CHAOS_LONG") == "1" {
+	if long() {
 		n = 100
 	}
 	runDocker(t, LeaderKill(n))
 }
 
-func TestDockerLeaderPause(t *testing.T) { runDocker(t, LeaderPause()) }
+// TestDockerLeaderPause freezes the leader (docker pause) for 2 s and for
+// 5 s, five times each; with COFFER_CHAOS_LONG=1 (make chaos-long) ten
+// times each for 2, 5 and 20 s. Writes must come back on the new leader
+// while the old one is still frozen, within 1 s at the median
+// (TestDockerSummary).
+func TestDockerLeaderPause(t *testing.T) {
+	if long() {
+		runDocker(t, LeaderPauses(10, 2*time.Second, 5*time.Second, 20*time.Second))
+		return
+	}
+	runDocker(t, LeaderPauses(5, 2*time.Second, 5*time.Second))
+}
+
+// long reports whether the long chaos run was asked for
+// (COFFER_CHAOS_LONG=1, make chaos-long).
+func long() bool { return long() }
 
 func TestDockerLeaderPartition(t *testing.T) { runDocker(t, LeaderPartition()) }
 
@@ -82,7 +97,7 @@ func TestDockerDiskFull(t *testing.T) {
 // docs/OPERATIONS.md) and upgrades it node by node to the image under
 // test, under load. It runs with COFFER_CHAOS_LONG=1 (make chaos-long).
 func TestDockerRollingUpgrade(t *testing.T) {
-	if os.Getenv("COFFER_CHAOS_LONG") != "1" {
+	if !long() {
 		t.Skip("the rolling upgrade runs in the long suite: make chaos-long (COFFER_CHAOS_LONG=1)")
 	}
 	from := os.Getenv("COFFER_CHAOS_UPGRADE_FROM_IMAGE")
@@ -112,7 +127,7 @@ func TestDockerRollingUpgrade(t *testing.T) {
 // and partition: a random seed unless $COFFER_CHAOS_SEED names one; the
 // seed is logged, and a failure names it.
 func TestDockerSchedule(t *testing.T) {
-	if os.Getenv("COFFER_CHAOS_LONG") != "1" {
+	if !long() {
 		t.Skip("the docker schedule runs in the long suite: make chaos-long (COFFER_CHAOS_LONG=1)")
 	}
 	seed, err := ParseSeed(envOr("COFFER_CHAOS_SEED", "random"), 0)
@@ -137,7 +152,7 @@ func envOr(key, def string) string {
 // it until the kernel kills it, and brings it back. The nodes' request
 // budget is 16 MiB (-max-inflight-bytes). Long suite only.
 func TestDockerMemoryLimit(t *testing.T) {
-	if os.Getenv("COFFER_CHAOS_LONG") != "1" {
+	if !long() {
 		t.Skip("the memory-limit scenario (about 90 s) runs in the long suite: make chaos-long (COFFER_CHAOS_LONG=1)")
 	}
 	runDockerWith(t, MemoryLimit(256<<20, 64<<20), func(o *DockerOptions) {
@@ -203,6 +218,8 @@ func goals(s Summary) []goal {
 			gs = append(gs, goal{"lose two of five → first write: median < 1000ms", s.MedianWriteUnavailableMs < 1000, fmt.Sprintf("%.0fms over %d", s.MedianWriteUnavailableMs, s.Count)})
 		}
 		return gs
+	case PauseKind(2 * time.Second), PauseKind(5 * time.Second), PauseKind(20 * time.Second):
+		return []goal{{s.Kind + " → writes back: median < 1000ms", s.MedianWriteUnavailableMs < 1000, fmt.Sprintf("%.0fms over %d", s.MedianWriteUnavailableMs, s.Count)}}
 	case "graceful-leader-restart":
 		return []goal{{"graceful leader restart: 0 failed writes", s.FailedWrites == 0, fmt.Sprint(s.FailedWrites)}}
 	case KindRollingGracefulFollower, KindRollingGracefulLeader:
@@ -261,6 +278,7 @@ func TestGoals(t *testing.T) {
 		{Summary{Kind: "leader-kill", WorstWriteUnavailableMs: 2500}, "leader kill → first write: worst < 2000ms"},
 		{Summary{Kind: "leader-kill", FailedReads: 1}, "leader kill: failed reads 0"},
 		{Summary{Kind: "graceful-leader-restart", FailedWrites: 2}, "graceful leader restart: 0 failed writes"},
+		{Summary{Kind: PauseKind(2 * time.Second), Count: 5, MedianWriteUnavailableMs: 2000}, "leader-pause-2s → writes back: median < 1000ms"},
 		{Summary{Kind: KindRollingGracefulLeader, FailedWrites: 1}, "rolling-graceful-leader: 0 failed writes"},
 		{Summary{Kind: KindRollingGracefulFollower, FailedLinearizableReads: 1}, "rolling-graceful-follower: 0 failed reads"},
 		{Summary{Kind: KindRollingHardLeader, Count: 3, MedianWriteUnavailableMs: 1200, WorstWriteUnavailableMs: 1200}, "rolling hard restart of the leader → first write: median < 1000ms"},
@@ -302,7 +320,9 @@ func serverArgs() []string {
 // coffer-chaos), $COFFER_CHAOS_PORTS (the first of the consecutive host
 // ports the nodes' APIs are published on, one per node: up to six, five
 // voters and a read replica; default free ones),
-// $COFFER_CHAOS_SERVER_ARGS and $COFFER_CHAOS_INSECURE=1.
+// $COFFER_CHAOS_SERVER_ARGS and $COFFER_CHAOS_INSECURE=1 (and
+// $COFFER_CHAOS_NO_LEADER_CHECK=1, read by runDocker: the load's clients
+// without their leader check, to measure it).
 func dockerOptions() (DockerOptions, error) {
 	opts := DockerOptions{
 		Image:    os.Getenv("COFFER_CHAOS_IMAGE"),
@@ -332,11 +352,11 @@ func runDockerWith(t *testing.T, s Scenario, tune func(*DockerOptions)) *Result 
 	if os.Getenv("COFFER_CHAOS") != "1" {
 		t.Skip("the docker chaos suite runs with COFFER_CHAOS=1 and the coffer:dev image ($COFFER_CHAOS_IMAGE): use `make chaos`")
 	}
-	bound := 5 * time.Minute
-	if os.Getenv("COFFER_CHAOS_LONG") == "1" {
-		bound = time.Hour // 100 leader kills, 80 scheduled faults
+	limit := 5 * time.Minute
+	if long() {
+		limit = time.Hour // 100 leader kills, 80 scheduled faults, 30 pauses
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), bound)
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	if err := DockerAvailable(ctx); err != nil {
 		t.Skipf("no Docker engine answers, skipping the docker chaos suite: %v", err)
@@ -369,8 +389,14 @@ func runDockerWith(t *testing.T, s Scenario, tune func(*DockerOptions)) *Result 
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
+	load := LoadConfig{Writers: 3, Readers: 3, Interval: 10 * time.Millisecond, LinearizableEvery: 3, DisableLeaderCheck: os.Getenv("COFFER_CHAOS_NO_LEADER_CHECK") == "1"}
+	if long() {
+		// Six minutes of writes would pass MaxVersions on 4 keys (about
+		// 12,000 each), and the final check must see every version.
+		load.Keys = 16
+	}
 	res, err := Execute(ctx, c, s, Options{
-		Load:    LoadConfig{Writers: 3, Readers: 3, Interval: 10 * time.Millisecond, LinearizableEvery: 3},
+		Load:    load,
 		Wait:    60 * time.Second,
 		Check:   CheckOptions{VisualizeDir: visualizeDir()},
 		Logf:    t.Logf,

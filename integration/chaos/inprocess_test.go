@@ -21,7 +21,7 @@ func TestInProcessLeaderKill(t *testing.T) {
 	runInProcessWith(t, LeaderKill(3), InProcessOptions{TLS: true})
 }
 
-func TestInProcessLeaderPause(t *testing.T) { runInProcess(t, LeaderPause()) }
+func TestInProcessLeaderPause(t *testing.T) { runInProcess(t, LeaderPause(time.Second, 1)) }
 
 func TestInProcessLeaderPartition(t *testing.T) { runInProcess(t, LeaderPartition()) }
 

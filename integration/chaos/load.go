@@ -59,6 +59,9 @@ type LoadConfig struct {
 	MaxDuration time.Duration
 	// Cache, when set, gives the readers' clients a cache (Config.Cache).
 	Cache *api.CacheConfig
+	// DisableLeaderCheck turns the clients' leader check off
+	// (api.Config.DisableLeaderCheck), to measure what it saves.
+	DisableLeaderCheck bool
 }
 
 func (c LoadConfig) withDefaults() LoadConfig {
@@ -136,7 +139,7 @@ func StartLoad(ctx context.Context, cfg LoadConfig) (*Load, error) {
 			return nil, fmt.Errorf("chaos: first write of %s: %s", key, op.Err)
 		}
 	}
-	clientCfg := api.Config{Endpoints: cfg.Endpoints, Token: cfg.Token, TLS: cfg.TLS}
+	clientCfg := api.Config{Endpoints: cfg.Endpoints, Token: cfg.Token, TLS: cfg.TLS, DisableLeaderCheck: cfg.DisableLeaderCheck}
 	for w := 1; w <= cfg.Writers+cfg.Readers+cfg.ReplicaReaders; w++ {
 		cc := clientCfg
 		switch {

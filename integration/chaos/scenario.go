@@ -2,6 +2,7 @@ package chaos
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -361,12 +362,85 @@ func crash(r *Run, kind, leader string, nodes []string, format string, args ...a
 	return r.parallel(nodes, r.C.WaitCaughtUp)
 }
 
-// LeaderPause freezes the leader for the driver's Hold (longer than the
-// election timeout), then lets it run on.
-func LeaderPause() Scenario {
-	return Scenario{Name: "leader-pause", Body: func(r *Run) error {
-		return holdFault(r, "leader-pause", "pause", r.C.D.Pause, r.C.D.Resume)
+// LeaderPause freezes the leader n times, for hold each time (docker
+// pause; the in-process driver cuts its network instead), then lets it run
+// on. Each pause is a fault of kind PauseKind(hold). While the old leader
+// is still frozen the others must elect a new leader and acknowledge a
+// write that began after the pause: the clients' writes fail over to it
+// (the api client's leader check) instead of waiting out their attempt
+// timeout on the frozen node. The run fails when no such write is
+// acknowledged before the pause ends.
+func LeaderPause(hold time.Duration, n int) Scenario {
+	return Scenario{Name: PauseKind(hold), Body: func(r *Run) error {
+		for i := 1; i <= n; i++ {
+			if err := pauseLeader(r, hold, i, n); err != nil {
+				return err
+			}
+		}
+		return nil
 	}}
+}
+
+// LeaderPauses runs LeaderPause(hold, n) for each hold in turn, on one
+// cluster.
+func LeaderPauses(n int, holds ...time.Duration) Scenario {
+	return Scenario{Name: "leader-pause", Body: func(r *Run) error {
+		for _, hold := range holds {
+			if err := LeaderPause(hold, n).Body(r); err != nil {
+				return err
+			}
+		}
+		return nil
+	}}
+}
+
+// PauseKind is the kind of the faults of a leader pause of hold:
+// "leader-pause-2s".
+func PauseKind(hold time.Duration) string { return "leader-pause-" + hold.String() }
+
+// pauseLeader is the i-th of n pauses of the leader.
+func pauseLeader(r *Run, hold time.Duration, i, n int) error {
+	leader, err := r.Leader()
+	if err != nil {
+		return err
+	}
+	f := r.Begin(PauseKind(hold), []string{leader}, "pause leader %s for %s (%d/%d)", leader, hold, i, n)
+	if err := r.C.D.Pause(r.Ctx, leader); err != nil {
+		return err
+	}
+	// The leader is frozen once the pause command returned: a write begun
+	// after that and acknowledged was taken by its successor.
+	paused := time.Now()
+	ctx, cancel := context.WithDeadline(r.Ctx, f.Start.Add(hold))
+	err = r.Load.WaitOps(ctx, 1, "writes begun after the pause acknowledged", func(op Op) bool {
+		return op.Kind == OpWrite && op.OK() && op.Start.After(paused)
+	})
+	cancel()
+	if r.Ctx.Err() != nil {
+		return r.Ctx.Err()
+	}
+	back := time.Since(paused)
+	if err != nil {
+		// Resume it all the same: the cluster must be left healthy.
+		if rerr := r.C.D.Resume(r.Ctx, leader); rerr != nil {
+			return errors.Join(err, rerr)
+		}
+		return fmt.Errorf("leader %s paused for %s: no write begun after the pause was acknowledged while it lasted: %w", leader, hold, err)
+	}
+	r.Logf("leader %s paused (in %s): a write begun after that was acknowledged %s later", leader, paused.Sub(f.Start).Round(time.Millisecond), back.Round(time.Millisecond))
+	if err := r.Hold(time.Until(f.Start.Add(hold))); err != nil {
+		return err
+	}
+	if err := r.C.D.Resume(r.Ctx, leader); err != nil {
+		return err
+	}
+	r.Healed(f)
+	if err := r.Recover(f); err != nil {
+		return err
+	}
+	after, err := r.Leader()
+	r.Logf("leader before the pause: %s, after: %s", leader, after)
+	return err
 }
 
 // LeaderPartition cuts the leader off from its peers for the driver's
