@@ -168,29 +168,27 @@ func BenchmarkApplyWrites(b *testing.B) {
 // each run copies: a million take about a minute to write and 900 MB.
 // COFFER_BENCH_KEYS lists the sizes (default "1000 100000"), e.g.
 // COFFER_BENCH_KEYS="1000 1000000" go test -run - -bench ApplyWritesScale ./fsm
+// envCounts is the list of positive counts in $name (space-separated),
+// or def when it is empty.
+func envCounts(b *testing.B, name string, def ...int) []int {
+	v := os.Getenv(name)
+	if v == "" {
+		return def
+	}
+	var counts []int
+	for _, f := range strings.Fields(v) {
+		n, err := strconv.Atoi(f)
+		if err != nil || n <= 0 {
+			b.Fatalf("%s: %q is not a positive count", name, f)
+		}
+		counts = append(counts, n)
+	}
+	return counts
+}
+
 func BenchmarkApplyWritesScale(b *testing.B) {
-	sizes := []int{1000, 100000}
-	if s := os.Getenv("COFFER_BENCH_KEYS"); s != "" {
-		sizes = nil
-		for _, f := range strings.Fields(s) {
-			n, err := strconv.Atoi(f)
-			if err != nil || n <= 0 {
-				b.Fatalf("COFFER_BENCH_KEYS: %q is not a positive count", f)
-			}
-			sizes = append(sizes, n)
-		}
-	}
-	batches := []int{20}
-	if s := os.Getenv("COFFER_BENCH_BATCH"); s != "" {
-		batches = nil
-		for _, f := range strings.Fields(s) {
-			n, err := strconv.Atoi(f)
-			if err != nil || n <= 0 {
-				b.Fatalf("COFFER_BENCH_BATCH: %q is not a positive count", f)
-			}
-			batches = append(batches, n)
-		}
-	}
+	sizes := envCounts(b, "COFFER_BENCH_KEYS", 1000, 100000)
+	batches := envCounts(b, "COFFER_BENCH_BATCH", 20)
 	value := ctN(300)
 	for _, keys := range sizes {
 		for _, batch := range batches {

@@ -180,25 +180,13 @@ func (n *Node) TransferLeadershipTo(ctx context.Context, id string) error {
 // are told to retry (no ready leader) instead.
 func (n *Node) transfer(ctx context.Context, start func() raft.Future) error {
 	n.handingOver.Add(1)
-	f := start()
-	errCh := make(chan error, 1)
-	go func() {
-		err := f.Error()
+	return n.waitThen(ctx, start(), func() {
 		n.handingOver.Add(-1)
 		// Wake WaitReadyLeader: a failed transfer leaves a ready leader.
 		n.lmu.Lock()
 		n.signalLocked()
 		n.lmu.Unlock()
-		errCh <- err
-	}()
-	select {
-	case err := <-errCh:
-		return translate(err)
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-n.done:
-		return ErrShutdown
-	}
+	})
 }
 
 // raftTimeout is how long a Raft call may wait to be enqueued, from ctx.

@@ -477,8 +477,20 @@ func (n *Node) Raft() *raft.Raft { return n.raft }
 
 // wait turns a raft future into a context-aware call.
 func (n *Node) wait(ctx context.Context, f raft.Future) error {
+	return n.waitThen(ctx, f, nil)
+}
+
+// waitThen is wait, and runs then (when set) once Raft has answered f,
+// even when ctx ended or the node stopped first.
+func (n *Node) waitThen(ctx context.Context, f raft.Future, then func()) error {
 	errCh := make(chan error, 1)
-	go func() { errCh <- f.Error() }()
+	go func() {
+		err := f.Error()
+		if then != nil {
+			then()
+		}
+		errCh <- err
+	}()
 	select {
 	case err := <-errCh:
 		return translate(err)

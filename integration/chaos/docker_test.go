@@ -199,6 +199,20 @@ type goal struct {
 	measured string
 }
 
+// killGoals are the leader kill's goals for a fault named what that
+// kills the leader once per run: the worst write gap and no failed read
+// always, the median from three faults on.
+func killGoals(what string, s Summary) []goal {
+	gs := []goal{
+		{what + " → first write: worst < 2000ms", s.WorstWriteUnavailableMs < 2000, fmt.Sprintf("%.0fms", s.WorstWriteUnavailableMs)},
+		{what + ": failed reads 0", s.FailedReads == 0, fmt.Sprint(s.FailedReads)},
+	}
+	if s.Count >= 3 {
+		gs = append(gs, goal{what + " → first write: median < 1000ms", s.MedianWriteUnavailableMs < 1000, fmt.Sprintf("%.0fms over %d", s.MedianWriteUnavailableMs, s.Count)})
+	}
+	return gs
+}
+
 // goals returns the goals of a summary's kind of fault (none for most).
 func goals(s Summary) []goal {
 	switch s.Kind {
@@ -210,14 +224,7 @@ func goals(s Summary) []goal {
 		}
 	case KindLoseTwo:
 		// Losing two of five costs what losing the leader of three does.
-		gs := []goal{
-			{"lose two of five → first write: worst < 2000ms", s.WorstWriteUnavailableMs < 2000, fmt.Sprintf("%.0fms", s.WorstWriteUnavailableMs)},
-			{"lose two of five: failed reads 0", s.FailedReads == 0, fmt.Sprint(s.FailedReads)},
-		}
-		if s.Count >= 3 {
-			gs = append(gs, goal{"lose two of five → first write: median < 1000ms", s.MedianWriteUnavailableMs < 1000, fmt.Sprintf("%.0fms over %d", s.MedianWriteUnavailableMs, s.Count)})
-		}
-		return gs
+		return killGoals("lose two of five", s)
 	case PauseKind(2 * time.Second), PauseKind(5 * time.Second), PauseKind(20 * time.Second):
 		return []goal{{s.Kind + " → writes back: median < 1000ms", s.MedianWriteUnavailableMs < 1000, fmt.Sprintf("%.0fms over %d", s.MedianWriteUnavailableMs, s.Count)}}
 	case "graceful-leader-restart":
@@ -231,14 +238,7 @@ func goals(s Summary) []goal {
 		// The leader kill's goals. A rolling restart kills the leader
 		// once: the median is a goal from three of them on (-count=3 or
 		// more in one binary), below that only the worst is.
-		gs := []goal{
-			{"rolling hard restart of the leader → first write: worst < 2000ms", s.WorstWriteUnavailableMs < 2000, fmt.Sprintf("%.0fms", s.WorstWriteUnavailableMs)},
-			{"rolling hard restart of the leader: failed reads 0", s.FailedReads == 0, fmt.Sprint(s.FailedReads)},
-		}
-		if s.Count >= 3 {
-			gs = append(gs, goal{"rolling hard restart of the leader → first write: median < 1000ms", s.MedianWriteUnavailableMs < 1000, fmt.Sprintf("%.0fms over %d", s.MedianWriteUnavailableMs, s.Count)})
-		}
-		return gs
+		return killGoals("rolling hard restart of the leader", s)
 	case "disk-full-follower":
 		return []goal{
 			{"full disk on a follower: 0 failed writes", s.FailedWrites == 0, fmt.Sprint(s.FailedWrites)},
