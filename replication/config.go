@@ -62,6 +62,8 @@ type Config struct {
 	SnapshotThreshold uint64        `json:"-"`
 	TrailingLogs      uint64        `json:"-"`
 	// MaxAppendEntries bounds one replication batch (and one FSM batch).
+	// Raft counts entries, not bytes: the server lowers it to its request
+	// budget's worth of the largest entries.
 	MaxAppendEntries int `json:"-"`
 	// WALSegmentSize is the size of a raft-wal segment file with the wal
 	// log store; 0 means 16 MiB. raft-wal frees compacted entries a whole

@@ -266,3 +266,23 @@ func holdGrant(ctx context.Context) context.Context {
 	g.refs.Add(1)
 	return replication.WithApplyDone(ctx, g.release)
 }
+
+// minReplicationBatch is the fewest entries a replication batch may hold,
+// whatever the request budget: fewer would cost small writes their
+// batching.
+const minReplicationBatch = 16
+
+// replicationBatch bounds a replication batch (Raft's MaxAppendEntries:
+// the entries of one AppendEntries call, of one leader's log write and of
+// one state machine batch) to the request budget's worth of the largest
+// entries, and to limit (0: replication's default). A follower back from
+// downtime catches up one batch at a time, and holds each whole, decoded
+// and again in its log store's write buffer; 256 entries of 1 MiB took a
+// node past a 256 MiB memory limit every time it came back.
+func replicationBatch(limit int, budget int64) int {
+	if limit <= 0 {
+		limit = replication.DefaultConfig().MaxAppendEntries
+	}
+	n := max(int(budget/MaxRequestSize), minReplicationBatch)
+	return min(n, limit)
+}

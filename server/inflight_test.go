@@ -15,6 +15,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	pb "coffer/api/cofferpb"
+	"coffer/replication"
 )
 
 // waitBudget polls cond (under the budget's lock) until it holds, failing
@@ -286,5 +287,31 @@ func TestLargestRequestFits(t *testing.T) {
 	wantCode(t, err, codes.ResourceExhausted)
 	if st := n.srv.Inflight(); st.InUse != 0 {
 		t.Fatalf("%d bytes in use after every call returned", st.InUse)
+	}
+}
+
+// TestReplicationBatch checks that a replication batch holds at most the
+// request budget's worth of the largest entries, no fewer than
+// minReplicationBatch, and never more than the configured bound.
+func TestReplicationBatch(t *testing.T) {
+	def := replication.DefaultConfig().MaxAppendEntries
+	for _, c := range []struct {
+		limit  int
+		budget int64
+		want   int
+	}{
+		{0, DefaultMaxInflightBytes, int(DefaultMaxInflightBytes / MaxRequestSize)},
+		{256, 16 << 20, minReplicationBatch},
+		{256, MaxRequestSize, minReplicationBatch},
+		{256, 100 * MaxRequestSize, 100},
+		{0, 1 << 40, def},
+		{8, DefaultMaxInflightBytes, 8},
+	} {
+		if got := replicationBatch(c.limit, c.budget); got != c.want {
+			t.Errorf("replicationBatch(%d, %d MiB) = %d, want %d", c.limit, c.budget>>20, got, c.want)
+		}
+		if got := replicationBatch(c.limit, c.budget); got > minReplicationBatch && int64(got)*MaxRequestSize > c.budget {
+			t.Errorf("replicationBatch(%d, %d MiB) = %d batches more than the budget", c.limit, c.budget>>20, got)
+		}
 	}
 }

@@ -193,6 +193,7 @@ func New(cfg Config) (*Server, error) {
 	}
 
 	rc := cfg.Config
+	rc.MaxAppendEntries = replicationBatch(rc.MaxAppendEntries, cfg.MaxInflightBytes)
 	if s.tls != nil {
 		rc.TLS = &replication.TransportTLS{Server: s.tls.PeerServerConfig(), Client: s.tls.PeerClientConfig()}
 	}

@@ -146,9 +146,7 @@ func DiskFull() Scenario {
 				return err
 			}
 		}
-		ctx, cancel := r.waitCtx()
-		defer cancel()
-		if err := readBack(ctx, cl, acked, "during a full disk"); err != nil {
+		if err := readBack(r.Ctx, cl, acked, "during a full disk"); err != nil {
 			return err
 		}
 		r.Logf("the %d large writes acknowledged while disks filled all read back", len(acked))
