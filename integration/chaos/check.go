@@ -26,8 +26,10 @@ type Version struct {
 type Final map[string][]Version
 
 // ReadFinal reads every version of keys through a client of its own (cfg,
-// at linearizable consistency). It fails when a key lost old versions to
-// max_versions (the checks need all of them).
+// at linearizable consistency), each call within finalCallTimeout: a long
+// run leaves tens of thousands of versions, so no bound on the whole fits
+// every run. It fails when a key lost old versions to max_versions (the
+// checks need all of them).
 func ReadFinal(ctx context.Context, cfg api.Config, keys []string) (Final, error) {
 	cfg.Consistency = pb.Consistency_CONSISTENCY_LINEARIZABLE
 	cl, err := api.New(cfg)
@@ -37,7 +39,9 @@ func ReadFinal(ctx context.Context, cfg api.Config, keys []string) (Final, error
 	defer cl.Close()
 	final := Final{}
 	for _, key := range keys {
-		md, err := cl.ReadMetadata(ctx, &pb.ReadMetadataRequest{Path: key})
+		mctx, cancel := context.WithTimeout(ctx, finalCallTimeout)
+		md, err := cl.ReadMetadata(mctx, &pb.ReadMetadataRequest{Path: key})
+		cancel()
 		if err != nil {
 			return nil, fmt.Errorf("chaos: metadata of %s: %w", key, err)
 		}
@@ -49,13 +53,15 @@ func ReadFinal(ctx context.Context, cfg api.Config, keys []string) (Final, error
 		var wg sync.WaitGroup
 		var mu sync.Mutex
 		var firstErr error
-		sem := make(chan struct{}, 4)
+		sem := make(chan struct{}, 8)
 		for i, vm := range md.Versions {
 			wg.Add(1)
 			sem <- struct{}{}
 			go func() {
 				defer func() { <-sem; wg.Done() }()
-				g, err := cl.Get(ctx, &pb.GetRequest{Path: key, Version: vm.Version})
+				gctx, cancel := context.WithTimeout(ctx, finalCallTimeout)
+				g, err := cl.Get(gctx, &pb.GetRequest{Path: key, Version: vm.Version})
+				cancel()
 				mu.Lock()
 				defer mu.Unlock()
 				if err != nil {
@@ -76,6 +82,10 @@ func ReadFinal(ctx context.Context, cfg api.Config, keys []string) (Final, error
 	}
 	return final, nil
 }
+
+// finalCallTimeout bounds each call of ReadFinal: three of the client's
+// 5 s attempts, on as many nodes.
+const finalCallTimeout = 15 * time.Second
 
 // Violation is one broken promise found in a history.
 type Violation struct {

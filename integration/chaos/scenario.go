@@ -269,9 +269,7 @@ func Execute(ctx context.Context, c *Cluster, s Scenario, opts Options) (*Result
 	}
 	load.Stop()
 	ops := load.History().Ops()
-	fctx, fcancel := r.waitCtx()
-	final, err := ReadFinal(fctx, api.Config{Endpoints: c.Endpoints(), Token: c.Token, TLS: c.D.ClientTLS()}, load.Keys())
-	fcancel()
+	final, err := ReadFinal(ctx, api.Config{Endpoints: c.Endpoints(), Token: c.Token, TLS: c.D.ClientTLS()}, load.Keys())
 	if err != nil {
 		return nil, err
 	}
