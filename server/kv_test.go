@@ -295,6 +295,11 @@ func TestReadConsistencyWithoutRaft(t *testing.T) {
 	if !errors.Is(err, ErrCatchingUp) {
 		t.Fatalf("default read on a leader behind its committed index: %v", err)
 	}
+	// A stale read there is answered, but marked stale: it may miss a
+	// write a follower already served.
+	if r, err := get(stale, 0); err != nil || !r.ReadMeta.Stale {
+		t.Fatalf("stale read on a leader behind its committed index: %+v %v (want an answer marked stale)", r, err)
+	}
 	x.raft.readIndex = 0
 
 	// Follower.

@@ -107,9 +107,12 @@ func (g *readGate) begin(ctx context.Context, opts *pb.ReadOptions) (*pb.ReadMet
 	}
 	// A stale read is stale unless this node is a leader that has applied
 	// every earlier term's entry (a new leader may still miss writes its
-	// predecessor acknowledged) and holds its read lease (a leader woken
-	// from a freeze may have a successor already).
-	stale := opts.Consistency == pb.Consistency_CONSISTENCY_STALE && !(leader && g.raft.ReadyLeader() && g.raft.LeaseHeld())
+	// predecessor acknowledged), holds its read lease (a leader woken from
+	// a freeze may have a successor already), and has applied its commit
+	// index (a follower may already have applied and served an entry the
+	// leader's state machine has not reached: the chaos suite read a
+	// version back in time so).
+	stale := opts.Consistency == pb.Consistency_CONSISTENCY_STALE && !(leader && g.raft.ReadyLeader() && g.raft.LeaseHeld() && g.leaderCaughtUp())
 	g.metrics.readAdmitted(opts.Consistency, stale)
 	return g.readMeta(stale), nil
 }
@@ -141,6 +144,13 @@ func (g *readGate) leaderRead(ctx context.Context, confirm func(context.Context)
 		return withMessage(ErrCatchingUp, "leader %s has not applied its committed index %d yet (at %d): retry", g.nodeID, idx, g.state.AppliedIndex())
 	}
 	return nil
+}
+
+// leaderCaughtUp reports whether this node's state machine has applied
+// the commit index (the read index a leader would take now).
+func (g *readGate) leaderCaughtUp() bool {
+	idx := g.raft.ReadIndex()
+	return g.state.AppliedIndex() >= idx
 }
 
 // readMeta describes this node for a read response.
