@@ -307,10 +307,11 @@ func TestReplicationBatch(t *testing.T) {
 		{0, 1 << 40, def},
 		{8, DefaultMaxInflightBytes, 8},
 	} {
-		if got := replicationBatch(c.limit, c.budget); got != c.want {
+		got := replicationBatch(c.limit, c.budget)
+		if got != c.want {
 			t.Errorf("replicationBatch(%d, %d MiB) = %d, want %d", c.limit, c.budget>>20, got, c.want)
 		}
-		if got := replicationBatch(c.limit, c.budget); got > minReplicationBatch && int64(got)*MaxRequestSize > c.budget {
+		if got > minReplicationBatch && int64(got)*MaxRequestSize > c.budget {
 			t.Errorf("replicationBatch(%d, %d MiB) = %d batches more than the budget", c.limit, c.budget>>20, got)
 		}
 	}

@@ -26,7 +26,7 @@ type Version struct {
 type Final map[string][]Version
 
 // ReadFinal reads every version of keys through a client of its own (cfg,
-// at linearizable consistency), each call within finalCallTimeout: a long
+// at linearizable consistency), each call within readCallTimeout: a long
 // run leaves tens of thousands of versions, so no bound on the whole fits
 // every run. It fails when a key lost old versions to max_versions (the
 // checks need all of them).
@@ -39,7 +39,7 @@ func ReadFinal(ctx context.Context, cfg api.Config, keys []string) (Final, error
 	defer cl.Close()
 	final := Final{}
 	for _, key := range keys {
-		mctx, cancel := context.WithTimeout(ctx, finalCallTimeout)
+		mctx, cancel := context.WithTimeout(ctx, readCallTimeout)
 		md, err := cl.ReadMetadata(mctx, &pb.ReadMetadataRequest{Path: key})
 		cancel()
 		if err != nil {
@@ -59,7 +59,7 @@ func ReadFinal(ctx context.Context, cfg api.Config, keys []string) (Final, error
 			sem <- struct{}{}
 			go func() {
 				defer func() { <-sem; wg.Done() }()
-				gctx, cancel := context.WithTimeout(ctx, finalCallTimeout)
+				gctx, cancel := context.WithTimeout(ctx, readCallTimeout)
 				g, err := cl.Get(gctx, &pb.GetRequest{Path: key, Version: vm.Version})
 				cancel()
 				mu.Lock()
@@ -83,9 +83,10 @@ func ReadFinal(ctx context.Context, cfg api.Config, keys []string) (Final, error
 	return final, nil
 }
 
-// finalCallTimeout bounds each call of ReadFinal: three of the client's
-// 5 s attempts, on as many nodes.
-const finalCallTimeout = 15 * time.Second
+// readCallTimeout bounds each read of ReadFinal and readBack, which read
+// too much for one bound on the whole: three of the client's 5 s
+// attempts, on as many nodes.
+const readCallTimeout = 15 * time.Second
 
 // Violation is one broken promise found in a history.
 type Violation struct {

@@ -106,8 +106,8 @@ func storm(ctx context.Context, cl *api.Client, prefix string, writers, size, ma
 const stormValue = 960 << 10
 
 // readBack reads every acknowledged write of acked through cl
-// (linearizable), from 8 readers, each read within its own 15 s: a
-// storm's values are hundreds of MiB, so no one bound fits every run.
+// (linearizable), from 8 readers, each read within readCallTimeout: a
+// storm's values are hundreds of MiB.
 func readBack(ctx context.Context, cl *api.Client, acked map[string]string, what string) error {
 	paths := make(chan string)
 	errs := make(chan error, 1)
@@ -115,7 +115,7 @@ func readBack(ctx context.Context, cl *api.Client, acked map[string]string, what
 	for range 8 {
 		wg.Go(func() {
 			for path := range paths {
-				rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+				rctx, cancel := context.WithTimeout(ctx, readCallTimeout)
 				g, err := cl.Get(rctx, &pb.GetRequest{Path: path, Read: &pb.ReadOptions{Consistency: pb.Consistency_CONSISTENCY_LINEARIZABLE}})
 				cancel()
 				if err != nil || g.Data["v"] != acked[path] {
