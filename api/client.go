@@ -100,8 +100,8 @@ type Config struct {
 	// wait for a read's min_index.
 	AttemptTimeout time.Duration
 	// LeaderCheck is how long a write to the leader may be outstanding
-	// before the client asks the other nodes, every LeaderCheck, whether
-	// they follow a new leader; once one does, the attempt is abandoned
+	// before the client asks the other nodes to tell it as soon as they
+	// follow a new leader; once one does, the attempt is abandoned
 	// (LEADER_UNRESPONSIVE) and the write is sent to the new leader with
 	// the same request id. It bounds what a frozen leader (docker pause, a
 	// stalled VM) costs a write: about the election time, instead of

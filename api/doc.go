@@ -46,8 +46,8 @@
 // cluster deduplicates, so a retried write makes exactly one version.
 //
 // A write outstanding on the leader for longer than Config.LeaderCheck
-// (200ms) makes the client ask the other nodes, every LeaderCheck, which
-// leader they follow; once one names another leader, the attempt is
+// (200ms) makes the client ask the other nodes to answer as soon as they
+// follow another leader; once one names another leader, the attempt is
 // abandoned (LEADER_UNRESPONSIVE) and the write goes to the new leader
 // with the same request id. A leader that is frozen (docker pause, a
 // stalled VM) keeps its connections open and answers nothing: without the

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"errors"
 	"net"
 	"sync"
 	"testing"
@@ -185,4 +186,124 @@ func waitClientLeader(t *testing.T, cl *Client, n *testcluster.Node) {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// TestStatusWaitsForNewLeader: a node asked to wait for a leader other
+// than the one it follows answers when that changes, naming the new
+// leader; it answers at once when it already follows another, and after
+// wait_ms when nothing changes.
+func TestStatusWaitsForNewLeader(t *testing.T) {
+	c := newTestCluster(t, 3)
+	leader := c.WaitForLeader(t)
+	f := c.Followers(leader)[0]
+
+	began := time.Now()
+	st, err := f.Sys.Status(tctx(t), &pb.StatusRequest{WaitForLeaderNot: leader.ID, WaitMs: 300})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(began); took < 300*time.Millisecond || st.LeaderId != leader.ID {
+		t.Fatalf("asked to wait 300ms for a leader other than %s with none elected: answered after %s naming %q, want the wait and %s", leader.ID, took, st.LeaderId, leader.ID)
+	}
+
+	began = time.Now()
+	st, err = f.Sys.Status(tctx(t), &pb.StatusRequest{WaitForLeaderNot: "not-a-node", WaitMs: 10_000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(began); took > 5*time.Second || st.LeaderId != leader.ID {
+		t.Fatalf("asked to wait for a leader other than one it does not follow: answered after %s naming %q, want at once and %s", took, st.LeaderId, leader.ID)
+	}
+
+	got := inBackground(func() (*pb.StatusResponse, error) {
+		return f.Sys.Status(tctx(t), &pb.StatusRequest{WaitForLeaderNot: leader.ID, WaitMs: 10_000})
+	})
+	leader.Net.Isolate()
+	defer leader.Net.Heal()
+	isolated := time.Now()
+	newLeader := c.WaitForNewLeader(t, leader)
+	a := <-got
+	if a.err != nil {
+		t.Fatal(a.err)
+	}
+	t.Logf("the waiting Status answered %s after the leader was cut off, naming %s", a.at.Sub(isolated).Round(time.Millisecond), a.v.LeaderId)
+	if a.v.LeaderId != newLeader.ID || a.at.Sub(isolated) > 5*time.Second {
+		t.Fatalf("waiting Status answered %q after %s, want the new leader %s well before its 10s wait", a.v.LeaderId, a.at.Sub(isolated), newLeader.ID)
+	}
+}
+
+// TestWriteLeavesFrozenLeaderOnElection: the leader check's question is
+// answered the moment a node follows the new leader, not at the next poll.
+// With LeaderCheck at 2s the first round starts 2s into a write to a
+// frozen leader; the leader is cut off only then, so a poll would see the
+// new leader at the next round, 4s in, over a second after the election.
+// The write must come back well within that.
+func TestWriteLeavesFrozenLeaderOnElection(t *testing.T) {
+	c := newTestCluster(t, 3)
+	fr := newFreezer()
+	const check = 2 * time.Second
+	cl := c.client(t, Config{Dialer: fr.dial, LeaderCheck: check, AttemptTimeout: 20 * time.Second, RetryBudget: 30 * time.Second})
+	const path = "secret/frozen/election"
+	if _, err := cl.Put(tctx(t), &pb.PutRequest{Path: path, Data: map[string]string{"v": "warm"}}); err != nil {
+		t.Fatal(err)
+	}
+	leader := c.WaitForLeader(t)
+	waitClientLeader(t, cl, leader)
+	if _, err := cl.Put(tctx(t), &pb.PutRequest{Path: path, Data: map[string]string{"v": "warm"}}); err != nil {
+		t.Fatal(err)
+	}
+
+	// The client's connections to the leader carry nothing; the leader
+	// still leads the others.
+	fr.Freeze(leader.APIAddr())
+	defer fr.Thaw()
+	done := inBackground(func() (*pb.PutResponse, error) {
+		return cl.Put(tctx(t), &pb.PutRequest{Path: path, Data: map[string]string{"v": "after"}})
+	})
+	testcluster.WaitFor(t, 3*check, "the client's first leader round", func() error {
+		cl.mu.Lock()
+		defer cl.mu.Unlock()
+		if cl.round == nil || cl.round.leaderID != leader.ID {
+			return errors.New("no round asking about the frozen leader yet")
+		}
+		return nil
+	})
+	leader.Net.Isolate()
+	defer leader.Net.Heal()
+	newLeader := c.WaitForNewLeader(t, leader)
+	elected := time.Now()
+	r := <-done
+	if r.err != nil {
+		t.Fatalf("write while the leader %s is frozen: %v", leader.ID, r.err)
+	}
+	after := r.at.Sub(elected)
+	t.Logf("write came back %s after the nodes agreed on %s", after.Round(time.Millisecond), newLeader.ID)
+	if after > check/2 {
+		t.Fatalf("write came back %s after the new leader %s was elected: it waited for a poll (LeaderCheck %s), not for the election", after, newLeader.ID, check)
+	}
+	md, err := cl.ReadMetadata(tctx(t), &pb.ReadMetadataRequest{Path: path, Read: &pb.ReadOptions{Consistency: pb.Consistency_CONSISTENCY_LINEARIZABLE}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if md.CurrentVersion != r.v.Version {
+		t.Fatalf("current version %d, the write answered %d: a write was lost or made twice", md.CurrentVersion, r.v.Version)
+	}
+}
+
+// timed is the result of a call made in the background, with the time it
+// returned.
+type timed[T any] struct {
+	v   T
+	err error
+	at  time.Time
+}
+
+// inBackground runs call in a goroutine; its result arrives on the channel.
+func inBackground[T any](call func() (T, error)) <-chan timed[T] {
+	ch := make(chan timed[T], 1)
+	go func() {
+		v, err := call()
+		ch <- timed[T]{v, err, time.Now()}
+	}()
+	return ch
 }

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	mrand "math/rand/v2"
+	"sync/atomic"
 	"time"
 
 	pb "coffer/api/cofferpb"
@@ -34,6 +35,9 @@ type leaderLink struct {
 	stopCtx context.Context
 	// metrics counts forwarded calls and read-index rounds.
 	metrics *nodeMetrics
+	// leaderWaits counts the Status calls waiting for a new leader
+	// (awaitOtherLeader).
+	leaderWaits atomic.Int32
 }
 
 // IsLeader reports whether this node leads.
@@ -78,6 +82,48 @@ func (l *leaderLink) whileLeader(ctx context.Context, id string, call func(conte
 		return withMessage(replication.ErrNoLeader, "leader %s was replaced while the call was in flight: retry", id)
 	}
 	return err
+}
+
+// A Status call may wait for a new leader (awaitOtherLeader): for at most
+// maxLeaderWait, and while no more than maxLeaderWaits others wait on this
+// node; past that it is answered at once. Status needs no token, so a
+// stranger's calls must not hold the node's goroutines for long.
+const (
+	maxLeaderWait  = 10 * time.Second
+	maxLeaderWaits = 4096
+)
+
+// awaitOtherLeader returns once this node follows a leader other than
+// notID (a leader, not an election in progress), or when d (at most
+// maxLeaderWait) has passed, ctx has ended or the node stops. It is an
+// event (Following's channel), not a poll: a client whose write is
+// outstanding on notID learns of its successor the moment this node does.
+func (l *leaderLink) awaitOtherLeader(ctx context.Context, notID string, d time.Duration) {
+	if notID == "" || d <= 0 {
+		return
+	}
+	if l.leaderWaits.Add(1) > maxLeaderWaits {
+		l.leaderWaits.Add(-1)
+		return
+	}
+	defer l.leaderWaits.Add(-1)
+	t := time.NewTimer(min(d, maxLeaderWait))
+	defer t.Stop()
+	for {
+		id, changed := l.raft.Following()
+		if id != "" && id != notID {
+			return
+		}
+		select {
+		case <-changed:
+		case <-t.C:
+			return
+		case <-ctx.Done():
+			return
+		case <-l.stopCtx.Done():
+			return
+		}
+	}
 }
 
 // leader returns the id and API address of the leader this node follows,

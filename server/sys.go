@@ -268,8 +268,10 @@ func (y *sysServer) Seal(ctx context.Context, _ *pb.SealRequest) (*pb.SealStatus
 	return y.sealStatusPB(y.keys.seal.Status(stored), stored), nil
 }
 
-// Status reports the seal and Raft state of this node.
-func (y *sysServer) Status(ctx context.Context, _ *pb.StatusRequest) (*pb.StatusResponse, error) {
+// Status reports the seal and Raft state of this node; asked to, it first
+// waits for a leader other than the one named (awaitOtherLeader).
+func (y *sysServer) Status(ctx context.Context, req *pb.StatusRequest) (*pb.StatusResponse, error) {
+	y.link.awaitOtherLeader(ctx, req.GetWaitForLeaderNot(), time.Duration(req.GetWaitMs())*time.Millisecond)
 	stored, err := y.storedSeal()
 	if err != nil {
 		return nil, err

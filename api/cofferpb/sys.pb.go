@@ -1120,9 +1120,18 @@ func (x *SealStatus) GetMessage() string {
 }
 
 type StatusRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// wait_for_leader_not, with wait_ms, asks the node to answer only once
+	// it follows a leader other than this node id, or when wait_ms has
+	// passed (at most 10 s), whichever comes first. A client whose write to
+	// that leader is outstanding learns of a new leader the moment this
+	// node does, instead of at its next poll. A node that waits for too many
+	// callers already answers at once; an older node ignores both fields
+	// and answers at once.
+	WaitForLeaderNot string `protobuf:"bytes,1,opt,name=wait_for_leader_not,json=waitForLeaderNot,proto3" json:"wait_for_leader_not,omitempty"`
+	WaitMs           uint32 `protobuf:"varint,2,opt,name=wait_ms,json=waitMs,proto3" json:"wait_ms,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *StatusRequest) Reset() {
@@ -1153,6 +1162,20 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
 	return file_coffer_v1_sys_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *StatusRequest) GetWaitForLeaderNot() string {
+	if x != nil {
+		return x.WaitForLeaderNot
+	}
+	return ""
+}
+
+func (x *StatusRequest) GetWaitMs() uint32 {
+	if x != nil {
+		return x.WaitMs
+	}
+	return 0
 }
 
 type StatusResponse struct {
@@ -1484,8 +1507,10 @@ const file_coffer_v1_sys_proto_rawDesc = "" +
 	"\x04type\x18\x06 \x01(\tR\x04type\x12#\n" +
 	"\rrecovery_seal\x18\a \x01(\bR\frecoverySeal\x12\x1c\n" +
 	"\tmigration\x18\b \x01(\bR\tmigration\x12\x18\n" +
-	"\amessage\x18\t \x01(\tR\amessage\"\x0f\n" +
-	"\rStatusRequest\"\xe6\x03\n" +
+	"\amessage\x18\t \x01(\tR\amessage\"W\n" +
+	"\rStatusRequest\x12-\n" +
+	"\x13wait_for_leader_not\x18\x01 \x01(\tR\x10waitForLeaderNot\x12\x17\n" +
+	"\await_ms\x18\x02 \x01(\rR\x06waitMs\"\xe6\x03\n" +
 	"\x0eStatusResponse\x12)\n" +
 	"\x04seal\x18\x01 \x01(\v2\x15.coffer.v1.SealStatusR\x04seal\x12\x17\n" +
 	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x1d\n" +
