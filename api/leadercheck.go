@@ -144,9 +144,10 @@ func (c *Client) otherLeader(ep *endpoint, leaderID string) (id, addr string, fo
 	ctx, cancel := context.WithTimeout(c.bg, leaderWait+c.cfg.LeaderCheck)
 	defer cancel()
 	type answer struct{ id, addr string }
-	answers := make(chan answer, len(c.endpoints()))
+	eps := c.endpoints()
+	answers := make(chan answer, len(eps))
 	asked := 0
-	for _, other := range c.endpoints() {
+	for _, other := range eps {
 		if other == ep || other.isDown() {
 			continue
 		}

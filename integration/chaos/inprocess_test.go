@@ -55,7 +55,9 @@ func TestInProcessSchedule(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("schedule seed %d (replay: COFFER_CHAOS_SEED=%d go test -race -run TestInProcessSchedule ./integration/chaos/)", seed, seed)
-	runInProcess(t, Schedule(seed, 8))
+	if res := runInProcess(t, Schedule(seed, 8)); res != nil && res.Seed != seed {
+		t.Errorf("the run's result records seed %d, want %d: a passing schedule could not be replayed from its figures", res.Seed, seed)
+	}
 }
 
 func TestInProcessFiveLoseTwo(t *testing.T) { runInProcess(t, FiveLoseTwo()) }

@@ -157,7 +157,9 @@ func p99(ds []time.Duration) time.Duration {
 // Result is the outcome of one scenario run.
 type Result struct {
 	Scenario string `json:"scenario"`
-	Driver   string `json:"driver"`
+	// Seed is a schedule's seed (COFFER_CHAOS_SEED replays it).
+	Seed   uint64 `json:"seed,omitempty"`
+	Driver string `json:"driver"`
 	// TLS tells whether clients and nodes spoke TLS (mutual between nodes).
 	TLS    bool      `json:"tls"`
 	Faults []Figures `json:"faults"`

@@ -27,6 +27,9 @@ type Scenario struct {
 	// cluster to match; Execute refuses a cluster that does not.
 	Voters      int
 	ReadReplica bool
+	// Seed is the seed of a drawn schedule (Schedule), recorded in the
+	// run's Result so that a passing run can be replayed too.
+	Seed uint64
 	// Body injects the faults. It returns when the cluster is healthy
 	// again after the last one.
 	Body func(r *Run) error
@@ -273,7 +276,7 @@ func Execute(ctx context.Context, c *Cluster, s Scenario, opts Options) (*Result
 	if err != nil {
 		return nil, err
 	}
-	res := &Result{Scenario: s.Name, Driver: c.D.Name(), TLS: c.D.ClientTLS() != nil, Check: Check(ops, final, opts.Check)}
+	res := &Result{Scenario: s.Name, Seed: s.Seed, Driver: c.D.Name(), TLS: c.D.ClientTLS() != nil, Check: Check(ops, final, opts.Check)}
 	res.Check.Violations = append(res.Check.Violations, r.violations...)
 	var faults []Fault
 	for _, f := range r.faults {

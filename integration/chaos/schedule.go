@@ -86,7 +86,7 @@ func ParseSeed(v string, def uint64) (uint64, error) {
 // before the next. An error names the seed and the step, so that
 // COFFER_CHAOS_SEED replays the same faults in the same order.
 func Schedule(seed uint64, n int) Scenario {
-	return Scenario{Name: "schedule", Body: func(r *Run) error {
+	return Scenario{Name: "schedule", Seed: seed, Body: func(r *Run) error {
 		steps := NewSchedule(seed, n, r.C.D.Hold())
 		var list []string
 		for i, s := range steps {
