@@ -157,8 +157,10 @@ func p99(ds []time.Duration) time.Duration {
 // Result is the outcome of one scenario run.
 type Result struct {
 	Scenario string `json:"scenario"`
-	// Seed is a schedule's seed (COFFER_CHAOS_SEED replays it).
-	Seed   uint64 `json:"seed,omitempty"`
+	// Seed is a schedule's seed (COFFER_CHAOS_SEED replays it), written
+	// as a string: many JSON readers (jq among them) round a 64-bit
+	// number to a float's 53 bits, and another seed replays other faults.
+	Seed   uint64 `json:"seed,omitempty,string"`
 	Driver string `json:"driver"`
 	// TLS tells whether clients and nodes spoke TLS (mutual between nodes).
 	TLS    bool      `json:"tls"`

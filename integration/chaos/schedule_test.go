@@ -1,6 +1,7 @@
 package chaos
 
 import (
+	"encoding/json"
 	"reflect"
 	"testing"
 	"time"
@@ -39,5 +40,27 @@ func TestNewSchedule(t *testing.T) {
 	}
 	if s, err := ParseSeed("", 1); err != nil || s != 1 {
 		t.Errorf("empty seed: %d, %v; want the default 1", s, err)
+	}
+}
+
+// TestResultSeedExact: the figures file gives a schedule's seed digit for
+// digit, even to a reader that takes JSON numbers for floats (jq read
+// 162649683317390634 as 162649683317390620 when it was a number).
+func TestResultSeedExact(t *testing.T) {
+	const seed = 162649683317390634
+	b, err := json.Marshal(Result{Scenario: "schedule", Seed: seed})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var generic map[string]any
+	if err := json.Unmarshal(b, &generic); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := generic["seed"].(string); got != "162649683317390634" {
+		t.Fatalf("seed in the figures file: %v (%T), want the string 162649683317390634", generic["seed"], generic["seed"])
+	}
+	var back Result
+	if err := json.Unmarshal(b, &back); err != nil || back.Seed != seed {
+		t.Fatalf("seed read back: %d, %v; want %d", back.Seed, err, uint64(seed))
 	}
 }
