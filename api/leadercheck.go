@@ -143,36 +143,34 @@ func isClosed(ch chan struct{}) bool {
 func (c *Client) otherLeader(ep *endpoint, leaderID string) (id, addr string, found bool) {
 	ctx, cancel := context.WithTimeout(c.bg, leaderWait+c.cfg.LeaderCheck)
 	defer cancel()
-	type answer struct{ id, addr string }
 	eps := c.endpoints()
-	answers := make(chan answer, len(eps))
+	answers := make(chan *pb.StatusResponse, len(eps))
 	asked := 0
 	for _, other := range eps {
 		if other == ep || other.isDown() {
 			continue
 		}
 		asked++
-		go func() {
-			st, err := pb.NewSysClient(other.cc).Status(ctx, &pb.StatusRequest{WaitForLeaderNot: leaderID, WaitMs: uint32(leaderWait / time.Millisecond)})
-			if err != nil {
-				answers <- answer{}
-				return
-			}
-			other.learn(st.NodeId, st.AppliedIndex)
-			if st.LeaderId != "" && st.LeaderId != leaderID {
-				answers <- answer{st.LeaderId, st.LeaderAddress}
-				return
-			}
-			answers <- answer{}
-		}()
+		go func() { answers <- askFollows(ctx, other, leaderID) }()
 	}
 	for range asked {
-		if a := <-answers; a.id != "" && !found {
-			id, addr, found = a.id, a.addr, true
+		if st := <-answers; st != nil && !found && st.LeaderId != "" && st.LeaderId != leaderID {
+			id, addr, found = st.LeaderId, st.LeaderAddress, true
 			cancel()
 		}
 	}
 	return id, addr, found
+}
+
+// askFollows asks ep to answer once it follows a leader other than
+// leaderID, or after leaderWait; nil when it could not answer.
+func askFollows(ctx context.Context, ep *endpoint, leaderID string) *pb.StatusResponse {
+	st, err := pb.NewSysClient(ep.cc).Status(ctx, &pb.StatusRequest{WaitForLeaderNot: leaderID, WaitMs: uint32(leaderWait / time.Millisecond)})
+	if err != nil {
+		return nil
+	}
+	ep.learn(st.NodeId, st.AppliedIndex)
+	return st
 }
 
 // leaderMovedError is the error of an attempt abandoned by the leader
