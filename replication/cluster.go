@@ -33,7 +33,7 @@ func (n *Node) soloMeta() MemberMeta {
 	return MemberMeta{
 		ID: n.cfg.NodeID, APIAddr: n.cfg.APIAdvertise, HTTPURL: n.cfg.HTTPAdvertise, RaftAddr: n.Addr(), Sealed: n.sealed.Load(),
 		ReadReplica: n.cfg.ReadReplica, HasRaftState: n.hasState.Load() || n.raft.LastIndex() > 0,
-		BootstrapExpect: n.cfg.BootstrapExpect, Version: n.cfg.Version,
+		BootstrapExpect: n.cfg.BootstrapExpect, Version: n.cfg.Version, Boot: n.boot,
 	}
 }
 
@@ -135,8 +135,8 @@ func (n *Node) AddNonvoter(ctx context.Context, id, addr string) error {
 	return n.wait(ctx, n.raft.AddNonvoter(raft.ServerID(id), raft.ServerAddress(addr), 0, raftTimeout(ctx)))
 }
 
-// RemoveServer removes id from the Raft configuration. Leader only.
-func (n *Node) RemoveServer(ctx context.Context, id string) error {
+// removeServer removes id from the Raft configuration. Leader only.
+func (n *Node) removeServer(ctx context.Context, id string) error {
 	return n.wait(ctx, n.raft.RemoveServer(raft.ServerID(id), 0, raftTimeout(ctx)))
 }
 

@@ -416,3 +416,63 @@ func TestJoinRetriedUntilSeedAnswers(t *testing.T) {
 		return nil
 	})
 }
+
+// A server an operator removes stays out of Raft while it is alive in
+// gossip (killed a moment ago, or still running), however many rounds the
+// leader reconciles, and is added back once it restarts. Without the
+// leader's memory of the removal, the next round added it back as a
+// non-voter (CI's e2e TestCluster found it after a kill and remove-peer).
+func TestOperatorRemovalHoldsUntilRestart(t *testing.T) {
+	logs := newLogSink(t)
+	var reports reportLog
+	nodes := startExpectCluster(t, logs, 3, func(c *Config) { c.onReconcile = reports.add })
+	leader := waitForLeader(t, nodes)
+	var victim *tnode
+	rest := map[string]bool{}
+	for _, n := range nodes {
+		if n != leader && victim == nil {
+			victim = n
+			continue
+		}
+		rest[n.ID()] = true
+	}
+
+	removed := time.Now()
+	if err := leader.RemoveServer(ctxWait(t), victim.ID()); err != nil {
+		t.Fatalf("remove %s: %v", victim.ID(), err)
+	}
+	// The victim runs on, alive in gossip: a second of rounds (100 ms
+	// apart) leaves it out.
+	reports.waitFor(t, removed.Add(time.Second), "rounds a second after the removal", func(reconcileReport) bool { return true })
+	if r, ok := reports.find(removed, func(r reconcileReport) bool { return has(r.Added, victim.ID()) }); ok {
+		t.Fatalf("%s after the removal, the leader added %s back: %+v", r.at.Sub(removed), victim.ID(), r.reconcileReport)
+	}
+	if _, ok := reports.find(removed, func(r reconcileReport) bool { return has(r.KeptOut, victim.ID()) }); !ok {
+		t.Fatalf("no round reported keeping %s out", victim.ID())
+	}
+	if s := memberStatus(leader, victim.ID()); s != StatusAlive {
+		t.Fatalf("the leader's gossip sees %s as %q: the test needs it alive", victim.ID(), s)
+	}
+	if !leader.IsLeader() {
+		t.Fatal("the removed server unseated the leader")
+	}
+	if err := peersAre(leader, rest); err != nil {
+		t.Fatal(err)
+	}
+	put(t, leader.Node, "secret/a", "after removal")
+
+	// Restarted on its addresses (a new Boot), it rejoins and is promoted
+	// once stable.
+	cfg := victim.cfg
+	g := *cfg.Gossip
+	cfg.Gossip = &g
+	cfg.BindAddr, g.BindAddr, g.Join = victim.Addr(), victim.GossipAddr(), []string{leader.GossipAddr()}
+	victim.stop()
+	back := startNode(t, cfg)
+	all := map[string]bool{}
+	for id := range rest {
+		all[id] = true
+	}
+	all[back.ID()] = true
+	waitForPeers(t, leader, all)
+}

@@ -12,7 +12,7 @@ import (
 func TestMetaRoundTripAndSize(t *testing.T) {
 	m := MemberMeta{
 		ID: "coffer-node-1", APIAddr: "coffer1.example.internal:8400", RaftAddr: "172.18.0.2:8401",
-		Sealed: true, ReadReplica: true, HasRaftState: true, BootstrapExpect: 5, Version: "1.2.3-rc.1+abcdef",
+		Sealed: true, ReadReplica: true, HasRaftState: true, BootstrapExpect: 5, Version: "1.2.3-rc.1+abcdef", Boot: newBoot(),
 	}
 	for _, leaving := range []bool{false, true} {
 		b := encodeMeta(m, leaving)

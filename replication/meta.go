@@ -1,14 +1,22 @@
 package replication
 
 import (
+	"crypto/rand"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 )
 
 // metaMaxSize is memberlist's limit on a node's metadata (memberlist
 // panics when a delegate returns more).
 const metaMaxSize = 512
+
+// bootLen is the length of a Boot id (crypto/rand.Text).
+const bootLen = 26
+
+// newBoot returns a Boot id for this start of the node.
+func newBoot() string { return rand.Text() }
 
 // MemberMeta is what every node tells the others about itself through gossip.
 type MemberMeta struct {
@@ -32,6 +40,9 @@ type MemberMeta struct {
 	BootstrapExpect int
 	// Version is the coffer version the node runs.
 	Version string
+	// Boot is new at every start of the node (random): a member whose Boot
+	// changed has restarted. Empty from a version that does not send it.
+	Boot string
 }
 
 // Member statuses, as gossip sees them.
@@ -68,6 +79,7 @@ type wireMeta struct {
 	State   bool   `json:"st,omitempty"`
 	Expect  int    `json:"be,omitempty"`
 	Version string `json:"v,omitempty"`
+	Boot    string `json:"b,omitempty"`
 	// Leaving is the node's intent to leave, broadcast just before its
 	// leave message: memberlist reports a departure and a failure alike,
 	// and this is how the others tell them apart.
@@ -78,7 +90,7 @@ type wireMeta struct {
 func encodeMeta(m MemberMeta, leaving bool) []byte {
 	b, err := json.Marshal(wireMeta{
 		ID: m.ID, API: m.APIAddr, HTTP: m.HTTPURL, Raft: m.RaftAddr, Sealed: m.Sealed, Replica: m.ReadReplica,
-		State: m.HasRaftState, Expect: m.BootstrapExpect, Version: m.Version, Leaving: leaving,
+		State: m.HasRaftState, Expect: m.BootstrapExpect, Version: m.Version, Boot: m.Boot, Leaving: leaving,
 	})
 	if err != nil { // cannot happen: only strings, bools and ints
 		panic(fmt.Sprintf("replication: encode member meta: %v", err))
@@ -97,7 +109,7 @@ func decodeMeta(b []byte) (MemberMeta, bool, error) {
 	}
 	return MemberMeta{
 		ID: w.ID, APIAddr: w.API, HTTPURL: w.HTTP, RaftAddr: w.Raft, Sealed: w.Sealed, ReadReplica: w.Replica,
-		HasRaftState: w.State, BootstrapExpect: w.Expect, Version: w.Version,
+		HasRaftState: w.State, BootstrapExpect: w.Expect, Version: w.Version, Boot: w.Boot,
 	}, w.Leaving, nil
 }
 
@@ -116,6 +128,6 @@ func (c Config) worstCaseMeta() MemberMeta {
 	}
 	return MemberMeta{
 		ID: c.NodeID, APIAddr: c.APIAdvertise, HTTPURL: c.HTTPAdvertise, RaftAddr: string(raft), Sealed: true, ReadReplica: true,
-		HasRaftState: true, BootstrapExpect: c.BootstrapExpect, Version: c.Version,
+		HasRaftState: true, BootstrapExpect: c.BootstrapExpect, Version: c.Version, Boot: strings.Repeat("x", bootLen),
 	}
 }

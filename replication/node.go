@@ -37,6 +37,7 @@ type Node struct {
 	gossip        *gossip      // nil without gossip
 	clog          hclog.Logger // cluster membership and leader duties
 	started       time.Time
+	boot          string      // this start's Boot id (MemberMeta.Boot)
 	preVote       bool        // Raft runs pre-vote before real elections
 	sealed        atomic.Bool // as set by SetSealed
 	hasState      atomic.Bool // this node has a Raft log or snapshot
@@ -56,6 +57,11 @@ type Node struct {
 	term     *leaderTerm   // this node's current leadership, nil on a follower
 	follow   *following    // the leader this node knows
 	lchanged chan struct{} // closed and replaced at every leadership event
+
+	// rmu guards removed: the servers an operator removed through this
+	// node, kept out of Raft until they restart (removed.go).
+	rmu     sync.Mutex
+	removed map[string]*removal
 
 	mu                sync.Mutex
 	readyObservers    []func(ctx context.Context)
@@ -105,9 +111,9 @@ func New(cfg Config, fsm raft.BatchingFSM) (*Node, error) {
 	}
 	logger.Info("raft log store", "store", cfg.RaftLogStore)
 	n := &Node{
-		cfg: cfg, logger: logger, clog: cfg.Logger.Named("cluster"), store: store, logStore: logStore, logCloser: logCloser, started: time.Now(),
+		cfg: cfg, logger: logger, clog: cfg.Logger.Named("cluster"), store: store, logStore: logStore, logCloser: logCloser, started: time.Now(), boot: newBoot(),
 		notifyCh: make(chan bool, 16), reconcileCh: make(chan struct{}, 1), done: make(chan struct{}),
-		follow: newFollowing(""), lchanged: make(chan struct{}),
+		follow: newFollowing(""), lchanged: make(chan struct{}), removed: make(map[string]*removal),
 	}
 	ok := false
 	defer func() {
@@ -197,7 +203,7 @@ func New(cfg Config, fsm raft.BatchingFSM) (*Node, error) {
 	if cfg.Gossip != nil {
 		local = MemberMeta{
 			ID: cfg.NodeID, APIAddr: cfg.APIAdvertise, HTTPURL: cfg.HTTPAdvertise, RaftAddr: n.Addr(), Sealed: cfg.Sealed, ReadReplica: cfg.ReadReplica,
-			HasRaftState: n.hasState.Load(), BootstrapExpect: cfg.BootstrapExpect, Version: cfg.Version,
+			HasRaftState: n.hasState.Load(), BootstrapExpect: cfg.BootstrapExpect, Version: cfg.Version, Boot: n.boot,
 		}
 		worst := local
 		worst.Sealed, worst.ReadReplica, worst.HasRaftState = true, true, true

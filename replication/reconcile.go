@@ -114,6 +114,9 @@ type reconcileReport struct {
 	Replicas []string
 	// Refused are live members Config.Admit did not admit to Raft.
 	Refused []string
+	// KeptOut are live members an operator removed from Raft that have
+	// not restarted since (RemoveServer).
+	KeptOut []string
 	// KeptReachable are servers gossip reports dead or unknown while the
 	// leader's Raft heartbeats still reach them: kept.
 	KeptReachable []string
@@ -161,6 +164,7 @@ func (n *Node) reconcile(ctx context.Context, rs *reconcileState) {
 			delete(rs.unreachable, id)
 		}
 	}
+	n.pruneRemovals(members, conf)
 
 	// Live members missing from Raft join as non-voters; a known server
 	// whose Raft address changed (a new container IP) is re-added with its
@@ -170,6 +174,15 @@ func (n *Node) reconcile(ctx context.Context, rs *reconcileState) {
 			continue
 		}
 		p, ok := conf[m.ID]
+		if !ok {
+			if out, first := n.keptOut(m); out {
+				if first {
+					log.Info("not adding back a server an operator removed: it rejoins when it restarts", "id", m.ID, "raft_address", m.RaftAddr)
+				}
+				rep.KeptOut = append(rep.KeptOut, m.ID)
+				continue
+			}
+		}
 		if (!ok || p.Address != m.RaftAddr) && !n.admits(ctx, m) {
 			if !rs.refusedWarned[m.ID] {
 				rs.refusedWarned[m.ID] = true
@@ -300,7 +313,7 @@ func (n *Node) reconcile(ctx context.Context, rs *reconcileState) {
 			}
 			continue
 		}
-		if err := n.RemoveServer(ctx, p.ID); err != nil {
+		if err := n.removeServer(ctx, p.ID); err != nil {
 			if ctx.Err() == nil {
 				log.Warn("removing a server", "id", p.ID, "error", err)
 			}

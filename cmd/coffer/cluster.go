@@ -216,8 +216,8 @@ func cmdOperatorRaftRemovePeer(e *env, args []string) error {
 	f := newFlags("coffer operator raft remove-peer", "[flags] ID", `
 Remove the server ID from the Raft configuration, for example a node that
 is gone for good. The leader cannot remove itself: run "coffer operator
-step-down" first. A removed node that comes back is added again by the
-leader once gossip sees it alive. Needs the root token.`).withClient()
+step-down" first. A removed node that still runs is kept out; once it
+restarts, the leader adds it again like a new node. Needs the root token.`).withClient()
 	args, err := f.parse(e, args)
 	if err != nil {
 		return err
