@@ -72,6 +72,10 @@ const (
 	DefaultRetryBudget    = 5 * time.Second
 	DefaultDownBackoff    = time.Second
 	DefaultMaxDownBackoff = 30 * time.Second
+	// DefaultHedgeAfter: a read outstanding this long on one node is also
+	// sent to the next (Config.HedgeAfter). Far above a healthy read (a
+	// few milliseconds, tens under load) and below what users notice.
+	DefaultHedgeAfter = 250 * time.Millisecond
 )
 
 // Config configures a Client. The zero value of each field means its
@@ -110,6 +114,18 @@ type Config struct {
 	// DisableLeaderCheck turns the leader check off: a write waits for
 	// the leader's answer up to AttemptTimeout.
 	DisableLeaderCheck bool
+	// HedgeAfter is how long a read may be outstanding on one node before
+	// the client also sends it to the next: the first answer wins and the
+	// other attempt is cancelled; the slower node goes after the others
+	// for a while. It bounds what a frozen or stalled node (docker pause,
+	// a stalled VM or disk) costs the reads that land on it: about
+	// HedgeAfter, instead of AttemptTimeout. Only reads are hedged, once
+	// per attempt; both nodes answer at the consistency asked for. Default
+	// 250ms (DefaultHedgeAfter).
+	HedgeAfter time.Duration
+	// DisableHedgedReads turns hedging off: a read waits for its node's
+	// answer up to AttemptTimeout before it moves on.
+	DisableHedgedReads bool
 	// DialTimeout bounds how long an attempt waits for a connection to an
 	// endpoint before it moves on. Default 1s.
 	DialTimeout time.Duration
@@ -228,6 +244,7 @@ func (c Config) Validate() error {
 		"Timeout": c.Timeout, "AttemptTimeout": c.AttemptTimeout, "DialTimeout": c.DialTimeout,
 		"RetryBudget": c.RetryBudget, "DownBackoff": c.DownBackoff, "MaxDownBackoff": c.MaxDownBackoff,
 		"MaxStaleness": c.MaxStaleness, "SyncEndpoints": c.SyncEndpoints, "LeaderCheck": c.LeaderCheck,
+		"HedgeAfter": c.HedgeAfter,
 	} {
 		if d < 0 {
 			return fmt.Errorf("%w: %s is negative (%s): use 0 for the default", ErrInvalidConfig, name, d)
@@ -257,6 +274,7 @@ func (c Config) withDefaults() Config {
 	def(&c.Timeout, DefaultTimeout)
 	def(&c.AttemptTimeout, DefaultAttemptTimeout)
 	def(&c.LeaderCheck, DefaultLeaderCheck)
+	def(&c.HedgeAfter, DefaultHedgeAfter)
 	def(&c.DialTimeout, DefaultDialTimeout)
 	def(&c.RetryBudget, DefaultRetryBudget)
 	def(&c.DownBackoff, DefaultDownBackoff)

@@ -55,6 +55,14 @@
 // about the election time. A slow leader the others still follow is not
 // abandoned. Config.DisableLeaderCheck turns it off.
 //
+// A read outstanding on one node for longer than Config.HedgeAfter
+// (250ms) is also sent to the next candidate; the first answer wins and
+// the other attempt is cancelled. A frozen or stalled node thus costs the
+// reads that start on it about HedgeAfter instead of AttemptTimeout, and
+// the node that was beaten goes after the others for 2 s. Both nodes
+// answer at the consistency the read asked for. Writes are never hedged
+// (the leader check covers them). Config.DisableHedgedReads turns it off.
+//
 // # Consistency
 //
 // Reads use Config.Consistency and Config.MaxStaleness unless the request

@@ -124,6 +124,9 @@ type policy struct {
 	write bool
 	// staleFallback retries a failed pass once as a stale read.
 	staleFallback bool
+	// hedge sends an attempt also to the next endpoint once it has been
+	// outstanding for HedgeAfter (reads only: hedged.go).
+	hedge bool
 }
 
 // candidates returns the endpoints one pass of a call tries, in order:

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"google.golang.org/grpc"
@@ -50,27 +51,38 @@ func (c *Client) staleOptions(opts *pb.ReadOptions) *pb.ReadOptions {
 	return &pb.ReadOptions{Consistency: pb.Consistency_CONSISTENCY_STALE, MaxStalenessMs: ms, MinIndex: opts.MinIndex}
 }
 
-// read runs one read with retries, stale fallback and read-your-writes.
-// do sends the request with the given options and returns the answer's
-// ReadMeta.
-func (c *Client) read(ctx context.Context, reqOpts *pb.ReadOptions, do func(ctx context.Context, cc *grpc.ClientConn, opts *pb.ReadOptions) (*pb.ReadMeta, error)) (ReadInfo, error) {
+// readAnswer is the response of a read RPC.
+type readAnswer interface {
+	GetReadMeta() *pb.ReadMeta
+}
+
+// read runs one read with retries, hedging, stale fallback and
+// read-your-writes. do sends the request with the given options; it may run
+// on two nodes at once (Config.HedgeAfter), and the first answer wins.
+func read[R readAnswer](c *Client, ctx context.Context, reqOpts *pb.ReadOptions, do func(ctx context.Context, cc *grpc.ClientConn, opts *pb.ReadOptions) (R, error)) (R, ReadInfo, error) {
 	opts := c.readOptions(reqOpts)
 	// Only a default read falls back to a stale one: a linearizable read
 	// succeeds linearizably or fails, and a stale read is stale already.
 	p := policy{
 		staleFallback: !c.cfg.DisableStaleFallback && opts.Consistency == pb.Consistency_CONSISTENCY_DEFAULT,
+		hedge:         !c.cfg.DisableHedgedReads,
 	}
-	var info ReadInfo
+	var (
+		mu       sync.Mutex
+		answered bool
+		resp     R
+		info     ReadInfo
+	)
 	fellBack, err := c.run(ctx, p, func(ctx context.Context, ep *endpoint, stale bool) error {
 		o := opts
 		if stale {
 			o = c.staleOptions(opts)
 		}
-		meta, err := do(ctx, ep.cc, o)
+		r, err := do(ctx, ep.cc, o)
 		if err != nil {
 			return err
 		}
-		info.Endpoint = ep.addr
+		meta := r.GetReadMeta()
 		if meta != nil {
 			ep.learn(meta.NodeId, meta.AppliedIndex)
 			c.noteSeen(meta.AppliedIndex)
@@ -79,12 +91,23 @@ func (c *Client) read(ctx context.Context, reqOpts *pb.ReadOptions, do func(ctx 
 				// Whoever answered, it is not the answer asked for.
 				meta.Stale = true
 			}
-			info.Stale = meta.Stale
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if !answered { // a hedged read's other node may answer too
+			answered, resp = true, r
+			info = ReadInfo{Endpoint: ep.addr, Stale: meta.GetStale()}
 		}
 		return nil
 	})
+	mu.Lock()
+	defer mu.Unlock()
 	info.Fallback = fellBack
-	return info, err
+	if err != nil {
+		var zero R
+		return zero, info, err
+	}
+	return resp, info, nil
 }
 
 // write runs one write with retries (leader first, the same request id on
@@ -146,28 +169,17 @@ func (c *Client) GetWithInfo(ctx context.Context, req *pb.GetRequest) (*pb.GetRe
 
 // getRemote reads a secret from the cluster.
 func (c *Client) getRemote(ctx context.Context, req *pb.GetRequest) (*pb.GetResponse, ReadInfo, error) {
-	var resp *pb.GetResponse
-	info, err := c.read(ctx, req.Read, func(ctx context.Context, cc *grpc.ClientConn, opts *pb.ReadOptions) (_ *pb.ReadMeta, err error) {
-		resp, err = pb.NewKVClient(cc).Get(ctx, &pb.GetRequest{Path: req.Path, Version: req.Version, Read: opts})
-		return resp.GetReadMeta(), err
+	return read(c, ctx, req.Read, func(ctx context.Context, cc *grpc.ClientConn, opts *pb.ReadOptions) (*pb.GetResponse, error) {
+		return pb.NewKVClient(cc).Get(ctx, &pb.GetRequest{Path: req.Path, Version: req.Version, Read: opts})
 	})
-	if err != nil {
-		return nil, info, err
-	}
-	return resp, info, nil
 }
 
 // List returns the keys directly under a prefix.
 func (c *Client) List(ctx context.Context, req *pb.ListRequest) (*pb.ListResponse, error) {
-	var resp *pb.ListResponse
-	_, err := c.read(ctx, req.Read, func(ctx context.Context, cc *grpc.ClientConn, opts *pb.ReadOptions) (_ *pb.ReadMeta, err error) {
-		resp, err = pb.NewKVClient(cc).List(ctx, &pb.ListRequest{Path: req.Path, Read: opts, Limit: req.Limit, After: req.After})
-		return resp.GetReadMeta(), err
+	resp, _, err := read(c, ctx, req.Read, func(ctx context.Context, cc *grpc.ClientConn, opts *pb.ReadOptions) (*pb.ListResponse, error) {
+		return pb.NewKVClient(cc).List(ctx, &pb.ListRequest{Path: req.Path, Read: opts, Limit: req.Limit, After: req.After})
 	})
-	if err != nil {
-		return nil, err
-	}
-	return resp, nil
+	return resp, err
 }
 
 // Delete soft-deletes versions of a secret (the current one when none).
@@ -201,15 +213,10 @@ func (c *Client) versions(ctx context.Context, req *pb.VersionsRequest, f versio
 
 // ReadMetadata returns every version's times and states.
 func (c *Client) ReadMetadata(ctx context.Context, req *pb.ReadMetadataRequest) (*pb.ReadMetadataResponse, error) {
-	var resp *pb.ReadMetadataResponse
-	_, err := c.read(ctx, req.Read, func(ctx context.Context, cc *grpc.ClientConn, opts *pb.ReadOptions) (_ *pb.ReadMeta, err error) {
-		resp, err = pb.NewKVClient(cc).ReadMetadata(ctx, &pb.ReadMetadataRequest{Path: req.Path, Read: opts})
-		return resp.GetReadMeta(), err
+	resp, _, err := read(c, ctx, req.Read, func(ctx context.Context, cc *grpc.ClientConn, opts *pb.ReadOptions) (*pb.ReadMetadataResponse, error) {
+		return pb.NewKVClient(cc).ReadMetadata(ctx, &pb.ReadMetadataRequest{Path: req.Path, Read: opts})
 	})
-	if err != nil {
-		return nil, err
-	}
-	return resp, nil
+	return resp, err
 }
 
 // WriteMetadata sets max_versions and cas_required of a secret.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
+	"slices"
 	"time"
 
 	pb "coffer/api/cofferpb"
@@ -89,8 +90,9 @@ func (c *Client) run(ctx context.Context, p policy, fn attemptFunc) (fellBack bo
 					break
 				}
 			}
-			for _, ep := range eps {
-				if stale && ep.isDown() {
+			tried := make([]*endpoint, 0, len(eps))
+			for i, ep := range eps {
+				if slices.Contains(tried, ep) || (stale && ep.isDown()) {
 					continue
 				}
 				if attempts++; c.cfg.Retries > 0 && attempts > c.cfg.Retries+1 {
@@ -99,46 +101,61 @@ func (c *Client) run(ctx context.Context, p policy, fn attemptFunc) (fellBack bo
 				if pass > 0 && !time.Now().Before(deadline) {
 					return fail()
 				}
-				err := c.attempt(ctx, ep, p.write, func(actx context.Context) error { return fn(actx, ep, stale) })
-				if err == nil {
-					if ep.isDown() {
-						c.markUp(ep)
+				var hedge *endpoint
+				if p.hedge && !stale {
+					hedge = hedgeTo(eps[i+1:], tried)
+				}
+				mayHedge := func() bool {
+					if (c.cfg.Retries > 0 && attempts >= c.cfg.Retries+1) || (pass > 0 && !time.Now().Before(deadline)) {
+						return false
 					}
-					return stale, nil
+					attempts++
+					return true
 				}
-				if stale && IsNotFound(err) {
-					staleMiss, answered = err, true
-					continue
-				}
-				lastErr = err
-				if ctx.Err() != nil {
-					return false, err
-				}
-				if !Retryable(err) {
-					return false, err
-				}
-				switch {
-				case unreachable(err, ep) || IsSealed(err):
-					c.markDown(ep, err)
-				case IsOverloaded(err):
-					// The node is busy, not wrong: it stays the leader and
-					// in rotation. A write backs off before it tries again,
-					// since any other node would forward it to the same
-					// leader; a read tries another node first.
-					answered = true
-					if p.write {
-						break pass
+				outcomes := c.attemptHedged(ctx, p, ep, hedge, mayHedge, func(actx context.Context, ep *endpoint) error { return fn(actx, ep, stale) })
+				for _, o := range outcomes {
+					ep, err := o.ep, o.err
+					tried = append(tried, ep)
+					if err == nil {
+						if ep.isDown() {
+							c.markUp(ep)
+						}
+						return stale, nil
 					}
-					ep.answeredUnavailable()
-				default:
-					answered = true
-					ep.answeredUnavailable()
-					if p.write {
-						// The node we took for the leader could not take the
-						// write: find out who leads now.
-						c.forgetLeader(ep)
-						if c.leaderEndpoint() == nil {
-							c.wantLeader()
+					if stale && IsNotFound(err) {
+						staleMiss, answered = err, true
+						continue
+					}
+					lastErr = err
+					if ctx.Err() != nil {
+						return false, err
+					}
+					if !Retryable(err) {
+						return false, err
+					}
+					switch {
+					case unreachable(err, ep) || IsSealed(err):
+						c.markDown(ep, err)
+					case IsOverloaded(err):
+						// The node is busy, not wrong: it stays the leader and
+						// in rotation. A write backs off before it tries again,
+						// since any other node would forward it to the same
+						// leader; a read tries another node first.
+						answered = true
+						if p.write {
+							break pass
+						}
+						ep.answeredUnavailable()
+					default:
+						answered = true
+						ep.answeredUnavailable()
+						if p.write {
+							// The node we took for the leader could not take the
+							// write: find out who leads now.
+							c.forgetLeader(ep)
+							if c.leaderEndpoint() == nil {
+								c.wantLeader()
+							}
 						}
 					}
 				}
@@ -164,6 +181,17 @@ func (c *Client) run(ctx context.Context, p policy, fn attemptFunc) (fellBack bo
 		case <-t.C:
 		}
 	}
+}
+
+// hedgeTo is the endpoint a read hedges to: the first of rest that is not
+// down and not tried yet in this pass (nil when none is).
+func hedgeTo(rest, tried []*endpoint) *endpoint {
+	for _, ep := range rest {
+		if !ep.isDown() && !slices.Contains(tried, ep) {
+			return ep
+		}
+	}
+	return nil
 }
 
 // attempt runs fn on one endpoint, bounded by DialTimeout for the

@@ -321,8 +321,9 @@ func serverArgs() []string {
 // ports the nodes' APIs are published on, one per node: up to six, five
 // voters and a read replica; default free ones),
 // $COFFER_CHAOS_SERVER_ARGS and $COFFER_CHAOS_INSECURE=1 (and
-// $COFFER_CHAOS_NO_LEADER_CHECK=1, read by runDocker: the load's clients
-// without their leader check, to measure it).
+// $COFFER_CHAOS_NO_LEADER_CHECK=1 and $COFFER_CHAOS_NO_HEDGE=1, read by
+// runDocker: the load's clients without their leader check or without
+// hedged reads, to measure them).
 func dockerOptions() (DockerOptions, error) {
 	opts := DockerOptions{
 		Image:    os.Getenv("COFFER_CHAOS_IMAGE"),
@@ -389,7 +390,8 @@ func runDockerWith(t *testing.T, s Scenario, tune func(*DockerOptions)) *Result 
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
-	load := LoadConfig{Writers: 3, Readers: 3, Interval: 10 * time.Millisecond, LinearizableEvery: 3, DisableLeaderCheck: os.Getenv("COFFER_CHAOS_NO_LEADER_CHECK") == "1"}
+	load := LoadConfig{Writers: 3, Readers: 3, Interval: 10 * time.Millisecond, LinearizableEvery: 3, DisableLeaderCheck: os.Getenv("COFFER_CHAOS_NO_LEADER_CHECK") == "1",
+		DisableHedgedReads: os.Getenv("COFFER_CHAOS_NO_HEDGE") == "1"}
 	if long() && !s.Cache {
 		// Six minutes of writes would pass MaxVersions on 4 keys (about
 		// 12,000 each), and the final check must see every version. Not

@@ -62,6 +62,9 @@ type LoadConfig struct {
 	// DisableLeaderCheck turns the clients' leader check off
 	// (api.Config.DisableLeaderCheck), to measure what it saves.
 	DisableLeaderCheck bool
+	// DisableHedgedReads turns the clients' hedged reads off
+	// (api.Config.DisableHedgedReads), to measure what they save.
+	DisableHedgedReads bool
 }
 
 func (c LoadConfig) withDefaults() LoadConfig {
@@ -139,7 +142,7 @@ func StartLoad(ctx context.Context, cfg LoadConfig) (*Load, error) {
 			return nil, fmt.Errorf("chaos: first write of %s: %s", key, op.Err)
 		}
 	}
-	clientCfg := api.Config{Endpoints: cfg.Endpoints, Token: cfg.Token, TLS: cfg.TLS, DisableLeaderCheck: cfg.DisableLeaderCheck}
+	clientCfg := api.Config{Endpoints: cfg.Endpoints, Token: cfg.Token, TLS: cfg.TLS, DisableLeaderCheck: cfg.DisableLeaderCheck, DisableHedgedReads: cfg.DisableHedgedReads}
 	for w := 1; w <= cfg.Writers+cfg.Readers+cfg.ReplicaReaders; w++ {
 		cc := clientCfg
 		switch {
