@@ -115,13 +115,14 @@ type Config struct {
 	// the leader's answer up to AttemptTimeout.
 	DisableLeaderCheck bool
 	// HedgeAfter is how long a read may be outstanding on one node before
-	// the client also sends it to the next: the first answer wins and the
-	// other attempt is cancelled; the slower node goes after the others
+	// the client also sends it to another, and then to the next every
+	// HedgeAfter while none has answered: the first answer wins and the
+	// other attempts are cancelled; a node beaten so goes after the others
 	// for a while. It bounds what a frozen or stalled node (docker pause,
 	// a stalled VM or disk) costs the reads that land on it: about
-	// HedgeAfter, instead of AttemptTimeout. Only reads are hedged, once
-	// per attempt; both nodes answer at the consistency asked for. Default
-	// 250ms (DefaultHedgeAfter).
+	// HedgeAfter (the election, when it led), instead of AttemptTimeout.
+	// Only reads are hedged; every node answers at the consistency asked
+	// for. Default 250ms (DefaultHedgeAfter).
 	HedgeAfter time.Duration
 	// DisableHedgedReads turns hedging off: a read waits for its node's
 	// answer up to AttemptTimeout before it moves on.

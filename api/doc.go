@@ -56,12 +56,14 @@
 // abandoned. Config.DisableLeaderCheck turns it off.
 //
 // A read outstanding on one node for longer than Config.HedgeAfter
-// (250ms) is also sent to the next candidate; the first answer wins and
-// the other attempt is cancelled. A frozen or stalled node thus costs the
-// reads that start on it about HedgeAfter instead of AttemptTimeout, and
-// the node that was beaten goes after the others for 2 s. Both nodes
-// answer at the consistency the read asked for. Writes are never hedged
-// (the leader check covers them). Config.DisableHedgedReads turns it off.
+// (250ms) is also sent to another node, and every HedgeAfter to the next
+// while none has answered (a node that said "no leader" is asked again
+// later); the first answer wins and the other attempts are cancelled. A
+// frozen or stalled node thus costs the reads that go to it about
+// HedgeAfter (or the election, when it led) instead of AttemptTimeout, and
+// a node that was beaten goes after the others for 2 s. Every node answers
+// at the consistency the read asked for. Writes are never hedged (the
+// leader check covers them). Config.DisableHedgedReads turns it off.
 //
 // # Consistency
 //

@@ -162,3 +162,46 @@ func TestHedgeMarksBlackHoleDown(t *testing.T) {
 		t.Fatalf("black hole state: %+v, want down", st)
 	}
 }
+
+// TestReadHedgesAroundFrozenLeader: the leader freezes (its client
+// connections carry nothing, and it is cut off from the others, which
+// elect another). Default reads that start on it are hedged to the
+// followers, which answer Unavailable until they have a new leader and
+// then answer: every read comes back long before the attempt timeout, with
+// the value written.
+func TestReadHedgesAroundFrozenLeader(t *testing.T) {
+	c := newTestCluster(t, 3)
+	fr := newFreezer()
+	const attempt = 10 * time.Second
+	cl := c.client(t, Config{Dialer: fr.dial, AttemptTimeout: attempt, RetryBudget: 2 * attempt, HedgeAfter: 100 * time.Millisecond})
+	const path = "secret/hedge/leader"
+	if _, err := cl.Put(tctx(t), &pb.PutRequest{Path: path, Data: map[string]string{"v": "1"}}); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if _, err := cl.Get(tctx(t), &pb.GetRequest{Path: path}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	leader := c.WaitForLeader(t)
+	fr.Freeze(leader.APIAddr())
+	leader.Net.Isolate()
+	defer func() {
+		fr.Thaw()
+		leader.Net.Heal()
+	}()
+	var worst time.Duration
+	for i := range 6 {
+		began := time.Now()
+		resp, info, err := cl.GetWithInfo(tctx(t), &pb.GetRequest{Path: path})
+		took := time.Since(began)
+		if err != nil || resp.Data["v"] != "1" {
+			t.Fatalf("read %d with the leader %s frozen: %v %v after %s", i, leader.ID, resp.GetData(), err, took)
+		}
+		t.Logf("read %d: %s from %s (stale %v)", i, took.Round(time.Millisecond), info.Endpoint, info.Stale)
+		worst = max(worst, took)
+	}
+	if worst > attempt/2 {
+		t.Fatalf("the slowest read with the leader frozen took %s: it waited for the frozen leader (attempt timeout %s)", worst, attempt)
+	}
+}

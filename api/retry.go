@@ -101,9 +101,9 @@ func (c *Client) run(ctx context.Context, p policy, fn attemptFunc) (fellBack bo
 				if pass > 0 && !time.Now().Before(deadline) {
 					return fail()
 				}
-				var hedge *endpoint
-				if p.hedge && !stale {
-					hedge = hedgeTo(eps[i+1:], tried)
+				var others []*endpoint
+				if p.hedge {
+					others = hedgeOrder(eps, i, tried)
 				}
 				mayHedge := func() bool {
 					if (c.cfg.Retries > 0 && attempts >= c.cfg.Retries+1) || (pass > 0 && !time.Now().Before(deadline)) {
@@ -112,7 +112,7 @@ func (c *Client) run(ctx context.Context, p policy, fn attemptFunc) (fellBack bo
 					attempts++
 					return true
 				}
-				outcomes := c.attemptHedged(ctx, p, ep, hedge, mayHedge, func(actx context.Context, ep *endpoint) error { return fn(actx, ep, stale) })
+				outcomes := c.attemptHedged(ctx, p, stale, ep, others, mayHedge, func(actx context.Context, ep *endpoint) error { return fn(actx, ep, stale) })
 				for _, o := range outcomes {
 					ep, err := o.ep, o.err
 					tried = append(tried, ep)
@@ -181,17 +181,6 @@ func (c *Client) run(ctx context.Context, p policy, fn attemptFunc) (fellBack bo
 		case <-t.C:
 		}
 	}
-}
-
-// hedgeTo is the endpoint a read hedges to: the first of rest that is not
-// down and not tried yet in this pass (nil when none is).
-func hedgeTo(rest, tried []*endpoint) *endpoint {
-	for _, ep := range rest {
-		if !ep.isDown() && !slices.Contains(tried, ep) {
-			return ep
-		}
-	}
-	return nil
 }
 
 // attempt runs fn on one endpoint, bounded by DialTimeout for the
