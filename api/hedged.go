@@ -82,7 +82,7 @@ func (c *Client) attemptHedged(ctx context.Context, p policy, stale bool, first 
 		case o := <-done:
 			delete(running, o.ep)
 			out = append(out, o)
-			if o.err != nil && Retryable(o.err) && !(stale && IsNotFound(o.err)) && ctx.Err() == nil {
+			if o.err != nil && ctx.Err() == nil && (Retryable(o.err) || stale && IsNotFound(o.err)) {
 				if unreachable(o.err, o.ep) || IsSealed(o.err) {
 					noConn = append(noConn, o.ep)
 				}
@@ -93,7 +93,8 @@ func (c *Client) attemptHedged(ctx context.Context, p policy, stale bool, first 
 				now := time.Now()
 				for ep, since := range running {
 					<-done
-					if now.Sub(since) >= c.cfg.HedgeAfter {
+					// Beaten by an answer, not by the caller giving up.
+					if ctx.Err() == nil && now.Sub(since) >= c.cfg.HedgeAfter {
 						c.beaten(ep, now.Sub(since))
 					}
 				}

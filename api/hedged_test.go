@@ -8,6 +8,8 @@ import (
 	"time"
 
 	pb "coffer/api/cofferpb"
+
+	"google.golang.org/grpc/connectivity"
 )
 
 // TestReadHedgesAroundFrozenNode: the client's connections to one follower
@@ -31,11 +33,7 @@ func TestReadHedgesAroundFrozenNode(t *testing.T) {
 	}
 	// Every client's connection to every node is open when one freezes.
 	for _, x := range []*Client{cl, off} {
-		for range 3 {
-			if _, err := x.Get(tctx(t), &pb.GetRequest{Path: path}); err != nil {
-				t.Fatal(err)
-			}
-		}
+		connectAll(t, x)
 	}
 	leader := c.WaitForLeader(t)
 	frozen := c.Nodes()[0]
@@ -45,9 +43,11 @@ func TestReadHedgesAroundFrozenNode(t *testing.T) {
 	fr.Freeze(frozen.APIAddr())
 	defer fr.Thaw()
 
-	// The round robin starts one read in three on the frozen node.
-	slow := 0
-	for i := range 6 {
+	// Read until one has gone to the frozen node (a warm-up read slower
+	// than the hedge may have put it last for 2 s), and a few more.
+	held := fr.Held()
+	deadline := time.Now().Add(10 * time.Second)
+	for i, after := 0, -1; after < 3; i++ {
 		began := time.Now()
 		resp, info, err := cl.GetWithInfo(tctx(t), &pb.GetRequest{Path: path})
 		took := time.Since(began)
@@ -60,13 +60,15 @@ func TestReadHedgesAroundFrozenNode(t *testing.T) {
 		if took > attempt/2 {
 			t.Fatalf("read %d with %s frozen took %s: not hedged (attempt timeout %s)", i, frozen.ID, took, attempt)
 		}
-		if took >= hedgeAfter {
-			slow++
-			t.Logf("read %d started on the frozen %s, answered by %s after %s", i, frozen.ID, info.Endpoint, took.Round(time.Millisecond))
+		switch {
+		case after >= 0:
+			after++
+		case fr.Held() > held:
+			after = 0
+			t.Logf("read %d went to the frozen %s and was answered by %s after %s", i, frozen.ID, info.Endpoint, took.Round(time.Millisecond))
+		case time.Now().After(deadline):
+			t.Fatalf("no read went to the frozen %s in %d reads: the test proves nothing", frozen.ID, i+1)
 		}
-	}
-	if slow == 0 {
-		t.Fatal("no read waited for a hedge: none started on the frozen node, and the test proves nothing")
 	}
 
 	// Without hedging, the read that starts on the frozen node waits out
@@ -84,13 +86,16 @@ func TestReadHedgesAroundFrozenNode(t *testing.T) {
 	}
 }
 
-// TestHedgedReadsAnswerOnce: with a hedge after a microsecond nearly every
-// read runs on two nodes at once. Each call still returns one whole answer
+// TestHedgedReadsAnswerOnce: with a hedge after 2 ms many reads run on two
+// or three nodes at once. Each call still returns one whole answer
 // (the race detector watches the two attempts), NotFound stays NotFound,
 // and Lists and metadata reads agree with the writes.
 func TestHedgedReadsAnswerOnce(t *testing.T) {
 	c := newTestCluster(t, 3)
-	cl := c.client(t, Config{HedgeAfter: time.Microsecond})
+	cl := c.client(t, Config{HedgeAfter: 2 * time.Millisecond})
+	// Every connection open first: one still connecting when another node
+	// answers is marked down.
+	connectAll(t, cl)
 	const n = 8
 	for i := range n {
 		if _, err := cl.Put(tctx(t), &pb.PutRequest{Path: fmt.Sprintf("secret/hedge/once/k%d", i), Data: map[string]string{"i": fmt.Sprint(i)}}); err != nil {
@@ -203,5 +208,15 @@ func TestReadHedgesAroundFrozenLeader(t *testing.T) {
 	}
 	if worst > attempt/2 {
 		t.Fatalf("the slowest read with the leader frozen took %s: it waited for the frozen leader (attempt timeout %s)", worst, attempt)
+	}
+}
+
+// connectAll opens cl's connection to every endpoint.
+func connectAll(t *testing.T, cl *Client) {
+	t.Helper()
+	for _, ep := range cl.endpoints() {
+		if err := cl.ready(tctx(t), ep); err != nil || ep.cc.GetState() != connectivity.Ready {
+			t.Fatalf("connecting to %s: %v (%s)", ep.addr, err, ep.cc.GetState())
+		}
 	}
 }

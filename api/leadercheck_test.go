@@ -19,6 +19,7 @@ type freezer struct {
 	mu     sync.Mutex
 	frozen string
 	thawed chan struct{} // closed at Thaw
+	held   int           // reads and writes held back while frozen
 }
 
 func newFreezer() *freezer { return &freezer{thawed: make(chan struct{})} }
@@ -55,7 +56,15 @@ func (f *freezer) hold(addr string) <-chan struct{} {
 	if f.frozen != addr {
 		return nil
 	}
+	f.held++
 	return f.thawed
+}
+
+// Held is how many reads and writes have been held back while frozen.
+func (f *freezer) Held() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.held
 }
 
 type freezableConn struct {
