@@ -242,21 +242,9 @@ func TestJoinPromoteAndReadReplica(t *testing.T) {
 // In a five-node cluster a crashed follower is removed once it has been dead
 // for DeadServerTimeout.
 func TestDeadServerRemovedWhenQuorumAllows(t *testing.T) {
-	logs := newLogSink(t)
 	var reports reportLog
-	nodes := startExpectCluster(t, logs, 5, func(c *Config) { c.onReconcile = reports.add })
-	leader := waitForLeader(t, nodes)
-	var victim *tnode
-	want := map[string]bool{}
-	var rest []*tnode
-	for _, n := range nodes {
-		if n != leader && victim == nil {
-			victim = n
-			continue
-		}
-		want[n.ID()] = true
-		rest = append(rest, n)
-	}
+	_, victim, rest := clusterWithVictim(t, 5, &reports)
+	want := voters(rest)
 	crashed := time.Now()
 	victim.crash()
 	rep := reports.waitFor(t, crashed, "removal of "+victim.ID(), func(r reconcileReport) bool {
@@ -423,19 +411,9 @@ func TestJoinRetriedUntilSeedAnswers(t *testing.T) {
 // leader's memory of the removal, the next round added it back as a
 // non-voter (CI's e2e TestCluster found it after a kill and remove-peer).
 func TestOperatorRemovalHoldsUntilRestart(t *testing.T) {
-	logs := newLogSink(t)
 	var reports reportLog
-	nodes := startExpectCluster(t, logs, 3, func(c *Config) { c.onReconcile = reports.add })
-	leader := waitForLeader(t, nodes)
-	var victim *tnode
-	rest := map[string]bool{}
-	for _, n := range nodes {
-		if n != leader && victim == nil {
-			victim = n
-			continue
-		}
-		rest[n.ID()] = true
-	}
+	leader, victim, others := clusterWithVictim(t, 3, &reports)
+	rest := voters(others)
 
 	removed := time.Now()
 	if err := leader.RemoveServer(ctxWait(t), victim.ID()); err != nil {
@@ -475,4 +453,30 @@ func TestOperatorRemovalHoldsUntilRestart(t *testing.T) {
 	}
 	all[back.ID()] = true
 	waitForPeers(t, leader, all)
+}
+
+// clusterWithVictim starts size nodes that report their reconciliation
+// rounds to reports, and returns the leader, a follower to fail (the
+// victim) and the nodes other than the victim.
+func clusterWithVictim(t *testing.T, size int, reports *reportLog) (leader, victim *tnode, rest []*tnode) {
+	t.Helper()
+	nodes := startExpectCluster(t, newLogSink(t), size, func(c *Config) { c.onReconcile = reports.add })
+	leader = waitForLeader(t, nodes)
+	for _, n := range nodes {
+		if n != leader && victim == nil {
+			victim = n
+			continue
+		}
+		rest = append(rest, n)
+	}
+	return leader, victim, rest
+}
+
+// voters is the Raft configuration of nodes as voters (id → true).
+func voters(nodes []*tnode) map[string]bool {
+	out := make(map[string]bool, len(nodes))
+	for _, n := range nodes {
+		out[n.ID()] = true
+	}
+	return out
 }
