@@ -187,6 +187,10 @@ func unreachable(err error, ep *endpoint) bool {
 	return false
 }
 
+// endpointDown reports whether err takes ep out of rotation: it could not
+// be reached, or it is sealed.
+func endpointDown(err error, ep *endpoint) bool { return unreachable(err, ep) || IsSealed(err) }
+
 // ready waits, up to DialTimeout, until ep's connection is established or
 // has failed. An endpoint that is still connecting then is reported as a
 // connection error (so that a black-holed address costs DialTimeout, not

@@ -83,7 +83,7 @@ func (c *Client) attemptHedged(ctx context.Context, p policy, stale bool, first 
 			delete(running, o.ep)
 			out = append(out, o)
 			if o.err != nil && ctx.Err() == nil && (Retryable(o.err) || stale && IsNotFound(o.err)) {
-				if unreachable(o.err, o.ep) || IsSealed(o.err) {
+				if endpointDown(o.err, o.ep) {
 					noConn = append(noConn, o.ep)
 				}
 				continue // the others may answer; a later tick asks again

@@ -134,7 +134,7 @@ func (c *Client) run(ctx context.Context, p policy, fn attemptFunc) (fellBack bo
 						return false, err
 					}
 					switch {
-					case unreachable(err, ep) || IsSealed(err):
+					case endpointDown(err, ep):
 						c.markDown(ep, err)
 					case IsOverloaded(err):
 						// The node is busy, not wrong: it stays the leader and

@@ -130,7 +130,7 @@ func (c *Client) watchLoop(ctx context.Context, prefix string, from uint64, emit
 			emit(WatchEvent{Type: WatchFailed, Err: err, Endpoint: ep.addr})
 			return
 		}
-		if unreachable(err, ep) || IsSealed(err) {
+		if endpointDown(err, ep) {
 			c.markDown(ep, err)
 		}
 		d := min(watchBackoff<<min(failures, 10), maxWatchBackoff)

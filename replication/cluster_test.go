@@ -447,12 +447,7 @@ func TestOperatorRemovalHoldsUntilRestart(t *testing.T) {
 	cfg.BindAddr, g.BindAddr, g.Join = victim.Addr(), victim.GossipAddr(), []string{leader.GossipAddr()}
 	victim.stop()
 	back := startNode(t, cfg)
-	all := map[string]bool{}
-	for id := range rest {
-		all[id] = true
-	}
-	all[back.ID()] = true
-	waitForPeers(t, leader, all)
+	waitForPeers(t, leader, voters(append(others, back)))
 }
 
 // clusterWithVictim starts size nodes that report their reconciliation

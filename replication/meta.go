@@ -4,16 +4,12 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
-	"strings"
 	"time"
 )
 
 // metaMaxSize is memberlist's limit on a node's metadata (memberlist
 // panics when a delegate returns more).
 const metaMaxSize = 512
-
-// bootLen is the length of a Boot id (crypto/rand.Text).
-const bootLen = 26
 
 // newBoot returns a Boot id for this start of the node.
 func newBoot() string { return rand.Text() }
@@ -128,6 +124,6 @@ func (c Config) worstCaseMeta() MemberMeta {
 	}
 	return MemberMeta{
 		ID: c.NodeID, APIAddr: c.APIAdvertise, HTTPURL: c.HTTPAdvertise, RaftAddr: string(raft), Sealed: true, ReadReplica: true,
-		HasRaftState: true, BootstrapExpect: c.BootstrapExpect, Version: c.Version, Boot: strings.Repeat("x", bootLen),
+		HasRaftState: true, BootstrapExpect: c.BootstrapExpect, Version: c.Version, Boot: newBoot(), // every Boot id has the same length
 	}
 }
